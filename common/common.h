@@ -1,0 +1,101 @@
+/* common: the small pieces more than one kindling component uses.
+ *
+ * Logging, checked arithmetic, hex and SHA-256 helpers, and crash-safe file
+ * writes.  Nothing here keeps hidden state except the process-wide log level,
+ * which a daemon sets once from its command line.
+ */
+#ifndef KINDLING_COMMON_H
+#define KINDLING_COMMON_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* ---- logging ---------------------------------------------------------- */
+
+enum log_level { LOG_ERR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
+
+/* Write one line "kindling[component]: level: message" to stderr if |level| is
+ * at or below the current threshold.  Thread-safe (one write(2) per line). */
+void log_msg(enum log_level level, const char *component, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Set the threshold; the default is LOG_WARN so tools stay quiet on success.
+ * KINDLING_DEBUG=1 in the environment raises it to LOG_DEBUG at first use. */
+void log_set_level(enum log_level level);
+
+#ifndef LOG_COMPONENT
+#define LOG_COMPONENT "kindling"
+#endif
+#define log_err(...) log_msg(LOG_ERR, LOG_COMPONENT, __VA_ARGS__)
+#define log_warn(...) log_msg(LOG_WARN, LOG_COMPONENT, __VA_ARGS__)
+#define log_info(...) log_msg(LOG_INFO, LOG_COMPONENT, __VA_ARGS__)
+#define log_debug(...) log_msg(LOG_DEBUG, LOG_COMPONENT, __VA_ARGS__)
+
+/* ---- checked arithmetic ------------------------------------------------ */
+
+/* Each returns true on success and false if the result would overflow; on
+ * overflow |*out| is unspecified.  Use them on every size that came from
+ * untrusted input. */
+static inline bool ck_add_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_add_overflow(a, b, out); }
+static inline bool ck_mul_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_mul_overflow(a, b, out); }
+static inline bool ck_add_size(size_t a, size_t b, size_t *out) { return !__builtin_add_overflow(a, b, out); }
+static inline bool ck_mul_size(size_t a, size_t b, size_t *out) { return !__builtin_mul_overflow(a, b, out); }
+
+/* Round |v| up to a multiple of |align| (a power of two); false on overflow. */
+static inline bool ck_align_up_u64(uint64_t v, uint64_t align, uint64_t *out)
+{
+	uint64_t t;
+	if (!ck_add_u64(v, align - 1, &t))
+		return false;
+	*out = t & ~(align - 1);
+	return true;
+}
+
+/* ---- hashing and hex ------------------------------------------------------ */
+
+#define SHA256_LEN 32
+#define SHA256_HEX_LEN 64
+
+/* Lower-case hex of |len| bytes of |in| into |out|, which must hold 2*len+1. */
+void hex_encode(const uint8_t *in, size_t len, char *out);
+
+/* Parse exactly 2*|out_len| hex digits from |in| (which must be NUL-terminated
+ * right after them).  Returns 0 or -EINVAL. */
+int hex_decode(const char *in, uint8_t *out, size_t out_len);
+
+/* True if |s| is exactly 64 lower-case hex digits. */
+bool is_sha256_hex(const char *s);
+
+/* One-shot SHA-256 of |<p, n>| into |out|. */
+void sha256_buf(const void *p, size_t n, uint8_t out[SHA256_LEN]);
+
+/* True if all |n| bytes at |p| are zero. */
+bool is_all_zero(const void *p, size_t n);
+
+/* ---- files ---------------------------------------------------------------- */
+
+/* Create |path| and missing parents with |mode|.  Returns 0 or -errno. */
+int mkdir_p(const char *path, mode_t mode);
+
+/* Write |<buf, len>| to |path| crash-safely: a temporary name in the same
+ * directory, fsync, then rename over |path|.  On failure nothing is left
+ * behind and |path| is unchanged.  Returns 0 or -errno. */
+int write_file_atomic(const char *path, const void *buf, size_t len, mode_t mode);
+
+/* Read all of |path| into a malloc'd buffer (caller frees) of at most |max|
+ * bytes.  Returns 0, -ENOENT, -EFBIG if larger than |max|, or -errno. */
+int read_file_all(const char *path, size_t max, uint8_t **out, size_t *out_len);
+
+/* Fill |<buf, len>| from the OS random source.  Returns 0 or -errno. */
+int random_bytes(void *buf, size_t len);
+
+/* Monotonic clock in seconds. */
+double now_seconds(void);
+
+/* malloc'd printf; returns NULL and sets errno on failure. */
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif
