@@ -122,10 +122,13 @@ struct manifest_chunk {
 	uint64_t index;			      /* chunk index: byte offset / CHUNK_SIZE */
 	char name[CHUNK_NAME_HEX_LEN + 1];   /* "" until known */
 	uint8_t key[CHUNK_KEY_LEN];	      /* zero when the manifest was opened without a key */
-	uint32_t stored_len;		      /* bytes of the stored object */
 };
 
-enum chunk_compression { CHUNK_COMPRESS_NONE = 0, CHUNK_COMPRESS_ZSTD = 1 };
+struct manifest_layer {
+	char digest[80];	/* "sha256:..." of the layer blob */
+	uint64_t offset;	/* where its data region starts in the image */
+	uint64_t length;	/* bytes of that region */
+};
 
 struct manifest {
 	char source_manifest_digest[80]; /* "sha256:..." of the OCI manifest */
@@ -135,8 +138,8 @@ struct manifest {
 	uint64_t image_size;		 /* bytes; a multiple of chunk_size */
 	uint32_t chunk_size;		 /* CHUNK_SIZE */
 	uint64_t metadata_offset;	 /* where the EROFS metadata region starts */
-	uint32_t layer_count;
-	enum chunk_compression compression;
+	size_t n_layers;
+	struct manifest_layer *layers;
 	size_t n_chunks; /* non-zero chunks, sorted by index */
 	struct manifest_chunk *chunks;
 	bool keys_present; /* false when opened without the tenant key */

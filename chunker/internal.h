@@ -189,4 +189,131 @@ void run_config_cleanup(struct run_config *c);
 #define OCI_MAX_LAYERS 512
 #define OCI_MAX_BLOB (64ull << 30)
 
+/* ======================================================================
+ * Flattening (flatten.c): layer tars -> tree + image bytes, cut into chunks
+ * ====================================================================== */
+
+/* Where the image bytes go, one CHUNK_SIZE chunk at a time. */
+struct chunk_sink {
+	/* Return a CHUNK_SIZE buffer to fill, or NULL (out of memory). */
+	uint8_t *(*get_buffer)(void *ctx);
+	/* Optional: take back a buffer that will not be emitted. */
+	void (*put_buffer)(void *ctx, uint8_t *buf);
+	/* Hand over chunk |index|; |data| (from get_buffer) now belongs to the
+	 * sink, or is NULL for a chunk known to be all zeros.  Chunks arrive in
+	 * increasing index order, except chunk 0 (the superblock), which comes
+	 * last.  Returns 0 or -errno, which aborts the import. */
+	int (*emit)(void *ctx, uint64_t index, uint8_t *data);
+	void *ctx;
+};
+
+struct layer_region {
+	uint64_t offset, length;	/* bytes of the image */
+	uint64_t files;			/* regular files with data */
+};
+
+struct flattener {
+	struct fs_inode *root;
+	const struct chunk_sink *sink;
+	uint64_t pos;		/* next image byte to produce */
+	uint64_t chunk_index;	/* the chunk |buf| holds */
+	uint8_t *buf;		/* chunk being filled, or NULL */
+	uint64_t max_image_size;
+};
+
+/* Start an empty image; chunk 0 is held back for the superblock.  Images
+ * larger than |max_image_size| are refused.  Returns 0 or -ENOMEM. */
+int flattener_init(struct flattener *f, const struct chunk_sink *sink, uint64_t max_image_size);
+
+/* Apply layer |layer| (0 = bottom) read from |tar| to the tree and append its
+ * data region.  |what| names the layer in errors.  Reads |tar| to its end so
+ * its digests are checked.  Returns 0 or -errno (-EBADMSG for bad content,
+ * logged naming the layer and the entry). */
+int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, const char *what,
+		  struct layer_region *out_region);
+
+/* Write the metadata region and then chunk 0.  |layout| describes the result
+ * (erofs_layout_cleanup frees it).  Returns 0 or -errno. */
+int flattener_finish(struct flattener *f, struct erofs_image_layout *layout);
+
+/* Free the tree and any buffer not yet emitted. */
+void flattener_cleanup(struct flattener *f);
+
+/* ======================================================================
+ * chunkify's working context and operations (home.c, import.c, image.c,
+ * gc.c), driven by main.c
+ * ====================================================================== */
+
+#include <signal.h>
+
+struct chunkify_ctx {
+	char *home;			/* KINDLING_HOME */
+	struct store *store;
+	uint8_t salt[64];		/* deployment salt for chunk keys */
+	size_t salt_len;
+	uint8_t tenant_key[32];		/* seals manifest keys */
+	volatile sig_atomic_t *cancel;	/* set by a signal handler; may be NULL */
+	double lease_ttl;		/* seconds after which a lease or GC marker is stale */
+};
+
+/* Resolve KINDLING_HOME (default ~/.kindling), load or create the salt and
+ * the tenant key (0600 files created on first use; KINDLING_SALT and
+ * KINDLING_TENANT_KEY override them), and open |store_uri| (NULL = the file
+ * store $KINDLING_HOME/store).  Returns 0 or -errno (logged). */
+int ctx_init(struct chunkify_ctx *c, const char *store_uri, const struct store_options *sopt);
+void ctx_cleanup(struct chunkify_ctx *c);
+
+struct import_options {
+	const char *name_tag;		/* NAME[:TAG]; NULL derives it from the source */
+	bool progress;			/* draw a progress bar on stderr */
+	bool insecure;
+	unsigned workers;		/* crypto threads; 0 = one per core */
+	uint64_t max_image_size;	/* 0 = 1 TiB */
+};
+
+struct import_report {
+	char manifest_digest[SHA256_HEX_LEN + 1];
+	char ref[512];
+	uint64_t chunks_total, chunks_new, chunks_dedup, chunks_zero;
+	uint64_t bytes_uploaded, image_size;
+	double seconds;
+	unsigned workers;
+};
+
+/* Import SOURCE into the store (see DESIGN.md): flatten, chunk, upload new
+ * chunks, then publish the manifest and the ref, in that order.  On any
+ * failure nothing is published and no temporary object is left.  Returns 0
+ * or -errno (logged). */
+int chunkify_import(struct chunkify_ctx *c, const char *source, const struct import_options *opt,
+		    struct import_report *rep);
+
+/* Resolve IMAGE (NAME[:TAG], sha256:HEX or HEX) to a manifest digest.
+ * Returns 0, -ENOENT (logged, naming the image) or -errno. */
+int image_resolve(struct chunkify_ctx *c, const char *image, char digest[SHA256_HEX_LEN + 1]);
+
+/* Fetch manifests/<digest>, check that its bytes hash to |digest|, and
+ * decode it (with keys when |with_keys|).  Returns 0 or -errno (logged). */
+int image_load(struct chunkify_ctx *c, const char *digest, bool with_keys, struct manifest *m);
+
+/* Parse NAME[:TAG] into "NAME/TAG" for refs/ (tag defaults to "latest").
+ * Returns 0 or -EINVAL (logged). */
+int parse_name_tag(const char *s, char *out, size_t out_len);
+
+/* Lease and GC-marker keys shared by import.c and gc.c. */
+#define LEASE_PREFIX "leases/"
+#define GC_MARKER "gc/running"
+#define DEFAULT_LEASE_TTL 3600.0
+
+/* True if the GC marker exists and is fresh.  Returns 1, 0 or -errno. */
+int gc_marker_active(struct chunkify_ctx *c);
+
+struct gc_report {
+	uint64_t manifests, live_chunks, chunks_seen, chunks_deleted, leases_live, leases_expired;
+};
+
+/* Delete every chunk that no manifest and no live import lease references.
+ * Never races an import: see gc.c for the protocol.  Returns 0, -EBUSY if
+ * another GC runs, or -errno. */
+int chunkify_gc(struct chunkify_ctx *c, bool dry_run, struct gc_report *rep);
+
 #endif

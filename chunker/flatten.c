@@ -1,0 +1,595 @@
+/* Flattening: layer tar streams -> one file tree + the layer data regions.
+ *
+ * Each layer's regular-file data is laid out in tar order, every file on a
+ * 4 KiB boundary, in a region that starts on a 512 KiB chunk boundary.  The
+ * region therefore depends on nothing but that layer's tar, so the same layer
+ * produces the same chunks in every image that contains it, at any depth.
+ * Whiteouts and opaque directories only change the tree; data an upper layer
+ * hides stays where it is (its chunk is shared, so it costs nothing).
+ *
+ * The tar parser is libarchive: it handles ustar, pax (long names, xattrs,
+ * 64-bit sizes), GNU long names and all three GNU sparse formats, and it is
+ * fuzzed continuously upstream.  Everything it hands us is still treated as
+ * hostile: every path is split and checked here, sizes are bounded, and a
+ * write through a symlink is refused.
+ */
+#include "internal.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
+#define WHITEOUT_PREFIX ".wh."
+#define OPAQUE_MARKER ".wh..wh..opq"
+
+/* ---- the image byte stream, cut into chunks ------------------------------ */
+
+static int flush_chunk(struct flattener *f)
+{
+	int r = f->sink->emit(f->sink->ctx, f->chunk_index, f->buf);
+	f->buf = NULL;
+	f->chunk_index++;
+	return r;
+}
+
+/* Make sure a buffer for the chunk holding |f->pos| exists. */
+static int ensure_buffer(struct flattener *f)
+{
+	if (f->buf)
+		return 0;
+	f->buf = f->sink->get_buffer(f->sink->ctx);
+	if (!f->buf)
+		return -ENOMEM;
+	memset(f->buf, 0, CHUNK_SIZE);
+	return 0;
+}
+
+static int image_write(struct flattener *f, const void *data, size_t len)
+{
+	const uint8_t *p = data;
+	while (len) {
+		int r = ensure_buffer(f);
+		if (r < 0)
+			return r;
+		size_t in_chunk = (size_t)(f->pos % CHUNK_SIZE);
+		size_t n = CHUNK_SIZE - in_chunk;
+		if (n > len)
+			n = len;
+		memcpy(f->buf + in_chunk, p, n);
+		p += n;
+		len -= n;
+		f->pos += n;
+		if (f->pos % CHUNK_SIZE == 0 && (r = flush_chunk(f)) < 0)
+			return r;
+	}
+	return 0;
+}
+
+/* Advance to |off| leaving zeros.  Whole chunks in a hole are emitted as
+ * known-zero without touching memory, so a sparse 1 TiB file costs nothing. */
+static int image_skip_to(struct flattener *f, uint64_t off)
+{
+	if (off < f->pos)
+		return -EINVAL;
+	if (off > f->max_image_size)
+		return -EFBIG;
+	while (f->pos < off) {
+		int r;
+		if (f->pos % CHUNK_SIZE == 0 && off - f->pos >= CHUNK_SIZE && !f->buf) {
+			if ((r = f->sink->emit(f->sink->ctx, f->chunk_index, NULL)) < 0)
+				return r;
+			f->chunk_index++;
+			f->pos += CHUNK_SIZE;
+			continue;
+		}
+		if ((r = ensure_buffer(f)) < 0)
+			return r;
+		uint64_t chunk_end = f->pos - f->pos % CHUNK_SIZE + CHUNK_SIZE;
+		f->pos = off < chunk_end ? off : chunk_end;
+		if (f->pos % CHUNK_SIZE == 0 && (r = flush_chunk(f)) < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int image_align(struct flattener *f, uint64_t align)
+{
+	uint64_t to;
+	if (!ck_align_up_u64(f->pos, align, &to))
+		return -EFBIG;
+	return image_skip_to(f, to);
+}
+
+int flattener_init(struct flattener *f, const struct chunk_sink *sink, uint64_t max_image_size)
+{
+	memset(f, 0, sizeof(*f));
+	f->sink = sink;
+	f->max_image_size = max_image_size;
+	/* Chunk 0 is reserved for the superblock, written last. */
+	f->pos = CHUNK_SIZE;
+	f->chunk_index = 1;
+	f->root = fs_inode_new(S_IFDIR | 0755);
+	return f->root ? 0 : -ENOMEM;
+}
+
+void flattener_cleanup(struct flattener *f)
+{
+	if (f->buf && f->sink && f->sink->put_buffer)
+		f->sink->put_buffer(f->sink->ctx, f->buf);
+	f->buf = NULL;
+	fs_inode_unref(f->root);
+	f->root = NULL;
+}
+
+/* ---- paths ---------------------------------------------------------------- */
+
+struct layer_ctx {
+	struct flattener *f;
+	unsigned layer;
+	const char *what;	/* "layer 2 (sha256:ab12cd34ef56)" */
+	const char *entry;	/* current entry's path as in the tar */
+	uint64_t region_start;
+	uint64_t region_files;
+};
+
+#define entry_err(lc, ...) entry_err_((lc), __VA_ARGS__)
+__attribute__((format(printf, 2, 3))) static void entry_err_(const struct layer_ctx *lc, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	log_err("%s: entry \"%s\": %s", lc->what, lc->entry ? lc->entry : "?", msg);
+}
+
+/* Split |path| into checked components in |comps| (pointers into |buf|).
+ * "./" prefixes and "." components are dropped; ".." and absolute paths are
+ * refused because a layer must never name anything outside the image. */
+static int split_path(const struct layer_ctx *lc, const char *path, char *buf, size_t bufsz, char **comps,
+		      size_t max_comps, size_t *out_n)
+{
+	size_t len = strlen(path);
+	if (len == 0) {
+		entry_err(lc, "empty path");
+		return -EBADMSG;
+	}
+	if (len >= bufsz) {
+		entry_err(lc, "path longer than %zu bytes", bufsz - 1);
+		return -EBADMSG;
+	}
+	if (path[0] == '/') {
+		entry_err(lc, "absolute path; layer entries must be relative to the image root");
+		return -EBADMSG;
+	}
+	memcpy(buf, path, len + 1);
+	size_t n = 0;
+	char *save = NULL;
+	for (char *c = strtok_r(buf, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
+		if (strcmp(c, ".") == 0)
+			continue;
+		if (strcmp(c, "..") == 0) {
+			entry_err(lc, "path escapes the image root through \"..\"");
+			return -EBADMSG;
+		}
+		if (strlen(c) > 255) {
+			entry_err(lc, "a path component is longer than 255 bytes");
+			return -EBADMSG;
+		}
+		if (n == max_comps) {
+			entry_err(lc, "path deeper than %zu components", max_comps);
+			return -EBADMSG;
+		}
+		comps[n++] = c;
+	}
+	*out_n = n;
+	return 0;
+}
+
+#define MAX_DEPTH 256
+#define MAX_PATH 8192
+
+/* Walk to the directory holding the last of |n| components, creating missing
+ * parents as plain root-owned directories (tar streams may omit them).  A
+ * parent that is a symlink is refused: following it would let a layer write
+ * outside the directory it names. */
+static int walk_parents(struct layer_ctx *lc, char **comps, size_t n, struct fs_inode **out_dir)
+{
+	struct fs_inode *dir = lc->f->root;
+	for (size_t i = 0; i + 1 < n; i++) {
+		struct fs_dirent *d = fs_dir_lookup(dir, comps[i]);
+		if (!d) {
+			struct fs_inode *nd = fs_inode_new(S_IFDIR | 0755);
+			if (!nd)
+				return -ENOMEM;
+			int r = fs_dir_add(dir, comps[i], nd, lc->layer);
+			fs_inode_unref(nd);
+			if (r < 0)
+				return r;
+			d = fs_dir_lookup(dir, comps[i]);
+		} else if (S_ISLNK(d->inode->mode)) {
+			entry_err(lc, "parent \"%s\" is a symlink (to \"%s\"); writing through a symlink is refused",
+				  comps[i], d->inode->symlink ? d->inode->symlink : "");
+			return -EBADMSG;
+		} else if (!S_ISDIR(d->inode->mode)) {
+			entry_err(lc, "parent \"%s\" is not a directory", comps[i]);
+			return -EBADMSG;
+		}
+		dir = d->inode;
+	}
+	*out_dir = dir;
+	return 0;
+}
+
+/* Resolve a complete path (for hard-link targets); NULL if absent. */
+static struct fs_inode *resolve(struct layer_ctx *lc, char **comps, size_t n)
+{
+	struct fs_inode *cur = lc->f->root;
+	for (size_t i = 0; i < n; i++) {
+		if (!S_ISDIR(cur->mode))
+			return NULL;
+		struct fs_dirent *d = fs_dir_lookup(cur, comps[i]);
+		if (!d)
+			return NULL;
+		cur = d->inode;
+	}
+	return cur;
+}
+
+/* ---- whiteouts ------------------------------------------------------------ */
+
+/* Hide everything below |dir| that came from a lower layer: the opaque
+ * directory's own layer keeps what it wrote, including directories it
+ * re-declared, whose lower-layer children are hidden in turn. */
+static int make_opaque(struct fs_inode *dir, unsigned layer)
+{
+	for (size_t i = 0; i < dir->n_children;) {
+		struct fs_dirent *d = &dir->children[i];
+		if (d->layer < layer) {
+			int r = fs_dir_remove(dir, d->name);
+			if (r < 0)
+				return r;
+			continue; /* the slot now holds another entry */
+		}
+		if (S_ISDIR(d->inode->mode)) {
+			int r = make_opaque(d->inode, layer);
+			if (r < 0)
+				return r;
+		}
+		i++;
+	}
+	return 0;
+}
+
+/* ---- one entry ------------------------------------------------------------ */
+
+static int copy_metadata(struct layer_ctx *lc, struct fs_inode *ino, struct archive_entry *e)
+{
+	int64_t uid = archive_entry_uid(e), gid = archive_entry_gid(e);
+	if (uid < 0 || uid > UINT32_MAX || gid < 0 || gid > UINT32_MAX) {
+		entry_err(lc, "uid/gid %lld/%lld out of range", (long long)uid, (long long)gid);
+		return -EBADMSG;
+	}
+	ino->uid = (uint32_t)uid;
+	ino->gid = (uint32_t)gid;
+	ino->mode = (ino->mode & S_IFMT) | (archive_entry_perm(e) & 07777);
+	ino->mtime = archive_entry_mtime(e);
+	long ns = archive_entry_mtime_is_set(e) ? archive_entry_mtime_nsec(e) : 0;
+	ino->mtime_nsec = ns >= 0 && ns < 1000000000 ? (uint32_t)ns : 0;
+
+	/* Entries replace xattrs wholesale, as unpacking the layer would. */
+	for (size_t i = 0; i < ino->n_xattrs; i++) {
+		free(ino->xattrs[i].name);
+		free(ino->xattrs[i].value);
+	}
+	free(ino->xattrs);
+	ino->xattrs = NULL;
+	ino->n_xattrs = 0;
+	archive_entry_xattr_reset(e);
+	const char *name;
+	const void *value;
+	size_t size;
+	while (archive_entry_xattr_next(e, &name, &value, &size) == ARCHIVE_OK) {
+		if (size > 65535 || strlen(name) > 255) {
+			entry_err(lc, "xattr \"%s\" too large for the image format", name);
+			return -EBADMSG;
+		}
+		int r = fs_inode_set_xattr(ino, name, value, size);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int read_file_data(struct layer_ctx *lc, struct archive *a, struct fs_inode *ino, uint64_t size)
+{
+	struct flattener *f = lc->f;
+	int r = image_align(f, EROFS_BLOCK_SIZE);
+	if (r < 0)
+		return r;
+	uint64_t start = f->pos, end;
+	if (!ck_add_u64(start, size, &end) || end > f->max_image_size) {
+		entry_err(lc, "declared size %llu bytes exceeds the image size limit of %llu bytes",
+			  (unsigned long long)size, (unsigned long long)f->max_image_size);
+		return -EFBIG;
+	}
+	ino->data_off = start;
+	ino->size = size;
+	for (;;) {
+		const void *buf;
+		size_t len;
+		la_int64_t off;
+		int ar = archive_read_data_block(a, &buf, &len, &off);
+		if (ar == ARCHIVE_EOF)
+			break;
+		if (ar < ARCHIVE_WARN) {
+			entry_err(lc, "reading file data: %s", archive_error_string(a));
+			return -EBADMSG;
+		}
+		uint64_t at, stop;
+		if (off < 0 || !ck_add_u64(start, (uint64_t)off, &at) || !ck_add_u64(at, len, &stop) || stop > end) {
+			entry_err(lc, "file data beyond its declared size %llu", (unsigned long long)size);
+			return -EBADMSG;
+		}
+		if (at < f->pos) {
+			entry_err(lc, "sparse map goes backwards");
+			return -EBADMSG;
+		}
+		if ((r = image_skip_to(f, at)) < 0 || (r = image_write(f, buf, len)) < 0)
+			return r;
+	}
+	if ((r = image_skip_to(f, end)) < 0)
+		return r;
+	lc->region_files++;
+	return image_align(f, EROFS_BLOCK_SIZE);
+}
+
+static int flatten_entry(struct layer_ctx *lc, struct archive *a, struct archive_entry *e)
+{
+	char buf[MAX_PATH];
+	char *comps[MAX_DEPTH];
+	size_t n;
+	int r = split_path(lc, lc->entry, buf, sizeof(buf), comps, MAX_DEPTH, &n);
+	if (r < 0)
+		return r;
+	const char *hardlink = archive_entry_hardlink(e);
+	if (!hardlink)
+		hardlink = archive_entry_hardlink_utf8(e);
+	mode_t type = archive_entry_filetype(e);
+
+	if (n == 0) { /* "./": the root directory's own metadata */
+		if (hardlink || type != AE_IFDIR) {
+			entry_err(lc, "the image root must be a directory");
+			return -EBADMSG;
+		}
+		return copy_metadata(lc, lc->f->root, e);
+	}
+
+	struct fs_inode *dir;
+	if ((r = walk_parents(lc, comps, n, &dir)) < 0)
+		return r;
+	const char *base = comps[n - 1];
+
+	if (strcmp(base, OPAQUE_MARKER) == 0)
+		return make_opaque(dir, lc->layer);
+	if (strncmp(base, WHITEOUT_PREFIX, strlen(WHITEOUT_PREFIX)) == 0) {
+		const char *victim = base + strlen(WHITEOUT_PREFIX);
+		struct fs_dirent *d = fs_dir_lookup(dir, victim);
+		/* A whiteout hides lower layers only; one for a name that does not
+		 * exist is legal and does nothing. */
+		if (d && d->layer < lc->layer)
+			return fs_dir_remove(dir, victim);
+		return 0;
+	}
+
+	struct fs_inode *ino = NULL;
+	if (hardlink) {
+		char tbuf[MAX_PATH];
+		char *tcomps[MAX_DEPTH];
+		size_t tn;
+		if ((r = split_path(lc, hardlink, tbuf, sizeof(tbuf), tcomps, MAX_DEPTH, &tn)) < 0)
+			return r;
+		struct fs_inode *target = resolve(lc, tcomps, tn);
+		if (!target) {
+			entry_err(lc, "hard link to missing target \"%s\"", hardlink);
+			return -EBADMSG;
+		}
+		if (S_ISDIR(target->mode)) {
+			entry_err(lc, "hard link to directory \"%s\"", hardlink);
+			return -EBADMSG;
+		}
+		struct fs_dirent *existing = fs_dir_lookup(dir, base);
+		if (existing && existing->inode == target)
+			return 0;
+		target->refs++; /* keep it alive while the old name goes */
+		if (existing && (r = fs_dir_remove(dir, base)) < 0) {
+			fs_inode_unref(target);
+			return r;
+		}
+		r = fs_dir_add(dir, base, target, lc->layer);
+		fs_inode_unref(target);
+		return r;
+	}
+
+	struct fs_dirent *existing = fs_dir_lookup(dir, base);
+	if (type == AE_IFDIR && existing && S_ISDIR(existing->inode->mode)) {
+		/* Re-declaring a directory updates its metadata and keeps its
+		 * children. */
+		existing->layer = lc->layer;
+		return copy_metadata(lc, existing->inode, e);
+	}
+
+	switch (type) {
+	case AE_IFREG:
+	case AE_IFDIR:
+	case AE_IFLNK:
+	case AE_IFCHR:
+	case AE_IFBLK:
+	case AE_IFIFO:
+	case AE_IFSOCK:
+		break;
+	default:
+		entry_err(lc, "unsupported tar entry type 0%o", (unsigned)type);
+		return -EBADMSG;
+	}
+	ino = fs_inode_new((uint32_t)type);
+	if (!ino)
+		return -ENOMEM;
+	if ((r = copy_metadata(lc, ino, e)) < 0)
+		goto out;
+	if (type == AE_IFLNK) {
+		const char *target = archive_entry_symlink(e);
+		if (!target)
+			target = archive_entry_symlink_utf8(e);
+		if (!target || !*target || strlen(target) >= 4096) {
+			entry_err(lc, "symlink with an empty or over-long target");
+			r = -EBADMSG;
+			goto out;
+		}
+		if (!(ino->symlink = strdup(target))) {
+			r = -ENOMEM;
+			goto out;
+		}
+		ino->size = strlen(target);
+	} else if (type == AE_IFCHR || type == AE_IFBLK) {
+		ino->rdev_major = (uint32_t)archive_entry_rdevmajor(e);
+		ino->rdev_minor = (uint32_t)archive_entry_rdevminor(e);
+	} else if (type == AE_IFREG) {
+		la_int64_t size = archive_entry_size(e);
+		if (size < 0) {
+			entry_err(lc, "negative file size");
+			r = -EBADMSG;
+			goto out;
+		}
+		if (size > 0 && (r = read_file_data(lc, a, ino, (uint64_t)size)) < 0)
+			goto out;
+	}
+	if (existing && (r = fs_dir_remove(dir, base)) < 0)
+		goto out;
+	r = fs_dir_add(dir, base, ino, lc->layer);
+out:
+	fs_inode_unref(ino);
+	return r;
+}
+
+/* ---- one layer ---------------------------------------------------------- */
+
+struct stream_reader {
+	struct byte_stream *s;
+	uint8_t *buf;
+	size_t cap;
+	int err;
+};
+
+static la_ssize_t archive_read_cb(struct archive *a, void *arg, const void **out)
+{
+	struct stream_reader *sr = arg;
+	ssize_t n = byte_stream_read(sr->s, sr->buf, sr->cap);
+	if (n < 0) {
+		sr->err = (int)n;
+		archive_set_error(a, (int)-n, "%s", strerror((int)-n));
+		return -1;
+	}
+	*out = sr->buf;
+	return n;
+}
+
+#define READ_BUF (1u << 20)
+
+int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, const char *what,
+		  struct layer_region *out_region)
+{
+	int r = image_align(f, CHUNK_SIZE);
+	if (r < 0)
+		return r;
+	struct layer_ctx lc = {.f = f, .layer = layer, .what = what, .region_start = f->pos};
+	struct stream_reader sr = {.s = tar, .cap = READ_BUF};
+	struct archive *a = archive_read_new();
+	sr.buf = malloc(READ_BUF);
+	if (!a || !sr.buf) {
+		r = -ENOMEM;
+		goto out;
+	}
+	archive_read_support_format_tar(a);
+	if (archive_read_open(a, &sr, NULL, archive_read_cb, NULL) != ARCHIVE_OK) {
+		r = sr.err ? sr.err : -EBADMSG;
+		if (!sr.err)
+			log_err("%s: not a tar stream: %s", what, archive_error_string(a));
+		goto out;
+	}
+	char prev[MAX_PATH] = "";
+	uint64_t count = 0;
+	for (;;) {
+		struct archive_entry *e;
+		int ar = archive_read_next_header(a, &e);
+		if (ar == ARCHIVE_EOF)
+			break;
+		if (ar < ARCHIVE_WARN) {
+			r = sr.err ? sr.err : -EBADMSG;
+			if (!sr.err)
+				log_err("%s: entry %llu (after \"%s\"): bad tar header: %s", what,
+					(unsigned long long)count + 1, prev[0] ? prev : "start of layer",
+					archive_error_string(a));
+			goto out;
+		}
+		const char *path = archive_entry_pathname(e);
+		if (!path)
+			path = archive_entry_pathname_utf8(e);
+		if (!path) {
+			log_err("%s: entry %llu (after \"%s\"): unreadable path name", what,
+				(unsigned long long)count + 1, prev);
+			r = -EBADMSG;
+			goto out;
+		}
+		lc.entry = path;
+		if ((r = flatten_entry(&lc, a, e)) < 0) {
+			if (sr.err)
+				r = sr.err;
+			goto out;
+		}
+		snprintf(prev, sizeof(prev), "%s", path);
+		count++;
+	}
+	/* Drain to the end so the stream checks its digests: trailing bytes after
+	 * the end-of-archive marker still belong to the blob. */
+	uint8_t *scratch = sr.buf;
+	ssize_t n;
+	while ((n = byte_stream_read(tar, scratch, READ_BUF)) > 0)
+		;
+	if (n < 0) {
+		r = (int)n;
+		goto out;
+	}
+	out_region->offset = lc.region_start;
+	out_region->length = f->pos - lc.region_start;
+	out_region->files = lc.region_files;
+	r = 0;
+out:
+	if (a)
+		archive_read_free(a);
+	free(sr.buf);
+	return r;
+}
+
+int flattener_finish(struct flattener *f, struct erofs_image_layout *layout)
+{
+	int r = image_align(f, CHUNK_SIZE);
+	if (r < 0)
+		return r;
+	uint64_t meta_off = f->pos;
+	if ((r = erofs_write_metadata(f->root, meta_off, layout)) < 0)
+		return r;
+	if ((r = image_write(f, layout->meta, layout->meta_len)) < 0 || (r = image_skip_to(f, layout->image_size)) < 0)
+		return r;
+	/* Chunk 0: the superblock block and zeros up to the first region. */
+	uint8_t *c0 = f->sink->get_buffer(f->sink->ctx);
+	if (!c0)
+		return -ENOMEM;
+	memset(c0, 0, CHUNK_SIZE);
+	memcpy(c0, layout->superblock, EROFS_BLOCK_SIZE);
+	return f->sink->emit(f->sink->ctx, 0, c0);
+}

@@ -1,0 +1,224 @@
+/* chunkify gc: delete chunks that nothing references, without racing imports.
+ *
+ * The protocol needs nothing from a store but put, get, list and delete, so
+ * it works the same on a directory, an HTTP origin and S3:
+ *
+ *   import, per batch of chunks:      gc:
+ *     1. write leases/<id> naming       1. write gc/running
+ *        every chunk it relies on       2. read every live lease
+ *     2. read gc/running; while it        (their names are protected)
+ *        exists, wait                   3. read every manifest
+ *     3. check existence, upload        4. list chunks/, delete the rest
+ *   at the end: manifest, ref, then     5. delete gc/running
+ *   delete the lease
+ *
+ * Each side writes its own record before reading the other's, so for any
+ * batch either the import sees the marker (and waits until the collection is
+ * over, then finds deleted chunks missing and uploads them) or the
+ * collection sees the lease (and keeps those chunks).  Leases are read
+ * before manifests: a lease that is gone by then belonged to an import whose
+ * manifest was already published, so the manifest read sees it.  A lease or
+ * marker older than the TTL belongs to a process that died, and is ignored.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int gc_marker_active(struct chunkify_ctx *c)
+{
+	double age;
+	int r = store_age(c->store, GC_MARKER, &age);
+	if (r == -ENOENT)
+		return 0;
+	if (r < 0)
+		return r;
+	return age < c->lease_ttl ? 1 : 0;
+}
+
+struct name_set {
+	uint8_t (*names)[SHA256_LEN];
+	size_t n, cap;
+};
+
+static int set_add_hex(struct name_set *s, const char *hex)
+{
+	if (s->n == s->cap) {
+		size_t cap = s->cap ? s->cap * 2 : 1024;
+		void *a = realloc(s->names, cap * sizeof(*s->names));
+		if (!a)
+			return -ENOMEM;
+		s->names = a;
+		s->cap = cap;
+	}
+	if (hex_decode(hex, s->names[s->n], SHA256_LEN) < 0)
+		return -EINVAL;
+	s->n++;
+	return 0;
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+	return memcmp(a, b, SHA256_LEN);
+}
+
+struct gc_walk {
+	struct chunkify_ctx *c;
+	struct name_set live;
+	struct gc_report *rep;
+	char **keys;
+	size_t n_keys, cap_keys;
+};
+
+static int collect_key(void *arg, const char *key)
+{
+	struct gc_walk *w = arg;
+	if (w->n_keys == w->cap_keys) {
+		size_t cap = w->cap_keys ? w->cap_keys * 2 : 256;
+		char **a = realloc(w->keys, cap * sizeof(*a));
+		if (!a)
+			return -ENOMEM;
+		w->keys = a;
+		w->cap_keys = cap;
+	}
+	if (!(w->keys[w->n_keys] = strdup(key)))
+		return -ENOMEM;
+	w->n_keys++;
+	return 0;
+}
+
+static void free_keys(struct gc_walk *w)
+{
+	for (size_t i = 0; i < w->n_keys; i++)
+		free(w->keys[i]);
+	free(w->keys);
+	w->keys = NULL;
+	w->n_keys = w->cap_keys = 0;
+}
+
+static int protect_leases(struct gc_walk *w)
+{
+	int r = store_list(w->c->store, LEASE_PREFIX, collect_key, w);
+	for (size_t i = 0; r == 0 && i < w->n_keys; i++) {
+		double age;
+		r = store_age(w->c->store, w->keys[i], &age);
+		if (r == -ENOENT) { /* its import finished meanwhile: the manifest covers it */
+			r = 0;
+			continue;
+		}
+		if (r < 0)
+			break;
+		if (age >= w->c->lease_ttl) {
+			log_warn("ignoring lease %s: %.0f s old, its import must have died", w->keys[i], age);
+			w->rep->leases_expired++;
+			continue;
+		}
+		uint8_t *buf;
+		size_t len;
+		r = store_get(w->c->store, w->keys[i], 64u << 20, &buf, &len);
+		if (r == -ENOENT) {
+			r = 0;
+			continue;
+		}
+		if (r < 0)
+			break;
+		w->rep->leases_live++;
+		/* Header line, then one chunk name per line. */
+		char *text = (char *)buf;
+		size_t pos = 0;
+		while (pos < len && text[pos] != '\n')
+			pos++;
+		pos++;
+		while (r == 0 && pos + CHUNK_NAME_HEX_LEN < len + 1) {
+			char name[CHUNK_NAME_HEX_LEN + 1];
+			memcpy(name, text + pos, CHUNK_NAME_HEX_LEN);
+			name[CHUNK_NAME_HEX_LEN] = 0;
+			if (is_sha256_hex(name))
+				r = set_add_hex(&w->live, name);
+			pos += CHUNK_NAME_HEX_LEN + 1;
+		}
+		free(buf);
+	}
+	free_keys(w);
+	return r;
+}
+
+static int protect_manifests(struct gc_walk *w)
+{
+	int r = store_list(w->c->store, "manifests/", collect_key, w);
+	for (size_t i = 0; r == 0 && i < w->n_keys; i++) {
+		const char *digest = w->keys[i] + strlen("manifests/");
+		if (!is_sha256_hex(digest))
+			continue;
+		struct manifest m;
+		r = image_load(w->c, digest, false, &m);
+		if (r < 0) {
+			log_err("gc: cannot read manifest %s, so cannot tell which chunks it needs; nothing was deleted. "
+				"Fix or remove that manifest, then run gc again",
+				digest);
+			break;
+		}
+		for (size_t k = 0; r == 0 && k < m.n_chunks; k++)
+			r = set_add_hex(&w->live, m.chunks[k].name);
+		manifest_cleanup(&m);
+		w->rep->manifests++;
+	}
+	free_keys(w);
+	return r;
+}
+
+static int sweep(struct gc_walk *w, bool dry_run)
+{
+	int r = store_list(w->c->store, "chunks/", collect_key, w);
+	for (size_t i = 0; r == 0 && i < w->n_keys; i++) {
+		const char *name = w->keys[i] + strlen("chunks/");
+		uint8_t bin[SHA256_LEN];
+		w->rep->chunks_seen++;
+		if (!is_sha256_hex(name) || hex_decode(name, bin, SHA256_LEN) < 0)
+			continue; /* not ours to judge */
+		if (bsearch(bin, w->live.names, w->live.n, SHA256_LEN, cmp_name))
+			continue;
+		if (!dry_run && (r = store_delete(w->c->store, w->keys[i])) < 0)
+			break;
+		w->rep->chunks_deleted++;
+	}
+	free_keys(w);
+	return r;
+}
+
+int chunkify_gc(struct chunkify_ctx *c, bool dry_run, struct gc_report *rep)
+{
+	memset(rep, 0, sizeof(*rep));
+	int r = gc_marker_active(c);
+	if (r < 0)
+		return r;
+	if (r > 0) {
+		log_err("another gc is running on %s (%s exists); if none is, delete that object or wait for it to "
+			"expire",
+			store_describe(c->store), GC_MARKER);
+		return -EBUSY;
+	}
+	char marker[256], host[128] = "";
+	gethostname(host, sizeof(host) - 1);
+	snprintf(marker, sizeof(marker), "kindling-gc/1 host=%s pid=%d\n", host, (int)getpid());
+	if ((r = store_put(c->store, GC_MARKER, marker, strlen(marker))) < 0)
+		return r;
+
+	struct gc_walk w = {.c = c, .rep = rep};
+	r = protect_leases(&w);
+	if (r == 0)
+		r = protect_manifests(&w);
+	if (r == 0) {
+		qsort(w.live.names, w.live.n, SHA256_LEN, cmp_name);
+		rep->live_chunks = w.live.n;
+		r = sweep(&w, dry_run);
+	}
+	free(w.live.names);
+	int dr = store_delete(c->store, GC_MARKER);
+	if (dr < 0)
+		log_warn("could not remove %s; imports will wait until it expires", GC_MARKER);
+	return r;
+}

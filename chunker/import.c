@@ -1,0 +1,665 @@
+/* chunkify import: source -> flattened image -> sealed chunks -> store.
+ *
+ * Three kinds of thread, so tar parsing, crypto and I/O overlap:
+ *   - the caller's thread reads layers and fills 512 KiB chunk buffers
+ *     (flatten.c), then hands each to the work queue;
+ *   - |workers| seal threads drop zero chunks and encrypt the rest;
+ *   - one upload thread takes sealed chunks in batches, records them in the
+ *     import's lease, checks which names the store lacks in one pipelined
+ *     request and uploads only those.
+ * Buffers come from a fixed pool, so memory stays bounded however large the
+ * image is, and a slow store slows the reader instead of filling memory.
+ *
+ * Publishing order is what makes a failed import invisible: every chunk,
+ * then the manifest, then the ref.  The lease (leases/<id>) names the chunks
+ * this import relies on before it checks they exist, which is how a
+ * concurrent `chunkify gc` knows not to delete them (see gc.c).
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define POOL_BUFFERS_PER_WORKER 4
+#define UPLOAD_BATCH 64
+#define GC_WAIT_SECONDS 600
+
+struct job {
+	uint64_t index;
+	uint8_t *buf; /* plain in [0, CHUNK_SIZE), cipher in [CHUNK_SIZE, 2*CHUNK_SIZE); NULL for zero */
+	bool zero;
+	uint8_t key[CHUNK_KEY_LEN];
+	char name[CHUNK_NAME_HEX_LEN + 1];
+};
+
+/* A bounded FIFO of jobs. */
+struct queue {
+	struct job *items;
+	size_t cap, head, len;
+};
+
+struct chunk_slot {
+	bool present; /* non-zero chunk */
+	uint8_t key[CHUNK_KEY_LEN];
+	char name[CHUNK_NAME_HEX_LEN + 1];
+};
+
+struct pipeline {
+	struct chunkify_ctx *c;
+	pthread_mutex_t mu;
+	pthread_cond_t changed;
+	uint8_t **pool;
+	size_t pool_len, pool_cap;
+	struct queue work, sealed;
+	bool input_done;   /* no more work will be queued */
+	unsigned workers_running;
+	int err;	   /* first error; stops everything */
+
+	/* owned by the upload thread until it exits */
+	struct chunk_slot *slots;
+	uint64_t n_slots;
+	char **lease_names;
+	size_t n_lease_names, cap_lease_names;
+	char lease_key[64];
+	char lease_header[1024];
+	uint64_t chunks_new, chunks_dedup, chunks_zero, bytes_uploaded;
+
+	/* progress, read by the caller's thread */
+	uint64_t chunks_done;
+};
+
+static int queue_init(struct queue *q, size_t cap)
+{
+	q->items = calloc(cap, sizeof(*q->items));
+	q->cap = cap;
+	q->head = q->len = 0;
+	return q->items ? 0 : -ENOMEM;
+}
+
+static void queue_push(struct queue *q, const struct job *j)
+{
+	q->items[(q->head + q->len) % q->cap] = *j;
+	q->len++;
+}
+
+static struct job queue_pop(struct queue *q)
+{
+	struct job j = q->items[q->head];
+	q->head = (q->head + 1) % q->cap;
+	q->len--;
+	return j;
+}
+
+static void fail_locked(struct pipeline *p, int err)
+{
+	if (!p->err)
+		p->err = err;
+	pthread_cond_broadcast(&p->changed);
+}
+
+static bool cancelled(const struct pipeline *p)
+{
+	return p->c->cancel && *p->c->cancel;
+}
+
+/* ---- chunk_sink, called from the flattening thread ------------------------- */
+
+static uint8_t *sink_get_buffer(void *ctx)
+{
+	struct pipeline *p = ctx;
+	pthread_mutex_lock(&p->mu);
+	while (p->pool_len == 0 && !p->err)
+		pthread_cond_wait(&p->changed, &p->mu);
+	uint8_t *b = p->err ? NULL : p->pool[--p->pool_len];
+	pthread_mutex_unlock(&p->mu);
+	return b;
+}
+
+static void sink_put_buffer(void *ctx, uint8_t *buf)
+{
+	struct pipeline *p = ctx;
+	pthread_mutex_lock(&p->mu);
+	p->pool[p->pool_len++] = buf;
+	pthread_cond_broadcast(&p->changed);
+	pthread_mutex_unlock(&p->mu);
+}
+
+static int sink_emit(void *ctx, uint64_t index, uint8_t *data)
+{
+	struct pipeline *p = ctx;
+	struct job j = {.index = index, .buf = data, .zero = data == NULL};
+	pthread_mutex_lock(&p->mu);
+	if (cancelled(p))
+		fail_locked(p, -EINTR);
+	while (p->work.len == p->work.cap && !p->err)
+		pthread_cond_wait(&p->changed, &p->mu);
+	int err = p->err;
+	if (!err) {
+		queue_push(&p->work, &j);
+		pthread_cond_broadcast(&p->changed);
+	}
+	pthread_mutex_unlock(&p->mu);
+	if (err && data)
+		sink_put_buffer(p, data);
+	return err;
+}
+
+/* ---- seal workers ------------------------------------------------------------ */
+
+static void *seal_worker(void *arg)
+{
+	struct pipeline *p = arg;
+	pthread_mutex_lock(&p->mu);
+	for (;;) {
+		while (p->work.len == 0 && !p->input_done && !p->err)
+			pthread_cond_wait(&p->changed, &p->mu);
+		if (p->err || (p->work.len == 0 && p->input_done))
+			break;
+		struct job j = queue_pop(&p->work);
+		pthread_cond_broadcast(&p->changed);
+		pthread_mutex_unlock(&p->mu);
+
+		int r = 0;
+		if (j.buf && is_all_zero(j.buf, CHUNK_SIZE)) {
+			sink_put_buffer(p, j.buf);
+			j.buf = NULL;
+			j.zero = true;
+		}
+		if (j.buf)
+			r = chunk_seal(p->c->salt, p->c->salt_len, j.buf, CHUNK_SIZE, j.key, j.buf + CHUNK_SIZE, j.name);
+
+		pthread_mutex_lock(&p->mu);
+		if (r < 0) {
+			fail_locked(p, r);
+			if (j.buf)
+				p->pool[p->pool_len++] = j.buf;
+			break;
+		}
+		/* The sealed queue is as large as the pool plus the work queue,
+		 * so it never fills. */
+		queue_push(&p->sealed, &j);
+		pthread_cond_broadcast(&p->changed);
+	}
+	p->workers_running--;
+	pthread_cond_broadcast(&p->changed);
+	pthread_mutex_unlock(&p->mu);
+	return NULL;
+}
+
+/* ---- upload thread ------------------------------------------------------------ */
+
+static int record_slot(struct pipeline *p, const struct job *j)
+{
+	if (j->index >= p->n_slots) {
+		uint64_t n = p->n_slots ? p->n_slots : 1024;
+		while (n <= j->index)
+			n *= 2;
+		struct chunk_slot *s = realloc(p->slots, n * sizeof(*s));
+		if (!s)
+			return -ENOMEM;
+		memset(s + p->n_slots, 0, (n - p->n_slots) * sizeof(*s));
+		p->slots = s;
+		p->n_slots = n;
+	}
+	if (j->zero) {
+		p->chunks_zero++;
+		return 0;
+	}
+	struct chunk_slot *s = &p->slots[j->index];
+	s->present = true;
+	memcpy(s->key, j->key, CHUNK_KEY_LEN);
+	memcpy(s->name, j->name, sizeof(s->name));
+	return 0;
+}
+
+/* Rewrite this import's lease with every chunk name it relies on so far. */
+static int write_lease(struct pipeline *p, const struct job *batch, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (batch[i].zero)
+			continue;
+		if (p->n_lease_names == p->cap_lease_names) {
+			size_t cap = p->cap_lease_names ? p->cap_lease_names * 2 : 256;
+			char **a = realloc(p->lease_names, cap * sizeof(*a));
+			if (!a)
+				return -ENOMEM;
+			p->lease_names = a;
+			p->cap_lease_names = cap;
+		}
+		if (!(p->lease_names[p->n_lease_names] = strdup(batch[i].name)))
+			return -ENOMEM;
+		p->n_lease_names++;
+	}
+	size_t hl = strlen(p->lease_header);
+	size_t len = hl + p->n_lease_names * (CHUNK_NAME_HEX_LEN + 1);
+	char *text = malloc(len + 1);
+	if (!text)
+		return -ENOMEM;
+	memcpy(text, p->lease_header, hl);
+	char *w = text + hl;
+	for (size_t i = 0; i < p->n_lease_names; i++) {
+		memcpy(w, p->lease_names[i], CHUNK_NAME_HEX_LEN);
+		w[CHUNK_NAME_HEX_LEN] = '\n';
+		w += CHUNK_NAME_HEX_LEN + 1;
+	}
+	int r = store_put(p->c->store, p->lease_key, text, len);
+	free(text);
+	return r;
+}
+
+/* Wait while a garbage collection runs: it may be about to delete a chunk we
+ * are going to find present.  Our lease is written first, so a collection
+ * that starts after this check sees it (gc.c). */
+static int wait_for_gc(struct pipeline *p)
+{
+	double start = now_seconds();
+	bool told = false;
+	for (;;) {
+		int r = gc_marker_active(p->c);
+		if (r <= 0)
+			return r;
+		if (cancelled(p))
+			return -EINTR;
+		if (now_seconds() - start > GC_WAIT_SECONDS) {
+			log_err("a garbage collection has held %s in %s for over %d s; retry later, or delete that object "
+				"if no gc is running",
+				GC_MARKER, store_describe(p->c->store), GC_WAIT_SECONDS);
+			return -EBUSY;
+		}
+		if (!told)
+			log_warn("waiting for a running `chunkify gc` to finish");
+		told = true;
+		usleep(200 * 1000);
+	}
+}
+
+static int upload_batch(struct pipeline *p, struct job *batch, size_t n)
+{
+	int r = write_lease(p, batch, n);
+	if (r < 0)
+		return r;
+	if ((r = wait_for_gc(p)) < 0)
+		return r;
+
+	char keys[UPLOAD_BATCH][7 + CHUNK_NAME_HEX_LEN + 1];
+	const char *key_ptrs[UPLOAD_BATCH];
+	bool exists[UPLOAD_BATCH];
+	size_t m = 0;
+	size_t map[UPLOAD_BATCH];
+	for (size_t i = 0; i < n; i++) {
+		if (batch[i].zero)
+			continue;
+		/* The same chunk twice in one batch is uploaded once. */
+		bool dup = false;
+		for (size_t k = 0; k < m && !dup; k++)
+			dup = strcmp(batch[map[k]].name, batch[i].name) == 0;
+		if (dup) {
+			p->chunks_dedup++;
+			continue;
+		}
+		snprintf(keys[m], sizeof(keys[m]), "chunks/%s", batch[i].name);
+		key_ptrs[m] = keys[m];
+		map[m++] = i;
+	}
+	if (m == 0)
+		return 0;
+	if ((r = store_exists_batch(p->c->store, key_ptrs, m, exists)) < 0)
+		return r;
+	const char *put_keys[UPLOAD_BATCH];
+	const void *put_bufs[UPLOAD_BATCH];
+	size_t put_lens[UPLOAD_BATCH];
+	size_t np = 0;
+	for (size_t k = 0; k < m; k++) {
+		if (exists[k]) {
+			p->chunks_dedup++;
+			continue;
+		}
+		put_keys[np] = key_ptrs[k];
+		put_bufs[np] = batch[map[k]].buf + CHUNK_SIZE;
+		put_lens[np] = CHUNK_SIZE;
+		np++;
+	}
+	if (np && (r = store_put_batch(p->c->store, put_keys, put_bufs, put_lens, np)) < 0)
+		return r;
+	p->chunks_new += np;
+	p->bytes_uploaded += (uint64_t)np * CHUNK_SIZE;
+	return 0;
+}
+
+static void *upload_thread(void *arg)
+{
+	struct pipeline *p = arg;
+	struct job batch[UPLOAD_BATCH];
+	for (;;) {
+		size_t n = 0;
+		pthread_mutex_lock(&p->mu);
+		while (p->sealed.len == 0 && p->workers_running > 0 && !p->err)
+			pthread_cond_wait(&p->changed, &p->mu);
+		if (p->err || (p->sealed.len == 0 && p->workers_running == 0)) {
+			pthread_mutex_unlock(&p->mu);
+			break;
+		}
+		while (n < UPLOAD_BATCH && p->sealed.len)
+			batch[n++] = queue_pop(&p->sealed);
+		pthread_mutex_unlock(&p->mu);
+
+		int r = 0;
+		for (size_t i = 0; i < n && r == 0; i++)
+			r = record_slot(p, &batch[i]);
+		if (r == 0)
+			r = upload_batch(p, batch, n);
+		if (r == 0 && cancelled(p))
+			r = -EINTR;
+
+		pthread_mutex_lock(&p->mu);
+		for (size_t i = 0; i < n; i++)
+			if (batch[i].buf)
+				p->pool[p->pool_len++] = batch[i].buf;
+		p->chunks_done += n;
+		if (r < 0)
+			fail_locked(p, r);
+		pthread_cond_broadcast(&p->changed);
+		pthread_mutex_unlock(&p->mu);
+		if (r < 0)
+			break;
+	}
+	return NULL;
+}
+
+/* ---- progress ------------------------------------------------------------------- */
+
+static void draw_progress(struct pipeline *p, size_t layer, size_t n_layers, double start, bool final)
+{
+	pthread_mutex_lock(&p->mu);
+	uint64_t done = p->chunks_done;
+	pthread_mutex_unlock(&p->mu);
+	double mib = (double)done * CHUNK_SIZE / (1 << 20);
+	double secs = now_seconds() - start;
+	unsigned width = 30, fill = n_layers ? (unsigned)(width * layer / n_layers) : width;
+	char bar[64];
+	for (unsigned i = 0; i < width; i++)
+		bar[i] = i < fill ? '=' : (i == fill ? '>' : ' ');
+	bar[width] = 0;
+	fprintf(stderr, "\r[%s] layer %zu/%zu  %.0f MiB  %.0f MB/s ", bar, layer, n_layers, mib,
+		secs > 0 ? mib * 1.048576 / secs : 0.0);
+	if (final)
+		fputc('\n', stderr);
+	fflush(stderr);
+}
+
+/* ---- the import ----------------------------------------------------------------- */
+
+static int derive_name_tag(const char *source, char *out, size_t out_len)
+{
+	/* Last path component of the source, without tag or digest. */
+	const char *s = strchr(source, ':') ? strchr(source, ':') + 1 : source;
+	while (*s == '/')
+		s++;
+	char tmp[512];
+	snprintf(tmp, sizeof(tmp), "%s", s);
+	char *at = strchr(tmp, '@');
+	if (at)
+		*at = 0;
+	char *slash = strrchr(tmp, '/');
+	char *base = slash ? slash + 1 : tmp;
+	char *colon = strchr(base, ':');
+	const char *tag = "latest";
+	if (colon) {
+		*colon = 0;
+		tag = colon + 1;
+	}
+	char *dot = strstr(base, ".tar");
+	if (dot)
+		*dot = 0;
+	for (char *q = base; *q; q++)
+		if (*q >= 'A' && *q <= 'Z')
+			*q = (char)(*q - 'A' + 'a');
+	char nt[600];
+	snprintf(nt, sizeof(nt), "%s:%s", *base ? base : "image", *tag ? tag : "latest");
+	return parse_name_tag(nt, out, out_len);
+}
+
+static int publish(struct chunkify_ctx *c, struct pipeline *p, const struct oci_image *img, uint64_t meta_off,
+		   uint64_t image_size, const struct layer_region *regions, const char *name_tag,
+		   struct import_report *rep)
+{
+	struct manifest m = {0};
+	int r = 0;
+	m.image_size = image_size;
+	m.chunk_size = CHUNK_SIZE;
+	m.metadata_offset = meta_off;
+	snprintf(m.source_manifest_digest, sizeof(m.source_manifest_digest), "%s", img->manifest_digest);
+	snprintf(m.source_config_digest, sizeof(m.source_config_digest), "%s", img->config_digest);
+	m.source_ref = img->source_ref;
+	m.config = img->config;
+	m.n_layers = img->n_layers;
+	m.layers = calloc(img->n_layers ? img->n_layers : 1, sizeof(*m.layers));
+	uint64_t n_total = image_size / CHUNK_SIZE;
+	m.chunks = calloc(n_total ? n_total : 1, sizeof(*m.chunks));
+	if (!m.layers || !m.chunks) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < img->n_layers; i++) {
+		snprintf(m.layers[i].digest, sizeof(m.layers[i].digest), "%s", img->layers[i].digest);
+		m.layers[i].offset = regions[i].offset;
+		m.layers[i].length = regions[i].length;
+	}
+	for (uint64_t i = 0; i < n_total && i < p->n_slots; i++) {
+		if (!p->slots[i].present)
+			continue;
+		struct manifest_chunk *mc = &m.chunks[m.n_chunks++];
+		mc->index = i;
+		memcpy(mc->key, p->slots[i].key, CHUNK_KEY_LEN);
+		memcpy(mc->name, p->slots[i].name, sizeof(mc->name));
+	}
+
+	uint8_t *enc;
+	size_t enc_len;
+	if ((r = manifest_encode(&m, c->tenant_key, &enc, &enc_len)) < 0)
+		goto out;
+	uint8_t d[SHA256_LEN];
+	sha256_buf(enc, enc_len, d);
+	hex_encode(d, SHA256_LEN, rep->manifest_digest);
+	char key[600];
+	snprintf(key, sizeof(key), "manifests/%s", rep->manifest_digest);
+	r = store_put(c->store, key, enc, enc_len);
+	free(enc);
+	if (r < 0)
+		goto out;
+	rep->bytes_uploaded += enc_len;
+
+	char ref_key[600], ref_val[SHA256_HEX_LEN + 2];
+	snprintf(ref_key, sizeof(ref_key), "refs/%s", name_tag);
+	snprintf(ref_val, sizeof(ref_val), "%s\n", rep->manifest_digest);
+	if ((r = store_put(c->store, ref_key, ref_val, strlen(ref_val))) < 0) {
+		/* A manifest no ref names is garbage; do not leave it behind. */
+		store_delete(c->store, key);
+		goto out;
+	}
+out:
+	/* The run config and source ref belong to |img|. */
+	m.config = (struct run_config){0};
+	m.source_ref = NULL;
+	manifest_cleanup(&m);
+	return r;
+}
+
+int chunkify_import(struct chunkify_ctx *c, const char *source, const struct import_options *opt,
+		    struct import_report *rep)
+{
+	memset(rep, 0, sizeof(*rep));
+	double start = now_seconds();
+	char name_tag[512];
+	int r = opt->name_tag ? parse_name_tag(opt->name_tag, name_tag, sizeof(name_tag))
+			      : derive_name_tag(source, name_tag, sizeof(name_tag));
+	if (r < 0)
+		return r;
+	snprintf(rep->ref, sizeof(rep->ref), "%s", name_tag);
+	char *slash = strrchr(rep->ref, '/');
+	if (slash)
+		*slash = ':';
+
+	char *tmp_dir = xasprintf("%s/tmp", c->home);
+	if (!tmp_dir)
+		return -ENOMEM;
+	mkdir_p(tmp_dir, 0700);
+	struct oci_source_options so = {.insecure = opt->insecure, .tmp_dir = tmp_dir};
+	struct oci_source *src = NULL;
+	const struct oci_image *img = NULL;
+	r = oci_source_open(source, &so, &src, &img);
+	if (r < 0) {
+		free(tmp_dir);
+		return r;
+	}
+
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned workers = opt->workers ? opt->workers : (unsigned)(ncpu > 0 ? (ncpu > 16 ? 16 : ncpu) : 1);
+	rep->workers = workers;
+	struct pipeline p = {.c = c};
+	pthread_mutex_init(&p.mu, NULL);
+	pthread_cond_init(&p.changed, NULL);
+	p.pool_cap = (size_t)workers * POOL_BUFFERS_PER_WORKER + UPLOAD_BATCH + 2;
+	p.pool = calloc(p.pool_cap, sizeof(*p.pool));
+	struct layer_region *regions = calloc(img->n_layers ? img->n_layers : 1, sizeof(*regions));
+	struct flattener f = {0};
+	struct erofs_image_layout layout = {0};
+	pthread_t *threads = calloc(workers, sizeof(*threads));
+	pthread_t uploader;
+	bool uploader_started = false;
+	unsigned started = 0;
+	if (!p.pool || !regions || !threads || queue_init(&p.work, p.pool_cap) < 0 ||
+	    queue_init(&p.sealed, p.pool_cap * 2) < 0) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (; p.pool_len < p.pool_cap; p.pool_len++)
+		if (!(p.pool[p.pool_len] = malloc(2 * (size_t)CHUNK_SIZE))) {
+			r = -ENOMEM;
+			goto out;
+		}
+
+	uint8_t lease_id[8];
+	char lease_hex[17], host[64] = "";
+	random_bytes(lease_id, sizeof(lease_id));
+	hex_encode(lease_id, sizeof(lease_id), lease_hex);
+	gethostname(host, sizeof(host) - 1);
+	snprintf(p.lease_key, sizeof(p.lease_key), LEASE_PREFIX "%s", lease_hex);
+	snprintf(p.lease_header, sizeof(p.lease_header), "kindling-lease/1 host=%s pid=%d ref=%s\n", host,
+		 (int)getpid(), rep->ref);
+
+	const struct chunk_sink sink = {
+		.get_buffer = sink_get_buffer, .put_buffer = sink_put_buffer, .emit = sink_emit, .ctx = &p};
+	if ((r = flattener_init(&f, &sink, opt->max_image_size ? opt->max_image_size : (1ull << 40))) < 0)
+		goto out;
+
+	p.workers_running = workers;
+	for (; started < workers; started++)
+		if (pthread_create(&threads[started], NULL, seal_worker, &p) != 0) {
+			r = -EAGAIN;
+			pthread_mutex_lock(&p.mu);
+			p.workers_running -= workers - started;
+			fail_locked(&p, r);
+			pthread_mutex_unlock(&p.mu);
+			goto join;
+		}
+	if (pthread_create(&uploader, NULL, upload_thread, &p) != 0) {
+		r = -EAGAIN;
+		goto join;
+	}
+	uploader_started = true;
+
+	for (size_t i = 0; i < img->n_layers && r == 0; i++) {
+		char what[160];
+		snprintf(what, sizeof(what), "layer %zu (%.19s)", i + 1, img->layers[i].digest);
+		if (opt->progress)
+			draw_progress(&p, i, img->n_layers, start, false);
+		struct byte_stream *s = oci_source_open_layer(src, i);
+		if (!s) {
+			r = errno ? -errno : -EIO;
+			break;
+		}
+		r = flatten_layer(&f, s, (unsigned)i, what, &regions[i]);
+		byte_stream_close(s);
+		if (r == 0 && cancelled(&p))
+			r = -EINTR;
+	}
+	if (r == 0)
+		r = flattener_finish(&f, &layout);
+
+join:
+	pthread_mutex_lock(&p.mu);
+	if (r < 0)
+		fail_locked(&p, r);
+	p.input_done = true;
+	pthread_cond_broadcast(&p.changed);
+	pthread_mutex_unlock(&p.mu);
+	for (unsigned i = 0; i < started; i++)
+		pthread_join(threads[i], NULL);
+	if (!uploader_started) {
+		/* No uploader: the workers' output has nowhere to go. */
+		pthread_mutex_lock(&p.mu);
+		fail_locked(&p, r ? r : -EAGAIN);
+		pthread_mutex_unlock(&p.mu);
+	} else
+		pthread_join(uploader, NULL);
+	if (r == 0 && p.err)
+		r = p.err;
+	/* A failure inside the pipeline may have stopped the flattener early;
+	 * report the pipeline's reason, which was logged where it happened. */
+	if (r < 0 && p.err && r != p.err)
+		r = p.err;
+	if (opt->progress)
+		draw_progress(&p, r == 0 ? img->n_layers : 0, img->n_layers, start, true);
+
+	if (r == 0) {
+		rep->image_size = layout.image_size;
+		rep->chunks_total = layout.image_size / CHUNK_SIZE;
+		rep->chunks_new = p.chunks_new;
+		rep->chunks_dedup = p.chunks_dedup;
+		rep->bytes_uploaded = p.bytes_uploaded;
+		rep->chunks_zero = p.chunks_zero;
+		r = publish(c, &p, img, layout.meta_off, layout.image_size, regions, name_tag, rep);
+	}
+	if (r == -EINTR)
+		log_err("import of %s interrupted; nothing was published", source);
+	else if (r < 0)
+		log_err("import of %s failed; nothing was published", source);
+out:
+	if (p.lease_key[0])
+		store_delete(c->store, p.lease_key);
+	/* After a failure, buffers may still sit in the queues. */
+	while (p.work.items && p.work.len) {
+		struct job j = queue_pop(&p.work);
+		if (j.buf)
+			p.pool[p.pool_len++] = j.buf;
+	}
+	while (p.sealed.items && p.sealed.len) {
+		struct job j = queue_pop(&p.sealed);
+		if (j.buf)
+			p.pool[p.pool_len++] = j.buf;
+	}
+	flattener_cleanup(&f);
+	erofs_layout_cleanup(&layout);
+	for (size_t i = 0; i < p.pool_len; i++)
+		free(p.pool[i]);
+	free(p.pool);
+	free(p.work.items);
+	free(p.sealed.items);
+	free(p.slots);
+	for (size_t i = 0; i < p.n_lease_names; i++)
+		free(p.lease_names[i]);
+	free(p.lease_names);
+	free(threads);
+	free(regions);
+	pthread_mutex_destroy(&p.mu);
+	pthread_cond_destroy(&p.changed);
+	oci_source_free(src);
+	free(tmp_dir);
+	rep->seconds = now_seconds() - start;
+	return r;
+}
