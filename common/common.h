@@ -15,7 +15,7 @@
 
 /* ---- logging ---------------------------------------------------------- */
 
-enum log_level { LOG_ERR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
+enum log_level { LOG_SILENT = -1, LOG_ERR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
 
 /* Write one line "kindling[component]: level: message" to stderr if |level| is
  * at or below the current threshold.  Thread-safe (one write(2) per line). */

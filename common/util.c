@@ -25,6 +25,8 @@ void log_set_level(enum log_level level)
 void log_msg(enum log_level level, const char *component, const char *fmt, ...)
 {
 	static const char *const names[] = {"error", "warning", "info", "debug"};
+	if (level < LOG_ERR)
+		return;
 	if (!log_env_checked) {
 		const char *d = getenv("KINDLING_DEBUG");
 		if (d && *d && strcmp(d, "0") != 0)
