@@ -18,6 +18,7 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -479,27 +480,130 @@ out:
 
 /* ---- one layer ---------------------------------------------------------- */
 
+/* Layer bytes are read, hashed and decompressed on a thread of their own,
+ * a few megabytes ahead of the tar parser: digest checking and inflating a
+ * layer cost as much CPU as parsing it, and this way they overlap.  The
+ * parser gets pointers straight into the read-ahead buffers, without a copy. */
+#define READ_BUF (1u << 20)
+#define READ_SLOTS 4
+
+struct read_slot {
+	uint8_t *buf;
+	ssize_t len; /* bytes, 0 at the end, -errno on error */
+	bool full;
+};
+
 struct stream_reader {
 	struct byte_stream *s;
-	uint8_t *buf;
-	size_t cap;
+	pthread_t thread;
+	bool thread_started;
+	pthread_mutex_t mu;
+	pthread_cond_t changed;
+	struct read_slot slots[READ_SLOTS];
+	unsigned next_fill, next_take;
+	int held;	/* slot the parser is reading, or -1 */
+	bool stop;	/* the parser is done: the reader thread must exit */
+	bool at_end;	/* the stream returned 0 or an error */
 	int err;
 };
+
+static void *read_ahead(void *arg)
+{
+	struct stream_reader *sr = arg;
+	for (;;) {
+		pthread_mutex_lock(&sr->mu);
+		struct read_slot *slot = &sr->slots[sr->next_fill];
+		while ((slot->full || (int)sr->next_fill == sr->held) && !sr->stop)
+			pthread_cond_wait(&sr->changed, &sr->mu);
+		bool stop = sr->stop;
+		pthread_mutex_unlock(&sr->mu);
+		if (stop)
+			return NULL;
+		ssize_t n = byte_stream_read(sr->s, slot->buf, READ_BUF);
+		pthread_mutex_lock(&sr->mu);
+		slot->len = n;
+		slot->full = true;
+		sr->next_fill = (sr->next_fill + 1) % READ_SLOTS;
+		pthread_cond_broadcast(&sr->changed);
+		pthread_mutex_unlock(&sr->mu);
+		if (n <= 0)
+			return NULL;
+	}
+}
+
+/* Give back the slot the parser held and take the next one.  Returns its
+ * length (0 at the end, -errno on error) and the bytes in |*out|. */
+static ssize_t reader_next(struct stream_reader *sr, const void **out)
+{
+	pthread_mutex_lock(&sr->mu);
+	if (sr->held >= 0) {
+		sr->slots[sr->held].full = false;
+		sr->held = -1;
+		pthread_cond_broadcast(&sr->changed);
+	}
+	if (sr->at_end) {
+		pthread_mutex_unlock(&sr->mu);
+		return sr->err;
+	}
+	struct read_slot *slot = &sr->slots[sr->next_take];
+	while (!slot->full)
+		pthread_cond_wait(&sr->changed, &sr->mu);
+	ssize_t n = slot->len;
+	if (n <= 0) {
+		sr->at_end = true;
+		sr->err = (int)n;
+		slot->full = false;
+	} else {
+		sr->held = (int)sr->next_take;
+		sr->next_take = (sr->next_take + 1) % READ_SLOTS;
+		*out = slot->buf;
+	}
+	pthread_mutex_unlock(&sr->mu);
+	return n;
+}
+
+static int reader_start(struct stream_reader *sr, struct byte_stream *s)
+{
+	memset(sr, 0, sizeof(*sr));
+	sr->s = s;
+	sr->held = -1;
+	for (unsigned i = 0; i < READ_SLOTS; i++)
+		if (!(sr->slots[i].buf = malloc(READ_BUF)))
+			return -ENOMEM;
+	pthread_mutex_init(&sr->mu, NULL);
+	pthread_cond_init(&sr->changed, NULL);
+	if (pthread_create(&sr->thread, NULL, read_ahead, sr) != 0)
+		return -EAGAIN;
+	sr->thread_started = true;
+	return 0;
+}
+
+static void reader_stop(struct stream_reader *sr)
+{
+	if (sr->thread_started) {
+		pthread_mutex_lock(&sr->mu);
+		sr->stop = true;
+		pthread_cond_broadcast(&sr->changed);
+		pthread_mutex_unlock(&sr->mu);
+		pthread_join(sr->thread, NULL);
+		pthread_mutex_destroy(&sr->mu);
+		pthread_cond_destroy(&sr->changed);
+	}
+	for (unsigned i = 0; i < READ_SLOTS; i++)
+		free(sr->slots[i].buf);
+	sr->thread_started = false;
+}
 
 static la_ssize_t archive_read_cb(struct archive *a, void *arg, const void **out)
 {
 	struct stream_reader *sr = arg;
-	ssize_t n = byte_stream_read(sr->s, sr->buf, sr->cap);
+	ssize_t n = reader_next(sr, out);
 	if (n < 0) {
-		sr->err = (int)n;
 		archive_set_error(a, (int)-n, "%s", strerror((int)-n));
 		return -1;
 	}
-	*out = sr->buf;
 	return n;
 }
-
-#define READ_BUF (1u << 20)
 
 int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, const char *what,
 		  struct layer_region *out_region)
@@ -508,13 +612,15 @@ int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, 
 	if (r < 0)
 		return r;
 	struct layer_ctx lc = {.f = f, .layer = layer, .what = what, .region_start = f->pos};
-	struct stream_reader sr = {.s = tar, .cap = READ_BUF};
+	struct stream_reader sr;
+	memset(&sr, 0, sizeof(sr));
 	struct archive *a = archive_read_new();
-	sr.buf = malloc(READ_BUF);
-	if (!a || !sr.buf) {
+	if (!a) {
 		r = -ENOMEM;
 		goto out;
 	}
+	if ((r = reader_start(&sr, tar)) < 0)
+		goto out;
 	archive_read_support_format_tar(a);
 	if (archive_read_open(a, &sr, NULL, archive_read_cb, NULL) != ARCHIVE_OK) {
 		r = sr.err ? sr.err : -EBADMSG;
@@ -557,9 +663,9 @@ int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, 
 	}
 	/* Drain to the end so the stream checks its digests: trailing bytes after
 	 * the end-of-archive marker still belong to the blob. */
-	uint8_t *scratch = sr.buf;
 	ssize_t n;
-	while ((n = byte_stream_read(tar, scratch, READ_BUF)) > 0)
+	const void *ignored;
+	while ((n = reader_next(&sr, &ignored)) > 0)
 		;
 	if (n < 0) {
 		r = (int)n;
@@ -572,7 +678,7 @@ int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, 
 out:
 	if (a)
 		archive_read_free(a);
-	free(sr.buf);
+	reader_stop(&sr);
 	return r;
 }
 

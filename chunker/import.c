@@ -22,10 +22,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
-#define POOL_BUFFERS_PER_WORKER 4
-#define UPLOAD_BATCH 64
+#define POOL_BUFFERS_PER_WORKER 2
+#define UPLOAD_BATCH 32
 #define GC_WAIT_SECONDS 600
 
 struct job {
@@ -531,17 +532,25 @@ int chunkify_import(struct chunkify_ctx *c, const char *source, const struct imp
 	pthread_t *threads = calloc(workers, sizeof(*threads));
 	pthread_t uploader;
 	bool uploader_started = false;
+	uint8_t *pool_mem = NULL;
+	size_t pool_bytes = 0;
 	unsigned started = 0;
 	if (!p.pool || !regions || !threads || queue_init(&p.work, p.pool_cap) < 0 ||
 	    queue_init(&p.sealed, p.pool_cap * 2) < 0) {
 		r = -ENOMEM;
 		goto out;
 	}
+	/* One populated mapping for every buffer: faulting pages in one at a
+	 * time on first use costs more than sealing them on some hosts. */
+	pool_bytes = p.pool_cap * 2 * (size_t)CHUNK_SIZE;
+	pool_mem = mmap(NULL, pool_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	if (pool_mem == MAP_FAILED) {
+		pool_mem = NULL;
+		r = -ENOMEM;
+		goto out;
+	}
 	for (; p.pool_len < p.pool_cap; p.pool_len++)
-		if (!(p.pool[p.pool_len] = malloc(2 * (size_t)CHUNK_SIZE))) {
-			r = -ENOMEM;
-			goto out;
-		}
+		p.pool[p.pool_len] = pool_mem + p.pool_len * 2 * (size_t)CHUNK_SIZE;
 
 	uint8_t lease_id[8];
 	char lease_hex[17], host[64] = "";
@@ -645,8 +654,8 @@ out:
 	}
 	flattener_cleanup(&f);
 	erofs_layout_cleanup(&layout);
-	for (size_t i = 0; i < p.pool_len; i++)
-		free(p.pool[i]);
+	if (pool_mem)
+		munmap(pool_mem, pool_bytes);
 	free(p.pool);
 	free(p.work.items);
 	free(p.sealed.items);
