@@ -25,7 +25,7 @@
  *    16 bytes of SHA-256(meta), build_time = newest mtime.
  */
 #include "internal.h"
-#include "erofs_format.h"
+#include "../common/erofs_format.h"
 
 #include <errno.h>
 #include <stdlib.h>

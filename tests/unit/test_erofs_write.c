@@ -14,7 +14,7 @@
  * EROFS at all, it exits 77.
  */
 #include "chunker/internal.h"
-#include "chunker/erofs_format.h"
+#include "common/erofs_format.h"
 
 #include <dirent.h>
 #include <errno.h>
