@@ -129,13 +129,19 @@ void flattener_cleanup(struct flattener *f)
 
 /* ---- paths ---------------------------------------------------------------- */
 
+struct stream_reader;
+static bool reader_clean_end(struct stream_reader *sr);
+
 struct layer_ctx {
 	struct flattener *f;
 	unsigned layer;
 	const char *what;	/* "layer 2 (sha256:ab12cd34ef56)" */
 	const char *entry;	/* current entry's path as in the tar */
+	struct archive_entry *entry_ae;
 	uint64_t region_start;
 	uint64_t region_files;
+	struct stream_reader *reader;
+	bool ended_early;	/* the tar stopped right after complete file data */
 };
 
 #define entry_err(lc, ...) entry_err_((lc), __VA_ARGS__)
@@ -307,6 +313,14 @@ static int copy_metadata(struct layer_ctx *lc, struct fs_inode *ino, struct arch
 	return 0;
 }
 
+/* True when libarchive stopped because the stream ended, and the stream did
+ * end cleanly (no read error, digests fine so far). */
+static bool tail_missing(struct layer_ctx *lc, struct archive *a)
+{
+	const char *msg = archive_error_string(a);
+	return msg && strstr(msg, "Truncated input file") && reader_clean_end(lc->reader);
+}
+
 static int read_file_data(struct layer_ctx *lc, struct archive *a, struct fs_inode *ino, uint64_t size)
 {
 	struct flattener *f = lc->f;
@@ -321,6 +335,8 @@ static int read_file_data(struct layer_ctx *lc, struct archive *a, struct fs_ino
 	}
 	ino->data_off = start;
 	ino->size = size;
+	uint64_t delivered = 0;
+	bool sparse = archive_entry_sparse_count(lc->entry_ae) > 0;
 	for (;;) {
 		const void *buf;
 		size_t len;
@@ -329,6 +345,14 @@ static int read_file_data(struct layer_ctx *lc, struct archive *a, struct fs_ino
 		if (ar == ARCHIVE_EOF)
 			break;
 		if (ar < ARCHIVE_WARN) {
+			if (tail_missing(lc, a) && delivered == size && !sparse) {
+				/* All of the data arrived; only the block padding and the
+				 * end-of-archive marker are missing, as in layers some
+				 * umoci versions write.  Nothing is lost: accept it. */
+				log_info("%s: entry \"%s\": the tar ends without padding; accepted", lc->what, lc->entry);
+				lc->ended_early = true;
+				break;
+			}
 			entry_err(lc, "reading file data: %s", archive_error_string(a));
 			return -EBADMSG;
 		}
@@ -343,6 +367,7 @@ static int read_file_data(struct layer_ctx *lc, struct archive *a, struct fs_ino
 		}
 		if ((r = image_skip_to(f, at)) < 0 || (r = image_write(f, buf, len)) < 0)
 			return r;
+		delivered += len;
 	}
 	if ((r = image_skip_to(f, end)) < 0)
 		return r;
@@ -371,22 +396,27 @@ static int flatten_entry(struct layer_ctx *lc, struct archive *a, struct archive
 		return copy_metadata(lc, lc->f->root, e);
 	}
 
+	const char *base = comps[n - 1];
+	if (strncmp(base, WHITEOUT_PREFIX, strlen(WHITEOUT_PREFIX)) == 0) {
+		/* A whiteout hides lower-layer content only.  One whose parent is
+		 * gone, or no longer a directory (replaced earlier in this very
+		 * layer, as umoci writes it), has nothing left to hide; nor does
+		 * one for a name that does not exist. */
+		struct fs_inode *parent = resolve(lc, comps, n - 1);
+		if (!parent || !S_ISDIR(parent->mode))
+			return 0;
+		if (strcmp(base, OPAQUE_MARKER) == 0)
+			return make_opaque(parent, lc->layer);
+		const char *victim = base + strlen(WHITEOUT_PREFIX);
+		struct fs_dirent *d = fs_dir_lookup(parent, victim);
+		if (d && d->layer < lc->layer)
+			return fs_dir_remove(parent, victim);
+		return 0;
+	}
+
 	struct fs_inode *dir;
 	if ((r = walk_parents(lc, comps, n, &dir)) < 0)
 		return r;
-	const char *base = comps[n - 1];
-
-	if (strcmp(base, OPAQUE_MARKER) == 0)
-		return make_opaque(dir, lc->layer);
-	if (strncmp(base, WHITEOUT_PREFIX, strlen(WHITEOUT_PREFIX)) == 0) {
-		const char *victim = base + strlen(WHITEOUT_PREFIX);
-		struct fs_dirent *d = fs_dir_lookup(dir, victim);
-		/* A whiteout hides lower layers only; one for a name that does not
-		 * exist is legal and does nothing. */
-		if (d && d->layer < lc->layer)
-			return fs_dir_remove(dir, victim);
-		return 0;
-	}
 
 	struct fs_inode *ino = NULL;
 	if (hardlink) {
@@ -594,6 +624,14 @@ static void reader_stop(struct stream_reader *sr)
 	sr->thread_started = false;
 }
 
+static bool reader_clean_end(struct stream_reader *sr)
+{
+	pthread_mutex_lock(&sr->mu);
+	bool clean = sr->at_end && sr->err == 0;
+	pthread_mutex_unlock(&sr->mu);
+	return clean;
+}
+
 static la_ssize_t archive_read_cb(struct archive *a, void *arg, const void **out)
 {
 	struct stream_reader *sr = arg;
@@ -621,6 +659,7 @@ int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, 
 	}
 	if ((r = reader_start(&sr, tar)) < 0)
 		goto out;
+	lc.reader = &sr;
 	archive_read_support_format_tar(a);
 	if (archive_read_open(a, &sr, NULL, archive_read_cb, NULL) != ARCHIVE_OK) {
 		r = sr.err ? sr.err : -EBADMSG;
@@ -635,6 +674,10 @@ int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, 
 		int ar = archive_read_next_header(a, &e);
 		if (ar == ARCHIVE_EOF)
 			break;
+		if (ar < ARCHIVE_WARN && count > 0 && tail_missing(&lc, a)) {
+			log_info("%s: the tar ends without its end-of-archive marker; accepted", what);
+			break;
+		}
 		if (ar < ARCHIVE_WARN) {
 			r = sr.err ? sr.err : -EBADMSG;
 			if (!sr.err)
@@ -653,6 +696,7 @@ int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, 
 			goto out;
 		}
 		lc.entry = path;
+		lc.entry_ae = e;
 		if ((r = flatten_entry(&lc, a, e)) < 0) {
 			if (sr.err)
 				r = sr.err;
@@ -660,6 +704,8 @@ int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, 
 		}
 		snprintf(prev, sizeof(prev), "%s", path);
 		count++;
+		if (lc.ended_early)
+			break;
 	}
 	/* Drain to the end so the stream checks its digests: trailing bytes after
 	 * the end-of-archive marker still belong to the blob. */

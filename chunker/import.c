@@ -174,14 +174,17 @@ static void *seal_worker(void *arg)
 			r = chunk_seal(p->c->salt, p->c->salt_len, j.buf, CHUNK_SIZE, j.key, j.buf + CHUNK_SIZE, j.name);
 
 		pthread_mutex_lock(&p->mu);
-		if (r < 0) {
-			fail_locked(p, r);
+		/* Zero chunks hold no buffer, so a long hole can outrun the
+		 * uploader: wait for room rather than assume it. */
+		while (r == 0 && p->sealed.len == p->sealed.cap && !p->err)
+			pthread_cond_wait(&p->changed, &p->mu);
+		if (r < 0 || p->err) {
+			if (r < 0)
+				fail_locked(p, r);
 			if (j.buf)
 				p->pool[p->pool_len++] = j.buf;
 			break;
 		}
-		/* The sealed queue is as large as the pool plus the work queue,
-		 * so it never fills. */
 		queue_push(&p->sealed, &j);
 		pthread_cond_broadcast(&p->changed);
 	}
@@ -346,6 +349,7 @@ static void *upload_thread(void *arg)
 		}
 		while (n < UPLOAD_BATCH && p->sealed.len)
 			batch[n++] = queue_pop(&p->sealed);
+		pthread_cond_broadcast(&p->changed);
 		pthread_mutex_unlock(&p->mu);
 
 		int r = 0;

@@ -116,7 +116,7 @@ static enum doc_kind sniff_doc(const uint8_t *buf, size_t len, const char *conte
 static char *layer_what(const struct oci_source *src, size_t i)
 {
 	const struct oci_layer *l = &src->img.layers[i];
-	return xasprintf("layer %zu (%s) of %s", i, *l->digest ? l->digest : l->diff_id, src->img.source_ref);
+	return xasprintf("layer %zu (%s) of %s", i + 1, *l->digest ? l->digest : l->diff_id, src->img.source_ref);
 }
 
 /* ======================================================================
@@ -631,7 +631,7 @@ static int archive_open(struct oci_source *src, const char *path)
 			for (size_t i = 0; i < n; i++)
 				if (!resolved[i]) {
 					log_err("%s: layer %zu: %s is not in the archive (or is a dangling link)",
-						src->img.source_ref, i, src->layer_names[i]);
+						src->img.source_ref, i + 1, src->layer_names[i]);
 					r = -EBADMSG;
 					goto out;
 				}
