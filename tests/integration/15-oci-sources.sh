@@ -188,7 +188,7 @@ import sys
 p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[len(b) // 2] ^= 0x01; open(p, "wb").write(b)
 PY
 expect_fail "$DUMP" "oci:$T/imgbad:v1"
-grep -q "layer 1 (sha256:" "$T/last.err" || die "tampered blob: error does not name the layer: $(cat "$T/last.err")"
+grep -q "layer 2 (sha256:" "$T/last.err" || die "tampered blob (the second layer): error does not name it: $(cat "$T/last.err")"
 grep -q "digest mismatch\|corrupt gzip" "$T/last.err" || die "tampered blob: $(cat "$T/last.err")"
 pass "tampered layer blob"
 

@@ -104,7 +104,7 @@ int main(int argc, char **argv)
 		json_array_append_new(layers, jl);
 		struct byte_stream *s = oci_source_open_layer(src, i);
 		if (!s) {
-			fprintf(stderr, "oci_dump: %s: layer %zu: %s\n", spec, i, strerror(errno));
+			fprintf(stderr, "oci_dump: %s: layer %zu: %s\n", spec, i + 1, strerror(errno));
 			rc = 1;
 			break;
 		}
@@ -113,7 +113,7 @@ int main(int argc, char **argv)
 		r = drain(s, &bytes, hex);
 		byte_stream_close(s);
 		if (r < 0) {
-			fprintf(stderr, "oci_dump: %s: layer %zu: %s\n", spec, i, strerror(-r));
+			fprintf(stderr, "oci_dump: %s: layer %zu: %s\n", spec, i + 1, strerror(-r));
 			rc = 1;
 			break;
 		}
