@@ -69,42 +69,21 @@ struct gc_walk {
 	struct chunkify_ctx *c;
 	struct name_set live;
 	struct gc_report *rep;
-	char **keys;
-	size_t n_keys, cap_keys;
+	struct str_list keys;
 };
 
 static int collect_key(void *arg, const char *key)
 {
 	struct gc_walk *w = arg;
-	if (w->n_keys == w->cap_keys) {
-		size_t cap = w->cap_keys ? w->cap_keys * 2 : 256;
-		char **a = realloc(w->keys, cap * sizeof(*a));
-		if (!a)
-			return -ENOMEM;
-		w->keys = a;
-		w->cap_keys = cap;
-	}
-	if (!(w->keys[w->n_keys] = strdup(key)))
-		return -ENOMEM;
-	w->n_keys++;
-	return 0;
-}
-
-static void free_keys(struct gc_walk *w)
-{
-	for (size_t i = 0; i < w->n_keys; i++)
-		free(w->keys[i]);
-	free(w->keys);
-	w->keys = NULL;
-	w->n_keys = w->cap_keys = 0;
+	return str_list_add(&w->keys, key);
 }
 
 static int protect_leases(struct gc_walk *w)
 {
 	int r = store_list(w->c->store, LEASE_PREFIX, collect_key, w);
-	for (size_t i = 0; r == 0 && i < w->n_keys; i++) {
+	for (size_t i = 0; r == 0 && i < w->keys.n; i++) {
 		double age;
-		r = store_age(w->c->store, w->keys[i], &age);
+		r = store_age(w->c->store, w->keys.items[i], &age);
 		if (r == -ENOENT) { /* its import finished meanwhile: the manifest covers it */
 			r = 0;
 			continue;
@@ -112,13 +91,13 @@ static int protect_leases(struct gc_walk *w)
 		if (r < 0)
 			break;
 		if (age >= w->c->lease_ttl) {
-			log_warn("ignoring lease %s: %.0f s old, its import must have died", w->keys[i], age);
+			log_warn("ignoring lease %s: %.0f s old, its import must have died", w->keys.items[i], age);
 			w->rep->leases_expired++;
 			continue;
 		}
 		uint8_t *buf;
 		size_t len;
-		r = store_get(w->c->store, w->keys[i], 64u << 20, &buf, &len);
+		r = store_get(w->c->store, w->keys.items[i], 64u << 20, &buf, &len);
 		if (r == -ENOENT) {
 			r = 0;
 			continue;
@@ -142,15 +121,15 @@ static int protect_leases(struct gc_walk *w)
 		}
 		free(buf);
 	}
-	free_keys(w);
+	str_list_clear(&w->keys);
 	return r;
 }
 
 static int protect_manifests(struct gc_walk *w)
 {
 	int r = store_list(w->c->store, "manifests/", collect_key, w);
-	for (size_t i = 0; r == 0 && i < w->n_keys; i++) {
-		const char *digest = w->keys[i] + strlen("manifests/");
+	for (size_t i = 0; r == 0 && i < w->keys.n; i++) {
+		const char *digest = w->keys.items[i] + strlen("manifests/");
 		if (!is_sha256_hex(digest))
 			continue;
 		struct manifest m;
@@ -166,26 +145,26 @@ static int protect_manifests(struct gc_walk *w)
 		manifest_cleanup(&m);
 		w->rep->manifests++;
 	}
-	free_keys(w);
+	str_list_clear(&w->keys);
 	return r;
 }
 
 static int sweep(struct gc_walk *w, bool dry_run)
 {
 	int r = store_list(w->c->store, "chunks/", collect_key, w);
-	for (size_t i = 0; r == 0 && i < w->n_keys; i++) {
-		const char *name = w->keys[i] + strlen("chunks/");
+	for (size_t i = 0; r == 0 && i < w->keys.n; i++) {
+		const char *name = w->keys.items[i] + strlen("chunks/");
 		uint8_t bin[SHA256_LEN];
 		w->rep->chunks_seen++;
 		if (!is_sha256_hex(name) || hex_decode(name, bin, SHA256_LEN) < 0)
 			continue; /* not ours to judge */
 		if (bsearch(bin, w->live.names, w->live.n, SHA256_LEN, cmp_name))
 			continue;
-		if (!dry_run && (r = store_delete(w->c->store, w->keys[i])) < 0)
+		if (!dry_run && (r = store_delete(w->c->store, w->keys.items[i])) < 0)
 			break;
 		w->rep->chunks_deleted++;
 	}
-	free_keys(w);
+	str_list_clear(&w->keys);
 	return r;
 }
 

@@ -63,8 +63,7 @@ struct pipeline {
 	/* owned by the upload thread until it exits */
 	struct chunk_slot *slots;
 	uint64_t n_slots;
-	char **lease_names;
-	size_t n_lease_names, cap_lease_names;
+	struct str_list lease_names;
 	char lease_key[64];
 	char lease_header[1024];
 	uint64_t chunks_new, chunks_dedup, chunks_zero, bytes_uploaded;
@@ -226,27 +225,18 @@ static int write_lease(struct pipeline *p, const struct job *batch, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		if (batch[i].zero)
 			continue;
-		if (p->n_lease_names == p->cap_lease_names) {
-			size_t cap = p->cap_lease_names ? p->cap_lease_names * 2 : 256;
-			char **a = realloc(p->lease_names, cap * sizeof(*a));
-			if (!a)
-				return -ENOMEM;
-			p->lease_names = a;
-			p->cap_lease_names = cap;
-		}
-		if (!(p->lease_names[p->n_lease_names] = strdup(batch[i].name)))
+		if (str_list_add(&p->lease_names, batch[i].name) < 0)
 			return -ENOMEM;
-		p->n_lease_names++;
 	}
 	size_t hl = strlen(p->lease_header);
-	size_t len = hl + p->n_lease_names * (CHUNK_NAME_HEX_LEN + 1);
+	size_t len = hl + p->lease_names.n * (CHUNK_NAME_HEX_LEN + 1);
 	char *text = malloc(len + 1);
 	if (!text)
 		return -ENOMEM;
 	memcpy(text, p->lease_header, hl);
 	char *w = text + hl;
-	for (size_t i = 0; i < p->n_lease_names; i++) {
-		memcpy(w, p->lease_names[i], CHUNK_NAME_HEX_LEN);
+	for (size_t i = 0; i < p->lease_names.n; i++) {
+		memcpy(w, p->lease_names.items[i], CHUNK_NAME_HEX_LEN);
 		w[CHUNK_NAME_HEX_LEN] = '\n';
 		w += CHUNK_NAME_HEX_LEN + 1;
 	}
@@ -664,9 +654,7 @@ out:
 	free(p.work.items);
 	free(p.sealed.items);
 	free(p.slots);
-	for (size_t i = 0; i < p.n_lease_names; i++)
-		free(p.lease_names[i]);
-	free(p.lease_names);
+	str_list_clear(&p.lease_names);
 	free(threads);
 	free(regions);
 	pthread_mutex_destroy(&p.mu);

@@ -170,22 +170,6 @@ static int make_parents(int dir_fd, const char *key)
 	return 0;
 }
 
-/* Write all of |<buf, len>| to |fd|.  Returns 0 or -errno. */
-static int write_all(int fd, const uint8_t *buf, size_t len)
-{
-	while (len) {
-		ssize_t w = write(fd, buf, len);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		buf += w;
-		len -= (size_t)w;
-	}
-	return 0;
-}
-
 /* Length of |key|'s parent directory part ("" for a top-level key). */
 static size_t parent_len_of(const char *key)
 {
@@ -225,7 +209,7 @@ static int write_temp(struct file_store *fs, const char *key, const void *buf, s
 			strerror(-r));
 		return r;
 	}
-	r = write_all(fd, buf, len);
+	r = write_full(fd, buf, len);
 	if (!r && sync_now && fsync(fd) < 0)
 		r = -errno;
 	if (close(fd) < 0 && !r)

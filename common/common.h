@@ -85,9 +85,25 @@ int mkdir_p(const char *path, mode_t mode);
  * behind and |path| is unchanged.  Returns 0 or -errno. */
 int write_file_atomic(const char *path, const void *buf, size_t len, mode_t mode);
 
+/* Write all of |<buf, len>| to |fd|, retrying short writes and EINTR.
+ * Returns 0 or -errno. */
+int write_full(int fd, const void *buf, size_t len);
+
 /* Read all of |path| into a malloc'd buffer (caller frees) of at most |max|
  * bytes.  Returns 0, -ENOENT, -EFBIG if larger than |max|, or -errno. */
 int read_file_all(const char *path, size_t max, uint8_t **out, size_t *out_len);
+
+/* A growable list of owned strings. */
+struct str_list {
+	char **items;
+	size_t n, cap;
+};
+
+/* Append a copy of |s|.  Returns 0 or -ENOMEM. */
+int str_list_add(struct str_list *l, const char *s);
+
+/* Free every string and the array; the list is empty afterwards. */
+void str_list_clear(struct str_list *l);
 
 /* Fill |<buf, len>| from the OS random source.  Returns 0 or -errno. */
 int random_bytes(void *buf, size_t len);

@@ -157,20 +157,7 @@ int write_file_atomic(const char *path, const void *buf, size_t len, mode_t mode
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
 	if (fd < 0)
 		return -errno;
-	const uint8_t *p = buf;
-	size_t left = len;
-	int err = 0;
-	while (left) {
-		ssize_t w = write(fd, p, left);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			err = -errno;
-			break;
-		}
-		p += w;
-		left -= (size_t)w;
-	}
+	int err = write_full(fd, buf, len);
 	if (!err && fchmod(fd, mode) < 0)
 		err = -errno;
 	if (!err && fsync(fd) < 0)
@@ -182,6 +169,47 @@ int write_file_atomic(const char *path, const void *buf, size_t len, mode_t mode
 	if (err)
 		unlink(tmp);
 	return err;
+}
+
+int write_full(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	while (len) {
+		ssize_t w = write(fd, p, len);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += w;
+		len -= (size_t)w;
+	}
+	return 0;
+}
+
+int str_list_add(struct str_list *l, const char *s)
+{
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? l->cap * 2 : 64;
+		char **a = realloc(l->items, cap * sizeof(*a));
+		if (!a)
+			return -ENOMEM;
+		l->items = a;
+		l->cap = cap;
+	}
+	if (!(l->items[l->n] = strdup(s)))
+		return -ENOMEM;
+	l->n++;
+	return 0;
+}
+
+void str_list_clear(struct str_list *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->items[i]);
+	free(l->items);
+	l->items = NULL;
+	l->n = l->cap = 0;
 }
 
 int read_file_all(const char *path, size_t max, uint8_t **out, size_t *out_len)
