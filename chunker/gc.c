@@ -158,7 +158,7 @@ static int sweep(struct gc_walk *w, bool dry_run)
 		w->rep->chunks_seen++;
 		if (!is_sha256_hex(name) || hex_decode(name, bin, SHA256_LEN) < 0)
 			continue; /* not ours to judge */
-		if (bsearch(bin, w->live.names, w->live.n, SHA256_LEN, cmp_name))
+		if (w->live.n && bsearch(bin, w->live.names, w->live.n, SHA256_LEN, cmp_name))
 			continue;
 		if (!dry_run && (r = store_delete(w->c->store, w->keys.items[i])) < 0)
 			break;
@@ -191,7 +191,8 @@ int chunkify_gc(struct chunkify_ctx *c, bool dry_run, struct gc_report *rep)
 	if (r == 0)
 		r = protect_manifests(&w);
 	if (r == 0) {
-		qsort(w.live.names, w.live.n, SHA256_LEN, cmp_name);
+		if (w.live.n) /* qsort(NULL, 0) is undefined */
+			qsort(w.live.names, w.live.n, SHA256_LEN, cmp_name);
 		rep->live_chunks = w.live.n;
 		r = sweep(&w, dry_run);
 	}

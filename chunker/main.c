@@ -96,38 +96,14 @@ static int cmd_import(struct chunkify_ctx *c, const struct cli *cli, const char 
 
 /* ---- ls ---------------------------------------------------------------------- */
 
-struct key_list {
-	char **keys;
-	size_t n, cap;
-};
-
 static int add_key(void *arg, const char *key)
 {
-	struct key_list *l = arg;
-	if (l->n == l->cap) {
-		size_t cap = l->cap ? l->cap * 2 : 64;
-		char **a = realloc(l->keys, cap * sizeof(*a));
-		if (!a)
-			return -ENOMEM;
-		l->keys = a;
-		l->cap = cap;
-	}
-	if (!(l->keys[l->n] = strdup(key)))
-		return -ENOMEM;
-	l->n++;
-	return 0;
+	return str_list_add(arg, key);
 }
 
 static int cmp_str(const void *a, const void *b)
 {
 	return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static void key_list_free(struct key_list *l)
-{
-	for (size_t i = 0; i < l->n; i++)
-		free(l->keys[i]);
-	free(l->keys);
 }
 
 /* "refs/a/b/tag" -> "a/b:tag" */
@@ -159,21 +135,22 @@ static int read_ref(struct chunkify_ctx *c, const char *key, char digest[SHA256_
 
 static int cmd_ls(struct chunkify_ctx *c, const struct cli *cli)
 {
-	struct key_list refs = {0};
+	struct str_list refs = {0};
 	int r = store_list(c->store, "refs/", add_key, &refs);
 	if (r < 0) {
-		key_list_free(&refs);
+		str_list_clear(&refs);
 		return r;
 	}
-	qsort(refs.keys, refs.n, sizeof(*refs.keys), cmp_str);
+	if (refs.n) /* qsort(NULL, 0) is undefined */
+		qsort(refs.items, refs.n, sizeof(*refs.items), cmp_str);
 	json_t *arr = json_array();
 	if (!cli->json)
 		printf("%-40s %-20s %12s %8s\n", "IMAGE", "MANIFEST", "SIZE", "CHUNKS");
 	for (size_t i = 0; i < refs.n; i++) {
 		char name[600], digest[SHA256_HEX_LEN + 1];
-		ref_to_name(refs.keys[i], name, sizeof(name));
-		if (read_ref(c, refs.keys[i], digest) < 0) {
-			log_warn("ref %s is unreadable; skipping it", refs.keys[i]);
+		ref_to_name(refs.items[i], name, sizeof(name));
+		if (read_ref(c, refs.items[i], digest) < 0) {
+			log_warn("ref %s is unreadable; skipping it", refs.items[i]);
 			continue;
 		}
 		struct manifest m;
@@ -196,7 +173,7 @@ static int cmd_ls(struct chunkify_ctx *c, const struct cli *cli)
 		free(s);
 	}
 	json_decref(arr);
-	key_list_free(&refs);
+	str_list_clear(&refs);
 	return 0;
 }
 
@@ -377,7 +354,7 @@ static int cmd_rm(struct chunkify_ctx *c, const char *image)
 	int r = image_resolve(c, image, digest);
 	if (r < 0)
 		return r;
-	struct key_list refs = {0};
+	struct str_list refs = {0};
 	if ((r = store_list(c->store, "refs/", add_key, &refs)) < 0)
 		goto out;
 	bool by_digest = is_sha256_hex(strncmp(image, "sha256:", 7) == 0 ? image + 7 : image);
@@ -390,11 +367,11 @@ static int cmd_rm(struct chunkify_ctx *c, const char *image)
 	size_t others = 0;
 	for (size_t i = 0; i < refs.n; i++) {
 		char d[SHA256_HEX_LEN + 1];
-		if (read_ref(c, refs.keys[i], d) < 0 || strcmp(d, digest) != 0)
+		if (read_ref(c, refs.items[i], d) < 0 || strcmp(d, digest) != 0)
 			continue;
 		/* Removing by digest removes every name for it. */
-		if (by_digest || strcmp(refs.keys[i], own) == 0) {
-			if ((r = store_delete(c->store, refs.keys[i])) < 0)
+		if (by_digest || strcmp(refs.items[i], own) == 0) {
+			if ((r = store_delete(c->store, refs.items[i])) < 0)
 				goto out;
 		} else
 			others++;
@@ -408,7 +385,7 @@ static int cmd_rm(struct chunkify_ctx *c, const char *image)
 		printf("removed %s%s; run `chunkify gc` to free its chunks\n", image,
 		       others ? " (the manifest stays: other names use it)" : "");
 out:
-	key_list_free(&refs);
+	str_list_clear(&refs);
 	return r;
 }
 
