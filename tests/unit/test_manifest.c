@@ -1,22 +1,12 @@
 /* Chunk sealing and sealed manifests: round trips, determinism, and that
  * every kind of tampering is refused. */
 #include "chunker/internal.h"
+#include "tests/check.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int passed, failed;
-#define CHECK(cond)                                                                                                    \
-	do {                                                                                                           \
-		if (cond)                                                                                              \
-			passed++;                                                                                      \
-		else {                                                                                                 \
-			failed++;                                                                                      \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);                      \
-		}                                                                                                      \
-	} while (0)
 
 static void test_chunks(void)
 {
@@ -133,6 +123,5 @@ int main(void)
 	log_set_level(LOG_SILENT); /* the tamper loop would log thousands of refusals */
 	test_chunks();
 	test_manifest();
-	printf("%d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return check_report();
 }
