@@ -131,4 +131,25 @@ int nbd_parse_option_header(const uint8_t *buf, size_t len, struct nbd_option *o
 int nbd_parse_go(const uint8_t *data, size_t len, char *name, size_t name_cap, uint16_t *info_reqs,
 		 size_t info_cap, size_t *n_info);
 
+/* The protocol state machine, free of I/O so the fuzz target drives it
+ * directly.  The server feeds it what a client sends and it answers through
+ * |emit|, which sends |<buf, len>| to the client, all of it (0 or -errno). */
+typedef int (*nbd_emit_fn)(void *ctx, const void *buf, size_t len);
+
+struct nbd_session;
+
+/* Create a session serving |exports| (borrowed; they must outlive it) and
+ * emit the server greeting.  |peer| names the client in log lines
+ * (copied).  Returns 0 or -errno. */
+int nbd_session_new(const struct nbd_export *exports, size_t n_exports, const char *peer, nbd_emit_fn emit,
+		    void *emit_ctx, struct nbd_session **out);
+
+/* Feed client bytes.  Returns 0 to go on, 1 when the session ended cleanly
+ * (NBD_OPT_ABORT, NBD_CMD_DISC; the client's EOF must still close it),
+ * -EPROTO on a protocol violation (logged with the reason), or the emit
+ * callback's error.  After a non-zero return, feed nothing more. */
+int nbd_session_feed(struct nbd_session *s, const uint8_t *buf, size_t len);
+
+void nbd_session_free(struct nbd_session *s);
+
 #endif

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,13 +14,22 @@
 
 #include <openssl/sha.h>
 
-static enum log_level log_threshold = LOG_WARN;
-static int log_env_checked;
+/* The one process-wide setting: the log threshold, read and written
+ * atomically so threads may log while the main thread changes it. */
+static _Atomic int log_threshold = LOG_WARN;
+static pthread_once_t log_env_once = PTHREAD_ONCE_INIT;
+
+static void log_read_env(void)
+{
+	const char *d = getenv("KINDLING_DEBUG");
+	if (d && *d && strcmp(d, "0") != 0)
+		log_threshold = LOG_DEBUG;
+}
 
 void log_set_level(enum log_level level)
 {
+	pthread_once(&log_env_once, log_read_env);
 	log_threshold = level;
-	log_env_checked = 1;
 }
 
 void log_msg(enum log_level level, const char *component, const char *fmt, ...)
@@ -27,13 +37,8 @@ void log_msg(enum log_level level, const char *component, const char *fmt, ...)
 	static const char *const names[] = {"error", "warning", "info", "debug"};
 	if (level < LOG_ERR)
 		return;
-	if (!log_env_checked) {
-		const char *d = getenv("KINDLING_DEBUG");
-		if (d && *d && strcmp(d, "0") != 0)
-			log_threshold = LOG_DEBUG;
-		log_env_checked = 1;
-	}
-	if (level > log_threshold)
+	pthread_once(&log_env_once, log_read_env);
+	if ((int)level > log_threshold)
 		return;
 	char line[2048];
 	int n = snprintf(line, sizeof(line), "%s: %s: ", component, names[level]);
