@@ -4,7 +4,7 @@
  * it works the same on a directory, an HTTP origin and S3:
  *
  *   import, per batch of chunks:      gc:
- *     1. write leases/<id> naming       1. write gc/running
+ *     1. write leases/<id>.<n> naming   1. write gc/running
  *        every chunk it relies on       2. read every live lease
  *     2. read gc/running; while it        (their names are protected)
  *        exists, wait                   3. read every manifest
@@ -78,20 +78,43 @@ static int collect_key(void *arg, const char *key)
 	return str_list_add(&w->keys, key);
 }
 
+/* "leases/<id>.<n>" -> length of "leases/<id>" */
+static size_t lease_id_len(const char *key)
+{
+	const char *dot = strrchr(key, '.');
+	return dot ? (size_t)(dot - key) : strlen(key);
+}
+
+/* An import writes one lease part per batch, so a lease is alive while its
+ * newest part is younger than the TTL, however long the import runs. */
+static bool lease_alive(const struct gc_walk *w, const double *ages, size_t i)
+{
+	size_t idl = lease_id_len(w->keys.items[i]);
+	for (size_t k = 0; k < w->keys.n; k++)
+		if (ages[k] >= 0 && ages[k] < w->c->lease_ttl && lease_id_len(w->keys.items[k]) == idl &&
+		    memcmp(w->keys.items[k], w->keys.items[i], idl) == 0)
+			return true;
+	return false;
+}
+
 static int protect_leases(struct gc_walk *w)
 {
 	int r = store_list(w->c->store, LEASE_PREFIX, collect_key, w);
+	double *ages = r == 0 ? calloc(w->keys.n ? w->keys.n : 1, sizeof(*ages)) : NULL;
+	if (r == 0 && !ages)
+		r = -ENOMEM;
 	for (size_t i = 0; r == 0 && i < w->keys.n; i++) {
-		double age;
-		r = store_age(w->c->store, w->keys.items[i], &age);
+		r = store_age(w->c->store, w->keys.items[i], &ages[i]);
 		if (r == -ENOENT) { /* its import finished meanwhile: the manifest covers it */
+			ages[i] = -1;
 			r = 0;
-			continue;
 		}
-		if (r < 0)
-			break;
-		if (age >= w->c->lease_ttl) {
-			log_warn("ignoring lease %s: %.0f s old, its import must have died", w->keys.items[i], age);
+	}
+	for (size_t i = 0; r == 0 && i < w->keys.n; i++) {
+		if (ages[i] < 0)
+			continue;
+		if (!lease_alive(w, ages, i)) {
+			log_warn("ignoring lease %s: %.0f s old, its import must have died", w->keys.items[i], ages[i]);
 			w->rep->leases_expired++;
 			continue;
 		}
@@ -106,7 +129,7 @@ static int protect_leases(struct gc_walk *w)
 			break;
 		w->rep->leases_live++;
 		/* Header line, then one chunk name per line. */
-		char *text = (char *)buf;
+		const char *text = (const char *)buf;
 		size_t pos = 0;
 		while (pos < len && text[pos] != '\n')
 			pos++;
@@ -121,6 +144,7 @@ static int protect_leases(struct gc_walk *w)
 		}
 		free(buf);
 	}
+	free(ages);
 	str_list_clear(&w->keys);
 	return r;
 }
@@ -149,10 +173,20 @@ static int protect_manifests(struct gc_walk *w)
 	return r;
 }
 
-static int sweep(struct gc_walk *w, bool dry_run)
+#define MARKER_REFRESH_SECONDS 60.0
+
+static int sweep(struct gc_walk *w, bool dry_run, const char *marker)
 {
 	int r = store_list(w->c->store, "chunks/", collect_key, w);
+	double refreshed = now_seconds();
 	for (size_t i = 0; r == 0 && i < w->keys.n; i++) {
+		/* Keep the marker fresh on a long sweep, or imports would take it
+		 * for a dead collection's and stop waiting. */
+		if (now_seconds() - refreshed > MARKER_REFRESH_SECONDS) {
+			if ((r = store_put(w->c->store, GC_MARKER, marker, strlen(marker))) < 0)
+				break;
+			refreshed = now_seconds();
+		}
 		const char *name = w->keys.items[i] + strlen("chunks/");
 		uint8_t bin[SHA256_LEN];
 		w->rep->chunks_seen++;
@@ -194,7 +228,7 @@ int chunkify_gc(struct chunkify_ctx *c, bool dry_run, struct gc_report *rep)
 		if (w.live.n) /* qsort(NULL, 0) is undefined */
 			qsort(w.live.names, w.live.n, SHA256_LEN, cmp_name);
 		rep->live_chunks = w.live.n;
-		r = sweep(&w, dry_run);
+		r = sweep(&w, dry_run, marker);
 	}
 	free(w.live.names);
 	int dr = store_delete(c->store, GC_MARKER);

@@ -66,6 +66,16 @@ int ctx_init(struct chunkify_ctx *c, const char *store_uri, const struct store_o
 {
 	memset(c, 0, sizeof(*c));
 	c->lease_ttl = DEFAULT_LEASE_TTL;
+	const char *ttl = getenv("KINDLING_LEASE_TTL");
+	if (ttl && *ttl) {
+		char *end;
+		double v = strtod(ttl, &end);
+		if (*end || v < 1 || v > 7 * 86400) {
+			log_err("KINDLING_LEASE_TTL must be a number of seconds from 1 to 604800");
+			return -EINVAL;
+		}
+		c->lease_ttl = v;
+	}
 	const char *home = getenv("KINDLING_HOME");
 	if (home && *home)
 		c->home = strdup(home);

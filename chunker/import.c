@@ -11,7 +11,7 @@
  * image is, and a slow store slows the reader instead of filling memory.
  *
  * Publishing order is what makes a failed import invisible: every chunk,
- * then the manifest, then the ref.  The lease (leases/<id>) names the chunks
+ * then the manifest, then the ref.  The lease (leases/<id>.<n>) names the chunks
  * this import relies on before it checks they exist, which is how a
  * concurrent `chunkify gc` knows not to delete them (see gc.c).
  */
@@ -63,8 +63,8 @@ struct pipeline {
 	/* owned by the upload thread until it exits */
 	struct chunk_slot *slots;
 	uint64_t n_slots;
-	struct str_list lease_names;
-	char lease_key[64];
+	char lease_id[17];	/* leases/<id>.<n>: one part per batch */
+	unsigned lease_parts;
 	char lease_header[1024];
 	uint64_t chunks_new, chunks_dedup, chunks_zero, bytes_uploaded;
 
@@ -219,30 +219,41 @@ static int record_slot(struct pipeline *p, const struct job *j)
 	return 0;
 }
 
-/* Rewrite this import's lease with every chunk name it relies on so far. */
+/* Add a part to this import's lease naming the batch's chunks.  One part
+ * per batch keeps the lease writes linear in the image size. */
 static int write_lease(struct pipeline *p, const struct job *batch, size_t n)
 {
-	for (size_t i = 0; i < n; i++) {
-		if (batch[i].zero)
-			continue;
-		if (str_list_add(&p->lease_names, batch[i].name) < 0)
-			return -ENOMEM;
-	}
 	size_t hl = strlen(p->lease_header);
-	size_t len = hl + p->lease_names.n * (CHUNK_NAME_HEX_LEN + 1);
-	char *text = malloc(len + 1);
+	char *text = malloc(hl + n * (CHUNK_NAME_HEX_LEN + 1) + 1);
 	if (!text)
 		return -ENOMEM;
 	memcpy(text, p->lease_header, hl);
 	char *w = text + hl;
-	for (size_t i = 0; i < p->lease_names.n; i++) {
-		memcpy(w, p->lease_names.items[i], CHUNK_NAME_HEX_LEN);
+	for (size_t i = 0; i < n; i++) {
+		if (batch[i].zero)
+			continue;
+		memcpy(w, batch[i].name, CHUNK_NAME_HEX_LEN);
 		w[CHUNK_NAME_HEX_LEN] = '\n';
 		w += CHUNK_NAME_HEX_LEN + 1;
 	}
-	int r = store_put(p->c->store, p->lease_key, text, len);
+	char key[64];
+	snprintf(key, sizeof(key), LEASE_PREFIX "%s.%u", p->lease_id, p->lease_parts);
+	int r = store_put(p->c->store, key, text, (size_t)(w - text));
 	free(text);
+	if (r == 0)
+		p->lease_parts++;
 	return r;
+}
+
+/* Delete every part of this import's lease. */
+static void drop_lease(struct pipeline *p)
+{
+	for (unsigned i = 0; i < p->lease_parts; i++) {
+		char key[64];
+		snprintf(key, sizeof(key), LEASE_PREFIX "%s.%u", p->lease_id, i);
+		store_delete(p->c->store, key);
+	}
+	p->lease_parts = 0;
 }
 
 /* Wait while a garbage collection runs: it may be about to delete a chunk we
@@ -547,11 +558,10 @@ int chunkify_import(struct chunkify_ctx *c, const char *source, const struct imp
 		p.pool[p.pool_len] = pool_mem + p.pool_len * 2 * (size_t)CHUNK_SIZE;
 
 	uint8_t lease_id[8];
-	char lease_hex[17], host[64] = "";
+	char host[64] = "";
 	random_bytes(lease_id, sizeof(lease_id));
-	hex_encode(lease_id, sizeof(lease_id), lease_hex);
+	hex_encode(lease_id, sizeof(lease_id), p.lease_id);
 	gethostname(host, sizeof(host) - 1);
-	snprintf(p.lease_key, sizeof(p.lease_key), LEASE_PREFIX "%s", lease_hex);
 	snprintf(p.lease_header, sizeof(p.lease_header), "kindling-lease/1 host=%s pid=%d ref=%s\n", host,
 		 (int)getpid(), rep->ref);
 
@@ -633,8 +643,7 @@ join:
 	else if (r < 0)
 		log_err("import of %s failed; nothing was published", source);
 out:
-	if (p.lease_key[0])
-		store_delete(c->store, p.lease_key);
+	drop_lease(&p);
 	/* After a failure, buffers may still sit in the queues. */
 	while (p.work.items && p.work.len) {
 		struct job j = queue_pop(&p.work);
@@ -654,7 +663,6 @@ out:
 	free(p.work.items);
 	free(p.sealed.items);
 	free(p.slots);
-	str_list_clear(&p.lease_names);
 	free(threads);
 	free(regions);
 	pthread_mutex_destroy(&p.mu);

@@ -61,6 +61,27 @@ grep -q "another gc is running" "$T/last.err" || die "no clear message for a con
 rm -f "$store/gc/running"
 pass "concurrent gc refused"
 
+# Leases: a live one (written by an import that is still running) keeps the
+# chunks it names; one whose newest part is older than the TTL belongs to a
+# dead import and is ignored.
+ck rm a:2 >/dev/null
+mkdir -p "$store/leases"
+ck import "oci:$T/A:a" --name a:3 >/dev/null
+{ echo "kindling-lease/1 host=test pid=1 ref=a:3"; names a:3; } > "$store/leases/00000000deadbeef.0"
+ck rm a:3 >/dev/null
+out=$(ck gc --json)
+[ "$(jq .chunks_deleted <<<"$out")" -eq 0 ] || die "gc deleted chunks a live lease names: $out"
+[ "$(jq .live_leases <<<"$out")" -eq 1 ] || die "gc did not count the live lease: $out"
+touch -d '2 hours ago' "$store/leases/00000000deadbeef.0"
+out=$(ck gc --json)
+[ "$(jq .expired_leases <<<"$out")" -eq 1 ] || die "gc did not see the lease as expired: $out"
+[ "$(jq .chunks_deleted <<<"$out")" -eq "$only_a" ] || die "gc kept chunks only a dead lease names: $out"
+out=$(KINDLING_LEASE_TTL=86400 ck gc --json)
+[ "$(jq .live_leases <<<"$out")" -eq 1 ] || die "KINDLING_LEASE_TTL not honoured: $out"
+rm -f "$store/leases/00000000deadbeef.0"
+ck import "oci:$T/A:a" --name a:2 >/dev/null
+pass "live leases protect their chunks; expired leases are ignored"
+
 # The race: chunks exist but are unreferenced (image removed), an import of
 # the same image finds them present (dedup) while gc runs in a loop.  Without
 # the lease protocol gc deletes them under the import and the published
