@@ -32,7 +32,7 @@ struct cache_config {
 	/* L2.  n_l2_nodes == 0 disables L2. */
 	const char *const *l2_nodes;	/* "host:port" */
 	size_t n_l2_nodes;
-	unsigned l2_k, l2_m;		/* 0 = 4 and 1 */
+	unsigned l2_k, l2_m;		/* l2_k 0 = 4+1; with l2_k set, l2_m as given (0 = no parity) */
 	unsigned l2_timeout_ms;		/* 0 = 200 */
 
 	/* L1.  l1_dir NULL disables L1. */

@@ -44,6 +44,7 @@ struct l2_node_stats {
 
 struct l2_stats {
 	uint64_t gets, hits, misses, decodes, repairs_queued, repairs_done, puts;
+	uint64_t bg_dropped; /* background writes and repairs dropped because the queue was full */
 	size_t n_nodes;
 	struct l2_node_stats *nodes; /* n_nodes entries, owned by the caller after l2_stats (free()) */
 };
@@ -82,5 +83,244 @@ int l2_stats(struct l2 *l, struct l2_stats *out);
 
 /* Wait until queued background writes and repairs are done (tests, prime). */
 void l2_flush(struct l2 *l);
+
+/* ======================================================================
+ * L2 fragment format (l2_frag.c)
+ *
+ * One memcached value per fragment, our own format, all integers little
+ * endian:
+ *
+ *   off len  field
+ *     0   4  magic "KLF1"
+ *     4   1  version (1)
+ *     5   1  k            data fragments of the chunk
+ *     6   1  m            parity fragments of the chunk
+ *     7   1  index        0..k-1 data, k..k+m-1 parity
+ *     8   4  chunk_len    1..CHUNK_SIZE bytes of the whole chunk
+ *    12   4  frag_len     == ceil(chunk_len / k)
+ *    16  64  chunk name   64 lower-case hex digits, no NUL
+ *    80   4  crc32c       of the fragment data (see l2_crc32c)
+ *    84   -  data         frag_len bytes; the value is exactly 84 + frag_len
+ *
+ * Data fragment i holds chunk bytes [i*frag_len, (i+1)*frag_len), the last
+ * one zero-padded; parity fragments are Cauchy Reed-Solomon (ISA-L
+ * gf_gen_cauchy1_matrix), so any k of the k+m fragments rebuild the chunk.
+ * ====================================================================== */
+
+#define L2_FRAG_MAGIC "KLF1"
+#define L2_FRAG_VERSION 1
+#define L2_FRAG_HDR_LEN 84u
+#define L2_MAX_K 32u		/* k and m limits; k + m <= L2_MAX_FRAGS */
+#define L2_MAX_M 16u
+#define L2_MAX_FRAGS 32u
+
+struct l2_fragment_view {
+	unsigned k, m, index;
+	uint32_t chunk_len, frag_len;
+	const uint8_t *data; /* frag_len bytes inside the parsed buffer */
+};
+
+/* CRC32C (Castagnoli, as iSCSI: init ~0, final xor ~0; "123456789" gives
+ * 0xe3069283) of |<p, n>|, computed with ISA-L's crc32_iscsi. */
+uint32_t l2_crc32c(const uint8_t *p, size_t n);
+
+/* Fragment data length for a chunk of |chunk_len| bytes split k ways:
+ * ceil(chunk_len / k).  |k| must be non-zero. */
+size_t l2_frag_len(size_t chunk_len, unsigned k);
+
+/* Check |<buf, len>| (untrusted bytes from a memcached reply) against the
+ * format above: magic, version, k == |expect_k| and m == |expect_m|, index
+ * < k + m, 1 <= chunk_len <= CHUNK_SIZE, frag_len == ceil(chunk_len / k),
+ * len == L2_FRAG_HDR_LEN + frag_len, name == |expect_name| (if non-NULL;
+ * otherwise it must still be 64 lower-case hex digits), and the CRC.  On
+ * success fills |out| (pointing into |buf|).  Returns 0 or -EBADMSG; logs
+ * nothing (the caller knows which node sent it). */
+int l2_fragment_parse(const uint8_t *buf, size_t len, const char *expect_name, unsigned expect_k, unsigned expect_m,
+		      struct l2_fragment_view *out);
+
+/* Write a fragment header for |<data, frag_len>| into |hdr| (L2_FRAG_HDR_LEN
+ * bytes).  |name| is 64 hex digits.  Returns 0 or -EINVAL. */
+int l2_fragment_header(uint8_t *hdr, const char *name, unsigned k, unsigned m, unsigned index, size_t chunk_len,
+		       const uint8_t *data, size_t frag_len);
+
+/* A Reed-Solomon k+m codec: the (k+m) x k Cauchy matrix and the encode
+ * tables, built once (l2_codec_init) and read-only afterwards, so one codec
+ * serves any number of threads. */
+struct l2_codec {
+	unsigned k, m;
+	uint8_t *matrix; /* (k+m) x k, rows 0..k-1 are the identity */
+	uint8_t *tables; /* ec_init_tables of the m parity rows */
+};
+
+/* Returns 0, or -EINVAL if k or m is out of range (k >= 1, m >= 0,
+ * k <= L2_MAX_K, m <= L2_MAX_M, k + m <= L2_MAX_FRAGS), or -ENOMEM. */
+int l2_codec_init(struct l2_codec *c, unsigned k, unsigned m);
+void l2_codec_cleanup(struct l2_codec *c);
+
+/* Encode |<chunk, len>| (1..CHUNK_SIZE bytes) into k+m fragment values:
+ * fragment i is written (header and data) at |vals + i * stride| where
+ * stride = L2_FRAG_HDR_LEN + l2_frag_len(len, k); |vals| holds (k+m) *
+ * stride bytes.  Returns 0 or -EINVAL. */
+int l2_codec_encode(const struct l2_codec *c, const char *name, const uint8_t *chunk, size_t len, uint8_t *vals);
+
+/* The fragments of one chunk collected so far, checked for agreeing with
+ * each other: the first fragment fixes chunk_len and frag_len. */
+struct l2_frag_set {
+	unsigned k, m, n;		     /* n: intact fragments held */
+	uint32_t chunk_len, frag_len;
+	const uint8_t *data[L2_MAX_FRAGS]; /* NULL if absent; not owned */
+};
+
+void l2_frag_set_init(struct l2_frag_set *s, unsigned k, unsigned m);
+
+/* Add a parsed fragment.  Returns 0, -EEXIST for an index already held, or
+ * -EBADMSG if its k, m or lengths disagree with the fragments already held
+ * (the set is unchanged). */
+int l2_frag_set_add(struct l2_frag_set *s, const struct l2_fragment_view *v);
+
+/* Rebuild the chunk from k fragments of |s| (which must hold n >= k) into
+ * |out| (|out_cap| >= chunk_len).  Uses the data fragments directly where
+ * held (with all k of them this is a copy) and decodes the rest by
+ * inverting the k x k submatrix of the rows held.  Sets |*out_len| and
+ * |*decoded| (true if any parity was used).  Returns 0, -ENOENT if n < k,
+ * -ENOSPC if |out_cap| is too small, -EINVAL or -ENOMEM. */
+int l2_frag_set_decode(const struct l2_codec *c, const struct l2_frag_set *s, uint8_t *out, size_t out_cap,
+		       size_t *out_len, bool *decoded);
+
+/* Where fragment |index| of chunk |name| lives: the node's "host:port" into
+ * |<addr, addr_len>| and the memcached key into |<key, key_len>|
+ * (rendezvous ranking, as l2_get and l2_put use).  For tests and tools.
+ * Returns 0, -EINVAL or -ENAMETOOLONG. */
+int l2_locate(struct l2 *l, const char *name, unsigned index, char *addr, size_t addr_len, char *key, size_t key_len);
+
+/* ======================================================================
+ * The read chain (cache.c, mem.c, l1.c, fetch.c)
+ *
+ * A read walks a chain of layers, nbdkit style: memory -> L1 -> single
+ * flight -> L2 -> L3, each one small ops table that serves the request or
+ * calls the next layer.  Test layers (counting, faults, delays) are put in
+ * with cache_insert_layer, never with an if (testing).
+ * ====================================================================== */
+
+#include "cache.h"
+
+struct cache_layer;
+
+/* A whole chunk, verified: its ciphertext hashed to its name, the key
+ * checked (when a salt is configured), the per-4 KiB digest table of the
+ * ciphertext computed in the same pass.  Shared by refcount between the
+ * readers of one single-flight fetch. */
+#define CACHE_BLOCK 4096u
+#define CACHE_BLOCKS_PER_CHUNK (CHUNK_SIZE / CACHE_BLOCK)
+struct chunk_whole {
+	char name[CHUNK_NAME_HEX_LEN + 1];
+	uint8_t key[CHUNK_KEY_LEN];
+	size_t len;			/* bytes of ciphertext (= plaintext) */
+	uint8_t *cipher;		/* len bytes */
+	uint8_t *plain;			/* len bytes */
+	uint8_t table[CACHE_BLOCKS_PER_CHUNK][SHA256_LEN]; /* SHA-256 of each 4 KiB of cipher
+							    * (only with L1: cache_has_l1) */
+	enum cache_tier from;		/* the tier that produced it */
+	int refs;			/* atomic */
+};
+
+/* Verify |<cipher, len>| (taking ownership of |cipher|, malloc'd) against
+ * |name| and, with a salt, |key|; decrypt; compute the block table.
+ * Returns 0 with |*out| (refs 1), -EBADMSG if the bytes do not match (cipher
+ * freed), or -ENOMEM / -EIO. */
+int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher,
+		     size_t len, enum cache_tier from, struct chunk_whole **out);
+void chunk_whole_ref(struct chunk_whole *w);
+void chunk_whole_unref(struct chunk_whole *w);
+
+/* AES-256-CTR of |<in, len>| at byte |off| of a chunk (|off| a multiple of
+ * 16: the counter block is off / 16, big endian, as with IV 0 at offset 0).
+ * In place is allowed.  Returns 0 or -EIO. */
+int chunk_ctr_at(const uint8_t key[CHUNK_KEY_LEN], uint64_t off, const uint8_t *in, size_t len, uint8_t *out);
+
+/* One read through the chain. */
+struct chunk_req {
+	const char *name;
+	const uint8_t *key;
+	uint32_t off;			/* plaintext range wanted ... */
+	size_t len;			/* ... (len 0 with buf NULL: prefetch) */
+	uint8_t *buf;
+	/* out: the tier that served it (set by the serving layer) */
+	enum cache_tier tier;
+	/* out, optional: a layer that had the whole verified chunk at hand
+	 * sets this (a reference the caller of the chain releases). */
+	struct chunk_whole *whole;
+	/* Hooks an upper tier (L1) leaves for the single-flight layer, so
+	 * that a late reader never starts a second fetch: the leader calls
+	 * |upper_insert| before it releases the flight, and a new leader
+	 * first tries |upper_lookup| (0 = served from the upper tier). */
+	int (*upper_lookup)(void *arg, struct chunk_req *rq);
+	void (*upper_insert)(void *arg, struct chunk_req *rq, struct chunk_whole *w);
+	void *upper_arg;
+};
+
+struct cache_layer_ops {
+	const char *name;		/* required: "mem", "l1", "flight", "l2", "l3", "count" */
+	/* required: fill rq->buf with rq->len plaintext bytes at rq->off of
+	 * chunk rq->name, verified, or call cache_layer_next().  Sets
+	 * rq->tier when it serves the read itself.  Returns 0, -EIO (no tier
+	 * could produce verified bytes) or -errno. */
+	int (*read)(struct cache_layer *l, struct chunk_req *rq);
+	/* optional: drop |name| from this layer. */
+	void (*evict)(struct cache_layer *l, const char *name);
+	/* optional: release the layer's state (after every thread stopped). */
+	void (*close)(struct cache_layer *l);
+};
+
+struct cache_layer {
+	const struct cache_layer_ops *ops;
+	void *state;
+	struct cache_layer *next;	/* NULL below the last */
+	struct cache *cache;
+};
+
+/* Call the layer below |l|; -EIO if there is none. */
+int cache_layer_next(struct cache_layer *l, struct chunk_req *rq);
+
+/* Put a layer with |ops| and |state| directly above the first layer named
+ * |above_name| (e.g. "l3"), for tests: counting, fault and delay layers.
+ * Call before any read.  Returns 0, -ENOENT if there is no such layer, or
+ * -ENOMEM.  |state| stays the caller's unless ops->close frees it. */
+int cache_insert_layer(struct cache *c, const char *above_name, const struct cache_layer_ops *ops, void *state);
+
+/* Per-tier counters, updated with atomics by the layers. */
+struct cache_counters {
+	uint64_t hits, misses, bytes, errors, corrupt;
+};
+struct cache_counters *cache_tier_counters(struct cache *c, enum cache_tier t);
+#define CACHE_COUNT(c, t, field, n) __atomic_fetch_add(&cache_tier_counters((c), (t))->field, (n), __ATOMIC_RELAXED)
+
+/* True if |c| has an L1 tier (only then is a whole chunk's block table
+ * computed). */
+bool cache_has_l1(struct cache *c);
+
+/* The salt of |c|'s configuration (NULL if none). */
+const uint8_t *cache_salt(struct cache *c, size_t *out_len);
+
+/* Layer constructors.  Each returns 0 or -errno and fills |*ops| and
+ * |*state|. */
+int mem_layer_new(uint64_t max_bytes, const struct cache_layer_ops **ops, void **state);
+void mem_layer_usage(void *state, uint64_t *out_bytes);
+
+struct l1_usage {
+	uint64_t bytes, max_bytes, entries, protected_entries, open_fds;
+};
+int l1_layer_new(struct cache *c, const char *dir, uint64_t max_bytes, const struct cache_layer_ops **ops,
+		 void **state);
+void l1_layer_usage(void *state, struct l1_usage *out);
+
+int flight_layer_new(struct cache *c, const struct cache_layer_ops **ops, void **state);
+uint64_t flight_layer_shared(void *state);
+
+int l2_layer_new(struct cache *c, struct l2 *l2, const struct cache_layer_ops **ops, void **state);
+
+int l3_layer_new(struct cache *c, struct store *origin, unsigned parallel, const struct cache_layer_ops **ops,
+		 void **state);
+uint64_t l3_layer_fetches(void *state);
 
 #endif

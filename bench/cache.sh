@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Chunk read latency per cache tier, against baselines from the same run:
+#   - 512 KiB chunk read, verified and decrypted, p50/p99/p99.9: memory, L1,
+#     L2 (4+1 over 5 memcached), L3 file and L3 http (nginx with WebDAV);
+#   - the floor: raw memcached GET of 128 KiB and 512 KiB values (libmemcached);
+#   - 4 KiB reads from L1 and memory;
+#   - the L2 tail with one of 5 nodes behind a 20 ms delay proxy: 4+1, 4+0
+#     and whole-copy replication (emulated with libmemcached, see
+#     tests/tools/cache_bench.c).
+#
+#   bench/cache.sh [ITERS]      (default 2000 reads per figure)
+#
+# Everything listens on 127.0.0.1 and is stopped on exit.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+iters=${1:-2000}
+if [ -n "${KINDLING_BUILD_DIR:-}" ]; then
+  build=$KINDLING_BUILD_DIR
+else
+  "$top/scripts/setup.sh" "$top/build" >/dev/null
+  build=$top/build
+fi
+bench=$build/cache_bench
+[ -x "$bench" ] || { echo "cache_bench not built in $build" >&2; exit 1; }
+work=$(mktemp -d "${TMPDIR:-/tmp}/kindling-cache-bench.XXXXXX")
+pids=()
+cleanup() {
+  for p in "${pids[@]+"${pids[@]}"}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]+"${pids[@]}"}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "nothing listening on 127.0.0.1:$1" >&2; exit 1
+}
+
+mcuser=(); [ "$(id -u)" = 0 ] && mcuser=(-u root)
+ports=()
+for i in 0 1 2 3 4; do
+  p=$(free_port)
+  memcached "${mcuser[@]}" -l 127.0.0.1 -p "$p" -U 0 -m 256 -I 2m -t 2 &
+  pids+=($!); ports+=("$p")
+done
+for p in "${ports[@]}"; do wait_port "$p"; done
+proxy=$(free_port)
+python3 "$top/bench/delay_proxy.py" "$proxy" "${ports[0]}" 0.020 &
+pids+=($!)
+wait_port "$proxy"
+
+ngx=$work/nginx; mkdir -p "$ngx/logs" "$ngx/tmp" "$work/www"
+nport=$(free_port)
+cat >"$ngx/nginx.conf" <<NGX
+daemon off;
+worker_processes 1;
+$( [ "$(id -u)" = 0 ] && echo "user root root;" )
+pid $ngx/nginx.pid;
+error_log $ngx/logs/error.log warn;
+events { worker_connections 512; }
+http {
+  access_log off;
+  client_body_temp_path $ngx/tmp/body;
+  proxy_temp_path $ngx/tmp/proxy;
+  fastcgi_temp_path $ngx/tmp/fastcgi;
+  uwsgi_temp_path $ngx/tmp/uwsgi;
+  scgi_temp_path $ngx/tmp/scgi;
+  client_max_body_size 64m;
+  keepalive_requests 100000;
+  server {
+    listen 127.0.0.1:$nport;
+    root $work/www;
+    location / { dav_methods PUT DELETE; create_full_put_path on; }
+  }
+}
+NGX
+nginx -p "$ngx" -c "$ngx/nginx.conf" -e "$ngx/logs/error.log" &
+pids+=($!)
+wait_port "$nport"
+
+nodes=$(IFS=,; echo "${ports[*]/#/127.0.0.1:}")
+rest=("${ports[@]:1}")
+slow="127.0.0.1:$proxy,$(IFS=,; echo "${rest[*]/#/127.0.0.1:}")"
+echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+"$bench" --file-origin "file://$work/origin" --http-origin "http://127.0.0.1:$nport/origin" \
+  --nodes "$nodes" --slow-nodes "$slow" --l1-dir "$work/l1" --iters "$iters"
