@@ -1,5 +1,6 @@
 /* chunkify: import OCI images into kindling's chunk store, and look after it. */
 #include "internal.h"
+#include "../cache/cache.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -49,6 +50,9 @@ struct cli {
 	bool json, chunks, dry_run, insecure;
 	const char *name;
 	unsigned workers;
+	char *l2;		/* prime: "host:port,..." */
+	unsigned k, m;
+	bool m_set;
 };
 
 /* ---- import ---------------------------------------------------------------- */
@@ -409,19 +413,71 @@ static int cmd_gc(struct chunkify_ctx *c, const struct cli *cli)
 	return 0;
 }
 
+/* ---- prime ------------------------------------------------------------------------ */
+
+static int cmd_prime(struct chunkify_ctx *c, const struct cli *cli, const char *image)
+{
+	const char *nodes[64];
+	size_t n = 0;
+	for (char *save = NULL, *t = cli->l2 ? strtok_r(cli->l2, ",", &save) : NULL; t && n < 64;
+	     t = strtok_r(NULL, ",", &save))
+		nodes[n++] = t;
+	if (!n) {
+		fprintf(stderr, "chunkify prime: --l2 HOST:PORT,... is required\n");
+		return -EINVAL;
+	}
+	char digest[SHA256_HEX_LEN + 1];
+	struct manifest m = {0};
+	int r = image_resolve(c, image, digest);
+	if (r == 0)
+		r = image_load(c, digest, true, &m);
+	char *uri = cli->store_uri ? strdup(cli->store_uri) : xasprintf("%s/store", c->home);
+	struct cache_config cfg = {
+		.origin_uri = uri,
+		.l2_nodes = nodes,
+		.n_l2_nodes = n,
+		.l2_k = cli->k ? cli->k : cli->m_set ? 4 : 0,
+		.l2_m = cli->m_set ? cli->m : 1,
+		.mem_disable = true,
+		.origin_options = &cli->sopt,
+	};
+	struct cache *cache = NULL;
+	uint64_t written = 0;
+	double t0 = now_seconds();
+	if (r == 0 && !uri)
+		r = -ENOMEM;
+	if (r == 0)
+		r = cache_new(&cfg, &cache);
+	if (r == 0)
+		r = cache_prime_l2(cache, &m, &written);
+	cache_free(cache);
+	free(uri);
+	if (r == 0 && cli->json)
+		printf("{\"image\":\"%s\",\"chunks\":%zu,\"written\":%llu,\"seconds\":%.3f}\n", image, m.n_chunks,
+		       (unsigned long long)written, now_seconds() - t0);
+	else if (r == 0)
+		printf("primed %s: %llu of %zu chunks written to L2 (the rest were there), %.2f s\n", image,
+		       (unsigned long long)written, m.n_chunks, now_seconds() - t0);
+	manifest_cleanup(&m);
+	return r;
+}
+
 /* ---- main --------------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
 {
 	struct cli cli = {0};
-	enum { OPT_STORE = 256, OPT_JSON, OPT_NAME, OPT_INSECURE, OPT_CHUNKS, OPT_DRY, OPT_WORKERS, OPT_S3E, OPT_S3R };
+	enum { OPT_STORE = 256, OPT_JSON, OPT_NAME, OPT_INSECURE, OPT_CHUNKS, OPT_DRY, OPT_WORKERS, OPT_S3E, OPT_S3R,
+	       OPT_L2, OPT_K, OPT_M };
 	static const struct option longopts[] = {
 		{"store", required_argument, NULL, OPT_STORE},	   {"json", no_argument, NULL, OPT_JSON},
 		{"name", required_argument, NULL, OPT_NAME},	   {"insecure", no_argument, NULL, OPT_INSECURE},
 		{"chunks", no_argument, NULL, OPT_CHUNKS},	   {"dry-run", no_argument, NULL, OPT_DRY},
 		{"workers", required_argument, NULL, OPT_WORKERS}, {"s3-endpoint", required_argument, NULL, OPT_S3E},
 		{"s3-region", required_argument, NULL, OPT_S3R},   {"verbose", no_argument, NULL, 'v'},
-		{"help", no_argument, NULL, 'h'},		   {NULL, 0, NULL, 0},
+		{"help", no_argument, NULL, 'h'},		   {"l2", required_argument, NULL, OPT_L2},
+		{"k", required_argument, NULL, OPT_K},		   {"m", required_argument, NULL, OPT_M},
+		{NULL, 0, NULL, 0},
 	};
 	/* Options may come before or after the command ("+" is not used). */
 	int ch;
@@ -445,6 +501,21 @@ int main(int argc, char **argv)
 		}
 		case OPT_S3E: cli.sopt.s3_endpoint = optarg; break;
 		case OPT_S3R: cli.sopt.s3_region = optarg; break;
+		case OPT_L2: cli.l2 = optarg; break;
+		case OPT_K:
+		case OPT_M: {
+			char *end;
+			long v = strtol(optarg, &end, 10);
+			if (*end || v < (ch == OPT_K ? 1 : 0) || v > 32) {
+				fprintf(stderr, "chunkify: --k must be 1 to 32 and --m 0 to 32\n");
+				return 2;
+			}
+			if (ch == OPT_K)
+				cli.k = (unsigned)v;
+			else
+				cli.m = (unsigned)v, cli.m_set = true;
+			break;
+		}
 		case 'v': log_set_level(LOG_INFO); break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
@@ -460,7 +531,7 @@ int main(int argc, char **argv)
 	static const struct {
 		const char *name;
 		int nargs;
-	} commands[] = {{"import", 1}, {"ls", 0}, {"inspect", 1}, {"verify", 1}, {"export", 2}, {"rm", 1}, {"gc", 0}};
+	} commands[] = {{"import", 1}, {"ls", 0}, {"inspect", 1}, {"verify", 1}, {"export", 2}, {"rm", 1}, {"gc", 0}, {"prime", 1}};
 	int want = -1;
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
 		if (strcmp(cmd, commands[i].name) == 0)
@@ -499,6 +570,8 @@ int main(int argc, char **argv)
 		r = cmd_export(&c, args[0], args[1]);
 	else if (strcmp(cmd, "rm") == 0)
 		r = cmd_rm(&c, args[0]);
+	else if (strcmp(cmd, "prime") == 0)
+		r = cmd_prime(&c, &cli, args[0]);
 	else
 		r = cmd_gc(&c, &cli);
 	ctx_cleanup(&c);
