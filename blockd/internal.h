@@ -152,4 +152,166 @@ int nbd_session_feed(struct nbd_session *s, const uint8_t *buf, size_t len);
 
 void nbd_session_free(struct nbd_session *s);
 
+/* ======================================================================
+ * The blockd service (blockd.c, prefetch.c, fuse.c, control.c): attached
+ * images, their counters, readahead, startup traces, the FUSE mount and the
+ * control socket.
+ * ====================================================================== */
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "blockd.h"
+
+struct chunkify_ctx;
+struct blockd_fuse;
+
+/* At most this many images attached at once; an image's serial number
+ * (16 bits, in FUSE inode numbers) is kept unique among attached images and
+ * maps to slot serial % BLOCKD_MAX_IMAGES. */
+#define BLOCKD_MAX_IMAGES 256u
+
+/* Per-chunk state bits (blockd_image.chunk_state). */
+enum {
+	CHUNK_READ = 1,		/* a reader read it since attach */
+	CHUNK_RESIDENT = 2,	/* served or prefetched successfully since attach */
+	CHUNK_QUEUED = 4,	/* readahead or prefetch asked for it */
+	CHUNK_PREFETCHED = 8,	/* the trace prefetch fetched it */
+	CHUNK_FAILED = 16,	/* the last attempt failed on every tier */
+	CHUNK_FETCHED = 32,	/* brought in from L2 or L3 since attach (counted once) */
+};
+
+struct blockd_counters {
+	_Atomic uint64_t bytes_read, reads, read_errors;
+	_Atomic uint64_t hole_bytes;			/* bytes read from holes */
+	_Atomic uint64_t chunk_reads[CACHE_TIER_COUNT];	/* chunk pieces served, by tier */
+	/* Distinct chunks brought in from L2/L3 since attach.  Counted once per
+	 * chunk: readers sharing one fetch (single flight) all see its tier. */
+	_Atomic uint64_t fetched[CACHE_TIER_COUNT];
+	_Atomic uint64_t chunks_read, chunks_resident;	/* distinct chunks, since attach */
+	_Atomic uint64_t readahead_issued, readahead_fetched;
+	_Atomic uint64_t prefetch_issued, prefetch_fetched, prefetch_used, prefetch_errors;
+	_Atomic uint64_t trace_len;			/* chunks recorded (or loaded) */
+};
+
+struct blockd_trace;
+
+struct blockd_image {
+	struct blockd *b;
+	char *name;			/* directory name under the mount: |given|, '/' as '_' */
+	char *given;			/* as given to blockd_attach */
+	char digest[SHA256_HEX_LEN + 1];
+	uint16_t serial;		/* unique among attached images; 0 = none */
+	_Atomic unsigned refs;		/* the table's reference + readers' */
+	_Atomic bool detached;
+	struct manifest m;
+	uint64_t n_indexes;		/* image_size / CHUNK_SIZE */
+	_Atomic uint8_t *chunk_state;	/* n_indexes entries */
+	struct blockdev dev;		/* read_at = the lazy read */
+	double attached_at;		/* now_seconds() */
+	/* Sequential-stream detection for readahead: ends of recent reads. */
+	_Atomic uint64_t stream_end[8];
+	/* The EROFS view for rootfs/, opened at first use. */
+	pthread_mutex_t fs_lock;
+	struct erofs_fs *fs;
+	int fs_err;
+	struct blockd_trace *trace;	/* prefetch.c */
+	struct blockd_counters c;
+};
+
+/* A queued background fetch (readahead and trace prefetch). */
+struct bg_job {
+	struct blockd_image *img;	/* holds a reference */
+	uint64_t index;
+	bool prefetch;			/* trace prefetch (else readahead) */
+};
+
+struct blockd {
+	struct chunkify_ctx *ctx;	/* store, tenant key, salt */
+	pthread_mutex_t store_lock;	/* ctx->store: one request at a time */
+	struct cache *cache;
+	struct blockd_config cfg;	/* string pointers not kept */
+	pthread_mutex_t lock;		/* images, next_serial, nbd */
+	struct blockd_image *images[BLOCKD_MAX_IMAGES];
+	unsigned next_serial;
+	/* The readahead pool: a bounded queue and a few threads. */
+	pthread_mutex_t q_lock;
+	pthread_cond_t q_cond;
+	struct bg_job *q;
+	size_t q_head, q_len, q_cap;
+	bool q_stop;
+	pthread_t *workers;
+	size_t n_workers;
+	/* NBD: restarted with the new export list when the attached set changes. */
+	char *nbd_address;		/* as bound the first time (tcp port fixed) */
+	struct nbd_server *nbd;
+	struct blockd_fuse *fuse;
+};
+
+/* Take a reference on |img| (the caller already holds one, or b->lock). */
+void blockd_image_ref(struct blockd_image *img);
+/* Drop a reference; the last one frees the image. */
+void blockd_image_unref(struct blockd_image *img);
+/* The attached image with FUSE serial |serial|, referenced, or NULL. */
+struct blockd_image *blockd_image_by_serial(struct blockd *b, uint16_t serial);
+/* Referenced copies of the attached images, in serial order; free the array
+ * and unref each.  Returns 0 or -ENOMEM. */
+int blockd_list_images(struct blockd *b, struct blockd_image ***out, size_t *out_n);
+/* The EROFS view of |img|, opened at first use.  Returns 0 or -errno. */
+int blockd_image_fs(struct blockd_image *img, struct erofs_fs **out);
+/* The manifest entry for chunk |index|, or NULL for a hole. */
+const struct manifest_chunk *blockd_image_chunk(const struct blockd_image *img, uint64_t index);
+/* Queue a background fetch of chunk |index| (readahead or prefetch); drops it
+ * when the queue is full.  Returns true if queued. */
+bool blockd_queue_fetch(struct blockd_image *img, uint64_t index, bool prefetch);
+/* Fetch chunk |index| into the cache now, counting it as readahead or
+ * prefetch.  Returns 0 or -errno. */
+int blockd_fetch_chunk(struct blockd_image *img, uint64_t index, bool prefetch);
+
+/* prefetch.c: startup traces.  On attach: load the image's trace from the
+ * origin; with one, start prefetching it; without, start recording.  On
+ * detach (or blockd_free): stop, and store a recording not yet stored. */
+int trace_attach(struct blockd_image *img);
+void trace_detach(struct blockd_image *img);
+/* Free the trace state (from image_free, when no reader is left). */
+void trace_free(struct blockd_trace *t);
+/* A reader touched chunk |index| for the first time since attach. */
+void trace_note_first_read(struct blockd_image *img, uint64_t index);
+/* Trace and prefetch fields for stats.json, appended to a jansson object. */
+void trace_stats(struct blockd_image *img, void *json_obj);
+/* Parse a stored trace |<buf, len>| for an image of |n_indexes| chunks into
+ * a malloc'd array of chunk indexes (checked: untrusted bytes from the
+ * origin).  Returns 0 or -EBADMSG (logged). */
+int trace_parse(const uint8_t *buf, size_t len, uint64_t n_indexes, uint64_t **out, size_t *out_n);
+
+/* fuse.c */
+struct blockd_mount_options;
+int fuse_start(struct blockd *b, const char *mountpoint, const struct blockd_mount_options *opt,
+	       struct blockd_fuse **out);
+void fuse_stop(struct blockd_fuse *f);
+/* The attached set changed: drop the kernel's cached entry for |name| in the
+ * mount's root. */
+void fuse_notify_root_change(struct blockd_fuse *f, const char *name);
+
+/* control.c: the daemon's control socket (one JSON request per line). */
+struct blockd_ctl;
+/* Serve requests for |b| on unix socket |path| on a thread of its own;
+ * |state_dir| (may be NULL) keeps the attached set across restarts. */
+int ctl_start(struct blockd *b, const char *path, const char *state_dir, struct blockd_ctl **out);
+void ctl_stop(struct blockd_ctl *c);
+/* Re-attach the images listed in |state_dir| (after a restart).  Returns 0
+ * or the first error; every image is tried. */
+int ctl_restore(struct blockd_ctl *c);
+/* Parse one control request line (checked: a client's bytes).  |op| is one
+ * of attach, detach, ls, stats; |image| is "" when absent.  Returns 0 or
+ * -EINVAL with |err| set to a message for the client. */
+struct ctl_request {
+	char op[16];
+	char image[512];
+};
+int ctl_parse_request(const char *line, size_t len, struct ctl_request *out, const char **err);
+/* Client side: send |request| (one JSON line) to the daemon at |path| and
+ * return its reply line (malloc'd).  Returns 0 or -errno (logged). */
+int ctl_call(const char *path, const char *request, char **out_reply);
+
 #endif

@@ -1,0 +1,109 @@
+/* blockd: a host's attached images, served as lazily filled block devices.
+ *
+ * An attached image looks like a complete block device of the image's full
+ * size; only the chunks actually read are fetched, through the cache tiers
+ * (cache/cache.h).  The same devices are reachable three ways:
+ *   - this in-process API (kvmm links it for virtio-blk without FUSE);
+ *   - a FUSE mount: MOUNT/<image>/image.raw, rootfs/, stats.json;
+ *   - an NBD export per image.
+ */
+#ifndef KINDLING_BLOCKD_H
+#define KINDLING_BLOCKD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../cache/cache.h"
+#include "../chunker/chunker.h"
+
+struct blockd;
+struct blockd_image;
+
+struct blockd_config {
+	/* Where manifests, chunks and startup traces live, and the cache tiers
+	 * in front of it (origin_uri is required; see cache.h for the rest). */
+	struct cache_config cache;
+	/* The tenant key that unseals manifests and the salt come from
+	 * KINDLING_HOME (or KINDLING_TENANT_KEY / KINDLING_SALT), exactly as for
+	 * chunkify: the blockd must run with the importer's KINDLING_HOME. */
+	/* Record startup traces and prefetch from them (see blockd.c). */
+	bool prefetch;
+	unsigned prefetch_parallel;	/* 0 = 4 */
+	uint64_t prefetch_bytes_per_s;	/* 0 = unlimited */
+	double trace_seconds;		/* recording window after attach; 0 = 10 s */
+	/* Readahead: when reads of an image run sequentially, also fetch this
+	 * many following stored chunks in the background (0 = 1).  Random reads
+	 * trigger none, so a random reader fetches only what it reads. */
+	unsigned readahead_chunks;
+	bool no_readahead;
+	/* Background fetch threads shared by readahead and prefetch (0 = 4). */
+	unsigned fetch_threads;
+};
+
+/* Create a blockd with no images attached.  Returns 0 or -errno (logged). */
+int blockd_new(const struct blockd_config *cfg, struct blockd **out);
+
+/* Unmount, stop the NBD server, detach everything (storing startup traces
+ * still being recorded), free; NULL is ok. */
+void blockd_free(struct blockd *b);
+
+/* Attach IMAGE (NAME[:TAG] or a manifest digest): fetch and unseal its
+ * manifest; no chunk is fetched yet (unless a startup trace exists and
+ * prefetch is on).  Attaching an attached image returns the same handle.
+ * Returns 0, -ENOENT (no such image, logged), or -errno. */
+int blockd_attach(struct blockd *b, const char *image, struct blockd_image **out);
+
+/* Detach IMAGE; reads in flight finish first.  Returns 0 or -ENOENT. */
+int blockd_detach(struct blockd *b, const char *image);
+
+/* The attached image called |image| (as given to attach, or its digest),
+ * or NULL. */
+struct blockd_image *blockd_find(struct blockd *b, const char *image);
+
+/* The manifest digest (64 hex digits) of an attached image. */
+const char *blockd_image_digest(const struct blockd_image *img);
+
+/* Read |len| bytes at |off| of the image.  Holes read as zeros without any
+ * fetch; concurrent readers of one chunk share one fetch.  Returns 0, -EIO
+ * if a chunk could not be fetched from any tier (that read only; logged),
+ * -EINVAL past the end.  Thread-safe.  |img| must stay attached until the
+ * call returns (the FUSE and NBD paths hold references; in-process callers
+ * must not detach an image they are reading). */
+int blockd_image_read(struct blockd_image *img, uint64_t off, void *buf, size_t len);
+
+uint64_t blockd_image_size(const struct blockd_image *img);
+const struct manifest *blockd_image_manifest(const struct blockd_image *img);
+/* The directory name of the image under the mount ("name:tag"). */
+const char *blockd_image_name(const struct blockd_image *img);
+
+/* The image's counters as JSON (the contents of stats.json), malloc'd. */
+char *blockd_image_stats_json(struct blockd_image *img);
+
+struct blockd_mount_options {
+	bool allow_other;	/* -o allow_other (needs user_allow_other for non-root) */
+	unsigned max_threads;	/* FUSE worker threads; 0 = 16 */
+	/* If >= 0, one byte is written here when the session ends for any
+	 * reason (fusermount3 -u, umount, blockd_free), so a daemon can exit. */
+	int done_fd;
+};
+
+/* Serve the FUSE mount at |mountpoint| (an existing directory) on
+ * background threads: MOUNT/ lists the attached images, MOUNT/<image>/ holds
+ * image.raw, rootfs/ and stats.json.  A stale FUSE mount left at
+ * |mountpoint| by a killed blockd is detached first.  |opt| may be NULL.
+ * At most one mount per blockd.  Returns 0 or -errno (logged). */
+int blockd_mount(struct blockd *b, const char *mountpoint, const struct blockd_mount_options *opt);
+
+/* Serve every attached image over NBD at |address| ("unix:/path" or
+ * "tcp:127.0.0.1:PORT"), export name = the image name (blockd_image_name).
+ * Images attached or detached later change the export list: the server is
+ * restarted on the same address, which drops connected clients (they
+ * reconnect).  With no image attached nothing listens until the first
+ * attach.  Returns 0 or -errno (logged). */
+int blockd_nbd_start(struct blockd *b, const char *address);
+
+/* The NBD address actually bound (tcp port 0 resolved), or NULL. */
+const char *blockd_nbd_address(struct blockd *b);
+
+#endif

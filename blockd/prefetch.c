@@ -1,0 +1,358 @@
+/* Startup-trace prefetch.
+ *
+ * The first attach of an image whose origin holds no trace records, for
+ * trace_seconds, the order in which readers first touch each stored chunk,
+ * then stores it at traces/<manifest digest> in the origin:
+ *
+ *   {"format": "kindling-trace-1", "manifest": "<digest>", "chunk_size": 524288,
+ *    "seconds": 10.0, "chunks": [index, index, ...]}
+ *
+ * Later attaches load that trace and prefetch its chunks in order, through
+ * cache_prefetch, with at most prefetch_parallel fetches in flight and at
+ * most prefetch_bytes_per_s, skipping chunks a reader already touched.  A
+ * prefetched chunk a reader later reads counts as used; accuracy is used
+ * over prefetched.  Everything here is best effort: a missing origin or a
+ * bad trace only logs, the image is served either way.
+ */
+#include "../chunker/internal.h"
+#undef LOG_COMPONENT
+#include "internal.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define TRACE_FORMAT "kindling-trace-1"
+#define TRACE_MAX_BYTES (16u << 20)
+
+enum trace_state { TRACE_OFF, TRACE_NONE, TRACE_RECORDING, TRACE_STORED, TRACE_PREFETCHING, TRACE_DONE };
+
+static const char *const state_names[] = { "off", "none", "recording", "stored", "prefetching", "prefetched" };
+
+struct blockd_trace {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	_Atomic int state;		/* enum trace_state; peeked at without the lock */
+	bool stop;
+	double record_until;
+	uint64_t *rec;			/* recording */
+	size_t n_rec, cap_rec;
+	uint64_t *plan;			/* loaded trace */
+	size_t n_plan, cursor;
+	double next_send;		/* bandwidth limit: earliest start of the next fetch */
+	pthread_t thread;
+	bool has_thread;
+	pthread_t *workers;
+	size_t n_workers;
+};
+
+int trace_parse(const uint8_t *buf, size_t len, uint64_t n_indexes, uint64_t **out, size_t *out_n)
+{
+	json_error_t jerr;
+	json_t *root = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!root) {
+		log_warn("trace: not valid JSON: %s (line %d)", jerr.text, jerr.line);
+		return -EBADMSG;
+	}
+	int r = -EBADMSG;
+	uint64_t *v = NULL;
+	uint8_t *seen = NULL;
+	json_t *fmt = json_object_get(root, "format");
+	json_t *cs = json_object_get(root, "chunk_size");
+	json_t *chunks = json_object_get(root, "chunks");
+	if (!json_is_string(fmt) || strcmp(json_string_value(fmt), TRACE_FORMAT) != 0 || !json_is_integer(cs) ||
+	    json_integer_value(cs) != CHUNK_SIZE || !json_is_array(chunks)) {
+		log_warn("trace: not a %s object with chunk_size %u and a chunks array", TRACE_FORMAT, CHUNK_SIZE);
+		goto out;
+	}
+	size_t n = json_array_size(chunks);
+	if (n > n_indexes) {
+		log_warn("trace: %zu entries for an image of %llu chunks", n, (unsigned long long)n_indexes);
+		goto out;
+	}
+	v = malloc((n ? n : 1) * sizeof(*v));
+	seen = calloc(n_indexes ? n_indexes : 1, 1);
+	if (!v || !seen) {
+		r = -ENOMEM;
+		goto out;
+	}
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		json_t *e = json_array_get(chunks, i);
+		if (!json_is_integer(e) || json_integer_value(e) < 0 ||
+		    (uint64_t)json_integer_value(e) >= n_indexes) {
+			log_warn("trace: chunks[%zu] is not a chunk index of this image", i);
+			goto out;
+		}
+		uint64_t idx = (uint64_t)json_integer_value(e);
+		if (!seen[idx]) { /* a repeated index would only waste a fetch */
+			seen[idx] = 1;
+			v[k++] = idx;
+		}
+	}
+	*out = v;
+	*out_n = k;
+	v = NULL;
+	r = 0;
+out:
+	free(v);
+	free(seen);
+	json_decref(root);
+	return r;
+}
+
+static void trace_key(const struct blockd_image *img, char *key, size_t cap)
+{
+	snprintf(key, cap, "traces/%s", img->digest);
+}
+
+/* Store the recording (once).  Called without t->lock. */
+static void store_recording(struct blockd_image *img)
+{
+	struct blockd_trace *t = img->trace;
+	struct blockd *b = img->b;
+	pthread_mutex_lock(&t->lock);
+	if (t->state != TRACE_RECORDING) {
+		pthread_mutex_unlock(&t->lock);
+		return;
+	}
+	t->state = TRACE_STORED; /* no more appends */
+	json_t *arr = json_array();
+	for (size_t i = 0; arr && i < t->n_rec; i++)
+		json_array_append_new(arr, json_integer((json_int_t)t->rec[i]));
+	size_t n = t->n_rec;
+	pthread_mutex_unlock(&t->lock);
+	if (!arr)
+		return;
+	if (n == 0) {
+		/* Nothing was read: an empty trace would only stop the next
+		 * attach from recording a useful one. */
+		json_decref(arr);
+		log_info("image %s: nothing read during the trace window; no trace stored", img->name);
+		return;
+	}
+	json_t *o = json_pack("{s:s, s:s, s:i, s:f, s:o}", "format", TRACE_FORMAT, "manifest", img->digest,
+			      "chunk_size", (json_int_t)CHUNK_SIZE, "seconds", b->cfg.trace_seconds, "chunks", arr);
+	char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+	json_decref(o);
+	if (!s)
+		return;
+	char key[128];
+	trace_key(img, key, sizeof(key));
+	pthread_mutex_lock(&b->store_lock);
+	int r = store_put(b->ctx->store, key, s, strlen(s));
+	pthread_mutex_unlock(&b->store_lock);
+	free(s);
+	if (r < 0)
+		log_warn("image %s: cannot store its startup trace at %s in %s: %s (the next attach records again)",
+			 img->name, key, store_describe(b->ctx->store), strerror(-r));
+	else
+		log_info("image %s: stored a startup trace of %zu chunks at %s", img->name, n, key);
+}
+
+void trace_note_first_read(struct blockd_image *img, uint64_t index)
+{
+	struct blockd_trace *t = img->trace;
+	if (!t || t->state != TRACE_RECORDING) /* racy peek; rechecked under the lock */
+		return;
+	pthread_mutex_lock(&t->lock);
+	if (t->state == TRACE_RECORDING && now_seconds() < t->record_until) {
+		if (t->n_rec == t->cap_rec) {
+			size_t cap = t->cap_rec ? t->cap_rec * 2 : 256;
+			uint64_t *p = realloc(t->rec, cap * sizeof(*p));
+			if (p) {
+				t->rec = p;
+				t->cap_rec = cap;
+			}
+		}
+		if (t->n_rec < t->cap_rec)
+			t->rec[t->n_rec++] = index;
+		atomic_store(&img->c.trace_len, t->n_rec);
+	}
+	pthread_mutex_unlock(&t->lock);
+}
+
+/* Wait until |deadline| (monotonic seconds) or stop; true if stopped. */
+static bool wait_until(struct blockd_trace *t, double deadline)
+{
+	pthread_mutex_lock(&t->lock);
+	while (!t->stop) {
+		double left = deadline - now_seconds();
+		if (left <= 0)
+			break;
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		double d = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + left;
+		ts.tv_sec = (time_t)d;
+		ts.tv_nsec = (long)((d - (double)ts.tv_sec) * 1e9);
+		pthread_cond_timedwait(&t->cond, &t->lock, &ts);
+	}
+	bool stopped = t->stop;
+	pthread_mutex_unlock(&t->lock);
+	return stopped;
+}
+
+static void *prefetch_worker(void *arg)
+{
+	struct blockd_image *img = arg;
+	struct blockd_trace *t = img->trace;
+	uint64_t bps = img->b->cfg.prefetch_bytes_per_s;
+	for (;;) {
+		pthread_mutex_lock(&t->lock);
+		if (t->stop || t->cursor >= t->n_plan) {
+			pthread_mutex_unlock(&t->lock);
+			return NULL;
+		}
+		uint64_t idx = t->plan[t->cursor++];
+		double start = now_seconds();
+		if (bps) { /* a token bucket of one chunk: start times spaced CHUNK_SIZE/bps apart */
+			if (t->next_send > start)
+				start = t->next_send;
+			t->next_send = start + (double)CHUNK_SIZE / (double)bps;
+		}
+		pthread_mutex_unlock(&t->lock);
+		if (bps && wait_until(t, start))
+			return NULL;
+		/* Skip what a reader or readahead got to first: prefetch runs
+		 * ahead of the reader, never behind it. */
+		uint8_t old = atomic_fetch_or(&img->chunk_state[idx], CHUNK_PREFETCHED | CHUNK_QUEUED);
+		if (old & (CHUNK_READ | CHUNK_RESIDENT | CHUNK_QUEUED)) {
+			if (!(old & CHUNK_PREFETCHED))
+				atomic_fetch_and(&img->chunk_state[idx], (uint8_t)~CHUNK_PREFETCHED);
+			continue;
+		}
+		atomic_fetch_add(&img->c.prefetch_issued, 1);
+		blockd_fetch_chunk(img, idx, true);
+	}
+}
+
+static void *trace_main(void *arg)
+{
+	struct blockd_image *img = arg;
+	struct blockd_trace *t = img->trace;
+	if (t->state == TRACE_RECORDING) {
+		if (!wait_until(t, t->record_until))
+			store_recording(img);
+		return NULL;
+	}
+	/* Prefetching: a few workers pull from the plan in order. */
+	unsigned par = img->b->cfg.prefetch_parallel ? img->b->cfg.prefetch_parallel : 4;
+	t->workers = calloc(par, sizeof(*t->workers));
+	for (unsigned i = 0; t->workers && i < par; i++)
+		if (pthread_create(&t->workers[t->n_workers], NULL, prefetch_worker, img) == 0)
+			t->n_workers++;
+	if (t->n_workers == 0)
+		prefetch_worker(img);
+	for (size_t i = 0; i < t->n_workers; i++)
+		pthread_join(t->workers[i], NULL);
+	pthread_mutex_lock(&t->lock);
+	t->state = TRACE_DONE;
+	pthread_mutex_unlock(&t->lock);
+	log_info("image %s: trace prefetch done: %llu chunks fetched of %zu in the trace", img->name,
+		 (unsigned long long)atomic_load(&img->c.prefetch_issued), t->n_plan);
+	return NULL;
+}
+
+int trace_attach(struct blockd_image *img)
+{
+	struct blockd *b = img->b;
+	struct blockd_trace *t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	pthread_mutex_init(&t->lock, NULL);
+	pthread_cond_init(&t->cond, NULL);
+	t->state = TRACE_OFF;
+	img->trace = t;
+	if (!b->cfg.prefetch)
+		return 0;
+	char key[128];
+	trace_key(img, key, sizeof(key));
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	pthread_mutex_lock(&b->store_lock);
+	int r = store_get(b->ctx->store, key, TRACE_MAX_BYTES, &buf, &len);
+	pthread_mutex_unlock(&b->store_lock);
+	if (r == -ENOENT) {
+		t->state = TRACE_RECORDING;
+		t->record_until = now_seconds() + (b->cfg.trace_seconds > 0 ? b->cfg.trace_seconds : 10.0);
+		log_info("image %s: no startup trace yet; recording one", img->name);
+	} else if (r < 0) {
+		t->state = TRACE_NONE;
+		log_warn("image %s: cannot read its startup trace %s: %s; no prefetch this time", img->name, key,
+			 strerror(-r));
+		return r;
+	} else {
+		r = trace_parse(buf, len, img->n_indexes, &t->plan, &t->n_plan);
+		free(buf);
+		if (r < 0) {
+			t->state = TRACE_NONE;
+			log_warn("image %s: ignoring the bad startup trace %s", img->name, key);
+			return r;
+		}
+		t->state = TRACE_PREFETCHING;
+		atomic_store(&img->c.trace_len, t->n_plan);
+		log_info("image %s: prefetching %zu chunks from its startup trace", img->name, t->n_plan);
+	}
+	/* No reference for the thread: trace_detach joins it before the table
+	 * drops the image's reference. */
+	int e = pthread_create(&t->thread, NULL, trace_main, img);
+	if (e) {
+		t->state = TRACE_NONE;
+		log_warn("image %s: cannot start the trace thread: %s", img->name, strerror(e));
+		return -e;
+	}
+	t->has_thread = true;
+	return 0;
+}
+
+void trace_detach(struct blockd_image *img)
+{
+	struct blockd_trace *t = img->trace;
+	if (!t)
+		return;
+	pthread_mutex_lock(&t->lock);
+	t->stop = true;
+	pthread_cond_broadcast(&t->cond);
+	pthread_mutex_unlock(&t->lock);
+	if (t->has_thread) {
+		pthread_join(t->thread, NULL);
+		t->has_thread = false;
+	}
+	/* A detach inside the window stores what was recorded so far. */
+	store_recording(img);
+}
+
+void trace_free(struct blockd_trace *t)
+{
+	if (!t)
+		return;
+	free(t->rec);
+	free(t->plan);
+	free(t->workers);
+	pthread_cond_destroy(&t->cond);
+	pthread_mutex_destroy(&t->lock);
+	free(t);
+}
+
+void trace_stats(struct blockd_image *img, void *json_obj)
+{
+	json_t *o = json_obj;
+	struct blockd_trace *t = img->trace;
+	struct blockd_counters *c = &img->c;
+	json_t *p = json_object();
+	if (!p)
+		return;
+	uint64_t issued = atomic_load(&c->prefetch_issued), used = atomic_load(&c->prefetch_used);
+	int st = t ? atomic_load(&t->state) : TRACE_OFF;
+	json_object_set_new(p, "enabled", json_boolean(img->b->cfg.prefetch));
+	json_object_set_new(p, "trace", json_string(state_names[st]));
+	json_object_set_new(p, "trace_chunks", json_integer((json_int_t)atomic_load(&c->trace_len)));
+	json_object_set_new(p, "prefetched", json_integer((json_int_t)issued));
+	json_object_set_new(p, "fetched", json_integer((json_int_t)atomic_load(&c->prefetch_fetched)));
+	json_object_set_new(p, "used", json_integer((json_int_t)used));
+	json_object_set_new(p, "errors", json_integer((json_int_t)atomic_load(&c->prefetch_errors)));
+	json_object_set_new(p, "accuracy", json_real(issued ? (double)used / (double)issued : 0.0));
+	json_object_set_new(o, "prefetch", p);
+}
