@@ -53,6 +53,15 @@ struct blockd_fuse {
 	unsigned max_threads;
 	dev_t dev;		/* of the mount, for the connection's abort file */
 	struct timespec mounted_at;
+
+	/* Open files, by handle.  fh is slot | generation << 32, never a
+	 * pointer: when a reader is interrupted the kernel may send RELEASE
+	 * while that reader's READ is still being served, and the release
+	 * must not free what the read uses. */
+	pthread_mutex_t of_lock;
+	struct open_file **of_tab;
+	uint32_t of_cap;
+	uint32_t of_gen;
 };
 
 /* What an open file's fh points to. */
@@ -60,7 +69,82 @@ struct open_file {
 	struct blockd_image *img;	/* referenced; NULL for stats.json */
 	char *data;			/* stats.json snapshot */
 	size_t len;
+	uint32_t gen;
+	unsigned refs;			/* the handle's own, plus one per read in progress */
 };
+
+static void open_file_free(struct open_file *of)
+{
+	blockd_image_unref(of->img);
+	free(of->data);
+	free(of);
+}
+
+/* Register |of|; returns its fh, or 0 when out of memory. */
+static uint64_t handle_add(struct blockd_fuse *f, struct open_file *of)
+{
+	uint64_t fh = 0;
+	pthread_mutex_lock(&f->of_lock);
+	uint32_t slot = 0;
+	while (slot < f->of_cap && f->of_tab[slot])
+		slot++;
+	if (slot == f->of_cap) {
+		uint32_t cap = f->of_cap ? f->of_cap * 2 : 64;
+		struct open_file **t = realloc(f->of_tab, cap * sizeof(*t));
+		if (t) {
+			memset(t + f->of_cap, 0, (cap - f->of_cap) * sizeof(*t));
+			f->of_tab = t;
+			f->of_cap = cap;
+		}
+	}
+	if (slot < f->of_cap) {
+		of->gen = ++f->of_gen ? f->of_gen : ++f->of_gen; /* 0 is never a generation */
+		of->refs = 1;
+		f->of_tab[slot] = of;
+		fh = (uint64_t)of->gen << 32 | slot;
+	}
+	pthread_mutex_unlock(&f->of_lock);
+	return fh;
+}
+
+/* The open file behind |fh| with a reference for the caller, or NULL if it
+ * was released. */
+static struct open_file *handle_get(struct blockd_fuse *f, uint64_t fh)
+{
+	uint32_t slot = (uint32_t)fh, gen = (uint32_t)(fh >> 32);
+	struct open_file *of = NULL;
+	pthread_mutex_lock(&f->of_lock);
+	if (slot < f->of_cap && f->of_tab[slot] && f->of_tab[slot]->gen == gen) {
+		of = f->of_tab[slot];
+		of->refs++;
+	}
+	pthread_mutex_unlock(&f->of_lock);
+	return of;
+}
+
+static void handle_put(struct blockd_fuse *f, struct open_file *of)
+{
+	pthread_mutex_lock(&f->of_lock);
+	bool last = --of->refs == 0;
+	pthread_mutex_unlock(&f->of_lock);
+	if (last)
+		open_file_free(of);
+}
+
+/* Forget |fh| and drop the handle's own reference. */
+static void handle_release(struct blockd_fuse *f, uint64_t fh)
+{
+	uint32_t slot = (uint32_t)fh, gen = (uint32_t)(fh >> 32);
+	struct open_file *of = NULL;
+	pthread_mutex_lock(&f->of_lock);
+	if (slot < f->of_cap && f->of_tab[slot] && f->of_tab[slot]->gen == gen) {
+		of = f->of_tab[slot];
+		f->of_tab[slot] = NULL;
+	}
+	pthread_mutex_unlock(&f->of_lock);
+	if (of)
+		handle_put(f, of);
+}
 
 static uint64_t make_ino(uint16_t serial, uint64_t low) { return (uint64_t)serial << INO_SERIAL_SHIFT | low; }
 static uint16_t ino_serial(fuse_ino_t ino) { return (uint16_t)(ino >> INO_SERIAL_SHIFT); }
@@ -473,29 +557,40 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		of->img = img; /* the handle keeps the image alive past a detach */
 		fi->keep_cache = 1; /* immutable: the page cache stays valid */
 	}
-	fi->fh = (uint64_t)(uintptr_t)of;
-	if (fuse_reply_open(req, fi) != 0) {
-		blockd_image_unref(of->img);
-		free(of->data);
-		free(of);
+	struct blockd_fuse *f = fs_of(req);
+	fi->fh = handle_add(f, of);
+	if (!fi->fh) {
+		open_file_free(of);
+		fuse_reply_err(req, ENOMEM);
+		return;
 	}
+	if (fuse_reply_open(req, fi) != 0)
+		handle_release(f, fi->fh);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
-	struct open_file *of = (struct open_file *)(uintptr_t)fi->fh;
 	if (off < 0) {
 		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	/* |req| is gone once replied to: keep what we need from it. */
+	struct blockd_fuse *f = fs_of(req);
+	struct open_file *of = handle_get(f, fi->fh);
+	if (!of) {
+		fuse_reply_err(req, EBADF);
 		return;
 	}
 	if (!of->img) { /* stats.json */
 		size_t o = (uint64_t)off < of->len ? (size_t)off : of->len;
 		size_t n = of->len - o < size ? of->len - o : size;
 		fuse_reply_buf(req, of->data + o, n);
+		handle_put(f, of);
 		return;
 	}
 	char *buf = malloc(size ? size : 1);
 	if (!buf) {
+		handle_put(f, of);
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
@@ -515,6 +610,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 			r = blockd_image_read(of->img, (uint64_t)off, buf, n);
 		}
 	}
+	handle_put(f, of);
 	if (r < 0)
 		fuse_reply_err(req, -r);
 	else
@@ -525,12 +621,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
-	struct open_file *of = (struct open_file *)(uintptr_t)fi->fh;
-	if (of) {
-		blockd_image_unref(of->img);
-		free(of->data);
-		free(of);
-	}
+	handle_release(fs_of(req), fi->fh);
 	fuse_reply_err(req, 0);
 }
 
@@ -703,25 +794,36 @@ void fuse_stop(struct blockd_fuse *f)
 		return;
 	if (f->se) {
 		fuse_session_exit(f->se);
-		fuse_session_unmount(f->se);
-		/* A lazy unmount leaves the connection up while files are still
-		 * open in it, and the loop's threads would wait in read(2)
-		 * forever: abort the connection so they return. */
-		if (f->has_thread && f->dev) {
-			char path[96];
-			snprintf(path, sizeof(path), "/sys/fs/fuse/connections/%u/abort", minor(f->dev));
-			int fd = open(path, O_WRONLY | O_CLOEXEC);
-			if (fd >= 0) {
-				ssize_t w = write(fd, "1", 1);
-				(void)w;
-				close(fd);
+		if (f->has_thread) {
+			/* The loop's threads sit in read(2) on the session fd.  Wake
+			 * them by ending the connection (detach the mount, abort the
+			 * connection so even open files let go) and join them BEFORE
+			 * fuse_session_unmount closes that fd: closing it under a
+			 * reader is a race on the descriptor number. */
+			if (umount2(f->mountpoint, MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
+				log_debug("fuse: detach %s: %s", f->mountpoint, strerror(errno));
+			if (f->dev) {
+				char path[96];
+				snprintf(path, sizeof(path), "/sys/fs/fuse/connections/%u/abort", minor(f->dev));
+				int fd = open(path, O_WRONLY | O_CLOEXEC);
+				if (fd >= 0) {
+					ssize_t w = write(fd, "1", 1);
+					(void)w;
+					close(fd);
+				}
 			}
-		}
-		if (f->has_thread)
 			pthread_join(f->thread, NULL);
+		}
+		fuse_session_unmount(f->se);
 		fuse_session_destroy(f->se);
 	}
 	log_info("fuse: unmounted %s", f->mountpoint);
+	/* Files the kernel never released (the connection was aborted). */
+	for (uint32_t i = 0; i < f->of_cap; i++)
+		if (f->of_tab[i])
+			open_file_free(f->of_tab[i]);
+	free(f->of_tab);
+	pthread_mutex_destroy(&f->of_lock);
 	free(f->mountpoint);
 	free(f);
 }
@@ -733,11 +835,13 @@ int fuse_start(struct blockd *b, const char *mountpoint, const struct blockd_mou
 	if (!f)
 		return -ENOMEM;
 	f->b = b;
+	pthread_mutex_init(&f->of_lock, NULL);
 	f->done_fd = opt ? opt->done_fd : -1;
 	f->max_threads = opt && opt->max_threads ? opt->max_threads : 16;
 	clock_gettime(CLOCK_REALTIME, &f->mounted_at);
 	f->mountpoint = strdup(mountpoint);
 	if (!f->mountpoint) {
+		pthread_mutex_destroy(&f->of_lock);
 		free(f);
 		return -ENOMEM;
 	}

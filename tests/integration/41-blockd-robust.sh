@@ -73,7 +73,7 @@ start_blockd run1 --l1-dir "$T/l1" --trace-seconds 3
 bd attach py:1 >/dev/null || die "attach failed"
 read_startup run1
 [ "$(stats | jq -r .prefetch.trace)" = recording ] || die "first attach is not recording a trace: $(stats)"
-for ((i = 0; i < 100; i++)); do [ -e "$STORE/traces/$DIGEST" ] && break; sleep 0.1; done
+for ((i = 0; i < 300; i++)); do [ -e "$STORE/traces/$DIGEST" ] && break; sleep 0.1; done
 [ -e "$STORE/traces/$DIGEST" ] || die "no trace stored at traces/$DIGEST after the recording window"
 n_trace=$(jq '.chunks | length' "$STORE/traces/$DIGEST")
 jq -e --arg d "$DIGEST" '.format == "kindling-trace-1" and .manifest == $d and .chunk_size == 524288' \
@@ -117,7 +117,7 @@ pass "(c) origin store gone: the attached image served every byte from L1"
 # ---- (d) prefetch from the trace, L1 empty ----------------------------------------------------------------------
 rm -rf "$T/l1"
 start_blockd run3 --l1-dir "$T/l1" --trace-seconds 3
-for ((i = 0; i < 100; i++)); do [ "$(stats | jq -r .prefetch.trace)" = prefetched ] && break; sleep 0.1; done
+for ((i = 0; i < 300; i++)); do [ "$(stats | jq -r .prefetch.trace)" = prefetched ] && break; sleep 0.1; done
 S=$(stats)
 [ "$(jq -r .prefetch.trace <<<"$S")" = prefetched ] || die "the trace was not prefetched: $S"
 [ "$(jq .prefetch.prefetched <<<"$S")" = "$n_trace" ] || die "prefetched $(jq .prefetch.prefetched <<<"$S") of $n_trace"
