@@ -118,6 +118,7 @@ struct l2_node {
 	bool stop;
 	/* health */
 	bool down, probing;
+	unsigned gen; /* bumped when the node goes down: workers drop their old connections */
 	unsigned backoff_ms;
 	double retry_at;
 	/* counters (addr and up are filled in by l2_stats) */
@@ -273,6 +274,7 @@ static void node_failed(struct l2_node *nd, memcached_st *mc, memcached_return_t
 	bool newly_down = false;
 	if (fatal && !nd->down) {
 		nd->down = true;
+		nd->gen++;
 		newly_down = true;
 		nd->backoff_ms = nd->l->down_backoff_ms;
 		nd->retry_at = mono_now() + nd->backoff_ms / 1000.0;
@@ -524,12 +526,17 @@ static void *node_worker(void *arg)
 	if (!mc)
 		log_err("l2: cannot set up a libmemcached handle for %s: out of memory", nd->addr);
 
+	unsigned gen = 0;
 	pthread_mutex_lock(&nd->mu);
 	for (;;) {
 		struct l2_req *r = pop_req(nd);
 		if (r) {
 			bool skip = nd->down || nd->stop;
+			bool stale = gen != nd->gen;
+			gen = nd->gen;
 			pthread_mutex_unlock(&nd->mu);
+			if (stale && mc)
+				memcached_quit(mc); /* its socket may be from before the node failed */
 			run_req(nd, mc, r, skip);
 			pthread_mutex_lock(&nd->mu);
 			continue;
@@ -539,7 +546,9 @@ static void *node_worker(void *arg)
 		if (w->idx == 0 && nd->down && !nd->probing && mc) {
 			if (mono_now() >= nd->retry_at) {
 				nd->probing = true;
+				gen = nd->gen;
 				pthread_mutex_unlock(&nd->mu);
+				memcached_quit(mc);
 				node_probe(nd, mc);
 				pthread_mutex_lock(&nd->mu);
 				continue;
