@@ -68,9 +68,10 @@ const struct sandbox_ops *sandbox_pick(const char *isolation, char *notice, size
 
 int sandbox_run(const struct sandbox_ops *ops, const struct sandbox_spec *spec, struct sandbox_result *out)
 {
-	if (!ops || !spec || !out || !spec->image_path || spec->out_fd < 0 || spec->err_fd < 0 ||
+	if (!ops || !spec || !out || !spec->image_path == !spec->rootfs_dir || spec->out_fd < 0 || spec->err_fd < 0 ||
 	    spec->timeout_s < 0) {
-		log_err("sandbox_run: incomplete spec (image path, output descriptors and backend are required)");
+		log_err("sandbox_run: incomplete spec (exactly one of image path and rootfs directory, output "
+			"descriptors and backend are required)");
 		return -EINVAL;
 	}
 	memset(out, 0, sizeof(*out));

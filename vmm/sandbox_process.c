@@ -59,13 +59,15 @@ struct report {
 	int32_t kind; /* REP_* */
 	int32_t value;
 };
-enum { REP_MOUNT_FILE = 1, REP_MOUNT_LOOP, REP_ERROR /* value = errno */, REP_EXIT /* value = wait status */ };
+enum { REP_MOUNT_FILE = 1, REP_MOUNT_LOOP, REP_ERROR /* value = errno */, REP_EXIT /* value = wait status */,
+       REP_MOUNT_DIR };
 
 /* What the children need; built by the caller before fork so the children
  * only read it. */
 struct plan {
 	const struct sandbox_spec *spec;
-	int image_fd;
+	int image_fd; /* the image file, or an O_PATH descriptor of spec->rootfs_dir */
+	char *rootfs_path; /* spec->rootfs_dir made absolute (realpath), or NULL */
 	char **argv; /* NULL-terminated */
 	const char *user;
 	const char *workdir;
@@ -160,13 +162,32 @@ static int mount_loop(int image_fd, const char *dst)
 	return r;
 }
 
-/* Mount the image at |dst|.  Returns REP_MOUNT_FILE or REP_MOUNT_LOOP, or -errno. */
-static int mount_image(const struct plan *p, const char *dst)
+/* Bind the plain directory |dir_fd| (spec->rootfs_dir, opened in this mount
+ * namespace) read-only at |dst|.  Returns REP_MOUNT_DIR or -errno. */
+static int mount_dir(const struct plan *p, int dir_fd, const char *dst)
+{
+	char src[64];
+	snprintf(src, sizeof(src), "/proc/self/fd/%d", dir_fd);
+	/* Not MS_REC: the workload sees the directory itself, not whatever the
+	 * host mounted below it. */
+	int r = xmount(src, dst, NULL, MS_BIND, NULL);
+	if (r == 0)
+		r = xmount(NULL, dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NODEV, NULL);
+	if (r < 0)
+		log_err("sandbox: cannot use the directory %s as the root: %s", p->spec->rootfs_dir, strerror(-r));
+	return r < 0 ? r : REP_MOUNT_DIR;
+}
+
+/* Mount the image (or bind the rootfs directory) at |dst|.  Returns
+ * REP_MOUNT_FILE, REP_MOUNT_LOOP or REP_MOUNT_DIR, or -errno. */
+static int mount_image(const struct plan *p, int dir_fd, const char *dst)
 {
 	/* The source is the descriptor the caller opened, so the path may be
 	 * anywhere (even under the /tmp this namespace just covered). */
 	char src[64];
 	snprintf(src, sizeof(src), "/proc/self/fd/%d", p->image_fd);
+	if (p->spec->rootfs_dir)
+		return mount_dir(p, dir_fd, dst);
 	if (p->spec->mount != SANDBOX_MOUNT_LOOP) {
 		/* nosuid is left off on purpose: no_new_privs (set with the
 		 * seccomp filter) already makes setuid bits inert, and images
@@ -320,6 +341,16 @@ static int build_tree(const struct plan *p, int *mount_kind)
 	/* Nothing done here may leak to the host, nor the host's later mounts in. */
 	if ((r = xmount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL)) < 0)
 		return r;
+	/* A rootfs directory is opened again here, by path, before the scratch
+	 * tmpfs may cover it: bind mounts only take sources from the caller's
+	 * own mount namespace, and the caller's descriptor points into the
+	 * host's.  (I exits soon; the descriptor is close-on-exec.) */
+	int dir_fd = -1;
+	if (p->rootfs_path && (dir_fd = open(p->rootfs_path, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0) {
+		r = -errno;
+		log_err("sandbox: open the rootfs directory %s: %s", p->rootfs_path, strerror(-r));
+		return r;
+	}
 	if ((r = mkdir_if_missing(SCRATCH, 01777)) < 0)
 		return r;
 	/* The overlay's upper layer.  Its pages are charged to the sandbox's
@@ -330,7 +361,10 @@ static int build_tree(const struct plan *p, int *mount_kind)
 	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++)
 		if ((r = mkdir_if_missing(dirs[i], 0755)) < 0)
 			return r;
-	if ((r = mount_image(p, SCRATCH "/lower")) < 0)
+	r = mount_image(p, dir_fd, SCRATCH "/lower");
+	if (dir_fd >= 0)
+		close(dir_fd);
+	if (r < 0)
 		return r;
 	*mount_kind = r;
 	if ((r = xmount("overlay", SCRATCH "/root", "overlay", MS_NODEV,
@@ -682,10 +716,17 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 	int r = build_argv(s, &p.argv);
 	if (r < 0)
 		return r;
-	p.image_fd = open(s->image_path, O_RDONLY | O_CLOEXEC);
+	/* O_PATH for a directory: it is only ever a bind source. */
+	p.image_fd = s->rootfs_dir ? open(s->rootfs_dir, O_PATH | O_DIRECTORY | O_CLOEXEC)
+				   : open(s->image_path, O_RDONLY | O_CLOEXEC);
+	if (p.image_fd >= 0 && s->rootfs_dir && !(p.rootfs_path = realpath(s->rootfs_dir, NULL))) {
+		close_fd(&p.image_fd);
+		errno = errno ? errno : ENOMEM;
+	}
 	if (p.image_fd < 0) {
 		r = -errno;
-		log_err("sandbox: open image %s: %s", s->image_path, strerror(-r));
+		log_err("sandbox: open %s %s: %s", s->rootfs_dir ? "rootfs directory" : "image",
+			s->rootfs_dir ? s->rootfs_dir : s->image_path, strerror(-r));
 		goto out;
 	}
 	int fds[4][2];
@@ -775,8 +816,10 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 			struct report msg;
 			ssize_t k = read(rep_r, &msg, sizeof(msg));
 			if (k == (ssize_t)sizeof(msg)) {
-				if (msg.kind == REP_MOUNT_FILE || msg.kind == REP_MOUNT_LOOP)
-					out->mount_kind = msg.kind == REP_MOUNT_FILE ? "file" : "loop";
+				if (msg.kind == REP_MOUNT_FILE || msg.kind == REP_MOUNT_LOOP || msg.kind == REP_MOUNT_DIR)
+					out->mount_kind = msg.kind == REP_MOUNT_FILE	? "file"
+							  : msg.kind == REP_MOUNT_LOOP ? "loop"
+											: "dir";
 				else if (msg.kind == REP_ERROR && !setup_err)
 					setup_err = msg.value > 0 ? msg.value : EIO;
 				else if (msg.kind == REP_EXIT && !exited) {
@@ -834,6 +877,7 @@ out:
 	close_fd(&p.sync_r);
 	close_fd(&p.image_fd);
 	sandbox_cgroup_destroy(&cg);
+	free(p.rootfs_path);
 	free(p.argv);
 	return r;
 }

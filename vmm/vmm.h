@@ -32,7 +32,12 @@ enum sandbox_mount {
 /* What to run.  The caller owns every pointer; they need to stay valid only
  * for the duration of sandbox_run(). */
 struct sandbox_spec {
-	const char *image_path;		  /* required: the EROFS image file */
+	const char *image_path;		  /* the EROFS image file; or NULL with rootfs_dir */
+	/* Instead of an image: a plain directory (an unpacked rootfs, e.g. from
+	 * `umoci unpack`), bind-mounted read-only as the overlay's lower layer.
+	 * Exactly one of image_path and rootfs_dir is set.  It exists so the
+	 * eager baseline (pull + unpack) runs in the very same sandbox. */
+	const char *rootfs_dir;
 	const struct run_config *config;  /* the image's run configuration; may be NULL */
 	char *const *argv_override;	  /* NULL-terminated; replaces entrypoint+cmd entirely; may be NULL */
 	char *const *env_override;	  /* NULL-terminated "K=V", set on top of config->env; may be NULL */
@@ -59,7 +64,7 @@ struct sandbox_result {
 	double exit_s;		/* the workload's exit, seconds after t0 */
 	uint64_t out_bytes, err_bytes;
 	const char *backend;	/* the ops name, e.g. "process" */
-	const char *mount_kind; /* "file" or "loop" (process sandbox); static string */
+	const char *mount_kind; /* "file", "loop" or "dir" (process sandbox); static string */
 	const char *cgroup_kind; /* "v2", "v1" or "none"; static string */
 };
 
@@ -87,8 +92,8 @@ extern const struct sandbox_ops sandbox_process;
  * in or cannot run on this host. */
 const struct sandbox_ops *sandbox_pick(const char *isolation, char *notice, size_t len);
 
-/* Run |spec| in |ops|'s sandbox and wait for it: set the sandbox up, start the
- * workload, copy its output to spec->out_fd/err_fd, tear everything down
+/* Run |spec| in |ops|'s sandbox and wait for it: set the sandbox up (on the
+ * image file, or on spec->rootfs_dir), start the workload, copy its output to spec->out_fd/err_fd, tear everything down
  * (mounts, cgroups, processes) on every path.  Returns 0 with |*out| filled
  * once the workload ran, whatever its exit status; -EINVAL for a bad spec,
  * -ENOENT if the command or user is not in the image, -EPERM without the

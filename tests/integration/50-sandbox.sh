@@ -321,6 +321,17 @@ run "$T/i.out" --isolation auto -- true
 grep -q "notice: isolation auto: using the process sandbox" "$T/i.out.err" || die "auto gave no notice"
 pass "loop-device mount works, --timeout kills, microvm refused honestly, auto -> process with a notice"
 
+# ---- a plain directory as the root (rootfs_dir: the eager baseline's path) ---
+D=$T/bundle/rootfs # the tree the image was built from, unpacked on the host
+rc=0; timeout 120 "$SBX" "$D" --config "$T/inspect.json" --json >"$T/dir.out" 2>"$T/dir.out.err" || rc=$?
+[ "$rc" = 7 ] && grep -qx "entry: hello from 1234:2345 in /data greeting=hi-from-image args=one two" "$T/dir.out" &&
+  [ "$(tail -1 "$T/dir.out.err" | jq -r .mount)" = dir ] || die "rootfs dir run: rc $rc, $(cat "$T/dir.out" "$T/dir.out.err")"
+timeout 120 "$SBX" "$D" --user 0 -- sh -c 'echo scribble >/data/file.txt; cat /data/file.txt; grep -c " / overlay " /proc/mounts' \
+  >"$T/dir.out" 2>"$T/dir.out.err" || die "rootfs dir write: $(cat "$T/dir.out.err")"
+[ "$(cat "$T/dir.out")" = "$(printf 'scribble\n1')" ] || die "rootfs dir write inside: $(cat "$T/dir.out")"
+[ "$(cat "$D/data/file.txt")" = "image data" ] || die "a write inside reached the host directory"
+pass "a plain rootfs directory runs the same entrypoint (mount kind dir); writes stay in the overlay"
+
 # ---- nothing left behind ------------------------------------------------------
 sleep 0.2
 AFTER=$(host_state)

@@ -1,6 +1,6 @@
 /* sandbox_run: run a command from an EROFS image in a sandbox and print timings.
  *
- *   sandbox_run IMAGE.erofs [--config FILE] [--json] [--user U] [--env K=V]... [--workdir D]
+ *   sandbox_run IMAGE.erofs|ROOTFS_DIR [--config FILE] [--json] [--user U] [--env K=V]... [--workdir D]
  *               [--mem BYTES] [--pids N] [--hostname H] [--mount auto|file|loop]
  *               [--timeout SECONDS] [--isolation process|microvm|auto] [-- CMD ARGS...]
  *
@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common/common.h"
 #include "vmm/vmm.h"
@@ -93,6 +94,11 @@ int main(int argc, char **argv)
 	}
 	struct run_config rc = {0};
 	struct sandbox_spec spec = {.image_path = argv[1], .config = &rc, .in_fd = -1, .out_fd = 1, .err_fd = 2};
+	struct stat st;
+	if (stat(argv[1], &st) == 0 && S_ISDIR(st.st_mode)) { /* a plain rootfs directory */
+		spec.image_path = NULL;
+		spec.rootfs_dir = argv[1];
+	}
 	struct str_list env = {0};
 	bool json = false;
 	const char *isolation = "process";

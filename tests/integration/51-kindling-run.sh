@@ -1,0 +1,176 @@
+#!/bin/bash
+# `kindling run`: an image imported by chunkify, attached lazily by an
+# in-process blockd, run in the process sandbox from MOUNT/<image>/image.raw.
+#   - the entrypoint's output arrives and its exit code propagates;
+#   - the report (text, and --json) has timings, bytes fetched < image size on
+#     a cold run, and the tier split; a warm run is served by L1 with no L3
+#     fetch;
+#   - `-- CMD ARGS` overrides the entrypoint; a missing command is 127, an
+#     unknown image 125;
+#   - --isolation microvm is refused clearly here, auto prints its notice;
+#   - with five memcached and --l2, a run after `chunkify prime` on a fresh L1
+#     fetches from L2 and nothing from L3;
+#   - SIGTERM mid-run ends the workload and kindling with 143;
+#   - no FUSE mount, temporary mount point or loop device is left behind.
+# Missing tools are a failure, not a skip.
+. "$(dirname "$0")/lib.sh"
+KINDLING=$KINDLING_BUILD_DIR/kindling
+[ -x "$KINDLING" ] || die "kindling not built at $KINDLING (build the project first)"
+for tool in jq memcached python3 tar; do
+  command -v $tool >/dev/null || die "$tool is not installed (see scripts/apt-packages.txt)"
+done
+[ -x /bin/busybox ] || die "/bin/busybox is missing (Debian package busybox-static)"
+[ "$(id -u)" = 0 ] || die "the process sandbox needs root"
+[ -e /dev/fuse ] || die "/dev/fuse is missing"
+
+# ---- the image: static busybox, an entrypoint, and 8 MB the entrypoint never reads -------------------------------
+R=$T/rootfs
+mkdir -p "$R"/{bin,etc,app,data}
+cp /bin/busybox "$R/bin/busybox"
+for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"; done
+echo 'root:x:0:0:root:/root:/bin/sh' >"$R/etc/passwd"
+echo 'root:x:0:' >"$R/etc/group"
+head -c 8000000 /dev/urandom >"$R/data/unread.bin"
+cat >"$R/app/entry.sh" <<'EOF'
+#!/bin/sh
+echo "hello from kindling: $GREETING $*"
+exit 7
+EOF
+chmod 755 "$R/app/entry.sh"
+tar -C "$R" -cf "$T/layer.tar" .
+python3 "$KINDLING_SOURCE_DIR/bench/make_layout.py" "$T/layout" 1 "$T/layer.tar"
+# make_layout.py writes /bin/sh as the entrypoint; give this image its own.
+python3 - "$T/layout" <<'PY'
+import hashlib, json, os, sys
+lay = sys.argv[1]
+blobs = os.path.join(lay, "blobs", "sha256")
+idx = json.load(open(os.path.join(lay, "index.json")))
+man = json.load(open(os.path.join(blobs, idx["manifests"][0]["digest"][7:])))
+cfg = json.load(open(os.path.join(blobs, man["config"]["digest"][7:])))
+cfg["config"] = {"Entrypoint": ["/app/entry.sh"], "Cmd": ["one", "two"], "Env": ["PATH=/bin", "GREETING=hi"],
+                 "WorkingDir": "/data"}
+def put(obj):
+    b = json.dumps(obj, sort_keys=True).encode()
+    d = hashlib.sha256(b).hexdigest()
+    open(os.path.join(blobs, d), "wb").write(b)
+    return d, len(b)
+d, n = put(cfg)
+man["config"]["digest"], man["config"]["size"] = "sha256:" + d, n
+d, n = put(man)
+idx["manifests"][0]["digest"], idx["manifests"][0]["size"] = "sha256:" + d, n
+json.dump(idx, open(os.path.join(lay, "index.json"), "w"))
+PY
+"$CHUNKIFY" import "oci:$T/layout:1" --name run:1 >/dev/null 2>"$T/import.err" ||
+  { cat "$T/import.err" >&2; die "chunkify import failed"; }
+pass "image built and imported"
+
+export TMPDIR=$T/tmp # kindling's private mount points go here; checked empty at the end
+mkdir -p "$TMPDIR"
+fuse_mounts() { grep -c "$T/tmp/kindling-run" /proc/self/mountinfo || true; }
+
+# kr NAME ARGS...: kindling run; stdout to $T/NAME.out, stderr to $T/NAME.err; returns its status.
+kr() {
+  local name=$1 rc=0
+  shift
+  timeout 120 "$KINDLING" run "$@" >"$T/$name.out" 2>"$T/$name.err" || rc=$?
+  return $rc
+}
+
+# ---- cold run: the entrypoint, the exit code, the JSON report ----------------------------------------------------
+rc=0; kr cold run:1 --json --isolation process || rc=$?
+[ "$rc" = 7 ] || { cat "$T/cold.out" "$T/cold.err" >&2; die "exit code: got $rc, want 7"; }
+[ "$(cat "$T/cold.out")" = "hello from kindling: hi one two" ] || die "output: $(cat "$T/cold.out" "$T/cold.err")"
+J=$(tail -1 "$T/cold.err")
+echo "$J" | jq -e '.status == 7 and .exit_code == 7 and .backend == "process" and (.mount == "file" or .mount == "loop")
+  and .first_output_s > 0 and .exit_s >= .first_output_s and .attach_s > 0 and .attach_s < .first_output_s
+  and .bytes_fetched > 0 and .bytes_fetched < .image_size and .image_size > 8000000
+  and .chunks.l3 > 0 and .chunks.l2 == 0 and .bytes_fetched == (.chunks.l2 + .chunks.l3) * 524288
+  and .bytes.l3 == .chunks.l3 * 524288 and .bytes_read > 0 and .metadata_bytes > 0
+  and .prefetch.enabled == true and .out_bytes > 0' >/dev/null || die "cold report wrong: $J"
+pass "cold run: exit 7, output streamed; first output $(jq .first_output_s <<<"$J") s, exit $(jq .exit_s <<<"$J") s; fetched $(jq .bytes_fetched <<<"$J") of $(jq .image_size <<<"$J") bytes, all from L3"
+
+# ---- warm run: L1 serves, nothing from L3 -------------------------------------------------------------------------
+rc=0; kr warm run:1 --json --no-prefetch || rc=$?
+[ "$rc" = 7 ] || die "warm run exit code $rc"
+J=$(tail -1 "$T/warm.err")
+echo "$J" | jq -e '.chunks.l3 == 0 and .chunks.l2 == 0 and .bytes_fetched == 0 and .chunks.l1 > 0
+  and .served_by_tier.l1 > 0 and .served_by_tier.l3 == 0 and .prefetch.enabled == false' >/dev/null ||
+  die "warm report wrong: $J"
+pass "warm run: $(jq .chunks.l1 <<<"$J") chunks from L1, 0 from L3; first output $(jq .first_output_s <<<"$J") s"
+
+# A run with prefetch after the cold run recorded a trace: the trace is used.
+rc=0; kr pf run:1 --json || rc=$?
+J=$(tail -1 "$T/pf.err")
+[ "$rc" = 7 ] && echo "$J" | jq -e '.prefetch.trace_chunks > 0 and .chunks.l3 == 0' >/dev/null ||
+  die "prefetch run: rc $rc, $J"
+pass "the cold run's startup trace was stored and prefetched ($(jq .prefetch.trace_chunks <<<"$J") chunks, accuracy $(jq .prefetch.accuracy <<<"$J"))"
+
+# ---- the text report ------------------------------------------------------------------------------------------
+kr text run:1 -- true || die "-- true failed: $(cat "$T/text.err")"
+grep -q "first output .* s, exit .* s" "$T/text.err" && grep -q "^kindling: fetched .* of a .* image" "$T/text.err" &&
+  grep -q "^kindling: chunks: L1 [0-9]* (.*), L2 [0-9]* (.*), L3 [0-9]* (.*)" "$T/text.err" ||
+  die "text report incomplete: $(cat "$T/text.err")"
+pass "the text report has timings, bytes fetched and the tier split"
+
+# ---- overrides and failures ------------------------------------------------------------------------------------
+for code in 0 42; do
+  rc=0; kr ov run:1 -- sh -c "echo override \$0 \$1; exit $code" a b || rc=$?
+  [ "$rc" = "$code" ] || die "-- sh -c 'exit $code' came back as $rc"
+  [ "$(cat "$T/ov.out")" = "override a b" ] || die "override output: $(cat "$T/ov.out" "$T/ov.err")"
+done
+rc=0; kr ov run:1 -- sh -c 'pwd; echo $GREETING; kill -TERM $$' || rc=$?
+[ "$rc" = 143 ] || die "a SIGTERM death came back as $rc, want 143"
+[ "$(cat "$T/ov.out")" = "$(printf '/data\nhi')" ] || die "workdir/env with an override: $(cat "$T/ov.out")"
+rc=0; kr nocmd run:1 -- no-such-command || rc=$?
+[ "$rc" = 127 ] && grep -q "not found in the image" "$T/nocmd.err" || die "missing command: rc $rc, $(cat "$T/nocmd.err")"
+rc=0; kr noimg nosuch:1 || rc=$?
+[ "$rc" = 125 ] && grep -q "cannot attach nosuch:1" "$T/noimg.err" || die "unknown image: rc $rc, $(cat "$T/noimg.err")"
+rc=0; kr usage || rc=$?
+[ "$rc" = 2 ] || die "kindling run without an image gave $rc, want 2"
+pass "-- CMD ARGS override (exit 0/42, signal 143, image workdir and env kept), missing command 127, unknown image 125"
+
+rc=0; kr vm run:1 --isolation microvm || rc=$?
+[ "$rc" = 125 ] && grep -q "microvm backend is not available" "$T/vm.err" ||
+  die "--isolation microvm was not refused clearly: rc $rc, $(cat "$T/vm.err")"
+grep -q "hello" "$T/vm.out" && die "--isolation microvm ran the workload anyway"
+rc=0; kr auto run:1 --isolation auto || rc=$?
+[ "$rc" = 7 ] && [ "$(grep -c 'notice: isolation auto: using the process sandbox' "$T/auto.err")" = 1 ] &&
+  grep -q hello "$T/auto.out" || die "--isolation auto: rc $rc, $(cat "$T/auto.err")"
+pass "--isolation microvm refused ($(head -1 "$T/vm.err")); auto prints one notice and runs"
+
+# ---- L2: five memcached, primed; a fresh L1 fetches only from L2 ------------------------------------------------
+MCUSER=(); [ "$(id -u)" = 0 ] && MCUSER=(-u root)
+NODES=""
+for i in 1 2 3 4 5; do
+  p=$(free_port)
+  memcached "${MCUSER[@]}" -l 127.0.0.1 -p "$p" -U 0 -m 64 -I 2m &
+  track_pid $!
+  wait_port "$p"
+  NODES="$NODES${NODES:+,}127.0.0.1:$p"
+done
+"$CHUNKIFY" prime run:1 --l2 "$NODES" >"$T/prime.out" || die "chunkify prime failed"
+rc=0; kr l2 run:1 --json --l2 "$NODES" --l1-dir "$T/l1-fresh" || rc=$?
+J=$(tail -1 "$T/l2.err")
+[ "$rc" = 7 ] && echo "$J" | jq -e '.chunks.l2 > 0 and .chunks.l3 == 0 and .bytes_fetched > 0 and .chunks.l1 == 0' \
+  >/dev/null || die "L2 run: rc $rc, $J"
+pass "after chunkify prime, a fresh-L1 run fetched $(jq .chunks.l2 <<<"$J") chunks from L2 and none from L3"
+
+# ---- SIGTERM mid-run: the workload ends, kindling cleans up and exits 143 ----------------------------------------
+"$KINDLING" run run:1 -- sh -c 'echo started; sleep 30' >"$T/sig.out" 2>"$T/sig.err" &
+KPID=$!
+track_pid $KPID
+for ((i = 0; i < 100; i++)); do grep -q started "$T/sig.out" 2>/dev/null && break; sleep 0.1; done
+grep -q started "$T/sig.out" || die "the workload never started: $(cat "$T/sig.err")"
+t0=$(date +%s.%N)
+kill -TERM $KPID
+rc=0; wait $KPID || rc=$?
+took=$(python3 -c "print(round($(date +%s.%N) - $t0, 2))")
+[ "$rc" = 143 ] || die "SIGTERM: kindling exited $rc, want 143: $(cat "$T/sig.err")"
+python3 -c "import sys; sys.exit(0 if $took < 5 else 1)" || die "SIGTERM took ${took}s"
+pass "SIGTERM mid-run: forwarded to the workload, kindling exited 143 in ${took}s with cleanup"
+
+# ---- nothing left behind -------------------------------------------------------------------------------------------
+[ "$(fuse_mounts)" = 0 ] || die "FUSE mounts left: $(grep kindling-run /proc/self/mountinfo)"
+[ -z "$(ls -A "$TMPDIR")" ] || die "temporary mount points left in TMPDIR: $(ls -A "$TMPDIR")"
+[ -d "$KINDLING_HOME/l1" ] || die "the default L1 directory \$KINDLING_HOME/l1 was not used"
+pass "no FUSE mount or mount point left; default L1 at \$KINDLING_HOME/l1"
