@@ -152,16 +152,6 @@ static int dev_read(struct erofs_fs *fs, uint64_t off, void *buf, size_t len, co
 	return r;
 }
 
-static uint32_t crc32c(uint32_t crc, const uint8_t *p, size_t n)
-{
-	while (n--) {
-		crc ^= *p++;
-		for (int k = 0; k < 8; k++)
-			crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
-	}
-	return crc;
-}
-
 /* ---- inodes ------------------------------------------------------------------------- */
 
 static bool is_compressed(unsigned layout)
@@ -569,7 +559,7 @@ int erofs_open(const struct blockdev *dev, struct erofs_fs **out)
 			goto fail;
 		uint32_t want = erofs_get_le32(blk + offsetof(struct erofs_disk_super, checksum));
 		erofs_put_le32(blk + offsetof(struct erofs_disk_super, checksum), 0);
-		uint32_t got = crc32c(0xffffffffu, blk, len);
+		uint32_t got = erofs_crc32c(0xffffffffu, blk, len);
 		if (got != want) {
 			r = corrupt(fs, "superblock checksum %#x, expected %#x", got, want);
 			goto fail;

@@ -48,23 +48,6 @@ struct opts {
 	bool json, no_probe, no_key_check;
 };
 
-static int parse_size(const char *s, uint64_t *out)
-{
-	char *end;
-	unsigned long long v = strtoull(s, &end, 10);
-	uint64_t mul = 1;
-	switch (*end) {
-	case 'k': case 'K': mul = 1ull << 10; end++; break;
-	case 'm': case 'M': mul = 1ull << 20; end++; break;
-	case 'g': case 'G': mul = 1ull << 30; end++; break;
-	case 't': case 'T': mul = 1ull << 40; end++; break;
-	default: break;
-	}
-	if (end == s || *end || !ck_mul_u64(v, mul, out))
-		return -EINVAL;
-	return 0;
-}
-
 static int parse_uint(const char *s, unsigned max, unsigned *out)
 {
 	char *end;

@@ -215,19 +215,6 @@ static uint8_t file_type(uint32_t mode)
 	}
 }
 
-/* crc32c (Castagnoli, reflected), seeded by the caller, no final inversion:
- * the form the kernel's superblock check uses.  3 KiB once per image, so a
- * bitwise loop is plenty. */
-static uint32_t crc32c(uint32_t crc, const uint8_t *p, size_t n)
-{
-	while (n--) {
-		crc ^= *p++;
-		for (int k = 0; k < 8; k++)
-			crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
-	}
-	return crc;
-}
-
 /* ---- pass 1: traversal ---------------------------------------------------------- */
 
 /* Sort directory |idx|'s entries, create nodes for inodes seen the first time
@@ -626,7 +613,7 @@ static void write_superblock(const struct writer *w, const uint8_t *meta, size_t
 
 	memset(block0, 0, BLK);
 	memcpy(block0 + EROFS_SB_OFFSET, &sb, sizeof(sb));
-	uint32_t crc = crc32c(0xffffffffu, block0 + EROFS_SB_OFFSET, BLK - EROFS_SB_OFFSET);
+	uint32_t crc = erofs_crc32c(0xffffffffu, block0 + EROFS_SB_OFFSET, BLK - EROFS_SB_OFFSET);
 	erofs_put_le32(block0 + EROFS_SB_OFFSET + offsetof(struct erofs_disk_super, checksum), crc);
 }
 

@@ -108,6 +108,10 @@ void str_list_clear(struct str_list *l);
 /* Fill |<buf, len>| from the OS random source.  Returns 0 or -errno. */
 int random_bytes(void *buf, size_t len);
 
+/* Parse a byte count with an optional K/M/G/T suffix (powers of 1024), as
+ * command lines take sizes ("64M").  Returns 0 or -EINVAL. */
+int parse_size(const char *s, uint64_t *out);
+
 /* Monotonic clock in seconds. */
 double now_seconds(void);
 

@@ -203,4 +203,17 @@ _Static_assert(sizeof(struct erofs_disk_xattr_ibody) == 12, "xattr ibody header 
 _Static_assert(sizeof(struct erofs_disk_xattr_entry) == 4, "xattr entry header is 4 bytes");
 _Static_assert(sizeof(struct erofs_disk_dirent) == 12, "dirent is 12 bytes");
 
+/* crc32c (Castagnoli, reflected), seeded by the caller, no final inversion:
+ * the form of the superblock checksum.  Used on 3 KiB once per image, so a
+ * bitwise loop is plenty. */
+static inline uint32_t erofs_crc32c(uint32_t crc, const uint8_t *p, size_t n)
+{
+	while (n--) {
+		crc ^= *p++;
+		for (int k = 0; k < 8; k++)
+			crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+	}
+	return crc;
+}
+
 #endif

@@ -273,6 +273,25 @@ int random_bytes(void *buf, size_t len)
 	return 0;
 }
 
+int parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || end == s || s[0] == '-')
+		return -EINVAL;
+	uint64_t mul = 1;
+	switch (*end) {
+	case 'K': case 'k': mul = 1ull << 10; end++; break;
+	case 'M': case 'm': mul = 1ull << 20; end++; break;
+	case 'G': case 'g': mul = 1ull << 30; end++; break;
+	case 'T': case 't': mul = 1ull << 40; end++; break;
+	}
+	if (*end || !ck_mul_u64(v, mul, out))
+		return -EINVAL;
+	return 0;
+}
+
 double now_seconds(void)
 {
 	struct timespec ts;
