@@ -45,7 +45,7 @@ for i in 0 1 2 3 4; do
 done
 for p in "${ports[@]}"; do wait_port "$p"; done
 proxy=$(free_port)
-python3 "$top/bench/delay_proxy.py" "$proxy" "${ports[0]}" 0.020 &
+python3 "$top/tests/tools/delay_proxy.py" "$proxy" "${ports[0]}" 0.020 &
 pids+=($!)
 wait_port "$proxy"
 

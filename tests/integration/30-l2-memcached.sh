@@ -17,18 +17,8 @@
 H=$TOOLS_DIR/l2_harness
 [ -x "$H" ] || die "l2_harness not built at $H (build the project first)"
 command -v memcached >/dev/null || die "memcached is not installed (apt-get install memcached; see scripts/apt-packages.txt)"
-MCUSER=()
-[ "$(id -u)" = 0 ] && MCUSER=(-u root) # memcached refuses to run as root without -u
-
 declare -a PID PORT
-start_mc() { # start_mc INDEX [PORT]
-  local i=$1 p=${2:-$(free_port)}
-  memcached "${MCUSER[@]}" -l 127.0.0.1 -p "$p" -U 0 -m 64 -I 2m &
-  PID[$i]=$!
-  PORT[$i]=$p
-  track_pid "${PID[$i]}"
-  wait_port "$p"
-}
+start_mc() { start_memcached "$@"; } # fills PID[i] and PORT[i] (lib.sh)
 # SIGKILL, a crash: on SIGTERM memcached may keep serving open connections a while.
 stop_mc() { # stop_mc INDEX: kill it and wait until it is gone
   kill -KILL "${PID[$1]}"
@@ -116,48 +106,7 @@ pass "(e) restarted node refilled by repair ($(stat_of verify-e repairs_done) re
 
 # ---- (f) a slow node does not slow reads -----------------------------------------------------------
 PROXY_PORT=$(free_port)
-cat >"$T/delay_proxy.py" <<'PY'
-# Forward 127.0.0.1:LISTEN to 127.0.0.1:TARGET, delaying every reply by DELAY s.
-import asyncio, sys
-LISTEN, TARGET, DELAY = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-
-async def pump(reader, writer, delay):
-    loop = asyncio.get_running_loop()
-    try:
-        while True:
-            data = await reader.read(1 << 16)
-            if not data:
-                break
-            if delay:
-                loop.call_later(delay, writer.write, data)  # in order: same delay, FIFO timers
-            else:
-                writer.write(data)
-        if delay:
-            await asyncio.sleep(delay)
-    except Exception:
-        pass
-    finally:
-        try:
-            writer.close()
-        except Exception:
-            pass
-
-async def handle(cr, cw):
-    try:
-        sr, sw = await asyncio.open_connection("127.0.0.1", TARGET)
-    except Exception:
-        cw.close()
-        return
-    await asyncio.gather(pump(cr, sw, 0), pump(sr, cw, DELAY))
-
-async def main():
-    srv = await asyncio.start_server(handle, "127.0.0.1", LISTEN)
-    async with srv:
-        await srv.serve_forever()
-
-asyncio.run(main())
-PY
-python3 "$T/delay_proxy.py" "$PROXY_PORT" "${PORT[4]}" 0.020 &
+python3 "$KINDLING_SOURCE_DIR/tests/tools/delay_proxy.py" "$PROXY_PORT" "${PORT[4]}" 0.020 &
 track_pid $!
 wait_port "$PROXY_PORT"
 SLOW_NODES=$(nodes 127.0.0.1:${PORT[0]} 127.0.0.1:${PORT[1]} 127.0.0.1:${PORT[2]} 127.0.0.1:${PORT[3]} 127.0.0.1:$PROXY_PORT)

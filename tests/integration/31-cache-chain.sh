@@ -21,8 +21,6 @@ CACHECTL=$KINDLING_BUILD_DIR/cachectl
 [ -x "$CACHECTL" ] || die "cachectl not built at $CACHECTL"
 command -v memcached >/dev/null || die "memcached is not installed (apt-get install memcached; see scripts/apt-packages.txt)"
 command -v jq >/dev/null || die "jq is not installed"
-MCUSER=()
-[ "$(id -u)" = 0 ] && MCUSER=(-u root)
 
 # ---- an image -------------------------------------------------------------------
 mkdir -p "$T/src/usr/lib" "$T/src/app"
@@ -40,14 +38,7 @@ N=$("$R" --store "$STORE" --origin "$EMPTY" --list img:1 "$T/image.raw" | wc -l)
 
 # ---- five memcached -------------------------------------------------------------
 declare -a PID PORT
-start_mc() { # start_mc INDEX [PORT]
-  local i=$1 p=${2:-$(free_port)}
-  memcached "${MCUSER[@]}" -l 127.0.0.1 -p "$p" -U 0 -m 64 -I 2m &
-  PID[$i]=$!
-  PORT[$i]=$p
-  track_pid "${PID[$i]}"
-  wait_port "$p"
-}
+start_mc() { start_memcached "$@"; } # fills PID[i] and PORT[i] (lib.sh)
 for i in 0 1 2 3 4; do start_mc "$i"; done
 NODES=127.0.0.1:${PORT[0]},127.0.0.1:${PORT[1]},127.0.0.1:${PORT[2]},127.0.0.1:${PORT[3]},127.0.0.1:${PORT[4]}
 

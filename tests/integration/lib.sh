@@ -67,3 +67,16 @@ assert_no_tmp() {
   left=$(find "$1" -name '.tmp-*' -o -name '*.tmp' 2>/dev/null | head -5)
   [ -z "$left" ] || die "temporary files left behind in $1: $left"
 }
+
+# start_memcached INDEX [PORT]: a memcached on 127.0.0.1 (a free port unless
+# given), recorded in the caller's arrays PID[INDEX] and PORT[INDEX], killed at
+# exit.  Values up to 2 MiB (a fragment or chunk plus header).
+start_memcached() {
+  local i=$1 p=${2:-$(free_port)} user=()
+  [ "$(id -u)" = 0 ] && user=(-u root) # memcached refuses to run as root without -u
+  memcached "${user[@]}" -l 127.0.0.1 -p "$p" -U 0 -m 64 -I 2m &
+  PID[$i]=$!
+  PORT[$i]=$p
+  track_pid "${PID[$i]}"
+  wait_port "$p"
+}

@@ -1,5 +1,6 @@
 # Forward 127.0.0.1:LISTEN to 127.0.0.1:TARGET, delaying every reply by DELAY
-# seconds (bench/cache.sh: the slow L2 node).  Replies keep their order.
+# seconds: the slow L2 node of tests/integration/30-l2-memcached.sh and
+# bench/cache.sh.  Replies keep their order.
 import asyncio, sys
 LISTEN, TARGET, DELAY = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 
