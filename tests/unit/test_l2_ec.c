@@ -14,16 +14,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static int passed, failed;
-#define CHECK(cond)                                                                                                    \
-	do {                                                                                                           \
-		if (cond)                                                                                              \
-			passed++;                                                                                      \
-		else {                                                                                                 \
-			failed++;                                                                                      \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);                      \
-		}                                                                                                      \
-	} while (0)
+#include "tests/check.h"
 
 static const char NAME[] = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 static const char OTHER[] = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
@@ -306,6 +297,5 @@ int main(void)
 			test_code(codes[i][0], codes[i][1], lens[j]);
 	test_parser();
 	test_config_and_dead_fleet();
-	printf("%d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return check_report();
 }

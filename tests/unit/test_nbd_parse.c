@@ -13,16 +13,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-static int passed, failed;
-#define CHECK(cond)                                                                                                    \
-	do {                                                                                                           \
-		if (cond)                                                                                              \
-			passed++;                                                                                      \
-		else {                                                                                                 \
-			failed++;                                                                                      \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);                      \
-		}                                                                                                      \
-	} while (0)
+#include "tests/check.h"
 
 static void put16(uint8_t *p, uint16_t v)
 {
@@ -393,6 +384,5 @@ int main(void)
 		img[i] = (uint8_t)(i * 131 + (i >> 9));
 	test_server(img);
 	free(img);
-	printf("%d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return check_report();
 }
