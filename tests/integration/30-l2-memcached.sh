@@ -52,7 +52,9 @@ run gen "$H" gen "$CH" 200 42
 [ "$(ls "$CH" | wc -l)" = 200 ] || die "expected 200 distinct chunks"
 
 # ---- (a) put and read back ---------------------------------------------------------
-run put "${L2[@]}" put "$CH"
+# Writes get a generous timeout: (a) checks that every fragment lands, and a
+# sanitizer build on a busy machine can take longer than 200 ms per set.
+run put "$H" -k 4 -m 1 -t 2000 -b 1000 -n "$NODES" put "$CH"
 expect_line put '^put ok=200 failed=0$'
 run verify-a "${L2[@]}" verify "$CH"
 expect_line verify-a '^verify ok=200 enoent=0 mismatch=0 err=0 '

@@ -123,19 +123,25 @@ int main(int argc, char **argv)
 		return 1;
 	char digest[SHA256_HEX_LEN + 1];
 	struct manifest man = {0};
-	if (image_resolve(&ctx, argv[optind], digest) < 0 || image_load(&ctx, digest, true, &man) < 0)
+	if (image_resolve(&ctx, argv[optind], digest) < 0 || image_load(&ctx, digest, true, &man) < 0) {
+		ctx_cleanup(&ctx);
 		return 1;
+	}
 	if (list) {
 		for (size_t i = 0; i < man.n_chunks; i++) {
 			char hex[2 * CHUNK_KEY_LEN + 1];
 			hex_encode(man.chunks[i].key, CHUNK_KEY_LEN, hex);
 			printf("%llu %s %s\n", (unsigned long long)man.chunks[i].index, man.chunks[i].name, hex);
 		}
+		manifest_cleanup(&man);
+		ctx_cleanup(&ctx);
 		return 0;
 	}
 	run.img_fd = open(argv[optind + 1], O_RDONLY | O_CLOEXEC);
 	if (run.img_fd < 0) {
 		perror(argv[optind + 1]);
+		manifest_cleanup(&man);
+		ctx_cleanup(&ctx);
 		return 1;
 	}
 	struct cache_config cfg = {
@@ -149,8 +155,12 @@ int main(int argc, char **argv)
 		.salt = ctx.salt,
 		.salt_len = ctx.salt_len,
 	};
-	if (cache_new(&cfg, &run.cache) < 0)
+	if (cache_new(&cfg, &run.cache) < 0) {
+		close(run.img_fd);
+		manifest_cleanup(&man);
+		ctx_cleanup(&ctx);
 		return 1;
+	}
 	run.m = &man;
 	run.total = man.n_chunks * passes;
 	pthread_t th[64];
