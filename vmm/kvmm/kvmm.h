@@ -1,0 +1,460 @@
+/* kvmm: the KVM micro-VM monitor's device and boot layer.
+ *
+ * This header is the future public header of kvmm.  Today it holds the parts
+ * that are pure code and run without /dev/kvm, so unit tests, fuzz targets and
+ * tools exercise them directly:
+ *
+ *   guest memory   host mappings of guest-physical ranges, behind ONE
+ *                  overflow-checked accessor (guest_mem_ptr); every guest
+ *                  address the device code touches goes through it;
+ *   virtq          split virtqueues (virtio 1.x): descriptor chains, indirect
+ *                  tables, the avail and used rings, EVENT_IDX;
+ *   virtio-mmio    the version-2 register file and device-status machine;
+ *   virtio-blk     a read-only block device over a read_at() backend;
+ *   boot           the x86-64 Linux boot protocol for a bzImage: setup header,
+ *                  zero page, e820;
+ *   acpi           RSDP, XSDT, FADT, MADT and a DSDT describing the virtio-mmio
+ *                  devices, so a stock kernel finds them.
+ *
+ * The vCPU loop (KVM_RUN, MMIO exits into virtio_mmio_read/write, irqfd for
+ * the interrupt callback), the API socket and the guest side come later.
+ *
+ * Threading: none of these objects locks.  A device and its queues belong to
+ * the one thread that handles its MMIO exits and notifications.
+ */
+#ifndef KINDLING_KVMM_H
+#define KINDLING_KVMM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- guest physical layout (x86-64) ---------------------------------------------------------------------------- */
+
+/* Below 1 MiB: the zero page, the command line and the ACPI tables (in the
+ * BIOS area the kernel scans for the RSDP).  RAM runs from 1 MiB up to the
+ * MMIO hole, and continues above 4 GiB. */
+#define KVMM_GDT_GPA 0x500ull	   /* boot GDT: null, null, __BOOT_CS (0x10), __BOOT_DS (0x18) */
+#define KVMM_BOOT_STACK_GPA 0x8ff0ull /* initial RSP; the kernel switches to its own at once */
+#define KVMM_ZERO_PAGE_GPA 0x7000ull
+#define KVMM_PML4_GPA 0x9000ull /* then the PDPT at 0xa000 and four page directories at 0xb000..0xefff */
+#define KVMM_CMDLINE_GPA 0x20000ull
+#define KVMM_CMDLINE_MAX 0x10000ull /* the most we place; the kernel's own limit is cmdline_size */
+#define KVMM_EBDA_GPA 0x9fc00ull
+#define KVMM_ACPI_GPA 0xe0000ull /* up to 0x100000: 128 KiB for all tables */
+#define KVMM_ACPI_MAX 0x20000ull
+#define KVMM_HIMEM_GPA 0x100000ull
+#define KVMM_KERNEL_GPA 0x1000000ull /* 16 MiB: the usual CONFIG_PHYSICAL_START */
+#define KVMM_MMIO_HOLE_GPA 0xc0000000ull
+#define KVMM_MMIO_HOLE_END 0x100000000ull
+#define KVMM_VIRTIO_MMIO_GPA 0xd0000000ull /* device i at + i * KVMM_VIRTIO_MMIO_STRIDE */
+#define KVMM_VIRTIO_MMIO_STRIDE 0x1000ull
+#define KVMM_VIRTIO_MMIO_SIZE 0x200ull
+#define KVMM_VIRTIO_MMIO_IRQ 5 /* device i uses GSI 5 + i */
+#define KVMM_IOAPIC_GPA 0xfec00000ull
+#define KVMM_LAPIC_GPA 0xfee00000ull
+
+/* ---- guest memory (vmm/kvmm/guest_mem.c) ----------------------------------------------------------------------- */
+
+#define GUEST_MEM_MAX_REGIONS 8
+
+/* One contiguous guest-physical range backed by host memory the caller owns. */
+struct guest_region {
+	uint64_t gpa;
+	uint64_t size;
+	uint8_t *host;
+};
+
+/* The guest's RAM as a small set of non-overlapping regions.  A value on the
+ * stack or inside the VM object; no allocation, no hidden state. */
+struct guest_mem {
+	struct guest_region regions[GUEST_MEM_MAX_REGIONS];
+	size_t n;
+};
+
+/* Empty |m|. */
+void guest_mem_init(struct guest_mem *m);
+
+/* Map guest-physical |<gpa, size>| onto host memory |host| (owned by the
+ * caller, which keeps it alive and unmoved as long as |m| is used).  Returns 0,
+ * -EINVAL for size 0, a NULL |host|, a range that wraps the 64-bit space or
+ * overlaps an existing region, or -ENOSPC when GUEST_MEM_MAX_REGIONS are used. */
+int guest_mem_add(struct guest_mem *m, uint64_t gpa, void *host, uint64_t size);
+
+/* THE accessor: the host address of guest-physical |<gpa, len>|, or NULL if
+ * any byte of it lies outside one single region (ranges spanning two regions
+ * are refused, as Solo5's hvt does) or gpa + len overflows.  len 0 is valid at
+ * any address inside a region or at its very end.  Guest memory changes under
+ * our feet: copy what you validate before you use it. */
+void *guest_mem_ptr(const struct guest_mem *m, uint64_t gpa, uint64_t len);
+
+/* Copy guest |<gpa, len>| into |buf|, or |<buf, len>| into the guest.
+ * Returns 0 or -EFAULT (nothing copied) when guest_mem_ptr() refuses it. */
+int guest_mem_read(const struct guest_mem *m, uint64_t gpa, void *buf, size_t len);
+int guest_mem_write(const struct guest_mem *m, uint64_t gpa, const void *buf, size_t len);
+
+/* ---- split virtqueues (vmm/kvmm/virtq.c) ----------------------------------------------------------------------- */
+
+#define VIRTQ_DESC_F_NEXT 1
+#define VIRTQ_DESC_F_WRITE 2
+#define VIRTQ_DESC_F_INDIRECT 4
+
+/* The largest queue kvmm offers (QueueNumMax); also the longest chain it
+ * accepts, direct or through an indirect table. */
+#define VIRTQ_MAX_SIZE 256
+
+/* One queue, as the driver configured it.  desc/avail/used are guest-physical
+ * addresses checked by virtq_configure(). */
+struct virtq {
+	uint16_t size;		/* power of two, 1..VIRTQ_MAX_SIZE */
+	uint64_t desc_gpa, avail_gpa, used_gpa;
+	bool event_idx;		/* VIRTIO_RING_F_EVENT_IDX was negotiated */
+	bool ready;		/* configured; the functions below need it */
+	uint16_t last_avail;	/* the next avail ring index we consume */
+	uint16_t used_idx;	/* our copy of used->idx (the guest may scribble on the ring) */
+	uint16_t signalled_used; /* used_idx at the last interrupt decision (EVENT_IDX) */
+};
+
+/* One buffer of a chain: guest-physical, already checked to lie in guest RAM. */
+struct virtq_buf {
+	uint64_t gpa;
+	uint32_t len;
+	bool write; /* device-writable */
+};
+
+#define VIRTQ_NO_HEAD 0xffff
+
+/* One descriptor chain, flattened (indirect tables expanded). */
+struct virtq_chain {
+	uint16_t head; /* the head index to hand back with virtq_push(), or VIRTQ_NO_HEAD */
+	size_t n;
+	struct virtq_buf bufs[VIRTQ_MAX_SIZE];
+	uint64_t read_len, write_len; /* totals of device-readable and device-writable bytes */
+};
+
+/* Reset |q| to unconfigured. */
+void virtq_init(struct virtq *q);
+
+/* Check and take the driver's layout: |size| a power of two up to
+ * VIRTQ_MAX_SIZE, the descriptor table 16-aligned, the avail ring 2-aligned and
+ * the used ring 4-aligned, each wholly inside guest RAM (with the event fields
+ * when |event_idx|).  Returns 0 (the queue is ready, both indices 0) or
+ * -EINVAL (|q| left unconfigured). */
+int virtq_configure(struct virtq *q, const struct guest_mem *m, uint16_t size, uint64_t desc_gpa, uint64_t avail_gpa,
+		    uint64_t used_gpa, bool event_idx);
+
+/* Take the next available chain and walk it into |out|.  Returns
+ *   0        a chain, out->head set; hand it back with virtq_push();
+ *   -EAGAIN  nothing available;
+ *   -EPROTO  the avail index is more than a queue ahead: the ring is broken,
+ *            nothing is consumed (the device should ask for a reset);
+ *   -EINVAL, -EFAULT, -ELOOP, -E2BIG  this chain is bad (a head or next index
+ *            out of range, a buffer outside guest RAM, a loop or a chain longer
+ *            than the queue, a bad or nested indirect table, a readable buffer
+ *            after a writable one).  The entry IS consumed; if out->head is not
+ *            VIRTQ_NO_HEAD the caller pushes it back with length 0.
+ * Nothing outside guest RAM is ever read or written.  With EVENT_IDX the
+ * avail_event field is updated so the driver notifies for the next entry. */
+int virtq_pop(struct virtq *q, const struct guest_mem *m, struct virtq_chain *out);
+
+/* Return chain |head| to the driver with |len| bytes written into its
+ * writable buffers: one used-ring element, then (release order) used->idx.
+ * Returns 0 or -EINVAL (head out of range, queue not ready). */
+int virtq_push(struct virtq *q, const struct guest_mem *m, uint16_t head, uint32_t len);
+
+/* Whether the driver wants an interrupt for what was pushed since the last
+ * call (VIRTQ_AVAIL_F_NO_INTERRUPT, or used_event with EVENT_IDX). */
+bool virtq_should_interrupt(struct virtq *q, const struct guest_mem *m);
+
+/* ---- virtio-mmio transport (vmm/kvmm/virtio_mmio.c) ------------------------------------------------------------ */
+
+#define VIRTIO_F_RING_INDIRECT_DESC 28
+#define VIRTIO_F_RING_EVENT_IDX 29
+#define VIRTIO_F_VERSION_1 32
+
+#define VIRTIO_STATUS_ACKNOWLEDGE 1
+#define VIRTIO_STATUS_DRIVER 2
+#define VIRTIO_STATUS_DRIVER_OK 4
+#define VIRTIO_STATUS_FEATURES_OK 8
+#define VIRTIO_STATUS_NEEDS_RESET 64
+#define VIRTIO_STATUS_FAILED 128
+
+/* Register offsets (virtio 1.x, 4.2.2, "MMIO Device Register Layout"). */
+enum {
+	VIRTIO_MMIO_MAGIC = 0x000,
+	VIRTIO_MMIO_VERSION = 0x004,
+	VIRTIO_MMIO_DEVICE_ID = 0x008,
+	VIRTIO_MMIO_VENDOR_ID = 0x00c,
+	VIRTIO_MMIO_DEVICE_FEATURES = 0x010,
+	VIRTIO_MMIO_DEVICE_FEATURES_SEL = 0x014,
+	VIRTIO_MMIO_DRIVER_FEATURES = 0x020,
+	VIRTIO_MMIO_DRIVER_FEATURES_SEL = 0x024,
+	VIRTIO_MMIO_QUEUE_SEL = 0x030,
+	VIRTIO_MMIO_QUEUE_NUM_MAX = 0x034,
+	VIRTIO_MMIO_QUEUE_NUM = 0x038,
+	VIRTIO_MMIO_QUEUE_READY = 0x044,
+	VIRTIO_MMIO_QUEUE_NOTIFY = 0x050,
+	VIRTIO_MMIO_INTERRUPT_STATUS = 0x060,
+	VIRTIO_MMIO_INTERRUPT_ACK = 0x064,
+	VIRTIO_MMIO_STATUS = 0x070,
+	VIRTIO_MMIO_QUEUE_DESC_LOW = 0x080,
+	VIRTIO_MMIO_QUEUE_DESC_HIGH = 0x084,
+	VIRTIO_MMIO_QUEUE_DRIVER_LOW = 0x090,
+	VIRTIO_MMIO_QUEUE_DRIVER_HIGH = 0x094,
+	VIRTIO_MMIO_QUEUE_DEVICE_LOW = 0x0a0,
+	VIRTIO_MMIO_QUEUE_DEVICE_HIGH = 0x0a4,
+	VIRTIO_MMIO_CONFIG_GENERATION = 0x0fc,
+	VIRTIO_MMIO_CONFIG = 0x100,
+};
+#define VIRTIO_MMIO_MAGIC_VALUE 0x74726976u /* "virt" */
+#define VIRTIO_MMIO_VENDOR 0x4b494e44u	    /* "KIND" */
+#define VIRTIO_MMIO_INT_VRING 1
+#define VIRTIO_MMIO_INT_CONFIG 2
+#define VIRTIO_MMIO_MAX_QUEUES 4
+
+struct virtio_mmio_dev;
+
+/* What a device model plugs into the transport.  Static const tables. */
+struct virtio_dev_ops {
+	uint32_t device_id;  /* 2 = block */
+	uint16_t num_queues; /* 1..VIRTIO_MMIO_MAX_QUEUES */
+	/* Required: queue |q| was notified (QueueNotify), or the driver set
+	 * DRIVER_OK with queues ready.  Process it with virtio_mmio_queue(). */
+	void (*notify)(struct virtio_mmio_dev *d, uint16_t q);
+	/* Optional: the driver wrote 0 to Status; drop any in-flight state. */
+	void (*reset)(struct virtio_mmio_dev *d);
+};
+
+/* Raise the device's interrupt line (later: an irqfd write).  Required. */
+typedef void (*virtio_irq_fn)(void *ctx);
+
+/* A queue's layout as the driver writes it, register by register, before
+ * QueueReady hands it to virtq_configure(). */
+struct virtio_mmio_qcfg {
+	uint16_t num;
+	uint64_t desc, driver, device;
+};
+
+/* One virtio-mmio device: the transport state.  The device model keeps its
+ * own state next to it and finds it through |opaque|. */
+struct virtio_mmio_dev {
+	const struct virtio_dev_ops *ops;
+	void *opaque;
+	const struct guest_mem *mem;
+	virtio_irq_fn irq;
+	void *irq_ctx;
+	uint64_t device_features; /* offered; VIRTIO_F_VERSION_1 always included */
+	const uint8_t *config;	  /* the device config space, owned by the model */
+	uint32_t config_len;
+	/* Registers. */
+	uint32_t status, device_features_sel, driver_features_sel, queue_sel, interrupt_status, config_generation;
+	uint64_t driver_features;
+	struct virtio_mmio_qcfg qcfg[VIRTIO_MMIO_MAX_QUEUES];
+	struct virtq vq[VIRTIO_MMIO_MAX_QUEUES];
+};
+
+/* Set |d| up in the reset state for the model |ops| with private |opaque|,
+ * offering |features| (VERSION_1 is added), over |<config, config_len>|
+ * (read-only to the driver), on guest RAM |mem|, raising interrupts with
+ * |irq|(|irq_ctx|).  Everything passed in must outlive |d|.  Returns 0 or
+ * -EINVAL for a bad ops table. */
+int virtio_mmio_init(struct virtio_mmio_dev *d, const struct virtio_dev_ops *ops, void *opaque, uint64_t features,
+		     const uint8_t *config, uint32_t config_len, const struct guest_mem *mem, virtio_irq_fn irq,
+		     void *irq_ctx);
+
+/* The vCPU loop's MMIO entry points: |off| is relative to the device base,
+ * |len| the access width.  Registers below 0x100 take aligned 4-byte
+ * accesses; the config space takes 1, 2 or 4 bytes.  A bad access reads as
+ * zeros, writes nothing, and returns -EINVAL (the guest is not stopped for
+ * it); otherwise 0. */
+int virtio_mmio_read(struct virtio_mmio_dev *d, uint64_t off, void *data, uint32_t len);
+int virtio_mmio_write(struct virtio_mmio_dev *d, uint64_t off, const void *data, uint32_t len);
+
+/* The ready virtqueue |q| of |d|, or NULL (out of range, not ready, or the
+ * device is not DRIVER_OK). */
+struct virtq *virtio_mmio_queue(struct virtio_mmio_dev *d, uint16_t q);
+
+/* The driver broke the protocol (|why| is logged at debug level): set
+ * DEVICE_NEEDS_RESET and raise a config interrupt if the device is live, and
+ * serve no queue until the driver resets the device. */
+void virtio_mmio_needs_reset(struct virtio_mmio_dev *d, const char *why);
+
+/* Set |why| (VIRTIO_MMIO_INT_VRING or _CONFIG) in InterruptStatus and raise
+ * the line. */
+void virtio_mmio_interrupt(struct virtio_mmio_dev *d, uint32_t why);
+
+/* ---- virtio-blk, read-only (vmm/kvmm/virtio_blk.c) ------------------------------------------------------------- */
+
+#define VIRTIO_BLK_T_IN 0
+#define VIRTIO_BLK_T_OUT 1
+#define VIRTIO_BLK_T_FLUSH 4
+#define VIRTIO_BLK_T_GET_ID 8
+#define VIRTIO_BLK_S_OK 0
+#define VIRTIO_BLK_S_IOERR 1
+#define VIRTIO_BLK_S_UNSUPP 2
+#define VIRTIO_BLK_ID_BYTES 20
+#define VIRTIO_BLK_F_SEG_MAX 2
+#define VIRTIO_BLK_F_RO 5
+#define VIRTIO_BLK_F_BLK_SIZE 6
+#define VIRTIO_BLK_F_FLUSH 9
+
+/* Where the disk's bytes come from: blockd's in-process device or a file. */
+struct virtio_blk_backend {
+	/* Required: fill all of |<buf, len>| from byte |off|.  0 or -errno. */
+	int (*read_at)(void *ctx, uint64_t off, void *buf, size_t len);
+	/* Optional: make earlier reads durable (nothing to do read-only). */
+	int (*flush)(void *ctx);
+	void *ctx;
+	uint64_t size; /* bytes; a multiple of 512 is exposed, a tail is cut */
+};
+
+struct virtio_blk {
+	struct virtio_mmio_dev mmio;
+	struct virtio_blk_backend be;
+	char id[VIRTIO_BLK_ID_BYTES];
+	uint8_t config[24]; /* capacity, size_max, seg_max, geometry, blk_size (little-endian) */
+	uint64_t requests, errors; /* counters for logs and tests */
+};
+
+/* Set |b| up over |be| (copied) with serial |id| (up to 20 bytes, may be
+ * NULL), on guest RAM |mem|, raising interrupts through |irq|(|irq_ctx|).
+ * Offers VERSION_1, RO, FLUSH, SEG_MAX, BLK_SIZE, INDIRECT_DESC and EVENT_IDX.
+ * Returns 0 or -EINVAL. */
+int virtio_blk_init(struct virtio_blk *b, const struct virtio_blk_backend *be, const char *id,
+		    const struct guest_mem *mem, virtio_irq_fn irq, void *irq_ctx);
+
+/* ---- x86-64 Linux boot (vmm/kvmm/boot.c) ----------------------------------------------------------------------- */
+
+#define BZ_LOADED_HIGH 0x01
+#define BZ_CAN_USE_HEAP 0x80
+#define BZ_XLF_KERNEL_64 0x0001
+#define BZ_XLF_CAN_BE_LOADED_ABOVE_4G 0x0002
+#define BZ_MIN_VERSION 0x020c /* 2.12: xloadflags, and with it the 64-bit entry */
+#define BZ_ZERO_PAGE_SIZE 4096
+#define E820_RAM 1
+#define E820_RESERVED 2
+#define E820_MAX 128
+
+/* What we need from a bzImage's setup header (Documentation/arch/x86/boot.rst). */
+struct bzimage_info {
+	uint16_t version; /* protocol, e.g. 0x020f */
+	uint8_t setup_sects;
+	uint8_t loadflags;
+	uint16_t xloadflags;
+	bool relocatable;
+	uint32_t kernel_alignment;
+	uint32_t init_size;	  /* bytes the kernel needs from its load address */
+	uint64_t pref_address;	  /* where it would like to be loaded */
+	uint32_t cmdline_size;	  /* longest command line, without the NUL */
+	uint32_t initrd_addr_max; /* highest address the initrd's last byte may use */
+	size_t setup_len;	  /* (setup_sects + 1) * 512: the real-mode part in the file */
+	size_t header_end;	  /* file offset where the setup header ends (0x202 + jump byte) */
+	size_t kernel_len;	  /* the protected-mode part: the file after setup_len */
+	char kernel_version[64];  /* the version string, "" if it could not be found */
+};
+
+/* Parse and validate the setup header of the bzImage |<img, len>|: the 0xAA55
+ * boot flag, "HdrS", protocol >= 2.12, LOADED_HIGH, XLF_KERNEL_64, a
+ * power-of-two kernel_alignment and a nonzero init_size, all offsets inside
+ * the file.  Returns 0 with |*out| filled, or -EINVAL (logged with what is
+ * wrong) for anything else. */
+int bzimage_parse(const uint8_t *img, size_t len, struct bzimage_info *out);
+
+struct e820_entry {
+	uint64_t addr, size;
+	uint32_t type;
+};
+
+/* The e820 map of a guest with |mem_size| bytes of RAM laid out as above
+ * (low RAM, the EBDA and BIOS area reserved, RAM from 1 MiB to the MMIO hole,
+ * the rest above 4 GiB) into |<out, cap>|.  Returns 0 with |*n| set, -EINVAL
+ * for less than 2 MiB of RAM, -ENOSPC if |cap| is too small. */
+int e820_build(uint64_t mem_size, struct e820_entry *out, size_t cap, size_t *n);
+
+/* What boot_setup() needs besides the kernel. */
+struct boot_config {
+	uint64_t mem_size;	 /* guest RAM in bytes, as e820_build() lays it out */
+	const char *cmdline;	 /* may be NULL */
+	uint64_t initrd_gpa;	 /* 0 = none; already in guest RAM (see boot_initrd_gpa()) */
+	uint64_t initrd_size;
+	uint64_t acpi_rsdp_gpa;	 /* 0 = let the kernel scan for it */
+};
+
+/* Where boot_setup() left things; the vCPU loop starts there. */
+struct boot_result {
+	uint64_t kernel_gpa; /* the protected-mode part */
+	uint64_t entry64;    /* kernel_gpa + 0x200: the 64-bit entry point, RSI = zero_page */
+	uint64_t zero_page;  /* boot_params */
+	uint64_t cmdline_gpa;
+};
+
+/* Where to place an initrd of |size| bytes: as high as possible below both
+ * the MMIO hole and |info|->initrd_addr_max, page aligned, above the kernel's
+ * init_size.  Returns 0 with |*gpa| set, or -ENOSPC. */
+int boot_initrd_gpa(const struct bzimage_info *info, uint64_t mem_size, uint64_t size, uint64_t *gpa);
+
+/* Load the bzImage |<img, len>| (parsed into |info|) into |m| for the 64-bit
+ * boot protocol: the protected-mode part at KVMM_KERNEL_GPA (which must
+ * respect kernel_alignment), the command line at KVMM_CMDLINE_GPA, and the
+ * zero page at KVMM_ZERO_PAGE_GPA with the setup header, loader type, the
+ * command line, the initrd, the RSDP and the e820 map.  Returns 0 with |*out|
+ * filled; -E2BIG for a command line over the kernel's cmdline_size, -EFAULT
+ * when something does not fit in guest RAM, -EINVAL otherwise. */
+int boot_setup(const struct guest_mem *m, const uint8_t *img, size_t len, const struct bzimage_info *info,
+	       const struct boot_config *cfg, struct boot_result *out);
+
+/* The register state the boot vCPU starts in: long mode, paging on with the
+ * low 4 GiB identity-mapped, a flat GDT, interrupts off, RSI = zero page
+ * (boot.rst, "64-bit Boot Protocol").  The vCPU loop copies it into KVM's
+ * sregs/regs. */
+struct boot_cpu {
+	uint64_t rip, rsi, rsp, rflags;
+	uint64_t cr0, cr3, cr4, efer;
+	uint64_t gdt_base;
+	uint16_t gdt_limit;
+	uint16_t cs, ds; /* selectors: CS = __BOOT_CS; DS, ES, SS = __BOOT_DS */
+	uint64_t code_desc, data_desc; /* the GDT entries behind them, for KVM's segment structs */
+};
+
+/* Write the boot GDT at KVMM_GDT_GPA and identity page tables for the low
+ * 4 GiB (2 MiB pages) at KVMM_PML4_GPA into |m|, and fill |*out| to enter
+ * |br|'s 64-bit entry point.  Call after boot_setup().  Returns 0 or -EFAULT
+ * if guest RAM does not cover those pages. */
+int boot_long_mode(const struct guest_mem *m, const struct boot_result *br, struct boot_cpu *out);
+
+/* ---- ACPI tables (vmm/kvmm/acpi.c) ----------------------------------------------------------------------------- */
+
+struct acpi_virtio_mmio {
+	uint64_t base;
+	uint32_t size;
+	uint32_t gsi;
+};
+
+struct acpi_config {
+	uint32_t n_cpus; /* 1..255, APIC ids 0..n-1 */
+	const struct acpi_virtio_mmio *devs;
+	size_t n_devs; /* 0..256 */
+	/* An I/O port for the hardware-reduced sleep control/status registers
+	 * (the guest's poweroff writes SLP_TYP 5 | SLP_EN there); 0 = none. */
+	uint16_t sleep_port;
+	uint64_t gpa; /* where the blob will sit in the guest (e.g. KVMM_ACPI_GPA); 16-aligned */
+};
+
+/* The tables, each at an offset of the blob (all 8-aligned, RSDP first). */
+enum acpi_table { ACPI_RSDP, ACPI_XSDT, ACPI_FADT, ACPI_MADT, ACPI_DSDT, ACPI_N_TABLES };
+
+struct acpi_layout {
+	size_t off[ACPI_N_TABLES];
+	size_t len[ACPI_N_TABLES];
+	size_t total;
+};
+
+/* Build all tables for |cfg| into |<buf, cap>| as one blob meant for guest
+ * address cfg->gpa, checksums included.  Returns 0 with |*out| filled, -EINVAL
+ * for a bad config, -ENOSPC if |cap| is too small. */
+int acpi_build(const struct acpi_config *cfg, uint8_t *buf, size_t cap, struct acpi_layout *out);
+
+/* The 8-bit sum of |<p, len>|: 0 for a table with a correct checksum. */
+uint8_t acpi_sum(const uint8_t *p, size_t len);
+
+#endif
