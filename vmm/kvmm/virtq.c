@@ -156,9 +156,11 @@ int virtq_pop(struct virtq *q, const struct guest_mem *m, struct virtq_chain *ou
 		/* Ask for a notification at the next entry, then look again:
 		 * the driver may have added one before it saw our avail_event. */
 		uint16_t ev = htole16(q->last_avail);
-		__atomic_store_n((uint16_t *)(void *)(used + 4 + 8u * q->size), ev, __ATOMIC_RELAXED);
-		__atomic_thread_fence(__ATOMIC_SEQ_CST);
-		idx = load_idx(avail);
+		/* Store then load, both sequentially consistent: the store is
+		 * visible before the load (a fence would say the same, but TSan
+		 * cannot model fences). */
+		__atomic_store_n((uint16_t *)(void *)(used + 4 + 8u * q->size), ev, __ATOMIC_SEQ_CST);
+		idx = le16toh(__atomic_load_n((const uint16_t *)(const void *)(avail + 2), __ATOMIC_SEQ_CST));
 	}
 	uint16_t pending = (uint16_t)(idx - q->last_avail);
 	if (pending == 0)
@@ -194,8 +196,10 @@ int virtq_push(struct virtq *q, const struct guest_mem *m, uint16_t head, uint32
 	st32(elem, head);
 	st32(elem + 4, len);
 	q->used_idx++;
-	/* Release: the element is visible before the index that publishes it. */
-	__atomic_store_n((uint16_t *)(void *)(used + 2), htole16(q->used_idx), __ATOMIC_RELEASE);
+	/* The element is visible before the index that publishes it, and
+	 * (sequentially consistent) before virtq_should_interrupt reads the
+	 * driver's suppression fields. */
+	__atomic_store_n((uint16_t *)(void *)(used + 2), htole16(q->used_idx), __ATOMIC_SEQ_CST);
 	return 0;
 }
 
@@ -206,17 +210,19 @@ bool virtq_should_interrupt(struct virtq *q, const struct guest_mem *m)
 	const uint8_t *avail = ring(m, q->avail_gpa, avail_bytes(q->size, q->event_idx));
 	if (!avail)
 		return false;
-	/* Our used->idx store must be visible before we read the driver's
-	 * suppression fields, or both sides could decide not to act. */
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	/* Our used->idx store (sequentially consistent, in virtq_push) must
+	 * be visible before we read the driver's suppression fields, or both
+	 * sides could decide not to act: read them sequentially consistent. */
 	uint16_t old = q->signalled_used, now = q->used_idx;
 	q->signalled_used = now;
 	if (old == now)
 		return false;
 	if (!q->event_idx)
-		return !(ld16(avail) & VIRTQ_AVAIL_F_NO_INTERRUPT);
+		return !(le16toh(__atomic_load_n((const uint16_t *)(const void *)avail, __ATOMIC_SEQ_CST)) &
+			 VIRTQ_AVAIL_F_NO_INTERRUPT);
 	/* vring_need_event(): did used_idx step past used_event since the
 	 * last interrupt?  All arithmetic mod 2^16 on purpose. */
-	uint16_t event = ld16(avail + 4 + 2u * q->size);
+	uint16_t event = le16toh(
+		__atomic_load_n((const uint16_t *)(const void *)(avail + 4 + 2u * q->size), __ATOMIC_SEQ_CST));
 	return (uint16_t)(now - event - 1) < (uint16_t)(now - old);
 }
