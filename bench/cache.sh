@@ -2,6 +2,9 @@
 # Chunk read latency per cache tier, against baselines from the same run:
 #   - 512 KiB chunk read, verified and decrypted, p50/p99/p99.9: memory, L1,
 #     L2 (4+1 over 5 memcached), L3 file and L3 http (nginx with WebDAV);
+#     without the salt (no key check, as hosts normally run) as the headline,
+#     and the L2 hit with the salt, and with L1 on (the chunk then goes into
+#     L1 in the background) beside it;
 #   - the floor: raw memcached GET of 128 KiB and 512 KiB values (libmemcached);
 #   - 4 KiB reads from L1 and memory;
 #   - the L2 tail with one of 5 nodes behind a 20 ms delay proxy: 4+1, 4+0

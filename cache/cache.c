@@ -51,9 +51,10 @@ struct cache_counters *cache_tier_counters(struct cache *c, enum cache_tier t)
 	return &c->counters[(unsigned)t < CACHE_TIER_COUNT ? t : CACHE_TIER_NONE];
 }
 
-bool cache_has_l1(struct cache *c)
+void cache_wait_l1(struct cache *c)
 {
-	return c->l1_state != NULL;
+	if (c->l1_state)
+		l1_layer_wait(c->l1_state);
 }
 
 const uint8_t *cache_salt(struct cache *c, size_t *out_len)

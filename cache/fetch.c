@@ -2,8 +2,24 @@
  *
  * Below L1 a read always fetches a whole chunk: the L2 fleet and the origin
  * store only deal in whole chunks.  Each fetched chunk is verified here,
- * once, in one pass that also computes the per-4 KiB digest table L1 keeps
- * (chunk_whole_make), so the tiers above never hash a whole chunk again.
+ * once, in one pass (chunk_whole_make), and handed up as a refcounted
+ * chunk_whole; the tiers above never hash a whole chunk again.
+ *
+ * The L1 write is off the reader's critical path.  The flight leader hands
+ * the verified chunk to L1 (rq->upper_insert, l1.c), which only queues it:
+ * the chunk_whole goes on L1's bounded insert queue and, from that moment,
+ * L1 serves reads of it from the queued plaintext (it is verified; a read
+ * of it counts as an L1 hit).  A background thread computes the per-4 KiB
+ * digest table from the verified ciphertext, writes the file and, under
+ * L1's lock, both publishes the index entry and takes the chunk off the
+ * queue, so there is no moment when the chunk is in neither: a reader that
+ * arrives after the flight has landed, before or after the write, finds it
+ * in L1 and never starts a second fetch.  The upper_insert call happens
+ * before the flight is released, so a follower that comes late (flight
+ * done, -EAGAIN) also finds it there.  Only when the queue is full (the
+ * insert is dropped and counted) or the write fails does a later reader
+ * fetch again, as it would after an eviction.  cache_free waits for the
+ * queue (l1_close).
  */
 #include "cache.h"
 #include "internal.h"
@@ -49,6 +65,19 @@ void chunk_whole_unref(struct chunk_whole *w)
 	free(w);
 }
 
+/* The critical path of a fetch from L2 or L3 does only what verification
+ * needs, in one interleaved pass over the chunk (each piece is hashed,
+ * decrypted and, with a salt, hashed again while it is in the CPU cache):
+ *   - the name check, SHA-256 of the ciphertext (always);
+ *   - the decryption, AES-256-CTR;
+ *   - the key check, SHA-256(salt || plaintext), only when a salt is
+ *     configured.  Hosts normally run without the salt (as Lambda's do): the
+ *     name check already binds the bytes, and the key comes from a manifest
+ *     the host trusts.
+ * The per-4 KiB digest table L1 keeps is not computed here: L1 computes it
+ * from the verified ciphertext in its background insert (l1.c). */
+#define VERIFY_STEP (16u * 1024u)
+
 int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher,
 		     size_t len, enum cache_tier from, struct chunk_whole **out)
 {
@@ -65,19 +94,28 @@ int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_
 		free(cipher);
 		return -ENOMEM;
 	}
-	/* One pass over the ciphertext: the name digest and the block table. */
+	size_t salt_len;
+	const uint8_t *salt = cache_salt(c, &salt_len);
+	static const uint8_t iv[16] = {0};
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	EVP_MD_CTX *kmd = salt ? EVP_MD_CTX_new() : NULL;
+	EVP_CIPHER_CTX *cx = EVP_CIPHER_CTX_new();
+	int r = md && cx && (!salt || kmd) && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 &&
+			EVP_EncryptInit_ex(cx, EVP_aes_256_ctr(), NULL, key, iv) == 1 &&
+			(!salt || (EVP_DigestInit_ex(kmd, EVP_sha256(), NULL) == 1 &&
+				   EVP_DigestUpdate(kmd, salt, salt_len) == 1))
+		    ? 0
+		    : -EIO;
+	for (size_t o = 0; r == 0 && o < len; o += VERIFY_STEP) {
+		size_t n = len - o < VERIFY_STEP ? len - o : VERIFY_STEP;
+		int outl = 0;
+		if (EVP_DigestUpdate(md, cipher + o, n) != 1 ||
+		    EVP_EncryptUpdate(cx, plain + o, &outl, cipher + o, (int)n) != 1 || (size_t)outl != n ||
+		    (salt && EVP_DigestUpdate(kmd, plain + o, n) != 1))
+			r = -EIO;
+	}
 	uint8_t digest[SHA256_LEN];
 	unsigned dlen = 0;
-	int r = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 ? 0 : -EIO;
-	bool table = cache_has_l1(c);
-	for (size_t b = 0, o = 0; r == 0 && o < len; b++, o += CACHE_BLOCK) {
-		size_t n = len - o < CACHE_BLOCK ? len - o : CACHE_BLOCK;
-		if (EVP_DigestUpdate(md, cipher + o, n) != 1)
-			r = -EIO;
-		if (table)
-			sha256_buf(cipher + o, n, w->table[b]);
-	}
 	if (r == 0 && (EVP_DigestFinal_ex(md, digest, &dlen) != 1 || dlen != SHA256_LEN))
 		r = -EIO;
 	if (r == 0) {
@@ -85,19 +123,17 @@ int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_
 		hex_encode(digest, SHA256_LEN, hex);
 		r = strcmp(hex, name) == 0 ? 0 : -EBADMSG;
 	}
-	if (r == 0)
-		r = chunk_ctr_at(key, 0, cipher, len, plain);
-	size_t salt_len;
-	const uint8_t *salt = cache_salt(c, &salt_len);
 	if (r == 0 && salt) {
-		uint8_t check[SHA256_LEN];
-		if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 || EVP_DigestUpdate(md, salt, salt_len) != 1 ||
-		    EVP_DigestUpdate(md, plain, len) != 1 || EVP_DigestFinal_ex(md, check, &dlen) != 1)
+		if (EVP_DigestFinal_ex(kmd, digest, &dlen) != 1 || dlen != SHA256_LEN)
 			r = -EIO;
-		else if (memcmp(check, key, CHUNK_KEY_LEN) != 0)
+		else if (memcmp(digest, key, CHUNK_KEY_LEN) != 0)
 			r = -EBADMSG;
 	}
+	if (r == -EIO)
+		log_err("SHA-256 or AES-256-CTR failed (OpenSSL); is libcrypto working?");
 	EVP_MD_CTX_free(md);
+	EVP_MD_CTX_free(kmd);
+	EVP_CIPHER_CTX_free(cx);
 	if (r < 0) {
 		free(cipher);
 		free(plain);
@@ -115,9 +151,7 @@ int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_
 	return 0;
 }
 
-/* Copy the requested range out of a whole chunk (bytes past its end read as
- * zero: a short last chunk). */
-static void copy_range(const struct chunk_req *rq, const struct chunk_whole *w)
+void chunk_whole_copy(const struct chunk_whole *w, struct chunk_req *rq)
 {
 	if (!rq->buf || !rq->len)
 		return;
@@ -174,7 +208,7 @@ static int flight_read(struct cache_layer *l, struct chunk_req *rq)
 			return cache_layer_next(l, rq);
 		if (err < 0)
 			return err;
-		copy_range(rq, w);
+		chunk_whole_copy(w, rq);
 		rq->tier = w->from;
 		rq->whole = w;
 		return 0;
@@ -279,7 +313,7 @@ static int l2_layer_read(struct cache_layer *l, struct chunk_req *rq)
 		if (r == 0) {
 			CACHE_COUNT(c, CACHE_TIER_L2, hits, 1);
 			CACHE_COUNT(c, CACHE_TIER_L2, bytes, w->len);
-			copy_range(rq, w);
+			chunk_whole_copy(w, rq);
 			rq->tier = CACHE_TIER_L2;
 			rq->whole = w;
 			return 0;
@@ -388,7 +422,7 @@ static int l3_read(struct cache_layer *l, struct chunk_req *rq)
 	}
 	CACHE_COUNT(c, CACHE_TIER_L3, hits, 1);
 	CACHE_COUNT(c, CACHE_TIER_L3, bytes, w->len);
-	copy_range(rq, w);
+	chunk_whole_copy(w, rq);
 	rq->tier = CACHE_TIER_L3;
 	rq->whole = w;
 	return 0;

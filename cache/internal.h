@@ -207,9 +207,9 @@ int l2_locate(struct l2 *l, const char *name, unsigned index, char *addr, size_t
 struct cache_layer;
 
 /* A whole chunk, verified: its ciphertext hashed to its name, the key
- * checked (when a salt is configured), the per-4 KiB digest table of the
- * ciphertext computed in the same pass.  Shared by refcount between the
- * readers of one single-flight fetch. */
+ * checked (when a salt is configured), decrypted.  Immutable once made;
+ * shared by refcount between the readers of one single-flight fetch and
+ * L1's insert queue. */
 #define CACHE_BLOCK 4096u
 #define CACHE_BLOCKS_PER_CHUNK (CHUNK_SIZE / CACHE_BLOCK)
 struct chunk_whole {
@@ -218,14 +218,12 @@ struct chunk_whole {
 	size_t len;			/* bytes of ciphertext (= plaintext) */
 	uint8_t *cipher;		/* len bytes */
 	uint8_t *plain;			/* len bytes */
-	uint8_t table[CACHE_BLOCKS_PER_CHUNK][SHA256_LEN]; /* SHA-256 of each 4 KiB of cipher
-							    * (only with L1: cache_has_l1) */
 	enum cache_tier from;		/* the tier that produced it */
 	int refs;			/* atomic */
 };
 
 /* Verify |<cipher, len>| (taking ownership of |cipher|, malloc'd) against
- * |name| and, with a salt, |key|; decrypt; compute the block table.
+ * |name| and, with a salt, |key|; decrypt (one pass, see fetch.c).
  * Returns 0 with |*out| (refs 1), -EBADMSG if the bytes do not match (cipher
  * freed), or -ENOMEM / -EIO. */
 int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher,
@@ -237,6 +235,11 @@ void chunk_whole_unref(struct chunk_whole *w);
  * 16: the counter block is off / 16, big endian, as with IV 0 at offset 0).
  * In place is allowed.  Returns 0 or -EIO. */
 int chunk_ctr_at(const uint8_t key[CHUNK_KEY_LEN], uint64_t off, const uint8_t *in, size_t len, uint8_t *out);
+
+/* Copy |rq|'s range out of |w|'s plaintext into rq->buf (bytes past the
+ * end of a short chunk read as zero); nothing if rq->buf is NULL. */
+struct chunk_req;
+void chunk_whole_copy(const struct chunk_whole *w, struct chunk_req *rq);
 
 /* One read through the chain. */
 struct chunk_req {
@@ -295,9 +298,9 @@ struct cache_counters {
 struct cache_counters *cache_tier_counters(struct cache *c, enum cache_tier t);
 #define CACHE_COUNT(c, t, field, n) __atomic_fetch_add(&cache_tier_counters((c), (t))->field, (n), __ATOMIC_RELAXED)
 
-/* True if |c| has an L1 tier (only then is a whole chunk's block table
- * computed). */
-bool cache_has_l1(struct cache *c);
+/* Wait until L1's background insert queue is empty (tests: L1 files are
+ * written off the read path).  A no-op without L1. */
+void cache_wait_l1(struct cache *c);
 
 /* The salt of |c|'s configuration (NULL if none). */
 const uint8_t *cache_salt(struct cache *c, size_t *out_len);
@@ -309,10 +312,13 @@ void mem_layer_usage(void *state, uint64_t *out_bytes);
 
 struct l1_usage {
 	uint64_t bytes, max_bytes, entries, protected_entries, open_fds;
+	uint64_t queued, insert_dropped; /* background insert queue */
 };
 int l1_layer_new(struct cache *c, const char *dir, uint64_t max_bytes, const struct cache_layer_ops **ops,
 		 void **state);
 void l1_layer_usage(void *state, struct l1_usage *out);
+/* Wait until the insert queue of the L1 layer |state| is empty. */
+void l1_layer_wait(void *state);
 
 int flight_layer_new(struct cache *c, const struct cache_layer_ops **ops, void **state);
 uint64_t flight_layer_shared(void *state);

@@ -13,9 +13,9 @@
  *   4096  block table: SHA-256 of each 4 KiB block of the ciphertext
  *   8192  the ciphertext
  *
- * The block table is computed in the same pass that checked the whole
- * ciphertext against its name (chunk_whole_make), so it is as trustworthy as
- * the name.  A read of any range hashes only the 4 KiB blocks it touches and
+ * The block table is computed from a chunk_whole, whose ciphertext was
+ * checked against its name (chunk_whole_make) and is immutable, so it is as
+ * trustworthy as the name.  A read of any range hashes only the 4 KiB blocks it touches and
  * compares them with the table before decrypting just those blocks
  * (AES-256-CTR seeks: counter = offset / 16).  A flipped bit anywhere is
  * found before a byte is returned; the entry is then dropped and the read
@@ -36,6 +36,16 @@
  * segment, capped at 80% of the size bound; its overflow falls back to the
  * head of probation.  Victims come from the tail of probation first.  A
  * one-pass scan therefore only churns probation and the hot set survives.
+ *
+ * Inserts are off the reader's critical path: l1_insert only queues the
+ * verified chunk (bounded, L1_QUEUE_MAX; a full queue drops the insert and
+ * counts it) and a background thread computes the block table and writes
+ * the file.  While queued, the chunk is served from its verified plaintext
+ * (a "pending" entry, found by l1_try like a file); the thread publishes the
+ * index entry and drops the pending one under the same lock, so the chunk
+ * is never in neither.  Accesses to a pending entry are recorded, so a
+ * promotion earned while queued is kept.  l1_close drains the queue.  See
+ * fetch.c for why this keeps single flight exact.
  *
  * Hot entries keep their file open and their block table in memory (an LRU
  * of at most L1_MAX_FDS), so a 4 KiB hit is one pread, one 4 KiB hash and
@@ -66,6 +76,7 @@
 #define L1_SIGNED_LEN 80u
 #define L1_MAX_FDS 256u
 #define L1_PROTECTED_PCT 80u
+#define L1_QUEUE_MAX 32u	/* chunks waiting to be written (each pins ~1 MiB) */
 
 struct l1_entry {
 	char name[CHUNK_NAME_HEX_LEN + 1];
@@ -88,6 +99,17 @@ struct seg {
 	uint64_t bytes, count;
 };
 
+/* A verified chunk waiting to be written (see the top). */
+struct l1_pending {
+	struct l1_pending *next;	/* queue order */
+	struct chunk_whole *w;		/* a reference */
+	uint8_t keycheck[SHA256_LEN];
+	uint64_t last_seq;		/* accesses while queued, as touch() */
+	bool prot;
+	bool busy;			/* being written */
+	bool cancelled;			/* evicted while queued: not served, not published */
+};
+
 struct l1 {
 	struct cache *cache;
 	char *dir;
@@ -100,6 +122,14 @@ struct l1 {
 	struct l1_entry *fhead, *ftail;
 	unsigned n_fds;
 	uint64_t seq, tmp_counter;
+	/* the insert queue, under lock */
+	struct l1_pending *q_head, *q_tail;
+	unsigned q_len;
+	bool q_stop, q_started;
+	uint64_t q_dropped;
+	pthread_cond_t q_cv;		/* work for the writer */
+	pthread_cond_t q_idle;		/* a job finished */
+	pthread_t q_thread;
 };
 
 /* ---- index ------------------------------------------------------------------ */
@@ -418,6 +448,15 @@ static int read_blocks(struct l1_entry *e, const uint8_t *key, size_t b, size_t 
 	return chunk_ctr_at(key, off, dst, want, dst);
 }
 
+/* The queued insert of |name| for key check |kc|, or NULL; lock held. */
+static struct l1_pending *pending_find(struct l1 *l, const char *name, const uint8_t kc[SHA256_LEN])
+{
+	for (struct l1_pending *p = l->q_head; p; p = p->next)
+		if (!p->cancelled && strcmp(p->w->name, name) == 0 && memcmp(p->keycheck, kc, SHA256_LEN) == 0)
+			return p;
+	return NULL;
+}
+
 /* Serve |rq| from L1 if it is there.  Returns 0 (served), -ENOENT (not
  * there, or there for another key), -EBADMSG (there but corrupt: dropped). */
 static int l1_try(struct l1 *l, struct chunk_req *rq)
@@ -428,8 +467,27 @@ static int l1_try(struct l1 *l, struct chunk_req *rq)
 	pthread_mutex_lock(&l->lock);
 	struct l1_entry *e = *slot_of(l, rq->name);
 	if (!e || memcmp(e->keycheck, kc, SHA256_LEN) != 0) {
+		struct l1_pending *p = pending_find(l, rq->name, kc);
+		struct chunk_whole *w = p ? p->w : NULL;
+		if (p) {
+			chunk_whole_ref(w);
+			uint64_t seq = ++l->seq;
+			if (p->last_seq + 1 < seq)
+				p->prot = true;
+			p->last_seq = seq;
+		}
 		pthread_mutex_unlock(&l->lock);
-		return -ENOENT;
+		if (!w)
+			return -ENOENT;
+		chunk_whole_copy(w, rq); /* verified when it was made */
+		CACHE_COUNT(c, CACHE_TIER_L1, hits, 1);
+		CACHE_COUNT(c, CACHE_TIER_L1, bytes, rq->len);
+		rq->tier = CACHE_TIER_L1;
+		if (rq->whole)
+			chunk_whole_unref(w);
+		else
+			rq->whole = w;
+		return 0;
 	}
 	e->refs++;
 	touch(l, e);
@@ -511,37 +569,43 @@ static int l1_lookup_hook(void *arg, struct chunk_req *rq)
 	return l1_try(arg, rq);
 }
 
-/* Write |w| into L1 unless it is there already. */
-static void l1_insert(struct l1 *l, const struct chunk_whole *w)
+/* Write |p|'s chunk into L1 unless it is there already: the block table
+ * (from the verified ciphertext), the file under a temporary name, then the
+ * rename and the index entry, which replaces the pending entry under the
+ * lock.  Runs on the writer thread; takes |p| off the queue in every case. */
+static void l1_write(struct l1 *l, struct l1_pending *p)
 {
-	uint8_t kc[SHA256_LEN];
-	key_check(w->key, kc);
+	const struct chunk_whole *w = p->w;
+	const uint8_t *kc = p->keycheck;
 	pthread_mutex_lock(&l->lock);
-	struct l1_entry *old = *slot_of(l, w->name);
-	bool have = old && memcmp(old->keycheck, kc, SHA256_LEN) == 0;
 	uint64_t tmpno = ++l->tmp_counter;
 	pthread_mutex_unlock(&l->lock);
 	uint64_t need = L1_HDR + (uint64_t)w->len;
-	if (have || need > l->max_bytes)
-		return;
 
 	uint8_t *hdr = calloc(1, L1_HDR);
-	if (!hdr)
-		return;
-	memcpy(hdr, L1_MAGIC, 8);
-	put_le32(hdr + 8, L1_VERSION);
-	put_le32(hdr + 12, (uint32_t)w->len);
-	hex_decode(w->name, hdr + 16, SHA256_LEN);
-	memcpy(hdr + 48, kc, SHA256_LEN);
-	memcpy(hdr + L1_TABLE_OFF, w->table, n_blocks((uint32_t)w->len) * SHA256_LEN);
-	table_mac(w->key, hdr, (uint32_t)w->len, hdr + 80);
-
 	char tmp[96];
 	snprintf(tmp, sizeof(tmp), ".tmp-%s.%llu", w->name, (unsigned long long)tmpno);
-	int fd = openat(l->dir_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	int r = fd < 0 ? -errno : 0;
-	if (r == 0 && (l1_write_full(fd, hdr, L1_HDR) < 0 || l1_write_full(fd, w->cipher, w->len) < 0))
-		r = -errno ? -errno : -EIO;
+	int fd = -1, r = hdr ? 0 : -ENOMEM;
+	if (r == 0) {
+		memcpy(hdr, L1_MAGIC, 8);
+		put_le32(hdr + 8, L1_VERSION);
+		put_le32(hdr + 12, (uint32_t)w->len);
+		hex_decode(w->name, hdr + 16, SHA256_LEN);
+		memcpy(hdr + 48, kc, SHA256_LEN);
+		uint8_t(*table)[SHA256_LEN] = (uint8_t(*)[SHA256_LEN])(hdr + L1_TABLE_OFF);
+		for (size_t b = 0, o = 0; o < w->len; b++, o += CACHE_BLOCK)
+			sha256_buf(w->cipher + o, w->len - o < CACHE_BLOCK ? w->len - o : CACHE_BLOCK, table[b]);
+		table_mac(w->key, hdr, (uint32_t)w->len, hdr + 80);
+		fd = openat(l->dir_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		r = fd < 0 ? -errno : 0;
+	}
+	if (r == 0) {
+		ssize_t x = l1_write_full(fd, hdr, L1_HDR);
+		if (x >= 0)
+			x = l1_write_full(fd, w->cipher, w->len);
+		if (x < 0)
+			r = (int)x;
+	}
 	if (fd >= 0 && close(fd) < 0 && r == 0)
 		r = -errno;
 	free(hdr);
@@ -550,45 +614,130 @@ static void l1_insert(struct l1 *l, const struct chunk_whole *w)
 		log_warn("L1: cannot write chunk %s into %s: %s (is the disk full? L1 is skipped for it)", w->name,
 			 l->dir, strerror(-r));
 		unlinkat(l->dir_fd, tmp, 0);
-		return;
 	}
 
-	struct l1_entry *e = calloc(1, sizeof(*e));
+	struct l1_entry *e = r == 0 ? calloc(1, sizeof(*e)) : NULL;
 	pthread_mutex_lock(&l->lock);
-	old = *slot_of(l, w->name);
-	if (!e || (old && memcmp(old->keycheck, kc, SHA256_LEN) == 0)) {
-		pthread_mutex_unlock(&l->lock);
-		unlinkat(l->dir_fd, tmp, 0);
-		free(e);
-		return;
+	struct l1_entry *old = *slot_of(l, w->name);
+	bool publish = e && !p->cancelled && !(old && memcmp(old->keycheck, kc, SHA256_LEN) == 0);
+	if (publish) {
+		if (old)
+			entry_remove(l, old, false); /* replaced by the rename below */
+		make_room(l, need);
+		if (renameat(l->dir_fd, tmp, l->dir_fd, w->name) < 0) {
+			log_warn("L1: cannot rename %s in %s: %s", tmp, l->dir, strerror(errno));
+			publish = false;
+		}
 	}
-	if (old)
-		entry_remove(l, old, false); /* replaced by the rename below */
-	make_room(l, need);
-	if (renameat(l->dir_fd, tmp, l->dir_fd, w->name) < 0) {
-		log_warn("L1: cannot rename %s in %s: %s", tmp, l->dir, strerror(errno));
-		pthread_mutex_unlock(&l->lock);
-		unlinkat(l->dir_fd, tmp, 0);
-		free(e);
-		return;
+	if (publish) {
+		memcpy(e->name, w->name, sizeof(e->name));
+		memcpy(e->keycheck, kc, SHA256_LEN);
+		e->len = (uint32_t)w->len;
+		e->disk_bytes = need;
+		e->fd = -1;
+		struct l1_entry **slot = slot_of(l, e->name);
+		e->hnext = *slot;
+		*slot = e;
+		seg_push(&l->prob, e);
+		/* the accesses it had while queued */
+		if (p->prot) {
+			e->last_seq = 0;
+			touch(l, e);
+		} else {
+			e->last_seq = p->last_seq;
+		}
+		e = NULL;
 	}
-	memcpy(e->name, w->name, sizeof(e->name));
-	memcpy(e->keycheck, kc, SHA256_LEN);
-	e->len = (uint32_t)w->len;
-	e->disk_bytes = need;
-	e->fd = -1;
-	e->last_seq = ++l->seq;
-	struct l1_entry **slot = slot_of(l, e->name);
-	e->hnext = *slot;
-	*slot = e;
-	seg_push(&l->prob, e);
+	/* off the queue: from here on readers find the file (or nothing) */
+	for (struct l1_pending **pp = &l->q_head; *pp; pp = &(*pp)->next)
+		if (*pp == p) {
+			*pp = p->next;
+			break;
+		}
+	l->q_tail = NULL;
+	for (struct l1_pending *q = l->q_head; q; q = q->next)
+		l->q_tail = q;
+	l->q_len--;
+	pthread_cond_broadcast(&l->q_idle);
 	pthread_mutex_unlock(&l->lock);
+	if (r == 0 && !publish)
+		unlinkat(l->dir_fd, tmp, 0);
+	free(e);
+	chunk_whole_unref(p->w);
+	free(p);
+}
+
+static void *l1_writer(void *arg)
+{
+	struct l1 *l = arg;
+	pthread_mutex_lock(&l->lock);
+	for (;;) {
+		struct l1_pending *p = l->q_head;
+		while (p && p->busy)
+			p = p->next;
+		if (!p) {
+			if (l->q_stop)
+				break; /* stopping drains the queue first */
+			pthread_cond_wait(&l->q_cv, &l->lock);
+			continue;
+		}
+		p->busy = true;
+		pthread_mutex_unlock(&l->lock);
+		l1_write(l, p);
+		pthread_mutex_lock(&l->lock);
+	}
+	pthread_mutex_unlock(&l->lock);
+	return NULL;
+}
+
+/* Queue |w| for writing into L1 unless it is there or queued already; never
+ * blocks on I/O.  A full queue drops the insert and counts it. */
+static void l1_insert(struct l1 *l, struct chunk_whole *w)
+{
+	uint8_t kc[SHA256_LEN];
+	key_check(w->key, kc);
+	if (L1_HDR + (uint64_t)w->len > l->max_bytes)
+		return;
+	struct l1_pending *p = calloc(1, sizeof(*p));
+	pthread_mutex_lock(&l->lock);
+	struct l1_entry *old = *slot_of(l, w->name);
+	bool have = (old && memcmp(old->keycheck, kc, SHA256_LEN) == 0) || pending_find(l, w->name, kc);
+	bool full = !have && (l->q_len >= L1_QUEUE_MAX || !l->q_started || !p);
+	if (!have && !full) {
+		chunk_whole_ref(w);
+		p->w = w;
+		memcpy(p->keycheck, kc, SHA256_LEN);
+		p->last_seq = ++l->seq; /* as an insert: the next correlated access does not promote */
+		if (l->q_tail)
+			l->q_tail->next = p;
+		else
+			l->q_head = p;
+		l->q_tail = p;
+		l->q_len++;
+		pthread_cond_signal(&l->q_cv);
+		p = NULL;
+	} else if (full) {
+		l->q_dropped++;
+	}
+	pthread_mutex_unlock(&l->lock);
+	if (full)
+		log_debug("L1: insert queue full, not caching chunk %s", w->name);
+	free(p);
 }
 
 static void l1_insert_hook(void *arg, struct chunk_req *rq, struct chunk_whole *w)
 {
 	(void)rq;
 	l1_insert(arg, w);
+}
+
+void l1_layer_wait(void *state)
+{
+	struct l1 *l = state;
+	pthread_mutex_lock(&l->lock);
+	while (l->q_len > 0)
+		pthread_cond_wait(&l->q_idle, &l->lock);
+	pthread_mutex_unlock(&l->lock);
 }
 
 static int l1_read(struct cache_layer *layer, struct chunk_req *rq)
@@ -616,12 +765,23 @@ static void l1_evict(struct cache_layer *layer, const char *name)
 	struct l1_entry *e = *slot_of(l, name);
 	if (e)
 		entry_remove(l, e, true);
+	for (struct l1_pending *p = l->q_head; p; p = p->next)
+		if (strcmp(p->w->name, name) == 0)
+			p->cancelled = true;
 	pthread_mutex_unlock(&l->lock);
 }
 
 static void l1_close(struct cache_layer *layer)
 {
 	struct l1 *l = layer->state;
+	pthread_mutex_lock(&l->lock);
+	l->q_stop = true;
+	pthread_cond_broadcast(&l->q_cv);
+	pthread_mutex_unlock(&l->lock);
+	if (l->q_started)
+		pthread_join(l->q_thread, NULL); /* writes what is queued, then exits */
+	pthread_cond_destroy(&l->q_cv);
+	pthread_cond_destroy(&l->q_idle);
 	for (struct seg *s = &l->prob;; s = &l->prot) {
 		for (struct l1_entry *e = s->head, *n; e; e = n) {
 			n = e->next;
@@ -750,6 +910,8 @@ int l1_layer_new(struct cache *c, const char *dir, uint64_t max_bytes, const str
 	l->max_bytes = max_bytes;
 	l->prot_max = max_bytes / 100 * L1_PROTECTED_PCT;
 	pthread_mutex_init(&l->lock, NULL);
+	pthread_cond_init(&l->q_cv, NULL);
+	pthread_cond_init(&l->q_idle, NULL);
 	size_t nb = 1024;
 	while (nb < max_bytes / CHUNK_SIZE && nb < (1u << 24))
 		nb <<= 1;
@@ -777,6 +939,11 @@ int l1_layer_new(struct cache *c, const char *dir, uint64_t max_bytes, const str
 		log_err("L1: cannot scan %s: %s", dir, strerror(-r));
 		goto fail;
 	}
+	if ((r = -pthread_create(&l->q_thread, NULL, l1_writer, l)) < 0) {
+		log_err("L1: cannot start the writer thread: %s", strerror(-r));
+		goto fail;
+	}
+	l->q_started = true;
 	*ops = &l1_ops;
 	*state = l;
 	return 0;
@@ -786,6 +953,8 @@ fail:
 	if (l->lock_fd >= 0)
 		close(l->lock_fd);
 	pthread_mutex_destroy(&l->lock);
+	pthread_cond_destroy(&l->q_cv);
+	pthread_cond_destroy(&l->q_idle);
 	free(l->buckets);
 	free(l->dir);
 	free(l);
@@ -801,5 +970,7 @@ void l1_layer_usage(void *state, struct l1_usage *out)
 	out->entries = l->prob.count + l->prot.count;
 	out->protected_entries = l->prot.count;
 	out->open_fds = l->n_fds;
+	out->queued = l->q_len;
+	out->insert_dropped = l->q_dropped;
 	pthread_mutex_unlock(&l->lock);
 }

@@ -372,7 +372,10 @@ static enum frag_state getctx_answer(struct l2_getctx *g, unsigned index, enum f
 		}
 	}
 	g->state[index] = (uint8_t)st;
-	pthread_cond_signal(&g->cv);
+	/* Wake the reader only when it can go on (k fragments in, or every
+	 * node answered), not once per fragment. */
+	if (g->set.n >= g->l->k || g->answered >= g->asked)
+		pthread_cond_signal(&g->cv);
 	pthread_mutex_unlock(&g->mu);
 	free(val);
 	return st;

@@ -265,6 +265,7 @@ static void test_bit_flip(void)
 	enum cache_tier t;
 	for (int i = 0; i < 4; i++)
 		CHECK(read_ok(c, i, 0, CHUNK_SIZE, &t) && t == CACHE_TIER_L3);
+	cache_wait_l1(c); /* L1 files are written in the background */
 	counter_reset(&k);
 	/* a flip in the data: found by the 4 KiB block check on the next read
 	 * that touches that block (whole and small reads alike) */
@@ -279,6 +280,7 @@ static void test_bit_flip(void)
 	/* refetched into L1, clean again */
 	CHECK(read_ok(c, 0, 0, CHUNK_SIZE, &t) && t == CACHE_TIER_L1);
 	CHECK(read_ok(c, 1, 4096 * 7, 4096, &t) && t == CACHE_TIER_L1);
+	cache_wait_l1(c);
 	/* reads of other blocks of a chunk with a flipped block still work,
 	 * the flipped block is still caught */
 	flip(2, 8192 + 4096 * 100, 7);
@@ -377,6 +379,7 @@ static void test_size_bound(void)
 	}
 	CHECK(ok);
 	CHECK(bound);
+	cache_wait_l1(c); /* no insert half-written while we count files */
 	struct cache_stats s;
 	cache_get_stats(c, &s);
 	unsigned files, tmps;
@@ -417,6 +420,35 @@ static void test_scan_resistance(void)
 	struct cache_stats s;
 	cache_get_stats(c, &s);
 	CHECK(s.l1_bytes <= max);
+	cache_free(c);
+}
+
+/* A read that comes right after a fetch, before L1's background write has
+ * finished, is served by L1 (from the queued chunk), not by a second fetch. */
+static void test_insert_queue(void)
+{
+	wipe_l1();
+	struct counter k = {.lock = PTHREAD_MUTEX_INITIALIZER};
+	struct cache *c = open_cache(64ull << 20, false, &k);
+	if (!c) {
+		CHECK(0);
+		return;
+	}
+	enum cache_tier t;
+	bool ok = true;
+	for (int i = 0; i < 8; i++) {
+		ok &= read_ok(c, i, 0, CHUNK_SIZE, &t) && t == CACHE_TIER_L3;
+		ok &= read_ok(c, i, 4096, 4096, &t) && t == CACHE_TIER_L1;
+	}
+	CHECK(ok);
+	CHECK(origin_reads(&k) == 8);
+	cache_wait_l1(c);
+	struct cache_stats s;
+	cache_get_stats(c, &s);
+	CHECK(s.l1_entries == 8);
+	unsigned files, tmps;
+	du_l1(&files, &tmps);
+	CHECK(files == 8 && tmps == 0);
 	cache_free(c);
 }
 
@@ -502,6 +534,7 @@ int main(void)
 	test_restart();
 	test_size_bound();
 	test_scan_resistance();
+	test_insert_queue();
 	test_single_flight(true);
 	test_single_flight(false);
 
