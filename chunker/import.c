@@ -524,7 +524,10 @@ int chunkify_import(struct chunkify_ctx *c, const char *source, const struct imp
 	}
 
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	unsigned workers = opt->workers ? opt->workers : (unsigned)(ncpu > 0 ? (ncpu > 16 ? 16 : ncpu) : 1);
+	/* The layer reader and the tar parser keep about one core busy; seal
+	 * workers get the rest.  More workers than that only take turns with
+	 * the parser (on 2 cores a second worker imports no faster). */
+	unsigned workers = opt->workers ? opt->workers : (unsigned)(ncpu > 2 ? (ncpu - 1 > 16 ? 16 : ncpu - 1) : 1);
 	rep->workers = workers;
 	struct pipeline p = {.c = c};
 	pthread_mutex_init(&p.mu, NULL);

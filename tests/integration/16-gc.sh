@@ -91,7 +91,7 @@ for round in 1 2 3 4 5; do
   ck rm "a:r$((round - 1))" >/dev/null 2>&1 || true
   ( for i in $(seq 1 40); do ck gc >/dev/null 2>&1 || true; done ) &
   gcloop=$!; track_pid $gcloop
-  ck import "oci:$T/A:a" --name "a:r$round" --json > "$T/race.json"
+  ck import "oci:$T/A:a" --name "a:r$round" --workers 2 --json > "$T/race.json"
   wait $gcloop || true
   ck verify "a:r$round" >/dev/null || die "round $round: image published with chunks gc deleted"
 done
