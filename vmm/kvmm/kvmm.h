@@ -29,6 +29,96 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <pthread.h>
+
+/* ---- the device event loop (vmm/kvmm/loop.c) ------------------------------------------------------------------- */
+
+/* One epoll loop that runs every device-side callback of a VM on one thread:
+ * ioeventfd notifications, vsock's unix sockets, the serial console's input.
+ * A registration may name a mutex that the loop holds around its callback,
+ * so a device's state is shared safely with the vCPU threads that take the
+ * same mutex around their MMIO exits. */
+#define KVMM_LOOP_MAX_FDS 128
+
+typedef void (*kvmm_fd_fn)(void *ctx, int fd, uint32_t events);
+
+struct kvmm_loop_entry {
+	int fd; /* -1 = free slot */
+	kvmm_fd_fn fn;
+	void *ctx;
+	pthread_mutex_t *lock; /* may be NULL */
+};
+
+struct kvmm_loop {
+	int epfd;
+	int stop_fd; /* an eventfd: kvmm_loop_stop() makes kvmm_loop_run() return */
+	struct kvmm_loop_entry entries[KVMM_LOOP_MAX_FDS];
+};
+
+/* Create the epoll set.  Returns 0 or -errno (logged). */
+int kvmm_loop_init(struct kvmm_loop *l);
+
+/* Close the loop's own descriptors (not the registered ones). */
+void kvmm_loop_destroy(struct kvmm_loop *l);
+
+/* Watch |fd| for |events| (EPOLLIN, EPOLLOUT, ...): fn(ctx, fd, events) runs on
+ * the loop thread, under |lock| when it is not NULL.  Returns 0, -EEXIST if
+ * |fd| is already watched, -ENOSPC past KVMM_LOOP_MAX_FDS, or -errno. */
+int kvmm_loop_add(struct kvmm_loop *l, int fd, uint32_t events, kvmm_fd_fn fn, void *ctx, pthread_mutex_t *lock);
+
+/* Change the events watched on |fd|.  Returns 0, -ENOENT or -errno. */
+int kvmm_loop_mod(struct kvmm_loop *l, int fd, uint32_t events);
+
+/* Stop watching |fd| (does not close it); safe from inside a callback,
+ * including the callback of |fd| itself.  Returns 0 or -ENOENT. */
+int kvmm_loop_del(struct kvmm_loop *l, int fd);
+
+/* Dispatch events until kvmm_loop_stop().  Returns 0, or -errno if epoll
+ * itself fails. */
+int kvmm_loop_run(struct kvmm_loop *l);
+
+/* Make kvmm_loop_run() return after its current callback; any thread. */
+void kvmm_loop_stop(struct kvmm_loop *l);
+
+/* ---- the VM's configuration (vmm/kvmm/config.c) ---------------------------------------------------------------- */
+
+/* What Firecracker's API and --config-file set, in Firecracker's terms.
+ * Strings are malloc'd and owned by the config. */
+#define KVMM_MAX_DRIVES 8
+#define KVMM_DRIVE_ID_MAX 64
+
+struct kvmm_drive {
+	char drive_id[KVMM_DRIVE_ID_MAX];
+	char *path_on_host;
+	bool is_root_device;
+	bool is_read_only;
+};
+
+struct kvmm_config {
+	unsigned vcpu_count;   /* 1..32, default 1 */
+	unsigned mem_size_mib; /* default 128 */
+	char *kernel_image_path;
+	char *initrd_path; /* NULL = none */
+	char *boot_args;   /* NULL = kvmm's default command line */
+	struct kvmm_drive drives[KVMM_MAX_DRIVES];
+	size_t n_drives;
+	bool has_vsock;
+	uint32_t guest_cid; /* >= 3 */
+	char *vsock_uds_path;
+};
+
+/* ==== section: config (config.c) ==== */
+/* ==== end section: config ==== */
+
+/* ==== section: api (api.c) ==== */
+/* ==== end section: api ==== */
+
+/* ==== section: vm (vm.c, vcpu.c, serial.c, ...) ==== */
+/* ==== end section: vm ==== */
+
+/* ==== section: vsock (virtio_vsock.c) ==== */
+/* ==== end section: vsock ==== */
+
 /* ---- guest physical layout (x86-64) ---------------------------------------------------------------------------- */
 
 /* Below 1 MiB: the zero page, the command line and the ACPI tables (in the
