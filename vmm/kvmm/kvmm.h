@@ -108,9 +108,223 @@ struct kvmm_config {
 };
 
 /* ==== section: config (config.c) ==== */
+
+/* Limits the config enforces (Firecracker's where it has one). */
+#define KVMM_MAX_VCPUS 32
+#define KVMM_MIN_MEM_MIB 2u	     /* what e820_build() needs; a real kernel needs far more */
+#define KVMM_MAX_MEM_MIB (1u << 20) /* 1 TiB: keeps mem_size_mib << 20 far from overflow */
+#define KVMM_UDS_PATH_MAX 107	     /* sun_path less its NUL */
+#define KVMM_CONFIG_FILE_MAX (1u << 20)
+
+/* The resources Firecracker's API and config file set, one JSON object each. */
+enum kvmm_resource {
+	KVMM_RES_MACHINE, /* "machine-config": vcpu_count, mem_size_mib (required); smt, track_dirty_pages (false
+			   * only), cpu_template, huge_pages ("None" only) */
+	KVMM_RES_BOOT,	  /* "boot-source": kernel_image_path (required), initrd_path, boot_args */
+	KVMM_RES_DRIVE,	  /* "drives" entry: drive_id, is_root_device (required), path_on_host (required),
+			   * is_read_only (true or absent: kvmm's virtio-blk is read-only), cache_type "Unsafe",
+			   * io_engine "Sync" */
+	KVMM_RES_VSOCK,	  /* "vsock": guest_cid >= 3, uds_path (required), vsock_id (accepted, ignored) */
+};
+
+/* Reset |c| to Firecracker's defaults: 1 vCPU, 128 MiB, nothing else set.
+ * Call once before any other kvmm_config_* function on |c|. */
+void kvmm_config_init(struct kvmm_config *c);
+
+/* Free the strings |c| owns and leave it as kvmm_config_init() does.
+ * Accepts NULL. */
+void kvmm_config_free(struct kvmm_config *c);
+
+/* Apply the JSON object |<json, len>| (untrusted: an API body or a piece of a
+ * config file) to resource |r| of |c|, with Firecracker's rules: unknown
+ * fields, wrong types, duplicate keys and out-of-range values are refused;
+ * a PUT of machine-config, boot-source or vsock replaces that resource whole
+ * (absent optional fields take their defaults).  For KVMM_RES_DRIVE, |id| is
+ * the drive_id from the request path, which the body's drive_id must equal
+ * (NULL for config files: the body's id is taken); a drive with an existing
+ * id is replaced in place; a new one is appended (-ENOSPC past
+ * KVMM_MAX_DRIVES); at most one drive is the root device, and that drive is
+ * always moved to drives[0] so the guest sees it as /dev/vda.  |id| is
+ * ignored for the other resources.
+ * Returns 0 with |c| updated, or -EINVAL/-ENOSPC/-ENOMEM with |c| unchanged
+ * and a message naming the field in |<err, errlen>| (Firecracker's
+ * fault_message); nothing is logged. */
+int kvmm_config_put(struct kvmm_config *c, enum kvmm_resource r, const char *id, const char *json, size_t len,
+		    char *err, size_t errlen);
+
+/* Load Firecracker's --config-file format from |path| (at most
+ * KVMM_CONFIG_FILE_MAX bytes) into |c| (initialised by the caller; what the
+ * file sets replaces what |c| had): an object with "boot-source",
+ * "machine-config", "drives" (an array), "vsock" (an object or null), and
+ * Firecracker's other sections accepted only when empty ("network-interfaces"
+ * [], "logger" null, ...).  It does not call kvmm_config_validate().
+ * Returns 0; -ENOENT/-EACCES/-EFBIG/-errno reading the file; -EINVAL/-ENOSPC
+ * for content, with |c| partly updated (free it) and |<err, errlen>| naming
+ * the section and field ("drives[1].path_on_host: ...").  Nothing is logged. */
+int kvmm_config_load_file(struct kvmm_config *c, const char *path, char *err, size_t errlen);
+
+/* Check that |c| can boot: a kernel_image_path, vCPU and memory counts in
+ * range, at most one root drive, distinct drive ids, a vsock with guest_cid
+ * >= 3 and a uds_path that fits a unix socket address; and that the kernel,
+ * the initrd and every drive's path_on_host are readable regular files (or
+ * block devices, for drives) right now, relative to the current root.
+ * Returns 0, or -EINVAL/-ENOENT/-EACCES with the field named in
+ * |<err, errlen>|.  Nothing is logged. */
+int kvmm_config_validate(const struct kvmm_config *c, char *err, size_t errlen);
+
+/* The configuration as Firecracker's GET /vm/config returns it, a malloc'd
+ * NUL-terminated JSON text the caller frees; kvmm_config_load_file() reads
+ * it back.  Returns NULL with errno = ENOMEM on failure. */
+char *kvmm_config_to_json(const struct kvmm_config *c);
+
 /* ==== end section: config ==== */
 
 /* ==== section: api (api.c) ==== */
+
+/* ---- HTTP/1.1 requests (vmm/kvmm/http.c): a checked parser for the API socket */
+
+#define KVMM_HTTP_MAX_HEAD 8192	     /* request line and headers, with the blank line */
+#define KVMM_HTTP_MAX_BODY (64 * 1024) /* Firecracker's bodies are small JSON objects */
+#define KVMM_HTTP_MAX_HEADERS 64
+#define KVMM_HTTP_MAX_PATH 256
+
+/* One request head.  Strings are NUL-terminated copies. */
+struct kvmm_http_req {
+	char method[8];		     /* "GET", "PUT", "PATCH", ...: upper-case letters */
+	char path[KVMM_HTTP_MAX_PATH]; /* origin-form, starts with '/', as sent (no decoding) */
+	int minor;		     /* 1 for HTTP/1.1, 0 for HTTP/1.0 */
+	size_t head_len;	     /* bytes of the head, blank line included: the body starts there */
+	size_t content_length;	     /* 0 if there is no Content-Length */
+	bool keep_alive;	     /* the connection stays open after the response */
+	bool expect_continue;	     /* "Expect: 100-continue": answer 100 before reading the body */
+};
+
+/* Parse the request head at the start of |<buf, len>| (untrusted bytes).
+ * Strict: CRLF line ends, a token method, an origin-form target of printable
+ * ASCII, HTTP/1.0 or 1.1, token header names, no obsolete line folding, no
+ * control bytes in values, at most KVMM_HTTP_MAX_HEADERS headers, one
+ * Content-Length of digits only up to KVMM_HTTP_MAX_BODY, no
+ * Transfer-Encoding (request smuggling and chunked bodies are refused), and
+ * no Expect other than 100-continue.
+ * Returns 0 with |*out| filled; -EAGAIN if the head is not complete yet and
+ * may still fit in KVMM_HTTP_MAX_HEAD (read more and call again with the
+ * whole buffer); -E2BIG for a body over KVMM_HTTP_MAX_BODY (HTTP 413);
+ * -EMSGSIZE for a head over KVMM_HTTP_MAX_HEAD or too many headers (431);
+ * -EINVAL for anything malformed or refused (400).  On error a message for
+ * the client is in |<err, errlen>|; the connection cannot be resynchronised
+ * and must be closed after the error response. */
+int kvmm_http_parse_head(const char *buf, size_t len, struct kvmm_http_req *out, char *err, size_t errlen);
+
+/* ---- the Firecracker-compatible API server (vmm/kvmm/api.c) ------------------ */
+
+/* A client that has begun a request must finish it within this time, and
+ * each response must be taken within it, or the connection is dropped. */
+#define KVMM_API_IO_TIMEOUT_MS 5000
+/* An idle keep-alive connection is closed after this, or at once when
+ * another client is waiting (the server serves one connection at a time). */
+#define KVMM_API_IDLE_TIMEOUT_MS 30000
+
+struct kvmm_api;
+
+/* What the API asks of the VM.  Both callbacks run on the API thread, one at a
+ * time, with the API's lock on |cfg| held; each writes a reason into
+ * |<err, errlen>| when it fails, which the client receives as Firecracker's
+ * {"fault_message": ...} with status 400. */
+struct kvmm_api_hooks {
+	void *ctx;
+	/* Required: PUT /actions {"action_type": "InstanceStart"}.  |cfg| has
+	 * passed kvmm_config_validate(); boot it (kvmm_vm_create, then
+	 * kvmm_vm_start) and return 0, or -errno.  After 0 the API refuses
+	 * pre-boot changes and reports "Running"; after an error it stays in
+	 * "Not started" and the client may fix the config and try again. */
+	int (*instance_start)(void *ctx, const struct kvmm_config *cfg, char *err, size_t errlen);
+	/* Required: {"action_type": "SendCtrlAltDel"}, only once running.
+	 * 0 or -errno. */
+	int (*send_ctrl_alt_del)(void *ctx, char *err, size_t errlen);
+	/* Optional (false = off): once the VM runs, the API thread installs
+	 * kvmm_seccomp_apply(KVMM_THREAD_API) on itself, so the callbacks must
+	 * from then on need nothing outside that allowlist (send_ctrl_alt_del:
+	 * write(2) on an eventfd or KVM_IRQ_LINE on the VM fd). */
+	bool seccomp;
+};
+
+/* Serve Firecracker's API on a unix socket at |sock_path| (created with mode
+ * 0600; an existing socket file there is replaced, any other file is an error)
+ * on a new thread, editing |cfg| (initialised by the caller, possibly loaded
+ * from a config file already) as PUT requests arrive.  From this call until
+ * kvmm_api_stop() returns, |cfg| belongs to the API: the caller reads it only
+ * inside a hook.  |hooks| is copied.  Requests served:
+ *   GET /                   {"id", "state" ("Not started"/"Running"), "vmm_version", "app_name"}
+ *   GET /machine-config     {"vcpu_count", "mem_size_mib", "smt", "track_dirty_pages", "huge_pages"}
+ *   GET /vm/config          the whole config, as kvmm_config_to_json()
+ *   PUT /machine-config, /boot-source, /drives/{id}, /vsock   pre-boot only, 204
+ *   PUT /actions            InstanceStart, SendCtrlAltDel (FlushMetrics: 400, no metrics)
+ * Anything else is 400 with {"fault_message"}.  Returns 0 with |*out| set, or
+ * -errno (logged: socket path too long, in use, not creatable) with nothing
+ * left running. */
+int kvmm_api_start(struct kvmm_api **out, const char *sock_path, struct kvmm_config *cfg,
+		   const struct kvmm_api_hooks *hooks);
+
+/* Tell the API the VM was started without it (a --config-file boot), so it
+ * answers as Firecracker does after InstanceStart.  Any thread. */
+void kvmm_api_set_running(struct kvmm_api *a);
+
+/* Stop serving (the connection in progress is dropped), join the thread,
+ * remove the socket file and free |a|.  Accepts NULL.  Must not be called from
+ * a hook. */
+void kvmm_api_stop(struct kvmm_api *a);
+
+/* ---- isolation (vmm/kvmm/jail.c) --------------------------------------------- */
+
+/* kvmm's threads, each with its own seccomp allowlist (jail.c lists each call
+ * and why it is there). */
+enum kvmm_thread_kind {
+	KVMM_THREAD_VMM,     /* main, after setup: waits for the VM, tears it down, exits */
+	KVMM_THREAD_VCPU,    /* KVM_RUN and its exits, which reach device code (DRIVER_OK notify) */
+	KVMM_THREAD_DEVICES, /* the kvmm_loop: eventfds, disk reads, vsock's unix sockets */
+	KVMM_THREAD_API,     /* the API socket, once the VM runs */
+};
+
+/* Install |kind|'s allowlist on the calling thread only (threads it creates
+ * later inherit it), with no_new_privs.  Call it at the end of the thread's
+ * setup: files, sockets, mappings and threads it still needs must exist by
+ * then.  A call outside the list kills the whole process with SIGSYS
+ * (SCMP_ACT_KILL_PROCESS): the parent sees WTERMSIG == SIGSYS and the kernel
+ * log names the call (audit type=1326, "syscall=N").  Returns 0 or -errno
+ * (logged). */
+int kvmm_seccomp_apply(enum kvmm_thread_kind kind);
+
+/* A jailer-like confinement of the kvmm process itself, as Firecracker's
+ * jailer sets up before it executes Firecracker. */
+struct kvmm_jail {
+	/* cgroup "kvmm-<id>" (v2, else v1 as vmm/cgroup.c finds them) with these
+	 * limits; 0 and 0 = no cgroup.  The cgroup outlives kvmm (it cannot be
+	 * removed from inside the chroot): whoever started kvmm removes it;
+	 * its path is logged at info level. */
+	uint64_t memory_limit; /* bytes */
+	uint32_t pids_limit;
+	const char *id; /* names the cgroup; [A-Za-z0-9_-], 1..64 chars; required with limits */
+	/* chroot into this directory (NULL = none).  The caller has placed in it,
+	 * by hard link, bind mount or mknod as it prefers, everything kvmm opens
+	 * later (dev/kvm, the kernel, drives, the socket directories); config
+	 * paths are then relative to it. */
+	const char *chroot_dir;
+	/* Drop to this user (NULL = keep the current one): OCI style "uid",
+	 * "uid:gid", "name" or "name:group", resolved against the HOST's
+	 * /etc/passwd and /etc/group before the chroot.  Supplementary groups
+	 * are cleared. */
+	const char *user;
+};
+
+/* Confine the calling process as |j| says, in this order: cgroup (created and
+ * joined), chroot and chdir("/"), drop groups, gid and uid (checked: regaining
+ * root must fail), then no_new_privs.  Call it from the main thread before
+ * other threads exist (ids and the root are per process, but glibc's setuid
+ * broadcast and chroot semantics are simplest single-threaded).
+ * Returns 0, or -errno (logged with what to fix: not root, missing jail
+ * directory, unknown user) with the process possibly partly confined: exit. */
+int kvmm_jail_enter(const struct kvmm_jail *j);
+
 /* ==== end section: api ==== */
 
 /* ==== section: vm (vm.c, vcpu.c, serial.c, ...) ==== */
