@@ -7,7 +7,8 @@
 #    listing compiles back without errors.  iasl of this Debian release does
 #    not disassemble a bare RSDP, so its checksums and pointer are checked here.
 #  - Debian's current kernel package for this release is downloaded and
-#    unpacked (apt-get download, dpkg-deb -x), and test_kvmm_boot parses its
+#    unpacked once (apt-get download, dpkg-deb -x; cached, see
+#    tests/nested/kernel.sh), and test_kvmm_boot parses its
 #    bzImage and sets up a zero page for it (KINDLING_TEST_BZIMAGE).
 . "$(dirname "$0")/lib.sh"
 
@@ -99,17 +100,15 @@ pass "DSDT lists 3 LNRO0005 devices with their windows and IRQs; FADT, MADT, XSD
 cd "$T"
 
 # ---- a real kernel ----------------------------------------------------------------
-pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-[ -n "$pkg" ] || skip "apt-cache does not know linux-image-amd64 here (is the Debian archive in sources.list?)"
-mkdir -p "$T/kernel"
-if ! (cd "$T/kernel" && timeout 300 apt-get download "$pkg" >"$T/download.log" 2>&1); then
-  cat "$T/download.log" >&2
-  skip "apt-get download $pkg failed (no archive access?)"
-fi
-deb=$(ls "$T"/kernel/*.deb)
-dpkg-deb -x "$deb" "$T/kernel/root" || die "dpkg-deb -x $deb failed"
-vmlinuz=$(ls "$T"/kernel/root/boot/vmlinuz-* 2>/dev/null | head -1)
-[ -n "$vmlinuz" ] || die "no /boot/vmlinuz-* in $deb"
+# The package is cached and shared with the nested harness (tests/nested/kernel.sh).
+. "$KINDLING_SOURCE_DIR/tests/nested/kernel.sh"
+rc=0
+kroot=$(kernel_pkg_dir) || rc=$?
+[ $rc = 2 ] && skip "apt-cache does not know linux-image-amd64 here (is the Debian archive in sources.list?)"
+[ $rc = 0 ] || die "cannot get Debian's kernel package (see above)"
+pkg=linux-image-$(kernel_version "$kroot")
+vmlinuz=$(ls "$kroot"/boot/vmlinuz-* 2>/dev/null | head -1)
+[ -n "$vmlinuz" ] || die "no /boot/vmlinuz-* in $kroot"
 KINDLING_TEST_BZIMAGE=$vmlinuz "$BOOT" >"$T/boot.out" 2>&1 || { cat "$T/boot.out" >&2; die "test_kvmm_boot fails on $vmlinuz"; }
 line=$(grep '^bzimage:' "$T/boot.out") || die "test_kvmm_boot did not report on the real kernel"
 echo "$line"
