@@ -68,7 +68,8 @@ void chunk_whole_unref(struct chunk_whole *w)
 /* The critical path of a fetch from L2 or L3 does only what verification
  * needs, in one interleaved pass over the chunk (each piece is hashed,
  * decrypted and, with a salt, hashed again while it is in the CPU cache):
- *   - the name check, SHA-256 of the ciphertext (always);
+ *   - the name check, SHA-256 of the ciphertext (unless the tier did it:
+ *     l2_get hashes fragments as they arrive, overlapped with the network);
  *   - the decryption, AES-256-CTR;
  *   - the key check, SHA-256(salt || plaintext), only when a salt is
  *     configured.  Hosts normally run without the salt (as Lambda's do): the
@@ -79,7 +80,7 @@ void chunk_whole_unref(struct chunk_whole *w)
 #define VERIFY_STEP (16u * 1024u)
 
 int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher,
-		     size_t len, enum cache_tier from, struct chunk_whole **out)
+		     size_t len, bool name_checked, enum cache_tier from, struct chunk_whole **out)
 {
 	*out = NULL;
 	if (len == 0 || len > CHUNK_SIZE) {
@@ -109,16 +110,16 @@ int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_
 	for (size_t o = 0; r == 0 && o < len; o += VERIFY_STEP) {
 		size_t n = len - o < VERIFY_STEP ? len - o : VERIFY_STEP;
 		int outl = 0;
-		if (EVP_DigestUpdate(md, cipher + o, n) != 1 ||
+		if ((!name_checked && EVP_DigestUpdate(md, cipher + o, n) != 1) ||
 		    EVP_EncryptUpdate(cx, plain + o, &outl, cipher + o, (int)n) != 1 || (size_t)outl != n ||
 		    (salt && EVP_DigestUpdate(kmd, plain + o, n) != 1))
 			r = -EIO;
 	}
 	uint8_t digest[SHA256_LEN];
 	unsigned dlen = 0;
-	if (r == 0 && (EVP_DigestFinal_ex(md, digest, &dlen) != 1 || dlen != SHA256_LEN))
+	if (r == 0 && !name_checked && (EVP_DigestFinal_ex(md, digest, &dlen) != 1 || dlen != SHA256_LEN))
 		r = -EIO;
-	if (r == 0) {
+	if (r == 0 && !name_checked) {
 		char hex[SHA256_HEX_LEN + 1];
 		hex_encode(digest, SHA256_LEN, hex);
 		r = strcmp(hex, name) == 0 ? 0 : -EBADMSG;
@@ -309,7 +310,7 @@ static int l2_layer_read(struct cache_layer *l, struct chunk_req *rq)
 	int r = l2_get(st->l2, rq->name, cipher, &len);
 	if (r == 0) {
 		struct chunk_whole *w;
-		r = chunk_whole_make(c, rq->name, rq->key, cipher, len, CACHE_TIER_L2, &w);
+		r = chunk_whole_make(c, rq->name, rq->key, cipher, len, true, CACHE_TIER_L2, &w);
 		if (r == 0) {
 			CACHE_COUNT(c, CACHE_TIER_L2, hits, 1);
 			CACHE_COUNT(c, CACHE_TIER_L2, bytes, w->len);
@@ -318,21 +319,19 @@ static int l2_layer_read(struct cache_layer *l, struct chunk_req *rq)
 			rq->whole = w;
 			return 0;
 		}
-		if (r == -EBADMSG) {
-			CACHE_COUNT(c, CACHE_TIER_L2, corrupt, 1);
-			log_warn("L2 returned chunk %s with bytes that do not match its name or key; dropping its "
-				 "fragments and reading the origin",
-				 rq->name);
-			l2_report_bad(st->l2, rq->name);
-		} else {
-			CACHE_COUNT(c, CACHE_TIER_L2, errors, 1);
-		}
 	} else {
 		free(cipher);
-		if (r == -ENOENT)
-			CACHE_COUNT(c, CACHE_TIER_L2, misses, 1);
-		else
-			CACHE_COUNT(c, CACHE_TIER_L2, errors, 1);
+	}
+	if (r == -EBADMSG) {
+		CACHE_COUNT(c, CACHE_TIER_L2, corrupt, 1);
+		log_warn("L2 returned chunk %s with bytes that do not match its name or key; dropping its "
+			 "fragments and reading the origin",
+			 rq->name);
+		l2_report_bad(st->l2, rq->name);
+	} else if (r == -ENOENT) {
+		CACHE_COUNT(c, CACHE_TIER_L2, misses, 1);
+	} else {
+		CACHE_COUNT(c, CACHE_TIER_L2, errors, 1);
 	}
 	r = cache_layer_next(l, rq);
 	/* Read-through: what the origin gave goes into L2, off the read's
@@ -408,7 +407,7 @@ static int l3_read(struct cache_layer *l, struct chunk_req *rq)
 		return -EIO;
 	}
 	struct chunk_whole *w;
-	r = chunk_whole_make(c, rq->name, rq->key, cipher, len, CACHE_TIER_L3, &w);
+	r = chunk_whole_make(c, rq->name, rq->key, cipher, len, false, CACHE_TIER_L3, &w);
 	if (r < 0) {
 		if (r == -EBADMSG)
 			CACHE_COUNT(c, CACHE_TIER_L3, corrupt, 1);

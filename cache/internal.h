@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 /* ======================================================================
- * L2: an erasure-coded memcached fleet (l2.c, l2_proto.c)
+ * L2: an erasure-coded memcached fleet (l2.c, l2_frag.c, l2_reply.c)
  *
  * A chunk (ciphertext, up to CHUNK_SIZE bytes) is split into k data
  * fragments and m parity fragments (Reed-Solomon, ISA-L).  Fragment i is
@@ -59,11 +59,13 @@ void l2_free(struct l2 *l);
 
 /* Fetch chunk |name|: ask all k+m nodes in parallel and rebuild the chunk
  * from the first k intact fragments to arrive.  |out| must hold CHUNK_SIZE
- * bytes.  Missing or corrupt fragments found on the way are rewritten in the
- * background once the chunk is known.  Nodes that are marked down are not
- * asked.  The result is NOT checked against |name| here: the caller does
- * that, and calls l2_report_bad() if it does not match.
- * Returns 0, -ENOENT if fewer than k fragments could be had, or -errno. */
+ * bytes.  The chunk IS checked against |name| (SHA-256, computed while the
+ * fragments arrive), so bytes returned are the named chunk.  Missing or
+ * corrupt fragments found on the way are rewritten in the background once
+ * the chunk is known.  Nodes that are marked down are not asked.
+ * Returns 0; -ENOENT if fewer than k intact fragments could be had;
+ * -EBADMSG if intact-looking fragments rebuild a chunk that does not match
+ * its name (the caller should l2_report_bad() it); or -errno. */
 int l2_get(struct l2 *l, const char *name, uint8_t *out, size_t *out_len);
 
 /* Encode |<buf, len>| and store its k+m fragments.  Waits for the writes.
@@ -187,6 +189,65 @@ int l2_frag_set_add(struct l2_frag_set *s, const struct l2_fragment_view *v);
 int l2_frag_set_decode(const struct l2_codec *c, const struct l2_frag_set *s, uint8_t *out, size_t out_cap,
 		       size_t *out_len, bool *decoded);
 
+/* ======================================================================
+ * L2 wire: the reply to one text-protocol "get KEY" (l2_reply.c)
+ *
+ * An incremental parser over untrusted bytes from a memcached node.  It
+ * accepts exactly: "END\r\n" (miss); "VALUE KEY FLAGS BYTES[ CAS]\r\n", BYTES
+ * bytes of value, "\r\nEND\r\n" (hit); or a SERVER_ERROR / CLIENT_ERROR /
+ * ERROR line.  KEY must be the key asked for and BYTES at most max_value;
+ * anything else ends the reply as L2R_PROTO and the connection must be
+ * dropped.  The first hdr_len value bytes go to |hdr| (the fragment header);
+ * the rest go to a destination the caller picks once the header is in
+ * (L2R_NEED_DST), so the bytes can land where they finally belong.
+ * ====================================================================== */
+
+enum l2_reply_state { L2R_LINE, L2R_NEED_DST, L2R_VALUE, L2R_TRAILER, L2R_DONE };
+enum l2_reply_result { L2R_NONE, L2R_HIT, L2R_MISS, L2R_SERVER_ERROR, L2R_PROTO };
+
+struct l2_reply {
+	enum l2_reply_state state;
+	enum l2_reply_result result; /* set when state == L2R_DONE */
+	char line[256];		     /* keys are at most 250 bytes */
+	size_t line_len;
+	const char *key;
+	size_t key_len, max_value;
+	size_t value_len, got; /* value bytes announced and consumed */
+	uint8_t *hdr;
+	size_t hdr_len;
+	uint8_t *data; /* value bytes after the header; NULL = discard them */
+	size_t trailer_got;
+};
+
+/* Expect the reply to "get |key|": values up to |max_value| bytes, the first
+ * |hdr_len| of them into |hdr|.  |key| and |hdr| must outlive the parse. */
+void l2_reply_init(struct l2_reply *r, const char *key, size_t key_len, size_t max_value, uint8_t *hdr,
+		   size_t hdr_len);
+
+/* Consume bytes from |<p, n>|; returns how many were used.  Stops early at
+ * L2R_NEED_DST (call l2_reply_set_data, then feed the rest) and at L2R_DONE
+ * (bytes after the reply are not part of it). */
+size_t l2_reply_feed(struct l2_reply *r, const uint8_t *p, size_t n);
+
+/* In L2R_NEED_DST (the first hdr_len value bytes are in |hdr|): the rest of
+ * the value goes to |data|, which must hold value_len - hdr_len bytes, or is
+ * dropped if it is NULL. */
+void l2_reply_set_data(struct l2_reply *r, uint8_t *data);
+
+/* In L2R_VALUE: where the next value bytes belong and how many (so a recv()
+ * can land there directly); NULL when they are to be dropped or in any other
+ * state (then read into a scratch buffer and feed it).  After writing |n| <=
+ * |*len| bytes there, call l2_reply_advance(r, n). */
+uint8_t *l2_reply_window(struct l2_reply *r, size_t *len);
+void l2_reply_advance(struct l2_reply *r, size_t n);
+
+/* Check a fragment whose header and data arrived in separate buffers, as
+ * l2_fragment_parse does for one contiguous value: |<hdr, L2_FRAG_HDR_LEN>|
+ * and |<data, data_len>|.  Returns 0 with |*out| filled (out->data = data)
+ * or -EBADMSG. */
+int l2_fragment_parse_split(const uint8_t *hdr, const uint8_t *data, size_t data_len, const char *expect_name,
+			    unsigned expect_k, unsigned expect_m, struct l2_fragment_view *out);
+
 /* Where fragment |index| of chunk |name| lives: the node's "host:port" into
  * |<addr, addr_len>| and the memcached key into |<key, key_len>|
  * (rendezvous ranking, as l2_get and l2_put use).  For tests and tools.
@@ -223,11 +284,12 @@ struct chunk_whole {
 };
 
 /* Verify |<cipher, len>| (taking ownership of |cipher|, malloc'd) against
- * |name| and, with a salt, |key|; decrypt (one pass, see fetch.c).
+ * |name| (unless |name_checked|: the tier that produced it already did, as
+ * l2_get does) and, with a salt, |key|; decrypt (one pass, see fetch.c).
  * Returns 0 with |*out| (refs 1), -EBADMSG if the bytes do not match (cipher
  * freed), or -ENOMEM / -EIO. */
 int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher,
-		     size_t len, enum cache_tier from, struct chunk_whole **out);
+		     size_t len, bool name_checked, enum cache_tier from, struct chunk_whole **out);
 void chunk_whole_ref(struct chunk_whole *w);
 void chunk_whole_unref(struct chunk_whole *w);
 

@@ -6,30 +6,32 @@
  * moves only the fragments it wins or held.  Down nodes keep their rank (the
  * placement never depends on health); their fragments are simply not asked.
  *
- * Parallel reads.  Every node has a small pool of persistent worker threads
- * (L2_WORKERS_PER_NODE), each with its own memcached_st, serving the node's
- * request queues (a high-priority queue for reads, a low one for background
- * writes and repairs).  l2_get queues one request per node and sleeps on a
- * condition variable until k intact fragments are in (or every node has
- * answered); a slow node therefore costs nothing once k have arrived, and its
- * late reply only feeds repair.  Threads rather than one epoll loop because
- * libmemcached's calls are blocking per memcached_st and it exposes no
- * readiness API to multiplex many servers' replies without reimplementing its
- * protocol; a pool per node keeps one node's requests concurrent, and a slow
- * or dead node only ties up its own workers.  A read request still queued
- * when its read has already finished is dropped unsent, and a node whose read
- * queue is full (L2_NODE_QUEUE_MAX) is not asked, so a slow node never builds
- * an unbounded backlog.
+ * Parallel reads.  l2_get does its own I/O: it takes one idle connection per
+ * node from that node's pool (or dials one, non-blocking), sends k+m text
+ * protocol "get"s at once and polls them all from the calling thread.  The
+ * reply parser (l2_reply.c) lets each data fragment's bytes land in the
+ * caller's buffer at i * frag_len, and the SHA-256 of the chunk (the name
+ * check) runs over fragment 0, 1, ... as each arrives, while the others are
+ * still on the wire; so a hit costs about one round trip plus the hash of
+ * what was not hashed yet, with no thread hand-off and no copy.  As soon as
+ * k intact fragments are in, the read stops waiting: a missing data
+ * fragment is rebuilt from parity, and the connections still waiting for
+ * late replies are handed to the drainer thread, which reads the rest of
+ * each reply, judges the fragment (a late "not found" or corrupt fragment
+ * gets the chunk re-checked and repaired) and puts the connection back in
+ * the pool; a slow node therefore costs a read nothing once k have arrived.
  *
- * Read contexts are reference counted (the reader plus one per request in
- * flight), so late replies land in memory that is still valid; the last
- * reference decides on repair: if the chunk was rebuilt and some node said
- * "not found" or sent a fragment that failed its check, the context (with
- * the k fragments it holds) goes to the background thread, which rebuilds the
- * chunk, checks it against its name (SHA-256, so garbage is never spread),
- * re-encodes it and rewrites only the bad fragments.  The background thread
- * has a bounded queue (L2_BG_QUEUE_MAX), shared with l2_put_async and
- * l2_report_bad; when it is full work is dropped and counted, never waited for.
+ * Repair.  A read that rebuilt and verified the chunk and saw a node say
+ * "not found", or send a fragment that failed its checks, queues the chunk
+ * and the bad fragments' indexes to the background thread, which re-encodes
+ * it and rewrites only those fragments.  The background thread has a
+ * bounded queue (L2_BG_QUEUE_MAX), shared with l2_put_async and
+ * l2_report_bad; when it is full work is dropped and counted, never waited
+ * for.
+ *
+ * Writes.  Sets, deletes and health probes go through libmemcached, from a
+ * small pool of worker threads per node (L2_WORKERS_PER_NODE), each with its
+ * own memcached_st; they are background work, never on a read's path.
  *
  * Health.  A connection error or timeout (memcached_fatal) marks a node down
  * for down_backoff_ms; worker 0 of that node probes it (a get of a key that is
@@ -37,33 +39,43 @@
  * backoff up to 30 s.  Requests to a down node fail at once without touching
  * the network; nothing is ever retried in a loop.
  *
- * Wire: libmemcached, text protocol (memcached 1.6 deprecates the binary
- * one), non-blocking I/O with TCP_NODELAY and every timeout from timeout_ms.
+ * Wire: the text protocol (memcached 1.6 deprecates the binary one), TCP_NODELAY,
+ * every timeout from timeout_ms.
  */
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <libmemcached/memcached.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/evp.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#define L2_WORKERS_PER_NODE 4	/* concurrent requests per node */
-#define L2_NODE_QUEUE_MAX 64	/* queued reads per node before it is skipped */
+#define L2_WORKERS_PER_NODE 4	/* concurrent background writes per node */
+#define L2_IDLE_MAX 16		/* idle read connections kept per node */
+#define L2_DRAIN_MAX 64		/* connections parked for a late reply, all nodes */
+#define L2_SCRATCH_MAX 8	/* pooled scratch buffers for parity fragments */
 #define L2_BG_QUEUE_MAX 256	/* background jobs (writes, repairs, deletes) */
 #define L2_BACKOFF_MAX_MS 30000u
 #define L2_KEY_MAX 160
 #define L2_PREFIX_MAX 64
 #define L2_PROBE_KEY "l2-probe.never-stored"
 
-enum req_op { REQ_GET, REQ_SET, REQ_DELETE };
+enum req_op { REQ_SET, REQ_DELETE };
 
 /* What a read learnt about one fragment. */
 enum frag_state { FS_UNASKED = 0, FS_PENDING, FS_INTACT, FS_MISSING, FS_CORRUPT, FS_ERROR };
-
-struct l2_getctx;
 
 /* Completion of a group of writes or deletes; lives on the waiter's stack. */
 struct l2_batch {
@@ -78,24 +90,23 @@ struct l2_req {
 	unsigned index; /* fragment index */
 	char key[L2_KEY_MAX];
 	size_t key_len;
-	struct l2_getctx *g;			/* REQ_GET */
 	const uint8_t *val;			/* REQ_SET, owned by the batch's waiter */
 	size_t val_len;
 	struct l2_batch *b;			/* REQ_SET, REQ_DELETE */
 };
 
-struct l2_getctx {
-	struct l2 *l;
-	pthread_mutex_t mu;
-	pthread_cond_t cv; /* CLOCK_MONOTONIC */
-	unsigned refs, asked, answered;
-	bool done;	  /* the reader stopped waiting; the set is frozen */
-	bool decoded_ok;  /* the reader rebuilt the chunk */
+/* A connection parked with the drainer until its late reply is in. */
+struct l2_drain {
+	struct l2_drain *next;
+	struct l2_node *nd;
+	int fd;
+	unsigned gen, index;
+	double t0, since; /* request sent, parked */
 	char name[CHUNK_NAME_HEX_LEN + 1];
-	struct l2_frag_set set;
-	char *vals[L2_MAX_FRAGS]; /* memcached values backing set.data */
-	uint8_t state[L2_MAX_FRAGS];
-	struct l2_req reqs[L2_MAX_FRAGS];
+	char key[L2_KEY_MAX];
+	uint8_t hdr[L2_FRAG_HDR_LEN];
+	uint8_t *data; /* malloc'd: the value past the header, to judge it */
+	struct l2_reply rp;
 };
 
 struct l2_node;
@@ -113,9 +124,14 @@ struct l2_node {
 	uint64_t seed; /* rendezvous hash of addr */
 	pthread_mutex_t mu;
 	pthread_cond_t cv; /* CLOCK_MONOTONIC */
-	struct l2_req *hi_head, *hi_tail, *lo_head, *lo_tail;
-	unsigned hi_len;
+	struct l2_req *lo_head, *lo_tail;
 	bool stop;
+	/* read connections (l2_get) */
+	struct sockaddr_storage sa;
+	socklen_t sa_len;
+	int idle_fd[L2_IDLE_MAX];
+	unsigned idle_gen[L2_IDLE_MAX];
+	unsigned n_idle;
 	/* health */
 	bool down, probing;
 	unsigned gen; /* bumped when the node goes down: workers drop their old connections */
@@ -126,15 +142,15 @@ struct l2_node {
 	struct l2_worker workers[L2_WORKERS_PER_NODE];
 };
 
-enum bg_type { BG_PUT, BG_REPAIR, BG_DELETE };
+enum bg_type { BG_PUT, BG_REPAIR, BG_DELETE, BG_RECHECK };
 
 struct bg_job {
 	struct bg_job *next;
 	enum bg_type type;
 	char name[CHUNK_NAME_HEX_LEN + 1];
-	uint8_t *buf; /* BG_PUT, owned */
+	uint8_t *buf; /* BG_PUT, BG_REPAIR: the chunk, owned */
 	size_t len;
-	struct l2_getctx *g; /* BG_REPAIR, owned */
+	uint32_t mask; /* BG_REPAIR: the fragments to rewrite */
 };
 
 struct l2 {
@@ -147,10 +163,25 @@ struct l2 {
 	pthread_mutex_t bg_mu;
 	pthread_cond_t bg_cv, bg_idle;
 	struct bg_job *bg_head, *bg_tail;
-	unsigned bg_len, bg_active, gets_inflight;
+	unsigned bg_len, bg_active;
+	uint8_t *bg_buf; /* CHUNK_SIZE, the background thread's, for re-checks */
+
+	/* the drainer: late replies of reads that already had k fragments */
+	pthread_mutex_t drain_mu;
+	pthread_cond_t drain_empty;
+	struct l2_drain *drains;
+	unsigned n_drains;
+	int drain_ep, drain_wake;
+	bool drain_stop, drain_started;
+	pthread_t drain_thread;
 	bool bg_stop, bg_started;
 	pthread_t bg_thread;
-	uint8_t *bg_scratch; /* CHUNK_SIZE, the background thread's */
+	/* scratch for parity fragments (and a data fragment that runs past
+	 * CHUNK_SIZE) of reads in flight: (m + 1) * max fragment length each */
+	pthread_mutex_t scratch_mu;
+	uint8_t *scratch[L2_SCRATCH_MAX];
+	unsigned n_scratch;
+	size_t scratch_len;
 
 	/* global counters, atomics */
 	uint64_t gets, hits, misses, decodes, repairs_queued, repairs_done, puts, bg_dropped;
@@ -262,12 +293,27 @@ static void node_latency(struct l2_node *nd, double ms)
 		nd->st.latency_ewma_ms = 0.8 * nd->st.latency_ewma_ms + 0.2 * ms;
 }
 
-/* Account a failed request; a connection-level failure marks the node down. */
-static void node_failed(struct l2_node *nd, memcached_st *mc, memcached_return_t rc, const char *what)
+static void close_fd(int fd)
 {
-	bool fatal = memcached_fatal(rc);
+	if (fd >= 0)
+		close(fd);
+}
+
+/* Drop a node's pooled read connections; caller holds nd->mu.  They may be
+ * from before the node failed. */
+static void node_drop_conns_locked(struct l2_node *nd)
+{
+	for (unsigned i = 0; i < nd->n_idle; i++)
+		close_fd(nd->idle_fd[i]);
+	nd->n_idle = 0;
+}
+
+/* Account a failed request.  A connection-level failure (|fatal|) marks the
+ * node down for its backoff; worker 0 probes it afterwards. */
+static void node_failed_as(struct l2_node *nd, bool timeout, bool fatal, const char *what, const char *detail)
+{
 	pthread_mutex_lock(&nd->mu);
-	if (rc == MEMCACHED_TIMEOUT)
+	if (timeout)
 		nd->st.timeouts++;
 	else
 		nd->st.errors++;
@@ -278,16 +324,22 @@ static void node_failed(struct l2_node *nd, memcached_st *mc, memcached_return_t
 		newly_down = true;
 		nd->backoff_ms = nd->l->down_backoff_ms;
 		nd->retry_at = mono_now() + nd->backoff_ms / 1000.0;
+		node_drop_conns_locked(nd);
 		pthread_cond_broadcast(&nd->cv); /* worker 0 schedules the probe */
 	}
 	unsigned backoff = nd->backoff_ms;
 	pthread_mutex_unlock(&nd->mu);
 	if (newly_down)
 		log_warn("l2: %s on %s failed: %s; node marked down, probing again in %u ms (is memcached running on %s?)",
-			 what, nd->addr, memcached_last_error_message(mc), backoff, nd->addr);
+			 what, nd->addr, detail, backoff, nd->addr);
 	else if (!fatal)
 		log_warn("l2: %s on %s failed: %s (is memcached on %s started with -I 2m and enough memory?)", what,
-			 nd->addr, memcached_last_error_message(mc), nd->addr);
+			 nd->addr, detail, nd->addr);
+}
+
+static void node_failed(struct l2_node *nd, memcached_st *mc, memcached_return_t rc, const char *what)
+{
+	node_failed_as(nd, rc == MEMCACHED_TIMEOUT, memcached_fatal(rc), what, memcached_last_error_message(mc));
 }
 
 /* Worker 0 of a down node: one probe when the backoff has expired. */
@@ -317,68 +369,6 @@ static void node_probe(struct l2_node *nd, memcached_st *mc)
 	else
 		log_debug("l2: probe of %s failed (%s); next probe in %u ms", nd->addr, memcached_strerror(mc, rc),
 			  backoff);
-}
-
-/* ---- read contexts ---------------------------------------------------------- */
-
-static void bg_enqueue_repair(struct l2 *l, struct l2_getctx *g);
-
-static void getctx_free(struct l2_getctx *g)
-{
-	for (unsigned i = 0; i < L2_MAX_FRAGS; i++)
-		free(g->vals[i]);
-	pthread_mutex_destroy(&g->mu);
-	pthread_cond_destroy(&g->cv);
-	free(g);
-}
-
-static void getctx_release(struct l2_getctx *g)
-{
-	pthread_mutex_lock(&g->mu);
-	bool last = --g->refs == 0;
-	pthread_mutex_unlock(&g->mu);
-	if (!last)
-		return;
-	struct l2 *l = g->l;
-	bool repair = false;
-	if (g->decoded_ok)
-		for (unsigned i = 0; i < l->k + l->m; i++)
-			if (g->state[i] == FS_MISSING || g->state[i] == FS_CORRUPT)
-				repair = true;
-	if (repair)
-		bg_enqueue_repair(l, g); /* takes g */
-	else
-		getctx_free(g);
-	pthread_mutex_lock(&l->bg_mu);
-	l->gets_inflight--;
-	pthread_cond_broadcast(&l->bg_idle);
-	pthread_mutex_unlock(&l->bg_mu);
-}
-
-/* A worker's answer for fragment |index|: |val| (malloc'd, taken) on a hit.
- * Returns the state recorded (a fragment that passes its own check but
- * disagrees with the others counts as corrupt). */
-static enum frag_state getctx_answer(struct l2_getctx *g, unsigned index, enum frag_state st, char *val,
-				     const struct l2_fragment_view *v)
-{
-	pthread_mutex_lock(&g->mu);
-	g->answered++;
-	if (st == FS_INTACT && !g->done) {
-		if (l2_frag_set_add(&g->set, v) == 0) {
-			g->vals[index] = val;
-			val = NULL;
-		} else {
-			st = FS_CORRUPT;
-		}
-	}
-	g->state[index] = (uint8_t)st;
-	/* Wake the reader only when it can go on (k fragments in, or every
-	 * node answered), not once per fragment. */
-	if (g->set.n >= g->l->k || g->answered >= g->asked)
-		pthread_cond_signal(&g->cv);
-	pthread_mutex_unlock(&g->mu);
-	free(val);
-	return st;
 }
 
 /* ---- workers ------------------------------------------------------------------ */
@@ -417,70 +407,7 @@ static void batch_done(struct l2_batch *b, bool ok)
 /* Run |r| on |mc|, or fail it without I/O if |skip| (node down, stopping). */
 static void run_req(struct l2_node *nd, memcached_st *mc, struct l2_req *r, bool skip)
 {
-	struct l2 *l = nd->l;
 	memcached_return_t rc;
-	double t0;
-
-	if (r->op == REQ_GET) {
-		struct l2_getctx *g = r->g;
-		pthread_mutex_lock(&g->mu);
-		bool late = g->done;
-		pthread_mutex_unlock(&g->mu);
-		if (skip || late || !mc) {
-			getctx_answer(g, r->index, skip || !mc ? FS_ERROR : FS_UNASKED, NULL, NULL);
-			getctx_release(g);
-			return;
-		}
-		size_t vlen = 0;
-		uint32_t flags;
-		t0 = mono_now();
-		char *v = memcached_get(mc, r->key, r->key_len, &vlen, &flags, &rc);
-		double ms = (mono_now() - t0) * 1000;
-		if (rc == MEMCACHED_SUCCESS && v) {
-			struct l2_fragment_view fv;
-			bool good = l2_fragment_parse((const uint8_t *)v, vlen, g->name, l->k, l->m, &fv) == 0 &&
-				    fv.index == r->index;
-			enum frag_state st = getctx_answer(g, r->index, good ? FS_INTACT : FS_CORRUPT, v, &fv);
-			pthread_mutex_lock(&nd->mu);
-			nd->st.gets++;
-			nd->st.hits++;
-			nd->st.bytes_read += vlen;
-			if (st == FS_CORRUPT)
-				nd->st.corrupt++;
-			node_latency(nd, ms);
-			pthread_mutex_unlock(&nd->mu);
-			if (st == FS_CORRUPT)
-				log_warn("l2: fragment %s from %s is corrupt (%zu bytes); it will be rewritten", r->key,
-					 nd->addr, vlen);
-		} else {
-			free(v);
-			if (rc == MEMCACHED_SUCCESS) { /* an empty value */
-				getctx_answer(g, r->index, FS_CORRUPT, NULL, NULL);
-				pthread_mutex_lock(&nd->mu);
-				nd->st.gets++;
-				nd->st.hits++;
-				nd->st.corrupt++;
-				node_latency(nd, ms);
-				pthread_mutex_unlock(&nd->mu);
-			} else if (rc == MEMCACHED_NOTFOUND) {
-				getctx_answer(g, r->index, FS_MISSING, NULL, NULL);
-				pthread_mutex_lock(&nd->mu);
-				nd->st.gets++;
-				nd->st.misses++;
-				node_latency(nd, ms);
-				pthread_mutex_unlock(&nd->mu);
-			} else {
-				getctx_answer(g, r->index, FS_ERROR, NULL, NULL);
-				pthread_mutex_lock(&nd->mu);
-				nd->st.gets++;
-				pthread_mutex_unlock(&nd->mu);
-				node_failed(nd, mc, rc, "get");
-			}
-		}
-		getctx_release(g);
-		return;
-	}
-
 	bool ok = false;
 	if (!skip && mc) {
 		if (r->op == REQ_SET) {
@@ -504,15 +431,7 @@ static void run_req(struct l2_node *nd, memcached_st *mc, struct l2_req *r, bool
 
 static struct l2_req *pop_req(struct l2_node *nd)
 {
-	struct l2_req *r = nd->hi_head;
-	if (r) {
-		nd->hi_head = r->next;
-		if (!nd->hi_head)
-			nd->hi_tail = NULL;
-		nd->hi_len--;
-		return r;
-	}
-	r = nd->lo_head;
+	struct l2_req *r = nd->lo_head;
 	if (r) {
 		nd->lo_head = r->next;
 		if (!nd->lo_head)
@@ -570,7 +489,7 @@ static void *node_worker(void *arg)
 }
 
 /* Queue |r| on |nd|; a stopped node fails it at once. */
-static void node_submit(struct l2_node *nd, struct l2_req *r, bool high)
+static void node_submit(struct l2_node *nd, struct l2_req *r)
 {
 	r->next = NULL;
 	pthread_mutex_lock(&nd->mu);
@@ -579,20 +498,11 @@ static void node_submit(struct l2_node *nd, struct l2_req *r, bool high)
 		run_req(nd, NULL, r, true);
 		return;
 	}
-	if (high) {
-		if (nd->hi_tail)
-			nd->hi_tail->next = r;
-		else
-			nd->hi_head = r;
-		nd->hi_tail = r;
-		nd->hi_len++;
-	} else {
-		if (nd->lo_tail)
-			nd->lo_tail->next = r;
-		else
-			nd->lo_head = r;
-		nd->lo_tail = r;
-	}
+	if (nd->lo_tail)
+		nd->lo_tail->next = r;
+	else
+		nd->lo_head = r;
+	nd->lo_tail = r;
 	pthread_cond_signal(&nd->cv);
 	pthread_mutex_unlock(&nd->mu);
 }
@@ -644,7 +554,7 @@ static int l2_store(struct l2 *l, const char *name, const uint8_t *buf, size_t l
 		reqs[i].val = vals + (size_t)i * stride;
 		reqs[i].val_len = stride;
 		reqs[i].b = &b;
-		node_submit(&l->nodes[order[i]], &reqs[i], false);
+		node_submit(&l->nodes[order[i]], &reqs[i]);
 	}
 	pthread_mutex_lock(&b.mu);
 	while (b.pending > 0)
@@ -673,7 +583,7 @@ static void l2_delete_all(struct l2 *l, const char *name)
 		reqs[i].index = i;
 		make_key(l, name, i, reqs[i].key, sizeof(reqs[i].key), &reqs[i].key_len);
 		reqs[i].b = &b;
-		node_submit(&l->nodes[order[i]], &reqs[i], false);
+		node_submit(&l->nodes[order[i]], &reqs[i]);
 	}
 	pthread_mutex_lock(&b.mu);
 	while (b.pending > 0)
@@ -711,59 +621,56 @@ static bool bg_enqueue(struct l2 *l, struct bg_job *j)
 
 static void bg_job_free(struct bg_job *j)
 {
-	if (j->g)
-		getctx_free(j->g);
 	free(j->buf);
 	free(j);
 }
 
-static void bg_enqueue_repair(struct l2 *l, struct l2_getctx *g)
+/* Queue a rewrite of the fragments in |mask| of the verified chunk
+ * |<buf, len>| (copied). */
+static void bg_enqueue_repair(struct l2 *l, const char *name, const uint8_t *buf, size_t len, uint32_t mask)
 {
 	struct bg_job *j = calloc(1, sizeof(*j));
-	if (!j) {
-		getctx_free(g);
+	uint8_t *copy = j ? malloc(len) : NULL;
+	if (!copy) {
+		free(j);
+		COUNT(l, bg_dropped);
 		return;
 	}
+	memcpy(copy, buf, len);
 	j->type = BG_REPAIR;
-	memcpy(j->name, g->name, sizeof(j->name));
-	j->g = g;
+	memcpy(j->name, name, sizeof(j->name));
+	j->buf = copy;
+	j->len = len;
+	j->mask = mask;
 	if (bg_enqueue(l, j))
 		COUNT(l, repairs_queued);
 	else
 		bg_job_free(j);
 }
 
-static void bg_repair(struct l2 *l, struct l2_getctx *g)
+static int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len, bool wait_all);
+
+static void bg_enqueue_recheck(struct l2 *l, const char *name)
 {
-	size_t len;
-	bool decoded;
-	int r = l2_frag_set_decode(&l->codec, &g->set, l->bg_scratch, CHUNK_SIZE, &len, &decoded);
-	if (r < 0) {
-		log_warn("l2: repair of %s: cannot rebuild the chunk: %s", g->name, strerror(-r));
+	struct bg_job *j = calloc(1, sizeof(*j));
+	if (!j) {
+		COUNT(l, bg_dropped);
 		return;
 	}
-	/* Only a chunk that matches its name is spread again. */
-	uint8_t digest[SHA256_LEN];
-	char hex[SHA256_HEX_LEN + 1];
-	sha256_buf(l->bg_scratch, len, digest);
-	hex_encode(digest, SHA256_LEN, hex);
-	if (strcmp(hex, g->name) != 0) {
-		log_warn("l2: repair of %s: the fragments rebuild a chunk that does not match its name; not rewritten",
-			 g->name);
-		return;
-	}
-	uint32_t mask = 0;
-	unsigned want = 0, stored;
-	for (unsigned i = 0; i < l->k + l->m; i++)
-		if (g->state[i] == FS_MISSING || g->state[i] == FS_CORRUPT) {
-			mask |= 1u << i;
-			want++;
-		}
-	r = l2_store(l, g->name, l->bg_scratch, len, mask, &stored);
+	j->type = BG_RECHECK;
+	memcpy(j->name, name, sizeof(j->name));
+	if (!bg_enqueue(l, j))
+		bg_job_free(j);
+}
+
+static void bg_repair(struct l2 *l, const struct bg_job *j)
+{
+	unsigned want = (unsigned)__builtin_popcount(j->mask), stored;
+	int r = l2_store(l, j->name, j->buf, j->len, j->mask, &stored);
 	if (r == 0 && stored == want)
 		COUNT(l, repairs_done);
 	else
-		log_debug("l2: repair of %s: %u of %u fragments rewritten", g->name, stored, want);
+		log_debug("l2: repair of %s: %u of %u fragments rewritten", j->name, stored, want);
 }
 
 static void *bg_main(void *arg)
@@ -793,11 +700,17 @@ static void *bg_main(void *arg)
 				COUNT(l, puts);
 			break;
 		case BG_REPAIR:
-			bg_repair(l, j->g);
+			bg_repair(l, j);
 			break;
 		case BG_DELETE:
 			l2_delete_all(l, j->name);
 			break;
+		case BG_RECHECK: {
+			size_t len;
+			if (l->bg_buf || (l->bg_buf = malloc(CHUNK_SIZE)))
+				l2_read(l, j->name, l->bg_buf, &len, true); /* queues the repair itself */
+			break;
+		}
 		}
 		bg_job_free(j);
 
@@ -839,6 +752,25 @@ static int parse_node(struct l2_node *nd, const char *spec)
 	return 0;
 }
 
+static void *drain_main(void *arg);
+
+/* Resolve a node's address once, so reads never wait on the resolver. */
+static int node_resolve(struct l2_node *nd)
+{
+	char port[8];
+	snprintf(port, sizeof(port), "%u", nd->port);
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
+	int e = getaddrinfo(nd->host, port, &hints, &ai);
+	if (e != 0 || !ai) {
+		log_err("l2: cannot resolve memcached node %s: %s (check the node list)", nd->addr, gai_strerror(e));
+		return -EINVAL;
+	}
+	memcpy(&nd->sa, ai->ai_addr, ai->ai_addrlen);
+	nd->sa_len = ai->ai_addrlen;
+	freeaddrinfo(ai);
+	return 0;
+}
+
 int l2_new(const struct l2_config *cfg, struct l2 **out)
 {
 	*out = NULL;
@@ -871,6 +803,7 @@ int l2_new(const struct l2_config *cfg, struct l2 **out)
 	struct l2 *l = calloc(1, sizeof(*l));
 	if (!l)
 		return -ENOMEM;
+	l->drain_ep = l->drain_wake = -1;
 	l->k = k;
 	l->m = m;
 	l->timeout_ms = cfg->timeout_ms ? cfg->timeout_ms : 200;
@@ -884,9 +817,21 @@ int l2_new(const struct l2_config *cfg, struct l2 **out)
 	int r = l2_codec_init(&l->codec, k, m);
 	if (r < 0)
 		goto fail;
-	l->bg_scratch = malloc(CHUNK_SIZE);
+	pthread_mutex_init(&l->scratch_mu, NULL);
+	pthread_mutex_init(&l->drain_mu, NULL);
+	pthread_cond_init(&l->drain_empty, NULL);
+	l->drain_ep = epoll_create1(EPOLL_CLOEXEC);
+	l->drain_wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	struct epoll_event wake_ev = {.events = EPOLLIN, .data.ptr = NULL};
+	if (l->drain_ep < 0 || l->drain_wake < 0 ||
+	    epoll_ctl(l->drain_ep, EPOLL_CTL_ADD, l->drain_wake, &wake_ev) < 0) {
+		r = -errno;
+		log_err("l2: cannot set up the drainer's epoll: %s", strerror(errno));
+		goto fail;
+	}
+	l->scratch_len = (size_t)(m + 1) * l2_frag_len(CHUNK_SIZE, k);
 	l->nodes = calloc(cfg->n_nodes, sizeof(*l->nodes));
-	if (!l->bg_scratch || !l->nodes) {
+	if (!l->nodes) {
 		r = -ENOMEM;
 		goto fail;
 	}
@@ -904,6 +849,9 @@ int l2_new(const struct l2_config *cfg, struct l2 **out)
 				r = -EINVAL;
 				goto fail;
 			}
+		r = node_resolve(nd);
+		if (r < 0)
+			goto fail;
 		pthread_mutex_init(&nd->mu, NULL);
 		r = cond_init_mono(&nd->cv);
 		if (r < 0)
@@ -928,6 +876,12 @@ int l2_new(const struct l2_config *cfg, struct l2 **out)
 		goto fail;
 	}
 	l->bg_started = true;
+	r = -pthread_create(&l->drain_thread, NULL, drain_main, l);
+	if (r < 0) {
+		log_err("l2: cannot start the drainer thread: %s", strerror(-r));
+		goto fail;
+	}
+	l->drain_started = true;
 	*out = l;
 	return 0;
 fail:
@@ -946,6 +900,25 @@ void l2_free(struct l2 *l)
 	pthread_mutex_unlock(&l->bg_mu);
 	if (l->bg_started)
 		pthread_join(l->bg_thread, NULL);
+	/* Then the drainer, and the late replies it still holds. */
+	pthread_mutex_lock(&l->drain_mu);
+	l->drain_stop = true;
+	pthread_cond_broadcast(&l->drain_empty);
+	pthread_mutex_unlock(&l->drain_mu);
+	uint64_t one = 1;
+	if (l->drain_wake >= 0 && write(l->drain_wake, &one, sizeof(one)) < 0)
+		log_debug("l2: waking the drainer: %s", strerror(errno));
+	if (l->drain_started)
+		pthread_join(l->drain_thread, NULL);
+	while (l->drains) {
+		struct l2_drain *d = l->drains;
+		l->drains = d->next;
+		close(d->fd);
+		free(d->data);
+		free(d);
+	}
+	close_fd(l->drain_ep);
+	close_fd(l->drain_wake);
 	for (size_t i = 0; i < l->n_nodes; i++) {
 		struct l2_node *nd = &l->nodes[i];
 		pthread_mutex_lock(&nd->mu);
@@ -958,11 +931,17 @@ void l2_free(struct l2 *l)
 			if (l->nodes[i].workers[w].started)
 				pthread_join(l->nodes[i].workers[w].thread, NULL);
 	for (size_t i = 0; i < l->n_nodes; i++) {
+		node_drop_conns_locked(&l->nodes[i]); /* every thread is gone */
 		pthread_mutex_destroy(&l->nodes[i].mu);
 		pthread_cond_destroy(&l->nodes[i].cv);
 	}
 	free(l->nodes);
-	free(l->bg_scratch);
+	free(l->bg_buf);
+	for (unsigned i = 0; i < l->n_scratch; i++)
+		free(l->scratch[i]);
+	pthread_mutex_destroy(&l->scratch_mu);
+	pthread_mutex_destroy(&l->drain_mu);
+	pthread_cond_destroy(&l->drain_empty);
 	l2_codec_cleanup(&l->codec);
 	pthread_mutex_destroy(&l->bg_mu);
 	pthread_cond_destroy(&l->bg_cv);
@@ -970,91 +949,647 @@ void l2_free(struct l2 *l)
 	free(l);
 }
 
+/* ---- reads ------------------------------------------------------------------------ */
+
+static uint8_t *scratch_get(struct l2 *l)
+{
+	pthread_mutex_lock(&l->scratch_mu);
+	uint8_t *b = l->n_scratch ? l->scratch[--l->n_scratch] : NULL;
+	pthread_mutex_unlock(&l->scratch_mu);
+	return b ? b : malloc(l->scratch_len);
+}
+
+static void scratch_put(struct l2 *l, uint8_t *b)
+{
+	if (!b)
+		return;
+	pthread_mutex_lock(&l->scratch_mu);
+	if (l->n_scratch < L2_SCRATCH_MAX) {
+		l->scratch[l->n_scratch++] = b;
+		b = NULL;
+	}
+	pthread_mutex_unlock(&l->scratch_mu);
+	free(b);
+}
+
+/* Give a connection whose last reply ended cleanly back to its node's pool. */
+static void conn_put(struct l2_node *nd, int fd, unsigned gen)
+{
+	pthread_mutex_lock(&nd->mu);
+	if (gen == nd->gen && !nd->down && !nd->stop && nd->n_idle < L2_IDLE_MAX) {
+		nd->idle_fd[nd->n_idle] = fd;
+		nd->idle_gen[nd->n_idle++] = gen;
+		fd = -1;
+	}
+	pthread_mutex_unlock(&nd->mu);
+	close_fd(fd);
+}
+
+/* Move whatever has arrived on |fd| into the reply |rp|: value bytes
+ * straight into their window, the rest through a small stage.  |place| is
+ * called when the reply needs a destination for its value.  Returns 1 when
+ * the reply is complete (bytes past it make it L2R_PROTO: the stream is out
+ * of step), 0 when nothing more has arrived, or -errno (-EPIPE for EOF). */
+static int reply_pump(int fd, struct l2_reply *rp, void (*place)(void *ctx), void *ctx)
+{
+	uint8_t stage[4096];
+	for (;;) {
+		size_t win;
+		uint8_t *dst = l2_reply_window(rp, &win);
+		ssize_t n = dst ? recv(fd, dst, win, MSG_DONTWAIT) : recv(fd, stage, sizeof(stage), MSG_DONTWAIT);
+		if (n == 0)
+			return -EPIPE;
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+		}
+		if (dst) {
+			l2_reply_advance(rp, (size_t)n);
+			continue;
+		}
+		size_t used = 0;
+		while (used < (size_t)n && rp->state != L2R_DONE) {
+			used += l2_reply_feed(rp, stage + used, (size_t)n - used);
+			if (rp->state == L2R_NEED_DST)
+				place(ctx);
+		}
+		if (rp->state == L2R_DONE) {
+			if (used != (size_t)n)
+				rp->result = L2R_PROTO;
+			return 1;
+		}
+	}
+}
+
+static void bg_enqueue_recheck(struct l2 *l, const char *name);
+
+static void drain_place(void *ctx)
+{
+	struct l2_drain *d = ctx;
+	d->data = malloc(d->rp.value_len - d->rp.hdr_len);
+	l2_reply_set_data(&d->rp, d->data);
+}
+
+/* A parked reply ended (|st| from reply_pump, or -ETIMEDOUT): judge the
+ * fragment, account it, and recycle or close the connection.  A late "not
+ * found" or a corrupt fragment means the read that gave up on it did not
+ * learn that the fragment is bad: the chunk is read again in full. */
+static void drain_finish(struct l2 *l, struct l2_drain *d, int st)
+{
+	struct l2_node *nd = d->nd;
+	epoll_ctl(l->drain_ep, EPOLL_CTL_DEL, d->fd, NULL);
+	pthread_mutex_lock(&l->drain_mu);
+	for (struct l2_drain **p = &l->drains; *p; p = &(*p)->next)
+		if (*p == d) {
+			*p = d->next;
+			break;
+		}
+	if (--l->n_drains == 0)
+		pthread_cond_broadcast(&l->drain_empty);
+	pthread_mutex_unlock(&l->drain_mu);
+
+	enum l2_reply_result res = st == 1 ? d->rp.result : L2R_NONE;
+	bool corrupt = false;
+	if (res == L2R_HIT) {
+		struct l2_fragment_view v;
+		size_t dlen = d->rp.value_len > L2_FRAG_HDR_LEN ? d->rp.value_len - L2_FRAG_HDR_LEN : 0;
+		corrupt = !d->data || d->rp.value_len <= L2_FRAG_HDR_LEN ||
+			  l2_fragment_parse_split(d->hdr, d->data, dlen, d->name, l->k, l->m, &v) != 0 ||
+			  v.index != d->index;
+	}
+	pthread_mutex_lock(&nd->mu);
+	nd->st.gets++;
+	if (res == L2R_HIT) {
+		nd->st.hits++;
+		nd->st.bytes_read += d->rp.value_len;
+		nd->st.corrupt += corrupt;
+	} else if (res == L2R_MISS) {
+		nd->st.misses++;
+	}
+	if (res == L2R_HIT || res == L2R_MISS) {
+		node_latency(nd, (mono_now() - d->t0) * 1000);
+	} else if (st == -ETIMEDOUT) {
+		nd->st.timeouts++;
+	} else {
+		nd->st.errors++;
+	}
+	pthread_mutex_unlock(&nd->mu);
+	if (corrupt)
+		log_warn("l2: fragment %s from %s is corrupt (%zu bytes, a late reply); it will be rewritten", d->key,
+			 nd->addr, d->rp.value_len);
+	if (res == L2R_MISS || corrupt)
+		bg_enqueue_recheck(l, d->name);
+	if (res == L2R_HIT || res == L2R_MISS)
+		conn_put(nd, d->fd, d->gen);
+	else
+		close(d->fd);
+	free(d->data);
+	free(d);
+}
+
+static void *drain_main(void *arg)
+{
+	struct l2 *l = arg;
+	struct epoll_event evs[16];
+	for (;;) {
+		int n = epoll_wait(l->drain_ep, evs, 16, 100);
+		pthread_mutex_lock(&l->drain_mu);
+		bool stop = l->drain_stop;
+		pthread_mutex_unlock(&l->drain_mu);
+		if (stop)
+			break;
+		for (int i = 0; i < n; i++) {
+			struct l2_drain *d = evs[i].data.ptr;
+			if (!d) {
+				uint64_t v;
+				if (read(l->drain_wake, &v, sizeof(v)) < 0)
+					log_debug("l2: drainer wake-up read: %s", strerror(errno));
+				continue;
+			}
+			int st = reply_pump(d->fd, &d->rp, drain_place, d);
+			if (st != 0)
+				drain_finish(l, d, st);
+		}
+		/* A reply more than a few timeouts late is not coming. */
+		double now = mono_now(), limit = 4.0 * l->timeout_ms / 1000.0;
+		for (;;) {
+			pthread_mutex_lock(&l->drain_mu);
+			struct l2_drain *old = l->drains;
+			while (old && now - old->since <= limit)
+				old = old->next;
+			pthread_mutex_unlock(&l->drain_mu);
+			if (!old)
+				break;
+			drain_finish(l, old, -ETIMEDOUT);
+		}
+	}
+	return NULL;
+}
+
+/* Take a pooled connection of |nd|, or return -1 to dial a new one. */
+static int conn_take(struct l2_node *nd, unsigned *gen)
+{
+	pthread_mutex_lock(&nd->mu);
+	int fd = -1;
+	while (fd < 0 && nd->n_idle > 0) {
+		nd->n_idle--;
+		if (nd->idle_gen[nd->n_idle] == nd->gen)
+			fd = nd->idle_fd[nd->n_idle];
+		else
+			close_fd(nd->idle_fd[nd->n_idle]);
+	}
+	*gen = nd->gen;
+	pthread_mutex_unlock(&nd->mu);
+	return fd;
+}
+
+/* Hand a connection whose reply is still on its way to the drainer.  The
+ * value bytes already received (into the reader's buffer, which it is about
+ * to release) are copied so the fragment can still be judged. */
+static void conn_park(struct l2 *l, struct l2_node *nd, int fd, unsigned gen, unsigned index, double t0,
+		      const struct l2_reply *rp, const char *key, const uint8_t *hdr, const char *name)
+{
+	struct l2_drain *d = calloc(1, sizeof(*d));
+	if (!d) {
+		close(fd);
+		return;
+	}
+	d->nd = nd;
+	d->fd = fd;
+	d->gen = gen;
+	d->index = index;
+	d->t0 = t0;
+	d->since = mono_now();
+	memcpy(d->name, name, sizeof(d->name));
+	snprintf(d->key, sizeof(d->key), "%s", key);
+	memcpy(d->hdr, hdr, L2_FRAG_HDR_LEN);
+	d->rp = *rp;
+	d->rp.key = d->key;
+	d->rp.hdr = d->hdr;
+	bool ok = true;
+	if (rp->data) {
+		size_t dlen = rp->value_len - rp->hdr_len, have = rp->got > rp->hdr_len ? rp->got - rp->hdr_len : 0;
+		d->data = malloc(dlen);
+		if (d->data)
+			memcpy(d->data, rp->data, have);
+		ok = d->data != NULL;
+		d->rp.data = d->data;
+	}
+	pthread_mutex_lock(&l->drain_mu);
+	ok = ok && !l->drain_stop && l->n_drains < L2_DRAIN_MAX;
+	if (ok) {
+		d->next = l->drains;
+		l->drains = d;
+		l->n_drains++;
+	}
+	pthread_mutex_unlock(&l->drain_mu);
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = d};
+	if (ok && epoll_ctl(l->drain_ep, EPOLL_CTL_ADD, fd, &ev) == 0)
+		return;
+	if (ok) { /* not watched: take it back out */
+		drain_finish(l, d, -EIO);
+		return;
+	}
+	close(fd);
+	free(d->data);
+	free(d);
+}
+
+static int conn_dial(struct l2_node *nd, bool *connecting)
+{
+	int fd = socket(nd->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	*connecting = false;
+	if (connect(fd, (const struct sockaddr *)&nd->sa, nd->sa_len) < 0) {
+		if (errno != EINPROGRESS) {
+			int e = errno;
+			close(fd);
+			return -e;
+		}
+		*connecting = true;
+	}
+	return fd;
+}
+
+static uint32_t ld_le32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* One fragment being read by l2_get. */
+struct frag_read {
+	struct l2_node *nd;
+	int fd;
+	unsigned gen;
+	bool connecting, pooled;
+	enum frag_state st;
+	double t0;
+	char key[L2_KEY_MAX];
+	size_t key_len;
+	uint8_t hdr[L2_FRAG_HDR_LEN];
+	uint8_t *data; /* where its data went */
+	struct l2_reply rp;
+};
+
+static int frag_send(struct frag_read *f)
+{
+	char req[L2_KEY_MAX + 8];
+	int n = snprintf(req, sizeof(req), "get %s\r\n", f->key);
+	ssize_t w = send(f->fd, req, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+	return w == n ? 0 : w < 0 ? -errno : -EIO;
+}
+
+/* Start the request for fragment |f| on its node: a pooled connection, or a
+ * new one if the pool is empty or the pooled one turns out dead. */
+static int frag_start(struct frag_read *f)
+{
+	f->t0 = mono_now();
+	f->fd = conn_take(f->nd, &f->gen);
+	if (f->fd >= 0) {
+		f->pooled = true;
+		if (frag_send(f) == 0)
+			return 0;
+		close(f->fd); /* the node closed it while it sat in the pool */
+	}
+	f->pooled = false;
+	f->fd = conn_dial(f->nd, &f->connecting);
+	if (f->fd < 0)
+		return f->fd;
+	if (f->connecting)
+		return 0;
+	int r = frag_send(f);
+	if (r < 0) {
+		close(f->fd);
+		f->fd = -1;
+	}
+	return r;
+}
+
+struct read_state {
+	struct l2 *l;
+	const char *name;
+	uint8_t *out;
+	struct frag_read f[L2_MAX_FRAGS];
+	unsigned n, pending, intact;
+	struct l2_frag_set set;
+	size_t fl; /* fragment length, fixed by the first VALUE line */
+	uint8_t *scratch;
+	EVP_MD_CTX *md;
+	unsigned hashed; /* data fragments 0..hashed-1 are in the name hash */
+	bool hash_failed;
+};
+
+/* Where fragment i's data goes once its length is known: data fragments at
+ * their place in the chunk, parity (and a data fragment that would run past
+ * CHUNK_SIZE) in scratch. */
+static uint8_t *frag_dst(struct read_state *rs, unsigned i)
+{
+	struct l2 *l = rs->l;
+	size_t fl = rs->fl;
+	if (i < l->k && (size_t)(i + 1) * fl <= CHUNK_SIZE)
+		return rs->out + (size_t)i * fl;
+	if (!rs->scratch)
+		rs->scratch = scratch_get(l);
+	if (!rs->scratch)
+		return NULL;
+	return rs->scratch + (size_t)(i < l->k ? l->m : i - l->k) * fl;
+}
+
+/* Feed the name hash every data fragment that is in, in order. */
+static void hash_ready(struct read_state *rs)
+{
+	struct l2 *l = rs->l;
+	while (!rs->hash_failed && rs->hashed < l->k && rs->set.data[rs->hashed]) {
+		size_t off = (size_t)rs->hashed * rs->set.frag_len;
+		if (off < rs->set.chunk_len) {
+			size_t n = rs->set.chunk_len - off < rs->set.frag_len ? rs->set.chunk_len - off : rs->set.frag_len;
+			if (EVP_DigestUpdate(rs->md, rs->set.data[rs->hashed], n) != 1)
+				rs->hash_failed = true;
+		}
+		rs->hashed++;
+	}
+}
+
+/* A reply is complete: judge the fragment and account it to its node. */
+static void frag_finish(struct read_state *rs, unsigned i)
+{
+	struct l2 *l = rs->l;
+	struct frag_read *f = &rs->f[i];
+	struct l2_node *nd = f->nd;
+	double ms = (mono_now() - f->t0) * 1000;
+	rs->pending--;
+	enum l2_reply_result res = f->rp.result;
+	if (res == L2R_HIT) {
+		struct l2_fragment_view v;
+		size_t dlen = f->rp.value_len > L2_FRAG_HDR_LEN ? f->rp.value_len - L2_FRAG_HDR_LEN : 0;
+		bool good = f->data && f->rp.value_len > L2_FRAG_HDR_LEN &&
+			    l2_fragment_parse_split(f->hdr, f->data, dlen, rs->name, l->k, l->m, &v) == 0 &&
+			    v.index == i && l2_frag_set_add(&rs->set, &v) == 0;
+		f->st = good ? FS_INTACT : FS_CORRUPT;
+		if (good)
+			rs->intact++;
+		else
+			log_warn("l2: fragment %s from %s is corrupt (%zu bytes); it will be rewritten", f->key,
+				 nd->addr, f->rp.value_len);
+	} else if (res == L2R_MISS) {
+		f->st = FS_MISSING;
+	} else {
+		f->st = FS_ERROR;
+	}
+	pthread_mutex_lock(&nd->mu);
+	nd->st.gets++;
+	if (res == L2R_HIT) {
+		nd->st.hits++;
+		nd->st.bytes_read += f->rp.value_len;
+		if (f->st == FS_CORRUPT)
+			nd->st.corrupt++;
+	} else if (res == L2R_MISS) {
+		nd->st.misses++;
+	}
+	if (res == L2R_HIT || res == L2R_MISS)
+		node_latency(nd, ms);
+	pthread_mutex_unlock(&nd->mu);
+
+	if (res == L2R_HIT || res == L2R_MISS) {
+		conn_put(nd, f->fd, f->gen);
+	} else {
+		close(f->fd);
+		node_failed_as(nd, false, res == L2R_PROTO, "get",
+			       res == L2R_PROTO ? "a reply that is not memcached's text protocol"
+						: "memcached answered with an error");
+	}
+	f->fd = -1;
+	if (f->st == FS_INTACT)
+		hash_ready(rs);
+}
+
+/* The connection of fragment i died (reset, EOF, failed connect). */
+static void frag_broken(struct read_state *rs, unsigned i, int err)
+{
+	struct frag_read *f = &rs->f[i];
+	close_fd(f->fd);
+	f->fd = -1;
+	f->st = FS_ERROR;
+	rs->pending--;
+	pthread_mutex_lock(&f->nd->mu);
+	f->nd->st.gets++;
+	pthread_mutex_unlock(&f->nd->mu);
+	node_failed_as(f->nd, false, true, "get", err ? strerror(err) : "connection closed");
+}
+
+/* Fragment i's header is in: pick where its data goes.  The first header
+ * that passes every check but the CRC (which needs the data) fixes the
+ * fragment length; data that disagrees with it, or behind a bad header, is
+ * read and dropped, so garbage never lands over another fragment's bytes. */
+static void frag_place(struct read_state *rs, unsigned i)
+{
+	struct l2 *l = rs->l;
+	struct frag_read *f = &rs->f[i];
+	size_t dlen = f->rp.value_len - L2_FRAG_HDR_LEN;
+	uint8_t *dst = NULL;
+	if (memcmp(f->hdr, L2_FRAG_MAGIC, 4) == 0 && f->hdr[4] == L2_FRAG_VERSION && f->hdr[5] == l->k &&
+	    f->hdr[6] == l->m && f->hdr[7] == i && memcmp(f->hdr + 16, rs->name, CHUNK_NAME_HEX_LEN) == 0) {
+		uint32_t chunk_len = ld_le32(f->hdr + 8), frag_len = ld_le32(f->hdr + 12);
+		if (chunk_len >= 1 && chunk_len <= CHUNK_SIZE && frag_len == l2_frag_len(chunk_len, l->k) &&
+		    frag_len == dlen && (rs->fl == 0 || rs->fl == dlen)) {
+			rs->fl = dlen;
+			dst = frag_dst(rs, i);
+		}
+	}
+	f->data = dst;
+	l2_reply_set_data(&f->rp, dst);
+}
+
+struct place_ctx {
+	struct read_state *rs;
+	unsigned i;
+};
+
+static void frag_place_cb(void *ctx)
+{
+	struct place_ctx *pc = ctx;
+	frag_place(pc->rs, pc->i);
+}
+
+/* Move whatever has arrived on fragment i's connection into place. */
+static void frag_read_ready(struct read_state *rs, unsigned i)
+{
+	struct place_ctx pc = {rs, i};
+	int r = reply_pump(rs->f[i].fd, &rs->f[i].rp, frag_place_cb, &pc);
+	if (r == 1)
+		frag_finish(rs, i);
+	else if (r < 0)
+		frag_broken(rs, i, r == -EPIPE ? 0 : -r);
+}
+
+static void frag_connected(struct read_state *rs, unsigned i)
+{
+	struct frag_read *f = &rs->f[i];
+	int err = 0;
+	socklen_t len = sizeof(err);
+	if (getsockopt(f->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+		err = errno;
+	if (err == 0)
+		err = -frag_send(f);
+	if (err) {
+		frag_broken(rs, i, err);
+		return;
+	}
+	f->connecting = false;
+}
+
+/* l2_get, and the background re-check, which waits for every node's answer
+ * (|wait_all|) so that it sees every missing fragment. */
+static int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len, bool wait_all)
+{
+	unsigned order[L2_MAX_FRAGS];
+	rank_nodes(l, name, order);
+
+	struct read_state *rs = calloc(1, sizeof(*rs));
+	if (!rs)
+		return -ENOMEM;
+	rs->l = l;
+	rs->name = name;
+	rs->out = out;
+	rs->n = l->k + l->m;
+	l2_frag_set_init(&rs->set, l->k, l->m);
+	rs->md = EVP_MD_CTX_new();
+	if (!rs->md || EVP_DigestInit_ex(rs->md, EVP_sha256(), NULL) != 1) {
+		EVP_MD_CTX_free(rs->md);
+		free(rs);
+		log_err("l2: SHA-256 (OpenSSL) cannot be set up; is libcrypto working?");
+		return -EIO;
+	}
+	size_t max_value = L2_FRAG_HDR_LEN + l2_frag_len(CHUNK_SIZE, l->k);
+	for (unsigned i = 0; i < rs->n; i++) {
+		struct frag_read *f = &rs->f[i];
+		f->nd = &l->nodes[order[i]];
+		f->fd = -1;
+		f->st = FS_UNASKED;
+		pthread_mutex_lock(&f->nd->mu);
+		bool up = !f->nd->down && !f->nd->stop;
+		pthread_mutex_unlock(&f->nd->mu);
+		if (!up)
+			continue;
+		make_key(l, name, i, f->key, sizeof(f->key), &f->key_len);
+		l2_reply_init(&f->rp, f->key, f->key_len, max_value, f->hdr, L2_FRAG_HDR_LEN);
+		int r = frag_start(f);
+		if (r < 0) {
+			f->st = FS_ERROR;
+			node_failed_as(f->nd, false, true, "connect", strerror(-r));
+			continue;
+		}
+		f->st = FS_PENDING;
+		rs->pending++;
+	}
+
+	/* Poll until k intact fragments are in, every node has answered, or
+	 * the timeout passes. */
+	double deadline = mono_now() + l->timeout_ms / 1000.0;
+	while ((wait_all || rs->intact < l->k) && rs->pending > 0) {
+		struct pollfd pfd[L2_MAX_FRAGS];
+		unsigned idx[L2_MAX_FRAGS], np = 0;
+		for (unsigned i = 0; i < rs->n; i++)
+			if (rs->f[i].fd >= 0) {
+				pfd[np] = (struct pollfd){.fd = rs->f[i].fd, .events = rs->f[i].connecting ? POLLOUT : POLLIN};
+				idx[np++] = i;
+			}
+		double left = deadline - mono_now();
+		if (left <= 0)
+			break;
+		int pr = poll(pfd, np, (int)(left * 1000) + 1);
+		if (pr < 0 && errno != EINTR)
+			break;
+		for (unsigned j = 0; pr > 0 && j < np; j++) {
+			if (!pfd[j].revents)
+				continue;
+			unsigned i = idx[j];
+			if (rs->f[i].connecting)
+				frag_connected(rs, i);
+			else
+				frag_read_ready(rs, i);
+		}
+	}
+
+	/* Replies that are in already are judged now (a quick "not found"
+	 * should lead to a repair); the rest are late or lost. */
+	for (unsigned i = 0; i < rs->n && rs->intact >= l->k; i++)
+		if (rs->f[i].fd >= 0 && !rs->f[i].connecting)
+			frag_read_ready(rs, i);
+	for (unsigned i = 0; i < rs->n; i++) {
+		struct frag_read *f = &rs->f[i];
+		if (f->fd < 0)
+			continue;
+		if (rs->intact >= l->k) {
+			if (f->connecting)
+				close(f->fd);
+			else
+				conn_park(l, f->nd, f->fd, f->gen, i, f->t0, &f->rp, f->key, f->hdr, name);
+		} else {
+			close(f->fd);
+			node_failed_as(f->nd, true, true, "get", "no reply within the timeout");
+		}
+		f->fd = -1;
+	}
+
+	int r = -ENOENT;
+	bool decoded = false;
+	if (rs->intact >= l->k)
+		r = l2_frag_set_decode(&l->codec, &rs->set, out, CHUNK_SIZE, out_len, &decoded);
+	if (r == 0) {
+		/* The data fragments not hashed yet are in |out| now. */
+		size_t off = (size_t)rs->hashed * rs->set.frag_len;
+		uint8_t digest[SHA256_LEN];
+		unsigned dlen = 0;
+		if (rs->hash_failed || (off < *out_len && EVP_DigestUpdate(rs->md, out + off, *out_len - off) != 1) ||
+		    EVP_DigestFinal_ex(rs->md, digest, &dlen) != 1) {
+			log_err("l2: SHA-256 (OpenSSL) failed; is libcrypto working?");
+			r = -EIO;
+		} else {
+			char hex[SHA256_HEX_LEN + 1];
+			hex_encode(digest, SHA256_LEN, hex);
+			if (strcmp(hex, name) != 0)
+				r = -EBADMSG;
+		}
+	}
+	if (r == 0) {
+		COUNT(l, hits);
+		if (decoded)
+			COUNT(l, decodes);
+		uint32_t bad = 0;
+		for (unsigned i = 0; i < rs->n; i++)
+			if (rs->f[i].st == FS_MISSING || rs->f[i].st == FS_CORRUPT)
+				bad |= 1u << i;
+		if (bad)
+			bg_enqueue_repair(l, name, out, *out_len, bad);
+	} else {
+		COUNT(l, misses);
+		if (r == -EBADMSG)
+			log_warn("l2: chunk %s rebuilt from intact fragments does not match its name; the caller drops "
+				 "its fragments",
+				 name);
+		else if (r != -ENOENT && r != -EIO)
+			log_warn("l2: get %s: cannot rebuild the chunk from %u fragments: %s", name, rs->set.n,
+				 strerror(-r));
+		if (r != -EBADMSG && r != -EIO)
+			r = -ENOENT;
+	}
+	scratch_put(l, rs->scratch);
+	EVP_MD_CTX_free(rs->md);
+	free(rs);
+	return r;
+}
+
 int l2_get(struct l2 *l, const char *name, uint8_t *out, size_t *out_len)
 {
 	if (!l || !name || !is_sha256_hex(name) || !out || !out_len)
 		return -EINVAL;
 	COUNT(l, gets);
-	unsigned n = l->k + l->m, order[L2_MAX_FRAGS];
-	rank_nodes(l, name, order);
-
-	/* Decide whom to ask first, so the reference count is final before
-	 * any worker can see the context. */
-	bool ask[L2_MAX_FRAGS];
-	unsigned n_ask = 0;
-	for (unsigned i = 0; i < n; i++) {
-		struct l2_node *nd = &l->nodes[order[i]];
-		pthread_mutex_lock(&nd->mu);
-		ask[i] = !nd->down && !nd->stop && nd->hi_len < L2_NODE_QUEUE_MAX;
-		pthread_mutex_unlock(&nd->mu);
-		n_ask += ask[i];
-	}
-	if (n_ask < l->k) {
-		COUNT(l, misses);
-		return -ENOENT;
-	}
-	struct l2_getctx *g = calloc(1, sizeof(*g));
-	if (!g)
-		return -ENOMEM;
-	g->l = l;
-	pthread_mutex_init(&g->mu, NULL);
-	if (cond_init_mono(&g->cv) < 0) {
-		pthread_mutex_destroy(&g->mu);
-		free(g);
-		return -ENOMEM;
-	}
-	memcpy(g->name, name, sizeof(g->name));
-	l2_frag_set_init(&g->set, l->k, l->m);
-	g->refs = 1 + n_ask;
-	g->asked = n_ask;
-	pthread_mutex_lock(&l->bg_mu);
-	l->gets_inflight++;
-	pthread_mutex_unlock(&l->bg_mu);
-	for (unsigned i = 0; i < n; i++) {
-		if (!ask[i])
-			continue;
-		struct l2_req *r = &g->reqs[i];
-		g->state[i] = FS_PENDING;
-		r->op = REQ_GET;
-		r->index = i;
-		r->g = g;
-		make_key(l, name, i, r->key, sizeof(r->key), &r->key_len);
-	}
-	for (unsigned i = 0; i < n; i++)
-		if (ask[i])
-			node_submit(&l->nodes[order[i]], &g->reqs[i], true);
-
-	/* Every request ends within about timeout_ms of reaching its worker;
-	 * the deadline only bounds a reader stuck behind queued requests. */
-	struct timespec dl;
-	deadline_in((2.0 * l->timeout_ms + 100) / 1000.0, &dl);
-	pthread_mutex_lock(&g->mu);
-	while (g->set.n < l->k && g->answered < g->asked)
-		if (pthread_cond_timedwait(&g->cv, &g->mu, &dl) == ETIMEDOUT)
-			break;
-	g->done = true;
-	struct l2_frag_set set = g->set;
-	pthread_mutex_unlock(&g->mu);
-
-	int r = -ENOENT;
-	bool decoded = false;
-	if (set.n >= l->k)
-		r = l2_frag_set_decode(&l->codec, &set, out, CHUNK_SIZE, out_len, &decoded);
-	if (r == 0) {
-		COUNT(l, hits);
-		if (decoded)
-			COUNT(l, decodes);
-		pthread_mutex_lock(&g->mu);
-		g->decoded_ok = true;
-		pthread_mutex_unlock(&g->mu);
-	} else {
-		COUNT(l, misses);
-		if (r != -ENOENT)
-			log_warn("l2: get %s: cannot rebuild the chunk from %u fragments: %s", name, set.n, strerror(-r));
-		r = -ENOENT;
-	}
-	getctx_release(g);
-	return r;
+	return l2_read(l, name, out, out_len, false);
 }
 
 int l2_put(struct l2 *l, const char *name, const uint8_t *buf, size_t len)
@@ -1140,8 +1675,13 @@ void l2_flush(struct l2 *l)
 {
 	if (!l)
 		return;
+	/* The drainer's late replies first: they may queue re-checks. */
+	pthread_mutex_lock(&l->drain_mu);
+	while (l->n_drains > 0 && !l->drain_stop)
+		pthread_cond_wait(&l->drain_empty, &l->drain_mu);
+	pthread_mutex_unlock(&l->drain_mu);
 	pthread_mutex_lock(&l->bg_mu);
-	while ((l->bg_len > 0 || l->bg_active || l->gets_inflight > 0) && !l->bg_stop)
+	while ((l->bg_len > 0 || l->bg_active) && !l->bg_stop)
 		pthread_cond_wait(&l->bg_idle, &l->bg_mu);
 	pthread_mutex_unlock(&l->bg_mu);
 }

@@ -55,33 +55,39 @@ static bool km_valid(unsigned k, unsigned m)
 	return k >= 1 && k <= L2_MAX_K && m <= L2_MAX_M && k + m <= L2_MAX_FRAGS;
 }
 
-int l2_fragment_parse(const uint8_t *buf, size_t len, const char *expect_name, unsigned expect_k, unsigned expect_m,
-		      struct l2_fragment_view *out)
+int l2_fragment_parse_split(const uint8_t *hdr, const uint8_t *data, size_t data_len, const char *expect_name,
+			    unsigned expect_k, unsigned expect_m, struct l2_fragment_view *out)
 {
-	if (!buf || len < L2_FRAG_HDR_LEN || memcmp(buf, L2_FRAG_MAGIC, 4) != 0 || buf[4] != L2_FRAG_VERSION)
+	if (!hdr || memcmp(hdr, L2_FRAG_MAGIC, 4) != 0 || hdr[4] != L2_FRAG_VERSION)
 		return -EBADMSG;
-	unsigned k = buf[5], m = buf[6], index = buf[7];
+	unsigned k = hdr[5], m = hdr[6], index = hdr[7];
 	if (k != expect_k || m != expect_m || !km_valid(k, m) || index >= k + m)
 		return -EBADMSG;
-	uint32_t chunk_len = get_le32(buf + 8), frag_len = get_le32(buf + 12);
-	if (chunk_len == 0 || chunk_len > CHUNK_SIZE || frag_len != l2_frag_len(chunk_len, k))
+	uint32_t chunk_len = get_le32(hdr + 8), frag_len = get_le32(hdr + 12);
+	if (chunk_len == 0 || chunk_len > CHUNK_SIZE || frag_len != l2_frag_len(chunk_len, k) || frag_len != data_len)
 		return -EBADMSG;
-	size_t total;
-	if (!ck_add_size(L2_FRAG_HDR_LEN, frag_len, &total) || total != len)
+	if (!is_name_hex(hdr + 16))
 		return -EBADMSG;
-	if (!is_name_hex(buf + 16))
+	if (expect_name && (strlen(expect_name) != CHUNK_NAME_HEX_LEN || memcmp(hdr + 16, expect_name, CHUNK_NAME_HEX_LEN)))
 		return -EBADMSG;
-	if (expect_name && (strlen(expect_name) != CHUNK_NAME_HEX_LEN || memcmp(buf + 16, expect_name, CHUNK_NAME_HEX_LEN)))
-		return -EBADMSG;
-	if (get_le32(buf + 80) != l2_crc32c(buf + L2_FRAG_HDR_LEN, frag_len))
+	if (get_le32(hdr + 80) != l2_crc32c(data, frag_len))
 		return -EBADMSG;
 	out->k = k;
 	out->m = m;
 	out->index = index;
 	out->chunk_len = chunk_len;
 	out->frag_len = frag_len;
-	out->data = buf + L2_FRAG_HDR_LEN;
+	out->data = data;
 	return 0;
+}
+
+int l2_fragment_parse(const uint8_t *buf, size_t len, const char *expect_name, unsigned expect_k, unsigned expect_m,
+		      struct l2_fragment_view *out)
+{
+	if (!buf || len < L2_FRAG_HDR_LEN)
+		return -EBADMSG;
+	return l2_fragment_parse_split(buf, buf + L2_FRAG_HDR_LEN, len - L2_FRAG_HDR_LEN, expect_name, expect_k,
+				       expect_m, out);
 }
 
 int l2_fragment_header(uint8_t *hdr, const char *name, unsigned k, unsigned m, unsigned index, size_t chunk_len,
@@ -187,7 +193,8 @@ static void place(uint8_t *out, size_t chunk_len, size_t fl, unsigned j, const u
 	if (off >= chunk_len)
 		return;
 	size_t n = chunk_len - off < fl ? chunk_len - off : fl;
-	memcpy(out + off, frag, n);
+	if (frag != out + off) /* the reader may have received it in place */
+		memcpy(out + off, frag, n);
 }
 
 int l2_frag_set_decode(const struct l2_codec *c, const struct l2_frag_set *s, uint8_t *out, size_t out_cap,
