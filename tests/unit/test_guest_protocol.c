@@ -1,0 +1,291 @@
+/* The invocation channel's codec (vmm/guest/protocol.c): frames round-trip
+ * through a pipe in every split, the decoder refuses what the protocol
+ * forbids before buffering it, and the invocation collector enforces order
+ * and limits. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tests/check.h"
+#include "vmm/guest/protocol.h"
+
+/* Decode all of |<p, len>| feeding |step| bytes at a time (0 = all at once)
+ * into |frames| (up to |max|).  Returns the frame count, or the error. */
+static int decode_all(enum guest_direction dir, const uint8_t *p, size_t len, size_t step, struct guest_frame *frames,
+		      uint8_t (*copies)[64], int max, bool *idle)
+{
+	struct guest_decoder d;
+	guest_decoder_init(&d, dir);
+	int n = 0;
+	size_t off = 0;
+	while (off < len) {
+		size_t chunk = step && step < len - off ? step : len - off;
+		size_t pos = 0;
+		while (pos < chunk) {
+			size_t used;
+			struct guest_frame f;
+			int r = guest_decoder_feed(&d, p + off + pos, chunk - pos, &used, &f);
+			pos += used;
+			if (r < 0) {
+				guest_decoder_cleanup(&d);
+				return r;
+			}
+			if (r == 1 && n < max) {
+				frames[n] = f;
+				/* The payload is only valid until the next feed. */
+				memcpy(copies[n], f.payload, f.len < 64 ? f.len : 64);
+				frames[n].payload = copies[n];
+				n++;
+			}
+			if (r == 0 && used == 0)
+				break;
+		}
+		off += chunk;
+	}
+	*idle = guest_decoder_idle(&d);
+	guest_decoder_cleanup(&d);
+	return n;
+}
+
+static size_t put(uint8_t *buf, size_t off, uint8_t type, const void *p, uint32_t len)
+{
+	guest_frame_header(buf + off, type, len);
+	if (len)
+		memcpy(buf + off + GUEST_FRAME_HDR_LEN, p, len);
+	return off + GUEST_FRAME_HDR_LEN + len;
+}
+
+static void test_roundtrip_splits(void)
+{
+	uint8_t buf[256];
+	size_t n = 0;
+	uint8_t x[GUEST_EXIT_LEN];
+	guest_exit_encode(x, -1, 9);
+	n = put(buf, n, 'O', "hello\n", 6);
+	n = put(buf, n, 'R', "err", 3);
+	n = put(buf, n, 'F', "mount /dev/vda: No such device", 30);
+	n = put(buf, n, 'X', x, GUEST_EXIT_LEN);
+	for (size_t step = 0; step <= 7; step++) {
+		struct guest_frame f[8];
+		uint8_t copies[8][64];
+		bool idle = false;
+		int got = decode_all(GUEST_DIR_GUEST_TO_HOST, buf, n, step, f, copies, 8, &idle);
+		CHECK(got == 4);
+		CHECK(idle);
+		if (got != 4)
+			continue;
+		CHECK(f[0].type == 'O' && f[0].len == 6 && memcmp(f[0].payload, "hello\n", 6) == 0);
+		CHECK(f[1].type == 'R' && f[1].len == 3);
+		CHECK(f[2].type == 'F' && f[2].len == 30);
+		int32_t code = 0, sig = 0;
+		CHECK(f[3].type == 'X' && guest_exit_decode(f[3].payload, f[3].len, &code, &sig) == 0);
+		CHECK(code == -1 && sig == 9);
+	}
+	/* A partial frame at the end is not idle. */
+	struct guest_frame f[8];
+	uint8_t copies[8][64];
+	bool idle = true;
+	CHECK(decode_all(GUEST_DIR_GUEST_TO_HOST, buf, 14, 1, f, copies, 8, &idle) == 1 && !idle);
+	CHECK(decode_all(GUEST_DIR_GUEST_TO_HOST, buf, 3, 1, f, copies, 8, &idle) == 0 && !idle);
+}
+
+static int decode_one(enum guest_direction dir, const uint8_t *p, size_t len, const char **why)
+{
+	struct guest_decoder d;
+	guest_decoder_init(&d, dir);
+	size_t used;
+	struct guest_frame f;
+	int r = guest_decoder_feed(&d, p, len, &used, &f);
+	*why = guest_decoder_error(&d);
+	/* Errors are sticky. */
+	if (r < 0) {
+		int r2 = guest_decoder_feed(&d, p, len, &used, &f);
+		CHECK(r2 == r && used == 0);
+	}
+	guest_decoder_cleanup(&d);
+	return r;
+}
+
+static void test_refusals(void)
+{
+	uint8_t buf[64];
+	const char *why;
+	size_t n;
+
+	/* Types of the other direction, and unknown ones. */
+	n = put(buf, 0, 'A', "ls", 2);
+	CHECK(decode_one(GUEST_DIR_GUEST_TO_HOST, buf, n, &why) == -EPROTO && strstr(why, "unknown"));
+	n = put(buf, 0, 'O', "x", 1);
+	CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, n, &why) == -EPROTO);
+	n = put(buf, 0, 'Z', "", 0);
+	CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, n, &why) == -EPROTO);
+	CHECK(decode_one(GUEST_DIR_GUEST_TO_HOST, buf, n, &why) == -EPROTO);
+
+	/* Too long: refused from the header alone, before any payload. */
+	guest_frame_header(buf, 'O', GUEST_FRAME_MAX + 1);
+	CHECK(decode_one(GUEST_DIR_GUEST_TO_HOST, buf, GUEST_FRAME_HDR_LEN, &why) == -EMSGSIZE);
+	guest_frame_header(buf, 'A', 0xffffffffu);
+	CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, GUEST_FRAME_HDR_LEN, &why) == -EMSGSIZE);
+	/* Exactly the maximum is fine as far as the header goes. */
+	{
+		struct guest_decoder d;
+		guest_decoder_init(&d, GUEST_DIR_GUEST_TO_HOST);
+		guest_frame_header(buf, 'O', GUEST_FRAME_MAX);
+		size_t used;
+		struct guest_frame f;
+		CHECK(guest_decoder_feed(&d, buf, GUEST_FRAME_HDR_LEN, &used, &f) == 0 && used == GUEST_FRAME_HDR_LEN);
+		CHECK(!guest_decoder_idle(&d));
+		guest_decoder_cleanup(&d);
+	}
+
+	/* Per-type payload rules. */
+	n = put(buf, 0, 'G', "x", 1);
+	CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, n, &why) == -EPROTO);
+	n = put(buf, 0, 'X', "1234567", 7);
+	CHECK(decode_one(GUEST_DIR_GUEST_TO_HOST, buf, n, &why) == -EPROTO && strstr(why, "8 bytes"));
+	n = put(buf, 0, 'E', "NOEQUALS", 8);
+	CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, n, &why) == -EPROTO);
+	n = put(buf, 0, 'E', "=v", 2);
+	CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, n, &why) == -EPROTO);
+	n = put(buf, 0, 'E', "K=", 2);
+	CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, n, &why) == 1);
+	n = put(buf, 0, 'A', "a\0b", 3);
+	CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, n, &why) == -EPROTO && strstr(why, "NUL"));
+	n = put(buf, 0, 'A', "", 0);
+	CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, n, &why) == 1);
+	n = put(buf, 0, 'W', "tmp", 3);
+	CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, n, &why) == -EPROTO);
+	n = put(buf, 0, 'U', "", 0);
+	CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, n, &why) == -EPROTO);
+	n = put(buf, 0, 'O', "", 0);
+	CHECK(decode_one(GUEST_DIR_GUEST_TO_HOST, buf, n, &why) == -EPROTO);
+	n = put(buf, 0, 'O', "\0\1\2", 3);
+	CHECK(decode_one(GUEST_DIR_GUEST_TO_HOST, buf, n, &why) == 1);
+	n = put(buf, 0, 'F', "", 0);
+	CHECK(decode_one(GUEST_DIR_GUEST_TO_HOST, buf, n, &why) == -EPROTO);
+
+	int32_t c, s;
+	CHECK(guest_exit_decode(buf, 7, &c, &s) == -EPROTO);
+	CHECK(guest_frame_send(-1, 'O', buf, (size_t)GUEST_FRAME_MAX + 1) == -EMSGSIZE);
+}
+
+/* Add a frame of |type| with text |s| to |inv|. */
+static int add(struct guest_invocation *inv, uint8_t type, const char *s, const char **why)
+{
+	struct guest_frame f = { .type = type, .payload = (const uint8_t *)s, .len = (uint32_t)strlen(s) };
+	return guest_invocation_add(inv, &f, why);
+}
+
+static void test_invocation(void)
+{
+	struct guest_invocation inv;
+	const char *why;
+	guest_invocation_init(&inv);
+	CHECK(add(&inv, 'G', "", &why) == -EPROTO); /* nothing to run */
+	for (int i = 0; i < 9; i++)
+		CHECK(add(&inv, 'A', i == 0 ? "/bin/sh" : "x", &why) == 0);
+	CHECK(add(&inv, 'E', "A=1", &why) == 0);
+	CHECK(add(&inv, 'W', "/app", &why) == 0);
+	CHECK(add(&inv, 'W', "/tmp", &why) == -EPROTO);
+	CHECK(add(&inv, 'U', "1000:1000", &why) == 0);
+	CHECK(add(&inv, 'U', "0", &why) == -EPROTO);
+	CHECK(add(&inv, 'O', "out", &why) == -EPROTO);
+	CHECK(add(&inv, 'G', "", &why) == 1 && inv.complete);
+	CHECK(add(&inv, 'A', "late", &why) == -EPROTO && strstr(why, "after"));
+	CHECK(inv.argc == 9 && strcmp(inv.argv[0], "/bin/sh") == 0 && inv.argv[9] == NULL);
+	CHECK(inv.envc == 1 && strcmp(inv.envp[0], "A=1") == 0 && inv.envp[1] == NULL);
+	CHECK(strcmp(inv.workdir, "/app") == 0 && strcmp(inv.user, "1000:1000") == 0);
+	guest_invocation_cleanup(&inv);
+	CHECK(inv.argc == 0 && inv.argv == NULL);
+
+	/* Limits: the argument count, then the total size. */
+	guest_invocation_init(&inv);
+	int r = 0, i;
+	for (i = 0; i <= GUEST_INV_MAX_ARGS && r == 0; i++)
+		r = add(&inv, 'A', "a", &why);
+	CHECK(r == -E2BIG && i == GUEST_INV_MAX_ARGS + 1 && inv.argc == GUEST_INV_MAX_ARGS);
+	guest_invocation_cleanup(&inv);
+	char *big = malloc(GUEST_FRAME_MAX);
+	CHECK(big != NULL);
+	if (big) {
+		memset(big, 'v', GUEST_FRAME_MAX - 1);
+		big[0] = 'K';
+		big[1] = '=';
+		big[GUEST_FRAME_MAX - 1] = '\0';
+		r = 0;
+		for (i = 0; i < 16 && r == 0; i++)
+			r = add(&inv, 'E', big, &why);
+		CHECK(r == -E2BIG && inv.bytes <= GUEST_INV_MAX_BYTES && inv.envc == 8);
+		guest_invocation_cleanup(&inv);
+		free(big);
+	}
+}
+
+/* The sender and the decoder agree, through a real pipe. */
+static void test_send_over_pipe(void)
+{
+	int p[2];
+	CHECK(pipe(p) == 0);
+	const char *argv[] = { "/bin/echo", "", "two words", NULL };
+	const char *envp[] = { "PATH=/bin", "X=a=b", NULL };
+	CHECK(guest_invocation_send(p[1], argv, envp, "/work", "app:staff") == 0);
+	const char *bad[] = { "ok", NULL };
+	const char *badenv[] = { "NOEQ", NULL };
+	CHECK(guest_invocation_send(p[1], bad, badenv, NULL, NULL) == -EINVAL);
+	const char *none[] = { NULL };
+	CHECK(guest_invocation_send(p[1], none, NULL, NULL, NULL) == -EINVAL);
+	close(p[1]);
+
+	struct guest_decoder d;
+	struct guest_invocation inv;
+	guest_decoder_init(&d, GUEST_DIR_HOST_TO_GUEST);
+	guest_invocation_init(&inv);
+	uint8_t buf[7]; /* small reads: frames arrive in pieces */
+	ssize_t got;
+	int done = 0;
+	while (!done && (got = read(p[0], buf, sizeof(buf))) > 0) {
+		size_t pos = 0;
+		while (pos < (size_t)got && !done) {
+			size_t used;
+			struct guest_frame f;
+			int r = guest_decoder_feed(&d, buf + pos, (size_t)got - pos, &used, &f);
+			pos += used;
+			CHECK(r >= 0);
+			if (r < 0)
+				done = -1;
+			else if (r == 1) {
+				int a = guest_invocation_add(&inv, &f, NULL);
+				CHECK(a >= 0);
+				if (a != 0)
+					done = a;
+			}
+		}
+	}
+	CHECK(done == 1 && inv.complete);
+	CHECK(inv.argc == 3 && strcmp(inv.argv[1], "") == 0 && strcmp(inv.argv[2], "two words") == 0);
+	CHECK(inv.envc == 2 && strcmp(inv.envp[1], "X=a=b") == 0);
+	CHECK(inv.workdir && strcmp(inv.workdir, "/work") == 0 && inv.user && strcmp(inv.user, "app:staff") == 0);
+	/* The refused second invocation left "A ok" in the pipe before failing on its env. */
+	guest_invocation_cleanup(&inv);
+	guest_decoder_cleanup(&d);
+	close(p[0]);
+
+	/* Writing to a closed peer is an error, not a signal. */
+	CHECK(pipe(p) == 0);
+	close(p[0]);
+	signal(SIGPIPE, SIG_IGN);
+	CHECK(guest_frame_send(p[1], 'O', "x", 1) == -EPIPE);
+	close(p[1]);
+}
+
+int main(void)
+{
+	test_roundtrip_splits();
+	test_refusals();
+	test_invocation();
+	test_send_over_pipe();
+	return check_report();
+}

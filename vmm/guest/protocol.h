@@ -1,0 +1,163 @@
+/* The invocation channel between a micro-VM's guest init and the host.
+ *
+ * The guest init (vmm/guest/init.c) connects AF_VSOCK to the host (CID 2) on
+ * port GUEST_PROTO_PORT; kvmm hands the connection to the unix socket
+ * "{uds_path}_1024", where the host side listens.  Both directions carry
+ * frames:
+ *
+ *   1 byte type | 4 bytes payload length, little-endian (<= GUEST_FRAME_MAX) | payload
+ *
+ *   host -> guest   'A' one argv element    'E' one "K=V"     'W' working dir (absolute)
+ *                   'U' OCI user ("uid", "uid:gid", "name", "name:group")
+ *                   'G' go: the invocation is complete (empty)
+ *   guest -> host   'O' stdout bytes        'R' stderr bytes
+ *                   'F' a failure message from the init (text)
+ *                   'X' exit: int32 LE exit code (-1 if killed by a signal), int32 LE signal
+ *
+ * After 'X' the init syncs and powers the VM off.
+ *
+ * This file is the one codec both ends use: plain C and libc only, so the
+ * static guest init links it too.  Nothing here logs; failures come back as
+ * -errno with a static reason string for the caller's message.
+ */
+#ifndef KINDLING_GUEST_PROTOCOL_H
+#define KINDLING_GUEST_PROTOCOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define GUEST_PROTO_HOST_CID 2u
+#define GUEST_PROTO_PORT 1024u
+#define GUEST_FRAME_HDR_LEN 5
+#define GUEST_FRAME_MAX (1u << 20)
+#define GUEST_EXIT_LEN 8
+
+enum guest_frame_type {
+	GUEST_FRAME_ARG = 'A',
+	GUEST_FRAME_ENV = 'E',
+	GUEST_FRAME_WORKDIR = 'W',
+	GUEST_FRAME_USER = 'U',
+	GUEST_FRAME_GO = 'G',
+	GUEST_FRAME_STDOUT = 'O',
+	GUEST_FRAME_STDERR = 'R',
+	GUEST_FRAME_FAIL = 'F',
+	GUEST_FRAME_EXIT = 'X',
+};
+
+/* Which way frames flow: each end decodes only the types sent to it. */
+enum guest_direction {
+	GUEST_DIR_HOST_TO_GUEST, /* A E W U G */
+	GUEST_DIR_GUEST_TO_HOST, /* O R F X */
+};
+
+/* One decoded frame.  |payload| belongs to the decoder and stays valid until
+ * the next guest_decoder_feed() or guest_decoder_cleanup(). */
+struct guest_frame {
+	uint8_t type;
+	const uint8_t *payload;
+	uint32_t len;
+};
+
+/* Check one frame against the rules of |dir|: a known type for that
+ * direction, |len| <= GUEST_FRAME_MAX, and the payload rules: A, E, W, U and
+ * F are text without NUL bytes; E has a '=' after a non-empty name; W starts
+ * with '/'; U and F are not empty; G is empty; X is exactly GUEST_EXIT_LEN; O
+ * and R are not empty.  Returns 0, -EPROTO (|*why| says what is wrong; |why|
+ * may be NULL) or -EMSGSIZE. */
+int guest_frame_check(enum guest_direction dir, uint8_t type, const uint8_t *payload, size_t len, const char **why);
+
+/* The 5-byte header for a frame of |type| and |len| bytes into |out|. */
+void guest_frame_header(uint8_t out[GUEST_FRAME_HDR_LEN], uint8_t type, uint32_t len);
+
+/* Write one whole frame to |fd| (blocking; short writes and EINTR retried).
+ * The frame is not checked against a direction; |len| must be at most
+ * GUEST_FRAME_MAX.  Returns 0, -EMSGSIZE, or -errno from write (-EPIPE when
+ * the peer is gone, if SIGPIPE is ignored). */
+int guest_frame_send(int fd, uint8_t type, const void *payload, size_t len);
+
+/* A strict incremental decoder: bytes go in as they arrive, in any split;
+ * whole, checked frames come out. */
+struct guest_decoder {
+	enum guest_direction dir;
+	uint8_t hdr[GUEST_FRAME_HDR_LEN];
+	size_t hdr_have;
+	uint8_t type;
+	uint32_t len;
+	uint8_t *buf; /* the payload being collected, malloc'd, grown to the largest frame */
+	size_t cap, have;
+	int err;	   /* sticky: once a stream is bad, it stays bad */
+	const char *why;   /* what was wrong with it */
+};
+
+/* Start |d| for frames travelling in |dir|. */
+void guest_decoder_init(struct guest_decoder *d, enum guest_direction dir);
+
+/* Free what |d| holds; |d| may be fed again only after guest_decoder_init(). */
+void guest_decoder_cleanup(struct guest_decoder *d);
+
+/* Consume bytes from |<p, len>| up to the end of at most one frame; |*used|
+ * says how many were taken.  Returns
+ *   1        a frame is complete in |*out| (call again with the rest of |p|);
+ *   0        all of |p| was consumed and no frame is complete yet;
+ *   -EPROTO  an unknown type for the direction or a payload that breaks its
+ *            type's rules (guest_decoder_error() says which);
+ *   -EMSGSIZE a length over GUEST_FRAME_MAX;
+ *   -ENOMEM.
+ * The type and length are checked as soon as the header is in, before any
+ * payload is buffered.  After an error every later call returns it again. */
+int guest_decoder_feed(struct guest_decoder *d, const uint8_t *p, size_t len, size_t *used, struct guest_frame *out);
+
+/* True when |d| is between frames, so an end of stream here is clean. */
+bool guest_decoder_idle(const struct guest_decoder *d);
+
+/* Why the stream was refused; "" if it was not. */
+const char *guest_decoder_error(const struct guest_decoder *d);
+
+/* The 'X' payload: |code| (the exit status, or -1 after a signal) and
+ * |sig| (the signal, 0 if none). */
+void guest_exit_encode(uint8_t out[GUEST_EXIT_LEN], int32_t code, int32_t sig);
+
+/* Parse an 'X' payload.  Returns 0, or -EPROTO when |len| is not
+ * GUEST_EXIT_LEN. */
+int guest_exit_decode(const uint8_t *payload, size_t len, int32_t *code, int32_t *sig);
+
+/* ---- the invocation, as the init collects it ------------------------------------------------------------------ */
+
+#define GUEST_INV_MAX_ARGS 4096
+#define GUEST_INV_MAX_ENV 4096
+#define GUEST_INV_MAX_BYTES (8u << 20) /* all strings together */
+
+/* What to run.  argv and envp are NULL-terminated; all strings malloc'd. */
+struct guest_invocation {
+	char **argv;
+	size_t argc;
+	char **envp;
+	size_t envc;
+	char *workdir; /* NULL = the image's "/" */
+	char *user;    /* NULL = root */
+	size_t bytes;
+	bool complete; /* 'G' arrived */
+};
+
+/* An empty invocation. */
+void guest_invocation_init(struct guest_invocation *inv);
+
+/* Free every string; |inv| is empty again. */
+void guest_invocation_cleanup(struct guest_invocation *inv);
+
+/* Add one host -> guest frame (already checked by the decoder).  Returns 1
+ * when 'G' completed the invocation, 0 when more frames are wanted, -EPROTO
+ * for a second 'W' or 'U', any frame after 'G', 'G' before any 'A', or a
+ * guest -> host type; -E2BIG past the GUEST_INV_MAX_* limits; -ENOMEM.
+ * |*why| (if |why| is not NULL) says what was wrong. */
+int guest_invocation_add(struct guest_invocation *inv, const struct guest_frame *f, const char **why);
+
+/* Send an invocation to |fd|: one 'A' per element of the NULL-terminated
+ * |argv| (at least one), one 'E' per element of |envp| (may be NULL), 'W'
+ * and 'U' when not NULL, then 'G'.  Returns 0, -EINVAL (no argv, or an
+ * element the guest would refuse), or what guest_frame_send() returns. */
+int guest_invocation_send(int fd, const char *const *argv, const char *const *envp, const char *workdir,
+			  const char *user);
+
+#endif
