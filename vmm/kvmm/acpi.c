@@ -169,6 +169,56 @@ static void res_end(struct aml *a)
 	aml_byte(a, 0); /* checksum 0: "treat as correct" */
 }
 
+/* A 16-bit decoded I/O port range of |len| ports at |port| (6.4.2.5). */
+static void res_io(struct aml *a, uint16_t port, uint8_t len)
+{
+	uint8_t d[8] = { 0x47, 1 /* 16-bit decode */ };
+	st16(d + 2, port);
+	st16(d + 4, port);
+	d[6] = 1; /* alignment */
+	d[7] = len;
+	aml_bytes(a, d, sizeof(d));
+}
+
+/* An ISA IRQ, edge-triggered and active-high (IRQNoFlags, 6.4.2.1). */
+static void res_isa_irq(struct aml *a, uint8_t irq)
+{
+	uint8_t d[3] = { 0x22 };
+	st16(d + 1, (uint16_t)(1u << irq));
+	aml_bytes(a, d, sizeof(d));
+}
+
+/* Device(|name|) { _HID |hid|, _UID 0, _CRS { IO |port|+|len| [, IO |port2|+1], IRQ |irq| } }:
+ * a legacy ISA device.  Hardware-reduced ACPI has no 8259 and so no
+ * built-in ISA IRQ numbers: the kernel maps an ISA interrupt only for a
+ * device the DSDT declares (8250_pnp and i8042's PNP probe bind these). */
+static void aml_isa_device(struct aml *a, const char *name, const char *hid, uint16_t port, uint8_t len,
+			   uint16_t port2, uint8_t irq)
+{
+	aml_byte(a, AML_EXT_OP);
+	aml_byte(a, AML_DEVICE_OP);
+	size_t pkg = aml_pkg_begin(a);
+	aml_nameseg(a, name);
+	aml_byte(a, AML_NAME_OP);
+	aml_nameseg(a, "_HID");
+	aml_string(a, hid);
+	aml_byte(a, AML_NAME_OP);
+	aml_nameseg(a, "_UID");
+	aml_integer(a, 0);
+	aml_byte(a, AML_NAME_OP);
+	aml_nameseg(a, "_CRS");
+	aml_byte(a, AML_BUFFER_OP);
+	size_t buf = aml_pkg_begin(a);
+	aml_integer(a, 8 + (port2 ? 8 : 0) + 3 + 2); /* BufferSize */
+	res_io(a, port, len);
+	if (port2)
+		res_io(a, port2, 1);
+	res_isa_irq(a, irq);
+	res_end(a);
+	aml_pkg_end(a, buf);
+	aml_pkg_end(a, pkg);
+}
+
 /* Name(_CRS, Buffer() {<what fill() emits>, EndTag}). */
 static void aml_crs(struct aml *a, const struct acpi_virtio_mmio *dev)
 {
@@ -233,6 +283,10 @@ static int build_dsdt(const struct acpi_config *cfg, uint8_t *t, size_t cap, siz
 	aml_nameseg(&a, "_SB_");
 	for (size_t i = 0; i < cfg->n_devs; i++)
 		aml_virtio_device(&a, i, &cfg->devs[i]);
+	if (cfg->legacy_isa) {
+		aml_isa_device(&a, "COM1", "PNP0501", 0x3f8, 8, 0, 4);
+		aml_isa_device(&a, "PS2K", "PNP0303", 0x60, 1, 0x64, 1);
+	}
 	aml_pkg_end(&a, pkg);
 	if (cfg->sleep_port) {
 		/* Name(_S5, Package() {5, 0}): the SLP_TYP the kernel writes

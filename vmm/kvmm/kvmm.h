@@ -107,312 +107,6 @@ struct kvmm_config {
 	char *vsock_uds_path;
 };
 
-/* ==== section: config (config.c) ==== */
-
-/* Limits the config enforces (Firecracker's where it has one). */
-#define KVMM_MAX_VCPUS 32
-#define KVMM_MIN_MEM_MIB 2u	     /* what e820_build() needs; a real kernel needs far more */
-#define KVMM_MAX_MEM_MIB (1u << 20) /* 1 TiB: keeps mem_size_mib << 20 far from overflow */
-#define KVMM_UDS_PATH_MAX 107	     /* sun_path less its NUL */
-#define KVMM_CONFIG_FILE_MAX (1u << 20)
-
-/* The resources Firecracker's API and config file set, one JSON object each. */
-enum kvmm_resource {
-	KVMM_RES_MACHINE, /* "machine-config": vcpu_count, mem_size_mib (required); smt, track_dirty_pages (false
-			   * only), cpu_template, huge_pages ("None" only) */
-	KVMM_RES_BOOT,	  /* "boot-source": kernel_image_path (required), initrd_path, boot_args */
-	KVMM_RES_DRIVE,	  /* "drives" entry: drive_id, is_root_device (required), path_on_host (required),
-			   * is_read_only (true or absent: kvmm's virtio-blk is read-only), cache_type "Unsafe",
-			   * io_engine "Sync" */
-	KVMM_RES_VSOCK,	  /* "vsock": guest_cid >= 3, uds_path (required), vsock_id (accepted, ignored) */
-};
-
-/* Reset |c| to Firecracker's defaults: 1 vCPU, 128 MiB, nothing else set.
- * Call once before any other kvmm_config_* function on |c|. */
-void kvmm_config_init(struct kvmm_config *c);
-
-/* Free the strings |c| owns and leave it as kvmm_config_init() does.
- * Accepts NULL. */
-void kvmm_config_free(struct kvmm_config *c);
-
-/* Apply the JSON object |<json, len>| (untrusted: an API body or a piece of a
- * config file) to resource |r| of |c|, with Firecracker's rules: unknown
- * fields, wrong types, duplicate keys and out-of-range values are refused;
- * a PUT of machine-config, boot-source or vsock replaces that resource whole
- * (absent optional fields take their defaults).  For KVMM_RES_DRIVE, |id| is
- * the drive_id from the request path, which the body's drive_id must equal
- * (NULL for config files: the body's id is taken); a drive with an existing
- * id is replaced in place; a new one is appended (-ENOSPC past
- * KVMM_MAX_DRIVES); at most one drive is the root device, and that drive is
- * always moved to drives[0] so the guest sees it as /dev/vda.  |id| is
- * ignored for the other resources.
- * Returns 0 with |c| updated, or -EINVAL/-ENOSPC/-ENOMEM with |c| unchanged
- * and a message naming the field in |<err, errlen>| (Firecracker's
- * fault_message); nothing is logged. */
-int kvmm_config_put(struct kvmm_config *c, enum kvmm_resource r, const char *id, const char *json, size_t len,
-		    char *err, size_t errlen);
-
-/* Load Firecracker's --config-file format from |path| (at most
- * KVMM_CONFIG_FILE_MAX bytes) into |c| (initialised by the caller; what the
- * file sets replaces what |c| had): an object with "boot-source",
- * "machine-config", "drives" (an array), "vsock" (an object or null), and
- * Firecracker's other sections accepted only when empty ("network-interfaces"
- * [], "logger" null, ...).  It does not call kvmm_config_validate().
- * Returns 0; -ENOENT/-EACCES/-EFBIG/-errno reading the file; -EINVAL/-ENOSPC
- * for content, with |c| partly updated (free it) and |<err, errlen>| naming
- * the section and field ("drives[1].path_on_host: ...").  Nothing is logged. */
-int kvmm_config_load_file(struct kvmm_config *c, const char *path, char *err, size_t errlen);
-
-/* Check that |c| can boot: a kernel_image_path, vCPU and memory counts in
- * range, at most one root drive, distinct drive ids, a vsock with guest_cid
- * >= 3 and a uds_path that fits a unix socket address; and that the kernel,
- * the initrd and every drive's path_on_host are readable regular files (or
- * block devices, for drives) right now, relative to the current root.
- * Returns 0, or -EINVAL/-ENOENT/-EACCES with the field named in
- * |<err, errlen>|.  Nothing is logged. */
-int kvmm_config_validate(const struct kvmm_config *c, char *err, size_t errlen);
-
-/* The configuration as Firecracker's GET /vm/config returns it, a malloc'd
- * NUL-terminated JSON text the caller frees; kvmm_config_load_file() reads
- * it back.  Returns NULL with errno = ENOMEM on failure. */
-char *kvmm_config_to_json(const struct kvmm_config *c);
-
-/* ==== end section: config ==== */
-
-/* ==== section: api (api.c) ==== */
-
-/* ---- HTTP/1.1 requests (vmm/kvmm/http.c): a checked parser for the API socket */
-
-#define KVMM_HTTP_MAX_HEAD 8192	     /* request line and headers, with the blank line */
-#define KVMM_HTTP_MAX_BODY (64 * 1024) /* Firecracker's bodies are small JSON objects */
-#define KVMM_HTTP_MAX_HEADERS 64
-#define KVMM_HTTP_MAX_PATH 256
-
-/* One request head.  Strings are NUL-terminated copies. */
-struct kvmm_http_req {
-	char method[8];		     /* "GET", "PUT", "PATCH", ...: upper-case letters */
-	char path[KVMM_HTTP_MAX_PATH]; /* origin-form, starts with '/', as sent (no decoding) */
-	int minor;		     /* 1 for HTTP/1.1, 0 for HTTP/1.0 */
-	size_t head_len;	     /* bytes of the head, blank line included: the body starts there */
-	size_t content_length;	     /* 0 if there is no Content-Length */
-	bool keep_alive;	     /* the connection stays open after the response */
-	bool expect_continue;	     /* "Expect: 100-continue": answer 100 before reading the body */
-};
-
-/* Parse the request head at the start of |<buf, len>| (untrusted bytes).
- * Strict: CRLF line ends, a token method, an origin-form target of printable
- * ASCII, HTTP/1.0 or 1.1, token header names, no obsolete line folding, no
- * control bytes in values, at most KVMM_HTTP_MAX_HEADERS headers, one
- * Content-Length of digits only up to KVMM_HTTP_MAX_BODY, no
- * Transfer-Encoding (request smuggling and chunked bodies are refused), and
- * no Expect other than 100-continue.
- * Returns 0 with |*out| filled; -EAGAIN if the head is not complete yet and
- * may still fit in KVMM_HTTP_MAX_HEAD (read more and call again with the
- * whole buffer); -E2BIG for a body over KVMM_HTTP_MAX_BODY (HTTP 413);
- * -EMSGSIZE for a head over KVMM_HTTP_MAX_HEAD or too many headers (431);
- * -EINVAL for anything malformed or refused (400).  On error a message for
- * the client is in |<err, errlen>|; the connection cannot be resynchronised
- * and must be closed after the error response. */
-int kvmm_http_parse_head(const char *buf, size_t len, struct kvmm_http_req *out, char *err, size_t errlen);
-
-/* ---- the Firecracker-compatible API server (vmm/kvmm/api.c) ------------------ */
-
-/* A client that has begun a request must finish it within this time, and
- * each response must be taken within it, or the connection is dropped. */
-#define KVMM_API_IO_TIMEOUT_MS 5000
-/* An idle keep-alive connection is closed after this, or at once when
- * another client is waiting (the server serves one connection at a time). */
-#define KVMM_API_IDLE_TIMEOUT_MS 30000
-
-struct kvmm_api;
-
-/* What the API asks of the VM.  Both callbacks run on the API thread, one at a
- * time, with the API's lock on |cfg| held; each writes a reason into
- * |<err, errlen>| when it fails, which the client receives as Firecracker's
- * {"fault_message": ...} with status 400. */
-struct kvmm_api_hooks {
-	void *ctx;
-	/* Required: PUT /actions {"action_type": "InstanceStart"}.  |cfg| has
-	 * passed kvmm_config_validate(); boot it (kvmm_vm_create, then
-	 * kvmm_vm_start) and return 0, or -errno.  After 0 the API refuses
-	 * pre-boot changes and reports "Running"; after an error it stays in
-	 * "Not started" and the client may fix the config and try again. */
-	int (*instance_start)(void *ctx, const struct kvmm_config *cfg, char *err, size_t errlen);
-	/* Required: {"action_type": "SendCtrlAltDel"}, only once running.
-	 * 0 or -errno. */
-	int (*send_ctrl_alt_del)(void *ctx, char *err, size_t errlen);
-	/* Optional (false = off): once the VM runs, the API thread installs
-	 * kvmm_seccomp_apply(KVMM_THREAD_API) on itself, so the callbacks must
-	 * from then on need nothing outside that allowlist (send_ctrl_alt_del:
-	 * write(2) on an eventfd or KVM_IRQ_LINE on the VM fd). */
-	bool seccomp;
-};
-
-/* Serve Firecracker's API on a unix socket at |sock_path| (created with mode
- * 0600; an existing socket file there is replaced, any other file is an error)
- * on a new thread, editing |cfg| (initialised by the caller, possibly loaded
- * from a config file already) as PUT requests arrive.  From this call until
- * kvmm_api_stop() returns, |cfg| belongs to the API: the caller reads it only
- * inside a hook.  |hooks| is copied.  Requests served:
- *   GET /                   {"id", "state" ("Not started"/"Running"), "vmm_version", "app_name"}
- *   GET /machine-config     {"vcpu_count", "mem_size_mib", "smt", "track_dirty_pages", "huge_pages"}
- *   GET /vm/config          the whole config, as kvmm_config_to_json()
- *   PUT /machine-config, /boot-source, /drives/{id}, /vsock   pre-boot only, 204
- *   PUT /actions            InstanceStart, SendCtrlAltDel (FlushMetrics: 400, no metrics)
- * Anything else is 400 with {"fault_message"}.  Returns 0 with |*out| set, or
- * -errno (logged: socket path too long, in use, not creatable) with nothing
- * left running. */
-int kvmm_api_start(struct kvmm_api **out, const char *sock_path, struct kvmm_config *cfg,
-		   const struct kvmm_api_hooks *hooks);
-
-/* Tell the API the VM was started without it (a --config-file boot), so it
- * answers as Firecracker does after InstanceStart.  Any thread. */
-void kvmm_api_set_running(struct kvmm_api *a);
-
-/* Stop serving (the connection in progress is dropped), join the thread,
- * remove the socket file and free |a|.  Accepts NULL.  Must not be called from
- * a hook. */
-void kvmm_api_stop(struct kvmm_api *a);
-
-/* ---- isolation (vmm/kvmm/jail.c) --------------------------------------------- */
-
-/* kvmm's threads, each with its own seccomp allowlist (jail.c lists each call
- * and why it is there). */
-enum kvmm_thread_kind {
-	KVMM_THREAD_VMM,     /* main, after setup: waits for the VM, tears it down, exits */
-	KVMM_THREAD_VCPU,    /* KVM_RUN and its exits, which reach device code (DRIVER_OK notify) */
-	KVMM_THREAD_DEVICES, /* the kvmm_loop: eventfds, disk reads, vsock's unix sockets */
-	KVMM_THREAD_API,     /* the API socket, once the VM runs */
-};
-
-/* Install |kind|'s allowlist on the calling thread only (threads it creates
- * later inherit it), with no_new_privs.  Call it at the end of the thread's
- * setup: files, sockets, mappings and threads it still needs must exist by
- * then.  A call outside the list kills the whole process with SIGSYS
- * (SCMP_ACT_KILL_PROCESS): the parent sees WTERMSIG == SIGSYS and the kernel
- * log names the call (audit type=1326, "syscall=N").  Returns 0 or -errno
- * (logged). */
-int kvmm_seccomp_apply(enum kvmm_thread_kind kind);
-
-/* A jailer-like confinement of the kvmm process itself, as Firecracker's
- * jailer sets up before it executes Firecracker. */
-struct kvmm_jail {
-	/* cgroup "kvmm-<id>" (v2, else v1 as vmm/cgroup.c finds them) with these
-	 * limits; 0 and 0 = no cgroup.  The cgroup outlives kvmm (it cannot be
-	 * removed from inside the chroot): whoever started kvmm removes it;
-	 * its path is logged at info level. */
-	uint64_t memory_limit; /* bytes */
-	uint32_t pids_limit;
-	const char *id; /* names the cgroup; [A-Za-z0-9_-], 1..64 chars; required with limits */
-	/* chroot into this directory (NULL = none).  The caller has placed in it,
-	 * by hard link, bind mount or mknod as it prefers, everything kvmm opens
-	 * later (dev/kvm, the kernel, drives, the socket directories); config
-	 * paths are then relative to it. */
-	const char *chroot_dir;
-	/* Drop to this user (NULL = keep the current one): OCI style "uid",
-	 * "uid:gid", "name" or "name:group", resolved against the HOST's
-	 * /etc/passwd and /etc/group before the chroot.  Supplementary groups
-	 * are cleared. */
-	const char *user;
-};
-
-/* Confine the calling process as |j| says, in this order: cgroup (created and
- * joined), chroot and chdir("/"), drop groups, gid and uid (checked: regaining
- * root must fail), then no_new_privs.  Call it from the main thread before
- * other threads exist (ids and the root are per process, but glibc's setuid
- * broadcast and chroot semantics are simplest single-threaded).
- * Returns 0, or -errno (logged with what to fix: not root, missing jail
- * directory, unknown user) with the process possibly partly confined: exit. */
-int kvmm_jail_enter(const struct kvmm_jail *j);
-
-/* ==== end section: api ==== */
-
-/* ==== section: vm (vm.c, vcpu.c, serial.c, ...) ==== */
-/* ==== end section: vm ==== */
-
-/* ==== section: vsock (virtio_vsock.c) ==== */
-
-/* virtio-vsock (virtio 1.2, 5.10), stream sockets only, with Firecracker's
- * host-side scheme over unix sockets:
- *   guest connects to host port P   kvmm connects to the unix socket
- *                                   "{uds_path}_{P}"; nobody there = RST;
- *   host connects to guest port P   a client connects to "{uds_path}" and
- *                                   writes "CONNECT P\n"; once the guest
- *                                   accepts it reads "OK <host port>\n", and
- *                                   the socket is closed if the guest refuses.
- * Every host socket is non-blocking and served on the device loop under the
- * device mutex.  Each connection buffers at most VSOCK_TX_BUF bytes from the
- * guest (the buf_alloc we advertise) and VSOCK_RX_STAGE bytes for the guest,
- * never more than the guest's credit allows.  A guest that breaks the
- * protocol gets its packet dropped or its connection reset, never more. */
-#define VIRTIO_ID_VSOCK 19
-#define VSOCK_HOST_CID 2
-#define VSOCK_HDR_LEN 44
-#define VSOCK_TYPE_STREAM 1
-#define VSOCK_OP_REQUEST 1
-#define VSOCK_OP_RESPONSE 2
-#define VSOCK_OP_RST 3
-#define VSOCK_OP_SHUTDOWN 4
-#define VSOCK_OP_RW 5
-#define VSOCK_OP_CREDIT_UPDATE 6
-#define VSOCK_OP_CREDIT_REQUEST 7
-#define VSOCK_SHUTDOWN_RCV 1
-#define VSOCK_SHUTDOWN_SEND 2
-#define VSOCK_MAX_CONNS 32		/* host sockets at once; more are refused (RST, or closed) */
-#define VSOCK_MAX_PKT (64u * 1024)	/* the largest payload either side puts in one packet */
-#define VSOCK_TX_BUF (256u * 1024)	/* guest->host buffering per connection = our buf_alloc */
-#define VSOCK_RX_STAGE (64u * 1024)	/* host->guest bytes read ahead per connection */
-#define VSOCK_RST_QUEUE 32		/* RSTs owed for packets without a connection */
-#define VSOCK_FIRST_HOST_PORT (1u << 30) /* ports of host-initiated connections start here */
-
-struct vsock_conn; /* private to virtio_vsock.c */
-
-struct virtio_vsock {
-	struct virtio_mmio_dev mmio;
-	uint8_t config[8]; /* guest_cid, le64 */
-	uint64_t guest_cid;
-	char uds_path[108];
-	int listen_fd;	/* on uds_path, for host-initiated connections */
-	int kick_fd;	/* an eventfd: queue notifications and resets, handled on the loop thread */
-	struct kvmm_loop *loop;
-	pthread_mutex_t *lock;
-	struct vsock_conn *conns; /* VSOCK_MAX_CONNS slots */
-	unsigned rr;		  /* round-robin start for the next packet to the guest */
-	uint32_t next_port;
-	bool reset_pending;
-	struct {
-		uint32_t local_port, peer_port;
-	} rst[VSOCK_RST_QUEUE];
-	unsigned rst_head, rst_n;
-	/* Counters for logs and tests. */
-	uint64_t tx_packets, rx_packets, bad_packets, resets_sent;
-};
-
-/* Set |v| up as a vsock device for guest CID |guest_cid| (3..0xfffffffe)
- * on guest RAM |mem|, raising interrupts with |irq|(|irq_ctx|): bind and
- * listen on |uds_path| (which must not exist; it is removed again by
- * virtio_vsock_destroy()) and register the listener and the device's own
- * eventfd with |loop| under |lock| (NULL = no locking, single-threaded use).
- * The device's notify() and reset() only set work aside and wake the loop,
- * so they are safe from any thread holding |lock|.  |mem|, |loop| and |lock|
- * must outlive |v|.  Returns 0, or -EINVAL (bad CID or a path too long for
- * "{uds_path}_4294967295"), -EADDRINUSE, or another -errno, each logged with
- * the reason; on failure nothing is left open or registered. */
-int virtio_vsock_init(struct virtio_vsock *v, uint64_t guest_cid, const char *uds_path, const struct guest_mem *mem,
-		      virtio_irq_fn irq, void *irq_ctx, struct kvmm_loop *loop, pthread_mutex_t *lock);
-
-/* Do the work set aside by notify() and reset() now: drop every connection
- * after a reset, take the guest's tx packets, fill its rx buffers.  The loop
- * calls it on its thread; tests and fuzzers call it directly.  The caller
- * holds |v|'s lock and is the loop's thread (or no loop runs). */
-void virtio_vsock_process(struct virtio_vsock *v);
-
-/* Close every connection and the listener, unregister them from the loop
- * (call it after the loop has stopped, or on its thread), remove uds_path,
- * and free what |v| holds.  Safe after a failed init, and twice. */
-void virtio_vsock_destroy(struct virtio_vsock *v);
-
-/* ==== end section: vsock ==== */
 
 /* ---- guest physical layout (x86-64) ---------------------------------------------------------------------------- */
 
@@ -823,6 +517,12 @@ struct acpi_config {
 	 * (the guest's poweroff writes SLP_TYP 5 | SLP_EN there); 0 = none. */
 	uint16_t sleep_port;
 	uint64_t gpa; /* where the blob will sit in the guest (e.g. KVMM_ACPI_GPA); 16-aligned */
+	/* Declare the PC's COM1 (PNP0501: ports 0x3f8-0x3ff, IRQ 4) and PS/2
+	 * keyboard controller (PNP0303: ports 0x60 and 0x64, IRQ 1) in the
+	 * DSDT.  A hardware-reduced platform has no legacy PIC, so Linux maps
+	 * ISA interrupts only for devices the DSDT lists; without this the
+	 * console's tty cannot get IRQ 4 and the keyboard none. */
+	bool legacy_isa;
 };
 
 /* The tables, each at an offset of the blob (all 8-aligned, RSDP first). */
@@ -841,5 +541,457 @@ int acpi_build(const struct acpi_config *cfg, uint8_t *buf, size_t cap, struct a
 
 /* The 8-bit sum of |<p, len>|: 0 for a table with a correct checksum. */
 uint8_t acpi_sum(const uint8_t *p, size_t len);
+
+/* ==== section: config (config.c) ==== */
+
+/* Limits the config enforces (Firecracker's where it has one). */
+#define KVMM_MAX_VCPUS 32
+#define KVMM_MIN_MEM_MIB 2u	     /* what e820_build() needs; a real kernel needs far more */
+#define KVMM_MAX_MEM_MIB (1u << 20) /* 1 TiB: keeps mem_size_mib << 20 far from overflow */
+#define KVMM_UDS_PATH_MAX 107	     /* sun_path less its NUL */
+#define KVMM_CONFIG_FILE_MAX (1u << 20)
+
+/* The resources Firecracker's API and config file set, one JSON object each. */
+enum kvmm_resource {
+	KVMM_RES_MACHINE, /* "machine-config": vcpu_count, mem_size_mib (required); smt, track_dirty_pages (false
+			   * only), cpu_template, huge_pages ("None" only) */
+	KVMM_RES_BOOT,	  /* "boot-source": kernel_image_path (required), initrd_path, boot_args */
+	KVMM_RES_DRIVE,	  /* "drives" entry: drive_id, is_root_device (required), path_on_host (required),
+			   * is_read_only (true or absent: kvmm's virtio-blk is read-only), cache_type "Unsafe",
+			   * io_engine "Sync" */
+	KVMM_RES_VSOCK,	  /* "vsock": guest_cid >= 3, uds_path (required), vsock_id (accepted, ignored) */
+};
+
+/* Reset |c| to Firecracker's defaults: 1 vCPU, 128 MiB, nothing else set.
+ * Call once before any other kvmm_config_* function on |c|. */
+void kvmm_config_init(struct kvmm_config *c);
+
+/* Free the strings |c| owns and leave it as kvmm_config_init() does.
+ * Accepts NULL. */
+void kvmm_config_free(struct kvmm_config *c);
+
+/* Apply the JSON object |<json, len>| (untrusted: an API body or a piece of a
+ * config file) to resource |r| of |c|, with Firecracker's rules: unknown
+ * fields, wrong types, duplicate keys and out-of-range values are refused;
+ * a PUT of machine-config, boot-source or vsock replaces that resource whole
+ * (absent optional fields take their defaults).  For KVMM_RES_DRIVE, |id| is
+ * the drive_id from the request path, which the body's drive_id must equal
+ * (NULL for config files: the body's id is taken); a drive with an existing
+ * id is replaced in place; a new one is appended (-ENOSPC past
+ * KVMM_MAX_DRIVES); at most one drive is the root device, and that drive is
+ * always moved to drives[0] so the guest sees it as /dev/vda.  |id| is
+ * ignored for the other resources.
+ * Returns 0 with |c| updated, or -EINVAL/-ENOSPC/-ENOMEM with |c| unchanged
+ * and a message naming the field in |<err, errlen>| (Firecracker's
+ * fault_message); nothing is logged. */
+int kvmm_config_put(struct kvmm_config *c, enum kvmm_resource r, const char *id, const char *json, size_t len,
+		    char *err, size_t errlen);
+
+/* Load Firecracker's --config-file format from |path| (at most
+ * KVMM_CONFIG_FILE_MAX bytes) into |c| (initialised by the caller; what the
+ * file sets replaces what |c| had): an object with "boot-source",
+ * "machine-config", "drives" (an array), "vsock" (an object or null), and
+ * Firecracker's other sections accepted only when empty ("network-interfaces"
+ * [], "logger" null, ...).  It does not call kvmm_config_validate().
+ * Returns 0; -ENOENT/-EACCES/-EFBIG/-errno reading the file; -EINVAL/-ENOSPC
+ * for content, with |c| partly updated (free it) and |<err, errlen>| naming
+ * the section and field ("drives[1].path_on_host: ...").  Nothing is logged. */
+int kvmm_config_load_file(struct kvmm_config *c, const char *path, char *err, size_t errlen);
+
+/* Check that |c| can boot: a kernel_image_path, vCPU and memory counts in
+ * range, at most one root drive, distinct drive ids, a vsock with guest_cid
+ * >= 3 and a uds_path that fits a unix socket address; and that the kernel,
+ * the initrd and every drive's path_on_host are readable regular files (or
+ * block devices, for drives) right now, relative to the current root.
+ * Returns 0, or -EINVAL/-ENOENT/-EACCES with the field named in
+ * |<err, errlen>|.  Nothing is logged. */
+int kvmm_config_validate(const struct kvmm_config *c, char *err, size_t errlen);
+
+/* The configuration as Firecracker's GET /vm/config returns it, a malloc'd
+ * NUL-terminated JSON text the caller frees; kvmm_config_load_file() reads
+ * it back.  Returns NULL with errno = ENOMEM on failure. */
+char *kvmm_config_to_json(const struct kvmm_config *c);
+
+/* ==== end section: config ==== */
+
+/* ==== section: api (api.c) ==== */
+
+/* ---- HTTP/1.1 requests (vmm/kvmm/http.c): a checked parser for the API socket */
+
+#define KVMM_HTTP_MAX_HEAD 8192	     /* request line and headers, with the blank line */
+#define KVMM_HTTP_MAX_BODY (64 * 1024) /* Firecracker's bodies are small JSON objects */
+#define KVMM_HTTP_MAX_HEADERS 64
+#define KVMM_HTTP_MAX_PATH 256
+
+/* One request head.  Strings are NUL-terminated copies. */
+struct kvmm_http_req {
+	char method[8];		     /* "GET", "PUT", "PATCH", ...: upper-case letters */
+	char path[KVMM_HTTP_MAX_PATH]; /* origin-form, starts with '/', as sent (no decoding) */
+	int minor;		     /* 1 for HTTP/1.1, 0 for HTTP/1.0 */
+	size_t head_len;	     /* bytes of the head, blank line included: the body starts there */
+	size_t content_length;	     /* 0 if there is no Content-Length */
+	bool keep_alive;	     /* the connection stays open after the response */
+	bool expect_continue;	     /* "Expect: 100-continue": answer 100 before reading the body */
+};
+
+/* Parse the request head at the start of |<buf, len>| (untrusted bytes).
+ * Strict: CRLF line ends, a token method, an origin-form target of printable
+ * ASCII, HTTP/1.0 or 1.1, token header names, no obsolete line folding, no
+ * control bytes in values, at most KVMM_HTTP_MAX_HEADERS headers, one
+ * Content-Length of digits only up to KVMM_HTTP_MAX_BODY, no
+ * Transfer-Encoding (request smuggling and chunked bodies are refused), and
+ * no Expect other than 100-continue.
+ * Returns 0 with |*out| filled; -EAGAIN if the head is not complete yet and
+ * may still fit in KVMM_HTTP_MAX_HEAD (read more and call again with the
+ * whole buffer); -E2BIG for a body over KVMM_HTTP_MAX_BODY (HTTP 413);
+ * -EMSGSIZE for a head over KVMM_HTTP_MAX_HEAD or too many headers (431);
+ * -EINVAL for anything malformed or refused (400).  On error a message for
+ * the client is in |<err, errlen>|; the connection cannot be resynchronised
+ * and must be closed after the error response. */
+int kvmm_http_parse_head(const char *buf, size_t len, struct kvmm_http_req *out, char *err, size_t errlen);
+
+/* ---- the Firecracker-compatible API server (vmm/kvmm/api.c) ------------------ */
+
+/* A client that has begun a request must finish it within this time, and
+ * each response must be taken within it, or the connection is dropped. */
+#define KVMM_API_IO_TIMEOUT_MS 5000
+/* An idle keep-alive connection is closed after this, or at once when
+ * another client is waiting (the server serves one connection at a time). */
+#define KVMM_API_IDLE_TIMEOUT_MS 30000
+
+struct kvmm_api;
+
+/* What the API asks of the VM.  Both callbacks run on the API thread, one at a
+ * time (the only thread touching |cfg| meanwhile); each writes a reason into
+ * |<err, errlen>| when it fails, which the client receives as Firecracker's
+ * {"fault_message": ...} with status 400. */
+struct kvmm_api_hooks {
+	void *ctx;
+	/* Required: PUT /actions {"action_type": "InstanceStart"}.  |cfg| has
+	 * passed kvmm_config_validate(); boot it (kvmm_vm_create, then
+	 * kvmm_vm_start) and return 0, or -errno.  After 0 the API refuses
+	 * pre-boot changes and reports "Running"; after an error it stays in
+	 * "Not started" and the client may fix the config and try again. */
+	int (*instance_start)(void *ctx, const struct kvmm_config *cfg, char *err, size_t errlen);
+	/* Required: {"action_type": "SendCtrlAltDel"}, only once running.
+	 * 0 or -errno. */
+	int (*send_ctrl_alt_del)(void *ctx, char *err, size_t errlen);
+	/* Optional (false = off): once the VM runs, the API thread installs
+	 * kvmm_seccomp_apply(KVMM_THREAD_API) on itself, so the callbacks must
+	 * from then on need nothing outside that allowlist (send_ctrl_alt_del:
+	 * write(2) on an eventfd or KVM_IRQ_LINE on the VM fd). */
+	bool seccomp;
+};
+
+/* Serve Firecracker's API on a unix socket at |sock_path| (created with mode
+ * 0600; an existing socket file there is replaced, any other file is an error)
+ * on a new thread, editing |cfg| (initialised by the caller, possibly loaded
+ * from a config file already) as PUT requests arrive.  From this call until
+ * kvmm_api_stop() returns, |cfg| belongs to the API: the caller reads it only
+ * inside a hook.  |hooks| is copied.  Requests served:
+ *   GET /                   {"id", "state" ("Not started"/"Running"), "vmm_version", "app_name"}
+ *   GET /machine-config     {"vcpu_count", "mem_size_mib", "smt", "track_dirty_pages", "huge_pages"}
+ *   GET /vm/config          the whole config, as kvmm_config_to_json()
+ *   PUT /machine-config, /boot-source, /drives/{id}, /vsock   pre-boot only, 204
+ *   PUT /actions            InstanceStart, SendCtrlAltDel (FlushMetrics: 400, no metrics)
+ * Anything else is 400 with {"fault_message"}.  Returns 0 with |*out| set, or
+ * -errno (logged: socket path too long, in use, not creatable) with nothing
+ * left running. */
+int kvmm_api_start(struct kvmm_api **out, const char *sock_path, struct kvmm_config *cfg,
+		   const struct kvmm_api_hooks *hooks);
+
+/* Tell the API the VM was started without it (a --config-file boot), so it
+ * answers as Firecracker does after InstanceStart.  Any thread. */
+void kvmm_api_set_running(struct kvmm_api *a);
+
+/* Stop serving (the connection in progress is dropped), join the thread,
+ * remove the socket file and free |a|.  Accepts NULL.  Must not be called from
+ * a hook. */
+void kvmm_api_stop(struct kvmm_api *a);
+
+/* ---- isolation (vmm/kvmm/jail.c) --------------------------------------------- */
+
+/* kvmm's threads, each with its own seccomp allowlist (jail.c lists each call
+ * and why it is there). */
+enum kvmm_thread_kind {
+	KVMM_THREAD_VMM,     /* main, after setup: waits for the VM, tears it down, exits */
+	KVMM_THREAD_VCPU,    /* KVM_RUN and its exits, which reach device code (DRIVER_OK notify) */
+	KVMM_THREAD_DEVICES, /* the kvmm_loop: eventfds, disk reads, vsock's unix sockets */
+	KVMM_THREAD_API,     /* the API socket, once the VM runs */
+};
+
+/* Install |kind|'s allowlist on the calling thread only (threads it creates
+ * later inherit it), with no_new_privs.  Call it at the end of the thread's
+ * setup: files, sockets, mappings and threads it still needs must exist by
+ * then.  A call outside the list kills the whole process with SIGSYS
+ * (SCMP_ACT_KILL_PROCESS): the parent sees WTERMSIG == SIGSYS and the kernel
+ * log names the call (audit type=1326, "syscall=N").  Returns 0 or -errno
+ * (logged). */
+int kvmm_seccomp_apply(enum kvmm_thread_kind kind);
+
+/* A jailer-like confinement of the kvmm process itself, as Firecracker's
+ * jailer sets up before it executes Firecracker. */
+struct kvmm_jail {
+	/* cgroup "kvmm-<id>" (v2, else v1 as vmm/cgroup.c finds them) with these
+	 * limits; 0 and 0 = no cgroup.  The cgroup outlives kvmm (it cannot be
+	 * removed from inside the chroot): whoever started kvmm removes it;
+	 * its path is logged at info level. */
+	uint64_t memory_limit; /* bytes */
+	uint32_t pids_limit;
+	const char *id; /* names the cgroup; [A-Za-z0-9_-], 1..64 chars; required with limits */
+	/* chroot into this directory (NULL = none).  The caller has placed in it,
+	 * by hard link, bind mount or mknod as it prefers, everything kvmm opens
+	 * later (dev/kvm, the kernel, drives, the socket directories); config
+	 * paths are then relative to it. */
+	const char *chroot_dir;
+	/* Drop to this user (NULL = keep the current one): OCI style "uid",
+	 * "uid:gid", "name" or "name:group", resolved against the HOST's
+	 * /etc/passwd and /etc/group before the chroot.  Supplementary groups
+	 * are cleared. */
+	const char *user;
+};
+
+/* Confine the calling process as |j| says, in this order: cgroup (created and
+ * joined), chroot and chdir("/"), drop groups, gid and uid (checked: regaining
+ * root must fail), then no_new_privs.  Call it from the main thread before
+ * other threads exist (ids and the root are per process, but glibc's setuid
+ * broadcast and chroot semantics are simplest single-threaded).
+ * Returns 0, or -errno (logged with what to fix: not root, missing jail
+ * directory, unknown user) with the process possibly partly confined: exit. */
+int kvmm_jail_enter(const struct kvmm_jail *j);
+
+/* ==== end section: api ==== */
+
+/* ==== section: vm (vm.c, vcpu.c, serial.c, ...) ==== */
+
+/* ---- the VM (vmm/kvmm/vm.c, vcpu.c) ------------------------------------------ */
+
+/* Used when kvmm_config.boot_args is NULL.  The i8042 options are
+ * Firecracker's less nopnp: the DSDT declares the keyboard controller, so
+ * the driver finds it and its IRQ there (Ctrl+Alt+Del needs it); there is no
+ * mouse and no multiplexer.  reboot=k resets through the same controller. */
+#define KVMM_DEFAULT_CMDLINE "console=ttyS0 reboot=k panic=1 pci=off quiet i8042.noaux i8042.nomux i8042.dumbkbd"
+
+/* Port I/O the VM emulates in user space (the PIC and PIT are in KVM). */
+#define KVMM_SERIAL_PORT 0x3f8 /* COM1, 8 ports */
+#define KVMM_SERIAL_IRQ 4
+#define KVMM_I8042_DATA_PORT 0x60
+#define KVMM_I8042_CMD_PORT 0x64
+#define KVMM_I8042_IRQ 1
+#define KVMM_SLEEP_PORT 0x600 /* the FADT's sleep control/status register */
+/* KVM's own pages for VMX real-mode emulation: three for the TSS and one
+ * for the identity map, in the MMIO hole below the IOAPIC. */
+#define KVMM_IDENTITY_MAP_GPA 0xfffbc000ull
+#define KVMM_TSS_GPA 0xfffbd000ull
+
+struct kvmm_vm;
+
+/* Build a VM from |cfg| (validated by the caller; only read during this
+ * call): open /dev/kvm, create the VM with its in-kernel irqchip and PIT,
+ * map |cfg|->mem_size_mib of guest RAM (MAP_NORESERVE, split around the MMIO
+ * hole), load the kernel and initrd, write the ACPI tables, set up the
+ * console on stdout (input from stdin when it can be polled), the i8042, one
+ * virtio-blk per drive (root first) and the vsock device, each with its
+ * ioeventfds and irqfd, and create the vCPUs in their boot state.  Nothing
+ * runs yet.  Returns 0 with |*out| set, or -errno with the reason logged
+ * (no /dev/kvm or no permission, a capability missing, a file that cannot be
+ * read, a kernel that is not a bzImage, RAM too small) and nothing left
+ * behind. */
+int kvmm_vm_create(const struct kvmm_config *cfg, struct kvmm_vm **out);
+
+/* Whether the VM's threads confine themselves with kvmm_seccomp_apply()
+ * (vCPU threads and the device loop, before they run anything); on by
+ * default.  Off is for debugging a filter.  Call before kvmm_vm_start(). */
+void kvmm_vm_set_seccomp(struct kvmm_vm *vm, bool on);
+
+/* Start the device-loop thread and one thread per vCPU, each confined by
+ * its seccomp allowlist (see kvmm_vm_set_seccomp()).  Call once, after
+ * kvmm_vm_create().  Returns 0, or -errno (logged) with any thread already
+ * started stopped again. */
+int kvmm_vm_start(struct kvmm_vm *vm);
+
+/* Press Ctrl+Alt+Del on the guest's keyboard (Firecracker's SendCtrlAltDel);
+ * any thread.  Returns 0, -EAGAIN if the VM is not running or its keyboard is
+ * disabled, or -EBUSY if the guest has not read earlier keys yet. */
+int kvmm_vm_send_ctrl_alt_del(struct kvmm_vm *vm);
+
+/* Block until the VM ends, then stop and join its threads.  Returns 0 when
+ * the guest powered off or reset itself (ACPI sleep, i8042 reset, triple
+ * fault), or -errno after a fatal error (logged where it happened: KVM_RUN
+ * failed, an internal KVM error, an unexpected exit).  Call once, after
+ * kvmm_vm_start() returned 0. */
+int kvmm_vm_wait(struct kvmm_vm *vm);
+
+/* Stop whatever still runs, close every descriptor, unmap guest RAM and free
+ * |vm|.  Accepts NULL. */
+void kvmm_vm_destroy(struct kvmm_vm *vm);
+
+/* ---- CPUID for one vCPU (vmm/kvmm/cpuid.c) -------------------------------------- */
+
+struct kvm_cpuid_entry2; /* <linux/kvm.h> */
+
+/* Adjust the KVM_GET_SUPPORTED_CPUID list |<e, n>| for vCPU |cpu| of |n_cpus|
+ * (1..KVMM_MAX_VCPUS) in place: the initial APIC id and logical processor
+ * count in leaf 1, the hypervisor bit, one core per vCPU and one thread per
+ * core in the topology leaves (4, 0xB, 0x1F, 0x80000008), x2APIC ids in 0xB
+ * and 0x1F.  Leaves not listed are left as KVM reported them. */
+void kvmm_cpuid_fixup(struct kvm_cpuid_entry2 *e, size_t n, uint32_t cpu, uint32_t n_cpus);
+
+/* ---- legacy devices (vmm/kvmm/serial.c, i8042.c) ------------------------------ */
+
+/* An interrupt line driven by a device model: |level| true = asserted. */
+typedef void (*kvmm_irq_line_fn)(void *ctx, bool level);
+
+#define KVMM_SERIAL_FIFO 64
+
+/* A 16550A UART as Linux's 8250 driver sees it.  No locking: the caller
+ * serialises every call on one instance. */
+struct kvmm_serial {
+	int out_fd; /* transmitted bytes go here; -1 = discarded */
+	bool out_failed;
+	kvmm_irq_line_fn irq;
+	void *irq_ctx;
+	bool irq_level;
+	uint8_t ier, lcr, mcr, scr, dll, dlm, lsr_errors;
+	bool fifo_enabled;
+	bool thr_pending; /* a THR-empty interrupt is owed */
+	uint8_t rx[KVMM_SERIAL_FIFO];
+	size_t rx_head, rx_len;
+};
+
+/* Reset |s| to power-on state, writing to |out_fd| (not owned) and driving
+ * |irq|(|irq_ctx|, level) (may be NULL) on every change of its line. */
+void kvmm_serial_init(struct kvmm_serial *s, int out_fd, kvmm_irq_line_fn irq, void *irq_ctx);
+
+/* An IN or OUT of one byte at register |off| (0..7) from the base port. */
+uint8_t kvmm_serial_read(struct kvmm_serial *s, uint16_t off);
+void kvmm_serial_write(struct kvmm_serial *s, uint16_t off, uint8_t v);
+
+/* Offer |<buf, len>| to the receiver.  Returns how many bytes it took: at
+ * most kvmm_serial_room() (the caller keeps the rest or drops it). */
+size_t kvmm_serial_input(struct kvmm_serial *s, const uint8_t *buf, size_t len);
+
+/* Free space in the receive FIFO. */
+size_t kvmm_serial_room(const struct kvmm_serial *s);
+
+#define KVMM_I8042_QUEUE 16
+
+/* The i8042 keyboard controller and its keyboard.  No locking: the caller
+ * serialises every call on one instance. */
+struct kvmm_i8042 {
+	kvmm_irq_line_fn irq; /* IRQ 1, pulsed (asserted then released) per byte */
+	void (*reset)(void *ctx);
+	void *ctx;
+	uint8_t ctr;	     /* the controller's command byte */
+	uint8_t output_port; /* bit 0: reset line (low = reset) */
+	uint8_t pending_cmd; /* a controller command waiting for its data byte */
+	uint8_t kbd_pending; /* a keyboard command waiting for its argument */
+	uint8_t scancode_set;
+	uint8_t last_out;
+	bool last_was_cmd;
+	uint8_t out[KVMM_I8042_QUEUE];
+	size_t out_head, out_len;
+};
+
+/* Reset |k| to what firmware leaves: keyboard enabled with its interrupt,
+ * translation on, no AUX port.  |irq|(|ctx|, level) drives IRQ 1 and
+ * |reset|(|ctx|) runs when the guest pulses the reset line; either may be
+ * NULL. */
+void kvmm_i8042_init(struct kvmm_i8042 *k, kvmm_irq_line_fn irq, void (*reset)(void *ctx), void *ctx);
+
+/* An IN or OUT of one byte at |port| (KVMM_I8042_DATA_PORT or _CMD_PORT). */
+uint8_t kvmm_i8042_read(struct kvmm_i8042 *k, uint16_t port);
+void kvmm_i8042_write(struct kvmm_i8042 *k, uint16_t port, uint8_t v);
+
+/* Queue the key presses and releases of Ctrl+Alt+Delete as the keyboard
+ * would send them.  Returns 0, -EAGAIN if the guest disabled the keyboard,
+ * or -EBUSY if the queue lacks room (the guest is not reading it). */
+int kvmm_i8042_ctrl_alt_del(struct kvmm_i8042 *k);
+
+/* ==== end section: vm ==== */
+
+/* ==== section: vsock (virtio_vsock.c) ==== */
+
+/* virtio-vsock (virtio 1.2, 5.10), stream sockets only, with Firecracker's
+ * host-side scheme over unix sockets:
+ *   guest connects to host port P   kvmm connects to the unix socket
+ *                                   "{uds_path}_{P}"; nobody there = RST;
+ *   host connects to guest port P   a client connects to "{uds_path}" and
+ *                                   writes "CONNECT P\n"; once the guest
+ *                                   accepts it reads "OK <host port>\n", and
+ *                                   the socket is closed if the guest refuses.
+ * Every host socket is non-blocking and served on the device loop under the
+ * device mutex.  Each connection buffers at most VSOCK_TX_BUF bytes from the
+ * guest (the buf_alloc we advertise) and VSOCK_RX_STAGE bytes for the guest,
+ * never more than the guest's credit allows.  A guest that breaks the
+ * protocol gets its packet dropped or its connection reset, never more. */
+#define VIRTIO_ID_VSOCK 19
+#define VSOCK_HOST_CID 2
+#define VSOCK_HDR_LEN 44
+#define VSOCK_TYPE_STREAM 1
+#define VSOCK_OP_REQUEST 1
+#define VSOCK_OP_RESPONSE 2
+#define VSOCK_OP_RST 3
+#define VSOCK_OP_SHUTDOWN 4
+#define VSOCK_OP_RW 5
+#define VSOCK_OP_CREDIT_UPDATE 6
+#define VSOCK_OP_CREDIT_REQUEST 7
+#define VSOCK_SHUTDOWN_RCV 1
+#define VSOCK_SHUTDOWN_SEND 2
+#define VSOCK_MAX_CONNS 32		/* host sockets at once; more are refused (RST, or closed) */
+#define VSOCK_MAX_PKT (64u * 1024)	/* the largest payload either side puts in one packet */
+#define VSOCK_TX_BUF (256u * 1024)	/* guest->host buffering per connection = our buf_alloc */
+#define VSOCK_RX_STAGE (64u * 1024)	/* host->guest bytes read ahead per connection */
+#define VSOCK_RST_QUEUE 32		/* RSTs owed for packets without a connection */
+#define VSOCK_FIRST_HOST_PORT (1u << 30) /* ports of host-initiated connections start here */
+
+struct vsock_conn; /* private to virtio_vsock.c */
+
+struct virtio_vsock {
+	struct virtio_mmio_dev mmio;
+	uint8_t config[8]; /* guest_cid, le64 */
+	uint64_t guest_cid;
+	char uds_path[108];
+	int listen_fd;	/* on uds_path, for host-initiated connections */
+	int kick_fd;	/* an eventfd: queue notifications and resets, handled on the loop thread */
+	struct kvmm_loop *loop;
+	pthread_mutex_t *lock;
+	struct vsock_conn *conns; /* VSOCK_MAX_CONNS slots */
+	unsigned rr;		  /* round-robin start for the next packet to the guest */
+	uint32_t next_port;
+	bool reset_pending;
+	struct {
+		uint32_t local_port, peer_port;
+	} rst[VSOCK_RST_QUEUE];
+	unsigned rst_head, rst_n;
+	/* Counters for logs and tests. */
+	uint64_t tx_packets, rx_packets, bad_packets, resets_sent;
+};
+
+/* Set |v| up as a vsock device for guest CID |guest_cid| (3..0xfffffffe)
+ * on guest RAM |mem|, raising interrupts with |irq|(|irq_ctx|): bind and
+ * listen on |uds_path| (which must not exist; it is removed again by
+ * virtio_vsock_destroy()) and register the listener and the device's own
+ * eventfd with |loop| under |lock| (NULL = no locking, single-threaded use).
+ * The device's notify() and reset() only set work aside and wake the loop,
+ * so they are safe from any thread holding |lock|.  |mem|, |loop| and |lock|
+ * must outlive |v|.  Returns 0, or -EINVAL (bad CID or a path too long for
+ * "{uds_path}_4294967295"), -EADDRINUSE, or another -errno, each logged with
+ * the reason; on failure nothing is left open or registered. */
+int virtio_vsock_init(struct virtio_vsock *v, uint64_t guest_cid, const char *uds_path, const struct guest_mem *mem,
+		      virtio_irq_fn irq, void *irq_ctx, struct kvmm_loop *loop, pthread_mutex_t *lock);
+
+/* Do the work set aside by notify() and reset() now: drop every connection
+ * after a reset, take the guest's tx packets, fill its rx buffers.  The loop
+ * calls it on its thread; tests and fuzzers call it directly.  The caller
+ * holds |v|'s lock and is the loop's thread (or no loop runs). */
+void virtio_vsock_process(struct virtio_vsock *v);
+
+/* Close every connection and the listener, unregister them from the loop
+ * (call it after the loop has stopped, or on its thread), remove uds_path,
+ * and free what |v| holds.  Safe after a failed init, and twice. */
+void virtio_vsock_destroy(struct virtio_vsock *v);
+
+/* ==== end section: vsock ==== */
 
 #endif
