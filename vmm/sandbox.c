@@ -7,9 +7,10 @@
 
 #include "vmm/internal.h"
 
-/* Every backend this build has, in order of preference for "auto".  The
- * micro-VM joins this list when it exists; nothing registers itself. */
+/* Every backend this build has, in order of preference for "auto";
+ * nothing registers itself. */
 static const struct sandbox_ops *const backends[] = {
+	&sandbox_microvm,
 	&sandbox_process,
 };
 

@@ -83,6 +83,12 @@ struct sandbox_ops {
  * limits where the host allows them; a seccomp denylist; needs root. */
 extern const struct sandbox_ops sandbox_process;
 
+/* The micro-VM: kvmm boots the guest kernel with the image as a read-only
+ * virtio-blk root, and kindling's guest init runs the workload, talking to us
+ * over vsock (vmm/sandbox_microvm.c lists the environment variables that say
+ * where kvmm, the kernel and the initramfs are).  Needs /dev/kvm. */
+extern const struct sandbox_ops sandbox_microvm;
+
 /* Choose a backend for |isolation|: "process", "microvm" or "auto" (NULL means
  * "auto").  "auto" takes the micro-VM where /dev/kvm exists and a micro-VM
  * backend is built in, else the process sandbox, and then writes a one-line

@@ -1,0 +1,293 @@
+/* The micro-VM sandbox's host side without KVM: the config file it writes
+ * for kvmm; how it fails on a host without /dev/kvm (--isolation microvm)
+ * and what auto picks there; locating kvmm, kernel and initramfs; and the
+ * whole run against a stand-in for kvmm (a script that reads the config
+ * file, connects to "{uds_path}_1024" as the guest init does, checks the
+ * invocation and answers with output and an exit status), including a
+ * timeout, a kvmm that dies at once, and a guest that talks nonsense.  Every
+ * run must leave its temporary directory behind it removed. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "tests/check.h"
+#include "vmm/internal.h"
+
+static char dir[64], tmpdir[128];
+
+static const char fake_kvmm[] =
+	"#!/usr/bin/env python3\n"
+	"# Stands in for kvmm and the guest init: the host side cannot tell.\n"
+	"import json, socket, struct, sys, time\n"
+	"cfg = json.load(open(sys.argv[sys.argv.index('--config-file') + 1]))\n"
+	"assert '--no-api' in sys.argv\n"
+	"assert cfg['drives'][0]['is_read_only'] and cfg['drives'][0]['is_root_device']\n"
+	"s = socket.socket(socket.AF_UNIX)\n"
+	"s.connect(cfg['vsock']['uds_path'] + '_1024')\n"
+	"def frame(t, b):\n"
+	"    s.sendall(t.encode() + struct.pack('<I', len(b)) + b)\n"
+	"def rd(n):\n"
+	"    b = b''\n"
+	"    while len(b) < n:\n"
+	"        c = s.recv(n - len(b))\n"
+	"        if not c:\n"
+	"            sys.exit(3)\n"
+	"        b += c\n"
+	"    return b\n"
+	"inv = []\n"
+	"while True:\n"
+	"    t = rd(1).decode()\n"
+	"    p = rd(struct.unpack('<I', rd(4))[0])\n"
+	"    if t == 'G':\n"
+	"        break\n"
+	"    inv.append(t + ':' + p.decode())\n"
+	"argv = [x[2:] for x in inv if x[0] == 'A']\n"
+	"if argv[0] == 'sleep':\n"
+	"    time.sleep(30)\n"
+	"if argv[0] == 'garbage':\n"
+	"    s.sendall(b'Z\\0\\0\\0\\0')\n"
+	"    time.sleep(30)\n"
+	"if argv[0] == 'fail':\n"
+	"    frame('F', b'exec /nope: No such file or directory')\n"
+	"    sys.exit(0)\n"
+	"frame('O', ('\\n'.join(inv) + '\\n').encode())\n"
+	"frame('R', b'oops\\n')\n"
+	"frame('X', struct.pack('<ii', 7, 0))\n";
+
+static const char dead_kvmm[] = "#!/bin/sh\necho 'kvmm: error: cannot open /dev/kvm' >&2\nexit 1\n";
+
+static void write_exec(const char *path, const char *text)
+{
+	CHECK(write_file_atomic(path, text, strlen(text), 0755) == 0);
+}
+
+static bool dir_empty(const char *d)
+{
+	DIR *dh = opendir(d);
+	if (!dh)
+		return false;
+	struct dirent *e;
+	int n = 0;
+	while ((e = readdir(dh)))
+		if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+			n++;
+	closedir(dh);
+	return n == 0;
+}
+
+static void test_config(const struct microvm_paths *p)
+{
+	char path[160];
+	snprintf(path, sizeof(path), "%s/config.json", dir);
+	struct sandbox_spec s = { .image_path = "/images/app.erofs" };
+	CHECK(microvm_write_config(&s, p, "/run/vm/v.sock", path) == 0);
+	json_error_t je;
+	json_t *j = json_load_file(path, 0, &je);
+	CHECK(j != NULL);
+	const char *kernel = NULL, *initrd = NULL, *drive = NULL, *uds = NULL;
+	int ro = 0, rootdev = 0, cid = 0, vcpus = 0;
+	json_int_t mib = 0;
+	CHECK(json_unpack(j, "{s:{s:s, s:s, !}, s:[{s:s, s:s, s:b, s:b, !}], s:{s:i, s:I, !}, s:{s:i, s:s, !}, !}",
+			  "boot-source", "kernel_image_path", &kernel, "initrd_path", &initrd, "drives", "drive_id",
+			  &drive, "path_on_host", &drive, "is_root_device", &rootdev, "is_read_only", &ro,
+			  "machine-config", "vcpu_count", &vcpus, "mem_size_mib", &mib, "vsock", "guest_cid", &cid,
+			  "uds_path", &uds) == 0);
+	CHECK(kernel && strcmp(kernel, p->kernel) == 0 && initrd && strcmp(initrd, p->initrd) == 0);
+	CHECK(drive && strcmp(drive, "/images/app.erofs") == 0 && ro && rootdev);
+	CHECK(vcpus == 1 && mib == 256 && cid == 3 && uds && strcmp(uds, "/run/vm/v.sock") == 0);
+	json_decref(j);
+
+	/* The memory limit, rounded up to MiB, with a floor. */
+	s.memory_limit = (100u << 20) + 1;
+	CHECK(microvm_write_config(&s, p, "/run/vm/v.sock", path) == 0);
+	j = json_load_file(path, 0, &je);
+	CHECK(j && json_integer_value(json_object_get(json_object_get(j, "machine-config"), "mem_size_mib")) == 101);
+	json_decref(j);
+	s.memory_limit = 1u << 20;
+	CHECK(microvm_write_config(&s, p, "/run/vm/v.sock", path) == 0);
+	j = json_load_file(path, 0, &je);
+	CHECK(j && json_integer_value(json_object_get(json_object_get(j, "machine-config"), "mem_size_mib")) == 64);
+	json_decref(j);
+	/* A directory is not something a VM can boot. */
+	struct sandbox_spec d = { .rootfs_dir = "/srv/rootfs" };
+	CHECK(microvm_write_config(&d, p, "/run/vm/v.sock", path) == -EINVAL);
+	unlink(path);
+}
+
+static void test_paths(void)
+{
+	char k[160], i[160], kv[160], why[512];
+	snprintf(k, sizeof(k), "%s/vmlinuz", dir);
+	snprintf(i, sizeof(i), "%s/initrd", dir);
+	snprintf(kv, sizeof(kv), "%s/kvmm", dir);
+	write_exec(k, "kernel");
+	write_exec(i, "initrd");
+	write_exec(kv, dead_kvmm);
+	setenv("KINDLING_KVMM", kv, 1);
+	setenv("KINDLING_GUEST_KERNEL", k, 1);
+	setenv("KINDLING_GUEST_INITRD", i, 1);
+	struct microvm_paths p;
+	CHECK(microvm_find_paths(&p, why, sizeof(why)) == 0);
+	CHECK(strcmp(p.kvmm, kv) == 0 && strcmp(p.kernel, k) == 0 && strcmp(p.initrd, i) == 0);
+	setenv("KINDLING_GUEST_KERNEL", "/nonexistent/vmlinuz", 1);
+	CHECK(microvm_find_paths(&p, why, sizeof(why)) == -ENOENT);
+	CHECK(strstr(why, "KINDLING_GUEST_KERNEL") && strstr(why, "/nonexistent/vmlinuz"));
+	/* The default is next to the running executable (the build directory
+	 * has a kvmm when vmm/kvmm/main.c exists; the kernel is not there). */
+	unsetenv("KINDLING_KVMM");
+	unsetenv("KINDLING_GUEST_KERNEL");
+	CHECK(microvm_find_paths(&p, why, sizeof(why)) < 0);
+	CHECK(strstr(why, "KINDLING_") != NULL);
+	unlink(k);
+	unlink(i);
+	unlink(kv);
+	unsetenv("KINDLING_GUEST_INITRD");
+}
+
+static void test_pick(void)
+{
+	char notice[512], why[512];
+	if (access("/dev/kvm", F_OK) == 0) {
+		/* Not this test's host: the checks below are for hosts without KVM. */
+		fprintf(stderr, "this host has /dev/kvm; the no-KVM checks do not apply\n");
+		return;
+	}
+	CHECK(!sandbox_microvm.available(why, sizeof(why)));
+	CHECK(strstr(why, "/dev/kvm") != NULL);
+	errno = 0;
+	CHECK(sandbox_pick("microvm", notice, sizeof(notice)) == NULL && errno == ENOTSUP);
+	CHECK(strstr(notice, "/dev/kvm") != NULL);
+	const struct sandbox_ops *ops = sandbox_pick("auto", notice, sizeof(notice));
+	CHECK(ops == &sandbox_process);
+	CHECK(strstr(notice, "process sandbox") && strstr(notice, "/dev/kvm") && !strchr(notice, '\n'));
+	CHECK(sandbox_pick(NULL, notice, sizeof(notice)) == &sandbox_process);
+	CHECK(sandbox_pick("process", notice, sizeof(notice)) == &sandbox_process && notice[0] == '\0');
+	errno = 0;
+	CHECK(sandbox_pick("vm", notice, sizeof(notice)) == NULL && errno == ENOENT);
+	/* run() itself refuses too, with the reason logged. */
+	struct sandbox_spec s = { .image_path = "/x", .out_fd = 1, .err_fd = 2 };
+	struct sandbox_result res;
+	CHECK(sandbox_run(&sandbox_microvm, &s, &res) == -ENOTSUP);
+}
+
+/* A run against the stand-in; the workload's stdout lands in a file. */
+static int run(const struct microvm_paths *p, char *const *argv, double timeout, struct sandbox_result *res,
+	       char *outbuf, size_t outlen)
+{
+	char outp[160], errp[160];
+	snprintf(outp, sizeof(outp), "%s/out", dir);
+	snprintf(errp, sizeof(errp), "%s/err", dir);
+	int o = open(outp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int e = open(errp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	static char *env[] = { "LANG=C", "TZ=UTC", NULL };
+	static char *over[] = { "TZ=Europe/Paris", "EXTRA=1", NULL };
+	static char *ep[] = { "/bin/entry", NULL };
+	static char *cmd[] = { "default-arg", NULL };
+	struct run_config cfg = { .entrypoint = ep, .cmd = cmd, .env = env, .working_dir = "/srv", .user = "app" };
+	struct sandbox_spec s = { .image_path = "/images/app.erofs",
+				  .config = &cfg,
+				  .argv_override = argv,
+				  .env_override = over,
+				  .out_fd = o,
+				  .err_fd = e,
+				  .t0 = now_seconds(),
+				  .timeout_s = timeout };
+	memset(res, 0, sizeof(*res));
+	res->exit_code = -1;
+	res->first_output_s = -1;
+	int r = microvm_run_with(&s, p, res);
+	ssize_t n = pread(o, outbuf, outlen - 1, 0);
+	outbuf[n > 0 ? n : 0] = '\0';
+	char eb[64] = "";
+	n = pread(e, eb, sizeof(eb) - 1, 0);
+	CHECK(r < 0 || res->timed_out || (n == 5 && memcmp(eb, "oops\n", 5) == 0));
+	close(o);
+	close(e);
+	unlink(outp);
+	unlink(errp);
+	return r;
+}
+
+static void test_run(void)
+{
+	struct microvm_paths p;
+	snprintf(p.kvmm, sizeof(p.kvmm), "%s/fake-kvmm", dir);
+	snprintf(p.kernel, sizeof(p.kernel), "%s/vmlinuz", dir);
+	snprintf(p.initrd, sizeof(p.initrd), "%s/initrd", dir);
+	write_exec(p.kvmm, fake_kvmm);
+	setenv("TMPDIR", tmpdir, 1);
+	test_config(&p);
+
+	/* The image's entrypoint and cmd, its env under the overrides, its
+	 * working dir and user; output and exit status back. */
+	struct sandbox_result res;
+	char out[4096];
+	CHECK(run(&p, NULL, 0, &res, out, sizeof(out)) == 0);
+	CHECK(strcmp(out, "A:/bin/entry\nA:default-arg\nE:LANG=C\nE:TZ=Europe/Paris\nE:EXTRA=1\nW:/srv\nU:app\n") ==
+	      0);
+	CHECK(res.exit_code == 7 && res.term_signal == 0 && !res.timed_out);
+	CHECK(res.first_output_s >= 0 && res.exit_s >= res.first_output_s);
+	CHECK(res.out_bytes == strlen(out) && res.err_bytes == 5);
+	CHECK(dir_empty(tmpdir));
+
+	/* An override replaces entrypoint and cmd. */
+	char *argv[] = { "/bin/echo", "hi there", NULL };
+	CHECK(run(&p, argv, 0, &res, out, sizeof(out)) == 0);
+	CHECK(strncmp(out, "A:/bin/echo\nA:hi there\nE:", 25) == 0);
+	CHECK(dir_empty(tmpdir));
+
+	/* The timeout kills the VM; that is a result, not an error. */
+	char *sleeper[] = { "sleep", NULL };
+	double t = now_seconds();
+	CHECK(run(&p, sleeper, 2.0, &res, out, sizeof(out)) == 0);
+	CHECK(res.timed_out && res.term_signal == SIGKILL && now_seconds() - t < 10);
+	CHECK(dir_empty(tmpdir));
+
+	/* Nonsense from the guest, and the init's failure report. */
+	char *garbage[] = { "garbage", NULL };
+	CHECK(run(&p, garbage, 20, &res, out, sizeof(out)) == -EPROTO);
+	CHECK(dir_empty(tmpdir));
+	char *fail[] = { "fail", NULL };
+	CHECK(run(&p, fail, 20, &res, out, sizeof(out)) == -EIO);
+	CHECK(dir_empty(tmpdir));
+
+	/* kvmm that dies before the guest connects. */
+	write_exec(p.kvmm, dead_kvmm);
+	t = now_seconds();
+	CHECK(run(&p, NULL, 20, &res, out, sizeof(out)) == -EIO);
+	CHECK(now_seconds() - t < 5);
+	CHECK(dir_empty(tmpdir));
+
+	/* A kvmm that cannot be started. */
+	snprintf(p.kvmm, sizeof(p.kvmm), "%s/no-such-kvmm", dir);
+	CHECK(run(&p, NULL, 20, &res, out, sizeof(out)) < 0);
+	CHECK(dir_empty(tmpdir));
+	snprintf(p.kvmm, sizeof(p.kvmm), "%s/fake-kvmm", dir);
+	unlink(p.kvmm);
+	unsetenv("TMPDIR");
+}
+
+int main(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	snprintf(dir, sizeof(dir), "/tmp/kindling-test-microvm.XXXXXX");
+	if (!mkdtemp(dir))
+		return 1;
+	snprintf(tmpdir, sizeof(tmpdir), "%s/tmp", dir);
+	if (mkdir(tmpdir, 0700) < 0)
+		return 1;
+	test_paths();
+	test_pick();
+	test_run();
+	rmdir(tmpdir);
+	CHECK(rmdir(dir) == 0);
+	return check_report();
+}
