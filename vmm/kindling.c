@@ -15,6 +15,11 @@
  * and to exit, counted from the start of `kindling run`, bytes fetched against
  * the image size, and where the chunks came from.
  *
+ * With --isolation microvm (or auto on a host with /dev/kvm) image.raw is the
+ * root disk of a kvmm micro-VM instead; KINDLING_KVMM, KINDLING_GUEST_KERNEL
+ * and KINDLING_GUEST_INITRD say where kvmm and the guest's kernel and
+ * initramfs are (default: next to this program).
+ *
  * Defaults come from KINDLING_HOME (default ~/.kindling), as for chunkify:
  * the store is $KINDLING_HOME/store and the L1 cache $KINDLING_HOME/l1, so a
  * second run of the same image on this host is warm.
@@ -68,13 +73,16 @@ static void usage(FILE *f)
 		"  --l2 HOST:PORT,...    memcached L2 nodes, Reed-Solomon 4+1 [no L2]\n"
 		"  --l1-dir DIR          L1 disk cache [$KINDLING_HOME/l1]\n"
 		"  --l1-size BYTES       L1 size, K/M/G suffixes [4G]\n"
-		"  --isolation KIND      process, microvm or auto [auto]\n"
+		"  --isolation KIND      process, microvm or auto [auto]: auto takes the micro-VM where\n"
+		"                        /dev/kvm and its parts are there, else the process sandbox\n"
 		"  --no-prefetch         neither record a startup trace nor prefetch from one\n"
 		"  --readahead N         chunks fetched ahead of sequential readers [1]; 0 disables\n"
 		"  --timeout S           kill the workload after S seconds [never]\n"
 		"  --json                the report as one JSON object (last line on stderr)\n"
 		"  -v                    log blockd and sandbox progress\n"
 		"KINDLING_HOME defaults to ~/.kindling; it holds the tenant key and salt, as for chunkify.\n"
+		"The micro-VM's parts: KINDLING_KVMM, KINDLING_GUEST_KERNEL, KINDLING_GUEST_INITRD\n"
+		"[kvmm, kindling-guest-kernel, kindling-guest-initrd next to this program].\n"
 		"Exit status: the command's; 128+N for signal N; 127 command not found; 125 setup failed.\n");
 }
 
