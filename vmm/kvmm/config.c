@@ -202,6 +202,14 @@ static int put_machine(struct kvmm_config *c, json_t *o, const char *where, char
 	return 0;
 }
 
+static void boot_clear(struct kvmm_config *c)
+{
+	free(c->kernel_image_path);
+	free(c->initrd_path);
+	free(c->boot_args);
+	c->kernel_image_path = c->initrd_path = c->boot_args = NULL;
+}
+
 static int put_boot(struct kvmm_config *c, json_t *o, const char *where, char *err, size_t errlen)
 {
 	static const char *const allowed[] = {"kernel_image_path", "initrd_path", "boot_args", NULL};
@@ -215,9 +223,7 @@ static int put_boot(struct kvmm_config *c, json_t *o, const char *where, char *e
 		free(initrd);
 		return r;
 	}
-	free(c->kernel_image_path);
-	free(c->initrd_path);
-	free(c->boot_args);
+	boot_clear(c);
 	c->kernel_image_path = kernel;
 	c->initrd_path = initrd;
 	c->boot_args = args;
@@ -457,8 +463,13 @@ int kvmm_config_load_file(struct kvmm_config *c, const char *path, char *err, si
 	{
 		if (r < 0)
 			break;
-		if (strcmp(key, "boot-source") == 0)
+		/* null is how GET /vm/config writes "not set". */
+		if (strcmp(key, "boot-source") == 0 && json_is_null(v))
+			boot_clear(c);
+		else if (strcmp(key, "boot-source") == 0)
 			r = put_boot(c, v, key, err, errlen);
+		else if (strcmp(key, "machine-config") == 0 && json_is_null(v))
+			continue;
 		else if (strcmp(key, "machine-config") == 0)
 			r = put_machine(c, v, key, err, errlen);
 		else if (strcmp(key, "drives") == 0)
