@@ -8,7 +8,8 @@
 #    reaches the guest's shell and its output comes back;
 #  - serves two virtio-blk drives, the EROFS root first as /dev/vda: the guest
 #    loads virtio_mmio, virtio_blk and erofs, mounts the root and its file
-#    hashes match the host's, and /dev/vdb reads back byte for byte.
+#    hashes match the host's, and /dev/vdb reads back byte for byte;
+#  - keeps its own resident memory (all but guest RAM) under 5 MiB.
 . "$(dirname "$0")/lib.sh"
 . "$KINDLING_SOURCE_DIR/tests/nested/kernel.sh"
 
@@ -100,6 +101,11 @@ exec 3>in
 i=0
 while [ $i -lt 900 ] && ! grep -q "shell ready" out-shell.txt; do sleep 0.1; i=$((i+1)); done
 sleep 1
+# The monitor's own memory: everything resident but guest RAM (the one
+# mapping of mem_size_mib, 262144 kB here).
+awk '/^[0-9a-f]+-[0-9a-f]+ / {ram = 0} /^Size:/ {ram = ($2 == 262144)} /^Rss:/ && !ram {rss += $2}
+	END {print "MONITOR-RSS-KB", rss}' /proc/$pid/smaps
+grep -E '^(VmRSS|RssAnon|RssFile)' /proc/$pid/status | tr -s ' \t' ' ' | sed 's/^/STATUS /'
 echo 'echo SHELL-$((6*7)); poweroff -f' >&3
 wait $pid
 rc=$?
@@ -122,6 +128,11 @@ grep -aq "^reboot| .*GUEST: up" "$L" || die "the reboot guest did not come up"
 pass "reboot (i8042 reset line) ends kvmm with 0"
 grep -aq "^shell| SHELL-42" "$L" || { grep -a "^shell| " "$L" | tail -20 >&2; die "the shell's output did not come back through the console"; }
 pass "a command sent on kvmm's stdin runs in the guest's shell on ttyS0 and its output comes back"
+rss=$(grep -a "^MONITOR-RSS-KB " "$L" | awk '{print $2}' | tr -d '\r')
+[ -n "$rss" ] || die "no measurement of kvmm's memory"
+grep -a "^STATUS " "$L" || true
+[ "$rss" -lt 5120 ] || die "kvmm holds $rss KiB besides guest RAM; the budget is 5 MiB"
+pass "kvmm's resident memory besides guest RAM, guest at a shell prompt: $rss KiB (< 5 MiB)"
 grep -aq "^erofs| GUEST: mounted hello from the EROFS root" "$L" || { grep -a "^erofs| " "$L" | tail -30 >&2; die "the EROFS root was not mounted from /dev/vda"; }
 grep -aq "^erofs| GUEST: big $big_sum" "$L" || die "a file on the EROFS root does not hash as on the host"
 grep -aq "^erofs| GUEST: vdb $vdb_sum" "$L" || die "/dev/vdb does not read back as data.img"

@@ -98,29 +98,28 @@ static int setup_msrs(struct kvmm_vcpu *c)
 		{ MSR_MTRR_DEF_TYPE, MTRR_ENABLE | MTRR_TYPE_WB },
 	};
 	enum { N = sizeof(boot) / sizeof(boot[0]) };
-	struct {
-		struct kvm_msrs hdr;
-		struct kvm_msr_entry e[N];
-	} msrs;
-	memset(&msrs, 0, sizeof(msrs));
-	msrs.hdr.nmsrs = N;
+	struct kvm_msrs *msrs = calloc(1, sizeof(*msrs) + N * sizeof(struct kvm_msr_entry));
+	if (!msrs) {
+		log_err("vCPU %u: out of memory for MSRs", c->index);
+		return -ENOMEM;
+	}
+	msrs->nmsrs = N;
 	for (size_t i = 0; i < N; i++) {
-		msrs.e[i].index = boot[i].index;
-		msrs.e[i].data = boot[i].data;
+		msrs->entries[i].index = boot[i].index;
+		msrs->entries[i].data = boot[i].data;
 	}
-	int n = ioctl(c->fd, KVM_SET_MSRS, &msrs);
+	int r = 0, n = ioctl(c->fd, KVM_SET_MSRS, msrs);
 	if (n < 0) {
-		int e = errno;
-		log_err("vCPU %u: KVM_SET_MSRS: %s", c->index, strerror(e));
-		return -e;
-	}
-	if (n != N) {
+		r = -errno;
+		log_err("vCPU %u: KVM_SET_MSRS: %s", c->index, strerror(-r));
+	} else if (n != N) {
 		/* KVM stops at the first MSR it refuses and returns how many it set. */
 		log_err("vCPU %u: KVM refused MSR 0x%x (set %d of %d); the host's KVM is too old or restricted",
-			c->index, msrs.e[n].index, n, (int)N);
-		return -EINVAL;
+			c->index, msrs->entries[n].index, n, (int)N);
+		r = -EINVAL;
 	}
-	return 0;
+	free(msrs);
+	return r;
 }
 
 static uint32_t lapic_get(const struct kvm_lapic_state *s, size_t reg)
