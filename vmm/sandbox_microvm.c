@@ -402,7 +402,9 @@ static int serve_guest(struct vm_run *v, const struct sandbox_spec *s, struct sa
 				out->exit_s = now_seconds() - s->t0;
 				out->exit_code = code;
 				out->term_signal = sig;
-				r = failed ? -EIO : 0;
+				/* The init reports a command or user missing from the
+				 * image as 127, like the process sandbox's -ENOENT. */
+				r = !failed ? 0 : code == 127 ? -ENOENT : -EIO;
 				goto done;
 			}
 			default:
