@@ -2,6 +2,12 @@
  *
  *   kvmm [--api-sock PATH] [--config-file FILE] [--no-api] [--id ID]
  *        [--log-path PATH] [--level LEVEL] [--boot-timer] [--no-seccomp]
+ *        [--chroot DIR] [--user USER] [--memory-limit SIZE] [--pids-limit N]
+ *
+ * The last four do what Firecracker's jailer does around it: a cgroup with
+ * limits, a chroot holding what the VM needs, and an unprivileged user; they
+ * are applied first, before any file of the configuration is opened, so
+ * every path (the config file's too) is inside the jail.
  *
  * With the API (the default) it serves Firecracker's REST API on PATH and
  * boots on PUT /actions InstanceStart, or at once when --config-file is
@@ -28,6 +34,8 @@
 struct opts {
 	const char *api_sock, *config_file, *id, *log_path, *level;
 	bool no_api, boot_timer, no_seccomp;
+	struct kvmm_jail jail;
+	bool jailed;
 };
 
 /* The VM as the API hooks and the main thread share it. */
@@ -53,7 +61,11 @@ static void usage(FILE *f)
 		   "  --level LEVEL       log level (default Warning)\n"
 		   "  --boot-timer        accepted for Firecracker compatibility; kvmm always prints\n"
 		   "                      the time from process start to InstanceStart\n"
-		   "  --no-seccomp        do not confine kvmm's threads (for debugging a filter)\n");
+		   "  --no-seccomp        do not confine kvmm's threads (for debugging a filter)\n"
+		   "  --chroot DIR        jail: chroot here first (holding dev/kvm, the kernel, the drives)\n"
+		   "  --user USER         jail: then run as USER (uid[:gid] or name[:group] of the host)\n"
+		   "  --memory-limit SIZE jail: a cgroup kvmm-ID with this memory limit (e.g. 512M)\n"
+		   "  --pids-limit N      jail: the same cgroup's limit on tasks\n");
 }
 
 static int parse_level(const char *s, enum log_level *out)
@@ -76,7 +88,20 @@ static int parse_level(const char *s, enum log_level *out)
 
 static int parse_args(int argc, char **argv, struct opts *o)
 {
-	enum { O_API_SOCK = 256, O_CONFIG, O_NO_API, O_ID, O_LOG_PATH, O_LEVEL, O_BOOT_TIMER, O_NO_SECCOMP };
+	enum {
+		O_API_SOCK = 256,
+		O_CONFIG,
+		O_NO_API,
+		O_ID,
+		O_LOG_PATH,
+		O_LEVEL,
+		O_BOOT_TIMER,
+		O_NO_SECCOMP,
+		O_CHROOT,
+		O_USER,
+		O_MEMORY,
+		O_PIDS,
+	};
 	static const struct option longopts[] = {
 		{ "api-sock", required_argument, NULL, O_API_SOCK },
 		{ "config-file", required_argument, NULL, O_CONFIG },
@@ -86,6 +111,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		{ "level", required_argument, NULL, O_LEVEL },
 		{ "boot-timer", no_argument, NULL, O_BOOT_TIMER },
 		{ "no-seccomp", no_argument, NULL, O_NO_SECCOMP },
+		{ "chroot", required_argument, NULL, O_CHROOT },
+		{ "user", required_argument, NULL, O_USER },
+		{ "memory-limit", required_argument, NULL, O_MEMORY },
+		{ "pids-limit", required_argument, NULL, O_PIDS },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -119,6 +148,36 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		case O_NO_SECCOMP:
 			o->no_seccomp = true;
 			break;
+		case O_CHROOT:
+			o->jail.chroot_dir = optarg;
+			o->jailed = true;
+			break;
+		case O_USER:
+			o->jail.user = optarg;
+			o->jailed = true;
+			break;
+		case O_MEMORY: {
+			uint64_t v;
+			if (parse_size(optarg, &v) < 0 || v == 0) {
+				fprintf(stderr, "kvmm: --memory-limit %s: want a size such as 512M or 2G\n", optarg);
+				return -EINVAL;
+			}
+			o->jail.memory_limit = v;
+			o->jailed = true;
+			break;
+		}
+		case O_PIDS: {
+			char *end;
+			errno = 0;
+			unsigned long v = strtoul(optarg, &end, 10);
+			if (errno || *end || end == optarg || v == 0 || v > UINT32_MAX) {
+				fprintf(stderr, "kvmm: --pids-limit %s: want a positive number\n", optarg);
+				return -EINVAL;
+			}
+			o->jail.pids_limit = (uint32_t)v;
+			o->jailed = true;
+			break;
+		}
 		case 'h':
 			usage(stdout);
 			exit(0);
@@ -132,6 +191,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		usage(stderr);
 		return -EINVAL;
 	}
+	o->jail.id = o->id;
 	if (o->no_api && !o->config_file) {
 		fprintf(stderr, "kvmm: --no-api needs --config-file: without the API nothing else can configure the VM\n");
 		return -EINVAL;
@@ -166,7 +226,17 @@ static int boot(struct runner *run, const struct kvmm_config *cfg, char *err, si
 	struct kvmm_vm *vm;
 	int r = kvmm_vm_create(cfg, &vm);
 	if (r < 0) {
-		snprintf(err, errlen, "cannot create the VM: %s (kvmm's log has the details)", strerror(-r));
+		/* The most common cause by far gets named in the API's answer
+		 * too, not only in the log. */
+		int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+		if (kvm < 0)
+			snprintf(err, errlen,
+				 "cannot open /dev/kvm: %s (does this host have KVM, and may kvmm's user open it?)",
+				 strerror(errno));
+		else
+			snprintf(err, errlen, "cannot create the VM: %s (kvmm's log has the details)", strerror(-r));
+		if (kvm >= 0)
+			close(kvm);
 		return r;
 	}
 	kvmm_vm_set_seccomp(vm, run->seccomp);
@@ -245,6 +315,11 @@ int main(int argc, char **argv)
 	/* A console or API peer that goes away must be an error return from
 	 * write(), not the end of the VM. */
 	signal(SIGPIPE, SIG_IGN);
+
+	/* The jail comes first, while kvmm is one thread and has opened
+	 * nothing the VM will use. */
+	if (o.jailed && kvmm_jail_enter(&o.jail) < 0)
+		return 1;
 
 	pthread_mutex_init(&run.lock, NULL);
 	pthread_cond_init(&run.cond, NULL);
