@@ -5,13 +5,15 @@
 # init loads irqbypass, kvm, ccp and kvm-amd (DESIGN.md, "testing KVM code").
 #
 #   tests/nested/run.sh [--mem MIB] [--smp N] [--timeout S] [--append ARGS]
-#                       PAYLOAD_DIR SCRIPT [ARG...]
+#                       [--modules M1,M2,...] PAYLOAD_DIR SCRIPT [ARG...]
 #
 # PAYLOAD_DIR is copied to /payload in the guest, with the shared libraries of
 # every ELF in it (ldd) at their host paths; /payload/SCRIPT ARG... runs with
 # /payload as its working directory, after proc, sys, dev (devtmpfs) and /tmp
 # (tmpfs) are mounted and /dev/kvm exists.  busybox provides the usual
-# commands.  The console streams to stdout and to $NESTED_LOG if that is set.
+# commands.  --modules loads more of the kernel's modules (with their
+# dependencies) after the KVM ones, e.g. fuse or vhost_vsock.  The console
+# streams to stdout and to $NESTED_LOG if that is set.
 #
 # Exit status: SCRIPT's, read from the marker line the guest's init prints
 # after it; 124 if no marker appeared within the timeout (the QEMU this script
@@ -24,9 +26,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/kernel.sh"
 
-mem=1024 smp=1 timeout_s=300 append=""
+mem=1024 smp=1 timeout_s=300 append="" extra_mods=""
 usage() {
-	echo "usage: $0 [--mem MIB] [--smp N] [--timeout S] [--append ARGS] PAYLOAD_DIR SCRIPT [ARG...]" >&2
+	echo "usage: $0 [--mem MIB] [--smp N] [--timeout S] [--append ARGS] [--modules M,...] PAYLOAD_DIR SCRIPT [ARG...]" >&2
 	exit 125
 }
 while [ $# -gt 0 ]; do
@@ -35,6 +37,7 @@ while [ $# -gt 0 ]; do
 	--smp) smp=${2:?}; shift 2 ;;
 	--timeout) timeout_s=${2:?}; shift 2 ;;
 	--append) append=${2:?}; shift 2 ;;
+	--modules) extra_mods=${2:?}; shift 2 ;;
 	--) shift; break ;;
 	-*) usage ;;
 	*) break ;;
@@ -78,7 +81,7 @@ mkdir -p "$R"/{bin,sbin,proc,sys,dev,tmp,run,etc,lib/modules}
 cp "$busybox" "$R/bin/busybox"
 ln -s busybox "$R/bin/sh"
 : >"$R/modules.order"
-mods=$(kernel_mod_closure "$kroot" irqbypass kvm ccp kvm_amd) || { echo "nested: cannot resolve the KVM modules" >&2; exit 125; }
+mods=$(kernel_mod_closure "$kroot" irqbypass kvm ccp kvm_amd ${extra_mods//,/ }) || { echo "nested: cannot resolve the modules" >&2; exit 125; }
 for rel in $mods; do
 	name=$(basename "$rel")
 	name=${name%%.ko*}.ko

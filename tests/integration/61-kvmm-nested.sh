@@ -1,0 +1,187 @@
+#!/bin/bash
+# A kindling micro-VM end to end, under real KVM: inside a TCG guest with a
+# working /dev/kvm (tests/nested/run.sh), kvmm boots Debian's kernel with the
+# guest initramfs (scripts/guest-initramfs.sh) on an EROFS image that
+# chunkify imported from an OCI image built with umoci, and
+#  - with --config-file: the guest init mounts the image, runs the entrypoint
+#    as the image's user "app" (uid and groups from the image's /etc/passwd
+#    and /etc/group) in the requested workdir with the requested env; the
+#    known file's content, stderr and exit status 7 come back over vsock to
+#    the host peer (tests/tools/guest_peer.c), and kvmm exits 0 on poweroff;
+#  - through the API socket, as Firecracker's getting-started guide does it
+#    with curl: PUT /machine-config, /boot-source (boot_args without "quiet"),
+#    /drives/rootfs, /vsock, /actions InstanceStart all answer 204; the
+#    console shows the kernel's log; `sh -c 'exit 3'` comes back as 3;
+#  - a command that is not in the image comes back as 127 with the init's
+#    'F' message naming it, and a user that is not in it as 126;
+#  - `kindling run --isolation microvm` (the micro-VM sandbox backend, over
+#    a lazily attached image on FUSE) prints the entrypoint's output and
+#    exits with its status.
+# The whole test takes a few minutes here (TCG).
+. "$(dirname "$0")/lib.sh"
+. "$KINDLING_SOURCE_DIR/tests/nested/kernel.sh"
+
+for tool in qemu-system-x86_64 cpio gzip umoci curl objcopy; do
+  command -v "$tool" >/dev/null || die "$tool is missing (scripts/apt-packages.txt: qemu-system-x86, cpio, umoci, curl, binutils)"
+done
+[ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || die "a static /bin/busybox is needed (busybox-static)"
+B=$KINDLING_BUILD_DIR
+for prog in kvmm kindling kindling-guest-init guest_peer; do
+  [ -x "$B/$prog" ] || die "$prog is not built in $B"
+done
+
+rc=0
+kroot=$(kernel_pkg_dir) || rc=$?
+[ $rc = 2 ] && skip "apt does not know linux-image-amd64 here"
+[ $rc = 0 ] || die "cannot get Debian's kernel package"
+vmlinuz=$(ls "$kroot"/boot/vmlinuz-* | head -1)
+
+# ---- the image: busybox, a known file, users, an entrypoint -----------------------------------------------------
+token="kindling-nested-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+cd "$T"
+umoci init --layout img >/dev/null
+umoci new --image img:v1
+umoci unpack --image img:v1 bundle >/dev/null
+R=bundle/rootfs
+mkdir -p "$R"/{bin,etc,app,home/app}
+cp /bin/busybox "$R/bin/busybox"
+for a in sh cat id pwd echo ls env sleep true; do ln -sf busybox "$R/bin/$a"; done
+printf 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n' >"$R/etc/passwd"
+printf 'root:x:0:\napp:x:1000:\nstaff:x:50:app\n' >"$R/etc/group"
+echo "$token" >"$R/etc/hello"
+cat >"$R/app/entry.sh" <<'EOF'
+#!/bin/sh
+cat /etc/hello
+echo "uid=$(id -u) gid=$(id -g) groups=$(id -G) pwd=$(pwd) greeting=$GREETING home=$HOME args=$*"
+echo "to-stderr" >&2
+exit 7
+EOF
+chmod 755 "$R/app/entry.sh"
+umoci repack --image img:v1 bundle >/dev/null
+umoci config --image img:v1 --config.entrypoint /app/entry.sh --config.cmd one --config.env GREETING=image \
+  --config.workingdir /data >/dev/null
+"$CHUNKIFY" import "oci:$T/img:v1" --name nested:1 >/dev/null 2>"$T/import.err" || { cat "$T/import.err" >&2; die "chunkify import failed"; }
+
+# ---- the payload -------------------------------------------------------------------------------------------------
+P=$T/payload
+mkdir -p "$P/home"
+"$CHUNKIFY" export nested:1 "$P/rootfs.erofs" || die "chunkify export failed"
+cp -a "$KINDLING_HOME/." "$P/home/" # the store, and the tenant key that sealed the manifest
+cp "$B/kvmm" "$B/kindling" "$B/guest_peer" "$(command -v curl)" "$P/"
+cp "$vmlinuz" "$P/vmlinuz"
+"$KINDLING_SOURCE_DIR/scripts/guest-initramfs.sh" --init "$B/kindling-guest-init" "$P/initrd.cpio.gz" "$kroot" \
+  2>"$T/initramfs.log" || { cat "$T/initramfs.log" >&2; die "scripts/guest-initramfs.sh failed"; }
+cat >"$P/vm.json" <<'EOF'
+{
+  "boot-source": { "kernel_image_path": "/payload/vmlinuz", "initrd_path": "/payload/initrd.cpio.gz" },
+  "drives": [ { "drive_id": "rootfs", "path_on_host": "/payload/rootfs.erofs", "is_root_device": true, "is_read_only": true } ],
+  "machine-config": { "vcpu_count": 1, "mem_size_mib": 256 },
+  "vsock": { "guest_cid": 3, "uds_path": "/tmp/cfg.sock" }
+}
+EOF
+
+# Runs in the TCG guest, with busybox.  Every check prints "nested-ok: ..." or
+# "nested-fail: ..." and the first failure ends it.
+cat >"$P/nested.sh" <<'EOF'
+#!/bin/sh
+token=$1
+cd /payload
+ok() { echo "nested-ok: $*"; }
+fail() { echo "nested-fail: $*"; for f in /tmp/*.out /tmp/*.err /tmp/*.console; do [ -f "$f" ] && { echo "--- $f"; cat "$f"; }; done; exit 1; }
+wait_sock() { i=0; while [ ! -S "$1" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; [ -S "$1" ] || fail "no socket $1"; }
+# peer NAME UDS ARGS...: a guest_peer in the background; its pid in $peer.
+peer() {
+	name=$1 uds=$2; shift 2
+	./guest_peer --unix "${uds}_1024" --timeout 150 --times "$@" >/tmp/$name.out 2>/tmp/$name.err &
+	peer=$!
+	wait_sock "${uds}_1024"
+}
+
+# 1. config file, the image's user, workdir and env, exit 7.
+peer cfg /tmp/cfg.sock --user app --workdir /data --env GREETING=hi --env PATH=/bin -- /app/entry.sh one two
+timeout 150 ./kvmm --no-api --config-file /payload/vm.json </dev/null >/tmp/cfg.console 2>&1
+krc=$?
+wait $peer; prc=$?
+[ $krc = 0 ] || fail "kvmm --config-file exited $krc"
+[ $prc = 7 ] || fail "exit status over vsock: $prc, want 7"
+[ "$(head -1 /tmp/cfg.out)" = "$token" ] || fail "the known file came back as '$(head -1 /tmp/cfg.out)'"
+want="uid=1000 gid=1000 groups=1000 50 pwd=/data greeting=hi home=/home/app args=one two"
+[ "$(sed -n 2p /tmp/cfg.out)" = "$want" ] || fail "user/workdir/env: '$(sed -n 2p /tmp/cfg.out)', want '$want'"
+grep -qx to-stderr /tmp/cfg.err || fail "stderr did not come back"
+grep -q "guest-init: info: kindling guest init started" /tmp/cfg.console || fail "no init line on the console"
+ok "config file: /etc/hello = $token, exit 7, $want; $(grep connected /tmp/cfg.err)"
+
+# 2. Firecracker's API with curl; the console without "quiet" shows the kernel log.
+./kvmm --api-sock /tmp/fc.sock </dev/null >/tmp/api.console 2>&1 &
+kvmm=$!
+wait_sock /tmp/fc.sock
+peer api /tmp/api.sock -- sh -c 'cat /etc/hello; exit 3'
+put() {
+	code=$(./curl -s -o /tmp/curl.body -w '%{http_code}' --unix-socket /tmp/fc.sock -X PUT "http://localhost/$1" \
+		-H 'Accept: application/json' -H 'Content-Type: application/json' -d "$2")
+	[ "$code" = 204 ] || fail "PUT /$1 answered $code: $(cat /tmp/curl.body)"
+}
+put machine-config '{"vcpu_count": 2, "mem_size_mib": 256}'
+put boot-source '{"kernel_image_path": "/payload/vmlinuz", "initrd_path": "/payload/initrd.cpio.gz", "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"}'
+put drives/rootfs '{"drive_id": "rootfs", "path_on_host": "/payload/rootfs.erofs", "is_root_device": true, "is_read_only": true}'
+put vsock '{"guest_cid": 3, "uds_path": "/tmp/api.sock"}'
+put actions '{"action_type": "InstanceStart"}'
+wait $peer; prc=$?
+i=0; while kill -0 $kvmm 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+kill -0 $kvmm 2>/dev/null && { kill $kvmm; fail "kvmm (API) still running 30 s after the guest's exit status"; }
+wait $kvmm; krc=$?
+[ $krc = 0 ] || fail "kvmm (API) exited $krc"
+[ $prc = 3 ] || fail "API boot: exit status $prc, want 3"
+[ "$(cat /tmp/api.out)" = "$token" ] || fail "API boot: output '$(cat /tmp/api.out)'"
+grep -q "Linux version 6" /tmp/api.console || fail "the kernel log is not on the console"
+grep -q "virtio_blk virtio.*\[vda\]" /tmp/api.console || fail "the console does not show /dev/vda"
+grep -q "smpboot: Allowing 2 CPUs\|Brought up 1 node, 2 CPUs" /tmp/api.console || fail "the guest does not have 2 vCPUs"
+ok "API: 5 PUTs answered 204, the kernel log is on the console ($(grep -c . /tmp/api.console) lines), exit 3"
+
+# 3. Failures the init reports: a missing command (127), a missing user (126).
+peer nocmd /tmp/cfg.sock -- no-such-command
+timeout 150 ./kvmm --no-api --config-file /payload/vm.json </dev/null >/tmp/nocmd.console 2>&1
+wait $peer; prc=$?
+[ $prc = 127 ] || fail "missing command: $prc, want 127"
+grep -q "guest_peer: guest: no-such-command: command not found in the image" /tmp/nocmd.err || fail "no 'F' message for the missing command"
+peer nouser /tmp/cfg.sock --user nobody -- /app/entry.sh
+timeout 150 ./kvmm --no-api --config-file /payload/vm.json </dev/null >/tmp/nouser.console 2>&1
+wait $peer; prc=$?
+[ $prc = 126 ] || fail "missing user: $prc, want 126"
+grep -q 'guest_peer: guest: user "nobody"' /tmp/nouser.err || fail "no 'F' message for the missing user"
+ok "missing command 127 ($(grep 'guest:' /tmp/nocmd.err)), missing user 126"
+
+# 4. kindling run --isolation microvm: a lazily attached image on FUSE.
+export KINDLING_HOME=/payload/home KINDLING_KVMM=/payload/kvmm KINDLING_GUEST_KERNEL=/payload/vmlinuz \
+	KINDLING_GUEST_INITRD=/payload/initrd.cpio.gz
+./kindling run nested:1 --isolation microvm </dev/null >/tmp/run.out 2>/tmp/run.err &
+k=$!
+i=0; while kill -0 $k 2>/dev/null && [ $i -lt 1500 ]; do sleep 0.1; i=$((i+1)); done
+if kill -0 $k 2>/dev/null; then
+	ps >/tmp/run-ps.out
+	kill -9 $k
+	fail "kindling run --isolation microvm still running after 150 s"
+fi
+wait $k; rc=$?
+[ $rc = 7 ] || fail "kindling run --isolation microvm exited $rc, want 7: $(tail -20 /tmp/run.err)"
+[ "$(head -1 /tmp/run.out)" = "$token" ] || fail "kindling run: output '$(head -1 /tmp/run.out)'"
+grep -q "greeting=image .*args=one" /tmp/run.out || fail "kindling run: the image's env and cmd: $(sed -n 2p /tmp/run.out)"
+ok "kindling run --isolation microvm: exit 7, $(sed -n 2p /tmp/run.out); $(grep 'first output' /tmp/run.err | head -1)"
+EOF
+chmod 755 "$P/nested.sh"
+
+# ---- run it under nested KVM --------------------------------------------------------------------------------------
+export NESTED_LOG=$T/console.log
+rc=0
+timeout 900 "$KINDLING_SOURCE_DIR/tests/nested/run.sh" --mem 1536 --smp 2 --timeout 600 --modules fuse \
+  "$P" nested.sh "$token" >"$T/nested.out" 2>&1 || rc=$?
+grep -a '^nested-\|^nested:' "$T/nested.out" | tr -d '\r'
+if [ $rc != 0 ]; then
+  # From the first failure on: the check, then the files it printed.
+  sed -n '/^nested-fail/,$p' "$T/nested.out" | head -300 >&2
+  grep -aq '^nested-fail' "$T/nested.out" || tail -80 "$T/nested.out" >&2
+  die "the nested run failed with $rc"
+fi
+n=$(grep -ac '^nested-ok' "$T/nested.out")
+[ "$n" = 4 ] || die "$n of 4 nested checks passed"
+pass "kvmm boots the guest initramfs and an imported image under nested KVM; invocation, output and exit status over vsock; Firecracker API; init failures; kindling run --isolation microvm"
