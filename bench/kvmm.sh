@@ -77,7 +77,7 @@ cat >>"$P/bench.sh" <<'EOF'
 cd /payload
 marker="kindling guest init started"
 [ -c /dev/vhost-vsock ] || { echo "bench: no /dev/vhost-vsock in the TCG guest (vhost_vsock module)"; exit 1; }
-wait_sock() { i=0; while [ ! -S "$1" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; }
+wait_sock() { w=0; while [ ! -S "$1" ] && [ $w -lt 200 ]; do sleep 0.05; w=$((w+1)); done; }
 one() {
 	kind=$1
 	if [ "$kind" = kvmm ]; then
@@ -85,7 +85,7 @@ one() {
 		peer=$!
 		wait_sock /tmp/k.sock_1024
 		./vmm_bench --label kvmm --marker "$marker" --guest-mib "$mem" --timeout 90 -- \
-			./kvmm --no-api --config-file /payload/vm.json </dev/null >>/tmp/results || echo "bench: a kvmm run failed"
+			./kvmm --no-api --config-file /payload/vm.json </dev/null >/tmp/one.out || echo "bench: a kvmm run failed"
 	else
 		./guest_peer --vsock 1024 --timeout 90 -- /bin/true >/tmp/peer.out 2>&1 &
 		peer=$!
@@ -97,18 +97,20 @@ one() {
 			-append "console=ttyS0 reboot=k panic=1 pci=off quiet" \
 			-drive id=root,file=/payload/rootfs.erofs,format=raw,if=none,readonly=on \
 			-device virtio-blk-device,drive=root -device vhost-vsock-device,guest-cid=3 \
-			</dev/null >>/tmp/results || echo "bench: a qemu run failed"
+			</dev/null >/tmp/one.out || echo "bench: a qemu run failed"
 	fi
 	wait $peer || { echo "bench: the $kind guest's /bin/true did not report exit 0:"; cat /tmp/peer.out; }
+	# On the console as it happens, so a run that hangs shows where.
+	cat /tmp/one.out
+	cat /tmp/one.out >>/tmp/results
 }
 : >/tmp/results
-i=0
-while [ $i -lt $runs ]; do
+run=0
+while [ $run -lt $runs ]; do
 	one kvmm
 	one qemu
-	i=$((i + 1))
+	run=$((run + 1))
 done
-cat /tmp/results
 # Medians per monitor and field, then kvmm/qemu.
 awk '
 function median(kind, f,   n, i, j, t, a) {
@@ -135,7 +137,7 @@ chmod 755 "$P/bench.sh"
 
 log=$work/nested.out
 rc=0
-"$top/tests/nested/run.sh" --mem $((mem * 2 + 1024)) --smp 2 --timeout $((runs * 200 + 120)) --modules vhost_vsock \
+"$top/tests/nested/run.sh" --mem $((mem * 2 + 1024)) --smp 2 --timeout $((runs * 90 + 120)) --modules vhost_vsock \
 	"$P" bench.sh >"$log" 2>&1 || rc=$?
 tr -d '\r' <"$log" | grep -a '^bench:\|^vmm_bench:\|^nested:'
 [ $rc = 0 ] || { tail -40 "$log" >&2; echo "bench: the nested run failed ($rc)" >&2; exit 1; }

@@ -13,7 +13,8 @@
 #    /drives/rootfs, /vsock, /actions InstanceStart all answer 204; the
 #    console shows the kernel's log; `sh -c 'exit 3'` comes back as 3;
 #  - a command that is not in the image comes back as 127 with the init's
-#    'F' message naming it, and a user that is not in it as 126;
+#    'F' message naming it, and a user that is not in it as 126; a command
+#    killed by SIGTERM as 143, and it started with no signal ignored;
 #  - `kindling run --isolation microvm` (the micro-VM sandbox backend, over
 #    a lazily attached image on FUSE) prints the entrypoint's output and
 #    exits with its status.
@@ -45,7 +46,7 @@ umoci unpack --image img:v1 bundle >/dev/null
 R=bundle/rootfs
 mkdir -p "$R"/{bin,etc,app,home/app}
 cp /bin/busybox "$R/bin/busybox"
-for a in sh cat id pwd echo ls env sleep true; do ln -sf busybox "$R/bin/$a"; done
+for a in sh cat id pwd echo ls env sleep true grep; do ln -sf busybox "$R/bin/$a"; done
 printf 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n' >"$R/etc/passwd"
 printf 'root:x:0:\napp:x:1000:\nstaff:x:50:app\n' >"$R/etc/group"
 echo "$token" >"$R/etc/hello"
@@ -151,7 +152,17 @@ wait $peer; prc=$?
 grep -q 'guest_peer: guest: user "nobody"' /tmp/nouser.err || fail "no 'F' message for the missing user"
 ok "missing command 127 ($(grep 'guest:' /tmp/nocmd.err)), missing user 126"
 
-# 4. kindling run --isolation microvm: a lazily attached image on FUSE.
+# 4. A command killed by a signal: 128+15 at the peer; it started with no
+#    signal ignored (PID 1 ignores SIGPIPE; the command must not inherit that).
+peer sig /tmp/cfg.sock -- sh -c 'grep SigIgn /proc/self/status; kill -TERM $$'
+timeout 150 ./kvmm --no-api --config-file /payload/vm.json </dev/null >/tmp/sig.console 2>&1
+wait $peer; prc=$?
+[ $prc = 143 ] || fail "killed by SIGTERM: $prc, want 143"
+grep -q "SigIgn:[[:space:]]*0000000000000000" /tmp/sig.out || fail "the command inherited ignored signals: $(cat /tmp/sig.out)"
+grep -q "code -1 signal 15" /tmp/sig.console || fail "the init did not log the signal"
+ok "killed by SIGTERM: 143, no signal ignored"
+
+# 5. kindling run --isolation microvm: a lazily attached image on FUSE.
 export KINDLING_HOME=/payload/home KINDLING_KVMM=/payload/kvmm KINDLING_GUEST_KERNEL=/payload/vmlinuz \
 	KINDLING_GUEST_INITRD=/payload/initrd.cpio.gz
 ./kindling run nested:1 --isolation microvm </dev/null >/tmp/run.out 2>/tmp/run.err &
@@ -183,5 +194,5 @@ if [ $rc != 0 ]; then
   die "the nested run failed with $rc"
 fi
 n=$(grep -ac '^nested-ok' "$T/nested.out")
-[ "$n" = 4 ] || die "$n of 4 nested checks passed"
+[ "$n" = 5 ] || die "$n of 5 nested checks passed"
 pass "kvmm boots the guest initramfs and an imported image under nested KVM; invocation, output and exit status over vsock; Firecracker API; init failures; kindling run --isolation microvm"

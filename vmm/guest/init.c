@@ -62,6 +62,7 @@
 #define DRAIN_GRACE_MS 200	/* output still arriving after the command exited */
 #define RELAY_BUF (64u << 10)
 #define FAIL_MAX 1024
+#define CLOSE_WAIT_S 2		/* for the host to take the last frames */
 #define HOSTNAME "kindling"
 
 /* All of the init's state; one on main's stack. */
@@ -108,6 +109,25 @@ __attribute__((noreturn)) static void power_off(void)
 	_exit(1);
 }
 
+/* Close the channel only once the host has what we sent.  Powering off right
+ * after the last write can lose it: the VMM may stop before its device has
+ * taken the packets off the queue.  Closing with SO_LINGER sends the vsock
+ * SHUTDOWN and waits (bounded) for the host's RST, which a VMM sends once the
+ * data before it went to the host socket.  A host that never answers costs
+ * CLOSE_WAIT_S. */
+static void close_channel(struct init *in)
+{
+	if (in->chan < 0)
+		return;
+	struct linger lg = { .l_onoff = 1, .l_linger = CLOSE_WAIT_S };
+	double t = uptime();
+	if (setsockopt(in->chan, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) < 0)
+		log_warn("SO_LINGER on the channel: %s; the last frames may be lost", strerror(errno));
+	close(in->chan);
+	in->chan = -1;
+	log_info("channel closed in %.3f s", uptime() - t);
+}
+
 /* Report a failure: the console always; the host as 'F' then 'X' |code|
  * when the channel is up.  Then power off. */
 __attribute__((noreturn, format(printf, 3, 4))) static void fail(struct init *in, int code, const char *fmt, ...)
@@ -129,6 +149,7 @@ __attribute__((noreturn, format(printf, 3, 4))) static void fail(struct init *in
 		if (guest_frame_send(in->chan, GUEST_FRAME_FAIL, msg, strlen(msg)) < 0 ||
 		    guest_frame_send(in->chan, GUEST_FRAME_EXIT, x, sizeof(x)) < 0)
 			log_err("could not report the failure to the host: the channel is gone");
+		close_channel(in);
 	} else {
 		log_err("no channel to the host: the failure is only on this console");
 	}
@@ -384,6 +405,9 @@ __attribute__((noreturn)) static void child(const char *exe, char *const *argv, 
 					     const sigset_t *saved)
 {
 	int step = 0;
+	/* Ignored signals stay ignored across exec: give the command the
+	 * defaults PID 1 does not have. */
+	signal(SIGPIPE, SIG_DFL);
 	sigprocmask(SIG_SETMASK, saved, NULL);
 	setsid();
 	int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -587,5 +611,6 @@ int main(void)
 	read_invocation(&in, &inv);
 	run(&in, &inv);
 	guest_invocation_cleanup(&inv);
+	close_channel(&in);
 	power_off();
 }
