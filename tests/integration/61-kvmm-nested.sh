@@ -11,7 +11,8 @@
 #  - through the API socket, as Firecracker's getting-started guide does it
 #    with curl: PUT /machine-config, /boot-source (boot_args without "quiet"),
 #    /drives/rootfs, /vsock, /actions InstanceStart all answer 204; the
-#    console shows the kernel's log; `sh -c 'exit 3'` comes back as 3;
+#    console shows the kernel's log; kindling.port=2000 on the command line
+#    moves the channel to {uds_path}_2000; `sh -c 'exit 3'` comes back as 3;
 #  - a command that is not in the image comes back as 127 with the init's
 #    'F' message naming it, and a user that is not in it as 126; a command
 #    killed by SIGTERM as 143, and it started with no signal ignored;
@@ -90,16 +91,17 @@ cd /payload
 ok() { echo "nested-ok: $*"; }
 fail() { echo "nested-fail: $*"; for f in /tmp/*.out /tmp/*.err /tmp/*.console; do [ -f "$f" ] && { echo "--- $f"; cat "$f"; }; done; exit 1; }
 wait_sock() { i=0; while [ ! -S "$1" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; [ -S "$1" ] || fail "no socket $1"; }
-# peer NAME UDS ARGS...: a guest_peer in the background; its pid in $peer.
+# peer NAME SOCKET ARGS...: a guest_peer on SOCKET ({uds_path}_{port}) in the
+# background; its pid in $peer.
 peer() {
-	name=$1 uds=$2; shift 2
-	./guest_peer --unix "${uds}_1024" --timeout 150 --times "$@" >/tmp/$name.out 2>/tmp/$name.err &
+	name=$1 sock=$2; shift 2
+	./guest_peer --unix "$sock" --timeout 150 --times "$@" >/tmp/$name.out 2>/tmp/$name.err &
 	peer=$!
-	wait_sock "${uds}_1024"
+	wait_sock "$sock"
 }
 
 # 1. config file, the image's user, workdir and env, exit 7.
-peer cfg /tmp/cfg.sock --user app --workdir /data --env GREETING=hi --env PATH=/bin -- /app/entry.sh one two
+peer cfg /tmp/cfg.sock_1024 --user app --workdir /data --env GREETING=hi --env PATH=/bin -- /app/entry.sh one two
 timeout 150 ./kvmm --no-api --config-file /payload/vm.json </dev/null >/tmp/cfg.console 2>&1
 krc=$?
 wait $peer; prc=$?
@@ -116,14 +118,14 @@ ok "config file: /etc/hello = $token, exit 7, $want; $(grep connected /tmp/cfg.e
 ./kvmm --api-sock /tmp/fc.sock </dev/null >/tmp/api.console 2>&1 &
 kvmm=$!
 wait_sock /tmp/fc.sock
-peer api /tmp/api.sock -- sh -c 'cat /etc/hello; exit 3'
+peer api /tmp/api.sock_2000 -- sh -c 'cat /etc/hello; exit 3'
 put() {
 	code=$(./curl -s -o /tmp/curl.body -w '%{http_code}' --unix-socket /tmp/fc.sock -X PUT "http://localhost/$1" \
 		-H 'Accept: application/json' -H 'Content-Type: application/json' -d "$2")
 	[ "$code" = 204 ] || fail "PUT /$1 answered $code: $(cat /tmp/curl.body)"
 }
 put machine-config '{"vcpu_count": 2, "mem_size_mib": 256}'
-put boot-source '{"kernel_image_path": "/payload/vmlinuz", "initrd_path": "/payload/initrd.cpio.gz", "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"}'
+put boot-source '{"kernel_image_path": "/payload/vmlinuz", "initrd_path": "/payload/initrd.cpio.gz", "boot_args": "console=ttyS0 reboot=k panic=1 pci=off kindling.port=2000"}'
 put drives/rootfs '{"drive_id": "rootfs", "path_on_host": "/payload/rootfs.erofs", "is_root_device": true, "is_read_only": true}'
 put vsock '{"guest_cid": 3, "uds_path": "/tmp/api.sock"}'
 put actions '{"action_type": "InstanceStart"}'
@@ -135,17 +137,18 @@ wait $kvmm; krc=$?
 [ $prc = 3 ] || fail "API boot: exit status $prc, want 3"
 [ "$(cat /tmp/api.out)" = "$token" ] || fail "API boot: output '$(cat /tmp/api.out)'"
 grep -q "Linux version 6" /tmp/api.console || fail "the kernel log is not on the console"
+grep -q "connected to the host on vsock port 2000" /tmp/api.console || fail "kindling.port=2000 was not used"
 grep -q "virtio_blk virtio.*\[vda\]" /tmp/api.console || fail "the console does not show /dev/vda"
 grep -q "smpboot: Allowing 2 CPUs\|Brought up 1 node, 2 CPUs" /tmp/api.console || fail "the guest does not have 2 vCPUs"
-ok "API: 5 PUTs answered 204, the kernel log is on the console ($(grep -c . /tmp/api.console) lines), exit 3"
+ok "API: 5 PUTs answered 204, the kernel log is on the console ($(grep -c . /tmp/api.console) lines), kindling.port=2000 used, exit 3"
 
 # 3. Failures the init reports: a missing command (127), a missing user (126).
-peer nocmd /tmp/cfg.sock -- no-such-command
+peer nocmd /tmp/cfg.sock_1024 -- no-such-command
 timeout 150 ./kvmm --no-api --config-file /payload/vm.json </dev/null >/tmp/nocmd.console 2>&1
 wait $peer; prc=$?
 [ $prc = 127 ] || fail "missing command: $prc, want 127"
 grep -q "guest_peer: guest: no-such-command: command not found in the image" /tmp/nocmd.err || fail "no 'F' message for the missing command"
-peer nouser /tmp/cfg.sock --user nobody -- /app/entry.sh
+peer nouser /tmp/cfg.sock_1024 --user nobody -- /app/entry.sh
 timeout 150 ./kvmm --no-api --config-file /payload/vm.json </dev/null >/tmp/nouser.console 2>&1
 wait $peer; prc=$?
 [ $prc = 126 ] || fail "missing user: $prc, want 126"
@@ -154,7 +157,7 @@ ok "missing command 127 ($(grep 'guest:' /tmp/nocmd.err)), missing user 126"
 
 # 4. A command killed by a signal: 128+15 at the peer; it started with no
 #    signal ignored (PID 1 ignores SIGPIPE; the command must not inherit that).
-peer sig /tmp/cfg.sock -- sh -c 'grep SigIgn /proc/self/status; kill -TERM $$'
+peer sig /tmp/cfg.sock_1024 -- sh -c 'grep SigIgn /proc/self/status; kill -TERM $$'
 timeout 150 ./kvmm --no-api --config-file /payload/vm.json </dev/null >/tmp/sig.console 2>&1
 wait $peer; prc=$?
 [ $prc = 143 ] || fail "killed by SIGTERM: $prc, want 143"
@@ -184,7 +187,7 @@ chmod 755 "$P/nested.sh"
 # ---- run it under nested KVM --------------------------------------------------------------------------------------
 export NESTED_LOG=$T/console.log
 rc=0
-timeout 900 "$KINDLING_SOURCE_DIR/tests/nested/run.sh" --mem 1536 --smp 2 --timeout 600 --modules fuse \
+timeout 900 "$KINDLING_SOURCE_DIR/tests/nested/run.sh" --mem 1536 --smp 1 --timeout 600 --modules fuse \
   "$P" nested.sh "$token" >"$T/nested.out" 2>&1 || rc=$?
 grep -a '^nested-\|^nested:' "$T/nested.out" | tr -d '\r'
 if [ $rc != 0 ]; then
