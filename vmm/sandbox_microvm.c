@@ -245,8 +245,12 @@ static void log_tail(const struct vm_run *v)
 {
 	uint8_t *buf;
 	size_t len;
-	if (read_file_all(v->log, 1u << 20, &buf, &len) < 0 || len == 0)
+	if (read_file_all(v->log, 1u << 20, &buf, &len) < 0)
 		return;
+	if (len == 0) {
+		free(buf);
+		return;
+	}
 	size_t from = len > 2000 ? len - 2000 : 0;
 	log_err("microvm: the end of kvmm's output:\n%.*s", (int)(len - from), (const char *)buf + from);
 	free(buf);

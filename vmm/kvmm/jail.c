@@ -31,13 +31,15 @@
  * heap and its per-thread arenas; mutexes and condition variables are
  * futexes; a thread that ends calls exit), logging (write to stderr, stdio's
  * fstat on first use), clocks and sleeps, and the signals kvmm uses to kick
- * a vCPU out of KVM_RUN (pthread_kill is tgkill on our own pid). */
+ * a vCPU out of KVM_RUN (pthread_kill is tgkill on our own pid).  An ending
+ * thread may also unset its alternate signal stack (sigaltstack; the
+ * sanitizer runtimes do), which only ever concerns the thread itself. */
 static const char *const base_calls[] = {
 	"read",	     "write",	       "readv",		"writev",     "close",	      "lseek",
 	"fstat",     "newfstatat",     "futex",		"exit",	      "exit_group",   "rt_sigreturn",
 	"rt_sigprocmask", "restart_syscall", "munmap",	"mremap",     "madvise",      "brk",
 	"clock_gettime", "clock_nanosleep", "nanosleep", "gettid",	      "getpid",	      "tgkill",
-	"sched_yield", "getrandom",     NULL,
+	"sched_yield", "getrandom",     "sigaltstack", NULL,
 };
 
 /* vCPU threads: KVM_RUN and its exits.  MMIO exits reach device code, and a
