@@ -1243,18 +1243,28 @@ static int frag_send(struct frag_read *f)
 	return w == n ? 0 : w < 0 ? -errno : -EIO;
 }
 
-/* Start the request for fragment |f| on its node: a pooled connection, or a
- * new one if the pool is empty or the pooled one turns out dead. */
-static int frag_start(struct frag_read *f)
+/* Send fragment |f|'s request on a pooled connection of its node.  Returns
+ * true if it went out; false if the pool was empty or its connection dead
+ * (the node closed it while it sat in the pool): then dial with
+ * frag_dial(). */
+static bool frag_send_pooled(struct frag_read *f)
 {
 	f->t0 = mono_now();
 	f->fd = conn_take(f->nd, &f->gen);
-	if (f->fd >= 0) {
-		f->pooled = true;
-		if (frag_send(f) == 0)
-			return 0;
-		close(f->fd); /* the node closed it while it sat in the pool */
-	}
+	if (f->fd < 0)
+		return false;
+	f->pooled = true;
+	if (frag_send(f) == 0)
+		return true;
+	close(f->fd);
+	f->fd = -1;
+	return false;
+}
+
+/* Dial a new connection for fragment |f| and send its request once it is
+ * connected (at once on loopback, else from the poll loop). */
+static int frag_dial(struct frag_read *f)
+{
 	f->pooled = false;
 	f->fd = conn_dial(f->nd, &f->connecting);
 	if (f->fd < 0)
@@ -1477,13 +1487,23 @@ static int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len
 			continue;
 		make_key(l, name, i, f->key, sizeof(f->key), &f->key_len);
 		l2_reply_init(&f->rp, f->key, f->key_len, max_value, f->hdr, L2_FRAG_HDR_LEN);
-		int r = frag_start(f);
+		f->st = FS_PENDING;
+		if (frag_send_pooled(f))
+			rs->pending++;
+	}
+	/* New connections only after every pooled request is out: a node
+	 * whose connections are all still busy with late replies (a slow
+	 * one) must not delay the requests to the others. */
+	for (unsigned i = 0; i < rs->n; i++) {
+		struct frag_read *f = &rs->f[i];
+		if (f->st != FS_PENDING || f->fd >= 0)
+			continue;
+		int r = frag_dial(f);
 		if (r < 0) {
 			f->st = FS_ERROR;
 			node_failed_as(f->nd, false, true, "connect", strerror(-r));
 			continue;
 		}
-		f->st = FS_PENDING;
 		rs->pending++;
 	}
 
