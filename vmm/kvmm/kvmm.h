@@ -1,8 +1,7 @@
-/* kvmm: the KVM micro-VM monitor's device and boot layer.
+/* kvmm: the KVM micro-VM monitor, its one public header.
  *
- * This header is the future public header of kvmm.  Today it holds the parts
- * that are pure code and run without /dev/kvm, so unit tests, fuzz targets and
- * tools exercise them directly:
+ * The pure parts run and are tested without /dev/kvm (unit tests, fuzz
+ * targets, tools):
  *
  *   guest memory   host mappings of guest-physical ranges, behind ONE
  *                  overflow-checked accessor (guest_mem_ptr); every guest
@@ -14,13 +13,18 @@
  *   boot           the x86-64 Linux boot protocol for a bzImage: setup header,
  *                  zero page, e820;
  *   acpi           RSDP, XSDT, FADT, MADT and a DSDT describing the virtio-mmio
- *                  devices, so a stock kernel finds them.
+ *                  devices (and COM1 and the i8042), so a stock kernel finds
+ *                  them;
+ *   config, api    Firecracker's configuration and REST API (section "config"
+ *                  and "api" below), with per-thread seccomp and the jail;
+ *   vsock          virtio-vsock with Firecracker's unix-socket scheme.
  *
- * The vCPU loop (KVM_RUN, MMIO exits into virtio_mmio_read/write, irqfd for
- * the interrupt callback), the API socket and the guest side come later.
+ * The VM itself (section "vm": KVM setup, vCPU threads, the device loop,
+ * serial and i8042) needs /dev/kvm; tests/nested/ runs it under nested KVM.
  *
- * Threading: none of these objects locks.  A device and its queues belong to
- * the one thread that handles its MMIO exits and notifications.
+ * Threading: the device objects do not lock themselves.  The VM gives each
+ * device a mutex that its vCPU threads take around MMIO exits and the device
+ * loop (kvmm_loop) takes around the device's callbacks.
  */
 #ifndef KINDLING_KVMM_H
 #define KINDLING_KVMM_H
