@@ -108,6 +108,11 @@ void str_list_clear(struct str_list *l);
 /* Fill |<buf, len>| from the OS random source.  Returns 0 or -errno. */
 int random_bytes(void *buf, size_t len);
 
+/* Format a message for the caller into |<err, errlen>| (nothing if errlen is
+ * 0) and return |rc|: for parsers that hand a reason back instead of logging
+ * it, as in `return err_set(err, errlen, -EINVAL, "bad %s", what);`. */
+__attribute__((format(printf, 4, 5))) int err_set(char *err, size_t errlen, int rc, const char *fmt, ...);
+
 /* Parse a byte count with an optional K/M/G/T suffix (powers of 1024), as
  * command lines take sizes ("64M").  Returns 0 or -EINVAL. */
 int parse_size(const char *s, uint64_t *out);

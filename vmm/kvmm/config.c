@@ -22,17 +22,6 @@
 #include "common/common.h"
 #include "vmm/kvmm/kvmm.h"
 
-__attribute__((format(printf, 4, 5))) static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-	if (errlen) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
-
 void kvmm_config_init(struct kvmm_config *c)
 {
 	memset(c, 0, sizeof(*c));
@@ -65,7 +54,7 @@ void kvmm_config_free(struct kvmm_config *c)
 static int check_fields(json_t *o, const char *where, const char *const *allowed, char *err, size_t errlen)
 {
 	if (!json_is_object(o))
-		return fail(err, errlen, -EINVAL, "%s: expected a JSON object", where);
+		return err_set(err, errlen, -EINVAL, "%s: expected a JSON object", where);
 	const char *key;
 	json_t *v;
 	json_object_foreach(o, key, v)
@@ -82,7 +71,7 @@ static int check_fields(json_t *o, const char *where, const char *const *allowed
 					break;
 				n += (size_t)w;
 			}
-			return fail(err, errlen, -EINVAL, "%s: unknown field \"%.64s\"; expected one of: %s", where, key,
+			return err_set(err, errlen, -EINVAL, "%s: unknown field \"%.64s\"; expected one of: %s", where, key,
 				    list);
 		}
 	}
@@ -102,16 +91,16 @@ static int get_uint(json_t *o, const char *where, const char *name, bool require
 	json_t *v = field(o, name);
 	if (!v) {
 		if (required)
-			return fail(err, errlen, -EINVAL, "%s.%s: missing (required)", where, name);
+			return err_set(err, errlen, -EINVAL, "%s.%s: missing (required)", where, name);
 		return 1;
 	}
 	/* json_integer_value() is signed: a negative value is out of range,
 	 * and 1.0 is a real, refused as serde refuses it for an integer. */
 	if (!json_is_integer(v))
-		return fail(err, errlen, -EINVAL, "%s.%s: expected an integer", where, name);
+		return err_set(err, errlen, -EINVAL, "%s.%s: expected an integer", where, name);
 	json_int_t i = json_integer_value(v);
 	if (i < 0 || (uint64_t)i < min || (uint64_t)i > max)
-		return fail(err, errlen, -EINVAL, "%s.%s: %lld is out of range %llu..%llu", where, name, (long long)i,
+		return err_set(err, errlen, -EINVAL, "%s.%s: %lld is out of range %llu..%llu", where, name, (long long)i,
 			    (unsigned long long)min, (unsigned long long)max);
 	*out = (uint64_t)i;
 	return 0;
@@ -124,7 +113,7 @@ static int get_bool(json_t *o, const char *where, const char *name, bool *out, c
 	if (!v)
 		return 1;
 	if (!json_is_boolean(v))
-		return fail(err, errlen, -EINVAL, "%s.%s: expected true or false", where, name);
+		return err_set(err, errlen, -EINVAL, "%s.%s: expected true or false", where, name);
 	*out = json_is_true(v);
 	return 0;
 }
@@ -138,18 +127,18 @@ static int get_str(json_t *o, const char *where, const char *name, bool required
 	json_t *v = field(o, name);
 	if (!v) {
 		if (required)
-			return fail(err, errlen, -EINVAL, "%s.%s: missing (required)", where, name);
+			return err_set(err, errlen, -EINVAL, "%s.%s: missing (required)", where, name);
 		return 0;
 	}
 	if (!json_is_string(v))
-		return fail(err, errlen, -EINVAL, "%s.%s: expected a string", where, name);
+		return err_set(err, errlen, -EINVAL, "%s.%s: expected a string", where, name);
 	size_t len = json_string_length(v);
 	if (nonempty && len == 0)
-		return fail(err, errlen, -EINVAL, "%s.%s: must not be empty", where, name);
+		return err_set(err, errlen, -EINVAL, "%s.%s: must not be empty", where, name);
 	if (len > max)
-		return fail(err, errlen, -EINVAL, "%s.%s: longer than %zu bytes", where, name, max);
+		return err_set(err, errlen, -EINVAL, "%s.%s: longer than %zu bytes", where, name, max);
 	if (!(*out = strdup(json_string_value(v))))
-		return fail(err, errlen, -ENOMEM, "%s.%s: out of memory", where, name);
+		return err_set(err, errlen, -ENOMEM, "%s.%s: out of memory", where, name);
 	return 0;
 }
 
@@ -162,9 +151,9 @@ static int want_str(json_t *o, const char *where, const char *name, const char *
 	if (!v)
 		return 0;
 	if (!json_is_string(v))
-		return fail(err, errlen, -EINVAL, "%s.%s: expected a string", where, name);
+		return err_set(err, errlen, -EINVAL, "%s.%s: expected a string", where, name);
 	if (strcmp(json_string_value(v), only) != 0)
-		return fail(err, errlen, -EINVAL, "%s.%s: \"%.64s\" is not supported by kvmm (only \"%s\")", where, name,
+		return err_set(err, errlen, -EINVAL, "%s.%s: \"%.64s\" is not supported by kvmm (only \"%s\")", where, name,
 			    json_string_value(v), only);
 	return 0;
 }
@@ -176,7 +165,7 @@ static int want_false(json_t *o, const char *where, const char *name, char *err,
 	if (r < 0)
 		return r;
 	if (b)
-		return fail(err, errlen, -EINVAL, "%s.%s: true is not supported by kvmm", where, name);
+		return err_set(err, errlen, -EINVAL, "%s.%s: true is not supported by kvmm", where, name);
 	return 0;
 }
 
@@ -275,18 +264,18 @@ static int put_drive(struct kvmm_config *c, json_t *o, const char *where, const 
 	    (r = get_str(o, where, "drive_id", true, true, KVMM_DRIVE_ID_MAX - 1, &id, err, errlen)) < 0)
 		return r;
 	if (!drive_id_ok(id)) {
-		r = fail(err, errlen, -EINVAL, "%s.drive_id: \"%.64s\" must be 1..%d letters, digits or '_'", where,
+		r = err_set(err, errlen, -EINVAL, "%s.drive_id: \"%.64s\" must be 1..%d letters, digits or '_'", where,
 			 id, KVMM_DRIVE_ID_MAX - 1);
 		goto out;
 	}
 	if (path_id && strcmp(path_id, id) != 0) {
-		r = fail(err, errlen, -EINVAL, "%s.drive_id: \"%s\" does not match the drive id in the path (\"%.64s\")",
+		r = err_set(err, errlen, -EINVAL, "%s.drive_id: \"%s\" does not match the drive id in the path (\"%.64s\")",
 			 where, id, path_id);
 		goto out;
 	}
 	strcpy(d.drive_id, id);
 	if (!field(o, "is_root_device")) {
-		r = fail(err, errlen, -EINVAL, "%s.is_root_device: missing (required)", where);
+		r = err_set(err, errlen, -EINVAL, "%s.is_root_device: missing (required)", where);
 		goto out;
 	}
 	bool ro = true;
@@ -297,7 +286,7 @@ static int put_drive(struct kvmm_config *c, json_t *o, const char *where, const 
 	    (r = get_str(o, where, "path_on_host", true, true, PATH_MAX - 1, &d.path_on_host, err, errlen)) < 0)
 		goto out;
 	if (!ro) {
-		r = fail(err, errlen, -EINVAL,
+		r = err_set(err, errlen, -EINVAL,
 			 "%s.is_read_only: kvmm's virtio-blk is read-only; set it to true (or leave it out)", where);
 		goto out;
 	}
@@ -307,13 +296,13 @@ static int put_drive(struct kvmm_config *c, json_t *o, const char *where, const 
 	if (d.is_root_device)
 		for (size_t k = 0; k < c->n_drives; k++)
 			if (k != i && c->drives[k].is_root_device) {
-				r = fail(err, errlen, -EINVAL,
+				r = err_set(err, errlen, -EINVAL,
 					 "%s.is_root_device: drive \"%s\" is already the root device; only one may be",
 					 where, c->drives[k].drive_id);
 				goto out;
 			}
 	if (i == c->n_drives && c->n_drives == KVMM_MAX_DRIVES) {
-		r = fail(err, errlen, -ENOSPC, "%s: kvmm supports at most %d drives", where, KVMM_MAX_DRIVES);
+		r = err_set(err, errlen, -ENOSPC, "%s: kvmm supports at most %d drives", where, KVMM_MAX_DRIVES);
 		goto out;
 	}
 	drive_commit(c, i, &d);
@@ -359,7 +348,7 @@ static int put_obj(struct kvmm_config *c, enum kvmm_resource r, const char *id, 
 	case KVMM_RES_VSOCK:
 		return put_vsock(c, o, where, err, errlen);
 	}
-	return fail(err, errlen, -EINVAL, "unknown resource %d", (int)r);
+	return err_set(err, errlen, -EINVAL, "unknown resource %d", (int)r);
 }
 
 static const char *res_name(enum kvmm_resource r)
@@ -384,7 +373,7 @@ static json_t *parse(const char *text, size_t len, const char *what, char *err, 
 	json_error_t je;
 	json_t *j = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
 	if (!j)
-		fail(err, errlen, -EINVAL, "%s: invalid JSON at line %d column %d: %s", what, je.line, je.column,
+		err_set(err, errlen, -EINVAL, "%s: invalid JSON at line %d column %d: %s", what, je.line, je.column,
 		     je.text);
 	return j;
 }
@@ -417,7 +406,7 @@ static bool is_empty(json_t *v)
 static int load_drives(struct kvmm_config *c, json_t *arr, char *err, size_t errlen)
 {
 	if (!json_is_array(arr))
-		return fail(err, errlen, -EINVAL, "drives: expected an array");
+		return err_set(err, errlen, -EINVAL, "drives: expected an array");
 	for (size_t i = 0; i < c->n_drives; i++)
 		drive_clear(&c->drives[i]);
 	c->n_drives = 0;
@@ -431,7 +420,7 @@ static int load_drives(struct kvmm_config *c, json_t *arr, char *err, size_t err
 		const char *id = json_string_value(json_object_get(d, "drive_id"));
 		for (size_t k = 0; id && k < c->n_drives; k++)
 			if (strcmp(c->drives[k].drive_id, id) == 0)
-				return fail(err, errlen, -EINVAL, "%s.drive_id: \"%s\" is used by an earlier drive", where,
+				return err_set(err, errlen, -EINVAL, "%s.drive_id: \"%s\" is used by an earlier drive", where,
 					    c->drives[k].drive_id);
 		int r = put_drive(c, d, where, NULL, err, errlen);
 		if (r < 0)
@@ -446,17 +435,17 @@ int kvmm_config_load_file(struct kvmm_config *c, const char *path, char *err, si
 	size_t len;
 	int r = read_file_all(path, KVMM_CONFIG_FILE_MAX, &buf, &len);
 	if (r == -EFBIG)
-		return fail(err, errlen, r, "%s: larger than %u bytes; is this a Firecracker config file?", path,
+		return err_set(err, errlen, r, "%s: larger than %u bytes; is this a Firecracker config file?", path,
 			    KVMM_CONFIG_FILE_MAX);
 	if (r < 0)
-		return fail(err, errlen, r, "%s: %s", path, strerror(-r));
+		return err_set(err, errlen, r, "%s: %s", path, strerror(-r));
 	json_t *top = parse((const char *)buf, len, path, err, errlen);
 	free(buf);
 	if (!top)
 		return -EINVAL;
 	r = 0;
 	if (!json_is_object(top))
-		r = fail(err, errlen, -EINVAL, "%s: expected a JSON object at the top", path);
+		r = err_set(err, errlen, -EINVAL, "%s: expected a JSON object at the top", path);
 	const char *key;
 	json_t *v;
 	json_object_foreach(top, key, v)
@@ -483,11 +472,11 @@ int kvmm_config_load_file(struct kvmm_config *c, const char *path, char *err, si
 			for (const char *const *e = empty_ok; *e && !known; e++)
 				known = strcmp(key, *e) == 0;
 			if (!known)
-				r = fail(err, errlen, -EINVAL,
+				r = err_set(err, errlen, -EINVAL,
 					 "%.64s: unknown section; kvmm reads boot-source, machine-config, drives and vsock",
 					 key);
 			else if (!is_empty(v))
-				r = fail(err, errlen, -EINVAL, "%s: not supported by kvmm; leave it out or empty", key);
+				r = err_set(err, errlen, -EINVAL, "%s: not supported by kvmm; leave it out or empty", key);
 		}
 	}
 	json_decref(top);
@@ -503,10 +492,10 @@ static int check_file(const char *field_name, const char *path, bool blk_ok, cha
 	struct stat st;
 	if (stat(path, &st) < 0 || access(path, R_OK) < 0) {
 		int e = errno;
-		return fail(err, errlen, -e, "%s: %s: %s", field_name, path, strerror(e));
+		return err_set(err, errlen, -e, "%s: %s: %s", field_name, path, strerror(e));
 	}
 	if (!S_ISREG(st.st_mode) && !(blk_ok && S_ISBLK(st.st_mode)))
-		return fail(err, errlen, -EINVAL, "%s: %s is not a regular file%s", field_name, path,
+		return err_set(err, errlen, -EINVAL, "%s: %s is not a regular file%s", field_name, path,
 			    blk_ok ? " or block device" : "");
 	return 0;
 }
@@ -514,15 +503,15 @@ static int check_file(const char *field_name, const char *path, bool blk_ok, cha
 int kvmm_config_validate(const struct kvmm_config *c, char *err, size_t errlen)
 {
 	if (c->vcpu_count < 1 || c->vcpu_count > KVMM_MAX_VCPUS)
-		return fail(err, errlen, -EINVAL, "machine-config.vcpu_count: %u is out of range 1..%d", c->vcpu_count,
+		return err_set(err, errlen, -EINVAL, "machine-config.vcpu_count: %u is out of range 1..%d", c->vcpu_count,
 			    KVMM_MAX_VCPUS);
 	if (c->mem_size_mib < KVMM_MIN_MEM_MIB || c->mem_size_mib > KVMM_MAX_MEM_MIB)
-		return fail(err, errlen, -EINVAL, "machine-config.mem_size_mib: %u is out of range %u..%u",
+		return err_set(err, errlen, -EINVAL, "machine-config.mem_size_mib: %u is out of range %u..%u",
 			    c->mem_size_mib, KVMM_MIN_MEM_MIB, KVMM_MAX_MEM_MIB);
 	if (!c->kernel_image_path || !*c->kernel_image_path)
-		return fail(err, errlen, -EINVAL, "boot-source.kernel_image_path: not set; PUT /boot-source first");
+		return err_set(err, errlen, -EINVAL, "boot-source.kernel_image_path: not set; PUT /boot-source first");
 	if (c->boot_args && strlen(c->boot_args) >= KVMM_CMDLINE_MAX)
-		return fail(err, errlen, -EINVAL, "boot-source.boot_args: longer than %llu bytes",
+		return err_set(err, errlen, -EINVAL, "boot-source.boot_args: longer than %llu bytes",
 			    (unsigned long long)KVMM_CMDLINE_MAX - 1);
 	int r = check_file("boot-source.kernel_image_path", c->kernel_image_path, false, err, errlen);
 	if (r < 0)
@@ -530,36 +519,36 @@ int kvmm_config_validate(const struct kvmm_config *c, char *err, size_t errlen)
 	if (c->initrd_path && (r = check_file("boot-source.initrd_path", c->initrd_path, false, err, errlen)) < 0)
 		return r;
 	if (c->n_drives > KVMM_MAX_DRIVES)
-		return fail(err, errlen, -EINVAL, "drives: %zu drives, at most %d", c->n_drives, KVMM_MAX_DRIVES);
+		return err_set(err, errlen, -EINVAL, "drives: %zu drives, at most %d", c->n_drives, KVMM_MAX_DRIVES);
 	size_t roots = 0;
 	for (size_t i = 0; i < c->n_drives; i++) {
 		const struct kvmm_drive *d = &c->drives[i];
 		char name[KVMM_DRIVE_ID_MAX + 32];
 		if (!memchr(d->drive_id, '\0', sizeof(d->drive_id)) || !drive_id_ok(d->drive_id))
-			return fail(err, errlen, -EINVAL, "drives[%zu].drive_id: not 1..%d letters, digits or '_'", i,
+			return err_set(err, errlen, -EINVAL, "drives[%zu].drive_id: not 1..%d letters, digits or '_'", i,
 				    KVMM_DRIVE_ID_MAX - 1);
 		for (size_t k = 0; k < i; k++)
 			if (strcmp(c->drives[k].drive_id, d->drive_id) == 0)
-				return fail(err, errlen, -EINVAL, "drives[%zu].drive_id: \"%s\" is used twice", i,
+				return err_set(err, errlen, -EINVAL, "drives[%zu].drive_id: \"%s\" is used twice", i,
 					    d->drive_id);
 		roots += d->is_root_device;
 		if (!d->path_on_host || !*d->path_on_host)
-			return fail(err, errlen, -EINVAL, "drives[%zu].path_on_host: not set", i);
+			return err_set(err, errlen, -EINVAL, "drives[%zu].path_on_host: not set", i);
 		snprintf(name, sizeof(name), "drives[%s].path_on_host", d->drive_id);
 		if ((r = check_file(name, d->path_on_host, true, err, errlen)) < 0)
 			return r;
 	}
 	if (roots > 1)
-		return fail(err, errlen, -EINVAL, "drives: %zu root devices; at most one may have is_root_device", roots);
+		return err_set(err, errlen, -EINVAL, "drives: %zu root devices; at most one may have is_root_device", roots);
 	if (c->has_vsock) {
 		if (c->guest_cid < 3 || c->guest_cid == UINT32_MAX)
-			return fail(err, errlen, -EINVAL, "vsock.guest_cid: %u is reserved; use 3 or more", c->guest_cid);
+			return err_set(err, errlen, -EINVAL, "vsock.guest_cid: %u is reserved; use 3 or more", c->guest_cid);
 		if (!c->vsock_uds_path || !*c->vsock_uds_path)
-			return fail(err, errlen, -EINVAL, "vsock.uds_path: not set");
+			return err_set(err, errlen, -EINVAL, "vsock.uds_path: not set");
 		/* kvmm connects to "{uds_path}_{port}" for guest-initiated
 		 * connections: leave room for "_4294967295". */
 		if (strlen(c->vsock_uds_path) + 11 > KVMM_UDS_PATH_MAX)
-			return fail(err, errlen, -EINVAL,
+			return err_set(err, errlen, -EINVAL,
 				    "vsock.uds_path: %zu bytes is too long for a unix socket with a \"_<port>\" suffix "
 				    "(at most %d)",
 				    strlen(c->vsock_uds_path), KVMM_UDS_PATH_MAX - 11);

@@ -17,17 +17,6 @@
 #include "common/common.h"
 #include "vmm/kvmm/kvmm.h"
 
-__attribute__((format(printf, 4, 5))) static int bad(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-	if (errlen) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
-
 /* RFC 9110 tchar. */
 static bool is_tchar(unsigned char ch)
 {
@@ -81,7 +70,7 @@ static int request_line(const char *p, size_t n, struct kvmm_http_req *out, char
 	while (i < n && p[i] >= 'A' && p[i] <= 'Z')
 		i++;
 	if (i == 0 || i >= sizeof(out->method) || i >= n || p[i] != ' ')
-		return bad(err, errlen, -EINVAL, "malformed request line: expected an upper-case method and one space");
+		return err_set(err, errlen, -EINVAL, "malformed request line: expected an upper-case method and one space");
 	memcpy(out->method, p, i);
 	out->method[i] = '\0';
 	size_t t = ++i;
@@ -89,16 +78,16 @@ static int request_line(const char *p, size_t n, struct kvmm_http_req *out, char
 		i++;
 	size_t tlen = i - t;
 	if (tlen == 0 || p[t] != '/')
-		return bad(err, errlen, -EINVAL, "malformed request line: the target must be a path starting with '/'");
+		return err_set(err, errlen, -EINVAL, "malformed request line: the target must be a path starting with '/'");
 	if (tlen >= sizeof(out->path))
-		return bad(err, errlen, -EINVAL, "request target longer than %zu bytes", sizeof(out->path) - 1);
+		return err_set(err, errlen, -EINVAL, "request target longer than %zu bytes", sizeof(out->path) - 1);
 	if (i >= n || p[i] != ' ')
-		return bad(err, errlen, -EINVAL, "malformed request line: expected one space after the target");
+		return err_set(err, errlen, -EINVAL, "malformed request line: expected one space after the target");
 	memcpy(out->path, p + t, tlen);
 	out->path[tlen] = '\0';
 	i++;
 	if (n - i != 8 || memcmp(p + i, "HTTP/1.", 7) != 0 || (p[i + 7] != '0' && p[i + 7] != '1'))
-		return bad(err, errlen, -EINVAL, "unsupported protocol version: only HTTP/1.0 and HTTP/1.1 are served");
+		return err_set(err, errlen, -EINVAL, "unsupported protocol version: only HTTP/1.0 and HTTP/1.1 are served");
 	out->minor = p[i + 7] - '0';
 	return 0;
 }
@@ -107,14 +96,14 @@ static int request_line(const char *p, size_t n, struct kvmm_http_req *out, char
 static int content_length(const char *v, size_t n, size_t *out, char *err, size_t errlen)
 {
 	if (n == 0)
-		return bad(err, errlen, -EINVAL, "empty Content-Length");
+		return err_set(err, errlen, -EINVAL, "empty Content-Length");
 	size_t x = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (v[i] < '0' || v[i] > '9')
-			return bad(err, errlen, -EINVAL, "Content-Length is not a decimal number");
+			return err_set(err, errlen, -EINVAL, "Content-Length is not a decimal number");
 		x = x * 10 + (size_t)(v[i] - '0');
 		if (x > KVMM_HTTP_MAX_BODY)
-			return bad(err, errlen, -E2BIG, "request body larger than %d bytes", KVMM_HTTP_MAX_BODY);
+			return err_set(err, errlen, -E2BIG, "request body larger than %d bytes", KVMM_HTTP_MAX_BODY);
 	}
 	*out = x;
 	return 0;
@@ -127,7 +116,7 @@ int kvmm_http_parse_head(const char *buf, size_t len, struct kvmm_http_req *out,
 	size_t end = head_end(buf, scan);
 	if (!end) {
 		if (len >= KVMM_HTTP_MAX_HEAD)
-			return bad(err, errlen, -EMSGSIZE, "request head larger than %d bytes", KVMM_HTTP_MAX_HEAD);
+			return err_set(err, errlen, -EMSGSIZE, "request head larger than %d bytes", KVMM_HTTP_MAX_HEAD);
 		return -EAGAIN;
 	}
 	/* Line by line through the head; |end| - 2 is the final empty line. */
@@ -141,27 +130,27 @@ int kvmm_http_parse_head(const char *buf, size_t len, struct kvmm_http_req *out,
 		 * no bare LF may hide inside the line. */
 		size_t n = (size_t)(cr - line);
 		if (cr[1] != '\n' || memchr(line, '\n', n))
-			return bad(err, errlen, -EINVAL, "bare CR or LF in the request head; lines end with CRLF");
+			return err_set(err, errlen, -EINVAL, "bare CR or LF in the request head; lines end with CRLF");
 		if (pos == 0) {
 			if ((r = request_line(line, n, out, err, errlen)) < 0)
 				return r;
 		} else {
 			if (++nheaders > KVMM_HTTP_MAX_HEADERS)
-				return bad(err, errlen, -EMSGSIZE, "more than %d headers", KVMM_HTTP_MAX_HEADERS);
+				return err_set(err, errlen, -EMSGSIZE, "more than %d headers", KVMM_HTTP_MAX_HEADERS);
 			if (line[0] == ' ' || line[0] == '\t')
-				return bad(err, errlen, -EINVAL, "obsolete header line folding is not accepted");
+				return err_set(err, errlen, -EINVAL, "obsolete header line folding is not accepted");
 			size_t k = 0;
 			while (k < n && is_tchar((unsigned char)line[k]))
 				k++;
 			if (k == 0 || k >= n || line[k] != ':')
-				return bad(err, errlen, -EINVAL, "malformed header line (want \"Name: value\")");
+				return err_set(err, errlen, -EINVAL, "malformed header line (want \"Name: value\")");
 			const char *name = line;
 			size_t name_len = k;
 			const char *v = line + k + 1;
 			size_t vn = n - k - 1;
 			for (size_t i = 0; i < vn; i++)
 				if (!is_vbyte((unsigned char)v[i]))
-					return bad(err, errlen, -EINVAL, "control byte in the value of header %.*s",
+					return err_set(err, errlen, -EINVAL, "control byte in the value of header %.*s",
 						   (int)name_len, name);
 			while (vn && (*v == ' ' || *v == '\t'))
 				v++, vn--;
@@ -169,16 +158,16 @@ int kvmm_http_parse_head(const char *buf, size_t len, struct kvmm_http_req *out,
 				vn--;
 			if (token_eq(name, name_len, "Content-Length")) {
 				if (have_cl)
-					return bad(err, errlen, -EINVAL, "more than one Content-Length header");
+					return err_set(err, errlen, -EINVAL, "more than one Content-Length header");
 				have_cl = true;
 				if ((r = content_length(v, vn, &out->content_length, err, errlen)) < 0)
 					return r;
 			} else if (token_eq(name, name_len, "Transfer-Encoding")) {
-				return bad(err, errlen, -EINVAL,
+				return err_set(err, errlen, -EINVAL,
 					   "Transfer-Encoding is not supported; send the body with a Content-Length");
 			} else if (token_eq(name, name_len, "Expect")) {
 				if (!token_eq(v, vn, "100-continue"))
-					return bad(err, errlen, -EINVAL, "unsupported expectation (only 100-continue)");
+					return err_set(err, errlen, -EINVAL, "unsupported expectation (only 100-continue)");
 				out->expect_continue = true;
 			} else if (token_eq(name, name_len, "Connection")) {
 				connection_tokens(v, vn, &conn_close, &conn_keep);
@@ -187,7 +176,7 @@ int kvmm_http_parse_head(const char *buf, size_t len, struct kvmm_http_req *out,
 		pos += n + 2;
 	}
 	if (!out->method[0])
-		return bad(err, errlen, -EINVAL, "empty request line");
+		return err_set(err, errlen, -EINVAL, "empty request line");
 	/* HTTP/1.1 keeps the connection unless told otherwise; 1.0 closes
 	 * unless asked to keep it. */
 	out->keep_alive = conn_close ? false : out->minor == 1 ? true : conn_keep;
