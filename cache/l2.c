@@ -625,22 +625,33 @@ static void bg_job_free(struct bg_job *j)
 	free(j);
 }
 
+/* A background job of |type| for chunk |name| holding a copy of |<buf, len>|
+ * (none if |buf| is NULL), or NULL (counted as dropped) without memory. */
+static struct bg_job *bg_job_new(struct l2 *l, enum bg_type type, const char *name, const uint8_t *buf, size_t len)
+{
+	struct bg_job *j = calloc(1, sizeof(*j));
+	uint8_t *copy = j && buf ? malloc(len) : NULL;
+	if (!j || (buf && !copy)) {
+		free(j);
+		COUNT(l, bg_dropped);
+		return NULL;
+	}
+	if (buf)
+		memcpy(copy, buf, len);
+	j->type = type;
+	memcpy(j->name, name, sizeof(j->name));
+	j->buf = copy;
+	j->len = buf ? len : 0;
+	return j;
+}
+
 /* Queue a rewrite of the fragments in |mask| of the verified chunk
  * |<buf, len>| (copied). */
 static void bg_enqueue_repair(struct l2 *l, const char *name, const uint8_t *buf, size_t len, uint32_t mask)
 {
-	struct bg_job *j = calloc(1, sizeof(*j));
-	uint8_t *copy = j ? malloc(len) : NULL;
-	if (!copy) {
-		free(j);
-		COUNT(l, bg_dropped);
+	struct bg_job *j = bg_job_new(l, BG_REPAIR, name, buf, len);
+	if (!j)
 		return;
-	}
-	memcpy(copy, buf, len);
-	j->type = BG_REPAIR;
-	memcpy(j->name, name, sizeof(j->name));
-	j->buf = copy;
-	j->len = len;
 	j->mask = mask;
 	if (bg_enqueue(l, j))
 		COUNT(l, repairs_queued);
@@ -652,14 +663,8 @@ static int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len
 
 static void bg_enqueue_recheck(struct l2 *l, const char *name)
 {
-	struct bg_job *j = calloc(1, sizeof(*j));
-	if (!j) {
-		COUNT(l, bg_dropped);
-		return;
-	}
-	j->type = BG_RECHECK;
-	memcpy(j->name, name, sizeof(j->name));
-	if (!bg_enqueue(l, j))
+	struct bg_job *j = bg_job_new(l, BG_RECHECK, name, NULL, 0);
+	if (j && !bg_enqueue(l, j))
 		bg_job_free(j);
 }
 
@@ -1633,19 +1638,8 @@ void l2_put_async(struct l2 *l, const char *name, const uint8_t *buf, size_t len
 {
 	if (!l || !name || !is_sha256_hex(name) || !buf || len == 0 || len > CHUNK_SIZE)
 		return;
-	struct bg_job *j = calloc(1, sizeof(*j));
-	uint8_t *copy = j ? malloc(len) : NULL;
-	if (!copy) {
-		free(j);
-		COUNT(l, bg_dropped);
-		return;
-	}
-	memcpy(copy, buf, len);
-	j->type = BG_PUT;
-	memcpy(j->name, name, sizeof(j->name));
-	j->buf = copy;
-	j->len = len;
-	if (!bg_enqueue(l, j))
+	struct bg_job *j = bg_job_new(l, BG_PUT, name, buf, len);
+	if (j && !bg_enqueue(l, j))
 		bg_job_free(j);
 }
 
