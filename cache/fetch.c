@@ -33,24 +33,6 @@
 
 /* ---- verified whole chunks ------------------------------------------------ */
 
-int chunk_ctr_at(const uint8_t key[CHUNK_KEY_LEN], uint64_t off, const uint8_t *in, size_t len, uint8_t *out)
-{
-	uint8_t iv[16] = {0};
-	uint64_t ctr = off / 16;
-	for (int i = 0; i < 8; i++)
-		iv[15 - i] = (uint8_t)(ctr >> (8 * i));
-	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-	int outl = 0;
-	int ok = ctx && len <= (1u << 30) && EVP_EncryptInit_ex(ctx, EVP_aes_256_ctr(), NULL, key, iv) == 1 &&
-		 EVP_EncryptUpdate(ctx, out, &outl, in, (int)len) == 1 && (size_t)outl == len;
-	EVP_CIPHER_CTX_free(ctx);
-	if (!ok) {
-		log_err("AES-256-CTR failed (OpenSSL); is libcrypto working?");
-		return -EIO;
-	}
-	return 0;
-}
-
 void chunk_whole_ref(struct chunk_whole *w)
 {
 	__atomic_fetch_add(&w->refs, 1, __ATOMIC_RELAXED);

@@ -3,8 +3,8 @@
 #define KINDLING_CACHE_INTERNAL_H
 
 #define LOG_COMPONENT "cache"
-#include "../common/common.h"
-#include "../chunker/chunker.h"
+#include "common/common.h"
+#include "image/image.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -292,11 +292,6 @@ int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_
 		     size_t len, bool name_checked, enum cache_tier from, struct chunk_whole **out);
 void chunk_whole_ref(struct chunk_whole *w);
 void chunk_whole_unref(struct chunk_whole *w);
-
-/* AES-256-CTR of |<in, len>| at byte |off| of a chunk (|off| a multiple of
- * 16: the counter block is off / 16, big endian, as with IV 0 at offset 0).
- * In place is allowed.  Returns 0 or -EIO. */
-int chunk_ctr_at(const uint8_t key[CHUNK_KEY_LEN], uint64_t off, const uint8_t *in, size_t len, uint8_t *out);
 
 /* Copy |rq|'s range out of |w|'s plaintext into rq->buf (bytes past the
  * end of a short chunk read as zero); nothing if rq->buf is NULL. */

@@ -2,6 +2,7 @@
  * checksums, the MADT entries, and the DSDT's AML walked back with a small
  * decoder of its own (PkgLength in all its sizes, the virtio-mmio devices).
  * tests/integration/60-kvmm-acpi.sh has iasl disassemble the same tables. */
+/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <string.h>
 

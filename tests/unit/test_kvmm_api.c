@@ -5,6 +5,7 @@
  * allowlists, each applied in a forked child that must survive an allowed
  * call and die of SIGSYS on a forbidden one; and the jail (cgroup, chroot,
  * uid drop) in a forked child. */
+/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/kvm.h>

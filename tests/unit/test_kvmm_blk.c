@@ -4,6 +4,7 @@
  * negotiation, queue setup, reads split every which way, GET_ID, FLUSH, OUT on
  * a read-only disk, out-of-range and malformed requests, backend errors,
  * interrupts, EVENT_IDX and reset. */
+/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>

@@ -3,6 +3,7 @@
  * initrd and the e820 map.  With KINDLING_TEST_BZIMAGE=path, also a real
  * kernel (tests/integration/60-kvmm-acpi.sh fetches Debian's), printing one
  * "bzimage: ..." line the script checks. */
+/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>

@@ -1,6 +1,7 @@
 /* CPUID fixups for each vCPU: APIC ids that match the MADT, the hypervisor
  * bit, and a topology of n single-threaded cores, on a list shaped like what
  * KVM_GET_SUPPORTED_CPUID returns. */
+/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <linux/kvm.h>
 #include <string.h>
 

@@ -1,6 +1,7 @@
 /* The i8042 keyboard controller model against what Linux's i8042 and atkbd
  * drivers send, the two ways a guest resets the machine through it, and the
  * Ctrl+Alt+Del key sequence in both scancode translations. */
+/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <string.h>
 

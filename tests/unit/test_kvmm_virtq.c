@@ -1,6 +1,7 @@
 /* Guest memory and split virtqueues (vmm/kvmm/) against well-formed and
  * hostile rings: valid chains, loops, addresses outside the guest, indirect
  * tables, ring indices that run ahead, used-ring updates, EVENT_IDX. */
+/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>

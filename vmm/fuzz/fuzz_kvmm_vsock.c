@@ -13,6 +13,7 @@
  *   3  a device reset, and the driver brings it up again
  * After each record the device and its loop run, and the rx buffers it
  * filled are checked against the header it promised and handed back. */
+/* ctest-labels: no-tsan (a single-threaded parser: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -10,6 +10,7 @@
  * Every chain is walked; each buffer of a good chain is read (readable) or
  * filled (writable) the way a device would, so ASan sees any pointer the
  * accessor should not have handed out; every head goes back to the used ring. */
+/* ctest-labels: no-tsan (a single-threaded parser: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>

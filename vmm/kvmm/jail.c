@@ -22,7 +22,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "vmm/internal.h"
+#include "sandbox/sandbox.h"
 #include "vmm/kvmm/kvmm.h"
 
 /* ---- seccomp allowlists ------------------------------------------------------- */
