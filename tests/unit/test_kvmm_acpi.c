@@ -6,8 +6,9 @@
 #include <string.h>
 
 #include "tests/check.h"
+#include "vmm/kvmm/acpi.h"
 #include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/layout.h"
 
 static uint8_t blob[KVMM_ACPI_MAX];
 

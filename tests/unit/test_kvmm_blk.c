@@ -11,8 +11,11 @@
 #include <unistd.h>
 
 #include "tests/check.h"
+#include "vmm/kvmm/guest_mem.h"
 #include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/virtio_blk.h"
+#include "vmm/kvmm/virtio_mmio.h"
+#include "vmm/kvmm/virtq.h"
 
 #define BASE 0x100000ull
 #define MEMSZ 0x40000ull

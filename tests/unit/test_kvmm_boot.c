@@ -10,8 +10,10 @@
 
 #include "common/common.h"
 #include "tests/check.h"
+#include "vmm/kvmm/boot.h"
+#include "vmm/kvmm/guest_mem.h"
 #include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/layout.h"
 
 #define SETUP_SECTS 4
 #define KERNEL_LEN 8192

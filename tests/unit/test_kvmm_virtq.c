@@ -6,8 +6,9 @@
 #include <string.h>
 
 #include "tests/check.h"
+#include "vmm/kvmm/guest_mem.h"
 #include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/virtq.h"
 
 #define BASE 0x10000ull /* guest RAM starts here, not at 0, to catch offset mistakes */
 #define MEMSZ 0x10000ull

@@ -21,8 +21,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "vmm/kvmm/guest_mem.h"
 #include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/loop.h"
+#include "vmm/kvmm/virtio_mmio.h"
+#include "vmm/kvmm/virtio_vsock.h"
+#include "vmm/kvmm/virtq.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

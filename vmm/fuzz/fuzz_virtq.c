@@ -15,8 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vmm/kvmm/guest_mem.h"
 #include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/virtq.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

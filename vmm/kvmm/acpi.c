@@ -12,8 +12,9 @@
 
 #define LOG_COMPONENT "kvmm"
 #include "common/common.h"
+#include "vmm/kvmm/acpi.h"
 #include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/layout.h"
 
 #define SDT_HEADER 36
 #define OEM_ID "KINDLG"	   /* 6 bytes */

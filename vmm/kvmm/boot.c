@@ -14,8 +14,10 @@
 
 #define LOG_COMPONENT "kvmm"
 #include "common/common.h"
+#include "vmm/kvmm/boot.h"
+#include "vmm/kvmm/guest_mem.h"
 #include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/layout.h"
 
 /* Setup header fields (file offset == zero-page offset). */
 #define HDR_SETUP_SECTS 0x1f1

@@ -23,7 +23,7 @@
 #include <unistd.h>
 
 #include "vmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/jail.h"
 
 /* ---- seccomp allowlists ------------------------------------------------------- */
 

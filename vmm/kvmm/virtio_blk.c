@@ -11,8 +11,11 @@
 
 #define LOG_COMPONENT "kvmm"
 #include "common/common.h"
+#include "vmm/kvmm/guest_mem.h"
 #include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/virtio_blk.h"
+#include "vmm/kvmm/virtio_mmio.h"
+#include "vmm/kvmm/virtq.h"
 
 #define SECTOR 512u
 

@@ -7,8 +7,10 @@
 
 #define LOG_COMPONENT "kvmm"
 #include "common/common.h"
+#include "vmm/kvmm/guest_mem.h"
 #include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/virtio_mmio.h"
+#include "vmm/kvmm/virtq.h"
 
 int virtio_mmio_init(struct virtio_mmio_dev *d, const struct virtio_dev_ops *ops, void *opaque, uint64_t features,
 		     const uint8_t *config, uint32_t config_len, const struct guest_mem *mem, virtio_irq_fn irq,

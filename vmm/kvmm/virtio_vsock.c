@@ -37,8 +37,12 @@
 
 #define LOG_COMPONENT "kvmm"
 #include "common/common.h"
+#include "vmm/kvmm/guest_mem.h"
 #include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/loop.h"
+#include "vmm/kvmm/virtio_mmio.h"
+#include "vmm/kvmm/virtio_vsock.h"
+#include "vmm/kvmm/virtq.h"
 
 #define Q_RX 0
 #define Q_TX 1

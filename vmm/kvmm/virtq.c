@@ -17,8 +17,9 @@
 
 #define LOG_COMPONENT "kvmm"
 #include "common/common.h"
+#include "vmm/kvmm/guest_mem.h"
 #include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/virtq.h"
 
 #define VIRTQ_AVAIL_F_NO_INTERRUPT 1
 
