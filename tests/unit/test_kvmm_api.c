@@ -27,7 +27,10 @@
 
 #include "common/common.h"
 #include "tests/check.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/api.h"
+#include "vmm/kvmm/config.h"
+#include "vmm/kvmm/http.h"
+#include "vmm/kvmm/jail.h"
 
 /* ---- the parser ---------------------------------------------------------------------- */
 

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "tests/check.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/config.h"
 
 static char err[512];
 

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "tests/check.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/cpuid.h"
 
 #define FLAG_IDX KVM_CPUID_FLAG_SIGNIFCANT_INDEX
 

@@ -6,7 +6,8 @@
 #include <string.h>
 
 #include "tests/check.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/i8042.h"
+#include "vmm/kvmm/layout.h"
 
 #define DATA KVMM_I8042_DATA_PORT
 #define CMD KVMM_I8042_CMD_PORT

@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "tests/check.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/serial.h"
 
 #define RBR 0
 #define THR 0

@@ -13,7 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/config.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

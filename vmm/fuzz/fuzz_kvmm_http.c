@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/http.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -16,8 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/guest_mem.h"
+#include "common/bytes.h"
+#include "vmm/kvmm/virtq.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -30,9 +31,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	uint16_t qsize = (uint16_t)(1u << (data[0] % 9));
 	bool event_idx = data[1] & 1;
-	uint64_t desc = RAM_GPA + 16ull * ld16(data + 2);
-	uint64_t avail = RAM_GPA + 2ull * ld16(data + 4);
-	uint64_t used = RAM_GPA + 4ull * ld16(data + 6);
+	uint64_t desc = RAM_GPA + 16ull * get_le16(data + 2);
+	uint64_t avail = RAM_GPA + 2ull * get_le16(data + 4);
+	uint64_t used = RAM_GPA + 4ull * get_le16(data + 6);
 	size_t len = size - 8, half = len / 2;
 	if (len < 2)
 		return 0;
