@@ -33,6 +33,17 @@ enum sandbox_mount {
 	SANDBOX_MOUNT_LOOP,	/* loop device only (LOOP_CONFIGURE) */
 };
 
+/* What sandbox_spec.on_ready learns about a sandbox that is about to start
+ * its workload. */
+struct sandbox_ready {
+	int runtime_api_fd;	    /* listening socket of the Runtime API endpoint, or -1 */
+	pid_t pid;		    /* a host pid that lives as long as the sandbox (for logs) */
+	/* A file whose decimal contents are the most memory the sandbox has used
+	 * so far, in bytes (cgroup v2 memory.peak, v1
+	 * memory.max_usage_in_bytes), or "" where the host offers none. */
+	char memory_peak_path[PATH_MAX];
+};
+
 /* What to run.  The caller owns every pointer; they need to stay valid only
  * for the duration of sandbox_run(). */
 struct sandbox_spec {
@@ -56,6 +67,29 @@ struct sandbox_spec {
 					   * whose descriptors may close should ignore SIGPIPE) */
 	double t0;			  /* now_seconds() at the caller's "start"; timings count from here */
 	double timeout_s;		  /* kill everything after this long from t0; 0 = never */
+
+	/* ---- long-lived sandboxes (the invoke service's host agent) ---- */
+
+	/* If non-zero, give the workload a Lambda Runtime API endpoint: the
+	 * sandbox listens on 127.0.0.1:|runtime_api_port| inside its own network
+	 * (the process sandbox's network namespace; in the micro-VM, the guest
+	 * init listens there and carries each connection over vsock), sets
+	 * AWS_LAMBDA_RUNTIME_API=127.0.0.1:PORT in the workload's environment,
+	 * and hands the host end of that endpoint, a listening stream socket, to
+	 * |on_ready|.  The caller serves HTTP on it; nothing outside the sandbox
+	 * can reach the endpoint, and the workload reaches nothing else. */
+	uint16_t runtime_api_port;
+	/* Optional: called once, on the thread that called sandbox_run(), after
+	 * the sandbox is set up and just before the workload starts.  Returning
+	 * non-zero ends the sandbox before the workload runs, and sandbox_run()
+	 * returns that value.  The callee owns ready->runtime_api_fd. */
+	int (*on_ready)(void *arg, const struct sandbox_ready *ready);
+	void *ready_arg;
+	/* If > 0, the sandbox ends (every process killed, as on a timeout) as
+	 * soon as this descriptor is readable: how another thread stops a
+	 * long-lived sandbox.  The result then has |stopped| set.  0 (as in a
+	 * zeroed spec) or -1 means none. */
+	int stop_fd;
 };
 
 /* How it went.  Filled by sandbox_run() on success. */
@@ -64,6 +98,8 @@ struct sandbox_result {
 	int term_signal;	/* the signal that ended it, or 0 */
 	bool timed_out;		/* killed because timeout_s passed */
 	bool oom_killed;	/* the memory limit's OOM killer fired in the sandbox */
+	bool stopped;		/* ended because spec->stop_fd became readable */
+	uint64_t memory_peak;	/* the most memory the sandbox used, bytes; 0 if unknown */
 	double first_output_s;	/* first byte on stdout or stderr, seconds after t0; -1 if none */
 	double exit_s;		/* the workload's exit, seconds after t0 */
 	uint64_t out_bytes, err_bytes;
