@@ -367,7 +367,7 @@ int blockd_attach(struct blockd *b, const char *image, struct blockd_image **out
 	}
 	char digest[SHA256_HEX_LEN + 1];
 	pthread_mutex_lock(&b->store_lock);
-	int r = image_resolve(b->store, image, digest);
+	int r = image_resolve(b->store, image, b->env.tenant_key, digest);
 	pthread_mutex_unlock(&b->store_lock);
 	if (r < 0)
 		return r;

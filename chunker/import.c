@@ -430,7 +430,7 @@ static int derive_name_tag(const char *source, char *out, size_t out_len)
 }
 
 static int publish(struct chunkify_ctx *c, struct pipeline *p, const struct oci_image *img, uint64_t meta_off,
-		   uint64_t image_size, const struct layer_region *regions, const char *name_tag,
+		   uint64_t image_size, const struct layer_region *regions,
 		   struct import_report *rep)
 {
 	struct manifest m = {0};
@@ -479,10 +479,7 @@ static int publish(struct chunkify_ctx *c, struct pipeline *p, const struct oci_
 		goto out;
 	rep->bytes_uploaded += enc_len;
 
-	char ref_key[600], ref_val[SHA256_HEX_LEN + 2];
-	snprintf(ref_key, sizeof(ref_key), "refs/%s", name_tag);
-	snprintf(ref_val, sizeof(ref_val), "%s\n", rep->manifest_digest);
-	if ((r = store_put(c->store, ref_key, ref_val, strlen(ref_val))) < 0) {
+	if ((r = image_ref_put(c->store, c->env.tenant_key, rep->ref, rep->manifest_digest)) < 0) {
 		/* A manifest no ref names is garbage; do not leave it behind. */
 		store_delete(c->store, key);
 		goto out;
@@ -495,10 +492,9 @@ out:
 	return r;
 }
 
-int chunkify_import(struct chunkify_ctx *c, const char *source, const struct import_options *opt,
-		    struct import_report *rep)
+static int import_image(struct chunkify_ctx *c, const char *source, const struct import_options *opt,
+			struct import_report *rep, uint64_t *chunks_uploaded)
 {
-	memset(rep, 0, sizeof(*rep));
 	double start = now_seconds();
 	char name_tag[512];
 	int r = opt->name_tag ? image_parse_name_tag(opt->name_tag, name_tag, sizeof(name_tag))
@@ -639,14 +635,19 @@ join:
 		rep->chunks_dedup = p.chunks_dedup;
 		rep->bytes_uploaded = p.bytes_uploaded;
 		rep->chunks_zero = p.chunks_zero;
-		r = publish(c, &p, img, layout.meta_off, layout.image_size, regions, name_tag, rep);
+		r = publish(c, &p, img, layout.meta_off, layout.image_size, regions, rep);
 	}
-	if (r == -EINTR)
-		log_err("import of %s interrupted; nothing was published", source);
+	/* Chunks already uploaded stay: they are content, and another import may
+	 * rely on them; `chunkify gc` frees them if nothing does. */
+	if (r < 0 && p.chunks_new)
+		log_err("import of %s %s; nothing was published (%llu chunks it uploaded stay in the store until "
+			"`chunkify gc` collects them)",
+			source, r == -EINTR ? "interrupted" : "failed", (unsigned long long)p.chunks_new);
 	else if (r < 0)
-		log_err("import of %s failed; nothing was published", source);
+		log_err("import of %s %s; nothing was published", source, r == -EINTR ? "interrupted" : "failed");
 out:
 	drop_lease(&p);
+	*chunks_uploaded = p.chunks_new;
 	/* After a failure, buffers may still sit in the queues. */
 	while (p.work.items && p.work.len) {
 		struct job j = queue_pop(&p.work);
@@ -673,5 +674,18 @@ out:
 	oci_source_free(src);
 	free(tmp_dir);
 	rep->seconds = now_seconds() - start;
+	return r;
+}
+
+int chunkify_import(struct chunkify_ctx *c, const char *source, const struct import_options *opt,
+		    struct import_report *rep)
+{
+	memset(rep, 0, sizeof(*rep));
+	uint64_t chunks_uploaded = 0;
+	int r = import_image(c, source, opt, rep, &chunks_uploaded);
+	/* A first import that failed before storing anything leaves no store
+	 * behind, so a typo in --store does not plant an empty one. */
+	if (r < 0 && !chunks_uploaded)
+		store_undo_create(c->store);
 	return r;
 }

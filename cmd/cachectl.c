@@ -297,9 +297,7 @@ int main(int argc, char **argv)
 	free(origin);
 	free(l1);
 	free(o.l2_spec);
-	if (r < 0) {
+	if (r < 0 && !log_errors_logged())
 		fprintf(stderr, "cachectl: %s failed: %s\n", cmd, strerror(-r));
-		return 1;
-	}
-	return 0;
+	return r < 0 ? 1 : 0;
 }

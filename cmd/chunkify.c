@@ -18,10 +18,10 @@
 
 static volatile sig_atomic_t interrupted;
 
+/* The signal that asked us to stop, so we exit as a shell expects (128 + it). */
 static void on_signal(int sig)
 {
-	(void)sig;
-	interrupted = 1;
+	interrupted = sig;
 }
 
 static void usage(FILE *out)
@@ -35,6 +35,7 @@ static void usage(FILE *out)
 		"  inspect IMAGE [--chunks]     show an image's manifest\n"
 		"  verify IMAGE                 fetch, check and decrypt every chunk\n"
 		"  export IMAGE FILE            write the flattened EROFS image to FILE\n"
+		"  tag IMAGE NAME[:TAG]         point NAME[:TAG] at IMAGE, signed with the tenant key\n"
 		"  rm IMAGE                     remove an image's ref (and its manifest if unreferenced)\n"
 		"  gc [--dry-run]               delete chunks that no image references\n"
 		"\n"
@@ -156,7 +157,13 @@ static int cmd_ls(struct chunkify_ctx *c, const struct cli *cli)
 	for (size_t i = 0; i < refs.n; i++) {
 		char name[600], digest[SHA256_HEX_LEN + 1];
 		ref_to_name(refs.items[i], name, sizeof(name));
-		if (read_ref(c, refs.items[i], digest) < 0) {
+		int rr = image_resolve(c->store, name, c->env.tenant_key, digest);
+		if (rr == -EKEYREJECTED) { /* logged, with what to do */
+			if (!cli->json)
+				printf("%-40s %-20s %12s %8s\n", name, "-", "?", "refused");
+			continue;
+		}
+		if (rr < 0) {
 			log_warn("ref %s is unreadable; skipping it", refs.items[i]);
 			continue;
 		}
@@ -199,7 +206,7 @@ static json_t *strv_json(char **v)
 static int cmd_inspect(struct chunkify_ctx *c, const struct cli *cli, const char *image)
 {
 	char digest[SHA256_HEX_LEN + 1];
-	int r = image_resolve(c->store, image, digest);
+	int r = image_resolve(c->store, image, c->env.tenant_key, digest);
 	struct manifest m;
 	if (r < 0 || (r = image_load(c->store, digest, NULL, &m)) < 0)
 		return r;
@@ -246,7 +253,7 @@ static int cmd_inspect(struct chunkify_ctx *c, const struct cli *cli, const char
 static int read_image(struct chunkify_ctx *c, const char *image, int fd, uint64_t *out_size, size_t *out_bad)
 {
 	char digest[SHA256_HEX_LEN + 1];
-	int r = image_resolve(c->store, image, digest);
+	int r = image_resolve(c->store, image, c->env.tenant_key, digest);
 	struct manifest m;
 	if (r < 0 || (r = image_load(c->store, digest, c->env.tenant_key, &m)) < 0)
 		return r;
@@ -355,22 +362,31 @@ static int cmd_export(struct chunkify_ctx *c, const char *image, const char *fil
 
 /* ---- rm / gc ---------------------------------------------------------------------- */
 
+/* Removing works on a tag whatever it points at, signed or not: a tag that
+ * was repointed behind the tenant's back must be removable. */
 static int cmd_rm(struct chunkify_ctx *c, const char *image)
 {
 	char digest[SHA256_HEX_LEN + 1];
-	int r = image_resolve(c->store, image, digest);
+	bool by_digest = is_sha256_hex(strncmp(image, "sha256:", 7) == 0 ? image + 7 : image);
+	char own[600] = "";
+	int r = 0;
+	if (by_digest)
+		r = image_resolve(c->store, image, c->env.tenant_key, digest);
+	else {
+		char nt[512];
+		if ((r = image_parse_name_tag(image, nt, sizeof(nt))) < 0)
+			return r;
+		snprintf(own, sizeof(own), "refs/%s", nt);
+		if ((r = read_ref(c, own, digest)) == -ENOENT)
+			log_err("no image \"%s\" in %s (try `chunkify ls`)", image, store_describe(c->store));
+		else if (r < 0)
+			log_err("ref %s in %s is unreadable: %s", own, store_describe(c->store), strerror(-r));
+	}
 	if (r < 0)
 		return r;
 	struct str_list refs = {0};
 	if ((r = store_list(c->store, "refs/", add_key, &refs)) < 0)
 		goto out;
-	bool by_digest = is_sha256_hex(strncmp(image, "sha256:", 7) == 0 ? image + 7 : image);
-	char own[600] = "";
-	if (!by_digest) {
-		char nt[512];
-		image_parse_name_tag(image, nt, sizeof(nt));
-		snprintf(own, sizeof(own), "refs/%s", nt);
-	}
 	size_t others = 0;
 	for (size_t i = 0; i < refs.n; i++) {
 		char d[SHA256_HEX_LEN + 1];
@@ -393,6 +409,22 @@ static int cmd_rm(struct chunkify_ctx *c, const char *image)
 		       others ? " (the manifest stays: other names use it)" : "");
 out:
 	str_list_clear(&refs);
+	return r;
+}
+
+/* ---- tag ------------------------------------------------------------------------- */
+
+static int cmd_tag(struct chunkify_ctx *c, const char *image, const char *name_tag)
+{
+	char digest[SHA256_HEX_LEN + 1];
+	struct manifest m = {0};
+	int r = image_resolve(c->store, image, c->env.tenant_key, digest);
+	/* Opening it with the key proves it is this tenant's image. */
+	if (r == 0 && (r = image_load(c->store, digest, c->env.tenant_key, &m)) == 0)
+		r = image_ref_put(c->store, c->env.tenant_key, name_tag, digest);
+	manifest_cleanup(&m);
+	if (r == 0)
+		printf("tagged sha256:%s as %s\n", digest, name_tag);
 	return r;
 }
 
@@ -431,7 +463,7 @@ static int cmd_prime(struct chunkify_ctx *c, const struct cli *cli, const char *
 	}
 	char digest[SHA256_HEX_LEN + 1];
 	struct manifest m = {0};
-	int r = image_resolve(c->store, image, digest);
+	int r = image_resolve(c->store, image, c->env.tenant_key, digest);
 	if (r == 0)
 		r = image_load(c->store, digest, c->env.tenant_key, &m);
 	char *uri = cli->store_uri ? strdup(cli->store_uri) : strdup(c->env.default_store_uri);
@@ -535,7 +567,7 @@ int main(int argc, char **argv)
 	static const struct {
 		const char *name;
 		int nargs;
-	} commands[] = {{"import", 1}, {"ls", 0}, {"inspect", 1}, {"verify", 1}, {"export", 2}, {"rm", 1}, {"gc", 0}, {"prime", 1}};
+	} commands[] = {{"import", 1}, {"ls", 0}, {"inspect", 1}, {"verify", 1}, {"export", 2}, {"tag", 2}, {"rm", 1}, {"gc", 0}, {"prime", 1}};
 	int want = -1;
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
 		if (strcmp(cmd, commands[i].name) == 0)
@@ -557,6 +589,10 @@ int main(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	/* Only an import may create the store; every other command reads an
+	 * existing one, and a mistyped --store should say so, not plant a
+	 * new empty directory. */
+	cli.sopt.must_exist = strcmp(cmd, "import") != 0;
 	struct chunkify_ctx c;
 	int r = chunkify_ctx_init(&c, cli.store_uri, &cli.sopt);
 	if (r < 0)
@@ -572,6 +608,8 @@ int main(int argc, char **argv)
 		r = cmd_verify(&c, &cli, args[0]);
 	else if (strcmp(cmd, "export") == 0)
 		r = cmd_export(&c, args[0], args[1]);
+	else if (strcmp(cmd, "tag") == 0)
+		r = cmd_tag(&c, args[0], args[1]);
 	else if (strcmp(cmd, "rm") == 0)
 		r = cmd_rm(&c, args[0]);
 	else if (strcmp(cmd, "prime") == 0)
@@ -579,9 +617,10 @@ int main(int argc, char **argv)
 	else
 		r = cmd_gc(&c, &cli);
 	chunkify_ctx_cleanup(&c);
-	if (r < 0) {
+	/* One failure, one message: what failed said why where it failed. */
+	if (r < 0 && !log_errors_logged())
 		fprintf(stderr, "chunkify: %s failed: %s\n", cmd, strerror(-r));
-		return 1;
-	}
-	return 0;
+	if (interrupted)
+		return 128 + interrupted;
+	return r < 0 ? 1 : 0;
 }

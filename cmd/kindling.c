@@ -268,21 +268,37 @@ static void print_report(json_t *j)
 	mib(b1, sizeof(b1), jint(b, "l1"));
 	mib(b2, sizeof(b2), jint(b, "l2"));
 	mib(b3, sizeof(b3), jint(b, "l3"));
-	fprintf(stderr, "kindling: %s: first output %.3f s, exit %.3f s (attach %.3f s), exit status %d (%s sandbox, %s mount)\n",
-		json_string_value(json_object_get(j, "image")), json_real_value(json_object_get(j, "first_output_s")),
-		json_real_value(json_object_get(j, "exit_s")), json_real_value(json_object_get(j, "attach_s")),
-		(int)json_integer_value(json_object_get(j, "status")),
-		json_string_value(json_object_get(j, "backend")), json_string_value(json_object_get(j, "mount")));
+	const char *error = json_string_value(json_object_get(j, "error"));
+	double first = json_real_value(json_object_get(j, "first_output_s"));
+	if (error) {
+		fprintf(stderr, "kindling: %s: the command did not run (%s); attach %.3f s, exit status %d (%s sandbox)\n",
+			json_string_value(json_object_get(j, "image")), error,
+			json_real_value(json_object_get(j, "attach_s")),
+			(int)json_integer_value(json_object_get(j, "status")),
+			json_string_value(json_object_get(j, "backend")));
+	} else {
+		char first_text[32] = "none";
+		if (first >= 0)
+			snprintf(first_text, sizeof(first_text), "%.3f s", first);
+		fprintf(stderr, "kindling: %s: first output %s, exit %.3f s (attach %.3f s), exit status %d (%s sandbox, %s mount)\n",
+			json_string_value(json_object_get(j, "image")), first_text, json_real_value(json_object_get(j, "exit_s")),
+			json_real_value(json_object_get(j, "attach_s")), (int)json_integer_value(json_object_get(j, "status")),
+			json_string_value(json_object_get(j, "backend")), json_string_value(json_object_get(j, "mount")));
+	}
 	fprintf(stderr, "kindling: fetched %s of a %s image (%.1f%%); the sandbox read %s through blockd\n", fetched,
 		size, image_size ? 100.0 * (double)bf / (double)image_size : 0.0, readb);
 	fprintf(stderr, "kindling: chunks: L1 %llu (%s), L2 %llu (%s), L3 %llu (%s)", (unsigned long long)jint(c, "l1"),
 		b1, (unsigned long long)jint(c, "l2"), b2, (unsigned long long)jint(c, "l3"), b3);
-	if (json_is_true(json_object_get(pf, "enabled")))
-		fprintf(stderr, "; prefetch: trace %s, %llu of %llu trace chunks prefetched, accuracy %.2f\n",
-			json_string_value(json_object_get(pf, "trace")), (unsigned long long)jint(pf, "prefetched"),
-			(unsigned long long)jint(pf, "trace_chunks"), json_real_value(json_object_get(pf, "accuracy")));
-	else
+	const char *trace = json_string_value(json_object_get(pf, "trace"));
+	if (!json_is_true(json_object_get(pf, "enabled")))
 		fprintf(stderr, "; prefetch off\n");
+	else if (trace && (strcmp(trace, "recording") == 0 || strcmp(trace, "stored") == 0 || strcmp(trace, "none") == 0))
+		/* A first start has nothing to prefetch: it records what the next one will. */
+		fprintf(stderr, "; prefetch: no startup trace yet, recording one for the next start\n");
+	else
+		fprintf(stderr, "; prefetch: trace %s, %llu of %llu trace chunks prefetched, accuracy %.2f\n", trace,
+			(unsigned long long)jint(pf, "prefetched"), (unsigned long long)jint(pf, "trace_chunks"),
+			json_real_value(json_object_get(pf, "accuracy")));
 }
 
 /* ---- run ---------------------------------------------------------------------------------------------------- */
@@ -346,8 +362,10 @@ static int cmd_run(int argc, char **argv, double t0)
 	}
 	pthread_detach(sig_thread);
 
+	/* Running reads an existing store; it never creates one. */
+	struct store_options store_opt = { .must_exist = true };
 	struct blockd_config cfg = {
-		.cache = { .origin_uri = store, .l1_dir = l1, .l1_max_bytes = o.l1_size,
+		.cache = { .origin_uri = store, .origin_options = &store_opt, .l1_dir = l1, .l1_max_bytes = o.l1_size,
 			   .l2_nodes = (const char *const *)o.l2.items, .n_l2_nodes = o.l2.n },
 		.prefetch = !o.no_prefetch,
 		.readahead_chunks = o.readahead > 0 ? (unsigned)o.readahead : 0,
@@ -357,9 +375,11 @@ static int cmd_run(int argc, char **argv, double t0)
 	struct blockd_mount_options mopt = { .done_fd = -1 };
 	if ((r = blockd_new(&cfg, &b)) < 0)
 		goto out;
+	unsigned errors_before = log_errors_logged();
 	if ((r = blockd_attach(b, o.image, &img)) < 0) {
-		fprintf(stderr, "kindling run: cannot attach %s from %s: %s%s\n", o.image, store, strerror(-r),
-			r == -ENOENT ? " (is it imported? try `chunkify ls`)" : "");
+		/* One failure, one message: the attach said why, unless it could not. */
+		if (log_errors_logged() == errors_before)
+			fprintf(stderr, "kindling run: cannot attach %s from %s: %s\n", o.image, store, strerror(-r));
 		goto out;
 	}
 	if ((r = blockd_mount(b, mnt, &mopt)) < 0)

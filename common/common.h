@@ -30,6 +30,10 @@ void log_msg(enum log_level level, const char *component, const char *fmt, ...)
  * logging (a string literal). */
 void log_set_program(const char *name);
 
+/* How many errors have been logged so far in this process: a program's main()
+ * prints its own one-line failure only when nothing below it said why. */
+unsigned log_errors_logged(void);
+
 /* Set the threshold; the default is LOG_WARN so tools stay quiet on success.
  * KINDLING_DEBUG=1 in the environment raises it to LOG_DEBUG at first use. */
 void log_set_level(enum log_level level);

@@ -20,6 +20,7 @@
  * set once by main() before any thread starts. */
 static _Atomic int log_threshold = LOG_WARN;
 static const char *log_program;
+static _Atomic unsigned log_error_count;
 static pthread_once_t log_env_once = PTHREAD_ONCE_INIT;
 
 static void log_read_env(void)
@@ -27,6 +28,11 @@ static void log_read_env(void)
 	const char *d = getenv("KINDLING_DEBUG");
 	if (d && *d && strcmp(d, "0") != 0)
 		log_threshold = LOG_DEBUG;
+}
+
+unsigned log_errors_logged(void)
+{
+	return log_error_count;
 }
 
 void log_set_program(const char *name)
@@ -45,6 +51,8 @@ void log_msg(enum log_level level, const char *component, const char *fmt, ...)
 	static const char *const names[] = {"error", "warning", "info", "debug"};
 	if (level < LOG_ERR)
 		return;
+	if (level == LOG_ERR)
+		log_error_count++;
 	pthread_once(&log_env_once, log_read_env);
 	if ((int)level > log_threshold)
 		return;

@@ -39,11 +39,16 @@ struct store_options {
 	unsigned parallel;
 	/* Per-request timeout in milliseconds (0 = 30000). */
 	unsigned timeout_ms;
+	/* file:// only: fail with -ENOENT (logged, naming the directory) if the
+	 * store's directory does not exist, instead of creating it.  Readers set
+	 * it, so a mistyped --store never leaves an empty store behind. */
+	bool must_exist;
 };
 
 /* Open the store named by |uri|: "file:///abs/dir", a plain path,
  * "http(s)://host:port/prefix" or "s3://bucket/prefix".  |opt| may be NULL
- * for defaults.  A file store's directory is created if missing.  Credentials
+ * for defaults.  A file store's directory is created if missing (unless
+ * opt->must_exist).  Credentials
  * for s3 come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and optional
  * AWS_SESSION_TOKEN).  On success |*out| owns the store (store_free).
  * Returns 0, -EINVAL for a malformed URI (logged, naming it), or -errno. */
@@ -51,6 +56,13 @@ int store_open(const char *uri, const struct store_options *opt, struct store **
 
 /* Close |s| and free it; NULL is allowed. */
 void store_free(struct store *s);
+
+/* file:// only: if opening |s| created its directory and the store still
+ * holds no object, remove the directory again (with its empty
+ * subdirectories): for an importer that fails before storing anything, so a
+ * failed first import leaves no empty store behind.  Anything else is left
+ * alone.  Returns 0 or -errno. */
+int store_undo_create(struct store *s);
 
 /* A short printable description ("file:///x", "s3://b/p at http://...")
  * owned by |s|. */
@@ -191,9 +203,20 @@ int manifest_decode(const uint8_t *buf, size_t len, const uint8_t *tenant_key, s
 int image_parse_name_tag(const char *s, char *out, size_t out_len);
 
 /* Resolve |image| (NAME[:TAG], sha256:HEX or HEX) to a manifest digest of 64
- * hex digits through refs/ in |s|.  Returns 0, -ENOENT (logged, naming the
- * image and the store), -EBADMSG for a corrupt ref, or -errno. */
-int image_resolve(struct store *s, const char *image, char digest[65]);
+ * hex digits.  A NAME[:TAG] goes through refs/ in |s|, and its ref must carry
+ * |tenant_key|'s signature over that name, tag and digest (image_ref_put), so
+ * nobody without the key can point a tag at another manifest.  There is no
+ * rollback protection: an earlier signed value of the same tag can be put
+ * back by anyone who can write to the store; pin a digest to rule that out.
+ * Returns 0, -ENOENT (logged, naming the image and the store), -EKEYREJECTED
+ * for a ref this key did not sign (logged, saying how to re-tag), -EBADMSG for
+ * a corrupt ref, or -errno. */
+int image_resolve(struct store *s, const char *image, const uint8_t tenant_key[32], char digest[65]);
+
+/* Point |image| (NAME[:TAG]) at manifest |digest| (64 hex digits) in |s|,
+ * signed with |tenant_key| (see image_resolve).  The caller has checked that
+ * the manifest exists.  Returns 0 or -errno (logged). */
+int image_ref_put(struct store *s, const uint8_t tenant_key[32], const char *image, const char *digest);
 
 /* Fetch manifests/<digest> from |s|, check that its bytes hash to |digest|,
  * and decode it: with |tenant_key| the chunk keys are unsealed, with NULL only

@@ -127,6 +127,11 @@ void store_free(struct store *s)
 	free(s);
 }
 
+int store_undo_create(struct store *s)
+{
+	return s && s->ops->undo_create ? s->ops->undo_create(s->state) : 0;
+}
+
 const char *store_describe(const struct store *s) { return s ? s->description : "(no store)"; }
 
 /* Log and refuse a key the backends must never see. */

@@ -30,6 +30,7 @@
 struct file_store {
 	int dir_fd;	/* O_DIRECTORY descriptor of the store root */
 	char *root;	/* absolute path, for messages */
+	bool created;	/* this open created the directory */
 };
 
 /* Deeper trees than this are not something a store writes (keys are at most
@@ -38,7 +39,6 @@ struct file_store {
 
 static int file_open(const char *uri, const struct store_options *opt, void **out_state, char **out_description)
 {
-	(void)opt;
 	const char *path = uri;
 	if (strncmp(uri, "file://", 7) == 0) {
 		path = uri + 7;
@@ -55,6 +55,13 @@ static int file_open(const char *uri, const struct store_options *opt, void **ou
 		log_err("open store %s: empty or overlong path", uri);
 		return -EINVAL;
 	}
+	struct stat st;
+	bool existed = stat(path, &st) == 0;
+	if (opt->must_exist && !existed) {
+		log_err("no store at %s (%s): nothing was ever stored there; check --store or KINDLING_HOME", path,
+			strerror(errno));
+		return -ENOENT;
+	}
 	int r = mkdir_p(path, 0755);
 	if (r < 0) {
 		log_err("open store %s: create directory %s: %s (is the parent writable?)", uri, path, strerror(-r));
@@ -70,6 +77,7 @@ static int file_open(const char *uri, const struct store_options *opt, void **ou
 		free(fs);
 		return r;
 	}
+	fs->created = !existed;
 	fs->root = realpath(path, NULL);
 	if (!fs->root) {
 		r = -errno;
@@ -446,6 +454,54 @@ static int file_age(void *state, const char *key, double *out_seconds)
 	return 0;
 }
 
+static int found_object(void *arg, const char *key)
+{
+	(void)arg;
+	(void)key;
+	return 1;
+}
+
+/* Remove the empty directories under |fd| (owned), deepest first; a
+ * directory that still holds anything stays. */
+static void remove_empty_dirs(int fd, int depth)
+{
+	DIR *d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return;
+	}
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") || depth >= FILE_MAX_DEPTH)
+			continue;
+		int child = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (child < 0)
+			continue;
+		remove_empty_dirs(child, depth + 1);
+		unlinkat(dirfd(d), de->d_name, AT_REMOVEDIR); /* fails, harmlessly, if not empty */
+	}
+	closedir(d);
+}
+
+static int file_undo_create(void *state)
+{
+	struct file_store *fs = state;
+	if (!fs->created)
+		return 0;
+	int r = file_list(fs, "", found_object, NULL);
+	if (r != 0)
+		return r < 0 ? r : 0; /* an object: the store stays */
+	int fd = openat(fs->dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0)
+		remove_empty_dirs(fd, 0);
+	if (rmdir(fs->root) < 0 && errno != ENOENT && errno != ENOTEMPTY && errno != EEXIST) {
+		r = -errno;
+		log_warn("cannot remove the empty store %s: %s", fs->root, strerror(-r));
+		return r;
+	}
+	return 0;
+}
+
 static const char *const file_schemes[] = { "file", NULL };
 
 const struct store_ops store_file_ops = {
@@ -460,4 +516,5 @@ const struct store_ops store_file_ops = {
 	.del = file_del,
 	.list = file_list,
 	.age = file_age,
+	.undo_create = file_undo_create,
 };

@@ -55,6 +55,8 @@ struct store_ops {
 	int (*list)(void *state, const char *prefix, store_list_cb cb, void *arg);
 	/* required: as store_age. */
 	int (*age)(void *state, const char *key, double *out_seconds);
+	/* optional: as store_undo_create; absent means there is nothing to undo. */
+	int (*undo_create)(void *state);
 };
 
 extern const struct store_ops store_file_ops;

@@ -108,7 +108,7 @@ pass "the cold run's startup trace was stored and prefetched ($(jq .prefetch.tra
 
 # ---- the text report ------------------------------------------------------------------------------------------
 kr text run:1 -- true || die "-- true failed: $(cat "$T/text.err")"
-grep -q "first output .* s, exit .* s" "$T/text.err" && grep -q "^kindling: fetched .* of a .* image" "$T/text.err" &&
+grep -Eq "first output (none|[0-9.]+ s), exit [0-9.]+ s" "$T/text.err" && grep -q "^kindling: fetched .* of a .* image" "$T/text.err" &&
   grep -q "^kindling: chunks: L1 [0-9]* (.*), L2 [0-9]* (.*), L3 [0-9]* (.*)" "$T/text.err" ||
   die "text report incomplete: $(cat "$T/text.err")"
 pass "the text report has timings, bytes fetched and the tier split"
@@ -124,8 +124,15 @@ rc=0; kr ov run:1 -- sh -c 'pwd; echo $GREETING; kill -TERM $$' || rc=$?
 [ "$(cat "$T/ov.out")" = "$(printf '/data\nhi')" ] || die "workdir/env with an override: $(cat "$T/ov.out")"
 rc=0; kr nocmd run:1 -- no-such-command || rc=$?
 [ "$rc" = 127 ] && grep -q "not found in the image" "$T/nocmd.err" || die "missing command: rc $rc, $(cat "$T/nocmd.err")"
+# The report says the command did not run, not a meaningless "first output -1".
+grep -q "the command did not run" "$T/nocmd.err" && ! grep -q "first output -1" "$T/nocmd.err" ||
+  die "missing command: the report reads as if it ran: $(cat "$T/nocmd.err")"
+! grep -q "^chunkify:" "$T/nocmd.err" || die "kindling run's messages carry chunkify's name: $(cat "$T/nocmd.err")"
 rc=0; kr noimg nosuch:1 || rc=$?
-[ "$rc" = 125 ] && grep -q "cannot attach nosuch:1" "$T/noimg.err" || die "unknown image: rc $rc, $(cat "$T/noimg.err")"
+# One failure, one message: the image is named once, with no bare errno line after it.
+[ "$rc" = 125 ] && grep -q 'no image "nosuch:1"' "$T/noimg.err" && [ "$(grep -c nosuch "$T/noimg.err")" = 1 ] &&
+  ! grep -q "No such file" "$T/noimg.err" ||
+  die "unknown image: rc $rc, $(cat "$T/noimg.err")"
 rc=0; kr usage || rc=$?
 [ "$rc" = 2 ] || die "kindling run without an image gave $rc, want 2"
 pass "-- CMD ARGS override (exit 0/42, signal 143, image workdir and env kept), missing command 127, unknown image 125"

@@ -124,7 +124,7 @@ int main(int argc, char **argv)
 		return 1;
 	char digest[SHA256_HEX_LEN + 1];
 	struct manifest man = {0};
-	if (image_resolve(ctx.store, argv[optind], digest) < 0 || image_load(ctx.store, digest, ctx.env.tenant_key, &man) < 0) {
+	if (image_resolve(ctx.store, argv[optind], ctx.env.tenant_key, digest) < 0 || image_load(ctx.store, digest, ctx.env.tenant_key, &man) < 0) {
 		chunkify_ctx_cleanup(&ctx);
 		return 1;
 	}
