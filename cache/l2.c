@@ -206,13 +206,6 @@ static void deadline_in(double secs, struct timespec *ts)
 	}
 }
 
-static double mono_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static int cond_init_mono(pthread_cond_t *cv)
 {
 	pthread_condattr_t a;
@@ -323,7 +316,7 @@ static void node_failed_as(struct l2_node *nd, bool timeout, bool fatal, const c
 		nd->gen++;
 		newly_down = true;
 		nd->backoff_ms = nd->l->down_backoff_ms;
-		nd->retry_at = mono_now() + nd->backoff_ms / 1000.0;
+		nd->retry_at = now_seconds() + nd->backoff_ms / 1000.0;
 		node_drop_conns_locked(nd);
 		pthread_cond_broadcast(&nd->cv); /* worker 0 schedules the probe */
 	}
@@ -360,7 +353,7 @@ static void node_probe(struct l2_node *nd, memcached_st *mc)
 		nd->backoff_ms = 0;
 	} else {
 		nd->backoff_ms = nd->backoff_ms * 2 > L2_BACKOFF_MAX_MS ? L2_BACKOFF_MAX_MS : nd->backoff_ms * 2;
-		nd->retry_at = mono_now() + nd->backoff_ms / 1000.0;
+		nd->retry_at = now_seconds() + nd->backoff_ms / 1000.0;
 	}
 	unsigned backoff = nd->backoff_ms;
 	pthread_mutex_unlock(&nd->mu);
@@ -466,7 +459,7 @@ static void *node_worker(void *arg)
 		if (nd->stop)
 			break;
 		if (w->idx == 0 && nd->down && !nd->probing && mc) {
-			if (mono_now() >= nd->retry_at) {
+			if (now_seconds() >= nd->retry_at) {
 				nd->probing = true;
 				gen = nd->gen;
 				pthread_mutex_unlock(&nd->mu);
@@ -476,7 +469,7 @@ static void *node_worker(void *arg)
 				continue;
 			}
 			struct timespec ts;
-			deadline_in(nd->retry_at - mono_now(), &ts);
+			deadline_in(nd->retry_at - now_seconds(), &ts);
 			pthread_cond_timedwait(&nd->cv, &nd->mu, &ts);
 			continue;
 		}
@@ -1073,7 +1066,7 @@ static void drain_finish(struct l2 *l, struct l2_drain *d, int st)
 		nd->st.misses++;
 	}
 	if (res == L2R_HIT || res == L2R_MISS) {
-		node_latency(nd, (mono_now() - d->t0) * 1000);
+		node_latency(nd, (now_seconds() - d->t0) * 1000);
 	} else if (st == -ETIMEDOUT) {
 		nd->st.timeouts++;
 	} else {
@@ -1117,7 +1110,7 @@ static void *drain_main(void *arg)
 				drain_finish(l, d, st);
 		}
 		/* A reply more than a few timeouts late is not coming. */
-		double now = mono_now(), limit = 4.0 * l->timeout_ms / 1000.0;
+		double now = now_seconds(), limit = 4.0 * l->timeout_ms / 1000.0;
 		for (;;) {
 			pthread_mutex_lock(&l->drain_mu);
 			struct l2_drain *old = l->drains;
@@ -1165,7 +1158,7 @@ static void conn_park(struct l2 *l, struct l2_node *nd, int fd, unsigned gen, un
 	d->gen = gen;
 	d->index = index;
 	d->t0 = t0;
-	d->since = mono_now();
+	d->since = now_seconds();
 	memcpy(d->name, name, sizeof(d->name));
 	snprintf(d->key, sizeof(d->key), "%s", key);
 	memcpy(d->hdr, hdr, L2_FRAG_HDR_LEN);
@@ -1254,7 +1247,7 @@ static int frag_send(struct frag_read *f)
  * frag_dial(). */
 static bool frag_send_pooled(struct frag_read *f)
 {
-	f->t0 = mono_now();
+	f->t0 = now_seconds();
 	f->fd = conn_take(f->nd, &f->gen);
 	if (f->fd < 0)
 		return false;
@@ -1335,7 +1328,7 @@ static void frag_finish(struct read_state *rs, unsigned i)
 	struct l2 *l = rs->l;
 	struct frag_read *f = &rs->f[i];
 	struct l2_node *nd = f->nd;
-	double ms = (mono_now() - f->t0) * 1000;
+	double ms = (now_seconds() - f->t0) * 1000;
 	rs->pending--;
 	enum l2_reply_result res = f->rp.result;
 	if (res == L2R_HIT) {
@@ -1514,7 +1507,7 @@ static int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len
 
 	/* Poll until k intact fragments are in, every node has answered, or
 	 * the timeout passes. */
-	double deadline = mono_now() + l->timeout_ms / 1000.0;
+	double deadline = now_seconds() + l->timeout_ms / 1000.0;
 	while ((wait_all || rs->intact < l->k) && rs->pending > 0) {
 		struct pollfd pfd[L2_MAX_FRAGS];
 		unsigned idx[L2_MAX_FRAGS], np = 0;
@@ -1523,7 +1516,7 @@ static int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len
 				pfd[np] = (struct pollfd){.fd = rs->f[i].fd, .events = rs->f[i].connecting ? POLLOUT : POLLIN};
 				idx[np++] = i;
 			}
-		double left = deadline - mono_now();
+		double left = deadline - now_seconds();
 		if (left <= 0)
 			break;
 		int pr = poll(pfd, np, (int)(left * 1000) + 1);
