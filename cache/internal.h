@@ -11,7 +11,8 @@
 #include <stdint.h>
 
 /* ======================================================================
- * L2: an erasure-coded memcached fleet (l2.c, l2_frag.c, l2_reply.c)
+ * L2: an erasure-coded memcached fleet (l2.c and the l2_*.c files, whose
+ * shared internals are in l2_internal.h)
  *
  * A chunk (ciphertext, up to CHUNK_SIZE bytes) is split into k data
  * fragments and m parity fragments (Reed-Solomon, ISA-L).  Fragment i is
