@@ -312,18 +312,20 @@ void chunk_whole_serve(struct cache *c, struct chunk_whole *w, struct chunk_req 
 /* Chunk verification (verify.c): the chunk format's checks and cipher,
  * which depend on bytes and keys only, not on the cache. */
 
-/* Verify and decrypt the ciphertext |<cipher, len>| of chunk |name| (64
- * lower-case hex digits) sealed with |key|, in one pass:
- *   - unless |name_checked|, SHA-256(cipher) must be |name|;
- *   - AES-256-CTR(|key|, IV 0) of |cipher| goes to |out_plain| (|len|
- *     bytes, not overlapping |cipher|);
+/* Verify and decrypt the ciphertext |<cipher, len>| of a chunk sealed with
+ * |key|, in one pass:
+ *   - if |name| is not NULL, SHA-256(cipher) must be |name| (64 lower-case
+ *     hex digits); NULL when the caller has checked the name already (as
+ *     l2_get does while the fragments arrive);
+ *   - AES-256-CTR(|key|, IV 0) of |cipher| goes to |plain| (|len| bytes,
+ *     not overlapping |cipher|);
  *   - if |salt| is not NULL, SHA-256(|<salt, salt_len>| || plaintext) must
  *     be |key|.
- * Returns 0 when every check passed; -EBADMSG when one failed (|out_plain|
- * then holds bytes that must not be used); -EIO if libcrypto failed
- * (logged).  Allocates nothing that outlives the call; thread-safe. */
-int chunk_verify_decrypt(const uint8_t *cipher, size_t len, const char *name, const uint8_t key[CHUNK_KEY_LEN],
-			 const uint8_t *salt, size_t salt_len, bool name_checked, uint8_t *out_plain);
+ * Returns 0 when every check passed; -EBADMSG when one failed (|plain| then
+ * holds bytes that must not be used); -EIO if libcrypto failed (logged).
+ * Allocates nothing that outlives the call; thread-safe. */
+int chunk_verify_decrypt(const char *name, const uint8_t key[CHUNK_KEY_LEN], const uint8_t *salt, size_t salt_len,
+			 const uint8_t *cipher, size_t len, uint8_t *plain);
 
 /* AES-256-CTR of |<in, len>| at byte |off| of a chunk (|off| a multiple of
  * 16: the counter block is off / 16, big endian, as with IV 0 at offset 0).

@@ -49,8 +49,8 @@ int chunk_ctr_at(const uint8_t key[CHUNK_KEY_LEN], uint64_t off, const uint8_t *
  * from the verified ciphertext in its background insert (l1.c). */
 #define VERIFY_STEP (16u * 1024u)
 
-int chunk_verify_decrypt(const uint8_t *cipher, size_t len, const char *name, const uint8_t key[CHUNK_KEY_LEN],
-			 const uint8_t *salt, size_t salt_len, bool name_checked, uint8_t *out_plain)
+int chunk_verify_decrypt(const char *name, const uint8_t key[CHUNK_KEY_LEN], const uint8_t *salt, size_t salt_len,
+			 const uint8_t *cipher, size_t len, uint8_t *plain)
 {
 	static const uint8_t iv[16] = {0};
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
@@ -65,16 +65,16 @@ int chunk_verify_decrypt(const uint8_t *cipher, size_t len, const char *name, co
 	for (size_t o = 0; r == 0 && o < len; o += VERIFY_STEP) {
 		size_t n = len - o < VERIFY_STEP ? len - o : VERIFY_STEP;
 		int outl = 0;
-		if ((!name_checked && EVP_DigestUpdate(md, cipher + o, n) != 1) ||
-		    EVP_EncryptUpdate(cx, out_plain + o, &outl, cipher + o, (int)n) != 1 || (size_t)outl != n ||
-		    (salt && EVP_DigestUpdate(kmd, out_plain + o, n) != 1))
+		if ((name && EVP_DigestUpdate(md, cipher + o, n) != 1) ||
+		    EVP_EncryptUpdate(cx, plain + o, &outl, cipher + o, (int)n) != 1 || (size_t)outl != n ||
+		    (salt && EVP_DigestUpdate(kmd, plain + o, n) != 1))
 			r = -EIO;
 	}
 	uint8_t digest[SHA256_LEN];
 	unsigned dlen = 0;
-	if (r == 0 && !name_checked && (EVP_DigestFinal_ex(md, digest, &dlen) != 1 || dlen != SHA256_LEN))
+	if (r == 0 && name && (EVP_DigestFinal_ex(md, digest, &dlen) != 1 || dlen != SHA256_LEN))
 		r = -EIO;
-	if (r == 0 && !name_checked) {
+	if (r == 0 && name) {
 		char hex[SHA256_HEX_LEN + 1];
 		hex_encode(digest, SHA256_LEN, hex);
 		r = strcmp(hex, name) == 0 ? 0 : -EBADMSG;

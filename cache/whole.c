@@ -43,7 +43,7 @@ int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_
 	}
 	size_t salt_len;
 	const uint8_t *salt = cache_salt(c, &salt_len);
-	int r = chunk_verify_decrypt(cipher, len, name, key, salt, salt_len, name_checked, plain);
+	int r = chunk_verify_decrypt(name_checked ? NULL : name, key, salt, salt_len, cipher, len, plain);
 	if (r < 0) {
 		free(cipher);
 		free(plain);
