@@ -11,8 +11,6 @@
  * handles, background jobs and prefetch threads hold their own, so a
  * detached image is freed only after the last reader is done with it.
  */
-#include "../chunker/internal.h"
-#undef LOG_COMPONENT
 #include "internal.h"
 
 #include <errno.h>
@@ -369,7 +367,7 @@ int blockd_attach(struct blockd *b, const char *image, struct blockd_image **out
 	}
 	char digest[SHA256_HEX_LEN + 1];
 	pthread_mutex_lock(&b->store_lock);
-	int r = image_resolve(b->ctx, image, digest);
+	int r = image_resolve(b->store, image, digest);
 	pthread_mutex_unlock(&b->store_lock);
 	if (r < 0)
 		return r;
@@ -402,10 +400,10 @@ int blockd_attach(struct blockd *b, const char *image, struct blockd_image **out
 	atomic_init(&img->refs, 1);
 	pthread_mutex_init(&img->fs_lock, NULL);
 	pthread_mutex_lock(&b->store_lock);
-	r = image_load(b->ctx, digest, true, &img->m);
+	r = image_load(b->store, digest, b->env.tenant_key, &img->m);
 	pthread_mutex_unlock(&b->store_lock);
 	if (r < 0) {
-		log_err("attach %s: cannot load manifest %s from %s", image, digest, store_describe(b->ctx->store));
+		log_err("attach %s: cannot load manifest %s from %s", image, digest, store_describe(b->store));
 		image_free(img);
 		return r;
 	}
@@ -560,19 +558,14 @@ int blockd_new(const struct blockd_config *cfg, struct blockd **out)
 	pthread_mutex_init(&b->q_lock, NULL);
 	pthread_cond_init(&b->q_cond, NULL);
 	int r = -ENOMEM;
-	b->ctx = calloc(1, sizeof(*b->ctx));
-	if (!b->ctx)
+	if ((r = kindling_env_load(&b->env, 0)) < 0)
 		goto fail;
-	r = ctx_init(b->ctx, cfg->cache.origin_uri, cfg->cache.origin_options);
-	if (r < 0) {
-		free(b->ctx);
-		b->ctx = NULL;
+	if ((r = store_open(cfg->cache.origin_uri, cfg->cache.origin_options, &b->store)) < 0)
 		goto fail;
-	}
 	struct cache_config cc = cfg->cache;
 	if (!cc.salt) { /* check keys with the deployment salt chunkify uses */
-		cc.salt = b->ctx->salt;
-		cc.salt_len = b->ctx->salt_len;
+		cc.salt = b->env.salt;
+		cc.salt_len = b->env.salt_len;
 	}
 	r = cache_new(&cc, &b->cache);
 	if (r < 0)
@@ -628,10 +621,8 @@ void blockd_free(struct blockd *b)
 		blockd_image_unref(img);
 	}
 	cache_free(b->cache);
-	if (b->ctx) {
-		ctx_cleanup(b->ctx);
-		free(b->ctx);
-	}
+	store_free(b->store);
+	kindling_env_cleanup(&b->env);
 	free(b->q);
 	free(b->workers);
 	pthread_cond_destroy(&b->q_cond);

@@ -14,8 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../cache/cache.h"
-#include "../chunker/chunker.h"
+#include "cache/cache.h"
+#include "image/image.h"
 
 struct blockd;
 struct blockd_image;
@@ -105,5 +105,28 @@ int blockd_nbd_start(struct blockd *b, const char *address);
 
 /* The NBD address actually bound (tcp port 0 resolved), or NULL. */
 const char *blockd_nbd_address(struct blockd *b);
+
+/* ---- the control socket: how `blockd attach|detach|ls|stats` reach a running
+ * daemon (one JSON request per line, one reply per line) ---------------- */
+
+struct blockd_ctl;
+
+/* Serve control requests for |b| on the unix socket |path| on a thread of its
+ * own; |state_dir| (may be NULL) records the attached set so a restarted
+ * daemon can restore it.  Returns 0 or -errno (logged). */
+int blockd_ctl_start(struct blockd *b, const char *path, const char *state_dir, struct blockd_ctl **out);
+
+/* Stop serving and free |c|; NULL is ok. */
+void blockd_ctl_stop(struct blockd_ctl *c);
+
+/* Re-attach the images listed in the state directory (after a restart).
+ * Every image is tried; what fails is logged.  Returns 0 or the first
+ * error. */
+int blockd_ctl_restore(struct blockd_ctl *c);
+
+/* Client side: send |request| (one JSON line) to the daemon at |path| and
+ * return its reply line in |*out_reply| (malloc'd).  Returns 0 or -errno
+ * (logged, saying whether the daemon is running). */
+int blockd_ctl_call(const char *path, const char *request, char **out_reply);
 
 #endif

@@ -144,7 +144,7 @@ static int save_state(struct blockd_ctl *c)
 	return r;
 }
 
-int ctl_restore(struct blockd_ctl *c)
+int blockd_ctl_restore(struct blockd_ctl *c)
 {
 	if (!c->state_dir)
 		return 0;
@@ -330,7 +330,7 @@ static void *ctl_main(void *arg)
 	}
 }
 
-void ctl_stop(struct blockd_ctl *c)
+void blockd_ctl_stop(struct blockd_ctl *c)
 {
 	if (!c)
 		return;
@@ -352,7 +352,7 @@ void ctl_stop(struct blockd_ctl *c)
 	free(c);
 }
 
-int ctl_start(struct blockd *b, const char *path, const char *state_dir, struct blockd_ctl **out)
+int blockd_ctl_start(struct blockd *b, const char *path, const char *state_dir, struct blockd_ctl **out)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	if (!path || !*path || strlen(path) >= sizeof(sa.sun_path)) {
@@ -375,7 +375,7 @@ int ctl_start(struct blockd *b, const char *path, const char *state_dir, struct 
 	if (r == 0 && pipe2(c->stop_pipe, O_CLOEXEC) < 0)
 		r = -errno;
 	if (r < 0) {
-		ctl_stop(c);
+		blockd_ctl_stop(c);
 		return r;
 	}
 	memcpy(sa.sun_path, path, strlen(path) + 1);
@@ -408,12 +408,12 @@ int ctl_start(struct blockd *b, const char *path, const char *state_dir, struct 
 			close(c->listen_fd); /* not ours: do not unlink it */
 			c->listen_fd = -1;
 		}
-		ctl_stop(c);
+		blockd_ctl_stop(c);
 		return r;
 	}
 	int e = pthread_create(&c->thread, NULL, ctl_main, c);
 	if (e) {
-		ctl_stop(c);
+		blockd_ctl_stop(c);
 		return -e;
 	}
 	c->has_thread = true;
@@ -423,7 +423,7 @@ int ctl_start(struct blockd *b, const char *path, const char *state_dir, struct 
 
 /* ---- the client ------------------------------------------------------------------------------------------------ */
 
-int ctl_call(const char *path, const char *request, char **out_reply)
+int blockd_ctl_call(const char *path, const char *request, char **out_reply)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	if (strlen(path) >= sizeof(sa.sun_path))

@@ -21,7 +21,7 @@
  * code recurse; each call does work bounded by the sizes it reads.
  */
 #include "internal.h"
-#include "../common/erofs_format.h"
+#include "common/erofs_format.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -172,7 +172,7 @@ static int read_inode(struct erofs_fs *fs, uint64_t nid, struct inode *ino)
 	if (r < 0)
 		return r;
 
-	uint16_t ifmt = erofs_get_le16(raw + CI_FORMAT);
+	uint16_t ifmt = get_le16(raw + CI_FORMAT);
 	if (ifmt & ~IFMT_KNOWN_BITS) {
 		log_warn("erofs: nid %llu: unsupported i_format %#x", (unsigned long long)nid, ifmt);
 		return -EOPNOTSUPP;
@@ -181,33 +181,33 @@ static int read_inode(struct erofs_fs *fs, uint64_t nid, struct inode *ino)
 	ino->nid = nid;
 	ino->pos = pos;
 	ino->layout = (ifmt >> EROFS_IFMT_LAYOUT_SHIFT) & EROFS_IFMT_LAYOUT_MASK;
-	uint16_t icount = erofs_get_le16(raw + CI_XATTR_ICOUNT);
+	uint16_t icount = get_le16(raw + CI_XATTR_ICOUNT);
 	ino->xattr_isize = erofs_xattr_ibody_bytes(icount);
-	ino->mode = erofs_get_le16(raw + CI_MODE);
+	ino->mode = get_le16(raw + CI_MODE);
 
 	if (ifmt & EROFS_IFMT_EXTENDED) {
 		if (want < EXTENDED_SIZE)
 			return corrupt(fs, "extended inode nid %llu is cut off by the end of the image",
 				       (unsigned long long)nid);
 		ino->isize = EXTENDED_SIZE;
-		ino->size = erofs_get_le64(raw + offsetof(struct erofs_disk_inode_ext, i_size));
-		ino->iu = erofs_get_le32(raw + offsetof(struct erofs_disk_inode_ext, i_u));
-		ino->uid = erofs_get_le32(raw + offsetof(struct erofs_disk_inode_ext, i_uid));
-		ino->gid = erofs_get_le32(raw + offsetof(struct erofs_disk_inode_ext, i_gid));
-		ino->mtime = (int64_t)erofs_get_le64(raw + offsetof(struct erofs_disk_inode_ext, i_mtime));
-		ino->mtime_nsec = erofs_get_le32(raw + offsetof(struct erofs_disk_inode_ext, i_mtime_nsec));
-		ino->nlink = erofs_get_le32(raw + offsetof(struct erofs_disk_inode_ext, i_nlink));
+		ino->size = get_le64(raw + offsetof(struct erofs_disk_inode_ext, i_size));
+		ino->iu = get_le32(raw + offsetof(struct erofs_disk_inode_ext, i_u));
+		ino->uid = get_le32(raw + offsetof(struct erofs_disk_inode_ext, i_uid));
+		ino->gid = get_le32(raw + offsetof(struct erofs_disk_inode_ext, i_gid));
+		ino->mtime = (int64_t)get_le64(raw + offsetof(struct erofs_disk_inode_ext, i_mtime));
+		ino->mtime_nsec = get_le32(raw + offsetof(struct erofs_disk_inode_ext, i_mtime_nsec));
+		ino->nlink = get_le32(raw + offsetof(struct erofs_disk_inode_ext, i_nlink));
 	} else {
 		ino->isize = COMPACT_SIZE;
-		ino->size = erofs_get_le32(raw + CI_SIZE);
-		ino->iu = erofs_get_le32(raw + CI_U);
-		ino->uid = erofs_get_le16(raw + CI_UID);
-		ino->gid = erofs_get_le16(raw + CI_GID);
+		ino->size = get_le32(raw + CI_SIZE);
+		ino->iu = get_le32(raw + CI_U);
+		ino->uid = get_le16(raw + CI_UID);
+		ino->gid = get_le16(raw + CI_GID);
 		/* Compact inodes inherit the build time; newer formats add a
 		 * per-inode offset here (older writers leave it 0). */
-		ino->mtime = (int64_t)(fs->build_time + erofs_get_le32(raw + CI_MTIME));
+		ino->mtime = (int64_t)(fs->build_time + get_le32(raw + CI_MTIME));
 		ino->mtime_nsec = fs->build_time_nsec;
-		ino->nlink = erofs_get_le16(raw + CI_NLINK);
+		ino->nlink = get_le16(raw + CI_NLINK);
 	}
 	if (ino->mtime_nsec > 999999999u)
 		ino->mtime_nsec = 0; /* nonsense, but harmless to show */
@@ -327,7 +327,7 @@ static int read_chunked(struct erofs_fs *fs, const struct inode *ino, uint64_t o
 			uint64_t piece = chunk - in_chunk;
 			if (piece > len)
 				piece = len;
-			uint32_t blkaddr = erofs_get_le32(idx + i * unit + (unit == CHUNK_INDEX_SIZE ? 4 : 0));
+			uint32_t blkaddr = get_le32(idx + i * unit + (unit == CHUNK_INDEX_SIZE ? 4 : 0));
 			if (blkaddr == NULL_ADDR) {
 				if (run_len && (r = dev_read(fs, run_pa, run_buf, run_len, "chunk", ino->nid)) < 0)
 					return r;
@@ -405,7 +405,7 @@ static int dir_read_block(struct erofs_fs *fs, const struct inode *dir, uint64_t
 	if (b->len < DIRENT_SIZE)
 		return corrupt(fs, "directory nid %llu: block %llu is only %u bytes", (unsigned long long)dir->nid,
 			       (unsigned long long)blk, b->len);
-	uint32_t nameoff0 = erofs_get_le16(b->data + offsetof(struct erofs_disk_dirent, nameoff));
+	uint32_t nameoff0 = get_le16(b->data + offsetof(struct erofs_disk_dirent, nameoff));
 	if (nameoff0 < DIRENT_SIZE || nameoff0 >= b->len)
 		return corrupt(fs, "directory nid %llu: block %llu: first name offset %u outside [12, %u)",
 			       (unsigned long long)dir->nid, (unsigned long long)blk, nameoff0, b->len);
@@ -425,13 +425,13 @@ static int dir_entry(struct erofs_fs *fs, const struct inode *dir, const struct 
 		     struct dent *out)
 {
 	const uint8_t *de = b->data + (size_t)i * DIRENT_SIZE; /* n * 12 <= nameoff0 < len */
-	uint32_t start = erofs_get_le16(de + offsetof(struct erofs_disk_dirent, nameoff));
+	uint32_t start = get_le16(de + offsetof(struct erofs_disk_dirent, nameoff));
 	uint32_t end;
 	if (start < b->n * DIRENT_SIZE || start >= b->len)
 		return corrupt(fs, "directory nid %llu: entry %u: name offset %u outside [%u, %u)",
 			       (unsigned long long)dir->nid, i, start, b->n * DIRENT_SIZE, b->len);
 	if (i + 1 < b->n)
-		end = erofs_get_le16(de + DIRENT_SIZE + offsetof(struct erofs_disk_dirent, nameoff));
+		end = get_le16(de + DIRENT_SIZE + offsetof(struct erofs_disk_dirent, nameoff));
 	else
 		end = start + (uint32_t)strnlen((const char *)b->data + start, b->len - start);
 	if (end <= start || end > b->len || end - start > EROFS_NAME_MAX)
@@ -444,7 +444,7 @@ static int dir_entry(struct erofs_fs *fs, const struct inode *dir, const struct 
 	if (memchr(name, '\0', end - start) || memchr(name, '/', end - start))
 		return corrupt(fs, "directory nid %llu: entry %u: name contains a NUL or '/'",
 			       (unsigned long long)dir->nid, i);
-	out->nid = erofs_get_le64(de + offsetof(struct erofs_disk_dirent, nid));
+	out->nid = get_le64(de + offsetof(struct erofs_disk_dirent, nid));
 	out->file_type = de[offsetof(struct erofs_disk_dirent, file_type)];
 	out->name = (const char *)b->data + start;
 	out->len = end - start;
@@ -514,7 +514,7 @@ int erofs_open(const struct blockdev *dev, struct erofs_fs **out)
 	}
 	if ((r = dev_read(fs, EROFS_SB_OFFSET, sb, sizeof(sb), "superblock", 0)) < 0)
 		goto fail;
-	uint32_t magic = erofs_get_le32(sb + offsetof(struct erofs_disk_super, magic));
+	uint32_t magic = get_le32(sb + offsetof(struct erofs_disk_super, magic));
 	if (magic != EROFS_MAGIC) {
 		r = corrupt(fs, "bad superblock magic %#x (is this an EROFS image?)", magic);
 		goto fail;
@@ -532,14 +532,14 @@ int erofs_open(const struct blockdev *dev, struct erofs_fs **out)
 	fs->blkbits = blkbits;
 	fs->blksz = 1u << blkbits;
 
-	uint32_t incompat = erofs_get_le32(sb + offsetof(struct erofs_disk_super, feature_incompat));
+	uint32_t incompat = get_le32(sb + offsetof(struct erofs_disk_super, feature_incompat));
 	if (incompat & ~INCOMPAT_KNOWN) {
 		log_err("erofs: unsupported incompatible features %#x", incompat & ~INCOMPAT_KNOWN);
 		r = -EOPNOTSUPP;
 		goto fail;
 	}
-	if (erofs_get_le16(sb + SB_OFF_EXTRA_DEVICES)) {
-		log_err("erofs: image uses %u extra devices: not supported", erofs_get_le16(sb + SB_OFF_EXTRA_DEVICES));
+	if (get_le16(sb + SB_OFF_EXTRA_DEVICES)) {
+		log_err("erofs: image uses %u extra devices: not supported", get_le16(sb + SB_OFF_EXTRA_DEVICES));
 		r = -EOPNOTSUPP;
 		goto fail;
 	}
@@ -549,7 +549,7 @@ int erofs_open(const struct blockdev *dev, struct erofs_fs **out)
 		goto fail;
 	}
 
-	uint32_t compat = erofs_get_le32(sb + offsetof(struct erofs_disk_super, feature_compat));
+	uint32_t compat = get_le32(sb + offsetof(struct erofs_disk_super, feature_compat));
 	if (compat & COMPAT_SB_CHKSUM) {
 		/* crc32c of the superblock's block from the superblock on
 		 * (the whole block if it is 1 KiB or smaller). */
@@ -557,8 +557,8 @@ int erofs_open(const struct blockdev *dev, struct erofs_fs **out)
 		uint8_t blk[MAX_BLKSZ];
 		if ((r = dev_read(fs, EROFS_SB_OFFSET, blk, len, "superblock checksum area", 0)) < 0)
 			goto fail;
-		uint32_t want = erofs_get_le32(blk + offsetof(struct erofs_disk_super, checksum));
-		erofs_put_le32(blk + offsetof(struct erofs_disk_super, checksum), 0);
+		uint32_t want = get_le32(blk + offsetof(struct erofs_disk_super, checksum));
+		put_le32(blk + offsetof(struct erofs_disk_super, checksum), 0);
 		uint32_t got = erofs_crc32c(0xffffffffu, blk, len);
 		if (got != want) {
 			r = corrupt(fs, "superblock checksum %#x, expected %#x", got, want);
@@ -566,11 +566,11 @@ int erofs_open(const struct blockdev *dev, struct erofs_fs **out)
 		}
 	}
 
-	fs->meta_base = (uint64_t)erofs_get_le32(sb + offsetof(struct erofs_disk_super, meta_blkaddr)) << blkbits;
-	fs->xattr_base = (uint64_t)erofs_get_le32(sb + offsetof(struct erofs_disk_super, xattr_blkaddr)) << blkbits;
-	fs->root_nid = erofs_get_le16(sb + offsetof(struct erofs_disk_super, root_nid));
-	fs->build_time = erofs_get_le64(sb + offsetof(struct erofs_disk_super, build_time));
-	fs->build_time_nsec = erofs_get_le32(sb + offsetof(struct erofs_disk_super, build_time_nsec));
+	fs->meta_base = (uint64_t)get_le32(sb + offsetof(struct erofs_disk_super, meta_blkaddr)) << blkbits;
+	fs->xattr_base = (uint64_t)get_le32(sb + offsetof(struct erofs_disk_super, xattr_blkaddr)) << blkbits;
+	fs->root_nid = get_le16(sb + offsetof(struct erofs_disk_super, root_nid));
+	fs->build_time = get_le64(sb + offsetof(struct erofs_disk_super, build_time));
+	fs->build_time_nsec = get_le32(sb + offsetof(struct erofs_disk_super, build_time_nsec));
 	if (fs->meta_base >= fs->dev_size) {
 		r = corrupt(fs, "metadata starts at %llu, past the end of the %llu-byte image",
 			    (unsigned long long)fs->meta_base, (unsigned long long)fs->dev_size);
@@ -780,7 +780,7 @@ static int xattr_entry_at(struct erofs_fs *fs, const struct inode *ino, uint64_t
 		return r;
 	e->name_len = hdr[0];
 	e->index = hdr[1];
-	e->value_size = erofs_get_le16(hdr + 2);
+	e->value_size = get_le16(hdr + 2);
 	uint64_t size = ((uint64_t)XATTR_ENTRY_HDR + e->name_len + e->value_size + 3) & ~3ull;
 	if (size > end - pos)
 		return corrupt(fs, "nid %llu: xattr entry of %llu bytes at %llu overruns its area",
@@ -825,7 +825,7 @@ static int xattr_foreach(struct erofs_fs *fs, const struct inode *ino, xattr_vis
 	if (shared && (r = dev_read(fs, ids, idbuf, 4u * shared, "shared xattr ids", ino->nid)) < 0)
 		return r;
 	for (uint32_t i = 0; i < shared; i++) {
-		uint32_t id = erofs_get_le32(idbuf + 4 * i);
+		uint32_t id = get_le32(idbuf + 4 * i);
 		uint64_t pos = fs->xattr_base + 4ull * id; /* < 2^44 + 2^34 */
 		if (pos >= fs->dev_size)
 			return corrupt(fs, "nid %llu: shared xattr %u lies past the end of the image",

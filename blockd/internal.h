@@ -3,7 +3,7 @@
 #define KINDLING_BLOCKD_INTERNAL_H
 
 #define LOG_COMPONENT "blockd"
-#include "../common/common.h"
+#include "common/common.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -163,7 +163,6 @@ void nbd_session_free(struct nbd_session *s);
 
 #include "blockd.h"
 
-struct chunkify_ctx;
 struct blockd_fuse;
 
 /* At most this many images attached at once; an image's serial number
@@ -227,8 +226,9 @@ struct bg_job {
 };
 
 struct blockd {
-	struct chunkify_ctx *ctx;	/* store, tenant key, salt */
-	pthread_mutex_t store_lock;	/* ctx->store: one request at a time */
+	struct kindling_env env;	/* tenant key, salt */
+	struct store *store;		/* manifests and startup traces */
+	pthread_mutex_t store_lock;	/* |store|: one request at a time */
 	struct cache *cache;
 	struct blockd_config cfg;	/* string pointers not kept */
 	pthread_mutex_t lock;		/* images, next_serial, nbd */
@@ -293,15 +293,7 @@ void fuse_stop(struct blockd_fuse *f);
  * mount's root. */
 void fuse_notify_root_change(struct blockd_fuse *f, const char *name);
 
-/* control.c: the daemon's control socket (one JSON request per line). */
-struct blockd_ctl;
-/* Serve requests for |b| on unix socket |path| on a thread of its own;
- * |state_dir| (may be NULL) keeps the attached set across restarts. */
-int ctl_start(struct blockd *b, const char *path, const char *state_dir, struct blockd_ctl **out);
-void ctl_stop(struct blockd_ctl *c);
-/* Re-attach the images listed in |state_dir| (after a restart).  Returns 0
- * or the first error; every image is tried. */
-int ctl_restore(struct blockd_ctl *c);
+/* control.c: the daemon's control socket (public side in blockd.h). */
 /* Parse one control request line (checked: a client's bytes).  |op| is one
  * of attach, detach, ls, stats; |image| is "" when absent.  Returns 0 or
  * -EINVAL with |err| set to a message for the client. */
@@ -310,8 +302,5 @@ struct ctl_request {
 	char image[512];
 };
 int ctl_parse_request(const char *line, size_t len, struct ctl_request *out, const char **err);
-/* Client side: send |request| (one JSON line) to the daemon at |path| and
- * return its reply line (malloc'd).  Returns 0 or -errno (logged). */
-int ctl_call(const char *path, const char *request, char **out_reply);
 
 #endif

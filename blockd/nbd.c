@@ -35,6 +35,7 @@
  * answered in order; connections run in parallel (CAN_MULTI_CONN).
  */
 #include "internal.h"
+#include "common/bytes.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -118,39 +119,18 @@
 #define NBD_KEEP_BUF (1u * 1024 * 1024) /* read buffers up to this size are reused */
 #define NBD_CACHE_PIECE (256u * 1024)
 
-static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static uint32_t get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static uint64_t get64(const uint8_t *p) { return (uint64_t)get32(p) << 32 | get32(p + 4); }
-static void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)(v >> 8);
-	p[1] = (uint8_t)v;
-}
-static void put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (24 - 8 * i));
-}
-static void put64(uint8_t *p, uint64_t v)
-{
-	put32(p, (uint32_t)(v >> 32));
-	put32(p + 4, (uint32_t)v);
-}
-
 int nbd_parse_request(const uint8_t *buf, size_t len, struct nbd_request *out)
 {
 	if (len < NBD_REQUEST_LEN)
 		return -EAGAIN;
-	if (get32(buf) != NBD_REQUEST_MAGIC)
+	struct byte_cursor c = cur_init(buf, NBD_REQUEST_LEN);
+	if (cur_be32(&c) != NBD_REQUEST_MAGIC)
 		return -EPROTO;
-	out->flags = get16(buf + 4);
-	out->type = get16(buf + 6);
-	out->cookie = get64(buf + 8);
-	out->offset = get64(buf + 16);
-	out->length = get32(buf + 24);
+	out->flags = cur_be16(&c);
+	out->type = cur_be16(&c);
+	out->cookie = cur_be64(&c);
+	out->offset = cur_be64(&c);
+	out->length = cur_be32(&c);
 	return 0;
 }
 
@@ -160,12 +140,13 @@ int nbd_parse_option_header(const uint8_t *buf, size_t len, struct nbd_option *o
 {
 	if (len < NBD_OPTION_HEADER_LEN)
 		return -EAGAIN;
-	if (get64(buf) != NBD_IHAVEOPT)
+	struct byte_cursor c = cur_init(buf, NBD_OPTION_HEADER_LEN);
+	if (cur_be64(&c) != NBD_IHAVEOPT)
 		return -EPROTO;
-	uint32_t length = get32(buf + 12);
+	uint32_t option = cur_be32(&c), length = cur_be32(&c);
 	if (length > NBD_MAX_OPTION_DATA)
 		return -EPROTO;
-	out->option = get32(buf + 8);
+	out->option = option;
 	out->length = length;
 	return 0;
 }
@@ -179,26 +160,18 @@ int nbd_parse_option_header(const uint8_t *buf, size_t len, struct nbd_option *o
 int nbd_parse_go(const uint8_t *data, size_t len, char *name, size_t name_cap, uint16_t *info_reqs,
 		 size_t info_cap, size_t *n_info)
 {
-	if (len < 4)
-		return -EPROTO;
-	uint32_t name_len = get32(data);
-	size_t pos = 4;
-	if (name_len > len - pos || len - pos - name_len < 2)
-		return -EPROTO;
+	struct byte_cursor c = cur_init(data, len);
+	uint32_t name_len = cur_be32(&c);
 	if (name_len > NBD_MAX_STRING || (size_t)name_len >= name_cap)
 		return -EPROTO;
-	if (memchr(data + pos, 0, name_len))
-		return -EPROTO;
-	const uint8_t *name_p = data + pos;
-	pos += name_len;
-	uint16_t n = get16(data + pos);
-	pos += 2;
-	if (n > info_cap || len - pos != (size_t)n * 2)
+	const uint8_t *name_p = cur_take(&c, name_len);
+	uint16_t n = cur_be16(&c);
+	if (!cur_ok(&c) || memchr(name_p, 0, name_len) || n > info_cap || cur_left(&c) != (size_t)n * 2)
 		return -EPROTO;
 	memcpy(name, name_p, name_len);
 	name[name_len] = '\0';
 	for (uint16_t i = 0; i < n; i++)
-		info_reqs[i] = get16(data + pos + 2 * (size_t)i);
+		info_reqs[i] = cur_be16(&c);
 	*n_info = n;
 	return 0;
 }
@@ -259,10 +232,10 @@ static void set_state(struct nbd_session *s, enum nbd_state st)
 static int opt_reply(struct nbd_session *s, uint32_t option, uint32_t type, const void *data, size_t len)
 {
 	uint8_t h[20];
-	put64(h, NBD_REP_MAGIC);
-	put32(h + 8, option);
-	put32(h + 12, type);
-	put32(h + 16, (uint32_t)len);
+	put_be64(h, NBD_REP_MAGIC);
+	put_be32(h + 8, option);
+	put_be32(h + 12, type);
+	put_be32(h + 16, (uint32_t)len);
 	int r = s->emit(s->emit_ctx, h, sizeof(h));
 	if (r == 0 && len)
 		r = s->emit(s->emit_ctx, data, len);
@@ -292,7 +265,7 @@ static const struct nbd_export *find_export(const struct nbd_session *s, const c
 static int info_reply(struct nbd_session *s, uint32_t option, uint16_t type, const void *payload, size_t len)
 {
 	uint8_t buf[2 + NBD_MAX_STRING];
-	put16(buf, type);
+	put_be16(buf, type);
 	memcpy(buf + 2, payload, len);
 	return opt_reply(s, option, NBD_REP_INFO, buf, 2 + len);
 }
@@ -312,8 +285,8 @@ static int do_info_go(struct nbd_session *s, uint32_t option, const uint8_t *dat
 	}
 
 	uint8_t ex[10];
-	put64(ex, e->dev->size);
-	put16(ex + 8, NBD_TRANSMISSION_FLAGS);
+	put_be64(ex, e->dev->size);
+	put_be16(ex + 8, NBD_TRANSMISSION_FLAGS);
 	int r = info_reply(s, option, NBD_INFO_EXPORT, ex, sizeof(ex));
 	bool sent_name = false, sent_desc = false;
 	for (size_t i = 0; r == 0 && i < n_reqs; i++) {
@@ -327,9 +300,9 @@ static int do_info_go(struct nbd_session *s, uint32_t option, const uint8_t *dat
 	}
 	if (r == 0) {
 		uint8_t bs[12];
-		put32(bs, NBD_MIN_BLOCK);
-		put32(bs + 4, NBD_PREF_BLOCK);
-		put32(bs + 8, NBD_MAX_BLOCK);
+		put_be32(bs, NBD_MIN_BLOCK);
+		put_be32(bs + 4, NBD_PREF_BLOCK);
+		put_be32(bs + 8, NBD_MAX_BLOCK);
 		r = info_reply(s, option, NBD_INFO_BLOCK_SIZE, bs, sizeof(bs));
 	}
 	if (r == 0)
@@ -354,8 +327,8 @@ static int do_option(struct nbd_session *s, const uint8_t *data, size_t len)
 			return violation(s, "NBD_OPT_EXPORT_NAME for an unknown export");
 		uint8_t rep[10 + 124];
 		memset(rep, 0, sizeof(rep));
-		put64(rep, e->dev->size);
-		put16(rep + 8, NBD_TRANSMISSION_FLAGS);
+		put_be64(rep, e->dev->size);
+		put_be16(rep + 8, NBD_TRANSMISSION_FLAGS);
 		int r = s->emit(s->emit_ctx, rep, s->no_zeroes ? 10 : sizeof(rep));
 		if (r == 0) {
 			s->exp = e;
@@ -375,7 +348,7 @@ static int do_option(struct nbd_session *s, const uint8_t *data, size_t len)
 		for (size_t i = 0; r == 0 && i < s->n_exports; i++) {
 			uint8_t buf[4 + NBD_MAX_STRING];
 			size_t n = strlen(s->exports[i].name);
-			put32(buf, (uint32_t)n);
+			put_be32(buf, (uint32_t)n);
 			memcpy(buf + 4, s->exports[i].name, n);
 			r = opt_reply(s, option, NBD_REP_SERVER, buf, 4 + n);
 		}
@@ -392,9 +365,9 @@ static int do_option(struct nbd_session *s, const uint8_t *data, size_t len)
 static int simple_reply(struct nbd_session *s, uint64_t cookie, uint32_t error)
 {
 	uint8_t h[NBD_SIMPLE_REPLY_LEN];
-	put32(h, NBD_SIMPLE_REPLY_MAGIC);
-	put32(h + 4, error);
-	put64(h + 8, cookie);
+	put_be32(h, NBD_SIMPLE_REPLY_MAGIC);
+	put_be32(h + 4, error);
+	put_be64(h + 8, cookie);
 	return s->emit(s->emit_ctx, h, sizeof(h));
 }
 
@@ -449,9 +422,9 @@ static int do_read(struct nbd_session *s, const struct nbd_request *q)
 		drop_big_rbuf(s);
 		return simple_reply(s, q->cookie, NBD_EIO);
 	}
-	put32(s->rbuf, NBD_SIMPLE_REPLY_MAGIC);
-	put32(s->rbuf + 4, 0);
-	put64(s->rbuf + 8, q->cookie);
+	put_be32(s->rbuf, NBD_SIMPLE_REPLY_MAGIC);
+	put_be32(s->rbuf + 4, 0);
+	put_be64(s->rbuf + 8, q->cookie);
 	r = s->emit(s->emit_ctx, s->rbuf, total);
 	drop_big_rbuf(s);
 	return r;
@@ -516,7 +489,7 @@ static int step(struct nbd_session *s)
 {
 	switch (s->state) {
 	case ST_CLIENT_FLAGS: {
-		uint32_t f = get32(s->in);
+		uint32_t f = get_be32(s->in);
 		if (f & ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES))
 			return violation(s, "unknown client flags");
 		if (!(f & NBD_FLAG_C_FIXED_NEWSTYLE))
@@ -528,7 +501,7 @@ static int step(struct nbd_session *s)
 	case ST_OPT_HEADER: {
 		int r = nbd_parse_option_header(s->in, s->in_len, &s->opt);
 		if (r < 0)
-			return violation(s, get64(s->in) != NBD_IHAVEOPT ? "bad option magic"
+			return violation(s, get_be64(s->in) != NBD_IHAVEOPT ? "bad option magic"
 									: "option data longer than 64 KiB");
 		if (s->opt.length == 0)
 			return do_option(s, NULL, 0);
@@ -604,9 +577,9 @@ int nbd_session_new(const struct nbd_export *exports, size_t n_exports, const ch
 	}
 	set_state(s, ST_CLIENT_FLAGS);
 	uint8_t greet[18];
-	put64(greet, NBD_MAGIC);
-	put64(greet + 8, NBD_IHAVEOPT);
-	put16(greet + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+	put_be64(greet, NBD_MAGIC);
+	put_be64(greet + 8, NBD_IHAVEOPT);
+	put_be16(greet + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
 	int r = emit(emit_ctx, greet, sizeof(greet));
 	if (r < 0) {
 		nbd_session_free(s);

@@ -14,8 +14,6 @@
  * over prefetched.  Everything here is best effort: a missing origin or a
  * bad trace only logs, the image is served either way.
  */
-#include "../chunker/internal.h"
-#undef LOG_COMPONENT
 #include "internal.h"
 
 #include <errno.h>
@@ -142,12 +140,12 @@ static void store_recording(struct blockd_image *img)
 	char key[128];
 	trace_key(img, key, sizeof(key));
 	pthread_mutex_lock(&b->store_lock);
-	int r = store_put(b->ctx->store, key, s, strlen(s));
+	int r = store_put(b->store, key, s, strlen(s));
 	pthread_mutex_unlock(&b->store_lock);
 	free(s);
 	if (r < 0)
 		log_warn("image %s: cannot store its startup trace at %s in %s: %s (the next attach records again)",
-			 img->name, key, store_describe(b->ctx->store), strerror(-r));
+			 img->name, key, store_describe(b->store), strerror(-r));
 	else
 		log_info("image %s: stored a startup trace of %zu chunks at %s", img->name, n, key);
 }
@@ -272,7 +270,7 @@ int trace_attach(struct blockd_image *img)
 	uint8_t *buf = NULL;
 	size_t len = 0;
 	pthread_mutex_lock(&b->store_lock);
-	int r = store_get(b->ctx->store, key, TRACE_MAX_BYTES, &buf, &len);
+	int r = store_get(b->store, key, TRACE_MAX_BYTES, &buf, &len);
 	pthread_mutex_unlock(&b->store_lock);
 	if (r == -ENOENT) {
 		t->state = TRACE_RECORDING;

@@ -6,7 +6,7 @@
  *   memory tier   small, hot, plaintext
  *   L1            per-host disk cache, size-bounded, scan-resistant, crash-safe
  *   L2            memcached fleet, each chunk Reed-Solomon coded k+m (ISA-L)
- *   L3            the origin store (chunker.h: file, http, s3)
+ *   L3            the origin store (image.h: file, http, s3)
  *
  * Every chunk is verified before a byte leaves this layer; bad bytes from any
  * tier are dropped and the read goes on to the next tier.  Concurrent reads
@@ -20,12 +20,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../chunker/chunker.h"
+#include "image/image.h"
 
 struct cache;
 
 struct cache_config {
-	/* L3, the origin store URI (chunker.h store_open).  Required. */
+	/* L3, the origin store URI (image.h store_open).  Required. */
 	const char *origin_uri;
 	const struct store_options *origin_options;
 

@@ -3,8 +3,8 @@
 #define KINDLING_CACHE_INTERNAL_H
 
 #define LOG_COMPONENT "cache"
-#include "../common/common.h"
-#include "../chunker/chunker.h"
+#include "common/common.h"
+#include "image/image.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -309,8 +309,8 @@ void chunk_whole_copy(const struct chunk_whole *w, struct chunk_req *rq);
  * rq->whole. */
 void chunk_whole_serve(struct cache *c, struct chunk_whole *w, struct chunk_req *rq);
 
-/* Chunk verification (verify.c): the chunk format's checks and cipher,
- * which depend on bytes and keys only, not on the cache. */
+/* Chunk verification (verify.c), which depends on bytes and keys only, not
+ * on the cache. */
 
 /* Verify and decrypt the ciphertext |<cipher, len>| of a chunk sealed with
  * |key|, in one pass:
@@ -326,11 +326,6 @@ void chunk_whole_serve(struct cache *c, struct chunk_whole *w, struct chunk_req 
  * Allocates nothing that outlives the call; thread-safe. */
 int chunk_verify_decrypt(const char *name, const uint8_t key[CHUNK_KEY_LEN], const uint8_t *salt, size_t salt_len,
 			 const uint8_t *cipher, size_t len, uint8_t *plain);
-
-/* AES-256-CTR of |<in, len>| at byte |off| of a chunk (|off| a multiple of
- * 16: the counter block is off / 16, big endian, as with IV 0 at offset 0).
- * In place is allowed.  Returns 0 or -EIO. */
-int chunk_ctr_at(const uint8_t key[CHUNK_KEY_LEN], uint64_t off, const uint8_t *in, size_t len, uint8_t *out);
 
 /* One read through the chain. */
 struct chunk_req {

@@ -3,12 +3,10 @@
  * AES-256-CTR(key, IV 0), and, where the deployment's salt is known,
  * key = SHA-256(salt || plaintext).
  *
- * Nothing here knows about the cache: the two functions take bytes and
- * keys and nothing else, so that one implementation of the chunk format
- * (the image/ component's) can take their place.  chunk_verify_decrypt is
- * the check every chunk from L2 or L3 passes (via chunk_whole_make);
- * chunk_ctr_at is the cipher alone, for L1's reads of blocks it has already
- * checked against its digest table.
+ * Nothing here knows about the cache: chunk_verify_decrypt takes bytes and
+ * keys and nothing else, and its arguments are those of image/'s chunk_open,
+ * so that the one implementation of the chunk format can take its place.
+ * It is the check every chunk from L2 or L3 passes (via chunk_whole_make).
  */
 #include "internal.h"
 
@@ -16,24 +14,6 @@
 #include <string.h>
 
 #include <openssl/evp.h>
-
-int chunk_ctr_at(const uint8_t key[CHUNK_KEY_LEN], uint64_t off, const uint8_t *in, size_t len, uint8_t *out)
-{
-	uint8_t iv[16] = {0};
-	uint64_t ctr = off / 16;
-	for (int i = 0; i < 8; i++)
-		iv[15 - i] = (uint8_t)(ctr >> (8 * i));
-	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-	int outl = 0;
-	int ok = ctx && len <= (1u << 30) && EVP_EncryptInit_ex(ctx, EVP_aes_256_ctr(), NULL, key, iv) == 1 &&
-		 EVP_EncryptUpdate(ctx, out, &outl, in, (int)len) == 1 && (size_t)outl == len;
-	EVP_CIPHER_CTX_free(ctx);
-	if (!ok) {
-		log_err("AES-256-CTR failed (OpenSSL); is libcrypto working?");
-		return -EIO;
-	}
-	return 0;
-}
 
 /* The critical path of a fetch from L2 or L3 does only what verification
  * needs, in one interleaved pass over the chunk (each piece is hashed,

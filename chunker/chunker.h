@@ -1,164 +1,75 @@
-/* chunker: kindling's image formats and origin stores.
+/* chunker: the image builder behind `chunkify`.
  *
- * This is the one header other components include to read what chunkify
- * writes: the origin store (file, http, s3), the chunk format (convergent
- * AES-256-CTR, named by the SHA-256 of the ciphertext) and the sealed image
- * manifest.  See DESIGN.md, "Data formats".
+ * It imports OCI images (a layout directory, a docker-archive tar, or a
+ * registry over the distribution API), flattens each into kindling's
+ * deterministic EROFS image, cuts that into convergently encrypted chunks,
+ * stores the new ones and publishes a sealed manifest and a ref; and it
+ * collects the chunks no image references any more.  What it writes is read
+ * through image/image.h, which is all a reader needs; the builder is only for
+ * programs that import or collect.
  */
 #ifndef KINDLING_CHUNKER_H
 #define KINDLING_CHUNKER_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#define CHUNK_SIZE (512u * 1024u)
-#define CHUNK_KEY_LEN 32
-#define CHUNK_NAME_HEX_LEN 64
-#define EROFS_BLOCK_SIZE 4096u
+#include "image/image.h"
 
-/* ======================================================================
- * Stores.  Objects are whole byte strings under keys such as
- * "chunks/<name>", "manifests/<digest>", "refs/<name>/<tag>".
- * ====================================================================== */
+/* The builder's working context: the environment (KINDLING_HOME, the salt
+ * and the tenant key) and the store it writes to. */
+struct chunkify_ctx {
+	struct kindling_env env;
+	struct store *store;
+	volatile sig_atomic_t *cancel;	/* set by a signal handler; may be NULL */
+	double lease_ttl;		/* seconds after which a lease or GC marker is stale */
+};
 
-struct store;
+/* Load the environment (kindling_env_load: KINDLING_HOME, the salt and the
+ * tenant key, created on first use) and open |store_uri| (NULL = the file
+ * store $KINDLING_HOME/store) with |sopt| (NULL = defaults).  The lease TTL
+ * comes from KINDLING_LEASE_TTL (seconds, default 3600).  Returns 0 or -errno
+ * (logged); on failure nothing is left to clean up. */
+int chunkify_ctx_init(struct chunkify_ctx *c, const char *store_uri, const struct store_options *sopt);
 
-struct store_options {
-	/* s3:// only: "http://127.0.0.1:4568" style endpoint; NULL means the
-	 * environment (KINDLING_S3_ENDPOINT or AWS_ENDPOINT_URL), else AWS. */
-	const char *s3_endpoint;
-	/* s3:// only: region for SigV4; NULL means AWS_REGION or us-east-1. */
-	const char *s3_region;
-	/* Allow plain http to a non-loopback host. */
+/* Close the store and wipe the secrets; safe on a zeroed struct. */
+void chunkify_ctx_cleanup(struct chunkify_ctx *c);
+
+struct import_options {
+	const char *name_tag;		/* NAME[:TAG]; NULL derives it from the source */
+	bool progress;			/* draw a progress bar on stderr */
 	bool insecure;
-	/* Requests in flight at once for batched operations (0 = 16). */
-	unsigned parallel;
-	/* Per-request timeout in milliseconds (0 = 30000). */
-	unsigned timeout_ms;
+	unsigned workers;		/* crypto threads; 0 = one per core */
+	uint64_t max_image_size;	/* 0 = 1 TiB */
 };
 
-/* Open the store named by |uri|: "file:///abs/dir", a plain path,
- * "http(s)://host:port/prefix" or "s3://bucket/prefix".  |opt| may be NULL
- * for defaults.  A file store's directory is created if missing.  Credentials
- * for s3 come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and optional
- * AWS_SESSION_TOKEN).  On success |*out| owns the store (store_free).
- * Returns 0, -EINVAL for a malformed URI (logged, naming it), or -errno. */
-int store_open(const char *uri, const struct store_options *opt, struct store **out);
-
-/* Close |s| and free it; NULL is allowed. */
-void store_free(struct store *s);
-
-/* A short printable description ("file:///x", "s3://b/p at http://...")
- * owned by |s|. */
-const char *store_describe(const struct store *s);
-
-/* Fetch object |key| into a malloc'd buffer the caller frees.  Objects larger
- * than |max_len| fail with -EFBIG before being read whole.  Returns 0,
- * -ENOENT if absent, or -EIO / -errno for transport errors (logged). */
-int store_get(struct store *s, const char *key, size_t max_len, uint8_t **out, size_t *out_len);
-
-/* Store |<buf, len>| under |key|, replacing any old value atomically: a
- * reader sees the old or the new bytes, never a mix, and a failed put leaves
- * no partial object or temporary file.  Returns 0 or -errno (logged). */
-int store_put(struct store *s, const char *key, const void *buf, size_t len);
-
-/* For each of |n| keys set |out_exists[i]|.  Remote stores pipeline the
- * checks (|parallel| at a time), never one round trip after another.
- * Returns 0 or -errno if any check failed for a reason other than absence. */
-int store_exists_batch(struct store *s, const char *const *keys, size_t n, bool *out_exists);
-
-/* Upload |n| objects in parallel (remote stores) or in turn (file store);
- * same guarantees as store_put for each.  Returns 0 or the first -errno. */
-int store_put_batch(struct store *s, const char *const *keys, const void *const *bufs, const size_t *lens, size_t n);
-
-/* Delete |key|.  Deleting an absent key succeeds.  Returns 0 or -errno. */
-int store_delete(struct store *s, const char *key);
-
-/* Called once per key found by store_list; return non-zero to stop early
- * (store_list then returns that value). */
-typedef int (*store_list_cb)(void *arg, const char *key);
-
-/* List every key that starts with |prefix| (for example "chunks/"), in no
- * particular order, calling |cb| for each full key.  Temporary objects of an
- * in-progress put are never listed.  Returns 0, the callback's non-zero
- * value, or -errno. */
-int store_list(struct store *s, const char *prefix, store_list_cb cb, void *arg);
-
-/* Seconds since |key| was last written, or -ENOENT / -errno.  Used to expire
- * leases and markers of crashed processes. */
-int store_age(struct store *s, const char *key, double *out_seconds);
-
-/* ======================================================================
- * Chunks.
- * ====================================================================== */
-
-/* Convergent encryption of one chunk: key = SHA-256(salt || plain),
- * ciphertext = AES-256-CTR(key, IV 0), name = SHA-256(ciphertext) as hex.
- * |cipher| must hold |len| bytes.  Returns 0 or -EIO (crypto failure). */
-int chunk_seal(const uint8_t *salt, size_t salt_len, const uint8_t *plain, size_t len, uint8_t key[CHUNK_KEY_LEN],
-	       uint8_t *cipher, char name[CHUNK_NAME_HEX_LEN + 1]);
-
-/* Check that |<cipher, len>| is named |name|, decrypt it into |plain| with
- * |key|, and, if |salt| is non-NULL, check that key == SHA-256(salt || plain).
- * Returns 0, -EBADMSG if the name or the key does not match (nothing useful is
- * left in |plain|), or -EIO. */
-int chunk_open(const char *name, const uint8_t key[CHUNK_KEY_LEN], const uint8_t *salt, size_t salt_len,
-	       const uint8_t *cipher, size_t len, uint8_t *plain);
-
-/* ======================================================================
- * Manifests.
- * ====================================================================== */
-
-struct run_config {
-	char **entrypoint; /* NULL-terminated, may be NULL */
-	char **cmd;	   /* NULL-terminated, may be NULL */
-	char **env;	   /* NULL-terminated "K=V", may be NULL */
-	char *working_dir; /* may be NULL */
-	char *user;	   /* may be NULL */
+struct import_report {
+	char manifest_digest[65];
+	char ref[512];
+	uint64_t chunks_total, chunks_new, chunks_dedup, chunks_zero;
+	uint64_t bytes_uploaded, image_size;
+	double seconds;
+	unsigned workers;
 };
 
-struct manifest_chunk {
-	uint64_t index;			      /* chunk index: byte offset / CHUNK_SIZE */
-	char name[CHUNK_NAME_HEX_LEN + 1];   /* "" until known */
-	uint8_t key[CHUNK_KEY_LEN];	      /* zero when the manifest was opened without a key */
+/* Import SOURCE ("oci:DIR[:TAG]", "docker-archive:FILE",
+ * "docker://HOST[:PORT]/REPO[:TAG|@DIGEST]") into |c|'s store (see
+ * DESIGN.md): flatten, chunk, upload new chunks, then publish the manifest
+ * and the ref, in that order.  On any failure nothing is published and no
+ * temporary object is left.  Returns 0 with |*rep| filled, -ECANCELED if
+ * *c->cancel was set, or -errno (logged). */
+int chunkify_import(struct chunkify_ctx *c, const char *source, const struct import_options *opt,
+		    struct import_report *rep);
+
+struct gc_report {
+	uint64_t manifests, live_chunks, chunks_seen, chunks_deleted, leases_live, leases_expired;
 };
 
-struct manifest_layer {
-	char digest[80];	/* "sha256:..." of the layer blob */
-	uint64_t offset;	/* where its data region starts in the image */
-	uint64_t length;	/* bytes of that region */
-};
-
-struct manifest {
-	char source_manifest_digest[80]; /* "sha256:..." of the OCI manifest */
-	char source_config_digest[80];   /* "sha256:..." of the OCI config */
-	char *source_ref;		 /* what was imported, for humans */
-	struct run_config config;
-	uint64_t image_size;		 /* bytes; a multiple of chunk_size */
-	uint32_t chunk_size;		 /* CHUNK_SIZE */
-	uint64_t metadata_offset;	 /* where the EROFS metadata region starts */
-	size_t n_layers;
-	struct manifest_layer *layers;
-	size_t n_chunks; /* non-zero chunks, sorted by index */
-	struct manifest_chunk *chunks;
-	bool keys_present; /* false when opened without the tenant key */
-};
-
-/* Release everything |m| owns (not |m| itself); safe on a zeroed struct. */
-void manifest_cleanup(struct manifest *m);
-
-/* Serialise |m| and seal its keys with |tenant_key| (AES-256-GCM, the whole
- * manifest as associated data, a nonce derived from the content so the same
- * manifest always gives the same bytes).  |*out| is malloc'd.  Returns 0 or
- * -errno. */
-int manifest_encode(const struct manifest *m, const uint8_t tenant_key[32], uint8_t **out, size_t *out_len);
-
-/* Parse and authenticate |<buf, len>|.  With |tenant_key| the keys are
- * unsealed and every byte is authenticated; with NULL only the public part
- * (names, sizes, config) is parsed, which is what garbage collection needs.
- * Returns 0, -EBADMSG for a malformed or tampered manifest (logged with the
- * reason), -EKEYREJECTED if it was sealed for another tenant key. */
-int manifest_decode(const uint8_t *buf, size_t len, const uint8_t *tenant_key, struct manifest *out);
+/* Delete every chunk that no manifest and no live import lease references
+ * (with |dry_run|, only count them).  Never races an import: see gc.c for the
+ * protocol.  Returns 0, -EBUSY if another GC runs, or -errno. */
+int chunkify_gc(struct chunkify_ctx *c, bool dry_run, struct gc_report *rep);
 
 #endif

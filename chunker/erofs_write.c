@@ -25,7 +25,7 @@
  *    16 bytes of SHA-256(meta), build_time = newest mtime.
  */
 #include "internal.h"
-#include "../common/erofs_format.h"
+#include "common/erofs_format.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -303,8 +303,8 @@ static uint64_t dir_pack(const struct writer *w, const struct wdent *d, size_t n
 				const struct wdent *e = &d[i + j];
 				const struct wnode *t = &w->nodes[e->target];
 				uint8_t *de = b + j * DIRENT_SIZE;
-				erofs_put_le64(de + offsetof(struct erofs_disk_dirent, nid), t->off / EROFS_SLOT_SIZE);
-				erofs_put_le16(de + offsetof(struct erofs_disk_dirent, nameoff), (uint16_t)nameoff);
+				put_le64(de + offsetof(struct erofs_disk_dirent, nid), t->off / EROFS_SLOT_SIZE);
+				put_le16(de + offsetof(struct erofs_disk_dirent, nameoff), (uint16_t)nameoff);
 				de[offsetof(struct erofs_disk_dirent, file_type)] = file_type(t->fi->mode);
 				memcpy(b + nameoff, e->name, e->len);
 				nameoff += e->len;
@@ -511,7 +511,7 @@ static void write_xattrs(const struct fs_inode *fi, uint8_t *p)
 		size_t sl = strlen(suffix);
 		p[0] = (uint8_t)sl;
 		p[1] = index;
-		erofs_put_le16(p + 2, (uint16_t)x->len);
+		put_le16(p + 2, (uint16_t)x->len);
 		memcpy(p + 4, suffix, sl);
 		if (x->len)
 			memcpy(p + 4 + sl, x->value, x->len);
@@ -614,7 +614,7 @@ static void write_superblock(const struct writer *w, const uint8_t *meta, size_t
 	memset(block0, 0, BLK);
 	memcpy(block0 + EROFS_SB_OFFSET, &sb, sizeof(sb));
 	uint32_t crc = erofs_crc32c(0xffffffffu, block0 + EROFS_SB_OFFSET, BLK - EROFS_SB_OFFSET);
-	erofs_put_le32(block0 + EROFS_SB_OFFSET + offsetof(struct erofs_disk_super, checksum), crc);
+	put_le32(block0 + EROFS_SB_OFFSET + offsetof(struct erofs_disk_super, checksum), crc);
 }
 
 /* ---- entry point ------------------------------------------------------------------------- */

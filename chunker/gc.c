@@ -157,7 +157,7 @@ static int protect_manifests(struct gc_walk *w)
 		if (!is_sha256_hex(digest))
 			continue;
 		struct manifest m;
-		r = image_load(w->c, digest, false, &m);
+		r = image_load(w->c->store, digest, NULL, &m);
 		if (r < 0) {
 			log_err("gc: cannot read manifest %s, so cannot tell which chunks it needs; nothing was deleted. "
 				"Fix or remove that manifest, then run gc again",

@@ -170,7 +170,7 @@ static void *seal_worker(void *arg)
 			j.zero = true;
 		}
 		if (j.buf)
-			r = chunk_seal(p->c->salt, p->c->salt_len, j.buf, CHUNK_SIZE, j.key, j.buf + CHUNK_SIZE, j.name);
+			r = chunk_seal(p->c->env.salt, p->c->env.salt_len, j.buf, CHUNK_SIZE, j.key, j.buf + CHUNK_SIZE, j.name);
 
 		pthread_mutex_lock(&p->mu);
 		/* Zero chunks hold no buffer, so a long hole can outrun the
@@ -426,7 +426,7 @@ static int derive_name_tag(const char *source, char *out, size_t out_len)
 			*q = (char)(*q - 'A' + 'a');
 	char nt[600];
 	snprintf(nt, sizeof(nt), "%s:%s", *base ? base : "image", *tag ? tag : "latest");
-	return parse_name_tag(nt, out, out_len);
+	return image_parse_name_tag(nt, out, out_len);
 }
 
 static int publish(struct chunkify_ctx *c, struct pipeline *p, const struct oci_image *img, uint64_t meta_off,
@@ -466,7 +466,7 @@ static int publish(struct chunkify_ctx *c, struct pipeline *p, const struct oci_
 
 	uint8_t *enc;
 	size_t enc_len;
-	if ((r = manifest_encode(&m, c->tenant_key, &enc, &enc_len)) < 0)
+	if ((r = manifest_encode(&m, c->env.tenant_key, &enc, &enc_len)) < 0)
 		goto out;
 	uint8_t d[SHA256_LEN];
 	sha256_buf(enc, enc_len, d);
@@ -501,7 +501,7 @@ int chunkify_import(struct chunkify_ctx *c, const char *source, const struct imp
 	memset(rep, 0, sizeof(*rep));
 	double start = now_seconds();
 	char name_tag[512];
-	int r = opt->name_tag ? parse_name_tag(opt->name_tag, name_tag, sizeof(name_tag))
+	int r = opt->name_tag ? image_parse_name_tag(opt->name_tag, name_tag, sizeof(name_tag))
 			      : derive_name_tag(source, name_tag, sizeof(name_tag));
 	if (r < 0)
 		return r;
@@ -510,7 +510,7 @@ int chunkify_import(struct chunkify_ctx *c, const char *source, const struct imp
 	if (slash)
 		*slash = ':';
 
-	char *tmp_dir = xasprintf("%s/tmp", c->home);
+	char *tmp_dir = kindling_env_path(&c->env, "tmp");
 	if (!tmp_dir)
 		return -ENOMEM;
 	mkdir_p(tmp_dir, 0700);

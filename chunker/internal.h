@@ -3,8 +3,8 @@
 #define KINDLING_CHUNKER_INTERNAL_H
 
 #define LOG_COMPONENT "chunkify"
-#include "../common/common.h"
-#include "chunker.h"
+#include "common/common.h"
+#include "chunker/chunker.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -182,11 +182,10 @@ int oci_parse_manifest(const char *what, const uint8_t *buf, size_t len, struct 
 /* A config: run configuration and rootfs.diff_ids (matched to layers). */
 int oci_parse_config(const char *what, const uint8_t *buf, size_t len, struct oci_image *img);
 void oci_image_cleanup(struct oci_image *img);
-void run_config_cleanup(struct run_config *c);
 
 /* Upper bounds for untrusted sizes. */
 #define OCI_MAX_JSON (4u << 20)
-#define OCI_MAX_LAYERS 512
+#define OCI_MAX_LAYERS MANIFEST_MAX_LAYERS
 #define OCI_MAX_BLOB (64ull << 30)
 
 /* ======================================================================
@@ -239,66 +238,6 @@ int flattener_finish(struct flattener *f, struct erofs_image_layout *layout);
 /* Free the tree and any buffer not yet emitted. */
 void flattener_cleanup(struct flattener *f);
 
-/* ======================================================================
- * chunkify's working context and operations (home.c, import.c, image.c,
- * gc.c), driven by main.c
- * ====================================================================== */
-
-#include <signal.h>
-
-struct chunkify_ctx {
-	char *home;			/* KINDLING_HOME */
-	struct store *store;
-	uint8_t salt[64];		/* deployment salt for chunk keys */
-	size_t salt_len;
-	uint8_t tenant_key[32];		/* seals manifest keys */
-	volatile sig_atomic_t *cancel;	/* set by a signal handler; may be NULL */
-	double lease_ttl;		/* seconds after which a lease or GC marker is stale */
-};
-
-/* Resolve KINDLING_HOME (default ~/.kindling), load or create the salt and
- * the tenant key (0600 files created on first use; KINDLING_SALT and
- * KINDLING_TENANT_KEY override them), and open |store_uri| (NULL = the file
- * store $KINDLING_HOME/store).  Returns 0 or -errno (logged). */
-int ctx_init(struct chunkify_ctx *c, const char *store_uri, const struct store_options *sopt);
-void ctx_cleanup(struct chunkify_ctx *c);
-
-struct import_options {
-	const char *name_tag;		/* NAME[:TAG]; NULL derives it from the source */
-	bool progress;			/* draw a progress bar on stderr */
-	bool insecure;
-	unsigned workers;		/* crypto threads; 0 = one per core */
-	uint64_t max_image_size;	/* 0 = 1 TiB */
-};
-
-struct import_report {
-	char manifest_digest[SHA256_HEX_LEN + 1];
-	char ref[512];
-	uint64_t chunks_total, chunks_new, chunks_dedup, chunks_zero;
-	uint64_t bytes_uploaded, image_size;
-	double seconds;
-	unsigned workers;
-};
-
-/* Import SOURCE into the store (see DESIGN.md): flatten, chunk, upload new
- * chunks, then publish the manifest and the ref, in that order.  On any
- * failure nothing is published and no temporary object is left.  Returns 0
- * or -errno (logged). */
-int chunkify_import(struct chunkify_ctx *c, const char *source, const struct import_options *opt,
-		    struct import_report *rep);
-
-/* Resolve IMAGE (NAME[:TAG], sha256:HEX or HEX) to a manifest digest.
- * Returns 0, -ENOENT (logged, naming the image) or -errno. */
-int image_resolve(struct chunkify_ctx *c, const char *image, char digest[SHA256_HEX_LEN + 1]);
-
-/* Fetch manifests/<digest>, check that its bytes hash to |digest|, and
- * decode it (with keys when |with_keys|).  Returns 0 or -errno (logged). */
-int image_load(struct chunkify_ctx *c, const char *digest, bool with_keys, struct manifest *m);
-
-/* Parse NAME[:TAG] into "NAME/TAG" for refs/ (tag defaults to "latest").
- * Returns 0 or -EINVAL (logged). */
-int parse_name_tag(const char *s, char *out, size_t out_len);
-
 /* Lease and GC-marker keys shared by import.c and gc.c. */
 #define LEASE_PREFIX "leases/"
 #define GC_MARKER "gc/running"
@@ -306,14 +245,5 @@ int parse_name_tag(const char *s, char *out, size_t out_len);
 
 /* True if the GC marker exists and is fresh.  Returns 1, 0 or -errno. */
 int gc_marker_active(struct chunkify_ctx *c);
-
-struct gc_report {
-	uint64_t manifests, live_chunks, chunks_seen, chunks_deleted, leases_live, leases_expired;
-};
-
-/* Delete every chunk that no manifest and no live import lease references.
- * Never races an import: see gc.c for the protocol.  Returns 0, -EBUSY if
- * another GC runs, or -errno. */
-int chunkify_gc(struct chunkify_ctx *c, bool dry_run, struct gc_report *rep);
 
 #endif

@@ -438,15 +438,6 @@ out:
 	return r;
 }
 
-static void free_strv(char **v)
-{
-	if (!v)
-		return;
-	for (char **p = v; *p; p++)
-		free(*p);
-	free(v);
-}
-
 /* An optional array of strings (absent or null gives NULL). */
 static int get_strv(const char *what, json_t *obj, const char *key, const char *path, char ***out)
 {
@@ -470,11 +461,11 @@ static int get_strv(const char *what, json_t *obj, const char *key, const char *
 		snprintf(ipath, sizeof(ipath), "%s[%zu]", path, i);
 		int r = as_string(what, ipath, json_array_get(v, i), &s);
 		if (r < 0) {
-			free_strv(sv);
+			strv_free(sv);
 			return r;
 		}
 		if (!(sv[i] = strdup(s))) {
-			free_strv(sv);
+			strv_free(sv);
 			return -ENOMEM;
 		}
 	}
@@ -567,19 +558,6 @@ out:
 	run_config_cleanup(&rc);
 	json_decref(root);
 	return r;
-}
-
-/* Contract in internal.h; safe on a zeroed struct. */
-void run_config_cleanup(struct run_config *c)
-{
-	if (!c)
-		return;
-	free_strv(c->entrypoint);
-	free_strv(c->cmd);
-	free_strv(c->env);
-	free(c->working_dir);
-	free(c->user);
-	memset(c, 0, sizeof(*c));
 }
 
 /* Contract in internal.h; safe on a zeroed struct. */

@@ -17,10 +17,18 @@
 
 enum log_level { LOG_SILENT = -1, LOG_ERR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
 
-/* Write one line "kindling[component]: level: message" to stderr if |level| is
- * at or below the current threshold.  Thread-safe (one write(2) per line). */
+/* Write one line "program: level: message" to stderr if |level| is at or below
+ * the current threshold; "program[component]: ..." when debugging, and
+ * "component: ..." until a program has set its name.  Thread-safe (one
+ * write(2) per line). */
 void log_msg(enum log_level level, const char *component, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Name the program in every log line ("kindling", "chunkify"), so a library's
+ * message reads as coming from the command the operator ran.  Call it once
+ * from main() before starting threads; |name| must outlive the process's
+ * logging (a string literal). */
+void log_set_program(const char *name);
 
 /* Set the threshold; the default is LOG_WARN so tools stay quiet on success.
  * KINDLING_DEBUG=1 in the environment raises it to LOG_DEBUG at first use. */
@@ -104,6 +112,10 @@ int str_list_add(struct str_list *l, const char *s);
 
 /* Free every string and the array; the list is empty afterwards. */
 void str_list_clear(struct str_list *l);
+
+/* Free a NULL-terminated array of malloc'd strings and the array; NULL is
+ * allowed. */
+void strv_free(char **v);
 
 /* Fill |<buf, len>| from the OS random source.  Returns 0 or -errno. */
 int random_bytes(void *buf, size_t len);

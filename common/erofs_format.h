@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "common/bytes.h"
+
 #define EROFS_MAGIC 0xE0F5E1E2u
 #define EROFS_SB_OFFSET 1024u	/* byte offset of the superblock in block 0 */
 #define EROFS_BLKSZ_BITS 12u	/* 4 KiB blocks, the only size kindling uses */
@@ -162,40 +164,7 @@ static inline uint16_t erofs_cpu16(uint16_t v) { return le16toh(v); }
 static inline uint32_t erofs_cpu32(uint32_t v) { return le32toh(v); }
 static inline uint64_t erofs_cpu64(uint64_t v) { return le64toh(v); }
 
-/* Store / load little-endian values at unaligned byte addresses. */
-static inline void erofs_put_le16(uint8_t *p, uint16_t v)
-{
-	v = htole16(v);
-	memcpy(p, &v, sizeof(v));
-}
-static inline void erofs_put_le32(uint8_t *p, uint32_t v)
-{
-	v = htole32(v);
-	memcpy(p, &v, sizeof(v));
-}
-static inline void erofs_put_le64(uint8_t *p, uint64_t v)
-{
-	v = htole64(v);
-	memcpy(p, &v, sizeof(v));
-}
-static inline uint16_t erofs_get_le16(const uint8_t *p)
-{
-	uint16_t v;
-	memcpy(&v, p, sizeof(v));
-	return le16toh(v);
-}
-static inline uint32_t erofs_get_le32(const uint8_t *p)
-{
-	uint32_t v;
-	memcpy(&v, p, sizeof(v));
-	return le32toh(v);
-}
-static inline uint64_t erofs_get_le64(const uint8_t *p)
-{
-	uint64_t v;
-	memcpy(&v, p, sizeof(v));
-	return le64toh(v);
-}
+/* Unaligned loads and stores: get_le32() and friends in common/bytes.h. */
 
 _Static_assert(sizeof(struct erofs_disk_super) == 128, "superblock is 128 bytes");
 _Static_assert(sizeof(struct erofs_disk_inode_ext) == 64, "extended inode is 64 bytes");

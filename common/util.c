@@ -15,9 +15,11 @@
 
 #include <openssl/sha.h>
 
-/* The one process-wide setting: the log threshold, read and written
- * atomically so threads may log while the main thread changes it. */
+/* The process-wide log settings: the threshold, read and written atomically
+ * so threads may log while the main thread changes it, and the program's name,
+ * set once by main() before any thread starts. */
 static _Atomic int log_threshold = LOG_WARN;
+static const char *log_program;
 static pthread_once_t log_env_once = PTHREAD_ONCE_INIT;
 
 static void log_read_env(void)
@@ -25,6 +27,11 @@ static void log_read_env(void)
 	const char *d = getenv("KINDLING_DEBUG");
 	if (d && *d && strcmp(d, "0") != 0)
 		log_threshold = LOG_DEBUG;
+}
+
+void log_set_program(const char *name)
+{
+	log_program = name;
 }
 
 void log_set_level(enum log_level level)
@@ -42,7 +49,9 @@ void log_msg(enum log_level level, const char *component, const char *fmt, ...)
 	if ((int)level > log_threshold)
 		return;
 	char line[2048];
-	int n = snprintf(line, sizeof(line), "%s: %s: ", component, names[level]);
+	int n = !log_program ? snprintf(line, sizeof(line), "%s: %s: ", component, names[level])
+		: log_threshold >= LOG_DEBUG ? snprintf(line, sizeof(line), "%s[%s]: %s: ", log_program, component, names[level])
+					     : snprintf(line, sizeof(line), "%s: %s: ", log_program, names[level]);
 	if (n < 0)
 		return;
 	va_list ap;
@@ -191,6 +200,13 @@ int write_full(int fd, const void *buf, size_t len)
 		len -= (size_t)w;
 	}
 	return 0;
+}
+
+void strv_free(char **v)
+{
+	for (size_t i = 0; v && v[i]; i++)
+		free(v[i]);
+	free(v);
 }
 
 int str_list_add(struct str_list *l, const char *s)

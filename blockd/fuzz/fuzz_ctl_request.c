@@ -1,6 +1,7 @@
 /* Fuzz target for blockd's parsers of bytes it does not control: control
  * socket request lines (ctl_parse_request) and startup traces read from the
  * origin (trace_parse).  The first byte picks the parser. */
+/* ctest-labels: no-tsan (a single-threaded parser: nothing for ThreadSanitizer to check) */
 #include "blockd/internal.h"
 
 #include <stdlib.h>

@@ -11,7 +11,9 @@
  * |len|; the image is then the rest of the input with |len| zero bytes
  * inserted at offset |at| (|len| at most 64 MiB).
  */
-#include "../internal.h"
+/* ctest-labels: no-tsan (a single-threaded parser: nothing for ThreadSanitizer to check) */
+#include "blockd/internal.h"
+#include "common/bytes.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -57,14 +59,6 @@ static int image_read(void *ctx, uint64_t off, void *buf, size_t len)
 		len -= n;
 	}
 	return 0;
-}
-
-static uint64_t get_le64(const uint8_t *p)
-{
-	uint64_t v = 0;
-	for (int i = 7; i >= 0; i--)
-		v = v << 8 | p[i];
-	return v;
 }
 
 struct node {

@@ -7,6 +7,7 @@
  * a 256 KiB in-memory device whose reads covering BAD_OFF fail with -EIO.
  * The parsers are also called directly on the raw input.
  */
+/* ctest-labels: no-tsan (a single-threaded parser: nothing for ThreadSanitizer to check) */
 #include "blockd/internal.h"
 
 #include <errno.h>

@@ -12,6 +12,7 @@
  *   cc -D_GNU_SOURCE -DL2_FUZZ_GEN_CORPUS -I. cache/fuzz/fuzz_l2_fragment.c cache/l2_frag.c \
  *      common/[a-z]*.c -lisal -lcrypto -lpthread -o gen && ./gen cache/fuzz/corpus/fuzz_l2_fragment
  */
+/* ctest-labels: no-tsan (a single-threaded parser: nothing for ThreadSanitizer to check) */
 #include "cache/internal.h"
 
 #include <stdio.h>

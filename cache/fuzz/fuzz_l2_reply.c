@@ -8,6 +8,7 @@
  *
  * Seeds (corpus/fuzz_l2_reply/) are plain replies, one per file; they were
  * written by hand: hit, hit with CAS, miss, errors, and broken variants. */
+/* ctest-labels: no-tsan (a single-threaded parser: nothing for ThreadSanitizer to check) */
 #include "cache/internal.h"
 
 #include <stdlib.h>

@@ -2,6 +2,7 @@
  * hostile layer.  The input is split into up to three layers at the marker
  * "\n--next-layer--\n", so whiteouts and opaque directories meet lower
  * layers. */
+/* ctest-labels: no-tsan (a single-threaded parser: nothing for ThreadSanitizer to check) */
 #include "chunker/internal.h"
 
 #include <stdlib.h>

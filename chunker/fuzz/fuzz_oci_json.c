@@ -6,6 +6,7 @@
  * parser must find diff_ids for.  A manifest that parses is fed on to the
  * config parser with its own layer count, as the sources do.
  */
+/* ctest-labels: no-tsan (a single-threaded parser: nothing for ThreadSanitizer to check) */
 #include "chunker/internal.h"
 
 #include <stdlib.h>

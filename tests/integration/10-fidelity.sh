@@ -11,6 +11,7 @@
 # the flattened image depends only on the uncompressed layer tars) and big
 # (files over 4 GiB, sparse and dense).  KINDLING_TEST_BIG=0 leaves big out
 # for quick local runs; the suite runs it.
+# ctest-labels: no-tsan (the flattener is single-threaded; 11 covers the concurrent import pipeline)
 . "$(dirname "$0")/lib.sh"
 
 for tool in umoci fsck.erofs mount umount python3 jq tar zstd setcap setfattr getfattr; do

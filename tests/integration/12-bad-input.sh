@@ -12,6 +12,7 @@
 #     are empty;
 #   - leaves no temporary files in the store or in KINDLING_HOME.
 # The control image, built the same way without a fault, must import.
+# ctest-labels: no-tsan (the same single-threaded parsers as 10; 11 covers the pipeline)
 . "$(dirname "$0")/lib.sh"
 
 command -v python3 >/dev/null || die "python3 is missing"

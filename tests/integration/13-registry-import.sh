@@ -6,6 +6,7 @@
 # the same bytes (cmp of the three exports), and the run configuration that
 # `chunkify inspect --json` shows must equal what make-images.sh set with
 # umoci config, for every source.
+# ctest-labels: no-asan (the registry client is covered by the oci_json fuzz replay and 15 under the release build); no-tsan (one import at a time over HTTP; 11 covers the pipeline)
 . "$(dirname "$0")/lib.sh"
 
 for tool in docker-registry skopeo umoci python3 jq cmp; do

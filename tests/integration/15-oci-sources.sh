@@ -4,6 +4,7 @@
 # docker-registry (open, htpasswd basic auth, and token auth with a real
 # RS256 token server), read back through oci_dump.  Also gzip and zstd
 # layers, a tampered blob, malformed JSON, and registry errors.
+# ctest-labels: no-asan (starts three registries; its parsers are fuzz-replayed under ASan); no-tsan (one import at a time; 11 covers the pipeline)
 . "$(dirname "$0")/lib.sh"
 
 for tool in umoci skopeo docker-registry htpasswd node openssl jq python3 sha256sum; do

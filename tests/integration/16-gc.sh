@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # chunkify gc: deletes exactly the unreferenced chunks, keeps shared ones,
 # and never races an import running at the same time.
+# ctest-labels: no-asan (gc and imports in a loop: long under ASan; TSan covers its races)
 . "$(dirname "$0")/lib.sh"
 
 # Two images sharing a base layer: A = base + a, B = base + b.

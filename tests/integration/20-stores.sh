@@ -6,6 +6,7 @@
 # plus the refusal of plain http to a non-loopback host.  Everything listens
 # on 127.0.0.1 only; nothing else is contacted.  Missing nginx or s3rver is a
 # failure, not a skip.
+# ctest-labels: no-asan (the store suite against nginx and s3rver; the S3 and HTTP parsers are fuzz-replayed); no-tsan (one request stream per store)
 . "$(dirname "$0")/lib.sh"
 
 SUITE=$TOOLS_DIR/store_suite

@@ -5,6 +5,7 @@
 # user, the tmpfs overlay, the pid/net/uts/mount namespaces, the seccomp
 # denylist, cgroup memory and pids limits (or the notice where the host has
 # none), timings, and that no mount, loop device or cgroup is left behind.
+# ctest-labels: no-tsan (the sandbox is a process tree, not threads)
 . "$(dirname "$0")/lib.sh"
 
 for tool in umoci gcc jq sha256sum mount; do

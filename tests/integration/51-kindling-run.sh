@@ -13,6 +13,7 @@
 #   - SIGTERM mid-run ends the workload and kindling with 143;
 #   - no FUSE mount, temporary mount point or loop device is left behind.
 # Missing tools are a failure, not a skip.
+# ctest-labels: no-asan (kindling run end to end: blockd is covered by 40-42 and the sandbox by 50 under ASan); no-tsan (as 50; blockd threads are covered by 40-42)
 . "$(dirname "$0")/lib.sh"
 KINDLING=$KINDLING_BUILD_DIR/kindling
 [ -x "$KINDLING" ] || die "kindling not built at $KINDLING (build the project first)"

@@ -10,6 +10,7 @@
 #    unpacked once (apt-get download, dpkg-deb -x; cached, see
 #    tests/nested/kernel.sh), and test_kvmm_boot parses its
 #    bzImage and sets up a zero page for it (KINDLING_TEST_BZIMAGE).
+# ctest-labels: no-asan (iasl disassembles the tables; the table builder is unit-tested under ASan); no-tsan (single-threaded)
 . "$(dirname "$0")/lib.sh"
 
 for tool in iasl python3 apt-get apt-cache dpkg-deb; do

@@ -20,6 +20,7 @@
 #    a lazily attached image on FUSE) prints the entrypoint's output and
 #    exits with its status.
 # The whole test takes a few minutes here (TCG).
+# ctest-labels: no-asan (a QEMU guest running kvmm: minutes under emulation; kvmm's API test 62 runs under ASan); no-tsan (as no-asan; the vsock device is unit-tested under TSan)
 . "$(dirname "$0")/lib.sh"
 . "$KINDLING_SOURCE_DIR/tests/nested/kernel.sh"
 

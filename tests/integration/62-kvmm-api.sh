@@ -10,6 +10,7 @@
 #  - the real kvmm binary answers InstanceStart on a host without /dev/kvm
 #    with a 400 whose fault_message names /dev/kvm, and stays "Not started"
 #    (with /dev/kvm, the placeholder kernel makes it fail instead).
+# ctest-labels: no-tsan (the API server is one thread; the vsock device is unit-tested under TSan)
 . "$(dirname "$0")/lib.sh"
 
 for tool in curl python3; do

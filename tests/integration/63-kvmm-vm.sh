@@ -10,6 +10,7 @@
 #    loads virtio_mmio, virtio_blk and erofs, mounts the root and its file
 #    hashes match the host's, and /dev/vdb reads back byte for byte;
 #  - keeps its own resident memory (all but guest RAM) under 5 MiB.
+# ctest-labels: no-asan (a QEMU guest running kvmm: minutes under emulation); no-tsan (as no-asan)
 . "$(dirname "$0")/lib.sh"
 . "$KINDLING_SOURCE_DIR/tests/nested/kernel.sh"
 

@@ -11,7 +11,8 @@
  * started) once N chunks have been read: a node dies in the middle of a run.
  * --list prints "INDEX NAME KEYHEX" per chunk instead, and reads nothing.
  * Exit 0 if every chunk read back byte-identical, 1 otherwise. */
-#include "chunker/internal.h"
+#include "chunker/chunker.h"
+#include "common/common.h"
 #include "cache/cache.h"
 
 #include <errno.h>
@@ -119,12 +120,12 @@ int main(int argc, char **argv)
 		nodes[n_nodes++] = t;
 
 	struct chunkify_ctx ctx;
-	if (ctx_init(&ctx, store, NULL) < 0)
+	if (chunkify_ctx_init(&ctx, store, NULL) < 0)
 		return 1;
 	char digest[SHA256_HEX_LEN + 1];
 	struct manifest man = {0};
-	if (image_resolve(&ctx, argv[optind], digest) < 0 || image_load(&ctx, digest, true, &man) < 0) {
-		ctx_cleanup(&ctx);
+	if (image_resolve(ctx.store, argv[optind], digest) < 0 || image_load(ctx.store, digest, ctx.env.tenant_key, &man) < 0) {
+		chunkify_ctx_cleanup(&ctx);
 		return 1;
 	}
 	if (list) {
@@ -134,14 +135,14 @@ int main(int argc, char **argv)
 			printf("%llu %s %s\n", (unsigned long long)man.chunks[i].index, man.chunks[i].name, hex);
 		}
 		manifest_cleanup(&man);
-		ctx_cleanup(&ctx);
+		chunkify_ctx_cleanup(&ctx);
 		return 0;
 	}
 	run.img_fd = open(argv[optind + 1], O_RDONLY | O_CLOEXEC);
 	if (run.img_fd < 0) {
 		perror(argv[optind + 1]);
 		manifest_cleanup(&man);
-		ctx_cleanup(&ctx);
+		chunkify_ctx_cleanup(&ctx);
 		return 1;
 	}
 	struct cache_config cfg = {
@@ -152,13 +153,13 @@ int main(int argc, char **argv)
 		.l2_m = m,
 		.l1_dir = l1,
 		.mem_disable = !mem,
-		.salt = ctx.salt,
-		.salt_len = ctx.salt_len,
+		.salt = ctx.env.salt,
+		.salt_len = ctx.env.salt_len,
 	};
 	if (cache_new(&cfg, &run.cache) < 0) {
 		close(run.img_fd);
 		manifest_cleanup(&man);
-		ctx_cleanup(&ctx);
+		chunkify_ctx_cleanup(&ctx);
 		return 1;
 	}
 	run.m = &man;
@@ -182,7 +183,7 @@ int main(int argc, char **argv)
 	cache_free(run.cache); /* waits for background L2 writes and repairs */
 	close(run.img_fd);
 	manifest_cleanup(&man);
-	ctx_cleanup(&ctx);
+	chunkify_ctx_cleanup(&ctx);
 	free(l2);
 	return run.bad || run.errors ? 1 : 0;
 }

@@ -10,7 +10,8 @@
 #include <string.h>
 
 #include "common/common.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/acpi.h"
+#include "vmm/kvmm/layout.h"
 
 int main(int argc, char **argv)
 {

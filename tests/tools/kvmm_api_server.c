@@ -20,7 +20,8 @@
 #include <string.h>
 
 #include "common/common.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/api.h"
+#include "vmm/kvmm/config.h"
 
 struct recorder {
 	const char *log_path;

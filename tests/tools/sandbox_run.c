@@ -20,7 +20,7 @@
 #include <sys/stat.h>
 
 #include "common/common.h"
-#include "vmm/vmm.h"
+#include "sandbox/sandbox.h"
 
 static void usage(void)
 {
@@ -43,13 +43,6 @@ static char **strv(json_t *a)
 		v[i] = strdup(s ? s : "");
 	}
 	return v;
-}
-
-static void strv_free(char **v)
-{
-	for (size_t i = 0; v && v[i]; i++)
-		free(v[i]);
-	free(v);
 }
 
 static int load_config(const char *path, struct run_config *rc)

@@ -14,8 +14,8 @@
  * bytes.  s3rver writes objects in place, unlike S3, nginx and the file
  * store, so the integration test passes it for s3rver only.
  */
-#include "chunker/chunker.h"
-#include "chunker/store_ops.h"
+#include "image/image.h"
+#include "image/store_ops.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -5,10 +5,9 @@
  * four threads at once) equals the plaintext and `chunkify export`; holes
  * read as zeros with no fetch; counters; a chunk missing from every tier
  * gives -EIO for that chunk only; bad ranges give -EINVAL. */
-#include "../../chunker/internal.h"
-#undef LOG_COMPONENT
-#include "../../blockd/internal.h"
-#include "../check.h"
+#include "blockd/internal.h"
+#include "chunker/chunker.h"
+#include "tests/check.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -41,7 +40,7 @@ static int make_image(struct chunkify_ctx *c)
 			continue;
 		struct manifest_chunk *mc = &m.chunks[m.n_chunks++];
 		mc->index = i;
-		int r = chunk_seal(c->salt, c->salt_len, plain + i * CHUNK_SIZE, CHUNK_SIZE, mc->key, cipher, mc->name);
+		int r = chunk_seal(c->env.salt, c->env.salt_len, plain + i * CHUNK_SIZE, CHUNK_SIZE, mc->key, cipher, mc->name);
 		if (r < 0)
 			return r;
 		memcpy(names[i], mc->name, sizeof(names[i]));
@@ -53,7 +52,7 @@ static int make_image(struct chunkify_ctx *c)
 	m.keys_present = true;
 	uint8_t *buf;
 	size_t len;
-	int r = manifest_encode(&m, c->tenant_key, &buf, &len);
+	int r = manifest_encode(&m, c->env.tenant_key, &buf, &len);
 	free(m.chunks);
 	free(cipher);
 	if (r < 0)
@@ -131,7 +130,7 @@ int main(void)
 	memset(plain + 3 * CHUNK_SIZE + 1000, 0, 5000); /* zeros inside a stored chunk read as data */
 
 	struct chunkify_ctx c;
-	CHECK(ctx_init(&c, store, NULL) == 0);
+	CHECK(chunkify_ctx_init(&c, store, NULL) == 0);
 	CHECK(make_image(&c) == 0);
 
 	struct blockd_config cfg = { .cache = { .origin_uri = store, .l1_dir = l1 }, .no_readahead = true };
@@ -254,7 +253,7 @@ int main(void)
 	CHECK(blockd_detach(b, "unit:1") == -ENOENT);
 	CHECK(blockd_find(b, "unit:1") == NULL);
 	blockd_free(b);
-	ctx_cleanup(&c);
+	chunkify_ctx_cleanup(&c);
 
 	char *rm = xasprintf("rm -rf '%s'", dir);
 	if (system(rm) != 0)

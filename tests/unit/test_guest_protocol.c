@@ -2,6 +2,7 @@
  * through a pipe in every split, the decoder refuses what the protocol
  * forbids before buffering it, and the invocation collector enforces order
  * and limits. */
+/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>

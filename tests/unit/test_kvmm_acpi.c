@@ -2,12 +2,14 @@
  * checksums, the MADT entries, and the DSDT's AML walked back with a small
  * decoder of its own (PkgLength in all its sizes, the virtio-mmio devices).
  * tests/integration/60-kvmm-acpi.sh has iasl disassemble the same tables. */
+/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <string.h>
 
 #include "tests/check.h"
-#include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/acpi.h"
+#include "common/bytes.h"
+#include "vmm/kvmm/layout.h"
 
 static uint8_t blob[KVMM_ACPI_MAX];
 
@@ -57,8 +59,8 @@ static void check_tables(uint32_t cpus, size_t ndev, uint16_t port)
 	const uint8_t *rsdp = blob + l.off[ACPI_RSDP];
 	CHECK(l.off[ACPI_RSDP] == 0 && memcmp(rsdp, "RSD PTR ", 8) == 0);
 	CHECK(acpi_sum(rsdp, 20) == 0 && acpi_sum(rsdp, 36) == 0);
-	CHECK(rsdp[15] == 2 && ld32(rsdp + 20) == 36);
-	const uint8_t *xsdt = table_at(&l, ld64(rsdp + 24));
+	CHECK(rsdp[15] == 2 && get_le32(rsdp + 20) == 36);
+	const uint8_t *xsdt = table_at(&l, get_le64(rsdp + 24));
 	CHECK(xsdt && memcmp(xsdt, "XSDT", 4) == 0);
 	if (!xsdt)
 		return;
@@ -69,30 +71,30 @@ static void check_tables(uint32_t cpus, size_t ndev, uint16_t port)
 		const uint8_t *p = blob + l.off[t];
 		CHECK(l.off[t] % 8 == 0);
 		CHECK(memcmp(p, sig[t], 4) == 0);
-		CHECK(ld32(p + 4) == l.len[t]);
+		CHECK(get_le32(p + 4) == l.len[t]);
 		CHECK(acpi_sum(p, l.len[t]) == 0);
 		CHECK(memcmp(p + 10, "KINDLG", 6) == 0);
 	}
 	CHECK(l.off[ACPI_DSDT] + l.len[ACPI_DSDT] == l.total && l.total <= KVMM_ACPI_MAX);
 
 	/* XSDT -> FADT, MADT; FADT -> DSDT. */
-	CHECK(ld32(xsdt + 4) == 36 + 16);
-	CHECK(table_at(&l, ld64(xsdt + 36)) == blob + l.off[ACPI_FADT]);
-	CHECK(table_at(&l, ld64(xsdt + 44)) == blob + l.off[ACPI_MADT]);
+	CHECK(get_le32(xsdt + 4) == 36 + 16);
+	CHECK(table_at(&l, get_le64(xsdt + 36)) == blob + l.off[ACPI_FADT]);
+	CHECK(table_at(&l, get_le64(xsdt + 44)) == blob + l.off[ACPI_MADT]);
 	const uint8_t *fadt = blob + l.off[ACPI_FADT];
 	CHECK(fadt[8] == 6 && l.len[ACPI_FADT] == 276);
-	CHECK(ld64(fadt + 140) == KVMM_ACPI_GPA + l.off[ACPI_DSDT] && ld32(fadt + 40) == ld64(fadt + 140));
-	CHECK(ld32(fadt + 112) & (1u << 20)); /* HW_REDUCED_ACPI */
+	CHECK(get_le64(fadt + 140) == KVMM_ACPI_GPA + l.off[ACPI_DSDT] && get_le32(fadt + 40) == get_le64(fadt + 140));
+	CHECK(get_le32(fadt + 112) & (1u << 20)); /* HW_REDUCED_ACPI */
 	if (port) {
-		CHECK(fadt[244] == 1 && fadt[245] == 8 && ld64(fadt + 248) == port);
-		CHECK(fadt[256] == 1 && ld64(fadt + 260) == port);
+		CHECK(fadt[244] == 1 && fadt[245] == 8 && get_le64(fadt + 248) == port);
+		CHECK(fadt[256] == 1 && get_le64(fadt + 260) == port);
 	} else {
-		CHECK(ld64(fadt + 248) == 0 && ld64(fadt + 260) == 0);
+		CHECK(get_le64(fadt + 248) == 0 && get_le64(fadt + 260) == 0);
 	}
 
 	/* MADT: the local APIC address, one enabled LAPIC per vCPU, an IOAPIC. */
 	const uint8_t *madt = blob + l.off[ACPI_MADT];
-	CHECK(ld32(madt + 36) == KVMM_LAPIC_GPA);
+	CHECK(get_le32(madt + 36) == KVMM_LAPIC_GPA);
 	size_t lapics = 0, ioapics = 0;
 	for (size_t o = 44; o + 2 <= l.len[ACPI_MADT];) {
 		const uint8_t *e = madt + o;
@@ -100,10 +102,10 @@ static void check_tables(uint32_t cpus, size_t ndev, uint16_t port)
 		if (e[1] < 2)
 			break;
 		if (e[0] == 0 && e[1] == 8) {
-			CHECK(e[3] == lapics && (ld32(e + 4) & 1));
+			CHECK(e[3] == lapics && (get_le32(e + 4) & 1));
 			lapics++;
 		} else if (e[0] == 1 && e[1] == 12) {
-			CHECK(ld32(e + 4) == KVMM_IOAPIC_GPA && ld32(e + 8) == 0);
+			CHECK(get_le32(e + 4) == KVMM_IOAPIC_GPA && get_le32(e + 8) == 0);
 			ioapics++;
 		}
 		o += e[1];
@@ -136,9 +138,9 @@ static void check_tables(uint32_t cpus, size_t ndev, uint16_t port)
 		CHECK(count(dev, devlen, "\x08_HID\x0dLNRO0005", 15) == 1);
 		CHECK(count(dev, devlen, "_UID", 4) == 1);
 		uint8_t mem32[12] = { 0x86, 9, 0, 1 }, irq[9] = { 0x89, 6, 0, 3, 1 };
-		st32(mem32 + 4, (uint32_t)devs[found].base);
-		st32(mem32 + 8, devs[found].size);
-		st32(irq + 5, devs[found].gsi);
+		put_le32(mem32 + 4, (uint32_t)devs[found].base);
+		put_le32(mem32 + 8, devs[found].size);
+		put_le32(irq + 5, devs[found].gsi);
 		CHECK(count(dev, devlen, mem32, 12) == 1);
 		CHECK(count(dev, devlen, irq, 9) == 1);
 		CHECK(dev[devlen - 2] == 0x79 && dev[devlen - 1] == 0); /* the _CRS buffer ends with EndTag */

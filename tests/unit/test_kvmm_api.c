@@ -5,6 +5,7 @@
  * allowlists, each applied in a forked child that must survive an allowed
  * call and die of SIGSYS on a forbidden one; and the jail (cgroup, chroot,
  * uid drop) in a forked child. */
+/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
@@ -26,7 +27,10 @@
 
 #include "common/common.h"
 #include "tests/check.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/api.h"
+#include "vmm/kvmm/config.h"
+#include "vmm/kvmm/http.h"
+#include "vmm/kvmm/jail.h"
 
 /* ---- the parser ---------------------------------------------------------------------- */
 

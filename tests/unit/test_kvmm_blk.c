@@ -4,6 +4,7 @@
  * negotiation, queue setup, reads split every which way, GET_ID, FLUSH, OUT on
  * a read-only disk, out-of-range and malformed requests, backend errors,
  * interrupts, EVENT_IDX and reset. */
+/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -11,8 +12,11 @@
 #include <unistd.h>
 
 #include "tests/check.h"
-#include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/guest_mem.h"
+#include "common/bytes.h"
+#include "vmm/kvmm/virtio_blk.h"
+#include "vmm/kvmm/virtio_mmio.h"
+#include "vmm/kvmm/virtq.h"
 
 #define BASE 0x100000ull
 #define MEMSZ 0x40000ull
@@ -68,23 +72,23 @@ static uint32_t rd(struct virtio_blk *b, uint64_t off)
 {
 	uint8_t v[4];
 	CHECK(virtio_mmio_read(&b->mmio, off, v, 4) == 0);
-	return ld32(v);
+	return get_le32(v);
 }
 
 static void wr(struct virtio_blk *b, uint64_t off, uint32_t val)
 {
 	uint8_t v[4];
-	st32(v, val);
+	put_le32(v, val);
 	CHECK(virtio_mmio_write(&b->mmio, off, v, 4) == 0);
 }
 
 static void set_desc(uint16_t i, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next)
 {
 	uint8_t *d = g(DESC + 16u * i);
-	st64(d, addr);
-	st32(d + 8, len);
-	st16(d + 12, flags);
-	st16(d + 14, next);
+	put_le64(d, addr);
+	put_le32(d + 8, len);
+	put_le16(d + 12, flags);
+	put_le16(d + 14, next);
 }
 
 static uint16_t avail_idx, used_seen;
@@ -93,23 +97,23 @@ static uint16_t avail_idx, used_seen;
  * element it produced (or -1 if it produced none). */
 static int64_t kick(struct virtio_blk *b, uint16_t head)
 {
-	st16(g(AVAIL) + 4 + 2 * (avail_idx % QSZ), head);
+	put_le16(g(AVAIL) + 4 + 2 * (avail_idx % QSZ), head);
 	avail_idx++;
-	st16(g(AVAIL) + 2, avail_idx);
+	put_le16(g(AVAIL) + 2, avail_idx);
 	wr(b, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
-	if (ld16(g(USED) + 2) != (uint16_t)(used_seen + 1))
+	if (get_le16(g(USED) + 2) != (uint16_t)(used_seen + 1))
 		return -1;
 	const uint8_t *e = g(USED) + 4 + 8 * (used_seen % QSZ);
 	used_seen++;
-	CHECK(ld32(e) == head);
-	return ld32(e + 4);
+	CHECK(get_le32(e) == head);
+	return get_le32(e + 4);
 }
 
 static void header(uint32_t type, uint64_t sector)
 {
-	st32(g(HDR), type);
-	st32(g(HDR) + 4, 0);
-	st64(g(HDR) + 8, sector);
+	put_le32(g(HDR), type);
+	put_le32(g(HDR) + 4, 0);
+	put_le64(g(HDR) + 8, sector);
 	*g(STATUS) = 0xee;
 }
 
@@ -162,8 +166,8 @@ static void test_registers(struct virtio_blk *b)
 	/* Config space: capacity in sectors (the tail is cut), blk_size. */
 	uint8_t cfg[4];
 	CHECK(virtio_mmio_read(&b->mmio, VIRTIO_MMIO_CONFIG, cfg, 4) == 0);
-	CHECK(ld32(cfg) == DISK_BYTES / 512);
-	CHECK(virtio_mmio_read(&b->mmio, VIRTIO_MMIO_CONFIG + 20, cfg, 4) == 0 && ld32(cfg) == 512);
+	CHECK(get_le32(cfg) == DISK_BYTES / 512);
+	CHECK(virtio_mmio_read(&b->mmio, VIRTIO_MMIO_CONFIG + 20, cfg, 4) == 0 && get_le32(cfg) == 512);
 	CHECK(virtio_mmio_read(&b->mmio, VIRTIO_MMIO_CONFIG + 1, cfg, 1) == 0 && cfg[0] == ((DISK_BYTES / 512) >> 8));
 	CHECK(virtio_mmio_read(&b->mmio, VIRTIO_MMIO_CONFIG + 22, cfg, 4) == -EINVAL); /* past the end */
 	CHECK(virtio_mmio_read(&b->mmio, VIRTIO_MMIO_CONFIG, cfg, 3) == -EINVAL);
@@ -210,7 +214,7 @@ static void test_requests(struct virtio_blk *b, struct file_backend *fb, bool ev
 		feats |= 1ull << VIRTIO_F_RING_EVENT_IDX;
 	bring_up(b, feats);
 	if (event_idx)
-		st16(g(AVAIL) + 4 + 2 * QSZ, 0xffff); /* used_event: interrupt only when idx passes 0xffff */
+		put_le16(g(AVAIL) + 4 + 2 * QSZ, 0xffff); /* used_event: interrupt only when idx passes 0xffff */
 
 	/* T_IN, 1024 bytes from sector 3, the data split 100/924, status alone. */
 	irqs = 0;
@@ -232,7 +236,7 @@ static void test_requests(struct virtio_blk *b, struct file_backend *fb, bool ev
 		CHECK(rd(b, VIRTIO_MMIO_INTERRUPT_STATUS) == 0);
 	}
 	if (event_idx)
-		st16(g(AVAIL) + 4 + 2 * QSZ, used_seen); /* next one interrupts */
+		put_le16(g(AVAIL) + 4 + 2 * QSZ, used_seen); /* next one interrupts */
 
 	/* The header split 8/8, the status byte sharing the data's last
 	 * descriptor: the whole last sector of the disk. */
@@ -309,15 +313,15 @@ static void test_requests(struct virtio_blk *b, struct file_backend *fb, bool ev
 	const uint64_t T = BASE + 0x20000;
 	set_desc(7, T, 48, VIRTQ_DESC_F_INDIRECT, 0);
 	uint8_t *t = g(T);
-	st64(t, HDR), st32(t + 8, 16), st16(t + 12, VIRTQ_DESC_F_NEXT), st16(t + 14, 1);
-	st64(t + 16, DATA), st32(t + 24, 2048), st16(t + 28, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT), st16(t + 30, 2);
-	st64(t + 32, STATUS), st32(t + 40, 1), st16(t + 44, VIRTQ_DESC_F_WRITE), st16(t + 46, 0);
+	put_le64(t, HDR), put_le32(t + 8, 16), put_le16(t + 12, VIRTQ_DESC_F_NEXT), put_le16(t + 14, 1);
+	put_le64(t + 16, DATA), put_le32(t + 24, 2048), put_le16(t + 28, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT), put_le16(t + 30, 2);
+	put_le64(t + 32, STATUS), put_le32(t + 40, 1), put_le16(t + 44, VIRTQ_DESC_F_WRITE), put_le16(t + 46, 0);
 	header(VIRTIO_BLK_T_IN, 10);
 	CHECK(kick(b, 7) == 2049 && *g(STATUS) == VIRTIO_BLK_S_OK);
 	CHECK(memcmp(g(DATA), disk + 10 * 512, 2048) == 0);
 
 	/* A broken avail index: the device asks for a reset and stops. */
-	st16(g(AVAIL) + 2, (uint16_t)(avail_idx + 100));
+	put_le16(g(AVAIL) + 2, (uint16_t)(avail_idx + 100));
 	wr(b, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
 	CHECK(rd(b, VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_NEEDS_RESET);
 	CHECK(rd(b, VIRTIO_MMIO_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG);

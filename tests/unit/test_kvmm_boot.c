@@ -3,6 +3,7 @@
  * initrd and the e820 map.  With KINDLING_TEST_BZIMAGE=path, also a real
  * kernel (tests/integration/60-kvmm-acpi.sh fetches Debian's), printing one
  * "bzimage: ..." line the script checks. */
+/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -10,8 +11,10 @@
 
 #include "common/common.h"
 #include "tests/check.h"
-#include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/boot.h"
+#include "vmm/kvmm/guest_mem.h"
+#include "common/bytes.h"
+#include "vmm/kvmm/layout.h"
 
 #define SETUP_SECTS 4
 #define KERNEL_LEN 8192
@@ -23,21 +26,21 @@ static void synthetic(uint8_t *img)
 {
 	memset(img, 0, IMG_LEN);
 	img[0x1f1] = SETUP_SECTS;
-	st16(img + 0x1fe, 0xaa55);
+	put_le16(img + 0x1fe, 0xaa55);
 	img[0x200] = 0xeb; /* jmp short, and its offset: the header ends at 0x202 + 0x66 */
 	img[0x201] = 0x66;
 	memcpy(img + 0x202, "HdrS", 4);
-	st16(img + 0x206, 0x020f);
-	st16(img + 0x20e, 0x300); /* kernel_version string at 0x500 */
+	put_le16(img + 0x206, 0x020f);
+	put_le16(img + 0x20e, 0x300); /* kernel_version string at 0x500 */
 	memcpy(img + 0x500, "6.1.0-test (builder@kindling) #1 SMP", 37);
 	img[0x211] = BZ_LOADED_HIGH;
-	st32(img + 0x22c, 0x7fffffff); /* initrd_addr_max */
-	st32(img + 0x230, 0x200000);   /* kernel_alignment */
+	put_le32(img + 0x22c, 0x7fffffff); /* initrd_addr_max */
+	put_le32(img + 0x230, 0x200000);   /* kernel_alignment */
 	img[0x234] = 1;		       /* relocatable */
-	st16(img + 0x236, BZ_XLF_KERNEL_64 | BZ_XLF_CAN_BE_LOADED_ABOVE_4G);
-	st32(img + 0x238, 2047);		/* cmdline_size */
-	st64(img + 0x258, 0x1000000);		/* pref_address */
-	st32(img + 0x260, INIT_SIZE);		/* init_size */
+	put_le16(img + 0x236, BZ_XLF_KERNEL_64 | BZ_XLF_CAN_BE_LOADED_ABOVE_4G);
+	put_le32(img + 0x238, 2047);		/* cmdline_size */
+	put_le64(img + 0x258, 0x1000000);		/* pref_address */
+	put_le32(img + 0x260, INIT_SIZE);		/* init_size */
 	for (size_t i = (SETUP_SECTS + 1) * 512; i < IMG_LEN; i++)
 		img[i] = (uint8_t)(i * 13);
 }
@@ -86,7 +89,7 @@ static void test_parse(void)
 	CHECK(bzimage_parse(img, (SETUP_SECTS + 1) * 512, &bi) == -EINVAL); /* no kernel after the setup */
 	/* init_size smaller than the kernel itself. */
 	memcpy(bad, img, IMG_LEN);
-	st32(bad + 0x260, 4096);
+	put_le32(bad + 0x260, 4096);
 	CHECK(bzimage_parse(bad, IMG_LEN, &bi) == -EINVAL);
 }
 
@@ -115,21 +118,21 @@ static int check_zero_page(const uint8_t *ram, const uint8_t *img, const struct 
 	int before = check_failed;
 	CHECK(br->kernel_gpa == KVMM_KERNEL_GPA && br->entry64 == KVMM_KERNEL_GPA + 0x200);
 	CHECK(memcmp(ram + br->kernel_gpa, img + bi->setup_len, bi->kernel_len) == 0);
-	CHECK(ld16(zp + 0x1fe) == 0xaa55 && memcmp(zp + 0x202, "HdrS", 4) == 0);
-	CHECK(ld16(zp + 0x206) == bi->version);
+	CHECK(get_le16(zp + 0x1fe) == 0xaa55 && memcmp(zp + 0x202, "HdrS", 4) == 0);
+	CHECK(get_le16(zp + 0x206) == bi->version);
 	CHECK(memcmp(zp + 0x1f1, img + 0x1f1, 0x1fa - 0x1f1) == 0); /* the header, copied... */
 	CHECK(memcmp(zp + 0x1fc, img + 0x1fc, 0x210 - 0x1fc) == 0);
 	CHECK(memcmp(zp + 0x230, img + 0x230, bi->header_end - 0x230) == 0);
-	CHECK(ld16(zp + 0x1fa) == 0xffff);				      /* ...but vid_mode "normal" */
+	CHECK(get_le16(zp + 0x1fa) == 0xffff);				      /* ...but vid_mode "normal" */
 	CHECK(zp[0x210] == 0xff);				      /* type_of_loader: undefined */
-	CHECK(ld32(zp + 0x228) == KVMM_CMDLINE_GPA && ld32(zp + 0x0c8) == 0);
+	CHECK(get_le32(zp + 0x228) == KVMM_CMDLINE_GPA && get_le32(zp + 0x0c8) == 0);
 	CHECK(strcmp((const char *)ram + KVMM_CMDLINE_GPA, cfg->cmdline ? cfg->cmdline : "") == 0);
-	CHECK(ld32(zp + 0x218) == (uint32_t)cfg->initrd_gpa && ld32(zp + 0x21c) == (uint32_t)cfg->initrd_size);
-	CHECK(ld64(zp + 0x070) == cfg->acpi_rsdp_gpa);
+	CHECK(get_le32(zp + 0x218) == (uint32_t)cfg->initrd_gpa && get_le32(zp + 0x21c) == (uint32_t)cfg->initrd_size);
+	CHECK(get_le64(zp + 0x070) == cfg->acpi_rsdp_gpa);
 	CHECK(zp[0x1e8] == 3);
 	const uint8_t *e820_ram = zp + 0x2d0 + 2 * 20; /* the third entry: RAM from 1 MiB */
-	CHECK(ld64(e820_ram) == KVMM_HIMEM_GPA && ld64(e820_ram + 8) == cfg->mem_size - KVMM_HIMEM_GPA);
-	CHECK(ld32(zp + 0x2d0 + 2 * 20 + 16) == E820_RAM);
+	CHECK(get_le64(e820_ram) == KVMM_HIMEM_GPA && get_le64(e820_ram + 8) == cfg->mem_size - KVMM_HIMEM_GPA);
+	CHECK(get_le32(zp + 0x2d0 + 2 * 20 + 16) == E820_RAM);
 	return check_failed == before;
 }
 
@@ -163,14 +166,14 @@ static void test_setup(void)
 	CHECK(cpu.rip == br.entry64 && cpu.rsi == KVMM_ZERO_PAGE_GPA && !(cpu.rflags & 0x200));
 	CHECK((cpu.cr0 & 0x80000001u) == 0x80000001u && (cpu.cr4 & 0x20) && (cpu.efer & 0x500) == 0x500);
 	CHECK(cpu.cs == 0x10 && cpu.ds == 0x18 && cpu.gdt_limit == 31);
-	CHECK(ld64(ram + cpu.gdt_base + 0x10) == cpu.code_desc && ld64(ram + cpu.gdt_base + 0x18) == cpu.data_desc);
+	CHECK(get_le64(ram + cpu.gdt_base + 0x10) == cpu.code_desc && get_le64(ram + cpu.gdt_base + 0x18) == cpu.data_desc);
 	CHECK((cpu.code_desc >> 53 & 1) && (cpu.code_desc >> 47 & 1)); /* L and P bits */
 	uint64_t probes[] = { cpu.rip, KVMM_KERNEL_GPA + INIT_SIZE - 1, initrd, KVMM_ZERO_PAGE_GPA, 0xfffff000ull };
 	for (size_t i = 0; i < sizeof(probes) / sizeof(probes[0]); i++) {
 		uint64_t va = probes[i];
-		uint64_t pml4e = ld64(ram + (cpu.cr3 & ~0xfffull) + 8 * (va >> 39 & 511));
-		uint64_t pdpte = ld64(ram + (pml4e & ~0xfffull) + 8 * (va >> 30 & 511));
-		uint64_t pde = ld64(ram + (pdpte & ~0xfffull) + 8 * (va >> 21 & 511));
+		uint64_t pml4e = get_le64(ram + (cpu.cr3 & ~0xfffull) + 8 * (va >> 39 & 511));
+		uint64_t pdpte = get_le64(ram + (pml4e & ~0xfffull) + 8 * (va >> 30 & 511));
+		uint64_t pde = get_le64(ram + (pdpte & ~0xfffull) + 8 * (va >> 21 & 511));
 		CHECK((pml4e & 1) && (pdpte & 1) && (pde & 0x81) == 0x81);
 		CHECK((pde & ~0x1fffffull) + (va & 0x1fffff) == va); /* identity */
 	}

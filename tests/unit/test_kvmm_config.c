@@ -2,6 +2,7 @@
  * --config-file), their refusals with the field named, all-or-nothing puts,
  * the root drive's place, validation against real files, and the JSON
  * round trip. */
+/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -11,7 +12,7 @@
 #include <unistd.h>
 
 #include "tests/check.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/config.h"
 
 static char err[512];
 

@@ -1,11 +1,12 @@
 /* CPUID fixups for each vCPU: APIC ids that match the MADT, the hypervisor
  * bit, and a topology of n single-threaded cores, on a list shaped like what
  * KVM_GET_SUPPORTED_CPUID returns. */
+/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <linux/kvm.h>
 #include <string.h>
 
 #include "tests/check.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/cpuid.h"
 
 #define FLAG_IDX KVM_CPUID_FLAG_SIGNIFCANT_INDEX
 

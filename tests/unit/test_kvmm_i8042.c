@@ -1,11 +1,13 @@
 /* The i8042 keyboard controller model against what Linux's i8042 and atkbd
  * drivers send, the two ways a guest resets the machine through it, and the
  * Ctrl+Alt+Del key sequence in both scancode translations. */
+/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <string.h>
 
 #include "tests/check.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/i8042.h"
+#include "vmm/kvmm/layout.h"
 
 #define DATA KVMM_I8042_DATA_PORT
 #define CMD KVMM_I8042_CMD_PORT

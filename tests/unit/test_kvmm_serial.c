@@ -2,13 +2,14 @@
  * autoconfig probes (IER bits, scratch register, FIFO identification), the
  * THRE test at startup, transmit to a real pipe, receive through the FIFO,
  * the OUT2 gate on the interrupt line, loopback and receiver overrun. */
+/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "tests/check.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/serial.h"
 
 #define RBR 0
 #define THR 0

@@ -20,8 +20,12 @@
 
 #include "common/common.h"
 #include "tests/check.h"
-#include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/guest_mem.h"
+#include "common/bytes.h"
+#include "vmm/kvmm/loop.h"
+#include "vmm/kvmm/virtio_mmio.h"
+#include "vmm/kvmm/virtio_vsock.h"
+#include "vmm/kvmm/virtq.h"
 
 #define CID 42
 #define BASE 0x100000ull
@@ -75,23 +79,23 @@ static uint32_t rd(uint64_t off)
 {
 	uint8_t v[4];
 	CHECK(virtio_mmio_read(&dev.mmio, off, v, 4) == 0);
-	return ld32(v);
+	return get_le32(v);
 }
 
 static void wr(uint64_t off, uint32_t val)
 {
 	uint8_t v[4];
-	st32(v, val);
+	put_le32(v, val);
 	CHECK(virtio_mmio_write(&dev.mmio, off, v, 4) == 0);
 }
 
 static void set_desc(uint64_t table, uint16_t i, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next)
 {
 	uint8_t *d = g(table + 16u * i);
-	st64(d, addr);
-	st32(d + 8, len);
-	st16(d + 12, flags);
-	st16(d + 14, next);
+	put_le64(d, addr);
+	put_le32(d + 8, len);
+	put_le16(d + 12, flags);
+	put_le16(d + 14, next);
 }
 
 static void queue_setup(uint16_t q, uint16_t size, uint64_t base)
@@ -120,9 +124,9 @@ static void rx_post(uint16_t head)
 		set_desc(RXQ, head, buf, VSOCK_HDR_LEN, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, head + 1);
 		set_desc(RXQ, head + 1, buf + VSOCK_HDR_LEN, RX_DATA, VIRTQ_DESC_F_WRITE, 0);
 	}
-	st16(g(RXQ + 0x1000) + 4 + 2 * (rx_avail % RX_QSZ), head);
+	put_le16(g(RXQ + 0x1000) + 4 + 2 * (rx_avail % RX_QSZ), head);
 	rx_avail++;
-	st16(g(RXQ + 0x1000) + 2, rx_avail);
+	put_le16(g(RXQ + 0x1000) + 2, rx_avail);
 }
 
 /* The driver's side of device initialisation, under the device mutex. */
@@ -176,14 +180,14 @@ static int g_send_raw(const uint8_t *bytes, size_t n, bool split)
 	} else {
 		set_desc(TXQ, head, buf, (uint32_t)n, 0, 0);
 	}
-	st16(g(TXQ + 0x1000) + 4 + 2 * (tx_avail % TX_QSZ), head);
+	put_le16(g(TXQ + 0x1000) + 4 + 2 * (tx_avail % TX_QSZ), head);
 	tx_avail++;
-	st16(g(TXQ + 0x1000) + 2, tx_avail);
+	put_le16(g(TXQ + 0x1000) + 2, tx_avail);
 	wr(VIRTIO_MMIO_QUEUE_NOTIFY, 1);
 	pthread_mutex_unlock(&dev_lock);
 	for (int waited = 0; waited < TIMEOUT_MS; waited++) {
 		pthread_mutex_lock(&dev_lock);
-		uint16_t used = ld16(g(TXQ + 0x2000) + 2);
+		uint16_t used = get_le16(g(TXQ + 0x2000) + 2);
 		pthread_mutex_unlock(&dev_lock);
 		if (used == tx_avail) {
 			tx_seen = used;
@@ -197,16 +201,16 @@ static int g_send_raw(const uint8_t *bytes, size_t n, bool split)
 static void hdr(uint8_t *h, uint16_t op, uint32_t src_port, uint32_t dst_port, uint32_t len, uint32_t flags,
 		uint32_t buf_alloc, uint32_t fwd_cnt)
 {
-	st64(h, CID);
-	st64(h + 8, VSOCK_HOST_CID);
-	st32(h + 16, src_port);
-	st32(h + 20, dst_port);
-	st32(h + 24, len);
-	st16(h + 28, VSOCK_TYPE_STREAM);
-	st16(h + 30, op);
-	st32(h + 32, flags);
-	st32(h + 36, buf_alloc);
-	st32(h + 40, fwd_cnt);
+	put_le64(h, CID);
+	put_le64(h + 8, VSOCK_HOST_CID);
+	put_le32(h + 16, src_port);
+	put_le32(h + 20, dst_port);
+	put_le32(h + 24, len);
+	put_le16(h + 28, VSOCK_TYPE_STREAM);
+	put_le16(h + 30, op);
+	put_le32(h + 32, flags);
+	put_le32(h + 36, buf_alloc);
+	put_le32(h + 40, fwd_cnt);
 }
 
 static uint8_t txbuf[VSOCK_HDR_LEN + VSOCK_MAX_PKT];
@@ -226,23 +230,23 @@ static int g_recv(struct pk *p, int ms)
 {
 	for (int waited = 0; waited <= ms; waited++) {
 		pthread_mutex_lock(&dev_lock);
-		if (ld16(g(RXQ + 0x2000) + 2) != rx_seen) {
+		if (get_le16(g(RXQ + 0x2000) + 2) != rx_seen) {
 			const uint8_t *e = g(RXQ + 0x2000) + 4 + 8 * (rx_seen % RX_QSZ);
-			uint16_t head = (uint16_t)ld32(e);
-			uint32_t used = ld32(e + 4);
+			uint16_t head = (uint16_t)get_le32(e);
+			uint32_t used = get_le32(e + 4);
 			rx_seen++;
 			const uint8_t *h = g(RXB + 0x1100ull * (head / 2));
 			CHECK(used >= VSOCK_HDR_LEN && used <= VSOCK_HDR_LEN + RX_DATA);
-			p->src_cid = ld64(h);
-			p->dst_cid = ld64(h + 8);
-			p->src_port = ld32(h + 16);
-			p->dst_port = ld32(h + 20);
-			p->len = ld32(h + 24);
-			p->type = ld16(h + 28);
-			p->op = ld16(h + 30);
-			p->flags = ld32(h + 32);
-			p->buf_alloc = ld32(h + 36);
-			p->fwd_cnt = ld32(h + 40);
+			p->src_cid = get_le64(h);
+			p->dst_cid = get_le64(h + 8);
+			p->src_port = get_le32(h + 16);
+			p->dst_port = get_le32(h + 20);
+			p->len = get_le32(h + 24);
+			p->type = get_le16(h + 28);
+			p->op = get_le16(h + 30);
+			p->flags = get_le32(h + 32);
+			p->buf_alloc = get_le32(h + 36);
+			p->fwd_cnt = get_le32(h + 40);
 			CHECK(p->len == used - VSOCK_HDR_LEN);
 			CHECK(p->src_cid == VSOCK_HOST_CID && p->dst_cid == CID && p->type == VSOCK_TYPE_STREAM);
 			if (p->len <= RX_DATA)
@@ -419,8 +423,8 @@ static void test_registers(void)
 	pthread_mutex_lock(&dev_lock);
 	CHECK(rd(VIRTIO_MMIO_DEVICE_ID) == VIRTIO_ID_VSOCK);
 	uint8_t c[4];
-	CHECK(virtio_mmio_read(&dev.mmio, VIRTIO_MMIO_CONFIG, c, 4) == 0 && ld32(c) == CID);
-	CHECK(virtio_mmio_read(&dev.mmio, VIRTIO_MMIO_CONFIG + 4, c, 4) == 0 && ld32(c) == 0);
+	CHECK(virtio_mmio_read(&dev.mmio, VIRTIO_MMIO_CONFIG, c, 4) == 0 && get_le32(c) == CID);
+	CHECK(virtio_mmio_read(&dev.mmio, VIRTIO_MMIO_CONFIG + 4, c, 4) == 0 && get_le32(c) == 0);
 	CHECK(virtio_mmio_read(&dev.mmio, VIRTIO_MMIO_CONFIG + 8, c, 1) == -EINVAL);
 	wr(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
 	CHECK(rd(VIRTIO_MMIO_DEVICE_FEATURES) & 1);
@@ -708,17 +712,17 @@ static void test_malformed(void)
 	CHECK(g_send_raw(h, VSOCK_HDR_LEN + 8, true) == 0);
 	/* Somebody else's CID, and a destination other than the host. */
 	hdr(h, VSOCK_OP_REQUEST, 1, 999, 0, 0, 0, 0);
-	st64(h, CID + 1);
+	put_le64(h, CID + 1);
 	CHECK(g_send_raw(h, VSOCK_HDR_LEN, false) == 0);
 	hdr(h, VSOCK_OP_REQUEST, 1, 999, 0, 0, 0, 0);
-	st64(h + 8, 1);
+	put_le64(h + 8, 1);
 	CHECK(g_send_raw(h, VSOCK_HDR_LEN, false) == 0);
 	CHECK(quiet(50)); /* dropped: none of those earns an RST */
 	CHECK(stat_bad() == bad + 6);
 
 	/* Not a stream: refused with an RST. */
 	hdr(h, VSOCK_OP_REQUEST, 2, 999, 0, 0, 0, 0);
-	st16(h + 28, 2);
+	put_le16(h + 28, 2);
 	CHECK(g_send_raw(h, VSOCK_HDR_LEN, false) == 0);
 	CHECK(expect(&p, VSOCK_OP_RST, 999, 2));
 
@@ -726,9 +730,9 @@ static void test_malformed(void)
 	pthread_mutex_lock(&dev_lock);
 	uint16_t head = (uint16_t)(2 * (tx_avail % TX_SLOTS));
 	set_desc(TXQ, head, BASE + MEMSZ - 8, 64, 0, 0);
-	st16(g(TXQ + 0x1000) + 4 + 2 * (tx_avail % TX_QSZ), head);
+	put_le16(g(TXQ + 0x1000) + 4 + 2 * (tx_avail % TX_QSZ), head);
 	tx_avail++;
-	st16(g(TXQ + 0x1000) + 2, tx_avail);
+	put_le16(g(TXQ + 0x1000) + 2, tx_avail);
 	wr(VIRTIO_MMIO_QUEUE_NOTIFY, 1);
 	pthread_mutex_unlock(&dev_lock);
 	for (int i = 0; i < TIMEOUT_MS && stat_bad() != bad + 8; i++)
@@ -748,8 +752,8 @@ static void test_malformed(void)
 	uint16_t next = dev.mmio.vq[0].last_avail;
 	for (int k = 0; k < 2; k++) {
 		uint16_t slot = (uint16_t)((next + k) % RX_QSZ);
-		uint16_t good = ld16(g(RXQ + 0x1000) + 4 + 2 * slot);
-		st16(g(RXQ + 0x1000) + 4 + 2 * slot, (uint16_t)(k ? 7 : 3));
+		uint16_t good = get_le16(g(RXQ + 0x1000) + 4 + 2 * slot);
+		put_le16(g(RXQ + 0x1000) + 4 + 2 * slot, (uint16_t)(k ? 7 : 3));
 		rx_post(good); /* the good ones go to the end */
 	}
 	pthread_mutex_unlock(&dev_lock);
@@ -757,7 +761,7 @@ static void test_malformed(void)
 	/* The first two used elements are the bad buffers with length 0. */
 	for (int i = 0; i < TIMEOUT_MS; i++) {
 		pthread_mutex_lock(&dev_lock);
-		uint16_t used = ld16(g(RXQ + 0x2000) + 2);
+		uint16_t used = get_le16(g(RXQ + 0x2000) + 2);
 		pthread_mutex_unlock(&dev_lock);
 		if ((uint16_t)(used - rx_seen) >= 3)
 			break;
@@ -766,7 +770,7 @@ static void test_malformed(void)
 	pthread_mutex_lock(&dev_lock);
 	for (int k = 0; k < 2; k++) {
 		const uint8_t *e = g(RXQ + 0x2000) + 4 + 8 * (rx_seen % RX_QSZ);
-		CHECK(ld32(e) == (uint32_t)(k ? 7 : 3) && ld32(e + 4) == 0);
+		CHECK(get_le32(e) == (uint32_t)(k ? 7 : 3) && get_le32(e + 4) == 0);
 		rx_seen++;
 	}
 	pthread_mutex_unlock(&dev_lock);

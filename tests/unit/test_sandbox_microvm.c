@@ -6,6 +6,7 @@
  * invocation and answers with output and an exit status), including a
  * timeout, a kvmm that dies at once, and a guest that talks nonsense.  Every
  * run must leave its temporary directory behind it removed. */
+/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -19,7 +20,7 @@
 #include <jansson.h>
 
 #include "tests/check.h"
-#include "vmm/internal.h"
+#include "sandbox/internal.h"
 
 static char dir[64], tmpdir[128];
 

@@ -1,5 +1,6 @@
 /* The sandbox's user, environment and PATH resolution, against passwd and
  * group files this test writes (never the host's). */
+/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,7 +9,7 @@
 #include <unistd.h>
 
 #include "tests/check.h"
-#include "vmm/internal.h"
+#include "sandbox/internal.h"
 
 static char dir[] = "/tmp/kindling-test-user.XXXXXX";
 static char pw[PATH_MAX], gr[PATH_MAX];

@@ -7,6 +7,7 @@
  * Every frame that comes out must pass guest_frame_check() again, be
  * re-encodable, and (host -> guest) go through guest_invocation_add(); the
  * decoder must consume every byte it is given until it reports an error. */
+/* ctest-labels: no-tsan (a single-threaded parser: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>

@@ -6,13 +6,14 @@
  * Whatever is accepted must keep the config's invariants (ranges, at most one
  * root drive and it first, distinct ids), and must survive the round trip
  * through kvmm_config_to_json(). */
+/* ctest-labels: no-tsan (a single-threaded parser: nothing for ThreadSanitizer to check) */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/config.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -3,12 +3,13 @@
  * is parsed as well as the whole, and a parsed head must describe bytes that
  * lie inside the buffer.  The input is copied into an exact-size heap block
  * so ASan sees any read past it. */
+/* ctest-labels: no-tsan (a single-threaded parser: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/http.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

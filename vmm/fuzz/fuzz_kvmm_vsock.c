@@ -13,6 +13,7 @@
  *   3  a device reset, and the driver brings it up again
  * After each record the device and its loop run, and the rx buffers it
  * filled are checked against the header it promised and handed back. */
+/* ctest-labels: no-tsan (a single-threaded parser: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,8 +22,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/guest_mem.h"
+#include "common/bytes.h"
+#include "vmm/kvmm/loop.h"
+#include "vmm/kvmm/virtio_mmio.h"
+#include "vmm/kvmm/virtio_vsock.h"
+#include "vmm/kvmm/virtq.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -58,7 +63,7 @@ static void no_irq(void *ctx)
 static void wr(struct harness *h, uint64_t off, uint32_t val)
 {
 	uint8_t b[4];
-	st32(b, val);
+	put_le32(b, val);
 	virtio_mmio_write(&h->v.mmio, off, b, 4);
 }
 
@@ -66,18 +71,18 @@ static void set_desc(struct harness *h, uint64_t table, uint16_t i, uint64_t add
 		     uint16_t next)
 {
 	uint8_t *d = h->ram + table + 16u * i;
-	st64(d, addr);
-	st32(d + 8, len);
-	st16(d + 12, flags);
-	st16(d + 14, next);
+	put_le64(d, addr);
+	put_le32(d + 8, len);
+	put_le16(d + 12, flags);
+	put_le16(d + 14, next);
 }
 
 static void rx_post(struct harness *h, uint16_t head)
 {
 	set_desc(h, RXQ, head, BASE + RXB + RXBUF * head, RXBUF, VIRTQ_DESC_F_WRITE, 0);
-	st16(h->ram + RXQ + 0x1000 + 4 + 2 * (h->rx_avail % QSZ), head);
+	put_le16(h->ram + RXQ + 0x1000 + 4 + 2 * (h->rx_avail % QSZ), head);
 	h->rx_avail++;
-	st16(h->ram + RXQ + 0x1000 + 2, h->rx_avail);
+	put_le16(h->ram + RXQ + 0x1000 + 2, h->rx_avail);
 }
 
 static void bring_up(struct harness *h)
@@ -116,18 +121,18 @@ static void run_loop(struct harness *h)
  * guest; then the buffer goes back. */
 static void rx_recycle(struct harness *h)
 {
-	uint16_t used = ld16(h->ram + RXQ + 0x2000 + 2);
+	uint16_t used = get_le16(h->ram + RXQ + 0x2000 + 2);
 	for (int n = 0; h->rx_seen != used && n < 4 * QSZ; n++) {
 		const uint8_t *e = h->ram + RXQ + 0x2000 + 4 + 8 * (h->rx_seen % QSZ);
-		uint32_t head = ld32(e), len = ld32(e + 4);
+		uint32_t head = get_le32(e), len = get_le32(e + 4);
 		h->rx_seen++;
 		if (head >= QSZ)
 			abort();
 		if (len) {
 			const uint8_t *p = h->ram + RXB + RXBUF * head;
-			if (len < VSOCK_HDR_LEN || len > RXBUF || ld32(p + 24) != len - VSOCK_HDR_LEN ||
-			    ld64(p) != VSOCK_HOST_CID || ld64(p + 8) != h->v.guest_cid || ld16(p + 30) == 0 ||
-			    ld16(p + 30) > VSOCK_OP_CREDIT_REQUEST)
+			if (len < VSOCK_HDR_LEN || len > RXBUF || get_le32(p + 24) != len - VSOCK_HDR_LEN ||
+			    get_le64(p) != VSOCK_HOST_CID || get_le64(p + 8) != h->v.guest_cid || get_le16(p + 30) == 0 ||
+			    get_le16(p + 30) > VSOCK_OP_CREDIT_REQUEST)
 				abort();
 		}
 		rx_post(h, (uint16_t)head);
@@ -143,20 +148,20 @@ static void tx_packet(struct harness *h, uint8_t kind, const uint8_t *p, size_t 
 	uint8_t *b = h->ram + buf;
 	memcpy(b, p, n);
 	if ((kind & 4) && n >= VSOCK_HDR_LEN) {
-		st64(b, h->v.guest_cid);
-		st64(b + 8, VSOCK_HOST_CID);
+		put_le64(b, h->v.guest_cid);
+		put_le64(b + 8, VSOCK_HOST_CID);
 	}
 	if ((kind & 16) && n >= VSOCK_HDR_LEN)
-		st32(b + 20, 1024 + (ld32(b + 20) & 1));
+		put_le32(b + 20, 1024 + (get_le32(b + 20) & 1));
 	if ((kind & 8) && n > VSOCK_HDR_LEN) {
 		set_desc(h, TXQ, head, BASE + buf, VSOCK_HDR_LEN, VIRTQ_DESC_F_NEXT, head + 1);
 		set_desc(h, TXQ, head + 1, BASE + buf + VSOCK_HDR_LEN, (uint32_t)(n - VSOCK_HDR_LEN), 0, 0);
 	} else {
 		set_desc(h, TXQ, head, BASE + buf, (uint32_t)n, 0, 0);
 	}
-	st16(h->ram + TXQ + 0x1000 + 4 + 2 * (h->tx_avail % QSZ), head);
+	put_le16(h->ram + TXQ + 0x1000 + 4 + 2 * (h->tx_avail % QSZ), head);
 	h->tx_avail++;
-	st16(h->ram + TXQ + 0x1000 + 2, h->tx_avail);
+	put_le16(h->ram + TXQ + 0x1000 + 2, h->tx_avail);
 	wr(h, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
 }
 
@@ -236,7 +241,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t off = 0;
 	for (int r = 0; r < MAX_RECORDS && size - off >= 3; r++) {
 		uint8_t kind = data[off];
-		size_t n = ld16(data + off + 1);
+		size_t n = get_le16(data + off + 1);
 		off += 3;
 		if (n > size - off)
 			n = size - off;

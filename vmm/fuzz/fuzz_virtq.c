@@ -10,13 +10,15 @@
  * Every chain is walked; each buffer of a good chain is read (readable) or
  * filled (writable) the way a device would, so ASan sees any pointer the
  * accessor should not have handed out; every head goes back to the used ring. */
+/* ctest-labels: no-tsan (a single-threaded parser: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/guest_mem.h"
+#include "common/bytes.h"
+#include "vmm/kvmm/virtq.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -29,9 +31,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	uint16_t qsize = (uint16_t)(1u << (data[0] % 9));
 	bool event_idx = data[1] & 1;
-	uint64_t desc = RAM_GPA + 16ull * ld16(data + 2);
-	uint64_t avail = RAM_GPA + 2ull * ld16(data + 4);
-	uint64_t used = RAM_GPA + 4ull * ld16(data + 6);
+	uint64_t desc = RAM_GPA + 16ull * get_le16(data + 2);
+	uint64_t avail = RAM_GPA + 2ull * get_le16(data + 4);
+	uint64_t used = RAM_GPA + 4ull * get_le16(data + 6);
 	size_t len = size - 8, half = len / 2;
 	if (len < 2)
 		return 0;

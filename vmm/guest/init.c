@@ -49,7 +49,7 @@
 
 #include "common/common.h"
 #include "vmm/guest/protocol.h"
-#include "vmm/internal.h"
+#include "sandbox/sandbox.h"
 
 #define EXIT_NOT_FOUND 127
 #define EXIT_CANNOT_RUN 126

@@ -1,25 +1,13 @@
 /* The invocation channel's codec (see protocol.h).  libc only: the static
  * guest init links this file as it is. */
 #include "vmm/guest/protocol.h"
+#include "common/bytes.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <unistd.h>
-
-static uint32_t ld32le(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static void st32le(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-	p[2] = (uint8_t)(v >> 16);
-	p[3] = (uint8_t)(v >> 24);
-}
 
 static bool type_known(enum guest_direction dir, uint8_t type)
 {
@@ -112,7 +100,7 @@ int guest_frame_check(enum guest_direction dir, uint8_t type, const uint8_t *pay
 void guest_frame_header(uint8_t out[GUEST_FRAME_HDR_LEN], uint8_t type, uint32_t len)
 {
 	out[0] = type;
-	st32le(out + 1, len);
+	put_le32(out + 1, len);
 }
 
 int guest_frame_send(int fd, uint8_t type, const void *payload, size_t len)
@@ -186,7 +174,7 @@ int guest_decoder_feed(struct guest_decoder *d, const uint8_t *p, size_t len, si
 			return 0;
 		}
 		d->type = d->hdr[0];
-		d->len = ld32le(d->hdr + 1);
+		d->len = get_le32(d->hdr + 1);
 		d->have = 0;
 		const char *why = "";
 		int r = check_header(d->dir, d->type, d->len, &why);
@@ -238,16 +226,16 @@ const char *guest_decoder_error(const struct guest_decoder *d)
 
 void guest_exit_encode(uint8_t out[GUEST_EXIT_LEN], int32_t code, int32_t sig)
 {
-	st32le(out, (uint32_t)code);
-	st32le(out + 4, (uint32_t)sig);
+	put_le32(out, (uint32_t)code);
+	put_le32(out + 4, (uint32_t)sig);
 }
 
 int guest_exit_decode(const uint8_t *payload, size_t len, int32_t *code, int32_t *sig)
 {
 	if (len != GUEST_EXIT_LEN)
 		return -EPROTO;
-	*code = (int32_t)ld32le(payload);
-	*sig = (int32_t)ld32le(payload + 4);
+	*code = (int32_t)get_le32(payload);
+	*sig = (int32_t)get_le32(payload + 4);
 	return 0;
 }
 

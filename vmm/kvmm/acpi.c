@@ -12,8 +12,9 @@
 
 #define LOG_COMPONENT "kvmm"
 #include "common/common.h"
-#include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/acpi.h"
+#include "common/bytes.h"
+#include "vmm/kvmm/layout.h"
 
 #define SDT_HEADER 36
 #define OEM_ID "KINDLG"	   /* 6 bytes */
@@ -87,15 +88,15 @@ static void aml_integer(struct aml *a, uint64_t v)
 		aml_byte(a, (uint8_t)v);
 	} else if (v <= 0xffff) {
 		aml_byte(a, AML_WORD_PREFIX);
-		st16(b, (uint16_t)v);
+		put_le16(b, (uint16_t)v);
 		aml_bytes(a, b, 2);
 	} else if (v <= 0xffffffff) {
 		aml_byte(a, AML_DWORD_PREFIX);
-		st32(b, (uint32_t)v);
+		put_le32(b, (uint32_t)v);
 		aml_bytes(a, b, 4);
 	} else {
 		aml_byte(a, AML_QWORD_PREFIX);
-		st64(b, v);
+		put_le64(b, v);
 		aml_bytes(a, b, 8);
 	}
 }
@@ -149,8 +150,8 @@ static void aml_pkg_end(struct aml *a, size_t start)
 static void res_memory32_fixed(struct aml *a, uint32_t base, uint32_t len)
 {
 	uint8_t d[12] = { 0x86, 9, 0, 1 /* read-write */ };
-	st32(d + 4, base);
-	st32(d + 8, len);
+	put_le32(d + 4, base);
+	put_le32(d + 8, len);
 	aml_bytes(a, d, sizeof(d));
 }
 
@@ -159,7 +160,7 @@ static void res_interrupt(struct aml *a, uint32_t gsi)
 	/* Extended Interrupt: consumer, edge-triggered, active-high, exclusive,
 	 * one interrupt. */
 	uint8_t d[9] = { 0x89, 6, 0, 0x03, 1 };
-	st32(d + 5, gsi);
+	put_le32(d + 5, gsi);
 	aml_bytes(a, d, sizeof(d));
 }
 
@@ -173,8 +174,8 @@ static void res_end(struct aml *a)
 static void res_io(struct aml *a, uint16_t port, uint8_t len)
 {
 	uint8_t d[8] = { 0x47, 1 /* 16-bit decode */ };
-	st16(d + 2, port);
-	st16(d + 4, port);
+	put_le16(d + 2, port);
+	put_le16(d + 4, port);
 	d[6] = 1; /* alignment */
 	d[7] = len;
 	aml_bytes(a, d, sizeof(d));
@@ -184,7 +185,7 @@ static void res_io(struct aml *a, uint16_t port, uint8_t len)
 static void res_isa_irq(struct aml *a, uint8_t irq)
 {
 	uint8_t d[3] = { 0x22 };
-	st16(d + 1, (uint16_t)(1u << irq));
+	put_le16(d + 1, (uint16_t)(1u << irq));
 	aml_bytes(a, d, sizeof(d));
 }
 
@@ -256,14 +257,14 @@ static void aml_virtio_device(struct aml *a, size_t i, const struct acpi_virtio_
 static void sdt_header(uint8_t *t, const char *sig, uint32_t len, uint8_t rev)
 {
 	memcpy(t, sig, 4);
-	st32(t + 4, len);
+	put_le32(t + 4, len);
 	t[8] = rev;
 	t[9] = 0; /* checksum, set last */
 	memcpy(t + 10, OEM_ID, 6);
 	memcpy(t + 16, OEM_TABLE, 8);
-	st32(t + 24, 1);	  /* OEM revision */
-	st32(t + 28, CREATOR_ID); /* creator id */
-	st32(t + 32, 1);	  /* creator revision */
+	put_le32(t + 24, 1);	  /* OEM revision */
+	put_le32(t + 28, CREATOR_ID); /* creator id */
+	put_le32(t + 32, 1);	  /* creator revision */
 }
 
 static void sdt_checksum(uint8_t *t, size_t len)
@@ -318,7 +319,7 @@ static void gas_io8(uint8_t *g, uint16_t port)
 	g[1] = 8; /* bit width */
 	g[2] = 0; /* bit offset */
 	g[3] = 1; /* byte access */
-	st64(g + 4, port);
+	put_le64(g + 4, port);
 }
 
 #define FADT_LEN 276
@@ -334,14 +335,14 @@ static void build_fadt(const struct acpi_config *cfg, uint8_t *t, uint64_t dsdt_
 	sdt_header(t, "FACP", FADT_LEN, 6);
 	/* DSDT (32-bit) and X_DSDT: the kernel prefers X_DSDT; our tables sit
 	 * below 1 MiB so both hold the same address. */
-	st32(t + 40, (uint32_t)dsdt_gpa);
-	st16(t + 109, IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT);
+	put_le32(t + 40, (uint32_t)dsdt_gpa);
+	put_le16(t + 109, IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT);
 	/* Hardware-reduced ACPI (5.0+): no PM1 blocks, no SCI, no FACS; the
 	 * kernel then needs nothing from us but the DSDT, and powers off through
 	 * the sleep registers below. */
-	st32(t + 112, FADT_FLAG_HW_REDUCED | FADT_FLAG_PWR_BUTTON | FADT_FLAG_SLP_BUTTON);
+	put_le32(t + 112, FADT_FLAG_HW_REDUCED | FADT_FLAG_PWR_BUTTON | FADT_FLAG_SLP_BUTTON);
 	t[131] = 0; /* FADT minor version: 6.0 */
-	st64(t + 140, dsdt_gpa);
+	put_le64(t + 140, dsdt_gpa);
 	if (cfg->sleep_port) {
 		gas_io8(t + 244, cfg->sleep_port); /* SLEEP_CONTROL_REG */
 		gas_io8(t + 256, cfg->sleep_port); /* SLEEP_STATUS_REG */
@@ -360,21 +361,21 @@ static void build_madt(const struct acpi_config *cfg, uint8_t *t)
 	size_t len = madt_len(cfg);
 	memset(t, 0, len);
 	sdt_header(t, "APIC", (uint32_t)len, 5);
-	st32(t + 36, (uint32_t)KVMM_LAPIC_GPA);
-	st32(t + 40, 0); /* flags: no dual 8259 setup (PCAT_COMPAT clear) */
+	put_le32(t + 36, (uint32_t)KVMM_LAPIC_GPA);
+	put_le32(t + 40, 0); /* flags: no dual 8259 setup (PCAT_COMPAT clear) */
 	uint8_t *e = t + 44;
 	for (uint32_t i = 0; i < cfg->n_cpus; i++, e += 8) {
 		e[0] = 0; /* Processor Local APIC */
 		e[1] = 8;
 		e[2] = (uint8_t)i; /* ACPI processor UID */
 		e[3] = (uint8_t)i; /* APIC id */
-		st32(e + 4, 1);	   /* enabled */
+		put_le32(e + 4, 1);	   /* enabled */
 	}
 	e[0] = 1; /* I/O APIC */
 	e[1] = 12;
 	e[2] = 0; /* IOAPIC id */
-	st32(e + 4, (uint32_t)KVMM_IOAPIC_GPA);
-	st32(e + 8, 0); /* GSI base */
+	put_le32(e + 4, (uint32_t)KVMM_IOAPIC_GPA);
+	put_le32(e + 8, 0); /* GSI base */
 	sdt_checksum(t, len);
 }
 
@@ -424,8 +425,8 @@ int acpi_build(const struct acpi_config *cfg, uint8_t *buf, size_t cap, struct a
 
 	uint8_t *x = buf + out->off[ACPI_XSDT];
 	sdt_header(x, "XSDT", (uint32_t)out->len[ACPI_XSDT], 1);
-	st64(x + SDT_HEADER, base + out->off[ACPI_FADT]);
-	st64(x + SDT_HEADER + 8, base + out->off[ACPI_MADT]);
+	put_le64(x + SDT_HEADER, base + out->off[ACPI_FADT]);
+	put_le64(x + SDT_HEADER + 8, base + out->off[ACPI_MADT]);
 	sdt_checksum(x, out->len[ACPI_XSDT]);
 
 	/* RSDP 2.0: the first 20 bytes have their own checksum, the whole 36
@@ -434,9 +435,9 @@ int acpi_build(const struct acpi_config *cfg, uint8_t *buf, size_t cap, struct a
 	memcpy(p, "RSD PTR ", 8);
 	memcpy(p + 9, OEM_ID, 6);
 	p[15] = 2; /* revision */
-	st32(p + 16, 0);
-	st32(p + 20, 36);
-	st64(p + 24, base + out->off[ACPI_XSDT]);
+	put_le32(p + 16, 0);
+	put_le32(p + 20, 36);
+	put_le64(p + 24, base + out->off[ACPI_XSDT]);
 	p[8] = (uint8_t)(0x100 - acpi_sum(p, 20));
 	p[32] = (uint8_t)(0x100 - acpi_sum(p, 36));
 	return 0;

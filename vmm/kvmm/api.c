@@ -24,7 +24,10 @@
 #include <unistd.h>
 
 #include "common/common.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/api.h"
+#include "vmm/kvmm/config.h"
+#include "vmm/kvmm/http.h"
+#include "vmm/kvmm/jail.h"
 
 #define KVMM_VMM_VERSION "0.1.0"
 #define KVMM_INSTANCE_ID "anonymous-instance" /* Firecracker's default --id */

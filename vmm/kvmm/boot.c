@@ -14,8 +14,10 @@
 
 #define LOG_COMPONENT "kvmm"
 #include "common/common.h"
-#include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/boot.h"
+#include "vmm/kvmm/guest_mem.h"
+#include "common/bytes.h"
+#include "vmm/kvmm/layout.h"
 
 /* Setup header fields (file offset == zero-page offset). */
 #define HDR_SETUP_SECTS 0x1f1
@@ -57,7 +59,7 @@ static void kernel_version_string(const uint8_t *img, size_t len, struct bzimage
 {
 	/* kernel_version points (minus 0x200) at a NUL-terminated string in
 	 * the setup part. */
-	uint16_t p = ld16(img + HDR_KERNEL_VERSION);
+	uint16_t p = get_le16(img + HDR_KERNEL_VERSION);
 	size_t off = (size_t)p + 0x200;
 	out->kernel_version[0] = 0;
 	if (p == 0 || off >= out->setup_len || off >= len)
@@ -77,11 +79,11 @@ int bzimage_parse(const uint8_t *img, size_t len, struct bzimage_info *out)
 		log_err("bzImage: %zu bytes is too short for a setup header", len);
 		return -EINVAL;
 	}
-	if (ld16(img + HDR_BOOT_FLAG) != BOOT_FLAG || ld32(img + HDR_MAGIC) != HDRS_MAGIC) {
+	if (get_le16(img + HDR_BOOT_FLAG) != BOOT_FLAG || get_le32(img + HDR_MAGIC) != HDRS_MAGIC) {
 		log_err("bzImage: no boot flag 0xAA55 and \"HdrS\" magic: not a Linux bzImage");
 		return -EINVAL;
 	}
-	out->version = ld16(img + HDR_VERSION);
+	out->version = get_le16(img + HDR_VERSION);
 	if (out->version < BZ_MIN_VERSION) {
 		log_err("bzImage: boot protocol %u.%02u is older than 2.12 (no 64-bit entry)", out->version >> 8,
 			out->version & 0xff);
@@ -97,13 +99,13 @@ int bzimage_parse(const uint8_t *img, size_t len, struct bzimage_info *out)
 	}
 	out->kernel_len = len - out->setup_len;
 	out->loadflags = img[HDR_LOADFLAGS];
-	out->xloadflags = ld16(img + HDR_XLOADFLAGS);
+	out->xloadflags = get_le16(img + HDR_XLOADFLAGS);
 	out->relocatable = img[HDR_RELOCATABLE] != 0;
-	out->kernel_alignment = ld32(img + HDR_KERNEL_ALIGNMENT);
-	out->init_size = ld32(img + HDR_INIT_SIZE);
-	out->pref_address = ld64(img + HDR_PREF_ADDRESS);
-	out->cmdline_size = ld32(img + HDR_CMDLINE_SIZE);
-	out->initrd_addr_max = ld32(img + HDR_INITRD_ADDR_MAX);
+	out->kernel_alignment = get_le32(img + HDR_KERNEL_ALIGNMENT);
+	out->init_size = get_le32(img + HDR_INIT_SIZE);
+	out->pref_address = get_le64(img + HDR_PREF_ADDRESS);
+	out->cmdline_size = get_le32(img + HDR_CMDLINE_SIZE);
+	out->initrd_addr_max = get_le32(img + HDR_INITRD_ADDR_MAX);
 	if (!(out->loadflags & BZ_LOADED_HIGH) || !(out->xloadflags & BZ_XLF_KERNEL_64)) {
 		log_err("bzImage: not a 64-bit kernel loadable high (loadflags 0x%x, xloadflags 0x%x)",
 			out->loadflags, out->xloadflags);
@@ -206,16 +208,16 @@ int boot_setup(const struct guest_mem *m, const uint8_t *img, size_t len, const 
 	uint8_t zp[BZ_ZERO_PAGE_SIZE];
 	memset(zp, 0, sizeof(zp));
 	memcpy(zp + HDR_SETUP_SECTS, img + HDR_SETUP_SECTS, info->header_end - HDR_SETUP_SECTS);
-	st16(zp + HDR_VID_MODE, 0xffff); /* "normal" */
+	put_le16(zp + HDR_VID_MODE, 0xffff); /* "normal" */
 	zp[HDR_TYPE_OF_LOADER] = LOADER_UNDEFINED;
-	st32(zp + HDR_CODE32_START, (uint32_t)kernel);
-	st32(zp + HDR_CMD_LINE_PTR, (uint32_t)KVMM_CMDLINE_GPA);
-	st32(zp + ZP_EXT_CMD_LINE_PTR, (uint32_t)(KVMM_CMDLINE_GPA >> 32));
-	st32(zp + HDR_RAMDISK_IMAGE, (uint32_t)cfg->initrd_gpa);
-	st32(zp + ZP_EXT_RAMDISK_IMAGE, (uint32_t)(cfg->initrd_gpa >> 32));
-	st32(zp + HDR_RAMDISK_SIZE, (uint32_t)cfg->initrd_size);
-	st32(zp + ZP_EXT_RAMDISK_SIZE, (uint32_t)(cfg->initrd_size >> 32));
-	st64(zp + ZP_ACPI_RSDP_ADDR, cfg->acpi_rsdp_gpa);
+	put_le32(zp + HDR_CODE32_START, (uint32_t)kernel);
+	put_le32(zp + HDR_CMD_LINE_PTR, (uint32_t)KVMM_CMDLINE_GPA);
+	put_le32(zp + ZP_EXT_CMD_LINE_PTR, (uint32_t)(KVMM_CMDLINE_GPA >> 32));
+	put_le32(zp + HDR_RAMDISK_IMAGE, (uint32_t)cfg->initrd_gpa);
+	put_le32(zp + ZP_EXT_RAMDISK_IMAGE, (uint32_t)(cfg->initrd_gpa >> 32));
+	put_le32(zp + HDR_RAMDISK_SIZE, (uint32_t)cfg->initrd_size);
+	put_le32(zp + ZP_EXT_RAMDISK_SIZE, (uint32_t)(cfg->initrd_size >> 32));
+	put_le64(zp + ZP_ACPI_RSDP_ADDR, cfg->acpi_rsdp_gpa);
 
 	struct e820_entry e[E820_MAX];
 	size_t n;
@@ -225,9 +227,9 @@ int boot_setup(const struct guest_mem *m, const uint8_t *img, size_t len, const 
 	zp[ZP_E820_ENTRIES] = (uint8_t)n;
 	for (size_t i = 0; i < n; i++) {
 		uint8_t *p = zp + ZP_E820_TABLE + E820_ENTRY_SIZE * i;
-		st64(p, e[i].addr);
-		st64(p + 8, e[i].size);
-		st32(p + 16, e[i].type);
+		put_le64(p, e[i].addr);
+		put_le64(p + 8, e[i].size);
+		put_le32(p + 16, e[i].type);
 	}
 	if (guest_mem_write(m, KVMM_ZERO_PAGE_GPA, zp, sizeof(zp)) < 0)
 		return -EFAULT;
@@ -267,23 +269,23 @@ int boot_long_mode(const struct guest_mem *m, const struct boot_result *br, stru
 {
 	uint8_t page[4096];
 	uint8_t gdt[4 * 8] = { 0 };
-	st64(gdt + BOOT_CS, GDT_CODE64);
-	st64(gdt + BOOT_DS, GDT_DATA);
+	put_le64(gdt + BOOT_CS, GDT_CODE64);
+	put_le64(gdt + BOOT_DS, GDT_DATA);
 	if (guest_mem_write(m, KVMM_GDT_GPA, gdt, sizeof(gdt)) < 0)
 		return -EFAULT;
 
 	memset(page, 0, sizeof(page));
-	st64(page, PDPT_GPA | PTE_PRESENT | PTE_RW);
+	put_le64(page, PDPT_GPA | PTE_PRESENT | PTE_RW);
 	if (guest_mem_write(m, KVMM_PML4_GPA, page, sizeof(page)) < 0)
 		return -EFAULT;
 	memset(page, 0, sizeof(page));
 	for (uint64_t i = 0; i < N_PD; i++)
-		st64(page + 8 * i, (PD_GPA + 0x1000 * i) | PTE_PRESENT | PTE_RW);
+		put_le64(page + 8 * i, (PD_GPA + 0x1000 * i) | PTE_PRESENT | PTE_RW);
 	if (guest_mem_write(m, PDPT_GPA, page, sizeof(page)) < 0)
 		return -EFAULT;
 	for (uint64_t d = 0; d < N_PD; d++) {
 		for (uint64_t i = 0; i < 512; i++)
-			st64(page + 8 * i, ((d * 512 + i) << 21) | PTE_PRESENT | PTE_RW | PTE_PS);
+			put_le64(page + 8 * i, ((d * 512 + i) << 21) | PTE_PRESENT | PTE_RW | PTE_PS);
 		if (guest_mem_write(m, PD_GPA + 0x1000 * d, page, sizeof(page)) < 0)
 			return -EFAULT;
 	}

@@ -20,7 +20,8 @@
 #include <unistd.h>
 
 #include "common/common.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/config.h"
+#include "vmm/kvmm/layout.h"
 
 void kvmm_config_init(struct kvmm_config *c)
 {

@@ -5,7 +5,7 @@
  * and SMP bring-up get confused.  Pure code, so unit tests run it. */
 #include <linux/kvm.h>
 
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/cpuid.h"
 
 #define LEAF1_ECX_HYPERVISOR (1u << 31)
 #define LEAF1_EDX_HTT (1u << 28)

@@ -5,7 +5,7 @@
 
 #define LOG_COMPONENT "kvmm"
 #include "common/common.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/guest_mem.h"
 
 void guest_mem_init(struct guest_mem *m)
 {

@@ -15,7 +15,7 @@
 #include <strings.h>
 
 #include "common/common.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/http.h"
 
 /* RFC 9110 tchar. */
 static bool is_tchar(unsigned char ch)

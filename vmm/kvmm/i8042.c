@@ -16,7 +16,9 @@
 
 #define LOG_COMPONENT "kvmm"
 #include "common/common.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/i8042.h"
+#include "vmm/kvmm/irq.h"
+#include "vmm/kvmm/layout.h"
 
 #define STS_OBF 0x01
 #define STS_SYS 0x04

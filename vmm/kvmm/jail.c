@@ -4,7 +4,7 @@
  * calls its job needs.  A guest that breaks out of KVM into a vCPU thread
  * then finds no execve, no new network sockets, no file opens.
  *
- * Unlike the process sandbox's denylist (vmm/seccomp.c), these are
+ * Unlike the process sandbox's denylist (sandbox/seccomp.c), these are
  * allowlists: kvmm is our own code, so we know every call it makes, and
  * anything else is an attack or a bug.  Either way the process dies
  * (SCMP_ACT_KILL_PROCESS): a half-working VMM is worse than none. */
@@ -22,8 +22,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "vmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "sandbox/sandbox.h"
+#include "vmm/kvmm/jail.h"
 
 /* ---- seccomp allowlists ------------------------------------------------------- */
 

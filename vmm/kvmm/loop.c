@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "common/common.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/loop.h"
 
 int kvmm_loop_init(struct kvmm_loop *l)
 {

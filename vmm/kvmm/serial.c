@@ -18,7 +18,8 @@
 
 #define LOG_COMPONENT "kvmm"
 #include "common/common.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/irq.h"
+#include "vmm/kvmm/serial.h"
 
 /* Register offsets from the base port. */
 #define UART_RX 0  /* in: receive buffer; out: THR; DLAB: divisor latch low */

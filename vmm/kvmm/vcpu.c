@@ -20,7 +20,13 @@
 
 #define LOG_COMPONENT "kvmm"
 #include "common/common.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/boot.h"
+#include "vmm/kvmm/cpuid.h"
+#include "vmm/kvmm/i8042.h"
+#include "vmm/kvmm/jail.h"
+#include "vmm/kvmm/layout.h"
+#include "vmm/kvmm/serial.h"
+#include "vmm/kvmm/virtio_mmio.h"
 #include "vmm/kvmm/vm_internal.h"
 
 #define MSR_IA32_TSC 0x10

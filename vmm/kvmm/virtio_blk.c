@@ -11,8 +11,11 @@
 
 #define LOG_COMPONENT "kvmm"
 #include "common/common.h"
-#include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/guest_mem.h"
+#include "common/bytes.h"
+#include "vmm/kvmm/virtio_blk.h"
+#include "vmm/kvmm/virtio_mmio.h"
+#include "vmm/kvmm/virtq.h"
 
 #define SECTOR 512u
 
@@ -86,8 +89,8 @@ static uint8_t serve(struct virtio_blk *b, const struct virtq_chain *c, uint64_t
 	*written = 0;
 	if (gather_readable(b->mmio.mem, c, hdr, sizeof(hdr)) < 0)
 		return VIRTIO_BLK_S_IOERR;
-	uint32_t type = ld32(hdr);
-	uint64_t sector = ld64(hdr + 8);
+	uint32_t type = get_le32(hdr);
+	uint64_t sector = get_le64(hdr + 8);
 
 	switch (type) {
 	case VIRTIO_BLK_T_IN: {
@@ -193,10 +196,10 @@ int virtio_blk_init(struct virtio_blk *b, const struct virtio_blk_backend *be, c
 	b->be = *be;
 	if (id) /* 20 bytes, NUL-padded, not terminated when full: the spec's format */
 		memcpy(b->id, id, strnlen(id, sizeof(b->id)));
-	st64(b->config, be->size / SECTOR);	     /* capacity in 512-byte sectors */
-	st32(b->config + 8, 0);			     /* size_max (not offered) */
-	st32(b->config + 12, VIRTQ_MAX_SIZE - 2);    /* seg_max: header and status take two descriptors */
-	st32(b->config + 20, SECTOR);		     /* blk_size */
+	put_le64(b->config, be->size / SECTOR);	     /* capacity in 512-byte sectors */
+	put_le32(b->config + 8, 0);			     /* size_max (not offered) */
+	put_le32(b->config + 12, VIRTQ_MAX_SIZE - 2);    /* seg_max: header and status take two descriptors */
+	put_le32(b->config + 20, SECTOR);		     /* blk_size */
 	uint64_t features = 1ull << VIRTIO_BLK_F_RO | 1ull << VIRTIO_BLK_F_FLUSH | 1ull << VIRTIO_BLK_F_SEG_MAX |
 			    1ull << VIRTIO_BLK_F_BLK_SIZE | 1ull << VIRTIO_F_RING_INDIRECT_DESC |
 			    1ull << VIRTIO_F_RING_EVENT_IDX;

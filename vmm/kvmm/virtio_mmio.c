@@ -7,8 +7,10 @@
 
 #define LOG_COMPONENT "kvmm"
 #include "common/common.h"
-#include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/guest_mem.h"
+#include "common/bytes.h"
+#include "vmm/kvmm/virtio_mmio.h"
+#include "vmm/kvmm/virtq.h"
 
 int virtio_mmio_init(struct virtio_mmio_dev *d, const struct virtio_dev_ops *ops, void *opaque, uint64_t features,
 		     const uint8_t *config, uint32_t config_len, const struct guest_mem *mem, virtio_irq_fn irq,
@@ -227,7 +229,7 @@ int virtio_mmio_read(struct virtio_mmio_dev *d, uint64_t off, void *data, uint32
 	}
 	if (len != 4 || off % 4)
 		return -EINVAL;
-	st32(data, reg_read(d, off));
+	put_le32(data, reg_read(d, off));
 	return 0;
 }
 
@@ -237,6 +239,6 @@ int virtio_mmio_write(struct virtio_mmio_dev *d, uint64_t off, const void *data,
 		return -EINVAL; /* our config spaces are read-only */
 	if (len != 4 || off % 4)
 		return -EINVAL;
-	reg_write(d, off, ld32(data));
+	reg_write(d, off, get_le32(data));
 	return 0;
 }

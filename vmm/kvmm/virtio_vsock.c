@@ -37,8 +37,12 @@
 
 #define LOG_COMPONENT "kvmm"
 #include "common/common.h"
-#include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/guest_mem.h"
+#include "common/bytes.h"
+#include "vmm/kvmm/loop.h"
+#include "vmm/kvmm/virtio_mmio.h"
+#include "vmm/kvmm/virtio_vsock.h"
+#include "vmm/kvmm/virtq.h"
 
 #define Q_RX 0
 #define Q_TX 1
@@ -479,16 +483,16 @@ static uint32_t write_packet(struct virtio_vsock *v, const struct virtq_chain *c
 	if (p->op == VSOCK_OP_RW && p->len == 0)
 		return 0; /* a buffer with no room for data: hand it back empty */
 	uint8_t h[VSOCK_HDR_LEN];
-	st64(h, VSOCK_HOST_CID);
-	st64(h + 8, v->guest_cid);
-	st32(h + 16, p->local_port);
-	st32(h + 20, p->peer_port);
-	st32(h + 24, p->len);
-	st16(h + 28, VSOCK_TYPE_STREAM);
-	st16(h + 30, p->op);
-	st32(h + 32, p->flags);
-	st32(h + 36, VSOCK_TX_BUF);
-	st32(h + 40, p->fwd_cnt);
+	put_le64(h, VSOCK_HOST_CID);
+	put_le64(h + 8, v->guest_cid);
+	put_le32(h + 16, p->local_port);
+	put_le32(h + 20, p->peer_port);
+	put_le32(h + 24, p->len);
+	put_le16(h + 28, VSOCK_TYPE_STREAM);
+	put_le16(h + 30, p->op);
+	put_le32(h + 32, p->flags);
+	put_le32(h + 36, VSOCK_TX_BUF);
+	put_le32(h + 40, p->fwd_cnt);
 	uint64_t off = 0;
 	if (chain_put(v->mmio.mem, ch, &off, h, sizeof(h)) < 0)
 		return 0;
@@ -675,10 +679,10 @@ static void tx_packet(struct virtio_vsock *v, const struct virtq_chain *ch)
 		v->bad_packets++;
 		return;
 	}
-	uint64_t src_cid = ld64(h), dst_cid = ld64(h + 8);
-	uint32_t src_port = ld32(h + 16), dst_port = ld32(h + 20), len = ld32(h + 24);
-	uint16_t type = ld16(h + 28), op = ld16(h + 30);
-	uint32_t flags = ld32(h + 32), buf_alloc = ld32(h + 36), fwd_cnt = ld32(h + 40);
+	uint64_t src_cid = get_le64(h), dst_cid = get_le64(h + 8);
+	uint32_t src_port = get_le32(h + 16), dst_port = get_le32(h + 20), len = get_le32(h + 24);
+	uint16_t type = get_le16(h + 28), op = get_le16(h + 30);
+	uint32_t flags = get_le32(h + 32), buf_alloc = get_le32(h + 36), fwd_cnt = get_le32(h + 40);
 
 	if (len > VSOCK_MAX_PKT || len > ch->read_len - VSOCK_HDR_LEN || (op != VSOCK_OP_RW && len)) {
 		log_debug("vsock: tx packet op %u with payload length %u in a %llu-byte chain", op, len,
@@ -1049,7 +1053,7 @@ int virtio_vsock_init(struct virtio_vsock *v, uint64_t guest_cid, const char *ud
 	v->loop = loop;
 	v->lock = lock;
 	v->next_port = VSOCK_FIRST_HOST_PORT;
-	st64(v->config, guest_cid);
+	put_le64(v->config, guest_cid);
 	v->conns = calloc(VSOCK_MAX_CONNS, sizeof(*v->conns));
 	if (!v->conns) {
 		log_err("vsock: out of memory");

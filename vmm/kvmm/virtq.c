@@ -17,8 +17,9 @@
 
 #define LOG_COMPONENT "kvmm"
 #include "common/common.h"
-#include "vmm/kvmm/internal.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/guest_mem.h"
+#include "common/bytes.h"
+#include "vmm/kvmm/virtq.h"
 
 #define VIRTQ_AVAIL_F_NO_INTERRUPT 1
 
@@ -94,9 +95,9 @@ static int walk_chain(const struct virtq *q, const struct guest_mem *m, uint16_t
 			return -ELOOP;
 		uint8_t d[16];
 		memcpy(d, table + 16u * i, sizeof(d));
-		uint64_t addr = ld64(d);
-		uint32_t len = ld32(d + 8);
-		uint16_t flags = ld16(d + 12), next = ld16(d + 14);
+		uint64_t addr = get_le64(d);
+		uint32_t len = get_le32(d + 8);
+		uint16_t flags = get_le16(d + 12), next = get_le16(d + 14);
 
 		if (flags & VIRTQ_DESC_F_INDIRECT) {
 			/* 2.7.5.3.1: no INDIRECT together with NEXT, no
@@ -168,7 +169,7 @@ int virtq_pop(struct virtq *q, const struct guest_mem *m, struct virtq_chain *ou
 	if (pending > q->size)
 		return -EPROTO;
 
-	uint16_t head = ld16(avail + 4 + 2u * (q->last_avail % q->size));
+	uint16_t head = get_le16(avail + 4 + 2u * (q->last_avail % q->size));
 	q->last_avail++;
 	if (q->event_idx) {
 		uint16_t ev = htole16(q->last_avail);
@@ -193,8 +194,8 @@ int virtq_push(struct virtq *q, const struct guest_mem *m, uint16_t head, uint32
 	if (!used)
 		return -EFAULT;
 	uint8_t *elem = used + 4 + 8u * (q->used_idx % q->size);
-	st32(elem, head);
-	st32(elem + 4, len);
+	put_le32(elem, head);
+	put_le32(elem + 4, len);
 	q->used_idx++;
 	/* The element is visible before the index that publishes it, and
 	 * (sequentially consistent) before virtq_should_interrupt reads the

@@ -28,7 +28,19 @@
 
 #define LOG_COMPONENT "kvmm"
 #include "common/common.h"
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/acpi.h"
+#include "vmm/kvmm/boot.h"
+#include "vmm/kvmm/config.h"
+#include "vmm/kvmm/guest_mem.h"
+#include "vmm/kvmm/i8042.h"
+#include "vmm/kvmm/jail.h"
+#include "vmm/kvmm/layout.h"
+#include "vmm/kvmm/loop.h"
+#include "vmm/kvmm/serial.h"
+#include "vmm/kvmm/virtio_blk.h"
+#include "vmm/kvmm/virtio_mmio.h"
+#include "vmm/kvmm/virtio_vsock.h"
+#include "vmm/kvmm/vm.h"
 #include "vmm/kvmm/vm_internal.h"
 
 #define KVM_API_EXPECTED 12

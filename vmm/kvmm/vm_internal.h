@@ -8,7 +8,15 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "vmm/kvmm/kvmm.h"
+#include "vmm/kvmm/boot.h"
+#include "vmm/kvmm/config.h"
+#include "vmm/kvmm/guest_mem.h"
+#include "vmm/kvmm/i8042.h"
+#include "vmm/kvmm/loop.h"
+#include "vmm/kvmm/serial.h"
+#include "vmm/kvmm/virtio_blk.h"
+#include "vmm/kvmm/virtio_mmio.h"
+#include "vmm/kvmm/virtio_vsock.h"
 
 #define KVMM_MAX_DEVS (KVMM_MAX_DRIVES + 1) /* the drives and the vsock device */
 

@@ -1,0 +1,587 @@
+/* chunkify: import OCI images into kindling's chunk store, and look after it. */
+#define LOG_COMPONENT "chunkify"
+#include "cache/cache.h"
+#include "chunker/chunker.h"
+#include "common/common.h"
+#include "image/image.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	interrupted = 1;
+}
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: chunkify [--store URI] [--json] COMMAND ...\n"
+		"\n"
+		"  import SOURCE [--name NAME[:TAG]] [--insecure] [--workers N]\n"
+		"        SOURCE: oci:DIR[:TAG] | docker-archive:FILE | docker://HOST[:PORT]/REPO[:TAG|@DIGEST]\n"
+		"  ls                           list the images in the store\n"
+		"  inspect IMAGE [--chunks]     show an image's manifest\n"
+		"  verify IMAGE                 fetch, check and decrypt every chunk\n"
+		"  export IMAGE FILE            write the flattened EROFS image to FILE\n"
+		"  rm IMAGE                     remove an image's ref (and its manifest if unreferenced)\n"
+		"  gc [--dry-run]               delete chunks that no image references\n"
+		"\n"
+		"IMAGE is NAME[:TAG] or a manifest digest.  Options:\n"
+		"  --store URI        file:///dir, a path, http://host:port/prefix or s3://bucket/prefix\n"
+		"                     (default: $KINDLING_HOME/store, KINDLING_HOME defaults to ~/.kindling)\n"
+		"  --s3-endpoint URL  S3 endpoint (also KINDLING_S3_ENDPOINT or AWS_ENDPOINT_URL)\n"
+		"  --s3-region NAME   S3 region (also AWS_REGION; default us-east-1)\n"
+		"  --json             machine-readable output\n"
+		"  -v, --verbose      log progress details (KINDLING_DEBUG=1 for everything)\n");
+}
+
+struct cli {
+	const char *store_uri;
+	struct store_options sopt;
+	bool json, chunks, dry_run, insecure;
+	const char *name;
+	unsigned workers;
+	char *l2;		/* prime: "host:port,..." */
+	unsigned k, m;
+	bool m_set;
+};
+
+/* ---- import ---------------------------------------------------------------- */
+
+static int cmd_import(struct chunkify_ctx *c, const struct cli *cli, const char *source)
+{
+	struct import_options opt = {
+		.name_tag = cli->name,
+		.progress = !cli->json && isatty(STDERR_FILENO),
+		.insecure = cli->insecure,
+		.workers = cli->workers,
+	};
+	struct import_report rep;
+	int r = chunkify_import(c, source, &opt, &rep);
+	if (r < 0)
+		return r;
+	double mbps = rep.seconds > 0 ? (double)rep.image_size / 1e6 / rep.seconds : 0;
+	if (cli->json) {
+		json_t *j = json_pack("{s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:i}", "manifest", rep.manifest_digest,
+				      "ref", rep.ref, "chunks_total", (json_int_t)rep.chunks_total, "chunks_new",
+				      (json_int_t)rep.chunks_new, "chunks_dedup", (json_int_t)rep.chunks_dedup,
+				      "chunks_zero", (json_int_t)rep.chunks_zero, "bytes_uploaded",
+				      (json_int_t)rep.bytes_uploaded, "image_size", (json_int_t)rep.image_size,
+				      "seconds", rep.seconds, "mb_per_s", mbps, "workers", (int)rep.workers);
+		char *s = json_dumps(j, JSON_COMPACT);
+		printf("%s\n", s);
+		free(s);
+		json_decref(j);
+		return 0;
+	}
+	uint64_t nonzero = rep.chunks_new + rep.chunks_dedup;
+	printf("imported %s as %s\n", source, rep.ref);
+	printf("  manifest      sha256:%s\n", rep.manifest_digest);
+	printf("  image size    %.1f MiB (%llu chunks of 512 KiB)\n", (double)rep.image_size / (1 << 20),
+	       (unsigned long long)rep.chunks_total);
+	printf("  chunks        %llu new, %llu deduplicated, %llu zero (not stored)\n",
+	       (unsigned long long)rep.chunks_new, (unsigned long long)rep.chunks_dedup,
+	       (unsigned long long)rep.chunks_zero);
+	printf("  dedup         %.1f%% of non-zero chunks were already in the store\n",
+	       nonzero ? 100.0 * (double)rep.chunks_dedup / (double)nonzero : 0.0);
+	printf("  uploaded      %.1f MiB\n", (double)rep.bytes_uploaded / (1 << 20));
+	printf("  time          %.2f s, %.0f MB/s\n", rep.seconds, mbps);
+	return 0;
+}
+
+/* ---- ls ---------------------------------------------------------------------- */
+
+static int add_key(void *arg, const char *key)
+{
+	return str_list_add(arg, key);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* "refs/a/b/tag" -> "a/b:tag" */
+static void ref_to_name(const char *key, char *out, size_t len)
+{
+	snprintf(out, len, "%s", key + strlen("refs/"));
+	char *slash = strrchr(out, '/');
+	if (slash)
+		*slash = ':';
+}
+
+static int read_ref(struct chunkify_ctx *c, const char *key, char digest[SHA256_HEX_LEN + 1])
+{
+	uint8_t *buf;
+	size_t len;
+	int r = store_get(c->store, key, 256, &buf, &len);
+	if (r < 0)
+		return r;
+	r = len >= SHA256_HEX_LEN ? 0 : -EBADMSG;
+	if (r == 0) {
+		memcpy(digest, buf, SHA256_HEX_LEN);
+		digest[SHA256_HEX_LEN] = 0;
+		if (!is_sha256_hex(digest))
+			r = -EBADMSG;
+	}
+	free(buf);
+	return r;
+}
+
+static int cmd_ls(struct chunkify_ctx *c, const struct cli *cli)
+{
+	struct str_list refs = {0};
+	int r = store_list(c->store, "refs/", add_key, &refs);
+	if (r < 0) {
+		str_list_clear(&refs);
+		return r;
+	}
+	if (refs.n) /* qsort(NULL, 0) is undefined */
+		qsort(refs.items, refs.n, sizeof(*refs.items), cmp_str);
+	json_t *arr = json_array();
+	if (!cli->json)
+		printf("%-40s %-20s %12s %8s\n", "IMAGE", "MANIFEST", "SIZE", "CHUNKS");
+	for (size_t i = 0; i < refs.n; i++) {
+		char name[600], digest[SHA256_HEX_LEN + 1];
+		ref_to_name(refs.items[i], name, sizeof(name));
+		if (read_ref(c, refs.items[i], digest) < 0) {
+			log_warn("ref %s is unreadable; skipping it", refs.items[i]);
+			continue;
+		}
+		struct manifest m;
+		if (image_load(c->store, digest, NULL, &m) < 0) {
+			printf("%-40s %.19s %12s %8s\n", name, digest, "?", "broken");
+			continue;
+		}
+		if (cli->json)
+			json_array_append_new(arr, json_pack("{s:s,s:s,s:I,s:I}", "image", name, "manifest", digest,
+							     "image_size", (json_int_t)m.image_size, "chunks",
+							     (json_int_t)m.n_chunks));
+		else
+			printf("%-40s %.19s %9.1f MiB %8zu\n", name, digest, (double)m.image_size / (1 << 20),
+			       m.n_chunks);
+		manifest_cleanup(&m);
+	}
+	if (cli->json) {
+		char *s = json_dumps(arr, JSON_COMPACT);
+		printf("%s\n", s);
+		free(s);
+	}
+	json_decref(arr);
+	str_list_clear(&refs);
+	return 0;
+}
+
+/* ---- inspect ------------------------------------------------------------------ */
+
+static json_t *strv_json(char **v)
+{
+	if (!v)
+		return json_null();
+	json_t *a = json_array();
+	for (; *v; v++)
+		json_array_append_new(a, json_string(*v));
+	return a;
+}
+
+static int cmd_inspect(struct chunkify_ctx *c, const struct cli *cli, const char *image)
+{
+	char digest[SHA256_HEX_LEN + 1];
+	int r = image_resolve(c->store, image, digest);
+	struct manifest m;
+	if (r < 0 || (r = image_load(c->store, digest, NULL, &m)) < 0)
+		return r;
+	const struct run_config *rc = &m.config;
+	json_t *layers = json_array();
+	for (size_t i = 0; i < m.n_layers; i++)
+		json_array_append_new(layers, json_pack("{s:s,s:I,s:I}", "digest", m.layers[i].digest, "offset",
+							(json_int_t)m.layers[i].offset, "length",
+							(json_int_t)m.layers[i].length));
+	json_t *j = json_pack(
+		"{s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:o,s:{s:o,s:o,s:o,s:o,s:o}}", "manifest", digest, "source",
+		m.source_ref ? m.source_ref : "", "source_manifest_digest", m.source_manifest_digest,
+		"source_config_digest", m.source_config_digest, "image_size", (json_int_t)m.image_size, "chunk_size",
+		(json_int_t)m.chunk_size, "chunks_total", (json_int_t)(m.image_size / CHUNK_SIZE), "chunks_stored",
+		(json_int_t)m.n_chunks, "metadata_offset", (json_int_t)m.metadata_offset, "layers", layers, "config",
+		"entrypoint", strv_json(rc->entrypoint), "cmd", strv_json(rc->cmd), "env", strv_json(rc->env),
+		"working_dir", rc->working_dir ? json_string(rc->working_dir) : json_null(), "user",
+		rc->user ? json_string(rc->user) : json_null());
+	if (cli->chunks) {
+		json_t *chunks = json_array();
+		for (size_t i = 0; i < m.n_chunks; i++)
+			json_array_append_new(chunks, json_pack("{s:I,s:s}", "index", (json_int_t)m.chunks[i].index,
+								"name", m.chunks[i].name));
+		json_object_set_new(j, "chunks", chunks);
+	}
+	if (cli->json) {
+		char *s = json_dumps(j, JSON_COMPACT);
+		printf("%s\n", s);
+		free(s);
+	} else {
+		char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+		printf("%s\n", s);
+		free(s);
+	}
+	json_decref(j);
+	manifest_cleanup(&m);
+	return 0;
+}
+
+/* ---- verify / export ----------------------------------------------------------- */
+
+/* Fetch, check and decrypt every stored chunk of |image|; write the image to
+ * |fd| when it is not -1 (zero chunks become holes). */
+static int read_image(struct chunkify_ctx *c, const char *image, int fd, uint64_t *out_size, size_t *out_bad)
+{
+	char digest[SHA256_HEX_LEN + 1];
+	int r = image_resolve(c->store, image, digest);
+	struct manifest m;
+	if (r < 0 || (r = image_load(c->store, digest, c->env.tenant_key, &m)) < 0)
+		return r;
+	uint8_t *plain = malloc(CHUNK_SIZE);
+	size_t bad = 0;
+	if (!plain) {
+		manifest_cleanup(&m);
+		return -ENOMEM;
+	}
+	if (fd >= 0 && ftruncate(fd, (off_t)m.image_size) < 0) {
+		r = -errno;
+		log_err("cannot size the output to %llu bytes: %s", (unsigned long long)m.image_size, strerror(errno));
+	}
+	for (size_t i = 0; r == 0 && i < m.n_chunks; i++) {
+		if (interrupted) {
+			r = -EINTR;
+			break;
+		}
+		const struct manifest_chunk *mc = &m.chunks[i];
+		char key[80];
+		snprintf(key, sizeof(key), "chunks/%s", mc->name);
+		uint8_t *cipher;
+		size_t len;
+		int g = store_get(c->store, key, CHUNK_SIZE, &cipher, &len);
+		if (g < 0) {
+			log_err("chunk %llu (%s): %s", (unsigned long long)mc->index, mc->name,
+				g == -ENOENT ? "missing from the store" : strerror(-g));
+			bad++;
+			if (fd >= 0)
+				r = g;
+			continue;
+		}
+		int o = len == CHUNK_SIZE ? chunk_open(mc->name, mc->key, c->env.salt, c->env.salt_len, cipher, len, plain)
+					  : -EBADMSG;
+		free(cipher);
+		if (o < 0) {
+			log_err("chunk %llu (%s): corrupt: its bytes do not match its name or key", (unsigned long long)mc->index,
+				mc->name);
+			bad++;
+			if (fd >= 0)
+				r = o;
+			continue;
+		}
+		if (fd >= 0 && pwrite(fd, plain, CHUNK_SIZE, (off_t)(mc->index * CHUNK_SIZE)) != CHUNK_SIZE) {
+			r = errno ? -errno : -EIO;
+			log_err("writing the image: %s", strerror(errno));
+		}
+	}
+	*out_size = m.image_size;
+	*out_bad = bad;
+	free(plain);
+	manifest_cleanup(&m);
+	return r;
+}
+
+static int cmd_verify(struct chunkify_ctx *c, const struct cli *cli, const char *image)
+{
+	uint64_t size = 0;
+	size_t bad = 0;
+	double t0 = now_seconds();
+	int r = read_image(c, image, -1, &size, &bad);
+	if (r < 0)
+		return r;
+	if (cli->json)
+		printf("{\"image\":\"%s\",\"ok\":%s,\"bad_chunks\":%zu,\"seconds\":%.3f}\n", image, bad ? "false" : "true",
+		       bad, now_seconds() - t0);
+	else if (bad)
+		printf("%s: %zu bad chunks\n", image, bad);
+	else
+		printf("%s: ok, every chunk matches its name and key (%.1f MiB image)\n", image,
+		       (double)size / (1 << 20));
+	return bad ? -EBADMSG : 0;
+}
+
+static int cmd_export(struct chunkify_ctx *c, const char *image, const char *file)
+{
+	char *tmp = xasprintf("%s.tmp-%d", file, (int)getpid());
+	if (!tmp)
+		return -ENOMEM;
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		int e = -errno;
+		log_err("cannot create %s: %s", tmp, strerror(errno));
+		free(tmp);
+		return e;
+	}
+	uint64_t size = 0;
+	size_t bad = 0;
+	int r = read_image(c, image, fd, &size, &bad);
+	if (r == 0 && bad)
+		r = -EBADMSG;
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	close(fd);
+	if (r == 0 && rename(tmp, file) < 0) {
+		r = -errno;
+		log_err("cannot rename %s to %s: %s", tmp, file, strerror(errno));
+	}
+	if (r < 0) {
+		unlink(tmp);
+		log_err("export of %s failed; %s was not written", image, file);
+	}
+	free(tmp);
+	return r;
+}
+
+/* ---- rm / gc ---------------------------------------------------------------------- */
+
+static int cmd_rm(struct chunkify_ctx *c, const char *image)
+{
+	char digest[SHA256_HEX_LEN + 1];
+	int r = image_resolve(c->store, image, digest);
+	if (r < 0)
+		return r;
+	struct str_list refs = {0};
+	if ((r = store_list(c->store, "refs/", add_key, &refs)) < 0)
+		goto out;
+	bool by_digest = is_sha256_hex(strncmp(image, "sha256:", 7) == 0 ? image + 7 : image);
+	char own[600] = "";
+	if (!by_digest) {
+		char nt[512];
+		image_parse_name_tag(image, nt, sizeof(nt));
+		snprintf(own, sizeof(own), "refs/%s", nt);
+	}
+	size_t others = 0;
+	for (size_t i = 0; i < refs.n; i++) {
+		char d[SHA256_HEX_LEN + 1];
+		if (read_ref(c, refs.items[i], d) < 0 || strcmp(d, digest) != 0)
+			continue;
+		/* Removing by digest removes every name for it. */
+		if (by_digest || strcmp(refs.items[i], own) == 0) {
+			if ((r = store_delete(c->store, refs.items[i])) < 0)
+				goto out;
+		} else
+			others++;
+	}
+	if (!others) {
+		char key[128];
+		snprintf(key, sizeof(key), "manifests/%s", digest);
+		r = store_delete(c->store, key);
+	}
+	if (r == 0)
+		printf("removed %s%s; run `chunkify gc` to free its chunks\n", image,
+		       others ? " (the manifest stays: other names use it)" : "");
+out:
+	str_list_clear(&refs);
+	return r;
+}
+
+static int cmd_gc(struct chunkify_ctx *c, const struct cli *cli)
+{
+	struct gc_report rep;
+	int r = chunkify_gc(c, cli->dry_run, &rep);
+	if (r < 0)
+		return r;
+	if (cli->json)
+		printf("{\"manifests\":%llu,\"live_leases\":%llu,\"expired_leases\":%llu,\"chunks_seen\":%llu,"
+		       "\"chunks_deleted\":%llu,\"dry_run\":%s}\n",
+		       (unsigned long long)rep.manifests, (unsigned long long)rep.leases_live,
+		       (unsigned long long)rep.leases_expired, (unsigned long long)rep.chunks_seen,
+		       (unsigned long long)rep.chunks_deleted, cli->dry_run ? "true" : "false");
+	else
+		printf("gc: %llu manifests, %llu live imports; %llu of %llu chunks %s\n",
+		       (unsigned long long)rep.manifests, (unsigned long long)rep.leases_live,
+		       (unsigned long long)rep.chunks_deleted, (unsigned long long)rep.chunks_seen,
+		       cli->dry_run ? "would be deleted" : "deleted");
+	return 0;
+}
+
+/* ---- prime ------------------------------------------------------------------------ */
+
+static int cmd_prime(struct chunkify_ctx *c, const struct cli *cli, const char *image)
+{
+	const char *nodes[64];
+	size_t n = 0;
+	for (char *save = NULL, *t = cli->l2 ? strtok_r(cli->l2, ",", &save) : NULL; t && n < 64;
+	     t = strtok_r(NULL, ",", &save))
+		nodes[n++] = t;
+	if (!n) {
+		fprintf(stderr, "chunkify prime: --l2 HOST:PORT,... is required\n");
+		return -EINVAL;
+	}
+	char digest[SHA256_HEX_LEN + 1];
+	struct manifest m = {0};
+	int r = image_resolve(c->store, image, digest);
+	if (r == 0)
+		r = image_load(c->store, digest, c->env.tenant_key, &m);
+	char *uri = cli->store_uri ? strdup(cli->store_uri) : strdup(c->env.default_store_uri);
+	struct cache_config cfg = {
+		.origin_uri = uri,
+		.l2_nodes = nodes,
+		.n_l2_nodes = n,
+		.l2_k = cli->k ? cli->k : cli->m_set ? 4 : 0,
+		.l2_m = cli->m_set ? cli->m : 1,
+		.mem_disable = true,
+		.origin_options = &cli->sopt,
+	};
+	struct cache *cache = NULL;
+	uint64_t written = 0;
+	double t0 = now_seconds();
+	if (r == 0 && !uri)
+		r = -ENOMEM;
+	if (r == 0)
+		r = cache_new(&cfg, &cache);
+	if (r == 0)
+		r = cache_prime_l2(cache, &m, &written);
+	cache_free(cache);
+	free(uri);
+	if (r == 0 && cli->json)
+		printf("{\"image\":\"%s\",\"chunks\":%zu,\"written\":%llu,\"seconds\":%.3f}\n", image, m.n_chunks,
+		       (unsigned long long)written, now_seconds() - t0);
+	else if (r == 0)
+		printf("primed %s: %llu of %zu chunks written to L2 (the rest were there), %.2f s\n", image,
+		       (unsigned long long)written, m.n_chunks, now_seconds() - t0);
+	manifest_cleanup(&m);
+	return r;
+}
+
+/* ---- main --------------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+	log_set_program("chunkify");
+	struct cli cli = {0};
+	enum { OPT_STORE = 256, OPT_JSON, OPT_NAME, OPT_INSECURE, OPT_CHUNKS, OPT_DRY, OPT_WORKERS, OPT_S3E, OPT_S3R,
+	       OPT_L2, OPT_K, OPT_M };
+	static const struct option longopts[] = {
+		{"store", required_argument, NULL, OPT_STORE},	   {"json", no_argument, NULL, OPT_JSON},
+		{"name", required_argument, NULL, OPT_NAME},	   {"insecure", no_argument, NULL, OPT_INSECURE},
+		{"chunks", no_argument, NULL, OPT_CHUNKS},	   {"dry-run", no_argument, NULL, OPT_DRY},
+		{"workers", required_argument, NULL, OPT_WORKERS}, {"s3-endpoint", required_argument, NULL, OPT_S3E},
+		{"s3-region", required_argument, NULL, OPT_S3R},   {"verbose", no_argument, NULL, 'v'},
+		{"help", no_argument, NULL, 'h'},		   {"l2", required_argument, NULL, OPT_L2},
+		{"k", required_argument, NULL, OPT_K},		   {"m", required_argument, NULL, OPT_M},
+		{NULL, 0, NULL, 0},
+	};
+	/* Options may come before or after the command ("+" is not used). */
+	int ch;
+	while ((ch = getopt_long(argc, argv, "vh", longopts, NULL)) != -1) {
+		switch (ch) {
+		case OPT_STORE: cli.store_uri = optarg; break;
+		case OPT_JSON: cli.json = true; break;
+		case OPT_NAME: cli.name = optarg; break;
+		case OPT_INSECURE: cli.insecure = cli.sopt.insecure = true; break;
+		case OPT_CHUNKS: cli.chunks = true; break;
+		case OPT_DRY: cli.dry_run = true; break;
+		case OPT_WORKERS: {
+			char *end;
+			long w = strtol(optarg, &end, 10);
+			if (*end || w < 1 || w > 64) {
+				fprintf(stderr, "chunkify: --workers must be 1 to 64\n");
+				return 2;
+			}
+			cli.workers = (unsigned)w;
+			break;
+		}
+		case OPT_S3E: cli.sopt.s3_endpoint = optarg; break;
+		case OPT_S3R: cli.sopt.s3_region = optarg; break;
+		case OPT_L2: cli.l2 = optarg; break;
+		case OPT_K:
+		case OPT_M: {
+			char *end;
+			long v = strtol(optarg, &end, 10);
+			if (*end || v < (ch == OPT_K ? 1 : 0) || v > 32) {
+				fprintf(stderr, "chunkify: --k must be 1 to 32 and --m 0 to 32\n");
+				return 2;
+			}
+			if (ch == OPT_K)
+				cli.k = (unsigned)v;
+			else
+				cli.m = (unsigned)v, cli.m_set = true;
+			break;
+		}
+		case 'v': log_set_level(LOG_INFO); break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind >= argc) {
+		usage(stderr);
+		return 2;
+	}
+	const char *cmd = argv[optind];
+	int nargs = argc - optind - 1;
+	char **args = argv + optind + 1;
+	static const struct {
+		const char *name;
+		int nargs;
+	} commands[] = {{"import", 1}, {"ls", 0}, {"inspect", 1}, {"verify", 1}, {"export", 2}, {"rm", 1}, {"gc", 0}, {"prime", 1}};
+	int want = -1;
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (strcmp(cmd, commands[i].name) == 0)
+			want = commands[i].nargs;
+	if (want < 0) {
+		fprintf(stderr, "chunkify: unknown command \"%s\"\n", cmd);
+		usage(stderr);
+		return 2;
+	}
+	if (nargs != want) {
+		fprintf(stderr, "chunkify %s: expected %d argument%s, got %d\n", cmd, want, want == 1 ? "" : "s", nargs);
+		usage(stderr);
+		return 2;
+	}
+
+	struct sigaction sa = {.sa_handler = on_signal};
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	struct chunkify_ctx c;
+	int r = chunkify_ctx_init(&c, cli.store_uri, &cli.sopt);
+	if (r < 0)
+		return 1;
+	c.cancel = &interrupted;
+	if (strcmp(cmd, "import") == 0)
+		r = cmd_import(&c, &cli, args[0]);
+	else if (strcmp(cmd, "ls") == 0)
+		r = cmd_ls(&c, &cli);
+	else if (strcmp(cmd, "inspect") == 0)
+		r = cmd_inspect(&c, &cli, args[0]);
+	else if (strcmp(cmd, "verify") == 0)
+		r = cmd_verify(&c, &cli, args[0]);
+	else if (strcmp(cmd, "export") == 0)
+		r = cmd_export(&c, args[0], args[1]);
+	else if (strcmp(cmd, "rm") == 0)
+		r = cmd_rm(&c, args[0]);
+	else if (strcmp(cmd, "prime") == 0)
+		r = cmd_prime(&c, &cli, args[0]);
+	else
+		r = cmd_gc(&c, &cli);
+	chunkify_ctx_cleanup(&c);
+	if (r < 0) {
+		fprintf(stderr, "chunkify: %s failed: %s\n", cmd, strerror(-r));
+		return 1;
+	}
+	return 0;
+}

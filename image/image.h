@@ -1,0 +1,249 @@
+/* image: kindling's runtime image library.
+ *
+ * Everything a reader of what chunkify writes needs, and nothing of the
+ * builder: the origin stores (file, http, s3) behind one ops table, the chunk
+ * format (convergent AES-256-CTR, named by the SHA-256 of the ciphertext), the
+ * sealed image manifest, refs (NAME:TAG -> manifest digest), and the
+ * environment every kindling program builds the same way (KINDLING_HOME, the
+ * deployment salt, the tenant key, the default store).  See DESIGN.md, "Data
+ * formats".  It sits just above common/ and below everything else.
+ */
+#ifndef KINDLING_IMAGE_H
+#define KINDLING_IMAGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CHUNK_SIZE (512u * 1024u)
+#define CHUNK_KEY_LEN 32
+#define CHUNK_NAME_HEX_LEN 64
+#define EROFS_BLOCK_SIZE 4096u
+
+/* ======================================================================
+ * Stores.  Objects are whole byte strings under keys such as
+ * "chunks/<name>", "manifests/<digest>", "refs/<name>/<tag>".
+ * ====================================================================== */
+
+struct store;
+
+struct store_options {
+	/* s3:// only: "http://127.0.0.1:4568" style endpoint; NULL means the
+	 * environment (KINDLING_S3_ENDPOINT or AWS_ENDPOINT_URL), else AWS. */
+	const char *s3_endpoint;
+	/* s3:// only: region for SigV4; NULL means AWS_REGION or us-east-1. */
+	const char *s3_region;
+	/* Allow plain http to a non-loopback host. */
+	bool insecure;
+	/* Requests in flight at once for batched operations (0 = 16). */
+	unsigned parallel;
+	/* Per-request timeout in milliseconds (0 = 30000). */
+	unsigned timeout_ms;
+};
+
+/* Open the store named by |uri|: "file:///abs/dir", a plain path,
+ * "http(s)://host:port/prefix" or "s3://bucket/prefix".  |opt| may be NULL
+ * for defaults.  A file store's directory is created if missing.  Credentials
+ * for s3 come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and optional
+ * AWS_SESSION_TOKEN).  On success |*out| owns the store (store_free).
+ * Returns 0, -EINVAL for a malformed URI (logged, naming it), or -errno. */
+int store_open(const char *uri, const struct store_options *opt, struct store **out);
+
+/* Close |s| and free it; NULL is allowed. */
+void store_free(struct store *s);
+
+/* A short printable description ("file:///x", "s3://b/p at http://...")
+ * owned by |s|. */
+const char *store_describe(const struct store *s);
+
+/* Fetch object |key| into a malloc'd buffer the caller frees.  Objects larger
+ * than |max_len| fail with -EFBIG before being read whole.  Returns 0,
+ * -ENOENT if absent, or -EIO / -errno for transport errors (logged). */
+int store_get(struct store *s, const char *key, size_t max_len, uint8_t **out, size_t *out_len);
+
+/* Store |<buf, len>| under |key|, replacing any old value atomically: a
+ * reader sees the old or the new bytes, never a mix, and a failed put leaves
+ * no partial object or temporary file.  Returns 0 or -errno (logged). */
+int store_put(struct store *s, const char *key, const void *buf, size_t len);
+
+/* For each of |n| keys set |out_exists[i]|.  Remote stores pipeline the
+ * checks (|parallel| at a time), never one round trip after another.
+ * Returns 0 or -errno if any check failed for a reason other than absence. */
+int store_exists_batch(struct store *s, const char *const *keys, size_t n, bool *out_exists);
+
+/* Upload |n| objects in parallel (remote stores) or in turn (file store);
+ * same guarantees as store_put for each.  Returns 0 or the first -errno. */
+int store_put_batch(struct store *s, const char *const *keys, const void *const *bufs, const size_t *lens, size_t n);
+
+/* Delete |key|.  Deleting an absent key succeeds.  Returns 0 or -errno. */
+int store_delete(struct store *s, const char *key);
+
+/* Called once per key found by store_list; return non-zero to stop early
+ * (store_list then returns that value). */
+typedef int (*store_list_cb)(void *arg, const char *key);
+
+/* List every key that starts with |prefix| (for example "chunks/"), in no
+ * particular order, calling |cb| for each full key.  Temporary objects of an
+ * in-progress put are never listed.  Returns 0, the callback's non-zero
+ * value, or -errno. */
+int store_list(struct store *s, const char *prefix, store_list_cb cb, void *arg);
+
+/* Seconds since |key| was last written, or -ENOENT / -errno.  Used to expire
+ * leases and markers of crashed processes. */
+int store_age(struct store *s, const char *key, double *out_seconds);
+
+/* ======================================================================
+ * Chunks.
+ * ====================================================================== */
+
+/* Convergent encryption of one chunk: key = SHA-256(salt || plain),
+ * ciphertext = AES-256-CTR(key, IV 0), name = SHA-256(ciphertext) as hex.
+ * |cipher| must hold |len| bytes.  Returns 0 or -EIO (crypto failure). */
+int chunk_seal(const uint8_t *salt, size_t salt_len, const uint8_t *plain, size_t len, uint8_t key[CHUNK_KEY_LEN],
+	       uint8_t *cipher, char name[CHUNK_NAME_HEX_LEN + 1]);
+
+/* Check that |<cipher, len>| is named |name|, decrypt it into |plain| with
+ * |key|, and, if |salt| is non-NULL, check that key == SHA-256(salt || plain),
+ * all in one interleaved pass (each piece is hashed, decrypted and hashed
+ * again while it is in the CPU cache), which is what the read path needs.
+ * |name| may be NULL when the caller has already checked the name (the L2
+ * client hashes fragments as they arrive).  Returns 0, -EBADMSG if the name or
+ * the key does not match (|plain| is zeroed), or -EIO (OpenSSL failed,
+ * logged). */
+int chunk_open(const char *name, const uint8_t key[CHUNK_KEY_LEN], const uint8_t *salt, size_t salt_len,
+	       const uint8_t *cipher, size_t len, uint8_t *plain);
+
+/* Decrypt (or encrypt: CTR is symmetric) |<in, len>| that starts at byte
+ * |off| of a chunk sealed with |key|, into |out|: |off| must be a multiple of
+ * 16 (the counter block is off / 16, big endian, as with IV 0 at offset 0).
+ * In place is allowed.  For reading part of a chunk whose ciphertext was
+ * verified earlier.  Returns 0 or -EIO (logged). */
+int chunk_ctr_at(const uint8_t key[CHUNK_KEY_LEN], uint64_t off, const uint8_t *in, size_t len, uint8_t *out);
+
+/* ======================================================================
+ * Manifests.
+ * ====================================================================== */
+
+struct run_config {
+	char **entrypoint; /* NULL-terminated, may be NULL */
+	char **cmd;	   /* NULL-terminated, may be NULL */
+	char **env;	   /* NULL-terminated "K=V", may be NULL */
+	char *working_dir; /* may be NULL */
+	char *user;	   /* may be NULL */
+};
+
+struct manifest_chunk {
+	uint64_t index;			      /* chunk index: byte offset / CHUNK_SIZE */
+	char name[CHUNK_NAME_HEX_LEN + 1];   /* "" until known */
+	uint8_t key[CHUNK_KEY_LEN];	      /* zero when the manifest was opened without a key */
+};
+
+/* The most layers an image may have (the OCI sources refuse more). */
+#define MANIFEST_MAX_LAYERS 512
+
+struct manifest_layer {
+	char digest[80];	/* "sha256:..." of the layer blob */
+	uint64_t offset;	/* where its data region starts in the image */
+	uint64_t length;	/* bytes of that region */
+};
+
+struct manifest {
+	char source_manifest_digest[80]; /* "sha256:..." of the OCI manifest */
+	char source_config_digest[80];   /* "sha256:..." of the OCI config */
+	char *source_ref;		 /* what was imported, for humans */
+	struct run_config config;
+	uint64_t image_size;		 /* bytes; a multiple of chunk_size */
+	uint32_t chunk_size;		 /* CHUNK_SIZE */
+	uint64_t metadata_offset;	 /* where the EROFS metadata region starts */
+	size_t n_layers;
+	struct manifest_layer *layers;
+	size_t n_chunks; /* non-zero chunks, sorted by index */
+	struct manifest_chunk *chunks;
+	bool keys_present; /* false when opened without the tenant key */
+};
+
+/* Release everything |c| owns (not |c| itself); safe on a zeroed struct. */
+void run_config_cleanup(struct run_config *c);
+
+/* Release everything |m| owns (not |m| itself); safe on a zeroed struct. */
+void manifest_cleanup(struct manifest *m);
+
+/* Serialise |m| and seal its keys with |tenant_key| (AES-256-GCM, the whole
+ * manifest as associated data, a nonce derived from the content so the same
+ * manifest always gives the same bytes).  |*out| is malloc'd.  Returns 0 or
+ * -errno. */
+int manifest_encode(const struct manifest *m, const uint8_t tenant_key[32], uint8_t **out, size_t *out_len);
+
+/* Parse and authenticate |<buf, len>|.  With |tenant_key| the keys are
+ * unsealed and every byte is authenticated; with NULL only the public part
+ * (names, sizes, config) is parsed, which is what garbage collection needs.
+ * Returns 0, -EBADMSG for a malformed or tampered manifest (logged with the
+ * reason), -EKEYREJECTED if it was sealed for another tenant key. */
+int manifest_decode(const uint8_t *buf, size_t len, const uint8_t *tenant_key, struct manifest *out);
+
+/* ======================================================================
+ * Images: refs and manifests in a store.
+ * ====================================================================== */
+
+/* Parse NAME[:TAG] into "NAME/TAG", the key under refs/ (the tag defaults to
+ * "latest").  Returns 0, -EINVAL (logged, naming the character at fault) or
+ * -ENAMETOOLONG. */
+int image_parse_name_tag(const char *s, char *out, size_t out_len);
+
+/* Resolve |image| (NAME[:TAG], sha256:HEX or HEX) to a manifest digest of 64
+ * hex digits through refs/ in |s|.  Returns 0, -ENOENT (logged, naming the
+ * image and the store), -EBADMSG for a corrupt ref, or -errno. */
+int image_resolve(struct store *s, const char *image, char digest[65]);
+
+/* Fetch manifests/<digest> from |s|, check that its bytes hash to |digest|,
+ * and decode it: with |tenant_key| the chunk keys are unsealed, with NULL only
+ * the public part is read (see manifest_decode).  Returns 0 with |*m| filled
+ * (manifest_cleanup frees it) or -errno (logged). */
+int image_load(struct store *s, const char *digest, const uint8_t *tenant_key, struct manifest *m);
+
+/* ======================================================================
+ * The environment: KINDLING_HOME and the secrets in it.  Every program
+ * builds one, the same way, so they agree on where things are.
+ * ====================================================================== */
+
+struct kindling_env {
+	char *home;		 /* KINDLING_HOME, or ~/.kindling; created 0700 */
+	uint8_t salt[64];	 /* the deployment salt for chunk keys */
+	size_t salt_len;	 /* 0 when the salt was optional and absent */
+	uint8_t tenant_key[32];	 /* seals the chunk keys in manifests */
+	bool have_tenant_key;
+	char *default_store_uri; /* $home/store */
+};
+
+enum kindling_env_flags {
+	/* Load the salt only if KINDLING_SALT or $home/salt already exists
+	 * (salt_len stays 0 otherwise) and skip the tenant key: for tools that
+	 * only read chunks and must not mint a salt no importer uses. */
+	KINDLING_ENV_READ_ONLY = 1u << 0,
+};
+
+/* Fill |env| from the process environment:
+ *   - home: KINDLING_HOME if set and non-empty, else $HOME/.kindling, else
+ *     /root/.kindling; created (0700) if missing;
+ *   - salt: KINDLING_SALT (32 to 128 hex digits) or $home/salt, created on
+ *     first use (64 hex digits, 0600);
+ *   - tenant key: the file KINDLING_TENANT_KEY names, or $home/tenant.key,
+ *     created on first use (0600; a warning if group or others can read it);
+ *   - the default store: $home/store.
+ * |flags| is a mask of enum kindling_env_flags.  Returns 0, or -errno with a
+ * message that names the variable or file at fault; on failure |env| is left
+ * zeroed.  kindling_env_cleanup releases it. */
+int kindling_env_load(struct kindling_env *env, unsigned flags);
+
+/* The home directory alone, resolved as kindling_env_load does (KINDLING_HOME,
+ * else $HOME/.kindling, else /root/.kindling) but neither created nor read:
+ * for programs that only need a path in it.  malloc'd; NULL with errno set. */
+char *kindling_home_dir(void);
+
+/* Free what |env| owns and wipe its secrets; safe on a zeroed struct. */
+void kindling_env_cleanup(struct kindling_env *env);
+
+/* "$home/|name|", malloc'd; NULL with errno set on failure. */
+char *kindling_env_path(const struct kindling_env *env, const char *name);
+
+#endif

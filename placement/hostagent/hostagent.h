@@ -1,0 +1,174 @@
+/* hostagent: one host's function sandboxes.
+ *
+ * The host agent runs functions from kindling images on this host.  It
+ * attaches each image lazily through one in-process blockd (so a cold start
+ * fetches only the chunks the function touches), starts sandboxes through
+ * sandbox/sandbox.h, serves each sandbox the Lambda Runtime API on the
+ * endpoint the sandbox opens inside itself, keeps sandboxes warm after an
+ * invocation and gives the next invocation of the same function version to an
+ * idle one, ends idle sandboxes after a while and evicts the least recently
+ * used when the host's memory budget for sandboxes is full, and keeps the
+ * logs.
+ *
+ * It knows nothing of HTTP clients, credentials or the Lambda API: the
+ * frontend (frontend/frontend.h) decides what to invoke and enforces the
+ * limits; the agent runs it.  In a fleet, the frontend reaches remote agents
+ * through the same calls (placement/).
+ *
+ * Every call is thread-safe; hostagent_invoke blocks its caller for the
+ * length of the invocation, and many may run at once.
+ */
+#ifndef KINDLING_HOSTAGENT_H
+#define KINDLING_HOSTAGENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cache/cache.h"
+
+struct hostagent;
+
+struct hostagent_config {
+	/* Where images come from and the cache tiers in front of them (see
+	 * cache.h; origin_uri is required).  The tenant key and salt come from
+	 * KINDLING_HOME, as for every kindling program. */
+	struct cache_config cache;
+	/* Directory for the agent's own state: the FUSE mount of the attached
+	 * images, per-function logs.  Created if missing.  Required. */
+	const char *state_dir;
+	/* "process", "microvm" or "auto" (NULL = "auto"), as `kindling run
+	 * --isolation`. */
+	const char *isolation;
+	/* The memory all sandboxes together may be given (the sum of their
+	 * functions' MemorySize); 0 = half the host's RAM.  A cold start that
+	 * does not fit evicts idle sandboxes, least recently used first, and
+	 * fails with -EBUSY if that is not enough. */
+	uint64_t memory_budget;
+	/* Seconds an idle sandbox stays warm (0 = 600). */
+	double idle_timeout_s;
+	/* The region and account in ARNs and the environment (NULL =
+	 * "us-east-1", "000000000000"). */
+	const char *region, *account_id;
+	/* The Runtime API port inside each sandbox (0 = 9001). */
+	uint16_t runtime_api_port;
+	/* Processes one sandbox may have at once (0 = 1024). */
+	uint32_t pids_limit;
+};
+
+/* How a function's code is run. */
+enum hostagent_mode {
+	/* The image's entrypoint is a Lambda runtime: it polls the Runtime API
+	 * (AWS_LAMBDA_RUNTIME_API).  The sandbox stays up between invocations. */
+	HOSTAGENT_MODE_RUNTIME_API = 0,
+	/* A plain image: each invocation runs the entrypoint once with the event
+	 * on stdin; its stdout is the response and a non-zero exit status is a
+	 * function error. */
+	HOSTAGENT_MODE_STDIO,
+};
+
+/* One function version, as the agent needs it.  Everything is copied by the
+ * agent where it keeps it; the caller's strings need to live only for the
+ * call. */
+struct hostagent_function {
+	const char *name;	  /* "my-fn" */
+	const char *version;	  /* "$LATEST", "1", ... */
+	const char *arn;	  /* the function's ARN, qualified with the version */
+	/* The image, by manifest digest (64 hex digits): a function version's
+	 * code never changes under a name, so warm sandboxes are keyed by it. */
+	const char *image_digest;
+	/* Changes whenever the configuration a sandbox is built from changes
+	 * (UpdateFunctionConfiguration); sandboxes of another revision are never
+	 * reused and drain. */
+	const char *revision_id;
+	uint32_t memory_mb;	  /* MemorySize: the sandbox's memory limit */
+	uint32_t timeout_s;	  /* Timeout: an invocation is ended after this */
+	char *const *env;	  /* Environment.Variables as "K=V", NULL-terminated; may be NULL */
+	char *const *entrypoint;  /* ImageConfig overrides, NULL-terminated; NULL = the image's */
+	char *const *command;
+	const char *working_dir;  /* NULL = the image's */
+	enum hostagent_mode mode;
+};
+
+enum hostagent_outcome {
+	HOSTAGENT_OK = 0,		/* the function returned |payload| */
+	HOSTAGENT_FUNCTION_ERROR,	/* the function (or its runtime) failed: |payload| is Lambda's
+					 * error JSON ({"errorMessage", "errorType", ...}) */
+};
+
+struct hostagent_invoke_request {
+	const struct hostagent_function *fn;
+	const uint8_t *payload;	/* the event; may be NULL with len 0 */
+	size_t payload_len;
+	const char *request_id;	/* the invocation's id (a UUID) */
+	const char *trace_id;	/* X-Amzn-Trace-Id to pass on; may be NULL */
+	const char *client_context; /* base64 Lambda-Runtime-Client-Context; may be NULL */
+	bool want_log_tail;	/* fill hostagent_invoke_result.log_tail */
+};
+
+struct hostagent_invoke_result {
+	enum hostagent_outcome outcome;
+	uint8_t *payload;	/* malloc'd; the response or the error JSON */
+	size_t payload_len;
+	char *log_tail;		/* malloc'd: the last 4 KiB of this invocation's log, START to
+				 * REPORT, when asked; else NULL */
+	bool cold;		/* a new sandbox was started for it */
+	double init_s;		/* cold: sandbox start to the runtime's first /next */
+	double duration_s;	/* the event handed over to the response */
+	uint64_t max_memory;	/* bytes, the sandbox's peak so far; 0 if unknown */
+};
+
+/* Free what |r| owns; safe on a zeroed struct. */
+void hostagent_invoke_result_cleanup(struct hostagent_invoke_result *r);
+
+/* Start an agent with no sandboxes: its blockd, its FUSE mount under
+ * cfg->state_dir, its reaper of idle sandboxes.  Returns 0 with |*out| owned
+ * by the caller (hostagent_free), or -errno (logged with what to do). */
+int hostagent_new(const struct hostagent_config *cfg, struct hostagent **out);
+
+/* End every sandbox (in-flight invocations fail with a function error naming
+ * the shutdown), unmount, free; NULL is ok. */
+void hostagent_free(struct hostagent *a);
+
+/* Run one invocation of |req->fn| and wait for it: take an idle warm sandbox
+ * of that function version and revision, or start one (a cold start: attach
+ * the image, start the sandbox, wait for the runtime's first
+ * /runtime/invocation/next).  Function errors, timeouts ("Task timed out
+ * after N.00 seconds"), a runtime that exits (Runtime.ExitError), never asks
+ * for work, cannot start (Runtime.InvalidEntrypoint) or reports an init
+ * error are results, not failures: 0 with |out->outcome| =
+ * HOSTAGENT_FUNCTION_ERROR and Lambda's error JSON; the sandbox concerned is
+ * ended.  Returns 0 with |*out| filled (hostagent_invoke_result_cleanup), or
+ * -ENOENT if the image is not in the store, -EBUSY if the memory budget is
+ * full of busy sandboxes, -ESHUTDOWN while the agent is being freed, or
+ * another -errno when no sandbox could be set up (logged). */
+int hostagent_invoke(struct hostagent *a, const struct hostagent_invoke_request *req,
+		     struct hostagent_invoke_result *out);
+
+/* Keep |n| initialised sandboxes of |fn| (provisioned concurrency): start the
+ * missing ones in the background, and exempt that many from idle expiry and
+ * eviction.  n = 0 releases them.  Returns 0 or -errno. */
+int hostagent_provision(struct hostagent *a, const struct hostagent_function *fn, unsigned n);
+
+/* Drain every sandbox of function |name| whose version and revision differ
+ * from |keep_version|/|keep_revision| (NULL: drain them all): idle ones end
+ * now, busy ones end after their current invocation, never during it.  For
+ * UpdateFunctionCode, UpdateFunctionConfiguration and DeleteFunction. */
+void hostagent_drain(struct hostagent *a, const char *name, const char *keep_version, const char *keep_revision);
+
+struct hostagent_stats {
+	uint64_t memory_budget, memory_in_use;	/* bytes */
+	unsigned sandboxes, busy, idle, provisioned;
+	uint64_t cold_starts, warm_starts, evictions, expirations;
+};
+
+/* A snapshot of the agent's counters. */
+void hostagent_get_stats(struct hostagent *a, struct hostagent_stats *out);
+
+/* The agent's log of function |name|: its invocations' output with Lambda's
+ * START, END and REPORT lines, oldest first, at most |max| bytes from the end.
+ * |*out| is malloc'd.  Returns 0, -ENOENT if the function never ran here, or
+ * -errno. */
+int hostagent_read_log(struct hostagent *a, const char *name, size_t max, char **out, size_t *out_len);
+
+#endif

@@ -1,0 +1,57 @@
+/* sandbox internals: pieces the sandbox backends share, and the helpers the
+ * unit tests reach directly.  Nothing outside sandbox/ (and its tests)
+ * includes this. */
+#ifndef KINDLING_SANDBOX_INTERNAL_H
+#define KINDLING_SANDBOX_INTERNAL_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "common/common.h"
+#include "sandbox/sandbox.h"
+
+/* ---- seccomp (sandbox/seccomp.c) --------------------------------------------- */
+
+/* Build the denylist filter (see seccomp.c for the list and the reasons);
+ * denied calls fail with EPERM.  Returns a libseccomp context (caller
+ * releases it with seccomp_release) or NULL with errno set. */
+void *sandbox_seccomp_build(void);
+
+/* Load |ctx| into the calling thread (sets no_new_privs).  0 or -errno. */
+int sandbox_seccomp_load(void *ctx);
+
+/* ---- the micro-VM sandbox (sandbox/sandbox_microvm.c) ------------------------ */
+
+/* Where kvmm, the guest kernel and the guest initramfs are. */
+struct microvm_paths {
+	char kvmm[PATH_MAX], kernel[PATH_MAX], initrd[PATH_MAX];
+};
+
+/* Locate the three from KINDLING_KVMM, KINDLING_GUEST_KERNEL and
+ * KINDLING_GUEST_INITRD, each defaulting to a file next to the running
+ * executable ("kvmm", "kindling-guest-kernel", "kindling-guest-initrd"), and
+ * check that kvmm is executable and the others readable.  Returns 0, or
+ * -errno with a one-line reason naming the variable to set in |<why, len>|. */
+int microvm_find_paths(struct microvm_paths *p, char *why, size_t len);
+
+/* Write the Firecracker-style config file for |s| to |out_path|: boot-source
+ * (|p|'s kernel and initramfs, kvmm's default command line), the image as the
+ * read-only root drive, one vCPU, memory from s->memory_limit rounded up to
+ * MiB (at least 64; 256 without a limit), and vsock CID 3 on |uds_path|.
+ * Returns 0, -EINVAL (no image file, an absurd limit) or -errno, logged. */
+int microvm_write_config(const struct sandbox_spec *s, const struct microvm_paths *p, const char *uds_path,
+			 const char *out_path);
+
+/* sandbox_microvm's run() without the /dev/kvm check, over |p| (so a test
+ * can put a stand-in for kvmm there): listen on "{uds}_1024" in a private
+ * temporary directory, start "kvmm --no-api --config-file", accept the guest
+ * init, send the invocation, copy 'O'/'R' to s->out_fd/err_fd, take 'X' as the
+ * result, kill kvmm at s->timeout_s (then timed_out is set and 0 returned),
+ * wait for kvmm to exit, remove the directory.  Returns 0 with |*out| filled,
+ * or -errno (logged, with the end of kvmm's output). */
+int microvm_run_with(const struct sandbox_spec *s, const struct microvm_paths *p, struct sandbox_result *out);
+
+#endif

@@ -1,0 +1,85 @@
+/* The sandbox registry: which backends this build has, and how one is picked. */
+#define LOG_COMPONENT "sandbox"
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "sandbox/internal.h"
+
+/* Every backend this build has, in order of preference for "auto";
+ * nothing registers itself. */
+static const struct sandbox_ops *const backends[] = {
+	&sandbox_microvm,
+	&sandbox_process,
+};
+
+static const struct sandbox_ops *find(const char *name)
+{
+	for (size_t i = 0; i < sizeof(backends) / sizeof(backends[0]); i++)
+		if (strcmp(backends[i]->name, name) == 0)
+			return backends[i];
+	return NULL;
+}
+
+const struct sandbox_ops *sandbox_pick(const char *isolation, char *notice, size_t len)
+{
+	char why[256] = "";
+	if (len)
+		notice[0] = '\0';
+	if (!isolation)
+		isolation = "auto";
+	if (strcmp(isolation, "auto") == 0) {
+		const struct sandbox_ops *vm = find("microvm");
+		bool kvm = access("/dev/kvm", R_OK | W_OK) == 0;
+		if (vm && kvm && vm->available(why, sizeof(why)))
+			return vm;
+		const struct sandbox_ops *p = find("process");
+		if (!p->available(why, sizeof(why))) {
+			snprintf(notice, len, "no sandbox can run here: process sandbox: %s", why);
+			errno = ENOTSUP;
+			return NULL;
+		}
+		snprintf(notice, len, "notice: isolation auto: using the process sandbox (%s)",
+			 !vm ? "this build has no micro-VM backend"
+			     : !kvm ? "no usable /dev/kvm on this host"
+				    : why);
+		return p;
+	}
+	if (strcmp(isolation, "process") != 0 && strcmp(isolation, "microvm") != 0) {
+		snprintf(notice, len, "unknown isolation \"%s\"; use process, microvm or auto", isolation);
+		errno = ENOENT;
+		return NULL;
+	}
+	const struct sandbox_ops *ops = find(isolation);
+	if (!ops) {
+		snprintf(notice, len,
+			 "the %s backend is not available in this build/on this host; use --isolation process or auto",
+			 isolation);
+		errno = ENOTSUP;
+		return NULL;
+	}
+	if (!ops->available(why, sizeof(why))) {
+		snprintf(notice, len, "the %s sandbox cannot run on this host: %s", isolation, why);
+		errno = ENOTSUP;
+		return NULL;
+	}
+	return ops;
+}
+
+int sandbox_run(const struct sandbox_ops *ops, const struct sandbox_spec *spec, struct sandbox_result *out)
+{
+	if (!ops || !spec || !out || !spec->image_path == !spec->rootfs_dir || spec->out_fd < 0 || spec->err_fd < 0 ||
+	    spec->timeout_s < 0) {
+		log_err("sandbox_run: incomplete spec (exactly one of image path and rootfs directory, output "
+			"descriptors and backend are required)");
+		return -EINVAL;
+	}
+	memset(out, 0, sizeof(*out));
+	out->exit_code = -1;
+	out->first_output_s = -1;
+	out->backend = ops->name;
+	out->mount_kind = "";
+	out->cgroup_kind = "none";
+	return ops->run(spec, out);
+}

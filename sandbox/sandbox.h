@@ -1,0 +1,233 @@
+/* sandbox: run an image's entrypoint in a sandbox.
+ *
+ * One interface, several backends.  A backend is a `struct sandbox_ops`; the
+ * backends this build has are listed in one explicit array (sandbox/sandbox.c)
+ * and chosen by name with sandbox_pick() (`--isolation process|microvm|auto`):
+ * the process sandbox (namespaces, cgroups, seccomp around a kernel EROFS
+ * mount of the image) and the KVM micro-VM (kvmm, vmm/kvmm/, with kindling's
+ * guest init, vmm/guest/).  `kindling run` and the invoke service's host agent
+ * both start sandboxes through this header and nothing else.
+ *
+ * A sandbox runs one image file (a flattened EROFS image: `chunkify export`'s
+ * output, or blockd's lazily filled MOUNT/<image>/image.raw) read-only, with
+ * writes going to a throw-away layer, and streams the workload's stdout and
+ * stderr to the caller's descriptors as they arrive.
+ */
+#ifndef KINDLING_SANDBOX_H
+#define KINDLING_SANDBOX_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "common/common.h" /* struct str_list */
+#include "image/image.h"   /* struct run_config */
+
+/* How the process sandbox attaches the image file to the kernel's EROFS
+ * driver.  Backends that do not mount on the host ignore it. */
+enum sandbox_mount {
+	SANDBOX_MOUNT_AUTO = 0, /* file-backed mount, falling back to a loop device */
+	SANDBOX_MOUNT_FILE,	/* file-backed mount only */
+	SANDBOX_MOUNT_LOOP,	/* loop device only (LOOP_CONFIGURE) */
+};
+
+/* What sandbox_spec.on_ready learns about a sandbox that is about to start
+ * its workload. */
+struct sandbox_ready {
+	int runtime_api_fd;	    /* listening socket of the Runtime API endpoint, or -1 */
+	pid_t pid;		    /* a host pid that lives as long as the sandbox (for logs) */
+	/* A file whose decimal contents are the most memory the sandbox has used
+	 * so far, in bytes (cgroup v2 memory.peak, v1
+	 * memory.max_usage_in_bytes), or "" where the host offers none. */
+	char memory_peak_path[PATH_MAX];
+};
+
+/* What to run.  The caller owns every pointer; they need to stay valid only
+ * for the duration of sandbox_run(). */
+struct sandbox_spec {
+	const char *image_path;		  /* the EROFS image file; or NULL with rootfs_dir */
+	/* Instead of an image: a plain directory (an unpacked rootfs, e.g. from
+	 * `umoci unpack`), bind-mounted read-only as the overlay's lower layer.
+	 * Exactly one of image_path and rootfs_dir is set.  It exists so the
+	 * eager baseline (pull + unpack) runs in the very same sandbox. */
+	const char *rootfs_dir;
+	const struct run_config *config;  /* the image's run configuration; may be NULL */
+	char *const *argv_override;	  /* NULL-terminated; replaces entrypoint+cmd entirely; may be NULL */
+	char *const *env_override;	  /* NULL-terminated "K=V", set on top of config->env; may be NULL */
+	const char *user_override;	  /* "uid", "uid:gid", "name", "name:group"; NULL = config->user */
+	const char *workdir_override;	  /* absolute; NULL = config->working_dir, else "/" */
+	const char *hostname;		  /* NULL = "kindling" */
+	uint64_t memory_limit;		  /* bytes, 0 = no limit */
+	uint32_t pids_limit;		  /* processes the workload may have at once, 0 = no limit */
+	enum sandbox_mount mount;
+	int in_fd;			  /* the workload's stdin; -1 = /dev/null */
+	int out_fd, err_fd;		  /* where its stdout and stderr are copied as they arrive (a caller
+					   * whose descriptors may close should ignore SIGPIPE) */
+	double t0;			  /* now_seconds() at the caller's "start"; timings count from here */
+	double timeout_s;		  /* kill everything after this long from t0; 0 = never */
+
+	/* ---- long-lived sandboxes (the invoke service's host agent) ---- */
+
+	/* If non-zero, give the workload a Lambda Runtime API endpoint: the
+	 * sandbox listens on 127.0.0.1:|runtime_api_port| inside its own network
+	 * (the process sandbox's network namespace; in the micro-VM, the guest
+	 * init listens there and carries each connection over vsock), sets
+	 * AWS_LAMBDA_RUNTIME_API=127.0.0.1:PORT in the workload's environment,
+	 * and hands the host end of that endpoint, a listening stream socket, to
+	 * |on_ready|.  The caller serves HTTP on it; nothing outside the sandbox
+	 * can reach the endpoint, and the workload reaches nothing else. */
+	uint16_t runtime_api_port;
+	/* Optional: called once, on the thread that called sandbox_run(), after
+	 * the sandbox is set up and just before the workload starts.  Returning
+	 * non-zero ends the sandbox before the workload runs, and sandbox_run()
+	 * returns that value.  The callee owns ready->runtime_api_fd. */
+	int (*on_ready)(void *arg, const struct sandbox_ready *ready);
+	void *ready_arg;
+	/* If > 0, the sandbox ends (every process killed, as on a timeout) as
+	 * soon as this descriptor is readable: how another thread stops a
+	 * long-lived sandbox.  The result then has |stopped| set.  0 (as in a
+	 * zeroed spec) or -1 means none. */
+	int stop_fd;
+};
+
+/* How it went.  Filled by sandbox_run() on success. */
+struct sandbox_result {
+	int exit_code;		/* the workload's exit status, or -1 if a signal ended it */
+	int term_signal;	/* the signal that ended it, or 0 */
+	bool timed_out;		/* killed because timeout_s passed */
+	bool oom_killed;	/* the memory limit's OOM killer fired in the sandbox */
+	bool stopped;		/* ended because spec->stop_fd became readable */
+	uint64_t memory_peak;	/* the most memory the sandbox used, bytes; 0 if unknown */
+	double first_output_s;	/* first byte on stdout or stderr, seconds after t0; -1 if none */
+	double exit_s;		/* the workload's exit, seconds after t0 */
+	uint64_t out_bytes, err_bytes;
+	const char *backend;	/* the ops name, e.g. "process" */
+	const char *mount_kind; /* "file", "loop" or "dir" (process sandbox); static string */
+	const char *cgroup_kind; /* "v2", "v1" or "none"; static string */
+};
+
+/* One sandbox backend.  Tables are static const; every callback is required. */
+struct sandbox_ops {
+	const char *name; /* "process", "microvm" */
+	/* Whether this host can run this backend.  On false, a one-line reason
+	 * for an operator goes to |<why, len>|. */
+	bool (*available)(char *why, size_t len);
+	/* Run |spec| to completion; see sandbox_run(). */
+	int (*run)(const struct sandbox_spec *spec, struct sandbox_result *out);
+};
+
+/* The process sandbox: new mount, pid, ipc, uts and net namespaces; the image
+ * mounted read-only under a tmpfs overlay; pivot_root; cgroup memory and pids
+ * limits where the host allows them; a seccomp denylist; needs root. */
+extern const struct sandbox_ops sandbox_process;
+
+/* The micro-VM: kvmm boots the guest kernel with the image as a read-only
+ * virtio-blk root, and kindling's guest init runs the workload, talking to us
+ * over vsock (sandbox/sandbox_microvm.c lists the environment variables that say
+ * where kvmm, the kernel and the initramfs are).  Needs /dev/kvm. */
+extern const struct sandbox_ops sandbox_microvm;
+
+/* Choose a backend for |isolation|: "process", "microvm" or "auto" (NULL means
+ * "auto").  "auto" takes the micro-VM where /dev/kvm exists and a micro-VM
+ * backend is built in, else the process sandbox, and then writes a one-line
+ * notice for the operator to |<notice, len>| (otherwise it is set to "").
+ * Returns the backend, or NULL with errno set and the reason in |notice|:
+ * ENOENT for an unknown name, ENOTSUP when the requested backend is not built
+ * in or cannot run on this host. */
+const struct sandbox_ops *sandbox_pick(const char *isolation, char *notice, size_t len);
+
+/* Run |spec| in |ops|'s sandbox and wait for it: set the sandbox up (on the
+ * image file, or on spec->rootfs_dir), start the workload, copy its output to spec->out_fd/err_fd, tear everything down
+ * (mounts, cgroups, processes) on every path.  Returns 0 with |*out| filled
+ * once the workload ran, whatever its exit status; -EINVAL for a bad spec,
+ * -ENOENT if the command or user is not in the image, -EPERM without the
+ * privileges the backend needs, or another -errno if the sandbox could not be
+ * set up (logged with the reason). */
+int sandbox_run(const struct sandbox_ops *ops, const struct sandbox_spec *spec, struct sandbox_result *out);
+
+/* The pieces below are shared with the micro-VM's side of kindling: the guest
+ * init resolves the image's user, environment and PATH the way the process
+ * sandbox does, and kvmm's jailer puts the monitor in a cgroup the same way. */
+
+/* ---- users, environment, PATH (sandbox/user.c; pure, no privileges) ------------- */
+
+#define SANDBOX_MAX_GROUPS 64
+/* /etc/passwd and /etc/group come from the image, so they are untrusted and
+ * read with a size cap. */
+#define SANDBOX_ETC_MAX (4u << 20)
+#define SANDBOX_DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+struct sandbox_user {
+	uint32_t uid, gid;
+	uint32_t groups[SANDBOX_MAX_GROUPS]; /* supplementary groups */
+	size_t n_groups;
+	char home[PATH_MAX]; /* from the passwd entry; "" if there is none */
+};
+
+/* Resolve an OCI "User" value the way Docker and runc do, against the IMAGE's
+ * passwd and group files at |passwd_path| and |group_path| (either may be
+ * missing, which is the same as empty):
+ *   NULL or ""          root (uid 0, gid 0);
+ *   "uid" or "name"     that user; gid from its passwd entry (0 if a numeric
+ *                       uid has none); supplementary groups are the groups
+ *                       that list the user's name;
+ *   "user:group"        either part numeric or a name; no supplementary groups.
+ * Returns 0 with |*out| filled, -ENOENT if a name is not in the files (logged),
+ * -EINVAL for a malformed value or an id outside 0..2^32-2, or -errno reading
+ * the files. */
+int sandbox_user_resolve(const char *spec, const char *passwd_path, const char *group_path, struct sandbox_user *out);
+
+/* The value of |key| in the NULL-terminated "K=V" list |env|, or NULL. */
+const char *sandbox_env_get(char *const *env, const char *key);
+
+/* Build the workload's environment into |out| (appended): |base| (the image's
+ * env), then |over| replacing same-named entries, then PATH (the Docker
+ * default) if neither set it, HOSTNAME=|hostname| and HOME=|home| if unset
+ * ("/" when |home| is empty).  Entries without '=' are dropped.  Returns 0 or
+ * -ENOMEM. */
+int sandbox_env_build(char *const *base, char *const *over, const char *hostname, const char *home,
+		      struct str_list *out);
+
+/* Find |cmd| the way execvp does, relative to the current root: a name with
+ * a '/' is taken as is; otherwise each directory of |path_env| (colon
+ * separated, an empty element meaning ".") is tried for an executable regular
+ * file.  Writes the path to |<out, len>|.  Returns 0, -ENOENT, -EACCES if only
+ * non-executable matches exist, or -ENAMETOOLONG. */
+int sandbox_path_lookup(const char *cmd, const char *path_env, char *out, size_t len);
+
+/* ---- cgroups (sandbox/cgroup.c) ---------------------------------------------- */
+
+enum sandbox_cgroup_kind { SANDBOX_CG_NONE = 0, SANDBOX_CG_V2, SANDBOX_CG_V1 };
+
+struct sandbox_cgroup {
+	enum sandbox_cgroup_kind kind;
+	char v2_dir[PATH_MAX];	 /* the sandbox's cgroup (v2) */
+	char mem_dir[PATH_MAX];	 /* v1 memory hierarchy cgroup, "" if none */
+	char pids_dir[PATH_MAX]; /* v1 pids hierarchy cgroup, "" if none */
+};
+
+/* Create a cgroup named |name| with |memory_limit| bytes (0 = none, swap off
+ * too) and |pids_limit| processes (0 = none).  Prefers cgroup v2: the
+ * caller's own cgroup when a manager delegated memory and pids to it, else
+ * <cgroup2 root>/kindling.  Falls back to the v1 memory and pids hierarchies
+ * where the v2 controllers are missing.  If neither works, |cg->kind| is
+ * SANDBOX_CG_NONE and the reason is in |<notice, len>|; with v1, the notice
+ * says so.  Returns 0 in all those cases (limits are best effort, as the
+ * issue asks); -errno only for a setup failure after creation began, with
+ * nothing left behind. */
+int sandbox_cgroup_create(struct sandbox_cgroup *cg, const char *name, uint64_t memory_limit, uint32_t pids_limit,
+			  char *notice, size_t len);
+
+/* Move process |pid| into |cg|.  Returns 0 or -errno. */
+int sandbox_cgroup_attach(const struct sandbox_cgroup *cg, pid_t pid);
+
+/* True if the memory controller OOM-killed something in |cg|. */
+bool sandbox_cgroup_oom_killed(const struct sandbox_cgroup *cg);
+
+/* Kill whatever is left in |cg|, then remove it (retrying while the kernel
+ * still counts dying tasks).  Safe on a SANDBOX_CG_NONE or zeroed struct. */
+void sandbox_cgroup_destroy(struct sandbox_cgroup *cg);
+
+#endif

@@ -1,0 +1,548 @@
+/* The micro-VM sandbox: the image's entrypoint in a KVM guest run by kvmm.
+ *
+ *   host (this file)                          guest
+ *   config.json, listen on {uds}_1024
+ *   kvmm --no-api --config-file config.json   boots; the image is /dev/vda
+ *                                             (EROFS, read-only)
+ *   accept  <------- vsock port 1024 -------  kindling-guest-init connects
+ *   A.. E.. W U G  ------------------------>  runs the workload
+ *   O/R to out_fd/err_fd  <-----------------  O R ... X
+ *   wait for kvmm                             syncs, powers off
+ *
+ * Everything for one run lives in a private temporary directory (the config,
+ * the vsock sockets, kvmm's log), removed on every path.
+ *
+ * Where the pieces are (environment):
+ *   KINDLING_KVMM          the kvmm program (default: "kvmm" next to the
+ *                          running executable)
+ *   KINDLING_GUEST_KERNEL  the guest's kernel, a bzImage (default:
+ *                          "kindling-guest-kernel" next to the executable)
+ *   KINDLING_GUEST_INITRD  the guest's initramfs with kindling-guest-init
+ *                          (default: "kindling-guest-initrd" next to it)
+ *
+ * The guest has no stdin (spec->in_fd is ignored) and no pids limit of ours;
+ * the memory limit is the VM's RAM. */
+#define LOG_COMPONENT "sandbox"
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "vmm/guest/protocol.h"
+#include "sandbox/internal.h"
+
+extern char **environ;
+
+#define MICROVM_DEFAULT_MEM_MIB 256u
+#define MICROVM_MIN_MEM_MIB 64u
+#define MICROVM_GUEST_CID 3
+#define MICROVM_BOOT_TIMEOUT_S 60.0 /* without spec->timeout_s: from spawn to the init's connection */
+#define MICROVM_POWEROFF_S 10.0	    /* from 'X' to kvmm's exit */
+
+/* The path of |name| next to the running executable, into |<out, len>|. */
+static int next_to_exe(const char *name, char *out, size_t len)
+{
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n < 0)
+		return -errno;
+	exe[n] = '\0';
+	int k = snprintf(out, len, "%s/%s", dirname(exe), name);
+	return k < 0 || (size_t)k >= len ? -ENAMETOOLONG : 0;
+}
+
+static int pick_path(const char *env, const char *def, char *out, size_t len)
+{
+	const char *v = getenv(env);
+	if (v && *v) {
+		int k = snprintf(out, len, "%s", v);
+		return k < 0 || (size_t)k >= len ? -ENAMETOOLONG : 0;
+	}
+	return next_to_exe(def, out, len);
+}
+
+int microvm_find_paths(struct microvm_paths *p, char *why, size_t len)
+{
+	static const struct {
+		const char *env, *def, *what;
+		bool exec;
+	} parts[] = {
+		{ "KINDLING_KVMM", "kvmm", "the kvmm program", true },
+		{ "KINDLING_GUEST_KERNEL", "kindling-guest-kernel", "the guest kernel", false },
+		{ "KINDLING_GUEST_INITRD", "kindling-guest-initrd", "the guest initramfs", false },
+	};
+	char *dst[] = { p->kvmm, p->kernel, p->initrd };
+	for (size_t i = 0; i < 3; i++) {
+		int r = pick_path(parts[i].env, parts[i].def, dst[i], PATH_MAX);
+		if (r < 0) {
+			snprintf(why, len, "cannot locate %s: %s (set %s)", parts[i].what, strerror(-r), parts[i].env);
+			return r;
+		}
+		if (access(dst[i], parts[i].exec ? X_OK : R_OK) < 0) {
+			r = -errno;
+			snprintf(why, len, "%s %s: %s (set %s)", parts[i].what, dst[i], strerror(-r), parts[i].env);
+			return r;
+		}
+	}
+	return 0;
+}
+
+static bool microvm_available(char *why, size_t len)
+{
+	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		snprintf(why, len, "cannot open /dev/kvm: %s (the micro-VM needs KVM; use --isolation process)",
+			 strerror(errno));
+		return false;
+	}
+	close(fd);
+	struct microvm_paths p;
+	return microvm_find_paths(&p, why, len) == 0;
+}
+
+int microvm_write_config(const struct sandbox_spec *s, const struct microvm_paths *p, const char *uds_path,
+			 const char *out_path)
+{
+	uint64_t mib = s->memory_limit ? (s->memory_limit + (1u << 20) - 1) >> 20 : MICROVM_DEFAULT_MEM_MIB;
+	if (mib < MICROVM_MIN_MEM_MIB)
+		mib = MICROVM_MIN_MEM_MIB; /* a kernel and its initramfs need this much before any workload */
+	if (mib > (1u << 20)) {
+		log_err("microvm: a memory limit of %llu MiB is more than a micro-VM takes", (unsigned long long)mib);
+		return -EINVAL;
+	}
+	if (!s->image_path) {
+		log_err("microvm: the micro-VM boots an image file; a rootfs directory needs --isolation process");
+		return -EINVAL;
+	}
+	json_t *root = json_pack("{s:{s:s, s:s}, s:[{s:s, s:s, s:b, s:b}], s:{s:i, s:I}, s:{s:i, s:s}}",
+				 "boot-source", "kernel_image_path", p->kernel, "initrd_path", p->initrd,
+				 "drives", "drive_id", "rootfs", "path_on_host", s->image_path, "is_root_device", 1,
+				 "is_read_only", 1,
+				 "machine-config", "vcpu_count", 1, "mem_size_mib", (json_int_t)mib,
+				 "vsock", "guest_cid", MICROVM_GUEST_CID, "uds_path", uds_path);
+	if (!root) {
+		log_err("microvm: building the VM config: out of memory or a path that is not UTF-8");
+		return -EINVAL;
+	}
+	char *text = json_dumps(root, JSON_INDENT(2));
+	json_decref(root);
+	if (!text)
+		return -ENOMEM;
+	int r = write_file_atomic(out_path, text, strlen(text), 0600);
+	free(text);
+	if (r < 0)
+		log_err("microvm: writing %s: %s", out_path, strerror(-r));
+	return r;
+}
+
+/* argv: the override, else entrypoint then cmd; pointers into the spec. */
+static int build_argv(const struct sandbox_spec *s, const char ***out)
+{
+	char *const *ep = s->argv_override ? s->argv_override : s->config ? s->config->entrypoint : NULL;
+	char *const *cmd = s->argv_override ? NULL : s->config ? s->config->cmd : NULL;
+	size_t ne = 0, nc = 0;
+	while (ep && ep[ne])
+		ne++;
+	while (cmd && cmd[nc])
+		nc++;
+	if (ne + nc == 0) {
+		log_err("microvm: the image has no entrypoint or cmd; give a command to run");
+		return -EINVAL;
+	}
+	const char **v = calloc(ne + nc + 1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (size_t i = 0; i < ne; i++)
+		v[i] = ep[i];
+	for (size_t i = 0; i < nc; i++)
+		v[ne + i] = cmd[i];
+	*out = v;
+	return 0;
+}
+
+static size_t name_len(const char *kv)
+{
+	const char *eq = strchr(kv, '=');
+	return eq ? (size_t)(eq - kv) : strlen(kv);
+}
+
+/* The image's env with the overrides replacing same-named entries; entries
+ * without '=' dropped.  PATH, HOME and the like are the init's business: it
+ * knows the user's passwd entry. */
+static int build_env(const struct sandbox_spec *s, struct str_list *out)
+{
+	char *const *base = s->config ? s->config->env : NULL;
+	char *const *over = s->env_override;
+	for (size_t i = 0; base && base[i]; i++) {
+		if (!strchr(base[i], '='))
+			continue;
+		bool replaced = false;
+		for (size_t j = 0; over && over[j] && !replaced; j++)
+			replaced = name_len(over[j]) == name_len(base[i]) &&
+				   strncmp(over[j], base[i], name_len(base[i])) == 0;
+		if (!replaced && str_list_add(out, base[i]) < 0)
+			return -ENOMEM;
+	}
+	for (size_t j = 0; over && over[j]; j++)
+		if (strchr(over[j], '=') && str_list_add(out, over[j]) < 0)
+			return -ENOMEM;
+	return str_list_add(out, "") < 0 ? -ENOMEM : 0; /* room for the NULL below */
+}
+
+/* One run's resources, so every path cleans up the same way. */
+struct vm_run {
+	/* unix socket paths are short anyway: the directory's must leave room
+	 * for "/v.sock_1024" in 108 bytes */
+	char dir[192], config[256], uds[224], listen_path[256], log[256];
+	int listen_fd, conn_fd, pid_fd;
+	pid_t pid;
+	int status;
+	bool reaped;
+};
+
+static void run_cleanup(struct vm_run *v)
+{
+	if (v->pid > 0 && !v->reaped) {
+		kill(v->pid, SIGKILL);
+		while (waitpid(v->pid, &v->status, 0) < 0 && errno == EINTR)
+			;
+		v->reaped = true;
+	}
+	if (v->conn_fd >= 0)
+		close(v->conn_fd);
+	if (v->listen_fd >= 0)
+		close(v->listen_fd);
+	if (v->pid_fd >= 0)
+		close(v->pid_fd);
+	v->conn_fd = v->listen_fd = v->pid_fd = -1;
+	if (v->dir[0]) {
+		unlink(v->config);
+		unlink(v->listen_path);
+		unlink(v->uds); /* kvmm removes it; not if it was killed */
+		unlink(v->log);
+		if (rmdir(v->dir) < 0)
+			log_warn("microvm: cannot remove %s: %s", v->dir, strerror(errno));
+		v->dir[0] = '\0';
+	}
+}
+
+/* The last lines of kvmm's log, for an operator's error message. */
+static void log_tail(const struct vm_run *v)
+{
+	uint8_t *buf;
+	size_t len;
+	if (read_file_all(v->log, 1u << 20, &buf, &len) < 0)
+		return;
+	if (len == 0) {
+		free(buf);
+		return;
+	}
+	size_t from = len > 2000 ? len - 2000 : 0;
+	log_err("microvm: the end of kvmm's output:\n%.*s", (int)(len - from), (const char *)buf + from);
+	free(buf);
+}
+
+static int spawn_kvmm(struct vm_run *v, const struct microvm_paths *p)
+{
+	posix_spawn_file_actions_t fa;
+	if (posix_spawn_file_actions_init(&fa) != 0)
+		return -ENOMEM;
+	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	posix_spawn_file_actions_addopen(&fa, 1, v->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	posix_spawn_file_actions_adddup2(&fa, 1, 2);
+	char *argv[] = { (char *)p->kvmm, "--no-api", "--config-file", v->config, NULL };
+	int r = posix_spawn(&v->pid, p->kvmm, &fa, NULL, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	if (r != 0) {
+		v->pid = -1;
+		log_err("microvm: starting %s: %s (set KINDLING_KVMM)", p->kvmm, strerror(r));
+		return -r;
+	}
+#ifdef SYS_pidfd_open
+	v->pid_fd = (int)syscall(SYS_pidfd_open, v->pid, 0);
+#endif
+	return 0;
+}
+
+/* Whether kvmm has exited (reaping it). */
+static bool kvmm_exited(struct vm_run *v)
+{
+	if (v->reaped)
+		return true;
+	pid_t w = waitpid(v->pid, &v->status, WNOHANG);
+	if (w == v->pid)
+		v->reaped = true;
+	return v->reaped;
+}
+
+/* Milliseconds until |deadline| (now_seconds() based) for poll(), capped at
+ * |cap| so a missing pidfd still notices kvmm's exit. */
+static int ms_until(double deadline, int cap)
+{
+	double left = deadline - now_seconds();
+	if (left <= 0)
+		return 0;
+	return left * 1000 > cap ? cap : (int)(left * 1000) + 1;
+}
+
+/* Wait for the guest init's connection, kvmm's exit, or the deadline. */
+static int accept_guest(struct vm_run *v, double deadline, const struct sandbox_spec *s, struct sandbox_result *out)
+{
+	for (;;) {
+		struct pollfd pf[2] = { { v->listen_fd, POLLIN, 0 }, { v->pid_fd, POLLIN, 0 } };
+		int n = poll(pf, v->pid_fd >= 0 ? 2 : 1, ms_until(deadline, 100));
+		if (n < 0 && errno != EINTR)
+			return -errno;
+		if (pf[0].revents & POLLIN) {
+			v->conn_fd = accept4(v->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+			if (v->conn_fd >= 0)
+				return 0;
+		}
+		if (kvmm_exited(v)) {
+			log_err("microvm: kvmm exited (status 0x%x) before the guest init connected", v->status);
+			return -EIO;
+		}
+		if (now_seconds() >= deadline) {
+			if (s->timeout_s > 0 && now_seconds() >= s->t0 + s->timeout_s) {
+				log_warn("microvm: timed out after %.3f s before the guest started; killing it",
+					 s->timeout_s);
+				out->timed_out = true;
+				return -ETIMEDOUT;
+			}
+			log_err("microvm: the guest init did not connect within %.0f s; is the initramfs "
+				"(KINDLING_GUEST_INITRD) kindling's, and its kernel able to boot?",
+				MICROVM_BOOT_TIMEOUT_S);
+			return -ETIMEDOUT;
+		}
+	}
+}
+
+/* Frames from the guest until 'X', the end of the stream, or the deadline.
+ * Returns 0 after 'X', -ETIMEDOUT, or -EIO / -EPROTO. */
+static int serve_guest(struct vm_run *v, const struct sandbox_spec *s, struct sandbox_result *out, double deadline)
+{
+	struct guest_decoder d;
+	guest_decoder_init(&d, GUEST_DIR_GUEST_TO_HOST);
+	bool out_failed = false, failed = false;
+	int r = -EIO;
+	uint8_t buf[65536];
+	for (;;) {
+		struct pollfd pf = { v->conn_fd, POLLIN, 0 };
+		int timeout = deadline > 0 ? ms_until(deadline, 1000000000) : -1;
+		int n = poll(&pf, 1, timeout);
+		if (n < 0 && errno != EINTR) {
+			r = -errno;
+			break;
+		}
+		if (n == 0 && deadline > 0 && now_seconds() >= deadline) {
+			log_warn("microvm: timed out after %.3f s; killing it", s->timeout_s);
+			out->timed_out = true;
+			r = -ETIMEDOUT;
+			break;
+		}
+		if (n <= 0)
+			continue;
+		ssize_t k = read(v->conn_fd, buf, sizeof(buf));
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0) {
+			if (!failed)
+				log_err("microvm: the guest closed the channel without an exit status%s",
+					guest_decoder_idle(&d) ? "" : " (in the middle of a frame)");
+			r = -EIO;
+			break;
+		}
+		size_t off = 0;
+		while (off < (size_t)k) {
+			size_t used;
+			struct guest_frame f;
+			int fr = guest_decoder_feed(&d, buf + off, (size_t)k - off, &used, &f);
+			off += used;
+			if (fr < 0) {
+				log_err("microvm: bad frame from the guest: %s", guest_decoder_error(&d));
+				r = -EPROTO;
+				goto done;
+			}
+			if (fr == 0)
+				break;
+			switch (f.type) {
+			case GUEST_FRAME_STDOUT:
+			case GUEST_FRAME_STDERR: {
+				bool is_out = f.type == GUEST_FRAME_STDOUT;
+				if (out->first_output_s < 0)
+					out->first_output_s = now_seconds() - s->t0;
+				*(is_out ? &out->out_bytes : &out->err_bytes) += f.len;
+				if (!out_failed && write_full(is_out ? s->out_fd : s->err_fd, f.payload, f.len) < 0) {
+					log_warn("microvm: the output descriptor stopped accepting data; "
+						 "discarding the rest");
+					out_failed = true;
+				}
+				break;
+			}
+			case GUEST_FRAME_FAIL:
+				log_err("microvm: the guest init failed: %.*s", (int)f.len, (const char *)f.payload);
+				failed = true;
+				break;
+			case GUEST_FRAME_EXIT: {
+				int32_t code, sig;
+				if (guest_exit_decode(f.payload, f.len, &code, &sig) < 0) {
+					r = -EPROTO;
+					goto done;
+				}
+				out->exit_s = now_seconds() - s->t0;
+				out->exit_code = code;
+				out->term_signal = sig;
+				/* The init reports a command or user missing from the
+				 * image as 127, like the process sandbox's -ENOENT. */
+				r = !failed ? 0 : code == 127 ? -ENOENT : -EIO;
+				goto done;
+			}
+			default:
+				break; /* the decoder lets through only the four types above */
+			}
+		}
+	}
+done:
+	guest_decoder_cleanup(&d);
+	return r;
+}
+
+int microvm_run_with(const struct sandbox_spec *s, const struct microvm_paths *p, struct sandbox_result *out)
+{
+	struct vm_run v = { .listen_fd = -1, .conn_fd = -1, .pid_fd = -1, .pid = -1 };
+	const char **argv = NULL;
+	struct str_list env = { 0 };
+	int r;
+	const char *user = s->user_override ? s->user_override : s->config ? s->config->user : NULL;
+	const char *workdir = s->workdir_override                                              ? s->workdir_override
+			      : s->config && s->config->working_dir && *s->config->working_dir ? s->config->working_dir
+												: NULL;
+	if (workdir && workdir[0] != '/') {
+		log_err("microvm: the working directory must be absolute (got %s)", workdir);
+		return -EINVAL;
+	}
+	if ((r = build_argv(s, &argv)) < 0 || (r = build_env(s, &env)) < 0)
+		goto out;
+	free(env.items[--env.n]); /* the placeholder: the list ends in NULL now */
+	env.items[env.n] = NULL;
+
+	const char *tmp = getenv("TMPDIR");
+	int k = snprintf(v.dir, sizeof(v.dir), "%s/kindling-vm.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	if (k < 0 || (size_t)k >= sizeof(v.dir)) {
+		log_err("microvm: TMPDIR %s is too long for the VM's unix sockets; set it to a shorter directory",
+			tmp);
+		v.dir[0] = '\0';
+		r = -ENAMETOOLONG;
+		goto out;
+	}
+	if (!mkdtemp(v.dir)) {
+		r = -errno;
+		log_err("microvm: cannot create a directory %s: %s (set TMPDIR to a writable directory)", v.dir,
+			strerror(-r));
+		v.dir[0] = '\0';
+		goto out;
+	}
+	snprintf(v.config, sizeof(v.config), "%s/config.json", v.dir);
+	snprintf(v.uds, sizeof(v.uds), "%s/v.sock", v.dir);
+	snprintf(v.listen_path, sizeof(v.listen_path), "%s_%u", v.uds, GUEST_PROTO_PORT);
+	snprintf(v.log, sizeof(v.log), "%s/kvmm.log", v.dir);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(v.listen_path) >= sizeof(sa.sun_path)) {
+		log_err("microvm: %s is too long for a unix socket; set TMPDIR to a shorter directory", v.listen_path);
+		r = -ENAMETOOLONG;
+		goto out;
+	}
+	strcpy(sa.sun_path, v.listen_path);
+	v.listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (v.listen_fd < 0 || bind(v.listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    listen(v.listen_fd, 1) < 0) {
+		r = -errno;
+		log_err("microvm: listening on %s: %s", v.listen_path, strerror(-r));
+		goto out;
+	}
+	if ((r = microvm_write_config(s, p, v.uds, v.config)) < 0 || (r = spawn_kvmm(&v, p)) < 0)
+		goto out;
+
+	double run_deadline = s->timeout_s > 0 ? s->t0 + s->timeout_s : 0;
+	double boot_deadline = now_seconds() + MICROVM_BOOT_TIMEOUT_S;
+	if (run_deadline > 0 && run_deadline < boot_deadline)
+		boot_deadline = run_deadline;
+	if ((r = accept_guest(&v, boot_deadline, s, out)) < 0)
+		goto timed;
+	/* The guest reads the invocation at once; a bound keeps a wedged
+	 * guest from holding us here. */
+	struct timeval tv = { .tv_sec = 10 };
+	setsockopt(v.conn_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	r = guest_invocation_send(v.conn_fd, argv, (const char *const *)env.items, workdir, user);
+	if (r < 0) {
+		log_err("microvm: sending the invocation to the guest: %s", strerror(-r));
+		goto out;
+	}
+	r = serve_guest(&v, s, out, run_deadline);
+timed:
+	if (r == -ETIMEDOUT && out->timed_out) {
+		/* A timeout is a result, as in the process sandbox. */
+		kill(v.pid, SIGKILL);
+		out->exit_code = -1;
+		out->term_signal = SIGKILL;
+		out->exit_s = now_seconds() - s->t0;
+		r = 0;
+		goto out;
+	}
+	if (r < 0)
+		goto out;
+	/* After 'X' the guest syncs and powers off, which ends kvmm. */
+	double until = now_seconds() + MICROVM_POWEROFF_S;
+	while (!kvmm_exited(&v) && now_seconds() < until) {
+		struct pollfd pf = { v.pid_fd, POLLIN, 0 };
+		poll(&pf, v.pid_fd >= 0 ? 1 : 0, ms_until(until, 50));
+	}
+	if (!v.reaped)
+		log_warn("microvm: kvmm did not exit %.0f s after the workload did; killing it", MICROVM_POWEROFF_S);
+	else if (!WIFEXITED(v.status) || WEXITSTATUS(v.status) != 0)
+		log_warn("microvm: kvmm exited with status 0x%x after the workload finished", v.status);
+out:
+	if (r < 0 && v.pid > 0)
+		log_tail(&v);
+	run_cleanup(&v);
+	free(argv);
+	str_list_clear(&env);
+	return r;
+}
+
+static int microvm_run(const struct sandbox_spec *s, struct sandbox_result *out)
+{
+	char why[512];
+	if (!microvm_available(why, sizeof(why))) {
+		log_err("microvm: %s", why);
+		return -ENOTSUP;
+	}
+	struct microvm_paths p;
+	int r = microvm_find_paths(&p, why, sizeof(why));
+	if (r < 0) {
+		log_err("microvm: %s", why);
+		return r;
+	}
+	out->mount_kind = "virtio-blk";
+	return microvm_run_with(s, &p, out);
+}
+
+const struct sandbox_ops sandbox_microvm = {
+	.name = "microvm",
+	.available = microvm_available,
+	.run = microvm_run,
+};

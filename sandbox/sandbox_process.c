@@ -1,0 +1,889 @@
+/* The process sandbox: an image's entrypoint in namespaces, on a kernel EROFS
+ * mount of the image under a tmpfs overlay.
+ *
+ * Processes, from the caller down:
+ *
+ *   caller ── M (monitor) ── I (init, pid 1 of the new pid namespace) ── E (the workload, pid 2)
+ *
+ * - M is forked with glibc's fork(), so M and everything under it may use
+ *   malloc even when the caller is multi-threaded (a raw clone(CLONE_NEWPID)
+ *   would not reset libc's locks).  M waits until the caller has put it in the
+ *   sandbox cgroup, unshares the mount, uts, ipc, net and pid namespaces, and
+ *   forks I.  M then only forwards signals and waits.
+ * - I is pid 1.  It builds the file tree (EROFS, overlay, pivot_root, /proc,
+ *   /dev, /tmp), sets the hostname and brings up lo, forks E and then reaps
+ *   every zombie until E exits.  Why a separate init instead of exec'ing the
+ *   entrypoint as pid 1: entrypoints (shell scripts, language runtimes) do not
+ *   reap orphans re-parented to them, and pid 1 gets no default signal
+ *   actions, so a SIGTERM would be silently dropped.  I is our code, forwards
+ *   signals and reports E's exact exit status (a pid 1 cannot re-raise a fatal
+ *   signal on itself).  When E exits, I exits, and the kernel kills whatever is
+ *   left in the namespace, so no daemon outlives the run.
+ * - E switches to the image's user, drops capabilities outside Docker's
+ *   default set, loads the seccomp denylist and execs the command.
+ *
+ * I reports to the caller over a pipe (struct report): which mount was used,
+ * a setup error (errno), E's exit status.  E's stdout and stderr are pipes the
+ * caller copies to the spec's descriptors, timing the first byte.  If the
+ * caller or M dies, PR_SET_PDEATHSIG kills I, which ends the namespace; the
+ * mounts live only in the sandbox's mount namespace and vanish with it.
+ */
+#define LOG_COMPONENT "sandbox"
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <linux/loop.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <seccomp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "sandbox/internal.h"
+
+/* One message from I (or E before exec) to the caller.  Smaller than
+ * PIPE_BUF, so each write is atomic and reads never split a message. */
+struct report {
+	int32_t kind; /* REP_* */
+	int32_t value;
+};
+enum { REP_MOUNT_FILE = 1, REP_MOUNT_LOOP, REP_ERROR /* value = errno */, REP_EXIT /* value = wait status */,
+       REP_MOUNT_DIR };
+
+/* What the children need; built by the caller before fork so the children
+ * only read it. */
+struct plan {
+	const struct sandbox_spec *spec;
+	int image_fd; /* the image file, or an O_PATH descriptor of spec->rootfs_dir */
+	char *rootfs_path; /* spec->rootfs_dir made absolute (realpath), or NULL */
+	char **argv; /* NULL-terminated */
+	const char *user;
+	const char *workdir;
+	const char *hostname;
+	int out_w, err_w, rep_w, sync_r;
+};
+
+#define SCRATCH "/tmp" /* covered by a fresh tmpfs in the sandbox's own mount namespace */
+
+static void report(int fd, int kind, int value)
+{
+	struct report m = {kind, value};
+	if (write(fd, &m, sizeof(m)) != (ssize_t)sizeof(m))
+		_exit(125); /* the caller is gone; nothing left to tell */
+}
+
+/* Log a setup failure at the point it happens, tell the caller, and stop:
+ * I is pid 1, so its exit takes the whole namespace down with it. */
+__attribute__((noreturn)) static void setup_fail(const struct plan *p, int err)
+{
+	report(p->rep_w, REP_ERROR, err);
+	_exit(126);
+}
+
+static int xmount(const char *src, const char *dst, const char *type, unsigned long flags, const char *data)
+{
+	if (mount(src, dst, type, flags, data) < 0) {
+		int e = errno;
+		log_err("sandbox: mount %s on %s (%s): %s", src ? src : "-", dst, type ? type : "bind/remount",
+			strerror(e));
+		return -e;
+	}
+	return 0;
+}
+
+static int mkdir_if_missing(const char *path, mode_t mode)
+{
+	if (mkdir(path, mode) < 0 && errno != EEXIST) {
+		int e = errno;
+		log_err("sandbox: mkdir %s: %s", path, strerror(e));
+		return -e;
+	}
+	return 0;
+}
+
+/* ---- the image: file-backed EROFS, or a loop device ------------------------------------------------------------ */
+
+static int mount_loop(int image_fd, const char *dst)
+{
+	int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+	if (ctl < 0) {
+		int e = errno;
+		log_err("sandbox: open /dev/loop-control: %s (is the loop driver available?)", strerror(e));
+		return -e;
+	}
+	int r = -EBUSY;
+	/* Another process can take the free device between GET_FREE and
+	 * CONFIGURE; try a few times. */
+	for (int attempt = 0; attempt < 8 && r == -EBUSY; attempt++) {
+		int n = ioctl(ctl, LOOP_CTL_GET_FREE);
+		if (n < 0) {
+			r = -errno;
+			log_err("sandbox: LOOP_CTL_GET_FREE: %s", strerror(-r));
+			break;
+		}
+		char dev[64];
+		snprintf(dev, sizeof(dev), "/dev/loop%d", n);
+		int lfd = open(dev, O_RDONLY | O_CLOEXEC);
+		if (lfd < 0) {
+			r = -errno;
+			log_err("sandbox: open %s: %s (loop device nodes missing?)", dev, strerror(-r));
+			break;
+		}
+		/* AUTOCLEAR: the device detaches itself once unmounted and
+		 * closed, so teardown needs no step of ours, on any path. */
+		struct loop_config cfg;
+		memset(&cfg, 0, sizeof(cfg));
+		cfg.fd = (uint32_t)image_fd;
+		cfg.block_size = 4096;
+		cfg.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
+		if (ioctl(lfd, LOOP_CONFIGURE, &cfg) < 0) {
+			r = -errno;
+			close(lfd);
+			if (r != -EBUSY)
+				log_err("sandbox: LOOP_CONFIGURE %s: %s", dev, strerror(-r));
+			continue;
+		}
+		r = xmount(dev, dst, "erofs", MS_RDONLY | MS_NODEV | MS_NOSUID, NULL);
+		close(lfd);
+	}
+	close(ctl);
+	return r;
+}
+
+/* Bind the plain directory |dir_fd| (spec->rootfs_dir, opened in this mount
+ * namespace) read-only at |dst|.  Returns REP_MOUNT_DIR or -errno. */
+static int mount_dir(const struct plan *p, int dir_fd, const char *dst)
+{
+	char src[64];
+	snprintf(src, sizeof(src), "/proc/self/fd/%d", dir_fd);
+	/* Not MS_REC: the workload sees the directory itself, not whatever the
+	 * host mounted below it. */
+	int r = xmount(src, dst, NULL, MS_BIND, NULL);
+	if (r == 0)
+		r = xmount(NULL, dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NODEV, NULL);
+	if (r < 0)
+		log_err("sandbox: cannot use the directory %s as the root: %s", p->spec->rootfs_dir, strerror(-r));
+	return r < 0 ? r : REP_MOUNT_DIR;
+}
+
+/* Mount the image (or bind the rootfs directory) at |dst|.  Returns
+ * REP_MOUNT_FILE, REP_MOUNT_LOOP or REP_MOUNT_DIR, or -errno. */
+static int mount_image(const struct plan *p, int dir_fd, const char *dst)
+{
+	/* The source is the descriptor the caller opened, so the path may be
+	 * anywhere (even under the /tmp this namespace just covered). */
+	char src[64];
+	snprintf(src, sizeof(src), "/proc/self/fd/%d", p->image_fd);
+	if (p->spec->rootfs_dir)
+		return mount_dir(p, dir_fd, dst);
+	if (p->spec->mount != SANDBOX_MOUNT_LOOP) {
+		/* nosuid is left off on purpose: no_new_privs (set with the
+		 * seccomp filter) already makes setuid bits inert, and images
+		 * expect ls -l to show them. */
+		if (mount(src, dst, "erofs", MS_RDONLY | MS_NODEV, NULL) == 0)
+			return REP_MOUNT_FILE;
+		int e = errno;
+		/* ENOTBLK: the kernel lacks CONFIG_EROFS_FS_BACKED_BY_FILE and
+		 * wanted a block device. */
+		if (p->spec->mount == SANDBOX_MOUNT_FILE || (e != ENOTBLK && e != EINVAL && e != EOPNOTSUPP)) {
+			log_err("sandbox: mount -t erofs %s: %s (is it an EROFS image? does the kernel have erofs?)",
+				p->spec->image_path, strerror(e));
+			return -e;
+		}
+		log_info("sandbox: file-backed EROFS mount refused (%s); using a loop device", strerror(e));
+	}
+	int r = mount_loop(p->image_fd, dst);
+	return r < 0 ? r : REP_MOUNT_LOOP;
+}
+
+/* ---- the file tree inside -------------------------------------------------------------------------------------- */
+
+static int make_dev(const char *root)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/dev", root);
+	int r = mkdir_if_missing(path, 0755);
+	if (r == 0)
+		r = xmount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=64k");
+	/* Bind the host's nodes rather than mknod: the same code then works in
+	 * a user namespace, where mknod is not allowed. */
+	static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
+	for (size_t i = 0; r == 0 && i < sizeof(nodes) / sizeof(nodes[0]); i++) {
+		char host[64];
+		snprintf(host, sizeof(host), "/dev/%s", nodes[i]);
+		snprintf(path, sizeof(path), "%s/dev/%s", root, nodes[i]);
+		int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0666);
+		if (fd < 0) {
+			r = -errno;
+			log_err("sandbox: create %s: %s", path, strerror(-r));
+			break;
+		}
+		close(fd);
+		r = xmount(host, path, NULL, MS_BIND, NULL);
+	}
+	static const char *const links[][2] = {
+		{"/proc/self/fd", "fd"}, {"/proc/self/fd/0", "stdin"}, {"/proc/self/fd/1", "stdout"},
+		{"/proc/self/fd/2", "stderr"}, {"/proc/kcore", "core"},
+	};
+	for (size_t i = 0; r == 0 && i < sizeof(links) / sizeof(links[0]); i++) {
+		snprintf(path, sizeof(path), "%s/dev/%s", root, links[i][1]);
+		if (symlink(links[i][0], path) < 0) {
+			r = -errno;
+			log_err("sandbox: symlink %s: %s", path, strerror(-r));
+		}
+	}
+	if (r == 0) {
+		snprintf(path, sizeof(path), "%s/dev/shm", root);
+		r = mkdir_if_missing(path, 01777);
+		if (r == 0)
+			r = xmount("shm", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k");
+	}
+	return r;
+}
+
+/* /proc as Docker leaves it: writable for the process's own entries, but the
+ * knobs that reach the whole host read-only, and the leaks masked. */
+static int harden_proc(void)
+{
+	static const char *const ro[] = {"/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"};
+	static const char *const masked_files[] = {"/proc/kcore", "/proc/keys", "/proc/timer_list",
+						   "/proc/sched_debug", "/proc/latency_stats", "/proc/timer_stats"};
+	static const char *const masked_dirs[] = {"/proc/acpi", "/proc/scsi", "/proc/asound"};
+	for (size_t i = 0; i < sizeof(ro) / sizeof(ro[0]); i++) {
+		if (access(ro[i], F_OK) < 0)
+			continue;
+		int r = xmount(ro[i], ro[i], NULL, MS_BIND | MS_REC, NULL);
+		if (r == 0)
+			r = xmount(NULL, ro[i], NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+				   NULL);
+		if (r < 0)
+			return r;
+	}
+	for (size_t i = 0; i < sizeof(masked_files) / sizeof(masked_files[0]); i++)
+		if (access(masked_files[i], F_OK) == 0 && xmount("/dev/null", masked_files[i], NULL, MS_BIND, NULL) < 0)
+			return -EPERM;
+	for (size_t i = 0; i < sizeof(masked_dirs) / sizeof(masked_dirs[0]); i++)
+		if (access(masked_dirs[i], F_OK) == 0 &&
+		    xmount("tmpfs", masked_dirs[i], "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0") < 0)
+			return -EPERM;
+	return 0;
+}
+
+/* Enter |root| as the new /.  pivot_root(".", ".") stacks the old root under
+ * the new one, and the detach then drops every host mount from view. */
+static int enter_root(const char *root)
+{
+	if (chdir(root) < 0) {
+		int e = errno;
+		log_err("sandbox: chdir %s: %s", root, strerror(e));
+		return -e;
+	}
+	if (syscall(SYS_pivot_root, ".", ".") == 0) {
+		if (umount2(".", MNT_DETACH) < 0) {
+			int e = errno;
+			log_err("sandbox: detach the old root: %s", strerror(e));
+			return -e;
+		}
+		return chdir("/") < 0 ? -errno : 0;
+	}
+	/* Fallback: pivot_root refuses when the current root is the initramfs
+	 * (rootfs cannot be unmounted).  Move the new root over / and chroot;
+	 * weaker, because the old root stays reachable to anything that can
+	 * escape a chroot, which the capability and seccomp rules prevent. */
+	int e = errno;
+	log_warn("sandbox: pivot_root failed (%s); falling back to MS_MOVE + chroot", strerror(e));
+	if (mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0) {
+		e = errno;
+		log_err("sandbox: chroot into %s: %s", root, strerror(e));
+		return -e;
+	}
+	return 0;
+}
+
+static int loopback_up(void)
+{
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return -errno;
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof(ifr));
+	strcpy(ifr.ifr_name, "lo");
+	int r = 0;
+	if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0)
+		r = -errno;
+	else {
+		ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+		if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
+			r = -errno;
+	}
+	close(s);
+	if (r < 0)
+		log_warn("sandbox: bring up lo: %s; the workload has no loopback", strerror(-r));
+	return r;
+}
+
+/* The whole file tree; runs in I, in the new namespaces, before pivot. */
+static int build_tree(const struct plan *p, int *mount_kind)
+{
+	int r;
+	/* Nothing done here may leak to the host, nor the host's later mounts in. */
+	if ((r = xmount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL)) < 0)
+		return r;
+	/* A rootfs directory is opened again here, by path, before the scratch
+	 * tmpfs may cover it: bind mounts only take sources from the caller's
+	 * own mount namespace, and the caller's descriptor points into the
+	 * host's.  (I exits soon; the descriptor is close-on-exec.) */
+	int dir_fd = -1;
+	if (p->rootfs_path && (dir_fd = open(p->rootfs_path, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0) {
+		r = -errno;
+		log_err("sandbox: open the rootfs directory %s: %s", p->rootfs_path, strerror(-r));
+		return r;
+	}
+	if ((r = mkdir_if_missing(SCRATCH, 01777)) < 0)
+		return r;
+	/* The overlay's upper layer.  Its pages are charged to the sandbox's
+	 * memory cgroup, which bounds it when a limit is set. */
+	if ((r = xmount("kindling-scratch", SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700")) < 0)
+		return r;
+	static const char *const dirs[] = {SCRATCH "/lower", SCRATCH "/upper", SCRATCH "/work", SCRATCH "/root"};
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++)
+		if ((r = mkdir_if_missing(dirs[i], 0755)) < 0)
+			return r;
+	r = mount_image(p, dir_fd, SCRATCH "/lower");
+	if (dir_fd >= 0)
+		close(dir_fd);
+	if (r < 0)
+		return r;
+	*mount_kind = r;
+	if ((r = xmount("overlay", SCRATCH "/root", "overlay", MS_NODEV,
+			"lowerdir=" SCRATCH "/lower,upperdir=" SCRATCH "/upper,workdir=" SCRATCH "/work")) < 0)
+		return r;
+	static const char *const in_root[] = {SCRATCH "/root/proc", SCRATCH "/root/tmp"};
+	for (size_t i = 0; i < sizeof(in_root) / sizeof(in_root[0]); i++)
+		if ((r = mkdir_if_missing(in_root[i], 0755)) < 0)
+			return r;
+	if ((r = make_dev(SCRATCH "/root")) < 0)
+		return r;
+	if ((r = xmount("tmpfs", SCRATCH "/root/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")) < 0)
+		return r;
+	if ((r = enter_root(SCRATCH "/root")) < 0)
+		return r;
+	/* proc must be mounted from inside the new pid namespace to show it. */
+	if ((r = xmount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL)) < 0)
+		return r;
+	if ((r = harden_proc()) < 0)
+		return r;
+	if (sethostname(p->hostname, strlen(p->hostname)) < 0) {
+		r = -errno;
+		log_err("sandbox: sethostname %s: %s", p->hostname, strerror(-r));
+		return r;
+	}
+	loopback_up(); /* a workload without lo still runs; logged */
+	return 0;
+}
+
+/* ---- E: become the workload ------------------------------------------------------------------------------------ */
+
+/* Docker's default capability set: what ordinary images expect root to have.
+ * Everything else (SYS_ADMIN, SYS_MODULE, SYS_RAWIO, SYS_PTRACE, NET_ADMIN,
+ * SYS_RESOURCE, DAC_READ_SEARCH, ...) leaves the bounding set, so not even an
+ * exec as root gets it back (root's permitted set after exec is the bounding
+ * set). */
+static bool cap_kept(int cap)
+{
+	switch (cap) {
+	case CAP_CHOWN: case CAP_DAC_OVERRIDE: case CAP_FOWNER: case CAP_FSETID: case CAP_KILL: case CAP_SETGID:
+	case CAP_SETUID: case CAP_SETPCAP: case CAP_NET_BIND_SERVICE: case CAP_NET_RAW: case CAP_SYS_CHROOT:
+	case CAP_MKNOD: case CAP_AUDIT_WRITE: case CAP_SETFCAP:
+		return true;
+	default:
+		return false;
+	}
+}
+
+static int drop_caps(void)
+{
+	for (int cap = 0; cap < 64; cap++) {
+		if (cap_kept(cap))
+			continue;
+		if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+			if (errno == EINVAL)
+				break; /* past the kernel's last capability */
+			int e = errno;
+			log_err("sandbox: drop capability %d: %s", cap, strerror(e));
+			return -e;
+		}
+	}
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+		return -errno;
+	return 0;
+}
+
+__attribute__((noreturn)) static void run_workload(const struct plan *p, const struct sandbox_user *u, char **env,
+						   void *filter)
+{
+	const struct sandbox_spec *s = p->spec;
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	for (int sig = 1; sig < NSIG; sig++)
+		signal(sig, SIG_DFL);
+	setsid();
+
+	int in = s->in_fd;
+	if (in < 0 && (in = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
+		log_err("sandbox: open /dev/null: %s", strerror(errno));
+		setup_fail(p, errno);
+	}
+	if (dup2(in, 0) < 0 || dup2(p->out_w, 1) < 0 || dup2(p->err_w, 2) < 0)
+		setup_fail(p, errno);
+	/* Nothing else of the caller's may reach the workload; the report pipe
+	 * stays open until exec, which is how an exec failure gets back. */
+	syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */);
+
+	int r = drop_caps();
+	if (r < 0)
+		setup_fail(p, -r);
+	gid_t groups[SANDBOX_MAX_GROUPS];
+	for (size_t i = 0; i < u->n_groups; i++)
+		groups[i] = u->groups[i];
+	if (setgroups(u->n_groups, groups) < 0 || setresgid(u->gid, u->gid, u->gid) < 0 ||
+	    setresuid(u->uid, u->uid, u->uid) < 0) {
+		int e = errno;
+		log_err("sandbox: switch to uid %u gid %u: %s", u->uid, u->gid, strerror(e));
+		setup_fail(p, e);
+	}
+	if (chdir(p->workdir) < 0) {
+		int e = errno;
+		log_err("sandbox: working directory %s: %s (as uid %u)", p->workdir, strerror(e), u->uid);
+		setup_fail(p, e);
+	}
+	/* Looked up after the switch, so "executable" means executable by the
+	 * image's user, as execvp would decide. */
+	char path[PATH_MAX];
+	if ((r = sandbox_path_lookup(p->argv[0], sandbox_env_get(env, "PATH"), path, sizeof(path))) < 0) {
+		log_err("sandbox: command \"%s\" not found in the image (PATH=%s): %s", p->argv[0],
+			sandbox_env_get(env, "PATH"), strerror(-r));
+		setup_fail(p, -r);
+	}
+	/* The last step before exec: from here on the denylist applies. */
+	if ((r = sandbox_seccomp_load(filter)) < 0) {
+		log_err("sandbox: load the seccomp filter: %s", strerror(-r));
+		setup_fail(p, -r);
+	}
+	execve(path, p->argv, env);
+	int e = errno;
+	log_err("sandbox: exec %s: %s", path, strerror(e));
+	setup_fail(p, e);
+}
+
+/* ---- I: pid 1 ------------------------------------------------------------------------------------------------ */
+
+static void noop_handler(int sig) { (void)sig; }
+
+static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+
+/* Block SIGCHLD and the forwarded signals, with a handler installed: pid 1
+ * drops signals whose action is the default, and sigwaitinfo then picks them
+ * up synchronously. */
+static void block_signals(sigset_t *set)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = noop_handler;
+	sigemptyset(set);
+	sigaddset(set, SIGCHLD);
+	sigaction(SIGCHLD, &sa, NULL);
+	for (size_t i = 0; i < sizeof(forwarded) / sizeof(forwarded[0]); i++) {
+		sigaddset(set, forwarded[i]);
+		sigaction(forwarded[i], &sa, NULL);
+	}
+	sigprocmask(SIG_BLOCK, set, NULL);
+}
+
+/* Wait for |child| while forwarding signals to it and reaping everything
+ * else that exits.  Returns |child|'s wait status. */
+static int supervise(pid_t child, const sigset_t *set)
+{
+	for (;;) {
+		siginfo_t si;
+		int sig = sigwaitinfo(set, &si);
+		if (sig < 0)
+			continue;
+		if (sig != SIGCHLD) {
+			kill(child, sig);
+			continue;
+		}
+		int st;
+		pid_t w;
+		while ((w = waitpid(-1, &st, WNOHANG)) > 0)
+			if (w == child)
+				return st;
+	}
+}
+
+__attribute__((noreturn)) static void init_main(const struct plan *p)
+{
+	sigset_t set;
+	block_signals(&set);
+	int kind = 0;
+	int r = build_tree(p, &kind);
+	if (r < 0)
+		setup_fail(p, -r);
+	report(p->rep_w, kind, 0);
+
+	struct sandbox_user u;
+	if ((r = sandbox_user_resolve(p->user, "/etc/passwd", "/etc/group", &u)) < 0)
+		setup_fail(p, -r);
+	struct str_list env = {0};
+	const struct run_config *c = p->spec->config;
+	if ((r = sandbox_env_build(c ? c->env : NULL, p->spec->env_override, p->hostname, u.home, &env)) < 0 ||
+	    (r = str_list_add(&env, "")) < 0)
+		setup_fail(p, -r);
+	free(env.items[--env.n]); /* the "" made room for the NULL terminator */
+	env.items[env.n] = NULL;
+	/* Docker creates a missing working directory; so do we (in the overlay). */
+	if (access(p->workdir, F_OK) < 0 && (r = mkdir_p(p->workdir, 0755)) < 0) {
+		log_err("sandbox: create working directory %s: %s", p->workdir, strerror(-r));
+		setup_fail(p, -r);
+	}
+	void *filter = sandbox_seccomp_build();
+	if (!filter) {
+		log_err("sandbox: build the seccomp filter: %s", strerror(errno));
+		setup_fail(p, errno);
+	}
+
+	pid_t e = fork();
+	if (e < 0)
+		setup_fail(p, errno);
+	if (e == 0)
+		run_workload(p, &u, env.items, filter);
+	close(p->out_w);
+	close(p->err_w);
+	/* I runs under the same filter for the rest of its life. */
+	if ((r = sandbox_seccomp_load(filter)) < 0)
+		log_warn("sandbox: seccomp on init: %s", strerror(-r));
+	int st = supervise(e, &set);
+	report(p->rep_w, REP_EXIT, st);
+	_exit(0);
+}
+
+/* ---- M: the monitor outside the pid namespace ---------------------------------------------------------------- */
+
+__attribute__((noreturn)) static void monitor_main(const struct plan *p, pid_t caller)
+{
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != caller)
+		_exit(125);
+	sigset_t set;
+	block_signals(&set);
+	/* Wait until the caller has moved us into the cgroup, so that every
+	 * process of the sandbox starts inside it. */
+	char go;
+	if (read(p->sync_r, &go, 1) != 1)
+		_exit(125);
+	close(p->sync_r);
+	if (unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID) < 0) {
+		int e = errno;
+		log_err("sandbox: unshare namespaces: %s (needs root / CAP_SYS_ADMIN)", strerror(e));
+		setup_fail(p, e);
+	}
+	pid_t init = fork();
+	if (init < 0)
+		setup_fail(p, errno);
+	if (init == 0) {
+		/* If M dies, so does the namespace.  (getppid() is 0 here, M
+		 * being outside the new pid namespace, so the usual "did the
+		 * parent die before prctl" check cannot be made; the window is
+		 * the few instructions since fork.) */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+			_exit(125);
+		init_main(p);
+	}
+	close(p->out_w);
+	close(p->err_w);
+	close(p->rep_w);
+	int st = supervise(init, &set);
+	if (WIFSIGNALED(st)) {
+		signal(WTERMSIG(st), SIG_DFL);
+		sigprocmask(SIG_UNBLOCK, &set, NULL);
+		raise(WTERMSIG(st));
+	}
+	_exit(WIFEXITED(st) ? WEXITSTATUS(st) : 125);
+}
+
+/* ---- the caller's side ------------------------------------------------------------------------------------------ */
+
+static bool process_available(char *why, size_t len)
+{
+	if (geteuid() != 0) {
+		snprintf(why, len, "the process sandbox needs root (mounts, namespaces, cgroups); run as root");
+		return false;
+	}
+	return true;
+}
+
+/* argv: the override, else entrypoint followed by cmd.  NULL-terminated,
+ * pointing into the spec (nothing copied). */
+static int build_argv(const struct sandbox_spec *s, char ***out)
+{
+	size_t n = 0, ne = 0, nc = 0;
+	char *const *ep = s->argv_override ? s->argv_override : s->config ? s->config->entrypoint : NULL;
+	char *const *cmd = s->argv_override ? NULL : s->config ? s->config->cmd : NULL;
+	while (ep && ep[ne])
+		ne++;
+	while (cmd && cmd[nc])
+		nc++;
+	if (!ck_add_size(ne, nc, &n) || !ck_add_size(n, 1, &n))
+		return -EOVERFLOW;
+	if (n == 1) {
+		log_err("sandbox: the image has no entrypoint or cmd; give a command to run");
+		return -EINVAL;
+	}
+	char **v = calloc(n, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (size_t i = 0; i < ne; i++)
+		v[i] = ep[i];
+	for (size_t i = 0; i < nc; i++)
+		v[ne + i] = cmd[i];
+	*out = v;
+	return 0;
+}
+
+static void close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+/* Copy what is in |fd| to |to|; counts bytes and stamps the first one.
+ * Returns false at EOF. */
+static bool pump(int fd, int to, uint64_t *count, const struct sandbox_spec *s, struct sandbox_result *out,
+		 bool *write_failed)
+{
+	char buf[65536];
+	ssize_t n = read(fd, buf, sizeof(buf));
+	if (n < 0)
+		return errno == EINTR || errno == EAGAIN;
+	if (n == 0)
+		return false;
+	if (out->first_output_s < 0)
+		out->first_output_s = now_seconds() - s->t0;
+	*count += (uint64_t)n;
+	if (!*write_failed && write_full(to, buf, (size_t)n) < 0) {
+		/* Keep draining, or the workload would block on a full pipe. */
+		log_warn("sandbox: the output descriptor stopped accepting data; discarding the rest");
+		*write_failed = true;
+	}
+	return true;
+}
+
+static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
+{
+	char why[256];
+	if (!process_available(why, sizeof(why))) {
+		log_err("sandbox: %s", why);
+		return -EPERM;
+	}
+	struct plan p = {.spec = s, .image_fd = -1, .out_w = -1, .err_w = -1, .rep_w = -1, .sync_r = -1};
+	p.hostname = s->hostname ? s->hostname : "kindling";
+	p.user = s->user_override ? s->user_override : s->config ? s->config->user : NULL;
+	p.workdir = s->workdir_override ? s->workdir_override
+		    : s->config && s->config->working_dir && *s->config->working_dir ? s->config->working_dir
+										      : "/";
+	if (strlen(p.hostname) > 64 || p.workdir[0] != '/') {
+		log_err("sandbox: hostname must be at most 64 bytes and the working directory absolute (got %s)",
+			p.workdir);
+		return -EINVAL;
+	}
+	int out_r = -1, err_r = -1, rep_r = -1, sync_w = -1;
+	struct sandbox_cgroup cg;
+	memset(&cg, 0, sizeof(cg));
+	pid_t m = -1;
+	int r = build_argv(s, &p.argv);
+	if (r < 0)
+		return r;
+	/* O_PATH for a directory: it is only ever a bind source. */
+	p.image_fd = s->rootfs_dir ? open(s->rootfs_dir, O_PATH | O_DIRECTORY | O_CLOEXEC)
+				   : open(s->image_path, O_RDONLY | O_CLOEXEC);
+	if (p.image_fd >= 0 && s->rootfs_dir && !(p.rootfs_path = realpath(s->rootfs_dir, NULL))) {
+		close_fd(&p.image_fd);
+		errno = errno ? errno : ENOMEM;
+	}
+	if (p.image_fd < 0) {
+		r = -errno;
+		log_err("sandbox: open %s %s: %s", s->rootfs_dir ? "rootfs directory" : "image",
+			s->rootfs_dir ? s->rootfs_dir : s->image_path, strerror(-r));
+		goto out;
+	}
+	int fds[4][2];
+	for (int i = 0; i < 4; i++)
+		fds[i][0] = fds[i][1] = -1;
+	for (int i = 0; i < 4; i++)
+		if (pipe2(fds[i], O_CLOEXEC) < 0) {
+			r = -errno;
+			for (int j = 0; j < i; j++) {
+				close(fds[j][0]);
+				close(fds[j][1]);
+			}
+			log_err("sandbox: pipe: %s", strerror(-r));
+			goto out;
+		}
+	out_r = fds[0][0], p.out_w = fds[0][1];
+	err_r = fds[1][0], p.err_w = fds[1][1];
+	rep_r = fds[2][0], p.rep_w = fds[2][1];
+	p.sync_r = fds[3][0], sync_w = fds[3][1];
+
+	pid_t caller = getpid();
+	m = fork();
+	if (m < 0) {
+		r = -errno;
+		log_err("sandbox: fork: %s", strerror(-r));
+		goto out;
+	}
+	if (m == 0) {
+		close(out_r);
+		close(err_r);
+		close(rep_r);
+		close(sync_w);
+		monitor_main(&p, caller);
+	}
+	close_fd(&p.out_w);
+	close_fd(&p.err_w);
+	close_fd(&p.rep_w);
+	close_fd(&p.sync_r);
+
+	/* Limits first, then let M go: nothing in the sandbox runs unlimited. */
+	char name[64], notice[1536];
+	snprintf(name, sizeof(name), "kindling-sandbox-%d", (int)m);
+	sandbox_cgroup_create(&cg, name, s->memory_limit, s->pids_limit ? s->pids_limit + 2u : 0, notice,
+			      sizeof(notice));
+	/* pids_limit + 2: M and I are ours, not the workload's. */
+	if (notice[0])
+		log_warn("%s", notice);
+	out->cgroup_kind = cg.kind == SANDBOX_CG_V2 ? "v2" : cg.kind == SANDBOX_CG_V1 ? "v1" : "none";
+	if (cg.kind != SANDBOX_CG_NONE && (r = sandbox_cgroup_attach(&cg, m)) < 0)
+		goto kill;
+	if (write(sync_w, "g", 1) != 1) {
+		r = -errno;
+		goto kill;
+	}
+	close_fd(&sync_w);
+
+	int setup_err = 0;
+	bool exited = false, out_failed = false, err_failed = false;
+	struct pollfd pf[3] = {{out_r, POLLIN, 0}, {err_r, POLLIN, 0}, {rep_r, POLLIN, 0}};
+	while (pf[0].fd >= 0 || pf[1].fd >= 0 || pf[2].fd >= 0) {
+		int timeout = -1;
+		if (s->timeout_s > 0 && !out->timed_out) {
+			double left = s->t0 + s->timeout_s - now_seconds();
+			timeout = left <= 0 ? 0 : left > 1e6 ? 1000000000 : (int)(left * 1000) + 1;
+		}
+		int n = poll(pf, 3, timeout);
+		if (n < 0 && errno != EINTR) {
+			r = -errno;
+			log_err("sandbox: poll: %s", strerror(-r));
+			goto kill;
+		}
+		if (n == 0) {
+			/* Killing M takes I with it (PDEATHSIG) and with I the namespace. */
+			log_warn("sandbox: timed out after %.3f s; killing it", s->timeout_s);
+			out->timed_out = true;
+			kill(m, SIGKILL);
+			continue;
+		}
+		for (int i = 0; i < 2; i++)
+			if (pf[i].fd >= 0 && pf[i].revents &&
+			    !pump(pf[i].fd, i ? s->err_fd : s->out_fd, i ? &out->err_bytes : &out->out_bytes, s, out,
+				  i ? &err_failed : &out_failed)) {
+				close(pf[i].fd);
+				pf[i].fd = -1;
+			}
+		if (pf[2].fd >= 0 && pf[2].revents) {
+			struct report msg;
+			ssize_t k = read(rep_r, &msg, sizeof(msg));
+			if (k == (ssize_t)sizeof(msg)) {
+				if (msg.kind == REP_MOUNT_FILE || msg.kind == REP_MOUNT_LOOP || msg.kind == REP_MOUNT_DIR)
+					out->mount_kind = msg.kind == REP_MOUNT_FILE	? "file"
+							  : msg.kind == REP_MOUNT_LOOP ? "loop"
+											: "dir";
+				else if (msg.kind == REP_ERROR && !setup_err)
+					setup_err = msg.value > 0 ? msg.value : EIO;
+				else if (msg.kind == REP_EXIT && !exited) {
+					exited = true;
+					out->exit_s = now_seconds() - s->t0;
+					if (WIFEXITED(msg.value))
+						out->exit_code = WEXITSTATUS(msg.value);
+					else if (WIFSIGNALED(msg.value))
+						out->term_signal = WTERMSIG(msg.value);
+				}
+			} else if (k == 0 || (k < 0 && errno != EINTR)) {
+				close(pf[2].fd);
+				pf[2].fd = -1;
+			}
+		}
+	}
+	out_r = err_r = rep_r = -1;
+	int st = 0;
+	while (waitpid(m, &st, 0) < 0 && errno == EINTR)
+		;
+	m = -1;
+	if (!exited) {
+		/* No exit report: I died (OOM killer, timeout, setup failure). */
+		out->exit_s = now_seconds() - s->t0;
+		if (WIFSIGNALED(st))
+			out->term_signal = WTERMSIG(st);
+		else if (!setup_err && !out->timed_out) {
+			log_err("sandbox: the sandbox's init exited with status %d before reporting", WEXITSTATUS(st));
+			setup_err = EIO;
+		}
+	}
+	out->oom_killed = sandbox_cgroup_oom_killed(&cg);
+	if (out->oom_killed && out->term_signal == 0 && out->exit_code < 0)
+		out->term_signal = SIGKILL;
+	/* A setup error wins over an exit status: with one, the workload never
+	 * ran (E reports, e.g., a missing command before exec, then exits). */
+	r = setup_err ? -setup_err : 0;
+	goto out;
+
+kill:
+	if (m > 0) {
+		kill(m, SIGKILL);
+		while (waitpid(m, NULL, 0) < 0 && errno == EINTR)
+			;
+		m = -1;
+	}
+out:
+	close_fd(&out_r);
+	close_fd(&err_r);
+	close_fd(&rep_r);
+	close_fd(&sync_w);
+	close_fd(&p.out_w);
+	close_fd(&p.err_w);
+	close_fd(&p.rep_w);
+	close_fd(&p.sync_r);
+	close_fd(&p.image_fd);
+	sandbox_cgroup_destroy(&cg);
+	free(p.rootfs_path);
+	free(p.argv);
+	return r;
+}
+
+const struct sandbox_ops sandbox_process = {
+	.name = "process",
+	.available = process_available,
+	.run = process_run,
+};
