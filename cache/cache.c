@@ -2,7 +2,7 @@
  *
  * A read walks the chain of layers built by cache_new:
  *
- *   mem (mem.c) -> l1 (l1.c) -> flight -> l2 -> l3 (fetch.c)
+ *   mem (mem.c) -> l1 (l1.c) -> flight (flight.c) -> l2 (l2_layer.c) -> l3 (l3.c)
  *
  * Each layer is one static ops table; it serves the read or calls the next
  * one.  Layers that are configured off are simply not in the chain.  Tests

@@ -11,7 +11,8 @@
 #include <stdint.h>
 
 /* ======================================================================
- * L2: an erasure-coded memcached fleet (l2.c, l2_frag.c, l2_reply.c)
+ * L2: an erasure-coded memcached fleet (l2.c and the l2_*.c files, whose
+ * shared internals are in l2_internal.h)
  *
  * A chunk (ciphertext, up to CHUNK_SIZE bytes) is split into k data
  * fragments and m parity fragments (Reed-Solomon, ISA-L).  Fragment i is
@@ -255,7 +256,8 @@ int l2_fragment_parse_split(const uint8_t *hdr, const uint8_t *data, size_t data
 int l2_locate(struct l2 *l, const char *name, unsigned index, char *addr, size_t addr_len, char *key, size_t key_len);
 
 /* ======================================================================
- * The read chain (cache.c, mem.c, l1.c, fetch.c)
+ * The read chain (cache.c; the layers in mem.c, l1.c, flight.c, l2_layer.c,
+ * l3.c; whole chunks in whole.c, their verification in verify.c)
  *
  * A read walks a chain of layers, nbdkit style: memory -> L1 -> single
  * flight -> L2 -> L3, each one small ops table that serves the request or
@@ -267,10 +269,10 @@ int l2_locate(struct l2 *l, const char *name, unsigned index, char *addr, size_t
 
 struct cache_layer;
 
-/* A whole chunk, verified: its ciphertext hashed to its name, the key
- * checked (when a salt is configured), decrypted.  Immutable once made;
- * shared by refcount between the readers of one single-flight fetch and
- * L1's insert queue. */
+/* A whole chunk, verified (whole.c): its ciphertext hashed to its name,
+ * the key checked (when a salt is configured), decrypted.  Immutable once
+ * made; shared by refcount between the readers of one single-flight fetch
+ * and L1's insert queue. */
 #define CACHE_BLOCK 4096u
 #define CACHE_BLOCKS_PER_CHUNK (CHUNK_SIZE / CACHE_BLOCK)
 struct chunk_whole {
@@ -285,11 +287,14 @@ struct chunk_whole {
 
 /* Verify |<cipher, len>| (taking ownership of |cipher|, malloc'd) against
  * |name| (unless |name_checked|: the tier that produced it already did, as
- * l2_get does) and, with a salt, |key|; decrypt (one pass, see fetch.c).
- * Returns 0 with |*out| (refs 1), -EBADMSG if the bytes do not match (cipher
- * freed), or -ENOMEM / -EIO. */
+ * l2_get does) and, with |c|'s salt, |key|; decrypt (chunk_verify_decrypt).
+ * Returns 0 with |*out| (refs 1), -EBADMSG if the bytes do not match or
+ * |len| is 0 or above CHUNK_SIZE (cipher freed), or -ENOMEM / -EIO (cipher
+ * freed). */
 int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher,
 		     size_t len, bool name_checked, enum cache_tier from, struct chunk_whole **out);
+/* chunk_whole_ref takes a reference to |w|; chunk_whole_unref drops one,
+ * and the last frees it (NULL is allowed). */
 void chunk_whole_ref(struct chunk_whole *w);
 void chunk_whole_unref(struct chunk_whole *w);
 
@@ -297,6 +302,30 @@ void chunk_whole_unref(struct chunk_whole *w);
  * end of a short chunk read as zero); nothing if rq->buf is NULL. */
 struct chunk_req;
 void chunk_whole_copy(const struct chunk_whole *w, struct chunk_req *rq);
+
+/* Serve |rq| from |w|, just fetched and verified by tier w->from (the
+ * layer that fetched it): count the hit and its bytes for that tier, copy
+ * |rq|'s range, set rq->tier, and hand the caller's reference to |w| up in
+ * rq->whole. */
+void chunk_whole_serve(struct cache *c, struct chunk_whole *w, struct chunk_req *rq);
+
+/* Chunk verification (verify.c), which depends on bytes and keys only, not
+ * on the cache. */
+
+/* Verify and decrypt the ciphertext |<cipher, len>| of a chunk sealed with
+ * |key|, in one pass:
+ *   - if |name| is not NULL, SHA-256(cipher) must be |name| (64 lower-case
+ *     hex digits); NULL when the caller has checked the name already (as
+ *     l2_get does while the fragments arrive);
+ *   - AES-256-CTR(|key|, IV 0) of |cipher| goes to |plain| (|len| bytes,
+ *     not overlapping |cipher|);
+ *   - if |salt| is not NULL, SHA-256(|<salt, salt_len>| || plaintext) must
+ *     be |key|.
+ * Returns 0 when every check passed; -EBADMSG when one failed (|plain| then
+ * holds bytes that must not be used); -EIO if libcrypto failed (logged).
+ * Allocates nothing that outlives the call; thread-safe. */
+int chunk_verify_decrypt(const char *name, const uint8_t key[CHUNK_KEY_LEN], const uint8_t *salt, size_t salt_len,
+			 const uint8_t *cipher, size_t len, uint8_t *plain);
 
 /* One read through the chain. */
 struct chunk_req {
@@ -364,9 +393,12 @@ const uint8_t *cache_salt(struct cache *c, size_t *out_len);
 
 /* Layer constructors.  Each returns 0 or -errno and fills |*ops| and
  * |*state|. */
+
+/* mem.c */
 int mem_layer_new(uint64_t max_bytes, const struct cache_layer_ops **ops, void **state);
 void mem_layer_usage(void *state, uint64_t *out_bytes);
 
+/* l1.c */
 struct l1_usage {
 	uint64_t bytes, max_bytes, entries, protected_entries, open_fds;
 	uint64_t queued, insert_dropped; /* background insert queue */
@@ -377,11 +409,18 @@ void l1_layer_usage(void *state, struct l1_usage *out);
 /* Wait until the insert queue of the L1 layer |state| is empty. */
 void l1_layer_wait(void *state);
 
+/* flight.c; flight_layer_shared counts the reads that followed a fetch
+ * already in the air rather than starting their own. */
 int flight_layer_new(struct cache *c, const struct cache_layer_ops **ops, void **state);
 uint64_t flight_layer_shared(void *state);
 
+/* l2_layer.c; |l2| stays the caller's (the cache frees it after the
+ * chain). */
 int l2_layer_new(struct cache *c, struct l2 *l2, const struct cache_layer_ops **ops, void **state);
 
+/* l3.c: at most |parallel| origin fetches at once (0 means 1);
+ * l3_layer_fetches counts the fetches started.  |origin| stays the
+ * caller's. */
 int l3_layer_new(struct cache *c, struct store *origin, unsigned parallel, const struct cache_layer_ops **ops,
 		 void **state);
 uint64_t l3_layer_fetches(void *state);

@@ -45,7 +45,7 @@
  * index entry and drops the pending one under the same lock, so the chunk
  * is never in neither.  Accesses to a pending entry are recorded, so a
  * promotion earned while queued is kept.  l1_close drains the queue.  See
- * fetch.c for why this keeps single flight exact.
+ * flight.c for why this keeps single flight exact.
  *
  * Hot entries keep their file open and their block table in memory (an LRU
  * of at most L1_MAX_FDS), so a 4 KiB hit is one pread, one 4 KiB hash and

@@ -1,8 +1,8 @@
 /* L2 fragments: the on-memcached value format, its checked parser, and the
  * Reed-Solomon codec (ISA-L) that splits a chunk into k data + m parity
  * fragments and rebuilds it from any k.  No I/O and no shared state here, so
- * the unit test and the fuzz target exercise exactly the code l2.c runs.
- * The format is described in internal.h ("L2 fragment format"). */
+ * the unit test and the fuzz target exercise exactly the code the L2 client
+ * runs.  The format is described in internal.h ("L2 fragment format"). */
 #include "internal.h"
 
 #include <errno.h>

@@ -6,7 +6,8 @@
  * i * frag_len, and the name hash to run over fragment 0 while fragments 1..3
  * are still on the wire.  libmemcached hands back a malloc'd copy only when
  * the whole value is in, from a blocking call per server.  Writes, deletes
- * and health probes still go through libmemcached (l2.c). */
+ * and health probes still go through libmemcached (l2_write.c,
+ * l2_health.c). */
 #include "internal.h"
 
 #include <string.h>

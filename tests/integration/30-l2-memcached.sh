@@ -1,5 +1,5 @@
 #!/bin/bash
-# The L2 client (cache/l2.c) against five real memcached servers on 127.0.0.1,
+# The L2 client (cache/l2*.c) against five real memcached servers on 127.0.0.1,
 # 4+1 Reed-Solomon coding, every read checked byte for byte by l2_harness:
 #   (a) 200 random chunks put, then read back identically from L2 alone, by
 #       one reader and by 8 concurrent ones;

@@ -1,4 +1,4 @@
-/* l2_harness: drives the L2 client (cache/l2.c) against real memcached
+/* l2_harness: drives the L2 client (cache/l2*.c) against real memcached
  * servers for tests/integration/30-l2-memcached.sh.
  *
  *   l2_harness [-k K] [-m M] [-t TIMEOUT_MS] [-b BACKOFF_MS] -n HOST:PORT[,HOST:PORT...] COMMAND ...

@@ -1,0 +1,81 @@
+/* The L2 layer of the read chain: reads a chunk from the memcached fleet
+ * (the L2 client, l2.c and the l2_*.c files), and writes what the origin
+ * returns back into it.
+ *
+ * l2_get has already checked the chunk against its name while the fragments
+ * arrived, so the chunk_whole is made with |name_checked| and only the
+ * decryption (and, with a salt, the key check) is left.  A chunk that
+ * l2_get rebuilt but does not match its name, or that fails the key check
+ * here, is reported (l2_report_bad deletes its fragments); whatever went
+ * wrong, the read goes on to L3.
+ */
+#include "cache.h"
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+struct l2_layer {
+	struct l2 *l2;
+};
+
+static int l2_layer_read(struct cache_layer *l, struct chunk_req *rq)
+{
+	struct l2_layer *st = l->state;
+	struct cache *c = l->cache;
+	uint8_t *cipher = malloc(CHUNK_SIZE);
+	if (!cipher)
+		return -ENOMEM;
+	size_t len = 0;
+	int r = l2_get(st->l2, rq->name, cipher, &len);
+	if (r == 0) {
+		struct chunk_whole *w;
+		r = chunk_whole_make(c, rq->name, rq->key, cipher, len, true, CACHE_TIER_L2, &w);
+		if (r == 0) {
+			chunk_whole_serve(c, w, rq);
+			return 0;
+		}
+	} else {
+		free(cipher);
+	}
+	if (r == -EBADMSG) {
+		CACHE_COUNT(c, CACHE_TIER_L2, corrupt, 1);
+		log_warn("L2 returned chunk %s with bytes that do not match its name or key; dropping its "
+			 "fragments and reading the origin",
+			 rq->name);
+		l2_report_bad(st->l2, rq->name);
+	} else if (r == -ENOENT) {
+		CACHE_COUNT(c, CACHE_TIER_L2, misses, 1);
+	} else {
+		CACHE_COUNT(c, CACHE_TIER_L2, errors, 1);
+	}
+	r = cache_layer_next(l, rq);
+	/* Read-through: what the origin gave goes into L2, off the read's
+	 * critical path. */
+	if (r == 0 && rq->whole && rq->whole->from == CACHE_TIER_L3)
+		l2_put_async(st->l2, rq->name, rq->whole->cipher, rq->whole->len);
+	return r;
+}
+
+static void l2_layer_close(struct cache_layer *l)
+{
+	free(l->state); /* the l2 client belongs to the cache */
+}
+
+static const struct cache_layer_ops l2_layer_ops = {
+	.name = "l2",
+	.read = l2_layer_read,
+	.close = l2_layer_close,
+};
+
+int l2_layer_new(struct cache *c, struct l2 *l2, const struct cache_layer_ops **ops, void **state)
+{
+	(void)c;
+	struct l2_layer *st = calloc(1, sizeof(*st));
+	if (!st)
+		return -ENOMEM;
+	st->l2 = l2;
+	*ops = &l2_layer_ops;
+	*state = st;
+	return 0;
+}

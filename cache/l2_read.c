@@ -1,0 +1,451 @@
+/* L2 reads: the read state machine behind l2_get (contract in internal.h).
+ *
+ * Parallel reads.  l2_get does its own I/O: it takes one idle connection per
+ * node from that node's pool (or dials one, non-blocking), sends k+m text
+ * protocol "get"s at once and polls them all from the calling thread.  The
+ * reply parser (l2_reply.c) lets each data fragment's bytes land in the
+ * caller's buffer at i * frag_len, and the SHA-256 of the chunk (the name
+ * check) runs over fragment 0, 1, ... as each arrives, while the others are
+ * still on the wire; so a hit costs about one round trip plus the hash of
+ * what was not hashed yet, with no thread hand-off and no copy.  As soon as
+ * k intact fragments are in, the read stops waiting: a missing data
+ * fragment is rebuilt from parity, and the connections still waiting for
+ * late replies are handed to the drainer thread, which reads the rest of
+ * each reply, judges the fragment (a late "not found" or corrupt fragment
+ * gets the chunk re-checked and repaired) and puts the connection back in
+ * the pool; a slow node therefore costs a read nothing once k have arrived.
+ * The pool and the drainer are in l2_pool.c; the repair of fragments found
+ * missing or corrupt on the way is in l2_write.c.
+ */
+#include "l2_internal.h"
+
+#include <errno.h>
+#include <openssl/evp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* What a read learnt about one fragment. */
+enum frag_state { FS_UNASKED = 0, FS_PENDING, FS_INTACT, FS_MISSING, FS_CORRUPT, FS_ERROR };
+
+/* Scratch for the parity fragments of a read in flight: a few buffers
+ * (L2_SCRATCH_MAX) are kept between reads rather than freed. */
+static uint8_t *scratch_get(struct l2 *l)
+{
+	pthread_mutex_lock(&l->scratch_mu);
+	uint8_t *b = l->n_scratch ? l->scratch[--l->n_scratch] : NULL;
+	pthread_mutex_unlock(&l->scratch_mu);
+	return b ? b : malloc(l->scratch_len);
+}
+
+static void scratch_put(struct l2 *l, uint8_t *b)
+{
+	if (!b)
+		return;
+	pthread_mutex_lock(&l->scratch_mu);
+	if (l->n_scratch < L2_SCRATCH_MAX) {
+		l->scratch[l->n_scratch++] = b;
+		b = NULL;
+	}
+	pthread_mutex_unlock(&l->scratch_mu);
+	free(b);
+}
+
+static uint32_t ld_le32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* One fragment being read by l2_get. */
+struct frag_read {
+	struct l2_node *nd;
+	int fd;
+	unsigned gen;
+	bool connecting, pooled;
+	enum frag_state st;
+	double t0;
+	char key[L2_KEY_MAX];
+	size_t key_len;
+	uint8_t hdr[L2_FRAG_HDR_LEN];
+	uint8_t *data; /* where its data went */
+	struct l2_reply rp;
+};
+
+static int frag_send(struct frag_read *f)
+{
+	char req[L2_KEY_MAX + 8];
+	int n = snprintf(req, sizeof(req), "get %s\r\n", f->key);
+	ssize_t w = send(f->fd, req, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+	return w == n ? 0 : w < 0 ? -errno : -EIO;
+}
+
+/* Send fragment |f|'s request on a pooled connection of its node.  Returns
+ * true if it went out; false if the pool was empty or its connection dead
+ * (the node closed it while it sat in the pool): then dial with
+ * frag_dial(). */
+static bool frag_send_pooled(struct frag_read *f)
+{
+	f->t0 = now_seconds();
+	f->fd = l2_conn_take(f->nd, &f->gen);
+	if (f->fd < 0)
+		return false;
+	f->pooled = true;
+	if (frag_send(f) == 0)
+		return true;
+	close(f->fd);
+	f->fd = -1;
+	return false;
+}
+
+/* Dial a new connection for fragment |f| and send its request once it is
+ * connected (at once on loopback, else from the poll loop). */
+static int frag_dial(struct frag_read *f)
+{
+	f->pooled = false;
+	f->fd = l2_conn_dial(f->nd, &f->connecting);
+	if (f->fd < 0)
+		return f->fd;
+	if (f->connecting)
+		return 0;
+	int r = frag_send(f);
+	if (r < 0) {
+		close(f->fd);
+		f->fd = -1;
+	}
+	return r;
+}
+
+struct read_state {
+	struct l2 *l;
+	const char *name;
+	uint8_t *out;
+	struct frag_read f[L2_MAX_FRAGS];
+	unsigned n, pending, intact;
+	struct l2_frag_set set;
+	size_t fl; /* fragment length, fixed by the first VALUE line */
+	uint8_t *scratch;
+	EVP_MD_CTX *md;
+	unsigned hashed; /* data fragments 0..hashed-1 are in the name hash */
+	bool hash_failed;
+};
+
+/* Where fragment i's data goes once its length is known: data fragments at
+ * their place in the chunk, parity (and a data fragment that would run past
+ * CHUNK_SIZE) in scratch. */
+static uint8_t *frag_dst(struct read_state *rs, unsigned i)
+{
+	struct l2 *l = rs->l;
+	size_t fl = rs->fl;
+	if (i < l->k && (size_t)(i + 1) * fl <= CHUNK_SIZE)
+		return rs->out + (size_t)i * fl;
+	if (!rs->scratch)
+		rs->scratch = scratch_get(l);
+	if (!rs->scratch)
+		return NULL;
+	return rs->scratch + (size_t)(i < l->k ? l->m : i - l->k) * fl;
+}
+
+/* Feed the name hash every data fragment that is in, in order. */
+static void hash_ready(struct read_state *rs)
+{
+	struct l2 *l = rs->l;
+	while (!rs->hash_failed && rs->hashed < l->k && rs->set.data[rs->hashed]) {
+		size_t off = (size_t)rs->hashed * rs->set.frag_len;
+		if (off < rs->set.chunk_len) {
+			size_t n = rs->set.chunk_len - off < rs->set.frag_len ? rs->set.chunk_len - off : rs->set.frag_len;
+			if (EVP_DigestUpdate(rs->md, rs->set.data[rs->hashed], n) != 1)
+				rs->hash_failed = true;
+		}
+		rs->hashed++;
+	}
+}
+
+/* A reply is complete: judge the fragment and account it to its node. */
+static void frag_finish(struct read_state *rs, unsigned i)
+{
+	struct l2 *l = rs->l;
+	struct frag_read *f = &rs->f[i];
+	struct l2_node *nd = f->nd;
+	double ms = (now_seconds() - f->t0) * 1000;
+	rs->pending--;
+	enum l2_reply_result res = f->rp.result;
+	if (res == L2R_HIT) {
+		struct l2_fragment_view v;
+		size_t dlen = f->rp.value_len > L2_FRAG_HDR_LEN ? f->rp.value_len - L2_FRAG_HDR_LEN : 0;
+		bool good = f->data && f->rp.value_len > L2_FRAG_HDR_LEN &&
+			    l2_fragment_parse_split(f->hdr, f->data, dlen, rs->name, l->k, l->m, &v) == 0 &&
+			    v.index == i && l2_frag_set_add(&rs->set, &v) == 0;
+		f->st = good ? FS_INTACT : FS_CORRUPT;
+		if (good)
+			rs->intact++;
+		else
+			log_warn("l2: fragment %s from %s is corrupt (%zu bytes); it will be rewritten", f->key,
+				 nd->addr, f->rp.value_len);
+	} else if (res == L2R_MISS) {
+		f->st = FS_MISSING;
+	} else {
+		f->st = FS_ERROR;
+	}
+	pthread_mutex_lock(&nd->mu);
+	nd->st.gets++;
+	if (res == L2R_HIT) {
+		nd->st.hits++;
+		nd->st.bytes_read += f->rp.value_len;
+		if (f->st == FS_CORRUPT)
+			nd->st.corrupt++;
+	} else if (res == L2R_MISS) {
+		nd->st.misses++;
+	}
+	if (res == L2R_HIT || res == L2R_MISS)
+		l2_node_latency(nd, ms);
+	pthread_mutex_unlock(&nd->mu);
+
+	if (res == L2R_HIT || res == L2R_MISS) {
+		l2_conn_put(nd, f->fd, f->gen);
+	} else {
+		close(f->fd);
+		l2_node_failed(nd, false, res == L2R_PROTO, "get",
+			       res == L2R_PROTO ? "a reply that is not memcached's text protocol"
+						: "memcached answered with an error");
+	}
+	f->fd = -1;
+	if (f->st == FS_INTACT)
+		hash_ready(rs);
+}
+
+/* The connection of fragment i died (reset, EOF, failed connect). */
+static void frag_broken(struct read_state *rs, unsigned i, int err)
+{
+	struct frag_read *f = &rs->f[i];
+	close_fd(f->fd);
+	f->fd = -1;
+	f->st = FS_ERROR;
+	rs->pending--;
+	pthread_mutex_lock(&f->nd->mu);
+	f->nd->st.gets++;
+	pthread_mutex_unlock(&f->nd->mu);
+	l2_node_failed(f->nd, false, true, "get", err ? strerror(err) : "connection closed");
+}
+
+/* Fragment i's header is in: pick where its data goes.  The first header
+ * that passes every check but the CRC (which needs the data) fixes the
+ * fragment length; data that disagrees with it, or behind a bad header, is
+ * read and dropped, so garbage never lands over another fragment's bytes. */
+static void frag_place(struct read_state *rs, unsigned i)
+{
+	struct l2 *l = rs->l;
+	struct frag_read *f = &rs->f[i];
+	size_t dlen = f->rp.value_len - L2_FRAG_HDR_LEN;
+	uint8_t *dst = NULL;
+	if (memcmp(f->hdr, L2_FRAG_MAGIC, 4) == 0 && f->hdr[4] == L2_FRAG_VERSION && f->hdr[5] == l->k &&
+	    f->hdr[6] == l->m && f->hdr[7] == i && memcmp(f->hdr + 16, rs->name, CHUNK_NAME_HEX_LEN) == 0) {
+		uint32_t chunk_len = ld_le32(f->hdr + 8), frag_len = ld_le32(f->hdr + 12);
+		if (chunk_len >= 1 && chunk_len <= CHUNK_SIZE && frag_len == l2_frag_len(chunk_len, l->k) &&
+		    frag_len == dlen && (rs->fl == 0 || rs->fl == dlen)) {
+			rs->fl = dlen;
+			dst = frag_dst(rs, i);
+		}
+	}
+	f->data = dst;
+	l2_reply_set_data(&f->rp, dst);
+}
+
+struct place_ctx {
+	struct read_state *rs;
+	unsigned i;
+};
+
+static void frag_place_cb(void *ctx)
+{
+	struct place_ctx *pc = ctx;
+	frag_place(pc->rs, pc->i);
+}
+
+/* Move whatever has arrived on fragment i's connection into place. */
+static void frag_read_ready(struct read_state *rs, unsigned i)
+{
+	struct place_ctx pc = {rs, i};
+	int r = l2_conn_pump(rs->f[i].fd, &rs->f[i].rp, frag_place_cb, &pc);
+	if (r == 1)
+		frag_finish(rs, i);
+	else if (r < 0)
+		frag_broken(rs, i, r == -EPIPE ? 0 : -r);
+}
+
+static void frag_connected(struct read_state *rs, unsigned i)
+{
+	struct frag_read *f = &rs->f[i];
+	int err = 0;
+	socklen_t len = sizeof(err);
+	if (getsockopt(f->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+		err = errno;
+	if (err == 0)
+		err = -frag_send(f);
+	if (err) {
+		frag_broken(rs, i, err);
+		return;
+	}
+	f->connecting = false;
+}
+
+int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len, bool wait_all)
+{
+	unsigned order[L2_MAX_FRAGS];
+	l2_rank_nodes(l, name, order);
+
+	struct read_state *rs = calloc(1, sizeof(*rs));
+	if (!rs)
+		return -ENOMEM;
+	rs->l = l;
+	rs->name = name;
+	rs->out = out;
+	rs->n = l->k + l->m;
+	l2_frag_set_init(&rs->set, l->k, l->m);
+	rs->md = EVP_MD_CTX_new();
+	if (!rs->md || EVP_DigestInit_ex(rs->md, EVP_sha256(), NULL) != 1) {
+		EVP_MD_CTX_free(rs->md);
+		free(rs);
+		log_err("l2: SHA-256 (OpenSSL) cannot be set up; is libcrypto working?");
+		return -EIO;
+	}
+	size_t max_value = L2_FRAG_HDR_LEN + l2_frag_len(CHUNK_SIZE, l->k);
+	for (unsigned i = 0; i < rs->n; i++) {
+		struct frag_read *f = &rs->f[i];
+		f->nd = &l->nodes[order[i]];
+		f->fd = -1;
+		f->st = FS_UNASKED;
+		pthread_mutex_lock(&f->nd->mu);
+		bool up = !f->nd->down && !f->nd->stop;
+		pthread_mutex_unlock(&f->nd->mu);
+		if (!up)
+			continue;
+		l2_make_key(l, name, i, f->key, sizeof(f->key), &f->key_len);
+		l2_reply_init(&f->rp, f->key, f->key_len, max_value, f->hdr, L2_FRAG_HDR_LEN);
+		f->st = FS_PENDING;
+		if (frag_send_pooled(f))
+			rs->pending++;
+	}
+	/* New connections only after every pooled request is out: a node
+	 * whose connections are all still busy with late replies (a slow
+	 * one) must not delay the requests to the others. */
+	for (unsigned i = 0; i < rs->n; i++) {
+		struct frag_read *f = &rs->f[i];
+		if (f->st != FS_PENDING || f->fd >= 0)
+			continue;
+		int r = frag_dial(f);
+		if (r < 0) {
+			f->st = FS_ERROR;
+			l2_node_failed(f->nd, false, true, "connect", strerror(-r));
+			continue;
+		}
+		rs->pending++;
+	}
+
+	/* Poll until k intact fragments are in, every node has answered, or
+	 * the timeout passes. */
+	double deadline = now_seconds() + l->timeout_ms / 1000.0;
+	while ((wait_all || rs->intact < l->k) && rs->pending > 0) {
+		struct pollfd pfd[L2_MAX_FRAGS];
+		unsigned idx[L2_MAX_FRAGS], np = 0;
+		for (unsigned i = 0; i < rs->n; i++)
+			if (rs->f[i].fd >= 0) {
+				pfd[np] = (struct pollfd){.fd = rs->f[i].fd, .events = rs->f[i].connecting ? POLLOUT : POLLIN};
+				idx[np++] = i;
+			}
+		double left = deadline - now_seconds();
+		if (left <= 0)
+			break;
+		int pr = poll(pfd, np, (int)(left * 1000) + 1);
+		if (pr < 0 && errno != EINTR)
+			break;
+		for (unsigned j = 0; pr > 0 && j < np; j++) {
+			if (!pfd[j].revents)
+				continue;
+			unsigned i = idx[j];
+			if (rs->f[i].connecting)
+				frag_connected(rs, i);
+			else
+				frag_read_ready(rs, i);
+		}
+	}
+
+	/* Replies that are in already are judged now (a quick "not found"
+	 * should lead to a repair); the rest are late or lost. */
+	for (unsigned i = 0; i < rs->n && rs->intact >= l->k; i++)
+		if (rs->f[i].fd >= 0 && !rs->f[i].connecting)
+			frag_read_ready(rs, i);
+	for (unsigned i = 0; i < rs->n; i++) {
+		struct frag_read *f = &rs->f[i];
+		if (f->fd < 0)
+			continue;
+		if (rs->intact >= l->k) {
+			if (f->connecting)
+				close(f->fd);
+			else
+				l2_conn_park(l, f->nd, f->fd, f->gen, i, f->t0, &f->rp, f->key, f->hdr, name);
+		} else {
+			close(f->fd);
+			l2_node_failed(f->nd, true, true, "get", "no reply within the timeout");
+		}
+		f->fd = -1;
+	}
+
+	int r = -ENOENT;
+	bool decoded = false;
+	if (rs->intact >= l->k)
+		r = l2_frag_set_decode(&l->codec, &rs->set, out, CHUNK_SIZE, out_len, &decoded);
+	if (r == 0) {
+		/* The data fragments not hashed yet are in |out| now. */
+		size_t off = (size_t)rs->hashed * rs->set.frag_len;
+		uint8_t digest[SHA256_LEN];
+		unsigned dlen = 0;
+		if (rs->hash_failed || (off < *out_len && EVP_DigestUpdate(rs->md, out + off, *out_len - off) != 1) ||
+		    EVP_DigestFinal_ex(rs->md, digest, &dlen) != 1) {
+			log_err("l2: SHA-256 (OpenSSL) failed; is libcrypto working?");
+			r = -EIO;
+		} else {
+			char hex[SHA256_HEX_LEN + 1];
+			hex_encode(digest, SHA256_LEN, hex);
+			if (strcmp(hex, name) != 0)
+				r = -EBADMSG;
+		}
+	}
+	if (r == 0) {
+		COUNT(l, hits);
+		if (decoded)
+			COUNT(l, decodes);
+		uint32_t bad = 0;
+		for (unsigned i = 0; i < rs->n; i++)
+			if (rs->f[i].st == FS_MISSING || rs->f[i].st == FS_CORRUPT)
+				bad |= 1u << i;
+		if (bad)
+			l2_bg_enqueue_repair(l, name, out, *out_len, bad);
+	} else {
+		COUNT(l, misses);
+		if (r == -EBADMSG)
+			log_warn("l2: chunk %s rebuilt from intact fragments does not match its name; the caller drops "
+				 "its fragments",
+				 name);
+		else if (r != -ENOENT && r != -EIO)
+			log_warn("l2: get %s: cannot rebuild the chunk from %u fragments: %s", name, rs->set.n,
+				 strerror(-r));
+		if (r != -EBADMSG && r != -EIO)
+			r = -ENOENT;
+	}
+	scratch_put(l, rs->scratch);
+	EVP_MD_CTX_free(rs->md);
+	free(rs);
+	return r;
+}
+
+int l2_get(struct l2 *l, const char *name, uint8_t *out, size_t *out_len)
+{
+	if (!l || !name || !is_sha256_hex(name) || !out || !out_len)
+		return -EINVAL;
+	COUNT(l, gets);
+	return l2_read(l, name, out, out_len, false);
+}

@@ -1,0 +1,81 @@
+/* Whole chunks: below L1 a read always fetches a whole chunk, because the
+ * L2 fleet and the origin store only deal in whole chunks.  Each fetched
+ * chunk is verified once, in one pass (chunk_whole_make, which calls
+ * chunk_verify_decrypt in verify.c), and handed up the chain as a
+ * refcounted chunk_whole; the tiers above never hash a whole chunk again.
+ */
+#include "cache.h"
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+void chunk_whole_ref(struct chunk_whole *w)
+{
+	__atomic_fetch_add(&w->refs, 1, __ATOMIC_RELAXED);
+}
+
+void chunk_whole_unref(struct chunk_whole *w)
+{
+	if (!w || __atomic_sub_fetch(&w->refs, 1, __ATOMIC_ACQ_REL) != 0)
+		return;
+	free(w->cipher);
+	free(w->plain);
+	free(w);
+}
+
+int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher,
+		     size_t len, bool name_checked, enum cache_tier from, struct chunk_whole **out)
+{
+	*out = NULL;
+	if (len == 0 || len > CHUNK_SIZE) {
+		free(cipher);
+		return -EBADMSG;
+	}
+	struct chunk_whole *w = calloc(1, sizeof(*w));
+	uint8_t *plain = malloc(len);
+	if (!w || !plain) {
+		free(w);
+		free(plain);
+		free(cipher);
+		return -ENOMEM;
+	}
+	size_t salt_len;
+	const uint8_t *salt = cache_salt(c, &salt_len);
+	int r = chunk_verify_decrypt(name_checked ? NULL : name, key, salt, salt_len, cipher, len, plain);
+	if (r < 0) {
+		free(cipher);
+		free(plain);
+		free(w);
+		return r;
+	}
+	memcpy(w->name, name, CHUNK_NAME_HEX_LEN + 1);
+	memcpy(w->key, key, CHUNK_KEY_LEN);
+	w->len = len;
+	w->cipher = cipher;
+	w->plain = plain;
+	w->from = from;
+	w->refs = 1;
+	*out = w;
+	return 0;
+}
+
+void chunk_whole_copy(const struct chunk_whole *w, struct chunk_req *rq)
+{
+	if (!rq->buf || !rq->len)
+		return;
+	size_t have = rq->off < w->len ? w->len - rq->off : 0;
+	size_t n = rq->len < have ? rq->len : have;
+	memcpy(rq->buf, w->plain + rq->off, n);
+	memset(rq->buf + n, 0, rq->len - n);
+}
+
+void chunk_whole_serve(struct cache *c, struct chunk_whole *w, struct chunk_req *rq)
+{
+	CACHE_COUNT(c, w->from, hits, 1);
+	CACHE_COUNT(c, w->from, bytes, w->len);
+	chunk_whole_copy(w, rq);
+	rq->tier = w->from;
+	rq->whole = w;
+}
