@@ -60,8 +60,10 @@ want=$(tar -xOf img.tar manifest.json | sha256sum | cut -d' ' -f1)
 pass "docker-archive"
 
 # ---- registries ---------------------------------------------------------------
-# start_registry NAME AUTH_YAML: a docker-registry on a free loopback port;
-# prints the port.
+# start_registry NAME AUTH_YAML: a docker-registry on a free loopback port,
+# killed at exit; sets REGISTRY_PORT.  Call it directly, never in $(...): a
+# subshell's track_pid does not reach the cleanup trap, and the registry
+# would outlive the test.
 start_registry() {
   local name=$1 auth=$2 port
   port=$(free_port)
@@ -80,11 +82,12 @@ $auth
 EOF
   docker-registry serve "$T/$name.yml" >"$T/$name.log" 2>&1 &
   track_pid $!
-  wait_port "$port" >&2
-  echo "$port"
+  wait_port "$port"
+  REGISTRY_PORT=$port
 }
 
-REG=$(start_registry open "")
+start_registry open ""
+REG=$REGISTRY_PORT
 skopeo copy -q --dest-tls-verify=false "oci:$T/img:v1" "docker://127.0.0.1:$REG/kindling/test:v1"
 "$DUMP" "docker://127.0.0.1:$REG/kindling/test:v1" >reg.json || die "oci_dump of the registry failed"
 [ "$(summary oci.json)" = "$(summary reg.json)" ] || die "registry differs: $(summary reg.json)"
@@ -235,10 +238,11 @@ pass "malformed JSON names the field"
 
 # ---- basic auth (htpasswd) ---------------------------------------------------------
 htpasswd -Bbc "$T/htpasswd" alice s3cret >/dev/null 2>&1
-BREG=$(start_registry basic "auth:
+start_registry basic "auth:
   htpasswd:
     realm: kindling-basic
-    path: $T/htpasswd")
+    path: $T/htpasswd"
+BREG=$REGISTRY_PORT
 skopeo copy -q --dest-tls-verify=false --dest-creds alice:s3cret "oci:$T/img:v1" "docker://127.0.0.1:$BREG/kindling/test:v1"
 KINDLING_REGISTRY_USER=alice KINDLING_REGISTRY_PASSWORD=s3cret "$DUMP" "docker://127.0.0.1:$BREG/kindling/test:v1" \
   >basic.json || die "basic auth with credentials failed"
@@ -290,12 +294,13 @@ TPORT=$(free_port)
 node "$T/token-server.js" "$TPORT" "$T/token.key" "$T/token.crt" bob t0ken-pass "$T/token-requests.log" >"$T/token-server.log" 2>&1 &
 track_pid $!
 wait_port "$TPORT"
-TREG=$(start_registry tokreg "auth:
+start_registry tokreg "auth:
   token:
     realm: http://127.0.0.1:$TPORT/token
     service: kindling-registry
     issuer: kindling-test-issuer
-    rootcertbundle: $T/token.crt")
+    rootcertbundle: $T/token.crt"
+TREG=$REGISTRY_PORT
 skopeo copy -q --dest-tls-verify=false --dest-creds bob:t0ken-pass "oci:$T/img:v1" \
   "docker://127.0.0.1:$TREG/kindling/test:v1" || die "skopeo push through the token flow failed: $(cat "$T/token-requests.log")"
 : >"$T/token-requests.log"
