@@ -24,6 +24,8 @@
  */
 #include "store_ops.h"
 
+#include "common/http_util.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
@@ -412,33 +414,6 @@ int store_http_client_run(struct store_http_client *c, struct store_xfer *xfers,
 
 /* ---- URLs ---------------------------------------------------------------------- */
 
-char *store_uri_encode(const char *s, bool keep_slash)
-{
-	static const char hex[] = "0123456789ABCDEF";
-	size_t len = strlen(s), cap;
-	if (!ck_mul_size(len, 3, &cap) || !ck_add_size(cap, 1, &cap)) {
-		errno = ENOMEM;
-		return NULL;
-	}
-	char *out = malloc(cap), *o = out;
-	if (!out)
-		return NULL;
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		unsigned char ch = *p;
-		bool unreserved = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
-				  ch == '-' || ch == '.' || ch == '_' || ch == '~';
-		if (unreserved || (keep_slash && ch == '/')) {
-			*o++ = (char)ch;
-		} else {
-			*o++ = '%';
-			*o++ = hex[ch >> 4];
-			*o++ = hex[ch & 15];
-		}
-	}
-	*o = 0;
-	return out;
-}
-
 /* True for names that resolve to this host only: localhost, 127.0.0.0/8,
  * ::1 (and ::ffff:127.x.y.z).  |host| may be a bracketed IPv6 literal. */
 static bool host_is_loopback(const char *host)
@@ -563,7 +538,7 @@ static int http_xfer_prepare(struct http_store *hs, struct store_xfer *x, const 
 {
 	store_xfer_init(x);
 	x->method = method;
-	char *path = store_uri_encode(key, true);
+	char *path = http_uri_encode(key, strlen(key), true);
 	if (!path)
 		return -ENOMEM;
 	x->url = xasprintf("%s%s", hs->base, path);

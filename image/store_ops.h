@@ -134,38 +134,10 @@ void store_http_client_free(struct store_http_client *c);
  * Returns 0, or -ENOMEM / -EIO if the multi handle itself failed (logged). */
 int store_http_client_run(struct store_http_client *c, struct store_xfer *xfers, size_t n);
 
-/* Percent-encode |s| per RFC 3986 (unreserved A-Z a-z 0-9 - . _ ~ kept, the
- * rest as %XX upper-case), keeping '/' if |keep_slash|.  This is exactly
- * SigV4's UriEncode.  Returns a malloc'd string or NULL (errno set). */
-char *store_uri_encode(const char *s, bool keep_slash);
-
 /* Check the transport of |url| (http or https, host present).  Plain http is
  * refused unless the host is loopback (127.0.0.0/8, ::1, localhost) or
  * |insecure|.  |*out_host| (optional) gets the malloc'd host name.  Returns 0,
  * -EINVAL (malformed, logged with |what|) or -EPERM (insecure, logged). */
 int store_url_check(const char *url, bool insecure, const char *what, char **out_host);
-
-/* ---- SigV4 (store_s3.c), exposed for known-answer tests ----------------- */
-
-struct sigv4_header {
-	const char *name;  /* lower case */
-	const char *value; /* trimmed */
-};
-
-/* The canonical query string for |n| raw (unencoded) parameters: each name
- * and value UriEncoded, sorted by encoded name then value, joined by '&'.
- * Returns a malloc'd string ("" for n == 0) or NULL (errno set). */
-char *store_sigv4_canonical_query(const char *const *names, const char *const *values, size_t n);
-
-/* The Authorization header value for one request signed with AWS Signature
- * Version 4.  |canonical_uri| is the already-encoded path as sent,
- * |canonical_query| as from store_sigv4_canonical_query, |headers| the signed
- * headers sorted by name, |payload_hash| the hex SHA-256 of the body,
- * |amz_date| "YYYYMMDDTHHMMSSZ".  Returns a malloc'd string or NULL (errno
- * set; EIO for a crypto failure). */
-char *store_sigv4_authorization(const char *method, const char *canonical_uri, const char *canonical_query,
-				const struct sigv4_header *headers, size_t n_headers, const char *payload_hash,
-				const char *amz_date, const char *region, const char *service, const char *access_key,
-				const char *secret_key);
 
 #endif

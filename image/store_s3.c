@@ -14,16 +14,16 @@
  */
 #include "store_ops.h"
 
+#include "common/sigv4.h"
+
 #include <errno.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 /* A ListObjectsV2 page is at most 1000 keys of at most 1 KiB. */
 #define LIST_XML_MAX (8u << 20)
-#define EMPTY_SHA256_HEX "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 struct s3_store {
 	char *bucket;
@@ -37,122 +37,6 @@ struct s3_store {
 	char *hint;	      /* operator hint for transport errors */
 	struct store_http_client *client;
 };
-
-/* ---- SigV4 --------------------------------------------------------------------- */
-
-struct query_param {
-	char *name, *value; /* encoded */
-};
-
-static int compare_params(const void *a, const void *b)
-{
-	const struct query_param *pa = a, *pb = b;
-	int c = strcmp(pa->name, pb->name);
-	return c ? c : strcmp(pa->value, pb->value);
-}
-
-char *store_sigv4_canonical_query(const char *const *names, const char *const *values, size_t n)
-{
-	struct query_param *params = calloc(n ? n : 1, sizeof(*params));
-	if (!params)
-		return NULL;
-	char *out = NULL;
-	size_t total = 1;
-	for (size_t i = 0; i < n; i++) {
-		params[i].name = store_uri_encode(names[i], false);
-		params[i].value = store_uri_encode(values[i], false);
-		if (!params[i].name || !params[i].value)
-			goto out;
-		total += strlen(params[i].name) + strlen(params[i].value) + 2;
-	}
-	qsort(params, n, sizeof(*params), compare_params);
-	out = malloc(total);
-	if (!out)
-		goto out;
-	char *o = out;
-	for (size_t i = 0; i < n; i++)
-		o += sprintf(o, "%s%s=%s", i ? "&" : "", params[i].name, params[i].value);
-	*o = 0;
-out:
-	for (size_t i = 0; i < n; i++) {
-		free(params[i].name);
-		free(params[i].value);
-	}
-	free(params);
-	return out;
-}
-
-static bool hmac_sha256(const void *key, size_t key_len, const char *msg, uint8_t out[SHA256_LEN])
-{
-	unsigned int out_len = 0;
-	return HMAC(EVP_sha256(), key, (int)key_len, (const unsigned char *)msg, strlen(msg), out, &out_len) &&
-	       out_len == SHA256_LEN;
-}
-
-char *store_sigv4_authorization(const char *method, const char *canonical_uri, const char *canonical_query,
-				const struct sigv4_header *headers, size_t n_headers, const char *payload_hash,
-				const char *amz_date, const char *region, const char *service, const char *access_key,
-				const char *secret_key)
-{
-	char *canonical_headers = NULL, *signed_headers = NULL, *canonical_request = NULL, *string_to_sign = NULL;
-	char *secret = NULL, *result = NULL;
-	size_t ch_len = 1, sh_len = 1;
-	for (size_t i = 0; i < n_headers; i++) {
-		ch_len += strlen(headers[i].name) + strlen(headers[i].value) + 2;
-		sh_len += strlen(headers[i].name) + 1;
-	}
-	canonical_headers = malloc(ch_len);
-	signed_headers = malloc(sh_len);
-	if (!canonical_headers || !signed_headers)
-		goto out;
-	char *c = canonical_headers, *s = signed_headers;
-	*s = 0;
-	for (size_t i = 0; i < n_headers; i++) {
-		c += sprintf(c, "%s:%s\n", headers[i].name, headers[i].value);
-		s += sprintf(s, "%s%s", i ? ";" : "", headers[i].name);
-	}
-	*c = 0;
-
-	canonical_request = xasprintf("%s\n%s\n%s\n%s\n%s\n%s", method, canonical_uri, canonical_query, canonical_headers,
-				      signed_headers, payload_hash);
-	if (!canonical_request)
-		goto out;
-	uint8_t digest[SHA256_LEN];
-	char digest_hex[SHA256_HEX_LEN + 1];
-	sha256_buf(canonical_request, strlen(canonical_request), digest);
-	hex_encode(digest, sizeof(digest), digest_hex);
-
-	char date[9];
-	snprintf(date, sizeof(date), "%.8s", amz_date);
-	string_to_sign = xasprintf("AWS4-HMAC-SHA256\n%s\n%s/%s/%s/aws4_request\n%s", amz_date, date, region, service,
-				   digest_hex);
-	secret = xasprintf("AWS4%s", secret_key);
-	if (!string_to_sign || !secret)
-		goto out;
-	/* The signing key is an HMAC chain over the scope's parts. */
-	uint8_t k[SHA256_LEN], sig[SHA256_LEN];
-	char sig_hex[SHA256_HEX_LEN + 1];
-	if (!hmac_sha256(secret, strlen(secret), date, k) || !hmac_sha256(k, sizeof(k), region, k) ||
-	    !hmac_sha256(k, sizeof(k), service, k) || !hmac_sha256(k, sizeof(k), "aws4_request", k) ||
-	    !hmac_sha256(k, sizeof(k), string_to_sign, sig)) {
-		log_err("sign S3 request: HMAC-SHA256 failed in OpenSSL");
-		errno = EIO;
-		goto out;
-	}
-	hex_encode(sig, sizeof(sig), sig_hex);
-	result = xasprintf("AWS4-HMAC-SHA256 Credential=%s/%s/%s/%s/aws4_request, SignedHeaders=%s, Signature=%s",
-			   access_key, date, region, service, signed_headers, sig_hex);
-out:
-	if (secret) {
-		OPENSSL_cleanse(secret, strlen(secret));
-		free(secret);
-	}
-	free(canonical_headers);
-	free(signed_headers);
-	free(canonical_request);
-	free(string_to_sign);
-	return result;
-}
 
 /* ---- requests ------------------------------------------------------------------ */
 
@@ -168,9 +52,10 @@ static int s3_xfer_prepare(struct s3_store *ss, struct store_xfer *x, const char
 	x->body = body;
 	x->body_len = body_len;
 	int r = -ENOMEM;
-	char *bucket = store_uri_encode(ss->bucket, false);
-	char *key = object_key ? store_uri_encode(object_key, true) : NULL;
-	char *query = store_sigv4_canonical_query(query_names, query_values, n_query);
+	char *bucket = http_uri_encode(ss->bucket, strlen(ss->bucket), false);
+	char *key = object_key ? http_uri_encode(object_key, strlen(object_key), true) : NULL;
+	/* Encoded and sorted: sent as it is signed. */
+	char *query = sigv4_query_encode(query_names, query_values, n_query);
 	char *uri = NULL, *auth = NULL;
 	if (!bucket || (object_key && !key) || !query)
 		goto out;
@@ -188,26 +73,23 @@ static int s3_xfer_prepare(struct s3_store *ss, struct store_xfer *x, const char
 		sha256_buf(body, body_len, digest);
 		hex_encode(digest, sizeof(digest), payload_hash);
 	} else {
-		memcpy(payload_hash, EMPTY_SHA256_HEX, sizeof(payload_hash));
+		memcpy(payload_hash, SIGV4_EMPTY_SHA256, sizeof(payload_hash));
 	}
 	char amz_date[17];
-	time_t now = time(NULL);
-	struct tm tm;
-	gmtime_r(&now, &tm);
-	strftime(amz_date, sizeof(amz_date), "%Y%m%dT%H%M%SZ", &tm);
+	sigv4_amz_date(time(NULL), amz_date);
 
-	struct sigv4_header signed_headers[4] = {
-		{ "host", ss->host_header },
-		{ "x-amz-content-sha256", payload_hash },
-		{ "x-amz-date", amz_date },
-		{ "x-amz-security-token", ss->session_token },
+	const struct http_header signed_headers[4] = {
+		{"host", ss->host_header},
+		{"x-amz-content-sha256", payload_hash},
+		{"x-amz-date", amz_date},
+		{"x-amz-security-token", ss->session_token},
 	};
-	auth = store_sigv4_authorization(method, uri, query, signed_headers, ss->session_token ? 4 : 3, payload_hash,
-					 amz_date, ss->region, "s3", ss->access_key, ss->secret_key);
-	if (!auth) {
-		r = errno == EIO ? -EIO : -ENOMEM;
+	const struct sigv4_request req = {method, uri, query, signed_headers, ss->session_token ? 4 : 3, payload_hash};
+	const struct sigv4_key sk = {ss->access_key, ss->secret_key};
+	r = sigv4_sign(&req, amz_date, ss->region, "s3", &sk, &auth);
+	if (r < 0)
 		goto out;
-	}
+	r = -ENOMEM;
 	if (store_xfer_add_header(x, "Host: %s", ss->host_header) < 0 ||
 	    store_xfer_add_header(x, "x-amz-content-sha256: %s", payload_hash) < 0 ||
 	    store_xfer_add_header(x, "x-amz-date: %s", amz_date) < 0 ||

@@ -547,71 +547,6 @@ static void test_concurrency(struct store *s)
 	test_end();
 }
 
-/* ---- SigV4 known answers ---------------------------------------------------------- */
-
-/* Sign one request the way store_s3.c does and compare with a signature
- * computed independently (botocore 1.43's S3SigV4Auth, or the AWS S3 API
- * reference's own example).  The date and keys are AWS's documented
- * example values. */
-static void sigv4_case(const char *method, const char *host, const char *bucket, const char *key, const char *body,
-		       const char *const *qn, const char *const *qv, size_t nq, const struct sigv4_header *extra,
-		       const char *want_signature)
-{
-	char *enc_bucket = bucket ? store_uri_encode(bucket, false) : strdup("");
-	char *enc_key = store_uri_encode(key, true);
-	char uri[1024];
-	if (bucket)
-		snprintf(uri, sizeof(uri), "/%s%s%s", enc_bucket, *enc_key ? "/" : "", enc_key);
-	else
-		snprintf(uri, sizeof(uri), "/%s", enc_key);
-	char *query = store_sigv4_canonical_query(qn, qv, nq);
-	uint8_t digest[SHA256_LEN];
-	char payload_hash[SHA256_HEX_LEN + 1];
-	sha256_buf(body, strlen(body), digest);
-	hex_encode(digest, sizeof(digest), payload_hash);
-	struct sigv4_header headers[4];
-	size_t n = 0;
-	headers[n++] = (struct sigv4_header){ "host", host };
-	if (extra)
-		headers[n++] = *extra;
-	headers[n++] = (struct sigv4_header){ "x-amz-content-sha256", payload_hash };
-	headers[n++] = (struct sigv4_header){ "x-amz-date", "20130524T000000Z" };
-	char *auth = store_sigv4_authorization(method, uri, query, headers, n, payload_hash, "20130524T000000Z",
-					       "us-east-1", "s3", "AKIAIOSFODNN7EXAMPLE",
-					       "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
-	const char *sig = auth ? strstr(auth, "Signature=") : NULL;
-	CHECK(sig && !strcmp(sig + 10, want_signature), "%s %s?%s: got %s, want %s", method, uri, query,
-	      sig ? sig + 10 : "(none)", want_signature);
-	CHECK(auth && strstr(auth, "Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "),
-	      "credential scope in %s", auth ? auth : "(none)");
-	free(enc_bucket);
-	free(enc_key);
-	free(query);
-	free(auth);
-}
-
-static void test_sigv4(void)
-{
-	test_begin("SigV4 signatures match independent known answers");
-	/* AWS S3 API reference, "Example: GET Object" (with a Range header). */
-	struct sigv4_header range = { "range", "bytes=0-9" };
-	sigv4_case("GET", "examplebucket.s3.amazonaws.com", NULL, "test.txt", "", NULL, NULL, 0, &range,
-		   "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41");
-	/* botocore: a path-style key with a space, '+' and '~'. */
-	sigv4_case("GET", "127.0.0.1:4568", "kindling-test", "t0/odd/sp ace+plus~x", "", NULL, NULL, 0, NULL,
-		   "22fb8f7446c5cd5095ae32965b7acee4d6a329ed65618835aa9ee892dcf3a019");
-	/* botocore: ListObjectsV2 with parameters out of order and a token
-	 * that needs encoding. */
-	static const char *const qn[] = { "prefix", "list-type", "continuation-token" };
-	static const char *const qv[] = { "t0/refs/", "2", "a/b== c" };
-	sigv4_case("GET", "127.0.0.1:4568", "kindling-test", "", "", qn, qv, 3, NULL,
-		   "5ee96a030e8e2499c812e4d0ef421abd0a31f9c44a6fafb85c2af96c56b575b9");
-	/* botocore: a PUT with a body and a '$' in the key. */
-	sigv4_case("PUT", "examplebucket.s3.amazonaws.com", NULL, "test$file.text", "Welcome to Amazon S3.", NULL, NULL,
-		   0, NULL, "1e15d288c066d54cc20d8f664ade3fa96e6744b2861304671f6eb633045a2d4a");
-	test_end();
-}
-
 /* ---- main ------------------------------------------------------------------------ */
 
 int main(int argc, char **argv)
@@ -648,7 +583,6 @@ int main(int argc, char **argv)
 	printf("# store_suite on %s, keys under %s\n", store_describe(s), run_prefix);
 
 	test_bad_uris();
-	test_sigv4();
 	test_bad_keys(s);
 	test_round_trip(s);
 	test_missing(s);
