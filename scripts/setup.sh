@@ -32,6 +32,15 @@ if [ -f "$top/tests/peers/package.json" ]; then
   fi
 fi
 
+# The Node.js Lambda test image's runtime: aws-lambda-ric built against Debian's
+# Node.js 18, once per machine, into KINDLING_PEER_CACHE (default
+# /var/cache/kindling/peers).  The first build takes minutes; later runs reuse
+# it.  KINDLING_SETUP_LAMBDA_RUNTIME=0 skips it (the tests then build it).
+if [ "${KINDLING_SETUP_LAMBDA_RUNTIME:-1}" != 0 ]; then
+  "${sudo_cmd[@]}" env ${KINDLING_PEER_CACHE:+KINDLING_PEER_CACHE="$KINDLING_PEER_CACHE"} \
+    "$top/tests/images/make-lambda-images.sh" --prepare
+fi
+
 cmake -S "$top" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
 cmake --build "$build" -j"$(nproc)" >/dev/null
 echo "setup: built in $build"
