@@ -17,6 +17,7 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- images ------------------------------------------------------------------------------------------------ */
 
@@ -342,7 +343,7 @@ static void nbd_refresh_locked(struct blockd *b)
 						       .description = b->images[i]->digest };
 	if (n == 0)
 		return;
-	int r = nbd_server_start(b->nbd_address, ex, n, &b->nbd);
+	int r = nbd_server_start(b->nbd_address, ex, n, &b->access, &b->nbd);
 	if (r < 0)
 		log_err("nbd: cannot restart the server on %s after the attached set changed: %s", b->nbd_address,
 			strerror(-r));
@@ -552,12 +553,17 @@ int blockd_new(const struct blockd_config *cfg, struct blockd **out)
 	if (!b)
 		return -ENOMEM;
 	b->cfg = *cfg;
+	b->cfg.socket_group = NULL; /* not kept: resolved into b->access */
 	b->next_serial = 1;
 	pthread_mutex_init(&b->lock, NULL);
 	pthread_mutex_init(&b->store_lock, NULL);
 	pthread_mutex_init(&b->q_lock, NULL);
 	pthread_cond_init(&b->q_cond, NULL);
-	int r = -ENOMEM;
+	int r = sock_access_init(&b->access, cfg->socket_group, cfg->nbd_allow_remote);
+	if (r < 0) { /* logged, naming the group */
+		blockd_free(b);
+		return r;
+	}
 	if ((r = kindling_env_load(&b->env, 0)) < 0)
 		goto fail;
 	if ((r = store_open(cfg->cache.origin_uri, cfg->cache.origin_options, &b->store)) < 0)
@@ -651,7 +657,18 @@ int blockd_nbd_start(struct blockd *b, const char *address)
 						       .description = b->images[i]->digest };
 	struct blockdev empty = { .read_at = dev_read_at, .size = 0, .ctx = NULL };
 	struct nbd_export placeholder = { .name = "", .dev = &empty, .description = NULL };
-	r = nbd_server_start(address, n ? ex : &placeholder, n ? n : 1, &b->nbd);
+	r = nbd_server_start(address, n ? ex : &placeholder, n ? n : 1, &b->access, &b->nbd);
+	bool remote = false;
+	if (r == 0 && nbd_server_is_tcp(b->nbd, &remote) && remote)
+		log_warn("nbd: serving on %s, which other hosts can reach (--nbd-allow-remote): NBD has no "
+			 "authentication or encryption, so anyone who can connect reads every attached image; "
+			 "firewall the port",
+			 nbd_server_address(b->nbd));
+	else if (r == 0 && nbd_server_is_tcp(b->nbd, &remote))
+		log_warn("nbd: serving on %s: every local user can connect and read the attached images (TCP "
+			 "carries no credentials to check); use --nbd unix:PATH to limit NBD to root and uid %u%s%s",
+			 nbd_server_address(b->nbd), (unsigned)geteuid(),
+			 b->access.has_group ? " and group " : "", b->access.has_group ? b->access.group : "");
 	if (r == 0) {
 		b->nbd_address = strdup(nbd_server_address(b->nbd));
 		if (!b->nbd_address)
