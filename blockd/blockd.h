@@ -27,9 +27,12 @@ struct blockd_config {
 	/* The tenant key that unseals manifests and the salt come from
 	 * KINDLING_HOME (or KINDLING_TENANT_KEY / KINDLING_SALT), exactly as for
 	 * chunkify: the blockd must run with the importer's KINDLING_HOME. */
-	/* Record startup traces and prefetch from them (see blockd.c). */
+	/* Record startup traces and prefetch from them (see prefetch.c).
+	 * Prefetch yields to readers: it starts no fetch while a read of a
+	 * chunk not yet resident is in flight, keeps at most half the origin's
+	 * parallel fetches, and skips the trace entries a reader got past. */
 	bool prefetch;
-	unsigned prefetch_parallel;	/* 0 = 4 */
+	unsigned prefetch_parallel;	/* 0 = 4; at most half of cache.origin_parallel */
 	uint64_t prefetch_bytes_per_s;	/* 0 = unlimited */
 	double trace_seconds;		/* recording window after attach; 0 = 10 s */
 	/* Readahead: when reads of an image run sequentially, also fetch this

@@ -257,6 +257,8 @@ struct blockd_counters {
 	_Atomic uint64_t chunks_read, chunks_resident;	/* distinct chunks, since attach */
 	_Atomic uint64_t readahead_issued, readahead_fetched;
 	_Atomic uint64_t prefetch_issued, prefetch_fetched, prefetch_used, prefetch_errors;
+	_Atomic uint64_t prefetch_yielded;		/* times prefetch waited for demand reads */
+	_Atomic uint64_t prefetch_skipped;		/* trace chunks the reader got past first */
 	_Atomic uint64_t trace_len;			/* chunks recorded (or loaded) */
 };
 
@@ -309,6 +311,12 @@ struct blockd {
 	bool q_stop;
 	pthread_t *workers;
 	size_t n_workers;
+	/* Demand fetches in flight: reads of chunks not yet resident.  Trace
+	 * prefetch starts no fetch while there are any (prefetch.c), so it
+	 * never competes with the reader it serves. */
+	pthread_mutex_t demand_lock;
+	pthread_cond_t demand_idle;	/* broadcast when demand_fetching drops to 0 */
+	unsigned demand_fetching;
 	/* Who may use the control and NBD sockets (from the config). */
 	struct sock_access access;
 	/* NBD: restarted with the new export list when the attached set changes. */
@@ -337,9 +345,18 @@ bool blockd_queue_fetch(struct blockd_image *img, uint64_t index, bool prefetch)
  * prefetch.  Returns 0 or -errno. */
 int blockd_fetch_chunk(struct blockd_image *img, uint64_t index, bool prefetch);
 
-/* prefetch.c: startup traces.  On attach: load the image's trace from the
- * origin; with one, start prefetching it; without, start recording.  On
- * detach (or blockd_free): stop, and store a recording not yet stored. */
+/* Wait until no demand fetch is in flight, or |*stop| is set (then true is
+ * returned).  Whoever sets |*stop| must then call blockd_demand_wake. */
+bool blockd_demand_wait_idle(struct blockd *b, _Atomic bool *stop, _Atomic uint64_t *yield_count);
+/* Wake the waiters of blockd_demand_wait_idle (they recheck |*stop|). */
+void blockd_demand_wake(struct blockd *b);
+
+/* prefetch.c: startup traces.  trace_init gives a new image its (idle)
+ * trace state before the image is published, so readers always find it;
+ * returns 0 or -ENOMEM.  On attach: load the image's trace from the origin;
+ * with one, start prefetching it; without, start recording.  On detach (or
+ * blockd_free): stop, and store a recording not yet stored. */
+int trace_init(struct blockd_image *img);
 int trace_attach(struct blockd_image *img);
 void trace_detach(struct blockd_image *img);
 /* Free the trace state (from image_free, when no reader is left). */

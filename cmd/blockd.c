@@ -40,7 +40,7 @@ static void usage(FILE *f)
 		"  --k N --m N              L2 Reed-Solomon data and parity fragments [4+1]\n"
 		"  --no-prefetch            neither record startup traces nor prefetch from them\n"
 		"  --trace-seconds S        startup trace recording window [10]\n"
-		"  --prefetch-parallel N    trace prefetch fetches in flight [4]\n"
+		"  --prefetch-parallel N    trace prefetch fetches in flight [4; at most half the origin's]\n"
 		"  --prefetch-rate BYTES    trace prefetch bandwidth per second [unlimited]\n"
 		"  --readahead N            chunks fetched ahead of sequential readers [1]; 0 disables\n"
 		"  --allow-other            let other users into the FUSE mount\n"
