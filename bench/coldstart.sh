@@ -125,12 +125,15 @@ krun() {
   grep -q '"total"' "$work/run.out" || { echo "coldstart: the handler printed $(cat "$work/run.out")" >&2; exit 1; }
   tail -1 "$work/run.err" >>"$work/$label.jsonl"
 }
-say "lazy: L1 cold + L2 cold (origin only), no prefetch"
-for ((r = 0; r < reps; r++)); do krun l3_nopf --no-prefetch --l1-dir "$(fresh_l1)"; done
+# Runs without and with prefetch alternate, so drift on a shared machine
+# (page cache, other load) falls on both alike.
 say "lazy: first run with prefetch on (records the startup trace)"
 krun record --l1-dir "$(fresh_l1)"
-say "lazy: L1 cold + L2 cold, prefetch from the trace"
-for ((r = 0; r < reps; r++)); do krun l3_pf --l1-dir "$(fresh_l1)"; done
+say "lazy: L1 cold + L2 cold (origin only), without and with prefetch from the trace, alternating"
+for ((r = 0; r < reps; r++)); do
+  krun l3_nopf --no-prefetch --l1-dir "$(fresh_l1)"
+  krun l3_pf --l1-dir "$(fresh_l1)"
+done
 say "priming L2 (5 memcached, 4+1)"
 # On a small host a set can time out under the load of priming a whole image
 # (the L2 client's 200 ms timeout); a retry writes only what is missing.
@@ -140,15 +143,19 @@ for try in 1 2 3 4 5; do
   say "prime attempt $try failed ($(grep -c TIMEOUT "$work/prime.err") L2 timeouts); retrying"
   sleep 2
 done
-say "lazy: L1 cold + L2 warm"
-for ((r = 0; r < reps; r++)); do krun l2_nopf --no-prefetch --l2 "$nodes" --l1-dir "$(fresh_l1)"; done
-for ((r = 0; r < reps; r++)); do krun l2_pf --l2 "$nodes" --l1-dir "$(fresh_l1)"; done
+say "lazy: L1 cold + L2 warm, without and with prefetch, alternating"
+for ((r = 0; r < reps; r++)); do
+  krun l2_nopf --no-prefetch --l2 "$nodes" --l1-dir "$(fresh_l1)"
+  krun l2_pf --l2 "$nodes" --l1-dir "$(fresh_l1)"
+done
 krun l2_nora --no-prefetch --readahead 0 --l2 "$nodes" --l1-dir "$(fresh_l1)"
 say "lazy: L1 warm"
 warm=$(fresh_l1)
 krun warmup --no-prefetch --l2 "$nodes" --l1-dir "$warm"
-for ((r = 0; r < reps; r++)); do krun l1_nopf --no-prefetch --l2 "$nodes" --l1-dir "$warm"; done
-for ((r = 0; r < reps; r++)); do krun l1_pf --l2 "$nodes" --l1-dir "$warm"; done
+for ((r = 0; r < reps; r++)); do
+  krun l1_nopf --no-prefetch --l2 "$nodes" --l1-dir "$warm"
+  krun l1_pf --l2 "$nodes" --l1-dir "$warm"
+done
 
 # ---- the eager path ------------------------------------------------------------------------------------------------
 say "eager: skopeo copy + umoci unpack + the handler in the same sandbox"
@@ -213,7 +220,17 @@ for name, label in rows:
     print(f"{name:52} {t:8.3f}s {eager/t:8.1f}x {t/dir_only:8.2f}x {r['bytes_fetched']/2**20:7.1f}MiB"
           f"  {r['chunks']['l1']}/{r['chunks']['l2']}/{r['chunks']['l3']}"
           + (f"  prefetch {r['prefetch']['prefetched']}/{r['prefetch']['trace_chunks']} acc {r['prefetch']['accuracy']:.2f}"
+             f" yielded {r['prefetch'].get('yielded', '-')} skipped {r['prefetch'].get('skipped', '-')}"
              if r.get('prefetch', {}).get('enabled') else ""))
+print()
+print("prefetch against none, same run, runs alternating (first output with / without; below 1 = faster):")
+for name, nopf, pf in (("L1 cold + L2 cold (origin)", "l3_nopf", "l3_pf"), ("L1 cold + L2 warm", "l2_nopf", "l2_pf"),
+                       ("L1 warm", "l1_nopf", "l1_pf")):
+    a, b = [r["first_output_s"] for r in load(nopf)], [r["first_output_s"] for r in load(pf)]
+    print(f"  {name:28} without {min(a):.3f}-{max(a):.3f} s (median {statistics.median(a):.3f}),"
+          f" with {min(b):.3f}-{max(b):.3f} s (median {statistics.median(b):.3f}):"
+          f" {statistics.median(b) / statistics.median(a):.2f}x"
+          f" -> {'prefetch does not slow the start' if statistics.median(b) <= statistics.median(a) * 1.05 else 'PREFETCH SLOWER'}")
 t = med("l2_nopf")
 print(f"target lazy L1-cold/L2-warm >= 10x faster than eager: {eager/t:.1f}x -> {'MET' if eager/t >= 10 else 'NOT MET'}")
 print()

@@ -5,7 +5,9 @@
  * through cache_read, which verifies it and makes concurrent readers of one
  * chunk share one fetch.  Readahead within a chunk is implicit (the cache
  * tiers hold whole chunks); readahead into the next chunks runs on a small
- * pool of background threads when an image is read sequentially.
+ * pool of background threads when an image is read sequentially.  A read of
+ * a chunk not yet resident counts as a demand fetch while it runs; trace
+ * prefetch (prefetch.c) starts nothing while any is in flight.
  *
  * Lifetime: the image table holds one reference per attached image; FUSE
  * handles, background jobs and prefetch threads hold their own, so a
@@ -17,6 +19,7 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- images ------------------------------------------------------------------------------------------------ */
 
@@ -95,6 +98,47 @@ static void count_tier(struct blockd_image *img, uint64_t index, enum cache_tier
 	count_fetch(img, index, t);
 }
 
+/* ---- demand reads before prefetch ---------------------------------------------------------------------------- */
+
+static void demand_begin(struct blockd *b)
+{
+	pthread_mutex_lock(&b->demand_lock);
+	b->demand_fetching++;
+	pthread_mutex_unlock(&b->demand_lock);
+}
+
+static void demand_end(struct blockd *b)
+{
+	pthread_mutex_lock(&b->demand_lock);
+	if (--b->demand_fetching == 0)
+		pthread_cond_broadcast(&b->demand_idle);
+	pthread_mutex_unlock(&b->demand_lock);
+}
+
+bool blockd_demand_wait_idle(struct blockd *b, _Atomic bool *stop, _Atomic uint64_t *yield_count)
+{
+	pthread_mutex_lock(&b->demand_lock);
+	bool counted = false;
+	/* Ends when the last demand fetch lands (every fetch returns: the
+	 * tiers time out) or when |*stop| is set and blockd_demand_wake runs. */
+	while (b->demand_fetching > 0 && !atomic_load(stop)) {
+		if (!counted && yield_count)
+			atomic_fetch_add(yield_count, 1);
+		counted = true;
+		pthread_cond_wait(&b->demand_idle, &b->demand_lock);
+	}
+	bool stopped = atomic_load(stop);
+	pthread_mutex_unlock(&b->demand_lock);
+	return stopped;
+}
+
+void blockd_demand_wake(struct blockd *b)
+{
+	pthread_mutex_lock(&b->demand_lock);
+	pthread_cond_broadcast(&b->demand_idle);
+	pthread_mutex_unlock(&b->demand_lock);
+}
+
 /* Sequential readers get the next chunks fetched in the background.  A read
  * that starts where a recent one ended is sequential; |stream_end| keeps the
  * ends of the last few reads (races only cost a missed or extra readahead). */
@@ -142,7 +186,14 @@ int blockd_image_read(struct blockd_image *img, uint64_t off, void *buf, size_t 
 			atomic_fetch_add(&img->c.hole_bytes, n);
 		} else {
 			enum cache_tier tier = CACHE_TIER_NONE;
+			/* A chunk not yet resident is (likely) a fetch: trace prefetch
+			 * holds back until it is done.  Resident chunks take no lock. */
+			bool demand = !(atomic_load(&img->chunk_state[index]) & CHUNK_RESIDENT);
+			if (demand)
+				demand_begin(img->b);
 			int r = cache_read(img->b->cache, mc->name, mc->key, coff, p, n, &tier);
+			if (demand)
+				demand_end(img->b);
 			if (r < 0) {
 				atomic_fetch_add(&img->c.read_errors, 1);
 				atomic_fetch_or(&img->chunk_state[index], CHUNK_FAILED);
@@ -342,7 +393,7 @@ static void nbd_refresh_locked(struct blockd *b)
 						       .description = b->images[i]->digest };
 	if (n == 0)
 		return;
-	int r = nbd_server_start(b->nbd_address, ex, n, &b->nbd);
+	int r = nbd_server_start(b->nbd_address, ex, n, &b->access, &b->nbd);
 	if (r < 0)
 		log_err("nbd: cannot restart the server on %s after the attached set changed: %s", b->nbd_address,
 			strerror(-r));
@@ -415,6 +466,10 @@ int blockd_attach(struct blockd *b, const char *image, struct blockd_image **out
 	}
 	img->dev = (struct blockdev){ .read_at = dev_read_at, .size = img->m.image_size, .ctx = img };
 	img->attached_at = now_seconds();
+	if (trace_init(img) < 0) {
+		image_free(img);
+		return -ENOMEM;
+	}
 
 	pthread_mutex_lock(&b->lock);
 	struct blockd_image *other = find_locked(b, name, digest);
@@ -552,12 +607,27 @@ int blockd_new(const struct blockd_config *cfg, struct blockd **out)
 	if (!b)
 		return -ENOMEM;
 	b->cfg = *cfg;
+	b->cfg.socket_group = NULL; /* not kept: resolved into b->access */
+	/* Prefetch keeps at most half the origin's parallel fetches, so a
+	 * demand read always finds a free one. */
+	unsigned origin_par = cfg->cache.origin_parallel ? cfg->cache.origin_parallel : 8;
+	unsigned pf_max = origin_par / 2 ? origin_par / 2 : 1;
+	if (!b->cfg.prefetch_parallel)
+		b->cfg.prefetch_parallel = 4;
+	if (b->cfg.prefetch_parallel > pf_max)
+		b->cfg.prefetch_parallel = pf_max;
 	b->next_serial = 1;
 	pthread_mutex_init(&b->lock, NULL);
 	pthread_mutex_init(&b->store_lock, NULL);
 	pthread_mutex_init(&b->q_lock, NULL);
 	pthread_cond_init(&b->q_cond, NULL);
-	int r = -ENOMEM;
+	pthread_mutex_init(&b->demand_lock, NULL);
+	pthread_cond_init(&b->demand_idle, NULL);
+	int r = sock_access_init(&b->access, cfg->socket_group, cfg->nbd_allow_remote);
+	if (r < 0) { /* logged, naming the group */
+		blockd_free(b);
+		return r;
+	}
 	if ((r = kindling_env_load(&b->env, 0)) < 0)
 		goto fail;
 	if ((r = store_open(cfg->cache.origin_uri, cfg->cache.origin_options, &b->store)) < 0)
@@ -627,6 +697,8 @@ void blockd_free(struct blockd *b)
 	free(b->workers);
 	pthread_cond_destroy(&b->q_cond);
 	pthread_mutex_destroy(&b->q_lock);
+	pthread_cond_destroy(&b->demand_idle);
+	pthread_mutex_destroy(&b->demand_lock);
 	pthread_mutex_destroy(&b->store_lock);
 	pthread_mutex_destroy(&b->lock);
 	free(b);
@@ -651,7 +723,18 @@ int blockd_nbd_start(struct blockd *b, const char *address)
 						       .description = b->images[i]->digest };
 	struct blockdev empty = { .read_at = dev_read_at, .size = 0, .ctx = NULL };
 	struct nbd_export placeholder = { .name = "", .dev = &empty, .description = NULL };
-	r = nbd_server_start(address, n ? ex : &placeholder, n ? n : 1, &b->nbd);
+	r = nbd_server_start(address, n ? ex : &placeholder, n ? n : 1, &b->access, &b->nbd);
+	bool remote = false;
+	if (r == 0 && nbd_server_is_tcp(b->nbd, &remote) && remote)
+		log_warn("nbd: serving on %s, which other hosts can reach (--nbd-allow-remote): NBD has no "
+			 "authentication or encryption, so anyone who can connect reads every attached image; "
+			 "firewall the port",
+			 nbd_server_address(b->nbd));
+	else if (r == 0 && nbd_server_is_tcp(b->nbd, &remote))
+		log_warn("nbd: serving on %s: every local user can connect and read the attached images (TCP "
+			 "carries no credentials to check); use --nbd unix:PATH to limit NBD to root and uid %u%s%s",
+			 nbd_server_address(b->nbd), (unsigned)geteuid(),
+			 b->access.has_group ? " and group " : "", b->access.has_group ? b->access.group : "");
 	if (r == 0) {
 		b->nbd_address = strdup(nbd_server_address(b->nbd));
 		if (!b->nbd_address)

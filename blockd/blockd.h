@@ -27,9 +27,12 @@ struct blockd_config {
 	/* The tenant key that unseals manifests and the salt come from
 	 * KINDLING_HOME (or KINDLING_TENANT_KEY / KINDLING_SALT), exactly as for
 	 * chunkify: the blockd must run with the importer's KINDLING_HOME. */
-	/* Record startup traces and prefetch from them (see blockd.c). */
+	/* Record startup traces and prefetch from them (see prefetch.c).
+	 * Prefetch yields to readers: it starts no fetch while a read of a
+	 * chunk not yet resident is in flight, keeps at most half the origin's
+	 * parallel fetches, and skips the trace entries a reader got past. */
 	bool prefetch;
-	unsigned prefetch_parallel;	/* 0 = 4 */
+	unsigned prefetch_parallel;	/* 0 = 4; at most half of cache.origin_parallel */
 	uint64_t prefetch_bytes_per_s;	/* 0 = unlimited */
 	double trace_seconds;		/* recording window after attach; 0 = 10 s */
 	/* Readahead: when reads of an image run sequentially, also fetch this
@@ -39,6 +42,16 @@ struct blockd_config {
 	bool no_readahead;
 	/* Background fetch threads shared by readahead and prefetch (0 = 4). */
 	unsigned fetch_threads;
+	/* Who may use the control and NBD unix sockets.  NULL: the sockets are
+	 * 0600, and only root and this process's uid may connect.  A group
+	 * name: the sockets are 0660 with that group, and its members may
+	 * connect too.  Every connection's credentials are checked as well
+	 * (SO_PEERCRED).  The string is not kept. */
+	const char *socket_group;
+	/* NBD over tcp on an address other hosts can reach.  NBD has no
+	 * authentication or encryption, so such an address is refused unless
+	 * this is set, and then served with a warning. */
+	bool nbd_allow_remote;
 };
 
 /* Create a blockd with no images attached.  Returns 0 or -errno (logged). */
@@ -100,7 +113,9 @@ int blockd_mount(struct blockd *b, const char *mountpoint, const struct blockd_m
  * Images attached or detached later change the export list: the server is
  * restarted on the same address, which drops connected clients (they
  * reconnect).  With no image attached nothing listens until the first
- * attach.  Returns 0 or -errno (logged). */
+ * attach.  A unix socket gets the mode and peer checks of the config's
+ * socket_group; a tcp address that is not loopback needs nbd_allow_remote
+ * (else -EPERM).  Returns 0 or -errno (logged). */
 int blockd_nbd_start(struct blockd *b, const char *address);
 
 /* The NBD address actually bound (tcp port 0 resolved), or NULL. */
@@ -111,9 +126,13 @@ const char *blockd_nbd_address(struct blockd *b);
 
 struct blockd_ctl;
 
-/* Serve control requests for |b| on the unix socket |path| on a thread of its
- * own; |state_dir| (may be NULL) records the attached set so a restarted
- * daemon can restore it.  Returns 0 or -errno (logged). */
+/* Serve control requests for |b| on the unix socket |path|: a thread
+ * accepts, and each client is served on a thread of its own (at most 32 at
+ * once), so a slow client never delays another.  A client has 5 s to send
+ * each complete request line and 5 s to take each reply, or it is dropped.
+ * The socket gets the mode and peer checks of the config's socket_group.
+ * |state_dir| (may be NULL) records the attached set so a restarted daemon
+ * can restore it.  Returns 0 or -errno (logged). */
 int blockd_ctl_start(struct blockd *b, const char *path, const char *state_dir, struct blockd_ctl **out);
 
 /* Stop serving and free |c|; NULL is ok. */

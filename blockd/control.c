@@ -8,10 +8,18 @@
  *   {"op": "stats", "image": "..."}                 -> {"ok": true, "stats": {...}}
  *   any failure                                     -> {"ok": false, "error": "...", "errno": N}
  *
- * Requests are served one at a time on one thread: attach and detach change
- * the attached set, and serialising them keeps the persisted set (state dir,
- * attached.json) in step with it.  A client that sends nothing for a few
- * seconds is dropped so it cannot hold the socket.
+ * One thread accepts; each client gets a thread of its own (at most
+ * CTL_MAX_CLIENTS at once; one more is told to retry and closed), so a slow
+ * or hostile client never delays another.  A client has CTL_DEADLINE_S
+ * seconds to send each complete request line, counted from the connection
+ * or the previous reply, however it trickles the bytes, and as long to take
+ * each reply; past either it is dropped with a log line.  ls and stats run
+ * at once; attach and detach run one at a time (op_lock), so the persisted
+ * set (state dir, attached.json) stays in step with the attached set and an
+ * image being replied about is never detached under the reply.
+ *
+ * Who may connect: the socket is 0600 (0660 with the socket group) and each
+ * client's credentials are checked on accept (sock.c).
  */
 #include "internal.h"
 
@@ -28,16 +36,36 @@
 
 #define CTL_MAX_LINE 4096
 #define CTL_MAX_REPLY (64u << 20)
+#define CTL_MAX_CLIENTS 32u
+#define CTL_DEADLINE_S 5.0
+#define CTL_CLIENT_SEND_S 30.0 /* blockd_ctl_call: to hand the daemon a request */
 #define STATE_FILE "attached.json"
+
+struct ctl_client {
+	struct blockd_ctl *c;
+	int fd;			/* closed under c->lock, by the client's thread */
+	struct ucred cred;
+	struct ctl_client *next;
+};
 
 struct blockd_ctl {
 	struct blockd *b;
 	char *path;
 	char *state_dir;
+	char *what;		/* "control socket PATH", for log lines */
 	int listen_fd;
+	dev_t sock_dev;
+	ino_t sock_ino;
 	int stop_pipe[2];
 	pthread_t thread;
 	bool has_thread;
+	struct sock_refusals refusals;	/* the accept thread's */
+	double busy_logged_at;		/* the accept thread's: last "too many clients" line */
+	pthread_mutex_t op_lock;	/* attach and detach (and the state file): one at a time */
+	pthread_mutex_t lock;		/* clients, n_clients */
+	pthread_cond_t gone;		/* a client thread ended */
+	struct ctl_client *clients;
+	unsigned n_clients;
 };
 
 /* ---- the request parser (a client's bytes: checked) ---------------------------------------------------------- */
@@ -112,6 +140,8 @@ out:
 
 /* ---- the attached set, persisted ------------------------------------------------------------------------------- */
 
+/* The attached set as it is now, written over the state file.  Caller holds
+ * c->op_lock. */
 static int save_state(struct blockd_ctl *c)
 {
 	if (!c->state_dir)
@@ -181,7 +211,9 @@ int blockd_ctl_restore(struct blockd_ctl *c)
 		const char *name = json_string_value(json_object_get(e, "image"));
 		if (!name)
 			continue;
+		pthread_mutex_lock(&c->op_lock); /* clients may already be connected */
 		r = blockd_attach(c->b, name, NULL);
+		pthread_mutex_unlock(&c->op_lock);
 		if (r < 0) {
 			log_err("restart: cannot re-attach %s: %s (it stays in %s for the next restart)", name,
 				strerror(-r), path);
@@ -214,18 +246,27 @@ static json_t *handle(struct blockd_ctl *c, const struct ctl_request *q)
 	struct blockd *b = c->b;
 	if (strcmp(q->op, "attach") == 0) {
 		struct blockd_image *img;
+		pthread_mutex_lock(&c->op_lock);
 		int r = blockd_attach(b, q->image, &img);
+		json_t *reply;
 		if (r < 0)
-			return error_reply(-r, r == -ENOENT ? "no such image in the store" : NULL);
-		save_state(c);
-		return json_pack("{s:b, s:s, s:s, s:I}", "ok", 1, "image", blockd_image_name(img), "digest",
-				 blockd_image_digest(img), "size", (json_int_t)blockd_image_size(img));
+			reply = error_reply(-r, r == -ENOENT ? "no such image in the store" : NULL);
+		else {
+			save_state(c);
+			reply = json_pack("{s:b, s:s, s:s, s:I}", "ok", 1, "image", blockd_image_name(img), "digest",
+					  blockd_image_digest(img), "size", (json_int_t)blockd_image_size(img));
+		}
+		pthread_mutex_unlock(&c->op_lock);
+		return reply;
 	}
 	if (strcmp(q->op, "detach") == 0) {
+		pthread_mutex_lock(&c->op_lock);
 		int r = blockd_detach(b, q->image);
+		if (r == 0)
+			save_state(c);
+		pthread_mutex_unlock(&c->op_lock);
 		if (r < 0)
 			return error_reply(-r, r == -ENOENT ? "not attached" : NULL);
-		save_state(c);
 		return json_pack("{s:b}", "ok", 1);
 	}
 	struct blockd_image **v;
@@ -263,28 +304,96 @@ static json_t *handle(struct blockd_ctl *c, const struct ctl_request *q)
 	return reply ? reply : error_reply(ENOMEM, NULL);
 }
 
-static void serve_client(struct blockd_ctl *c, int fd)
+/* Wait until |fd| is ready for |events| or |deadline| (now_seconds())
+ * passes.  Returns 0, -ETIMEDOUT or -errno. */
+static int wait_ready(int fd, short events, double deadline)
 {
-	/* A silent client is dropped after 5 s so it cannot hold the socket. */
-	struct timeval tv = { .tv_sec = 5 };
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	for (;;) {
+		double left = deadline - now_seconds();
+		if (left <= 0)
+			return -ETIMEDOUT;
+		struct pollfd p = { .fd = fd, .events = events };
+		int n = poll(&p, 1, (int)(left * 1000) + 1);
+		if (n > 0)
+			return 0;
+		if (n < 0 && errno != EINTR)
+			return -errno;
+	}
+}
+
+/* Receive into |<buf, cap>| by |deadline|.  Returns the byte count (0 at end
+ * of stream), -ETIMEDOUT, or -errno. */
+static ssize_t recv_by(int fd, void *buf, size_t cap, double deadline)
+{
+	for (;;) {
+		int r = wait_ready(fd, POLLIN, deadline);
+		if (r < 0)
+			return r;
+		ssize_t got = recv(fd, buf, cap, MSG_DONTWAIT);
+		if (got < 0 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		return got < 0 ? -errno : got;
+	}
+}
+
+/* Send all of |<buf, len>| by |deadline|.  Returns 0, -ETIMEDOUT or -errno. */
+static int send_by(int fd, const void *buf, size_t len, double deadline)
+{
+	const uint8_t *p = buf;
+	while (len > 0) {
+		int r = wait_ready(fd, POLLOUT, deadline);
+		if (r < 0)
+			return r;
+		ssize_t w = send(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (w < 0 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		if (w < 0)
+			return -errno;
+		p += w;
+		len -= (size_t)w;
+	}
+	return 0;
+}
+
+/* Send |reply| (consumed) as one line by |deadline|.  Returns 0 or -errno. */
+static int send_reply(int fd, json_t *reply, double deadline)
+{
+	char *s = reply ? json_dumps(reply, JSON_COMPACT) : NULL;
+	json_decref(reply);
+	if (!s)
+		return -ENOMEM;
+	size_t n = strlen(s);
+	char *line = realloc(s, n + 2);
+	if (!line) {
+		free(s);
+		return -ENOMEM;
+	}
+	line[n] = '\n';
+	line[n + 1] = '\0';
+	int r = send_by(fd, line, n + 1, deadline);
+	free(line);
+	return r;
+}
+
+static void serve_client(struct blockd_ctl *c, int fd, const struct ucred *cr)
+{
 	char buf[CTL_MAX_LINE + 1];
 	size_t have = 0;
+	double deadline = now_seconds() + CTL_DEADLINE_S;
+	/* Each round either answers a request, takes at least one byte into a
+	 * buffer of bounded size, or ends the connection. */
 	for (;;) {
 		char *nl = memchr(buf, '\n', have);
 		if (!nl) {
 			if (have == sizeof(buf)) {
-				json_t *e = error_reply(EINVAL, "request line too long");
-				char *s = json_dumps(e, JSON_COMPACT);
-				json_decref(e);
-				if (s) {
-					send(fd, s, strlen(s), MSG_NOSIGNAL);
-					send(fd, "\n", 1, MSG_NOSIGNAL);
-				}
-				free(s);
+				send_reply(fd, error_reply(EINVAL, "request line too long"),
+					   now_seconds() + CTL_DEADLINE_S);
 				return;
 			}
-			ssize_t n = recv(fd, buf + have, sizeof(buf) - have, 0);
+			ssize_t n = recv_by(fd, buf + have, sizeof(buf) - have, deadline);
+			if (n == -ETIMEDOUT)
+				log_info("%s: client pid %d (uid %u) sent no complete request within %.0f s; dropping it",
+					 c->what, (int)cr->pid, (unsigned)cr->uid, CTL_DEADLINE_S);
 			if (n <= 0)
 				return;
 			have += (size_t)n;
@@ -296,16 +405,85 @@ static void serve_client(struct blockd_ctl *c, int fd)
 		json_t *reply = ctl_parse_request(buf, line_len, &q, &err) < 0 ? error_reply(EINVAL, err) : handle(c, &q);
 		memmove(buf, nl + 1, have - line_len - 1);
 		have -= line_len + 1;
-		char *s = reply ? json_dumps(reply, JSON_COMPACT) : NULL;
-		json_decref(reply);
-		if (!s)
-			return;
-		int r = write_full(fd, s, strlen(s));
-		if (r == 0)
-			r = write_full(fd, "\n", 1);
-		free(s);
+		int r = send_reply(fd, reply ? reply : error_reply(ENOMEM, NULL), now_seconds() + CTL_DEADLINE_S);
+		if (r == -ETIMEDOUT)
+			log_info("%s: client pid %d (uid %u) did not take its reply within %.0f s; dropping it", c->what,
+				 (int)cr->pid, (unsigned)cr->uid, CTL_DEADLINE_S);
 		if (r < 0)
 			return;
+		deadline = now_seconds() + CTL_DEADLINE_S;
+	}
+}
+
+/* Take |cl| off the client list, close its connection and free it. */
+static void forget_client(struct blockd_ctl *c, struct ctl_client *cl)
+{
+	pthread_mutex_lock(&c->lock);
+	for (struct ctl_client **p = &c->clients; *p; p = &(*p)->next)
+		if (*p == cl) {
+			*p = cl->next;
+			break;
+		}
+	close(cl->fd); /* under the lock: stop() shuts fds down under it too */
+	c->n_clients--;
+	pthread_cond_broadcast(&c->gone);
+	pthread_mutex_unlock(&c->lock);
+	free(cl);
+}
+
+static void *client_main(void *arg)
+{
+	struct ctl_client *cl = arg;
+	serve_client(cl->c, cl->fd, &cl->cred);
+	forget_client(cl->c, cl);
+	return NULL;
+}
+
+/* Hand the accepted, checked connection |fd| to a thread of its own. */
+static void start_client(struct blockd_ctl *c, int fd, const struct ucred *cr)
+{
+	struct ctl_client *cl = calloc(1, sizeof(*cl));
+	pthread_mutex_lock(&c->lock);
+	bool full = c->n_clients >= CTL_MAX_CLIENTS;
+	if (cl && !full) {
+		cl->c = c;
+		cl->fd = fd;
+		cl->cred = *cr;
+		cl->next = c->clients;
+		c->clients = cl;
+		c->n_clients++;
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (!cl || full) {
+		double now = now_seconds();
+		if (now - c->busy_logged_at >= 1.0) { /* at most a line a second under a flood */
+			c->busy_logged_at = now;
+			if (full)
+				log_warn("%s: %u clients are connected already; refusing another (pid %d, uid %u)",
+					 c->what, CTL_MAX_CLIENTS, (int)cr->pid, (unsigned)cr->uid);
+			else
+				log_warn("%s: out of memory; refusing a client (pid %d)", c->what, (int)cr->pid);
+		}
+		/* One try that never blocks: the accept thread must not wait. */
+		static const char busy[] = "{\"ok\":false,\"error\":\"blockd is busy with other control clients; "
+					   "try again\",\"errno\":11}\n";
+		ssize_t w = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		(void)w;
+		free(cl);
+		close(fd);
+		return;
+	}
+	pthread_attr_t attr;
+	pthread_t th;
+	int e = pthread_attr_init(&attr);
+	if (e == 0) {
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		e = pthread_create(&th, &attr, client_main, cl);
+		pthread_attr_destroy(&attr);
+	}
+	if (e != 0) {
+		log_err("%s: cannot start a client thread: %s", c->what, strerror(e));
+		forget_client(c, cl);
 	}
 }
 
@@ -317,16 +495,27 @@ static void *ctl_main(void *arg)
 		if (poll(p, 2, -1) < 0) {
 			if (errno == EINTR)
 				continue;
-			log_err("control socket %s: poll: %s", c->path, strerror(errno));
+			log_err("%s: poll: %s; no longer serving (restart blockd)", c->what, strerror(errno));
 			return NULL;
 		}
 		if (p[1].revents)
 			return NULL;
 		int fd = accept4(c->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-		if (fd < 0)
+		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+				log_err("%s: accept: %s; retrying", c->what, strerror(errno));
+				poll(NULL, 0, 100); /* let clients finish and free descriptors */
+			}
 			continue;
-		serve_client(c, fd);
-		close(fd);
+		}
+		struct ucred cr = { .pid = 0 };
+		int r = sock_peer_check(fd, &c->b->access, &cr);
+		if (r < 0) {
+			sock_log_refusal(&c->refusals, c->what, &cr, &c->b->access, r);
+			close(fd);
+			continue;
+		}
+		start_client(c, fd, &cr);
 	}
 }
 
@@ -339,25 +528,36 @@ void blockd_ctl_stop(struct blockd_ctl *c)
 		(void)w;
 		pthread_join(c->thread, NULL);
 	}
+	/* Wake every client thread (a request being handled finishes first)
+	 * and wait until they are all gone. */
+	pthread_mutex_lock(&c->lock);
+	for (struct ctl_client *cl = c->clients; cl; cl = cl->next)
+		shutdown(cl->fd, SHUT_RDWR);
+	while (c->n_clients > 0)
+		pthread_cond_wait(&c->gone, &c->lock);
+	pthread_mutex_unlock(&c->lock);
 	if (c->listen_fd >= 0) {
 		close(c->listen_fd);
-		unlink(c->path);
+		sock_unlink_if_ours(c->path, c->sock_dev, c->sock_ino);
 	}
 	if (c->stop_pipe[0] >= 0)
 		close(c->stop_pipe[0]);
 	if (c->stop_pipe[1] >= 0)
 		close(c->stop_pipe[1]);
+	pthread_cond_destroy(&c->gone);
+	pthread_mutex_destroy(&c->lock);
+	pthread_mutex_destroy(&c->op_lock);
 	free(c->path);
 	free(c->state_dir);
+	free(c->what);
 	free(c);
 }
 
 int blockd_ctl_start(struct blockd *b, const char *path, const char *state_dir, struct blockd_ctl **out)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (!path || !*path || strlen(path) >= sizeof(sa.sun_path)) {
-		log_err("control socket path \"%s\" is empty or too long", path ? path : "");
-		return -ENAMETOOLONG;
+	if (!path || !*path) {
+		log_err("control socket: no path given (--control SOCK)");
+		return -EINVAL;
 	}
 	struct blockd_ctl *c = calloc(1, sizeof(*c));
 	if (!c)
@@ -365,54 +565,30 @@ int blockd_ctl_start(struct blockd *b, const char *path, const char *state_dir, 
 	c->b = b;
 	c->listen_fd = -1;
 	c->stop_pipe[0] = c->stop_pipe[1] = -1;
+	pthread_mutex_init(&c->op_lock, NULL);
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_cond_init(&c->gone, NULL);
 	c->path = strdup(path);
+	c->what = xasprintf("control socket %s", path);
 	c->state_dir = state_dir ? strdup(state_dir) : NULL;
 	int r = 0;
-	if (!c->path || (state_dir && !c->state_dir))
+	if (!c->path || !c->what || (state_dir && !c->state_dir))
 		r = -ENOMEM;
 	if (r == 0 && state_dir && (r = mkdir_p(state_dir, 0700)) < 0)
 		log_err("cannot create the state directory %s: %s", state_dir, strerror(-r));
 	if (r == 0 && pipe2(c->stop_pipe, O_CLOEXEC) < 0)
 		r = -errno;
+	/* The socket appears at |path| only with its final mode; a socket file
+	 * left by a killed blockd is replaced, a live one refused (sock.c). */
+	if (r == 0)
+		r = sock_listen_unix(path, &b->access, 16, "control socket", &c->listen_fd, &c->sock_dev, &c->sock_ino);
 	if (r < 0) {
-		blockd_ctl_stop(c);
-		return r;
-	}
-	memcpy(sa.sun_path, path, strlen(path) + 1);
-	c->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (c->listen_fd < 0)
-		r = -errno;
-	/* A socket file left by a killed blockd: nobody answers it, replace it.
-	 * A live one belongs to another blockd: refuse. */
-	if (r == 0 && bind(c->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		r = -errno;
-		if (r == -EADDRINUSE) {
-			int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-			bool live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-			if (probe >= 0)
-				close(probe);
-			if (live)
-				log_err("control socket %s: another blockd is listening there", path);
-			else if (unlink(path) == 0 && bind(c->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
-				r = 0;
-		}
-	}
-	if (r == 0 && listen(c->listen_fd, 16) < 0)
-		r = -errno;
-	if (r < 0) {
-		log_err("control socket %s: cannot listen: %s", path, strerror(-r));
-		if (c->listen_fd >= 0 && r != -EADDRINUSE) {
-			close(c->listen_fd);
-			c->listen_fd = -1;
-		} else if (c->listen_fd >= 0) {
-			close(c->listen_fd); /* not ours: do not unlink it */
-			c->listen_fd = -1;
-		}
 		blockd_ctl_stop(c);
 		return r;
 	}
 	int e = pthread_create(&c->thread, NULL, ctl_main, c);
 	if (e) {
+		log_err("%s: cannot start its thread: %s", c->what, strerror(e));
 		blockd_ctl_stop(c);
 		return -e;
 	}
@@ -434,14 +610,21 @@ int blockd_ctl_call(const char *path, const char *request, char **out_reply)
 		return -errno;
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		int r = -errno;
-		log_err("cannot reach blockd at %s: %s (is `blockd serve --control %s` running?)", path,
-			strerror(-r), path);
+		if (r == -EACCES)
+			log_err("cannot reach blockd at %s: %s (only root, blockd's own user and the members of its "
+				"--socket-group may use it)",
+				path, strerror(-r));
+		else
+			log_err("cannot reach blockd at %s: %s (is `blockd serve --control %s` running?)", path,
+				strerror(-r), path);
 		close(fd);
 		return r;
 	}
-	int r = write_full(fd, request, strlen(request));
-	if (r == 0)
-		r = write_full(fd, "\n", 1);
+	/* send with MSG_NOSIGNAL: a daemon that refuses this user closes at
+	 * once, and the caller must get -EPIPE and a message, not SIGPIPE. */
+	char *line = xasprintf("%s\n", request);
+	int r = line ? send_by(fd, line, strlen(line), now_seconds() + CTL_CLIENT_SEND_S) : -ENOMEM;
+	free(line);
 	size_t cap = 4096, len = 0;
 	char *buf = malloc(cap);
 	if (!buf)
@@ -477,7 +660,13 @@ int blockd_ctl_call(const char *path, const char *request, char **out_reply)
 	}
 	close(fd);
 	if (r < 0) {
-		log_err("blockd at %s: no reply: %s", path, strerror(-r));
+		if (len == 0 && (r == -EPIPE || r == -ECONNRESET))
+			log_err("blockd at %s closed the connection without a reply: it refuses uid %u (only root, "
+				"its own user and the members of its --socket-group may use it; its log says why), or it "
+				"is shutting down",
+				path, (unsigned)geteuid());
+		else
+			log_err("blockd at %s: no reply: %s", path, strerror(-r));
 		free(buf);
 		return r;
 	}

@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/statfs.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -762,13 +763,14 @@ static void *loop_main(void *arg)
 	return NULL;
 }
 
-/* A FUSE mount whose daemon died answers every access with ENOTCONN.  Detach
+/* A FUSE mount whose daemon died answers every request with ENOTCONN.  Detach
  * it (lazily: readers still inside it keep their error) so a new mount can
- * take the place. */
+ * take the place.  statfs, not stat: the kernel answers stat from cached
+ * attributes for a while after the death, statfs always asks the daemon. */
 static int clear_stale_mount(const char *mountpoint)
 {
-	struct stat st;
-	if (stat(mountpoint, &st) == 0 || (errno != ENOTCONN && errno != ECONNABORTED))
+	struct statfs sfs;
+	if (statfs(mountpoint, &sfs) == 0 || (errno != ENOTCONN && errno != ECONNABORTED))
 		return 0;
 	log_warn("fuse: %s is a stale FUSE mount (its blockd died); detaching it", mountpoint);
 	if (umount2(mountpoint, MNT_DETACH) == 0)

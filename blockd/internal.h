@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 
@@ -87,6 +88,65 @@ int erofs_listxattr(struct erofs_fs *fs, uint64_t nid, char *buf, size_t cap, si
 int erofs_getxattr(struct erofs_fs *fs, uint64_t nid, const char *name, void *buf, size_t cap, size_t *out_len);
 
 /* ======================================================================
+ * Who may connect (sock.c): the control and NBD unix sockets get an explicit
+ * mode (0600, or 0660 with a group), are moved into place only once they
+ * have it, and every accepted peer's credentials are checked.
+ * ====================================================================== */
+
+struct sock_access {
+	bool has_group;		/* sockets 0660 with |gid|, whose members may connect */
+	gid_t gid;
+	char group[256];	/* its name, for log lines */
+	bool allow_remote;	/* NBD over TCP on an address that is not loopback */
+};
+
+/* Fill |acc| for group |group| (NULL or "" = none: sockets 0600) and
+ * |allow_remote|.  Returns 0, -ENOENT for an unknown group, or -errno
+ * (logged). */
+int sock_access_init(struct sock_access *acc, const char *group, bool allow_remote);
+
+/* May a peer with |uid|, primary |gid| and supplementary |<groups,
+ * n_groups>| use a blockd running as |self|?  Root and |self| always may;
+ * members of |acc|'s group (if any) too.  |acc| may be NULL (no group). */
+bool sock_creds_allowed(const struct sock_access *acc, uid_t self, uid_t uid, gid_t gid, const gid_t *groups,
+			size_t n_groups);
+
+/* Check the peer of the accepted unix socket |fd| (SO_PEERCRED and
+ * SO_PEERGROUPS) against |acc| (may be NULL).  |*out| gets its credentials.
+ * Returns 0 (allowed), -EACCES (refused) or -errno (unreadable); logs
+ * nothing: the caller reports refusals through sock_log_refusal. */
+int sock_peer_check(int fd, const struct sock_access *acc, struct ucred *out);
+
+/* Rate limit for refusal log lines: one a second, the rest counted. */
+struct sock_refusals {
+	bool logged;
+	double last;
+	unsigned long suppressed;
+};
+
+/* Log the refusal (|err| from sock_peer_check) of the peer |cr| by the
+ * socket named |what|, saying who may connect and how to let someone in. */
+void sock_log_refusal(struct sock_refusals *rl, const char *what, const struct ucred *cr, const struct sock_access *acc,
+		      int err);
+
+/* True if |sa| is a loopback address (127.0.0.0/8, ::1, ::ffff:127.x.y.z). */
+bool sock_addr_is_loopback(const struct sockaddr *sa, socklen_t len);
+
+/* Create a listening unix socket at |path| with |acc|'s mode and group
+ * (|acc| may be NULL: 0600), never visible at |path| with another mode.  A
+ * stale socket there (nobody listening) is replaced; a live one gives
+ * -EADDRINUSE, a file that is not a socket -EEXIST.  |what| names the socket
+ * in log lines.  On success |*out_fd| listens with |backlog| and
+ * |*out_dev|, |*out_ino| identify the file for sock_unlink_if_ours.
+ * Returns 0 or -errno (logged, saying what to do). */
+int sock_listen_unix(const char *path, const struct sock_access *acc, int backlog, const char *what, int *out_fd,
+		     dev_t *out_dev, ino_t *out_ino);
+
+/* Remove |path| if it is still the socket |dev|, |ino| (not one another
+ * server put there since). */
+void sock_unlink_if_ours(const char *path, dev_t dev, ino_t ino);
+
+/* ======================================================================
  * NBD server (nbd.c): a read-only export of a blockdev over the NBD
  * protocol's fixed newstyle handshake, on a unix or TCP socket.
  * ====================================================================== */
@@ -100,13 +160,20 @@ struct nbd_export {
 };
 
 /* Listen on |address| ("unix:/path/sock" or "tcp:127.0.0.1:10809") and serve
- * |exports| on a thread of its own, one thread per client.  Returns 0 or
- * -errno (logged, naming the address). */
+ * |exports| on a thread of its own, one thread per client.  |acc| (copied;
+ * NULL = no group, loopback only) decides who may connect: a unix socket
+ * gets its mode and each client's credentials are checked; a tcp address
+ * that is not loopback is refused with -EPERM unless acc->allow_remote.
+ * Returns 0 or -errno (logged, naming the address). */
 int nbd_server_start(const char *address, const struct nbd_export *exports, size_t n_exports,
-		     struct nbd_server **out);
+		     const struct sock_access *acc, struct nbd_server **out);
 
 /* The address actually bound (for "tcp:127.0.0.1:0"). */
 const char *nbd_server_address(const struct nbd_server *s);
+
+/* True if the server listens on tcp: every local user can connect (TCP
+ * carries no credentials); |*out_remote| says whether other hosts can too. */
+bool nbd_server_is_tcp(const struct nbd_server *s, bool *out_remote);
 
 /* Stop accepting, close every client, join the threads, free. */
 void nbd_server_stop(struct nbd_server *s);
@@ -190,6 +257,8 @@ struct blockd_counters {
 	_Atomic uint64_t chunks_read, chunks_resident;	/* distinct chunks, since attach */
 	_Atomic uint64_t readahead_issued, readahead_fetched;
 	_Atomic uint64_t prefetch_issued, prefetch_fetched, prefetch_used, prefetch_errors;
+	_Atomic uint64_t prefetch_yielded;		/* times prefetch waited for demand reads */
+	_Atomic uint64_t prefetch_skipped;		/* trace chunks the reader got past first */
 	_Atomic uint64_t trace_len;			/* chunks recorded (or loaded) */
 };
 
@@ -242,6 +311,14 @@ struct blockd {
 	bool q_stop;
 	pthread_t *workers;
 	size_t n_workers;
+	/* Demand fetches in flight: reads of chunks not yet resident.  Trace
+	 * prefetch starts no fetch while there are any (prefetch.c), so it
+	 * never competes with the reader it serves. */
+	pthread_mutex_t demand_lock;
+	pthread_cond_t demand_idle;	/* broadcast when demand_fetching drops to 0 */
+	unsigned demand_fetching;
+	/* Who may use the control and NBD sockets (from the config). */
+	struct sock_access access;
 	/* NBD: restarted with the new export list when the attached set changes. */
 	char *nbd_address;		/* as bound the first time (tcp port fixed) */
 	struct nbd_server *nbd;
@@ -268,9 +345,18 @@ bool blockd_queue_fetch(struct blockd_image *img, uint64_t index, bool prefetch)
  * prefetch.  Returns 0 or -errno. */
 int blockd_fetch_chunk(struct blockd_image *img, uint64_t index, bool prefetch);
 
-/* prefetch.c: startup traces.  On attach: load the image's trace from the
- * origin; with one, start prefetching it; without, start recording.  On
- * detach (or blockd_free): stop, and store a recording not yet stored. */
+/* Wait until no demand fetch is in flight, or |*stop| is set (then true is
+ * returned).  Whoever sets |*stop| must then call blockd_demand_wake. */
+bool blockd_demand_wait_idle(struct blockd *b, _Atomic bool *stop, _Atomic uint64_t *yield_count);
+/* Wake the waiters of blockd_demand_wait_idle (they recheck |*stop|). */
+void blockd_demand_wake(struct blockd *b);
+
+/* prefetch.c: startup traces.  trace_init gives a new image its (idle)
+ * trace state before the image is published, so readers always find it;
+ * returns 0 or -ENOMEM.  On attach: load the image's trace from the origin;
+ * with one, start prefetching it; without, start recording.  On detach (or
+ * blockd_free): stop, and store a recording not yet stored. */
+int trace_init(struct blockd_image *img);
 int trace_attach(struct blockd_image *img);
 void trace_detach(struct blockd_image *img);
 /* Free the trace state (from image_free, when no reader is left). */

@@ -33,6 +33,11 @@
  * must make handshake progress every NBD_HANDSHAKE_TIMEOUT (30) seconds;
  * once in transmission it may idle.  Requests on one connection are
  * answered in order; connections run in parallel (CAN_MULTI_CONN).
+ *
+ * Access (sock.c): NBD has no authentication, so who may connect is decided
+ * by the socket.  A unix socket is 0600 (0660 with the configured group) and
+ * each client's credentials are checked on accept; a tcp address that is
+ * not loopback is refused unless the caller allows it explicitly.
  */
 #include "internal.h"
 #include "common/bytes.h"
@@ -621,6 +626,10 @@ struct nbd_server {
 	char *unix_path;	/* to unlink on stop, NULL for tcp */
 	dev_t unix_dev;
 	ino_t unix_ino;
+	struct sock_access access;
+	bool tcp, remote;	/* listening on tcp; on an address other hosts reach */
+	bool failure_logged;	/* start: the listen step logged why it failed */
+	struct sock_refusals refusals; /* accept thread only */
 	int listen_fd;
 	pthread_t accept_thread;
 	pthread_mutex_t lock;
@@ -748,6 +757,17 @@ static void *accept_main(void *arg)
 			break;
 		}
 		reap_clients(srv, false);
+		if (srv->unix_path) {
+			struct ucred cr = { .pid = 0 };
+			int pr = sock_peer_check(fd, &srv->access, &cr);
+			if (pr < 0) {
+				char what[160];
+				snprintf(what, sizeof(what), "nbd server %.140s", srv->address);
+				sock_log_refusal(&srv->refusals, what, &cr, &srv->access, pr);
+				close(fd);
+				continue;
+			}
+		}
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); /* fails harmlessly on unix */
 
@@ -784,56 +804,26 @@ static void *accept_main(void *arg)
 	return NULL;
 }
 
-/* Bind a unix socket at |path|; a socket file nobody listens on is stale
- * and replaced. */
+/* Listen on a unix socket at |path| with the server's mode and group
+ * (sock.c); a socket file nobody listens on is stale and replaced. */
 static int listen_unix(struct nbd_server *srv, const char *path)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (path[0] == '\0' || strlen(path) >= sizeof(sa.sun_path))
-		return -ENAMETOOLONG;
-	memcpy(sa.sun_path, path, strlen(path) + 1);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int err = errno;
-		struct stat st;
-		if (err != EADDRINUSE || lstat(path, &st) < 0 || !S_ISSOCK(st.st_mode)) {
-			close(fd);
-			return -err;
-		}
-		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		int live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-		int perr = errno;
-		if (probe >= 0)
-			close(probe);
-		if (live || perr != ECONNREFUSED) {
-			close(fd);
-			log_err("nbd server unix:%s: the socket is in use (another server listening?)", path);
-			return -EADDRINUSE;
-		}
-		log_info("nbd server unix:%s: removing a stale socket", path);
-		if ((unlink(path) < 0 && errno != ENOENT) || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-			err = errno;
-			close(fd);
-			return -err;
-		}
-	}
-	struct stat st;
-	if (stat(path, &st) == 0) {
-		srv->unix_dev = st.st_dev;
-		srv->unix_ino = st.st_ino;
+	int r = sock_listen_unix(path, &srv->access, 64, "nbd server", &srv->listen_fd, &srv->unix_dev,
+				 &srv->unix_ino);
+	if (r < 0) {
+		srv->failure_logged = r != -ENOMEM;
+		return r;
 	}
 	srv->unix_path = strdup(path);
 	srv->address = xasprintf("unix:%s", path);
-	srv->listen_fd = fd;
 	if (!srv->unix_path || !srv->address)
 		return -ENOMEM;
 	return 0;
 }
 
-static int listen_tcp(struct nbd_server *srv, const char *hostport)
+static int listen_tcp(struct nbd_server *srv, const char *address)
 {
+	const char *hostport = address; /* |address| stays whole for log lines */
 	const char *colon = strrchr(hostport, ':');
 	if (!colon || colon == hostport)
 		return -EINVAL;
@@ -856,8 +846,20 @@ static int listen_tcp(struct nbd_server *srv, const char *hostport)
 	struct addrinfo *ai = NULL;
 	int g = getaddrinfo(host, port, &hints, &ai);
 	if (g != 0) {
-		log_err("nbd server tcp:%s: resolve %s: %s", hostport, host, gai_strerror(g));
+		log_err("nbd server tcp:%s: resolve %s: %s", address, host, gai_strerror(g));
+		srv->failure_logged = true;
 		return -EADDRNOTAVAIL;
+	}
+	srv->tcp = true;
+	srv->remote = !sock_addr_is_loopback(ai->ai_addr, ai->ai_addrlen);
+	if (srv->remote && !srv->access.allow_remote) {
+		log_err("nbd server tcp:%s: not a loopback address, so other hosts could connect, and NBD has no "
+			"authentication or encryption: anyone who reaches it reads every attached image; use "
+			"unix:/path or tcp:127.0.0.1:PORT, or pass --nbd-allow-remote to serve it anyway",
+			address);
+		freeaddrinfo(ai);
+		srv->failure_logged = true;
+		return -EPERM;
 	}
 	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	int one = 1;
@@ -867,6 +869,9 @@ static int listen_tcp(struct nbd_server *srv, const char *hostport)
 		err = -errno;
 	freeaddrinfo(ai);
 	if (err) {
+		log_err("nbd server tcp:%s: cannot bind: %s%s", address, strerror(-err),
+			err == -EADDRINUSE ? " (another server has the port; choose another, or port 0 for any)" : "");
+		srv->failure_logged = true;
 		if (fd >= 0)
 			close(fd);
 		return err;
@@ -887,10 +892,8 @@ static void server_free(struct nbd_server *s)
 {
 	if (s->listen_fd >= 0)
 		close(s->listen_fd);
-	if (s->unix_path) {
-		struct stat st;
-		if (stat(s->unix_path, &st) == 0 && st.st_dev == s->unix_dev && st.st_ino == s->unix_ino)
-			unlink(s->unix_path);
+	if (s->unix_path) { /* set once the socket is in place */
+		sock_unlink_if_ours(s->unix_path, s->unix_dev, s->unix_ino);
 		free(s->unix_path);
 	}
 	for (size_t i = 0; s->exports && i < s->n_exports; i++) {
@@ -904,7 +907,7 @@ static void server_free(struct nbd_server *s)
 }
 
 int nbd_server_start(const char *address, const struct nbd_export *exports, size_t n_exports,
-		     struct nbd_server **out)
+		     const struct sock_access *acc, struct nbd_server **out)
 {
 	if (!address || !exports || n_exports == 0) {
 		log_err("nbd server: no address or no exports");
@@ -921,6 +924,8 @@ int nbd_server_start(const char *address, const struct nbd_export *exports, size
 	if (!s)
 		return -ENOMEM;
 	s->listen_fd = -1;
+	if (acc)
+		s->access = *acc;
 	pthread_mutex_init(&s->lock, NULL);
 	for (size_t i = 0; i < NBD_MAX_CLIENTS; i++)
 		s->clients[i].fd = -1;
@@ -944,7 +949,7 @@ int nbd_server_start(const char *address, const struct nbd_export *exports, size
 		else
 			r = -EINVAL;
 	}
-	if (r == 0 && listen(s->listen_fd, 64) < 0)
+	if (r == 0 && s->tcp && listen(s->listen_fd, 64) < 0) /* a unix socket listens already */
 		r = -errno;
 	if (r == 0) {
 		/* Log before the first thread exists: log_msg()'s lazy setup
@@ -954,9 +959,10 @@ int nbd_server_start(const char *address, const struct nbd_export *exports, size
 		if (e)
 			r = -e;
 	}
+	if (r < 0 && !s->failure_logged)
+		log_err("nbd server %s: cannot listen: %s%s", address, strerror(-r),
+			r == -EINVAL ? " (addresses look like unix:/path or tcp:127.0.0.1:10809)" : "");
 	if (r < 0) {
-		log_err("nbd server %s: cannot listen: %s (addresses look like unix:/path or tcp:127.0.0.1:10809)",
-			address, strerror(-r));
 		server_free(s);
 		return r;
 	}
@@ -965,6 +971,12 @@ int nbd_server_start(const char *address, const struct nbd_export *exports, size
 }
 
 const char *nbd_server_address(const struct nbd_server *s) { return s->address; }
+
+bool nbd_server_is_tcp(const struct nbd_server *s, bool *out_remote)
+{
+	*out_remote = s->remote;
+	return s->tcp;
+}
 
 void nbd_server_stop(struct nbd_server *s)
 {

@@ -13,6 +13,16 @@
  * prefetched chunk a reader later reads counts as used; accuracy is used
  * over prefetched.  Everything here is best effort: a missing origin or a
  * bad trace only logs, the image is served either way.
+ *
+ * Prefetch must never slow the reader it serves, so it yields:
+ *   - it starts no fetch while a demand read of a chunk that is not yet
+ *     resident is in flight (blockd_demand_wait_idle); the fetches already
+ *     under way finish, and the next starts once the reader's have landed;
+ *   - it keeps at most half the origin's parallel fetches (blockd_new), so
+ *     a demand fetch never queues behind prefetches for an origin slot;
+ *   - when a reader first reads a chunk the trace lists further on than
+ *     prefetch has got, prefetch is behind the reader: it skips to just
+ *     past that entry instead of fetching what the reader went past.
  */
 #include "internal.h"
 
@@ -29,16 +39,24 @@ enum trace_state { TRACE_OFF, TRACE_NONE, TRACE_RECORDING, TRACE_STORED, TRACE_P
 
 static const char *const state_names[] = { "off", "none", "recording", "stored", "prefetching", "prefetched" };
 
+/* A trace entry by chunk index, for finding where a reader is in the plan. */
+struct plan_ent {
+	uint64_t index;
+	size_t pos;			/* in plan[] */
+};
+
 struct blockd_trace {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	_Atomic int state;		/* enum trace_state; peeked at without the lock */
 	bool stop;
+	_Atomic bool stopping;		/* |stop| for waits under other locks (demand) */
 	double record_until;
 	uint64_t *rec;			/* recording */
 	size_t n_rec, cap_rec;
 	uint64_t *plan;			/* loaded trace */
 	size_t n_plan, cursor;
+	struct plan_ent *by_index;	/* the plan sorted by chunk index */
 	double next_send;		/* bandwidth limit: earliest start of the next fetch */
 	pthread_t thread;
 	bool has_thread;
@@ -150,10 +168,46 @@ static void store_recording(struct blockd_image *img)
 		log_info("image %s: stored a startup trace of %zu chunks at %s", img->name, n, key);
 }
 
+static int plan_ent_cmp(const void *a, const void *b)
+{
+	uint64_t x = ((const struct plan_ent *)a)->index, y = ((const struct plan_ent *)b)->index;
+	return x < y ? -1 : x > y;
+}
+
+/* A reader read |index| for the first time while prefetching: if the plan
+ * lists it at or past the cursor, the reader is ahead of the prefetch, which
+ * skips to just past it.  Caller holds t->lock. */
+static void reader_passed(struct blockd_image *img, struct blockd_trace *t, uint64_t index)
+{
+	struct plan_ent key = { .index = index };
+	const struct plan_ent *e = t->by_index ? bsearch(&key, t->by_index, t->n_plan, sizeof(key), plan_ent_cmp) : NULL;
+	if (!e || e->pos < t->cursor)
+		return;
+	uint64_t skipped = 0;
+	for (size_t i = t->cursor; i < e->pos; i++)
+		if (!(atomic_load(&img->chunk_state[t->plan[i]]) & (CHUNK_READ | CHUNK_RESIDENT | CHUNK_QUEUED)))
+			skipped++;
+	t->cursor = e->pos + 1;
+	if (skipped) {
+		atomic_fetch_add(&img->c.prefetch_skipped, skipped);
+		log_debug("image %s: a reader got to chunk %llu (trace entry %zu) before prefetch; skipping %llu "
+			  "entries behind it",
+			  img->name, (unsigned long long)index, e->pos, (unsigned long long)skipped);
+	}
+}
+
 void trace_note_first_read(struct blockd_image *img, uint64_t index)
 {
 	struct blockd_trace *t = img->trace;
-	if (!t || t->state != TRACE_RECORDING) /* racy peek; rechecked under the lock */
+	int st = t ? atomic_load(&t->state) : TRACE_OFF;
+	if (st == TRACE_PREFETCHING) { /* racy peek; rechecked under the lock */
+		pthread_mutex_lock(&t->lock);
+		if (t->state == TRACE_PREFETCHING)
+			reader_passed(img, t, index);
+		pthread_mutex_unlock(&t->lock);
+		return;
+	}
+	if (st != TRACE_RECORDING)
 		return;
 	pthread_mutex_lock(&t->lock);
 	if (t->state == TRACE_RECORDING && now_seconds() < t->record_until) {
@@ -198,6 +252,9 @@ static void *prefetch_worker(void *arg)
 	struct blockd_trace *t = img->trace;
 	uint64_t bps = img->b->cfg.prefetch_bytes_per_s;
 	for (;;) {
+		/* Readers first: no new fetch while one of theirs is in flight. */
+		if (blockd_demand_wait_idle(img->b, &t->stopping, &img->c.prefetch_yielded))
+			return NULL;
 		pthread_mutex_lock(&t->lock);
 		if (t->stop || t->cursor >= t->n_plan) {
 			pthread_mutex_unlock(&t->lock);
@@ -235,8 +292,9 @@ static void *trace_main(void *arg)
 			store_recording(img);
 		return NULL;
 	}
-	/* Prefetching: a few workers pull from the plan in order. */
-	unsigned par = img->b->cfg.prefetch_parallel ? img->b->cfg.prefetch_parallel : 4;
+	/* Prefetching: a few workers pull from the plan in order (blockd_new
+	 * set the count, at most half the origin's parallel fetches). */
+	unsigned par = img->b->cfg.prefetch_parallel ? img->b->cfg.prefetch_parallel : 1;
 	t->workers = calloc(par, sizeof(*t->workers));
 	for (unsigned i = 0; t->workers && i < par; i++)
 		if (pthread_create(&t->workers[t->n_workers], NULL, prefetch_worker, img) == 0)
@@ -253,9 +311,8 @@ static void *trace_main(void *arg)
 	return NULL;
 }
 
-int trace_attach(struct blockd_image *img)
+int trace_init(struct blockd_image *img)
 {
-	struct blockd *b = img->b;
 	struct blockd_trace *t = calloc(1, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
@@ -263,6 +320,13 @@ int trace_attach(struct blockd_image *img)
 	pthread_cond_init(&t->cond, NULL);
 	t->state = TRACE_OFF;
 	img->trace = t;
+	return 0;
+}
+
+int trace_attach(struct blockd_image *img)
+{
+	struct blockd *b = img->b;
+	struct blockd_trace *t = img->trace;
 	if (!b->cfg.prefetch)
 		return 0;
 	char key[128];
@@ -289,6 +353,14 @@ int trace_attach(struct blockd_image *img)
 			log_warn("image %s: ignoring the bad startup trace %s", img->name, key);
 			return r;
 		}
+		t->by_index = malloc((t->n_plan ? t->n_plan : 1) * sizeof(*t->by_index));
+		if (!t->by_index) {
+			t->state = TRACE_NONE;
+			return -ENOMEM;
+		}
+		for (size_t i = 0; i < t->n_plan; i++)
+			t->by_index[i] = (struct plan_ent){ .index = t->plan[i], .pos = i };
+		qsort(t->by_index, t->n_plan, sizeof(*t->by_index), plan_ent_cmp);
 		t->state = TRACE_PREFETCHING;
 		atomic_store(&img->c.trace_len, t->n_plan);
 		log_info("image %s: prefetching %zu chunks from its startup trace", img->name, t->n_plan);
@@ -312,8 +384,10 @@ void trace_detach(struct blockd_image *img)
 		return;
 	pthread_mutex_lock(&t->lock);
 	t->stop = true;
+	atomic_store(&t->stopping, true);
 	pthread_cond_broadcast(&t->cond);
 	pthread_mutex_unlock(&t->lock);
+	blockd_demand_wake(img->b); /* workers waiting for readers to finish */
 	if (t->has_thread) {
 		pthread_join(t->thread, NULL);
 		t->has_thread = false;
@@ -328,6 +402,7 @@ void trace_free(struct blockd_trace *t)
 		return;
 	free(t->rec);
 	free(t->plan);
+	free(t->by_index);
 	free(t->workers);
 	pthread_cond_destroy(&t->cond);
 	pthread_mutex_destroy(&t->lock);
@@ -351,6 +426,8 @@ void trace_stats(struct blockd_image *img, void *json_obj)
 	json_object_set_new(p, "fetched", json_integer((json_int_t)atomic_load(&c->prefetch_fetched)));
 	json_object_set_new(p, "used", json_integer((json_int_t)used));
 	json_object_set_new(p, "errors", json_integer((json_int_t)atomic_load(&c->prefetch_errors)));
+	json_object_set_new(p, "yielded", json_integer((json_int_t)atomic_load(&c->prefetch_yielded)));
+	json_object_set_new(p, "skipped", json_integer((json_int_t)atomic_load(&c->prefetch_skipped)));
 	json_object_set_new(p, "accuracy", json_real(issued ? (double)used / (double)issued : 0.0));
 	json_object_set_new(o, "prefetch", p);
 }

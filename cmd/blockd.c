@@ -28,6 +28,10 @@ static void usage(FILE *f)
 		"  --mount DIR              FUSE mount point (MOUNT/<image>/image.raw, rootfs/, stats.json)\n"
 		"  --control SOCK           control socket [$KINDLING_BLOCKD_CONTROL or $KINDLING_HOME/blockd.sock]\n"
 		"  --nbd ADDR               also serve every image over NBD: unix:/path or tcp:HOST:PORT [off]\n"
+		"  --nbd-allow-remote       allow a tcp --nbd address other hosts can reach (NBD has no\n"
+		"                           authentication or encryption) [loopback only]\n"
+		"  --socket-group NAME      control and NBD unix sockets 0660 with group NAME, whose members\n"
+		"                           may use them [0600: root and blockd's own user only]\n"
 		"  --state-dir DIR          keep the attached set here; re-attach it on restart [off]\n"
 		"  --l1-dir DIR             L1 disk cache directory [no L1]\n"
 		"  --l1-size BYTES          L1 size, K/M/G suffixes allowed [4G]\n"
@@ -36,7 +40,7 @@ static void usage(FILE *f)
 		"  --k N --m N              L2 Reed-Solomon data and parity fragments [4+1]\n"
 		"  --no-prefetch            neither record startup traces nor prefetch from them\n"
 		"  --trace-seconds S        startup trace recording window [10]\n"
-		"  --prefetch-parallel N    trace prefetch fetches in flight [4]\n"
+		"  --prefetch-parallel N    trace prefetch fetches in flight [4; at most half the origin's]\n"
 		"  --prefetch-rate BYTES    trace prefetch bandwidth per second [unlimited]\n"
 		"  --readahead N            chunks fetched ahead of sequential readers [1]; 0 disables\n"
 		"  --allow-other            let other users into the FUSE mount\n"
@@ -68,7 +72,7 @@ static char *default_control(void)
 static int serve(int argc, char **argv)
 {
 	enum { O_STORE = 256, O_MOUNT, O_CONTROL, O_NBD, O_STATE, O_L1DIR, O_L1SIZE, O_MEM, O_L2, O_K, O_M, O_NOPF,
-	       O_TRACES, O_PFPAR, O_PFRATE, O_RA, O_ALLOW };
+	       O_TRACES, O_PFPAR, O_PFRATE, O_RA, O_ALLOW, O_REMOTE, O_GROUP };
 	static const struct option opts[] = {
 		{ "store", required_argument, NULL, O_STORE },
 		{ "mount", required_argument, NULL, O_MOUNT },
@@ -87,6 +91,8 @@ static int serve(int argc, char **argv)
 		{ "prefetch-rate", required_argument, NULL, O_PFRATE },
 		{ "readahead", required_argument, NULL, O_RA },
 		{ "allow-other", no_argument, NULL, O_ALLOW },
+		{ "nbd-allow-remote", no_argument, NULL, O_REMOTE },
+		{ "socket-group", required_argument, NULL, O_GROUP },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -136,6 +142,8 @@ static int serve(int argc, char **argv)
 		case O_PFRATE: bad |= parse_size(optarg, &cfg.prefetch_bytes_per_s) < 0; break;
 		case O_RA: bad |= parse_uint(optarg, 64, &ra) < 0; break;
 		case O_ALLOW: mopt.allow_other = true; break;
+		case O_REMOTE: cfg.nbd_allow_remote = true; break;
+		case O_GROUP: cfg.socket_group = optarg; bad |= !*optarg; break;
 		case 'v': verbose++; break;
 		case 'h': usage(stdout); rc = 0; goto out;
 		default: bad = true;

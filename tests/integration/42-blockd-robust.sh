@@ -2,10 +2,13 @@
 # blockd under failure, and startup-trace prefetch, over real FUSE:
 #   (a) first attach records a startup trace and stores it in the origin at
 #       traces/<manifest digest>;
-#   (b) SIGKILL while attached: reads of image.raw and rootfs/ fail at once
-#       with ENOTCONN (never wrong data, never a hang); a restart detaches
-#       the stale mount, re-attaches from --state-dir and serves again with
-#       L1 intact: the chunks read before the kill need no origin fetch;
+#   (b) SIGKILL while attached: reads in flight at that moment (blockd
+#       stopped first, so they are certainly waiting for it) fail with
+#       ECONNABORTED, as the kernel ends them; reads after it of image.raw
+#       and rootfs/ fail at once with ENOTCONN (never wrong data, never a
+#       hang); a restart detaches the stale mount, re-attaches from
+#       --state-dir and serves again with L1 intact: the chunks read before
+#       the kill need no origin fetch;
 #   (c) static stability: origin store renamed away, L1 warm: the attached
 #       image still serves every byte;
 #   (d) restart with L1 emptied: the trace is prefetched, the same reads
@@ -14,8 +17,7 @@
 #       memory tier, no L2): EIO for reads of that chunk only, logged; every
 #       other byte still reads correctly.
 . "$(dirname "$0")/lib.sh"
-BLOCKD=$KINDLING_BUILD_DIR/blockd
-[ -x "$BLOCKD" ] || die "blockd not built at $BLOCKD (build the project first)"
+. "$(dirname "$0")/blockd-lib.sh"
 for tool in fusermount3 jq python3 cmp sha256sum; do
   command -v $tool >/dev/null || die "$tool is not installed (see scripts/apt-packages.txt)"
 done
@@ -24,38 +26,21 @@ done
 mkdir -p "$T/src/usr/lib" "$T/src/app"
 cp -a /usr/lib/python3.11/email /usr/lib/python3.11/json /usr/lib/python3.11/asyncio "$T/src/usr/lib/"
 head -c 8000000 /dev/urandom >"$T/src/app/blob.bin"
-tar -C "$T/src" -cf "$T/layer.tar" .
-python3 "$KINDLING_SOURCE_DIR/bench/make_layout.py" "$T/layout" 1 "$T/layer.tar"
 STORE=$T/store
-"$CHUNKIFY" --store "$STORE" import "oci:$T/layout:1" --name py:1 >/dev/null
-"$CHUNKIFY" --store "$STORE" export py:1 "$T/py.raw"
+blockd_import_tree "$T/src" py:1 "$T/py.raw"
 DIGEST=$("$CHUNKIFY" --store "$STORE" --json inspect py:1 | jq -r .manifest)
 
 MNT=$T/mnt
 CTL=$T/blockd.sock
 mkdir -p "$MNT"
 track_mount "$MNT"
-# start_blockd TAG ARGS...: start blockd serve on $MNT, wait until ready; sets BPID.
+# start_blockd TAG ARGS...: blockd serve on $MNT with this test's store, control socket and state.
 start_blockd() {
-  local tag=$1 i
+  local tag=$1
   shift
-  "$BLOCKD" serve --store "$STORE" --mount "$MNT" --control "$CTL" --state-dir "$T/state" --mem-size 0 \
-    "$@" >"$T/$tag.out" 2>"$T/$tag.err" &
-  BPID=$!
-  track_pid $BPID
-  for ((i = 0; i < 100; i++)); do
-    grep -q ready "$T/$tag.out" 2>/dev/null && return 0
-    kill -0 $BPID 2>/dev/null || { cat "$T/$tag.err" >&2; die "blockd serve ($tag) exited"; }
-    sleep 0.1
-  done
-  die "blockd serve ($tag) never became ready"
+  blockd_start "$tag" "$MNT" --store "$STORE" --control "$CTL" --state-dir "$T/state" --mem-size 0 "$@"
 }
-stop_blockd() {
-  kill -TERM $BPID
-  local rc=0
-  wait $BPID || rc=$?
-  [ $rc = 0 ] || { tail -20 "$T/$1.err" >&2; die "blockd ($1) exited $rc on SIGTERM"; }
-}
+stop_blockd() { blockd_stop "$1"; }
 bd() { "$BLOCKD" --control "$CTL" "$@"; }
 stats() { cat "$MNT/py:1/stats.json"; }
 R=$MNT/py:1/rootfs
@@ -82,8 +67,56 @@ jq -e --arg d "$DIGEST" '.format == "kindling-trace-1" and .manifest == $d and .
 pass "(a) first attach recorded a trace of $n_trace chunks at traces/$DIGEST"
 
 # ---- (b) SIGKILL and restart ---------------------------------------------------------------------------------
+# Reads in flight when blockd dies: blockd is stopped (SIGSTOP), two readers
+# start a read it must answer (stats.json is direct I/O; image.raw opened
+# with O_DIRECT), and once both sleep inside their read system call blockd is
+# killed.  The kernel ends every request its daemon had not answered with
+# ECONNABORTED; what comes after the death gets ENOTCONN (checked below).
+python3 - "$BPID" "$MNT/py:1" "$T/inflight.ready" >"$T/inflight.out" <<'PY' &
+import errno, mmap, os, signal, sys, time
+pid, d, ready = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+readers = {"stats.json": (os.open(d + "/stats.json", os.O_RDONLY), 0),
+           "image.raw(O_DIRECT)": (os.open(d + "/image.raw", os.O_RDONLY | os.O_DIRECT), 6 * 524288)}
+os.kill(pid, signal.SIGSTOP)
+kids = {}
+for name, (fd, off) in readers.items():
+    c = os.fork()
+    if c == 0:
+        buf = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT wants
+        try:
+            os.preadv(fd, [buf], off)
+            os._exit(0)
+        except OSError as e:
+            os._exit(e.errno)
+    kids[c] = name
+def in_read(c):
+    # Sleeping inside a system call: the read, which only blockd can answer.
+    call = open("/proc/%d/syscall" % c).read().split()[0]
+    state = open("/proc/%d/stat" % c).read().rsplit(")", 1)[1].split()[0]
+    return call.isdigit() and state in ("S", "D")
+for _ in range(400):  # bounded: 20 s
+    if all(in_read(c) for c in kids):
+        open(ready, "w").write("blocked\n")
+        break
+    time.sleep(0.05)
+else:
+    open(ready, "w").write("never blocked\n")
+for c, name in kids.items():
+    _, st = os.waitpid(c, 0)
+    e = os.waitstatus_to_exitcode(st)
+    print(name, errno.errorcode.get(e, str(e)))
+PY
+RPID=$!
+track_pid $RPID
+for ((i = 0; i < 300; i++)); do [ -s "$T/inflight.ready" ] && break; sleep 0.1; done
 kill -KILL $BPID
-wait $BPID 2>/dev/null || true
+{ wait $BPID; } 2>/dev/null || true # "Killed" is what we expect here
+wait $RPID || die "the in-flight readers failed"
+[ "$(cat "$T/inflight.ready")" = blocked ] || die "the readers never blocked in their reads"
+for r in stats.json "image.raw(O_DIRECT)"; do
+  grep -qxF "$r ECONNABORTED" "$T/inflight.out" || { cat "$T/inflight.out" >&2; die "$r in flight at SIGKILL: not ECONNABORTED"; }
+done
+pass "(b) reads in flight when blockd was killed failed with ECONNABORTED"
 t0=$(date +%s%N)
 if timeout 10 cat "$MNT/py:1/image.raw" >/dev/null 2>"$T/kill.err"; then die "image.raw read after SIGKILL"; fi
 grep -q "Transport endpoint is not connected" "$T/kill.err" || { cat "$T/kill.err" >&2; die "image.raw: not ENOTCONN"; }

@@ -81,7 +81,7 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 
 	struct nbd_server *srv;
-	int r = nbd_server_start(argv[2], &exp, 1, &srv);
+	int r = nbd_server_start(argv[2], &exp, 1, NULL, &srv);
 	if (r < 0) {
 		fprintf(stderr, "nbd_serve_file: cannot serve on %s: %s\n", argv[2], strerror(-r));
 		free(desc);

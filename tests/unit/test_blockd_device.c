@@ -1,6 +1,7 @@
 /* blockd's lazy device through the in-process API (blockd.h), against a
- * file store holding an image this test seals itself with the chunker
- * library: chunks 0, 2, 3, 5, 7 stored (random bytes), 1, 4, 6 holes.
+ * file store holding an image this test seals itself (blockd_test_image.h,
+ * in the chunker library's store and keys): chunks 0, 2, 3, 5, 7 stored
+ * (random bytes), 1, 4, 6 holes.
  * Checked: every byte (whole image, random ranges across chunk boundaries,
  * four threads at once) equals the plaintext and `chunkify export`; holes
  * read as zeros with no fetch; counters; a chunk missing from every tier
@@ -8,6 +9,7 @@
 #include "blockd/internal.h"
 #include "chunker/chunker.h"
 #include "tests/check.h"
+#include "tests/unit/blockd_test_image.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -22,52 +24,6 @@ static const bool stored[N_INDEXES] = { 1, 0, 1, 1, 0, 1, 0, 1 };
 
 static uint8_t *plain; /* the whole image */
 static char names[N_INDEXES][CHUNK_NAME_HEX_LEN + 1];
-
-/* Seal and upload the image; returns 0 or -errno. */
-static int make_image(struct chunkify_ctx *c)
-{
-	struct manifest m = { 0 };
-	snprintf(m.source_manifest_digest, sizeof(m.source_manifest_digest), "sha256:%064d", 1);
-	snprintf(m.source_config_digest, sizeof(m.source_config_digest), "sha256:%064d", 2);
-	m.image_size = (uint64_t)N_INDEXES * CHUNK_SIZE;
-	m.chunk_size = CHUNK_SIZE;
-	m.chunks = calloc(N_INDEXES, sizeof(*m.chunks));
-	uint8_t *cipher = malloc(CHUNK_SIZE);
-	if (!m.chunks || !cipher)
-		return -ENOMEM;
-	for (size_t i = 0; i < N_INDEXES; i++) {
-		if (!stored[i])
-			continue;
-		struct manifest_chunk *mc = &m.chunks[m.n_chunks++];
-		mc->index = i;
-		int r = chunk_seal(c->env.salt, c->env.salt_len, plain + i * CHUNK_SIZE, CHUNK_SIZE, mc->key, cipher, mc->name);
-		if (r < 0)
-			return r;
-		memcpy(names[i], mc->name, sizeof(names[i]));
-		char key[128];
-		snprintf(key, sizeof(key), "chunks/%s", mc->name);
-		if ((r = store_put(c->store, key, cipher, CHUNK_SIZE)) < 0)
-			return r;
-	}
-	m.keys_present = true;
-	uint8_t *buf;
-	size_t len;
-	int r = manifest_encode(&m, c->env.tenant_key, &buf, &len);
-	free(m.chunks);
-	free(cipher);
-	if (r < 0)
-		return r;
-	uint8_t d[SHA256_LEN];
-	char hex[SHA256_HEX_LEN + 1], key[128];
-	sha256_buf(buf, len, d);
-	hex_encode(d, SHA256_LEN, hex);
-	snprintf(key, sizeof(key), "manifests/%s", hex);
-	r = store_put(c->store, key, buf, len);
-	free(buf);
-	if (r == 0)
-		r = store_put(c->store, "refs/unit/1", hex, strlen(hex));
-	return r;
-}
 
 static json_t *stats(struct blockd_image *img)
 {
@@ -131,7 +87,8 @@ int main(void)
 
 	struct chunkify_ctx c;
 	CHECK(chunkify_ctx_init(&c, store, NULL) == 0);
-	CHECK(make_image(&c) == 0);
+	char digest[SHA256_HEX_LEN + 1];
+	CHECK(test_image_make(c.store, &c.env, plain, N_INDEXES, stored, names, digest) == 0);
 
 	struct blockd_config cfg = { .cache = { .origin_uri = store, .l1_dir = l1 }, .no_readahead = true };
 	struct blockd *b = NULL;

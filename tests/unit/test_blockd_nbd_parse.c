@@ -256,14 +256,14 @@ static void test_server(const uint8_t *img)
 	snprintf(addr, sizeof(addr), "unix:%s/a.sock", dir);
 	snprintf(addr2, sizeof(addr2), "unix:%s/b.sock", dir);
 	struct nbd_server *s1 = NULL, *s2 = NULL, *s3 = NULL;
-	CHECK(nbd_server_start(addr, exp, 2, &s1) == 0);
-	CHECK(nbd_server_start(addr2, exp, 1, &s2) == 0);
+	CHECK(nbd_server_start(addr, exp, 2, NULL, &s1) == 0);
+	CHECK(nbd_server_start(addr2, exp, 1, NULL, &s2) == 0);
 	CHECK(s1 && strcmp(nbd_server_address(s1), addr) == 0);
 	/* A live socket is not replaced. */
-	CHECK(nbd_server_start(addr, exp, 1, &s3) == -EADDRINUSE);
-	CHECK(nbd_server_start("bogus:x", exp, 1, &s3) == -EINVAL);
-	CHECK(nbd_server_start("tcp:127.0.0.1:99999", exp, 1, &s3) == -EINVAL);
-	CHECK(nbd_server_start("tcp:127.0.0.1:0", exp, 1, &s3) == 0);
+	CHECK(nbd_server_start(addr, exp, 1, NULL, &s3) == -EADDRINUSE);
+	CHECK(nbd_server_start("bogus:x", exp, 1, NULL, &s3) == -EINVAL);
+	CHECK(nbd_server_start("tcp:127.0.0.1:99999", exp, 1, NULL, &s3) == -EINVAL);
+	CHECK(nbd_server_start("tcp:127.0.0.1:0", exp, 1, NULL, &s3) == 0);
 	CHECK(s3 && strncmp(nbd_server_address(s3), "tcp:127.0.0.1:", 14) == 0 &&
 	      strcmp(nbd_server_address(s3), "tcp:127.0.0.1:0") != 0);
 	nbd_server_stop(s3);
