@@ -346,34 +346,47 @@ static void image_put_locked(struct hostagent *a, struct image_ref *ref)
 	(void)a;
 }
 
-/* The log of function |name|, opened on first use.  Called unlocked. */
-static int log_get(struct hostagent *a, const char *name, struct fnlog **out)
+static struct fn_log *log_find_locked(struct hostagent *a, const char *name)
 {
-	pthread_mutex_lock(&a->lock);
 	struct fn_log *l = a->logs;
 	while (l && strcmp(l->name, name) != 0)
 		l = l->next;
-	int r = 0;
-	if (!l) {
-		/* Opening a file under the lock: a local file, created once per
-		 * function. */
-		if (!(l = calloc(1, sizeof(*l))) || !(l->name = strdup(name)))
-			r = -ENOMEM;
-		else
-			r = fnlog_open(a->logdir, name, a->log_max, &l->log);
-		if (r == 0) {
-			l->next = a->logs;
-			a->logs = l;
-		} else if (l) {
-			free(l->name);
-			free(l);
-			l = NULL;
-		}
-	}
-	if (l)
-		*out = l->log;
+	return l;
+}
+
+/* The log of function |name|, opened on first use (outside the lock; a
+ * racing opener's copy is dropped).  Called unlocked. */
+static int log_get(struct hostagent *a, const char *name, struct fnlog **out)
+{
+	pthread_mutex_lock(&a->lock);
+	struct fn_log *l = log_find_locked(a, name);
 	pthread_mutex_unlock(&a->lock);
-	return r;
+	if (l) {
+		*out = l->log;
+		return 0;
+	}
+	struct fn_log *mine = calloc(1, sizeof(*mine));
+	int r = !mine || !(mine->name = strdup(name)) ? -ENOMEM : fnlog_open(a->logdir, name, a->log_max, &mine->log);
+	if (r < 0) {
+		if (mine)
+			free(mine->name);
+		free(mine);
+		return r;
+	}
+	pthread_mutex_lock(&a->lock);
+	if (!(l = log_find_locked(a, name))) {
+		mine->next = a->logs;
+		a->logs = l = mine;
+		mine = NULL;
+	}
+	*out = l->log;
+	pthread_mutex_unlock(&a->lock);
+	if (mine) {
+		fnlog_free(mine->log);
+		free(mine->name);
+		free(mine);
+	}
+	return 0;
 }
 
 /* ---- sandboxes ---------------------------------------------------------------------------------------------------- */
@@ -679,18 +692,22 @@ static int admit_locked(struct hostagent *a, uint64_t need)
 	return r;
 }
 
-/* Read a memory.peak style file: decimal bytes. */
+/* Read a memory.peak style file: decimal bytes.  (cgroup files report no
+ * size, so read_file_all cannot read them.) */
 static uint64_t read_peak(const char *path)
 {
 	if (!path[0])
 		return 0;
-	uint8_t *buf = NULL;
-	size_t len = 0;
-	if (read_file_all(path, 64, &buf, &len) < 0)
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
 		return 0;
-	uint64_t v = strtoull((const char *)buf, NULL, 10);
-	free(buf);
-	return v;
+	char buf[32];
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	return strtoull(buf, NULL, 10);
 }
 
 static uint64_t sandbox_peak(struct sandbox *sb)
@@ -795,13 +812,14 @@ static int acquire(struct hostagent *a, const struct hostagent_function *f, bool
 			 f->name, f->memory_mb, (unsigned long long)(a->budget / MIB));
 	if (r == 0)
 		r = sandbox_new_locked(a, f, f->mode == HOSTAGENT_MODE_STDIO ? SB_ONESHOT : SB_INVOKE, &sb);
-	if (r == 0)
-		a->cold++;
 	pthread_mutex_unlock(&a->lock);
 	if (r < 0)
 		return r;
 	if ((r = sandbox_launch(a, sb, true)) < 0)
 		return r;
+	pthread_mutex_lock(&a->lock);
+	a->cold++;
+	pthread_mutex_unlock(&a->lock);
 	*out = sb;
 	*cold = true;
 	return 0;
@@ -1205,13 +1223,14 @@ static bool provision_one_locked(struct hostagent *a, double now)
 			p->retry_at = now + 1;
 			continue;
 		}
-		a->cold++;
 		struct key_buf kb;
 		k = key_copy(&k, &kb); /* |p| may go while the lock is dropped */
 		pthread_mutex_unlock(&a->lock);
 		int r = sandbox_launch(a, sb, false);
 		pthread_mutex_lock(&a->lock);
-		if (r < 0 && (p = provision_find_locked(a, &k))) {
+		if (r == 0)
+			a->cold++;
+		else if ((p = provision_find_locked(a, &k))) {
 			p->failures++;
 			p->retry_at = now_seconds() + (p->failures < 6 ? (double)(1u << p->failures) : 60.0);
 		}
