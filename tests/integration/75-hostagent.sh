@@ -60,6 +60,18 @@ expect() {
   nth "$1" "$2" | jq -e ".request_id as \$id | $3" >/dev/null || { nth "$1" "$2" >&2; die "$1: $4"; }
 }
 
+# ---- does the sandbox give a Runtime API endpoint at all? -------------------------------------------------------------
+# Without one the runtime has no AWS_LAMBDA_RUNTIME_API, its curl fails and it
+# exits 4 at once; say so plainly instead of failing (or waiting on stop_fd) later.
+agent probe <<EOF
+fn probe image=$RT timeout=10
+invoke probe {"n":1}
+EOF
+if nth probe 0 | jq -e '.payload.errorType == "Runtime.ExitError" and (.payload.errorMessage | endswith("exit status 4"))' >/dev/null; then
+  die "the process sandbox gave the runtime no Runtime API endpoint (sandbox_spec.runtime_api_port, on_ready and stop_fd are not implemented in this build)"
+fi
+expect probe 0 '.outcome == "ok"' "the first Runtime API invocation failed"
+
 # ---- warm reuse, environment, headers, tail, concurrency, errors -----------------------------------------------------
 agent main <<EOF
 fn echo image=$RT memory=128 timeout=10 env=REV=one env=AWS_REGION=eu-west-9 env=TZ=Europe/Paris
