@@ -340,6 +340,45 @@ bool sandbox_cgroup_oom_killed(const struct sandbox_cgroup *cg)
 	return false;
 }
 
+/* Where |cg|'s peak memory use is kept: a directory and a file in it; false
+ * if |cg| has no memory cgroup. */
+static bool peak_where(const struct sandbox_cgroup *cg, const char **dir, const char **file)
+{
+	*dir = cg->kind == SANDBOX_CG_V2 ? cg->v2_dir : cg->kind == SANDBOX_CG_V1 ? cg->mem_dir : "";
+	*file = cg->kind == SANDBOX_CG_V2 ? "memory.peak" : "memory.max_usage_in_bytes";
+	return (*dir)[0] != '\0';
+}
+
+int sandbox_cgroup_peak_file(const struct sandbox_cgroup *cg, char *out, size_t len)
+{
+	const char *dir, *file;
+	if (len)
+		out[0] = '\0';
+	if (!peak_where(cg, &dir, &file))
+		return 0;
+	if ((size_t)snprintf(out, len, "%s/%s", dir, file) >= len) {
+		out[0] = '\0';
+		return -ENAMETOOLONG;
+	}
+	if (access(out, R_OK) < 0)
+		out[0] = '\0'; /* v2 without the memory controller, or a kernel before 5.19 */
+	return 0;
+}
+
+uint64_t sandbox_cgroup_memory_peak(const struct sandbox_cgroup *cg)
+{
+	const char *dir, *file;
+	char buf[64];
+	if (!peak_where(cg, &dir, &file) || cg_read(dir, file, buf, sizeof(buf)) < 0)
+		return 0;
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(buf, &end, 10);
+	if (errno || end == buf || (*end != '\0' && *end != '\n'))
+		return 0;
+	return v;
+}
+
 /* Kill every task listed in |dir|/cgroup.procs (v1 has no cgroup.kill). */
 static void kill_procs(const char *dir)
 {

@@ -13,6 +13,17 @@
 #include "common/common.h"
 #include "sandbox/sandbox.h"
 
+/* ---- what the backends share (sandbox/sandbox.c) ------------------------------ */
+
+#define SANDBOX_RUNTIME_API_ENV "AWS_LAMBDA_RUNTIME_API"
+
+/* The environment the sandbox sets over the image's: s->env_override, then,
+ * with s->runtime_api_port, AWS_LAMBDA_RUNTIME_API=127.0.0.1:PORT (a later
+ * entry replaces an earlier one of the same name).  Appended to |out|, which
+ * is NULL-terminated afterwards (out->items[out->n] == NULL).  Returns 0 or
+ * -ENOMEM (|out| then holds what was added; str_list_clear it). */
+int sandbox_env_overrides(const struct sandbox_spec *s, struct str_list *out);
+
 /* ---- seccomp (sandbox/seccomp.c) --------------------------------------------- */
 
 /* Build the denylist filter (see seccomp.c for the list and the reasons);
@@ -46,12 +57,16 @@ int microvm_write_config(const struct sandbox_spec *s, const struct microvm_path
 			 const char *out_path);
 
 /* sandbox_microvm's run() without the /dev/kvm check, over |p| (so a test
- * can put a stand-in for kvmm there): listen on "{uds}_1024" in a private
- * temporary directory, start "kvmm --no-api --config-file", accept the guest
- * init, send the invocation, copy 'O'/'R' to s->out_fd/err_fd, take 'X' as the
- * result, kill kvmm at s->timeout_s (then timed_out is set and 0 returned),
- * wait for kvmm to exit, remove the directory.  Returns 0 with |*out| filled,
- * or -errno (logged, with the end of kvmm's output). */
+ * can put a stand-in for kvmm there): listen on "{uds}_1024" (and, with
+ * s->runtime_api_port, on "{uds}_1025" for the guest init's Runtime API
+ * streams) in a private temporary directory, start "kvmm --no-api
+ * --config-file", accept the guest init, call s->on_ready with the second
+ * socket, send the invocation (with a 'P' frame for the endpoint), copy
+ * 'O'/'R' to s->out_fd/err_fd, take 'X' as the result, kill kvmm at
+ * s->timeout_s or when s->stop_fd is readable (then timed_out or stopped is
+ * set and 0 returned), wait for kvmm to exit, remove the directory.  Returns
+ * 0 with |*out| filled, on_ready's value if it refused, or -errno (logged,
+ * with the end of kvmm's output). */
 int microvm_run_with(const struct sandbox_spec *s, const struct microvm_paths *p, struct sandbox_result *out);
 
 #endif

@@ -2,6 +2,7 @@
 #define LOG_COMPONENT "sandbox"
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -75,6 +76,10 @@ int sandbox_run(const struct sandbox_ops *ops, const struct sandbox_spec *spec, 
 			"descriptors and backend are required)");
 		return -EINVAL;
 	}
+	if (spec->runtime_api_port && !spec->on_ready) {
+		log_err("sandbox_run: a Runtime API port needs an on_ready callback to hand the endpoint to");
+		return -EINVAL;
+	}
 	memset(out, 0, sizeof(*out));
 	out->exit_code = -1;
 	out->first_output_s = -1;
@@ -82,4 +87,22 @@ int sandbox_run(const struct sandbox_ops *ops, const struct sandbox_spec *spec, 
 	out->mount_kind = "";
 	out->cgroup_kind = "none";
 	return ops->run(spec, out);
+}
+
+int sandbox_env_overrides(const struct sandbox_spec *s, struct str_list *out)
+{
+	int r = 0;
+	for (size_t i = 0; s->env_override && s->env_override[i] && r == 0; i++)
+		r = str_list_add(out, s->env_override[i]);
+	if (r == 0 && s->runtime_api_port) {
+		char kv[64];
+		snprintf(kv, sizeof(kv), SANDBOX_RUNTIME_API_ENV "=127.0.0.1:%u", s->runtime_api_port);
+		r = str_list_add(out, kv);
+	}
+	/* The "" makes room for the NULL terminator. */
+	if (r == 0 && (r = str_list_add(out, "")) == 0) {
+		free(out->items[--out->n]);
+		out->items[out->n] = NULL;
+	}
+	return r;
 }

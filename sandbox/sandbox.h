@@ -36,11 +36,19 @@ enum sandbox_mount {
 /* What sandbox_spec.on_ready learns about a sandbox that is about to start
  * its workload. */
 struct sandbox_ready {
-	int runtime_api_fd;	    /* listening socket of the Runtime API endpoint, or -1 */
+	/* The host end of the Runtime API endpoint, a listening stream socket
+	 * (blocking, close-on-exec), or -1 without spec->runtime_api_port.  Each
+	 * connection accepted on it is one connection the workload made to
+	 * 127.0.0.1:PORT.  In the process sandbox it is the TCP socket itself,
+	 * bound inside the sandbox's network namespace; in the micro-VM it is a
+	 * unix socket that kvmm connects the guest init's vsock streams to, one
+	 * per connection the workload made in the guest. */
+	int runtime_api_fd;
 	pid_t pid;		    /* a host pid that lives as long as the sandbox (for logs) */
 	/* A file whose decimal contents are the most memory the sandbox has used
 	 * so far, in bytes (cgroup v2 memory.peak, v1
-	 * memory.max_usage_in_bytes), or "" where the host offers none. */
+	 * memory.max_usage_in_bytes), or "" where the sandbox has no memory
+	 * cgroup (see sandbox_result.memory_peak). */
 	char memory_peak_path[PATH_MAX];
 };
 
@@ -72,23 +80,35 @@ struct sandbox_spec {
 
 	/* If non-zero, give the workload a Lambda Runtime API endpoint: the
 	 * sandbox listens on 127.0.0.1:|runtime_api_port| inside its own network
-	 * (the process sandbox's network namespace; in the micro-VM, the guest
-	 * init listens there and carries each connection over vsock), sets
-	 * AWS_LAMBDA_RUNTIME_API=127.0.0.1:PORT in the workload's environment,
-	 * and hands the host end of that endpoint, a listening stream socket, to
-	 * |on_ready|.  The caller serves HTTP on it; nothing outside the sandbox
-	 * can reach the endpoint, and the workload reaches nothing else. */
+	 * (the process sandbox's network namespace, after lo is up; in the
+	 * micro-VM, the guest init listens there and carries each connection
+	 * over its own vsock stream), sets AWS_LAMBDA_RUNTIME_API=127.0.0.1:PORT
+	 * in the workload's environment (over any value the image or
+	 * env_override gives), and hands the host end of that endpoint, a
+	 * listening stream socket, to |on_ready|, which is then required.  The
+	 * caller serves HTTP on it; nothing outside the sandbox can reach the
+	 * endpoint, and the workload reaches nothing else.  Connections end when
+	 * the workload does (its processes die, or the VM stops). */
 	uint16_t runtime_api_port;
-	/* Optional: called once, on the thread that called sandbox_run(), after
-	 * the sandbox is set up and just before the workload starts.  Returning
-	 * non-zero ends the sandbox before the workload runs, and sandbox_run()
-	 * returns that value.  The callee owns ready->runtime_api_fd. */
+	/* Optional (required with runtime_api_port): called once, on the thread
+	 * that called sandbox_run(), after the sandbox is set up and just before
+	 * the workload starts (the workload is not forked, or the invocation not
+	 * sent to the guest, until it returns).  Returning non-zero ends the
+	 * sandbox before the workload runs, and sandbox_run() returns that value
+	 * (so it should be a -errno).  The callee owns ready->runtime_api_fd
+	 * from the call on, whatever it returns, and closes it at the latest
+	 * when sandbox_run() has returned (in the process sandbox the socket
+	 * keeps the sandbox's network namespace alive until it is closed).  A sandbox that
+	 * fails or is stopped before it is set up never calls it. */
 	int (*on_ready)(void *arg, const struct sandbox_ready *ready);
 	void *ready_arg;
 	/* If > 0, the sandbox ends (every process killed, as on a timeout) as
-	 * soon as this descriptor is readable: how another thread stops a
-	 * long-lived sandbox.  The result then has |stopped| set.  0 (as in a
-	 * zeroed spec) or -1 means none. */
+	 * soon as this descriptor is readable or hung up, at any point of the
+	 * run, setup included: how another thread stops a long-lived sandbox.
+	 * The result then has |stopped| set, exit_code -1 and term_signal
+	 * SIGKILL, and sandbox_run() returns 0.  Nothing is read from it, so one
+	 * descriptor can stop many sandboxes.  0 (as in a zeroed spec) or -1
+	 * means none. */
 	int stop_fd;
 };
 
@@ -99,7 +119,12 @@ struct sandbox_result {
 	bool timed_out;		/* killed because timeout_s passed */
 	bool oom_killed;	/* the memory limit's OOM killer fired in the sandbox */
 	bool stopped;		/* ended because spec->stop_fd became readable */
-	uint64_t memory_peak;	/* the most memory the sandbox used, bytes; 0 if unknown */
+	/* The most memory the sandbox used, in bytes, read from its memory
+	 * cgroup as it ends; 0 if unknown.  The process sandbox has a memory
+	 * cgroup when spec->memory_limit is set and the host offers cgroups.
+	 * A micro-VM has none of its own (the VM's configured memory is what it
+	 * uses), so 0. */
+	uint64_t memory_peak;
 	double first_output_s;	/* first byte on stdout or stderr, seconds after t0; -1 if none */
 	double exit_s;		/* the workload's exit, seconds after t0 */
 	uint64_t out_bytes, err_bytes;
@@ -144,7 +169,8 @@ const struct sandbox_ops *sandbox_pick(const char *isolation, char *notice, size
  * once the workload ran, whatever its exit status; -EINVAL for a bad spec,
  * -ENOENT if the command or user is not in the image, -EPERM without the
  * privileges the backend needs, or another -errno if the sandbox could not be
- * set up (logged with the reason). */
+ * set up (logged with the reason); -EINVAL also for a runtime_api_port
+ * without an on_ready; on_ready's own value if it refused the sandbox. */
 int sandbox_run(const struct sandbox_ops *ops, const struct sandbox_spec *spec, struct sandbox_result *out);
 
 /* The pieces below are shared with the micro-VM's side of kindling: the guest
@@ -197,6 +223,21 @@ int sandbox_env_build(char *const *base, char *const *over, const char *hostname
  * non-executable matches exist, or -ENAMETOOLONG. */
 int sandbox_path_lookup(const char *cmd, const char *path_env, char *out, size_t len);
 
+/* ---- the sandbox's network (sandbox/net.c; libc only) ------------------------ */
+
+#define SANDBOX_RUNTIME_API_BACKLOG 128
+
+/* Bring up the loopback interface of the calling process's network
+ * namespace (a new namespace's lo, or a guest's).  Needs CAP_NET_ADMIN
+ * there.  Returns 0 or -errno (logged: the workload then has no loopback). */
+int sandbox_loopback_up(void);
+
+/* Listen on 127.0.0.1:|port| in the calling process's network namespace
+ * (lo must be up): a blocking, close-on-exec TCP socket with
+ * SO_REUSEADDR, in |*out_fd|.  Returns 0, -EINVAL for port 0, or -errno
+ * (logged, with a hint for the operator). */
+int sandbox_runtime_api_listen(uint16_t port, int *out_fd);
+
 /* ---- cgroups (sandbox/cgroup.c) ---------------------------------------------- */
 
 enum sandbox_cgroup_kind { SANDBOX_CG_NONE = 0, SANDBOX_CG_V2, SANDBOX_CG_V1 };
@@ -225,6 +266,15 @@ int sandbox_cgroup_attach(const struct sandbox_cgroup *cg, pid_t pid);
 
 /* True if the memory controller OOM-killed something in |cg|. */
 bool sandbox_cgroup_oom_killed(const struct sandbox_cgroup *cg);
+
+/* The file whose decimal contents are the most memory |cg| has used so far
+ * (v2 memory.peak, v1 memory.max_usage_in_bytes), into |<out, len>|; "" when
+ * |cg| has no memory controller or the kernel no such file (v2 before Linux
+ * 5.19).  Returns 0 or -ENAMETOOLONG. */
+int sandbox_cgroup_peak_file(const struct sandbox_cgroup *cg, char *out, size_t len);
+
+/* The most memory |cg| has used so far, in bytes; 0 if unknown. */
+uint64_t sandbox_cgroup_memory_peak(const struct sandbox_cgroup *cg);
 
 /* Kill whatever is left in |cg|, then remove it (retrying while the kernel
  * still counts dying tasks).  Safe on a SANDBOX_CG_NONE or zeroed struct. */

@@ -2,15 +2,20 @@
  *
  *   host (this file)                          guest
  *   config.json, listen on {uds}_1024
+ *   (and on {uds}_1025 for a Runtime API)
  *   kvmm --no-api --config-file config.json   boots; the image is /dev/vda
  *                                             (EROFS, read-only)
  *   accept  <------- vsock port 1024 -------  kindling-guest-init connects
- *   A.. E.. W U G  ------------------------>  runs the workload
+ *   on_ready({uds}_1025's socket)
+ *   A.. E.. W U P G  ---------------------->  listens on 127.0.0.1:PORT, runs the workload
+ *   the caller accepts on {uds}_1025 <- 1025 - one vsock stream per connection the
+ *                                              workload makes to 127.0.0.1:PORT
  *   O/R to out_fd/err_fd  <-----------------  O R ... X
  *   wait for kvmm                             syncs, powers off
  *
  * Everything for one run lives in a private temporary directory (the config,
- * the vsock sockets, kvmm's log), removed on every path.
+ * the vsock sockets, kvmm's log), removed on every path.  A timeout or
+ * spec->stop_fd kills kvmm, which ends every connection with it.
  *
  * Where the pieces are (environment):
  *   KINDLING_KVMM          the kvmm program (default: "kvmm" next to the
@@ -52,6 +57,7 @@ extern char **environ;
 #define MICROVM_GUEST_CID 3
 #define MICROVM_BOOT_TIMEOUT_S 60.0 /* without spec->timeout_s: from spawn to the init's connection */
 #define MICROVM_POWEROFF_S 10.0	    /* from 'X' to kvmm's exit */
+#define MICROVM_API_VSOCK_PORT 1025u /* where the guest init carries Runtime API connections */
 
 /* The path of |name| next to the running executable, into |<out, len>|. */
 static int next_to_exe(const char *name, char *out, size_t len)
@@ -180,13 +186,12 @@ static size_t name_len(const char *kv)
 	return eq ? (size_t)(eq - kv) : strlen(kv);
 }
 
-/* The image's env with the overrides replacing same-named entries; entries
- * without '=' dropped.  PATH, HOME and the like are the init's business: it
- * knows the user's passwd entry. */
-static int build_env(const struct sandbox_spec *s, struct str_list *out)
+/* The image's env with |over| (sandbox_env_overrides()) replacing same-named
+ * entries; entries without '=' dropped.  PATH, HOME and the like are the
+ * init's business: it knows the user's passwd entry. */
+static int build_env(const struct sandbox_spec *s, char *const *over, struct str_list *out)
 {
 	char *const *base = s->config ? s->config->env : NULL;
-	char *const *over = s->env_override;
 	for (size_t i = 0; base && base[i]; i++) {
 		if (!strchr(base[i], '='))
 			continue;
@@ -207,8 +212,9 @@ static int build_env(const struct sandbox_spec *s, struct str_list *out)
 struct vm_run {
 	/* unix socket paths are short anyway: the directory's must leave room
 	 * for "/v.sock_1024" in 108 bytes */
-	char dir[192], config[256], uds[224], listen_path[256], log[256];
+	char dir[192], config[256], uds[224], listen_path[256], api_path[256], log[256];
 	int listen_fd, conn_fd, pid_fd;
+	int api_fd; /* the Runtime API's unix socket until on_ready takes it, else -1 */
 	pid_t pid;
 	int status;
 	bool reaped;
@@ -228,10 +234,14 @@ static void run_cleanup(struct vm_run *v)
 		close(v->listen_fd);
 	if (v->pid_fd >= 0)
 		close(v->pid_fd);
-	v->conn_fd = v->listen_fd = v->pid_fd = -1;
+	if (v->api_fd >= 0)
+		close(v->api_fd);
+	v->conn_fd = v->listen_fd = v->pid_fd = v->api_fd = -1;
 	if (v->dir[0]) {
 		unlink(v->config);
 		unlink(v->listen_path);
+		if (v->api_path[0])
+			unlink(v->api_path);
 		unlink(v->uds); /* kvmm removes it; not if it was killed */
 		unlink(v->log);
 		if (rmdir(v->dir) < 0)
@@ -299,14 +309,54 @@ static int ms_until(double deadline, int cap)
 	return left * 1000 > cap ? cap : (int)(left * 1000) + 1;
 }
 
-/* Wait for the guest init's connection, kvmm's exit, or the deadline. */
+/* Listen on the unix socket |path|, a fresh name in the run's directory. */
+static int listen_unix(const char *path, int backlog, int *out_fd)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		log_err("microvm: %s is too long for a unix socket; set TMPDIR to a shorter directory", path);
+		return -ENAMETOOLONG;
+	}
+	strcpy(sa.sun_path, path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, backlog) < 0) {
+		int e = errno;
+		log_err("microvm: listening on %s: %s", path, strerror(e));
+		if (fd >= 0)
+			close(fd);
+		return -e;
+	}
+	*out_fd = fd;
+	return 0;
+}
+
+/* spec->stop_fd as a pollfd (fd -1, which poll skips, when there is none). */
+static struct pollfd stop_pollfd(const struct sandbox_spec *s)
+{
+	return (struct pollfd){ .fd = s->stop_fd > 0 ? s->stop_fd : -1, .events = POLLIN };
+}
+
+/* Whether the polled stop_fd |pf| says stop; notes it in |out|. */
+static bool stop_requested(const struct pollfd *pf, struct sandbox_result *out)
+{
+	if (pf->fd < 0 || !pf->revents)
+		return false;
+	log_info("microvm: stopped through stop_fd; killing kvmm");
+	out->stopped = true;
+	return true;
+}
+
+/* Wait for the guest init's connection, kvmm's exit, the deadline, or a stop
+ * (-ECANCELED with out->stopped set). */
 static int accept_guest(struct vm_run *v, double deadline, const struct sandbox_spec *s, struct sandbox_result *out)
 {
 	for (;;) {
-		struct pollfd pf[2] = { { v->listen_fd, POLLIN, 0 }, { v->pid_fd, POLLIN, 0 } };
-		int n = poll(pf, v->pid_fd >= 0 ? 2 : 1, ms_until(deadline, 100));
+		struct pollfd pf[3] = { { v->listen_fd, POLLIN, 0 }, { v->pid_fd, POLLIN, 0 }, stop_pollfd(s) };
+		int n = poll(pf, 3, ms_until(deadline, 100));
 		if (n < 0 && errno != EINTR)
 			return -errno;
+		if (n > 0 && stop_requested(&pf[2], out))
+			return -ECANCELED;
 		if (pf[0].revents & POLLIN) {
 			v->conn_fd = accept4(v->listen_fd, NULL, NULL, SOCK_CLOEXEC);
 			if (v->conn_fd >= 0)
@@ -331,8 +381,9 @@ static int accept_guest(struct vm_run *v, double deadline, const struct sandbox_
 	}
 }
 
-/* Frames from the guest until 'X', the end of the stream, or the deadline.
- * Returns 0 after 'X', -ETIMEDOUT, or -EIO / -EPROTO. */
+/* Frames from the guest until 'X', the end of the stream, the deadline, or a
+ * stop.  Returns 0 after 'X', -ETIMEDOUT, -ECANCELED (out->stopped set), or
+ * -EIO / -EPROTO. */
 static int serve_guest(struct vm_run *v, const struct sandbox_spec *s, struct sandbox_result *out, double deadline)
 {
 	struct guest_decoder d;
@@ -341,11 +392,15 @@ static int serve_guest(struct vm_run *v, const struct sandbox_spec *s, struct sa
 	int r = -EIO;
 	uint8_t buf[65536];
 	for (;;) {
-		struct pollfd pf = { v->conn_fd, POLLIN, 0 };
+		struct pollfd pf[2] = { { v->conn_fd, POLLIN, 0 }, stop_pollfd(s) };
 		int timeout = deadline > 0 ? ms_until(deadline, 1000000000) : -1;
-		int n = poll(&pf, 1, timeout);
+		int n = poll(pf, 2, timeout);
 		if (n < 0 && errno != EINTR) {
 			r = -errno;
+			break;
+		}
+		if (n > 0 && stop_requested(&pf[1], out)) {
+			r = -ECANCELED;
 			break;
 		}
 		if (n == 0 && deadline > 0 && now_seconds() >= deadline) {
@@ -354,7 +409,7 @@ static int serve_guest(struct vm_run *v, const struct sandbox_spec *s, struct sa
 			r = -ETIMEDOUT;
 			break;
 		}
-		if (n <= 0)
+		if (n <= 0 || !pf[0].revents)
 			continue;
 		ssize_t k = read(v->conn_fd, buf, sizeof(buf));
 		if (k < 0 && errno == EINTR)
@@ -423,9 +478,10 @@ done:
 
 int microvm_run_with(const struct sandbox_spec *s, const struct microvm_paths *p, struct sandbox_result *out)
 {
-	struct vm_run v = { .listen_fd = -1, .conn_fd = -1, .pid_fd = -1, .pid = -1 };
+	struct vm_run v = { .listen_fd = -1, .conn_fd = -1, .pid_fd = -1, .api_fd = -1, .pid = -1 };
 	const char **argv = NULL;
-	struct str_list env = { 0 };
+	struct str_list env = { 0 }, over = { 0 };
+	bool refused = false;
 	int r;
 	const char *user = s->user_override ? s->user_override : s->config ? s->config->user : NULL;
 	const char *workdir = s->workdir_override                                              ? s->workdir_override
@@ -435,7 +491,8 @@ int microvm_run_with(const struct sandbox_spec *s, const struct microvm_paths *p
 		log_err("microvm: the working directory must be absolute (got %s)", workdir);
 		return -EINVAL;
 	}
-	if ((r = build_argv(s, &argv)) < 0 || (r = build_env(s, &env)) < 0)
+	if ((r = build_argv(s, &argv)) < 0 || (r = sandbox_env_overrides(s, &over)) < 0 ||
+	    (r = build_env(s, over.items, &env)) < 0)
 		goto out;
 	free(env.items[--env.n]); /* the placeholder: the list ends in NULL now */
 	env.items[env.n] = NULL;
@@ -460,19 +517,14 @@ int microvm_run_with(const struct sandbox_spec *s, const struct microvm_paths *p
 	snprintf(v.uds, sizeof(v.uds), "%s/v.sock", v.dir);
 	snprintf(v.listen_path, sizeof(v.listen_path), "%s_%u", v.uds, GUEST_PROTO_PORT);
 	snprintf(v.log, sizeof(v.log), "%s/kvmm.log", v.dir);
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(v.listen_path) >= sizeof(sa.sun_path)) {
-		log_err("microvm: %s is too long for a unix socket; set TMPDIR to a shorter directory", v.listen_path);
-		r = -ENAMETOOLONG;
+	if ((r = listen_unix(v.listen_path, 1, &v.listen_fd)) < 0)
 		goto out;
-	}
-	strcpy(sa.sun_path, v.listen_path);
-	v.listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (v.listen_fd < 0 || bind(v.listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-	    listen(v.listen_fd, 1) < 0) {
-		r = -errno;
-		log_err("microvm: listening on %s: %s", v.listen_path, strerror(-r));
-		goto out;
+	if (s->runtime_api_port) {
+		/* kvmm connects each of the guest init's streams to port 1025
+		 * here; the caller accepts them once on_ready has the socket. */
+		snprintf(v.api_path, sizeof(v.api_path), "%s_%u", v.uds, MICROVM_API_VSOCK_PORT);
+		if ((r = listen_unix(v.api_path, SANDBOX_RUNTIME_API_BACKLOG, &v.api_fd)) < 0)
+			goto out;
 	}
 	if ((r = microvm_write_config(s, p, v.uds, v.config)) < 0 || (r = spawn_kvmm(&v, p)) < 0)
 		goto out;
@@ -483,19 +535,33 @@ int microvm_run_with(const struct sandbox_spec *s, const struct microvm_paths *p
 		boot_deadline = run_deadline;
 	if ((r = accept_guest(&v, boot_deadline, s, out)) < 0)
 		goto timed;
+	/* One channel per VM: whatever else connects to port 1024 is refused. */
+	close(v.listen_fd);
+	v.listen_fd = -1;
+	if (s->on_ready) {
+		struct sandbox_ready rd = { .runtime_api_fd = v.api_fd, .pid = v.pid, .memory_peak_path = "" };
+		v.api_fd = -1; /* the callee's from here on */
+		if ((r = s->on_ready(s->ready_arg, &rd)) != 0) {
+			log_info("microvm: on_ready refused the sandbox (%d); ending it before the workload starts", r);
+			refused = true;
+			goto out;
+		}
+	}
 	/* The guest reads the invocation at once; a bound keeps a wedged
 	 * guest from holding us here. */
 	struct timeval tv = { .tv_sec = 10 };
 	setsockopt(v.conn_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	r = guest_invocation_send(v.conn_fd, argv, (const char *const *)env.items, workdir, user);
+	struct guest_api api = { .tcp_port = s->runtime_api_port, .vsock_port = MICROVM_API_VSOCK_PORT };
+	r = guest_invocation_send(v.conn_fd, argv, (const char *const *)env.items, workdir, user,
+				  s->runtime_api_port ? &api : NULL);
 	if (r < 0) {
 		log_err("microvm: sending the invocation to the guest: %s", strerror(-r));
 		goto out;
 	}
 	r = serve_guest(&v, s, out, run_deadline);
 timed:
-	if (r == -ETIMEDOUT && out->timed_out) {
-		/* A timeout is a result, as in the process sandbox. */
+	if ((r == -ETIMEDOUT && out->timed_out) || (r == -ECANCELED && out->stopped)) {
+		/* A timeout or a stop is a result, as in the process sandbox. */
 		kill(v.pid, SIGKILL);
 		out->exit_code = -1;
 		out->term_signal = SIGKILL;
@@ -516,11 +582,12 @@ timed:
 	else if (!WIFEXITED(v.status) || WEXITSTATUS(v.status) != 0)
 		log_warn("microvm: kvmm exited with status 0x%x after the workload finished", v.status);
 out:
-	if (r < 0 && v.pid > 0)
+	if (r < 0 && v.pid > 0 && !refused)
 		log_tail(&v);
 	run_cleanup(&v);
 	free(argv);
 	str_list_clear(&env);
+	str_list_clear(&over);
 	return r;
 }
 

@@ -27,6 +27,18 @@
  * caller copies to the spec's descriptors, timing the first byte.  If the
  * caller or M dies, PR_SET_PDEATHSIG kills I, which ends the namespace; the
  * mounts live only in the sandbox's mount namespace and vanish with it.
+ *
+ * With an on_ready callback, I and the caller also share a seqpacket socket
+ * pair (the "ready channel").  Once everything else is set up, I listens on
+ * the Runtime API port (the spec's, if any) inside the new network namespace,
+ * where lo is up by then, and sends that socket to the caller with
+ * SCM_RIGHTS; the caller hands it to on_ready on its own thread, from the
+ * loop that copies output and watches the timeout and stop_fd, and answers
+ * "go"; only then does I fork E.  I opens the socket, rather than the caller
+ * entering the namespace with setns(): setns() moves the calling thread, so a
+ * multi-threaded caller would need a thread of its own for it, while I is in
+ * the namespace already, with lo up.  A refusal kills M, which ends I before
+ * E exists.
  */
 #define LOG_COMPONENT "sandbox"
 #include <errno.h>
@@ -34,7 +46,6 @@
 #include <grp.h>
 #include <linux/capability.h>
 #include <linux/loop.h>
-#include <net/if.h>
 #include <poll.h>
 #include <sched.h>
 #include <seccomp.h>
@@ -72,7 +83,9 @@ struct plan {
 	const char *user;
 	const char *workdir;
 	const char *hostname;
+	char **env_over; /* env_override plus the Runtime API's variable; NULL-terminated */
 	int out_w, err_w, rep_w, sync_r;
+	int ready_w; /* I's end of the ready channel, or -1 without on_ready */
 };
 
 #define SCRATCH "/tmp" /* covered by a fresh tmpfs in the sandbox's own mount namespace */
@@ -312,28 +325,6 @@ static int enter_root(const char *root)
 	return 0;
 }
 
-static int loopback_up(void)
-{
-	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (s < 0)
-		return -errno;
-	struct ifreq ifr;
-	memset(&ifr, 0, sizeof(ifr));
-	strcpy(ifr.ifr_name, "lo");
-	int r = 0;
-	if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0)
-		r = -errno;
-	else {
-		ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
-		if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
-			r = -errno;
-	}
-	close(s);
-	if (r < 0)
-		log_warn("sandbox: bring up lo: %s; the workload has no loopback", strerror(-r));
-	return r;
-}
-
 /* The whole file tree; runs in I, in the new namespaces, before pivot. */
 static int build_tree(const struct plan *p, int *mount_kind)
 {
@@ -390,7 +381,7 @@ static int build_tree(const struct plan *p, int *mount_kind)
 		log_err("sandbox: sethostname %s: %s", p->hostname, strerror(-r));
 		return r;
 	}
-	loopback_up(); /* a workload without lo still runs; logged */
+	sandbox_loopback_up(); /* a workload without lo still runs; logged */
 	return 0;
 }
 
@@ -489,6 +480,89 @@ __attribute__((noreturn)) static void run_workload(const struct plan *p, const s
 	setup_fail(p, e);
 }
 
+/* ---- the ready channel ----------------------------------------------------------------------------------------- */
+
+#define READY_TAG 'r' /* I -> caller: set up; the Runtime API socket rides along, if any */
+#define READY_GO 'g'  /* caller -> I: on_ready accepted; start the workload */
+
+/* In I: open the Runtime API endpoint if the spec asks for one, send it to the
+ * caller, and wait for its go.  Without one, I ends (and with it the
+ * namespace): the caller refused, or is gone. */
+static void ready_handshake(const struct plan *p)
+{
+	int lfd = -1, r;
+	if (p->spec->runtime_api_port && (r = sandbox_runtime_api_listen(p->spec->runtime_api_port, &lfd)) < 0)
+		setup_fail(p, -r);
+	char tag = READY_TAG;
+	struct iovec iov = { .iov_base = &tag, .iov_len = 1 };
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} u;
+	memset(&u, 0, sizeof(u));
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	if (lfd >= 0) {
+		mh.msg_control = u.buf;
+		mh.msg_controllen = sizeof(u.buf);
+		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &lfd, sizeof(int));
+	}
+	if (sendmsg(p->ready_w, &mh, MSG_NOSIGNAL) != 1)
+		_exit(125); /* the caller is gone */
+	if (lfd >= 0)
+		close(lfd); /* the caller's copy is the endpoint now */
+	char go = 0;
+	ssize_t n;
+	while ((n = read(p->ready_w, &go, 1)) < 0 && errno == EINTR)
+		;
+	if (n != 1 || go != READY_GO)
+		_exit(125);
+	close(p->ready_w);
+}
+
+/* In the caller: take I's ready message from |fd| and hand it to on_ready.
+ * Returns 0 once I was told to go (or when I died first, which the report
+ * pipe explains), on_ready's non-zero value if it refused, or -EPROTO for a
+ * message that is not what I sends. */
+static int ready_serve(const struct sandbox_spec *s, int fd, pid_t m, const struct sandbox_cgroup *cg)
+{
+	char tag = 0;
+	struct iovec iov = { .iov_base = &tag, .iov_len = 1 };
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} u;
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf) };
+	ssize_t n;
+	while ((n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
+		;
+	if (n <= 0)
+		return 0; /* I ended before it was ready */
+	struct sandbox_ready rd = { .runtime_api_fd = -1, .pid = m };
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int)))
+			memcpy(&rd.runtime_api_fd, CMSG_DATA(c), sizeof(int));
+	if (tag != READY_TAG || (mh.msg_flags & MSG_CTRUNC) || (rd.runtime_api_fd >= 0) != (s->runtime_api_port != 0)) {
+		log_err("sandbox: the sandbox's init sent a malformed ready message");
+		if (rd.runtime_api_fd >= 0)
+			close(rd.runtime_api_fd);
+		return -EPROTO;
+	}
+	sandbox_cgroup_peak_file(cg, rd.memory_peak_path, sizeof(rd.memory_peak_path));
+	int r = s->on_ready(s->ready_arg, &rd);
+	if (r != 0) {
+		log_info("sandbox: on_ready refused the sandbox (%d); ending it before the workload starts", r);
+		return r;
+	}
+	char go = READY_GO;
+	if (send(fd, &go, 1, MSG_NOSIGNAL) != 1)
+		log_debug("sandbox: the init went away before the go: %s", strerror(errno));
+	return 0;
+}
+
 /* ---- I: pid 1 ------------------------------------------------------------------------------------------------ */
 
 static void noop_handler(int sig) { (void)sig; }
@@ -549,7 +623,7 @@ __attribute__((noreturn)) static void init_main(const struct plan *p)
 		setup_fail(p, -r);
 	struct str_list env = {0};
 	const struct run_config *c = p->spec->config;
-	if ((r = sandbox_env_build(c ? c->env : NULL, p->spec->env_override, p->hostname, u.home, &env)) < 0 ||
+	if ((r = sandbox_env_build(c ? c->env : NULL, p->env_over, p->hostname, u.home, &env)) < 0 ||
 	    (r = str_list_add(&env, "")) < 0)
 		setup_fail(p, -r);
 	free(env.items[--env.n]); /* the "" made room for the NULL terminator */
@@ -565,6 +639,8 @@ __attribute__((noreturn)) static void init_main(const struct plan *p)
 		setup_fail(p, errno);
 	}
 
+	if (p->ready_w >= 0)
+		ready_handshake(p);
 	pid_t e = fork();
 	if (e < 0)
 		setup_fail(p, errno);
@@ -614,6 +690,8 @@ __attribute__((noreturn)) static void monitor_main(const struct plan *p, pid_t c
 	close(p->out_w);
 	close(p->err_w);
 	close(p->rep_w);
+	if (p->ready_w >= 0)
+		close(p->ready_w);
 	int st = supervise(init, &set);
 	if (WIFSIGNALED(st)) {
 		signal(WTERMSIG(st), SIG_DFL);
@@ -698,7 +776,7 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 		log_err("sandbox: %s", why);
 		return -EPERM;
 	}
-	struct plan p = {.spec = s, .image_fd = -1, .out_w = -1, .err_w = -1, .rep_w = -1, .sync_r = -1};
+	struct plan p = {.spec = s, .image_fd = -1, .out_w = -1, .err_w = -1, .rep_w = -1, .sync_r = -1, .ready_w = -1};
 	p.hostname = s->hostname ? s->hostname : "kindling";
 	p.user = s->user_override ? s->user_override : s->config ? s->config->user : NULL;
 	p.workdir = s->workdir_override ? s->workdir_override
@@ -709,13 +787,27 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 			p.workdir);
 		return -EINVAL;
 	}
-	int out_r = -1, err_r = -1, rep_r = -1, sync_w = -1;
+	int out_r = -1, err_r = -1, rep_r = -1, sync_w = -1, ready_r = -1;
 	struct sandbox_cgroup cg;
 	memset(&cg, 0, sizeof(cg));
+	struct str_list env_over = {0};
 	pid_t m = -1;
 	int r = build_argv(s, &p.argv);
 	if (r < 0)
 		return r;
+	if ((r = sandbox_env_overrides(s, &env_over)) < 0)
+		goto out;
+	p.env_over = env_over.items;
+	if (s->on_ready) {
+		int sp[2];
+		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) {
+			r = -errno;
+			log_err("sandbox: socketpair for the ready channel: %s", strerror(-r));
+			goto out;
+		}
+		ready_r = sp[0];
+		p.ready_w = sp[1];
+	}
 	/* O_PATH for a directory: it is only ever a bind source. */
 	p.image_fd = s->rootfs_dir ? open(s->rootfs_dir, O_PATH | O_DIRECTORY | O_CLOEXEC)
 				   : open(s->image_path, O_RDONLY | O_CLOEXEC);
@@ -759,8 +851,11 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 		close(err_r);
 		close(rep_r);
 		close(sync_w);
+		if (ready_r >= 0)
+			close(ready_r);
 		monitor_main(&p, caller);
 	}
+	close_fd(&p.ready_w);
 	close_fd(&p.out_w);
 	close_fd(&p.err_w);
 	close_fd(&p.rep_w);
@@ -783,27 +878,46 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 	}
 	close_fd(&sync_w);
 
-	int setup_err = 0;
+	int setup_err = 0, refused = 0;
 	bool exited = false, out_failed = false, err_failed = false;
-	struct pollfd pf[3] = {{out_r, POLLIN, 0}, {err_r, POLLIN, 0}, {rep_r, POLLIN, 0}};
-	while (pf[0].fd >= 0 || pf[1].fd >= 0 || pf[2].fd >= 0) {
+	/* Output, reports, the ready channel, stop_fd; the loop lasts as long as
+	 * the first three are open.  Killing M ends everything: it takes I with
+	 * it (PDEATHSIG), and with I the namespace. */
+	enum { PF_OUT, PF_ERR, PF_REP, PF_READY, PF_STOP, PF_N };
+	struct pollfd pf[PF_N] = {{out_r, POLLIN, 0}, {err_r, POLLIN, 0}, {rep_r, POLLIN, 0}, {ready_r, POLLIN, 0},
+				  {s->stop_fd > 0 ? s->stop_fd : -1, POLLIN, 0}};
+	while (pf[PF_OUT].fd >= 0 || pf[PF_ERR].fd >= 0 || pf[PF_REP].fd >= 0) {
 		int timeout = -1;
-		if (s->timeout_s > 0 && !out->timed_out) {
+		if (s->timeout_s > 0 && !out->timed_out && !out->stopped) {
 			double left = s->t0 + s->timeout_s - now_seconds();
 			timeout = left <= 0 ? 0 : left > 1e6 ? 1000000000 : (int)(left * 1000) + 1;
 		}
-		int n = poll(pf, 3, timeout);
+		int n = poll(pf, PF_N, timeout);
 		if (n < 0 && errno != EINTR) {
 			r = -errno;
 			log_err("sandbox: poll: %s", strerror(-r));
 			goto kill;
 		}
 		if (n == 0) {
-			/* Killing M takes I with it (PDEATHSIG) and with I the namespace. */
 			log_warn("sandbox: timed out after %.3f s; killing it", s->timeout_s);
 			out->timed_out = true;
 			kill(m, SIGKILL);
 			continue;
+		}
+		if (pf[PF_STOP].fd >= 0 && pf[PF_STOP].revents) {
+			log_info("sandbox: stopped through stop_fd; killing it");
+			out->stopped = true;
+			kill(m, SIGKILL);
+			pf[PF_STOP].fd = -1;
+		}
+		if (pf[PF_READY].fd >= 0 && pf[PF_READY].revents) {
+			int k = out->stopped || out->timed_out ? 0 : ready_serve(s, ready_r, m, &cg);
+			if (k != 0) {
+				refused = k;
+				kill(m, SIGKILL);
+			}
+			close_fd(&ready_r);
+			pf[PF_READY].fd = -1;
 		}
 		for (int i = 0; i < 2; i++)
 			if (pf[i].fd >= 0 && pf[i].revents &&
@@ -846,17 +960,18 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 		out->exit_s = now_seconds() - s->t0;
 		if (WIFSIGNALED(st))
 			out->term_signal = WTERMSIG(st);
-		else if (!setup_err && !out->timed_out) {
+		else if (!setup_err && !out->timed_out && !out->stopped && !refused) {
 			log_err("sandbox: the sandbox's init exited with status %d before reporting", WEXITSTATUS(st));
 			setup_err = EIO;
 		}
 	}
 	out->oom_killed = sandbox_cgroup_oom_killed(&cg);
+	out->memory_peak = sandbox_cgroup_memory_peak(&cg); /* before the cgroup goes, below */
 	if (out->oom_killed && out->term_signal == 0 && out->exit_code < 0)
 		out->term_signal = SIGKILL;
 	/* A setup error wins over an exit status: with one, the workload never
 	 * ran (E reports, e.g., a missing command before exec, then exits). */
-	r = setup_err ? -setup_err : 0;
+	r = refused ? refused : setup_err ? -setup_err : 0;
 	goto out;
 
 kill:
@@ -871,6 +986,8 @@ out:
 	close_fd(&err_r);
 	close_fd(&rep_r);
 	close_fd(&sync_w);
+	close_fd(&ready_r);
+	close_fd(&p.ready_w);
 	close_fd(&p.out_w);
 	close_fd(&p.err_w);
 	close_fd(&p.rep_w);
@@ -879,6 +996,7 @@ out:
 	sandbox_cgroup_destroy(&cg);
 	free(p.rootfs_path);
 	free(p.argv);
+	str_list_clear(&env_over);
 	return r;
 }
 

@@ -54,6 +54,9 @@ struct hostagent_config {
 	uint16_t runtime_api_port;
 	/* Processes one sandbox may have at once (0 = 1024). */
 	uint32_t pids_limit;
+	/* The size a function's log file may reach before it is rotated (the
+	 * previous one is kept as NAME.log.1); 0 = 8 MiB. */
+	uint64_t log_max_bytes;
 };
 
 /* How a function's code is run. */
@@ -62,8 +65,11 @@ enum hostagent_mode {
 	 * (AWS_LAMBDA_RUNTIME_API).  The sandbox stays up between invocations. */
 	HOSTAGENT_MODE_RUNTIME_API = 0,
 	/* A plain image: each invocation runs the entrypoint once with the event
-	 * on stdin; its stdout is the response and a non-zero exit status is a
-	 * function error. */
+	 * on stdin; its stdout is the response (at most 6 MB) and a non-zero
+	 * exit status is a function error (Runtime.ExitError, the end of its
+	 * stderr as the message).  The image stays attached, so the next run
+	 * reads from a warm cache.  The micro-VM backend gives the workload no
+	 * stdin yet, so this mode wants the process sandbox. */
 	HOSTAGENT_MODE_STDIO,
 };
 
@@ -83,7 +89,9 @@ struct hostagent_function {
 	const char *revision_id;
 	uint32_t memory_mb;	  /* MemorySize: the sandbox's memory limit */
 	uint32_t timeout_s;	  /* Timeout: an invocation is ended after this */
-	char *const *env;	  /* Environment.Variables as "K=V", NULL-terminated; may be NULL */
+	/* Environment.Variables as "K=V", NULL-terminated; may be NULL.  Keys
+	 * Lambda reserves (hostagent_env_is_reserved) are ignored. */
+	char *const *env;
 	char *const *entrypoint;  /* ImageConfig overrides, NULL-terminated; NULL = the image's */
 	char *const *command;
 	const char *working_dir;  /* NULL = the image's */
@@ -101,8 +109,10 @@ struct hostagent_invoke_request {
 	const uint8_t *payload;	/* the event; may be NULL with len 0 */
 	size_t payload_len;
 	const char *request_id;	/* the invocation's id (a UUID) */
-	const char *trace_id;	/* X-Amzn-Trace-Id to pass on; may be NULL */
-	const char *client_context; /* base64 Lambda-Runtime-Client-Context; may be NULL */
+	const char *trace_id;	/* X-Amzn-Trace-Id to pass on; NULL = a new one */
+	/* X-Amz-Client-Context (base64); the runtime gets the decoded JSON as
+	 * Lambda-Runtime-Client-Context.  May be NULL. */
+	const char *client_context;
 	bool want_log_tail;	/* fill hostagent_invoke_result.log_tail */
 };
 
@@ -127,38 +137,55 @@ void hostagent_invoke_result_cleanup(struct hostagent_invoke_result *r);
 int hostagent_new(const struct hostagent_config *cfg, struct hostagent **out);
 
 /* End every sandbox (in-flight invocations fail with a function error naming
- * the shutdown), unmount, free; NULL is ok. */
+ * the shutdown, Sandbox.Failure), wait for the calls in progress to return,
+ * unmount, free; NULL is ok.  No call may start once this has begun. */
 void hostagent_free(struct hostagent *a);
 
 /* Run one invocation of |req->fn| and wait for it: take an idle warm sandbox
- * of that function version and revision, or start one (a cold start: attach
- * the image, start the sandbox, wait for the runtime's first
- * /runtime/invocation/next).  Function errors, timeouts ("Task timed out
- * after N.00 seconds"), a runtime that exits (Runtime.ExitError), never asks
- * for work, cannot start (Runtime.InvalidEntrypoint) or reports an init
- * error are results, not failures: 0 with |out->outcome| =
- * HOSTAGENT_FUNCTION_ERROR and Lambda's error JSON; the sandbox concerned is
- * ended.  Returns 0 with |*out| filled (hostagent_invoke_result_cleanup), or
- * -ENOENT if the image is not in the store, -EBUSY if the memory budget is
- * full of busy sandboxes, -ESHUTDOWN while the agent is being freed, or
+ * of that function version, revision and image, or start one (a cold start:
+ * attach the image, start the sandbox, wait for the runtime's first
+ * /runtime/invocation/next, for at most the function's timeout).  The event
+ * goes to the runtime with the deadline hand-over + Timeout.  Function
+ * errors, timeouts (Sandbox.Timedout, "<time> <id> Task timed out after
+ * N.00 seconds"), a runtime that exits (Runtime.ExitError), runs out of
+ * memory (Runtime.OutOfMemory), never asks for work, cannot start
+ * (Runtime.InvalidEntrypoint) or reports an init error are results, not
+ * failures: 0 with |out->outcome| = HOSTAGENT_FUNCTION_ERROR and Lambda's
+ * error JSON; the sandbox concerned is ended (after a handler's own error it
+ * stays warm).  |req->request_id| must be 1 to 128 printable characters
+ * without '/'.  Returns 0 with |*out| filled (hostagent_invoke_result_cleanup
+ * in every case), or -EINVAL for a bad request (logged), -ENOENT if the
+ * image is not in the store, -EBUSY if the memory budget is full of busy or
+ * provisioned sandboxes, -ESHUTDOWN while the agent is being freed, or
  * another -errno when no sandbox could be set up (logged). */
 int hostagent_invoke(struct hostagent *a, const struct hostagent_invoke_request *req,
 		     struct hostagent_invoke_result *out);
 
 /* Keep |n| initialised sandboxes of |fn| (provisioned concurrency): start the
- * missing ones in the background, and exempt that many from idle expiry and
- * eviction.  n = 0 releases them.  Returns 0 or -errno. */
+ * missing ones in the background (their runtimes see
+ * AWS_LAMBDA_INITIALIZATION_TYPE=provisioned-concurrency), replace those
+ * that end, and exempt them from idle expiry and eviction; invocations take
+ * them first.  A later call replaces the target; n = 0 releases them (they
+ * become ordinary warm sandboxes).  Returns 0, -EINVAL for a bad or plain
+ * mode function, -EBUSY if every provisioned sandbox together would not fit
+ * the memory budget, -ESHUTDOWN, or -ENOMEM. */
 int hostagent_provision(struct hostagent *a, const struct hostagent_function *fn, unsigned n);
 
-/* Drain every sandbox of function |name| whose version and revision differ
- * from |keep_version|/|keep_revision| (NULL: drain them all): idle ones end
- * now, busy ones end after their current invocation, never during it.  For
- * UpdateFunctionCode, UpdateFunctionConfiguration and DeleteFunction. */
-void hostagent_drain(struct hostagent *a, const char *name, const char *keep_version, const char *keep_revision);
+/* Drain the sandboxes of function |name| -- of its version |version| only,
+ * unless that is NULL -- whose revision is not |keep_revision| (NULL: all of
+ * them): idle ones end now, busy ones end after their current invocation,
+ * never during it.  Provisioned concurrency of what is drained is released
+ * too (provision again for the new revision).  For UpdateFunctionCode and
+ * UpdateFunctionConfiguration (|version| "$LATEST", the new revision: the
+ * published versions keep running) and DeleteFunction (a version, or
+ * NULL for the whole function, with no revision kept). */
+void hostagent_drain(struct hostagent *a, const char *name, const char *version, const char *keep_revision);
 
 struct hostagent_stats {
 	uint64_t memory_budget, memory_in_use;	/* bytes */
-	unsigned sandboxes, busy, idle, provisioned;
+	/* Sandboxes alive and not ending: sandboxes = starting + idle + busy. */
+	unsigned sandboxes, starting, busy, idle;
+	unsigned provisioned;	/* provisioned sandboxes that are initialised (idle or busy) */
 	uint64_t cold_starts, warm_starts, evictions, expirations;
 };
 
@@ -170,5 +197,10 @@ void hostagent_get_stats(struct hostagent *a, struct hostagent_stats *out);
  * |*out| is malloc'd.  Returns 0, -ENOENT if the function never ran here, or
  * -errno. */
 int hostagent_read_log(struct hostagent *a, const char *name, size_t max, char **out, size_t *out_len);
+
+/* True if Lambda reserves the environment variable |key| (AWS_REGION,
+ * AWS_LAMBDA_FUNCTION_NAME, _HANDLER, TZ, ...): a function's
+ * Environment.Variables cannot set it.  For the frontend's checks. */
+bool hostagent_env_is_reserved(const char *key);
 
 #endif

@@ -5,6 +5,13 @@
 # user, the tmpfs overlay, the pid/net/uts/mount namespaces, the seccomp
 # denylist, cgroup memory and pids limits (or the notice where the host has
 # none), timings, and that no mount, loop device or cgroup is left behind.
+# Long-lived sandboxes (sandbox.h's runtime_api_port, on_ready, stop_fd,
+# memory_peak): busybox wget and nc inside reach the Runtime API endpoint that
+# sandbox_run serves on the descriptor on_ready hands it (bodies byte for
+# byte both ways, a half-close), while a host process cannot connect to that
+# port on the host's 127.0.0.1; a workload that loops forever is ended
+# through stop_fd with nothing left running; on_ready can refuse; the peak
+# memory is at least what a workload touched.
 # ctest-labels: no-tsan (the sandbox is a process tree, not threads)
 . "$(dirname "$0")/lib.sh"
 
@@ -335,6 +342,85 @@ timeout 120 "$SBX" "$D" --user 0 -- sh -c 'echo scribble >/data/file.txt; cat /d
 [ "$(cat "$T/dir.out")" = "$(printf 'scribble\n1')" ] || die "rootfs dir write inside: $(cat "$T/dir.out")"
 [ "$(cat "$D/data/file.txt")" = "image data" ] || die "a write inside reached the host directory"
 pass "a plain rootfs directory runs the same entrypoint (mount kind dir); writes stay in the overlay"
+
+# ---- long-lived sandboxes: the Runtime API endpoint, on_ready, stop_fd, peak memory ----
+API_PORT=$(free_port) # free on the host, so nothing of the host's answers there either
+head -c 300000 /dev/urandom >"$T/api-body"
+BODY_SUM=$(sha256sum "$T/api-body" | cut -d' ' -f1)
+run "$T/api.out" --json --env AWS_LAMBDA_RUNTIME_API=10.0.0.1:1 --runtime-api "$API_PORT" \
+  --runtime-api-body-file "$T/api-body" --runtime-api-log "$T/api.log" -- sh -c '
+    api=$AWS_LAMBDA_RUNTIME_API
+    echo "api=$api"
+    wget -qO- "http://$api/2018-06-01/runtime/invocation/next" | sha256sum
+    wget -qO- --post-data=response-from-workload "http://$api/2018-06-01/runtime/invocation/id-1/response" | wc -c
+    head -c 125000 /dev/urandom | od -An -tx1 | tr -d " \n" >/tmp/upload # text: wget posts up to a NUL
+    sha256sum /tmp/upload | cut -d" " -f1
+    wget -qO /dev/null --post-file=/tmp/upload "http://$api/2018-06-01/runtime/invocation/id-2/response"
+    printf "GET /half-close HTTP/1.0\r\n\r\nsent-before-shutdown" | nc 127.0.0.1 "${api#*:}" | tail -c 300000 | sha256sum' ||
+  die "the Runtime API run failed: $(cat "$T/api.out" "$T/api.out.err")"
+[ "$(sed -n 1p "$T/api.out")" = "api=127.0.0.1:$API_PORT" ] || die "AWS_LAMBDA_RUNTIME_API inside: $(cat "$T/api.out")"
+[ "$(sed -n 2p "$T/api.out" | cut -d' ' -f1)" = "$BODY_SUM" ] || die "GET through the endpoint: body differs: $(cat "$T/api.out")"
+[ "$(sed -n 3p "$T/api.out" | tr -d ' ')" = 300000 ] || die "POST through the endpoint: answer length: $(cat "$T/api.out")"
+UP_SUM=$(sed -n 4p "$T/api.out")
+grep -qxF "body-sha256: $UP_SUM 250000" "$T/api.log" || die "a 250000-byte POST body did not reach the host intact: $(cat "$T/api.log")"
+[ "$(sed -n 5p "$T/api.out" | cut -d' ' -f1)" = "$BODY_SUM" ] || die "the half-closed exchange: body differs: $(cat "$T/api.out")"
+for want in "request: GET /2018-06-01/runtime/invocation/next HTTP/1.1" "body: response-from-workload" \
+  "request: POST /2018-06-01/runtime/invocation/id-1/response HTTP/1.1" "request: GET /half-close HTTP/1.0" \
+  "body: sent-before-shutdown"; do
+  grep -qxF "$want" "$T/api.log" || die "the host side did not read \"$want\": $(cat "$T/api.log")"
+done
+tail -1 "$T/api.out.err" | jq -e '.api_served == 4 and .stopped == false' >/dev/null || die "summary: $(tail -1 "$T/api.out.err")"
+pass "Runtime API endpoint in the sandbox's netns: AWS_LAMBDA_RUNTIME_API=127.0.0.1:$API_PORT (over --env); 300000 bytes to the workload and 250000 from it, byte for byte; a half-closed request answered"
+
+# A long-lived sandbox: it holds the endpoint while the host tries the same
+# port, then loops forever until stop_fd (SIGUSR1 to sandbox_run) ends it.
+"$SBX" "$IMG" --config "$T/inspect.json" --json --timeout 300 --mem $((256 << 20)) --runtime-api "$API_PORT" \
+  --stop-on-signal -- sh -c 'wget -qO- "http://$AWS_LAMBDA_RUNTIME_API/next"; echo ready; while :; do :; done' \
+  >"$T/ll.out" 2>"$T/ll.out.err" &
+LL=$!
+track_pid "$LL"
+for ((i = 0; i < 1200; i++)); do grep -qx ready "$T/ll.out" && break; sleep 0.1; done
+[ "$(cat "$T/ll.out")" = "$(printf 'kindling-runtime-api\nready')" ] || die "the long-lived sandbox did not get going: $(cat "$T/ll.out" "$T/ll.out.err")"
+if (exec 3<>"/dev/tcp/127.0.0.1/$API_PORT") 2>/dev/null; then
+  die "a host process connected to 127.0.0.1:$API_PORT while the sandbox listens there"
+fi
+M_PID=$(sed -n 's/^sandbox_run: ready: pid \([0-9]*\), memory peak file .*/\1/p' "$T/ll.out.err")
+PEAK_FILE=$(sed -n 's/^sandbox_run: ready: pid [0-9]*, memory peak file //p' "$T/ll.out.err")
+[ -n "$M_PID" ] || die "on_ready did not report: $(cat "$T/ll.out.err")"
+PROCS=$M_PID CGDIR=""
+if [ "$CG" != none ]; then
+  [ -r "$PEAK_FILE" ] || die "on_ready's memory peak file is not readable: $PEAK_FILE"
+  CGDIR=$(dirname "$PEAK_FILE")
+  PROCS=$(cat "$CGDIR/cgroup.procs")
+  [ "$(echo "$PROCS" | wc -l)" -ge 3 ] || die "the sandbox's cgroup lists $(echo $PROCS): want monitor, init and workload"
+fi
+kill -USR1 "$LL"
+rc=0; wait "$LL" || rc=$?
+J=$(tail -1 "$T/ll.out.err")
+[ "$rc" = 137 ] && echo "$J" | jq -e '.stopped and (.timed_out | not) and .term_signal == 9' >/dev/null ||
+  die "stop_fd did not end the sandbox as a stop: rc $rc, $J"
+for pid in $PROCS; do
+  state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)
+  [ -z "$state" ] || [ "$state" = Z ] || die "pid $pid of the stopped sandbox is still running (state $state)"
+done
+[ -z "$CGDIR" ] || [ ! -d "$CGDIR" ] || die "the stopped sandbox's cgroup $CGDIR is still there"
+pass "a host process cannot reach 127.0.0.1:$API_PORT while the sandbox listens there; stop_fd ended a busy loop (stopped, 137); its $(echo $PROCS | wc -w) processes and its cgroup are gone"
+
+# on_ready refusing: the workload never runs.
+rc=0; run "$T/ref.out" --json --ready-refuse -- sh -c 'echo ran' || rc=$?
+[ "$rc" = 125 ] && [ ! -s "$T/ref.out" ] && tail -1 "$T/ref.out.err" | jq -e '.error == "Operation canceled"' >/dev/null ||
+  die "a refusing on_ready: rc $rc, $(cat "$T/ref.out" "$T/ref.out.err")"
+# The peak memory: at least what the workload touched, read from its cgroup.
+if [ "$CG" != none ]; then
+  run "$T/peak.out" --json --mem $((256 << 20)) -- hog 64
+  PEAK=$(tail -1 "$T/peak.out.err" | jq .memory_peak)
+  [ "$PEAK" -ge $((64 << 20)) ] && [ "$PEAK" -le $((256 << 20)) ] || die "memory_peak $PEAK after touching 64 MiB under a 256 MiB limit"
+  run "$T/peak.out" --json -- true
+  [ "$(tail -1 "$T/peak.out.err" | jq .memory_peak)" = 0 ] || die "memory_peak without a memory cgroup should be 0"
+  pass "on_ready can refuse (the workload never ran); memory_peak $PEAK bytes after a 64 MiB hog (cgroup $CG)"
+else
+  pass "on_ready can refuse (the workload never ran); no cgroups here, so no memory_peak to check"
+fi
 
 # ---- nothing left behind ------------------------------------------------------
 sleep 0.2

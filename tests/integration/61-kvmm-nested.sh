@@ -18,7 +18,16 @@
 #    killed by SIGTERM as 143, and it started with no signal ignored;
 #  - `kindling run --isolation microvm` (the micro-VM sandbox backend, over
 #    a lazily attached image on FUSE) prints the entrypoint's output and
-#    exits with its status.
+#    exits with its status;
+#  - the Runtime API through vsock: sandbox_run --isolation microvm
+#    --runtime-api 9001 serves the socket on_ready hands it
+#    ({uds_path}_1025); in the guest, busybox wget and nc reach
+#    127.0.0.1:9001 (AWS_LAMBDA_RUNTIME_API), the guest init relays each
+#    connection over its own vsock stream, and the host reads the requests
+#    and answers them: 300000 bytes to the workload and 250000 from it byte
+#    for byte, and a half-closed request answered;
+#  - stop_fd: a workload looping forever in the VM is ended through it
+#    (stopped, 137), with no kvmm and no run directory left.
 # The whole test takes a few minutes here (TCG).
 # ctest-labels: no-asan (a QEMU guest running kvmm: minutes under emulation; kvmm's API test 62 runs under ASan); no-tsan (as no-asan; the vsock device is unit-tested under TSan)
 . "$(dirname "$0")/lib.sh"
@@ -29,7 +38,7 @@ for tool in qemu-system-x86_64 cpio gzip umoci curl objcopy; do
 done
 [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || die "a static /bin/busybox is needed (busybox-static)"
 B=$KINDLING_BUILD_DIR
-for prog in kvmm kindling kindling-guest-init guest_peer; do
+for prog in kvmm kindling kindling-guest-init guest_peer sandbox_run; do
   [ -x "$B/$prog" ] || die "$prog is not built in $B"
 done
 
@@ -48,7 +57,9 @@ umoci unpack --image img:v1 bundle >/dev/null
 R=bundle/rootfs
 mkdir -p "$R"/{bin,etc,app,home/app}
 cp /bin/busybox "$R/bin/busybox"
-for a in sh cat id pwd echo ls env sleep true grep; do ln -sf busybox "$R/bin/$a"; done
+for a in sh cat id pwd echo ls env sleep true grep wget nc head tail od tr cut sha256sum; do
+  ln -sf busybox "$R/bin/$a"
+done
 printf 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n' >"$R/etc/passwd"
 printf 'root:x:0:\napp:x:1000:\nstaff:x:50:app\n' >"$R/etc/group"
 echo "$token" >"$R/etc/hello"
@@ -70,7 +81,7 @@ P=$T/payload
 mkdir -p "$P/home"
 "$CHUNKIFY" export nested:1 "$P/rootfs.erofs" || die "chunkify export failed"
 cp -a "$KINDLING_HOME/." "$P/home/" # the store, and the tenant key that sealed the manifest
-cp "$B/kvmm" "$B/kindling" "$B/guest_peer" "$(command -v curl)" "$P/"
+cp "$B/kvmm" "$B/kindling" "$B/guest_peer" "$B/sandbox_run" "$(command -v curl)" "$P/"
 cp "$vmlinuz" "$P/vmlinuz"
 "$KINDLING_SOURCE_DIR/scripts/guest-initramfs.sh" --init "$B/kindling-guest-init" "$P/initrd.cpio.gz" "$kroot" \
   2>"$T/initramfs.log" || { cat "$T/initramfs.log" >&2; die "scripts/guest-initramfs.sh failed"; }
@@ -182,6 +193,49 @@ wait $k; rc=$?
 [ "$(head -1 /tmp/run.out)" = "$token" ] || fail "kindling run: output '$(head -1 /tmp/run.out)'"
 grep -q "greeting=image .*args=one" /tmp/run.out || fail "kindling run: the image's env and cmd: $(sed -n 2p /tmp/run.out)"
 ok "kindling run --isolation microvm: exit 7, $(sed -n 2p /tmp/run.out); $(grep 'first output' /tmp/run.err | head -1)"
+
+# 6. The Runtime API through vsock, served by the caller of the micro-VM backend.
+head -c 300000 /dev/urandom >/tmp/api-body
+body_sum=$(sha256sum /tmp/api-body | cut -d' ' -f1)
+timeout 200 ./sandbox_run /payload/rootfs.erofs --isolation microvm --json --env AWS_LAMBDA_RUNTIME_API=10.0.0.1:1 \
+	--runtime-api 9001 --runtime-api-body-file /tmp/api-body --runtime-api-log /tmp/rapi.log -- sh -c '
+	api=$AWS_LAMBDA_RUNTIME_API
+	echo "api=$api"
+	wget -qO- "http://$api/2018-06-01/runtime/invocation/next" | sha256sum | cut -d" " -f1
+	head -c 125000 /dev/urandom | od -An -tx1 | tr -d " \n" >/tmp/upload
+	sha256sum /tmp/upload | cut -d" " -f1
+	wget -qO /dev/null --post-file=/tmp/upload "http://$api/2018-06-01/runtime/invocation/id-1/response"
+	printf "GET /half-close HTTP/1.0\r\n\r\nsent-before-shutdown" | nc 127.0.0.1 "${api#*:}" | tail -c 300000 |
+		sha256sum | cut -d" " -f1' </dev/null >/tmp/rapi.out 2>/tmp/rapi.err
+rc=$?
+[ $rc = 0 ] || fail "the Runtime API run exited $rc"
+[ "$(sed -n 1p /tmp/rapi.out)" = "api=127.0.0.1:9001" ] || fail "AWS_LAMBDA_RUNTIME_API in the guest: $(sed -n 1p /tmp/rapi.out)"
+[ "$(sed -n 2p /tmp/rapi.out)" = "$body_sum" ] || fail "GET through vsock: the body differs"
+grep -qxF "body-sha256: $(sed -n 3p /tmp/rapi.out) 250000" /tmp/rapi.log || fail "the 250000-byte POST body did not reach the host intact"
+[ "$(sed -n 4p /tmp/rapi.out)" = "$body_sum" ] || fail "the half-closed exchange: the body differs"
+for want in "request: GET /2018-06-01/runtime/invocation/next HTTP/1.1" \
+	"request: POST /2018-06-01/runtime/invocation/id-1/response HTTP/1.1" \
+	"request: GET /half-close HTTP/1.0" "body: sent-before-shutdown"; do
+	grep -qxF "$want" /tmp/rapi.log || fail "the host did not read '$want'"
+done
+tail -1 /tmp/rapi.err | grep -q '"api_served":3,' || fail "summary: $(tail -1 /tmp/rapi.err)"
+tail -1 /tmp/rapi.err | grep -q '"memory_peak":0,' || fail "a micro-VM has no memory cgroup: $(tail -1 /tmp/rapi.err)"
+ok "Runtime API over vsock: wget and nc in the guest reached 127.0.0.1:9001; 300000 bytes down, 250000 up byte for byte; a half-closed request answered"
+
+# 7. stop_fd ends a workload that loops forever in the VM.
+./sandbox_run /payload/rootfs.erofs --isolation microvm --json --timeout 300 --stop-on-signal -- \
+	sh -c 'echo looping; while :; do :; done' </dev/null >/tmp/stop.out 2>/tmp/stop.err &
+s=$!
+i=0; while ! grep -q looping /tmp/stop.out && kill -0 $s 2>/dev/null && [ $i -lt 3000 ]; do sleep 0.1; i=$((i+1)); done
+grep -q looping /tmp/stop.out || { kill -9 $s; fail "the looping workload never started"; }
+kill -USR1 $s
+wait $s; rc=$?
+[ $rc = 137 ] || fail "stopped through stop_fd: exit $rc, want 137"
+tail -1 /tmp/stop.err | grep -q '"stopped":true' || fail "not reported as stopped: $(tail -1 /tmp/stop.err)"
+ps -o pid,comm >/tmp/stop-ps.out
+grep -qw kvmm /tmp/stop-ps.out && fail "kvmm still running after the stop"
+ls -d /tmp/kindling-vm.* >/dev/null 2>&1 && fail "a run directory was left behind: $(ls -d /tmp/kindling-vm.*)"
+ok "stop_fd ended a busy loop in the micro-VM: 137, stopped, no kvmm or run directory left"
 EOF
 chmod 755 "$P/nested.sh"
 
@@ -198,5 +252,5 @@ if [ $rc != 0 ]; then
   die "the nested run failed with $rc"
 fi
 n=$(grep -ac '^nested-ok' "$T/nested.out")
-[ "$n" = 5 ] || die "$n of 5 nested checks passed"
-pass "kvmm boots the guest initramfs and an imported image under nested KVM; invocation, output and exit status over vsock; Firecracker API; init failures; kindling run --isolation microvm"
+[ "$n" = 7 ] || die "$n of 7 nested checks passed"
+pass "kvmm boots the guest initramfs and an imported image under nested KVM; invocation, output and exit status over vsock; Firecracker API; init failures; kindling run --isolation microvm; the Runtime API over vsock; stop_fd"

@@ -133,7 +133,7 @@ int main(int argc, char **argv)
 	}
 	close(lfd);
 	t_conn = now_seconds() - t0;
-	int r = guest_invocation_send(fd, (const char *const *)(argv + optind), env, workdir, user);
+	int r = guest_invocation_send(fd, (const char *const *)(argv + optind), env, workdir, user, NULL);
 	if (r < 0) {
 		fprintf(stderr, "guest_peer: send the invocation: %s\n", strerror(-r));
 		return 125;

@@ -168,6 +168,25 @@ static void test_refusals(void)
 	n = put(buf, 0, 'F', "", 0);
 	CHECK(decode_one(GUEST_DIR_GUEST_TO_HOST, buf, n, &why) == -EPROTO);
 
+	/* 'P': exactly 6 bytes, both ports usable, host to guest only. */
+	uint8_t ap[GUEST_API_LEN];
+	struct guest_api api = { .tcp_port = 9001, .vsock_port = 1025 }, back;
+	guest_api_encode(ap, &api);
+	CHECK(ap[0] == 0x29 && ap[1] == 0x23 && ap[2] == 0x01 && ap[3] == 0x04 && ap[4] == 0 && ap[5] == 0);
+	n = put(buf, 0, 'P', ap, GUEST_API_LEN);
+	CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, n, &why) == 1);
+	CHECK(decode_one(GUEST_DIR_GUEST_TO_HOST, buf, n, &why) == -EPROTO);
+	n = put(buf, 0, 'P', ap, GUEST_API_LEN - 1);
+	CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, n, &why) == -EPROTO && strstr(why, "6 bytes"));
+	CHECK(guest_api_decode(ap, GUEST_API_LEN, &back) == 0 && back.tcp_port == 9001 && back.vsock_port == 1025);
+	static const struct guest_api bad_api[] = { { 0, 1025 }, { 9001, 0 }, { 9001, 0xffffffffu } };
+	for (size_t i = 0; i < sizeof(bad_api) / sizeof(bad_api[0]); i++) {
+		guest_api_encode(ap, &bad_api[i]);
+		n = put(buf, 0, 'P', ap, GUEST_API_LEN);
+		CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, n, &why) == -EPROTO && strstr(why, "port"));
+		CHECK(guest_api_decode(ap, GUEST_API_LEN, &back) == -EPROTO);
+	}
+
 	int32_t c, s;
 	CHECK(guest_exit_decode(buf, 7, &c, &s) == -EPROTO);
 	CHECK(guest_frame_send(-1, 'O', buf, (size_t)GUEST_FRAME_MAX + 1) == -EMSGSIZE);
@@ -194,12 +213,21 @@ static void test_invocation(void)
 	CHECK(add(&inv, 'U', "1000:1000", &why) == 0);
 	CHECK(add(&inv, 'U', "0", &why) == -EPROTO);
 	CHECK(add(&inv, 'O', "out", &why) == -EPROTO);
+	uint8_t ap[GUEST_API_LEN];
+	guest_api_encode(ap, &(struct guest_api){ .tcp_port = 0, .vsock_port = 1025 });
+	struct guest_frame pf = { .type = 'P', .payload = ap, .len = GUEST_API_LEN };
+	CHECK(guest_invocation_add(&inv, &pf, &why) == -EPROTO && inv.api.tcp_port == 0);
+	guest_api_encode(ap, &(struct guest_api){ .tcp_port = 8080, .vsock_port = 5000 });
+	CHECK(guest_invocation_add(&inv, &pf, &why) == 0);
+	CHECK(guest_invocation_add(&inv, &pf, &why) == -EPROTO && strstr(why, "second"));
 	CHECK(add(&inv, 'G', "", &why) == 1 && inv.complete);
 	CHECK(add(&inv, 'A', "late", &why) == -EPROTO && strstr(why, "after"));
 	CHECK(inv.argc == 9 && strcmp(inv.argv[0], "/bin/sh") == 0 && inv.argv[9] == NULL);
 	CHECK(inv.envc == 1 && strcmp(inv.envp[0], "A=1") == 0 && inv.envp[1] == NULL);
 	CHECK(strcmp(inv.workdir, "/app") == 0 && strcmp(inv.user, "1000:1000") == 0);
+	CHECK(inv.api.tcp_port == 8080 && inv.api.vsock_port == 5000);
 	guest_invocation_cleanup(&inv);
+	CHECK(inv.api.tcp_port == 0);
 	CHECK(inv.argc == 0 && inv.argv == NULL);
 
 	/* Limits: the argument count, then the total size. */
@@ -232,12 +260,15 @@ static void test_send_over_pipe(void)
 	CHECK(pipe(p) == 0);
 	const char *argv[] = { "/bin/echo", "", "two words", NULL };
 	const char *envp[] = { "PATH=/bin", "X=a=b", NULL };
-	CHECK(guest_invocation_send(p[1], argv, envp, "/work", "app:staff") == 0);
+	const struct guest_api api = { .tcp_port = 9001, .vsock_port = 1025 };
+	CHECK(guest_invocation_send(p[1], argv, envp, "/work", "app:staff", &api) == 0);
+	const struct guest_api no_port = { .tcp_port = 0, .vsock_port = 1025 };
+	CHECK(guest_invocation_send(p[1], argv, NULL, NULL, NULL, &no_port) == -EINVAL);
 	const char *bad[] = { "ok", NULL };
 	const char *badenv[] = { "NOEQ", NULL };
-	CHECK(guest_invocation_send(p[1], bad, badenv, NULL, NULL) == -EINVAL);
+	CHECK(guest_invocation_send(p[1], bad, badenv, NULL, NULL, NULL) == -EINVAL);
 	const char *none[] = { NULL };
-	CHECK(guest_invocation_send(p[1], none, NULL, NULL, NULL) == -EINVAL);
+	CHECK(guest_invocation_send(p[1], none, NULL, NULL, NULL, NULL) == -EINVAL);
 	close(p[1]);
 
 	struct guest_decoder d;
@@ -269,6 +300,7 @@ static void test_send_over_pipe(void)
 	CHECK(inv.argc == 3 && strcmp(inv.argv[1], "") == 0 && strcmp(inv.argv[2], "two words") == 0);
 	CHECK(inv.envc == 2 && strcmp(inv.envp[1], "X=a=b") == 0);
 	CHECK(inv.workdir && strcmp(inv.workdir, "/work") == 0 && inv.user && strcmp(inv.user, "app:staff") == 0);
+	CHECK(inv.api.tcp_port == 9001 && inv.api.vsock_port == 1025);
 	/* The refused second invocation left "A ok" in the pipe before failing on its env. */
 	guest_invocation_cleanup(&inv);
 	guest_decoder_cleanup(&d);

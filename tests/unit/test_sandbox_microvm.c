@@ -4,8 +4,12 @@
  * whole run against a stand-in for kvmm (a script that reads the config
  * file, connects to "{uds_path}_1024" as the guest init does, checks the
  * invocation and answers with output and an exit status), including a
- * timeout, a kvmm that dies at once, and a guest that talks nonsense.  Every
- * run must leave its temporary directory behind it removed. */
+ * timeout, a kvmm that dies at once, and a guest that talks nonsense; and the
+ * long-lived parts: the Runtime API endpoint (the 'P' frame, the variable,
+ * the "{uds_path}_1025" socket handed to on_ready, which the stand-in
+ * connects to as kvmm does for the guest init's streams, with a half-close),
+ * on_ready refusing, and stop_fd before and after the guest connects.
+ * Every run must leave its temporary directory behind it removed. */
 /* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <dirent.h>
 #include <errno.h>
@@ -14,7 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -49,8 +55,25 @@ static const char fake_kvmm[] =
 	"    p = rd(struct.unpack('<I', rd(4))[0])\n"
 	"    if t == 'G':\n"
 	"        break\n"
-	"    inv.append(t + ':' + p.decode())\n"
+	"    if t == 'P':\n"
+	"        inv.append('P:%d:%d' % struct.unpack('<HI', p))\n"
+	"    else:\n"
+	"        inv.append(t + ':' + p.decode())\n"
 	"argv = [x[2:] for x in inv if x[0] == 'A']\n"
+	"if argv[0] == 'api':\n"
+	"    # What kvmm does with a stream the guest init opens to the 'P' vsock port.\n"
+	"    port = [x for x in inv if x[0] == 'P'][0].split(':')[2]\n"
+	"    a = socket.socket(socket.AF_UNIX)\n"
+	"    a.connect(cfg['vsock']['uds_path'] + '_' + port)\n"
+	"    a.sendall(b'GET /next HTTP/1.1\\r\\n\\r\\n')\n"
+	"    a.shutdown(socket.SHUT_WR)\n"
+	"    reply = b''\n"
+	"    while True:\n"
+	"        c = a.recv(4096)\n"
+	"        if not c:\n"
+	"            break\n"
+	"        reply += c\n"
+	"    inv.append('reply:' + reply.decode())\n"
 	"if argv[0] == 'sleep':\n"
 	"    time.sleep(30)\n"
 	"if argv[0] == 'garbage':\n"
@@ -180,8 +203,11 @@ static void test_pick(void)
 }
 
 /* A run against the stand-in; the workload's stdout lands in a file. */
-static int run(const struct microvm_paths *p, char *const *argv, double timeout, struct sandbox_result *res,
-	       char *outbuf, size_t outlen)
+/* A run against the stand-in; the workload's stdout lands in |outbuf|.  The
+ * long-lived fields (runtime_api_port, on_ready, ready_arg, stop_fd) come
+ * from |ll| when it is not NULL. */
+static int run_ll(const struct microvm_paths *p, char *const *argv, double timeout, const struct sandbox_spec *ll,
+		  struct sandbox_result *res, char *outbuf, size_t outlen)
 {
 	char outp[160], errp[160];
 	snprintf(outp, sizeof(outp), "%s/out", dir);
@@ -201,6 +227,12 @@ static int run(const struct microvm_paths *p, char *const *argv, double timeout,
 				  .err_fd = e,
 				  .t0 = now_seconds(),
 				  .timeout_s = timeout };
+	if (ll) {
+		s.runtime_api_port = ll->runtime_api_port;
+		s.on_ready = ll->on_ready;
+		s.ready_arg = ll->ready_arg;
+		s.stop_fd = ll->stop_fd;
+	}
 	memset(res, 0, sizeof(*res));
 	res->exit_code = -1;
 	res->first_output_s = -1;
@@ -209,12 +241,120 @@ static int run(const struct microvm_paths *p, char *const *argv, double timeout,
 	outbuf[n > 0 ? n : 0] = '\0';
 	char eb[64] = "";
 	n = pread(e, eb, sizeof(eb) - 1, 0);
-	CHECK(r < 0 || res->timed_out || (n == 5 && memcmp(eb, "oops\n", 5) == 0));
+	CHECK(r < 0 || res->timed_out || res->stopped || (n == 5 && memcmp(eb, "oops\n", 5) == 0));
 	close(o);
 	close(e);
 	unlink(outp);
 	unlink(errp);
 	return r;
+}
+
+static int run(const struct microvm_paths *p, char *const *argv, double timeout, struct sandbox_result *res,
+	       char *outbuf, size_t outlen)
+{
+	return run_ll(p, argv, timeout, NULL, res, outbuf, outlen);
+}
+
+/* What on_ready saw and did. */
+struct ready_probe {
+	int calls;
+	struct sandbox_ready seen;
+	pid_t server;	 /* the process serving the endpoint, or -1 */
+	int refuse;	 /* returned from on_ready */
+	int stop_w;	 /* written from on_ready when >= 0: a stop while the workload runs */
+};
+
+/* The endpoint's host side: one connection, read until the client's
+ * half-close, answer "reply:" and what it sent, close. */
+static void serve_one(int lfd)
+{
+	int c = accept(lfd, NULL, NULL);
+	if (c < 0)
+		_exit(1);
+	char req[512];
+	size_t have = 0;
+	ssize_t n;
+	while (have < sizeof(req) && (n = read(c, req + have, sizeof(req) - have)) > 0)
+		have += (size_t)n;
+	if (write_full(c, "reply:", 6) < 0 || write_full(c, req, have) < 0)
+		_exit(1);
+	_exit(0);
+}
+
+static int probe_ready(void *arg, const struct sandbox_ready *rd)
+{
+	struct ready_probe *pr = arg;
+	pr->calls++;
+	pr->seen = *rd;
+	if (rd->runtime_api_fd >= 0 && !pr->refuse) {
+		pr->server = fork();
+		if (pr->server == 0)
+			serve_one(rd->runtime_api_fd);
+	}
+	if (rd->runtime_api_fd >= 0)
+		close(rd->runtime_api_fd); /* the callee owns it, whatever it returns */
+	if (pr->stop_w >= 0)
+		CHECK(write(pr->stop_w, "s", 1) == 1);
+	return pr->refuse;
+}
+
+static void test_long_lived(const struct microvm_paths *p)
+{
+	struct sandbox_result res;
+	char out[4096];
+
+	/* The endpoint: the variable and the 'P' frame go to the guest, the
+	 * socket kvmm connects its streams to goes to on_ready, bytes pass both
+	 * ways and the client's half-close reaches the server. */
+	struct ready_probe pr = { .server = -1, .stop_w = -1 };
+	struct sandbox_spec ll = { .runtime_api_port = 9001, .on_ready = probe_ready, .ready_arg = &pr };
+	char *api[] = { "api", NULL };
+	CHECK(run_ll(p, api, 20, &ll, &res, out, sizeof(out)) == 0);
+	CHECK(pr.calls == 1 && pr.seen.runtime_api_fd >= 0 && pr.seen.pid > 0 && pr.seen.memory_peak_path[0] == '\0');
+	CHECK(strstr(out, "E:AWS_LAMBDA_RUNTIME_API=127.0.0.1:9001\n") != NULL);
+	CHECK(strstr(out, "P:9001:1025\n") != NULL);
+	CHECK(strstr(out, "reply:GET /next HTTP/1.1\r\n\r\n") != NULL);
+	CHECK(res.exit_code == 7 && !res.stopped && res.memory_peak == 0);
+	int st = -1;
+	CHECK(pr.server > 0 && waitpid(pr.server, &st, 0) == pr.server && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	CHECK(dir_empty(tmpdir));
+
+	/* Without a port, on_ready still comes, with no socket; the guest gets
+	 * no 'P' and no variable. */
+	pr = (struct ready_probe){ .server = -1, .stop_w = -1 };
+	ll.runtime_api_port = 0;
+	CHECK(run_ll(p, NULL, 20, &ll, &res, out, sizeof(out)) == 0);
+	CHECK(pr.calls == 1 && pr.seen.runtime_api_fd == -1 && !strstr(out, "P:") && !strstr(out, "AWS_LAMBDA"));
+	CHECK(dir_empty(tmpdir));
+
+	/* A port without on_ready has nobody to hand the endpoint to. */
+	struct sandbox_spec bad = { .image_path = "/x", .out_fd = 1, .err_fd = 2, .runtime_api_port = 9001 };
+	CHECK(sandbox_run(&sandbox_microvm, &bad, &res) == -EINVAL);
+
+	/* on_ready refuses: the workload never starts, its value comes back. */
+	pr = (struct ready_probe){ .server = -1, .stop_w = -1, .refuse = -ECANCELED };
+	ll.runtime_api_port = 9001;
+	CHECK(run_ll(p, api, 20, &ll, &res, out, sizeof(out)) == -ECANCELED);
+	CHECK(pr.calls == 1 && pr.seen.runtime_api_fd >= 0 && out[0] == '\0');
+	CHECK(dir_empty(tmpdir));
+
+	/* stop_fd while the workload runs: a result, like a timeout. */
+	int sp[2];
+	CHECK(pipe(sp) == 0);
+	pr = (struct ready_probe){ .server = -1, .stop_w = sp[1] };
+	ll = (struct sandbox_spec){ .on_ready = probe_ready, .ready_arg = &pr, .stop_fd = sp[0] };
+	char *sleeper[] = { "sleep", NULL };
+	CHECK(run_ll(p, sleeper, 0, &ll, &res, out, sizeof(out)) == 0);
+	CHECK(res.stopped && !res.timed_out && res.term_signal == SIGKILL && res.exit_code == -1);
+	CHECK(dir_empty(tmpdir));
+
+	/* ... and before the guest even connected: on_ready never comes. */
+	pr = (struct ready_probe){ .server = -1, .stop_w = -1 };
+	CHECK(run_ll(p, sleeper, 0, &ll, &res, out, sizeof(out)) == 0);
+	CHECK(res.stopped && pr.calls == 0);
+	CHECK(dir_empty(tmpdir));
+	close(sp[0]);
+	close(sp[1]);
 }
 
 static void test_run(void)
@@ -259,6 +399,8 @@ static void test_run(void)
 	char *fail[] = { "fail", NULL };
 	CHECK(run(&p, fail, 20, &res, out, sizeof(out)) == -EIO);
 	CHECK(dir_empty(tmpdir));
+
+	test_long_lived(&p);
 
 	/* kvmm that dies before the guest connects. */
 	write_exec(p.kvmm, dead_kvmm);

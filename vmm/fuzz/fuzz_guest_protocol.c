@@ -5,7 +5,8 @@
  *        bits 1..7: the feed step (0 = everything at once, else 1..127 bytes)
  *   [1..] the stream
  * Every frame that comes out must pass guest_frame_check() again, be
- * re-encodable, and (host -> guest) go through guest_invocation_add(); the
+ * re-encodable ('P' payloads byte for byte through guest_api_encode()), and
+ * (host -> guest) go through guest_invocation_add(); the
  * decoder must consume every byte it is given until it reports an error. */
 /* ctest-labels: no-tsan (a single-threaded parser: nothing for ThreadSanitizer to check) */
 #include <errno.h>
@@ -70,6 +71,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				if (a < 0 && a != -EPROTO && a != -E2BIG && a != -ENOMEM)
 					abort();
 				if (a == 1 && (inv.argc == 0 || inv.argv[inv.argc] != NULL))
+					abort();
+				if (a == 0 && f.type == GUEST_FRAME_API && inv.api.tcp_port == 0)
+					abort();
+			}
+			if (f.type == GUEST_FRAME_API) {
+				struct guest_api api;
+				if (guest_api_decode(f.payload, f.len, &api) != 0 || api.tcp_port == 0)
+					abort();
+				uint8_t again[GUEST_API_LEN];
+				guest_api_encode(again, &api);
+				if (memcmp(again, f.payload, GUEST_API_LEN) != 0)
 					abort();
 			}
 			if (f.type == GUEST_FRAME_EXIT) {

@@ -11,10 +11,16 @@
  *   4. wait for /dev/vda, mount it EROFS read-only under a tmpfs-backed
  *      overlay, mount proc/sys/dev/tmp inside, and make it the root;
  *   5. read the invocation (vmm/guest/protocol.h: argv, env, workdir, user,
- *      then go); waiting here is how a warm VM idles;
- *   6. run it as the image's user (resolved from the image's /etc/passwd and
+ *      the Runtime API endpoint, then go); waiting here is how a warm VM
+ *      idles;
+ *   6. with a Runtime API endpoint, bring lo up and listen on
+ *      127.0.0.1:PORT; each connection accepted there gets a vsock stream of
+ *      its own to the host, and the relay (vmm/guest/relay.h) joins the two;
+ *   7. run it as the image's user (resolved from the image's /etc/passwd and
  *      /etc/group), relaying stdout and stderr as 'O' and 'R' frames;
- *   7. send 'X' with the exit status, sync, and power off.
+ *   8. once the command has exited and its output is drained, end every
+ *      Runtime API connection, send 'X' with the exit status, sync, and
+ *      power off.
  *
  * A failure at any step prints to the console, sends 'F' with what failed
  * (when the channel is up) and 'X' with 127 (command not found) or 126
@@ -49,6 +55,7 @@
 
 #include "common/common.h"
 #include "vmm/guest/protocol.h"
+#include "vmm/guest/relay.h"
 #include "sandbox/sandbox.h"
 
 #define EXIT_NOT_FOUND 127
@@ -456,6 +463,76 @@ static bool pump(struct init *in, int fd, uint8_t type, uint8_t *buf, bool *host
 	}
 }
 
+/* The Runtime API endpoint: the listening socket inside the guest, the vsock
+ * port its connections go to on the host, and the relay that joins them. */
+struct api {
+	int listen_fd; /* -1: no endpoint */
+	unsigned vsock_port;
+	struct guest_relay relay;
+};
+
+/* Listen on 127.0.0.1:|inv->api.tcp_port| (with lo up), if the invocation
+ * asks for an endpoint. */
+static void api_open(struct init *in, const struct guest_invocation *inv, struct api *a)
+{
+	a->listen_fd = -1;
+	a->vsock_port = inv->api.vsock_port;
+	guest_relay_init(&a->relay);
+	if (!inv->api.tcp_port)
+		return;
+	sandbox_loopback_up();
+	int r = sandbox_runtime_api_listen(inv->api.tcp_port, &a->listen_fd);
+	if (r < 0)
+		fail(in, EXIT_CANNOT_RUN, "listen for the Runtime API on 127.0.0.1:%u: %s", inv->api.tcp_port,
+		     strerror(-r));
+	fcntl(a->listen_fd, F_SETFL, O_NONBLOCK);
+	log_info("Runtime API on 127.0.0.1:%u, carried to the host's vsock port %u", inv->api.tcp_port,
+		 a->vsock_port);
+}
+
+/* Take one connection from the endpoint and open its stream to the host.  A
+ * connection that cannot get one is closed (the client sees it end). */
+static void api_accept(struct api *a)
+{
+	int c = accept4(a->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if (c < 0) {
+		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+			log_warn("Runtime API: accept: %s", strerror(errno));
+		return;
+	}
+	struct sockaddr_vm sa = {
+		.svm_family = AF_VSOCK,
+		.svm_cid = GUEST_PROTO_HOST_CID,
+		.svm_port = a->vsock_port,
+	};
+	int v = socket(AF_VSOCK, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int r = v < 0 ? -1 : connect(v, (struct sockaddr *)&sa, sizeof(sa));
+	if (v < 0 || (r < 0 && errno != EINPROGRESS)) {
+		log_warn("Runtime API: connect to the host (vsock port %u): %s; closing the workload's connection",
+			 a->vsock_port, strerror(errno));
+		close(c);
+		if (v >= 0)
+			close(v);
+		return;
+	}
+	if ((r = guest_relay_add(&a->relay, c, v, r < 0)) < 0)
+		log_warn("Runtime API: relay a connection: %s", strerror(-r));
+}
+
+/* End the endpoint and every connection through it. */
+static void api_close(struct api *a)
+{
+	if (a->listen_fd < 0)
+		return;
+	log_info("Runtime API: %zu connections open at the end, %llu ended, %llu cut short; %llu bytes to the host, "
+		 "%llu from it",
+		 guest_relay_count(&a->relay), (unsigned long long)a->relay.ended, (unsigned long long)a->relay.failed,
+		 (unsigned long long)a->relay.bytes[0], (unsigned long long)a->relay.bytes[1]);
+	guest_relay_cleanup(&a->relay);
+	close(a->listen_fd);
+	a->listen_fd = -1;
+}
+
 /* Reap every child that has exited (PID 1 inherits all orphans); note the
  * status of |pid| when it is among them. */
 static void reap(pid_t pid, bool *done, int *status)
@@ -497,6 +574,8 @@ static void run(struct init *in, struct guest_invocation *inv)
 		fail(in, EXIT_NOT_FOUND, "%s: command not found in the image", inv->argv[0]);
 	if (r < 0)
 		fail(in, EXIT_CANNOT_RUN, "%s: %s", inv->argv[0], strerror(-r));
+	struct api api;
+	api_open(in, inv, &api);
 
 	int out[2], err[2], st[2];
 	if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(st, O_CLOEXEC) < 0)
@@ -543,19 +622,27 @@ static void run(struct init *in, struct guest_invocation *inv)
 	bool out_open = true, err_open = true, done = false, host_gone = false;
 	int status = 0;
 	double exited_at = 0;
-	/* Until the command exits and its pipes close.  A daemon it left behind
-	 * may keep them open: after exit, DRAIN_GRACE_MS of silence ends it. */
-	while (!host_gone && (!done || out_open || err_open)) {
-		struct pollfd p[3] = {
+	/* Until the command exits, its pipes close and the relay has passed on
+	 * what it holds.  A daemon it left behind may keep them open: after
+	 * exit, DRAIN_GRACE_MS of silence ends it. */
+	while (!host_gone && (!done || out_open || err_open || guest_relay_pending(&api.relay))) {
+		struct pollfd p[4 + GUEST_RELAY_POLLFDS] = {
 			{ .fd = out_open ? out[0] : -1, .events = POLLIN },
 			{ .fd = err_open ? err[0] : -1, .events = POLLIN },
 			{ .fd = sfd, .events = POLLIN },
+			/* No new connections once the command is gone, or while the relay is full. */
+			{ .fd = !done && !guest_relay_full(&api.relay) ? api.listen_fd : -1, .events = POLLIN },
 		};
-		int pr = poll(p, 3, done ? DRAIN_GRACE_MS : -1);
+		nfds_t np = 4 + guest_relay_poll_set(&api.relay, p + 4);
+		int pr = poll(p, np, done ? DRAIN_GRACE_MS : -1);
 		if (pr < 0 && errno != EINTR)
 			fail(in, EXIT_CANNOT_RUN, "poll: %s", strerror(errno));
 		if (pr == 0 && done)
 			break;
+		if (pr > 0)
+			guest_relay_service(&api.relay, p + 4);
+		if (p[3].revents & POLLIN)
+			api_accept(&api);
 		if (out_open && (p[0].revents & (POLLIN | POLLHUP | POLLERR)))
 			out_open = pump(in, out[0], GUEST_FRAME_STDOUT, buf, &host_gone);
 		if (err_open && (p[1].revents & (POLLIN | POLLHUP | POLLERR)))
@@ -575,6 +662,7 @@ static void run(struct init *in, struct guest_invocation *inv)
 		log_err("the host is gone; powering off without an exit status");
 		power_off();
 	}
+	api_close(&api);
 	free(buf);
 	int32_t code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 	int32_t sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;

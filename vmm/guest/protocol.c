@@ -13,7 +13,7 @@ static bool type_known(enum guest_direction dir, uint8_t type)
 {
 	if (dir == GUEST_DIR_HOST_TO_GUEST)
 		return type == GUEST_FRAME_ARG || type == GUEST_FRAME_ENV || type == GUEST_FRAME_WORKDIR ||
-		       type == GUEST_FRAME_USER || type == GUEST_FRAME_GO;
+		       type == GUEST_FRAME_USER || type == GUEST_FRAME_API || type == GUEST_FRAME_GO;
 	return type == GUEST_FRAME_STDOUT || type == GUEST_FRAME_STDERR || type == GUEST_FRAME_FAIL ||
 	       type == GUEST_FRAME_EXIT;
 }
@@ -30,7 +30,7 @@ static bool is_text(uint8_t type)
 static int check_header(enum guest_direction dir, uint8_t type, size_t len, const char **why)
 {
 	if (!type_known(dir, type)) {
-		*why = dir == GUEST_DIR_HOST_TO_GUEST ? "unknown frame type (host to guest: A E W U G)"
+		*why = dir == GUEST_DIR_HOST_TO_GUEST ? "unknown frame type (host to guest: A E W U P G)"
 						      : "unknown frame type (guest to host: O R F X)";
 		return -EPROTO;
 	}
@@ -48,6 +48,12 @@ static int check_header(enum guest_direction dir, uint8_t type, size_t len, cons
 	case GUEST_FRAME_EXIT:
 		if (len != GUEST_EXIT_LEN) {
 			*why = "'X' frame not 8 bytes long";
+			return -EPROTO;
+		}
+		break;
+	case GUEST_FRAME_API:
+		if (len != GUEST_API_LEN) {
+			*why = "'P' frame not 6 bytes long";
 			return -EPROTO;
 		}
 		break;
@@ -77,6 +83,14 @@ int guest_frame_check(enum guest_direction dir, uint8_t type, const uint8_t *pay
 	int r = check_header(dir, type, len, why);
 	if (r < 0)
 		return r;
+	if (type == GUEST_FRAME_API) {
+		struct guest_api api;
+		if (guest_api_decode(payload, len, &api) < 0) {
+			*why = "'P' frame with port 0 or a vsock port one cannot connect to";
+			return -EPROTO;
+		}
+		return 0;
+	}
 	if (!is_text(type))
 		return 0;
 	if (len && memchr(payload, '\0', len)) {
@@ -239,6 +253,23 @@ int guest_exit_decode(const uint8_t *payload, size_t len, int32_t *code, int32_t
 	return 0;
 }
 
+void guest_api_encode(uint8_t out[GUEST_API_LEN], const struct guest_api *api)
+{
+	put_le16(out, api->tcp_port);
+	put_le32(out + 2, api->vsock_port);
+}
+
+int guest_api_decode(const uint8_t *payload, size_t len, struct guest_api *api)
+{
+	if (len != GUEST_API_LEN)
+		return -EPROTO;
+	api->tcp_port = get_le16(payload);
+	api->vsock_port = get_le32(payload + 2);
+	if (api->tcp_port == 0 || api->vsock_port == 0 || api->vsock_port == 0xffffffffu)
+		return -EPROTO;
+	return 0;
+}
+
 void guest_invocation_init(struct guest_invocation *inv)
 {
 	memset(inv, 0, sizeof(*inv));
@@ -329,9 +360,19 @@ int guest_invocation_add(struct guest_invocation *inv, const struct guest_frame 
 		*why = "more than 4096 arguments or environment entries";
 		return -E2BIG;
 	}
-	if ((f->type == GUEST_FRAME_WORKDIR && inv->workdir) || (f->type == GUEST_FRAME_USER && inv->user)) {
-		*why = "a second 'W' or 'U' frame";
+	if ((f->type == GUEST_FRAME_WORKDIR && inv->workdir) || (f->type == GUEST_FRAME_USER && inv->user) ||
+	    (f->type == GUEST_FRAME_API && inv->api.tcp_port)) {
+		*why = "a second 'W', 'U' or 'P' frame";
 		return -EPROTO;
+	}
+	if (f->type == GUEST_FRAME_API) {
+		if (guest_api_decode(f->payload, f->len, &inv->api) < 0) {
+			inv->api = (struct guest_api){ 0 };
+			*why = "'P' frame with port 0 or a vsock port one cannot connect to";
+			return -EPROTO;
+		}
+		inv->bytes += f->len + 1;
+		return 0;
 	}
 	char *s = dup_payload(f);
 	if (!s)
@@ -368,9 +409,13 @@ static int send_text(int fd, uint8_t type, const char *s)
 }
 
 int guest_invocation_send(int fd, const char *const *argv, const char *const *envp, const char *workdir,
-			  const char *user)
+			  const char *user, const struct guest_api *api)
 {
-	if (!argv || !argv[0])
+	uint8_t ap[GUEST_API_LEN];
+	struct guest_api check;
+	if (api)
+		guest_api_encode(ap, api);
+	if (!argv || !argv[0] || (api && guest_api_decode(ap, sizeof(ap), &check) < 0))
 		return -EINVAL;
 	int r;
 	for (size_t i = 0; argv[i]; i++)
@@ -382,6 +427,8 @@ int guest_invocation_send(int fd, const char *const *argv, const char *const *en
 	if (workdir && (r = send_text(fd, GUEST_FRAME_WORKDIR, workdir)) < 0)
 		return r;
 	if (user && (r = send_text(fd, GUEST_FRAME_USER, user)) < 0)
+		return r;
+	if (api && (r = guest_frame_send(fd, GUEST_FRAME_API, ap, sizeof(ap))) < 0)
 		return r;
 	return guest_frame_send(fd, GUEST_FRAME_GO, NULL, 0);
 }

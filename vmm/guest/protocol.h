@@ -9,12 +9,21 @@
  *
  *   host -> guest   'A' one argv element    'E' one "K=V"     'W' working dir (absolute)
  *                   'U' OCI user ("uid", "uid:gid", "name", "name:group")
+ *                   'P' the Runtime API endpoint: uint16 LE TCP port, uint32 LE
+ *                       vsock port (neither 0, the vsock port not 0xffffffff)
  *                   'G' go: the invocation is complete (empty)
  *   guest -> host   'O' stdout bytes        'R' stderr bytes
  *                   'F' a failure message from the init (text)
  *                   'X' exit: int32 LE exit code (-1 if killed by a signal), int32 LE signal
  *
  * After 'X' the init syncs and powers the VM off.
+ *
+ * With 'P', the init listens on 127.0.0.1:TCP-port inside the guest before it
+ * starts the command, and carries each connection accepted there over a vsock
+ * stream of its own that it opens to the host (CID 2) on the vsock port:
+ * kvmm connects that to the host's unix socket "{uds_path}_{vsock port}".
+ * Bytes pass unchanged both ways, a half-close is passed on, and every such
+ * connection ends when the command does (vmm/guest/relay.h).
  *
  * This file is the one codec both ends use: plain C and libc only, so the
  * static guest init links it too.  Nothing here logs; failures come back as
@@ -32,12 +41,14 @@
 #define GUEST_FRAME_HDR_LEN 5
 #define GUEST_FRAME_MAX (1u << 20)
 #define GUEST_EXIT_LEN 8
+#define GUEST_API_LEN 6
 
 enum guest_frame_type {
 	GUEST_FRAME_ARG = 'A',
 	GUEST_FRAME_ENV = 'E',
 	GUEST_FRAME_WORKDIR = 'W',
 	GUEST_FRAME_USER = 'U',
+	GUEST_FRAME_API = 'P',
 	GUEST_FRAME_GO = 'G',
 	GUEST_FRAME_STDOUT = 'O',
 	GUEST_FRAME_STDERR = 'R',
@@ -47,7 +58,7 @@ enum guest_frame_type {
 
 /* Which way frames flow: each end decodes only the types sent to it. */
 enum guest_direction {
-	GUEST_DIR_HOST_TO_GUEST, /* A E W U G */
+	GUEST_DIR_HOST_TO_GUEST, /* A E W U P G */
 	GUEST_DIR_GUEST_TO_HOST, /* O R F X */
 };
 
@@ -62,8 +73,9 @@ struct guest_frame {
 /* Check one frame against the rules of |dir|: a known type for that
  * direction, |len| <= GUEST_FRAME_MAX, and the payload rules: A, E, W, U and
  * F are text without NUL bytes; E has a '=' after a non-empty name; W starts
- * with '/'; U and F are not empty; G is empty; X is exactly GUEST_EXIT_LEN; O
- * and R are not empty.  Returns 0, -EPROTO (|*why| says what is wrong; |why|
+ * with '/'; U and F are not empty; G is empty; X is exactly GUEST_EXIT_LEN; P
+ * is exactly GUEST_API_LEN with ports guest_api_decode() accepts; O and R are
+ * not empty.  Returns 0, -EPROTO (|*why| says what is wrong; |why|
  * may be NULL) or -EMSGSIZE. */
 int guest_frame_check(enum guest_direction dir, uint8_t type, const uint8_t *payload, size_t len, const char **why);
 
@@ -122,6 +134,21 @@ void guest_exit_encode(uint8_t out[GUEST_EXIT_LEN], int32_t code, int32_t sig);
  * GUEST_EXIT_LEN. */
 int guest_exit_decode(const uint8_t *payload, size_t len, int32_t *code, int32_t *sig);
 
+/* Where the Runtime API endpoint lives: the TCP port inside the guest and the
+ * vsock port on the host.  tcp_port 0 means there is none. */
+struct guest_api {
+	uint16_t tcp_port;
+	uint32_t vsock_port;
+};
+
+/* The 'P' payload for |api|. */
+void guest_api_encode(uint8_t out[GUEST_API_LEN], const struct guest_api *api);
+
+/* Parse a 'P' payload.  Returns 0, or -EPROTO when |len| is not
+ * GUEST_API_LEN, the TCP port is 0, or the vsock port is 0 or 0xffffffff
+ * (VMADDR_PORT_ANY, nothing one can connect to). */
+int guest_api_decode(const uint8_t *payload, size_t len, struct guest_api *api);
+
 /* ---- the invocation, as the init collects it ------------------------------------------------------------------ */
 
 #define GUEST_INV_MAX_ARGS 4096
@@ -136,6 +163,7 @@ struct guest_invocation {
 	size_t envc;
 	char *workdir; /* NULL = the image's "/" */
 	char *user;    /* NULL = root */
+	struct guest_api api; /* api.tcp_port 0: no Runtime API endpoint */
 	size_t bytes;
 	bool complete; /* 'G' arrived */
 };
@@ -148,16 +176,17 @@ void guest_invocation_cleanup(struct guest_invocation *inv);
 
 /* Add one host -> guest frame (already checked by the decoder).  Returns 1
  * when 'G' completed the invocation, 0 when more frames are wanted, -EPROTO
- * for a second 'W' or 'U', any frame after 'G', 'G' before any 'A', or a
- * guest -> host type; -E2BIG past the GUEST_INV_MAX_* limits; -ENOMEM.
+ * for a second 'W', 'U' or 'P', any frame after 'G', 'G' before any 'A', a
+ * 'P' guest_api_decode() refuses, or a guest -> host type; -E2BIG past the GUEST_INV_MAX_* limits; -ENOMEM.
  * |*why| (if |why| is not NULL) says what was wrong. */
 int guest_invocation_add(struct guest_invocation *inv, const struct guest_frame *f, const char **why);
 
 /* Send an invocation to |fd|: one 'A' per element of the NULL-terminated
  * |argv| (at least one), one 'E' per element of |envp| (may be NULL), 'W'
- * and 'U' when not NULL, then 'G'.  Returns 0, -EINVAL (no argv, or an
- * element the guest would refuse), or what guest_frame_send() returns. */
+ * and 'U' when not NULL, 'P' when |api| is not NULL, then 'G'.  Returns 0,
+ * -EINVAL (no argv, or an element or port the guest would refuse), or what
+ * guest_frame_send() returns. */
 int guest_invocation_send(int fd, const char *const *argv, const char *const *envp, const char *workdir,
-			  const char *user);
+			  const char *user, const struct guest_api *api);
 
 #endif
