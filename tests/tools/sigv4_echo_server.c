@@ -2,7 +2,7 @@
  * request's AWS Signature Version 4 (common/sigv4) against a credentials
  * file and answers what it found, so that real AWS clients can be checked
  * against kindling's verifier.  Driven by
- * tests/integration/70-sigv4-botocore.sh.
+ * tests/integration/72-sigv4-botocore.sh.
  *
  *   sigv4_echo_server --credentials FILE [--service lambda] [--region R]
  *

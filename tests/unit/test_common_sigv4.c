@@ -1,7 +1,7 @@
 /* AWS Signature Version 4 (common/sigv4.c): AWS's published test-suite
  * vectors, S3 vectors, sign->verify round trips, every way the verifier
  * refuses a request, and the credentials-file parser.  The cross-check
- * against botocore is tests/integration/70-sigv4-botocore.sh. */
+ * against botocore is tests/integration/72-sigv4-botocore.sh. */
 #include "common/sigv4.h"
 #include "tests/check.h"
 
