@@ -58,7 +58,7 @@ static int test_image_make(struct store *st, const struct kindling_env *env, con
 	r = store_put(st, key, buf, len);
 	free(buf);
 	if (r == 0)
-		r = store_put(st, "refs/unit/1", digest, strlen(digest));
+		r = image_ref_put(st, env->tenant_key, "unit:1", digest);
 	return r;
 }
 
