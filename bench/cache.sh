@@ -52,33 +52,10 @@ python3 "$top/tests/tools/delay_proxy.py" "$proxy" "${ports[0]}" 0.020 &
 pids+=($!)
 wait_port "$proxy"
 
-ngx=$work/nginx; mkdir -p "$ngx/logs" "$ngx/tmp" "$work/www"
+. "$top/tests/tools/nginx-dav.sh"
 nport=$(free_port)
-cat >"$ngx/nginx.conf" <<NGX
-daemon off;
-worker_processes 1;
-$( [ "$(id -u)" = 0 ] && echo "user root root;" )
-pid $ngx/nginx.pid;
-error_log $ngx/logs/error.log warn;
-events { worker_connections 512; }
-http {
-  access_log off;
-  client_body_temp_path $ngx/tmp/body;
-  proxy_temp_path $ngx/tmp/proxy;
-  fastcgi_temp_path $ngx/tmp/fastcgi;
-  uwsgi_temp_path $ngx/tmp/uwsgi;
-  scgi_temp_path $ngx/tmp/scgi;
-  client_max_body_size 64m;
-  keepalive_requests 100000;
-  server {
-    listen 127.0.0.1:$nport;
-    root $work/www;
-    location / { dav_methods PUT DELETE; create_full_put_path on; }
-  }
-}
-NGX
-nginx -p "$ngx" -c "$ngx/nginx.conf" -e "$ngx/logs/error.log" &
-pids+=($!)
+start_nginx_dav "$work/nginx" "$work/www" "$nport"
+pids+=("$NGINX_PID")
 wait_port "$nport"
 
 nodes=$(IFS=,; echo "${ports[*]/#/127.0.0.1:}")

@@ -40,46 +40,11 @@ mkdir -p "$T/rel" && (cd "$T/rel" && run_suite "relative path" "relative-store")
 assert_no_tmp "$T/rel/relative-store"
 
 # ---- 2. nginx with WebDAV --------------------------------------------------------
+. "$KINDLING_SOURCE_DIR/tests/tools/nginx-dav.sh"
 NGX=$T/nginx
-mkdir -p "$NGX/logs" "$NGX/tmp" "$T/www"
 NGINX_PORT=$(free_port)
-# The Debian package's module for extra DAV methods is not needed: PUT and
-# DELETE are in the core dav module.  Workers run as root here because the
-# scratch directory is private to the user running the test.
-cat >"$NGX/nginx.conf" <<EOF
-daemon off;
-master_process on;
-worker_processes 1;
-$( [ "$(id -u)" = 0 ] && echo "user root root;" )
-pid $NGX/nginx.pid;
-error_log $NGX/logs/error.log info;
-events { worker_connections 512; }
-http {
-  access_log $NGX/logs/access.log;
-  client_body_temp_path $NGX/tmp/body;
-  proxy_temp_path $NGX/tmp/proxy;
-  fastcgi_temp_path $NGX/tmp/fastcgi;
-  uwsgi_temp_path $NGX/tmp/uwsgi;
-  scgi_temp_path $NGX/tmp/scgi;
-  client_max_body_size 64m;
-  keepalive_requests 100000;
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    root $T/www;
-    location / {
-      dav_methods PUT DELETE;
-      create_full_put_path on;
-      dav_access user:rw group:r all:r;
-      autoindex on;
-      autoindex_format json;
-    }
-  }
-}
-EOF
-nginx -t -p "$NGX" -c "$NGX/nginx.conf" -e "$NGX/logs/error.log" >"$T/nginx-t.log" 2>&1 ||
-  { cat "$T/nginx-t.log" >&2; die "nginx rejected its configuration"; }
-nginx -p "$NGX" -c "$NGX/nginx.conf" -e "$NGX/logs/error.log" &
-track_pid $!
+start_nginx_dav "$NGX" "$T/www" "$NGINX_PORT" || die "nginx did not start"
+track_pid $NGINX_PID
 wait_port "$NGINX_PORT"
 run_suite "nginx WebDAV" "http://127.0.0.1:$NGINX_PORT/origin"
 assert_no_tmp "$T/www"

@@ -32,40 +32,10 @@ for i in 1 2 3; do
 done
 pass "three images imported and exported"
 
-NGX=$T/nginx
-mkdir -p "$NGX/logs" "$NGX/tmp"
+. "$KINDLING_SOURCE_DIR/tests/tools/nginx-dav.sh"
 NGINX_PORT=$(free_port)
-cat >"$NGX/nginx.conf" <<EOF
-daemon off;
-master_process on;
-worker_processes 1;
-$( [ "$(id -u)" = 0 ] && echo "user root root;" )
-pid $NGX/nginx.pid;
-error_log $NGX/logs/error.log warn;
-events { worker_connections 512; }
-http {
-  access_log off;
-  client_body_temp_path $NGX/tmp/body;
-  proxy_temp_path $NGX/tmp/proxy;
-  fastcgi_temp_path $NGX/tmp/fastcgi;
-  uwsgi_temp_path $NGX/tmp/uwsgi;
-  scgi_temp_path $NGX/tmp/scgi;
-  client_max_body_size 64m;
-  keepalive_requests 100000;
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    root $WWW;
-    location / {
-      dav_methods PUT DELETE;
-      create_full_put_path on;
-      autoindex on;
-      autoindex_format json;
-    }
-  }
-}
-EOF
-nginx -p "$NGX" -c "$NGX/nginx.conf" -e "$NGX/logs/error.log" &
-track_pid $!
+start_nginx_dav "$T/nginx" "$WWW" "$NGINX_PORT" || die "nginx did not start"
+track_pid $NGINX_PID
 wait_port "$NGINX_PORT"
 
 ports=()
