@@ -18,23 +18,9 @@ IMAGES=$KINDLING_SOURCE_DIR/tests/images
 timeout 300 "$IMAGES/make-images.sh" "$T/img" fidelity >"$T/make-images.log" 2>&1 ||
   { cat "$T/make-images.log" >&2; die "make-images.sh failed"; }
 
-PORT=$(free_port)
-mkdir -p "$T/registry"
-cat >"$T/registry.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $T/registry
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:$PORT
-EOF
-docker-registry serve "$T/registry.yml" >"$T/registry.log" 2>&1 &
-track_pid $!
-wait_port "$PORT" 20
+. "$IMAGES/registry.sh"
+start_registry
+PORT=${REGISTRY#127.0.0.1:}
 
 timeout 120 skopeo copy --quiet --dest-tls-verify=false "oci:$T/img/fidelity:1" "docker://127.0.0.1:$PORT/fid:1" ||
   { cat "$T/registry.log" >&2; die "skopeo copy to the registry failed"; }
