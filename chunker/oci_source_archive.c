@@ -383,11 +383,7 @@ static void archive_close(void *state)
 {
 	struct docker_archive *da = state;
 	free(da->path);
-	if (da->layer_names) {
-		for (size_t i = 0; da->layer_names[i]; i++)
-			free(da->layer_names[i]);
-		free(da->layer_names);
-	}
+	strv_free(da->layer_names);
 	free(da);
 }
 

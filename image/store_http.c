@@ -412,6 +412,41 @@ int store_http_client_run(struct store_http_client *c, struct store_xfer *xfers,
 	return 0;
 }
 
+int store_xfer_batch(struct store_http_client *c, size_t n, const struct store_xfer_batch_ops *ops, void *ctx,
+		     bool absent_ok, bool *out_ok, const char *what, const char *where)
+{
+	struct store_xfer *xs = calloc(n ? n : 1, sizeof(*xs));
+	if (!xs)
+		return -ENOMEM;
+	int r = 0;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		store_xfer_init(&xs[i]);
+		r = ops->prepare(ctx, i, &xs[i]);
+	}
+	if (r == 0)
+		r = store_http_client_run(c, xs, n);
+	size_t failed = 0;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		int e = store_xfer_errno(&xs[i]);
+		if (out_ok)
+			out_ok[i] = e == 0;
+		if (e == 0 || (absent_ok && e == -ENOENT))
+			continue;
+		if (failed++ == 0) {
+			e = ops->failure(ctx, &xs[i]);
+			if (e == -ENOENT && strcmp(xs[i].method, "PUT") == 0)
+				e = -EIO;
+			r = e < 0 ? e : -EIO;
+		}
+	}
+	if (failed > 1)
+		log_err("%s in %s: %zu of %zu failed", what, where, failed, n);
+	for (size_t i = 0; i < n; i++)
+		store_xfer_cleanup(&xs[i]);
+	free(xs);
+	return r;
+}
+
 /* ---- URLs ---------------------------------------------------------------------- */
 
 /* True for names that resolve to this host only: localhost, 127.0.0.0/8,
@@ -584,39 +619,43 @@ static int http_get(void *state, const char *key, size_t max_len, uint8_t **out,
 	return r;
 }
 
+struct http_batch {
+	struct http_store *hs;
+	const char *method;
+	const char *const *keys;
+	const void *const *bufs;
+	const size_t *lens;
+};
+
+static int http_batch_prepare(void *ctx, size_t i, struct store_xfer *x)
+{
+	struct http_batch *b = ctx;
+	int r = http_xfer_prepare(b->hs, x, b->method, b->keys[i]);
+	if (b->bufs) {
+		x->body = b->bufs[i];
+		x->body_len = b->lens[i];
+	}
+	return r;
+}
+
+static int http_batch_failure(void *ctx, const struct store_xfer *x)
+{
+	struct http_batch *b = ctx;
+	int e = store_xfer_errno(x);
+	/* A 404 on PUT means the server refused to create the path. */
+	store_xfer_log(x, e == -ENOENT && b->bufs ? -EIO : e, b->hs->hint);
+	return e;
+}
+
+static const struct store_xfer_batch_ops http_batch_ops = {
+	.prepare = http_batch_prepare,
+	.failure = http_batch_failure,
+};
+
 static int http_put_batch(void *state, const char *const *keys, const void *const *bufs, const size_t *lens, size_t n)
 {
-	struct http_store *hs = state;
-	struct store_xfer *xs = calloc(n, sizeof(*xs));
-	if (!xs)
-		return -ENOMEM;
-	int r = 0;
-	for (size_t i = 0; i < n && r == 0; i++) {
-		r = http_xfer_prepare(hs, &xs[i], "PUT", keys[i]);
-		xs[i].body = bufs[i];
-		xs[i].body_len = lens[i];
-	}
-	if (r == 0)
-		r = store_http_client_run(hs->client, xs, n);
-	size_t failed = 0;
-	for (size_t i = 0; i < n && r == 0; i++) {
-		int e = store_xfer_errno(&xs[i]);
-		if (e == 0)
-			continue;
-		/* A 404 on PUT means the server refused to create the path. */
-		if (e == -ENOENT)
-			e = -EIO;
-		if (failed++ == 0) {
-			store_xfer_log(&xs[i], e, hs->hint);
-			r = e;
-		}
-	}
-	if (failed > 1)
-		log_err("put to %s: %zu of %zu uploads failed", hs->base, failed, n);
-	for (size_t i = 0; i < n; i++)
-		store_xfer_cleanup(&xs[i]);
-	free(xs);
-	return r;
+	struct http_batch b = {.hs = state, .method = "PUT", .keys = keys, .bufs = bufs, .lens = lens};
+	return store_xfer_batch(b.hs->client, n, &http_batch_ops, &b, false, NULL, "put", b.hs->base);
 }
 
 static int http_put(void *state, const char *key, const void *buf, size_t len)
@@ -626,32 +665,9 @@ static int http_put(void *state, const char *key, const void *buf, size_t len)
 
 static int http_exists_batch(void *state, const char *const *keys, size_t n, bool *out_exists)
 {
-	struct http_store *hs = state;
-	struct store_xfer *xs = calloc(n, sizeof(*xs));
-	if (!xs)
-		return -ENOMEM;
-	int r = 0;
-	for (size_t i = 0; i < n && r == 0; i++)
-		r = http_xfer_prepare(hs, &xs[i], "HEAD", keys[i]);
-	if (r == 0)
-		r = store_http_client_run(hs->client, xs, n);
-	size_t failed = 0;
-	for (size_t i = 0; i < n && r == 0; i++) {
-		int e = store_xfer_errno(&xs[i]);
-		out_exists[i] = e == 0;
-		if (e == 0 || e == -ENOENT)
-			continue;
-		if (failed++ == 0) {
-			store_xfer_log(&xs[i], e, hs->hint);
-			r = e;
-		}
-	}
-	if (failed > 1)
-		log_err("check objects in %s: %zu of %zu checks failed", hs->base, failed, n);
-	for (size_t i = 0; i < n; i++)
-		store_xfer_cleanup(&xs[i]);
-	free(xs);
-	return r;
+	struct http_batch b = {.hs = state, .method = "HEAD", .keys = keys};
+	return store_xfer_batch(b.hs->client, n, &http_batch_ops, &b, true, out_exists, "check objects",
+				b.hs->base);
 }
 
 static int http_del(void *state, const char *key)

@@ -134,6 +134,24 @@ void store_http_client_free(struct store_http_client *c);
  * Returns 0, or -ENOMEM / -EIO if the multi handle itself failed (logged). */
 int store_http_client_run(struct store_http_client *c, struct store_xfer *xfers, size_t n);
 
+/* How store_xfer_batch builds and judges the requests of one batch. */
+struct store_xfer_batch_ops {
+	/* Fill |x| (store_xfer_init'ed) for item |i| of the batch; 0 or -errno. */
+	int (*prepare)(void *ctx, size_t i, struct store_xfer *x);
+	/* The -errno for |x|, whose transfer failed, logged with what to do.
+	 * Called for the first failure of a batch only. */
+	int (*failure)(void *ctx, const struct store_xfer *x);
+};
+
+/* Build |n| requests with |ops->prepare|, run them all at once on |c| and
+ * judge them: |out_ok[i]| (may be NULL) says whether item i succeeded; with
+ * |absent_ok| a 404 is not a failure (an existence check).  More than one
+ * failure adds one line "|what| in |where|: F of N failed".  Returns 0, the
+ * first failure's -errno (-EIO for a PUT answered 404: the server would not
+ * create the path), or -errno if the batch could not be built or run. */
+int store_xfer_batch(struct store_http_client *c, size_t n, const struct store_xfer_batch_ops *ops, void *ctx,
+		     bool absent_ok, bool *out_ok, const char *what, const char *where);
+
 /* Check the transport of |url| (http or https, host present).  Plain http is
  * refused unless the host is loopback (127.0.0.0/8, ::1, localhost) or
  * |insecure|.  |*out_host| (optional) gets the malloc'd host name.  Returns 0,

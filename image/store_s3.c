@@ -306,34 +306,46 @@ static int s3_get(void *state, const char *key, size_t max_len, uint8_t **out, s
 	return r;
 }
 
+struct s3_batch {
+	struct s3_store *ss;
+	const char *method;
+	const char *const *keys;
+	const void *const *bufs;
+	const size_t *lens;
+	char where[512];
+};
+
+static int s3_batch_prepare(void *ctx, size_t i, struct store_xfer *x)
+{
+	struct s3_batch *b = ctx;
+	char *object = full_key(b->ss, b->keys[i]);
+	int r = object ? s3_xfer_prepare(b->ss, x, b->method, object, NULL, NULL, 0, b->bufs ? b->bufs[i] : NULL,
+					 b->bufs ? b->lens[i] : 0)
+		       : -ENOMEM;
+	free(object);
+	return r;
+}
+
+static int s3_batch_failure(void *ctx, const struct store_xfer *x)
+{
+	return s3_result(((struct s3_batch *)ctx)->ss, x);
+}
+
+static const struct store_xfer_batch_ops s3_batch_ops = {
+	.prepare = s3_batch_prepare,
+	.failure = s3_batch_failure,
+};
+
+static int s3_batch_run(struct s3_batch *b, size_t n, bool *out_ok, const char *what)
+{
+	snprintf(b->where, sizeof(b->where), "%s/%s", b->ss->endpoint, b->ss->bucket);
+	return store_xfer_batch(b->ss->client, n, &s3_batch_ops, b, out_ok != NULL, out_ok, what, b->where);
+}
+
 static int s3_put_batch(void *state, const char *const *keys, const void *const *bufs, const size_t *lens, size_t n)
 {
-	struct s3_store *ss = state;
-	struct store_xfer *xs = calloc(n, sizeof(*xs));
-	if (!xs)
-		return -ENOMEM;
-	int r = 0;
-	for (size_t i = 0; i < n && r == 0; i++) {
-		char *object = full_key(ss, keys[i]);
-		r = object ? s3_xfer_prepare(ss, &xs[i], "PUT", object, NULL, NULL, 0, bufs[i], lens[i]) : -ENOMEM;
-		free(object);
-	}
-	if (r == 0)
-		r = store_http_client_run(ss->client, xs, n);
-	size_t failed = 0;
-	for (size_t i = 0; i < n && r == 0; i++) {
-		if (store_xfer_errno(&xs[i]) == 0)
-			continue;
-		int e = s3_result(ss, &xs[i]);
-		if (failed++ == 0)
-			r = e == -ENOENT ? -EIO : e;
-	}
-	if (failed > 1)
-		log_err("put to %s/%s: %zu of %zu uploads failed", ss->endpoint, ss->bucket, failed, n);
-	for (size_t i = 0; i < n; i++)
-		store_xfer_cleanup(&xs[i]);
-	free(xs);
-	return r;
+	struct s3_batch b = {.ss = state, .method = "PUT", .keys = keys, .bufs = bufs, .lens = lens};
+	return s3_batch_run(&b, n, NULL, "put");
 }
 
 static int s3_put(void *state, const char *key, const void *buf, size_t len)
@@ -343,34 +355,8 @@ static int s3_put(void *state, const char *key, const void *buf, size_t len)
 
 static int s3_exists_batch(void *state, const char *const *keys, size_t n, bool *out_exists)
 {
-	struct s3_store *ss = state;
-	struct store_xfer *xs = calloc(n, sizeof(*xs));
-	if (!xs)
-		return -ENOMEM;
-	int r = 0;
-	for (size_t i = 0; i < n && r == 0; i++) {
-		char *object = full_key(ss, keys[i]);
-		r = object ? s3_xfer_prepare(ss, &xs[i], "HEAD", object, NULL, NULL, 0, NULL, 0) : -ENOMEM;
-		free(object);
-	}
-	if (r == 0)
-		r = store_http_client_run(ss->client, xs, n);
-	size_t failed = 0;
-	for (size_t i = 0; i < n && r == 0; i++) {
-		int e = store_xfer_errno(&xs[i]);
-		out_exists[i] = e == 0;
-		if (e == 0 || e == -ENOENT)
-			continue;
-		e = s3_result(ss, &xs[i]);
-		if (failed++ == 0)
-			r = e;
-	}
-	if (failed > 1)
-		log_err("check objects in %s/%s: %zu of %zu checks failed", ss->endpoint, ss->bucket, failed, n);
-	for (size_t i = 0; i < n; i++)
-		store_xfer_cleanup(&xs[i]);
-	free(xs);
-	return r;
+	struct s3_batch b = {.ss = state, .method = "HEAD", .keys = keys};
+	return s3_batch_run(&b, n, out_exists, "check objects");
 }
 
 static int s3_del(void *state, const char *key)
