@@ -664,10 +664,15 @@ static void reply_xattr(fuse_req_t req, int r, const char *buf, size_t len, size
 		fuse_reply_buf(req, buf, len);
 }
 
-static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+/* getxattr of |name|, or listxattr when |name| is NULL: the same lookup and
+ * the same size protocol, on rootfs/ inodes only. */
+static void xattr_op(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	if (!ino_is_rootfs(ino)) {
-		reply_xattr(req, 0, NULL, 0, size);
+		if (name)
+			fuse_reply_err(req, ENODATA);
+		else
+			reply_xattr(req, 0, NULL, 0, size);
 		return;
 	}
 	struct blockd_image *img = image_of(req, ino);
@@ -680,32 +685,21 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	struct erofs_fs *fs;
 	int r = size && !buf ? -ENOMEM : fs_for(img, &fs);
 	if (r == 0)
-		r = erofs_listxattr(fs, ino_nid(ino), buf, size, &len);
+		r = name ? erofs_getxattr(fs, ino_nid(ino), name, buf, size, &len)
+			 : erofs_listxattr(fs, ino_nid(ino), buf, size, &len);
 	blockd_image_unref(img);
 	reply_xattr(req, r, buf, len, size);
 	free(buf);
 }
 
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	xattr_op(req, ino, NULL, size);
+}
+
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
-	if (!ino_is_rootfs(ino)) {
-		fuse_reply_err(req, ENODATA);
-		return;
-	}
-	struct blockd_image *img = image_of(req, ino);
-	if (!img) {
-		fuse_reply_err(req, ESTALE);
-		return;
-	}
-	char *buf = size ? malloc(size) : NULL;
-	size_t len = 0;
-	struct erofs_fs *fs;
-	int r = size && !buf ? -ENOMEM : fs_for(img, &fs);
-	if (r == 0)
-		r = erofs_getxattr(fs, ino_nid(ino), name, buf, size, &len);
-	blockd_image_unref(img);
-	reply_xattr(req, r, buf, len, size);
-	free(buf);
+	xattr_op(req, ino, name, size);
 }
 
 static void op_statfs(fuse_req_t req, fuse_ino_t ino)

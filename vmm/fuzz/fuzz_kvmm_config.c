@@ -15,15 +15,7 @@
 
 #include "vmm/kvmm/config.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-/* A broken invariant is a crash the fuzzer reports, in every build type
- * (MUST() vanishes under NDEBUG). */
-#define MUST(c)                                                                                                        \
-	do {                                                                                                           \
-		if (!(c))                                                                                              \
-			abort();                                                                                       \
-	} while (0)
+#include "tests/fuzz_target.h"
 
 static void invariants(const struct kvmm_config *c)
 {
