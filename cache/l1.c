@@ -882,13 +882,19 @@ static void l1_write(struct l1 *l, struct l1_pending *p)
 		shared_add(l, need, 1);		    /* reserved before evicting, so racing writers see it */
 		make_room(l, need, true);
 		int rr = rename_noreplace(l->dir_fd, tmp, w->name);
+		struct l1_entry *now = *slot_of(l, w->name);
 		if (rr == 0) {
 			tmp_left = false;
+			if (now) /* taken in by make_room's rescan, then removed by another process */
+				entry_remove(l, now, false);
 		} else {
 			shared_sub(l, need, 1);
-			/* -EEXIST: another process wrote this chunk meanwhile; index its file */
+			/* -EEXIST: another process wrote this chunk meanwhile; index its
+			 * file, unless make_room's rescan has just done so */
 			if (rr != -EEXIST) {
 				log_warn("L1: cannot rename %s in %s: %s", tmp, l->dir, strerror(-rr));
+				publish = false;
+			} else if (now) {
 				publish = false;
 			}
 		}

@@ -1,0 +1,95 @@
+#!/bin/bash
+# Several `kindling run` of one image on one host, and an L1 that cannot be
+# used or is full: the cache never fails a run.
+#   - four runs started at once with one KINDLING_HOME all succeed with the
+#     right output and share L1: none is locked out of it, and a run after
+#     them is served by L1 with nothing from L3;
+#   - an L1 path that is a regular file (unusable even for root): the run
+#     succeeds from the origin and says so in one notice naming --l1-dir;
+#   - an L1 bound far below the bytes read (--l1-size 2M): the run succeeds,
+#     L1 evicts and stays within its bound, and the "L1 is full" warning with
+#     its --l1-size advice is printed once, not once per chunk.
+# Missing tools are a failure, not a skip.
+# ctest-labels: no-asan (kindling run end to end, as 51; the shared L1 is covered by unit/test_cache_l1_shared under ASan); no-tsan (as 51; the shared L1's threads and processes are covered by unit/test_cache_l1_shared under TSan)
+. "$(dirname "$0")/lib.sh"
+KINDLING=$KINDLING_BUILD_DIR/kindling
+[ -x "$KINDLING" ] || die "kindling not built at $KINDLING (build the project first)"
+for tool in jq python3 tar md5sum; do
+  command -v $tool >/dev/null || die "$tool is not installed (see scripts/apt-packages.txt)"
+done
+[ -x /bin/busybox ] || die "/bin/busybox is missing (Debian package busybox-static)"
+[ "$(id -u)" = 0 ] || die "the process sandbox needs root"
+[ -e /dev/fuse ] || die "/dev/fuse is missing"
+
+# ---- the image: static busybox and 6 MB of data the workload hashes ----------------------------------------------
+R=$T/rootfs
+mkdir -p "$R/bin" "$R/data"
+cp /bin/busybox "$R/bin/busybox"
+ln -s busybox "$R/bin/sh"
+ln -s busybox "$R/bin/md5sum"
+head -c 6000000 /dev/urandom >"$R/data/blob.bin"
+WANT="$(md5sum <"$R/data/blob.bin" | cut -d' ' -f1)  /data/blob.bin"
+tar -C "$R" -cf "$T/layer.tar" .
+python3 "$KINDLING_SOURCE_DIR/bench/make_layout.py" "$T/layout" 1 "$T/layer.tar"
+"$CHUNKIFY" import "oci:$T/layout:1" --name share:1 >/dev/null 2>"$T/import.err" ||
+  { cat "$T/import.err" >&2; die "chunkify import failed"; }
+pass "image built and imported"
+
+export TMPDIR=$T/tmp
+mkdir -p "$TMPDIR"
+# hash NAME ARGS...: kindling run of the image hashing its data; stdout to
+# $T/NAME.out, stderr to $T/NAME.err; returns its status.
+hash_run() {
+  local name=$1 rc=0
+  shift
+  timeout 120 "$KINDLING" run share:1 --isolation process --json --no-prefetch "$@" -- md5sum /data/blob.bin \
+    >"$T/$name.out" 2>"$T/$name.err" || rc=$?
+  return $rc
+}
+# check NAME RC: the run exited 0 with the right output.
+check() {
+  [ "$2" = 0 ] || die "run $1 exited $2: $(cat "$T/$1.out" "$T/$1.err")"
+  [ "$(cat "$T/$1.out")" = "$WANT" ] || die "run $1 printed $(cat "$T/$1.out"), want $WANT"
+}
+
+# ---- four runs at once, one KINDLING_HOME ----------------------------------------------------------------------------
+pids=()
+for i in 1 2 3 4; do
+  hash_run "c$i" &
+  pids+=($!)
+  track_pid $!
+done
+for i in 1 2 3 4; do
+  rc=0; wait "${pids[$((i - 1))]}" || rc=$?
+  check "c$i" "$rc"
+  ! grep -q "L1" "$T/c$i.err" || die "run c$i had trouble with L1: $(cat "$T/c$i.err")"
+done
+l3=0
+for i in 1 2 3 4; do l3=$((l3 + $(tail -1 "$T/c$i.err" | jq .chunks.l3))); done
+pass "four concurrent runs with one KINDLING_HOME all succeeded, none locked out of L1 ($l3 chunks from L3 between them)"
+
+rc=0; hash_run after || rc=$?
+check after "$rc"
+J=$(tail -1 "$T/after.err")
+echo "$J" | jq -e '.chunks.l3 == 0 and .chunks.l1 > 0' >/dev/null || die "the run after them was not served by L1: $J"
+pass "the run after them: $(jq .chunks.l1 <<<"$J") chunks from the shared L1, 0 from L3"
+
+# ---- an L1 that cannot be used ----------------------------------------------------------------------------------------
+echo "not a directory" >"$T/l1-file"
+rc=0; hash_run nol1 --l1-dir "$T/l1-file" || rc=$?
+check nol1 "$rc"
+[ "$(grep -c "L1 disk cache off" "$T/nol1.err")" = 1 ] && grep -q -- "--l1-dir" "$T/nol1.err" ||
+  die "no single notice for the unusable L1: $(cat "$T/nol1.err")"
+pass "an L1 path that is a file: the run succeeded without L1, with one notice: $(grep "L1 disk cache off" "$T/nol1.err")"
+
+# ---- a full L1: evicts, stays in its bound, warns once --------------------------------------------------------------
+rc=0; hash_run full --l1-dir "$T/l1-small" --l1-size 2M || rc=$?
+check full "$rc"
+[ "$(grep -c "is full" "$T/full.err")" = 1 ] && grep "is full" "$T/full.err" | grep -q -- "--l1-size" ||
+  die "want one 'L1 is full' warning naming --l1-size: $(cat "$T/full.err")"
+bytes=$(find "$T/l1-small" -maxdepth 1 -type f -regextype posix-extended -regex '.*/[0-9a-f]{64}' -printf '%s\n' |
+  awk '{s += $1} END {print s + 0}')
+[ "$bytes" -gt 0 ] && [ "$bytes" -le $((2 * 1024 * 1024)) ] || die "L1 holds $bytes bytes with --l1-size 2M"
+pass "--l1-size 2M for a 6 MB read: one warning, L1 evicted and holds $bytes bytes"
+
+[ -z "$(ls -A "$TMPDIR")" ] || die "temporary mount points left in TMPDIR: $(ls -A "$TMPDIR")"
