@@ -9,17 +9,10 @@
 #   - an L1 bound far below the bytes read (--l1-size 2M): the run succeeds,
 #     L1 evicts and stays within its bound, and the "L1 is full" warning with
 #     its --l1-size advice is printed once, not once per chunk.
-# Missing tools are a failure, not a skip.
+# Missing tools are a failure, not a skip (need_kindling_run).
 # ctest-labels: no-asan (kindling run end to end, as 51; the shared L1 is covered by unit/test_cache_l1_shared under ASan); no-tsan (as 51; the shared L1's threads and processes are covered by unit/test_cache_l1_shared under TSan)
 . "$(dirname "$0")/lib.sh"
-KINDLING=$KINDLING_BUILD_DIR/kindling
-[ -x "$KINDLING" ] || die "kindling not built at $KINDLING (build the project first)"
-for tool in jq python3 tar md5sum; do
-  command -v $tool >/dev/null || die "$tool is not installed (see scripts/apt-packages.txt)"
-done
-[ -x /bin/busybox ] || die "/bin/busybox is missing (Debian package busybox-static)"
-[ "$(id -u)" = 0 ] || die "the process sandbox needs root"
-[ -e /dev/fuse ] || die "/dev/fuse is missing"
+need_kindling_run jq python3 tar md5sum
 
 # ---- the image: static busybox and 6 MB of data the workload hashes ----------------------------------------------
 R=$T/rootfs
@@ -37,14 +30,11 @@ pass "image built and imported"
 
 export TMPDIR=$T/tmp
 mkdir -p "$TMPDIR"
-# hash NAME ARGS...: kindling run of the image hashing its data; stdout to
-# $T/NAME.out, stderr to $T/NAME.err; returns its status.
+# hash_run NAME ARGS...: kr NAME of the image hashing its data (lib.sh).
 hash_run() {
-  local name=$1 rc=0
+  local name=$1
   shift
-  timeout 120 "$KINDLING" run share:1 --isolation process --json --no-prefetch "$@" -- md5sum /data/blob.bin \
-    >"$T/$name.out" 2>"$T/$name.err" || rc=$?
-  return $rc
+  kr "$name" share:1 --isolation process --json --no-prefetch "$@" -- md5sum /data/blob.bin
 }
 # check NAME RC: the run exited 0 with the right output.
 check() {

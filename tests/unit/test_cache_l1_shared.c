@@ -3,9 +3,11 @@
  * L1 (none is locked out), a chunk written by one is served to the others
  * from L1, the size bound holds across processes while they evict each
  * other's entries, and an L1 path that cannot be used leaves the cache
- * working without L1.  Origin reads are counted by a layer put in above L3.
+ * working without L1 (the origin fetches are counted in cache_stats).
  * The threads of each process run under ThreadSanitizer too. */
 #include "cache/internal.h"
+#include "tests/check.h"
+#include "tests/unit/cache_test_origin.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -19,17 +21,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int passed, failed;
-#define CHECK(cond)                                                                                                    \
-	do {                                                                                                           \
-		if (cond)                                                                                              \
-			passed++;                                                                                      \
-		else {                                                                                                 \
-			failed++;                                                                                      \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);                      \
-		}                                                                                                      \
-	} while (0)
-
 #define N_CHUNKS 24
 #define CHUNK_LEN (64u * 1024u) /* short chunks keep the test quick; the format allows any length */
 #define ENTRY (8192u + CHUNK_LEN)
@@ -38,61 +29,14 @@ static int passed, failed;
 #define WAIT_S 120 /* every process is killed by alarm() after this: no test hangs */
 
 static const uint8_t salt[16] = "test-salt-share.";
-static char dir[256], origin_uri[300], l1_dir[300];
+static struct test_scratch scratch;
+static const char *dir = scratch.dir, *origin_uri = scratch.origin_uri, *l1_dir = scratch.l1_dir;
 
-struct chunk {
-	char name[CHUNK_NAME_HEX_LEN + 1];
-	uint8_t key[CHUNK_KEY_LEN];
-	uint8_t plain[CHUNK_LEN];
-};
-static struct chunk chunks[N_CHUNKS];
-
-/* ---- a counting layer above the origin --------------------------------------- */
-
-struct counter {
-	pthread_mutex_t lock;
-	unsigned total;
-};
-
-static int count_read(struct cache_layer *l, struct chunk_req *rq)
-{
-	struct counter *k = l->state;
-	pthread_mutex_lock(&k->lock);
-	k->total++;
-	pthread_mutex_unlock(&k->lock);
-	return cache_layer_next(l, rq);
-}
-
-static const struct cache_layer_ops count_ops = {.name = "count", .read = count_read};
+static struct test_chunk chunks[N_CHUNKS];
 
 /* ---- set-up ------------------------------------------------------------------------ */
 
-static void make_chunks(void)
-{
-	struct store *s;
-	if (store_open(origin_uri, NULL, &s) < 0) {
-		fprintf(stderr, "cannot open %s\n", origin_uri);
-		exit(1);
-	}
-	static uint8_t cipher[CHUNK_LEN];
-	for (int i = 0; i < N_CHUNKS; i++) {
-		struct chunk *c = &chunks[i];
-		uint64_t x = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 7);
-		for (size_t o = 0; o < CHUNK_LEN; o += 8) {
-			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-			memcpy(c->plain + o, &x, 8);
-		}
-		if (chunk_seal(salt, sizeof(salt), c->plain, CHUNK_LEN, c->key, cipher, c->name) < 0)
-			exit(1);
-		char key[100] = "chunks/";
-		memcpy(key + 7, c->name, CHUNK_NAME_HEX_LEN + 1);
-		if (store_put(s, key, cipher, CHUNK_LEN) < 0)
-			exit(1);
-	}
-	store_free(s);
-}
-
-static struct cache *open_cache(const char *l1, uint64_t l1_max, struct counter *k)
+static struct cache *open_cache(const char *l1, uint64_t l1_max)
 {
 	struct cache_config cfg = {
 		.origin_uri = origin_uri,
@@ -102,45 +46,12 @@ static struct cache *open_cache(const char *l1, uint64_t l1_max, struct counter 
 		.salt = salt,
 		.salt_len = sizeof(salt),
 	};
-	struct cache *c;
-	if (cache_new(&cfg, &c) < 0)
-		return NULL;
-	if (k && cache_insert_layer(c, "l3", &count_ops, k) < 0) {
-		cache_free(c);
-		return NULL;
-	}
-	return c;
+	return test_cache_open(&cfg, NULL, NULL);
 }
 
 static void wipe_l1(void)
 {
-	char cmd[600];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", l1_dir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", l1_dir);
-}
-
-/* Bytes and count of the chunk files in L1, and of temporary files. */
-static uint64_t du_l1(unsigned *files, unsigned *tmps)
-{
-	uint64_t total = 0;
-	*files = *tmps = 0;
-	DIR *d = opendir(l1_dir);
-	struct dirent *de;
-	while (d && (de = readdir(d))) {
-		char p[600];
-		snprintf(p, sizeof(p), "%s/%s", l1_dir, de->d_name);
-		struct stat st;
-		if (strncmp(de->d_name, ".tmp-", 5) == 0)
-			(*tmps)++;
-		else if (is_sha256_hex(de->d_name) && stat(p, &st) == 0) {
-			total += (uint64_t)st.st_size;
-			(*files)++;
-		}
-	}
-	if (d)
-		closedir(d);
-	return total;
+	test_rm_rf(l1_dir);
 }
 
 static bool read_ok(struct cache *c, int i, uint32_t off, size_t len, enum cache_tier *tier)
@@ -185,7 +96,7 @@ static void *reader_main(void *arg)
 static int child_main(int proc, uint64_t l1_max, int n_chunks, unsigned rounds, bool evict)
 {
 	alarm(WAIT_S);
-	struct cache *c = open_cache(l1_dir, l1_max, NULL);
+	struct cache *c = open_cache(l1_dir, l1_max);
 	if (!c)
 		return 2;
 	struct reader rd[THREADS];
@@ -248,11 +159,10 @@ static void test_shared_fill(void)
 	uint64_t max = 64ull << 20;
 	CHECK(run_procs(max, N_CHUNKS, 3, false));
 	unsigned files, tmps;
-	uint64_t disk = du_l1(&files, &tmps);
+	uint64_t disk = test_l1_usage(l1_dir, &files, &tmps);
 	CHECK(files == N_CHUNKS && tmps == 0 && disk == (uint64_t)N_CHUNKS * ENTRY);
 
-	struct counter k = {.lock = PTHREAD_MUTEX_INITIALIZER};
-	struct cache *c = open_cache(l1_dir, max, &k);
+	struct cache *c = open_cache(l1_dir, max);
 	if (!c) {
 		CHECK(0);
 		return;
@@ -263,9 +173,9 @@ static void test_shared_fill(void)
 		all &= read_ok(c, i, 0, CHUNK_LEN, &t) && t == CACHE_TIER_L1;
 	}
 	CHECK(all);
-	CHECK(k.total == 0);
 	struct cache_stats s;
 	cache_get_stats(c, &s);
+	CHECK(s.origin_fetches == 0);
 	CHECK(s.l1_entries == N_CHUNKS && s.l1_bytes == disk);
 	cache_free(c);
 }
@@ -279,18 +189,17 @@ static void test_shared_bound(void)
 	uint64_t max = 6ull * ENTRY;
 	CHECK(run_procs(max, 16, 4, true));
 	unsigned files, tmps;
-	uint64_t disk = du_l1(&files, &tmps);
+	uint64_t disk = test_l1_usage(l1_dir, &files, &tmps);
 	/* the shared counters are exact but for races with a rescan: allow a
 	 * few entries over until the next exclusive start recounts */
 	CHECK(tmps == 0 && disk <= max + (uint64_t)PROCS * ENTRY);
 
-	struct counter k = {.lock = PTHREAD_MUTEX_INITIALIZER};
-	struct cache *c = open_cache(l1_dir, max, &k);
+	struct cache *c = open_cache(l1_dir, max);
 	if (!c) {
 		CHECK(0);
 		return;
 	}
-	disk = du_l1(&files, &tmps);
+	disk = test_l1_usage(l1_dir, &files, &tmps);
 	struct cache_stats s;
 	cache_get_stats(c, &s);
 	CHECK(disk <= max && s.l1_bytes == disk && s.l1_entries == files);
@@ -300,7 +209,7 @@ static void test_shared_bound(void)
 	CHECK(all);
 	cache_wait_l1(c);
 	cache_get_stats(c, &s);
-	disk = du_l1(&files, &tmps);
+	disk = test_l1_usage(l1_dir, &files, &tmps);
 	CHECK(disk <= max && s.l1_bytes == disk && s.l1_evictions > 0);
 	cache_free(c);
 }
@@ -314,8 +223,7 @@ static void test_two_handles(void)
 {
 	wipe_l1();
 	uint64_t max = 64ull << 20;
-	struct counter k1 = {.lock = PTHREAD_MUTEX_INITIALIZER}, k2 = {.lock = PTHREAD_MUTEX_INITIALIZER};
-	struct cache *a = open_cache(l1_dir, max, &k1), *b = NULL;
+	struct cache *a = open_cache(l1_dir, max), *b = NULL;
 	if (!a) {
 		CHECK(0);
 		return;
@@ -324,7 +232,7 @@ static void test_two_handles(void)
 	CHECK(read_ok(a, 3, 0, CHUNK_LEN, &t) && t == CACHE_TIER_L3);
 	CHECK(read_ok(a, 5, 0, CHUNK_LEN, &t) && t == CACHE_TIER_L3);
 	cache_wait_l1(a);
-	b = open_cache(l1_dir, max, &k2); /* indexes 3 and 5 in its scan */
+	b = open_cache(l1_dir, max); /* indexes 3 and 5 in its scan */
 	if (!b) {
 		CHECK(0);
 		cache_free(a);
@@ -334,9 +242,9 @@ static void test_two_handles(void)
 	CHECK(read_ok(a, 7, 0, CHUNK_LEN, &t) && t == CACHE_TIER_L3);
 	cache_wait_l1(a);
 	CHECK(read_ok(b, 7, 0, CHUNK_LEN, &t) && t == CACHE_TIER_L1); /* taken in on the miss */
-	CHECK(k2.total == 0);
 	struct cache_stats s;
 	cache_get_stats(b, &s);
+	CHECK(s.origin_fetches == 0);
 	CHECK(s.l1_entries == 3 && s.l1_bytes == 3ull * ENTRY);
 	cache_evict(a, chunks[3].name);
 	cache_evict(a, chunks[5].name);
@@ -344,7 +252,7 @@ static void test_two_handles(void)
 	CHECK(read_ok(b, 5, 0, CHUNK_LEN, &t) && t == CACHE_TIER_L3);
 	cache_get_stats(b, &s);
 	CHECK(s.tier[CACHE_TIER_L1].corrupt == 0);
-	CHECK(k2.total == 1);
+	CHECK(s.origin_fetches == 1);
 	cache_free(a);
 	cache_free(b);
 }
@@ -360,7 +268,7 @@ static void test_unusable(void)
 	CHECK(fd >= 0);
 	if (fd >= 0)
 		close(fd);
-	struct cache *c = open_cache(p, 64ull << 20, NULL);
+	struct cache *c = open_cache(p, 64ull << 20);
 	CHECK(c != NULL);
 	if (c) {
 		enum cache_tier t;
@@ -374,7 +282,7 @@ static void test_unusable(void)
 	wipe_l1();
 	snprintf(p, sizeof(p), "%s/.usage", l1_dir);
 	CHECK(mkdir_p(p, 0700) == 0);
-	c = open_cache(l1_dir, 64ull << 20, NULL);
+	c = open_cache(l1_dir, 64ull << 20);
 	CHECK(c != NULL);
 	if (c) {
 		enum cache_tier t;
@@ -385,27 +293,16 @@ static void test_unusable(void)
 
 int main(void)
 {
-	const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-	snprintf(dir, sizeof(dir), "%s/test_cache_l1_shared.XXXXXX", tmp);
-	if (!mkdtemp(dir)) {
-		perror("mkdtemp");
-		return 1;
-	}
-	snprintf(origin_uri, sizeof(origin_uri), "file://%s/origin", dir);
-	snprintf(l1_dir, sizeof(l1_dir), "%s/l1", dir);
-	log_set_level(getenv("KINDLING_DEBUG") ? LOG_DEBUG : LOG_SILENT);
+	test_scratch_make("test_cache_l1_shared", &scratch);
 	alarm(4 * WAIT_S);
-	make_chunks();
+	test_chunks_make(origin_uri, salt, sizeof(salt), chunks, N_CHUNKS, CHUNK_LEN, CHUNK_LEN, 0x9e3779b97f4a7c15ull);
 
 	test_shared_fill();
 	test_shared_bound();
 	test_two_handles();
 	test_unusable();
 
-	char cmd[600];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", dir);
-	printf("%d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	test_chunks_free(chunks, N_CHUNKS);
+	test_rm_rf(dir);
+	return check_report();
 }
