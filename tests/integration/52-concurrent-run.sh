@@ -8,7 +8,10 @@
 #     succeeds from the origin and says so in one notice naming --l1-dir;
 #   - an L1 bound far below the bytes read (--l1-size 2M): the run succeeds,
 #     L1 evicts and stays within its bound, and the "L1 is full" warning with
-#     its --l1-size advice is printed once, not once per chunk.
+#     its --l1-size advice is printed once, not once per chunk;
+#   - a filesystem under L1 smaller than its bound (a 3 MB tmpfs): writes
+#     that fail with ENOSPC evict and retry, one warning, and L1 keeps
+#     serving.
 # Missing tools are a failure, not a skip (need_kindling_run).
 # ctest-labels: no-asan (kindling run end to end, as 51; the shared L1 is covered by unit/test_cache_l1_shared under ASan); no-tsan (as 51; the shared L1's threads and processes are covered by unit/test_cache_l1_shared under TSan)
 . "$(dirname "$0")/lib.sh"
@@ -81,5 +84,21 @@ bytes=$(find "$T/l1-small" -maxdepth 1 -type f -regextype posix-extended -regex 
   awk '{s += $1} END {print s + 0}')
 [ "$bytes" -gt 0 ] && [ "$bytes" -le $((2 * 1024 * 1024)) ] || die "L1 holds $bytes bytes with --l1-size 2M"
 pass "--l1-size 2M for a 6 MB read: one warning, L1 evicted and holds $bytes bytes"
+
+# ---- a full filesystem under L1: evicts to make room, warns once --------------------------------------------------
+mkdir -p "$T/l1-tiny"
+mount -t tmpfs -o size=3m tmpfs "$T/l1-tiny" || die "cannot mount a 3 MB tmpfs for the full-filesystem case"
+track_mount "$T/l1-tiny"
+rc=0; hash_run tiny --l1-dir "$T/l1-tiny" --l1-size 64M || rc=$?
+check tiny "$rc"
+[ "$(grep -c "filesystem of .* is full" "$T/tiny.err")" = 1 ] && grep "is full" "$T/tiny.err" | grep -q -- "--l1-size" &&
+  ! grep -q "cannot write chunk" "$T/tiny.err" ||
+  die "want one 'filesystem is full' warning naming --l1-size: $(cat "$T/tiny.err")"
+n=$(find "$T/l1-tiny" -maxdepth 1 -type f -regextype posix-extended -regex '.*/[0-9a-f]{64}' | wc -l)
+[ "$n" -gt 0 ] || die "nothing cached on the 3 MB filesystem"
+J=$(tail -1 "$T/tiny.err")
+echo "$J" | jq -e '.served_by_tier.l1 > 0' >/dev/null || die "L1 on the full filesystem served nothing: $J"
+umount "$T/l1-tiny"
+pass "a 3 MB filesystem under a 64 MB L1: one warning, evicted to make room ($n chunks kept, $(jq .served_by_tier.l1 <<<"$J") reads served by L1)"
 
 [ -z "$(ls -A "$TMPDIR")" ] || die "temporary mount points left in TMPDIR: $(ls -A "$TMPDIR")"
