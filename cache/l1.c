@@ -53,9 +53,11 @@
  *
  * A full L1.  Reaching the size bound evicts; so does a write that fails
  * with ENOSPC or EDQUOT (the filesystem is full before the bound is reached),
- * which evicts some entries and retries once.  Either logs a warning saying
- * how to size L1, at most once per L1_WARN_INTERVAL_S per cache; the count
- * of evictions is in the stats.
+ * which evicts two entries' worth, retries once, and from then on keeps this
+ * process's L1 within what had fitted (fs_bound), so later writes evict
+ * instead of failing.  Either logs a warning saying how to size L1, at most
+ * once per L1_WARN_INTERVAL_S per cache; the count of evictions is in the
+ * stats.
  *
  * Eviction is a segmented LRU (the 2Q/SLRU family): new entries go into a
  * probationary segment; a hit that is not correlated with the previous one
@@ -160,6 +162,7 @@ struct l1 {
 	int dir_fd, lock_fd;
 	struct l1_shared *sh;		/* mapped; NULL until opened */
 	uint64_t evictions;		/* under lock */
+	uint64_t fs_bound;		/* 0, or what fitted when the filesystem was full; under lock */
 	double full_warned;		/* now_seconds() of the last "full" warning; under lock */
 	uint64_t max_bytes, prot_max;
 	pthread_mutex_t lock;
@@ -367,7 +370,8 @@ static int l1_scan(struct l1 *l, enum scan_mode mode, uint64_t reserved);
 static void make_room(struct l1 *l, uint64_t reserved, bool may_rescan)
 {
 	uint64_t evicted = 0;
-	while (shared_bytes(l) > l->max_bytes) {
+	uint64_t bound = l->fs_bound && l->fs_bound < l->max_bytes ? l->fs_bound : l->max_bytes;
+	while (shared_bytes(l) > bound) {
 		struct l1_entry *v = l->prob.tail ? l->prob.tail : l->prot.tail;
 		if (!v) {
 			if (!may_rescan || l1_scan(l, SCAN_RESCAN, reserved) < 0)
@@ -800,11 +804,17 @@ static int rename_noreplace(int dfd, const char *from, const char *to)
 	return 0;
 }
 
-/* The filesystem under L1 is full before L1's bound is: evict our least
- * recently used entries for |want| bytes, and say so (rate-limited). */
+/* The filesystem under L1 is full before L1's bound is: from now on keep
+ * L1 within what fitted, evict our least recently used entries for |want|
+ * bytes, and say so (rate-limited). */
 static void make_space_on_disk(struct l1 *l, uint64_t want, int err)
 {
 	pthread_mutex_lock(&l->lock);
+	uint64_t fitted = shared_bytes(l);
+	if (fitted < want)
+		fitted = want;
+	if (!l->fs_bound || fitted < l->fs_bound)
+		l->fs_bound = fitted;
 	uint64_t freed = 0, evicted = 0;
 	while (freed < want) {
 		struct l1_entry *v = l->prob.tail ? l->prob.tail : l->prot.tail;
@@ -820,8 +830,8 @@ static void make_space_on_disk(struct l1 *l, uint64_t want, int err)
 	pthread_mutex_unlock(&l->lock);
 	if (warn)
 		log_warn("L1: the filesystem of %s is full (%s) with %llu MiB in L1, below its bound of %llu MiB: "
-			 "evicting the least recently used chunks to make room.  Set --l1-size below the space that "
-			 "filesystem has for L1 (this warning repeats at most once a minute)",
+			 "evicting the least recently used chunks and keeping L1 within what fitted.  Set --l1-size "
+			 "below the space that filesystem has for L1 (this warning repeats at most once a minute)",
 			 l->dir, strerror(err), (unsigned long long)(have >> 20),
 			 (unsigned long long)(l->max_bytes >> 20));
 }
@@ -856,7 +866,7 @@ static void l1_write(struct l1 *l, struct l1_pending *p)
 		table_mac(w->key, hdr, (uint32_t)w->len, hdr + 80);
 		r = write_tmp(l, tmp, hdr, w);
 		if (r == -ENOSPC || r == -EDQUOT) {
-			make_space_on_disk(l, 8 * need, -r);
+			make_space_on_disk(l, 2 * need, -r);
 			r = write_tmp(l, tmp, hdr, w);
 		}
 	}
