@@ -110,7 +110,7 @@
 #define L1_MAX_FDS 256u
 #define L1_PROTECTED_PCT 80u
 #define L1_QUEUE_MAX 32u	/* chunks waiting to be written (each pins ~1 MiB) */
-#define L1_LOCK_WAIT_MS 30000	/* for another process's start-up scan */
+#define L1_LOCK_WAIT_MS 10000	/* for another process's start-up scan (one header read per entry) */
 #define L1_WARN_INTERVAL_S 60.0	/* the "L1 is full" warning, per cache */
 #define L1_TMP_STALE_S 3600	/* a temporary file this old was left by a crash */
 #define L1_SHARED_MAGIC "KNDLL1U1"
@@ -1298,8 +1298,10 @@ int l1_layer_new(struct cache *c, const char *dir, uint64_t max_bytes, const str
 	}
 	if (r < 0) {
 		if (r == -EBUSY)
-			snprintf(why, why_len, "another process has held %s/.lock exclusively for over %u s", dir,
-				 L1_LOCK_WAIT_MS / 1000);
+			snprintf(why, why_len,
+				 "another process has held %s/.lock exclusively for over %u s (a kindling from before "
+				 "L1 was shared, still running?)",
+				 dir, L1_LOCK_WAIT_MS / 1000);
 		else
 			snprintf(why, why_len, "cannot lock %s/.lock: %s", dir, strerror(-r));
 		goto fail;

@@ -3,7 +3,8 @@
  * L1 (none is locked out), a chunk written by one is served to the others
  * from L1, the size bound holds across processes while they evict each
  * other's entries, and an L1 path that cannot be used leaves the cache
- * working without L1 (the origin fetches are counted in cache_stats).
+ * working without L1, as does one held exclusively by another process past
+ * the bounded wait (the origin fetches are counted in cache_stats).
  * The threads of each process run under ThreadSanitizer too. */
 #include "cache/internal.h"
 #include "tests/check.h"
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -278,6 +280,24 @@ static void test_unusable(void)
 		CHECK(read_ok(c, 1, 0, CHUNK_LEN, &t) && t == CACHE_TIER_L3);
 		cache_free(c);
 	}
+	/* another process holding the lock exclusively (as one from before L1
+	 * was shared would): cache_new waits its bounded time, then goes on
+	 * without L1 */
+	wipe_l1();
+	snprintf(p, sizeof(p), "%s/.lock", l1_dir);
+	CHECK(mkdir_p(l1_dir, 0700) == 0);
+	fd = open(p, O_RDWR | O_CREAT, 0600);
+	CHECK(fd >= 0 && flock(fd, LOCK_EX) == 0);
+	c = open_cache(l1_dir, 64ull << 20);
+	CHECK(c != NULL);
+	if (c) {
+		struct cache_stats s;
+		cache_get_stats(c, &s);
+		CHECK(s.l1_max_bytes == 0);
+		cache_free(c);
+	}
+	if (fd >= 0)
+		close(fd);
 	/* a directory where the shared counters' file should be */
 	wipe_l1();
 	snprintf(p, sizeof(p), "%s/.usage", l1_dir);
