@@ -52,9 +52,15 @@ for i in 1 2 3 4; do
   pids+=($!)
   track_pid $!
 done
+# Wait for all four before judging any: a run still going would keep its
+# mount while the cleanup removes $T (each run ends within kr's timeout).
+rcs=()
 for i in 1 2 3 4; do
   rc=0; wait "${pids[$((i - 1))]}" || rc=$?
-  check "c$i" "$rc"
+  rcs+=("$rc")
+done
+for i in 1 2 3 4; do
+  check "c$i" "${rcs[$((i - 1))]}"
   ! grep -q "L1" "$T/c$i.err" || die "run c$i had trouble with L1: $(cat "$T/c$i.err")"
 done
 l3=0
