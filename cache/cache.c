@@ -172,9 +172,22 @@ int cache_new(const struct cache_config *cfg, struct cache **out)
 			goto fail;
 		}
 		uint64_t max = cfg->l1_max_bytes ? cfg->l1_max_bytes : 4ull << 30;
-		if ((r = l1_layer_new(c, cfg->l1_dir, max, &ops, &st)) < 0 || (r = push_layer(c, ops, st)) < 0)
+		char why[600];
+		r = l1_layer_new(c, cfg->l1_dir, max, &ops, &st, why, sizeof(why));
+		if (r == -ENOMEM)
 			goto fail;
-		c->l1_state = st;
+		if (r < 0) {
+			/* the cache is an accelerator: a broken L1 must not stop the reads */
+			log_warn("L1 disk cache off: %s.  Reads go to L2 and the origin without it.  Make %s a "
+				 "directory this user can write, or point --l1-dir at one",
+				 why, cfg->l1_dir);
+			free(c->l1_dir);
+			c->l1_dir = NULL;
+		} else if ((r = push_layer(c, ops, st)) < 0) {
+			goto fail; /* push_layer closed it */
+		} else {
+			c->l1_state = st;
+		}
 	}
 	if ((r = flight_layer_new(c, &ops, &st)) < 0 || (r = push_layer(c, ops, st)) < 0)
 		goto fail;
@@ -389,6 +402,7 @@ void cache_get_stats(struct cache *c, struct cache_stats *out)
 		out->l1_bytes = u.bytes;
 		out->l1_max_bytes = u.max_bytes;
 		out->l1_entries = u.entries;
+		out->l1_evictions = u.evictions;
 	}
 	if (c->mem_state) {
 		mem_layer_usage(c->mem_state, &out->mem_bytes);
@@ -444,9 +458,9 @@ char *cache_stats_json(struct cache *c)
 			    json_pack("{s:b,s:I,s:I}", "enabled", c->mem_state != NULL, "bytes", (json_int_t)s.mem_bytes,
 				      "max_bytes", (json_int_t)s.mem_max_bytes));
 	json_object_set_new(root, "l1",
-			    json_pack("{s:b,s:s?,s:I,s:I,s:I}", "enabled", c->l1_state != NULL, "dir", c->l1_dir,
+			    json_pack("{s:b,s:s?,s:I,s:I,s:I,s:I}", "enabled", c->l1_state != NULL, "dir", c->l1_dir,
 				      "bytes", (json_int_t)s.l1_bytes, "max_bytes", (json_int_t)s.l1_max_bytes, "entries",
-				      (json_int_t)s.l1_entries));
+				      (json_int_t)s.l1_entries, "evictions", (json_int_t)s.l1_evictions));
 	json_object_set_new(root, "origin",
 			    json_pack("{s:s,s:I}", "uri", c->origin_uri, "fetches", (json_int_t)s.origin_fetches));
 	json_object_set_new(root, "singleflight_shared", json_integer((json_int_t)s.singleflight_shared));

@@ -4,7 +4,8 @@
  * verified bytes as fast as the tier allows, whatever fails around it:
  *
  *   memory tier   small, hot, plaintext
- *   L1            per-host disk cache, size-bounded, scan-resistant, crash-safe
+ *   L1            per-host disk cache, size-bounded, scan-resistant, crash-safe,
+ *                 shared by the processes of a host
  *   L2            memcached fleet, each chunk Reed-Solomon coded k+m (ISA-L)
  *   L3            the origin store (image.h: file, http, s3)
  *
@@ -60,9 +61,13 @@ enum cache_tier { CACHE_TIER_NONE = 0, CACHE_TIER_MEM, CACHE_TIER_L1, CACHE_TIER
 /* Name of a tier for logs and stats ("mem", "l1", "l2", "l3"). */
 const char *cache_tier_name(enum cache_tier t);
 
-/* Create a cache.  Opens (and, if it holds entries from an earlier run,
- * re-validates the index of) the L1 directory, starts background threads.
- * Returns 0, -EINVAL for a bad configuration (logged), or -errno. */
+/* Create a cache.  Opens (and, if it holds entries from an earlier run or
+ * another process, re-validates the index of) the L1 directory, which other
+ * processes may use at the same time, and starts background threads.  An L1
+ * directory that cannot be used (not creatable, not writable, a file in its
+ * place) does not fail the call: the cache runs without L1 and logs one
+ * warning saying why and what to do.  Returns 0, -EINVAL for a bad
+ * configuration (logged), or -errno. */
 int cache_new(const struct cache_config *cfg, struct cache **out);
 
 /* Stop background work (waits for queued L2 writes) and free; NULL is ok. */
@@ -101,7 +106,8 @@ struct cache_tier_stats {
 
 struct cache_stats {
 	struct cache_tier_stats tier[CACHE_TIER_COUNT];
-	uint64_t l1_bytes, l1_max_bytes, l1_entries;
+	uint64_t l1_bytes, l1_max_bytes, l1_entries;	/* the directory's, across processes */
+	uint64_t l1_evictions;				/* by this cache */
 	uint64_t mem_bytes, mem_max_bytes;
 	uint64_t origin_fetches, singleflight_shared;
 };

@@ -257,7 +257,7 @@ int l2_locate(struct l2 *l, const char *name, unsigned index, char *addr, size_t
 
 /* ======================================================================
  * The read chain (cache.c; the layers in mem.c, l1.c, flight.c, l2_layer.c,
- * l3.c; whole chunks in whole.c, their verification in verify.c)
+ * l3.c; whole chunks in whole.c, verified by image.h's chunk_open)
  *
  * A read walks a chain of layers, nbdkit style: memory -> L1 -> single
  * flight -> L2 -> L3, each one small ops table that serves the request or
@@ -287,7 +287,8 @@ struct chunk_whole {
 
 /* Verify |<cipher, len>| (taking ownership of |cipher|, malloc'd) against
  * |name| (unless |name_checked|: the tier that produced it already did, as
- * l2_get does) and, with |c|'s salt, |key|; decrypt (chunk_verify_decrypt).
+ * l2_get does) and, with |c|'s salt, |key|; decrypt: one pass of image.h's
+ * chunk_open, the one implementation of the chunk format.
  * Returns 0 with |*out| (refs 1), -EBADMSG if the bytes do not match or
  * |len| is 0 or above CHUNK_SIZE (cipher freed), or -ENOMEM / -EIO (cipher
  * freed). */
@@ -308,24 +309,6 @@ void chunk_whole_copy(const struct chunk_whole *w, struct chunk_req *rq);
  * |rq|'s range, set rq->tier, and hand the caller's reference to |w| up in
  * rq->whole. */
 void chunk_whole_serve(struct cache *c, struct chunk_whole *w, struct chunk_req *rq);
-
-/* Chunk verification (verify.c), which depends on bytes and keys only, not
- * on the cache. */
-
-/* Verify and decrypt the ciphertext |<cipher, len>| of a chunk sealed with
- * |key|, in one pass:
- *   - if |name| is not NULL, SHA-256(cipher) must be |name| (64 lower-case
- *     hex digits); NULL when the caller has checked the name already (as
- *     l2_get does while the fragments arrive);
- *   - AES-256-CTR(|key|, IV 0) of |cipher| goes to |plain| (|len| bytes,
- *     not overlapping |cipher|);
- *   - if |salt| is not NULL, SHA-256(|<salt, salt_len>| || plaintext) must
- *     be |key|.
- * Returns 0 when every check passed; -EBADMSG when one failed (|plain| then
- * holds bytes that must not be used); -EIO if libcrypto failed (logged).
- * Allocates nothing that outlives the call; thread-safe. */
-int chunk_verify_decrypt(const char *name, const uint8_t key[CHUNK_KEY_LEN], const uint8_t *salt, size_t salt_len,
-			 const uint8_t *cipher, size_t len, uint8_t *plain);
 
 /* One read through the chain. */
 struct chunk_req {
@@ -400,11 +383,17 @@ void mem_layer_usage(void *state, uint64_t *out_bytes);
 
 /* l1.c */
 struct l1_usage {
-	uint64_t bytes, max_bytes, entries, protected_entries, open_fds;
+	/* bytes and entries are the directory's, shared by every process using
+	 * it; indexed is this process's index */
+	uint64_t bytes, max_bytes, entries, indexed, protected_entries, open_fds;
 	uint64_t queued, insert_dropped; /* background insert queue */
+	uint64_t evictions;		 /* by this process, to stay in the bound or the filesystem */
 };
+/* Open (creating it) the L1 directory |dir|, shared with other processes
+ * (l1.c, top).  On failure returns -errno with the reason, for the one
+ * notice the caller logs, in |<why, why_len>|; logs nothing itself. */
 int l1_layer_new(struct cache *c, const char *dir, uint64_t max_bytes, const struct cache_layer_ops **ops,
-		 void **state);
+		 void **state, char *why, size_t why_len);
 void l1_layer_usage(void *state, struct l1_usage *out);
 /* Wait until the insert queue of the L1 layer |state| is empty. */
 void l1_layer_wait(void *state);

@@ -5,25 +5,14 @@
  * runs.  The format is described in internal.h ("L2 fragment format"). */
 #include "internal.h"
 
+#include "common/bytes.h"
+
 #include <errno.h>
 #include <isa-l/crc.h>
 #include <isa-l/erasure_code.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-
-static void put_le32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-	p[2] = (uint8_t)(v >> 16);
-	p[3] = (uint8_t)(v >> 24);
-}
-
-static uint32_t get_le32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
 
 uint32_t l2_crc32c(const uint8_t *p, size_t n)
 {

@@ -19,6 +19,8 @@
  */
 #include "l2_internal.h"
 
+#include "common/bytes.h"
+
 #include <errno.h>
 #include <openssl/evp.h>
 #include <poll.h>
@@ -53,11 +55,6 @@ static void scratch_put(struct l2 *l, uint8_t *b)
 	}
 	pthread_mutex_unlock(&l->scratch_mu);
 	free(b);
-}
-
-static uint32_t ld_le32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
 /* One fragment being read by l2_get. */
@@ -243,7 +240,7 @@ static void frag_place(struct read_state *rs, unsigned i)
 	uint8_t *dst = NULL;
 	if (memcmp(f->hdr, L2_FRAG_MAGIC, 4) == 0 && f->hdr[4] == L2_FRAG_VERSION && f->hdr[5] == l->k &&
 	    f->hdr[6] == l->m && f->hdr[7] == i && memcmp(f->hdr + 16, rs->name, CHUNK_NAME_HEX_LEN) == 0) {
-		uint32_t chunk_len = ld_le32(f->hdr + 8), frag_len = ld_le32(f->hdr + 12);
+		uint32_t chunk_len = get_le32(f->hdr + 8), frag_len = get_le32(f->hdr + 12);
 		if (chunk_len >= 1 && chunk_len <= CHUNK_SIZE && frag_len == l2_frag_len(chunk_len, l->k) &&
 		    frag_len == dlen && (rs->fl == 0 || rs->fl == dlen)) {
 			rs->fl = dlen;

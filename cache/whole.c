@@ -1,7 +1,7 @@
 /* Whole chunks: below L1 a read always fetches a whole chunk, because the
  * L2 fleet and the origin store only deal in whole chunks.  Each fetched
  * chunk is verified once, in one pass (chunk_whole_make, which calls
- * chunk_verify_decrypt in verify.c), and handed up the chain as a
+ * image.h's chunk_open), and handed up the chain as a
  * refcounted chunk_whole; the tiers above never hash a whole chunk again.
  */
 #include "cache.h"
@@ -43,7 +43,7 @@ int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_
 	}
 	size_t salt_len;
 	const uint8_t *salt = cache_salt(c, &salt_len);
-	int r = chunk_verify_decrypt(name_checked ? NULL : name, key, salt, salt_len, cipher, len, plain);
+	int r = chunk_open(name_checked ? NULL : name, key, salt, salt_len, cipher, len, plain);
 	if (r < 0) {
 		free(cipher);
 		free(plain);

@@ -334,11 +334,9 @@ static int cmd_run(int argc, char **argv, double t0)
 	mnt = xasprintf("%s/kindling-run.XXXXXX", tmp && *tmp ? tmp : "/tmp");
 	if (!home || !store || !l1 || !mnt)
 		goto out;
-	int r = mkdir_p(l1, 0700);
-	if (r < 0) {
-		log_err("cannot create the L1 directory %s: %s (use --l1-dir)", l1, strerror(-r));
-		goto out;
-	}
+	/* The L1 directory is the cache's to create; one it cannot use runs the
+	 * image without L1 (one notice), never fails it. */
+	int r;
 	if (!mkdtemp(mnt)) {
 		log_err("cannot create a mount point %s: %s (set TMPDIR to a writable directory)", mnt,
 			strerror(errno));

@@ -15,14 +15,7 @@
 # Missing tools are a failure, not a skip.
 # ctest-labels: no-asan (kindling run end to end: blockd is covered by 40-42 and the sandbox by 50 under ASan); no-tsan (as 50; blockd threads are covered by 40-42)
 . "$(dirname "$0")/lib.sh"
-KINDLING=$KINDLING_BUILD_DIR/kindling
-[ -x "$KINDLING" ] || die "kindling not built at $KINDLING (build the project first)"
-for tool in jq memcached python3 tar; do
-  command -v $tool >/dev/null || die "$tool is not installed (see scripts/apt-packages.txt)"
-done
-[ -x /bin/busybox ] || die "/bin/busybox is missing (Debian package busybox-static)"
-[ "$(id -u)" = 0 ] || die "the process sandbox needs root"
-[ -e /dev/fuse ] || die "/dev/fuse is missing"
+need_kindling_run jq memcached python3 tar
 
 # ---- the image: static busybox, an entrypoint, and 8 MB the entrypoint never reads -------------------------------
 R=$T/rootfs
@@ -69,13 +62,6 @@ export TMPDIR=$T/tmp # kindling's private mount points go here; checked empty at
 mkdir -p "$TMPDIR"
 fuse_mounts() { grep -c "$T/tmp/kindling-run" /proc/self/mountinfo || true; }
 
-# kr NAME ARGS...: kindling run; stdout to $T/NAME.out, stderr to $T/NAME.err; returns its status.
-kr() {
-  local name=$1 rc=0
-  shift
-  timeout 120 "$KINDLING" run "$@" >"$T/$name.out" 2>"$T/$name.err" || rc=$?
-  return $rc
-}
 
 # ---- cold run: the entrypoint, the exit code, the JSON report ----------------------------------------------------
 rc=0; kr cold run:1 --json --isolation process || rc=$?

@@ -80,3 +80,27 @@ start_memcached() {
   track_pid "${PID[$i]}"
   wait_port "$p"
 }
+
+# For the tests of `kindling run` in the process sandbox: set KINDLING, and
+# die (missing tools are a failure, not a skip) unless it is built and the
+# tools "$@", static busybox, root and /dev/fuse are there.
+need_kindling_run() {
+  KINDLING=$KINDLING_BUILD_DIR/kindling
+  [ -x "$KINDLING" ] || die "kindling not built at $KINDLING (build the project first)"
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || die "$tool is not installed (see scripts/apt-packages.txt)"
+  done
+  [ -x /bin/busybox ] || die "/bin/busybox is missing (Debian package busybox-static)"
+  [ "$(id -u)" = 0 ] || die "the process sandbox needs root"
+  [ -e /dev/fuse ] || die "/dev/fuse is missing"
+}
+
+# kr NAME ARGS...: kindling run ARGS (at most 120 s); stdout to $T/NAME.out,
+# stderr to $T/NAME.err; returns its status.
+kr() {
+  local name=$1 rc=0
+  shift
+  timeout 120 "$KINDLING" run "$@" >"$T/$name.out" 2>"$T/$name.err" || rc=$?
+  return $rc
+}

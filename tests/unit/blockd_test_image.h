@@ -16,7 +16,8 @@
  * with |stored[i]| (|stored| NULL: every chunk; the others are holes) with
  * |env|'s salt, upload it to |st|, and record its name in |names[i]|.  Then
  * store the manifest sealed with |env|'s tenant key, its digest in
- * |digest|, and point refs/unit/1 at it.  Returns 0 or -errno. */
+ * |digest|, and point refs/unit/1 at it, signed with the tenant key
+ * (image_ref_put).  Returns 0 or -errno. */
 static int test_image_make(struct store *st, const struct kindling_env *env, const uint8_t *plain, size_t n_indexes,
 			   const bool *stored, char (*names)[CHUNK_NAME_HEX_LEN + 1], char digest[SHA256_HEX_LEN + 1])
 {

@@ -4,6 +4,8 @@
  * chunks fetch each chunk from the origin exactly once (also run under
  * ThreadSanitizer).  Origin reads are counted by a layer put in above L3. */
 #include "cache/internal.h"
+#include "tests/check.h"
+#include "tests/unit/cache_test_origin.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -16,28 +18,12 @@
 #include <time.h>
 #include <unistd.h>
 
-static int passed, failed;
-#define CHECK(cond)                                                                                                    \
-	do {                                                                                                           \
-		if (cond)                                                                                              \
-			passed++;                                                                                      \
-		else {                                                                                                 \
-			failed++;                                                                                      \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);                      \
-		}                                                                                                      \
-	} while (0)
-
 #define N_CHUNKS 96
 static const uint8_t salt[16] = "test-salt-l1....";
-static char dir[256], origin_uri[300], l1_dir[300];
+static struct test_scratch scratch;
+static const char *dir = scratch.dir, *origin_uri = scratch.origin_uri, *l1_dir = scratch.l1_dir;
 
-struct chunk {
-	char name[CHUNK_NAME_HEX_LEN + 1];
-	uint8_t key[CHUNK_KEY_LEN];
-	uint8_t *plain;
-	size_t len;
-};
-static struct chunk chunks[N_CHUNKS];
+static struct test_chunk chunks[N_CHUNKS];
 
 /* ---- a counting (and optionally delaying) layer above the origin ------------ */
 
@@ -91,36 +77,6 @@ static void counter_reset(struct counter *k)
 
 /* ---- set-up --------------------------------------------------------------------- */
 
-static void make_chunks(void)
-{
-	struct store *s;
-	if (store_open(origin_uri, NULL, &s) < 0) {
-		fprintf(stderr, "cannot open %s\n", origin_uri);
-		exit(1);
-	}
-	uint8_t *cipher = malloc(CHUNK_SIZE);
-	for (int i = 0; i < N_CHUNKS; i++) {
-		struct chunk *c = &chunks[i];
-		/* the last chunk is short, to cover a partial last block */
-		c->len = i == N_CHUNKS - 1 ? 100 * 1024 + 123 : CHUNK_SIZE;
-		c->plain = malloc(c->len);
-		uint64_t x = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1);
-		for (size_t o = 0; o < c->len; o += 8) {
-			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-			size_t n = c->len - o < 8 ? c->len - o : 8;
-			memcpy(c->plain + o, &x, n);
-		}
-		if (chunk_seal(salt, sizeof(salt), c->plain, c->len, c->key, cipher, c->name) < 0)
-			exit(1);
-		char key[100] = "chunks/";
-		memcpy(key + 7, c->name, CHUNK_NAME_HEX_LEN + 1);
-		if (store_put(s, key, cipher, c->len) < 0)
-			exit(1);
-	}
-	free(cipher);
-	store_free(s);
-}
-
 static struct cache *open_cache(uint64_t l1_max, bool mem, struct counter *k)
 {
 	struct cache_config cfg = {
@@ -132,14 +88,7 @@ static struct cache *open_cache(uint64_t l1_max, bool mem, struct counter *k)
 		.salt = salt,
 		.salt_len = sizeof(salt),
 	};
-	struct cache *c;
-	if (cache_new(&cfg, &c) < 0)
-		return NULL;
-	if (k && cache_insert_layer(c, "l3", &count_ops, k) < 0) {
-		cache_free(c);
-		return NULL;
-	}
-	return c;
+	return test_cache_open(&cfg, k ? &count_ops : NULL, k);
 }
 
 static void wipe_l1(void)
@@ -155,30 +104,6 @@ static void wipe_l1(void)
 	}
 	if (d)
 		closedir(d);
-}
-
-static uint64_t du_l1(unsigned *files, unsigned *tmps)
-{
-	uint64_t total = 0;
-	*files = *tmps = 0;
-	DIR *d = opendir(l1_dir);
-	struct dirent *de;
-	while (d && (de = readdir(d))) {
-		char p[600];
-		snprintf(p, sizeof(p), "%s/%s", l1_dir, de->d_name);
-		struct stat st;
-		if (de->d_name[0] == '.' && strncmp(de->d_name, ".tmp-", 5) != 0)
-			continue;
-		if (strncmp(de->d_name, ".tmp-", 5) == 0)
-			(*tmps)++;
-		if (stat(p, &st) == 0) {
-			total += (uint64_t)st.st_size;
-			(*files)++;
-		}
-	}
-	if (d)
-		closedir(d);
-	return total;
 }
 
 static bool read_ok(struct cache *c, int i, uint32_t off, size_t len, enum cache_tier *tier)
@@ -383,7 +308,7 @@ static void test_size_bound(void)
 	struct cache_stats s;
 	cache_get_stats(c, &s);
 	unsigned files, tmps;
-	uint64_t disk = du_l1(&files, &tmps);
+	uint64_t disk = test_l1_usage(l1_dir, &files, &tmps);
 	CHECK(s.l1_bytes <= max && disk <= max && tmps == 0);
 	CHECK(files == s.l1_entries);
 	/* the hot chunks paid off */
@@ -447,7 +372,7 @@ static void test_insert_queue(void)
 	cache_get_stats(c, &s);
 	CHECK(s.l1_entries == 8);
 	unsigned files, tmps;
-	du_l1(&files, &tmps);
+	test_l1_usage(l1_dir, &files, &tmps);
 	CHECK(files == 8 && tmps == 0);
 	cache_free(c);
 }
@@ -518,16 +443,10 @@ static void test_single_flight(bool mem)
 
 int main(void)
 {
-	const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-	snprintf(dir, sizeof(dir), "%s/test_cache_l1.XXXXXX", tmp);
-	if (!mkdtemp(dir)) {
-		perror("mkdtemp");
-		return 1;
-	}
-	snprintf(origin_uri, sizeof(origin_uri), "file://%s/origin", dir);
-	snprintf(l1_dir, sizeof(l1_dir), "%s/l1", dir);
-	log_set_level(getenv("KINDLING_DEBUG") ? LOG_DEBUG : LOG_SILENT);
-	make_chunks();
+	test_scratch_make("test_cache_l1", &scratch);
+	/* the last chunk is short, to cover a partial last block */
+	test_chunks_make(origin_uri, salt, sizeof(salt), chunks, N_CHUNKS, CHUNK_SIZE, 100 * 1024 + 123,
+			 0x9e3779b97f4a7c15ull);
 
 	test_tiers_and_ranges();
 	test_bit_flip();
@@ -538,12 +457,7 @@ int main(void)
 	test_single_flight(true);
 	test_single_flight(false);
 
-	for (int i = 0; i < N_CHUNKS; i++)
-		free(chunks[i].plain);
-	char cmd[600];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", dir);
-	printf("%d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	test_chunks_free(chunks, N_CHUNKS);
+	test_rm_rf(dir);
+	return check_report();
 }
