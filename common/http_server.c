@@ -69,6 +69,7 @@ struct req {
 	char *path;
 	uint8_t *body;
 	size_t body_len, body_cap, limit;
+	uint64_t body_total; /* bytes of the body that came, kept or not */
 };
 
 struct http_server {
@@ -488,6 +489,7 @@ static enum MHD_Result first_call(struct http_server *s, struct req *q, struct M
 		/* libmicrohttpd has checked it is a number. */
 		unsigned long long len = strtoull(cl, NULL, 10);
 		if (len > q->limit) {
+			q->r.body_total = len;
 			pthread_mutex_lock(&s->lock);
 			s->too_large++;
 			pthread_mutex_unlock(&s->lock);
@@ -505,6 +507,8 @@ static enum MHD_Result first_call(struct http_server *s, struct req *q, struct M
 /* Take |<data, n>| of the body. */
 static void take_body(struct http_server *s, struct req *q, const char *data, size_t n)
 {
+	if (!ck_add_u64(q->body_total, n, &q->body_total))
+		q->body_total = UINT64_MAX;
 	if (q->over_limit)
 		return;
 	size_t need;
@@ -544,6 +548,7 @@ static void take_body(struct http_server *s, struct req *q, const char *data, si
 static enum MHD_Result final_call(struct http_server *s, struct req *q, struct MHD_Connection *connection)
 {
 	if (q->over_limit) {
+		q->r.body_total = q->body_total;
 		char reason[128];
 		snprintf(reason, sizeof(reason), "Request must be smaller than %zu bytes.", q->limit + 1);
 		return answer_error(s, q, connection, 413, reason, q->limit);
@@ -552,6 +557,7 @@ static enum MHD_Result final_call(struct http_server *s, struct req *q, struct M
 		q->body[q->body_len] = 0;
 	q->r.body = q->body ? q->body : (const uint8_t *)"";
 	q->r.body_len = q->body_len;
+	q->r.body_total = q->body_len;
 
 	pthread_mutex_lock(&s->lock);
 	if (q->conn)

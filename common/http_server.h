@@ -60,6 +60,12 @@ struct http_request {
 	const uint8_t *body;  /* NULL while the body limit is being decided; then the
 			       * whole body, NUL-terminated (not counted in body_len) */
 	size_t body_len;
+	/* The size of the body in bytes: body_len, except in ops->error for a
+	 * 413, where it is the size of the body refused: its Content-Length
+	 * (none of it was read), or for a chunked body every byte that came
+	 * (the server reads such a body to its end, dropping it, before it
+	 * answers; UINT64_MAX if that overflowed). */
+	uint64_t body_total;
 	const char *peer;     /* "127.0.0.1:40522" or "[::1]:40522" */
 };
 
@@ -105,9 +111,14 @@ struct http_server_ops {
 	size_t (*body_limit)(void *arg, const struct http_request *req);
 	/* optional: fill |resp| (status already set to |status|) for an answer
 	 * the server gives itself: 400 (a path that does not decode), 413 (a
-	 * body over |limit| bytes), 500 (the handler failed), 503 (over the
-	 * connection cap, or stopping).  |reason| says why, for a log or the
-	 * body.  |req| has no body.  Default: a text/plain body of |reason|. */
+	 * body over |limit| bytes; req->body_total says how big), 500 (the
+	 * handler failed), 503 (over the connection cap, or stopping).
+	 * |reason| says why, for a log or the body.  |req| has no body.  Must
+	 * not block.  It may set another status (200 to 599) where the
+	 * application answers such a request itself, for example an API that
+	 * accepts a report whose oversized body it ignores; the connection is
+	 * closed after the answer all the same, unless |status| was 500.
+	 * Default: a text/plain body of |reason|. */
 	void (*error)(void *arg, const struct http_request *req, unsigned status, const char *reason, size_t limit,
 		      struct http_response *resp);
 	/* optional: called once by http_server_stop after the server stopped
@@ -155,7 +166,7 @@ struct http_server_stats {
 	unsigned in_flight;	/* requests between their headers and the end of their response */
 	uint64_t requests;	/* requests whose headers arrived */
 	uint64_t rejected_busy; /* answered 503 over the connection cap */
-	uint64_t too_large;	/* answered 413 */
+	uint64_t too_large;	/* bodies refused over their limit (answered 413 unless ops->error chose otherwise) */
 	uint64_t timed_out;	/* connections shut down by io_timeout_ms */
 };
 

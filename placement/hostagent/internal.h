@@ -8,10 +8,10 @@
  *   fnlog.c        per-function log files (rotated), Lambda's START / END /
  *                  REPORT lines, and the pump that copies a sandbox's output
  *                  into them while keeping the invocation's tail
- *   httpd.c        a small HTTP server on libmicrohttpd, on a listening socket
- *                  the sandbox hands over (one thread per connection)
  *   rapi.c         one sandbox's Runtime API endpoint: the hand-over of an
- *                  invocation between the agent and the runtime
+ *                  invocation between the agent and the runtime, served by
+ *                  common/http_server on the listening socket the sandbox
+ *                  hands over
  *   hostagent.c    the agent: blockd, images, sandbox threads, the reaper
  */
 #ifndef KINDLING_HOSTAGENT_INTERNAL_H
@@ -305,66 +305,6 @@ const uint8_t *pump_captured(struct pump *p, size_t *len, uint64_t *total);
 void pump_free(struct pump *p);
 
 /* ======================================================================
- * A small HTTP server (httpd.c) on libmicrohttpd: one thread per
- * connection, so a handler may block (the /next long-poll).
- * ====================================================================== */
-
-struct httpd;
-
-struct httpd_request {
-	const char *method;  /* "GET", "POST" */
-	const char *path;    /* decoded, no query */
-	void *conn;	     /* the server's; for httpd_header */
-	const uint8_t *body; /* the first |body_len| bytes of the body (at most the limit), NUL-terminated;
-			      * "" when there was none */
-	size_t body_len;
-	/* Bytes the body has in all: more than |body_len| when it was over the
-	 * limit.  Then the server stopped reading it (a Content-Length over the
-	 * limit is never read; a chunked body is read and dropped), and the
-	 * connection closes after the answer. */
-	uint64_t body_total;
-};
-
-/* The value of |req|'s first header |name| (case-insensitive), or NULL. */
-const char *httpd_header(const struct httpd_request *req, const char *name);
-
-#define HTTPD_MAX_HEADERS 8
-
-struct httpd_response {
-	unsigned status;
-	const char *content_type; /* static; NULL: none */
-	struct {
-		char *name, *value; /* owned */
-	} headers[HTTPD_MAX_HEADERS];
-	size_t n_headers;
-	uint8_t *body; /* malloc'd, owned; may be NULL */
-	size_t body_len;
-};
-
-/* Add a header (copied).  Returns 0, -ENOSPC past HTTPD_MAX_HEADERS, -EINVAL
- * for a CR, LF or NUL in it, or -ENOMEM. */
-int httpd_response_header(struct httpd_response *resp, const char *name, const char *value);
-
-struct httpd_ops {
-	/* Required: answer |req|.  May block (until the owner wakes it before
-	 * httpd_stop).  0 sends |resp|; -errno closes the connection without
-	 * an answer. */
-	int (*handle)(void *arg, const struct httpd_request *req, struct httpd_response *resp);
-	/* Required: the body limit for a request, from its method and path. */
-	size_t (*body_limit)(void *arg, const char *method, const char *path);
-};
-
-/* Serve HTTP on |fd|, a listening stream socket (TCP or unix), which the
- * server takes in every case.  |name| is for log messages.  Returns 0 or
- * -errno (logged). */
-int httpd_start(const struct httpd_ops *ops, void *arg, int fd, const char *name, struct httpd **out);
-
-/* Stop: close the listening socket and every connection, join every
- * connection's thread (handlers must have been woken first), free.  NULL is
- * ok. */
-void httpd_stop(struct httpd *h);
-
-/* ======================================================================
  * One sandbox's Runtime API endpoint (rapi.c).
  * ====================================================================== */
 
@@ -390,11 +330,14 @@ struct rapi_hooks {
 int rapi_new(const char *name, const struct rapi_hooks *hooks, struct rapi **out);
 
 /* Serve the Runtime API on |fd| (a listening stream socket; taken in every
- * case).  At most once.  Returns 0 or -errno (logged). */
+ * case) with common/http_server: one thread per connection, so /next can
+ * long-poll.  At most once.  Returns 0 or -errno (logged). */
 int rapi_serve(struct rapi *r, int fd);
 
-/* The sandbox is gone: waiters in rapi_wait and the runtime's /next return,
- * the server stops (joined).  Idempotent.  Not from a server thread. */
+/* The sandbox is gone: waiters in rapi_wait and the runtime's /next return
+ * (/next with a 500), the server stops once the answers in flight are sent
+ * (the runtime's sockets closed with the sandbox, so that is at once), and
+ * its threads are joined.  Idempotent.  Not from a server thread. */
 void rapi_end(struct rapi *r);
 
 /* rapi_end and free; NULL is ok. */

@@ -15,10 +15,19 @@
  *   - /init/error is accepted only before the first /next (403 after), and
  *     ends the sandbox: the invocation waiting for it gets the error.
  * One lock guards the state; the agent's thread waits on a condition
- * variable, the runtime's requests on the same one. */
+ * variable, the runtime's requests on the same one.
+ *
+ * The HTTP side is common/http_server, on the listening socket the sandbox
+ * hands over.  It refuses a body over HA_MAX_PAYLOAD itself, before reading
+ * it; its error callback (on_server_error) then answers as the route would
+ * with the body left out, which is where an oversized response becomes
+ * Function.ResponseSizeTooLarge. */
 #include "placement/hostagent/internal.h"
 
+#include "common/http_server.h"
+
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,7 +46,7 @@ struct rapi {
 	pthread_cond_t cond; /* CLOCK_MONOTONIC */
 	char name[96];
 	struct rapi_hooks hooks;
-	struct httpd *server;
+	struct http_server *server;
 	bool ended;
 	enum rt_state state;
 	double first_next_at; /* < 0 until the first /next */
@@ -70,31 +79,24 @@ int rapi_new(const char *name, const struct rapi_hooks *hooks, struct rapi **out
 
 /* ---- answers ------------------------------------------------------------------------------------------------- */
 
-static int reply(struct httpd_response *resp, unsigned status, const char *json)
+static int reply(struct http_response *resp, unsigned status, const char *json)
 {
 	resp->status = status;
-	resp->content_type = "application/json";
-	size_t n = strlen(json);
-	if (!(resp->body = malloc(n + 1)))
-		return -ENOMEM;
-	memcpy(resp->body, json, n + 1);
-	resp->body_len = n;
-	return 0;
+	int e = http_response_add_header(resp, "Content-Type", "application/json");
+	return e ? e : http_response_set_body(resp, json, strlen(json));
 }
 
-static int reply_error(struct httpd_response *resp, unsigned status, const char *type, const char *message)
+static int reply_error(struct http_response *resp, unsigned status, const char *type, const char *message)
 {
 	char *j = ha_error_json(type, message);
 	if (!j)
 		return -ENOMEM;
+	http_response_take_body(resp, j, strlen(j));
 	resp->status = status;
-	resp->content_type = "application/json";
-	resp->body = (uint8_t *)j;
-	resp->body_len = strlen(j);
-	return 0;
+	return http_response_add_header(resp, "Content-Type", "application/json");
 }
 
-static int reply_transition(struct httpd_response *resp, enum rt_state from, const char *to)
+static int reply_transition(struct http_response *resp, enum rt_state from, const char *to)
 {
 	char msg[256];
 	snprintf(msg, sizeof(msg), "State transition from %s to %s failed for runtime. Error: State transition is not "
@@ -102,7 +104,7 @@ static int reply_transition(struct httpd_response *resp, enum rt_state from, con
 	return reply_error(resp, 403, "InvalidStateTransition", msg);
 }
 
-static int reply_accepted(struct httpd_response *resp) { return reply(resp, 202, "{\"status\":\"OK\"}"); }
+static int reply_accepted(struct http_response *resp) { return reply(resp, 202, "{\"status\":\"OK\"}"); }
 
 /* ---- the runtime's requests ------------------------------------------------------------------------------------ */
 
@@ -153,17 +155,17 @@ static int base64_decode(const char *in, char **out)
 
 /* The event and its headers, for the runtime.  Called locked, with |inv|
  * just handed over. */
-static int reply_event(struct rapi *r, struct rapi_invocation *inv, struct httpd_response *resp)
+static int reply_event(struct rapi *r, struct rapi_invocation *inv, struct http_response *resp)
 {
 	char deadline[32];
 	snprintf(deadline, sizeof(deadline), "%lld", (long long)(epoch_ms_now() + (int64_t)inv->timeout_s * 1000));
-	int e = httpd_response_header(resp, "Lambda-Runtime-Aws-Request-Id", inv->request_id);
+	int e = http_response_add_header(resp, "Lambda-Runtime-Aws-Request-Id", inv->request_id);
 	if (!e)
-		e = httpd_response_header(resp, "Lambda-Runtime-Deadline-Ms", deadline);
+		e = http_response_add_header(resp, "Lambda-Runtime-Deadline-Ms", deadline);
 	if (!e && inv->arn && *inv->arn)
-		e = httpd_response_header(resp, "Lambda-Runtime-Invoked-Function-Arn", inv->arn);
+		e = http_response_add_header(resp, "Lambda-Runtime-Invoked-Function-Arn", inv->arn);
 	if (!e && inv->trace_id && *inv->trace_id)
-		e = httpd_response_header(resp, "Lambda-Runtime-Trace-Id", inv->trace_id);
+		e = http_response_add_header(resp, "Lambda-Runtime-Trace-Id", inv->trace_id);
 	if (!e && inv->client_context && *inv->client_context) {
 		/* The invoker's X-Amz-Client-Context is base64; runtimes get the
 		 * JSON itself. */
@@ -172,7 +174,7 @@ static int reply_event(struct rapi *r, struct rapi_invocation *inv, struct httpd
 			for (char *p = json; *p; p++)
 				if (*p == '\r' || *p == '\n')
 					*p = ' ';
-			e = httpd_response_header(resp, "Lambda-Runtime-Client-Context", json);
+			e = http_response_add_header(resp, "Lambda-Runtime-Client-Context", json);
 			if (e == -EINVAL)
 				e = 0;
 		} else {
@@ -181,20 +183,15 @@ static int reply_event(struct rapi *r, struct rapi_invocation *inv, struct httpd
 		}
 		free(json);
 	}
+	if (!e)
+		e = http_response_add_header(resp, "Content-Type", "application/json");
 	if (e)
 		return e;
 	resp->status = 200;
-	resp->content_type = "application/json";
-	if (inv->payload_len) {
-		if (!(resp->body = malloc(inv->payload_len)))
-			return -ENOMEM;
-		memcpy(resp->body, inv->payload, inv->payload_len);
-		resp->body_len = inv->payload_len;
-	}
-	return 0;
+	return http_response_set_body(resp, inv->payload, inv->payload_len);
 }
 
-static int do_next(struct rapi *r, struct httpd_response *resp)
+static int do_next(struct rapi *r, struct http_response *resp)
 {
 	pthread_mutex_lock(&r->lock);
 	bool first = r->first_next_at < 0 && !r->ended;
@@ -214,7 +211,8 @@ static int do_next(struct rapi *r, struct httpd_response *resp)
 		pthread_cond_wait(&r->cond, &r->lock);
 	if (r->ended) {
 		pthread_mutex_unlock(&r->lock);
-		return -ESHUTDOWN; /* the sandbox is going away: just close */
+		/* The sandbox ended: there will be no work for this runtime. */
+		return reply_error(resp, 500, "InternalServerError", "Internal Server Error");
 	}
 	struct rapi_invocation *inv = r->cur;
 	inv->handed = true;
@@ -238,8 +236,11 @@ static void complete_locked(struct rapi *r, struct rapi_invocation *inv)
 	pthread_cond_broadcast(&r->cond);
 }
 
-static int do_answer(struct rapi *r, const struct rapi_target *t, const struct httpd_request *q,
-		     struct httpd_response *resp)
+/* The body of |q|: "" when the server refused it (on_server_error). */
+static const uint8_t *body_of(const struct http_request *q) { return q->body ? q->body : (const uint8_t *)""; }
+
+static int do_answer(struct rapi *r, const struct rapi_target *t, const struct http_request *q,
+		     struct http_response *resp)
 {
 	bool is_error = t->route == RAPI_ROUTE_ERROR;
 	const char *to = is_error ? "RuntimeInvocationErrorResponseState" : "RuntimeInvocationResponseState";
@@ -258,7 +259,7 @@ static int do_answer(struct rapi *r, const struct rapi_target *t, const struct h
 	}
 	int e = 0;
 	if (!is_error) {
-		const char *mode = httpd_header(q, "Lambda-Runtime-Function-Response-Mode");
+		const char *mode = http_request_header(q, "Lambda-Runtime-Function-Response-Mode");
 		if (mode && strcmp(mode, "streaming") != 0) {
 			inv->is_error = true;
 			snprintf(inv->error_type, sizeof(inv->error_type), "Runtime.InvalidResponseModeHeader");
@@ -283,7 +284,7 @@ static int do_answer(struct rapi *r, const struct rapi_target *t, const struct h
 		}
 		uint8_t *copy = malloc(q->body_len + 1);
 		if (copy) {
-			memcpy(copy, q->body, q->body_len);
+			memcpy(copy, body_of(q), q->body_len);
 			copy[q->body_len] = '\0';
 			inv->body = copy;
 			inv->body_len = q->body_len;
@@ -294,9 +295,9 @@ static int do_answer(struct rapi *r, const struct rapi_target *t, const struct h
 		}
 	} else {
 		inv->is_error = true;
-		rapi_error_type(httpd_header(q, "Lambda-Runtime-Function-Error-Type"), inv->error_type,
+		rapi_error_type(http_request_header(q, "Lambda-Runtime-Function-Error-Type"), inv->error_type,
 				sizeof(inv->error_type));
-		e = rapi_error_payload(q->body, q->body_len, inv->error_type, &inv->body, &inv->body_len);
+		e = rapi_error_payload(body_of(q), q->body_len, inv->error_type, &inv->body, &inv->body_len);
 		if (e == 0)
 			complete_locked(r, inv);
 	}
@@ -308,7 +309,7 @@ static int do_answer(struct rapi *r, const struct rapi_target *t, const struct h
 	return reply_accepted(resp);
 }
 
-static int do_init_error(struct rapi *r, const struct httpd_request *q, struct httpd_response *resp)
+static int do_init_error(struct rapi *r, const struct http_request *q, struct http_response *resp)
 {
 	pthread_mutex_lock(&r->lock);
 	if (r->first_next_at >= 0 || r->init_error) {
@@ -316,8 +317,8 @@ static int do_init_error(struct rapi *r, const struct httpd_request *q, struct h
 		pthread_mutex_unlock(&r->lock);
 		return reply_transition(resp, from, "RuntimeInitErrorState");
 	}
-	rapi_error_type(httpd_header(q, "Lambda-Runtime-Function-Error-Type"), r->init_type, sizeof(r->init_type));
-	int e = rapi_error_payload(q->body, q->body_len, r->init_type, &r->init_body, &r->init_len);
+	rapi_error_type(http_request_header(q, "Lambda-Runtime-Function-Error-Type"), r->init_type, sizeof(r->init_type));
+	int e = rapi_error_payload(body_of(q), q->body_len, r->init_type, &r->init_body, &r->init_len);
 	if (e == 0) {
 		r->init_error = true;
 		r->state = RT_INIT_ERROR;
@@ -331,51 +332,113 @@ static int do_init_error(struct rapi *r, const struct httpd_request *q, struct h
 	return reply_accepted(resp);
 }
 
-static int handle(void *arg, const struct httpd_request *q, struct httpd_response *resp)
+/* Answer |q|, routed to |t|, unless it is /next: nothing here blocks. */
+static int answer_now(struct rapi *r, const struct rapi_target *t, const struct http_request *q,
+		      struct http_response *resp)
 {
-	struct rapi *r = arg;
-	struct rapi_target t;
-	rapi_route_parse(q->method, q->path, &t);
-	switch (t.route) {
-	case RAPI_ROUTE_NEXT:
-		return do_next(r, resp);
+	switch (t->route) {
 	case RAPI_ROUTE_RESPONSE:
 	case RAPI_ROUTE_ERROR:
-		return do_answer(r, &t, q, resp);
+		return do_answer(r, t, q, resp);
 	case RAPI_ROUTE_INIT_ERROR:
 		return do_init_error(r, q, resp);
 	case RAPI_ROUTE_BAD_METHOD:
 		resp->status = 405;
 		return 0;
+	case RAPI_ROUTE_NEXT:
 	case RAPI_ROUTE_NONE:
 		break;
 	}
 	resp->status = 404;
-	resp->content_type = "text/plain; charset=utf-8";
-	static const char nf[] = "404 page not found\n";
-	if (!(resp->body = malloc(sizeof(nf) - 1)))
-		return -ENOMEM;
-	memcpy(resp->body, nf, sizeof(nf) - 1);
-	resp->body_len = sizeof(nf) - 1;
-	return 0;
+	int e = http_response_add_header(resp, "Content-Type", "text/plain; charset=utf-8");
+	return e ? e : http_response_set_body(resp, "404 page not found\n", 19);
 }
 
-static size_t body_limit(void *arg, const char *method, const char *path)
+static int handle(void *arg, const struct http_request *q, struct http_response *resp)
+{
+	struct rapi *r = arg;
+	struct rapi_target t;
+	rapi_route_parse(q->method, q->path, &t);
+	return t.route == RAPI_ROUTE_NEXT ? do_next(r, resp) : answer_now(r, &t, q, resp);
+}
+
+/* Bodies of up to HA_MAX_PAYLOAD are read; the body of /next is read and
+ * ignored.  Nothing is read for a path or method the API does not have:
+ * the refusal comes to on_server_error, which answers 404 or 405. */
+static size_t body_limit(void *arg, const struct http_request *q)
 {
 	(void)arg;
 	struct rapi_target t;
-	rapi_route_parse(method, path, &t);
-	return t.route == RAPI_ROUTE_RESPONSE || t.route == RAPI_ROUTE_ERROR || t.route == RAPI_ROUTE_INIT_ERROR
-		   ? HA_MAX_PAYLOAD
-		   : 0;
+	rapi_route_parse(q->method, q->path, &t);
+	return t.route == RAPI_ROUTE_NONE || t.route == RAPI_ROUTE_BAD_METHOD ? 0 : HA_MAX_PAYLOAD;
 }
 
-static const struct httpd_ops rapi_httpd_ops = { .handle = handle, .body_limit = body_limit };
+/* The answers the server gives itself.  A body over the limit (413) is
+ * answered as the route would answer it with an empty body and
+ * q->body_total for its size, so that the request id and state are checked
+ * first and an oversized response completes its invocation with
+ * Function.ResponseSizeTooLarge (do_answer); /next and its body are
+ * refused with 413 RequestEntityTooLarge. */
+static void on_server_error(void *arg, const struct http_request *q, unsigned status, const char *reason,
+			    size_t limit, struct http_response *resp)
+{
+	struct rapi *r = arg;
+	int e;
+	if (status == 413 && q->body_total <= limit) {
+		/* Refused within the limit: the server had no memory for it. */
+		e = reply_error(resp, 500, "InternalServerError", "Internal Server Error");
+	} else if (status == 413) {
+		struct rapi_target t;
+		rapi_route_parse(q->method, q->path, &t);
+		if (t.route == RAPI_ROUTE_NEXT) {
+			char msg[96];
+			snprintf(msg, sizeof(msg), "Exceeded maximum allowed payload size (%u bytes).", HA_MAX_PAYLOAD);
+			e = reply_error(resp, 413, "RequestEntityTooLarge", msg);
+		} else {
+			e = answer_now(r, &t, q, resp);
+		}
+	} else if (status == 500) {
+		e = reply_error(resp, 500, "InternalServerError", "Internal Server Error");
+	} else {
+		e = http_response_add_header(resp, "Content-Type", "text/plain; charset=utf-8");
+		if (!e)
+			e = http_response_set_body(resp, reason, strlen(reason));
+	}
+	if (e < 0)
+		log_warn("%s: cannot fill in the %u answer to %s %s: %s; it goes out as it is", r->name, resp->status,
+			 q->method, q->raw_path, strerror(-e));
+}
+
+static const struct http_server_ops rapi_server_ops = {
+	.handle = handle,
+	.body_limit = body_limit,
+	.error = on_server_error,
+};
+
+/* Connections one endpoint serves at once: a runtime uses one or two. */
+#define RAPI_CONNECTIONS 32u
+/* How long the endpoint waits on a runtime between its requests: in effect
+ * never (about 49 days), as Lambda's Runtime API does not cut a runtime's
+ * connection either.  A runtime may keep a connection idle for as long as
+ * its invocation runs (from /next to its answer) and then reuse it, and a
+ * function's timeout has no bound here.  Nothing is lost: the runtime is
+ * the only client, and it could hold the endpoint's threads in /next
+ * anyway; every wait ends when the sandbox does, since its sockets close
+ * with it. */
+#define RAPI_IO_TIMEOUT_MS UINT_MAX
 
 int rapi_serve(struct rapi *r, int fd)
 {
-	struct httpd *h = NULL;
-	int e = httpd_start(&rapi_httpd_ops, r, fd, r->name, &h);
+	struct http_server_config cfg = {
+		.ops = &rapi_server_ops,
+		.arg = r,
+		.max_connections = RAPI_CONNECTIONS,
+		.max_body = HA_MAX_PAYLOAD,
+		.io_timeout_ms = RAPI_IO_TIMEOUT_MS,
+		.name = r->name,
+	};
+	struct http_server *h = NULL;
+	int e = http_server_start_fd(&cfg, fd, &h);
 	if (e < 0)
 		return e;
 	pthread_mutex_lock(&r->lock);
@@ -384,7 +447,7 @@ int rapi_serve(struct rapi *r, int fd)
 		r->server = h;
 	pthread_mutex_unlock(&r->lock);
 	if (ended) {
-		httpd_stop(h);
+		http_server_free(h);
 		return -ESHUTDOWN;
 	}
 	return 0;
@@ -394,12 +457,13 @@ void rapi_end(struct rapi *r)
 {
 	pthread_mutex_lock(&r->lock);
 	r->ended = true;
-	struct httpd *h = r->server;
+	struct http_server *h = r->server;
 	r->server = NULL;
 	pthread_cond_broadcast(&r->cond);
 	pthread_mutex_unlock(&r->lock);
-	/* Every handler that waits has been woken; stopping joins them. */
-	httpd_stop(h);
+	/* Every handler that waits has been woken and answers; stopping waits
+	 * for those answers to go out and joins the server's threads. */
+	http_server_free(h);
 }
 
 void rapi_free(struct rapi *r)

@@ -1,6 +1,7 @@
 /* The HTTP server (common/http_server.c) driven by libcurl and raw sockets
  * on 127.0.0.1: routing, the raw path, case-insensitive headers, large
- * bodies, body limits (413 without reading the body), keep-alive, twenty
+ * bodies, body limits (413 without reading the body, the refused size, an
+ * error callback that answers such a request itself), keep-alive, twenty
  * handlers blocked at once, a slowloris client cut off while others are
  * served, the connection cap, oversized headers, and a shutdown that waits
  * for a blocked handler.  Nothing here measures time: every wait has a
@@ -59,9 +60,10 @@ static int handle(void *arg, const struct http_request *req, struct http_respons
 			conns = st.connections;
 		}
 		char *text = xasprintf("method=%s\nraw_path=%s\npath=%s\nquery=%s\nx-test=%s\nsame=%d\ndups=%d\npeer=%s\n"
-				       "body_len=%zu\nsha=%s\nnul=%d\nconns=%u\n",
+				       "body_len=%zu\ntotal=%llu\nsha=%s\nnul=%d\nconns=%u\n",
 				       req->method, req->raw_path, req->path, req->query, t1 ? t1 : "(none)", t1 == t2,
-				       dups, req->peer, req->body_len, sha, req->body[req->body_len] == 0, conns);
+				       dups, req->peer, req->body_len, (unsigned long long)req->body_total, sha,
+				       req->body[req->body_len] == 0, conns);
 		if (!text)
 			return -ENOMEM;
 		http_response_take_body(resp, text, strlen(text));
@@ -102,20 +104,23 @@ static size_t body_limit(void *arg, const struct http_request *req)
 	(void)arg;
 	if (req->body)
 		limit_saw_body++;
-	return !strcmp(req->path, "/small") ? 1024 : 8u << 20;
+	return !strncmp(req->path, "/small", 6) ? 1024 : 8u << 20;
 }
 
 static void error_response(void *arg, const struct http_request *req, unsigned status, const char *reason, size_t limit,
 			   struct http_response *resp)
 {
 	(void)arg;
-	(void)req;
 	(void)limit;
-	char *body = xasprintf("{\"status\":%u,\"message\":\"%s\"}", status, reason);
+	char *body = xasprintf("{\"status\":%u,\"message\":\"%s\",\"total\":%llu}", status, reason,
+			       (unsigned long long)req->body_total);
 	if (body)
 		http_response_take_body(resp, body, strlen(body));
 	if (status == 413)
 		http_response_add_header(resp, "x-amzn-ErrorType", "RequestTooLargeException");
+	/* An application may answer a refused request itself. */
+	if (status == 413 && !strcmp(req->path, "/small/accept"))
+		resp->status = 202;
 }
 
 static void stopping(void *arg)
@@ -318,7 +323,7 @@ static void test_bodies(struct http_server *s)
 	char sha[SHA256_HEX_LEN + 1], want[128];
 	sha256_buf(big, n, d);
 	hex_encode(d, sizeof(d), sha);
-	snprintf(want, sizeof(want), "\nbody_len=%zu\nsha=%s\n", n, sha);
+	snprintf(want, sizeof(want), "\nbody_len=%zu\ntotal=%zu\nsha=%s\n", n, n, sha);
 	struct result r;
 	request(NULL, s, "POST", "/echo/big", big, n, NULL, &r);
 	CHECK(r.code == CURLE_OK && r.status == 200 && strstr(r.body, want));
@@ -347,9 +352,21 @@ static void test_bodies(struct http_server *s)
 	size_t len = 0;
 	CHECK(read_to_eof(fd, buf, sizeof(buf), &len));
 	CHECK(!strncmp(buf, "HTTP/1.1 413 ", 13) && strstr(buf, "RequestTooLargeException"));
+	CHECK(strstr(buf, "\"total\":1073741824}"));
 	close(fd);
 	http_server_get_stats(s, &after);
 	CHECK(after.too_large == before.too_large + 1);
+
+	/* The error callback may answer with a status of its own; the body is
+	 * still not read, so the connection still closes. */
+	fd = raw_connect(s);
+	CHECK(fd >= 0);
+	req = "POST /small/accept HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n";
+	CHECK(send(fd, req, strlen(req), MSG_NOSIGNAL) == (ssize_t)strlen(req));
+	CHECK(read_to_eof(fd, buf, sizeof(buf), &len));
+	CHECK(!strncmp(buf, "HTTP/1.1 202 ", 13) && strcasestr(buf, "\r\nConnection: close\r\n"));
+	CHECK(strstr(buf, "\"status\":413,") && strstr(buf, "\"total\":5000}"));
+	close(fd);
 
 	/* A chunked body has no length up front: it is dropped once past the
 	 * limit and then answered 413. */
@@ -369,6 +386,7 @@ static void test_bodies(struct http_server *s)
 	CHECK(send(fd, "0\r\n\r\n", 5, MSG_NOSIGNAL) == 5);
 	CHECK(read_to_eof(fd, buf, sizeof(buf), &len));
 	CHECK(!strncmp(buf, "HTTP/1.1 413 ", 13));
+	CHECK(strstr(buf, "\"total\":2400}")); /* every byte that came, though only 1024 were kept */
 	close(fd);
 
 	/* A chunked body within the limit arrives whole. */
@@ -379,7 +397,7 @@ static void test_bodies(struct http_server *s)
 	CHECK(read_to_eof(fd, buf, sizeof(buf), &len));
 	sha256_buf("hello world", 11, d);
 	hex_encode(d, sizeof(d), sha);
-	snprintf(want, sizeof(want), "\nbody_len=11\nsha=%s\n", sha);
+	snprintf(want, sizeof(want), "\nbody_len=11\ntotal=11\nsha=%s\n", sha);
 	CHECK(!strncmp(buf, "HTTP/1.1 200 ", 13) && strstr(buf, want));
 	close(fd);
 }

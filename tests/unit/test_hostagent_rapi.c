@@ -1,11 +1,13 @@
-/* One sandbox's Runtime API endpoint (placement/hostagent/rapi.c and
- * httpd.c) over real HTTP on loopback: this test plays the runtime with
- * libcurl and the agent with rapi_assign / rapi_wait, and checks what
- * Lambda's Runtime API answers: the event and its headers, 202 for
+/* One sandbox's Runtime API endpoint (placement/hostagent/rapi.c, served
+ * by common/http_server) over real HTTP on loopback: this test plays the
+ * runtime with libcurl (and raw sockets for a chunked body or a length with
+ * no body behind it) and the agent with rapi_assign / rapi_wait, and checks
+ * what Lambda's Runtime API answers: the event and its headers, 202 for
  * answers, 400 InvalidRequestID, 403 InvalidStateTransition, 413 for a
- * response over 6 MB (and Function.ResponseSizeTooLarge for the invoker),
- * init errors before and after /next, the long-poll, timeouts, and the end
- * of the sandbox waking everyone.  Runs under ThreadSanitizer. */
+ * response over 6 MB (and Function.ResponseSizeTooLarge for the invoker,
+ * with the size, however the body came), oversized bodies elsewhere, init
+ * errors before and after /next, the long-poll, timeouts, and the end of
+ * the sandbox waking everyone.  Runs under ThreadSanitizer. */
 #include "placement/hostagent/internal.h"
 
 #include <arpa/inet.h>
@@ -22,6 +24,7 @@
 #include "tests/check.h"
 
 static char base[64];
+static uint16_t port;
 
 static int listen_any(void)
 {
@@ -33,7 +36,8 @@ static int listen_any(void)
 		perror("listen");
 		exit(1);
 	}
-	snprintf(base, sizeof(base), "http://127.0.0.1:%u/2018-06-01/runtime", ntohs(sa.sin_port));
+	port = ntohs(sa.sin_port);
+	snprintf(base, sizeof(base), "http://127.0.0.1:%u/2018-06-01/runtime", port);
 	return fd;
 }
 
@@ -95,6 +99,56 @@ static struct reply http(const char *method, const char *path, const void *body,
 		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
 	curl_slist_free_all(h);
 	curl_easy_cleanup(c);
+	return r;
+}
+
+/* Send |head| (a request line and headers, with the blank line) on a new
+ * connection, then |chunks| chunks of |chunk_len| bytes of 'c' and the last
+ * chunk when |chunks| > 0, and read the answer until the server closes (at
+ * most 60 s).  For what curl does not send: a Content-Length with no body
+ * behind it, or a chunked body. */
+static struct reply raw(const char *head, size_t chunks, size_t chunk_len)
+{
+	struct reply r = { 0 };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct timeval tv = { .tv_sec = 60 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		perror("connect");
+		exit(1);
+	}
+	bool sent = send(fd, head, strlen(head), MSG_NOSIGNAL) == (ssize_t)strlen(head);
+	char *chunk = malloc(chunk_len + 1);
+	memset(chunk, 'c', chunk_len);
+	for (size_t i = 0; sent && i < chunks; i++) {
+		char size[32];
+		snprintf(size, sizeof(size), "%zx\r\n", chunk_len);
+		sent = send(fd, size, strlen(size), MSG_NOSIGNAL) > 0 &&
+		       send(fd, chunk, chunk_len, MSG_NOSIGNAL) == (ssize_t)chunk_len &&
+		       send(fd, "\r\n", 2, MSG_NOSIGNAL) == 2;
+	}
+	if (sent && chunks)
+		sent = send(fd, "0\r\n\r\n", 5, MSG_NOSIGNAL) == 5;
+	free(chunk);
+	CHECK(sent);
+	char buf[8192];
+	size_t len = 0;
+	for (;;) {
+		ssize_t n = recv(fd, buf + len, sizeof(buf) - 1 - len, 0);
+		if (n <= 0 || (len += (size_t)n) == sizeof(buf) - 1)
+			break;
+	}
+	close(fd);
+	buf[len] = '\0';
+	char *body = strstr(buf, "\r\n\r\n");
+	if (strncmp(buf, "HTTP/1.1 ", 9) != 0 || !body)
+		return r;
+	r.status = strtol(buf + 9, NULL, 10);
+	snprintf(r.headers, sizeof(r.headers), "%.*s", (int)(body + 2 - buf), buf);
+	r.body = strdup(body + 4);
+	r.len = strlen(r.body);
 	return r;
 }
 
@@ -273,11 +327,12 @@ static void test_oversize(void)
 	struct rapi *r = endpoint(&h);
 	struct rapi_invocation inv;
 	hand_over(r, &inv, "big", "{}");
-	size_t n = HA_MAX_PAYLOAD + 1;
-	char *body = malloc(n);
-	memset(body, 'a', n);
-	struct reply big = http("POST", "/invocation/big/response", body, n, NULL);
-	free(body);
+	/* The answer comes from the headers, before any of the body: the body
+	 * is not sent here, since a client still sending when the server
+	 * closes may see the connection reset before it reads the 413. */
+	struct reply big = raw("POST /2018-06-01/runtime/invocation/big/response HTTP/1.1\r\nHost: x\r\n"
+			       "Content-Length: 6291557\r\n\r\n",
+			       0, 0);
 	CHECK(big.status == 413 && error_type_is(&big, "RequestEntityTooLarge"));
 	reply_free(&big);
 	CHECK(rapi_wait(r, &inv, now_seconds() + 30) == RAPI_DONE);
@@ -287,14 +342,70 @@ static void test_oversize(void)
 
 	/* Exactly the limit is fine. */
 	hand_over(r, &inv, "edge", "{}");
-	n = HA_MAX_PAYLOAD;
-	body = malloc(n);
+	size_t n = HA_MAX_PAYLOAD;
+	char *body = malloc(n);
 	memset(body, 'b', n);
 	struct reply edge = http("POST", "/invocation/edge/response", body, n, NULL);
 	free(body);
 	CHECK(edge.status == 202);
 	reply_free(&edge);
 	CHECK(rapi_wait(r, &inv, now_seconds() + 30) == RAPI_DONE && !inv.is_error && inv.body_len == HA_MAX_PAYLOAD);
+	free(inv.body);
+
+	/* A chunked response has no length up front: it is read to its end
+	 * and its whole size reported. */
+	hand_over(r, &inv, "chunky", "{}");
+	struct reply ch = raw("POST /2018-06-01/runtime/invocation/chunky/response HTTP/1.1\r\nHost: x\r\n"
+			      "Transfer-Encoding: chunked\r\n\r\n",
+			      97, 65536); /* 6356992 bytes */
+	CHECK(ch.status == 413 && error_type_is(&ch, "RequestEntityTooLarge"));
+	reply_free(&ch);
+	CHECK(rapi_wait(r, &inv, now_seconds() + 30) == RAPI_DONE);
+	CHECK(inv.is_error && strcmp(inv.error_type, "Function.ResponseSizeTooLarge") == 0);
+	CHECK(inv.body && strstr((char *)inv.body, "Response payload size (6356992 bytes) exceeded"));
+	free(inv.body);
+
+	/* An oversized body is checked as its route would check it: the
+	 * request id first (none of the 7 MB is sent: the answer comes from
+	 * the headers). */
+	hand_over(r, &inv, "huge", "{}");
+	struct reply wrong = raw("POST /2018-06-01/runtime/invocation/not-it/response HTTP/1.1\r\nHost: x\r\n"
+				 "Content-Length: 7000000\r\n\r\n",
+				 0, 0);
+	CHECK(wrong.status == 400 && error_type_is(&wrong, "InvalidRequestID"));
+	reply_free(&wrong);
+	/* An oversized error report is accepted without its body: the
+	 * invocation fails with the runtime's type and no message. */
+	struct reply er = raw("POST /2018-06-01/runtime/invocation/huge/error HTTP/1.1\r\nHost: x\r\n"
+			      "Lambda-Runtime-Function-Error-Type: Function.Huge\r\nContent-Length: 7000000\r\n\r\n",
+			      0, 0);
+	CHECK(er.status == 202 && er.body && strcmp(er.body, "{\"status\":\"OK\"}") == 0);
+	reply_free(&er);
+	CHECK(rapi_wait(r, &inv, now_seconds() + 30) == RAPI_DONE);
+	CHECK(inv.is_error && strcmp(inv.error_type, "Function.Huge") == 0);
+	CHECK(inv.body && strstr((char *)inv.body, "\"errorMessage\":\"\""));
+	free(inv.body);
+	/* Paths and methods the API does not have: 404 and 405, body or not. */
+	struct reply nf = raw("POST /2018-06-01/runtime/elsewhere HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n",
+			      0, 0);
+	CHECK(nf.status == 404 && nf.body && strcmp(nf.body, "404 page not found\n") == 0);
+	reply_free(&nf);
+	struct reply bm = raw("PUT /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n",
+			      0, 0);
+	CHECK(bm.status == 405);
+	reply_free(&bm);
+	/* /next reads a body and ignores it. */
+	inv_init(&inv, "with-body", "{\"b\":1}", 30);
+	CHECK(rapi_assign(r, &inv) == 0);
+	struct reply nb = raw("GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+			      "Transfer-Encoding: chunked\r\n\r\n",
+			      1, 100);
+	CHECK(nb.status == 200 && nb.body && strcmp(nb.body, "{\"b\":1}") == 0);
+	reply_free(&nb);
+	struct reply done = http("POST", "/invocation/with-body/response", "{}", 2, NULL);
+	CHECK(done.status == 202);
+	reply_free(&done);
+	CHECK(rapi_wait(r, &inv, now_seconds() + 30) == RAPI_DONE && !inv.is_error);
 	free(inv.body);
 	rapi_free(r);
 	pthread_mutex_destroy(&h.lock);
