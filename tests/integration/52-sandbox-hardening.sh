@@ -142,7 +142,8 @@ ls /dev/pts | tr "\n" " "; echo
 awk "\$3 != \"proc\" && \$3 != \"devpts\" && \$2 !~ /^\/(dev\/(null|zero|full|random|urandom|tty)|proc\/.*)\$/ && \$4 ~ /(^|,)rw(,|\$)/ && \$4 !~ /nodev/ {print \"writable without nodev:\", \$2}" /proc/mounts
 grep -E "^(CapInh|CapPrm|CapEff|CapBnd|CapAmb)" /proc/self/status
 cat /proc/self/uid_map
-stat -c "%U %a" /etc/shadow; head -c 5 /etc/shadow | wc -c' || die "the device probe failed: $(cat "$T/dev.out" "$T/dev.err")"
+stat -c "%U %a" /etc/shadow; head -c 5 /etc/shadow | wc -c
+grep -E "^[0-9]+:devices:" /proc/self/cgroup' || die "the device probe failed: $(cat "$T/dev.out" "$T/dev.err")"
 for want in "mknod block refused" "mknod char refused" "mknod dev refused" "mkfifo OK"; do
   grep -qx "$want" "$T/dev.out" || die "devices: want \"$want\": $(cat "$T/dev.out")"
 done
@@ -159,7 +160,15 @@ grep -qx "CapInh:	0000000000000000" "$T/dev.out" && grep -qx "CapAmb:	0000000000
 grep -Eqx " *0 +1000000000 +65536" "$T/dev.out" || die "uid_map: $(cat "$T/dev.out")"
 grep -qx "root 640" "$T/dev.out" && grep -qx 5 "$T/dev.out" ||
   die "a root-only file of the image does not read as root's inside: $(tail -2 "$T/dev.out")"
-pass "mknod of block/char devices refused (fifo fine), /dev standard set only with a private devpts, writable mounts nodev, capabilities exactly 0x4fb, root inside = host 1000000000 still reads the image's root-only /etc/shadow"
+DEVCG=absent
+if grep -qw devices /proc/self/cgroup && [ -d /sys/fs/cgroup/devices ]; then
+  # cgroup v1 with the devices controller: the workload is in the sandbox's
+  # allowlist cgroup.
+  grep -Eq "^[0-9]+:devices:.*/kindling-sandbox-[0-9]+$" "$T/dev.out" ||
+    die "the workload is not in the sandbox's device cgroup: $(grep devices "$T/dev.out")"
+  DEVCG=v1
+fi
+pass "device cgroup: $DEVCG; mknod of block/char devices refused (fifo fine), /dev standard set only with a private devpts, writable mounts nodev, capabilities exactly 0x4fb, root inside = host 1000000000 still reads the image's root-only /etc/shadow"
 
 # ---- descriptors ---------------------------------------------------------------------------------------------------
 # Extra descriptors in the caller (inherited by sandbox_run from this shell,
