@@ -2,7 +2,7 @@
  *
  *   kindling run IMAGE [--store URI] [--l2 HOST:PORT,...] [--l1-dir DIR] [--l1-size BYTES]
  *                      [--isolation process|microvm|auto] [--no-prefetch] [--readahead N] [--timeout S]
- *                      [--json] [-v]
+ *                      [--memory SIZE|none] [--pids N|none] [--userns BASE[:COUNT]|off] [--json] [-v]
  *                      [-- CMD ARGS...]
  *
  * The whole cold-start path in one process: an in-process blockd attaches

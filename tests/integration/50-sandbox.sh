@@ -3,7 +3,7 @@
 # busybox, imported and exported by chunkify, run from the EROFS file by
 # sandbox_run.  Checks output streaming, exit codes, the image's env/workdir/
 # user, the tmpfs overlay, the pid/net/uts/mount namespaces, the seccomp
-# denylist, cgroup memory and pids limits (or the notice where the host has
+# filter's EPERM list, a uid outside the user namespace refused clearly, cgroup memory and pids limits (or the notice where the host has
 # none), timings, and that no mount, loop device or cgroup is left behind.
 # Long-lived sandboxes (sandbox.h's runtime_api_port, on_ready, stop_fd,
 # memory_peak): busybox wget and nc inside reach the Runtime API endpoint that
@@ -194,6 +194,11 @@ run "$T/u.out" --user 4321:appgrp -- sh -c 'id -u; id -g'
 [ "$(cat "$T/u.out")" = "$(printf '4321\n2345')" ] || die "--user 4321:appgrp: $(cat "$T/u.out")"
 run "$T/u.out" --user 0 -- id -u
 [ "$(cat "$T/u.out")" = 0 ] || die "--user 0: $(cat "$T/u.out")"
+rc=0; run "$T/u.out" --user 70000 -- id -u || rc=$?
+[ "$rc" = 125 ] && grep -q "outside the sandbox's user namespace" "$T/u.out.err" ||
+  die "a uid beyond the user namespace's 65536 ids: rc $rc, $(cat "$T/u.out.err")"
+rc=0; run "$T/u.out" --userns off --user 70000 -- id -u || rc=$?
+[ "$rc" = 0 ] && [ "$(cat "$T/u.out")" = 70000 ] || die "--userns off --user 70000: rc $rc, $(cat "$T/u.out" "$T/u.out.err")"
 rc=0; run "$T/u.out" --user no-such-user -- id -u || rc=$?
 [ "$rc" != 0 ] && grep -q "not in the image's /etc/passwd" "$T/u.out.err" || die "unknown user was not refused clearly"
 # The host's users are never consulted: a host-only name does not resolve.
