@@ -228,8 +228,10 @@ struct sandbox_user {
  *                       that list the user's name;
  *   "user:group"        either part numeric or a name; no supplementary groups.
  * Returns 0 with |*out| filled, -ENOENT if a name is not in the files (logged),
- * -EINVAL for a malformed value or an id outside 0..2^32-2, or -errno reading
- * the files. */
+ * -EINVAL for a malformed value or an id outside 0..2^32-2, -EFBIG for a file
+ * over SANDBOX_ETC_MAX, or -errno reading the files.  It allocates nothing
+ * from the heap (the files are read into mmap'd buffers), so a child forked
+ * from a multi-threaded process may call it. */
 int sandbox_user_resolve(const char *spec, const char *passwd_path, const char *group_path, struct sandbox_user *out);
 
 /* The value of |key| in the NULL-terminated "K=V" list |env|, or NULL. */

@@ -348,6 +348,21 @@ timeout 120 "$SBX" "$D" --user 0 -- sh -c 'echo scribble >/data/file.txt; cat /d
 [ "$(cat "$D/data/file.txt")" = "image data" ] || die "a write inside reached the host directory"
 pass "a plain rootfs directory runs the same entrypoint (mount kind dir); writes stay in the overlay"
 
+# A root the kernel cannot idmap (a directory on overlayfs): the workload
+# still runs, without a user namespace, and a notice says so.
+mkdir -p "$T/ovl/upper" "$T/ovl/work" "$T/ovl/merged"
+mount -t overlay kindling-test-ovl -o "lowerdir=$D,upperdir=$T/ovl/upper,workdir=$T/ovl/work" "$T/ovl/merged" ||
+  die "cannot mount an overlayfs for the fallback test"
+track_mount "$T/ovl/merged"
+rc=0; timeout 120 "$SBX" "$T/ovl/merged" --json --user 0 -- sh -c 'id -u; cat /data/file.txt' \
+  >"$T/ovl.out" 2>"$T/ovl.out.err" || rc=$?
+umount "$T/ovl/merged"
+[ "$rc" = 0 ] && [ "$(cat "$T/ovl.out")" = "$(printf '0\nimage data')" ] &&
+  [ "$(grep -c "notice: cannot map the image's owners into the sandbox's user namespace" "$T/ovl.out.err")" = 1 ] &&
+  tail -1 "$T/ovl.out.err" | jq -e '.userns == false' >/dev/null ||
+  die "the no-idmap fallback: rc $rc, $(cat "$T/ovl.out" "$T/ovl.out.err")"
+pass "a root the kernel cannot idmap (overlayfs) runs without a user namespace, with one notice"
+
 # ---- long-lived sandboxes: the Runtime API endpoint, on_ready, stop_fd, peak memory ----
 API_PORT=$(free_port) # free on the host, so nothing of the host's answers there either
 head -c 300000 /dev/urandom >"$T/api-body"
