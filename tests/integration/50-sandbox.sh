@@ -251,7 +251,7 @@ rc=0; run "$T/s.out" --user 0 -- sh -c 'echo 1 >/proc/sys/kernel/sysrq' || rc=$?
 [ "$rc" != 0 ] || die "/proc/sys is writable inside"
 pass "mount namespace: host mounts invisible, / is the overlay, /proc (sys read-only), /tmp tmpfs, minimal /dev"
 
-# ---- seccomp denylist -------------------------------------------------------
+# ---- seccomp: the EPERM list -------------------------------------------------------
 run "$T/p.out" --user 0 -- probe
 for s in kexec_load init_module finit_module bpf perf_event_open keyctl ptrace userfaultfd unshare_user clone_newuser setns iopl open_by_handle_at; do
   grep -qx "$s EPERM" "$T/p.out" || die "seccomp: $s was not refused with EPERM: $(grep "^$s " "$T/p.out")"
