@@ -2,7 +2,7 @@
  *
  *   kindling run IMAGE [--store URI] [--l2 HOST:PORT,...] [--l1-dir DIR] [--l1-size BYTES]
  *                      [--isolation process|microvm|auto] [--no-prefetch] [--readahead N] [--timeout S]
- *                      [--json] [-v]
+ *                      [--memory SIZE|none] [--pids N|none] [--userns BASE[:COUNT]|off] [--json] [-v]
  *                      [-- CMD ARGS...]
  *
  * The whole cold-start path in one process: an in-process blockd attaches
@@ -58,6 +58,10 @@ struct run_opts {
 	bool no_prefetch, json;
 	int readahead; /* chunks; -1 = blockd's default */
 	double timeout_s;
+	uint64_t memory; /* bytes; 0 = no limit */
+	uint32_t pids;	 /* 0 = no limit */
+	uint32_t userns_base, userns_count;
+	bool userns_off;
 	int verbose;
 	char **argv; /* after "--", NULL-terminated, or NULL */
 };
@@ -79,12 +83,39 @@ static void usage(FILE *f)
 		"  --no-prefetch         neither record a startup trace nor prefetch from one\n"
 		"  --readahead N         chunks fetched ahead of sequential readers [1]; 0 disables\n"
 		"  --timeout S           kill the workload after S seconds [never]\n"
+		"  --memory SIZE         memory limit (at least 4M), K/M/G suffixes, or none [1G]; the OOM killer\n"
+		"                        ends the workload past it (exit status 137)\n"
+		"  --pids N              processes and threads the workload may have at once, or none [1024]\n"
+		"  --userns BASE[:COUNT] map the workload's ids 0..COUNT-1 to host ids BASE.. [1000000000:65536];\n"
+		"                        off runs it without a user namespace (its root is then the host's)\n"
 		"  --json                the report as one JSON object (last line on stderr)\n"
 		"  -v                    log blockd and sandbox progress\n"
 		"KINDLING_HOME defaults to ~/.kindling; it holds the tenant key and salt, as for chunkify.\n"
 		"The micro-VM's parts: KINDLING_KVMM, KINDLING_GUEST_KERNEL, KINDLING_GUEST_INITRD\n"
 		"[kvmm, kindling-guest-kernel, kindling-guest-initrd next to this program].\n"
 		"Exit status: the command's; 128+N for signal N; 127 command not found; 125 setup failed.\n");
+}
+
+/* "BASE" or "BASE:COUNT" for --userns; BASE > 0 (0 would map root to root),
+ * COUNT >= 1 and the range inside the 32-bit ids. */
+static int parse_userns(const char *v, struct run_opts *o)
+{
+	char *end;
+	errno = 0;
+	unsigned long long base = strtoull(v, &end, 10), count = 65536;
+	if (end == v || errno)
+		return -EINVAL;
+	if (*end == ':') {
+		const char *c = end + 1;
+		count = strtoull(c, &end, 10);
+		if (end == c || errno)
+			return -EINVAL;
+	}
+	if (*end || base == 0 || count == 0 || base + count > 4294967295ull)
+		return -EINVAL;
+	o->userns_base = (uint32_t)base;
+	o->userns_count = (uint32_t)count;
+	return 0;
 }
 
 /* Parse `run`'s arguments (|argv| starts after "run").  Returns 0 or -EINVAL
@@ -123,6 +154,18 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 				o->readahead = atoi(v);
 			else if (strcmp(a, "--timeout") == 0 && atof(v) > 0)
 				o->timeout_s = atof(v);
+			else if (strcmp(a, "--memory") == 0 && strcmp(v, "none") == 0)
+				o->memory = 0;
+			else if (strcmp(a, "--memory") == 0 && parse_size(v, &o->memory) == 0 && o->memory >= (4u << 20))
+				;
+			else if (strcmp(a, "--pids") == 0 && strcmp(v, "none") == 0)
+				o->pids = 0;
+			else if (strcmp(a, "--pids") == 0 && v[0] >= '1' && v[0] <= '9' && strtoul(v, NULL, 10) <= 4194304)
+				o->pids = (uint32_t)strtoul(v, NULL, 10);
+			else if (strcmp(a, "--userns") == 0 && strcmp(v, "off") == 0)
+				o->userns_off = true;
+			else if (strcmp(a, "--userns") == 0 && parse_userns(v, o) == 0)
+				;
 			else if (strcmp(a, "--l2") == 0) {
 				char *dup = strdup(v), *save = NULL;
 				if (!dup)
@@ -252,6 +295,11 @@ static json_t *build_report(const struct run_opts *o, const struct sandbox_ops *
 		json_object_set(j, "prefetch", pf);
 	json_object_set_new(j, "out_bytes", json_integer((json_int_t)(r < 0 ? 0 : res->out_bytes)));
 	json_object_set_new(j, "err_bytes", json_integer((json_int_t)(r < 0 ? 0 : res->err_bytes)));
+	json_object_set_new(j, "memory_limit", json_integer((json_int_t)o->memory));
+	json_object_set_new(j, "pids_limit", json_integer((json_int_t)o->pids));
+	json_object_set_new(j, "oom_killed", json_boolean(r == 0 && res->oom_killed));
+	json_object_set_new(j, "pids_limited", json_boolean(r == 0 && res->pids_limited));
+	json_object_set_new(j, "userns", json_boolean(r == 0 && res->userns));
 	if (r < 0)
 		json_object_set_new(j, "error", json_string(strerror(-r)));
 	return j;
@@ -305,7 +353,8 @@ static void print_report(json_t *j)
 
 static int cmd_run(int argc, char **argv, double t0)
 {
-	struct run_opts o = { .isolation = "auto", .readahead = -1 };
+	/* Limits by default: one runaway function must not take the host. */
+	struct run_opts o = { .isolation = "auto", .readahead = -1, .memory = 1ull << 30, .pids = 1024 };
 	int status = EXIT_USAGE;
 	char *home = NULL, *store = NULL, *l1 = NULL, *mnt = NULL, *raw = NULL;
 	struct blockd *b = NULL;
@@ -397,6 +446,11 @@ static int cmd_run(int argc, char **argv, double t0)
 		.err_fd = STDERR_FILENO,
 		.t0 = t0,
 		.timeout_s = o.timeout_s,
+		.memory_limit = o.memory,
+		.pids_limit = o.pids,
+		.userns_base = o.userns_base,
+		.userns_count = o.userns_count,
+		.userns_off = o.userns_off,
 	};
 	struct sandbox_result res;
 	r = sandbox_run(ops, &spec, &res);
@@ -404,6 +458,18 @@ static int cmd_run(int argc, char **argv, double t0)
 		status = r == -ENOENT || r == -EACCES ? EXIT_NOCMD : EXIT_SETUP;
 	else
 		status = res.term_signal ? 128 + res.term_signal : res.exit_code;
+	/* Say plainly when a limit, not the program, ended or hobbled the run. */
+	char lim[32];
+	if (r == 0 && res.oom_killed) {
+		mib(lim, sizeof(lim), o.memory);
+		fprintf(stderr, "kindling run: the workload ran out of memory: it used more than its limit of %s and the "
+			"OOM killer ended it (raise it with --memory)\n", lim);
+	}
+	if (r == 0 && res.pids_limited)
+		fprintf(stderr, "kindling run: the workload reached its limit of %u processes: forks beyond it failed "
+			"(a fork bomb, or raise it with --pids)\n", o.pids);
+	if (r == 0 && res.timed_out)
+		fprintf(stderr, "kindling run: the workload was killed after its --timeout of %g s\n", o.timeout_s);
 
 	char *s = blockd_image_stats_json(img);
 	json_t *stats = s ? json_loads(s, 0, NULL) : NULL;

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <linux/filter.h>
 #include <sys/types.h>
 
 #include "common/common.h"
@@ -26,13 +27,25 @@ int sandbox_env_overrides(const struct sandbox_spec *s, struct str_list *out);
 
 /* ---- seccomp (sandbox/seccomp.c) --------------------------------------------- */
 
-/* Build the denylist filter (see seccomp.c for the list and the reasons);
- * denied calls fail with EPERM.  Returns a libseccomp context (caller
- * releases it with seccomp_release) or NULL with errno set. */
-void *sandbox_seccomp_build(void);
+/* A seccomp filter as classic BPF, ready for seccomp(SECCOMP_SET_MODE_FILTER). */
+struct sandbox_seccomp {
+	struct sock_filter *insns; /* malloc'd */
+	size_t n;
+};
 
-/* Load |ctx| into the calling thread (sets no_new_privs).  0 or -errno. */
-int sandbox_seccomp_load(void *ctx);
+/* Build the process sandbox's allowlist (see seccomp.c for the list, the
+ * answers and the socket rules) and export it to |out|.  Call it before
+ * fork: it allocates.  Returns 0 or -errno (logged); |out| is empty on
+ * failure.  Release with sandbox_seccomp_free. */
+int sandbox_seccomp_build(struct sandbox_seccomp *out);
+
+/* Install |f| on the calling thread, setting no_new_privs first.  Allocates
+ * nothing and takes no lock, so it is safe in a child forked from a
+ * multi-threaded process.  Returns 0 or -errno. */
+int sandbox_seccomp_apply(const struct sandbox_seccomp *f);
+
+/* Free |f|'s instructions; NULL or an empty filter is fine. */
+void sandbox_seccomp_free(struct sandbox_seccomp *f);
 
 /* ---- the micro-VM sandbox (sandbox/sandbox_microvm.c) ------------------------ */
 

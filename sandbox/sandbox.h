@@ -76,6 +76,18 @@ struct sandbox_spec {
 	double t0;			  /* now_seconds() at the caller's "start"; timings count from here */
 	double timeout_s;		  /* kill everything after this long from t0; 0 = never */
 
+	/* The workload's user namespace (process sandbox; the micro-VM ignores
+	 * it): ids 0..count-1 inside are host ids base..base+count-1, so root
+	 * inside is an unprivileged id outside, and the image's files, mounted
+	 * through an idmapped mount, still show their owners inside.
+	 * userns_count 0 means SANDBOX_USERNS_DEFAULT_COUNT and userns_base 0
+	 * SANDBOX_USERNS_DEFAULT_BASE (host id 0 cannot be a base: that would
+	 * map root to root).  A host without user namespaces or idmapped mounts
+	 * runs the workload without one, with a notice on stderr
+	 * (sandbox_result.userns tells).  userns_off skips it. */
+	uint32_t userns_base, userns_count;
+	bool userns_off;
+
 	/* ---- long-lived sandboxes (the invoke service's host agent) ---- */
 
 	/* If non-zero, give the workload a Lambda Runtime API endpoint: the
@@ -131,7 +143,19 @@ struct sandbox_result {
 	const char *backend;	/* the ops name, e.g. "process" */
 	const char *mount_kind; /* "file", "loop" or "dir" (process sandbox); static string */
 	const char *cgroup_kind; /* "v2", "v1" or "none"; static string */
+	/* The pids limit refused at least one fork (a fork bomb, or a workload
+	 * that needs a higher spec->pids_limit). */
+	bool pids_limited;
+	/* The workload ran in its own user namespace (see spec->userns_base). */
+	bool userns;
 };
+
+/* The user namespace mapping a sandbox gets by default: 65536 ids from host
+ * id 1000000000, well above the ranges /etc/subuid hands out to users
+ * (100000 and up, 65536 each).  Every sandbox shares it; they cannot reach
+ * each other's processes or files (separate pid and mount namespaces). */
+#define SANDBOX_USERNS_DEFAULT_BASE 1000000000u
+#define SANDBOX_USERNS_DEFAULT_COUNT 65536u
 
 /* One sandbox backend.  Tables are static const; every callback is required. */
 struct sandbox_ops {
@@ -143,9 +167,12 @@ struct sandbox_ops {
 	int (*run)(const struct sandbox_spec *spec, struct sandbox_result *out);
 };
 
-/* The process sandbox: new mount, pid, ipc, uts and net namespaces; the image
- * mounted read-only under a tmpfs overlay; pivot_root; cgroup memory and pids
- * limits where the host allows them; a seccomp denylist; needs root. */
+/* The process sandbox: new user (see spec->userns_base), mount, pid, ipc,
+ * uts and net namespaces; the image mounted read-only under a tmpfs overlay;
+ * pivot_root; a /dev of null, zero, full, random, urandom, tty and ptmx
+ * only, every writable mount nodev; a minimal capability set; cgroup memory
+ * and pids limits, and a v1 device allowlist, where the host offers them; a
+ * seccomp allowlist (sandbox/seccomp.c); needs root. */
 extern const struct sandbox_ops sandbox_process;
 
 /* The micro-VM: kvmm boots the guest kernel with the image as a read-only
@@ -201,8 +228,10 @@ struct sandbox_user {
  *                       that list the user's name;
  *   "user:group"        either part numeric or a name; no supplementary groups.
  * Returns 0 with |*out| filled, -ENOENT if a name is not in the files (logged),
- * -EINVAL for a malformed value or an id outside 0..2^32-2, or -errno reading
- * the files. */
+ * -EINVAL for a malformed value or an id outside 0..2^32-2, -EFBIG for a file
+ * over SANDBOX_ETC_MAX, or -errno reading the files.  It allocates nothing
+ * from the heap (the files are read into mmap'd buffers), so a child forked
+ * from a multi-threaded process may call it. */
 int sandbox_user_resolve(const char *spec, const char *passwd_path, const char *group_path, struct sandbox_user *out);
 
 /* The value of |key| in the NULL-terminated "K=V" list |env|, or NULL. */
@@ -247,6 +276,7 @@ struct sandbox_cgroup {
 	char v2_dir[PATH_MAX];	 /* the sandbox's cgroup (v2) */
 	char mem_dir[PATH_MAX];	 /* v1 memory hierarchy cgroup, "" if none */
 	char pids_dir[PATH_MAX]; /* v1 pids hierarchy cgroup, "" if none */
+	char dev_dir[PATH_MAX];	 /* v1 devices hierarchy cgroup (sandbox_cgroup_devices), "" if none */
 };
 
 /* Create a cgroup named |name| with |memory_limit| bytes (0 = none, swap off
@@ -275,6 +305,27 @@ int sandbox_cgroup_peak_file(const struct sandbox_cgroup *cg, char *out, size_t 
 
 /* The most memory |cg| has used so far, in bytes; 0 if unknown. */
 uint64_t sandbox_cgroup_memory_peak(const struct sandbox_cgroup *cg);
+
+/* True if |cg|'s pids limit refused a fork at least once (pids.events "max"). */
+bool sandbox_cgroup_pids_limited(const struct sandbox_cgroup *cg);
+
+/* Where the host binds the cgroup v1 devices controller, create the cgroup
+ * |name| next to the caller's in that hierarchy as |cg->dev_dir|, denying
+ * every device but the process sandbox's /dev set (null, zero, full, random,
+ * urandom, tty, ptmx and pseudo-terminals).  Call after
+ * sandbox_cgroup_create (which clears |cg|).  On cgroup v2 it does nothing
+ * (v2 needs a BPF device program; the sandbox relies on nodev mounts,
+ * capabilities and its user namespace there).  If the hierarchy exists but
+ * the cgroup cannot be made, the reason goes to |<notice, len>| and 0 is
+ * returned; -errno only when the allowlist cannot be written (logged, nothing
+ * left behind).  sandbox_cgroup_destroy removes it. */
+int sandbox_cgroup_devices(struct sandbox_cgroup *cg, const char *name, char *notice, size_t len);
+
+/* A close-on-exec descriptor open for writing on |cg|'s devices cgroup's
+ * cgroup.procs, or -1 if it has none: a process writes "0" to it to move
+ * itself in (the process sandbox's workload does, after the loop device is
+ * set up, which the allowlist would refuse). */
+int sandbox_cgroup_devices_procs_fd(const struct sandbox_cgroup *cg);
 
 /* Kill whatever is left in |cg|, then remove it (retrying while the kernel
  * still counts dying tasks).  Safe on a SANDBOX_CG_NONE or zeroed struct. */

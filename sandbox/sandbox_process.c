@@ -5,11 +5,17 @@
  *
  *   caller ── M (monitor) ── I (init, pid 1 of the new pid namespace) ── E (the workload, pid 2)
  *
- * - M is forked with glibc's fork(), so M and everything under it may use
- *   malloc even when the caller is multi-threaded (a raw clone(CLONE_NEWPID)
- *   would not reset libc's locks).  M waits until the caller has put it in the
- *   sandbox cgroup, unshares the mount, uts, ipc, net and pid namespaces, and
- *   forks I.  M then only forwards signals and waits.
+ * - M is forked from a caller that may be multi-threaded (the host agent), so
+ *   M and everything under it allocate nothing from the heap and take no
+ *   lock another thread may have held at fork: what needs malloc (argv, the
+ *   environment, the BPF seccomp filter, paths) is built by the caller before
+ *   fork, and the image's /etc/passwd is read into mmap'd buffers.  M first
+ *   closes every descriptor it did not get on purpose (a multi-threaded caller
+ *   has many, and each sandbox would otherwise pin them for its lifetime),
+ *   waits until the caller has put it in the sandbox cgroup, creates the
+ *   user namespace (through a short-lived helper child whose maps it writes),
+ *   unshares the mount, uts, ipc, net and pid namespaces, and forks I.  M then
+ *   only forwards signals and waits.
  * - I is pid 1.  It builds the file tree (EROFS, overlay, pivot_root, /proc,
  *   /dev, /tmp), sets the hostname and brings up lo, forks E and then reaps
  *   every zombie until E exits.  Why a separate init instead of exec'ing the
@@ -19,8 +25,18 @@
  *   signals and reports E's exact exit status (a pid 1 cannot re-raise a fatal
  *   signal on itself).  When E exits, I exits, and the kernel kills whatever is
  *   left in the namespace, so no daemon outlives the run.
- * - E switches to the image's user, drops capabilities outside Docker's
- *   default set, loads the seccomp denylist and execs the command.
+ * - E moves itself into the device cgroup (cgroup v1), joins the user
+ *   namespace, drops every capability outside a small set, switches to the
+ *   image's user, installs the seccomp allowlist and execs the command.
+ *
+ * The user namespace: M has a helper child unshare(CLONE_NEWUSER), writes its
+ * uid_map and gid_map ("0 BASE COUNT") as host root, and keeps a descriptor
+ * of the namespace.  I mounts the image (EROFS needs the host's privileges),
+ * then makes the mount idmapped through that namespace, so the image's uid 0
+ * files are host uid BASE, which is root inside; the overlay sits on top of
+ * the idmapped layer.  Every mount, and the network namespace, stays owned by
+ * the host's user namespace: root inside holds its capabilities only over
+ * its own namespace, and can neither mount nor create devices.
  *
  * I reports to the caller over a pipe (struct report): which mount was used,
  * a setup error (errno), E's exit status.  E's stdout and stderr are pipes the
@@ -48,7 +64,6 @@
 #include <linux/loop.h>
 #include <poll.h>
 #include <sched.h>
-#include <seccomp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,7 +86,7 @@ struct report {
 	int32_t value;
 };
 enum { REP_MOUNT_FILE = 1, REP_MOUNT_LOOP, REP_ERROR /* value = errno */, REP_EXIT /* value = wait status */,
-       REP_MOUNT_DIR };
+       REP_MOUNT_DIR, REP_USERNS /* the workload gets its user namespace */ };
 
 /* What the children need; built by the caller before fork so the children
  * only read it. */
@@ -83,7 +98,12 @@ struct plan {
 	const char *user;
 	const char *workdir;
 	const char *hostname;
-	char **env_over; /* env_override plus the Runtime API's variable; NULL-terminated */
+	char **env; /* the workload's environment, NULL-terminated; HOME at env[home_idx] */
+	size_t home_idx; /* SIZE_MAX when the image or the overrides set HOME */
+	struct sandbox_seccomp filter;
+	uint32_t userns_base, userns_count; /* count 0: no user namespace */
+	int userns_fd; /* set in M: the user namespace, or -1 */
+	int devcg_fd;  /* set in M: the device cgroup's cgroup.procs, or -1 */
 	int out_w, err_w, rep_w, sync_r;
 	int ready_w; /* I's end of the ready channel, or -1 without on_ready */
 };
@@ -185,7 +205,7 @@ static int mount_dir(const struct plan *p, int dir_fd, const char *dst)
 	 * host mounted below it. */
 	int r = xmount(src, dst, NULL, MS_BIND, NULL);
 	if (r == 0)
-		r = xmount(NULL, dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NODEV, NULL);
+		r = xmount(NULL, dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NODEV | MS_NOSUID, NULL);
 	if (r < 0)
 		log_err("sandbox: cannot use the directory %s as the root: %s", p->spec->rootfs_dir, strerror(-r));
 	return r < 0 ? r : REP_MOUNT_DIR;
@@ -202,10 +222,9 @@ static int mount_image(const struct plan *p, int dir_fd, const char *dst)
 	if (p->spec->rootfs_dir)
 		return mount_dir(p, dir_fd, dst);
 	if (p->spec->mount != SANDBOX_MOUNT_LOOP) {
-		/* nosuid is left off on purpose: no_new_privs (set with the
-		 * seccomp filter) already makes setuid bits inert, and images
-		 * expect ls -l to show them. */
-		if (mount(src, dst, "erofs", MS_RDONLY | MS_NODEV, NULL) == 0)
+		/* nosuid does not hide the bits from ls -l; it and no_new_privs
+		 * each make them inert. */
+		if (mount(src, dst, "erofs", MS_RDONLY | MS_NODEV | MS_NOSUID, NULL) == 0)
 			return REP_MOUNT_FILE;
 		int e = errno;
 		/* ENOTBLK: the kernel lacks CONFIG_EROFS_FS_BACKED_BY_FILE and
@@ -223,15 +242,29 @@ static int mount_image(const struct plan *p, int dir_fd, const char *dst)
 
 /* ---- the file tree inside -------------------------------------------------------------------------------------- */
 
-static int make_dev(const char *root)
+/* The tmpfs options that make a scratch filesystem's root owned by the
+ * sandbox's root: with a user namespace, host id userns_base. */
+static void owner_opts(const struct plan *p, char *buf, size_t len)
 {
-	char path[PATH_MAX];
+	if (p->userns_fd >= 0)
+		snprintf(buf, len, ",uid=%u,gid=%u", p->userns_base, p->userns_base);
+	else
+		buf[0] = '\0';
+}
+
+/* /dev: a fresh tmpfs holding the standard nodes only.  The tmpfs itself is
+ * nodev, so a node the workload managed to create there would not open; the
+ * nodes below are bind mounts of the host's, each its own mount. */
+static int make_dev(const struct plan *p, const char *root)
+{
+	char path[PATH_MAX], opts[128], own[64];
+	owner_opts(p, own, sizeof(own));
 	snprintf(path, sizeof(path), "%s/dev", root);
 	int r = mkdir_if_missing(path, 0755);
 	if (r == 0)
-		r = xmount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=64k");
-	/* Bind the host's nodes rather than mknod: the same code then works in
-	 * a user namespace, where mknod is not allowed. */
+		r = xmount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NOEXEC | MS_NODEV, "mode=755,size=64k");
+	/* Bind the host's nodes rather than mknod: no process of the sandbox
+	 * ever holds CAP_MKNOD, and in a user namespace it could not anyway. */
 	static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
 	for (size_t i = 0; r == 0 && i < sizeof(nodes) / sizeof(nodes[0]); i++) {
 		char host[64];
@@ -246,9 +279,17 @@ static int make_dev(const char *root)
 		close(fd);
 		r = xmount(host, path, NULL, MS_BIND, NULL);
 	}
+	/* Pseudo-terminals: a devpts of the sandbox's own (no host terminal
+	 * shows in it), with /dev/ptmx pointing at its multiplexer. */
+	if (r == 0) {
+		snprintf(path, sizeof(path), "%s/dev/pts", root);
+		r = mkdir_if_missing(path, 0755);
+		if (r == 0)
+			r = xmount("devpts", path, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620");
+	}
 	static const char *const links[][2] = {
 		{"/proc/self/fd", "fd"}, {"/proc/self/fd/0", "stdin"}, {"/proc/self/fd/1", "stdout"},
-		{"/proc/self/fd/2", "stderr"}, {"/proc/kcore", "core"},
+		{"/proc/self/fd/2", "stderr"}, {"/proc/kcore", "core"}, {"pts/ptmx", "ptmx"},
 	};
 	for (size_t i = 0; r == 0 && i < sizeof(links) / sizeof(links[0]); i++) {
 		snprintf(path, sizeof(path), "%s/dev/%s", root, links[i][1]);
@@ -260,8 +301,9 @@ static int make_dev(const char *root)
 	if (r == 0) {
 		snprintf(path, sizeof(path), "%s/dev/shm", root);
 		r = mkdir_if_missing(path, 01777);
+		snprintf(opts, sizeof(opts), "mode=1777,size=65536k%s", own);
 		if (r == 0)
-			r = xmount("shm", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k");
+			r = xmount("shm", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts);
 	}
 	return r;
 }
@@ -325,8 +367,49 @@ static int enter_root(const char *root)
 	return 0;
 }
 
+/* Make the image mount at |dir| idmapped through the sandbox's user
+ * namespace, and give the overlay's upper root the owner and mode of the
+ * image's root (the upper root is what / shows).  Returns 0 or -errno; on
+ * failure nothing has changed. */
+static int idmap_lower(const struct plan *p, const char *dir, const char *upper)
+{
+	int t = (int)syscall(SYS_open_tree, AT_FDCWD, dir, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+	if (t < 0)
+		return -errno;
+	struct mount_attr a;
+	memset(&a, 0, sizeof(a));
+	a.attr_set = MOUNT_ATTR_IDMAP;
+	a.userns_fd = (uint64_t)p->userns_fd;
+	int r = 0;
+	if (syscall(SYS_mount_setattr, t, "", AT_EMPTY_PATH, &a, sizeof(a)) < 0 ||
+	    syscall(SYS_move_mount, t, "", AT_FDCWD, dir, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+		r = -errno;
+	close(t);
+	struct stat st;
+	if (r == 0 && stat(dir, &st) == 0 && (chown(upper, st.st_uid, st.st_gid) < 0 || chmod(upper, st.st_mode & 07777) < 0))
+		r = -errno;
+	return r;
+}
+
+/* Per network namespace knobs that root inside would otherwise lack: its
+ * capabilities do not cover the network namespace (owned by the host's user
+ * namespace), so let it bind ports below 1024 and ping without raw sockets,
+ * as Docker does.  Best effort: a kernel without them runs without. */
+static void net_sysctls(void)
+{
+	static const char *const kv[][2] = {{"/proc/sys/net/ipv4/ip_unprivileged_port_start", "0"},
+					    {"/proc/sys/net/ipv4/ping_group_range", "0 2147483647"}};
+	for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++) {
+		int fd = open(kv[i][0], O_WRONLY | O_CLOEXEC);
+		if (fd < 0 || write(fd, kv[i][1], strlen(kv[i][1])) < 0)
+			log_debug("sandbox: set %s: %s", kv[i][0], strerror(errno));
+		if (fd >= 0)
+			close(fd);
+	}
+}
+
 /* The whole file tree; runs in I, in the new namespaces, before pivot. */
-static int build_tree(const struct plan *p, int *mount_kind)
+static int build_tree(struct plan *p, int *mount_kind)
 {
 	int r;
 	/* Nothing done here may leak to the host, nor the host's later mounts in. */
@@ -358,22 +441,35 @@ static int build_tree(const struct plan *p, int *mount_kind)
 	if (r < 0)
 		return r;
 	*mount_kind = r;
-	if ((r = xmount("overlay", SCRATCH "/root", "overlay", MS_NODEV,
+	if (p->userns_fd >= 0 && (r = idmap_lower(p, SCRATCH "/lower", SCRATCH "/upper")) < 0) {
+		log_warn("sandbox: notice: cannot map the image's owners into the sandbox's user namespace (idmapped "
+			 "mount: %s; the kernel needs 5.19+ and a filesystem that supports it); running without a "
+			 "user namespace, so root inside is the host's root, held back by capabilities, seccomp and "
+			 "the other namespaces only",
+			 strerror(-r));
+		close(p->userns_fd);
+		p->userns_fd = -1;
+	}
+	if ((r = xmount("overlay", SCRATCH "/root", "overlay", MS_NODEV | MS_NOSUID,
 			"lowerdir=" SCRATCH "/lower,upperdir=" SCRATCH "/upper,workdir=" SCRATCH "/work")) < 0)
 		return r;
 	static const char *const in_root[] = {SCRATCH "/root/proc", SCRATCH "/root/tmp"};
 	for (size_t i = 0; i < sizeof(in_root) / sizeof(in_root[0]); i++)
 		if ((r = mkdir_if_missing(in_root[i], 0755)) < 0)
 			return r;
-	if ((r = make_dev(SCRATCH "/root")) < 0)
+	if ((r = make_dev(p, SCRATCH "/root")) < 0)
 		return r;
-	if ((r = xmount("tmpfs", SCRATCH "/root/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")) < 0)
+	char opts[96], own[64];
+	owner_opts(p, own, sizeof(own));
+	snprintf(opts, sizeof(opts), "mode=1777%s", own);
+	if ((r = xmount("tmpfs", SCRATCH "/root/tmp", "tmpfs", MS_NOSUID | MS_NODEV, opts)) < 0)
 		return r;
 	if ((r = enter_root(SCRATCH "/root")) < 0)
 		return r;
 	/* proc must be mounted from inside the new pid namespace to show it. */
 	if ((r = xmount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL)) < 0)
 		return r;
+	net_sysctls(); /* before harden_proc makes /proc/sys read-only */
 	if ((r = harden_proc()) < 0)
 		return r;
 	if (sethostname(p->hostname, strlen(p->hostname)) < 0) {
@@ -387,17 +483,24 @@ static int build_tree(const struct plan *p, int *mount_kind)
 
 /* ---- E: become the workload ------------------------------------------------------------------------------------ */
 
-/* Docker's default capability set: what ordinary images expect root to have.
- * Everything else (SYS_ADMIN, SYS_MODULE, SYS_RAWIO, SYS_PTRACE, NET_ADMIN,
- * SYS_RESOURCE, DAC_READ_SEARCH, ...) leaves the bounding set, so not even an
- * exec as root gets it back (root's permitted set after exec is the bounding
- * set). */
+/* The capabilities a function keeps (bounding, permitted and effective sets;
+ * the inheritable and ambient sets are emptied).  Smaller than Docker's
+ * default: what entrypoints running as root do to their own files and
+ * processes, and nothing about devices, mounts, raw sockets or the kernel.
+ *   CHOWN, DAC_OVERRIDE, FOWNER, FSETID: set up files owned by other users
+ *     (package scripts, "chown app /data", writing as root over any mode);
+ *   SETUID, SETGID: drop to another user (su-exec, gosu, runuser);
+ *   KILL: signal its own children that run as other users;
+ *   NET_BIND_SERVICE: listen on a port below 1024.
+ * Gone compared with Docker: MKNOD (device nodes), NET_RAW (raw and packet
+ * sockets; ping works through ping sockets), SYS_CHROOT, SETPCAP, SETFCAP,
+ * AUDIT_WRITE.  In a user namespace each applies to the namespace's own
+ * files and processes only. */
 static bool cap_kept(int cap)
 {
 	switch (cap) {
 	case CAP_CHOWN: case CAP_DAC_OVERRIDE: case CAP_FOWNER: case CAP_FSETID: case CAP_KILL: case CAP_SETGID:
-	case CAP_SETUID: case CAP_SETPCAP: case CAP_NET_BIND_SERVICE: case CAP_NET_RAW: case CAP_SYS_CHROOT:
-	case CAP_MKNOD: case CAP_AUDIT_WRITE: case CAP_SETFCAP:
+	case CAP_SETUID: case CAP_NET_BIND_SERVICE:
 		return true;
 	default:
 		return false;
@@ -419,11 +522,29 @@ static int drop_caps(void)
 	}
 	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
 		return -errno;
+	struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+	struct __user_cap_data_struct d[2];
+	memset(d, 0, sizeof(d));
+	if (syscall(SYS_capget, &h, d) < 0)
+		return -errno;
+	uint32_t keep[2] = {0, 0};
+	for (int cap = 0; cap < 64; cap++)
+		if (cap_kept(cap))
+			keep[cap / 32] |= 1u << (cap % 32);
+	for (int i = 0; i < 2; i++) {
+		d[i].effective &= keep[i];
+		d[i].permitted &= keep[i];
+		d[i].inheritable = 0;
+	}
+	if (syscall(SYS_capset, &h, d) < 0) {
+		int e = errno;
+		log_err("sandbox: set the capability sets: %s", strerror(e));
+		return -e;
+	}
 	return 0;
 }
 
-__attribute__((noreturn)) static void run_workload(const struct plan *p, const struct sandbox_user *u, char **env,
-						   void *filter)
+__attribute__((noreturn)) static void run_workload(const struct plan *p, const struct sandbox_user *u, char **env)
 {
 	const struct sandbox_spec *s = p->spec;
 	sigset_t none;
@@ -432,6 +553,13 @@ __attribute__((noreturn)) static void run_workload(const struct plan *p, const s
 	for (int sig = 1; sig < NSIG; sig++)
 		signal(sig, SIG_DFL);
 	setsid();
+	/* Into the device cgroup now, after I's loop device (which the
+	 * allowlist would refuse) and before anything of the workload's. */
+	if (p->devcg_fd >= 0 && write(p->devcg_fd, "0", 1) != 1) {
+		int e = errno;
+		log_err("sandbox: join the device cgroup: %s", strerror(e));
+		setup_fail(p, e);
+	}
 
 	int in = s->in_fd;
 	if (in < 0 && (in = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
@@ -444,9 +572,22 @@ __attribute__((noreturn)) static void run_workload(const struct plan *p, const s
 	 * stays open until exec, which is how an exec failure gets back. */
 	syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */);
 
+	/* Join the user namespace before dropping capabilities: entering one
+	 * resets every capability set to full (over that namespace only). */
+	if (p->userns_fd >= 0 && setns(p->userns_fd, CLONE_NEWUSER) < 0) {
+		int e = errno;
+		log_err("sandbox: join the sandbox's user namespace: %s", strerror(e));
+		setup_fail(p, e);
+	}
 	int r = drop_caps();
 	if (r < 0)
 		setup_fail(p, -r);
+	if (p->userns_fd >= 0 && (u->uid >= p->userns_count || u->gid >= p->userns_count)) {
+		log_err("sandbox: uid %u / gid %u is outside the sandbox's user namespace (ids 0..%u); give a wider "
+			"mapping (kindling run --userns BASE:COUNT) or another user",
+			u->uid, u->gid, p->userns_count - 1);
+		setup_fail(p, EINVAL);
+	}
 	gid_t groups[SANDBOX_MAX_GROUPS];
 	for (size_t i = 0; i < u->n_groups; i++)
 		groups[i] = u->groups[i];
@@ -469,8 +610,8 @@ __attribute__((noreturn)) static void run_workload(const struct plan *p, const s
 			sandbox_env_get(env, "PATH"), strerror(-r));
 		setup_fail(p, -r);
 	}
-	/* The last step before exec: from here on the denylist applies. */
-	if ((r = sandbox_seccomp_load(filter)) < 0) {
+	/* The last step before exec: from here on the allowlist applies. */
+	if ((r = sandbox_seccomp_apply(&p->filter)) < 0) {
 		log_err("sandbox: load the seccomp filter: %s", strerror(-r));
 		setup_fail(p, -r);
 	}
@@ -608,7 +749,7 @@ static int supervise(pid_t child, const sigset_t *set)
 	}
 }
 
-__attribute__((noreturn)) static void init_main(const struct plan *p)
+__attribute__((noreturn)) static void init_main(struct plan *p)
 {
 	sigset_t set;
 	block_signals(&set);
@@ -618,25 +759,26 @@ __attribute__((noreturn)) static void init_main(const struct plan *p)
 		setup_fail(p, -r);
 	report(p->rep_w, kind, 0);
 
+	report(p->rep_w, REP_USERNS, p->userns_fd >= 0);
+
+	/* Resolved inside, from the image's own files; no heap (see the top). */
 	struct sandbox_user u;
 	if ((r = sandbox_user_resolve(p->user, "/etc/passwd", "/etc/group", &u)) < 0)
 		setup_fail(p, -r);
-	struct str_list env = {0};
-	const struct run_config *c = p->spec->config;
-	if ((r = sandbox_env_build(c ? c->env : NULL, p->env_over, p->hostname, u.home, &env)) < 0 ||
-	    (r = str_list_add(&env, "")) < 0)
-		setup_fail(p, -r);
-	free(env.items[--env.n]); /* the "" made room for the NULL terminator */
-	env.items[env.n] = NULL;
-	/* Docker creates a missing working directory; so do we (in the overlay). */
-	if (access(p->workdir, F_OK) < 0 && (r = mkdir_p(p->workdir, 0755)) < 0) {
-		log_err("sandbox: create working directory %s: %s", p->workdir, strerror(-r));
-		setup_fail(p, -r);
+	char home_kv[PATH_MAX + 8];
+	if (p->home_idx != SIZE_MAX && u.home[0]) {
+		snprintf(home_kv, sizeof(home_kv), "HOME=%s", u.home);
+		p->env[p->home_idx] = home_kv;
 	}
-	void *filter = sandbox_seccomp_build();
-	if (!filter) {
-		log_err("sandbox: build the seccomp filter: %s", strerror(errno));
-		setup_fail(p, errno);
+	/* Docker creates a missing working directory, owned by root; so do we
+	 * (in the overlay), owned by the sandbox's root. */
+	if (access(p->workdir, F_OK) < 0) {
+		if ((r = mkdir_p(p->workdir, 0755)) < 0) {
+			log_err("sandbox: create working directory %s: %s", p->workdir, strerror(-r));
+			setup_fail(p, -r);
+		}
+		if (p->userns_fd >= 0 && chown(p->workdir, p->userns_base, p->userns_base) < 0)
+			log_warn("sandbox: chown the working directory %s: %s", p->workdir, strerror(errno));
 	}
 
 	if (p->ready_w >= 0)
@@ -645,11 +787,13 @@ __attribute__((noreturn)) static void init_main(const struct plan *p)
 	if (e < 0)
 		setup_fail(p, errno);
 	if (e == 0)
-		run_workload(p, &u, env.items, filter);
+		run_workload(p, &u, p->env);
 	close(p->out_w);
 	close(p->err_w);
+	if (p->userns_fd >= 0)
+		close(p->userns_fd);
 	/* I runs under the same filter for the rest of its life. */
-	if ((r = sandbox_seccomp_load(filter)) < 0)
+	if ((r = sandbox_seccomp_apply(&p->filter)) < 0)
 		log_warn("sandbox: seccomp on init: %s", strerror(-r));
 	int st = supervise(e, &set);
 	report(p->rep_w, REP_EXIT, st);
@@ -658,18 +802,127 @@ __attribute__((noreturn)) static void init_main(const struct plan *p)
 
 /* ---- M: the monitor outside the pid namespace ---------------------------------------------------------------- */
 
-__attribute__((noreturn)) static void monitor_main(const struct plan *p, pid_t caller)
+/* Close every descriptor but the |n| in |keep| (negative entries ignored).
+ * No allocation: runs in M right after fork. */
+static void close_all_but(int *keep, size_t n)
+{
+	for (size_t i = 1; i < n; i++) /* insertion sort; n is about ten */
+		for (size_t j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+			int t = keep[j];
+			keep[j] = keep[j - 1];
+			keep[j - 1] = t;
+		}
+	unsigned next = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (keep[i] < 0 || (unsigned)keep[i] < next)
+			continue;
+		if ((unsigned)keep[i] > next && syscall(SYS_close_range, next, (unsigned)keep[i] - 1, 0) < 0)
+			for (unsigned fd = next; fd < (unsigned)keep[i]; fd++)
+				close((int)fd);
+		next = (unsigned)keep[i] + 1;
+	}
+	if (syscall(SYS_close_range, next, ~0U, 0) < 0)
+		for (unsigned fd = next; fd < 65536; fd++)
+			close((int)fd);
+}
+
+/* In M: create the sandbox's user namespace and return a descriptor of it,
+ * or -1 with a notice (the host lacks user namespaces, or they are
+ * disabled).  A helper child unshares it and waits while M, root in the
+ * host's namespace, writes the mappings: a process cannot map ids other than
+ * its own into a namespace it created. */
+static int make_userns(const struct plan *p)
+{
+	int up[2], down[2];
+	if (pipe2(up, O_CLOEXEC) < 0)
+		return -1;
+	if (pipe2(down, O_CLOEXEC) < 0) {
+		close(up[0]);
+		close(up[1]);
+		return -1;
+	}
+	pid_t h = fork();
+	if (h == 0) {
+		close(down[1]); /* or the read below never sees EOF */
+		close(up[0]);
+		int e = unshare(CLONE_NEWUSER) < 0 ? errno : 0;
+		char c;
+		if (write(up[1], &e, sizeof(e)) == (ssize_t)sizeof(e))
+			while (read(down[0], &c, 1) < 0 && errno == EINTR)
+				;
+		_exit(0);
+	}
+	close(up[1]);
+	close(down[0]);
+	int e = h < 0 ? errno : 0, fd = -1;
+	if (h > 0 && read(up[0], &e, sizeof(e)) != (ssize_t)sizeof(e))
+		e = EIO;
+	if (e == 0) {
+		char path[64], map[64];
+		int n = snprintf(map, sizeof(map), "0 %u %u\n", p->userns_base, p->userns_count);
+		static const char *const files[] = {"uid_map", "gid_map"};
+		for (int i = 0; i < 2 && e == 0; i++) {
+			snprintf(path, sizeof(path), "/proc/%d/%s", (int)h, files[i]);
+			int mfd = open(path, O_WRONLY | O_CLOEXEC);
+			if (mfd < 0 || write(mfd, map, (size_t)n) != n)
+				e = errno ? errno : EIO;
+			if (mfd >= 0)
+				close(mfd);
+		}
+		snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)h);
+		if (e == 0 && (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+			e = errno;
+	}
+	close(down[1]); /* the helper's read returns 0: it exits */
+	close(up[0]);
+	if (h > 0)
+		while (waitpid(h, NULL, 0) < 0 && errno == EINTR)
+			;
+	if (e != 0) {
+		log_warn("sandbox: notice: no user namespace for the workload (%s; is user.max_user_namespaces 0, or "
+			 "the kernel built without CONFIG_USER_NS?); root inside is the host's root, held back by "
+			 "capabilities, seccomp and the other namespaces only",
+			 strerror(e));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+__attribute__((noreturn)) static void monitor_main(struct plan *p, pid_t caller)
 {
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != caller)
 		_exit(125);
+	/* Nothing of the caller's beyond what the sandbox uses. */
+	int keep[] = {0, 1, 2, p->image_fd, p->out_w, p->err_w, p->rep_w, p->sync_r, p->ready_w, p->spec->in_fd};
+	close_all_but(keep, sizeof(keep) / sizeof(keep[0]));
 	sigset_t set;
 	block_signals(&set);
 	/* Wait until the caller has moved us into the cgroup, so that every
-	 * process of the sandbox starts inside it. */
-	char go;
-	if (read(p->sync_r, &go, 1) != 1)
+	 * process of the sandbox starts inside it.  The message is "g" and the
+	 * path of the device cgroup's cgroup.procs, if there is one. */
+	char msg[PATH_MAX + 2];
+	size_t got = 0;
+	ssize_t k;
+	while (got < sizeof(msg) - 1 && (k = read(p->sync_r, msg + got, sizeof(msg) - 1 - got)) != 0) {
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			_exit(125);
+		got += (size_t)k;
+	}
+	if (got < 1 || msg[0] != 'g')
 		_exit(125);
+	msg[got] = '\0';
 	close(p->sync_r);
+	if (got > 1 && (p->devcg_fd = open(msg + 1, O_WRONLY | O_CLOEXEC)) < 0) {
+		int e = errno;
+		log_err("sandbox: open the device cgroup's %s: %s", msg + 1, strerror(e));
+		setup_fail(p, e);
+	}
+	if (p->userns_count)
+		p->userns_fd = make_userns(p);
 	if (unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID) < 0) {
 		int e = errno;
 		log_err("sandbox: unshare namespaces: %s (needs root / CAP_SYS_ADMIN)", strerror(e));
@@ -692,6 +945,11 @@ __attribute__((noreturn)) static void monitor_main(const struct plan *p, pid_t c
 	close(p->rep_w);
 	if (p->ready_w >= 0)
 		close(p->ready_w);
+	if (p->userns_fd >= 0)
+		close(p->userns_fd);
+	if (p->devcg_fd >= 0)
+		close(p->devcg_fd);
+	close(p->image_fd);
 	int st = supervise(init, &set);
 	if (WIFSIGNALED(st)) {
 		signal(WTERMSIG(st), SIG_DFL);
@@ -776,7 +1034,8 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 		log_err("sandbox: %s", why);
 		return -EPERM;
 	}
-	struct plan p = {.spec = s, .image_fd = -1, .out_w = -1, .err_w = -1, .rep_w = -1, .sync_r = -1, .ready_w = -1};
+	struct plan p = {.spec = s, .image_fd = -1, .out_w = -1, .err_w = -1, .rep_w = -1, .sync_r = -1, .ready_w = -1,
+			 .userns_fd = -1, .devcg_fd = -1, .home_idx = SIZE_MAX};
 	p.hostname = s->hostname ? s->hostname : "kindling";
 	p.user = s->user_override ? s->user_override : s->config ? s->config->user : NULL;
 	p.workdir = s->workdir_override ? s->workdir_override
@@ -790,14 +1049,38 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 	int out_r = -1, err_r = -1, rep_r = -1, sync_w = -1, ready_r = -1;
 	struct sandbox_cgroup cg;
 	memset(&cg, 0, sizeof(cg));
-	struct str_list env_over = {0};
+	struct str_list env_over = {0}, env = {0};
 	pid_t m = -1;
+	if (!s->userns_off) {
+		p.userns_base = s->userns_base ? s->userns_base : SANDBOX_USERNS_DEFAULT_BASE;
+		p.userns_count = s->userns_count ? s->userns_count : SANDBOX_USERNS_DEFAULT_COUNT;
+		if (p.userns_count > UINT32_MAX - p.userns_base) {
+			log_err("sandbox: user namespace mapping %u:%u runs past the last id", p.userns_base,
+				p.userns_count);
+			return -EINVAL;
+		}
+	}
 	int r = build_argv(s, &p.argv);
 	if (r < 0)
 		return r;
+	/* Everything the children need from the heap is made here, before
+	 * fork (see the top of the file). */
 	if ((r = sandbox_env_overrides(s, &env_over)) < 0)
 		goto out;
-	p.env_over = env_over.items;
+	char *const *base_env = s->config ? s->config->env : NULL;
+	if ((r = sandbox_env_build(base_env, env_over.items, p.hostname, "", &env)) < 0 ||
+	    (r = str_list_add(&env, "")) < 0)
+		goto out;
+	free(env.items[--env.n]); /* the "" made room for the NULL terminator */
+	env.items[env.n] = NULL;
+	p.env = env.items;
+	/* HOME comes from the image's passwd entry, read inside: keep the slot. */
+	if (!sandbox_env_get(base_env, "HOME") && !sandbox_env_get(env_over.items, "HOME"))
+		for (size_t i = 0; i < env.n; i++)
+			if (strncmp(env.items[i], "HOME=", 5) == 0)
+				p.home_idx = i;
+	if ((r = sandbox_seccomp_build(&p.filter)) < 0)
+		goto out;
 	if (s->on_ready) {
 		int sp[2];
 		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) {
@@ -872,8 +1155,14 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 	out->cgroup_kind = cg.kind == SANDBOX_CG_V2 ? "v2" : cg.kind == SANDBOX_CG_V1 ? "v1" : "none";
 	if (cg.kind != SANDBOX_CG_NONE && (r = sandbox_cgroup_attach(&cg, m)) < 0)
 		goto kill;
-	if (write(sync_w, "g", 1) != 1) {
-		r = -errno;
+	if ((r = sandbox_cgroup_devices(&cg, name, notice, sizeof(notice))) < 0)
+		goto kill;
+	if (notice[0])
+		log_warn("%s", notice);
+	char go[PATH_MAX + 2];
+	int gn = snprintf(go, sizeof(go), "g%s%s", cg.dev_dir, cg.dev_dir[0] ? "/cgroup.procs" : "");
+	if (gn < 0 || (size_t)gn >= sizeof(go) || write_full(sync_w, go, (size_t)gn) < 0) {
+		r = gn < 0 || (size_t)gn >= sizeof(go) ? -ENAMETOOLONG : -errno;
 		goto kill;
 	}
 	close_fd(&sync_w);
@@ -934,6 +1223,8 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 					out->mount_kind = msg.kind == REP_MOUNT_FILE	? "file"
 							  : msg.kind == REP_MOUNT_LOOP ? "loop"
 											: "dir";
+				else if (msg.kind == REP_USERNS)
+					out->userns = msg.value != 0;
 				else if (msg.kind == REP_ERROR && !setup_err)
 					setup_err = msg.value > 0 ? msg.value : EIO;
 				else if (msg.kind == REP_EXIT && !exited) {
@@ -966,6 +1257,7 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 		}
 	}
 	out->oom_killed = sandbox_cgroup_oom_killed(&cg);
+	out->pids_limited = sandbox_cgroup_pids_limited(&cg);
 	out->memory_peak = sandbox_cgroup_memory_peak(&cg); /* before the cgroup goes, below */
 	if (out->oom_killed && out->term_signal == 0 && out->exit_code < 0)
 		out->term_signal = SIGKILL;
@@ -997,6 +1289,8 @@ out:
 	free(p.rootfs_path);
 	free(p.argv);
 	str_list_clear(&env_over);
+	str_list_clear(&env);
+	sandbox_seccomp_free(&p.filter);
 	return r;
 }
 

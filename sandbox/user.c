@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -43,31 +45,69 @@ static size_t split_colon(char *line, char **f, size_t max)
 	return n;
 }
 
-/* Read an /etc file of the image; a missing file reads as empty.  The buffer
- * is NUL-terminated and the caller frees it. */
+/* Buffers come from mmap, not malloc: the process sandbox resolves the user
+ * in a child forked from a possibly multi-threaded caller, where malloc may
+ * find a lock held by a thread that no longer exists.  (Only the pages
+ * actually read are ever touched.) */
+static char *etc_alloc(size_t len)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	return p == MAP_FAILED ? NULL : p;
+}
+
+static void etc_free(char *p, size_t len)
+{
+	if (p)
+		munmap(p, len);
+}
+
+#define ETC_BUF (SANDBOX_ETC_MAX + 1u)
+
+/* Read an /etc file of the image into an ETC_BUF-byte mapping
+ * (NUL-terminated; release with etc_free(.., ETC_BUF)); a missing file reads
+ * as empty (*out NULL). */
 static int read_etc(const char *path, char **out)
 {
-	uint8_t *buf = NULL;
-	size_t len = 0;
 	*out = NULL;
 	if (!path)
 		return 0;
-	int r = read_file_all(path, SANDBOX_ETC_MAX, &buf, &len);
-	if (r == -ENOENT || r == -ENOTDIR)
-		return 0;
-	if (r < 0) {
-		log_err("read %s in the image: %s", path, strerror(-r));
-		return r;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		int e = errno;
+		if (e == ENOENT || e == ENOTDIR)
+			return 0;
+		log_err("read %s in the image: %s", path, strerror(e));
+		return -e;
 	}
-	char *s = malloc(len + 1);
+	char *s = etc_alloc(ETC_BUF);
 	if (!s) {
-		free(buf);
+		close(fd);
 		return -ENOMEM;
 	}
-	if (len)
-		memcpy(s, buf, len);
+	size_t len = 0;
+	for (;;) {
+		ssize_t n = read(fd, s + len, ETC_BUF - 1 - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			int e = errno;
+			log_err("read %s in the image: %s", path, strerror(e));
+			close(fd);
+			etc_free(s, ETC_BUF);
+			return -e;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+		if (len == ETC_BUF - 1) {
+			log_err("%s in the image is larger than %u bytes; refusing it", path, SANDBOX_ETC_MAX);
+			close(fd);
+			etc_free(s, ETC_BUF);
+			return -EFBIG;
+		}
+	}
+	close(fd);
 	s[len] = '\0';
-	free(buf);
 	*out = s;
 	return 0;
 }
@@ -196,7 +236,9 @@ int sandbox_user_resolve(const char *spec, const char *passwd_path, const char *
 
 	/* Each lookup below consumes (splits) the buffer, so work on copies. */
 	struct pw_match m;
-	char *tmp = pw ? strdup(pw) : NULL;
+	char *tmp = pw ? etc_alloc(ETC_BUF) : NULL;
+	if (tmp)
+		memcpy(tmp, pw, strlen(pw) + 1);
 	if (pw && !tmp) {
 		r = -ENOMEM;
 		goto out;
@@ -204,7 +246,7 @@ int sandbox_user_resolve(const char *spec, const char *passwd_path, const char *
 	if (all_digits(spec, ulen)) {
 		if (!parse_id(spec, ulen, &out->uid)) {
 			log_err("user \"%s\": uid out of range", spec);
-			free(tmp);
+			etc_free(tmp, ETC_BUF);
 			r = -EINVAL;
 			goto out;
 		}
@@ -221,13 +263,13 @@ int sandbox_user_resolve(const char *spec, const char *passwd_path, const char *
 			log_err("user \"%.*s\" is not in the image's /etc/passwd; use a numeric uid or add the user to the "
 				"image",
 				(int)ulen, spec);
-			free(tmp);
+			etc_free(tmp, ETC_BUF);
 			r = -ENOENT;
 			goto out;
 		}
 		out->uid = m.uid;
 	}
-	free(tmp);
+	etc_free(tmp, ETC_BUF);
 	if (m.found) {
 		out->gid = m.gid;
 		snprintf(out->home, sizeof(out->home), "%s", m.home);
@@ -251,8 +293,8 @@ int sandbox_user_resolve(const char *spec, const char *passwd_path, const char *
 	}
 	r = 0;
 out:
-	free(pw);
-	free(gr);
+	etc_free(pw, ETC_BUF);
+	etc_free(gr, ETC_BUF);
 	return r;
 }
 

@@ -3,7 +3,7 @@
 # busybox, imported and exported by chunkify, run from the EROFS file by
 # sandbox_run.  Checks output streaming, exit codes, the image's env/workdir/
 # user, the tmpfs overlay, the pid/net/uts/mount namespaces, the seccomp
-# denylist, cgroup memory and pids limits (or the notice where the host has
+# filter's EPERM list, a uid outside the user namespace refused clearly, cgroup memory and pids limits (or the notice where the host has
 # none), timings, and that no mount, loop device or cgroup is left behind.
 # Long-lived sandboxes (sandbox.h's runtime_api_port, on_ready, stop_fd,
 # memory_peak): busybox wget and nc inside reach the Runtime API endpoint that
@@ -194,6 +194,11 @@ run "$T/u.out" --user 4321:appgrp -- sh -c 'id -u; id -g'
 [ "$(cat "$T/u.out")" = "$(printf '4321\n2345')" ] || die "--user 4321:appgrp: $(cat "$T/u.out")"
 run "$T/u.out" --user 0 -- id -u
 [ "$(cat "$T/u.out")" = 0 ] || die "--user 0: $(cat "$T/u.out")"
+rc=0; run "$T/u.out" --user 70000 -- id -u || rc=$?
+[ "$rc" = 125 ] && grep -q "outside the sandbox's user namespace" "$T/u.out.err" ||
+  die "a uid beyond the user namespace's 65536 ids: rc $rc, $(cat "$T/u.out.err")"
+rc=0; run "$T/u.out" --userns off --user 70000 -- id -u || rc=$?
+[ "$rc" = 0 ] && [ "$(cat "$T/u.out")" = 70000 ] || die "--userns off --user 70000: rc $rc, $(cat "$T/u.out" "$T/u.out.err")"
 rc=0; run "$T/u.out" --user no-such-user -- id -u || rc=$?
 [ "$rc" != 0 ] && grep -q "not in the image's /etc/passwd" "$T/u.out.err" || die "unknown user was not refused clearly"
 # The host's users are never consulted: a host-only name does not resolve.
@@ -246,7 +251,7 @@ rc=0; run "$T/s.out" --user 0 -- sh -c 'echo 1 >/proc/sys/kernel/sysrq' || rc=$?
 [ "$rc" != 0 ] || die "/proc/sys is writable inside"
 pass "mount namespace: host mounts invisible, / is the overlay, /proc (sys read-only), /tmp tmpfs, minimal /dev"
 
-# ---- seccomp denylist -------------------------------------------------------
+# ---- seccomp: the EPERM list -------------------------------------------------------
 run "$T/p.out" --user 0 -- probe
 for s in kexec_load init_module finit_module bpf perf_event_open keyctl ptrace userfaultfd unshare_user clone_newuser setns iopl open_by_handle_at; do
   grep -qx "$s EPERM" "$T/p.out" || die "seccomp: $s was not refused with EPERM: $(grep "^$s " "$T/p.out")"
@@ -342,6 +347,21 @@ timeout 120 "$SBX" "$D" --user 0 -- sh -c 'echo scribble >/data/file.txt; cat /d
 [ "$(cat "$T/dir.out")" = "$(printf 'scribble\n1')" ] || die "rootfs dir write inside: $(cat "$T/dir.out")"
 [ "$(cat "$D/data/file.txt")" = "image data" ] || die "a write inside reached the host directory"
 pass "a plain rootfs directory runs the same entrypoint (mount kind dir); writes stay in the overlay"
+
+# A root the kernel cannot idmap (a directory on overlayfs): the workload
+# still runs, without a user namespace, and a notice says so.
+mkdir -p "$T/ovl/upper" "$T/ovl/work" "$T/ovl/merged"
+mount -t overlay kindling-test-ovl -o "lowerdir=$D,upperdir=$T/ovl/upper,workdir=$T/ovl/work" "$T/ovl/merged" ||
+  die "cannot mount an overlayfs for the fallback test"
+track_mount "$T/ovl/merged"
+rc=0; timeout 120 "$SBX" "$T/ovl/merged" --json --user 0 -- sh -c 'id -u; cat /data/file.txt' \
+  >"$T/ovl.out" 2>"$T/ovl.out.err" || rc=$?
+umount "$T/ovl/merged"
+[ "$rc" = 0 ] && [ "$(cat "$T/ovl.out")" = "$(printf '0\nimage data')" ] &&
+  [ "$(grep -c "notice: cannot map the image's owners into the sandbox's user namespace" "$T/ovl.out.err")" = 1 ] &&
+  tail -1 "$T/ovl.out.err" | jq -e '.userns == false' >/dev/null ||
+  die "the no-idmap fallback: rc $rc, $(cat "$T/ovl.out" "$T/ovl.out.err")"
+pass "a root the kernel cannot idmap (overlayfs) runs without a user namespace, with one notice"
 
 # ---- long-lived sandboxes: the Runtime API endpoint, on_ready, stop_fd, peak memory ----
 API_PORT=$(free_port) # free on the host, so nothing of the host's answers there either

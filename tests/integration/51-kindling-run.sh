@@ -11,6 +11,11 @@
 #   - with five memcached and --l2, a run after `chunkify prime` on a fresh L1
 #     fetches from L2 and nothing from L3;
 #   - SIGTERM mid-run ends the workload and kindling with 143;
+#   - limits by default (1 GiB, 1024 processes) and --memory/--pids: a memory
+#     hog is OOM-killed (137) and a fork bomb held at --pids, each reported in
+#     one clear line; afterwards the host forks and none of their processes
+#     remain; the workload runs in a user namespace (root inside is host id
+#     1000000000), --userns changes the mapping;
 #   - no FUSE mount, temporary mount point or loop device is left behind.
 # Missing tools are a failure, not a skip.
 # ctest-labels: no-asan (kindling run end to end: blockd is covered by 40-42 and the sandbox by 50 under ASan); no-tsan (as 50; blockd threads are covered by 40-42)
@@ -31,6 +36,24 @@ echo "hello from kindling: $GREETING $*"
 exit 7
 EOF
 chmod 755 "$R/app/entry.sh"
+# Memory hog: touches N MiB, then says so.
+cat >"$T/hog.c" <<'EOF'
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int main(int argc, char **argv)
+{
+	size_t mib = (size_t)atol(argv[1]);
+	for (size_t i = 0; i < mib; i++) {
+		char *p = malloc(1 << 20);
+		if (!p) { printf("malloc failed at %zu MiB\n", i); return 3; }
+		memset(p, 1, 1 << 20);
+	}
+	printf("touched %zu MiB\n", mib);
+	return 0;
+}
+EOF
+gcc -static -O1 -o "$R/bin/hog" "$T/hog.c" || die "gcc -static of the memory hog failed (libc6-dev?)"
 tar -C "$R" -cf "$T/layer.tar" .
 python3 "$KINDLING_SOURCE_DIR/bench/make_layout.py" "$T/layout" 1 "$T/layer.tar"
 # make_layout.py writes /bin/sh as the entrypoint; give this image its own.
@@ -163,6 +186,40 @@ took=$(python3 -c "print(round($(date +%s.%N) - $t0, 2))")
 [ "$rc" = 143 ] || die "SIGTERM: kindling exited $rc, want 143: $(cat "$T/sig.err")"
 python3 -c "import sys; sys.exit(0 if $took < 5 else 1)" || die "SIGTERM took ${took}s"
 pass "SIGTERM mid-run: forwarded to the workload, kindling exited 143 in ${took}s with cleanup"
+
+# ---- limits: a memory hog and a fork bomb, reported; the host unharmed ------------------------------------------
+rc=0; kr hog run:1 --json --memory 64M -- hog 512 || rc=$?
+J=$(tail -1 "$T/hog.err")
+[ "$rc" = 137 ] && echo "$J" | jq -e '.oom_killed and .memory_limit == 67108864' >/dev/null &&
+  [ "$(grep -c "ran out of memory: it used more than its limit of 64.0 MiB" "$T/hog.err")" = 1 ] &&
+  ! grep -q "touched 512" "$T/hog.out" || die "memory hog under --memory 64M: rc $rc, $(cat "$T/hog.out" "$T/hog.err")"
+kr hog2 run:1 --json -- hog 64 || die "a 64 MiB hog failed under the default limit: $(cat "$T/hog2.out" "$T/hog2.err")"
+J=$(tail -1 "$T/hog2.err")
+echo "$J" | jq -e '.memory_limit == 1073741824 and .pids_limit == 1024 and (.oom_killed | not) and .cgroup != "none"' \
+  >/dev/null || die "default limits: $J"
+pass "memory: a 512 MiB hog under --memory 64M was OOM-killed (137) with one clear line; default limits 1 GiB / 1024 processes (cgroup $(jq -r .cgroup <<<"$J"))"
+
+# A fork bomb under --pids 64: every fork past the limit fails.  Its processes
+# carry a marker to look for afterwards.
+MARK=bomb-$$-$RANDOM
+rc=0; kr bomb run:1 --json --pids 64 --timeout 5 -- sh -c "m=$MARK; b() { while :; do b & done; }; b" || rc=$?
+J=$(tail -1 "$T/bomb.err")
+# It ends either when the bomb's first shell gives up on a failed fork (the
+# sandbox's init then takes every other process with it) or at --timeout.
+[ "$rc" != 0 ] && echo "$J" | jq -e '.pids_limited' >/dev/null &&
+  grep -q "reached its limit of 64 processes" "$T/bomb.err" ||
+  die "fork bomb under --pids 64: rc $rc, $(tail -5 "$T/bomb.err")"
+sh -c 'exit 0' || die "the host cannot fork after the fork bomb"
+left=$(ps -eo pid,args | grep -F "$MARK" | grep -v grep || true)
+[ -z "$left" ] || die "fork bomb processes outlived the run: $left"
+pass "fork bomb: held at 64 processes (pids_limited, reported), ended with status $rc; the host forks, none of its processes remain"
+
+rc=0; kr ns run:1 -- sh -c 'id -u; cat /proc/self/uid_map; ls -ln /app/entry.sh' || rc=$?
+[ "$rc" = 0 ] && [ "$(sed -n 1p "$T/ns.out")" = 0 ] && sed -n 2p "$T/ns.out" | grep -Eq '^ *0 +1000000000 +65536$' &&
+  sed -n 3p "$T/ns.out" | grep -Eq ' 0 +0 ' || die "user namespace: rc $rc, $(cat "$T/ns.out" "$T/ns.err")"
+rc=0; kr ns2 run:1 --userns 200000:1000 -- cat /proc/self/uid_map || rc=$?
+grep -Eq '^ *0 +200000 +1000$' "$T/ns2.out" || die "--userns 200000:1000: $(cat "$T/ns2.out" "$T/ns2.err")"
+pass "user namespace: root inside is host uid 1000000000, image files still owned by 0 inside; --userns 200000:1000 applies"
 
 # ---- nothing left behind -------------------------------------------------------------------------------------------
 [ "$(fuse_mounts)" = 0 ] || die "FUSE mounts left: $(grep kindling-run /proc/self/mountinfo)"

@@ -23,7 +23,7 @@
 #     old sandbox, the next one runs the new revision, the old sandbox ends;
 #   - the function's log has Lambda's lines.
 # Missing tools are a failure, not a skip.
-# ctest-labels: no-asan (sandboxes end to end; the agent's logic runs under ASan in its unit tests); no-tsan (fork-heavy sandboxes; the endpoint's threads run under TSan in test_hostagent_rapi)
+# ctest-labels: no-tsan (fork-heavy sandboxes; the endpoint's threads run under TSan in test_hostagent_rapi)
 . "$(dirname "$0")/lib.sh"
 TOOL=$KINDLING_BUILD_DIR/hostagent_invoke
 [ -x "$TOOL" ] || die "hostagent_invoke not built at $TOOL (build the project first)"

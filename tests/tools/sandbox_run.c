@@ -1,7 +1,7 @@
 /* sandbox_run: run a command from an EROFS image in a sandbox and print timings.
  *
  *   sandbox_run IMAGE.erofs|ROOTFS_DIR [--config FILE] [--json] [--user U] [--env K=V]... [--workdir D]
- *               [--mem BYTES] [--pids N] [--hostname H] [--mount auto|file|loop]
+ *               [--mem BYTES] [--pids N] [--hostname H] [--mount auto|file|loop] [--userns BASE:COUNT|off]
  *               [--timeout SECONDS] [--isolation process|microvm|auto]
  *               [--runtime-api PORT [--runtime-api-body TEXT | --runtime-api-body-file FILE]
  *                [--runtime-api-log FILE]] [--ready-refuse]
@@ -54,7 +54,7 @@
 static void usage(void)
 {
 	fprintf(stderr, "usage: sandbox_run IMAGE.erofs [--config FILE] [--json] [--user U] [--env K=V]... "
-			"[--workdir D] [--mem BYTES] [--pids N] [--hostname H] [--mount auto|file|loop] "
+			"[--workdir D] [--mem BYTES] [--pids N] [--hostname H] [--mount auto|file|loop] [--userns BASE:COUNT|off] "
 			"[--timeout S] [--isolation process|microvm|auto] [--runtime-api PORT [--runtime-api-body TEXT "
 			"| --runtime-api-body-file FILE] [--runtime-api-log FILE]] [--ready-refuse] "
 			"[--stop-after S | --stop-on-signal] [-- CMD ARGS...]\n");
@@ -343,6 +343,10 @@ int main(int argc, char **argv)
 				fprintf(stderr, "sandbox_run: timerfd: %s\n", strerror(errno));
 				goto done;
 			}
+		} else if (strcmp(a, "--userns") == 0 && strcmp(v, "off") == 0) {
+			spec.userns_off = true;
+		} else if (strcmp(a, "--userns") == 0 && sscanf(v, "%u:%u", &spec.userns_base, &spec.userns_count) == 2) {
+			;
 		} else if (strcmp(a, "--mount") == 0 && (!strcmp(v, "auto") || !strcmp(v, "file") || !strcmp(v, "loop"))) {
 			spec.mount = !strcmp(v, "file") ? SANDBOX_MOUNT_FILE
 				     : !strcmp(v, "loop") ? SANDBOX_MOUNT_LOOP
@@ -392,10 +396,11 @@ int main(int argc, char **argv)
 	else
 		status = res.term_signal ? 128 + res.term_signal : res.exit_code;
 	if (json) {
-		json_t *j = json_pack("{s:s,s:i,s:i,s:i,s:b,s:b,s:b,s:I,s:i,s:f,s:f,s:I,s:I,s:s,s:s,s:s*}", "backend",
+		json_t *j = json_pack("{s:s,s:i,s:i,s:i,s:b,s:b,s:b,s:b,s:b,s:I,s:i,s:f,s:f,s:I,s:I,s:s,s:s,s:s*}", "backend",
 				      ops->name, "status", status, "exit_code", r < 0 ? -1 : res.exit_code,
 				      "term_signal", r < 0 ? 0 : res.term_signal, "timed_out", r == 0 && res.timed_out,
 				      "oom_killed", r == 0 && res.oom_killed, "stopped", r == 0 && res.stopped,
+				      "pids_limited", r == 0 && res.pids_limited, "userns", r == 0 && res.userns,
 				      "memory_peak", (json_int_t)(r < 0 ? 0 : res.memory_peak), "api_served",
 				      (int)api.served, "first_output_s",
 				      r < 0 ? -1.0 : res.first_output_s, "exit_s", r < 0 ? -1.0 : res.exit_s, "out_bytes",
