@@ -834,31 +834,47 @@ static bool authenticate(struct frontend *fe, const struct http_request *req, st
 	return ok;
 }
 
+/* Split the raw path into at most MAX_SEGMENTS segments, each
+ * percent-decoded on its own (so an encoded '/' stays inside its segment,
+ * where a name check refuses it).  Returns the count, or 0 if the path
+ * does not fit or a segment does not decode to a C string. */
+static size_t split_path(const char *raw, char *buf, size_t size, char **seg)
+{
+	size_t n = 0, used = 0;
+	const char *p = raw;
+	if (*p == '/')
+		p++;
+	for (;;) {
+		const char *end = strchr(p, '/');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		char *dec = NULL;
+		size_t dlen = 0;
+		if (n == MAX_SEGMENTS || http_pct_decode(p, len, &dec, &dlen) < 0)
+			return 0;
+		if (strlen(dec) != dlen || used + dlen + 1 > size) {
+			free(dec);
+			return 0;
+		}
+		memcpy(buf + used, dec, dlen + 1);
+		free(dec);
+		seg[n++] = buf + used;
+		used += dlen + 1;
+		if (!end)
+			break;
+		p = end + 1;
+	}
+	return n;
+}
+
 static void route(struct call *c)
 {
 	const struct http_request *req = c->req;
 	const char *m = req->method;
 	char path[1024];
-	if (strlen(req->path) >= sizeof(path)) {
-		fe_set_error(&c->e, 404, "UnknownOperationException", "Unknown operation");
-		return;
-	}
-	snprintf(path, sizeof(path), "%s", req->path);
-	char *seg[MAX_SEGMENTS + 1];
-	size_t n = 0;
-	char *p = path;
-	if (*p == '/')
-		p++;
-	while (n <= MAX_SEGMENTS) {
-		seg[n++] = p;
-		char *s = strchr(p, '/');
-		if (!s)
-			break;
-		*s = '\0';
-		p = s + 1;
-	}
-	if (n > MAX_SEGMENTS) {
-		fe_set_error(&c->e, 404, "UnknownOperationException", "Unknown operation");
+	char *seg[MAX_SEGMENTS];
+	size_t n = split_path(req->raw_path, path, sizeof(path), seg);
+	if (n == 0) {
+		fe_set_error(&c->e, 404, "UnknownOperationException", "Unknown operation %.16s %.200s", m, req->path);
 		return;
 	}
 	if (n > 1 && !*seg[n - 1])

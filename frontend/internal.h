@@ -24,7 +24,7 @@ struct fe_error {
 	unsigned status;
 	const char *type;   /* x-amzn-ErrorType */
 	const char *reason; /* TooManyRequestsException's Reason, or NULL */
-	char message[512];
+	char message[2048];
 };
 
 /* Invocations in flight, per function. */
