@@ -707,14 +707,14 @@ static void function_concurrency(struct call *c, const char *method)
 		json_decref(out);
 }
 
-static void provisioned_answer(struct call *c, long n, const char *ts, unsigned status)
+static void provisioned_answer(struct call *c, long n, const char *ts, unsigned requested_total, unsigned status)
 {
 	struct hostagent_stats st = { 0 };
 	if (c->fe->agent)
 		hostagent_get_stats(c->fe->agent, &st);
 	/* The agent counts initialised provisioned sandboxes over all
 	 * functions: READY once that covers every function's request. */
-	bool ready = c->fe->agent && st.provisioned >= c->fe->provisioned_requested;
+	bool ready = c->fe->agent && st.provisioned >= requested_total;
 	json_t *out = json_pack("{s:i,s:i,s:i,s:s,s:s}", "RequestedProvisionedConcurrentExecutions", (int)n,
 				"AllocatedProvisionedConcurrentExecutions", ready ? (int)n : 0,
 				"AvailableProvisionedConcurrentExecutions", ready ? (int)n : 0, "Status",
@@ -797,6 +797,7 @@ static void provisioned_concurrency(struct call *c, const char *method)
 			}
 		}
 	}
+	unsigned requested_total = c->fe->provisioned_requested;
 	pthread_mutex_unlock(&c->fe->lock);
 	json_decref(rec);
 	if (c->e.status)
@@ -804,7 +805,7 @@ static void provisioned_concurrency(struct call *c, const char *method)
 	if (strcmp(method, "DELETE") == 0)
 		c->resp->status = 204;
 	else
-		provisioned_answer(c, n, ts, strcmp(method, "PUT") == 0 ? 202 : 200);
+		provisioned_answer(c, n, ts, requested_total, strcmp(method, "PUT") == 0 ? 202 : 200);
 }
 
 /* ---- routing -------------------------------------------------------------------------------------------------------- */
