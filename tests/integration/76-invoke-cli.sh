@@ -15,6 +15,8 @@
 #     UpdateFunctionCode seen by the next invoke while version 1 keeps the old
 #     code;
 #   - a timeout and a memory hog: ended and reported, the next invoke works;
+#   - a plain Python image (tests/images/make-hostagent-images.sh) in stdio
+#     mode, selected by KINDLING_INVOKE_MODE=stdio in its environment;
 #   - reserved concurrency: 429 (ReservedFunctionConcurrentInvocationLimitExceeded)
 #     exactly while the one slot is busy, and for every invoke at 0;
 #     provisioned concurrency: the sandbox is initialised as provisioned
@@ -42,6 +44,8 @@ for tool in jq curl umoci; do command -v $tool >/dev/null || die "$tool is not i
 
 timeout 840 "$KINDLING_SOURCE_DIR/tests/images/make-lambda-images.sh" "$T/img" >"$T/images.log" 2>&1 ||
   { tail -30 "$T/images.log" >&2; die "building the Lambda test images failed"; }
+"$KINDLING_SOURCE_DIR/tests/images/make-hostagent-images.sh" "$T/haimg" >"$T/haimages.log" 2>&1 ||
+  { tail -30 "$T/haimages.log" >&2; die "building the plain Python test image failed"; }
 SHELL1=oci:$T/img/lambda-shell:1 SHELL2=oci:$T/img/lambda-shell:2 NODE1=oci:$T/img/lambda-node:1
 
 PORT=$(free_port)
@@ -176,6 +180,17 @@ HOG_ERR=$(jq -r .errorType "$T/out.json")
 inv hog '{"n":1}' >/dev/null
 jq -e '.count == 1' "$T/out.json" >/dev/null || die "after the memory hog the next invoke failed: $(cat "$T/out.json")"
 pass "a timeout (Task timed out after 2.00 seconds) and a memory hog ($HOG_ERR) are ended and reported"
+
+# ---- plain mode ------------------------------------------------------------------------------------------------------
+lam create-function --function-name py --package-type Image --code "ImageUri=oci:$T/haimg/py-stdio:1" --timeout 30 \
+  --environment 'Variables={KINDLING_INVOKE_MODE=stdio}' --role arn:aws:iam::000000000000:role/t >/dev/null
+lam wait function-active-v2 --function-name py
+inv py '{"name":"kindling"}' >/dev/null
+jq -e '. == {"hello": "kindling", "from": "stdio"}' "$T/out.json" >/dev/null || die "plain mode: $(cat "$T/out.json")"
+inv py '{"fail":"bad input"}' | jq -e '.FunctionError == "Unhandled"' >/dev/null || die "plain mode failure not Unhandled"
+jq -e '.errorType == "Runtime.ExitError" and (.errorMessage | endswith("something went wrong: bad input"))' "$T/out.json" >/dev/null ||
+  die "plain mode failure: $(cat "$T/out.json")"
+pass "plain mode (KINDLING_INVOKE_MODE=stdio): the Python image's stdout is the answer; a failure is Runtime.ExitError"
 
 # ---- configuration, versions, code -------------------------------------------------------------------------------
 lam update-function-configuration --function-name sh --environment 'Variables={TEST_VAR=two}' >/dev/null
