@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "blockd/blockd.h"
+#include "cmd/commands.h"
 #include "common/common.h"
 #include "image/image.h"
 #include "sandbox/sandbox.h"
@@ -70,6 +71,7 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: kindling run IMAGE [options] [-- CMD ARGS...]\n"
+		"       kindling serve|logs|dlq ... (the Lambda-compatible service; kindling serve --help)\n"
 		"\n"
 		"Attach IMAGE (NAME[:TAG] or a manifest digest) lazily and run its entrypoint (or CMD ARGS)\n"
 		"in a sandbox; report time to first output, time to exit and what was fetched from where.\n"
@@ -509,6 +511,12 @@ int main(int argc, char **argv)
 	double t0 = now_seconds();
 	if (argc >= 2 && strcmp(argv[1], "run") == 0)
 		return cmd_run(argc - 2, argv + 2, t0);
+	if (argc >= 2 && strcmp(argv[1], "serve") == 0)
+		return cmd_serve(argc - 2, argv + 2);
+	if (argc >= 2 && strcmp(argv[1], "logs") == 0)
+		return cmd_logs(argc - 2, argv + 2);
+	if (argc >= 2 && strcmp(argv[1], "dlq") == 0)
+		return cmd_dlq(argc - 2, argv + 2);
 	if (argc >= 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
 		usage(stdout);
 		return 0;

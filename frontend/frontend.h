@@ -1,0 +1,132 @@
+/* frontend: the Lambda-compatible HTTP API (`/2015-03-31/functions...`).
+ *
+ * The frontend answers the Lambda API as the AWS CLI v2 and the AWS SDKs
+ * send it: it authenticates every request with AWS Signature V4 against a
+ * credentials file, keeps function records (configuration, published
+ * versions, reserved and provisioned concurrency) behind a small state ops
+ * table, imports images for CreateFunction and UpdateFunctionCode in the
+ * background (chunker/chunker.h), enforces the concurrency limits (429),
+ * keeps a durable on-disk queue for asynchronous (Event) invocations with
+ * retries and a dead-letter list, and hands every invocation to a host agent
+ * (placement/hostagent/hostagent.h), which runs it.
+ *
+ * It is plain request-in, response-out over common/http_server.h: the
+ * server calls frontend_http_ops with the frontend as its argument.  All
+ * calls are thread-safe.  See frontend/README.md for the routes, the state
+ * layout, the queue and the error mapping.
+ */
+#ifndef KINDLING_FRONTEND_H
+#define KINDLING_FRONTEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/common.h"
+#include "common/http_server.h"
+#include "common/sigv4.h"
+
+struct hostagent;
+
+/* ---- function state ----------------------------------------------------------------------------------------------- */
+
+/* Where function records live.  A record is one function's whole state (its
+ * $LATEST configuration, its published versions, its concurrency settings),
+ * a JSON document keyed by the function's name.  The frontend serialises its
+ * own read-modify-write cycles; a backend only has to make each call atomic
+ * and durable (a put that returned 0 survives a crash).  The local-directory
+ * backend is frontend_state_dir_*; a shared store (etcd) implements the same
+ * table. */
+struct frontend_state_ops {
+	/* required: the record of |name| into |*out| (malloc'd, NUL-terminated,
+	 * |*out_len| bytes without the NUL).  0, -ENOENT, or -errno. */
+	int (*get)(void *arg, const char *name, char **out, size_t *out_len);
+	/* required: create or replace the record of |name| with |<data, len>|.
+	 * 0 or -errno. */
+	int (*put)(void *arg, const char *name, const char *data, size_t len);
+	/* required: delete the record of |name|.  0, -ENOENT, or -errno. */
+	int (*del)(void *arg, const char *name);
+	/* required: the names of the records, sorted (bytewise), those after
+	 * |after| only (NULL: from the start), at most |max|, appended to
+	 * |out|.  0 or -errno. */
+	int (*list)(void *arg, const char *after, size_t max, struct str_list *out);
+};
+
+/* The local-directory backend: one file per function, DIR/NAME.json,
+ * written to a temporary name, fsync'd, renamed, and the directory fsync'd.
+ * Names reaching it have been validated (frontend_valid_function_name). */
+extern const struct frontend_state_ops frontend_state_dir_ops;
+
+/* Open (creating it 0700 if missing) the directory backend on |dir|.
+ * Returns 0 with |*out| (the ops' argument; frontend_state_dir_close), or
+ * -errno (logged). */
+int frontend_state_dir_open(const char *dir, void **out);
+
+/* Free what frontend_state_dir_open made; NULL is fine. */
+void frontend_state_dir_close(void *state);
+
+/* ---- the frontend ------------------------------------------------------------------------------------------------- */
+
+struct frontend_config {
+	/* Runs the invocations.  Required unless |no_agent| (tests of the API
+	 * alone: every invocation then fails with 502). */
+	struct hostagent *agent;
+	bool no_agent;
+	/* Function records.  Required. */
+	const struct frontend_state_ops *state_ops;
+	void *state_arg;
+	/* Access keys.  NULL turns authentication off (the caller warns). */
+	const struct sigv4_keys *keys;
+	/* The directory for the frontend's own files: the async queue
+	 * (queue/), the dead letters (dlq/).  Created if missing.  Required. */
+	const char *state_dir;
+	/* The store images are imported into and resolved in (NULL = the file
+	 * store under KINDLING_HOME). */
+	const char *store_uri;
+	/* The region and account in ARNs (NULL = "us-east-1", "000000000000"). */
+	const char *region, *account_id;
+	/* Invocations in flight at once over all functions (0 = 1000). */
+	unsigned account_concurrency;
+	/* How long a synchronous invocation may wait for room in the host's
+	 * sandbox memory budget before it is answered 429 (0 = 3000 ms). */
+	unsigned sync_wait_ms;
+	/* Threads delivering Event invocations (0 = 4). */
+	unsigned async_workers;
+	/* The wait before the first retry of a failed Event invocation; the
+	 * second waits twice as long (0 = 2000 ms). */
+	unsigned retry_delay_ms;
+};
+
+struct frontend;
+
+/* Start a frontend: open the store, load the async queue from
+ * |cfg->state_dir|/queue (every event accepted before a crash is delivered
+ * again), restart the imports of functions still Pending, provision what
+ * the records ask for, and start the delivery workers.  Returns 0 with
+ * |*out| (frontend_free), or -errno (logged with what to do). */
+int frontend_new(const struct frontend_config *cfg, struct frontend **out);
+
+/* Stop the workers and the imports (an event in delivery stays queued and
+ * is delivered again on the next start), and free; NULL is fine.  Call it
+ * after the HTTP server has stopped. */
+void frontend_free(struct frontend *fe);
+
+/* The HTTP side: http_server_config.ops with the frontend as the argument.
+ * handle answers one request; body_limit gives 6 MB for synchronous
+ * invocations, 1 MB for Event ones and 1 MB for the rest; error writes the
+ * server's own refusals (413 ...) as Lambda errors. */
+extern const struct http_server_ops frontend_http_ops;
+
+/* True if |name| is a valid function name: 1 to 64 of [A-Za-z0-9_-]. */
+bool frontend_valid_function_name(const char *name);
+
+/* Split a FunctionName as Lambda accepts it in a path or a body -- "NAME",
+ * "NAME:QUALIFIER", "ACCOUNT:function:NAME[:QUALIFIER]" or
+ * "arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]" -- into the
+ * name (copied into |<name, name_size>|) and the qualifier ("" if none, into
+ * |<qual, qual_size>|).  A qualifier is "$LATEST" or 1 to 128 of
+ * [A-Za-z0-9_-].  Returns 0 or -EINVAL (anything else, including any '/',
+ * "." or ".."). */
+int frontend_parse_function_name(const char *in, char *name, size_t name_size, char *qual, size_t qual_size);
+
+#endif

@@ -1,0 +1,182 @@
+/* frontend: the image imports behind CreateFunction and UpdateFunctionCode.
+ *
+ * One thread takes the jobs in order: a source kindling can import
+ * (docker://, oci:, docker-archive:) goes through chunkify_import into the
+ * store; anything else is an image already in the store (NAME[:TAG] or a
+ * digest) and is resolved.  The outcome is written into the function's
+ * record if its _ImportToken is still the job's (a later update or a
+ * delete wins): the function becomes Active (LastUpdateStatus Successful)
+ * or Failed with the reason. */
+#include "frontend/internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static bool is_import_source(const char *uri)
+{
+	return strncmp(uri, "docker://", 9) == 0 || strncmp(uri, "oci:", 4) == 0 ||
+	       strncmp(uri, "docker-archive:", 15) == 0;
+}
+
+static void apply(struct frontend *fe, const struct fe_import *job, int rc, const char *digest)
+{
+	pthread_mutex_lock(&fe->lock);
+	json_t *rec = NULL;
+	if (fe_record_load(fe, job->name, &rec) < 0) {
+		pthread_mutex_unlock(&fe->lock);
+		return;
+	}
+	json_t *cfg = json_object_get(rec, "Latest");
+	const char *tok = json_string_value(json_object_get(cfg, "_ImportToken"));
+	if (!tok || strcmp(tok, job->token) != 0) {
+		/* Overtaken by a later update, or already applied. */
+		json_decref(rec);
+		pthread_mutex_unlock(&fe->lock);
+		return;
+	}
+	bool creating = !json_object_get(cfg, "_ImageDigest");
+	char rev[37], ts[40];
+	fe_timestamp(ts);
+	json_object_del(cfg, "_ImportToken");
+	json_object_del(cfg, "_PendingImageUri");
+	if (rc == 0) {
+		json_object_set_new(cfg, "LastModified", json_string(ts));
+		fe_uuid(rev);
+		json_object_set_new(cfg, "_ImageDigest", json_string(digest));
+		json_object_set_new(cfg, "_ImageUri", json_string(job->uri));
+		json_object_set_new(cfg, "CodeSha256", json_string(digest));
+		json_object_set_new(cfg, "RevisionId", json_string(rev));
+		json_object_set_new(cfg, "State", json_string("Active"));
+		json_object_del(cfg, "StateReason");
+		json_object_del(cfg, "StateReasonCode");
+		json_object_set_new(cfg, "LastUpdateStatus", json_string("Successful"));
+		json_object_del(cfg, "LastUpdateStatusReason");
+		json_object_del(cfg, "LastUpdateStatusReasonCode");
+		json_t *unused;
+		if (json_is_true(json_object_get(cfg, "_PublishOnActive")))
+			fe_record_publish(fe, job->name, rec, NULL, &unused);
+	} else {
+		char msg[400];
+		snprintf(msg, sizeof(msg), "kindling could not %s image %s: %s (see the log of kindling serve)",
+			 is_import_source(job->uri) ? "import" : "find", job->uri, strerror(-rc));
+		const char *code = rc == -ENOENT ? "ImageDeleted" : "InvalidImage";
+		if (creating) {
+			json_object_set_new(cfg, "State", json_string("Failed"));
+			json_object_set_new(cfg, "StateReason", json_string(msg));
+			json_object_set_new(cfg, "StateReasonCode", json_string(code));
+		}
+		json_object_set_new(cfg, "LastUpdateStatus", json_string("Failed"));
+		json_object_set_new(cfg, "LastUpdateStatusReason", json_string(msg));
+		json_object_set_new(cfg, "LastUpdateStatusReasonCode", json_string(code));
+	}
+	json_object_del(cfg, "_PublishOnActive");
+	int r = fe_record_save(fe, job->name, rec);
+	pthread_mutex_unlock(&fe->lock);
+	if (r == 0 && rc == 0 && !creating && fe->agent)
+		hostagent_drain(fe->agent, job->name, "$LATEST", rev);
+	if (rc == 0)
+		log_info("function %s: image %s is %s", job->name, job->uri, digest);
+	json_decref(rec);
+}
+
+static void run_job(struct frontend *fe, const struct fe_import *job)
+{
+	char digest[65] = "";
+	int rc;
+	if (!fe->have_cc) {
+		rc = -EIO;
+	} else if (is_import_source(job->uri)) {
+		struct import_options opt = { .workers = 1 };
+		struct import_report rep;
+		memset(&rep, 0, sizeof(rep));
+		rc = chunkify_import(&fe->cc, job->uri, &opt, &rep);
+		if (rc == 0)
+			snprintf(digest, sizeof(digest), "%s", rep.manifest_digest);
+	} else {
+		rc = image_resolve(fe->cc.store, job->uri, fe->cc.env.tenant_key, digest);
+	}
+	if (rc == -ECANCELED)
+		return; /* shutting down: the record stays Pending and is redone at the next start */
+	if (rc < 0)
+		log_err("function %s: image %s: %s", job->name, job->uri, strerror(-rc));
+	apply(fe, job, rc, digest);
+}
+
+static void job_free(struct fe_import *j)
+{
+	if (!j)
+		return;
+	free(j->name);
+	free(j->uri);
+	free(j->token);
+	free(j);
+}
+
+static void *import_main(void *arg)
+{
+	struct frontend *fe = arg;
+	pthread_mutex_lock(&fe->import_lock);
+	for (;;) {
+		while (!fe->import_stop && !fe->imports)
+			pthread_cond_wait(&fe->import_cond, &fe->import_lock);
+		if (fe->import_stop)
+			break;
+		struct fe_import *job = fe->imports;
+		fe->imports = job->next;
+		if (!fe->imports)
+			fe->imports_tail = &fe->imports;
+		pthread_mutex_unlock(&fe->import_lock);
+		run_job(fe, job);
+		job_free(job);
+		pthread_mutex_lock(&fe->import_lock);
+	}
+	pthread_mutex_unlock(&fe->import_lock);
+	return NULL;
+}
+
+int fe_import_queue(struct frontend *fe, const char *name, const char *uri, const char *token)
+{
+	struct fe_import *j = calloc(1, sizeof(*j));
+	if (!j || !(j->name = strdup(name)) || !(j->uri = strdup(uri)) || !(j->token = strdup(token))) {
+		job_free(j);
+		return -ENOMEM;
+	}
+	pthread_mutex_lock(&fe->import_lock);
+	*fe->imports_tail = j;
+	fe->imports_tail = &j->next;
+	pthread_cond_signal(&fe->import_cond);
+	pthread_mutex_unlock(&fe->import_lock);
+	return 0;
+}
+
+int fe_import_start(struct frontend *fe)
+{
+	fe->imports = NULL;
+	fe->imports_tail = &fe->imports;
+	int r = pthread_create(&fe->import_thread, NULL, import_main, fe);
+	if (r) {
+		log_err("start the import thread: %s", strerror(r));
+		return -r;
+	}
+	fe->import_started = true;
+	return 0;
+}
+
+void fe_import_stop(struct frontend *fe)
+{
+	if (!fe->import_started)
+		return;
+	pthread_mutex_lock(&fe->import_lock);
+	fe->import_stop = true;
+	fe->cancel = 1;
+	pthread_cond_broadcast(&fe->import_cond);
+	pthread_mutex_unlock(&fe->import_lock);
+	pthread_join(fe->import_thread, NULL);
+	fe->import_started = false;
+	while (fe->imports) {
+		struct fe_import *j = fe->imports;
+		fe->imports = j->next;
+		job_free(j);
+	}
+}
