@@ -3,7 +3,9 @@
 # import it into the default file store, import a second version that shares
 # its base layers and show what deduplicated, then run it with `kindling run`:
 # cold (an empty L1 cache: chunks come from the store as Python touches them)
-# and again warm (from L1), printing the time to first output of each.
+# and again warm (from L1), printing the time to first output of each; last,
+# serve it as a Lambda function with `kindling serve` and invoke it with the
+# AWS CLI, cold and then warm.
 # Running needs root (the process sandbox mounts the image and makes namespaces).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -72,3 +74,34 @@ echo "== kindling run demo:v2  (cold: empty L1, chunks fetched from the store as
 echo
 echo "== kindling run demo:v2  (warm: the same L1)"
 "$kindling" run demo:v2 --l1-dir "$work/l1"
+
+# The service: the same image as a Lambda function, invoked with the AWS CLI.
+# demo:v2 is a plain program (not a Lambda runtime), so the function picks
+# stdio mode: the event goes to its stdin and its stdout is the answer.
+echo
+port=${KINDLING_DEMO_PORT:-9000}
+echo "== kindling serve on 127.0.0.1:$port, then aws lambda create-function + invoke"
+"$kindling" serve --listen "127.0.0.1:$port" --state-dir "$work/serve" >"$work/serve.out" 2>"$work/serve.err" &
+serve_pid=$!
+trap 'kill "$serve_pid" 2>/dev/null || true; wait "$serve_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 1 600); do
+  grep -q "Lambda API on http://127.0.0.1:$port" "$work/serve.out" 2>/dev/null && break
+  kill -0 "$serve_pid" 2>/dev/null || { cat "$work/serve.err" >&2; echo "demo: kindling serve did not start" >&2; exit 1; }
+  sleep 0.1
+done
+lam() {
+  AWS_SHARED_CREDENTIALS_FILE="$KINDLING_HOME/credentials" AWS_PROFILE=kindling \
+    /usr/bin/aws --endpoint-url "http://127.0.0.1:$port" --region us-east-1 --cli-binary-format raw-in-base64-out \
+    --output json lambda "$@"
+}
+lam create-function --function-name demo --package-type Image --code ImageUri=demo:v2 \
+  --role arn:aws:iam::000000000000:role/demo --environment 'Variables={KINDLING_INVOKE_MODE=stdio}' \
+  --query '{FunctionName: FunctionName, State: State}'
+lam wait function-active-v2 --function-name demo
+echo "aws lambda invoke --function-name demo (cold, then warm):"
+lam invoke --function-name demo --payload '{"from": "the demo"}' "$work/out1.json" --query StatusCode >/dev/null
+cat "$work/out1.json"
+lam invoke --function-name demo --payload '{"from": "the demo"}' "$work/out2.json" --query StatusCode >/dev/null
+cat "$work/out2.json"
+kill "$serve_pid"
+wait "$serve_pid" 2>/dev/null || true
