@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Invoke latency of `kindling serve`, against baselines from the same run.
 
-  bench/invoke.py PORT IMAGE_URI [WARM_N] [BURST_N]
+  bench/invoke.py PORT IMAGE_URI [WARM_N] [BURST_N] [PLAIN_IMAGE L1_DIR KINDLING]
 
 Drives a `kindling serve --no-auth` already listening on 127.0.0.1:PORT (see
 bench/invoke.sh, which sets everything up) with one keep-alive HTTP client:
@@ -11,7 +11,9 @@ bench/invoke.sh, which sets everything up) with one keep-alive HTTP client:
     talking to a plain loopback HTTP echo server (Python's http.server);
   - cold: the first invoke of a new function, to its answer;
   - burst: BURST_N concurrent invokes of a cold function: how many answered,
-    how many got 429, the p99, and how many answers came from a new sandbox.
+    how many got 429, the p99, and how many answers came from a new sandbox;
+  - with PLAIN_IMAGE (a NAME:TAG in the store): its first invoke in stdio
+    mode, against `kindling run` of it with a fresh L1 directory L1_DIR.
 
 Prints one JSON object.
 """
@@ -20,6 +22,7 @@ import http.server
 import json
 import socket
 import socketserver
+import subprocess
 import sys
 import threading
 import time
@@ -43,10 +46,12 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100.0 * (len(xs) - 1))))]
 
 
-def create(conn, name):
-    st, body, _ = request(conn, "POST", API, {"FunctionName": name, "PackageType": "Image",
-                                               "Code": {"ImageUri": IMAGE}, "Role": "arn:aws:iam::000000000000:role/b",
-                                               "Timeout": 30, "MemorySize": 256})
+def create(conn, name, image=None, env=None):
+    spec = {"FunctionName": name, "PackageType": "Image", "Code": {"ImageUri": image or IMAGE},
+            "Role": "arn:aws:iam::000000000000:role/b", "Timeout": 30, "MemorySize": 256}
+    if env:
+        spec["Environment"] = {"Variables": env}
+    st, body, _ = request(conn, "POST", API, spec)
     if st != 201:
         sys.exit("create %s: %d %s" % (name, st, body[:300]))
     for _ in range(1200):
@@ -165,6 +170,28 @@ def main():
                     "p50_s": round(pct([r[1] for r in ok], 50), 3) if ok else None,
                     "p99_s": round(pct([r[1] for r in ok], 99), 3) if ok else None,
                     "wall_s": round(wall, 3)}
+    # The plain image cold through the service, against `kindling run` of the
+    # same image with an empty L1 of its own (run second, so it, not the
+    # service, has the warmer page cache).
+    if len(sys.argv) > 5:
+        plain, l1_dir = sys.argv[5], sys.argv[6]
+        create(conn, "bench-plain", plain, {"KINDLING_INVOKE_MODE": "stdio"})
+        st, body, dt = invoke(conn, "bench-plain", event)
+        if st != 200:
+            sys.exit("plain cold invoke: %d %s" % (st, body[:300]))
+        t0 = time.perf_counter()
+        # `kindling run` gives the workload no stdin, so the same handler runs
+        # with the event handed to it in place of stdin.
+        handler = ("import io, sys; sys.stdin = io.StringIO(%r); "
+                   "exec(compile(open('/app/handler.py').read(), '/app/handler.py', 'exec'))" % payload.decode())
+        r = subprocess.run([sys.argv[7], "run", plain, "--l1-dir", l1_dir, "--isolation", "process", "--",
+                            "python3", "-c", handler], capture_output=True, timeout=300)
+        run_s = time.perf_counter() - t0
+        if r.returncode != 0:
+            sys.exit("kindling run %s: %d %s" % (plain, r.returncode, r.stderr[-500:]))
+        out["cold_plain"] = {"invoke_s": round(dt, 3), "kindling_run_s": round(run_s, 3),
+                             "ratio": round(dt / run_s, 2)}
+        request(conn, "DELETE", "%s/bench-plain" % API)
     for name in ("bench-echo", "bench-burst"):
         request(conn, "DELETE", "%s/%s" % (API, name))
     print(json.dumps(out))
