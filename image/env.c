@@ -55,9 +55,12 @@ static int load_or_create_secret(const char *path, const char *what, uint8_t out
 		log_err("%s %s: expected 64 hex digits", what, path);
 		return -EINVAL;
 	}
-	buf[len] = 0;
-	r = hex_decode((char *)buf, out, 32);
+	/* The file may hold exactly the 64 digits, with no room for a NUL. */
+	char hex[65];
+	memcpy(hex, buf, 64);
+	hex[64] = 0;
 	free(buf);
+	r = hex_decode(hex, out, 32);
 	if (r < 0)
 		log_err("%s %s: expected 64 hex digits", what, path);
 	return r;
