@@ -232,7 +232,8 @@ int cmd_serve(int argc, char **argv)
 	if ((r = frontend_state_dir_open(fn_dir, &st)) < 0)
 		goto out;
 	struct frontend_config fcfg = {
-		.agent = agent,
+		.agent_ops = &hostagent_local_ops,
+		.agent_arg = agent,
 		.state_ops = &frontend_state_dir_ops,
 		.state_arg = st,
 		.keys = keys,

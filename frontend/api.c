@@ -539,7 +539,7 @@ static void delete_function(struct call *c)
 	if (c->e.status)
 		return;
 	if (c->fe->agent)
-		hostagent_drain(c->fe->agent, c->name, *c->qual ? c->qual : NULL, NULL);
+		c->fe->agent->drain(c->fe->agent_arg, c->name, *c->qual ? c->qual : NULL, NULL);
 	log_info("function %s%s%s deleted", c->name, *c->qual ? ":" : "", c->qual);
 	c->resp->status = 204;
 }
@@ -549,7 +549,7 @@ static void drain_latest(struct call *c, json_t *cfg)
 {
 	const char *rev = json_string_value(json_object_get(cfg, "RevisionId"));
 	if (c->fe->agent && rev)
-		hostagent_drain(c->fe->agent, c->name, "$LATEST", rev);
+		c->fe->agent->drain(c->fe->agent_arg, c->name, "$LATEST", rev);
 }
 
 static void update_configuration(struct call *c)
@@ -711,7 +711,7 @@ static void provisioned_answer(struct call *c, long n, const char *ts, unsigned 
 {
 	struct hostagent_stats st = { 0 };
 	if (c->fe->agent)
-		hostagent_get_stats(c->fe->agent, &st);
+		c->fe->agent->get_stats(c->fe->agent_arg, &st);
 	/* The agent counts initialised provisioned sandboxes over all
 	 * functions: READY once that covers every function's request. */
 	bool ready = c->fe->agent && st.provisioned >= requested_total;
@@ -774,7 +774,7 @@ static void provisioned_concurrency(struct call *c, const char *method)
 			struct fe_fnspec spec;
 			int r = c->fe->agent ? fe_fnspec_init(c->fe, c->name, cfg, &spec) : -ENODEV;
 			if (r == 0) {
-				r = hostagent_provision(c->fe->agent, &spec.fn, (unsigned)want);
+				r = c->fe->agent->provision(c->fe->agent_arg, &spec.fn, (unsigned)want);
 				fe_fnspec_cleanup(&spec);
 			}
 			if (r == -EINVAL)
@@ -1041,7 +1041,7 @@ static void resume(struct frontend *fe)
 			if (!vc || !fe->agent || fe_fnspec_init(fe, names.items[i], vc, &spec) < 0)
 				continue;
 			fe->provisioned_requested += n;
-			if (hostagent_provision(fe->agent, &spec.fn, n) < 0)
+			if (fe->agent->provision(fe->agent_arg, &spec.fn, n) < 0)
 				log_warn("function %s:%s: cannot provision %u sandboxes again", names.items[i], k, n);
 			fe_fnspec_cleanup(&spec);
 		}
@@ -1052,14 +1052,15 @@ static void resume(struct frontend *fe)
 
 int frontend_new(const struct frontend_config *cfg, struct frontend **out)
 {
-	if (!cfg->state_ops || !cfg->state_dir || (!cfg->agent && !cfg->no_agent)) {
+	if (!cfg->state_ops || !cfg->state_dir || (!cfg->agent_ops && !cfg->no_agent)) {
 		log_err("frontend_new: state_ops, state_dir and agent are required");
 		return -EINVAL;
 	}
 	struct frontend *fe = calloc(1, sizeof(*fe));
 	if (!fe)
 		return -ENOMEM;
-	fe->agent = cfg->agent;
+	fe->agent = cfg->no_agent ? NULL : cfg->agent_ops;
+	fe->agent_arg = cfg->agent_arg;
 	fe->no_agent = cfg->no_agent;
 	fe->ops = cfg->state_ops;
 	fe->state = cfg->state_arg;

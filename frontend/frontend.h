@@ -26,7 +26,7 @@
 #include "common/http_server.h"
 #include "common/sigv4.h"
 
-struct hostagent;
+struct hostagent_ops;
 
 /* ---- function state ----------------------------------------------------------------------------------------------- */
 
@@ -68,9 +68,11 @@ void frontend_state_dir_close(void *state);
 /* ---- the frontend ------------------------------------------------------------------------------------------------- */
 
 struct frontend_config {
-	/* Runs the invocations.  Required unless |no_agent| (tests of the API
-	 * alone: every invocation then fails with 502). */
-	struct hostagent *agent;
+	/* Runs the invocations: the in-process agent (hostagent_local_ops with
+	 * a struct hostagent), or a fleet.  Required unless |no_agent| (tests
+	 * of the API alone: every invocation then fails with 502). */
+	const struct hostagent_ops *agent_ops;
+	void *agent_arg;
 	bool no_agent;
 	/* Function records.  Required. */
 	const struct frontend_state_ops *state_ops;

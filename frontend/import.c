@@ -74,7 +74,7 @@ static void apply(struct frontend *fe, const struct fe_import *job, int rc, cons
 	int r = fe_record_save(fe, job->name, rec);
 	pthread_mutex_unlock(&fe->lock);
 	if (r == 0 && rc == 0 && !creating && fe->agent)
-		hostagent_drain(fe->agent, job->name, "$LATEST", rev);
+		fe->agent->drain(fe->agent_arg, job->name, "$LATEST", rev);
 	if (rc == 0)
 		log_info("function %s: image %s is %s", job->name, job->uri, digest);
 	json_decref(rec);

@@ -49,7 +49,8 @@ struct fe_import {
 };
 
 struct frontend {
-	struct hostagent *agent;
+	const struct hostagent_ops *agent; /* NULL with no_agent */
+	void *agent_arg;
 	bool no_agent;
 	const struct frontend_state_ops *ops;
 	void *state;

@@ -83,7 +83,7 @@ int fe_run(struct frontend *fe, const char *name, const json_t *cfg, const char 
 	};
 	double deadline = now_seconds() + wait_ms / 1000.0;
 	for (;;) {
-		r = hostagent_invoke(fe->agent, &req, out);
+		r = fe->agent->invoke(fe->agent_arg, &req, out);
 		if (r != -EBUSY || now_seconds() >= deadline)
 			break;
 		hostagent_invoke_result_cleanup(out);
@@ -98,6 +98,16 @@ int fe_run(struct frontend *fe, const char *name, const json_t *cfg, const char 
 	} else if (r == -ENOENT) {
 		fe_set_error(e, 502, "InvalidRuntimeException", "The image %s of function %s is not in the store.",
 			     spec.fn.image_digest, name);
+	} else if (r == -EHOSTUNREACH || r == -ENOTCONN) {
+		/* A fleet with its control plane down: warm sandboxes still
+		 * answer, a cold start cannot be placed.  Fail fast. */
+		fe_set_error(e, 503, "ServiceException",
+			     "No host can start a sandbox for function %s now (the placement service or the shared "
+			     "store is unreachable); warm sandboxes keep serving. Retry shortly.", name);
+	} else if (r == -ECONNRESET) {
+		fe_set_error(e, 502, "ServiceException",
+			     "The host running function %s was lost during the invocation; it may or may not have "
+			     "completed.", name);
 	} else if (r == -ESHUTDOWN) {
 		fe_set_error(e, 503, "ServiceException", "kindling serve is shutting down");
 	} else if (r < 0) {

@@ -1485,3 +1485,38 @@ int hostagent_read_log(struct hostagent *a, const char *name, size_t max, char *
 		return -EINVAL;
 	return fnlog_read(a->logdir, name, max, out, out_len);
 }
+
+/* ---- the in-process agent as a struct hostagent_ops ------------------------------------------------------------- */
+
+static int local_invoke(void *arg, const struct hostagent_invoke_request *req, struct hostagent_invoke_result *out)
+{
+	return hostagent_invoke(arg, req, out);
+}
+
+static int local_provision(void *arg, const struct hostagent_function *fn, unsigned n)
+{
+	return hostagent_provision(arg, fn, n);
+}
+
+static void local_drain(void *arg, const char *name, const char *version, const char *keep_revision)
+{
+	hostagent_drain(arg, name, version, keep_revision);
+}
+
+static void local_get_stats(void *arg, struct hostagent_stats *out)
+{
+	hostagent_get_stats(arg, out);
+}
+
+static int local_read_log(void *arg, const char *name, size_t max, char **out, size_t *out_len)
+{
+	return hostagent_read_log(arg, name, max, out, out_len);
+}
+
+const struct hostagent_ops hostagent_local_ops = {
+	.invoke = local_invoke,
+	.provision = local_provision,
+	.drain = local_drain,
+	.get_stats = local_get_stats,
+	.read_log = local_read_log,
+};

@@ -114,6 +114,10 @@ struct hostagent_invoke_request {
 	 * Lambda-Runtime-Client-Context.  May be NULL. */
 	const char *client_context;
 	bool want_log_tail;	/* fill hostagent_invoke_result.log_tail */
+	/* Only an idle warm sandbox will do: if there is none, return -EAGAIN
+	 * at once rather than start one (a frontend's warm path in a fleet:
+	 * a cold start there goes through placement first). */
+	bool warm_only;
 };
 
 struct hostagent_invoke_result {
@@ -197,6 +201,31 @@ void hostagent_get_stats(struct hostagent *a, struct hostagent_stats *out);
  * |*out| is malloc'd.  Returns 0, -ENOENT if the function never ran here, or
  * -errno. */
 int hostagent_read_log(struct hostagent *a, const char *name, size_t max, char **out, size_t *out_len);
+
+/* ---- a host that runs invocations, whoever it is ----
+ *
+ * The frontend runs invocations through this table, so it does not know
+ * whether they run in this process (hostagent_local_ops, |arg| a struct
+ * hostagent), on one remote agent (hostagent_remote_ops), or anywhere in a
+ * fleet (the frontend's router).  Each entry has the contract of the
+ * hostagent_* function of the same name above; a remote or fleet
+ * implementation adds these errors to invoke:
+ *   -ENOTCONN   no agent could be reached, and the invocation was not
+ *               handed to any (safe to retry elsewhere);
+ *   -ECONNRESET the agent was lost while it held the invocation (it may or
+ *               may not have run: a sync caller reports it, an async one
+ *               retries);
+ *   -EHOSTUNREACH no host can take a cold start now (placement or the
+ *               shared store is down): a clear 5xx for the caller. */
+struct hostagent_ops {
+	int (*invoke)(void *arg, const struct hostagent_invoke_request *req, struct hostagent_invoke_result *out);
+	int (*provision)(void *arg, const struct hostagent_function *fn, unsigned n);
+	void (*drain)(void *arg, const char *name, const char *version, const char *keep_revision);
+	void (*get_stats)(void *arg, struct hostagent_stats *out);
+	int (*read_log)(void *arg, const char *name, size_t max, char **out, size_t *out_len);
+};
+
+extern const struct hostagent_ops hostagent_local_ops;
 
 /* True if Lambda reserves the environment variable |key| (AWS_REGION,
  * AWS_LAMBDA_FUNCTION_NAME, _HANDLER, TZ, ...): a function's
