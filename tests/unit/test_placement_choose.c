@@ -47,6 +47,7 @@ static void test_locality(void)
 	fleet();
 	struct placement_config cfg;
 	placement_config_init(&cfg);
+	cfg.shard_size = 8;
 	uint8_t chunks[20][32];
 	for (unsigned i = 0; i < 20; i++)
 		digest_of(i, chunks[i]);
@@ -144,6 +145,7 @@ static void test_spread(void)
 	fleet();
 	struct placement_config cfg;
 	placement_config_init(&cfg);
+	cfg.shard_size = 8;
 	struct placement_request req = { .function = "fn-c", .memory_mb = 128 };
 	size_t shard[8], n;
 	placement_shard(&cfg, "fn-c", hosts, N_HOSTS, shard, &n);
@@ -298,7 +300,7 @@ static void test_config(void)
 	const char *why;
 	CHECK(placement_config_check(&cfg, &why) == 0 && !why);
 	CHECK(placement_weights_parse("l1=8,spread=0", &cfg.w, &why) == 0);
-	CHECK(cfg.w.l1 == 8 && cfg.w.spread == 0 && cfg.w.load == 3.0);
+	CHECK(cfg.w.l1 == 8 && cfg.w.spread == 0 && cfg.w.load == 8.0);
 	CHECK(placement_weights_parse("", &cfg.w, &why) == 0);
 	CHECK(placement_weights_parse("l3=1", &cfg.w, &why) == -EINVAL && why);
 	CHECK(placement_weights_parse("l1=", &cfg.w, &why) == -EINVAL && why);
