@@ -223,4 +223,92 @@ int placement_choose(const struct placement_config *cfg, enum placement_strategy
  * cell_hosts. */
 int placement_shard_overlap(uint32_t cell_hosts, uint32_t shard_size, double *p_all, double *p_half);
 
+/* ---- the placement service (placement/service.c) ----
+ *
+ * `kindling placement`: POST /v1/place, GET /v1/hosts, GET /healthz, over
+ * the hosts registered in etcd (placement/README.md has the keys, the
+ * request and answer formats).  Unlike the library above it does I/O: etcd
+ * through common/etcd.h and manifests from a store (image/image.h). */
+
+struct http_request;
+struct http_response;
+
+/* POST /v1/place's body, parsed.  Strings are malloc'd. */
+struct placement_place_request {
+	char *function;
+	char *version;	   /* "$LATEST" if absent */
+	char image[65];	   /* manifest digest, 64 hex digits; "" if absent */
+	uint64_t memory_mb;
+	char **exclude;
+	size_t n_exclude;
+	unsigned count;	   /* 1 .. PLACEMENT_MAX_COUNT; 1 if absent */
+};
+
+#define PLACEMENT_MAX_COUNT 64u
+#define PLACEMENT_MAX_EXCLUDE 1024u
+
+/* Parse |<body, len>| (untrusted JSON) into |*out|.  0, or -EINVAL with
+ * |*why| set to a static text naming the field at fault (|*out| is then
+ * empty), or -ENOMEM.  placement_place_request_cleanup frees it either way. */
+int placement_place_request_parse(const void *body, size_t len, struct placement_place_request *out,
+				  const char **why);
+void placement_place_request_cleanup(struct placement_place_request *r);
+
+/* A host's registration (kindling/hosts/HOST), parsed. */
+struct placement_host_warm {
+	char *function, *version;
+	uint32_t idle, busy;
+};
+
+struct placement_host_record {
+	char *id, *url;
+	uint32_t cell;
+	uint64_t memory_total_mb, memory_used_mb;
+	uint32_t slots_total, slots_used;
+	struct placement_host_warm *warm;
+	size_t n_warm;
+	struct placement_bloom l1; /* empty (map NULL) if the host sent none */
+};
+
+/* Parse a registration (untrusted: whatever is in etcd) with |cells| cells
+ * configured.  0, or -EINVAL with |*why| naming the field at fault (the
+ * caller names the host), or -ENOMEM.  Cleanup frees it either way. */
+int placement_host_record_parse(const void *json, size_t len, uint32_t cells, struct placement_host_record *out,
+				const char **why);
+void placement_host_record_cleanup(struct placement_host_record *h);
+
+/* A host's pending reservations (kindling/load/HOST) at |now| (unix
+ * seconds): expired ones are ignored.  |function| (may be NULL) counts
+ * that function's own in |*fn_count|.  0 or -EINVAL (malformed). */
+int placement_load_parse(const void *json, size_t len, int64_t now, const char *function, uint64_t *memory_mb,
+			 uint32_t *count, uint32_t *fn_count);
+
+struct placement_service_config {
+	const char *etcd_endpoints;	/* required: "http://127.0.0.1:2379,..." */
+	const char *store_uri;		/* where manifests are; NULL: no code locality */
+	struct placement_config placement; /* placement_config_init's defaults if zeroed */
+	unsigned hosts_cache_ms;	/* how long a read of the hosts is reused; 0 = 500 */
+	unsigned reservation_ttl_s;	/* a reservation's life; 0 = 30 */
+	unsigned retries;		/* re-scores after a conflicting reservation; 0 = 5 */
+	double burst_initial;		/* new sandboxes the fleet may start at once; 0 = 1000 */
+	double burst_per_minute;	/* the bucket's refill; 0 = 500 */
+	uint64_t seed;			/* for the draw; 0 = from the clock */
+};
+
+struct placement_service;
+
+/* Make a service: an etcd client and (if store_uri) the store; nothing is
+ * read yet.  0 with |*out|, -EINVAL for a bad configuration (logged,
+ * naming it), or -errno. */
+int placement_service_new(const struct placement_service_config *cfg, struct placement_service **out);
+
+/* Free; NULL is fine.  No handle call may be in progress. */
+void placement_service_free(struct placement_service *s);
+
+/* Answer |req| into |resp|: POST /v1/place, GET /v1/hosts, GET /healthz
+ * (others 404/405).  Thread-safe.  Returns 0 (every answer, errors
+ * included, is in |resp|) or -ENOMEM. */
+int placement_service_handle(struct placement_service *s, const struct http_request *req,
+			     struct http_response *resp);
+
 #endif
