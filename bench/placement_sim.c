@@ -851,6 +851,13 @@ int main(int argc, char **argv)
 	const struct placement_weights *w = p.weights_set ? &p.w : &d.w;
 	printf("placement_sim: %u hosts (cells of %u, shards of %u), %u functions, %u simulated minutes, seed %llu\n",
 	       p.hosts, p.cell_hosts, p.shard_size, p.hosts * p.functions_per_host, minutes, (unsigned long long)p.seed);
+	double p_all, p_half;
+	if (placement_shard_overlap(p.cell_hosts, p.shard_size, &p_all, &p_half) == 0)
+		printf("shard overlap (cells of %u, shards of %u): another function shares all of a shard with "
+		       "probability %.3g, at least half of it %.3g; of the %u functions in a cell, %.3g expected to "
+		       "share a whole shard with a given one, %.3g at least half\n",
+		       p.cell_hosts, p.shard_size, p_all, p_half, p.functions_per_host * p.cell_hosts,
+		       p_all * (p.functions_per_host * p.cell_hosts - 1), p_half * (p.functions_per_host * p.cell_hosts - 1));
 	printf("weights: l1=%g l2=%g warm=%g load=%g spread=%g pack=%g\n\n", w->l1, w->l2, w->warm, w->load, w->spread,
 	       w->pack);
 	printf("| strategy | invocations | cold starts | cold-start fraction | L1 hit rate (bytes) | imbalance max/mean "

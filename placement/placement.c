@@ -16,7 +16,7 @@ void placement_config_init(struct placement_config *cfg)
 	cfg->spill = true;
 	cfg->top_k = PLACEMENT_DEFAULT_TOP_K;
 	cfg->epsilon = PLACEMENT_DEFAULT_EPSILON;
-	cfg->w = (struct placement_weights){ .l1 = 4.0, .l2 = 1.0, .warm = 1.0, .load = 8.0, .spread = 0.5, .pack = 0.1 };
+	cfg->w = (struct placement_weights){ .l1 = 4.0, .l2 = 1.0, .warm = 1.0, .load = 16.0, .spread = 0.5, .pack = 0.1 };
 }
 
 static bool weight_ok(double v) { return isfinite(v) && v >= 0 && v <= 1e6; }

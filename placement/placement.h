@@ -93,7 +93,7 @@ int placement_bloom_decode(const char *text, struct placement_bloom *b);
  * services deciding at once do not all pick the same host. */
 
 #define PLACEMENT_DEFAULT_CELLS 1u
-#define PLACEMENT_DEFAULT_SHARD_SIZE 16u
+#define PLACEMENT_DEFAULT_SHARD_SIZE 32u
 #define PLACEMENT_DEFAULT_TOP_K 3u
 #define PLACEMENT_DEFAULT_EPSILON 0.25
 #define PLACEMENT_MAX_TOP_K 16u
@@ -111,14 +111,14 @@ struct placement_weights {
 	double l1;     /* 4.0: the whole image in this host's L1 */
 	double l2;     /* 1.0: the whole image in the fleet's L2 */
 	double warm;   /* 1.0: an idle sandbox of this version on the host */
-	double load;   /* 8.0: times u^2 */
+	double load;   /* 16.0: times u^2 */
 	double spread; /* 0.5: times log2(1 + sandboxes of this function) */
 	double pack;   /* 0.1: times u */
 };
 
 struct placement_config {
 	uint32_t cells;	     /* 1 .. 65536; default 1 */
-	uint32_t shard_size; /* 1 .. PLACEMENT_MAX_SHARD_SIZE; default 16 */
+	uint32_t shard_size; /* 1 .. PLACEMENT_MAX_SHARD_SIZE; default 32 */
 	bool spill;	     /* leave the shard when all of it is excluded or full; default true */
 	uint32_t top_k;	     /* 1 .. PLACEMENT_MAX_TOP_K; default 3 */
 	double epsilon;	     /* score distance from the best still drawn; default 0.25 */
@@ -132,7 +132,7 @@ void placement_config_init(struct placement_config *cfg);
  * static text naming the field at fault. */
 int placement_config_check(const struct placement_config *cfg, const char **why);
 
-/* Parse "l1=4,l2=1,warm=1,load=8,spread=0.5,pack=0.1" (any subset, any
+/* Parse "l1=4,l2=1,warm=1,load=16,spread=0.5,pack=0.1" (any subset, any
  * order) into |w|, leaving unnamed weights as they are.  Weights are finite
  * and >= 0.  0, or -EINVAL with |*why| (may be NULL) naming the term at
  * fault (a static text). */

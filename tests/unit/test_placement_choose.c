@@ -300,7 +300,7 @@ static void test_config(void)
 	const char *why;
 	CHECK(placement_config_check(&cfg, &why) == 0 && !why);
 	CHECK(placement_weights_parse("l1=8,spread=0", &cfg.w, &why) == 0);
-	CHECK(cfg.w.l1 == 8 && cfg.w.spread == 0 && cfg.w.load == 8.0);
+	CHECK(cfg.w.l1 == 8 && cfg.w.spread == 0 && cfg.w.load == 16.0);
 	CHECK(placement_weights_parse("", &cfg.w, &why) == 0);
 	CHECK(placement_weights_parse("l3=1", &cfg.w, &why) == -EINVAL && why);
 	CHECK(placement_weights_parse("l1=", &cfg.w, &why) == -EINVAL && why);
