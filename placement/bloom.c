@@ -101,7 +101,7 @@ int placement_bloom_decode(const char *text, struct placement_bloom *b)
 	size_t n = b->bits / 8, len = strlen(p);
 	if (len != 4 * ((n + 2) / 3))
 		goto bad;
-	uint8_t *tmp = malloc(len / 4 * 3 + 1);
+	uint8_t *tmp = malloc(len + 1); /* holds the decoded bytes, then the text again */
 	if (!tmp)
 		goto bad;
 	int got = EVP_DecodeBlock(tmp, (const unsigned char *)p, (int)len);
@@ -111,7 +111,13 @@ int placement_bloom_decode(const char *text, struct placement_bloom *b)
 		goto bad;
 	}
 	memcpy(b->map, tmp, n);
+	/* Only the canonical text: padding as '=', no stray bits (EVP_DecodeBlock
+	 * takes data bytes where the padding belongs, and ignores unused bits). */
+	EVP_EncodeBlock(tmp, b->map, (int)n);
+	bool canonical = memcmp(tmp, p, len) == 0;
 	free(tmp);
+	if (!canonical)
+		goto bad;
 	b->entries = (uint32_t)entries;
 	return 0;
 bad:

@@ -66,7 +66,11 @@ int main(void)
 		"32:7:0:AAAA",
 		"99999999999:7:0:AAAA",
 		"16384:7:99999999999:AAAA",
+		"64:2:1:AAAAAAAAAAA5", /* a data byte where the padding belongs (found by fuzz_place) */
+		"64:2:1:AAAAAAAAAAB=", /* stray bits below the padding */
 	};
+	CHECK(placement_bloom_decode("64:2:1:AAAAAAAAAAA=", &c) == 0);
+	placement_bloom_cleanup(&c);
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		CHECK(placement_bloom_decode(cases[i], &c) == -EINVAL);
 		CHECK(c.map == NULL);
