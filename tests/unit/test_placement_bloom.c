@@ -68,6 +68,9 @@ int main(void)
 		"16384:7:99999999999:AAAA",
 		"64:2:1:AAAAAAAAAAA5", /* a data byte where the padding belongs (found by fuzz_place) */
 		"64:2:1:AAAAAAAAAAB=", /* stray bits below the padding */
+		"064:2:1:AAAAAAAAAAA=", /* a leading zero (found by fuzz_place) */
+		" 64:2:1:AAAAAAAAAAA=",
+		"+64:2:1:AAAAAAAAAAA=",
 	};
 	CHECK(placement_bloom_decode("64:2:1:AAAAAAAAAAA=", &c) == 0);
 	placement_bloom_cleanup(&c);
