@@ -1,5 +1,7 @@
 /* The L1 summary (placement/bloom.c): encode/decode round trip, membership,
- * and malformed text refused. */
+ * and malformed text refused.
+ *
+ * ctest-labels: no-tsan (pure functions: nothing for ThreadSanitizer to check) */
 #include "placement/placement.h"
 #include "common/common.h"
 #include "tests/check.h"

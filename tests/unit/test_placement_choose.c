@@ -2,7 +2,9 @@
  * holding the image in L1, never picks a host without room, stays in the
  * shard while the shard has room, spreads one function, is deterministic
  * under a fixed seed; shards are stable when an unrelated host leaves; the
- * baselines; weights parsing; the overlap formula. */
+ * baselines; weights parsing; the overlap formula.
+ *
+ * ctest-labels: no-tsan (pure functions: nothing for ThreadSanitizer to check) */
 #include "placement/placement.h"
 #include "tests/check.h"
 

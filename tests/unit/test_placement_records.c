@@ -1,6 +1,8 @@
 /* What the placement service parses (placement/records.c): place requests,
  * host registrations (a malformed one names its field), reservation lists
- * with expiry. */
+ * with expiry.
+ *
+ * ctest-labels: no-tsan (pure functions: nothing for ThreadSanitizer to check) */
 #include "placement/placement.h"
 #include "tests/check.h"
 
