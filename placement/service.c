@@ -530,7 +530,8 @@ static int place_one(struct placement_service *s, const struct placement_place_r
 		return -ENOMEM;
 	}
 	size_t n_excl = pr->n_exclude;
-	memcpy(excl, pr->exclude, pr->n_exclude * sizeof(char *));
+	for (size_t i = 0; i < pr->n_exclude; i++)
+		excl[i] = pr->exclude[i];
 	int r = -EAGAIN;
 	reservation_id(s, pr->function, rid, rid_len);
 	for (unsigned attempt = 0; attempt <= s->cfg.retries; attempt++) {
