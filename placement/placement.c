@@ -97,23 +97,18 @@ int placement_weights_parse(const char *text, struct placement_weights *w, const
 	return 0;
 }
 
-uint64_t placement_rng_next(uint64_t *state)
-{
-	uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-/* A uniform double in [0, 1). */
-static double rng_unit(uint64_t *state) { return (double)(placement_rng_next(state) >> 11) * 0x1.0p-53; }
-
+/* splitmix64's finaliser: a bijective 64-bit mix. */
 static uint64_t mix64(uint64_t z)
 {
 	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
 	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
 	return z ^ (z >> 31);
 }
+
+uint64_t placement_rng_next(uint64_t *state) { return mix64(*state += 0x9e3779b97f4a7c15ull); }
+
+/* A uniform double in [0, 1). */
+static double rng_unit(uint64_t *state) { return (double)(placement_rng_next(state) >> 11) * 0x1.0p-53; }
 
 static uint64_t fnv1a(const char *s)
 {
