@@ -8,7 +8,8 @@
  * needs their memory for a new one (the least recently used idle sandbox
  * goes first); an L1 of a bounded number of 512 KiB chunks with LRU
  * eviction; and the Bloom summary of that L1 that the host publishes, rebuilt
- * every --bloom-refresh seconds as the agents do.  An invocation goes to an
+ * every 5 simulated seconds as the agents do, and passed to placement as
+ * text (encoded, then decoded, as through etcd).  An invocation goes to an
  * idle sandbox of its function anywhere in the fleet (the frontends route
  * warm invokes); only without one is it a cold start, placed by the strategy
  * under test; the new sandbox reads its image's startup chunks through the
@@ -208,7 +209,8 @@ struct host {
 	uint32_t sandboxes[64];
 	uint32_t n_sandboxes;
 	struct l1 l1;
-	struct placement_bloom bloom; /* as published */
+	struct placement_bloom bloom; /* built from the L1 at each refresh */
+	struct placement_bloom published; /* what placement sees: bloom's text, decoded */
 	bool l1_ready, dirty;
 };
 
@@ -443,12 +445,21 @@ static void host_make_room(struct sim *s, uint32_t hi, uint64_t mb)
 	}
 }
 
+/* Rebuild a host's summary from its L1 and publish it the way an agent
+ * does: as text, which placement decodes. */
 static void refresh_bloom(struct sim *s, struct host *h)
 {
 	memset(h->bloom.map, 0, h->bloom.bits / 8);
 	h->bloom.entries = 0;
 	for (uint32_t i = 0; i < h->l1.n; i++)
 		placement_bloom_add_digest(&h->bloom, s->digests[h->l1.chunk[i]]);
+	char *text = placement_bloom_encode(&h->bloom);
+	placement_bloom_cleanup(&h->published);
+	if (!text || placement_bloom_decode(text, &h->published) < 0) {
+		fprintf(stderr, "placement_sim: a Bloom summary did not survive encoding\n");
+		exit(1);
+	}
+	free(text);
 	h->dirty = false;
 }
 
@@ -457,11 +468,12 @@ static void host_l1_ready(struct sim *s, uint32_t hi)
 	struct host *h = &s->hosts[hi];
 	if (h->l1_ready)
 		return;
-	if (l1_init(&h->l1, s->p->l1_chunks) < 0 || placement_bloom_init(&h->bloom, s->p->bloom_bits, 0) < 0) {
+	if (l1_init(&h->l1, s->p->l1_chunks) < 0 || placement_bloom_init(&h->bloom, s->p->bloom_bits, 0) < 0 ||
+	    placement_bloom_init(&h->published, s->p->bloom_bits, 0) < 0) {
 		fprintf(stderr, "placement_sim: out of memory\n");
 		exit(1);
 	}
-	s->view[hi].l1 = &h->bloom;
+	s->view[hi].l1 = &h->published;
 	h->l1_ready = true;
 }
 
@@ -715,6 +727,7 @@ static void sim_cleanup(struct sim *s)
 		if (s->hosts[i].l1_ready) {
 			l1_cleanup(&s->hosts[i].l1);
 			placement_bloom_cleanup(&s->hosts[i].bloom);
+			placement_bloom_cleanup(&s->hosts[i].published);
 		}
 	free(s->fns);
 	free(s->zipf_cdf);

@@ -7,7 +7,7 @@
 #
 #   bench/placement_sim.sh [--quick] [--replot] [OUT_DIR] [-- extra placement_sim options]
 #
-# --quick: 1,000 hosts (about 15 s); without it 10,000 hosts (a few minutes).
+# --quick: 1,000 hosts (under a minute); without it 10,000 hosts (a few minutes).
 # OUT_DIR (default ./placement_sim.out) gets table.md, summary.dat,
 # series.dat and placement_sim.png; --replot only redraws the plot from
 # what an earlier run left there.  Deterministic: the seed is fixed (pass
