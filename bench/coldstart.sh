@@ -160,18 +160,17 @@ done
 # ---- the eager path ------------------------------------------------------------------------------------------------
 say "eager: skopeo copy + umoci unpack + the handler in the same sandbox"
 t0=$(date +%s.%N)
-skopeo copy -q "oci:$work/layout:fn" "oci:$work/copy:fn" >/dev/null
-umoci unpack --image "$work/copy:fn" "$work/bundle" >/dev/null
+"$top/bench/eager.sh" "oci:$work/layout:fn" "$work/eager"
 t1=$(date +%s.%N)
-"$build/sandbox_run" "$work/bundle/rootfs" --config "$work/inspect.json" --json >"$work/eager.out" 2>"$work/eager.err" ||
+"$build/sandbox_run" "$work/eager/bundle/rootfs" --config "$work/inspect.json" --json >"$work/eager.out" 2>"$work/eager.err" ||
   { cat "$work/eager.err" >&2; exit 1; }
 tail -1 "$work/eager.err" >"$work/eager.json"
 # The handler alone on the already unpacked tree: what a start costs with nothing to move.
 for ((r = 0; r < reps; r++)); do
-  "$build/sandbox_run" "$work/bundle/rootfs" --config "$work/inspect.json" --json >/dev/null 2>"$work/dir.err"
+  "$build/sandbox_run" "$work/eager/bundle/rootfs" --config "$work/inspect.json" --json >/dev/null 2>"$work/dir.err"
   tail -1 "$work/dir.err" >>"$work/dir.jsonl"
 done
-rm -rf "$work/bundle" "$work/copy"
+rm -rf "$work/eager"
 
 # ---- 4 KiB random reads on an L1 hit, through FUSE, against a plain local file ------------------------------------
 say "random reads: blockd serve (memory tier off) vs a local copy"

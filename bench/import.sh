@@ -54,10 +54,9 @@ coldn=$("$chunkify" --store "$work/storen" import "oci:$work/layout:bench" --nam
 sync
 
 t0=$(date +%s.%N)
-skopeo copy -q "oci:$work/layout:bench" "oci:$work/copy:bench" >/dev/null
-umoci unpack --image "$work/copy:bench" "$work/bundle" >/dev/null
+"$top/bench/eager.sh" "oci:$work/layout:bench" "$work/eager"
 t1=$(date +%s.%N)
-rm -rf "$work/bundle" "$work/copy"
+rm -rf "$work/eager"
 
 python3 - "$cold" "$warm" "$t0" "$t1" "$coldn" "$limit_core" <<'PY'
 import json, sys

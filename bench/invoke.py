@@ -1,25 +1,37 @@
 #!/usr/bin/env python3
 """Invoke latency of `kindling serve`, against baselines from the same run.
 
-  bench/invoke.py PORT IMAGE_URI [WARM_N] [BURST_N] [PLAIN_IMAGE L1_DIR KINDLING]
+  bench/invoke.py PORT IMAGE_URI [WARM_N] [BURST_N] [--kindling PATH --scratch DIR
+                  [--node NAME] [--plain NAME [--eager SCRIPT --eager-src REF
+                  --sandbox-run PATH --plain-config FILE]]]
 
 Drives a `kindling serve --no-auth` already listening on 127.0.0.1:PORT (see
 bench/invoke.sh, which sets everything up) with one keep-alive HTTP client:
 
-  - warm: WARM_N sequential invokes of an echo function (the Node.js
-    aws-lambda-ric image), p50/p99 and invokes/s, against the same client
-    talking to a plain loopback HTTP echo server (Python's http.server);
-  - cold: the first invoke of a new function, to its answer;
+  - cold: the first invoke of a new function of IMAGE_URI (the Node.js
+    aws-lambda-ric image), to its answer; with --node (the same image as a
+    NAME:TAG in the store), against `kindling run` of it with a fresh L1
+    running the same handler with node, without the Runtime API;
+  - warm: WARM_N sequential invokes of that echo function, p50/p99 and
+    invokes/s, against the same client talking to a plain loopback HTTP echo
+    server (Python's http.server);
   - burst: BURST_N concurrent invokes of a cold function: how many answered,
     how many got 429, the p99, and how many answers came from a new sandbox;
-  - with PLAIN_IMAGE (a NAME:TAG in the store): its first invoke in stdio
-    mode, against `kindling run` of it with a fresh L1 directory L1_DIR.
+  - with --plain (a NAME:TAG in the store): its first invoke in stdio mode,
+    against `kindling run` of it with a fresh L1 and, with --eager, against
+    the eager path: SCRIPT (bench/eager.sh) pulling --eager-src and unpacking
+    it, then the same handler run by --sandbox-run on the unpacked tree with
+    the image's configuration (--plain-config, `chunkify inspect --json`).
 
+Every `kindling run` and eager run comes after the service's invoke it is
+compared with, so the baseline, not the service, has the warmer page cache.
 Prints one JSON object.
 """
+import argparse
 import http.client
 import http.server
 import json
+import os
 import socket
 import socketserver
 import subprocess
@@ -27,11 +39,35 @@ import sys
 import threading
 import time
 
-PORT = int(sys.argv[1])
-IMAGE = sys.argv[2]
-WARM_N = int(sys.argv[3]) if len(sys.argv) > 3 else 500
-BURST_N = int(sys.argv[4]) if len(sys.argv) > 4 else 50
+ap = argparse.ArgumentParser(description="Invoke latency of kindling serve against baselines")
+ap.add_argument("port", type=int)
+ap.add_argument("image")
+ap.add_argument("warm_n", type=int, nargs="?", default=500)
+ap.add_argument("burst_n", type=int, nargs="?", default=50)
+ap.add_argument("--kindling", help="the kindling binary, for the `kindling run` baselines")
+ap.add_argument("--scratch", help="a directory for fresh L1 directories and the eager path's files")
+ap.add_argument("--node", help="IMAGE_URI's image as a NAME:TAG in the store")
+ap.add_argument("--plain", help="the plain (stdio) Python image as a NAME:TAG in the store")
+ap.add_argument("--eager", help="bench/eager.sh")
+ap.add_argument("--eager-src", help="the plain image as a skopeo source (a plain-http local registry)")
+ap.add_argument("--sandbox-run", help="the sandbox_run tool")
+ap.add_argument("--plain-config", help="`chunkify inspect --json` of the plain image")
+ARGS = ap.parse_args()
+if (ARGS.node or ARGS.plain) and not (ARGS.kindling and ARGS.scratch):
+    ap.error("--node and --plain need --kindling and --scratch")
+if ARGS.eager and not (ARGS.plain and ARGS.eager_src and ARGS.sandbox_run and ARGS.plain_config):
+    ap.error("--eager needs --plain, --eager-src, --sandbox-run and --plain-config")
+PORT, IMAGE, WARM_N, BURST_N = ARGS.port, ARGS.image, ARGS.warm_n, ARGS.burst_n
 API = "/2015-03-31/functions"
+EVENT = {"hello": "bench"}
+PAYLOAD = json.dumps(EVENT).encode()
+# `kindling run` and the eager path give the workload no stdin, so the plain
+# image's handler runs with the event handed to it in place of stdin, and the
+# Node.js image's handler is called directly, as its runtime would call it.
+PLAIN_HANDLER = ["python3", "-c", "import io, sys; sys.stdin = io.StringIO(%r); "
+                 "exec(compile(open('/app/handler.py').read(), '/app/handler.py', 'exec'))" % PAYLOAD.decode()]
+NODE_HANDLER = ["node", "-e", "require('/var/task/index.js').handler(%s, {}).then("
+                "r => console.log(JSON.stringify(r)))" % PAYLOAD.decode()]
 
 
 def request(conn, method, path, body=None, headers=None):
@@ -69,6 +105,23 @@ def invoke(conn, name, event):
     t0 = time.perf_counter()
     st, body, _ = request(conn, "POST", "%s/%s/invocations" % (API, name), json.dumps(event).encode())
     return st, body, time.perf_counter() - t0
+
+
+def timed_run(what, argv, timeout=600):
+    """Run |argv| to its end; its wall time in seconds, or exit naming |what|."""
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, capture_output=True, timeout=timeout)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        sys.exit("%s: exit %d: %s" % (what, r.returncode, r.stderr[-500:]))
+    return dt
+
+
+def kindling_run(image, l1_name, handler):
+    """`kindling run` of |image| with a new, empty L1 directory: seconds."""
+    return timed_run("kindling run %s" % image,
+                     [ARGS.kindling, "run", image, "--l1-dir", os.path.join(ARGS.scratch, l1_name),
+                      "--isolation", "process", "--"] + handler)
 
 
 def echo_server():
@@ -114,8 +167,7 @@ def timed_loop(conn, path, n, payload):
 
 def main():
     conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=300)
-    event = {"hello": "bench"}
-    payload = json.dumps(event).encode()
+    event, payload = EVENT, PAYLOAD
     out = {"warm_n": WARM_N, "burst_n": BURST_N}
 
     create(conn, "bench-echo")
@@ -123,6 +175,10 @@ def main():
     if st != 200:
         sys.exit("cold invoke: %d %s" % (st, body[:300]))
     out["cold_first_invoke_s"] = round(cold, 4)
+    if ARGS.node:
+        run_s = kindling_run(ARGS.node, "l1-node", NODE_HANDLER)
+        out["cold_node"] = {"invoke_s": round(cold, 3), "kindling_run_s": round(run_s, 3),
+                            "ratio": round(cold / run_s, 2)}
 
     echo = echo_server()
     econn = http.client.HTTPConnection("127.0.0.1", echo.server_address[1], timeout=60)
@@ -170,27 +226,25 @@ def main():
                     "p50_s": round(pct([r[1] for r in ok], 50), 3) if ok else None,
                     "p99_s": round(pct([r[1] for r in ok], 99), 3) if ok else None,
                     "wall_s": round(wall, 3)}
-    # The plain image cold through the service, against `kindling run` of the
-    # same image with an empty L1 of its own (run second, so it, not the
-    # service, has the warmer page cache).
-    if len(sys.argv) > 5:
-        plain, l1_dir = sys.argv[5], sys.argv[6]
-        create(conn, "bench-plain", plain, {"KINDLING_INVOKE_MODE": "stdio"})
+    # The plain image cold through the service, then its baselines.
+    if ARGS.plain:
+        create(conn, "bench-plain", ARGS.plain, {"KINDLING_INVOKE_MODE": "stdio"})
         st, body, dt = invoke(conn, "bench-plain", event)
         if st != 200:
             sys.exit("plain cold invoke: %d %s" % (st, body[:300]))
-        t0 = time.perf_counter()
-        # `kindling run` gives the workload no stdin, so the same handler runs
-        # with the event handed to it in place of stdin.
-        handler = ("import io, sys; sys.stdin = io.StringIO(%r); "
-                   "exec(compile(open('/app/handler.py').read(), '/app/handler.py', 'exec'))" % payload.decode())
-        r = subprocess.run([sys.argv[7], "run", plain, "--l1-dir", l1_dir, "--isolation", "process", "--",
-                            "python3", "-c", handler], capture_output=True, timeout=300)
-        run_s = time.perf_counter() - t0
-        if r.returncode != 0:
-            sys.exit("kindling run %s: %d %s" % (plain, r.returncode, r.stderr[-500:]))
+        run_s = kindling_run(ARGS.plain, "l1-plain", PLAIN_HANDLER)
         out["cold_plain"] = {"invoke_s": round(dt, 3), "kindling_run_s": round(run_s, 3),
                              "ratio": round(dt / run_s, 2)}
+        if ARGS.eager:
+            dest = os.path.join(ARGS.scratch, "eager")
+            pull_s = timed_run("bench/eager.sh", [ARGS.eager, ARGS.eager_src, dest, "--src-tls-verify=false"])
+            run_s = timed_run("sandbox_run on the unpacked tree",
+                              [ARGS.sandbox_run, os.path.join(dest, "bundle", "rootfs"), "--config",
+                               ARGS.plain_config, "--isolation", "process", "--"] + PLAIN_HANDLER)
+            subprocess.run(["rm", "-rf", dest], check=True)
+            out["cold_plain"].update({"eager_pull_unpack_s": round(pull_s, 3), "eager_run_s": round(run_s, 3),
+                                      "eager_total_s": round(pull_s + run_s, 3),
+                                      "ratio_to_eager": round(dt / (pull_s + run_s), 2)})
         request(conn, "DELETE", "%s/bench-plain" % API)
     for name in ("bench-echo", "bench-burst"):
         request(conn, "DELETE", "%s/%s" % (API, name))
