@@ -291,27 +291,45 @@ void fe_fleet_tick(struct frontend *fe)
 		int r = etcd_lease_keepalive(fe->etcd, lease, NULL);
 		if (r == -ENOENT)
 			fe_fleet_lease_lost(fe, lease);
+		if (r == -ENOTCONN) {
+			pthread_mutex_lock(&fe->conc_lock);
+			fe->store_down_until = now_seconds() + STORE_DOWN_BACKOFF_S;
+			pthread_mutex_unlock(&fe->conc_lock);
+			return;
+		}
 	}
 	lease = fe_fleet_lease(fe);
 	if (!lease)
 		return;
 	/* Give back the slots idle for FE_HOLD_IDLE_S: lower the holding
-	 * here first, then in etcd (the store never shows less than held). */
+	 * here first, then in etcd (the store never shows less than is
+	 * held); put it back if etcd did not take it.  The account scope keeps
+	 * one slot, so one warm invoke at a time goes on with etcd down. */
 	pthread_mutex_lock(&fe->grow_lock);
 	double now = now_seconds();
-	for (;;) {
-		char scope[80] = "";
-		unsigned n = 0;
+	pthread_mutex_lock(&fe->conc_lock);
+	bool down = now < fe->store_down_until;
+	struct fe_hold *first = fe->holds; /* holds are only ever prepended */
+	pthread_mutex_unlock(&fe->conc_lock);
+	for (struct fe_hold *h = first; h && !down; h = h->next) {
 		pthread_mutex_lock(&fe->conc_lock);
-		for (struct fe_hold *h = fe->holds; h; h = h->next)
-			if (held_now(fe, h) > h->inuse && now - h->last_used >= FE_HOLD_IDLE_S) {
-				h->held = n = h->inuse;
-				memcpy(scope, h->scope, sizeof(scope));
-				break;
-			}
+		unsigned floor = strcmp(h->scope, "account") == 0 ? 1 : 0;
+		unsigned old = held_now(fe, h), n = h->inuse > floor ? h->inuse : floor;
+		bool idle = old > n && now - h->last_used >= FE_HOLD_IDLE_S;
+		if (idle)
+			h->held = n;
+		uint64_t epoch = h->epoch;
 		pthread_mutex_unlock(&fe->conc_lock);
-		if (!*scope || write_holding(fe, scope, n, -1, lease) < 0)
+		int r = idle ? write_holding(fe, h->scope, n, -1, lease) : 0;
+		if (r < 0) {
+			pthread_mutex_lock(&fe->conc_lock);
+			if (h->epoch == epoch && r != -ENOENT)
+				h->held = old;
+			if (r == -ENOTCONN)
+				fe->store_down_until = now_seconds() + STORE_DOWN_BACKOFF_S;
+			pthread_mutex_unlock(&fe->conc_lock);
 			break;
+		}
 	}
 	pthread_mutex_unlock(&fe->grow_lock);
 }
