@@ -1119,8 +1119,8 @@ int frontend_new(const struct frontend_config *cfg, struct frontend **out)
 			return -ENOMEM;
 		}
 		if (fe_fleet_start(fe) < 0)
-			log_warn("frontend %s: etcd does not answer; starting anyway (Event invokes get 503 and cold "
-				 "functions 404 until it is back)", fe->id);
+			log_warn("frontend %s: etcd does not answer; starting anyway (Event invokes and functions not "
+				 "yet cached get 503 until it is back)", fe->id);
 	}
 	if (!fe->region || !fe->account_id || !fe->state_dir || !fe->queue_dir || !fe->dlq_dir) {
 		frontend_free(fe);

@@ -70,8 +70,9 @@ void fe_fleet_lease_lost(struct frontend *fe, int64_t lease)
 {
 	pthread_mutex_lock(&fe->lease_lock);
 	if (fe->lease == lease && lease) {
-		log_warn("frontend %s: lease %" PRIx64 " expired (etcd was unreachable for longer than %d s); its "
-			 "concurrency holdings and queue claims are gone and are taken again",
+		log_warn("frontend %s: lease %" PRIx64 " is gone (revoked, or expired while etcd was unreachable "
+			 "for more than %d s); its concurrency holdings and queue claims went with it and are taken "
+			 "again as needed",
 			 fe->id, (uint64_t)lease, FE_LEASE_TTL_S);
 		fe->lease = 0;
 	}

@@ -213,6 +213,10 @@ int fe_handle_invoke(struct frontend *fe, const struct http_request *req, const 
 	if (r < 0) {
 		if (r == -ENOENT)
 			fe_set_error(&e, 404, "ResourceNotFoundException", "Function not found: %s", arn ? arn : name);
+		else if (r == -ENOTCONN)
+			fe_set_error(&e, 503, "ServiceException",
+				     "Function %s is not cached on this frontend and the shared store (etcd) does not "
+				     "answer. Retry shortly.", name);
 		else
 			fe_set_error(&e, 500, "ServiceException", "cannot read the record of function %s", name);
 		free(arn);
