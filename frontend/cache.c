@@ -62,17 +62,22 @@ void fe_cache_set(struct frontend *fe, const char *name, const json_t *rec)
 int fe_cache_get(struct frontend *fe, const char *name, json_t **out)
 {
 	pthread_mutex_lock(&fe->cache_lock);
+	/* A copy: json_t reference counts are not for sharing between
+	 * threads (jansson reads them unsynchronised). */
 	struct fe_cached *c = *find(fe, name);
-	if (c)
-		*out = json_incref(c->rec);
+	json_t *copy = c ? json_deep_copy(c->rec) : NULL;
 	pthread_mutex_unlock(&fe->cache_lock);
-	if (c)
+	if (c && !copy)
+		return -ENOMEM;
+	if (c) {
+		*out = copy;
 		return 0;
+	}
 	json_t *rec = NULL;
 	int r = fe_record_load(fe, name, &rec);
 	if (r < 0)
 		return r;
-	cache_store(fe, name, json_incref(rec));
+	cache_store(fe, name, json_deep_copy(rec));
 	*out = rec;
 	return 0;
 }

@@ -74,7 +74,7 @@ extern const struct fe_queue_backend fe_queue_dir_backend, fe_queue_etcd_backend
 /* A function record in the cache (cache.c). */
 struct fe_cached {
 	char name[65];
-	json_t *rec; /* immutable once here: readers take a reference */
+	json_t *rec; /* never leaves the cache: readers get copies */
 	struct fe_cached *next;
 };
 
@@ -190,7 +190,7 @@ int fe_record_delete(struct frontend *fe, const char *name);
 /* ---- cache.c: the record cache for the invoke path ---- */
 #define FE_CACHE_TTL_S 1.0
 /* The record of |name| from the cache, loading it on a miss: 0 with |*out|
- * (a new reference; do not modify it), -ENOENT, -errno. */
+ * (the caller's own copy), -ENOENT, -errno. */
 int fe_cache_get(struct frontend *fe, const char *name, json_t **out);
 /* Set (|rec| non-NULL, a copy is kept) or drop the cached record. */
 void fe_cache_set(struct frontend *fe, const char *name, const json_t *rec);
