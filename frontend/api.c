@@ -226,6 +226,7 @@ struct call {
 	char name[65], qual[129];
 	struct http_param *params;
 	size_t n_params;
+	bool conflict; /* a save lost a compare-and-swap: redo the call */
 };
 
 static const char *param(struct call *c, const char *name)
@@ -252,7 +253,12 @@ static json_t *load(struct call *c)
 static bool save(struct call *c, json_t *rec)
 {
 	int r = fe_record_save(c->fe, c->name, rec);
-	if (r < 0)
+	if (r == -EAGAIN)
+		c->conflict = true;
+	if (r == -EAGAIN)
+		fe_set_error(&c->e, 409, "ResourceConflictException",
+			     "The function %s was being changed by another request at the same time; try again.", c->name);
+	else if (r < 0)
 		fe_set_error(&c->e, 500, "ServiceException", "The record of function %s cannot be written (%s)", c->name,
 			     strerror(-r));
 	return r == 0;
@@ -529,7 +535,7 @@ static void delete_function(struct call *c)
 			save(c, rec);
 		}
 	} else if (rec) {
-		int r = c->fe->ops->del(c->fe->state, c->name);
+		int r = fe_record_delete(c->fe, c->name);
 		if (r < 0)
 			fe_set_error(&c->e, 500, "ServiceException", "The record of function %s cannot be deleted (%s)",
 				     c->name, strerror(-r));
@@ -963,6 +969,14 @@ static int fe_handle(void *arg, const struct http_request *req, struct http_resp
 		return 0;
 	}
 	route(&c);
+	/* Another frontend changed the record between our read and write:
+	 * redo the whole call on the fresh record (bounded). */
+	for (int i = 1; c.conflict && i < FE_RECORD_RETRIES; i++) {
+		memset(&c.e, 0, sizeof(c.e));
+		c.conflict = false;
+		c.name[0] = c.qual[0] = '\0';
+		route(&c);
+	}
 	http_params_free(c.params, c.n_params);
 	if (c.e.status)
 		fe_answer_error(resp, &c.e);
@@ -1081,7 +1095,33 @@ int frontend_new(const struct frontend_config *cfg, struct frontend **out)
 	pthread_cond_init(&fe->import_cond, NULL);
 	pthread_mutex_init(&fe->qlock, NULL);
 	pthread_cond_init(&fe->qcond, NULL);
+	pthread_mutex_init(&fe->cache_lock, NULL);
+	pthread_mutex_init(&fe->bg_lock, NULL);
+	pthread_cond_init(&fe->bg_cond, NULL);
+	pthread_mutex_init(&fe->lease_lock, NULL);
+	pthread_mutex_init(&fe->conc_lock, NULL);
+	pthread_mutex_init(&fe->grow_lock, NULL);
 	fe->imports_tail = &fe->imports;
+	if (cfg->etcd) {
+		const char *id = cfg->frontend_id;
+		size_t n = id ? strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") : 0;
+		if (!id || !*id || id[n] || n > 64) {
+			log_err("frontend id '%s' is not 1 to 64 of [A-Za-z0-9_.-]; give each frontend its own",
+				id ? id : "(none)");
+			frontend_free(fe);
+			return -EINVAL;
+		}
+		fe->etcd = cfg->etcd;
+		fe->id = strdup(id);
+		fe->url = cfg->advertise_url ? strdup(cfg->advertise_url) : NULL;
+		if (!fe->id || (cfg->advertise_url && !fe->url)) {
+			frontend_free(fe);
+			return -ENOMEM;
+		}
+		if (fe_fleet_start(fe) < 0)
+			log_warn("frontend %s: etcd does not answer; starting anyway (Event invokes and functions not "
+				 "yet cached get 503 until it is back)", fe->id);
+	}
 	if (!fe->region || !fe->account_id || !fe->state_dir || !fe->queue_dir || !fe->dlq_dir) {
 		frontend_free(fe);
 		return -ENOMEM;
@@ -1101,7 +1141,8 @@ int frontend_new(const struct frontend_config *cfg, struct frontend **out)
 	}
 	fe->cc.cancel = &fe->cancel;
 	fe->have_cc = true;
-	if ((r = fe_import_start(fe)) < 0 || (r = fe_queue_start(fe, cfg->async_workers ? cfg->async_workers : 4)) < 0) {
+	if ((r = fe_import_start(fe)) < 0 || (r = fe_queue_start(fe, cfg->async_workers ? cfg->async_workers : 4)) < 0 ||
+	    (r = fe_bg_start(fe)) < 0) {
 		frontend_free(fe);
 		return r;
 	}
@@ -1115,7 +1156,11 @@ void frontend_free(struct frontend *fe)
 	if (!fe)
 		return;
 	fe_queue_stop(fe);
+	fe_bg_stop(fe);
 	fe_import_stop(fe);
+	if (fe->etcd)
+		fe_fleet_stop(fe);
+	fe_cache_clear(fe);
 	if (fe->have_cc)
 		chunkify_ctx_cleanup(&fe->cc);
 	while (fe->counters) {
@@ -1128,6 +1173,14 @@ void frontend_free(struct frontend *fe)
 	pthread_cond_destroy(&fe->import_cond);
 	pthread_mutex_destroy(&fe->qlock);
 	pthread_cond_destroy(&fe->qcond);
+	pthread_mutex_destroy(&fe->cache_lock);
+	pthread_mutex_destroy(&fe->bg_lock);
+	pthread_cond_destroy(&fe->bg_cond);
+	pthread_mutex_destroy(&fe->lease_lock);
+	pthread_mutex_destroy(&fe->conc_lock);
+	pthread_mutex_destroy(&fe->grow_lock);
+	free(fe->id);
+	free(fe->url);
 	free(fe->region);
 	free(fe->account_id);
 	free(fe->state_dir);

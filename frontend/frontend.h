@@ -27,6 +27,7 @@
 #include "common/sigv4.h"
 
 struct hostagent_ops;
+struct etcd;
 
 /* ---- function state ----------------------------------------------------------------------------------------------- */
 
@@ -34,9 +35,12 @@ struct hostagent_ops;
  * $LATEST configuration, its published versions, its concurrency settings),
  * a JSON document keyed by the function's name.  The frontend serialises its
  * own read-modify-write cycles; a backend only has to make each call atomic
- * and durable (a put that returned 0 survives a crash).  The local-directory
- * backend is frontend_state_dir_*; a shared store (etcd) implements the same
- * table. */
+ * and durable (a put that returned 0 survives a crash).  A store shared by
+ * several frontends (etcd) also gives get_versioned and put_if, and the
+ * frontend then redoes a cycle whose record changed under it (compare and
+ * swap).  The local-directory backend is frontend_state_dir_* (one frontend
+ * owns a directory, so its own lock is enough: it leaves them NULL); the
+ * etcd one is frontend_state_etcd_*. */
 struct frontend_state_ops {
 	/* required: the record of |name| into |*out| (malloc'd, NUL-terminated,
 	 * |*out_len| bytes without the NUL).  0, -ENOENT, or -errno. */
@@ -50,6 +54,13 @@ struct frontend_state_ops {
 	 * |after| only (NULL: from the start), at most |max|, appended to
 	 * |out|.  0 or -errno. */
 	int (*list)(void *arg, const char *after, size_t max, struct str_list *out);
+	/* optional (with put_if): like get, and |*version| gets the record's
+	 * version, a number > 0 that changes with every put. */
+	int (*get_versioned)(void *arg, const char *name, char **out, size_t *out_len, int64_t *version);
+	/* optional: put only if the record's version is still |version| (0:
+	 * only if there is no record).  0, -EAGAIN if it is not (read it again
+	 * and redo the change), or -errno. */
+	int (*put_if)(void *arg, const char *name, const char *data, size_t len, int64_t version);
 };
 
 /* The local-directory backend: one file per function, DIR/NAME.json,
@@ -65,6 +76,20 @@ int frontend_state_dir_open(const char *dir, void **out);
 /* Free what frontend_state_dir_open made; NULL is fine. */
 void frontend_state_dir_close(void *state);
 
+/* The etcd backend: the record of NAME is the value of
+ * kindling/functions/NAME (placement/README.md), versioned by its
+ * mod_revision.  |e| is borrowed and must outlive the backend.  Returns 0
+ * with |*out| (frontend_state_etcd_close) or -ENOMEM. */
+extern const struct frontend_state_ops frontend_state_etcd_ops;
+int frontend_state_etcd_open(struct etcd *e, void **out);
+void frontend_state_etcd_close(void *state);
+
+/* The dead letters kept in etcd (kindling/dlq/SEQ), oldest first, each
+ * one's JSON text appended to |out| (as `kindling dlq` prints them from
+ * STATE/dlq/ on a single host).  0, -ENOTCONN if no etcd member answers,
+ * or -errno. */
+int frontend_dlq_etcd_list(struct etcd *e, struct str_list *out);
+
 /* ---- the frontend ------------------------------------------------------------------------------------------------- */
 
 struct frontend_config {
@@ -74,6 +99,19 @@ struct frontend_config {
 	const struct hostagent_ops *agent_ops;
 	void *agent_arg;
 	bool no_agent;
+	/* The fleet's shared store, or NULL (a single host: the queue and the
+	 * dead letters on disk under |state_dir|, concurrency counted in this
+	 * process).  With it, the async queue, the dead letters and the
+	 * concurrency holdings live in etcd (placement/README.md), under a
+	 * lease this frontend keeps on kindling/frontends/|frontend_id|; use
+	 * frontend_state_etcd_ops for the records too.  Borrowed. */
+	struct etcd *etcd;
+	/* This frontend's id in the fleet: 1 to 64 of [A-Za-z0-9_.-], unique
+	 * among the live frontends.  Required with |etcd|. */
+	const char *frontend_id;
+	/* The URL this frontend answers on, published in
+	 * kindling/frontends/|frontend_id| (NULL: none). */
+	const char *advertise_url;
 	/* Function records.  Required. */
 	const struct frontend_state_ops *state_ops;
 	void *state_arg;

@@ -19,13 +19,15 @@ static bool is_import_source(const char *uri)
 	       strncmp(uri, "docker-archive:", 15) == 0;
 }
 
-static void apply(struct frontend *fe, const struct fe_import *job, int rc, const char *digest)
+/* One read-modify-write of the record: -EAGAIN if it lost a race with
+ * another frontend (apply redoes it). */
+static int apply_once(struct frontend *fe, const struct fe_import *job, int rc, const char *digest)
 {
 	pthread_mutex_lock(&fe->lock);
 	json_t *rec = NULL;
 	if (fe_record_load(fe, job->name, &rec) < 0) {
 		pthread_mutex_unlock(&fe->lock);
-		return;
+		return 0;
 	}
 	json_t *cfg = json_object_get(rec, "Latest");
 	const char *tok = json_string_value(json_object_get(cfg, "_ImportToken"));
@@ -33,7 +35,7 @@ static void apply(struct frontend *fe, const struct fe_import *job, int rc, cons
 		/* Overtaken by a later update, or already applied. */
 		json_decref(rec);
 		pthread_mutex_unlock(&fe->lock);
-		return;
+		return 0;
 	}
 	bool creating = !json_object_get(cfg, "_ImageDigest");
 	char rev[37], ts[40];
@@ -75,9 +77,16 @@ static void apply(struct frontend *fe, const struct fe_import *job, int rc, cons
 	pthread_mutex_unlock(&fe->lock);
 	if (r == 0 && rc == 0 && !creating && fe->agent)
 		fe->agent->drain(fe->agent_arg, job->name, "$LATEST", rev);
-	if (rc == 0)
+	if (r == 0 && rc == 0)
 		log_info("function %s: image %s is %s", job->name, job->uri, digest);
 	json_decref(rec);
+	return r;
+}
+
+static void apply(struct frontend *fe, const struct fe_import *job, int rc, const char *digest)
+{
+	for (int i = 0; i < FE_RECORD_RETRIES && apply_once(fe, job, rc, digest) == -EAGAIN; i++)
+		;
 }
 
 static void run_job(struct frontend *fe, const struct fe_import *job)

@@ -23,21 +23,32 @@ static struct fe_counter *counter(struct frontend *fe, const char *name, bool cr
 	return c;
 }
 
+void fe_throttled(struct fe_error *e, const char *name, long reserved, unsigned account)
+{
+	if (reserved >= 0) {
+		fe_set_error(e, 429, "TooManyRequestsException",
+			     "Rate Exceeded. Function %s has %ld reserved concurrency, all in use.", name, reserved);
+		e->reason = "ReservedFunctionConcurrentInvocationLimitExceeded";
+	} else {
+		fe_set_error(e, 429, "TooManyRequestsException",
+			     "Rate Exceeded. The account's concurrency limit (%u) is in use.", account);
+		e->reason = "ConcurrentInvocationLimitExceeded";
+	}
+}
+
 bool fe_slot_take(struct frontend *fe, const char *name, long reserved, struct fe_error *e)
 {
+	if (fe->etcd)
+		return fe_conc_etcd_take(fe, name, reserved, e);
 	pthread_mutex_lock(&fe->lock);
 	struct fe_counter *c = counter(fe, name, true);
 	bool ok = false;
 	if (!c) {
 		fe_set_error(e, 500, "ServiceException", "out of memory");
 	} else if (reserved >= 0 && c->inflight >= (unsigned long)reserved) {
-		fe_set_error(e, 429, "TooManyRequestsException", "Rate Exceeded. Function %s has %ld reserved concurrency, all in use.",
-			     name, reserved);
-		e->reason = "ReservedFunctionConcurrentInvocationLimitExceeded";
+		fe_throttled(e, name, reserved, fe->account_concurrency);
 	} else if (fe->inflight_total >= fe->account_concurrency) {
-		fe_set_error(e, 429, "TooManyRequestsException", "Rate Exceeded. The account's concurrency limit (%u) is in use.",
-			     fe->account_concurrency);
-		e->reason = "ConcurrentInvocationLimitExceeded";
+		fe_throttled(e, name, -1, fe->account_concurrency);
 	} else {
 		c->inflight++;
 		fe->inflight_total++;
@@ -47,8 +58,12 @@ bool fe_slot_take(struct frontend *fe, const char *name, long reserved, struct f
 	return ok;
 }
 
-void fe_slot_put(struct frontend *fe, const char *name)
+void fe_slot_put(struct frontend *fe, const char *name, long reserved)
 {
+	if (fe->etcd) {
+		fe_conc_etcd_put(fe, name, reserved);
+		return;
+	}
 	pthread_mutex_lock(&fe->lock);
 	struct fe_counter *c = counter(fe, name, false);
 	if (c && c->inflight)
@@ -190,14 +205,18 @@ int fe_handle_invoke(struct frontend *fe, const struct http_request *req, const 
 		json_decref(p);
 	}
 
-	pthread_mutex_lock(&fe->lock);
+	/* From the cache: no store read on the invoke path (a record is at
+	 * most FE_CACHE_TTL_S stale, and kept while the store is down). */
 	json_t *rec = NULL;
-	int r = fe_record_load(fe, name, &rec);
-	pthread_mutex_unlock(&fe->lock);
+	int r = fe_cache_get(fe, name, &rec);
 	char *arn = fe_function_arn(fe, name, qual);
 	if (r < 0) {
 		if (r == -ENOENT)
 			fe_set_error(&e, 404, "ResourceNotFoundException", "Function not found: %s", arn ? arn : name);
+		else if (r == -ENOTCONN)
+			fe_set_error(&e, 503, "ServiceException",
+				     "Function %s is not cached on this frontend and the shared store (etcd) does not "
+				     "answer. Retry shortly.", name);
 		else
 			fe_set_error(&e, 500, "ServiceException", "cannot read the record of function %s", name);
 		free(arn);
@@ -231,7 +250,12 @@ int fe_handle_invoke(struct frontend *fe, const struct http_request *req, const 
 	if (event) {
 		r = fe_queue_put(fe, name, version, request_id, req->body, req->body_len);
 		json_decref(rec);
-		if (r < 0) {
+		if (r == -ENOTCONN) {
+			fe_set_error(&e, 503, "ServiceException",
+				     "The event could not be queued: the shared store (etcd) does not answer; nothing was "
+				     "accepted. Retry shortly.");
+			fe_answer_error(resp, &e);
+		} else if (r < 0) {
 			fe_set_error(&e, 500, "ServiceException", "The event could not be queued: %s", strerror(-r));
 			fe_answer_error(resp, &e);
 		} else {
@@ -239,7 +263,8 @@ int fe_handle_invoke(struct frontend *fe, const struct http_request *req, const 
 		}
 		return 0;
 	}
-	if (!fe_slot_take(fe, name, reserved_of(rec), &e)) {
+	long reserved = reserved_of(rec);
+	if (!fe_slot_take(fe, name, reserved, &e)) {
 		json_decref(rec);
 		fe_answer_error(resp, &e);
 		return 0;
@@ -248,7 +273,7 @@ int fe_handle_invoke(struct frontend *fe, const struct http_request *req, const 
 	bool tail = logtype && strcmp(logtype, "Tail") == 0;
 	r = fe_run(fe, name, cfg, request_id, req->body, req->body_len, tail,
 		   http_request_header(req, "X-Amz-Client-Context"), fe->sync_wait_ms, &res, &e);
-	fe_slot_put(fe, name);
+	fe_slot_put(fe, name, reserved);
 	if (r < 0) {
 		json_decref(rec);
 		hostagent_invoke_result_cleanup(&res);

@@ -11,7 +11,12 @@
  * there before it leaves queue/).  Throttling, a Pending function and a full
  * host do not count: the event waits and tries again.  At start every file
  * in queue/ is loaded again, so an event accepted before a crash is
- * delivered (at least once). */
+ * delivered (at least once).
+ *
+ * Where the events are kept is a small backend table (struct
+ * fe_queue_backend): the directories above on a single host (here), etcd in
+ * a fleet (queue_etcd.c: any frontend may deliver any event, after claiming
+ * it under its lease).  The delivery logic below is the same for both. */
 #include "frontend/internal.h"
 
 #include <dirent.h>
@@ -31,14 +36,16 @@ static void q_insert(struct frontend *fe, struct fe_qentry *e)
 	*p = e;
 }
 
-static int q_add(struct frontend *fe, const char *file, double not_before)
+int fe_queue_add(struct frontend *fe, const char *file)
 {
+	for (struct fe_qentry *q = fe->queue; q; q = q->next)
+		if (strcmp(q->file, file) == 0)
+			return -EEXIST;
 	struct fe_qentry *e = calloc(1, sizeof(*e));
 	if (!e || !(e->file = strdup(file))) {
 		free(e);
 		return -ENOMEM;
 	}
-	e->not_before = not_before;
 	q_insert(fe, e);
 	pthread_cond_signal(&fe->qcond);
 	return 0;
@@ -57,29 +64,126 @@ int fe_queue_put(struct frontend *fe, const char *name, const char *qualifier, c
 	json_decref(j);
 	if (!text)
 		return -ENOMEM;
+	char key[192];
+	fe->qb->make_key(fe, request_id, key, sizeof(key));
+	int r = fe->qb->put(fe, key, text);
+	free(text);
+	if (r < 0) {
+		if (r != -ENOTCONN)
+			log_err("queue an event for %s (%s): %s", name, key, strerror(-r));
+		return r;
+	}
+	pthread_mutex_lock(&fe->qlock);
+	r = fe_queue_add(fe, key);
+	pthread_mutex_unlock(&fe->qlock);
+	return r == -EEXIST ? 0 : r; /* a scan saw it first */
+}
+
+/* ---- the directory backend ---- */
+
+static char *qpath(struct frontend *fe, const char *key)
+{
+	return xasprintf("%s/%s", fe->queue_dir, key);
+}
+
+static void dir_make_key(struct frontend *fe, const char *request_id, char *key, size_t size)
+{
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	pthread_mutex_lock(&fe->qlock);
 	uint64_t seq = fe->qseq++;
 	pthread_mutex_unlock(&fe->qlock);
-	char file[128];
-	snprintf(file, sizeof(file), "%011lld.%09ld-%06llu-%s.json", (long long)ts.tv_sec, ts.tv_nsec,
+	snprintf(key, size, "%011lld.%09ld-%06llu-%s.json", (long long)ts.tv_sec, ts.tv_nsec,
 		 (unsigned long long)(seq % 1000000), request_id);
-	char *path = xasprintf("%s/%s", fe->queue_dir, file);
+}
+
+static int dir_update(struct frontend *fe, const char *key, const char *text)
+{
+	char *path = qpath(fe, key);
 	int r = path ? write_file_atomic(path, text, strlen(text), 0600) : -ENOMEM;
 	if (r == 0)
 		r = fe_fsync_dir(fe->queue_dir);
+	if (r < 0)
+		log_err("write queued event %s in %s: %s (is the disk full?)", key, fe->queue_dir, strerror(-r));
 	free(path);
-	free(text);
-	if (r < 0) {
-		log_err("queue an event for %s in %s: %s (is the disk full?)", name, fe->queue_dir, strerror(-r));
-		return r;
-	}
-	pthread_mutex_lock(&fe->qlock);
-	r = q_add(fe, file, 0);
-	pthread_mutex_unlock(&fe->qlock);
 	return r;
 }
+
+static int dir_load(struct frontend *fe, const char *key, char **text, size_t *len)
+{
+	char *path = qpath(fe, key);
+	uint8_t *buf = NULL;
+	int r = path ? read_file_all(path, 4u << 20, &buf, len) : -ENOMEM;
+	if (r < 0 && r != -ENOENT)
+		log_err("read queued event %s: %s", path ? path : key, strerror(-r));
+	free(path);
+	*text = (char *)buf;
+	return r;
+}
+
+static int dir_remove(struct frontend *fe, const char *key)
+{
+	char *path = qpath(fe, key);
+	int r = !path ? -ENOMEM : unlink(path) == 0 ? 0 : -errno;
+	if (r == 0)
+		fe_fsync_dir(fe->queue_dir);
+	free(path);
+	return r;
+}
+
+static int dir_dead(struct frontend *fe, const char *key, const char *text)
+{
+	char *dpath = xasprintf("%s/%s", fe->dlq_dir, key);
+	int r = dpath ? write_file_atomic(dpath, text, strlen(text), 0600) : -ENOMEM;
+	if (r == 0)
+		r = fe_fsync_dir(fe->dlq_dir);
+	if (r < 0)
+		log_err("move event %s to the dead-letter list %s: %s; it stays queued", key, fe->dlq_dir, strerror(-r));
+	else
+		dir_remove(fe, key);
+	free(dpath);
+	return r;
+}
+
+static int dir_scan(struct frontend *fe)
+{
+	int r;
+	if ((r = mkdir_p(fe->queue_dir, 0700)) < 0 || (r = mkdir_p(fe->dlq_dir, 0700)) < 0) {
+		log_err("create %s and %s: %s", fe->queue_dir, fe->dlq_dir, strerror(-r));
+		return r;
+	}
+	DIR *d = opendir(fe->queue_dir);
+	if (!d) {
+		r = -errno;
+		log_err("open the event queue %s: %s", fe->queue_dir, strerror(-r));
+		return r;
+	}
+	struct dirent *de;
+	unsigned n = 0;
+	pthread_mutex_lock(&fe->qlock);
+	while ((de = readdir(d))) {
+		size_t l = strlen(de->d_name);
+		if (de->d_name[0] == '.' || l < 6 || strcmp(de->d_name + l - 5, ".json") != 0)
+			continue;
+		if (fe_queue_add(fe, de->d_name) == 0)
+			n++;
+	}
+	pthread_mutex_unlock(&fe->qlock);
+	closedir(d);
+	if (n)
+		log_info("%u queued event(s) from %s will be delivered", n, fe->queue_dir);
+	return 0;
+}
+
+const struct fe_queue_backend fe_queue_dir_backend = {
+	.make_key = dir_make_key,
+	.put = dir_update,
+	.load = dir_load,
+	.update = dir_update,
+	.remove = dir_remove,
+	.dead = dir_dead,
+	.scan = dir_scan,
+};
 
 enum outcome { DELIVERED, LATER, FAILED, DEAD };
 
@@ -97,10 +201,8 @@ static enum outcome deliver(struct frontend *fe, json_t *j, json_t **err)
 				 "the queue entry is not a valid event");
 		return DEAD;
 	}
-	pthread_mutex_lock(&fe->lock);
 	json_t *rec = NULL;
-	int r = fe_record_load(fe, name, &rec);
-	pthread_mutex_unlock(&fe->lock);
+	int r = fe_cache_get(fe, name, &rec);
 	json_t *cfg = r == 0 ? fe_record_version(rec, qual) : NULL;
 	if (!cfg) {
 		free(payload);
@@ -126,14 +228,15 @@ static enum outcome deliver(struct frontend *fe, json_t *j, json_t **err)
 	}
 	struct fe_error e = { 0 };
 	json_t *rv = json_object_get(rec, "ReservedConcurrency");
-	if (!fe_slot_take(fe, name, json_is_integer(rv) ? (long)json_integer_value(rv) : -1, &e)) {
+	long reserved = json_is_integer(rv) ? (long)json_integer_value(rv) : -1;
+	if (!fe_slot_take(fe, name, reserved, &e)) {
 		free(payload);
 		json_decref(rec);
 		return LATER;
 	}
 	struct hostagent_invoke_result res;
 	r = fe_run(fe, name, cfg, id, payload, len, false, NULL, 0, &res, &e);
-	fe_slot_put(fe, name);
+	fe_slot_put(fe, name, reserved);
 	free(payload);
 	json_decref(rec);
 	enum outcome o;
@@ -157,21 +260,28 @@ static enum outcome deliver(struct frontend *fe, json_t *j, json_t **err)
 }
 
 /* Handle |qe| (busy, off the lock): returns the delay before it may run
- * again, or a negative number when it has left the queue. */
+ * again, or a negative number when it has left the queue (here). */
 static double process(struct frontend *fe, struct fe_qentry *qe)
 {
-	char *path = xasprintf("%s/%s", fe->queue_dir, qe->file);
-	uint8_t *text = NULL;
-	size_t len = 0;
-	int r = path ? read_file_all(path, 4u << 20, &text, &len) : -ENOMEM;
-	if (r < 0) {
-		if (r != -ENOENT)
-			log_err("read queued event %s: %s", path ? path : qe->file, strerror(-r));
-		free(path);
-		return r == -ENOENT ? -1 : 5;
+	int r;
+	if (qe->delivered) /* only its removal failed (the store was down) */
+		return fe->qb->remove(fe, qe->file) < 0 ? 1 : -1;
+	if (fe->qb->claim && qe->claim_epoch != fe_fleet_epoch(fe)) {
+		uint64_t epoch = fe_fleet_epoch(fe);
+		r = fe->qb->claim(fe, qe->file);
+		if (r == -EALREADY)
+			return -1; /* another frontend's, or delivered */
+		if (r < 0)
+			return 1; /* the store is down: try again */
+		qe->claim_epoch = epoch;
 	}
+	char *text = NULL;
+	size_t len = 0;
+	r = fe->qb->load(fe, qe->file, &text, &len);
+	if (r < 0)
+		return r == -ENOENT ? -1 : 5;
 	json_error_t jerr;
-	json_t *j = json_loadb((const char *)text, len, 0, &jerr);
+	json_t *j = json_loadb(text, len, 0, &jerr);
 	free(text);
 	json_t *err = NULL;
 	enum outcome o = j ? deliver(fe, j, &err) : DEAD;
@@ -189,42 +299,30 @@ static double process(struct frontend *fe, struct fe_qentry *qe)
 		json_object_set_new(j, "Attempts", json_integer(attempts));
 		if (err)
 			json_object_set(j, "LastError", err);
-		char *s = json_dumps(j, JSON_COMPACT);
 		if (o == FAILED && attempts < FE_MAX_ATTEMPTS) {
-			r = s ? write_file_atomic(path, s, strlen(s), 0600) : -ENOMEM;
-			if (r == 0)
-				r = fe_fsync_dir(fe->queue_dir);
+			char *s = json_dumps(j, JSON_COMPACT);
+			r = s ? fe->qb->update(fe, qe->file, s) : -ENOMEM;
+			free(s);
 			delay = (fe->retry_delay_ms / 1000.0) * (double)(1u << (attempts - 1));
 			log_info("event %s for %s failed (attempt %lld); retrying in %.1f s", id ? id : "?", fn ? fn : "?",
 				 (long long)attempts, delay);
 		} else {
 			json_object_set_new(j, "FailedAt", json_integer((json_int_t)time(NULL)));
+			char *s = json_dumps(j, JSON_COMPACT);
+			r = s ? fe->qb->dead(fe, qe->file, s) : -ENOMEM;
 			free(s);
-			s = json_dumps(j, JSON_COMPACT);
-			char *dpath = xasprintf("%s/%s", fe->dlq_dir, qe->file);
-			r = s && dpath ? write_file_atomic(dpath, s, strlen(s), 0600) : -ENOMEM;
-			if (r == 0)
-				r = fe_fsync_dir(fe->dlq_dir);
-			if (r == 0 && unlink(path) == 0)
-				fe_fsync_dir(fe->queue_dir);
-			if (r < 0) {
-				log_err("move event %s to the dead-letter list %s: %s; it stays queued", qe->file,
-					fe->dlq_dir, strerror(-r));
+			if (r < 0)
 				delay = 10;
-			} else {
-				log_warn("event %s for %s dead-lettered after %lld attempts: %s", id ? id : "?",
-					 fn ? fn : "?", (long long)attempts, dpath);
-			}
-			free(dpath);
+			else
+				log_warn("event %s for %s dead-lettered after %lld attempts (%s)", id ? id : "?",
+					 fn ? fn : "?", (long long)attempts, qe->file);
 		}
-		free(s);
-	} else {
-		if (unlink(path) == 0)
-			fe_fsync_dir(fe->queue_dir);
+	} else if (fe->qb->remove(fe, qe->file) < 0 && fe->qb->claim) {
+		qe->delivered = true; /* the store is down: remove it when it is back */
+		delay = 1;
 	}
 	json_decref(err);
 	json_decref(j);
-	free(path);
 	return delay;
 }
 
@@ -234,6 +332,16 @@ static void *worker_main(void *arg)
 	pthread_mutex_lock(&fe->qlock);
 	while (!fe->qstop) {
 		double now = now_seconds(), next = now + 1;
+		if (fe->qb->rescan_s > 0 && now >= fe->next_scan && !fe->scanning) {
+			/* Events accepted by other frontends, or left by a dead one. */
+			fe->scanning = true;
+			fe->next_scan = now + fe->qb->rescan_s;
+			pthread_mutex_unlock(&fe->qlock);
+			fe->qb->scan(fe);
+			pthread_mutex_lock(&fe->qlock);
+			fe->scanning = false;
+			continue;
+		}
 		struct fe_qentry *pick = NULL;
 		for (struct fe_qentry *e = fe->queue; e; e = e->next) {
 			if (e->busy)
@@ -281,31 +389,11 @@ static void *worker_main(void *arg)
 
 int fe_queue_start(struct frontend *fe, unsigned workers)
 {
-	int r;
-	if ((r = mkdir_p(fe->queue_dir, 0700)) < 0 || (r = mkdir_p(fe->dlq_dir, 0700)) < 0) {
-		log_err("create %s and %s: %s", fe->queue_dir, fe->dlq_dir, strerror(-r));
+	fe->qb = fe->etcd ? &fe_queue_etcd_backend : &fe_queue_dir_backend;
+	int r = fe->qb->scan(fe);
+	if (r < 0 && r != -ENOTCONN)
 		return r;
-	}
-	DIR *d = opendir(fe->queue_dir);
-	if (!d) {
-		r = -errno;
-		log_err("open the event queue %s: %s", fe->queue_dir, strerror(-r));
-		return r;
-	}
-	struct dirent *de;
-	unsigned n = 0;
-	pthread_mutex_lock(&fe->qlock);
-	while ((de = readdir(d))) {
-		size_t l = strlen(de->d_name);
-		if (de->d_name[0] == '.' || l < 6 || strcmp(de->d_name + l - 5, ".json") != 0)
-			continue;
-		if (q_add(fe, de->d_name, 0) == 0)
-			n++;
-	}
-	pthread_mutex_unlock(&fe->qlock);
-	closedir(d);
-	if (n)
-		log_info("%u queued event(s) from %s will be delivered", n, fe->queue_dir);
+	fe->next_scan = now_seconds() + fe->qb->rescan_s;
 	fe->workers = calloc(workers, sizeof(pthread_t));
 	if (!fe->workers)
 		return -ENOMEM;

@@ -13,13 +13,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define VERSION_KEY "_StoreVersion"
+
 int fe_record_load(struct frontend *fe, const char *name, json_t **out)
 {
 	char *text = NULL;
 	size_t len = 0;
-	int r = fe->ops->get(fe->state, name, &text, &len);
+	int64_t version = 0;
+	int r = fe->ops->get_versioned ? fe->ops->get_versioned(fe->state, name, &text, &len, &version)
+				       : fe->ops->get(fe->state, name, &text, &len);
 	if (r < 0) {
-		if (r != -ENOENT)
+		if (r != -ENOENT && r != -ENOTCONN) /* etcd logs its outages once */
 			log_err("read the record of function %s: %s", name, strerror(-r));
 		return r;
 	}
@@ -32,17 +36,35 @@ int fe_record_load(struct frontend *fe, const char *name, json_t **out)
 		json_decref(j);
 		return -EBADMSG;
 	}
+	if (fe->ops->get_versioned)
+		json_object_set_new(j, VERSION_KEY, json_integer(version));
 	*out = j;
 	return 0;
 }
 
 int fe_record_save(struct frontend *fe, const char *name, json_t *rec)
 {
+	json_t *v = json_object_get(rec, VERSION_KEY);
+	int64_t version = json_is_integer(v) ? (int64_t)json_integer_value(v) : 0;
+	json_object_del(rec, VERSION_KEY);
 	char *s = json_dumps(rec, JSON_COMPACT | JSON_SORT_KEYS);
 	if (!s)
 		return -ENOMEM;
-	int r = fe->ops->put(fe->state, name, s, strlen(s));
+	int r = fe->ops->put_if ? fe->ops->put_if(fe->state, name, s, strlen(s), version)
+				: fe->ops->put(fe->state, name, s, strlen(s));
 	free(s);
+	if (r == 0)
+		fe_cache_set(fe, name, rec);
+	else if (r == -EAGAIN)
+		log_info("the record of function %s changed during an update (another frontend); redoing it", name);
+	return r;
+}
+
+int fe_record_delete(struct frontend *fe, const char *name)
+{
+	int r = fe->ops->del(fe->state, name);
+	if (r == 0 || r == -ENOENT)
+		fe_cache_set(fe, name, NULL);
 	return r;
 }
 

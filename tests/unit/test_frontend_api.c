@@ -287,11 +287,11 @@ int main(void)
 	CHECK(fe_slot_take(fe, "g", -1, &e) && fe_slot_take(fe, "g", -1, &e));
 	CHECK(!fe_slot_take(fe, "h", -1, &e) && !strcmp(e.reason, "ConcurrentInvocationLimitExceeded"));
 	CHECK(!fe_slot_take(fe, "h", 0, &e) && !strcmp(e.reason, "ReservedFunctionConcurrentInvocationLimitExceeded"));
-	fe_slot_put(fe, "g");
+	fe_slot_put(fe, "g", -1);
 	CHECK(fe_slot_take(fe, "h", -1, &e));
-	fe_slot_put(fe, "h");
-	fe_slot_put(fe, "g");
-	fe_slot_put(fe, "f");
+	fe_slot_put(fe, "h", -1);
+	fe_slot_put(fe, "g", -1);
+	fe_slot_put(fe, "f", 1);
 
 	/* Body limits: 6 MB sync, 1 MB Event, 1 MB for the rest. */
 	struct http_header ev = { "X-Amz-Invocation-Type", "Event" };

@@ -1,0 +1,679 @@
+/* The frontend on etcd: two frontends in this process sharing a real
+ * 3-member etcd cluster (tests/tools/etcd.sh, ports 25100-25899).
+ *
+ *  - records: two threads, one per frontend, each increment a counter in one
+ *    record 40 times through fe_record_load/fe_record_save (compare and swap,
+ *    redone on -EAGAIN): it ends at exactly 80; concurrent
+ *    UpdateFunctionConfiguration calls on both all answer 200;
+ *  - fleet-wide reserved concurrency: with ReservedConcurrency 4, six
+ *    blocked invokes on each frontend admit 4 in total, the other 8 get 429
+ *    ReservedFunctionConcurrentInvocationLimitExceeded; with no reservation
+ *    and an account limit of 5, 5 are admitted and the rest get
+ *    ConcurrentInvocationLimitExceeded;
+ *  - revoking a frontend's lease removes its holdings; it takes a new lease
+ *    by itself and invokes again;
+ *  - an Event accepted and claimed by frontend A, A freed without
+ *    delivering it: frontend B delivers it;
+ *  - an Event failing 3 times is a dead letter in kindling/dlq/ (with
+ *    Attempts 3), listed by frontend_dlq_etcd_list;
+ *  - every etcd member killed: warm invokes keep answering 200 from the
+ *    record cache and the holdings, Event invokes get 503 ServiceException;
+ *    members back: an Event is accepted and delivered again.
+ *
+ * The host agent is test_agent_ops below, a test double: the real agents
+ * are tested elsewhere; here only what the frontend hands them matters.
+ * The process forks: the parent runs the cluster and stops it whatever the
+ * child did.
+ */
+#include "frontend/internal.h"
+
+#include "common/etcd.h"
+#include "tests/check.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *workdir;
+
+static int sh_etcd(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh_etcd(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	char *cmd = NULL;
+	if (vasprintf(&cmd, fmt, ap) < 0)
+		cmd = NULL;
+	va_end(ap);
+	if (!cmd)
+		return -1;
+	char *full = xasprintf("bash -c '. \"$KINDLING_SOURCE_DIR/tests/tools/etcd.sh\" && %s'", cmd);
+	free(cmd);
+	fflush(NULL);
+	int st = full ? system(full) : -1;
+	free(full);
+	return st == -1 || !WIFEXITED(st) ? -1 : WEXITSTATUS(st);
+}
+
+static void sleep_ms(unsigned ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+}
+
+/* ---- test_agent_ops: a host agent test double ---------------------------------------------------------------------- */
+
+enum agent_mode { AGENT_OK, AGENT_BUSY, AGENT_FAIL, AGENT_GATE };
+
+struct test_agent {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	enum agent_mode mode;
+	bool gate_open;
+	unsigned running, max_running, invokes;
+};
+
+static int ta_invoke(void *arg, const struct hostagent_invoke_request *req, struct hostagent_invoke_result *out)
+{
+	struct test_agent *a = arg;
+	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&a->lock);
+	enum agent_mode mode = a->mode;
+	if (mode == AGENT_BUSY) {
+		pthread_mutex_unlock(&a->lock);
+		return -EBUSY;
+	}
+	a->invokes++;
+	a->running++;
+	if (a->running > a->max_running)
+		a->max_running = a->running;
+	pthread_cond_broadcast(&a->cond);
+	while (mode == AGENT_GATE && !a->gate_open)
+		pthread_cond_wait(&a->cond, &a->lock);
+	a->running--;
+	pthread_mutex_unlock(&a->lock);
+	const char *body = mode == AGENT_FAIL ? "{\"errorType\":\"Boom\",\"errorMessage\":\"test failure\"}" : "{\"ok\":1}";
+	out->outcome = mode == AGENT_FAIL ? HOSTAGENT_FUNCTION_ERROR : HOSTAGENT_OK;
+	out->payload = (uint8_t *)strdup(body);
+	out->payload_len = strlen(body);
+	(void)req;
+	return 0;
+}
+
+static int ta_provision(void *arg, const struct hostagent_function *fn, unsigned n)
+{
+	(void)arg;
+	(void)fn;
+	(void)n;
+	return 0;
+}
+
+static void ta_drain(void *arg, const char *name, const char *version, const char *keep_revision)
+{
+	(void)arg;
+	(void)name;
+	(void)version;
+	(void)keep_revision;
+}
+
+static void ta_get_stats(void *arg, struct hostagent_stats *out)
+{
+	(void)arg;
+	memset(out, 0, sizeof(*out));
+}
+
+static int ta_read_log(void *arg, const char *name, size_t max, char **out, size_t *out_len)
+{
+	(void)arg;
+	(void)name;
+	(void)max;
+	(void)out;
+	(void)out_len;
+	return -ENOENT;
+}
+
+static const struct hostagent_ops test_agent_ops = {
+	.invoke = ta_invoke,
+	.provision = ta_provision,
+	.drain = ta_drain,
+	.get_stats = ta_get_stats,
+	.read_log = ta_read_log,
+};
+
+static void agent_init(struct test_agent *a, enum agent_mode mode)
+{
+	memset(a, 0, sizeof(*a));
+	pthread_mutex_init(&a->lock, NULL);
+	pthread_cond_init(&a->cond, NULL);
+	a->mode = mode;
+}
+
+static void agent_set(struct test_agent *a, enum agent_mode mode, bool gate_open)
+{
+	pthread_mutex_lock(&a->lock);
+	a->mode = mode;
+	a->gate_open = gate_open;
+	a->max_running = 0;
+	pthread_cond_broadcast(&a->cond);
+	pthread_mutex_unlock(&a->lock);
+}
+
+static unsigned agent_get(struct test_agent *a, unsigned *field)
+{
+	pthread_mutex_lock(&a->lock);
+	unsigned v = *field;
+	pthread_mutex_unlock(&a->lock);
+	return v;
+}
+
+/* ---- frontends and requests ---------------------------------------------------------------------------------------- */
+
+struct node {
+	struct etcd *etcd;
+	void *state;
+	struct test_agent agent;
+	struct frontend *fe;
+	char id[16];
+};
+
+static const char *endpoints;
+
+static int node_start(struct node *n, const char *id, unsigned account, enum agent_mode mode)
+{
+	memset(n, 0, sizeof(*n));
+	snprintf(n->id, sizeof(n->id), "%s", id);
+	agent_init(&n->agent, mode);
+	struct etcd_config ec = { .endpoints = endpoints, .timeout_ms = 1000 };
+	int r = etcd_new(&ec, &n->etcd);
+	if (r == 0)
+		r = frontend_state_etcd_open(n->etcd, &n->state);
+	char *dir = xasprintf("%s/fe-%s", workdir, id);
+	struct frontend_config cfg = {
+		.agent_ops = &test_agent_ops,
+		.agent_arg = &n->agent,
+		.state_ops = &frontend_state_etcd_ops,
+		.state_arg = n->state,
+		.state_dir = dir,
+		.store_uri = NULL,
+		.account_concurrency = account,
+		.sync_wait_ms = 100,
+		.async_workers = 2,
+		.retry_delay_ms = 50,
+		.etcd = n->etcd,
+		.frontend_id = id,
+	};
+	if (r == 0)
+		r = frontend_new(&cfg, &n->fe);
+	free(dir);
+	return r;
+}
+
+static void node_stop(struct node *n)
+{
+	frontend_free(n->fe);
+	frontend_state_etcd_close(n->state);
+	etcd_free(n->etcd);
+	n->fe = NULL;
+}
+
+struct answer {
+	unsigned status;
+	char type[128], reason[128];
+};
+
+static void invoke(struct frontend *fe, const char *fn, const char *type, struct answer *a)
+{
+	char raw[256];
+	snprintf(raw, sizeof(raw), "/2015-03-31/functions/%s/invocations", fn);
+	struct http_header h[1] = { { "X-Amz-Invocation-Type", type } };
+	struct http_request req = { .method = "POST", .version = "HTTP/1.1", .raw_path = raw, .path = raw, .query = "",
+				    .headers = h, .n_headers = 1, .body = (const uint8_t *)"{}", .body_len = 2,
+				    .peer = "127.0.0.1:1" };
+	struct http_response resp = { .status = 200 };
+	frontend_http_ops.handle(fe, &req, &resp);
+	memset(a, 0, sizeof(*a));
+	a->status = resp.status;
+	for (size_t i = 0; i < resp.n_headers; i++) {
+		if (strcasecmp(resp.headers[i].name, "x-amzn-ErrorType") == 0)
+			snprintf(a->type, sizeof(a->type), "%s", resp.headers[i].value);
+		free((char *)resp.headers[i].name);
+		free((char *)resp.headers[i].value);
+	}
+	json_t *j = resp.body_len ? json_loadb((const char *)resp.body, resp.body_len, 0, NULL) : NULL;
+	const char *r = json_string_value(json_object_get(j, "Reason"));
+	snprintf(a->reason, sizeof(a->reason), "%s", r ? r : "");
+	json_decref(j);
+	free(resp.headers);
+	free(resp.body);
+}
+
+static unsigned call_status(struct frontend *fe, const char *method, const char *raw, const char *body)
+{
+	struct http_request req = { .method = method, .version = "HTTP/1.1", .raw_path = raw, .path = raw, .query = "",
+				    .body = (const uint8_t *)body, .body_len = strlen(body), .peer = "127.0.0.1:1" };
+	struct http_response resp = { .status = 200 };
+	frontend_http_ops.handle(fe, &req, &resp);
+	for (size_t i = 0; i < resp.n_headers; i++) {
+		free((char *)resp.headers[i].name);
+		free((char *)resp.headers[i].value);
+	}
+	free(resp.headers);
+	free(resp.body);
+	return resp.status;
+}
+
+/* An Active record for |name| (reserved concurrency |reserved|, -1: none). */
+static void put_record(struct etcd *e, const char *name, long reserved)
+{
+	json_t *rec = json_pack("{s:{s:s,s:s,s:s,s:s,s:s,s:i,s:i,s:s},s:{},s:i}", "Latest", "FunctionName", name,
+				"State", "Active", "Version", "$LATEST", "RevisionId", "rev-1", "_ImageDigest",
+				"sha256:0000000000000000000000000000000000000000000000000000000000000000", "MemorySize",
+				128, "Timeout", 3, "LastUpdateStatus", "Successful", "Versions", "NextVersion", 1);
+	if (reserved >= 0)
+		json_object_set_new(rec, "ReservedConcurrency", json_integer(reserved));
+	char *s = json_dumps(rec, JSON_COMPACT);
+	char *key = xasprintf("kindling/functions/%s", name);
+	CHECK(etcd_put(e, key, s, strlen(s), 0, NULL) == 0);
+	free(key);
+	free(s);
+	json_decref(rec);
+}
+
+static size_t count_prefix(struct etcd *e, const char *prefix)
+{
+	struct etcd_kvs kvs = { 0 };
+	if (etcd_range_prefix(e, prefix, NULL, 0, &kvs) < 0)
+		return (size_t)-1;
+	size_t n = kvs.n;
+	etcd_kvs_cleanup(&kvs);
+	return n;
+}
+
+/* The sum of the holders' "held" in |scope|. */
+static long held_sum(struct etcd *e, const char *scope)
+{
+	char *prefix = xasprintf("kindling/concurrency/%s/holders/", scope);
+	struct etcd_kvs kvs = { 0 };
+	long sum = etcd_range_prefix(e, prefix, NULL, 0, &kvs) < 0 ? -1 : 0;
+	for (size_t i = 0; sum >= 0 && i < kvs.n; i++) {
+		json_t *j = json_loadb((const char *)kvs.kvs[i].value, kvs.kvs[i].value_len, 0, NULL);
+		sum += (long)json_integer_value(json_object_get(j, "held"));
+		json_decref(j);
+	}
+	etcd_kvs_cleanup(&kvs);
+	free(prefix);
+	return sum;
+}
+
+#define WAIT_UNTIL(cond, seconds)                                                                                      \
+	do {                                                                                                           \
+		for (int _i = 0; _i < (seconds) * 20 && !(cond); _i++)                                                 \
+			sleep_ms(50);                                                                                  \
+	} while (0)
+
+/* ---- records: compare and swap --------------------------------------------------------------------------------------- */
+
+struct incr_arg {
+	struct frontend *fe;
+	int failures;
+};
+
+static void *incr_main(void *p)
+{
+	struct incr_arg *a = p;
+	for (int i = 0; i < 40; i++) {
+		int r = -EAGAIN;
+		for (int t = 0; t < 200 && r == -EAGAIN; t++) {
+			json_t *rec = NULL;
+			pthread_mutex_lock(&a->fe->lock);
+			r = fe_record_load(a->fe, "casfn", &rec);
+			if (r == 0) {
+				json_int_t n = json_integer_value(json_object_get(rec, "Counter"));
+				json_object_set_new(rec, "Counter", json_integer(n + 1));
+				r = fe_record_save(a->fe, "casfn", rec);
+			}
+			pthread_mutex_unlock(&a->fe->lock);
+			json_decref(rec);
+		}
+		if (r != 0)
+			a->failures++;
+	}
+	return NULL;
+}
+
+struct update_arg {
+	struct frontend *fe;
+	const char *tag;
+	int not_200;
+};
+
+static void *update_main(void *p)
+{
+	struct update_arg *a = p;
+	for (int i = 0; i < 10; i++) {
+		char body[128];
+		snprintf(body, sizeof(body), "{\"Description\":\"%s-%d\"}", a->tag, i);
+		if (call_status(a->fe, "PUT", "/2015-03-31/functions/casfn/configuration", body) != 200)
+			a->not_200++;
+	}
+	return NULL;
+}
+
+static void test_records_cas(struct node *a, struct node *b, struct etcd *e)
+{
+	put_record(e, "casfn", -1);
+	struct incr_arg ia = { a->fe, 0 }, ib = { b->fe, 0 };
+	pthread_t ta, tb;
+	pthread_create(&ta, NULL, incr_main, &ia);
+	pthread_create(&tb, NULL, incr_main, &ib);
+	pthread_join(ta, NULL);
+	pthread_join(tb, NULL);
+	CHECK(ia.failures == 0 && ib.failures == 0);
+	json_t *rec = NULL;
+	CHECK(fe_record_load(a->fe, "casfn", &rec) == 0);
+	printf("CAS counter after 2 x 40 increments from two frontends: %lld\n",
+	       (long long)json_integer_value(json_object_get(rec, "Counter")));
+	CHECK(json_integer_value(json_object_get(rec, "Counter")) == 80);
+	json_decref(rec);
+
+	/* The API's cycles redo themselves on a conflict. */
+	struct update_arg ua = { a->fe, "a", 0 }, ub = { b->fe, "b", 0 };
+	pthread_create(&ta, NULL, update_main, &ua);
+	pthread_create(&tb, NULL, update_main, &ub);
+	pthread_join(ta, NULL);
+	pthread_join(tb, NULL);
+	CHECK(ua.not_200 == 0 && ub.not_200 == 0);
+	/* The counter survived the API's writes. */
+	CHECK(fe_record_load(b->fe, "casfn", &rec) == 0);
+	CHECK(json_integer_value(json_object_get(rec, "Counter")) == 80);
+	json_decref(rec);
+	/* Frontend B sees A's last change within the cache's bound. */
+	CHECK(call_status(a->fe, "PUT", "/2015-03-31/functions/casfn/configuration", "{\"Timeout\":9}") == 200);
+	json_t *cached = NULL;
+	bool seen = false;
+	for (int i = 0; i < 100 && !seen; i++) {
+		CHECK(fe_cache_get(b->fe, "casfn", &cached) == 0);
+		seen = json_integer_value(json_object_get(json_object_get(cached, "Latest"), "Timeout")) == 9;
+		json_decref(cached);
+		if (!seen)
+			sleep_ms(50);
+	}
+	CHECK(seen);
+}
+
+/* ---- fleet-wide concurrency -------------------------------------------------------------------------------------------- */
+
+struct burst_arg {
+	struct frontend *fe;
+	const char *fn;
+	struct answer a;
+};
+
+static void *burst_main(void *p)
+{
+	struct burst_arg *b = p;
+	invoke(b->fe, b->fn, "RequestResponse", &b->a);
+	return NULL;
+}
+
+/* Six blocked invokes of |fn| on each frontend: |admit| run, the rest get
+ * 429 with |reason|. */
+static void burst(struct node *a, struct node *b, const char *fn, unsigned admit, const char *reason)
+{
+	agent_set(&a->agent, AGENT_GATE, false);
+	agent_set(&b->agent, AGENT_GATE, false);
+	struct burst_arg args[12];
+	pthread_t th[12];
+	for (int i = 0; i < 12; i++) {
+		args[i] = (struct burst_arg){ i % 2 ? b->fe : a->fe, fn, { 0 } };
+		pthread_create(&th[i], NULL, burst_main, &args[i]);
+	}
+	WAIT_UNTIL(agent_get(&a->agent, &a->agent.running) + agent_get(&b->agent, &b->agent.running) >= admit, 60);
+	/* Give the refused ones time to be refused, and any excess to show. */
+	sleep_ms(1500);
+	unsigned running = agent_get(&a->agent, &a->agent.running) + agent_get(&b->agent, &b->agent.running);
+	printf("%s: %u running on two frontends (limit %u)\n", fn, running, admit);
+	CHECK(running == admit);
+	agent_set(&a->agent, AGENT_OK, true);
+	agent_set(&b->agent, AGENT_OK, true);
+	unsigned ok = 0, throttled = 0;
+	for (int i = 0; i < 12; i++) {
+		pthread_join(th[i], NULL);
+		if (args[i].a.status == 200)
+			ok++;
+		else if (args[i].a.status == 429 && strcmp(args[i].a.type, "TooManyRequestsException") == 0 &&
+			 strcmp(args[i].a.reason, reason) == 0)
+			throttled++;
+		else
+			fprintf(stderr, "unexpected answer %u %s %s\n", args[i].a.status, args[i].a.type, args[i].a.reason);
+	}
+	CHECK(ok == admit && throttled == 12 - admit);
+}
+
+static void test_concurrency(struct node *a, struct node *b, struct etcd *e)
+{
+	put_record(e, "resfn", 4);
+	burst(a, b, "resfn", 4, "ReservedFunctionConcurrentInvocationLimitExceeded");
+	CHECK(held_sum(e, "function/resfn") <= 4);
+	/* Idle holdings are given back. */
+	long sum = -1;
+	for (int i = 0; i < 200 && sum != 0; i++) {
+		sum = held_sum(e, "function/resfn");
+		if (sum)
+			sleep_ms(50);
+	}
+	CHECK(sum == 0);
+	put_record(e, "plainfn", -1);
+	burst(a, b, "plainfn", 5, "ConcurrentInvocationLimitExceeded");
+}
+
+static void test_lease_revoked(struct node *a, struct etcd *e)
+{
+	/* Hold slots on A, then revoke A's lease behind its back. */
+	agent_set(&a->agent, AGENT_GATE, false);
+	struct burst_arg arg = { a->fe, "resfn", { 0 } };
+	pthread_t th;
+	pthread_create(&th, NULL, burst_main, &arg);
+	WAIT_UNTIL(agent_get(&a->agent, &a->agent.running) == 1, 30);
+	CHECK(count_prefix(e, "kindling/concurrency/function/resfn/holders/A") == 1);
+	struct etcd_kv kv = { 0 };
+	CHECK(etcd_get(e, "kindling/frontends/A", &kv) == 0 && kv.lease != 0);
+	CHECK(etcd_lease_revoke(e, kv.lease) == 0);
+	etcd_kv_cleanup(&kv);
+	CHECK(count_prefix(e, "kindling/concurrency/function/resfn/holders/A") == 0);
+	CHECK(count_prefix(e, "kindling/concurrency/account/holders/A") == 0);
+	agent_set(&a->agent, AGENT_OK, true);
+	pthread_join(th, NULL);
+	CHECK(arg.a.status == 200);
+	/* A takes a new lease by itself and grows again. */
+	bool back = false;
+	for (int i = 0; i < 200 && !back; i++) {
+		back = etcd_get(e, "kindling/frontends/A", &kv) == 0;
+		etcd_kv_cleanup(&kv);
+		if (!back)
+			sleep_ms(50);
+	}
+	CHECK(back);
+	struct answer ans;
+	invoke(a->fe, "resfn", "RequestResponse", &ans);
+	CHECK(ans.status == 200);
+}
+
+/* ---- the queue ------------------------------------------------------------------------------------------------------------ */
+
+static void test_handoff(struct etcd *e)
+{
+	struct node a, b;
+	CHECK(node_start(&a, "A2", 100, AGENT_BUSY) == 0);
+	put_record(e, "evfn", -1);
+	struct answer ans;
+	invoke(a.fe, "evfn", "Event", &ans);
+	CHECK(ans.status == 202);
+	CHECK(count_prefix(e, "kindling/queue/") == 1);
+	/* A claims it and keeps failing to place it (a full host), then dies. */
+	WAIT_UNTIL(count_prefix(e, "kindling/queue-claims/") == 1, 30);
+	CHECK(count_prefix(e, "kindling/queue-claims/") == 1);
+	node_stop(&a);
+	CHECK(count_prefix(e, "kindling/queue-claims/") == 0);
+	CHECK(count_prefix(e, "kindling/queue/") == 1);
+	CHECK(node_start(&b, "B2", 100, AGENT_OK) == 0);
+	WAIT_UNTIL(count_prefix(e, "kindling/queue/") == 0, 60);
+	CHECK(count_prefix(e, "kindling/queue/") == 0);
+	CHECK(agent_get(&b.agent, &b.agent.invokes) == 1);
+	CHECK(count_prefix(e, "kindling/queue-claims/") == 0);
+	node_stop(&b);
+}
+
+static void test_dead_letter(struct node *a, struct node *b, struct etcd *e)
+{
+	agent_set(&a->agent, AGENT_FAIL, true);
+	agent_set(&b->agent, AGENT_FAIL, true);
+	struct answer ans;
+	invoke(a->fe, "evfn", "Event", &ans);
+	CHECK(ans.status == 202);
+	WAIT_UNTIL(count_prefix(e, "kindling/dlq/") == 1, 60);
+	CHECK(count_prefix(e, "kindling/queue/") == 0);
+	struct str_list dl = { 0 };
+	CHECK(frontend_dlq_etcd_list(e, &dl) == 0 && dl.n == 1);
+	json_t *j = dl.n ? json_loads(dl.items[0], 0, NULL) : NULL;
+	CHECK(json_integer_value(json_object_get(j, "Attempts")) == FE_MAX_ATTEMPTS);
+	const char *et = json_string_value(json_object_get(json_object_get(j, "LastError"), "errorType"));
+	CHECK(et && strcmp(et, "Boom") == 0);
+	json_decref(j);
+	str_list_clear(&dl);
+	agent_set(&a->agent, AGENT_OK, true);
+	agent_set(&b->agent, AGENT_OK, true);
+}
+
+/* ---- static stability -------------------------------------------------------------------------------------------------- */
+
+static unsigned invokes(struct node *a, struct node *b)
+{
+	return agent_get(&a->agent, &a->agent.invokes) + agent_get(&b->agent, &b->agent.invokes);
+}
+
+static void test_etcd_down(struct node *a, struct node *b, struct etcd *e)
+{
+	struct answer ans;
+	invoke(a->fe, "plainfn", "RequestResponse", &ans);
+	CHECK(ans.status == 200);
+	CHECK(sh_etcd("kill_etcd_member 0 && kill_etcd_member 1 && kill_etcd_member 2") == 0);
+	struct etcd_kv kv = { 0 };
+	CHECK(etcd_get(e, "kindling/functions/plainfn", &kv) == -ENOTCONN);
+	unsigned ok = 0;
+	for (int i = 0; i < 20; i++) {
+		invoke(a->fe, "plainfn", "RequestResponse", &ans);
+		ok += ans.status == 200;
+		if (ans.status != 200)
+			fprintf(stderr, "invoke with etcd down: %u %s %s\n", ans.status, ans.type, ans.reason);
+		sleep_ms(100);
+	}
+	printf("with every etcd member down: %u of 20 warm invokes answered 200\n", ok);
+	CHECK(ok == 20);
+	invoke(a->fe, "plainfn", "Event", &ans);
+	CHECK(ans.status == 503 && strcmp(ans.type, "ServiceException") == 0);
+	CHECK(sh_etcd("restart_etcd_member 0 && restart_etcd_member 1 && restart_etcd_member 2 && wait_etcd_healthy 60") ==
+	      0);
+	/* Back: Event invokes are accepted and delivered again. */
+	unsigned before = invokes(a, b);
+	for (int i = 0; i < 100; i++) {
+		invoke(a->fe, "plainfn", "Event", &ans);
+		if (ans.status == 202)
+			break;
+		sleep_ms(100);
+	}
+	CHECK(ans.status == 202);
+	WAIT_UNTIL(invokes(a, b) > before, 60);
+	CHECK(invokes(a, b) > before);
+	invoke(a->fe, "plainfn", "RequestResponse", &ans);
+	CHECK(ans.status == 200);
+}
+
+static int run_tests(void)
+{
+	struct etcd *e = NULL;
+	struct etcd_config ec = { .endpoints = endpoints, .timeout_ms = 1000 };
+	CHECK(etcd_new(&ec, &e) == 0);
+	test_handoff(e); /* first: no other frontend may take the event */
+	struct node a, b;
+	CHECK(node_start(&a, "A", 5, AGENT_OK) == 0);
+	CHECK(node_start(&b, "B", 5, AGENT_OK) == 0);
+	if (check_failed)
+		return check_report();
+	test_records_cas(&a, &b, e);
+	test_concurrency(&a, &b, e);
+	test_lease_revoked(&a, e);
+	test_dead_letter(&a, &b, e);
+	test_etcd_down(&a, &b, e);
+	node_stop(&a);
+	node_stop(&b);
+	CHECK(count_prefix(e, "kindling/frontends/") == 0);
+	etcd_free(e);
+	return check_report();
+}
+
+int main(void)
+{
+	if (!getenv("KINDLING_SOURCE_DIR")) {
+		fprintf(stderr, "KINDLING_SOURCE_DIR is not set (run this test through ctest)\n");
+		return 1;
+	}
+	char tmpl[] = "/tmp/kindling-fe-etcd-test.XXXXXX";
+	workdir = mkdtemp(tmpl);
+	if (!workdir) {
+		perror("mkdtemp");
+		return 1;
+	}
+	setenv("KINDLING_HOME", workdir, 1);
+	char *wd = xasprintf("%s/cluster", workdir);
+	setenv("ETCD_WORKDIR", wd, 1);
+	free(wd);
+	if (sh_etcd("base=$(etcd_pick_baseport 25100 25900 3) && start_etcd_cluster \"$ETCD_WORKDIR\" \"$base\" 3 && "
+		    "echo \"$ETCD_ENDPOINTS\" >\"$ETCD_WORKDIR/endpoints\"") != 0) {
+		fprintf(stderr, "could not start a 3-member etcd cluster (logs under %s/cluster)\n", workdir);
+		sh_etcd("stop_etcd_cluster");
+		return 1;
+	}
+	char *path = xasprintf("%s/cluster/endpoints", workdir);
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	if (!path || read_file_all(path, 4096, &buf, &len) < 0) {
+		sh_etcd("stop_etcd_cluster");
+		return 1;
+	}
+	free(path);
+	char *ep = calloc(1, len + 1);
+	memcpy(ep, buf, len);
+	free(buf);
+	while (len && ep[len - 1] == '\n')
+		ep[--len] = 0;
+	endpoints = ep;
+	printf("etcd cluster: %s\n", endpoints);
+	fflush(NULL);
+	pid_t child = fork();
+	if (child == 0)
+		_exit(run_tests());
+	int st = 0;
+	if (child > 0)
+		waitpid(child, &st, 0);
+	sh_etcd("stop_etcd_cluster");
+	int rc = child > 0 && WIFEXITED(st) ? WEXITSTATUS(st) : 1;
+	if (child > 0 && WIFSIGNALED(st))
+		fprintf(stderr, "the test process died of signal %d\n", WTERMSIG(st));
+	if (rc == 0) {
+		char *rm = xasprintf("rm -rf '%s'", workdir);
+		if (rm && system(rm) != 0)
+			fprintf(stderr, "could not remove %s\n", workdir);
+		free(rm);
+	} else {
+		fprintf(stderr, "etcd logs kept under %s/cluster\n", workdir);
+	}
+	free(ep);
+	return rc;
+}
