@@ -224,43 +224,18 @@ static int64_t epoch_ms(void)
 
 /* ---- validation -------------------------------------------------------------------------------------------------- */
 
-static bool name_ok(const char *s)
-{
-	size_t n = s ? strlen(s) : 0;
-	if (n == 0 || n > HA_NAME_MAX)
-		return false;
-	for (size_t i = 0; i < n; i++)
-		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9') ||
-		      s[i] == '-' || s[i] == '_'))
-			return false;
-	return true;
-}
-
-/* Printable ASCII without '/', 1 to |max| bytes: versions, revisions, ids
- * (they end up in headers and log lines). */
-static bool token_ok(const char *s, size_t max, bool empty_ok)
-{
-	size_t n = s ? strlen(s) : 0;
-	if ((!s && !empty_ok) || (n == 0 && !empty_ok) || n > max)
-		return false;
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f || s[i] == '/')
-			return false;
-	return true;
-}
-
 static int check_function(const struct hostagent_function *f)
 {
 	const char *what = NULL;
 	if (!f)
 		what = "no function";
-	else if (!name_ok(f->name))
+	else if (!ha_wire_name_ok(f->name))
 		what = "the name must be 1 to 64 letters, digits, '-' or '_'";
-	else if (!token_ok(f->version, 64, false))
+	else if (!ha_token_ok(f->version, 64, false))
 		what = "bad version";
 	else if (!f->image_digest || !is_sha256_hex(f->image_digest))
 		what = "the image must be a manifest digest of 64 lower-case hex digits";
-	else if (!token_ok(f->revision_id, 128, true))
+	else if (!ha_token_ok(f->revision_id, 128, true))
 		what = "bad revision id";
 	else if (f->memory_mb == 0 || f->timeout_s == 0)
 		what = "memory and timeout must be positive";
@@ -1071,7 +1046,7 @@ int hostagent_invoke(struct hostagent *a, const struct hostagent_invoke_request 
 {
 	memset(out, 0, sizeof(*out));
 	if (!req || check_function(req->fn) < 0 || (req->payload_len && !req->payload) ||
-	    !token_ok(req->request_id, HA_REQUEST_ID_MAX, false) || (req->trace_id && !token_ok(req->trace_id, 256, true)))
+	    !ha_token_ok(req->request_id, HA_REQUEST_ID_MAX, false) || (req->trace_id && !ha_token_ok(req->trace_id, 256, true)))
 		return -EINVAL;
 	char trace[128];
 	const char *t = req->trace_id;
@@ -1551,7 +1526,7 @@ void hostagent_warm_free(struct hostagent_warm *v, size_t n)
 
 int hostagent_read_log(struct hostagent *a, const char *name, size_t max, char **out, size_t *out_len)
 {
-	if (!name_ok(name))
+	if (!ha_wire_name_ok(name))
 		return -EINVAL;
 	return fnlog_read(a->logdir, name, max, out, out_len);
 }

@@ -465,6 +465,11 @@ int ha_wire_errno(const char *marker);
  * or '_'. */
 bool ha_wire_name_ok(const char *s);
 
+/* True if |s| is printable ASCII without '/' of at most |max| bytes, and
+ * not empty (nor NULL) unless |empty_ok|: versions, revisions, request
+ * ids (they end up in headers, paths and log lines). */
+bool ha_token_ok(const char *s, size_t max, bool empty_ok);
+
 /* A JSON string's contents from header |value| (untrusted), malloc'd, or
  * NULL if it is not a JSON string. */
 char *ha_wire_json_string(const char *value);

@@ -147,12 +147,7 @@ static int remote_invoke(void *arg, const struct hostagent_invoke_request *req, 
 	memset(out, 0, sizeof(*out));
 	if (!req || !req->fn || !req->request_id || (req->payload_len && !req->payload))
 		return -EINVAL;
-	size_t idn = strlen(req->request_id);
-	bool id_ok = idn >= 1 && idn <= HA_REQUEST_ID_MAX;
-	for (size_t i = 0; id_ok && i < idn; i++)
-		id_ok = (unsigned char)req->request_id[i] > 0x20 && (unsigned char)req->request_id[i] < 0x7f &&
-			req->request_id[i] != '/';
-	if (!id_ok) {
+	if (!ha_token_ok(req->request_id, HA_REQUEST_ID_MAX, false)) {
 		log_err("invocation for host agent %s: the request id must be 1 to %d printable characters without '/'",
 			h->url, HA_REQUEST_ID_MAX);
 		return -EINVAL;
@@ -215,22 +210,28 @@ static int remote_invoke(void *arg, const struct hostagent_invoke_request *req, 
 	return 0;
 }
 
-static int remote_provision(void *arg, const struct hostagent_function *fn, unsigned n)
+/* POST the JSON |body| (malloc'd, NULL if it could not be made; freed here)
+ * to |path|: 0 on a 200, else the error. */
+static int post_json(struct hostagent_remote *h, const char *path, const char *what, char *body)
 {
-	struct hostagent_remote *h = arg;
-	char *spec = ha_wire_function_json(fn);
-	char *body = spec ? xasprintf("{\"function\":%s,\"n\":%u}", spec, n) : NULL;
-	free(spec);
 	if (!body)
 		return -ENOMEM;
 	struct http_header hdr[] = { { "Content-Type", "application/json" } };
 	struct http_client_response resp;
-	int r = exchange(h, "POST", "/v1/provision", hdr, 1, body, strlen(body), h->timeout_ms, HA_WIRE_MAX_JSON, &resp);
+	int r = exchange(h, "POST", path, hdr, 1, body, strlen(body), h->timeout_ms, HA_WIRE_MAX_JSON, &resp);
 	free(body);
 	if (r == 0 && resp.status != 200)
-		r = refusal(h, "provision", &resp);
+		r = refusal(h, what, &resp);
 	http_client_response_cleanup(&resp);
 	return r;
+}
+
+static int remote_provision(void *arg, const struct hostagent_function *fn, unsigned n)
+{
+	char *spec = ha_wire_function_json(fn);
+	char *body = spec ? xasprintf("{\"function\":%s,\"n\":%u}", spec, n) : NULL;
+	free(spec);
+	return post_json(arg, "/v1/provision", "provision", body);
 }
 
 static void remote_drain(void *arg, const char *name, const char *version, const char *keep_revision)
@@ -239,20 +240,10 @@ static void remote_drain(void *arg, const char *name, const char *version, const
 	json_t *j = json_pack("{s:s,s:s?,s:s?}", "name", name, "version", version, "keep_revision", keep_revision);
 	char *body = j ? json_dumps(j, JSON_COMPACT) : NULL;
 	json_decref(j);
-	if (!body) {
-		log_err("host agent %s: cannot drain %s: out of memory", h->url, name ? name : "?");
-		return;
-	}
-	struct http_header hdr[] = { { "Content-Type", "application/json" } };
-	struct http_client_response resp;
-	int r = exchange(h, "POST", "/v1/drain", hdr, 1, body, strlen(body), h->timeout_ms, HA_WIRE_MAX_JSON, &resp);
-	free(body);
-	if (r == 0 && resp.status != 200)
-		r = refusal(h, "drain", &resp);
-	http_client_response_cleanup(&resp);
+	int r = post_json(h, "/v1/drain", "drain", body);
 	if (r < 0)
 		log_warn("host agent %s: drain of %s did not go through (%s): its old sandboxes end when they expire",
-			 h->url, name, strerror(-r));
+			 h->url, name ? name : "?", strerror(-r));
 }
 
 static uint64_t field(json_t *j, const char *key)

@@ -62,7 +62,7 @@ static int handle_invoke(struct hostagent_server *s, const struct http_request *
 		return r;
 	}
 	const char *id = http_request_header(req, HA_H_REQUEST_ID);
-	if (!id || !*id || strlen(id) > HA_REQUEST_ID_MAX || strchr(id, '/')) {
+	if (!ha_token_ok(id, HA_REQUEST_ID_MAX, false)) {
 		ha_wire_function_cleanup(&w);
 		return refuse(resp, -EINVAL, HA_H_REQUEST_ID " must be 1 to 128 printable characters without '/'");
 	}

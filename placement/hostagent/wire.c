@@ -41,11 +41,9 @@ bool ha_wire_name_ok(const char *s)
 	return true;
 }
 
-/* Printable ASCII without '/', at most |max| bytes (empty allowed when
- * |empty_ok|). */
-static bool token_chars_ok(const char *s, size_t max, bool empty_ok)
+bool ha_token_ok(const char *s, size_t max, bool empty_ok)
 {
-	size_t n = strlen(s);
+	size_t n = s ? strlen(s) : 0;
 	if ((n == 0 && !empty_ok) || n > max)
 		return false;
 	for (size_t i = 0; i < n; i++)
@@ -134,11 +132,11 @@ static int function_from(json_t *o, struct ha_wire_function *w, char *err, size_
 		return r;
 	if (!ha_wire_name_ok(f->name))
 		return fail(err, err_len, "name must be 1 to %d letters, digits, '-' or '_'", HA_NAME_MAX);
-	if (!token_chars_ok(f->version, 64, false))
+	if (!ha_token_ok(f->version, 64, false))
 		return fail(err, err_len, "version must be 1 to 64 printable characters without '/'");
 	if (!is_sha256_hex(f->image_digest))
 		return fail(err, err_len, "image must be a manifest digest of 64 lower-case hex digits");
-	if (f->revision_id && !token_chars_ok(f->revision_id, 128, true))
+	if (f->revision_id && !ha_token_ok(f->revision_id, 128, true))
 		return fail(err, err_len, "revision must be at most 128 printable characters without '/'");
 	if (f->arn && (!*f->arn || strlen(f->arn) > 256))
 		return fail(err, err_len, "arn must be 1 to 256 printable characters");
@@ -262,9 +260,9 @@ int ha_wire_drain_parse(const uint8_t *body, size_t len, void **root, const char
 		return r;
 	if (!ha_wire_name_ok(*name))
 		return fail(err, err_len, "name must be 1 to %d letters, digits, '-' or '_'", HA_NAME_MAX);
-	if (*version && !token_chars_ok(*version, 64, false))
+	if (*version && !ha_token_ok(*version, 64, false))
 		return fail(err, err_len, "version must be 1 to 64 printable characters without '/'");
-	if (*keep_revision && !token_chars_ok(*keep_revision, 128, true))
+	if (*keep_revision && !ha_token_ok(*keep_revision, 128, true))
 		return fail(err, err_len, "keep_revision must be at most 128 printable characters without '/'");
 	return 0;
 }

@@ -15,49 +15,15 @@
 # Missing tools are a failure, not a skip.
 # ctest-labels: no-tsan (fork-heavy sandboxes; the client and server run under TSan in the unit tests)
 . "$(dirname "$0")/lib.sh"
-KINDLING=$KINDLING_BUILD_DIR/kindling
-TOOL=$KINDLING_BUILD_DIR/agent_call
-[ -x "$KINDLING" ] && [ -x "$TOOL" ] || die "kindling or agent_call not built in $KINDLING_BUILD_DIR"
-for tool in jq umoci curl python3; do
-  command -v $tool >/dev/null || die "$tool is not installed (see scripts/apt-packages.txt)"
-done
-[ "$(id -u)" = 0 ] || die "the process sandbox needs root"
-[ -e /dev/fuse ] || die "/dev/fuse is missing"
-
-"$KINDLING_SOURCE_DIR/tests/images/make-hostagent-images.sh" "$T/images" >/dev/null ||
-  die "building the test images failed"
-RT=$("$CHUNKIFY" --json import "oci:$T/images/shell-runtime:1" --name shell-runtime:1 | jq -r .manifest)
-PY=$("$CHUNKIFY" --json import "oci:$T/images/py-stdio:1" --name py-stdio:1 | jq -r .manifest)
-[ ${#RT} = 64 ] && [ ${#PY} = 64 ] || die "import failed"
+. "$(dirname "$0")/agent-lib.sh"
 pass "images built and imported"
 
-PORT=$(free_port)
-URL=http://127.0.0.1:$PORT
-MNT=$KINDLING_HOME/agent/mnt
-AGENT=
-
-start_agent() {
-  "$KINDLING" agent --listen "127.0.0.1:$PORT" --home "$KINDLING_HOME" --host-id h1 --isolation process \
-    --memory-budget 1G >>"$T/agent.out" 2>>"$T/agent.err" &
-  AGENT=$!
-  track_pid $AGENT
-  local i
-  for ((i = 0; i < 300; i++)); do
-    curl -sf "$URL/healthz" >/dev/null 2>&1 && return 0
-    kill -0 $AGENT 2>/dev/null || { cat "$T/agent.err" >&2; die "kindling agent exited at start"; }
-    sleep 0.2
-  done
-  die "kindling agent does not answer /healthz on $URL"
-}
-
 call() { "$TOOL" "$URL" "$@"; }
-# expect JSON FILTER WHAT
-expect() { echo "$1" | jq -e "$2" >/dev/null || { echo "$1" >&2; tail -20 "$T/agent.err" >&2; die "$3"; }; }
 
 FN_RT='{"name":"echo","version":"$LATEST","image":"'$RT'","revision":"r1","memory_mb":128,"timeout_s":10}'
 FN_PY='{"name":"py","version":"$LATEST","image":"'$PY'","revision":"r1","memory_mb":256,"timeout_s":60,"mode":"stdio"}'
 
-start_agent
+start_agent --host-id h79
 pass "kindling agent answers on $URL"
 
 # ---- warm_only with nothing warm ------------------------------------------------------------------------------------
@@ -141,7 +107,7 @@ umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true
 pass "agent killed mid-invocation: ECONNRESET; nothing listening: ENOTCONN"
 
 # ---- SIGTERM: a clean stop -------------------------------------------------------------------------------------------
-start_agent
+start_agent --host-id h79
 out=$(call invoke "$FN_RT" --id after-restart --payload '{"n":1}')
 expect "$out" '.outcome == "ok" and .cold == true' "an invocation after the restart"
 kill -TERM $AGENT

@@ -16,42 +16,14 @@
 # then etcd, then lib.sh's cleanup with the test's exit status.
 trap '_rc=$?; set +e; [ -z "$AGENT" ] || { kill "$AGENT"; wait "$AGENT"; } 2>/dev/null; stop_etcd_cluster >/dev/null 2>&1; (exit $_rc); _cleanup' EXIT
 AGENT=
-KINDLING=$KINDLING_BUILD_DIR/kindling
-TOOL=$KINDLING_BUILD_DIR/agent_call
-[ -x "$KINDLING" ] && [ -x "$TOOL" ] || die "kindling or agent_call not built in $KINDLING_BUILD_DIR"
-for tool in jq umoci curl etcd etcdctl; do
-  command -v $tool >/dev/null || die "$tool is not installed (see scripts/apt-packages.txt)"
-done
-[ "$(id -u)" = 0 ] || die "the process sandbox needs root"
-[ -e /dev/fuse ] || die "/dev/fuse is missing"
-
-"$KINDLING_SOURCE_DIR/tests/images/make-hostagent-images.sh" "$T/images" >/dev/null ||
-  die "building the test images failed"
-RT=$("$CHUNKIFY" --json import "oci:$T/images/shell-runtime:1" --name shell-runtime:1 | jq -r .manifest)
-[ ${#RT} = 64 ] || die "import failed"
+. "$(dirname "$0")/agent-lib.sh" etcd etcdctl
 
 base=$(etcd_pick_baseport 25300 25700 3)
 start_etcd_cluster "$T/etcd" "$base"
 pass "etcd cluster on $ETCD_ENDPOINTS"
 
-PORT=$(free_port)
-URL=http://127.0.0.1:$PORT
-MNT=$KINDLING_HOME/agent/mnt
 KEY=kindling/hosts/h80
-
-start_agent() {
-  "$KINDLING" agent --listen "127.0.0.1:$PORT" --home "$KINDLING_HOME" --etcd "$ETCD_ENDPOINTS" --host-id h80 \
-    --cell cell-8 --isolation process --memory-budget 1G >>"$T/agent.out" 2>>"$T/agent.err" &
-  AGENT=$!
-  track_pid $AGENT
-  local i
-  for ((i = 0; i < 300; i++)); do
-    curl -sf "$URL/healthz" >/dev/null 2>&1 && return 0
-    kill -0 $AGENT 2>/dev/null || { cat "$T/agent.err" >&2; die "kindling agent exited at start"; }
-    sleep 0.2
-  done
-  die "kindling agent does not answer /healthz on $URL"
-}
+agent() { start_agent --etcd "$ETCD_ENDPOINTS" --host-id h80 --cell cell-8; }
 host() { etcdctl --endpoints "$ETCD_ENDPOINTS" --command-timeout=3s get "$KEY" --print-value-only 2>/dev/null || true; }
 # wait_host FILTER SECONDS WHAT: until the registration satisfies the jq FILTER.
 wait_host() {
@@ -83,7 +55,7 @@ wait_gone() {
 FN='{"name":"echo","version":"$LATEST","image":"'$RT'","revision":"r1","memory_mb":128,"timeout_s":10}'
 
 # ---- the registration and its fields -----------------------------------------------------------------------------------
-start_agent
+agent
 wait_host '.id == "h80"' 30 "the host never registered"
 wait_host ".id == \"h80\" and .url == \"$URL\" and .cell == \"cell-8\" and .memory_total_mb == 1024 and
   .memory_used_mb == 0 and .slots_total == 8 and .slots_used == 0 and .warm == [] and
@@ -128,7 +100,7 @@ umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true
 wait_gone 30 "the registration outlived a killed agent"
 pass "SIGKILL: the registration expired with the lease"
 
-start_agent
+agent
 wait_host '.id == "h80"' 30 "the host did not register after a restart"
 kill -TERM $AGENT
 rc=0
