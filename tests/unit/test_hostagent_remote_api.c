@@ -5,6 +5,7 @@
  *     starts nothing (the same call without it reaches the store: -ENOENT);
  *   - provision, drain, stats and logs go through, with their errors;
  *   - bad requests get 400 naming the field, unknown routes 404/405;
+ *   - eight threads at once through one client;
  *   - transport failures: nothing listening is -ENOTCONN; a peer that
  *     takes the request and resets the connection is -ECONNRESET; an HTTP
  *     server that is not an agent is -EPROTO.
@@ -132,6 +133,41 @@ static void raw(const char *method, const char *url, const char *hdr, const char
 	curl_easy_cleanup(h);
 }
 
+/* Many threads through one client (its pool of connections). */
+struct par {
+	struct hostagent_remote *h;
+	int eagain;
+};
+
+static void *par_main(void *arg)
+{
+	struct par *p = arg;
+	struct hostagent_function f = fn(HOSTAGENT_MODE_RUNTIME_API);
+	char id[32];
+	for (int i = 0; i < 20; i++) {
+		snprintf(id, sizeof(id), "par-%d", i);
+		struct hostagent_invoke_request req = { .fn = &f, .request_id = id, .warm_only = true };
+		struct hostagent_invoke_result res;
+		p->eagain += hostagent_remote_ops.invoke(p->h, &req, &res) == -EAGAIN;
+		hostagent_invoke_result_cleanup(&res);
+	}
+	return NULL;
+}
+
+static void test_parallel(struct hostagent_remote *h)
+{
+	pthread_t t[8];
+	struct par p[8];
+	for (int i = 0; i < 8; i++) {
+		p[i] = (struct par){ h, 0 };
+		pthread_create(&t[i], NULL, par_main, &p[i]);
+	}
+	for (int i = 0; i < 8; i++) {
+		pthread_join(t[i], NULL);
+		CHECK(p[i].eagain == 20);
+	}
+}
+
 static void test_agent(struct hostagent *a, const char *url)
 {
 	struct hostagent_remote *h = NULL;
@@ -155,7 +191,8 @@ static void test_agent(struct hostagent *a, const char *url)
 		CHECK(ops->invoke(h, &req, &res) == -ENOENT);
 		hostagent_invoke_result_cleanup(&res);
 	}
-	/* A bad request id: -EINVAL from the agent's 400. */
+	test_parallel(h);
+	/* A bad request id: -EINVAL before anything is sent. */
 	struct hostagent_function f = fn(HOSTAGENT_MODE_RUNTIME_API);
 	struct hostagent_invoke_request bad = { .fn = &f, .request_id = "a/b" };
 	struct hostagent_invoke_result res;
