@@ -110,6 +110,10 @@ static int exchange(struct hostagent_remote *h, const char *method, const char *
 	http_client_response_cleanup(resp);
 	if (r == -ENOMEM)
 		return r;
+	if (r == -EINVAL) {
+		log_err("host agent %s: %s %s: the URL is not valid", h->url, method, path);
+		return r;
+	}
 	if (r == -ECONNREFUSED)
 		return -ENOTCONN;
 	log_warn("host agent %s: %s %s: %s", h->url, method, path,
