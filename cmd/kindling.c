@@ -72,6 +72,7 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: kindling run IMAGE [options] [-- CMD ARGS...]\n"
 		"       kindling serve|logs|dlq ... (the Lambda-compatible service; kindling serve --help)\n"
+		"       kindling agent ... (one host of a fleet; kindling agent --help)\n"
 		"\n"
 		"Attach IMAGE (NAME[:TAG] or a manifest digest) lazily and run its entrypoint (or CMD ARGS)\n"
 		"in a sandbox; report time to first output, time to exit and what was fetched from where.\n"
@@ -513,6 +514,8 @@ int main(int argc, char **argv)
 		return cmd_run(argc - 2, argv + 2, t0);
 	if (argc >= 2 && strcmp(argv[1], "serve") == 0)
 		return cmd_serve(argc - 2, argv + 2);
+	if (argc >= 2 && strcmp(argv[1], "agent") == 0)
+		return cmd_agent(argc - 2, argv + 2);
 	if (argc >= 2 && strcmp(argv[1], "logs") == 0)
 		return cmd_logs(argc - 2, argv + 2);
 	if (argc >= 2 && strcmp(argv[1], "dlq") == 0)

@@ -216,19 +216,18 @@ int cmd_serve(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	struct hostagent_config acfg = { 0 };
-	acfg.cache.origin_uri = store ? store : def_store;
-	acfg.cache.l1_dir = l1_dir;
-	acfg.state_dir = agent_dir;
-	acfg.isolation = isolation;
-	acfg.memory_budget = budget;
-	acfg.idle_timeout_s = idle;
-	acfg.region = region;
-	int r = hostagent_new(&acfg, &agent);
-	if (r < 0) {
-		fprintf(stderr, "kindling serve: the host agent did not start: %s (see the messages above)\n", strerror(-r));
+	struct cmd_agent_opts ao = {
+		.store = store ? store : def_store,
+		.l1_dir = l1_dir,
+		.state_dir = agent_dir,
+		.isolation = isolation,
+		.region = region,
+		.memory_budget = budget,
+		.idle_timeout_s = idle,
+	};
+	int r = cmd_hostagent_start("kindling serve", &ao, &agent);
+	if (r < 0)
 		goto out;
-	}
 	if ((r = frontend_state_dir_open(fn_dir, &st)) < 0)
 		goto out;
 	struct frontend_config fcfg = {

@@ -224,43 +224,18 @@ static int64_t epoch_ms(void)
 
 /* ---- validation -------------------------------------------------------------------------------------------------- */
 
-static bool name_ok(const char *s)
-{
-	size_t n = s ? strlen(s) : 0;
-	if (n == 0 || n > HA_NAME_MAX)
-		return false;
-	for (size_t i = 0; i < n; i++)
-		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9') ||
-		      s[i] == '-' || s[i] == '_'))
-			return false;
-	return true;
-}
-
-/* Printable ASCII without '/', 1 to |max| bytes: versions, revisions, ids
- * (they end up in headers and log lines). */
-static bool token_ok(const char *s, size_t max, bool empty_ok)
-{
-	size_t n = s ? strlen(s) : 0;
-	if ((!s && !empty_ok) || (n == 0 && !empty_ok) || n > max)
-		return false;
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f || s[i] == '/')
-			return false;
-	return true;
-}
-
 static int check_function(const struct hostagent_function *f)
 {
 	const char *what = NULL;
 	if (!f)
 		what = "no function";
-	else if (!name_ok(f->name))
+	else if (!ha_wire_name_ok(f->name))
 		what = "the name must be 1 to 64 letters, digits, '-' or '_'";
-	else if (!token_ok(f->version, 64, false))
+	else if (!ha_token_ok(f->version, 64, false))
 		what = "bad version";
 	else if (!f->image_digest || !is_sha256_hex(f->image_digest))
 		what = "the image must be a manifest digest of 64 lower-case hex digits";
-	else if (!token_ok(f->revision_id, 128, true))
+	else if (!ha_token_ok(f->revision_id, 128, true))
 		what = "bad revision id";
 	else if (f->memory_mb == 0 || f->timeout_s == 0)
 		what = "memory and timeout must be positive";
@@ -335,6 +310,15 @@ static int image_get(struct hostagent *a, const char *digest, struct image_ref *
 		*out = ref;
 		return 0;
 	}
+}
+
+/* True if the image |digest| is attached and ready.  Locked. */
+static bool image_ready_locked(struct hostagent *a, const char *digest)
+{
+	for (struct image_ref *ref = a->images; ref; ref = ref->next)
+		if (strcmp(ref->digest, digest) == 0)
+			return ref->state == IMG_READY;
+	return false;
 }
 
 static void image_put_locked(struct hostagent *a, struct image_ref *ref)
@@ -782,8 +766,8 @@ static void finish_log(struct sandbox *sb, const struct hostagent_invoke_request
 
 /* Take an idle sandbox of |f| or start one.  Returns 0 with |*out| held
  * (users), or -errno. */
-static int acquire(struct hostagent *a, const struct hostagent_function *f, bool allow_warm, struct sandbox **out,
-		   bool *cold)
+static int acquire(struct hostagent *a, const struct hostagent_function *f, bool allow_warm, bool warm_only,
+		   struct sandbox **out, bool *cold)
 {
 	struct pool_key key = key_of(f);
 	pthread_mutex_lock(&a->lock);
@@ -792,6 +776,10 @@ static int acquire(struct hostagent *a, const struct hostagent_function *f, bool
 		return -ESHUTDOWN;
 	}
 	struct pool_entry *e = allow_warm ? pool_pick_idle(&a->pool, &key) : NULL;
+	if (!e && warm_only && (f->mode != HOSTAGENT_MODE_STDIO || !image_ready_locked(a, f->image_digest))) {
+		pthread_mutex_unlock(&a->lock);
+		return -EAGAIN; /* no warm sandbox (plain mode: the image is not attached) */
+	}
 	if (e) {
 		struct sandbox *sb = sb_of(e);
 		e->state = POOL_BUSY;
@@ -853,7 +841,7 @@ static int invoke_api(struct hostagent *a, const struct hostagent_invoke_request
 	for (int attempt = 0;; attempt++) {
 		struct sandbox *sb = NULL;
 		bool cold = false;
-		int r = acquire(a, f, attempt == 0, &sb, &cold);
+		int r = acquire(a, f, attempt == 0, req->warm_only, &sb, &cold);
 		if (r < 0)
 			return r;
 		struct rapi_invocation inv = {
@@ -954,7 +942,7 @@ static int invoke_stdio(struct hostagent *a, const struct hostagent_invoke_reque
 	const struct hostagent_function *f = req->fn;
 	struct sandbox *sb = NULL;
 	bool cold;
-	int r = acquire(a, f, false, &sb, &cold);
+	int r = acquire(a, f, false, req->warm_only, &sb, &cold);
 	if (r < 0)
 		return r;
 	/* The event, on stdin. */
@@ -1058,7 +1046,7 @@ int hostagent_invoke(struct hostagent *a, const struct hostagent_invoke_request 
 {
 	memset(out, 0, sizeof(*out));
 	if (!req || check_function(req->fn) < 0 || (req->payload_len && !req->payload) ||
-	    !token_ok(req->request_id, HA_REQUEST_ID_MAX, false) || (req->trace_id && !token_ok(req->trace_id, 256, true)))
+	    !ha_token_ok(req->request_id, HA_REQUEST_ID_MAX, false) || (req->trace_id && !ha_token_ok(req->trace_id, 256, true)))
 		return -EINVAL;
 	char trace[128];
 	const char *t = req->trace_id;
@@ -1479,9 +1467,66 @@ void hostagent_get_stats(struct hostagent *a, struct hostagent_stats *out)
 	pthread_mutex_unlock(&a->lock);
 }
 
+int hostagent_list_warm(struct hostagent *a, struct hostagent_warm **out, size_t *n_out)
+{
+	*out = NULL;
+	*n_out = 0;
+	struct hostagent_warm *v = NULL;
+	size_t n = 0;
+	int r = 0;
+	pthread_mutex_lock(&a->lock);
+	for (size_t i = 0; i < a->pool.n && r == 0; i++) {
+		struct pool_entry *e = a->pool.v[i];
+		if (e->state == POOL_ENDING || e->oneshot)
+			continue;
+		size_t j = 0;
+		while (j < n && !(strcmp(v[j].name, e->key.name) == 0 && strcmp(v[j].version, e->key.version) == 0 &&
+				  strcmp(v[j].revision, e->key.revision) == 0 && strcmp(v[j].image, e->key.digest) == 0))
+			j++;
+		if (j == n) {
+			struct hostagent_warm *nv = realloc(v, (n + 1) * sizeof(*v));
+			if (!nv) {
+				r = -ENOMEM;
+				break;
+			}
+			v = nv;
+			memset(&v[n], 0, sizeof(v[n]));
+			v[n].name = strdup(e->key.name);
+			v[n].version = strdup(e->key.version);
+			v[n].revision = strdup(e->key.revision);
+			v[n].image = strdup(e->key.digest);
+			n++;
+			if (!v[j].name || !v[j].version || !v[j].revision || !v[j].image)
+				r = -ENOMEM;
+		}
+		v[j].idle += e->state == POOL_IDLE;
+		v[j].busy += e->state == POOL_BUSY;
+		v[j].provisioned += e->provisioned && sb_of(e)->initialised;
+	}
+	pthread_mutex_unlock(&a->lock);
+	if (r < 0) {
+		hostagent_warm_free(v, n);
+		return r;
+	}
+	*out = v;
+	*n_out = n;
+	return 0;
+}
+
+void hostagent_warm_free(struct hostagent_warm *v, size_t n)
+{
+	for (size_t i = 0; v && i < n; i++) {
+		free(v[i].name);
+		free(v[i].version);
+		free(v[i].revision);
+		free(v[i].image);
+	}
+	free(v);
+}
+
 int hostagent_read_log(struct hostagent *a, const char *name, size_t max, char **out, size_t *out_len)
 {
-	if (!name_ok(name))
+	if (!ha_wire_name_ok(name))
 		return -EINVAL;
 	return fnlog_read(a->logdir, name, max, out, out_len);
 }

@@ -116,7 +116,13 @@ struct hostagent_invoke_request {
 	bool want_log_tail;	/* fill hostagent_invoke_result.log_tail */
 	/* Only an idle warm sandbox will do: if there is none, return -EAGAIN
 	 * at once rather than start one (a frontend's warm path in a fleet:
-	 * a cold start there goes through placement first). */
+	 * a cold start there goes through placement first).  A Runtime API
+	 * function needs an idle sandbox of its version, revision and image (a
+	 * warm one whose runtime exited meanwhile is -EAGAIN too, not a cold
+	 * start).  A plain-mode run keeps no sandbox, only its image attached,
+	 * so there "warm" means the image is attached on this host (whichever
+	 * function ran it last): the run starts the entrypoint on a warm
+	 * cache. */
 	bool warm_only;
 };
 
@@ -160,8 +166,9 @@ void hostagent_free(struct hostagent *a);
  * without '/'.  Returns 0 with |*out| filled (hostagent_invoke_result_cleanup
  * in every case), or -EINVAL for a bad request (logged), -ENOENT if the
  * image is not in the store, -EBUSY if the memory budget is full of busy or
- * provisioned sandboxes, -ESHUTDOWN while the agent is being freed, or
- * another -errno when no sandbox could be set up (logged). */
+ * provisioned sandboxes, -EAGAIN with |req->warm_only| and nothing warm
+ * (not logged), -ESHUTDOWN while the agent is being freed, or another
+ * -errno when no sandbox could be set up (logged). */
 int hostagent_invoke(struct hostagent *a, const struct hostagent_invoke_request *req,
 		     struct hostagent_invoke_result *out);
 
@@ -196,6 +203,22 @@ struct hostagent_stats {
 /* A snapshot of the agent's counters. */
 void hostagent_get_stats(struct hostagent *a, struct hostagent_stats *out);
 
+/* One function version's sandboxes on this host, for its registration. */
+struct hostagent_warm {
+	char *name, *version, *revision, *image; /* malloc'd; revision "" if none */
+	unsigned idle, busy;	/* sandboxes waiting for work / running one (or starting for one) */
+	unsigned provisioned;	/* of them, provisioned ones that are initialised */
+};
+
+/* The sandboxes alive and not ending, grouped by (name, version, revision,
+ * image), in no particular order; plain-mode runs are not counted (they keep
+ * nothing warm).  Returns 0 with |*out| (|*n| entries, possibly 0; free with
+ * hostagent_warm_free), or -ENOMEM. */
+int hostagent_list_warm(struct hostagent *a, struct hostagent_warm **out, size_t *n);
+
+/* Free what hostagent_list_warm returned; NULL is ok. */
+void hostagent_warm_free(struct hostagent_warm *v, size_t n);
+
 /* The agent's log of function |name|: its invocations' output with Lambda's
  * START, END and REPORT lines, oldest first, at most |max| bytes from the end.
  * |*out| is malloc'd.  Returns 0, -ENOENT if the function never ran here, or
@@ -226,6 +249,95 @@ struct hostagent_ops {
 };
 
 extern const struct hostagent_ops hostagent_local_ops;
+
+/* ---- one agent over HTTP (`kindling agent`) ----
+ *
+ * The agent's API, for frontends on other hosts (server.c; the routes and
+ * headers are in README.md, "The agent's HTTP API"):
+ *   POST /v1/invoke      the event as the raw body, the function and options
+ *                        in Kindling-* headers; 200 with the response or
+ *                        error JSON and the result in headers
+ *   POST /v1/provision   {"function":{...},"n":N}
+ *   POST /v1/drain       {"name","version","keep_revision"}
+ *   GET  /v1/stats, GET /v1/logs/NAME?bytes=N, GET /healthz
+ * A call the agent refuses gets a status and a Kindling-Error marker:
+ * 400 bad-request, 404 not-found, 409 no-warm-sandbox (-EAGAIN), 429 full
+ * (-EBUSY), 503 shutting-down, 500 agent-error. */
+struct hostagent_server;
+
+/* Serve |a|'s API on |listen| ("127.0.0.1:9101"; port 0 picks one).  |a|
+ * must outlive the server.  Returns 0 with |*out| (hostagent_server_free),
+ * or -errno from http_server_start (logged). */
+int hostagent_server_start(struct hostagent *a, const char *listen, struct hostagent_server **out);
+
+/* "127.0.0.1:41234": where |s| listens. */
+const char *hostagent_server_address(const struct hostagent_server *s);
+
+/* Stop accepting calls, wait for those in progress to be answered, free;
+ * NULL is ok.  Free the server before its agent. */
+void hostagent_server_free(struct hostagent_server *s);
+
+/* A client of one remote agent, for hostagent_remote_ops (|arg|).
+ * Thread-safe: it keeps a pool of connections. */
+struct hostagent_remote;
+
+/* A client of the agent at |url| ("http://127.0.0.1:9101"); |timeout_ms|
+ * bounds every call but invoke (0 = 10 s); an invocation may take the
+ * function's Timeout twice (the runtime's init, then the call) plus a
+ * minute for the image and the sandbox (warm_only: Timeout + 15 s).  No
+ * connection is made yet.  Returns 0 with |*out| (hostagent_remote_free),
+ * -EINVAL for a URL that is not http(s)://... (logged), or -ENOMEM. */
+int hostagent_remote_new(const char *url, unsigned timeout_ms, struct hostagent_remote **out);
+
+/* Free; NULL is ok.  No call may be in progress. */
+void hostagent_remote_free(struct hostagent_remote *h);
+
+/* The table over a struct hostagent_remote.  invoke returns, besides the
+ * agent's own errors (-EINVAL, -ENOENT, -EAGAIN, -EBUSY, -ESHUTDOWN, -EIO
+ * for any other failure there): -ENOTCONN when the connection was refused
+ * (nothing got the invocation), -ECONNRESET when the exchange broke after
+ * the request may have gone out (reset, timeout, an answer that is not the
+ * agent's), -EPROTO for an error status without the agent's marker.
+ * drain and get_stats log their failures (get_stats then reports zeros);
+ * read_log returns -ENOENT if the function never ran there. */
+extern const struct hostagent_ops hostagent_remote_ops;
+
+/* ---- the agent's registration in etcd (placement/README.md) ---- */
+
+struct hostagent_register_config {
+	const char *etcd_endpoints; /* "http://127.0.0.1:2379,..."; required */
+	const char *host_id;	    /* HOST in kindling/hosts/HOST: 1 to 64 of [A-Za-z0-9_.-]; required */
+	const char *url;	    /* where frontends reach the agent's API; required */
+	const char *cell;	    /* NULL = "cell-0" */
+	const char *l1_dir;	    /* the L1 directory whose chunks the Bloom summary lists; NULL = none */
+	unsigned ttl_s;		    /* the lease's TTL (0 = 5) */
+	unsigned interval_ms;	    /* how often the key is re-put and the lease kept alive (0 = 1000) */
+	unsigned bloom_interval_ms; /* how often the L1 directory is scanned again (0 = 5000) */
+};
+
+struct hostagent_register;
+
+/* Register |a| in etcd and keep it registered, from a thread of its own:
+ * grant a lease of ttl_s, put kindling/hosts/HOST under it with the host's
+ * capacity, warm sandboxes and L1 summary, re-put it every interval and
+ * keep the lease alive; when the lease has expired or etcd was unreachable,
+ * grant a new one and register again once etcd answers.  While etcd is
+ * down the agent keeps serving: failures are only logged (once a minute at
+ * most).  The first registration is attempted before this returns, but
+ * its failure is not an error.  |a| must outlive the registration.
+ * Returns 0 with |*out| (hostagent_register_stop), -EINVAL for a bad
+ * config (logged, naming the field), or -errno. */
+int hostagent_register_start(struct hostagent *a, const struct hostagent_register_config *cfg,
+			     struct hostagent_register **out);
+
+/* The registration as JSON, as it would be put now (for tests and the
+ * operator): malloc'd, or NULL. */
+char *hostagent_register_json(struct hostagent_register *r);
+
+/* Stop the thread and revoke the lease, so the host leaves etcd at once
+ * (best effort: if etcd is down the key expires with its TTL); NULL is
+ * ok. */
+void hostagent_register_stop(struct hostagent_register *r);
 
 /* True if Lambda reserves the environment variable |key| (AWS_REGION,
  * AWS_LAMBDA_FUNCTION_NAME, _HANDLER, TZ, ...): a function's

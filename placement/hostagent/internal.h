@@ -386,4 +386,92 @@ enum rapi_outcome rapi_wait(struct rapi *r, struct rapi_invocation *inv, double 
 /* When the runtime first asked for work (now_seconds()), or < 0 if never. */
 double rapi_first_next_at(struct rapi *r);
 
+/* ======================================================================
+ * wire.c: the agent's HTTP API as both ends see it (pure, fuzzed).
+ *
+ * POST /v1/invoke carries the event as the raw body; the function and the
+ * request's options ride in headers (HA_H_*), the function as compact
+ * ASCII-only JSON (ha_wire_function_json).  The answer to an invocation
+ * that ran is 200 with the response or error JSON as the raw body and the
+ * result in headers; a call the agent refused is an error status with
+ * HA_H_ERROR naming why (ha_wire_status), so a client never mistakes some
+ * other server's 404 for the agent's.
+ * ====================================================================== */
+
+#define HA_H_FUNCTION "Kindling-Function"	/* the function spec, JSON */
+#define HA_H_REQUEST_ID "Kindling-Request-Id"
+#define HA_H_TRACE_ID "Kindling-Trace-Id"
+#define HA_H_CLIENT_CONTEXT "Kindling-Client-Context"
+#define HA_H_WANT_TAIL "Kindling-Want-Log-Tail"	/* "1" */
+#define HA_H_WARM_ONLY "Kindling-Warm-Only"	/* "1" */
+#define HA_H_OUTCOME "Kindling-Outcome"		/* "ok" | "error" */
+#define HA_H_COLD "Kindling-Cold"		/* "1" | "0" */
+#define HA_H_INIT_S "Kindling-Init-S"
+#define HA_H_DURATION_S "Kindling-Duration-S"
+#define HA_H_MAX_MEMORY "Kindling-Max-Memory"
+#define HA_H_LOG_TAIL "Kindling-Log-Tail"	/* a JSON string (ASCII, escaped) */
+#define HA_H_ERROR "Kindling-Error"		/* why a call was refused: a marker below */
+
+/* The largest request header block the agent accepts (the function spec
+ * with its environment rides there). */
+#define HA_WIRE_MAX_HEADERS (64u << 10)
+/* The largest JSON body of the other calls. */
+#define HA_WIRE_MAX_JSON (64u << 10)
+
+/* A function spec parsed from the wire: |f| points into |root| and the
+ * arrays here.  ha_wire_function_cleanup frees it. */
+struct ha_wire_function {
+	struct hostagent_function f;
+	void *root; /* json_t */
+	char **env, **entrypoint, **command;
+};
+
+/* Parse and check the function spec |json| (untrusted) into |*out|:
+ * {"name","version","image","revision","arn","memory_mb","timeout_s",
+ * "env":["K=V"],"entrypoint":[...],"command":[...],"working_dir",
+ * "mode":"api"|"stdio"}, with name, version, image, memory_mb and timeout_s
+ * required.  Returns 0, or -EINVAL with |err| saying which field is wrong
+ * and why, or -ENOMEM.  Cleanup |*out| in every case. */
+int ha_wire_function_parse(const char *json, struct ha_wire_function *out, char *err, size_t err_len);
+
+void ha_wire_function_cleanup(struct ha_wire_function *w);
+
+/* |f| as the JSON ha_wire_function_parse reads (compact, ASCII-only, so it
+ * fits a header), malloc'd, or NULL. */
+char *ha_wire_function_json(const struct hostagent_function *f);
+
+/* The body of POST /v1/provision: {"function":{spec},"n":N}.  Same
+ * contract as ha_wire_function_parse. */
+int ha_wire_provision_parse(const uint8_t *body, size_t len, struct ha_wire_function *fn, unsigned *n, char *err,
+			    size_t err_len);
+
+/* The body of POST /v1/drain: {"name","version"?,"keep_revision"?}.  The
+ * strings point into |*root| (json_decref it in every case).  0 or -EINVAL
+ * with |err| naming the field. */
+int ha_wire_drain_parse(const uint8_t *body, size_t len, void **root, const char **name, const char **version,
+			const char **keep_revision, char *err, size_t err_len);
+
+/* The status and HA_H_ERROR marker the agent answers an error |err| of
+ * hostagent_* with: -EINVAL 400 "bad-request", -ENOENT 404 "not-found",
+ * -EAGAIN 409 "no-warm-sandbox", -EBUSY 429 "full", -ESHUTDOWN 503
+ * "shutting-down", anything else 500 "agent-error". */
+void ha_wire_status(int err, unsigned *status, const char **marker);
+
+/* The -errno a client returns for the marker |marker| (untrusted; NULL or
+ * unknown: -EPROTO, the peer is not an agent). */
+int ha_wire_errno(const char *marker);
+
+/* True if |s| is a function name: 1 to HA_NAME_MAX letters, digits, '-'
+ * or '_'. */
+bool ha_wire_name_ok(const char *s);
+
+/* True if |s| is printable ASCII without '/' of at most |max| bytes, and
+ * not empty (nor NULL) unless |empty_ok|: versions, revisions, request
+ * ids (they end up in headers, paths and log lines). */
+bool ha_token_ok(const char *s, size_t max, bool empty_ok);
+
+/* A JSON string's contents from header |value| (untrusted), malloc'd, or
+ * NULL if it is not a JSON string. */
+char *ha_wire_json_string(const char *value);
+
 #endif
