@@ -69,22 +69,24 @@ wait_warm() {
   done
   die "no host registered an idle sandbox of $1 within 30 s"
 }
-# delivered ID: the Event invoke ID has run on some agent (its log has START)
-delivered() { grep -rqs --include='*.log*' "START RequestId: $1" "$T"/fleet/agent*/; }
+# seen_ids FILE: every request id that started on some agent (its log has
+# START) or sits in the dead-letter list, sorted, into FILE
+seen_ids() {
+  { grep -rhos --include='*.log*' 'START RequestId: [^ ]*' "$T"/fleet/agent*/ | awk '{print $3}'
+    etcdctl --endpoints "$ETCD_ENDPOINTS" --command-timeout=3s get --prefix --print-value-only kindling/dlq/ 2>/dev/null |
+      jq -r '.RequestId // empty' 2>/dev/null; } | sort -u >"$1"
+}
 # wait_delivered FILE SECONDS: until every id in FILE is delivered or dead-lettered
 wait_delivered() {
-  local i id missing
+  local i missing
+  sort -u "$1" | grep . >"$1.sorted" || true
   for ((i = 0; i < $2; i++)); do
-    missing=0
-    while read -r id; do
-      [ -n "$id" ] || continue
-      delivered "$id" || etcdctl --endpoints "$ETCD_ENDPOINTS" get --prefix --print-value-only kindling/dlq/ 2>/dev/null | grep -q "$id" ||
-        missing=$((missing + 1))
-    done <"$1"
-    [ $missing = 0 ] && return 0
+    seen_ids "$T/seen"
+    missing=$(comm -23 "$1.sorted" "$T/seen" | wc -l)
+    [ "$missing" = 0 ] && return 0
     sleep 1
   done
-  die "$missing accepted Event invokes were neither delivered nor dead-lettered after $2 s: $(head -3 "$1")"
+  die "$missing accepted Event invokes were neither delivered nor dead-lettered after $2 s: $(comm -23 "$1.sorted" "$T/seen" | head -3)"
 }
 # event FE NAME: an Event invoke through FE; prints its request id
 event() {
