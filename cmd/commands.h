@@ -12,4 +12,8 @@ int cmd_logs(int argc, char **argv);
 /* `kindling dlq ...`: list the dead-lettered Event invocations. */
 int cmd_dlq(int argc, char **argv);
 
+/* `kindling placement ...`: the fleet's placement service (cmd/placement.c).
+ * Returns the exit status. */
+int cmd_placement(int argc, char **argv);
+
 #endif

@@ -517,6 +517,8 @@ int main(int argc, char **argv)
 		return cmd_logs(argc - 2, argv + 2);
 	if (argc >= 2 && strcmp(argv[1], "dlq") == 0)
 		return cmd_dlq(argc - 2, argv + 2);
+	if (argc >= 2 && strcmp(argv[1], "placement") == 0)
+		return cmd_placement(argc - 2, argv + 2);
 	if (argc >= 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
 		usage(stdout);
 		return 0;

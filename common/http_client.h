@@ -44,7 +44,9 @@ void http_client_free(struct http_client *c);
  * Any status is a success: 0 with |*out| filled (cleanup in every case).
  * Returns -ECONNREFUSED (nothing listens), -ETIMEDOUT, -EMSGSIZE (the body
  * passed |max_body|), -EPROTO (not HTTP), -EIO for another transport error,
- * or -ENOMEM.  Transport errors are not logged here: the caller knows
+ * -EINVAL for an empty |method|, a malformed |url| or |timeout_ms| 0, or
+ * -ENOMEM.  No "Expect: 100-continue" is sent, and no Content-Type unless
+ * |headers| has one.  Transport errors are not logged here: the caller knows
  * whether one matters. */
 int http_client_request(struct http_client *c, const char *method, const char *url, const struct http_header *headers,
 			size_t n_headers, const void *body, size_t body_len, unsigned timeout_ms, size_t max_body,

@@ -86,22 +86,39 @@ char *placement_bloom_encode(const struct placement_bloom *b)
 	return out;
 }
 
+/* One "N:" of the header: decimal digits without a leading zero (so the
+ * text is canonical), at most 10 of them.  The text after the colon, or
+ * NULL. */
+static const char *header_field(const char *p, uint64_t *out)
+{
+	uint64_t v = 0;
+	size_t n = 0;
+	for (; p[n] >= '0' && p[n] <= '9'; n++) {
+		if (n == 10)
+			return NULL;
+		v = v * 10 + (uint64_t)(p[n] - '0');
+	}
+	if (n == 0 || p[n] != ':' || (n > 1 && p[0] == '0'))
+		return NULL;
+	*out = v;
+	return p + n + 1;
+}
+
 int placement_bloom_decode(const char *text, struct placement_bloom *b)
 {
 	memset(b, 0, sizeof(*b));
-	unsigned long bits, hashes, entries;
-	int used = 0;
-	if (sscanf(text, "%lu:%lu:%lu:%n", &bits, &hashes, &entries, &used) != 3 || used == 0 || entries > UINT32_MAX ||
-	    bits > PLACEMENT_BLOOM_MAX_BITS || hashes == 0)
+	uint64_t bits, hashes, entries;
+	const char *p = text;
+	if (!(p = header_field(p, &bits)) || !(p = header_field(p, &hashes)) || !(p = header_field(p, &entries)) ||
+	    entries > UINT32_MAX || bits > PLACEMENT_BLOOM_MAX_BITS || hashes == 0)
 		return -EINVAL;
 	int r = placement_bloom_init(b, (uint32_t)bits, (uint32_t)hashes);
 	if (r < 0)
 		return -EINVAL;
-	const char *p = text + used;
 	size_t n = b->bits / 8, len = strlen(p);
 	if (len != 4 * ((n + 2) / 3))
 		goto bad;
-	uint8_t *tmp = malloc(len / 4 * 3 + 1);
+	uint8_t *tmp = malloc(len + 1); /* holds the decoded bytes, then the text again */
 	if (!tmp)
 		goto bad;
 	int got = EVP_DecodeBlock(tmp, (const unsigned char *)p, (int)len);
@@ -111,7 +128,13 @@ int placement_bloom_decode(const char *text, struct placement_bloom *b)
 		goto bad;
 	}
 	memcpy(b->map, tmp, n);
+	/* Only the canonical text: padding as '=', no stray bits (EVP_DecodeBlock
+	 * takes data bytes where the padding belongs, and ignores unused bits). */
+	EVP_EncodeBlock(tmp, b->map, (int)n);
+	bool canonical = memcmp(tmp, p, len) == 0;
 	free(tmp);
+	if (!canonical)
+		goto bad;
 	b->entries = (uint32_t)entries;
 	return 0;
 bad:
