@@ -421,7 +421,19 @@ static int place(struct frontend_router *rt, const struct hostagent_function *fn
 						  ROUTE_PLACE_BODY_MAX, &resp)
 			    : -ENOMEM;
 		free(url);
+		json_t *j = q == 0 ? json_loadb(resp.body, resp.body_len, 0, NULL) : NULL;
+		const char *reason = json_string_value(json_object_get(j, "reason"));
+		if (q == 0 && resp.status == 503 && reason &&
+		    (strcmp(reason, "NoCapacity") == 0 || strcmp(reason, "Conflict") == 0)) {
+			/* Every host of the function's cell is full: the caller
+			 * may wait for room (then 429). */
+			json_decref(j);
+			http_client_response_cleanup(&resp);
+			r = -EBUSY;
+			break;
+		}
 		if (q < 0 || resp.status >= 500) {
+			json_decref(j);
 			if (q < 0)
 				log_debug("placement %s: %s", rt->placement[i], strerror(-q));
 			http_client_response_cleanup(&resp);
@@ -435,18 +447,11 @@ static int place(struct frontend_router *rt, const struct hostagent_function *fn
 		pthread_mutex_lock(&rt->lock);
 		rt->placement_next = i;
 		pthread_mutex_unlock(&rt->lock);
-		json_t *j = json_loadb(resp.body, resp.body_len, 0, NULL);
 		if (resp.status == 200 && json_is_object(j)) {
 			*out = j;
 			r = 0;
 		} else {
-			const char *reason = json_string_value(json_object_get(j, "reason"));
-			if (resp.status == 429)
-				r = -EDQUOT;
-			else if (resp.status == 409 || (reason && strcmp(reason, "NoCapacity") == 0))
-				r = -EBUSY;
-			else
-				r = -EPROTO;
+			r = resp.status == 429 ? -EDQUOT : -EPROTO;
 			if (r == -EPROTO)
 				log_err("placement %s answered %ld to a placement of %s: %.200s", rt->placement[i],
 					resp.status, fn->name, resp.body ? resp.body : "");
