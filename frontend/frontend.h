@@ -90,6 +90,38 @@ void frontend_state_etcd_close(void *state);
  * or -errno. */
 int frontend_dlq_etcd_list(struct etcd *e, struct str_list *out);
 
+/* ---- the fleet router ---------------------------------------------------------------------------------------------- */
+
+/* Runs invocations on the hosts of a fleet (frontend/route.c): warm ones
+ * straight on a host known to have the function version warm (this
+ * frontend's own record of where it ran, then the hosts' registrations in
+ * etcd), cold ones where the placement service says.  Provisioned
+ * concurrency is a plan in etcd shared by every frontend.  Its ops table is
+ * frontend_router_ops, given to frontend_config.agent_ops. */
+struct frontend_router_config {
+	/* The fleet's etcd (host registrations, provisioning plans).
+	 * Required; borrowed, must outlive the router. */
+	struct etcd *etcd;
+	/* Placement services, comma-separated "http://HOST:PORT".  Required. */
+	const char *placement_urls;
+	/* One placement request's bound (0 = 2000 ms). */
+	unsigned placement_timeout_ms;
+};
+
+struct frontend_router;
+
+/* Make a router and start its reader of host registrations (every second;
+ * the last good view is kept while etcd is down).  0 with |*out|
+ * (frontend_router_free), -EINVAL for a bad URL (logged), or -errno. */
+int frontend_router_new(const struct frontend_router_config *cfg, struct frontend_router **out);
+
+/* Stop the reader and free; NULL is fine.  No call may be in progress. */
+void frontend_router_free(struct frontend_router *rt);
+
+/* The router as a struct hostagent_ops; the argument is a struct
+ * frontend_router. */
+extern const struct hostagent_ops frontend_router_ops;
+
 /* ---- the frontend ------------------------------------------------------------------------------------------------- */
 
 struct frontend_config {

@@ -110,6 +110,11 @@ int fe_run(struct frontend *fe, const char *name, const json_t *cfg, const char 
 		fe_set_error(e, 429, "TooManyRequestsException",
 			     "Rate Exceeded. The host's sandbox memory is full of busy sandboxes; try again.");
 		e->reason = "ConcurrentInvocationLimitExceeded";
+	} else if (r == -EDQUOT) {
+		fe_set_error(e, 429, "TooManyRequestsException",
+			     "Rate Exceeded. The fleet is starting new sandboxes as fast as its burst limit allows; "
+			     "try again.");
+		e->reason = "ConcurrentInvocationLimitExceeded";
 	} else if (r == -ENOENT) {
 		fe_set_error(e, 502, "InvalidRuntimeException", "The image %s of function %s is not in the store.",
 			     spec.fn.image_digest, name);

@@ -647,7 +647,9 @@ static int handle_place(struct placement_service *s, const struct http_request *
 			r = store_down_reply(s, resp, last);
 			goto out;
 		}
-		r = reply_message(resp, 503, msg);
+		/* Full is not down: the caller waits and asks again, or answers 429. */
+		r = reply_json(resp, 503, json_pack("{s:s,s:s}", "reason", last == -EAGAIN ? "Conflict" : "NoCapacity",
+						    "message", msg));
 		goto out;
 	}
 	if (pr.count == 1) {

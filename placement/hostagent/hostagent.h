@@ -239,7 +239,8 @@ int hostagent_read_log(struct hostagent *a, const char *name, size_t max, char *
  *               may not have run: a sync caller reports it, an async one
  *               retries);
  *   -EHOSTUNREACH no host can take a cold start now (placement or the
- *               shared store is down): a clear 5xx for the caller. */
+ *               shared store is down): a clear 5xx for the caller;
+ *   -EDQUOT     the fleet's burst limit on new sandboxes is used up: 429. */
 struct hostagent_ops {
 	int (*invoke)(void *arg, const struct hostagent_invoke_request *req, struct hostagent_invoke_result *out);
 	int (*provision)(void *arg, const struct hostagent_function *fn, unsigned n);

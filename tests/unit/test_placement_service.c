@@ -251,7 +251,8 @@ int main(void)
 	json_decref(a.json);
 	/* No room anywhere: 503 (tokens: 9). */
 	a = call(s, "POST", "/v1/place", "{\"function\":\"g\",\"memory_mb\":1024}");
-	CHECK(a.status == 503 && jstr(a.json, "message") && strstr(jstr(a.json, "message"), "room"));
+	CHECK(a.status == 503 && jstr(a.json, "message") && strstr(jstr(a.json, "message"), "room") &&
+	      jstr(a.json, "reason") && strcmp(jstr(a.json, "reason"), "NoCapacity") == 0);
 	json_decref(a.json);
 
 	/* The burst bucket: one token left (tokens: 10), then 429. */

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# A kindling fleet under load (bench/fleet_load.py) on this machine: three
+# etcd members, a placement service, four host agents and two frontends on
+# loopback (tests/tools/fleet.sh), 20 functions of the shell Lambda test
+# image with Zipf popularity.  Two runs of the same load, one after the
+# other: healthy, then with a host agent, an etcd member and a frontend
+# killed at 1/4, 1/2 and 3/4 of the run.  Each prints invokes/s, the
+# cold-start fraction, p50/p99, 429s, errors and Event invokes accepted; the
+# faulty run also checks that every accepted Event invoke was delivered.
+#
+#   bench/fleet.sh [CLIENTS=200] [SECONDS=60]
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+[ "$(id -u)" = 0 ] || { echo "bench/fleet.sh: run as root (sandboxes mount images)" >&2; exit 1; }
+build=${KINDLING_BUILD_DIR:-$top/build}
+[ -x "$build/kindling" ] || "$top/scripts/setup.sh" "$build"
+CLIENTS=${1:-200} SECONDS_RUN=${2:-60}
+T=$(mktemp -d "${TMPDIR:-/tmp}/kindling-bench-fleet.XXXXXX")
+KINDLING=$build/kindling
+_pids=()
+track_pid() { _pids+=("$1"); }
+die() { echo "bench/fleet.sh: $*" >&2; exit 1; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$top/tests/tools/fleet.sh"
+cleanup() { stop_fleet 2>/dev/null || true; for p in "${_pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$T"; }
+trap cleanup EXIT
+export KINDLING_HOME=$T/home
+mkdir -p "$KINDLING_HOME"
+
+timeout 900 "$top/tests/images/make-lambda-images.sh" "$T/img" >"$T/images.log" 2>&1 ||
+  { tail -20 "$T/images.log" >&2; die "building the Lambda images failed"; }
+"$build/chunkify" import "oci:$T/img/lambda-shell:1" --store "$T/warmup" --tag warm:1 >/dev/null
+start_fleet "$T/fleet" 4 2
+export AWS_SHARED_CREDENTIALS_FILE=$FLEET_CREDS AWS_PROFILE=kindling AWS_CONFIG_FILE=/dev/null AWS_MAX_ATTEMPTS=1 AWS_PAGER=""
+lam() { /usr/bin/aws --endpoint-url "http://127.0.0.1:${FE_PORT[0]}" --region us-east-1 --output json lambda "$@"; }
+fns=""
+for i in $(seq -w 1 20); do
+  lam create-function --function-name load$i --package-type Image --code "ImageUri=oci:$T/img/lambda-shell:1" \
+    --timeout 60 --memory-size 128 --role arn:aws:iam::000000000000:role/bench >/dev/null
+  fns="$fns${fns:+,}load$i"
+done
+for i in $(seq -w 1 20); do lam wait function-active-v2 --function-name load$i; done
+echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+run_load() { # NAME
+  python3 "$top/bench/fleet_load.py" --endpoints "http://127.0.0.1:${FE_PORT[0]},http://127.0.0.1:${FE_PORT[1]}" \
+    --credentials "$FLEET_CREDS" --functions "$fns" --clients "$CLIENTS" --seconds "$SECONDS_RUN" \
+    --event-fraction 0.1 --accepted "$T/$1.events" --out "$T/$1.json" >/dev/null
+}
+run_load healthy
+echo "healthy: $(jq -c . "$T/healthy.json")"
+run_load faults &
+load=$!
+quarter=$(awk -v s="$SECONDS_RUN" 'BEGIN { printf "%.1f", s / 4 }')
+sleep "$quarter"; kill_agent 3
+sleep "$quarter"; kill_etcd_member 2
+sleep "$quarter"; kill_frontend 1
+wait $load
+restart_etcd_member 2
+start_agent 3
+start_frontend 1
+echo "faults (agent h3, etcd member 2, frontend 1 killed at 1/4, 1/2, 3/4): $(jq -c . "$T/faults.json")"
+cat "$T/faults.events" "$T/healthy.events" | grep . | sort -u >"$T/accepted"
+for _ in $(seq 1 180); do
+  { grep -rhos --include='*.log*' 'START RequestId: [^ ]*' "$T"/fleet/agent*/ | awk '{print $3}'
+    etcdctl --endpoints "$ETCD_ENDPOINTS" get --prefix --print-value-only kindling/dlq/ 2>/dev/null | jq -r '.RequestId // empty'; } |
+    sort -u >"$T/seen"
+  lost=$(comm -23 "$T/accepted" "$T/seen" | wc -l)
+  [ "$lost" = 0 ] && break
+  sleep 1
+done
+echo "accepted Event invokes not delivered within 3 minutes: $lost of $(wc -l <"$T/accepted")"
