@@ -4,8 +4,9 @@
  *   kindling serve [--listen HOST:PORT] [--credentials FILE] [--store URI] [--state-dir DIR] [--no-auth]
  *                  [--isolation process|microvm|auto] [--memory-budget SIZE] [--idle-timeout S]
  *                  [--account-concurrency N] [--retry-delay-ms MS] [--async-workers N] [--region R] [-v]
+ *                  [--etcd URL[,URL...] --placement URL[,URL...] [--frontend-id ID]]
  *   kindling logs FUNCTION [--state-dir DIR] [--bytes N]
- *   kindling dlq [--state-dir DIR]
+ *   kindling dlq [--state-dir DIR | --etcd URL[,URL...]]
  *
  * Defaults (KINDLING_HOME, default ~/.kindling): the API on 127.0.0.1:9000,
  * the file store $KINDLING_HOME/store, state in $KINDLING_HOME/serve
@@ -13,6 +14,10 @@
  * $KINDLING_HOME/credentials (made with a fresh key, profile "kindling", on
  * the first start if missing).  The frontend (frontend/) and the host agent
  * (placement/hostagent/) do the work; this file only puts them together.
+ * With --etcd it is one frontend of a fleet (placement/README.md): function
+ * state, the Event queue and the concurrency limits live in etcd, and
+ * invocations run on the fleet's `kindling agent`s through the router
+ * (frontend/route.c), cold starts placed by --placement.
  */
 #define LOG_COMPONENT "kindling"
 #include <dirent.h>
@@ -29,6 +34,7 @@
 #include "cmd/commands.h"
 #include "common/common.h"
 #include "common/http_server.h"
+#include "common/etcd.h"
 #include "common/sigv4.h"
 #include "frontend/frontend.h"
 #include "image/image.h"
@@ -42,8 +48,9 @@ static void serve_usage(FILE *f)
 		   "                      [--no-auth] [--isolation process|microvm|auto] [--memory-budget SIZE]\n"
 		   "                      [--idle-timeout S] [--account-concurrency N] [--retry-delay-ms MS]\n"
 		   "                      [--async-workers N] [--region REGION] [-v]\n"
+		   "                      [--etcd URL[,URL...] --placement URL[,URL...] [--frontend-id ID]]\n"
 		   "       kindling logs FUNCTION [--state-dir DIR] [--bytes N]\n"
-		   "       kindling dlq [--state-dir DIR]\n");
+		   "       kindling dlq [--state-dir DIR | --etcd URL[,URL...]]\n");
 }
 
 /* $KINDLING_HOME/serve, or |dir|. */
@@ -93,10 +100,26 @@ static int make_credentials(const char *path)
 	return rc;
 }
 
+/* A frontend's id in the fleet when --frontend-id is not given: the
+ * machine's name and the API's port, "web1-9000" (etcd key-safe). */
+static char *fleet_frontend_id(const char *listen)
+{
+	char host[64] = "frontend";
+	gethostname(host, sizeof(host) - 1);
+	host[sizeof(host) - 1] = 0;
+	const char *port = strrchr(listen, ':');
+	char *id = xasprintf("%.40s-%.8s", host, port ? port + 1 : "0");
+	for (char *p = id; p && *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-' ||
+		      *p == '_' || *p == '.'))
+			*p = '_';
+	return id;
+}
+
 int cmd_serve(int argc, char **argv)
 {
 	const char *listen = "127.0.0.1:9000", *creds = NULL, *store = NULL, *state_arg = NULL, *isolation = NULL;
-	const char *region = NULL;
+	const char *region = NULL, *etcd_urls = NULL, *placement_urls = NULL, *frontend_id = NULL;
 	bool no_auth = false;
 	uint64_t budget = 0;
 	double idle = 0;
@@ -129,6 +152,12 @@ int cmd_serve(int argc, char **argv)
 			isolation = v;
 		} else if (strcmp(a, "--region") == 0) {
 			region = v;
+		} else if (strcmp(a, "--etcd") == 0) {
+			etcd_urls = v;
+		} else if (strcmp(a, "--placement") == 0) {
+			placement_urls = v;
+		} else if (strcmp(a, "--frontend-id") == 0) {
+			frontend_id = v;
 		} else if (strcmp(a, "--memory-budget") == 0) {
 			if (parse_size(v, &budget) < 0) {
 				fprintf(stderr, "kindling serve: --memory-budget %s: give a size such as 2G\n", v);
@@ -169,6 +198,9 @@ int cmd_serve(int argc, char **argv)
 	char *l1_dir = state ? xasprintf("%s/l1", state) : NULL;
 	struct sigv4_keys *keys = NULL;
 	struct hostagent *agent = NULL;
+	struct etcd *etcd = NULL;
+	struct frontend_router *router = NULL;
+	char *fe_id = NULL;
 	void *st = NULL;
 	struct frontend *fe = NULL;
 	struct http_server *srv = NULL;
@@ -225,16 +257,41 @@ int cmd_serve(int argc, char **argv)
 		.memory_budget = budget,
 		.idle_timeout_s = idle,
 	};
-	int r = cmd_hostagent_start("kindling serve", &ao, &agent);
-	if (r < 0)
-		goto out;
-	if ((r = frontend_state_dir_open(fn_dir, &st)) < 0)
-		goto out;
+	int r;
+	const struct hostagent_ops *agent_ops = &hostagent_local_ops;
+	void *agent_arg;
+	if (etcd_urls) {
+		/* One frontend of a fleet: state in etcd, invocations on the
+		 * fleet's host agents, no agent of its own. */
+		if (!placement_urls) {
+			fprintf(stderr, "kindling serve: --etcd needs --placement URL[,URL] (the placement services that "
+					"choose hosts for cold starts)\n");
+			goto out;
+		}
+		fe_id = frontend_id ? strdup(frontend_id) : fleet_frontend_id(listen);
+		struct etcd_config ecfg = { .endpoints = etcd_urls };
+		struct frontend_router_config rcfg = { .placement_urls = placement_urls };
+		if (!fe_id || (r = etcd_new(&ecfg, &etcd)) < 0)
+			goto out;
+		rcfg.etcd = etcd;
+		if ((r = frontend_router_new(&rcfg, &router)) < 0 || (r = frontend_state_etcd_open(etcd, &st)) < 0)
+			goto out;
+		agent_ops = &frontend_router_ops;
+		agent_arg = router;
+	} else {
+		if ((r = cmd_hostagent_start("kindling serve", &ao, &agent)) < 0)
+			goto out;
+		if ((r = frontend_state_dir_open(fn_dir, &st)) < 0)
+			goto out;
+		agent_arg = agent;
+	}
 	struct frontend_config fcfg = {
-		.agent_ops = &hostagent_local_ops,
-		.agent_arg = agent,
-		.state_ops = &frontend_state_dir_ops,
+		.agent_ops = agent_ops,
+		.agent_arg = agent_arg,
+		.state_ops = etcd ? &frontend_state_etcd_ops : &frontend_state_dir_ops,
 		.state_arg = st,
+		.etcd = etcd,
+		.frontend_id = fe_id,
 		.keys = keys,
 		.state_dir = state,
 		.store_uri = store,
@@ -276,7 +333,13 @@ out:
 	http_server_free(srv);
 	frontend_free(fe);
 	hostagent_free(agent);
-	frontend_state_dir_close(st);
+	frontend_router_free(router);
+	if (etcd)
+		frontend_state_etcd_close(st);
+	else
+		frontend_state_dir_close(st);
+	etcd_free(etcd);
+	free(fe_id);
 	sigv4_keys_free(keys);
 	free(home);
 	free(state);
@@ -348,9 +411,29 @@ static int cmp_names(const void *x, const void *y)
 	return strcmp(*(char *const *)x, *(char *const *)y);
 }
 
+/* The dead letters of a fleet, from etcd. */
+static int dlq_etcd(const char *urls)
+{
+	struct etcd_config ecfg = { .endpoints = urls };
+	struct etcd *e = NULL;
+	struct str_list letters = { 0 };
+	int r = etcd_new(&ecfg, &e);
+	if (r == 0)
+		r = frontend_dlq_etcd_list(e, &letters);
+	if (r < 0)
+		fprintf(stderr, "kindling dlq: cannot read the dead letters from etcd at %s: %s\n", urls, strerror(-r));
+	for (size_t i = 0; i < letters.n; i++)
+		printf("%s\n", letters.items[i]);
+	str_list_clear(&letters);
+	etcd_free(e);
+	return r < 0 ? 1 : 0;
+}
+
 int cmd_dlq(int argc, char **argv)
 {
 	const char *state_arg = NULL;
+	if (argc == 2 && strcmp(argv[0], "--etcd") == 0)
+		return dlq_etcd(argv[1]);
 	if (state_opts(argc, argv, &state_arg, NULL) < 0) {
 		serve_usage(stderr);
 		return EXIT_USAGE;

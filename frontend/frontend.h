@@ -102,7 +102,9 @@ struct frontend_router_config {
 	/* The fleet's etcd (host registrations, provisioning plans).
 	 * Required; borrowed, must outlive the router. */
 	struct etcd *etcd;
-	/* Placement services, comma-separated "http://HOST:PORT".  Required. */
+	/* Placement services, comma-separated "http://HOST:PORT".  NULL or
+	 * none: no cold start can be placed (-EHOSTUNREACH), which suits a
+	 * router made only to read logs or stats. */
 	const char *placement_urls;
 	/* One placement request's bound (0 = 2000 ms). */
 	unsigned placement_timeout_ms;

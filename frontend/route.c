@@ -781,8 +781,8 @@ const struct hostagent_ops frontend_router_ops = {
 
 int frontend_router_new(const struct frontend_router_config *cfg, struct frontend_router **out)
 {
-	if (!cfg->etcd || !cfg->placement_urls || !*cfg->placement_urls) {
-		log_err("the fleet router needs etcd and at least one placement service URL (--placement)");
+	if (!cfg->etcd) {
+		log_err("the fleet router needs etcd");
 		return -EINVAL;
 	}
 	struct frontend_router *rt = calloc(1, sizeof(*rt));
@@ -794,7 +794,7 @@ int frontend_router_new(const struct frontend_router_config *cfg, struct fronten
 	pthread_mutex_init(&rt->stop_lock, NULL);
 	pthread_cond_init(&rt->stop_cond, NULL);
 	int r = 0;
-	char *list = strdup(cfg->placement_urls), *save = NULL;
+	char *list = strdup(cfg->placement_urls ? cfg->placement_urls : ""), *save = NULL;
 	for (char *u = list ? strtok_r(list, ",", &save) : NULL; u && r == 0; u = strtok_r(NULL, ",", &save)) {
 		size_t ul = strlen(u);
 		while (ul && u[ul - 1] == '/')
@@ -817,10 +817,6 @@ int frontend_router_new(const struct frontend_router_config *cfg, struct fronten
 	if (!list)
 		r = -ENOMEM;
 	free(list);
-	if (r == 0 && rt->n_placement == 0) {
-		log_err("no placement service URL in '%s'", cfg->placement_urls);
-		r = -EINVAL;
-	}
 	if (r == 0) {
 		/* A first view before the first invoke; etcd may be down, which
 		 * only means no host is known yet. */
