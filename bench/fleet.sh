@@ -29,7 +29,7 @@ mkdir -p "$KINDLING_HOME"
 
 timeout 900 "$top/tests/images/make-lambda-images.sh" "$T/img" >"$T/images.log" 2>&1 ||
   { tail -20 "$T/images.log" >&2; die "building the Lambda images failed"; }
-"$build/chunkify" import "oci:$T/img/lambda-shell:1" --store "$T/warmup" --tag warm:1 >/dev/null
+"$build/chunkify" --store "$T/warmup" import "oci:$T/img/lambda-shell:1" --name warm:1 >/dev/null
 start_fleet "$T/fleet" 4 2
 export AWS_SHARED_CREDENTIALS_FILE=$FLEET_CREDS AWS_PROFILE=kindling AWS_CONFIG_FILE=/dev/null AWS_MAX_ATTEMPTS=1 AWS_PAGER=""
 lam() { /usr/bin/aws --endpoint-url "http://127.0.0.1:${FE_PORT[0]}" --region us-east-1 --output json lambda "$@"; }

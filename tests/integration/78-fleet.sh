@@ -39,7 +39,7 @@ timeout 840 "$KINDLING_SOURCE_DIR/tests/images/make-lambda-images.sh" "$T/img" >
   { tail -30 "$T/images.log" >&2; die "building the Lambda test images failed"; }
 SHELL1=oci:$T/img/lambda-shell:1
 # The tenant key and salt every process of the fleet shares.
-"$KINDLING_BUILD_DIR/chunkify" import "$SHELL1" --store "$T/warmup-store" --tag warm:1 >"$T/warmup.log" 2>&1 ||
+"$KINDLING_BUILD_DIR/chunkify" --store "$T/warmup-store" import "$SHELL1" --name warm:1 >"$T/warmup.log" 2>&1 ||
   { cat "$T/warmup.log" >&2; die "chunkify import of the shell image failed"; }
 
 start_fleet "$T/fleet" 4 2

@@ -57,7 +57,7 @@ start_agent() { # I
   cp "$KINDLING_HOME/salt" "$KINDLING_HOME/tenant.key" "$home/" 2>/dev/null || true
   AGENT_HOME[$i]=$home
   "$KINDLING" agent --listen "127.0.0.1:${AGENT_PORT[$i]}" --home "$home" --etcd "$ETCD_ENDPOINTS" \
-    --host-id "h$i" --cell cell-0 --store "$FLEET_STORE" --isolation process $FLEET_AGENT_ARGS \
+    --host-id "h$i" --cell cell-0 --store "$FLEET_STORE" --isolation process ${FLEET_AGENT_ARGS:-} \
     >>"$home/agent.out" 2>>"$home/agent.err" &
   AGENT_PID[$i]=$!
   track_pid "${AGENT_PID[$i]}"
@@ -78,7 +78,7 @@ start_frontend() { # I
   local i=$1
   mkdir -p "$FLEET_DIR/fe$i"
   "$KINDLING" serve --listen "127.0.0.1:${FE_PORT[$i]}" --etcd "$ETCD_ENDPOINTS" --placement "$PLACEMENT_URL" \
-    --state-dir "$FLEET_DIR/fe$i" --credentials "$FLEET_CREDS" --store "$FLEET_STORE" $FLEET_SERVE_ARGS \
+    --state-dir "$FLEET_DIR/fe$i" --credentials "$FLEET_CREDS" --store "$FLEET_STORE" ${FLEET_SERVE_ARGS:-} \
     >>"$FLEET_DIR/fe$i/serve.out" 2>>"$FLEET_DIR/fe$i/serve.err" &
   FE_PID[$i]=$!
   track_pid "${FE_PID[$i]}"
@@ -123,7 +123,7 @@ start_fleet() { # WORKDIR [AGENTS] [FRONTENDS]
   [ -f "$KINDLING_HOME/salt" ] && [ -f "$KINDLING_HOME/tenant.key" ] ||
     die "start_fleet: \$KINDLING_HOME ($KINDLING_HOME) has no salt and tenant.key (import an image first)"
   local base
-  base=$(free_port)
+  base=$(etcd_pick_baseport 26100 26900 3)
   start_etcd_cluster "$FLEET_DIR/etcd" "$base" 3
   PLACEMENT_PORT=$(free_port)
   PLACEMENT_URL=http://127.0.0.1:$PLACEMENT_PORT
@@ -150,10 +150,11 @@ start_fleet() { # WORKDIR [AGENTS] [FRONTENDS]
 
 stop_fleet() {
   local p i
-  for p in "${FE_PID[@]}" "$PLACEMENT_PID" "${AGENT_PID[@]}"; do
+  local all=("${FE_PID[@]}" "${PLACEMENT_PID:-}" "${AGENT_PID[@]}")
+  for p in "${all[@]}"; do
     [ -n "$p" ] && kill -TERM "$p" 2>/dev/null
   done
-  for p in "${FE_PID[@]}" "$PLACEMENT_PID" "${AGENT_PID[@]}"; do
+  for p in "${all[@]}"; do
     [ -n "$p" ] || continue
     for ((i = 0; i < 300; i++)); do
       kill -0 "$p" 2>/dev/null || break
@@ -162,5 +163,5 @@ stop_fleet() {
     kill -9 "$p" 2>/dev/null
     wait "$p" 2>/dev/null || true
   done
-  stop_etcd_cluster
+  [ -n "${ETCD_WORKDIR:-}" ] && stop_etcd_cluster
 }
