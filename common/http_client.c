@@ -36,6 +36,9 @@ struct exchange {
 	bool too_big;	  /* the body passed max_body */
 	bool bad_headers; /* more header lines than MAX_RESPONSE_HEADERS */
 	bool no_memory;
+	bool once_only;	  /* not GET or HEAD: the server may act on each copy */
+	unsigned sends;	  /* requests libcurl started for this exchange */
+	bool resend_refused;
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -168,6 +171,23 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *arg)
 	return n;
 }
 
+/* Called before each request goes out on a connection.  libcurl resends a
+ * request on a fresh connection when a reused one closes before any answer
+ * (the server may have died holding it); that is safe for GET, not for a
+ * request the server may already have acted on, so such a resend is
+ * refused and the caller learns the outcome is unknown. */
+static int on_prereq(void *arg, char *conn_primary_ip, char *conn_local_ip, int conn_primary_port,
+		     int conn_local_port)
+{
+	(void)conn_primary_ip, (void)conn_local_ip, (void)conn_primary_port, (void)conn_local_port;
+	struct exchange *x = arg;
+	if (x->sends++ > 0 && x->once_only) {
+		x->resend_refused = true;
+		return CURL_PREREQFUNC_ABORT;
+	}
+	return CURL_PREREQFUNC_OK;
+}
+
 /* The -errno for libcurl's |rc| after an exchange that collected |x|. */
 static int map_curl_error(CURLcode rc, const struct exchange *x)
 {
@@ -177,6 +197,10 @@ static int map_curl_error(CURLcode rc, const struct exchange *x)
 		return -EMSGSIZE;
 	if (x->bad_headers)
 		return -EPROTO;
+	/* Sent once, then the connection broke and the resend could not even
+	 * connect (or was refused above): the server may have acted on it. */
+	if (x->resend_refused || (x->sends > 0 && rc == CURLE_COULDNT_CONNECT))
+		return -ECONNRESET;
 	switch (rc) {
 	case CURLE_COULDNT_CONNECT:
 		return -ECONNREFUSED;
@@ -237,7 +261,7 @@ int http_client_request(struct http_client *c, const char *method, const char *u
 		return r;
 	}
 
-	struct exchange x = {.out = out, .max_body = max_body};
+	struct exchange x = {.out = out, .max_body = max_body, .once_only = strcmp(method, "GET") && strcmp(method, "HEAD")};
 	CURL *e = c->curl;
 	curl_easy_reset(e); /* options only: the connection cache stays */
 	curl_easy_setopt(e, CURLOPT_URL, url);
@@ -253,6 +277,8 @@ int http_client_request(struct http_client *c, const char *method, const char *u
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, &x);
 	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, &x);
+	curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+	curl_easy_setopt(e, CURLOPT_PREREQDATA, &x);
 	if (!strcmp(method, "HEAD")) {
 		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
 	} else if (body) {
@@ -269,6 +295,7 @@ int http_client_request(struct http_client *c, const char *method, const char *u
 	/* Nothing may keep pointing at this call's stack. */
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, NULL);
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, NULL);
+	curl_easy_setopt(e, CURLOPT_PREREQDATA, NULL);
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
 	if (rc != CURLE_OK || x.no_memory || x.too_big || x.bad_headers) {
 		r = map_curl_error(rc, &x);

@@ -42,7 +42,11 @@ void http_client_free(struct http_client *c);
  * NULL), and read the whole answer, at most |max_body| bytes of body, the
  * whole exchange within |timeout_ms| (connecting within the same bound).
  * Any status is a success: 0 with |*out| filled (cleanup in every case).
- * Returns -ECONNREFUSED (nothing listens), -ETIMEDOUT, -EMSGSIZE (the body
+ * A request other than GET or HEAD goes out at most once: when the
+ * connection breaks after it was sent and before any answer, the call fails
+ * with -ECONNRESET (the server may have acted on it) where libcurl would
+ * quietly send it again; a GET is resent on a fresh connection.
+ * Returns -ECONNREFUSED (nothing listens), -ECONNRESET, -ETIMEDOUT, -EMSGSIZE (the body
  * passed |max_body|), -EPROTO (not HTTP), -EIO for another transport error,
  * -EINVAL for an empty |method|, a malformed |url| or |timeout_ms| 0, or
  * -ENOMEM.  No "Expect: 100-continue" is sent, and no Content-Type unless

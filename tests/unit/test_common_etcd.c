@@ -35,6 +35,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -88,10 +89,24 @@ static char *read_text(const char *name)
 
 /* ---- a scripted HTTP server for http_client ---- */
 
-enum script { SCRIPT_OK, SCRIPT_KEEPALIVE, SCRIPT_BIG_LENGTH, SCRIPT_BIG_CLOSE, SCRIPT_SILENT, SCRIPT_GARBAGE };
+/* SCRIPT_DROP_SECOND answers the first request on a connection, reads the
+ * second and closes without answering, as a server that dies holding it;
+ * then it answers one more connection.  SCRIPT_DROP_SECOND_GONE stops
+ * listening before it closes, so a resend finds nobody. */
+enum script {
+	SCRIPT_OK,
+	SCRIPT_KEEPALIVE,
+	SCRIPT_BIG_LENGTH,
+	SCRIPT_BIG_CLOSE,
+	SCRIPT_SILENT,
+	SCRIPT_GARBAGE,
+	SCRIPT_DROP_SECOND,
+	SCRIPT_DROP_SECOND_GONE
+};
 
 struct scripted {
 	int listen_fd;
+	int stop[2]; /* written when the client is done: no resend will come */
 	enum script script;
 	char request[8192]; /* the (first) request's head */
 	size_t request_body;
@@ -188,7 +203,28 @@ static void *scripted_serve(void *arg)
 		if (read_request(s, fd))
 			send_all(fd, "SSH-2.0-OpenSSH_9.2\r\n\r\n", 24);
 		break;
+	case SCRIPT_DROP_SECOND:
+	case SCRIPT_DROP_SECOND_GONE:
+		if (read_request(s, fd))
+			send_all(fd, again, sizeof(again) - 1);
+		if (read_request(s, fd) && s->script == SCRIPT_DROP_SECOND_GONE) {
+			close(s->listen_fd);
+			s->listen_fd = -1;
+		}
+		close(fd);
+		fd = -1;
+		/* A resend, if the client makes one, gets an answer. */
+		struct pollfd p[2] = {{.fd = s->listen_fd, .events = POLLIN}, {.fd = s->stop[0], .events = POLLIN}};
+		if (s->listen_fd >= 0 && poll(p, 2, 60000) > 0 && (p[0].revents & POLLIN) &&
+		    (fd = accept(s->listen_fd, NULL, NULL)) >= 0) {
+			s->accepted++;
+			if (read_request(s, fd))
+				send_all(fd, again, sizeof(again) - 1);
+		}
+		break;
 	}
+	if (fd < 0)
+		return NULL;
 	close(fd);
 	return NULL;
 }
@@ -216,6 +252,10 @@ static int scripted_request(struct http_client *c, struct scripted *s, enum scri
 	s->script = script;
 	s->accepted = s->requests = 0;
 	s->request[0] = 0;
+	if (pipe2(s->stop, O_CLOEXEC) < 0) {
+		perror("pipe2");
+		exit(1);
+	}
 	pthread_t t;
 	pthread_create(&t, NULL, scripted_serve, s);
 	char url[64];
@@ -227,8 +267,18 @@ static int scripted_request(struct http_client *c, struct scripted *s, enum scri
 		http_client_response_cleanup(resp);
 		r = http_client_request(c, "PUT", url, h, 1, "x", 1, timeout_ms, max_body, resp);
 	}
+	if (r == 0 && (script == SCRIPT_DROP_SECOND || script == SCRIPT_DROP_SECOND_GONE)) {
+		http_client_response_cleanup(resp);
+		r = http_client_request(c, body ? "POST" : "GET", url, h, 2, body, body ? strlen(body) : 0,
+					timeout_ms, max_body, resp);
+	}
+	if (write(s->stop[1], "x", 1) != 1)
+		perror("write");
 	pthread_join(t, NULL);
-	close(s->listen_fd);
+	close(s->stop[0]);
+	close(s->stop[1]);
+	if (s->listen_fd >= 0)
+		close(s->listen_fd);
 	return r;
 }
 
@@ -264,6 +314,17 @@ static void test_http_client(void)
 	CHECK(scripted_request(c, &s, SCRIPT_KEEPALIVE, "{}", 1024, 5000, &resp) == 0);
 	CHECK(s.accepted == 1 && s.requests == 2 && resp.status == 201 && !strcmp(resp.body, "ok"));
 	http_client_response_cleanup(&resp);
+
+	/* The server dies holding a request: a GET is resent on a fresh
+	 * connection; a POST is not (the server may have acted on it), whether
+	 * a resend could have connected or not. */
+	CHECK(scripted_request(c, &s, SCRIPT_DROP_SECOND, NULL, 1024, 5000, &resp) == 0);
+	CHECK(s.accepted == 2 && s.requests == 3 && resp.status == 201);
+	http_client_response_cleanup(&resp);
+	CHECK(scripted_request(c, &s, SCRIPT_DROP_SECOND, "{}", 1024, 5000, &resp) == -ECONNRESET);
+	CHECK(s.requests == 2);
+	CHECK(scripted_request(c, &s, SCRIPT_DROP_SECOND_GONE, "{}", 1024, 5000, &resp) == -ECONNRESET);
+	CHECK(s.accepted == 1 && s.requests == 2);
 
 	CHECK(scripted_request(c, &s, SCRIPT_BIG_LENGTH, NULL, 1000, 5000, &resp) == -EMSGSIZE);
 	CHECK(resp.body == NULL && resp.n_headers == 0);
