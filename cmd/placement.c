@@ -19,7 +19,8 @@ static void placement_usage(FILE *f)
 	fprintf(f,
 		"usage: kindling placement --etcd URLS [--listen HOST:PORT] [--store URI] [--cells N]\n"
 		"                          [--shard-size K] [--no-spill] [--weights l1=4,l2=1,warm=1,load=16,spread=0.5,pack=0.1]\n"
-		"                          [--burst N] [--burst-per-minute N] [--reservation-ttl S] [--seed N] [-v]\n"
+		"                          [--burst N] [--burst-per-minute N] [--reservation-ttl S] [--max-wait-ms MS]\n"
+		"                          [--seed N] [-v]\n"
 		"  --etcd URLS        etcd members, comma-separated (http://127.0.0.1:2379,...)\n"
 		"  --listen HOST:PORT where to answer POST /v1/place, GET /v1/hosts, GET /healthz\n"
 		"                     (default 127.0.0.1:9300)\n"
@@ -30,7 +31,9 @@ static void placement_usage(FILE *f)
 		"  --weights ...      scoring weights (placement/README.md)\n"
 		"  --burst N          new sandboxes the fleet may start at once (default 1000)\n"
 		"  --burst-per-minute N  the burst bucket's refill (default 500)\n"
-		"  --reservation-ttl S   how long a reservation counts as used memory (default 30)\n");
+		"  --reservation-ttl S   how long a reservation counts as used memory (default 30)\n"
+		"  --max-wait-ms MS   a request that waited longer for its turn is answered 503\n"
+		"                     Overloaded, reserving nothing (default 500)\n");
 }
 
 static bool parse_num(const char *v, double lo, double hi, double *out)
@@ -92,6 +95,8 @@ int cmd_placement(int argc, char **argv)
 			cfg.burst_per_minute = d;
 		else if (strcmp(a, "--reservation-ttl") == 0 && parse_num(v, 1, 3600, &d))
 			cfg.reservation_ttl_s = (unsigned)d;
+		else if (strcmp(a, "--max-wait-ms") == 0 && parse_num(v, 1, 600000, &d))
+			cfg.max_wait_ms = (unsigned)d;
 		else if (strcmp(a, "--seed") == 0 && parse_num(v, 1, 1e15, &d))
 			cfg.seed = (uint64_t)d;
 		else if (strcmp(a, "--weights") == 0) {

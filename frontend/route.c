@@ -390,7 +390,8 @@ static void warm_candidates(struct frontend_router *rt, const struct hostagent_f
 /* Ask placement where to start |count| sandboxes of |fn|, avoiding the host
  * ids in |exclude|.  0 with |*out| (the answer's JSON, a new reference),
  * -EHOSTUNREACH (no placement service answers, or it cannot see the fleet),
- * -EBUSY (no host has room), -EDQUOT (the fleet's burst limit), -errno. */
+ * -EBUSY (no host has room, or placement is overloaded: a 503 Overloaded or
+ * no answer in time), -EDQUOT (the fleet's burst limit), -errno. */
 static int place(struct frontend_router *rt, const struct hostagent_function *fn, unsigned count,
 		 const struct str_list *exclude, json_t **out)
 {
@@ -409,6 +410,7 @@ static int place(struct frontend_router *rt, const struct hostagent_function *fn
 	}
 	const struct http_header hdr[] = { { "Content-Type", "application/json" } };
 	int r = -EHOSTUNREACH;
+	bool slow = false; /* one accepted the request but did not answer in time */
 	size_t first;
 	pthread_mutex_lock(&rt->lock);
 	first = rt->placement_next;
@@ -424,9 +426,11 @@ static int place(struct frontend_router *rt, const struct hostagent_function *fn
 		json_t *j = q == 0 ? json_loadb(resp.body, resp.body_len, 0, NULL) : NULL;
 		const char *reason = json_string_value(json_object_get(j, "reason"));
 		if (q == 0 && resp.status == 503 && reason &&
-		    (strcmp(reason, "NoCapacity") == 0 || strcmp(reason, "Conflict") == 0)) {
-			/* Every host of the function's cell is full: the caller
-			 * may wait for room (then 429). */
+		    (strcmp(reason, "NoCapacity") == 0 || strcmp(reason, "Conflict") == 0 ||
+		     strcmp(reason, "Overloaded") == 0)) {
+			/* Every host of the function's cell is full, or
+			 * placement is behind on cold starts: the caller may
+			 * wait for room (then 429). */
 			json_decref(j);
 			http_client_response_cleanup(&resp);
 			r = -EBUSY;
@@ -436,6 +440,7 @@ static int place(struct frontend_router *rt, const struct hostagent_function *fn
 			json_decref(j);
 			if (q < 0)
 				log_debug("placement %s: %s", rt->placement[i], strerror(-q));
+			slow |= q == -ETIMEDOUT;
 			http_client_response_cleanup(&resp);
 			if (q == -ENOMEM) {
 				r = q;
@@ -460,6 +465,10 @@ static int place(struct frontend_router *rt, const struct hostagent_function *fn
 		http_client_response_cleanup(&resp);
 		break;
 	}
+	/* Up but behind on cold starts is not down: wait for it like for a
+	 * full fleet (then 429), rather than 503. */
+	if (r == -EHOSTUNREACH && slow)
+		r = -EBUSY;
 	client_put(rt, c);
 	free(body);
 	return r;

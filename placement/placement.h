@@ -290,6 +290,8 @@ struct placement_service_config {
 	unsigned hosts_cache_ms;	/* how long a read of the hosts is reused; 0 = 500 */
 	unsigned reservation_ttl_s;	/* a reservation's life; 0 = 30 */
 	unsigned retries;		/* re-scores after a conflicting reservation; 0 = 5 */
+	unsigned max_wait_ms;		/* a request that waited longer for its turn gets 503
+					   {"reason":"Overloaded"} and no reservation; 0 = 500 */
 	double burst_initial;		/* new sandboxes the fleet may start at once; 0 = 1000 */
 	double burst_per_minute;	/* the bucket's refill; 0 = 500 */
 	uint64_t seed;			/* for the draw; 0 = from the clock */

@@ -7,7 +7,15 @@
  * kindling/load/HOST that compares its mod_revision (expired reservations
  * pruned on the way); on a conflict, re-read that host's reservations and
  * score again, a bounded number of times.  Requests in one process are
- * serialised (one lock); several services conflict through etcd only. */
+ * serialised (one lock); several services conflict through etcd only.
+ *
+ * The values of kindling/burst and kindling/load/HOST last read or written
+ * are kept with their mod_revision, so a placement usually costs two
+ * compare-and-put transactions and no reads; a failed compare drops the
+ * kept value and the retry reads it afresh.  A request that waited longer
+ * than max_wait_ms for the lock is answered 503 {"reason":"Overloaded"}
+ * without reserving anything: its frontend has likely given up on it, and a
+ * reservation nobody uses would hold a host's room for reservation_ttl_s. */
 #include "placement/internal.h"
 #include "placement/placement.h"
 
@@ -37,6 +45,8 @@ struct host_entry {
 	struct placement_host_record rec;
 	char *load;		/* kindling/load/HOST's value, NULL if none */
 	size_t load_len;
+	int64_t load_rev;	/* its mod_revision (0: the key is absent) */
+	bool load_known;	/* |load| and |load_rev| are what etcd last said */
 };
 
 struct manifest_entry {
@@ -67,6 +77,9 @@ struct placement_service {
 	struct warned warned[WARN_SLOTS];
 	size_t warn_next;
 	uint64_t rng;
+	char *burst;		/* kindling/burst's value as last read or written */
+	int64_t burst_rev;	/* its mod_revision (0: absent) */
+	bool burst_known;
 };
 
 static uint64_t mono_ms(void)
@@ -121,6 +134,8 @@ int placement_service_new(const struct placement_service_config *cfg, struct pla
 		s->cfg.reservation_ttl_s = 30;
 	if (!s->cfg.retries)
 		s->cfg.retries = 5;
+	if (!s->cfg.max_wait_ms)
+		s->cfg.max_wait_ms = 500;
 	if (!(s->cfg.burst_initial > 0))
 		s->cfg.burst_initial = 1000;
 	if (!(s->cfg.burst_per_minute > 0))
@@ -164,6 +179,7 @@ void placement_service_free(struct placement_service *s)
 	if (!s)
 		return;
 	hosts_clear(s);
+	free(s->burst);
 	for (size_t i = 0; i < MANIFEST_CACHE; i++)
 		free(s->manifests[i].chunks);
 	etcd_free(s->etcd);
@@ -201,11 +217,14 @@ static struct host_entry *host_find(struct placement_service *s, const char *id)
 	return NULL;
 }
 
-static int set_load(struct host_entry *h, const void *value, size_t len)
+/* Keep |<value, len>| (NULL: absent) at |rev| as |h|'s reservations. */
+static int set_load(struct host_entry *h, const void *value, size_t len, int64_t rev)
 {
 	free(h->load);
 	h->load = NULL;
 	h->load_len = 0;
+	h->load_rev = rev;
+	h->load_known = true;
 	if (!value)
 		return 0;
 	h->load = malloc(len + 1);
@@ -215,6 +234,13 @@ static int set_load(struct host_entry *h, const void *value, size_t len)
 	h->load[len] = 0;
 	h->load_len = len;
 	return 0;
+}
+
+/* Forget what |h|'s reservations were: the next reservation reads them. */
+static void forget_load(struct host_entry *h)
+{
+	set_load(h, NULL, 0, 0);
+	h->load_known = false;
 }
 
 /* Read the hosts and their reservations unless the last read is fresh.
@@ -241,6 +267,7 @@ static int refresh_hosts(struct placement_service *s, bool force)
 	for (size_t i = 0; i < kvs.n; i++) {
 		const char *name = kvs.kvs[i].key + strlen(HOSTS_PREFIX);
 		struct host_entry *h = &s->hosts[s->n_hosts];
+		h->load_known = true; /* no kindling/load/ key for it: none pending */
 		const char *why;
 		int pr = placement_host_record_parse(kvs.kvs[i].value, kvs.kvs[i].value_len, s->cfg.placement.cells,
 						     &h->rec, &why);
@@ -266,7 +293,7 @@ static int refresh_hosts(struct placement_service *s, bool force)
 	}
 	for (size_t i = 0; i < loads.n; i++) {
 		struct host_entry *h = host_find(s, loads.kvs[i].key + strlen(LOAD_PREFIX));
-		if (h && set_load(h, loads.kvs[i].value, loads.kvs[i].value_len) < 0) {
+		if (h && set_load(h, loads.kvs[i].value, loads.kvs[i].value_len, loads.kvs[i].mod_revision) < 0) {
 			r = -ENOMEM;
 			goto out;
 		}
@@ -348,15 +375,24 @@ static int burst_take(struct placement_service *s, unsigned n, bool *granted)
 {
 	*granted = false;
 	for (unsigned attempt = 0; attempt <= s->cfg.retries; attempt++) {
-		struct etcd_kv kv = { 0 };
-		int r = etcd_get(s->etcd, BURST_KEY, &kv);
-		if (r < 0 && r != -ENOENT)
-			return r;
-		int64_t now = unix_s(), rev = r == 0 ? kv.mod_revision : 0;
+		if (!s->burst_known) {
+			struct etcd_kv kv = { 0 };
+			int r = etcd_get(s->etcd, BURST_KEY, &kv);
+			if (r < 0 && r != -ENOENT)
+				return r;
+			free(s->burst);
+			s->burst = r == 0 ? strdup((const char *)kv.value) : NULL;
+			s->burst_rev = r == 0 ? kv.mod_revision : 0;
+			etcd_kv_cleanup(&kv);
+			if (r == 0 && !s->burst)
+				return -ENOMEM;
+			s->burst_known = true;
+		}
+		int64_t now = unix_s();
 		double tokens = s->cfg.burst_initial;
-		if (r == 0) {
+		if (s->burst) {
 			json_error_t err;
-			json_t *j = json_loadb((const char *)kv.value, kv.value_len, 0, &err);
+			json_t *j = json_loads(s->burst, 0, &err);
 			json_t *t = json_object_get(j, "tokens"), *at = json_object_get(j, "at");
 			if (json_is_number(t) && json_is_integer(at) && json_number_value(t) >= 0) {
 				double elapsed = (double)(now - json_integer_value(at));
@@ -368,25 +404,35 @@ static int burst_take(struct placement_service *s, unsigned n, bool *granted)
 			}
 			json_decref(j);
 		}
-		etcd_kv_cleanup(&kv);
-		if (tokens < n)
+		if (tokens < n) {
+			/* Another service may have refilled or spent it since. */
+			s->burst_known = false;
 			return 0;
+		}
 		json_t *nj = json_pack("{s:f,s:I}", "tokens", tokens - n, "at", (json_int_t)now);
 		char *text = nj ? json_dumps(nj, JSON_COMPACT) : NULL;
 		json_decref(nj);
 		if (!text)
 			return -ENOMEM;
-		struct etcd_cmp cmp = { .key = BURST_KEY, .target = ETCD_CMP_MOD_REVISION, .op = ETCD_EQUAL, .number = rev };
+		struct etcd_cmp cmp = { .key = BURST_KEY, .target = ETCD_CMP_MOD_REVISION, .op = ETCD_EQUAL,
+					.number = s->burst_rev };
 		struct etcd_op put = { .type = ETCD_OP_PUT, .key = BURST_KEY, .value = text, .value_len = strlen(text) };
 		bool ok = false;
-		r = etcd_txn(s->etcd, &cmp, 1, &put, 1, NULL, 0, &ok, NULL);
-		free(text);
-		if (r < 0)
-			return r;
-		if (ok) {
-			*granted = true;
-			return 0;
+		int64_t rev = 0;
+		int r = etcd_txn(s->etcd, &cmp, 1, &put, 1, NULL, 0, &ok, &rev);
+		if (r < 0 || !ok) {
+			free(text);
+			s->burst_known = false;
+			if (r < 0)
+				return r;
+			continue;
 		}
+		/* The put's mod_revision is the transaction's revision. */
+		free(s->burst);
+		s->burst = text;
+		s->burst_rev = rev;
+		*granted = true;
+		return 0;
 	}
 	return -EAGAIN;
 }
@@ -436,27 +482,34 @@ static void reservation_id(struct placement_service *s, const char *function, ch
 enum reserve_outcome { RESERVED, CONFLICT, NO_ROOM };
 
 /* Try once to add a reservation on |h| for |pr|, given the registration
- * |h| has.  Re-reads kindling/load/HOST (and keeps what it read in |h|).
- * 0 with |*outcome|, or -errno from etcd. */
+ * |h| has and its reservations as last known (read afresh when not known).
+ * Keeps what it read or wrote in |h|.  0 with |*outcome|, or -errno from
+ * etcd. */
 static int reserve_once(struct placement_service *s, struct host_entry *h, const struct placement_place_request *pr,
 			const char *rid, enum reserve_outcome *outcome)
 {
 	char key[512];
 	snprintf(key, sizeof(key), "%s%s", LOAD_PREFIX, h->rec.id);
-	struct etcd_kv kv = { 0 };
-	int r = etcd_get(s->etcd, key, &kv);
-	if (r < 0 && r != -ENOENT)
-		return r;
-	int64_t rev = r == 0 ? kv.mod_revision : 0, now = unix_s();
+	if (!h->load_known) {
+		struct etcd_kv kv = { 0 };
+		int r = etcd_get(s->etcd, key, &kv);
+		if (r < 0 && r != -ENOENT)
+			return r;
+		r = r == 0 ? set_load(h, kv.value, kv.value_len, kv.mod_revision) : set_load(h, NULL, 0, 0);
+		etcd_kv_cleanup(&kv);
+		if (r < 0)
+			return r;
+	}
+	int64_t now = unix_s();
 	json_t *list = json_array();
 	uint64_t pending = 0;
 	uint32_t pending_slots = 0;
-	if (r == 0) {
+	if (h->load) {
 		json_error_t err;
-		json_t *j = json_loadb((const char *)kv.value, kv.value_len, 0, &err);
+		json_t *j = json_loadb(h->load, h->load_len, 0, &err);
 		uint64_t mem;
 		uint32_t cnt;
-		if (placement_load_parse(kv.value, kv.value_len, now, NULL, &mem, &cnt, NULL) == 0) {
+		if (placement_load_parse(h->load, h->load_len, now, NULL, &mem, &cnt, NULL) == 0) {
 			json_t *a = json_object_get(j, "reservations");
 			for (size_t i = 0; i < json_array_size(a); i++) {
 				json_t *e = json_array_get(a, i);
@@ -470,15 +523,7 @@ static int reserve_once(struct placement_service *s, struct host_entry *h, const
 				 key, s->cfg.reservation_ttl_s);
 		}
 		json_decref(j);
-		if (set_load(h, kv.value, kv.value_len) < 0) {
-			etcd_kv_cleanup(&kv);
-			json_decref(list);
-			return -ENOMEM;
-		}
-	} else {
-		set_load(h, NULL, 0);
 	}
-	etcd_kv_cleanup(&kv);
 	/* With what is reserved now, does it still fit? */
 	struct placement_host v = { .id = h->rec.id,
 				    .memory_total_mb = h->rec.memory_total_mb,
@@ -491,6 +536,8 @@ static int reserve_once(struct placement_service *s, struct host_entry *h, const
 	if (!placement_fits(&v, &q)) {
 		json_decref(list);
 		*outcome = NO_ROOM;
+		/* What we know may be stale: another service's reservations expire. */
+		forget_load(h);
 		return 0;
 	}
 	json_array_append_new(list, json_pack("{s:s,s:s,s:I,s:I}", "id", rid, "function", pr->function, "memory_mb",
@@ -501,12 +548,15 @@ static int reserve_once(struct placement_service *s, struct host_entry *h, const
 	json_decref(doc);
 	if (!text)
 		return -ENOMEM;
-	struct etcd_cmp cmp = { .key = key, .target = ETCD_CMP_MOD_REVISION, .op = ETCD_EQUAL, .number = rev };
+	struct etcd_cmp cmp = { .key = key, .target = ETCD_CMP_MOD_REVISION, .op = ETCD_EQUAL, .number = h->load_rev };
 	struct etcd_op put = { .type = ETCD_OP_PUT, .key = key, .value = text, .value_len = strlen(text) };
 	bool ok = false;
-	r = etcd_txn(s->etcd, &cmp, 1, &put, 1, NULL, 0, &ok, NULL);
+	int64_t rev = 0;
+	int r = etcd_txn(s->etcd, &cmp, 1, &put, 1, NULL, 0, &ok, &rev);
 	if (r == 0 && ok)
-		r = set_load(h, text, strlen(text));
+		r = set_load(h, text, strlen(text), rev); /* the put's mod_revision is the txn's revision */
+	else
+		forget_load(h);
 	free(text);
 	if (r < 0)
 		return r;
@@ -591,10 +641,24 @@ static int handle_place(struct placement_service *s, const struct http_request *
 		snprintf(msg, sizeof(msg), "bad place request: %s", why);
 		return reply_message(resp, 400, msg);
 	}
+	uint64_t arrived_ms = mono_ms();
 	uint8_t(*chunks)[32] = NULL;
 	size_t n_chunks = 0;
 	image_chunks(s, pr.image, &chunks, &n_chunks);
 	pthread_mutex_lock(&s->lock);
+	uint64_t waited_ms = mono_ms() - arrived_ms;
+	if (waited_ms > s->cfg.max_wait_ms) {
+		if (warn_due(s, "overloaded"))
+			log_warn("a place request for %s waited %" PRIu64 " ms for its turn (more than %u ms): answering "
+				 "Overloaded without reserving; more placement services, or fewer concurrent cold starts, "
+				 "would help",
+				 pr.function, waited_ms, s->cfg.max_wait_ms);
+		char msg[256];
+		snprintf(msg, sizeof(msg), "the placement service is overloaded (the request waited %" PRIu64 " ms); retry",
+			 waited_ms);
+		r = reply_json(resp, 503, json_pack("{s:s,s:s}", "reason", "Overloaded", "message", msg));
+		goto out;
+	}
 	r = refresh_hosts(s, false);
 	if (r < 0) {
 		r = store_down_reply(s, resp, r);

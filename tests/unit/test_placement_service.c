@@ -7,7 +7,9 @@
  * gone.
  *
  * Two services and eight threads racing for the same hosts: conflicting
- * reservations retried, no host reserved past its memory.
+ * reservations retried, no host reserved past its memory.  With etcd
+ * stopped (SIGSTOP) under one request, the other, waiting its turn longer
+ * than max_wait_ms, is answered Overloaded.
  *
  * Ports: etcd clients 25711-25713, peers 25721-25723 (outside
  * tests/tools/etcd.sh's 24100-24900). */
@@ -137,6 +139,19 @@ static void *race(void *arg)
 		free(resp.headers);
 		free(resp.body);
 	}
+	return NULL;
+}
+
+/* One place request in a thread, for the Overloaded check. */
+struct one_place {
+	struct placement_service *s;
+	struct answer a;
+};
+
+static void *place_once(void *arg)
+{
+	struct one_place *p = arg;
+	p->a = call(p->s, "POST", "/v1/place", "{\"function\":\"w\",\"memory_mb\":128}");
 	return NULL;
 }
 
@@ -413,6 +428,35 @@ int main(void)
 	CHECK(placed >= 16 && placed <= 32);
 	placement_service_free(sa);
 	placement_service_free(sb);
+
+	/* Every member stopped, not gone: one request sits in etcd calls until
+	 * they time out, holding the service; the other waits its turn longer
+	 * than max_wait_ms (1 ms) and is answered Overloaded at once, whichever
+	 * of the two came first. */
+	struct placement_service_config cfg4 = cfg;
+	cfg4.max_wait_ms = 1;
+	struct placement_service *sc = NULL;
+	CHECK(placement_service_new(&cfg4, &sc) == 0);
+	for (int i = 0; i < MEMBERS; i++)
+		kill(pids[i], SIGSTOP);
+	struct one_place op[2] = { { .s = sc }, { .s = sc } };
+	pthread_t pt[2];
+	for (int i = 0; i < 2; i++)
+		CHECK(pthread_create(&pt[i], NULL, place_once, &op[i]) == 0);
+	int overloaded = 0, etcd_down = 0;
+	for (int i = 0; i < 2; i++) {
+		pthread_join(pt[i], NULL);
+		const char *reason = jstr(op[i].a.json, "reason"), *msg = jstr(op[i].a.json, "message");
+		if (op[i].a.status == 503 && reason && !strcmp(reason, "Overloaded"))
+			overloaded++;
+		else if (op[i].a.status == 503 && !reason && msg && strstr(msg, "etcd"))
+			etcd_down++;
+		json_decref(op[i].a.json);
+	}
+	CHECK(overloaded == 1 && etcd_down == 1);
+	for (int i = 0; i < MEMBERS; i++)
+		kill(pids[i], SIGCONT);
+	placement_service_free(sc);
 
 	/* Every member gone: 503 naming etcd. */
 	stop_etcd();
