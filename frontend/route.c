@@ -13,7 +13,14 @@
  * registrations are read by a background thread every second and the last
  * good view is kept while etcd is down; the frontend's own warm list needs
  * nothing at all.  With placement or etcd down, a cold start fails fast
- * with -EHOSTUNREACH (503 for the client).
+ * with -EHOSTUNREACH (503 for the client).  A placement service that is up
+ * but behind (503 Overloaded, or no answer in time) is a busy fleet, not a
+ * down one: -EBUSY, which the caller waits on and then answers 429.
+ *
+ * An invocation is sent to a host at most once: a host that took it and
+ * then vanished gives -ECONNRESET (502: it may or may not have run), never a
+ * second run elsewhere; only a host that refused the connection is skipped
+ * for the next.
  *
  * Provisioned concurrency is a plan in etcd, kindling/provisioned/NAME/VER:
  * {"revision", "hosts": {HOST: N}}.  Any frontend applying it reads the plan,
