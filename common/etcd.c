@@ -33,6 +33,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define DEFAULT_TIMEOUT_MS 2000
 #define MAX_MEMBERS 16
@@ -502,7 +503,11 @@ static int reply_error(const char *member, const char *path, long status, const 
 }
 
 /* POST |req| to |path| on the member that answered last, or the next ones
- * (transport errors and 5xx move on).  0 with |*reply| (an object; decref),
+ * (transport errors and 5xx move on).  If none answered but one was there
+ * and slow or failing (a timeout, a broken connection, a 5xx: a leader
+ * election after a member died looks like this), every member is tried once
+ * more after a short pause; members that all refuse connections are down,
+ * and that is said at once.  0 with |*reply| (an object; decref),
  * -ENOTCONN if none answered, -EPROTO for a reply that is no JSON object,
  * or an etcd error as -errno (reply_error). */
 static int call(struct etcd *e, const char *path, json_t *req, size_t json_flags, json_t **reply)
@@ -524,8 +529,14 @@ static int call(struct etcd *e, const char *path, json_t *req, size_t json_flags
 	struct http_client_response resp = {0};
 	size_t member = start;
 	int last = -ENOTCONN;
-	bool answered = false;
-	for (size_t k = 0; k < e->n_members; k++) {
+	bool answered = false, slow = false;
+	for (size_t k = 0; k < 2 * e->n_members; k++) {
+		if (k == e->n_members) {
+			if (!slow)
+				break;
+			struct timespec pause = { 0, 200 * 1000 * 1000 };
+			nanosleep(&pause, NULL);
+		}
 		member = (start + k) % e->n_members;
 		char *url = xasprintf("%s%s", e->members[member], path);
 		if (!url) {
@@ -540,11 +551,13 @@ static int call(struct etcd *e, const char *path, json_t *req, size_t json_flags
 		if (r < 0) {
 			log_debug("%s%s: %s", e->members[member], path, strerror(-r));
 			last = r;
+			slow |= r != -ECONNREFUSED;
 			continue;
 		}
 		if (resp.status >= 500) {
 			log_debug("%s%s: HTTP %ld: %.200s", e->members[member], path, resp.status, resp.body);
 			last = -EIO;
+			slow = true;
 			http_client_response_cleanup(&resp);
 			continue;
 		}
