@@ -7,6 +7,9 @@
 # killed at 1/4, 1/2 and 3/4 of the run.  Each prints invokes/s, the
 # cold-start fraction, p50/p99, 429s, errors and Event invokes accepted; the
 # faulty run also checks that every accepted Event invoke was delivered.
+# Then the baseline, in the same run: the fleet stopped, the same load on one
+# `kindling serve` (its in-process agent, state on its disk, no etcd), and
+# the healthy fleet's figures as ratios to it.
 #
 #   bench/fleet.sh [CLIENTS=200] [SECONDS=60]
 set -euo pipefail
@@ -32,17 +35,21 @@ timeout 900 "$top/tests/images/make-lambda-images.sh" "$T/img" >"$T/images.log" 
 "$build/chunkify" --store "$T/warmup" import "oci:$T/img/lambda-shell:1" --name warm:1 >/dev/null
 start_fleet "$T/fleet" 4 2
 export AWS_SHARED_CREDENTIALS_FILE=$FLEET_CREDS AWS_PROFILE=kindling AWS_CONFIG_FILE=/dev/null AWS_MAX_ATTEMPTS=1 AWS_PAGER=""
-lam() { /usr/bin/aws --endpoint-url "http://127.0.0.1:${FE_PORT[0]}" --region us-east-1 --output json lambda "$@"; }
-fns=""
-for i in $(seq -w 1 20); do
-  lam create-function --function-name load$i --package-type Image --code "ImageUri=oci:$T/img/lambda-shell:1" \
-    --timeout 60 --memory-size 128 --role arn:aws:iam::000000000000:role/bench >/dev/null
-  fns="$fns${fns:+,}load$i"
-done
-for i in $(seq -w 1 20); do lam wait function-active-v2 --function-name load$i; done
+API_PORT=${FE_PORT[0]}
+lam() { /usr/bin/aws --endpoint-url "http://127.0.0.1:$API_PORT" --region us-east-1 --output json lambda "$@"; }
+create_functions() {
+  fns=""
+  for i in $(seq -w 1 20); do
+    lam create-function --function-name load$i --package-type Image --code "ImageUri=oci:$T/img/lambda-shell:1" \
+      --timeout 60 --memory-size 128 --role arn:aws:iam::000000000000:role/bench >/dev/null
+    fns="$fns${fns:+,}load$i"
+  done
+  for i in $(seq -w 1 20); do lam wait function-active-v2 --function-name load$i; done
+}
+create_functions
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-run_load() { # NAME
-  python3 "$top/bench/fleet_load.py" --endpoints "http://127.0.0.1:${FE_PORT[0]},http://127.0.0.1:${FE_PORT[1]}" \
+run_load() { # NAME [ENDPOINTS]
+  python3 "$top/bench/fleet_load.py" --endpoints "${2:-http://127.0.0.1:${FE_PORT[0]},http://127.0.0.1:${FE_PORT[1]}}" \
     --credentials "$FLEET_CREDS" --functions "$fns" --clients "$CLIENTS" --seconds "$SECONDS_RUN" \
     --event-fraction 0.1 --accepted "$T/$1.events" --out "$T/$1.json" >/dev/null
 }
@@ -69,3 +76,19 @@ for _ in $(seq 1 180); do
   sleep 1
 done
 echo "accepted Event invokes not delivered within 3 minutes: $lost of $(wc -l <"$T/accepted")"
+
+stop_fleet
+API_PORT=$(free_port)
+mkdir -p "$T/single"
+"$KINDLING" serve --listen "127.0.0.1:$API_PORT" --state-dir "$T/single" --credentials "$FLEET_CREDS" \
+  --store "$FLEET_STORE" >"$T/single/serve.out" 2>"$T/single/serve.err" &
+track_pid $!
+for _ in $(seq 1 600); do
+  grep -q "Lambda API on http://127.0.0.1:$API_PORT" "$T/single/serve.out" 2>/dev/null && break
+  sleep 0.1
+done
+create_functions
+run_load single "http://127.0.0.1:$API_PORT"
+echo "baseline, one kindling serve (no etcd, one agent): $(jq -c . "$T/single.json")"
+jq -rn --slurpfile f "$T/healthy.json" --slurpfile b "$T/single.json" \
+  '"healthy fleet / one kindling serve: invokes/s \($f[0].invokes_per_s / $b[0].invokes_per_s * 100 | round / 100)x, p50 \($f[0].p50_ms / $b[0].p50_ms * 100 | round / 100)x, p99 \($f[0].p99_ms / $b[0].p99_ms * 100 | round / 100)x"'

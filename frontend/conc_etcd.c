@@ -145,9 +145,11 @@ static int write_holding(struct frontend *fe, const char *scope, unsigned n, int
 	return r < 0 ? r : ok ? 0 : -EAGAIN;
 }
 
-/* Grow this frontend's holding of |scope| to |want| if the fleet's total
- * stays within |limit|.  0, -EDQUOT (it would not), -ENOTCONN, -errno. */
-static int grow(struct frontend *fe, const char *scope, unsigned want, unsigned limit)
+/* Grow this frontend's holding of |scope| to between |least| and |most|
+ * slots, as many as keep the fleet's total within |limit|.  0 with |*got|,
+ * -EDQUOT (not even |least| would fit), -ENOTCONN, -errno. */
+static int grow(struct frontend *fe, const char *scope, unsigned least, unsigned most, unsigned limit,
+		unsigned *got)
 {
 	char *prefix = xasprintf("kindling/concurrency/%s/", scope);
 	char *mine = xasprintf("kindling/concurrency/%s/holders/%s", scope, fe->id);
@@ -177,11 +179,14 @@ static int grow(struct frontend *fe, const char *scope, unsigned want, unsigned 
 			}
 		}
 		etcd_kvs_cleanup(&kvs);
-		if (others + want > limit) {
+		if (others + least > limit) {
 			r = -EDQUOT;
 			break;
 		}
+		unsigned want = others + most > limit ? (unsigned)(limit - others) : most;
 		r = write_holding(fe, scope, want, guard_rev, lease);
+		if (r == 0)
+			*got = want;
 		if (r == -ENOENT)
 			r = -EAGAIN; /* the lease went: take a new one, read again */
 	}
@@ -214,22 +219,29 @@ static bool take(struct frontend *fe, const char *scope, const char *name, long 
 		return false;
 	}
 
-	/* Grow by one, with no other write of this frontend's holdings in
-	 * between; local takes and puts go on meanwhile. */
+	/* Grow, with no other write of this frontend's holdings in between;
+	 * local takes and puts go on meanwhile.  One grower asks for a slot
+	 * for each taker queued behind it too (as many as fit), so a burst of
+	 * N new invocations costs about one etcd write, not N in a row. */
+	pthread_mutex_lock(&fe->conc_lock);
+	h->growers++;
+	pthread_mutex_unlock(&fe->conc_lock);
 	pthread_mutex_lock(&fe->grow_lock);
 	uint64_t epoch = fe_fleet_epoch(fe);
 	pthread_mutex_lock(&fe->conc_lock);
-	bool ok = h->inuse < held_now(fe, h); /* a put while we waited */
-	unsigned base = held_now(fe, h) > h->inuse ? held_now(fe, h) : h->inuse;
+	h->growers--;
+	bool ok = h->inuse < held_now(fe, h); /* a put or another's growth while we waited */
+	unsigned base = held_now(fe, h) > h->inuse ? held_now(fe, h) : h->inuse, queued = h->growers;
 	if (ok) {
 		h->inuse++;
 		h->last_used = now_seconds();
 	}
 	pthread_mutex_unlock(&fe->conc_lock);
-	int r = ok ? 0 : grow(fe, scope, base + 1, limit);
+	unsigned got = 0;
+	int r = ok ? 0 : grow(fe, scope, base + 1, base + 1 + queued, limit, &got);
 	pthread_mutex_lock(&fe->conc_lock);
 	if (!ok && r == 0) {
-		h->held = base + 1;
+		h->held = got;
 		h->epoch = epoch == fe_fleet_epoch(fe) ? epoch : 0;
 		h->inuse++;
 		h->last_used = now_seconds();

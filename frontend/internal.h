@@ -83,6 +83,7 @@ struct fe_cached {
 struct fe_hold {
 	char scope[80]; /* "account" or "function/NAME" */
 	unsigned held, inuse; /* held counts only under lease epoch |epoch| */
+	unsigned growers;     /* takers waiting to grow it (conc_lock) */
 	uint64_t epoch;
 	double last_used;
 	struct fe_hold *next;
