@@ -25,7 +25,19 @@ track_pid() { _pids+=("$1"); }
 die() { echo "bench/fleet.sh: $*" >&2; exit 1; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 . "$top/tests/tools/fleet.sh"
-cleanup() { stop_fleet 2>/dev/null || true; for p in "${_pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$T"; }
+cleanup() {
+  set +e
+  stop_fleet 2>/dev/null
+  local p i m
+  for p in "${_pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for p in "${_pids[@]}"; do
+    for ((i = 0; i < 300; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null
+  done
+  # A process killed hard leaves its FUSE mount behind.
+  for m in $(awk -v t="$T" 'index($2, t) == 1 {print $2}' /proc/mounts | sort -r); do umount -l "$m"; done
+  rm -rf "$T"
+}
 trap cleanup EXIT
 export KINDLING_HOME=$T/home
 mkdir -p "$KINDLING_HOME"

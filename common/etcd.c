@@ -505,9 +505,10 @@ static int reply_error(const char *member, const char *path, long status, const 
 /* POST |req| to |path| on the member that answered last, or the next ones
  * (transport errors and 5xx move on).  If none answered but one was there
  * and slow or failing (a timeout, a broken connection, a 5xx: a leader
- * election after a member died looks like this), every member is tried once
- * more after a short pause; members that all refuse connections are down,
- * and that is said at once.  0 with |*reply| (an object; decref),
+ * election after a member died looks like this) and that round took less
+ * than the timeout, every member is tried once more after a short pause.
+ * Members that all refuse connections are down, and that is said at once;
+ * members that all time out are not waited on twice.  0 with |*reply| (an object; decref),
  * -ENOTCONN if none answered, -EPROTO for a reply that is no JSON object,
  * or an etcd error as -errno (reply_error). */
 static int call(struct etcd *e, const char *path, json_t *req, size_t json_flags, json_t **reply)
@@ -530,9 +531,14 @@ static int call(struct etcd *e, const char *path, json_t *req, size_t json_flags
 	size_t member = start;
 	int last = -ENOTCONN;
 	bool answered = false, slow = false;
+	struct timespec began;
+	clock_gettime(CLOCK_MONOTONIC, &began);
 	for (size_t k = 0; k < 2 * e->n_members; k++) {
 		if (k == e->n_members) {
-			if (!slow)
+			struct timespec now;
+			clock_gettime(CLOCK_MONOTONIC, &now);
+			double spent_ms = (double)(now.tv_sec - began.tv_sec) * 1e3 + (double)(now.tv_nsec - began.tv_nsec) / 1e6;
+			if (!slow || spent_ms >= e->timeout_ms)
 				break;
 			struct timespec pause = { 0, 200 * 1000 * 1000 };
 			nanosleep(&pause, NULL);
