@@ -132,7 +132,10 @@ int cmd_placement(int argc, char **argv)
 		return 1;
 	}
 	static const struct http_server_ops ops = { .handle = handle };
-	struct http_server_config hcfg = { .ops = &ops, .arg = svc, .max_body = 256u << 10, .name = "placement" };
+	/* Every frontend keeps connections to it: more than a host agent sees. */
+	struct http_server_config hcfg = {
+		.ops = &ops, .arg = svc, .max_body = 256u << 10, .name = "placement", .max_connections = 1024
+	};
 	if ((r = http_server_start(&hcfg, listen, &srv)) < 0) {
 		fprintf(stderr, "kindling placement: cannot listen on %s: %s\n", listen, strerror(-r));
 		goto out;

@@ -452,6 +452,12 @@ static enum MHD_Result answer_error(struct http_server *s, struct req *q, struct
 		response_cleanup(&resp);
 		return MHD_NO;
 	}
+	/* At the connection limit or stopping: the client may come back (and
+	 * a peer of ours tells this load shedding from a failure by it). */
+	if (status == 503 && http_response_add_header(&resp, "Retry-After", "1") < 0) {
+		response_cleanup(&resp);
+		return MHD_NO;
+	}
 	return queue(s, q, connection, &resp, status != 500);
 }
 

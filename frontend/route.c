@@ -432,12 +432,14 @@ static int place(struct frontend_router *rt, const struct hostagent_function *fn
 		free(url);
 		json_t *j = q == 0 ? json_loadb(resp.body, resp.body_len, 0, NULL) : NULL;
 		const char *reason = json_string_value(json_object_get(j, "reason"));
-		if (q == 0 && resp.status == 503 && reason &&
-		    (strcmp(reason, "NoCapacity") == 0 || strcmp(reason, "Conflict") == 0 ||
-		     strcmp(reason, "Overloaded") == 0)) {
+		bool shed = q == 0 && resp.status == 503 && http_client_response_header(&resp, "Retry-After");
+		if (shed || (q == 0 && resp.status == 503 && reason &&
+			     (strcmp(reason, "NoCapacity") == 0 || strcmp(reason, "Conflict") == 0 ||
+			      strcmp(reason, "Overloaded") == 0))) {
 			/* Every host of the function's cell is full, or
-			 * placement is behind on cold starts: the caller may
-			 * wait for room (then 429). */
+			 * placement is behind on cold starts or shedding
+			 * connections: the caller may wait for room (then
+			 * 429). */
 			json_decref(j);
 			http_client_response_cleanup(&resp);
 			r = -EBUSY;
@@ -447,7 +449,11 @@ static int place(struct frontend_router *rt, const struct hostagent_function *fn
 			json_decref(j);
 			if (q < 0)
 				log_debug("placement %s: %s", rt->placement[i], strerror(-q));
-			slow |= q == -ETIMEDOUT;
+			else
+				log_debug("placement %s answered %ld: %.200s", rt->placement[i], resp.status,
+					  resp.body ? resp.body : "");
+			/* It took the connection and then failed it: there, and behind. */
+			slow |= q == -ETIMEDOUT || q == -EIO || q == -ECONNRESET;
 			http_client_response_cleanup(&resp);
 			if (q == -ENOMEM) {
 				r = q;
@@ -546,6 +552,7 @@ static int route_invoke(void *arg, const struct hostagent_invoke_request *req, s
 			break;
 		}
 		hostagent_invoke_result_cleanup(out);
+		log_debug("function %s: the host %s placed it on answered %s", req->fn->name, host, strerror(-r));
 		if (r == -ENOTCONN)
 			agent_mark_down(rt, url);
 		bool retry = r == -ENOTCONN || r == -EBUSY || r == -ESHUTDOWN;

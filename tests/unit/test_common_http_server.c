@@ -562,6 +562,7 @@ static void test_connection_cap(void)
 	struct result r;
 	request(NULL, s, "GET", "/echo/third", NULL, 0, NULL, &r);
 	CHECK(r.status == 503 && strstr(r.body, "limit of 2 connections") && strstr(r.headers, "Connection: close"));
+	CHECK(strstr(r.headers, "Retry-After: 1"));
 	struct http_server_stats st;
 	http_server_get_stats(s, &st);
 	CHECK(st.rejected_busy == 1);
