@@ -164,5 +164,10 @@ stop_fleet() {
     wait "$p" 2>/dev/null || true
   done
   [ -z "${ETCD_WORKDIR:-}" ] || stop_etcd_cluster || true
+  # An agent that had to be killed leaves its FUSE mount behind.
+  local m
+  for m in $(awk -v d="${FLEET_DIR:-/nonexistent}/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r); do
+    umount -l "$m" 2>/dev/null || true
+  done
   return 0
 }
