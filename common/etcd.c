@@ -531,14 +531,10 @@ static int call(struct etcd *e, const char *path, json_t *req, size_t json_flags
 	size_t member = start;
 	int last = -ENOTCONN;
 	bool answered = false, slow = false;
-	struct timespec began;
-	clock_gettime(CLOCK_MONOTONIC, &began);
+	double began = now_seconds();
 	for (size_t k = 0; k < 2 * e->n_members; k++) {
 		if (k == e->n_members) {
-			struct timespec now;
-			clock_gettime(CLOCK_MONOTONIC, &now);
-			double spent_ms = (double)(now.tv_sec - began.tv_sec) * 1e3 + (double)(now.tv_nsec - began.tv_nsec) / 1e6;
-			if (!slow || spent_ms >= e->timeout_ms)
+			if (!slow || (now_seconds() - began) * 1e3 >= e->timeout_ms)
 				break;
 			struct timespec pause = { 0, 200 * 1000 * 1000 };
 			nanosleep(&pause, NULL);

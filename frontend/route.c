@@ -432,10 +432,10 @@ static int place(struct frontend_router *rt, const struct hostagent_function *fn
 		free(url);
 		json_t *j = q == 0 ? json_loadb(resp.body, resp.body_len, 0, NULL) : NULL;
 		const char *reason = json_string_value(json_object_get(j, "reason"));
-		bool shed = q == 0 && resp.status == 503 && http_client_response_header(&resp, "Retry-After");
-		if (shed || (q == 0 && resp.status == 503 && reason &&
-			     (strcmp(reason, "NoCapacity") == 0 || strcmp(reason, "Conflict") == 0 ||
-			      strcmp(reason, "Overloaded") == 0))) {
+		bool shed = http_client_response_header(&resp, "Retry-After") != NULL; /* load shedding */
+		bool full = reason && (strcmp(reason, "NoCapacity") == 0 || strcmp(reason, "Conflict") == 0 ||
+				       strcmp(reason, "Overloaded") == 0);
+		if (q == 0 && resp.status == 503 && (shed || full)) {
 			/* Every host of the function's cell is full, or
 			 * placement is behind on cold starts or shedding
 			 * connections: the caller may wait for room (then
