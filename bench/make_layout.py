@@ -37,8 +37,10 @@ def put_blob(layout, data=None, path=None):
     return digest, os.path.getsize(path)
 
 
-def main():
-    layout, tag, layers = sys.argv[1], sys.argv[2], sys.argv[3:]
+def make_layout(layout, tag, layers, image_config=None):
+    """Write LAYOUT (created if missing) holding one image tagged TAG whose
+    layers are the plain tar files LAYERS, bottom first; IMAGE_CONFIG is the
+    config's "config" object (Entrypoint, Env, WorkingDir...)."""
     os.makedirs(layout, exist_ok=True)
     with open(os.path.join(layout, "oci-layout"), "w") as f:
         json.dump({"imageLayoutVersion": "1.0.0"}, f)
@@ -49,7 +51,8 @@ def main():
                       "digest": "sha256:" + digest, "size": size})
         diff_ids.append("sha256:" + digest)
     config = {"architecture": "amd64", "os": "linux",
-              "config": {"Entrypoint": ["/bin/sh"], "Env": ["PATH=/usr/bin:/bin"], "WorkingDir": "/"},
+              "config": image_config or {"Entrypoint": ["/bin/sh"], "Env": ["PATH=/usr/bin:/bin"],
+                                         "WorkingDir": "/"},
               "rootfs": {"type": "layers", "diff_ids": diff_ids}}
     cdigest, csize = put_blob(layout, data=json.dumps(config, sort_keys=True).encode())
     manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -63,6 +66,10 @@ def main():
                             "annotations": {"org.opencontainers.image.ref.name": tag}}]}
     with open(os.path.join(layout, "index.json"), "w") as f:
         json.dump(index, f)
+
+
+def main():
+    make_layout(sys.argv[1], sys.argv[2], sys.argv[3:])
 
 
 if __name__ == "__main__":

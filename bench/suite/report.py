@@ -1,0 +1,338 @@
+"""The suite's report: results.json -> report.md and PNG plots (gnuplot).
+
+    python3 bench/suite/report.py RESULTS.json [OUT_DIR]
+
+Every table quotes medians (p90 beside the time figures) and each figure's
+ratio against the baseline measured in the same run; every target of the
+benchmark issue is checked in a "Targets" table.
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+MiB = 1 << 20
+SYSTEM_ORDER = ["kindling-l1warm", "kindling-l1warm-prefetch", "kindling-l2", "kindling-l2-prefetch",
+                "kindling-origin", "kindling-origin-prefetch", "podman", "eager", "floor-sandbox", "floor-chroot"]
+SYSTEM_ABOUT = {
+    "kindling-origin": "kindling run, L1 and L2 empty: every chunk from the origin",
+    "kindling-origin-prefetch": "the same, prefetching the recorded startup trace",
+    "kindling-l2": "kindling run, L1 empty, L2 (5 memcached, 4+1) holding the image",
+    "kindling-l2-prefetch": "the same, prefetching the recorded startup trace",
+    "kindling-l1warm": "kindling run, every chunk the start needs already in L1",
+    "kindling-l1warm-prefetch": "the same, with prefetch",
+    "podman": "podman pull (empty storage) + podman run (runc)",
+    "eager": "skopeo copy + umoci unpack + the same process sandbox",
+    "floor-sandbox": "kindling's process sandbox on the page-cached unpacked tree",
+    "floor-chroot": "unshare -mpf + chroot on the page-cached unpacked tree (the floor)",
+}
+
+
+class Results:
+    def __init__(self, data):
+        self.d = data
+        self.by_key = {}
+        for r in data["records"]:
+            self.by_key.setdefault((r["scenario"], r["workload"], r["system"], r["metric"]), []).append(r)
+
+    def get(self, scenario, workload, system, metric):
+        rs = self.by_key.get((scenario, workload, system, metric))
+        return rs[0] if rs else None
+
+    def all(self, scenario, workload, system, metric):
+        return self.by_key.get((scenario, workload, system, metric), [])
+
+    def med(self, scenario, workload, system, metric):
+        r = self.get(scenario, workload, system, metric)
+        return r["median"] if r and r["samples"] else None
+
+    def records(self, scenario=None, metric=None):
+        return [r for r in self.d["records"] if (scenario is None or r["scenario"] == scenario)
+                and (metric is None or r["metric"] == metric)]
+
+
+def fmt_s(x):
+    if x is None:
+        return "–"
+    return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def fmt_x(x):
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def gnuplot(script, what):
+    r = subprocess.run(["gnuplot"], input=script, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"gnuplot failed on the {what} plot: {r.stderr.strip()[-300:]}")
+
+
+def cdf_plot(path, title, xlabel, series, logx=True):
+    """SERIES: [(label, samples)]; a CDF per series."""
+    tmp = tempfile.mkdtemp(prefix="kindling-plot.")
+    plots = []
+    for i, (label, xs) in enumerate(series):
+        xs = sorted(x for x in xs if x is not None)
+        if not xs:
+            continue
+        dat = os.path.join(tmp, f"{i}.dat")
+        with open(dat, "w") as f:
+            for j, x in enumerate(xs):
+                f.write(f"{x} {(j + 1) / len(xs)}\n")
+        plots.append(f"'{dat}' using 1:2 with steps lw 2 title '{label}'")
+    if not plots:
+        return False
+    gnuplot(f"""set terminal pngcairo size 1000,600 font ",10" noenhanced
+set output '{path}'
+set title '{title}'
+set xlabel '{xlabel}'
+set ylabel 'fraction of runs'
+set yrange [0:1.05]
+set grid
+set key bottom right
+{'set logscale x' if logx else ''}
+plot {', '.join(plots)}
+""", title)
+    return True
+
+
+def bar_plot(path, title, ylabel, groups, columns, logy=False):
+    """GROUPS: [(group label, [value per column])]; clustered bars."""
+    tmp = tempfile.mkdtemp(prefix="kindling-plot.")
+    dat = os.path.join(tmp, "bars.dat")
+    with open(dat, "w") as f:
+        f.write("group " + " ".join(f'"{c}"' for c in columns) + "\n")
+        for g, vals in groups:
+            f.write(f'"{g}" ' + " ".join("NaN" if v is None else str(v) for v in vals) + "\n")
+    cols = ", ".join(f"'' using {i + 2} title columnheader" if i else f"'{dat}' using 2:xtic(1) title columnheader"
+                     for i in range(len(columns)))
+    gnuplot(f"""set terminal pngcairo size 1000,600 font ",10" noenhanced
+set output '{path}'
+set title '{title}'
+set ylabel '{ylabel}'
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set grid ytics
+set key top left
+set xtics rotate by -20
+{'set logscale y' if logy else 'set yrange [0:*]'}
+plot {cols}
+""", title)
+
+
+def write(results_path, out_dir, say=print):
+    with open(results_path) as f:
+        data = json.load(f)
+    R = Results(data)
+    md, targets, plots = [], [], []
+
+    def plot(name, fn, *a, **kw):
+        path = os.path.join(out_dir, name)
+        try:
+            if fn(path, *a, **kw) is not False:
+                plots.append(name)
+                return f"![{name}]({name})"
+        except RuntimeError as e:
+            say(f"report: {e}")
+        return ""
+
+    m = data["machine"]
+    md += ["# kindling cold-start benchmark", "",
+           f"- command: `{data['command']}` ({data['mode']} mode)",
+           f"- commit: `{data['commit']}`{' (with uncommitted changes)' if data.get('dirty') else ''}",
+           f"- date: {data['date']}",
+           f"- machine: {m['cpus']} × {m['cpu_model']}, {m['mem_bytes'] / (1 << 30):.0f} GiB, {m['os']}, "
+           f"Linux {m['kernel']}; load average at start {', '.join(f'{x:.1f}' for x in m['loadavg_start'])}",
+           f"- {data['settings']['reps']} runs per system, alternating; {data['settings']['drop_caches']}; "
+           "figures are medians (p90 in brackets); every ratio is against a baseline from this run.", ""]
+    failed = {k: v for k, v in data["scenarios"].items() if v["status"] != "ok"}
+    if failed:
+        md += ["**Failed scenarios:** " + "; ".join(f"{k}: {v['error']}" for k, v in failed.items()), ""]
+    md += ["## Workloads", "", "| workload | image | size | what it runs |", "|---|---|---|---|"]
+    for w, spec in data["workloads"].items():
+        size = f"{spec['image_bytes'] / MiB:.0f} MiB" if spec.get("image_bytes") else "–"
+        md.append(f"| {w} | {spec['image']} | {size} | {spec['about']} |")
+    md.append("")
+
+    # ---- cold start ----------------------------------------------------------------------
+    cold_workloads = [w for w in data["workloads"] if R.get("coldstart", w, "eager", "first_output_s")]
+    if cold_workloads:
+        md += ["## Cold start", "", "Time from spawning the command to its first output line (p90 in brackets). "
+               "podman and eager include their pull (and unpack); kindling's import happened at deploy time "
+               "(see *Deploy from a registry*).", ""]
+        md += ["| system | " + " | ".join(cold_workloads) + " |", "|---" * (len(cold_workloads) + 1) + "|"]
+        for system in SYSTEM_ORDER:
+            cells = []
+            for w in cold_workloads:
+                r = R.get("coldstart", w, system, "first_output_s")
+                if not r:
+                    cells.append("–")
+                    continue
+                cell = f"{fmt_s(r['median'])} ({fmt_s(r['p90'])})"
+                sp = R.med("coldstart", w, system, "speedup_vs_podman")
+                if sp:
+                    cell += f", {sp:.1f}× faster than podman"
+                cells.append(cell)
+            md.append(f"| {system} | " + " | ".join(cells) + " |")
+        md += ["", "Systems: " + "; ".join(f"**{k}**: {v}" for k, v in SYSTEM_ABOUT.items()), ""]
+        for w in cold_workloads:
+            md.append(plot(f"coldstart_{w}.png", cdf_plot, f"cold start, {w}: time to first output",
+                           "seconds (log)", [(s, (R.get("coldstart", w, s, "first_output_s") or {}).get("samples", []))
+                                             for s in SYSTEM_ORDER]))
+        md.append("")
+        md += ["### Bytes fetched against bytes read", "",
+               "kindling, L1 empty, L2 warm, no prefetch. *read* is every byte the kernel asked of the image "
+               "(blockd's bytes_read: the workload's page-cache misses, memory-mapped libraries, the kernel's "
+               "readahead); *metadata* is the EROFS metadata region.", "",
+               "| workload | image | fetched | read | metadata | fetched / read | fetched / (read + metadata) "
+               "| chunks L1 / L2 / origin |", "|---|---|---|---|---|---|---|---|"]
+        groups = []
+        for w in cold_workloads:
+            g = lambda k: R.med("coldstart", w, "kindling-l2", k)  # noqa: E731
+            if g("bytes_fetched") is None:
+                continue
+            ratio = g("fetched_vs_read_plus_metadata")
+            md.append(f"| {w} | {g('image_size') / MiB:.0f} MiB | {g('bytes_fetched') / MiB:.1f} MiB | "
+                      f"{g('bytes_read') / MiB:.1f} MiB | {g('metadata_bytes') / MiB:.1f} MiB | "
+                      f"{fmt_x(g('fetch_amplification'))} | {fmt_x(ratio)} | "
+                      f"{g('chunks_l1'):.0f} / {g('chunks_l2'):.0f} / {g('chunks_l3'):.0f} |")
+            groups.append((w, [g("bytes_read") / MiB, g("metadata_bytes") / MiB, g("bytes_fetched") / MiB]))
+            targets.append((f"fetch amplification, {w}: fetched ≤ 1.5 × (read + metadata)", f"{ratio:.2f}×",
+                            ratio <= 1.5))
+        md.append("")
+        if groups:
+            md.append(plot("bytes.png", bar_plot, "bytes fetched against bytes read (kindling, L2 warm)", "MiB",
+                           groups, ["read", "metadata", "fetched"]))
+            md.append("")
+
+    # ---- warm start ----------------------------------------------------------------------
+    for w in data["workloads"]:
+        k = R.get("warmstart", w, "kindling-l1warm", "first_output_s")
+        f = R.get("warmstart", w, "floor-chroot", "first_output_s")
+        if not (k and f):
+            continue
+        ratio = k["median"] / f["median"]
+        md += ["## Warm process-sandbox start", "",
+               f"`kindling run` of the {w} workload with L1 and page cache warm, against `unshare -mpf "
+               "--mount-proc chroot` on the same page-cached tree, alternating.", "",
+               "| | first output | vs the floor |", "|---|---|---|",
+               f"| kindling run, warm | {fmt_s(k['median'])} ({fmt_s(k['p90'])}) | {fmt_x(ratio)} |",
+               f"| unshare + chroot (floor) | {fmt_s(f['median'])} ({fmt_s(f['p90'])}) | 1× |", ""]
+        targets.append((f"warm start, {w}: ≤ 2× unshare + chroot", fmt_x(ratio), ratio <= 2.0))
+        phases = [r for r in R.records("warmstart") if r["metric"].startswith("phase_ms:") and r["workload"] == w]
+        if phases:
+            md += ["Where the warm start goes (`kindling run --timings`, medians):", "", "| phase | ms |", "|---|---|"]
+            md += [f"| {r['metric'][9:]} | {r['median']:.1f} |" for r in phases]
+            md.append("")
+            md.append(plot("warmstart_phases.png", bar_plot, f"warm start of {w}: phases (median ms)", "ms",
+                           [(r["metric"][9:], [r["median"]]) for r in phases], ["ms"]))
+        md.append(plot("warmstart.png", cdf_plot, f"warm start, {w}: time to first output", "seconds (log)",
+                       [("kindling run, L1 warm", k["samples"]), ("unshare + chroot, page-cached", f["samples"])]))
+        md.append("")
+        break
+
+    # ---- import --------------------------------------------------------------------------
+    limit = R.med("crypto", None, "openssl", "limit_all_cores")
+    imps = [r for r in R.records("import", "throughput")]
+    if imps and limit:
+        cores = R.get("crypto", None, "openssl", "limit_all_cores")["params"].get("cores")
+        md += ["## Import throughput", "",
+               f"chunkify import of each image's OCI layout (plain tar layers) into an empty store, page cache "
+               f"dropped, against the crypto limit of {cores} cores: {limit / 1e6:.0f} MB/s "
+               f"(2 × SHA-256 + AES-256-CTR per byte, `openssl speed` in this run).", "",
+               "| image | layers | throughput | vs the crypto limit |", "|---|---|---|---|"]
+        groups = []
+        for r in imps:
+            md.append(f"| {r['workload']} | {r['params']['layers']} | {r['median'] / 1e6:.0f} MB/s | "
+                      f"{100 * r['median'] / limit:.0f}% |")
+        for img in sorted({r["workload"] for r in imps}):
+            a = R.med("import", img, "kindling-layers", "throughput")
+            b = R.med("import", img, "kindling-one_layer", "throughput")
+            groups.append((img, [x / 1e6 if x else None for x in (a, b, limit)]))
+            sp = R.med("import", img, "kindling", "multi_layer_speedup")
+            if sp:
+                md.append(f"| {img}: multi-layer speedup (time of one layer / time of "
+                          f"{R.get('import', img, 'kindling', 'multi_layer_speedup')['params']['layers']} layers) "
+                          f"| | {sp:.2f}× | |")
+            if a:
+                targets.append((f"import of {img}: ≥ 50% of the {cores}-core crypto limit",
+                                f"{100 * a / limit:.0f}%", a >= 0.5 * limit))
+        md.append("")
+        md.append(plot("import.png", bar_plot, "import throughput against the crypto limit", "MB/s", groups,
+                       ["layers", "one layer", "crypto limit"]))
+        md.append("")
+
+    # ---- registry ------------------------------------------------------------------------
+    regs = sorted({r["workload"] for r in R.records("registry", "seconds")})
+    if regs:
+        md += ["## Deploy from a registry", "",
+               "The same image from the same docker-registry on loopback (gzip layers, pushed by skopeo), "
+               "into an empty store each time.", "",
+               "| image | kindling import | podman pull | skopeo copy + umoci unpack | kindling / podman |",
+               "|---|---|---|---|---|"]
+        groups = []
+        for img in regs:
+            k, p, e = (R.get("registry", img, s, "seconds") for s in ("kindling", "podman", "eager"))
+            ratio = R.med("registry", img, "kindling", "vs_podman")
+            md.append(f"| {img} | {fmt_s(k and k['median'])} | {fmt_s(p and p['median'])} | "
+                      f"{fmt_s(e and e['median'])} | {fmt_x(ratio)} |")
+            groups.append((img, [x["median"] if x else None for x in (k, p, e)]))
+            if ratio is not None:
+                targets.append((f"registry import of {img}: ≤ ½ podman pull", fmt_x(ratio), ratio <= 0.5))
+        md.append("")
+        md.append(plot("registry.png", bar_plot, "deploy from a local registry", "seconds", groups,
+                       ["kindling import", "podman pull", "skopeo + umoci"]))
+        md.append("")
+
+    # ---- cache ---------------------------------------------------------------------------
+    summ = R.records("cache", "read_latency_summary")
+    if summ:
+        runs = sorted({r["params"].get("run", 0) for r in summ})
+        md += ["## Cache tiers", "", "`bench/cache.sh`: one 512 KiB chunk, verified and decrypted, per tier "
+               f"(µs; {len(runs)} run(s)).", "", "| read | run | p50 | p99 | p99.9 |", "|---|---|---|---|---|"]
+        for r in summ:
+            p50, p99, p999 = r["samples"]
+            md.append(f"| {r['system']} | {r['params'].get('run', 0) + 1} | {p50:.0f} | {p99:.0f} | {p999:.0f} |")
+        md.append("")
+        for run in runs:
+            floor = next((r["samples"][0] for r in R.all("cache", None, "verify-floor", "latency")
+                          if r["params"].get("run") == run), None)
+            l2 = next((r for r in summ if r["params"].get("run") == run and r["system"].startswith("L2 4+1")), None)
+            if floor and l2:
+                targets.append((f"L2 hit p50 ≤ 1.2 × verify floor (run {run + 1})",
+                                f"{l2['samples'][0] / floor:.2f}× ({l2['samples'][0]:.0f} / {floor:.0f} µs)",
+                                l2["samples"][0] <= 1.2 * floor))
+                targets.append((f"L2 hit p99 ≤ 2 ms (run {run + 1})", f"{l2['samples'][1]:.0f} µs",
+                                l2["samples"][1] <= 2000))
+        for r in R.all("cache", None, "l2-4+1-slow-node", "p99_vs_healthy"):
+            targets.append((f"L2 4+1 p99 with one node 20 ms slow ≤ 1.5 × healthy (run {r['params'].get('run', 0) + 1})",
+                            fmt_x(r["samples"][0]), r["samples"][0] <= 1.5))
+        lat = [r for r in R.records("cache", "read_latency") if r["params"].get("run") == runs[-1]]
+        l2s = [r for r in lat if r["system"].startswith("l2")]
+        if l2s:
+            md.append(plot("l2_latency.png", cdf_plot, "L2 hit latency, healthy and with one of five nodes 20 ms slow",
+                           "µs (log)", [(r["system"], r["samples"]) for r in l2s]))
+        others = [r for r in lat if not r["system"].startswith("l2")]
+        if others:
+            md.append(plot("tiers_latency.png", cdf_plot, "512 KiB chunk read latency per tier", "µs (log)",
+                           [(r["system"], r["samples"]) for r in others]))
+        md.append("")
+
+    if targets:
+        md += ["## Targets", "", "| target | this run | |", "|---|---|---|"]
+        md += [f"| {t} | {v} | {'met' if ok else '**not met**'} |" for t, v, ok in targets]
+        md.append("")
+    md += ["## Plots", ""] + [f"- [{p}]({p})" for p in plots] + [""]
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write("\n".join(x for x in md if x is not None) + "\n")
+    return plots
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (2, 3):
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    write(sys.argv[1], sys.argv[2] if len(sys.argv) == 3 else os.path.dirname(os.path.abspath(sys.argv[1])))

@@ -1,0 +1,364 @@
+"""The suite's scenarios.  Each takes a Suite (its rig, build, settings and
+record()) and records measurements; every figure is recorded next to the
+baseline it is compared with, measured in the same run, runs of the systems
+alternating so that drift on a shared machine falls on all of them alike.
+
+Cold runs drop the page cache first (sync; echo 3 > drop_caches) and start
+from an empty cache or store of the system's own: a new L1 directory for
+kindling, a new --root for podman, a new directory for skopeo + umoci.  Warm
+runs (kindling's L1 warm, the page-cached floor) keep the page cache as the
+previous run left it.
+"""
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import time
+
+import workloads
+from rig import BenchError, drop_caches, read_json_line, remove_tree
+
+
+# podman run's flags here: runc (crun refuses this kernel's hybrid cgroup
+# layout) and explicit ulimits (podman's defaults ask for more than runc may
+# set here: "error setting rlimit ... operation not permitted").
+PODMAN_RUN = ["--runtime", "runc", "--network", "none", "--ulimit", "nofile=1024:1024",
+              "--ulimit", "nproc=4096:4096"]
+
+
+def speed(alg):
+    """openssl speed of ALG on 512 KiB blocks, bytes/s."""
+    out = subprocess.run(["openssl", "speed", "-evp", alg, "-bytes", "524288", "-seconds", "2"],
+                         capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        f = line.split()
+        if f and f[0].lower() in (alg.lower(), "aes-256-ctr") and f[-1].endswith("k"):
+            return float(f[-1][:-1]) * 1000
+    raise BenchError(f"openssl speed -evp {alg}: no figure in its output (is openssl installed?)")
+
+
+def crypto(s):
+    """The crypto limit an import is compared with: per byte of image, two
+    SHA-256 passes (chunk key, chunk name) and one AES-256-CTR pass."""
+    s.step("crypto limit (openssl speed, 512 KiB blocks)")
+    sha, aes = speed("sha256"), speed("aes-256-ctr")
+    per_core = 1 / (2 / sha + 1 / aes)
+    cores = os.cpu_count() or 1
+    s.record("crypto", None, "openssl", "sha256_throughput", "B/s", [sha])
+    s.record("crypto", None, "openssl", "aes256ctr_throughput", "B/s", [aes])
+    s.record("crypto", None, "openssl", "limit_per_core", "B/s", [per_core])
+    s.record("crypto", None, "openssl", "limit_all_cores", "B/s", [per_core * cores], cores=cores)
+    s.crypto_limit = per_core * cores
+
+
+def _images(s):
+    seen = []
+    for w in s.workloads:
+        img = workloads.WORKLOADS[w]["image"]
+        if img not in seen:
+            seen.append(img)
+    return seen
+
+
+def import_throughput(s):
+    """chunkify import of each image's OCI layout into an empty store, against
+    the crypto limit; and the same files as one layer, for the multi-layer
+    speedup."""
+    if not getattr(s, "crypto_limit", None):
+        crypto(s)
+    for name in _images(s):
+        meta = s.image(name)
+        one = _one_layer(s, name, meta)
+        for rep in range(s.reps):
+            for label, lay in (("layers", meta), ("one_layer", one)):
+                s.step(f"import {name} ({label}, {lay['layers']} layers, {lay['bytes'] >> 20} MiB), run {rep + 1}")
+                home = s.rig.fresh_dir("import-home")
+                drop_caches()
+                t0 = time.monotonic()
+                s.rig.run([s.bin("chunkify"), "import", f"oci:{lay['layout']}:{lay['tag']}", "--name", "bench:1",
+                           "--json"], f"chunkify import of {name}", env=s.env(KINDLING_HOME=home))
+                dt = time.monotonic() - t0
+                shutil.rmtree(home)
+                s.add_sample("import", name, f"kindling-{label}", "seconds", "s", dt, bytes=lay["bytes"],
+                             layers=lay["layers"])
+        for label in ("layers", "one_layer"):
+            r = s.find("import", name, f"kindling-{label}", "seconds")
+            thr = r["params"]["bytes"] / statistics.median(r["samples"])
+            s.record("import", name, f"kindling-{label}", "throughput", "B/s", [thr], layers=r["params"]["layers"],
+                     vs_crypto_limit=thr / s.crypto_limit)
+        a = s.find("import", name, "kindling-one_layer", "seconds")["samples"]
+        b = s.find("import", name, "kindling-layers", "seconds")["samples"]
+        s.record("import", name, "kindling", "multi_layer_speedup", "x", [statistics.median(a) / statistics.median(b)],
+                 layers=meta["layers"])
+
+
+def _one_layer(s, name, meta):
+    """The image's files as a single layer (cached beside the image)."""
+    dest = os.path.join(os.path.dirname(meta["layout"]), "one-layer")
+    info = os.path.join(dest, "meta.json")
+    if os.path.exists(info):
+        with open(info) as f:
+            return json.load(f)
+    s.step(f"building the one-layer variant of {name}")
+    tmp = dest + ".tmp"
+    remove_tree(tmp)
+    workloads.unpack_tree(meta, os.path.join(tmp, "tree"))
+    subprocess.run(["tar", "-C", os.path.join(tmp, "tree"), "--sort=name", "-cf", os.path.join(tmp, "l.tar"), "."],
+                   check=True)
+    shutil.rmtree(os.path.join(tmp, "tree"))
+    workloads.make_layout(os.path.join(tmp, "layout"), "bench", [os.path.join(tmp, "l.tar")])
+    os.unlink(os.path.join(tmp, "l.tar"))
+    one = {"layout": os.path.join(dest, "layout"), "tag": "bench", "layers": 1,
+           "bytes": sum(os.path.getsize(os.path.join(tmp, "layout", "blobs", "sha256", b))
+                        for b in os.listdir(os.path.join(tmp, "layout", "blobs", "sha256")))}
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(one, f)
+    os.rename(tmp, dest)
+    return one
+
+
+def registry_import(s):
+    """Deploy time from a registry: kindling's import against `podman pull`
+    and skopeo copy + umoci unpack, of the same image from the same
+    docker-registry (gzip layers, as skopeo pushes them)."""
+    for name in _images(s):
+        ref = s.pushed(name)
+        for rep in range(s.reps):
+            for system in ("kindling", "podman", "eager"):
+                s.step(f"registry: {system} deploys {name}, run {rep + 1}")
+                drop_caches()
+                t = _deploy(s, system, ref)
+                s.add_sample("registry", name, system, "seconds", "s", t, image=ref)
+                _undeploy(s, system)
+        k = statistics.median(s.find("registry", name, "kindling", "seconds")["samples"])
+        for other in ("podman", "eager"):
+            o = statistics.median(s.find("registry", name, other, "seconds")["samples"])
+            s.record("registry", name, "kindling", f"vs_{other}", "x", [k / o])
+
+
+def _deploy(s, system, ref):
+    """Time SYSTEM's deploy of docker://REF into its own fresh store."""
+    s.deploy_dir = s.rig.fresh_dir(f"deploy-{system}")
+    t0 = time.monotonic()
+    if system == "kindling":
+        s.rig.run([s.bin("chunkify"), "import", f"docker://{ref}", "--name", "bench:1"], "chunkify import (registry)",
+                  env=s.env(KINDLING_HOME=s.deploy_dir))
+    elif system == "podman":
+        s.rig.run(["podman", *_podman_root(s.deploy_dir), "pull", "-q", "--tls-verify=false", ref], "podman pull")
+    else:
+        s.rig.run([os.path.join(s.top, "bench", "eager.sh"), f"docker://{ref}", os.path.join(s.deploy_dir, "e"),
+                   "--src-tls-verify=false"], "skopeo copy + umoci unpack")
+    return time.monotonic() - t0
+
+
+def _undeploy(s, system):
+    if system == "podman":
+        subprocess.run(["podman", *_podman_root(s.deploy_dir), "rmi", "-a", "-f"], capture_output=True)
+    remove_tree(s.deploy_dir)
+
+
+def _podman_root(d):
+    return ["--root", os.path.join(d, "root"), "--runroot", os.path.join(d, "run"), "--storage-driver", "overlay"]
+
+
+LAZY = [("kindling-origin", [], False), ("kindling-origin-prefetch", [], True),
+        ("kindling-l2", ["l2"], False), ("kindling-l2-prefetch", ["l2"], True),
+        ("kindling-l1warm", ["l1warm"], False), ("kindling-l1warm-prefetch", ["l1warm"], True)]
+
+
+def coldstart(s):
+    """Time to first output and to exit of each workload, per system; bytes
+    fetched against bytes read for kindling."""
+    nodes = s.l2_nodes()
+    for w in s.workloads:
+        spec = workloads.WORKLOADS[w]
+        img = spec["image"]
+        name = s.imported(img)
+        cfg_env = s.image_env(img)
+        s.step(f"coldstart {w}: priming L2, recording the startup trace, warming an L1")
+        _prime(s, name, nodes)
+        _krun(s, w, name, [], prefetch=True, l1=s.rig.fresh_dir("l1"))  # records the startup trace
+        l1warm = s.rig.fresh_dir("l1warm")
+        _krun(s, w, name, ["--l2", nodes], prefetch=False, l1=l1warm)
+        tree = s.tree(img)
+        _floor(s, w, tree, cfg_env)  # page-caches the tree
+        for rep in range(s.reps):
+            for system, tiers, pf in LAZY:
+                s.step(f"coldstart {w}: {system}, run {rep + 1}")
+                l1 = l1warm if "l1warm" in tiers else s.rig.fresh_dir("l1")
+                drop_caches()
+                rep_json, t = _krun(s, w, name, ["--l2", nodes] if "l2" in tiers else [], prefetch=pf, l1=l1)
+                _lazy_samples(s, w, system, rep_json, t)
+                if l1 != l1warm:
+                    shutil.rmtree(l1)
+            for system in ("podman", "eager"):
+                s.step(f"coldstart {w}: {system} (pull + run), run {rep + 1}")
+                drop_caches()
+                deploy = _deploy(s, system, s.pushed(img))
+                t = _run_deployed(s, system, w, cfg_env)
+                s.add_sample("coldstart", w, system, "first_output_s", "s", deploy + t.first_output_s)
+                s.add_sample("coldstart", w, system, "exit_s", "s", deploy + t.exit_s)
+                s.add_sample("coldstart", w, system, "deploy_s", "s", deploy)
+                _undeploy(s, system)
+            s.step(f"coldstart {w}: page-cached floor, run {rep + 1}")
+            t = _floor(s, w, tree, cfg_env)
+            s.add_sample("coldstart", w, "floor-chroot", "first_output_s", "s", t.first_output_s)
+            s.add_sample("coldstart", w, "floor-chroot", "exit_s", "s", t.exit_s)
+            t = s.rig.timed([s.bin("sandbox_run"), tree, "--workdir", s.image_workdir(img)] +
+                            sum((["--env", e] for e in cfg_env), []) + ["--", *spec["cmd"]],
+                            f"sandbox_run {w} on the page-cached tree", expect=spec["expect"])
+            s.add_sample("coldstart", w, "floor-sandbox", "first_output_s", "s", t.first_output_s)
+            s.add_sample("coldstart", w, "floor-sandbox", "exit_s", "s", t.exit_s)
+        base = statistics.median(s.find("coldstart", w, "eager", "first_output_s")["samples"])
+        for system, _, _ in LAZY:
+            k = statistics.median(s.find("coldstart", w, system, "first_output_s")["samples"])
+            s.record("coldstart", w, system, "speedup_vs_eager", "x", [base / k])
+            pod = statistics.median(s.find("coldstart", w, "podman", "first_output_s")["samples"])
+            s.record("coldstart", w, system, "speedup_vs_podman", "x", [pod / k])
+
+
+def _prime(s, name, nodes):
+    for attempt in range(5):
+        try:
+            s.rig.run([s.bin("chunkify"), "prime", name, "--l2", nodes], "chunkify prime (L2)")
+            return
+        except BenchError:
+            # On a small host a set can time out under the load of priming a whole image
+            # (the L2 client's 200 ms timeout); a retry writes only what is missing.
+            if attempt == 4:
+                raise
+            time.sleep(2)
+
+
+def _krun(s, w, name, extra, prefetch, l1):
+    spec = workloads.WORKLOADS[w]
+    argv = [s.bin("kindling"), "run", name, "--json", "--l1-dir", l1, *extra]
+    if not prefetch:
+        argv.append("--no-prefetch")
+    t = s.rig.timed(argv + ["--", *spec["cmd"]], f"kindling run {name} ({w})", expect=spec["expect"])
+    return read_json_line(t.err, f"kindling run {name}"), t
+
+
+def _lazy_samples(s, w, system, rep, t):
+    s.add_sample("coldstart", w, system, "first_output_s", "s", t.first_output_s)
+    s.add_sample("coldstart", w, system, "exit_s", "s", t.exit_s)
+    fetched, read, meta = rep["bytes_fetched"], rep["bytes_read"], rep["metadata_bytes"]
+    s.add_sample("coldstart", w, system, "bytes_fetched", "B", fetched)
+    s.add_sample("coldstart", w, system, "bytes_read", "B", read)
+    s.add_sample("coldstart", w, system, "metadata_bytes", "B", meta)
+    s.add_sample("coldstart", w, system, "fetch_amplification", "x", fetched / read if read else 0.0)
+    s.add_sample("coldstart", w, system, "fetched_vs_read_plus_metadata", "x",
+                 fetched / (read + meta) if read + meta else 0.0)
+    for tier in ("l1", "l2", "l3"):
+        s.add_sample("coldstart", w, system, f"chunks_{tier}", "chunks", rep["chunks"][tier])
+    s.add_sample("coldstart", w, system, "image_size", "B", rep["image_size"])
+
+
+def _run_deployed(s, system, w, cfg_env):
+    spec = workloads.WORKLOADS[w]
+    if system == "podman":
+        argv = ["podman", *_podman_root(s.deploy_dir), "run", "--rm", *PODMAN_RUN, "--entrypoint", spec["cmd"][0],
+                s.pushed(spec["image"]), *spec["cmd"][1:]]
+    else:
+        argv = [s.bin("sandbox_run"), os.path.join(s.deploy_dir, "e", "bundle", "rootfs"),
+                "--workdir", s.image_workdir(spec["image"])] + sum((["--env", e] for e in cfg_env), []) + \
+               ["--", *spec["cmd"]]
+    return s.rig.timed(argv, f"{system} run of {w}", expect=spec["expect"])
+
+
+def _floor(s, w, tree, cfg_env):
+    """The page-cached floor: unshare + chroot on the unpacked tree."""
+    spec = workloads.WORKLOADS[w]
+    argv = [shutil.which("unshare") or "/usr/bin/unshare", "-mpf", f"--mount-proc={tree}/proc",
+            shutil.which("chroot") or "/usr/sbin/chroot", tree, *spec["cmd"]]
+    env = dict(e.split("=", 1) for e in cfg_env if "=" in e)
+    return s.rig.timed(argv, f"unshare + chroot {w}", env=env, expect=spec["expect"])
+
+
+def warmstart(s):
+    """kindling run with a warm L1 and page cache against unshare + chroot on
+    the same page-cached tree, alternating; with kindling's own breakdown of
+    where the start went where `kindling run --timings` is there."""
+    w = s.workloads[0]
+    spec = workloads.WORKLOADS[w]
+    img = spec["image"]
+    name = s.imported(img)
+    tree = s.tree(img)
+    cfg_env = s.image_env(img)
+    l1 = s.rig.fresh_dir("l1-warmstart")
+    s.step(f"warm start {w}: warming L1 and the page cache")
+    _krun(s, w, name, [], prefetch=False, l1=l1)
+    _floor(s, w, tree, cfg_env)
+    timings = s.supports_timings()
+    n = max(5, s.reps * 4)
+    for i in range(n):
+        if i % 5 == 0:
+            s.step(f"warm start {w}: runs {i + 1}-{min(n, i + 5)} of {n}")
+        extra = []
+        tpath = s.rig.path("timings.json")
+        if timings:
+            extra = ["--timings", tpath]
+        _, t = _krun(s, w, name, extra, prefetch=False, l1=l1)
+        s.add_sample("warmstart", w, "kindling-l1warm", "first_output_s", "s", t.first_output_s)
+        if timings:
+            with open(tpath) as f:
+                tj = json.load(f)
+            for ph in tj.get("phases", []):
+                s.add_sample("warmstart", w, "kindling-l1warm", f"phase_ms:{ph['name']}", "ms", ph["ms"])
+        t = _floor(s, w, tree, cfg_env)
+        s.add_sample("warmstart", w, "floor-chroot", "first_output_s", "s", t.first_output_s)
+    k = statistics.median(s.find("warmstart", w, "kindling-l1warm", "first_output_s")["samples"])
+    f = statistics.median(s.find("warmstart", w, "floor-chroot", "first_output_s")["samples"])
+    s.record("warmstart", w, "kindling-l1warm", "vs_floor", "x", [k / f])
+    shutil.rmtree(l1)
+
+
+CACHE_LINE = re.compile(r"^\s+(.+?)\s+p50\s+([\d.]+) us\s+p99\s+([\d.]+) us\s+p99\.9\s+([\d.]+) us")
+
+
+def cache_tiers(s):
+    """bench/cache.sh: 512 KiB chunk reads per tier against raw memcached GETs
+    and the CPU floor of a verified read; the L2 tail with a slow node.  Its
+    raw samples come through KINDLING_BENCH_SAMPLES."""
+    runs = 1 if s.quick else 3
+    for run in range(runs):
+        s.step(f"cache tiers: bench/cache.sh {s.cache_iters}, run {run + 1} of {runs}")
+        sdir = s.rig.fresh_dir("cache-samples")
+        out = s.rig.run([os.path.join(s.top, "bench", "cache.sh"), str(s.cache_iters)], "bench/cache.sh",
+                        env=s.env(KINDLING_BUILD_DIR=s.build, KINDLING_BENCH_SAMPLES=sdir))
+        with open(s.rig.path(f"cache-{run}.txt"), "w") as f:
+            f.write(out)
+        figures = {}
+        for line in out.splitlines():
+            m = CACHE_LINE.match(line)
+            if m:
+                figures[m.group(1)] = tuple(float(x) for x in m.group(2, 3, 4))
+        if not figures:
+            raise BenchError("bench/cache.sh printed no figures")
+        for fn in sorted(os.listdir(sdir)):
+            with open(os.path.join(sdir, fn)) as f:
+                samples = [float(x) for x in f.read().split()]
+            s.record("cache", None, fn[:-4], "read_latency", "us", samples, run=run)
+        for label, (p50, p99, p999) in figures.items():
+            s.record("cache", None, label, "read_latency_summary", "us", [p50, p99, p999], run=run,
+                     fields=["p50", "p99", "p99.9"])
+        for line in out.splitlines():
+            m = re.search(r"floor of a verified L2 read \(raw 128 KiB GET \+ SHA-256 \+ AES: ([\d.]+) us\)", line)
+            if m:
+                s.record("cache", None, "verify-floor", "latency", "us", [float(m.group(1))], run=run)
+            m = re.search(r"p99 slow/healthy: 4\+1 ([\d.]+)x", line)
+            if m:
+                s.record("cache", None, "l2-4+1-slow-node", "p99_vs_healthy", "x", [float(m.group(1))], run=run)
+
+
+SCENARIOS = {
+    "crypto": crypto,
+    "import": import_throughput,
+    "registry": registry_import,
+    "coldstart": coldstart,
+    "warmstart": warmstart,
+    "cache": cache_tiers,
+}
+ORDER = ["crypto", "import", "registry", "coldstart", "warmstart", "cache"]
