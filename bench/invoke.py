@@ -193,6 +193,11 @@ def main():
     out["warm_overhead_ms"] = {"p50": round((pct(k_lat, 50) - pct(e_lat, 50)) * 1e3, 3),
                                "p99": round((pct(k_lat, 99) - pct(e_lat, 99)) * 1e3, 3)}
     echo.shutdown()
+    samples_dir = os.environ.get("KINDLING_BENCH_SAMPLES")
+    if samples_dir:  # the raw latencies, for bench/run.sh's CDFs (seconds, one per line)
+        for fn, lat in (("warm-echo.txt", e_lat), ("warm-invoke.txt", k_lat)):
+            with open(os.path.join(samples_dir, fn), "w") as f:
+                f.write("\n".join(repr(x) for x in lat) + "\n")
 
     # A burst on a function that has no sandbox yet.
     create(conn, "bench-burst")

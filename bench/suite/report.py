@@ -14,6 +14,7 @@ import sys
 import tempfile
 
 MiB = 1 << 20
+BIG = 1 << 30  # the import and registry targets are for images of at least 1 GiB
 SYSTEM_ORDER = ["kindling-l1warm", "kindling-l1warm-prefetch", "kindling-l2", "kindling-l2-prefetch",
                 "kindling-origin", "kindling-origin-prefetch", "podman", "eager", "floor-sandbox", "floor-chroot"]
 SYSTEM_ABOUT = {
@@ -51,6 +52,11 @@ class Results:
     def records(self, scenario=None, metric=None):
         return [r for r in self.d["records"] if (scenario is None or r["scenario"] == scenario)
                 and (metric is None or r["metric"] == metric)]
+
+
+def warm_pct(r, q):
+    xs = sorted(r["samples"])
+    return xs[min(len(xs) - 1, int(len(xs) * q / 100))]
 
 
 def fmt_s(x):
@@ -139,6 +145,7 @@ def write(results_path, out_dir, say=print):
             say(f"report: {e}")
         return ""
 
+    image_bytes = {spec["image"]: spec.get("image_bytes") or 0 for spec in data["workloads"].values()}
     m = data["machine"]
     md += ["# kindling cold-start benchmark", "",
            f"- command: `{data['command']}` ({data['mode']} mode)",
@@ -257,7 +264,7 @@ def write(results_path, out_dir, say=print):
                 md.append(f"| {img}: multi-layer speedup (time of one layer / time of "
                           f"{R.get('import', img, 'kindling', 'multi_layer_speedup')['params']['layers']} layers) "
                           f"| | {sp:.2f}× | |")
-            if a:
+            if a and image_bytes.get(img, 0) >= BIG:
                 targets.append((f"import of {img}: ≥ 50% of the {cores}-core crypto limit",
                                 f"{100 * a / limit:.0f}%", a >= 0.5 * limit))
         md.append("")
@@ -280,7 +287,7 @@ def write(results_path, out_dir, say=print):
             md.append(f"| {img} | {fmt_s(k and k['median'])} | {fmt_s(p and p['median'])} | "
                       f"{fmt_s(e and e['median'])} | {fmt_x(ratio)} |")
             groups.append((img, [x["median"] if x else None for x in (k, p, e)]))
-            if ratio is not None:
+            if ratio is not None and image_bytes.get(img, 0) >= BIG:
                 targets.append((f"registry import of {img}: ≤ ½ podman pull", fmt_x(ratio), ratio <= 0.5))
         md.append("")
         md.append(plot("registry.png", bar_plot, "deploy from a local registry", "seconds", groups,
@@ -319,6 +326,45 @@ def write(results_path, out_dir, say=print):
         if others:
             md.append(plot("tiers_latency.png", cdf_plot, "512 KiB chunk read latency per tier", "µs (log)",
                            [(r["system"], r["samples"]) for r in others]))
+        md.append("")
+
+    # ---- invoke --------------------------------------------------------------------------
+    warm = R.get("invoke", "node-ric", "kindling-serve", "warm_latency")
+    echo = R.get("invoke", "node-ric", "http-echo", "warm_latency")
+    if warm and echo:
+        o50 = R.med("invoke", "node-ric", "kindling-serve", "warm_overhead_p50")
+        o99 = R.med("invoke", "node-ric", "kindling-serve", "warm_overhead_p99")
+        md += ["## Invoke through `kindling serve`", "",
+               f"`bench/invoke.sh`: {len(warm['samples'])} warm invokes of the Node.js aws-lambda-ric echo function "
+               "on one keep-alive connection, against the same client and a loopback HTTP echo server.", "",
+               "| | p50 | p99 |", "|---|---|---|",
+               f"| loopback HTTP echo (baseline) | {1e3 * warm_pct(echo, 50):.3f} ms | {1e3 * warm_pct(echo, 99):.3f} ms |",
+               f"| warm invoke | {1e3 * warm_pct(warm, 50):.3f} ms | {1e3 * warm_pct(warm, 99):.3f} ms |",
+               f"| overhead above the echo | {o50:.3f} ms | {o99:.3f} ms |", ""]
+        targets.append(("warm invoke overhead p50 ≤ 1 ms", f"{o50:.2f} ms", o50 <= 1))
+        targets.append(("warm invoke overhead p99 ≤ 5 ms", f"{o99:.2f} ms", o99 <= 5))
+        rows = []
+        for w in ("python-plain", "node-ric"):
+            c = R.med("invoke", w, "kindling-serve", "cold_invoke_s")
+            if c is None:
+                continue
+            kr = R.med("invoke", w, "kindling-run", "cold_run_s")
+            eg = R.med("invoke", w, "eager", "cold_run_s")
+            rows.append(f"| {w} | {fmt_s(c)} | {fmt_s(kr)} ({fmt_x(c / kr)}) | "
+                        f"{fmt_s(eg) + ' (' + fmt_x(c / eg) + ')' if eg else '–'} |")
+            targets.append((f"cold invoke of {w} ≤ 1.2 × kindling run", fmt_x(c / kr), c / kr <= 1.2))
+        if rows:
+            md += ["| cold, first invoke | through kindling serve | kindling run (ratio) | eager pull + run (ratio) |",
+                   "|---|---|---|---|"] + rows + [""]
+        b = R.get("invoke", "node-ric", "kindling-serve", "burst_answered")
+        if b:
+            p99 = R.med("invoke", "node-ric", "kindling-serve", "burst_p99_s")
+            md += [f"A burst of {b['params']['burst']} invokes on a function with no sandbox: {b['median']:.0f} "
+                   f"answered, {b['params']['throttled']} throttled (429), {b['params']['other']} other errors"
+                   + (f"; p99 {fmt_s(p99)}." if p99 is not None else "."), ""]
+        md.append(plot("invoke_warm.png", cdf_plot, "warm invoke latency against a loopback HTTP echo",
+                       "seconds (log)", [("kindling serve, warm invoke", warm["samples"]),
+                                         ("loopback HTTP echo", echo["samples"])]))
         md.append("")
 
     if targets:

@@ -353,6 +353,38 @@ def cache_tiers(s):
                 s.record("cache", None, "l2-4+1-slow-node", "p99_vs_healthy", "x", [float(m.group(1))], run=run)
 
 
+def invoke(s):
+    """bench/invoke.sh: warm invokes through `kindling serve` against a
+    loopback HTTP echo server, cold invokes against `kindling run` and the
+    eager path, and a burst on a function with no sandbox."""
+    warm_n, burst_n = (200, 10) if s.quick else (1000, 50)
+    s.step(f"invoke: bench/invoke.sh {warm_n} {burst_n} (builds the Lambda test images once)")
+    sdir = s.rig.fresh_dir("invoke-samples")
+    out = s.rig.run([os.path.join(s.top, "bench", "invoke.sh"), str(warm_n), str(burst_n)], "bench/invoke.sh",
+                    env=s.env(KINDLING_BUILD_DIR=s.build, KINDLING_BENCH_SAMPLES=sdir), timeout=2400)
+    r = read_json_line(out, "bench/invoke.sh")
+    for fn, system in (("warm-echo.txt", "http-echo"), ("warm-invoke.txt", "kindling-serve")):
+        with open(os.path.join(sdir, fn)) as f:
+            s.record("invoke", "node-ric", system, "warm_latency", "s", [float(x) for x in f.read().split()])
+    s.record("invoke", "node-ric", "kindling-serve", "warm_overhead_p50", "ms", [r["warm_overhead_ms"]["p50"]])
+    s.record("invoke", "node-ric", "kindling-serve", "warm_overhead_p99", "ms", [r["warm_overhead_ms"]["p99"]])
+    for key, workload in (("cold_plain", "python-plain"), ("cold_node", "node-ric")):
+        c = r.get(key)
+        if not c:
+            continue
+        s.record("invoke", workload, "kindling-serve", "cold_invoke_s", "s", [c["invoke_s"]])
+        s.record("invoke", workload, "kindling-run", "cold_run_s", "s", [c["kindling_run_s"]])
+        s.record("invoke", workload, "kindling-serve", "cold_vs_kindling_run", "x", [c["ratio"]])
+        if "eager_total_s" in c:
+            s.record("invoke", workload, "eager", "cold_run_s", "s", [c["eager_total_s"]])
+            s.record("invoke", workload, "kindling-serve", "cold_vs_eager", "x", [c["ratio_to_eager"]])
+    b = r["burst"]
+    s.record("invoke", "node-ric", "kindling-serve", "burst_answered", "invokes", [b["ok"]], burst=burst_n,
+             throttled=b["429"], other=b["other"])
+    if b.get("p99_s") is not None:
+        s.record("invoke", "node-ric", "kindling-serve", "burst_p99_s", "s", [b["p99_s"]], burst=burst_n)
+
+
 SCENARIOS = {
     "crypto": crypto,
     "import": import_throughput,
@@ -360,5 +392,6 @@ SCENARIOS = {
     "coldstart": coldstart,
     "warmstart": warmstart,
     "cache": cache_tiers,
+    "invoke": invoke,
 }
-ORDER = ["crypto", "import", "registry", "coldstart", "warmstart", "cache"]
+ORDER = ["crypto", "import", "registry", "coldstart", "warmstart", "cache", "invoke"]

@@ -153,6 +153,28 @@ def _alternatives():
     return out
 
 
+def _bytecode(paths):
+    """The compiled bytecode Debian's python3 packages write at install time
+    (py3compile in postinst, so no package lists it) for the modules in
+    PATHS: __pycache__/NAME.cpython-*.pyc, as an installed container has it."""
+    by_dir = {}
+    for p in paths:
+        if p.endswith(".py"):
+            by_dir.setdefault(os.path.dirname(p), set()).add(os.path.basename(p)[:-3])
+    out = set()
+    for d, stems in by_dir.items():
+        cache = os.path.join(d, "__pycache__")
+        try:
+            names = os.listdir("/" + cache)
+        except OSError:
+            continue
+        hits = [n for n in names if n.endswith(".pyc") and n.split(".", 1)[0] in stems]
+        if hits:
+            out.add(cache)
+            out.update(os.path.join(cache, n) for n in hits)
+    return out
+
+
 def _tar_paths(dest, paths):
     """Write a plain tar of the host PATHS (relative to /), in sorted order,
     without following symlinks and without recursing into directories."""
@@ -253,6 +275,7 @@ def build_image(name, cache_dir, say=print):
             paths = set()
             for p in pkg_names:
                 paths.update(_canonical(f) for f in _package_files(p))
+            paths |= _bytecode(paths)
             # Debian's update-alternatives links (libblas.so.3, java...) for files in this layer
             alt_links = []
             for p in sorted(paths):
