@@ -14,6 +14,8 @@ import sys
 import tempfile
 
 MiB = 1 << 20
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+          "#17becf"]
 BIG = 1 << 30  # the import and registry targets are for images of at least 1 GiB
 SYSTEM_ORDER = ["kindling-l1warm", "kindling-l1warm-prefetch", "kindling-l2", "kindling-l2-prefetch",
                 "kindling-origin", "kindling-origin-prefetch", "podman", "eager", "floor-sandbox", "floor-chroot"]
@@ -85,9 +87,11 @@ def cdf_plot(path, title, xlabel, series, logx=True):
             continue
         dat = os.path.join(tmp, f"{i}.dat")
         with open(dat, "w") as f:
+            f.write(f"{xs[0]} 0\n")
             for j, x in enumerate(xs):
                 f.write(f"{x} {(j + 1) / len(xs)}\n")
-        plots.append(f"'{dat}' using 1:2 with steps lw 2 title '{label}'")
+        style = f"lw 2 lc rgb '{COLORS[i % len(COLORS)]}' dt {1 + (i // len(COLORS)) + (2 if 'prefetch' in label else 0)}"
+        plots.append(f"'{dat}' using 1:2 with steps {style} title '{label}'")
     if not plots:
         return False
     gnuplot(f"""set terminal pngcairo size 1000,600 font ",10" noenhanced
@@ -184,6 +188,11 @@ def write(results_path, out_dir, say=print):
                     cell += f", {sp:.1f}× faster than podman"
                 cells.append(cell)
             md.append(f"| {system} | " + " | ".join(cells) + " |")
+        md += ["", "Time to exit (the command's whole run):", "",
+               "| system | " + " | ".join(cold_workloads) + " |", "|---" * (len(cold_workloads) + 1) + "|"]
+        for system in SYSTEM_ORDER:
+            md.append(f"| {system} | " + " | ".join(
+                fmt_s(R.med("coldstart", w, system, "exit_s")) for w in cold_workloads) + " |")
         md += ["", "Systems: " + "; ".join(f"**{k}**: {v}" for k, v in SYSTEM_ABOUT.items()), ""]
         for w in cold_workloads:
             md.append(plot(f"coldstart_{w}.png", cdf_plot, f"cold start, {w}: time to first output",
