@@ -18,7 +18,6 @@ import datetime
 import json
 import os
 import platform
-import shutil
 import socket
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import report  # noqa: E402
 import scenarios  # noqa: E402
 import workloads  # noqa: E402
-from rig import BenchError, Rig  # noqa: E402
+from rig import BenchError, Rig, remove_tree  # noqa: E402
 
 SCHEMA = "kindling-bench/1"
 
@@ -92,7 +91,7 @@ class Suite:
         self.records = []
         self.status = {}
         work = os.path.join(self.out, "work")
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)  # a run that was killed may have left podman's mounts there
         self.rig = Rig(work, self.step)
         self.home = self.rig.path("home")
         self.rig.env = self.env()
@@ -289,7 +288,7 @@ def main(argv):
         suite.rig.close()
         suite.save()
     report.write(os.path.join(args.out, "results.json"), args.out, say=suite.step)
-    shutil.rmtree(os.path.join(args.out, "work"), ignore_errors=True)
+    remove_tree(os.path.join(args.out, "work"))
     suite.step(f"done: {args.out}/report.md" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
