@@ -80,7 +80,7 @@ class Suite:
         self.out = args.out
         self.quick = args.quick
         self.reps = args.reps or (2 if args.quick else 3)
-        self.cache_iters = args.cache_iters or (500 if args.quick else 2000)
+        self.cache_iters = args.cache_iters or (500 if args.quick else 1000)
         self.workloads = args.workloads.split(",") if args.workloads else \
             (workloads.QUICK_WORKLOADS if args.quick else workloads.FULL_WORKLOADS)
         self.cache_dir = args.cache_dir
@@ -220,7 +220,7 @@ class Suite:
 
     def l2_nodes(self):
         if not self._nodes:
-            self._nodes = self.rig.memcached(5)
+            self._nodes = self.rig.memcached(5, mem_mb=1024)  # room for the 1.6 GiB image, 4+1 coded
         return self._nodes
 
     def supports_timings(self):
@@ -258,7 +258,7 @@ def main(argv):
     p.add_argument("--out", help="output directory [bench-results/DATE]")
     p.add_argument("--workloads", help=f"comma-separated, from {', '.join(workloads.WORKLOADS)}")
     p.add_argument("--reps", type=int, help="repetitions per system [quick 2, full 3]")
-    p.add_argument("--cache-iters", type=int, help="reads per cache figure [quick 500, full 2000]")
+    p.add_argument("--cache-iters", type=int, help="reads per cache figure [quick 500, full 1000]")
     p.add_argument("--cache-dir", help="where built images and the registry's storage are kept between runs "
                                        "[/var/cache/kindling/bench]")
     p.add_argument("--build", help="kindling's build directory [build]")
