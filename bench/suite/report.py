@@ -109,7 +109,10 @@ plot {', '.join(plots)}
 
 
 def bar_plot(path, title, ylabel, groups, columns, logy=False):
-    """GROUPS: [(group label, [value per column])]; clustered bars."""
+    """GROUPS: [(group label, [value per column])]; clustered bars.  False,
+    and no plot, when no value is known (gnuplot refuses an empty histogram)."""
+    if all(v is None for _, vals in groups for v in vals):
+        return False
     tmp = tempfile.mkdtemp(prefix="kindling-plot.")
     dat = os.path.join(tmp, "bars.dat")
     with open(dat, "w") as f:
@@ -327,11 +330,12 @@ def write(results_path, out_dir, say=print):
             targets.append((f"L2 4+1 p99 with one node 20 ms slow ≤ 1.5 × healthy (run {r['params'].get('run', 0) + 1})",
                             fmt_x(r["samples"][0]), r["samples"][0] <= 1.5))
         lat = [r for r in R.records("cache", "read_latency") if r["params"].get("run") == runs[-1]]
-        l2s = [r for r in lat if r["system"].startswith("l2")]
+        # cache_bench's L2 tail section: each coding healthy and with one node slow
+        l2s = [r for r in lat if r["system"].endswith("healthy") or r["system"].endswith("slow-node")]
         if l2s:
             md.append(plot("l2_latency.png", cdf_plot, "L2 hit latency, healthy and with one of five nodes 20 ms slow",
                            "µs (log)", [(r["system"], r["samples"]) for r in l2s]))
-        others = [r for r in lat if not r["system"].startswith("l2")]
+        others = [r for r in lat if r not in l2s]
         if others:
             md.append(plot("tiers_latency.png", cdf_plot, "512 KiB chunk read latency per tier", "µs (log)",
                            [(r["system"], r["samples"]) for r in others]))

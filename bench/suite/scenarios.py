@@ -9,6 +9,7 @@ kindling, a new --root for podman, a new directory for skopeo + umoci.  Warm
 runs (kindling's L1 warm, the page-cached floor) keep the page cache as the
 previous run left it.
 """
+import hashlib
 import json
 import os
 import re
@@ -129,9 +130,11 @@ def registry_import(s):
             for system in ("kindling", "podman", "eager"):
                 s.step(f"registry: {system} deploys {name}, run {rep + 1}")
                 drop_caches()
-                t = _deploy(s, system, ref)
+                try:
+                    t = _deploy(s, system, ref)
+                finally:
+                    _undeploy(s, system)
                 s.add_sample("registry", name, system, "seconds", "s", t, image=ref)
-                _undeploy(s, system)
         k = statistics.median(s.find("registry", name, "kindling", "seconds")["samples"])
         for other in ("podman", "eager"):
             o = statistics.median(s.find("registry", name, other, "seconds")["samples"])
@@ -156,11 +159,19 @@ def _deploy(s, system, ref):
 def _undeploy(s, system):
     if system == "podman":
         subprocess.run(["podman", *_podman_root(s.deploy_dir), "rmi", "-a", "-f"], capture_output=True)
+        remove_tree(_podman_runroot(s.deploy_dir))
     remove_tree(s.deploy_dir)
 
 
+def _podman_runroot(d):
+    # podman refuses a runroot longer than 50 characters, which a work
+    # directory under a test's temporary directory easily is; a short name
+    # derived from D keeps one runroot per store.
+    return "/tmp/kbp-" + hashlib.sha256(d.encode()).hexdigest()[:16]
+
+
 def _podman_root(d):
-    return ["--root", os.path.join(d, "root"), "--runroot", os.path.join(d, "run"), "--storage-driver", "overlay"]
+    return ["--root", os.path.join(d, "root"), "--runroot", _podman_runroot(d), "--storage-driver", "overlay"]
 
 
 LAZY = [("kindling-origin", [], False), ("kindling-origin-prefetch", [], True),
@@ -204,14 +215,16 @@ def coldstart(s):
             for system in ("podman", "eager"):
                 s.step(f"coldstart {img}: {system} pull, then {', '.join(group)}, run {rep + 1}")
                 drop_caches()
-                deploy = _deploy(s, system, s.pushed(img))
-                for w in group:
-                    drop_caches()
-                    t = _run_deployed(s, system, w, cfg_env)
-                    s.add_sample("coldstart", w, system, "first_output_s", "s", deploy + t.first_output_s)
-                    s.add_sample("coldstart", w, system, "exit_s", "s", deploy + t.exit_s)
-                    s.add_sample("coldstart", w, system, "deploy_s", "s", deploy)
-                _undeploy(s, system)
+                try:
+                    deploy = _deploy(s, system, s.pushed(img))
+                    for w in group:
+                        drop_caches()
+                        t = _run_deployed(s, system, w, cfg_env)
+                        s.add_sample("coldstart", w, system, "first_output_s", "s", deploy + t.first_output_s)
+                        s.add_sample("coldstart", w, system, "exit_s", "s", deploy + t.exit_s)
+                        s.add_sample("coldstart", w, system, "deploy_s", "s", deploy)
+                finally:
+                    _undeploy(s, system)
             for w in group:
                 s.step(f"coldstart {w}: page-cached floors, run {rep + 1}")
                 spec = workloads.WORKLOADS[w]

@@ -16,6 +16,7 @@
  * the point of comparison with k-of-(k+m) reads. */
 #include "cache/internal.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <libmemcached/memcached.h>
 #include <openssl/evp.h>
@@ -64,6 +65,8 @@ static int cmp_d(const void *a, const void *b)
 struct lat {
 	double p50, p99, p999;
 	double faults; /* minor page faults per read, the whole process (they cost ~25 us each on some VMs) */
+	double *samples; /* every read's latency in us, sorted; row() writes them out for the bench suite */
+	size_t n;
 };
 
 static long minor_faults(void)
@@ -77,8 +80,47 @@ static struct lat summarize(double *v, size_t n, long faults)
 {
 	qsort(v, n, sizeof(*v), cmp_d);
 	struct lat l = {v[n / 2], v[(size_t)((double)n * 0.99)], v[(size_t)((double)n * 0.999)],
-			(double)faults / (double)n};
+			(double)faults / (double)n, malloc(n * sizeof(*v)), n};
+	if (!l.samples) {
+		fprintf(stderr, "cache_bench: out of memory keeping %zu samples\n", n);
+		exit(1);
+	}
+	memcpy(l.samples, v, n * sizeof(*v));
 	return l;
+}
+
+/* Write L's samples, one per line, to $KINDLING_BENCH_SAMPLES/<WHAT as a
+ * file name>.txt, so the bench suite can plot whole distributions; nothing
+ * when the variable is unset. */
+static void dump_samples(const char *what, struct lat l)
+{
+	const char *dir = getenv("KINDLING_BENCH_SAMPLES");
+	if (!dir || !*dir)
+		return;
+	char slug[128];
+	size_t j = 0;
+	for (const char *c = what; *c && j + 1 < sizeof(slug); c++) {
+		if (isalnum((unsigned char)*c) || *c == '+')
+			slug[j++] = (char)tolower((unsigned char)*c);
+		else if (j && slug[j - 1] != '-')
+			slug[j++] = '-';
+	}
+	while (j && slug[j - 1] == '-')
+		j--;
+	slug[j] = 0;
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/%s.txt", dir, slug);
+	FILE *f = fopen(path, "w");
+	if (!f) {
+		fprintf(stderr, "cache_bench: cannot write samples to %s: %s\n", path, strerror(errno));
+		exit(1);
+	}
+	for (size_t i = 0; i < l.n; i++)
+		fprintf(f, "%.1f\n", l.samples[i]);
+	if (fclose(f) != 0) {
+		fprintf(stderr, "cache_bench: writing %s failed: %s\n", path, strerror(errno));
+		exit(1);
+	}
 }
 
 static size_t split(char *spec, const char **out)
@@ -322,6 +364,7 @@ static void row(const char *what, struct lat l, const char *base_name, double ba
 	if (base_name)
 		printf("   p50 = %.2fx %s", l.p50 / base, base_name);
 	printf("\n");
+	dump_samples(what, l);
 }
 
 int main(int argc, char **argv)
@@ -491,6 +534,10 @@ int main(int argc, char **argv)
 	       l1_4k.p50 <= 50 ? "MET" : "MISSED", mem4k.p50, mem4k.p50 <= 50 ? "MET" : "MISSED");
 	printf("  4+1 p99 with a slow node within 1.5x of healthy: %.2fx %s (4+0: %.2fx)\n", slow41.p99 / l2_41.p99,
 	       slow41.p99 / l2_41.p99 <= 1.5 ? "MET" : "MISSED", slow40.p99 / l2_40.p99);
+	struct lat *all[] = {&raw128, &raw512, &mem512, &mem4k, &l1_512, &l1_4k, &l2_41, &l2_41l1, &l2_41l1s,
+			     &l2_41salt, &l3f, &l3h, &slow41, &l2_40, &slow40, &rep, &slowrep, &vfloor};
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+		free(all[i]->samples);
 	for (size_t i = 0; i < n_chunks; i++)
 		free(chunks[i].cipher);
 	free(chunks);
