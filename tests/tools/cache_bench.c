@@ -513,8 +513,8 @@ int main(int argc, char **argv)
 	row("L3 file", l3f, "raw 512 KiB GET", raw512.p50);
 	row("L3 http (nginx)", l3h, "raw 512 KiB GET", raw512.p50);
 	printf("\n4 KiB read\n");
-	row("memory", mem4k, "512 KiB memory read", mem512.p50);
-	row("L1", l1_4k, "512 KiB L1 read", l1_512.p50);
+	row("memory, 4 KiB", mem4k, "512 KiB memory read", mem512.p50);
+	row("L1, 4 KiB", l1_4k, "512 KiB L1 read", l1_512.p50);
 	printf("\nL2 tail with one of 5 nodes behind a 20 ms delay proxy (healthy = same coding, no proxy)\n");
 	row("4+1 healthy", l2_41, NULL, 0);
 	row("4+1 one slow node", slow41, NULL, 0);
