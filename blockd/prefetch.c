@@ -226,6 +226,21 @@ void trace_note_first_read(struct blockd_image *img, uint64_t index)
 	pthread_mutex_unlock(&t->lock);
 }
 
+bool trace_allows_readahead(struct blockd_image *img, uint64_t index)
+{
+	struct blockd_trace *t = img->trace;
+	int st = t ? atomic_load(&t->state) : TRACE_OFF;
+	/* by_index is complete before the state becomes PREFETCHING and stays
+	 * until trace_free, so it is read without the lock. */
+	if (st != TRACE_PREFETCHING && st != TRACE_DONE)
+		return true;
+	double window = img->b->cfg.trace_seconds > 0 ? img->b->cfg.trace_seconds : 10.0;
+	if (st == TRACE_DONE && now_seconds() >= img->attached_at + window)
+		return true;
+	struct plan_ent key = { .index = index };
+	return t->by_index && bsearch(&key, t->by_index, t->n_plan, sizeof(key), plan_ent_cmp);
+}
+
 /* Wait until |deadline| (monotonic seconds) or stop; true if stopped. */
 static bool wait_until(struct blockd_trace *t, double deadline)
 {
