@@ -14,7 +14,9 @@
 #
 # Prints one line per run and then, per workload, mode and build, medians of:
 # bytes fetched, bytes read, the metadata region, the ratio
-# fetched / (read + metadata), fetched / read, and the time to first output.
+# fetched / (read + metadata), fetched / read, "strict": fetched / the chunks
+# readers touched (1.0: nothing fetched that was not read), and the time to
+# first output.
 #
 #   WORKLOADS="python node"     workloads to run [python node scipy java]
 #   MODES="nopf"                modes to run [nopf pf]
@@ -99,18 +101,19 @@ run_one() {
 
 RESULTS=$W/results.jsonl
 : >"$RESULTS"
-printf '%-7s %-5s %-4s %3s %10s %10s %10s %7s %7s %8s %6s %6s\n' workload mode build rep fetched_MiB read_MiB \
-  meta_MiB ratio f/read first_s ra_iss ra_untr
+printf '%-7s %-5s %-4s %3s %10s %10s %10s %7s %7s %7s %8s %6s %6s\n' workload mode build rep fetched_MiB read_MiB \
+  meta_MiB ratio f/read strict first_s ra_iss ra_untr
 while IFS=$'\t' read -r w img src expect cmd; do
   import_image "$BASE" "$img" "$src"
   import_image "$NEW" "$img" "$src"
   for mode in $MODES; do
-    if [ "$mode" = pf ]; then # each build records its startup trace once (unmeasured)
+    if [ "$mode" = pf ]; then
+      # Each build records this workload's startup trace (unmeasured).  A
+      # trace is per image, and workloads share images (scipy and java), so
+      # the previous workload's is removed first.
       for b in "$BASE" "$NEW"; do
-        if [ ! -e "$W/home-$(label "$b")/traced-$w" ]; then
-          run_one "$b" "$w" "$img" "$expect" "$cmd" pf >/dev/null
-          touch "$W/home-$(label "$b")/traced-$w"
-        fi
+        rm -rf "$W/home-$(label "$b")/store/traces"
+        run_one "$b" "$w" "$img" "$expect" "$cmd" pf >/dev/null
       done
     fi
     for ((rep = 1; rep <= REPS; rep++)); do
@@ -119,18 +122,18 @@ while IFS=$'\t' read -r w img src expect cmd; do
       for b in "${order[@]}"; do
         j=$(run_one "$b" "$w" "$img" "$expect" "$cmd" "$mode")
         jq -c --arg w "$w" --arg m "$mode" --arg b "$(label "$b")" --argjson r "$rep" \
-          '{w: $w, mode: $m, build: $b, rep: $r, fetched: .bytes_fetched, read: .bytes_read,
+          '{w: $w, mode: $m, build: $b, rep: $r, fetched: .bytes_fetched, read: .bytes_read, touched: (.chunks_read * 524288),
             meta: .metadata_bytes, first: .first_output_s, ra_issued: (.readahead.issued // 0),
             ra_untraced: (.readahead.untraced // 0), prefetched: (.prefetch.prefetched // 0)}' <<<"$j" |
           tee -a "$RESULTS" |
           jq -r '[.w, .mode, .build, .rep, (.fetched / 1048576 * 10 | round / 10),
                   (.read / 1048576 * 10 | round / 10), (.meta / 1048576 * 10 | round / 10),
                   (.fetched / (.read + .meta) * 100 | round / 100), (.fetched / .read * 100 | round / 100),
-                  (.first * 1000 | round / 1000), .ra_issued, .ra_untraced] |
-                 "\(.[0])\t\(.[1])\t\(.[2])\t\(.[3])\t\(.[4])\t\(.[5])\t\(.[6])\t\(.[7])\t\(.[8])\t\(.[9])\t\(.[10])\t\(.[11])"' |
-          while IFS=$'\t' read -r a b2 c d e f g h i k l m; do
-            printf '%-7s %-5s %-4s %3s %10s %10s %10s %7s %7s %8s %6s %6s\n' "$a" "$b2" "$c" "$d" "$e" "$f" "$g" \
-              "$h" "$i" "$k" "$l" "$m"
+                  (.fetched / .touched * 100 | round / 100), (.first * 1000 | round / 1000), .ra_issued,
+                  .ra_untraced] | map(tostring) | join("\t")' |
+          while IFS=$'\t' read -r a b2 c d e f g h i k l m n; do
+            printf '%-7s %-5s %-4s %3s %10s %10s %10s %7s %7s %7s %8s %6s %6s\n' "$a" "$b2" "$c" "$d" "$e" "$f" "$g" \
+              "$h" "$i" "$k" "$l" "$m" "$n"
           done
       done
     done
@@ -143,11 +146,11 @@ jq -rs '
   def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
   def mib: . / 1048576 * 10 | round / 10;
   group_by([.w, .mode, .build]) | sort_by(.[0].w, .[0].mode, (.[0].build != "base")) | .[] |
-  "\(.[0].w)\t\(.[0].mode)\t\(.[0].build)\t\(map(.fetched) | median | mib)\t\(map(.read) | median | mib)\t\(map(.meta) | median | mib)\t\(map(.fetched / (.read + .meta)) | median * 100 | round / 100)\t\(map(.fetched / .read) | median * 100 | round / 100)\t\(map(.first) | median * 1000 | round / 1000)"' \
+  "\(.[0].w)\t\(.[0].mode)\t\(.[0].build)\t\(map(.fetched) | median | mib)\t\(map(.read) | median | mib)\t\(map(.meta) | median | mib)\t\(map(.fetched / (.read + .meta)) | median * 100 | round / 100)\t\(map(.fetched / .read) | median * 100 | round / 100)\t\(map(.fetched / .touched) | median * 100 | round / 100)\t\(map(.first) | median * 1000 | round / 1000)"' \
   "$RESULTS" | {
-  printf '%-7s %-5s %-4s %10s %10s %10s %7s %7s %8s\n' workload mode build fetched_MiB read_MiB meta_MiB ratio \
-    f/read first_s
-  while IFS=$'\t' read -r a b c d e f g h i; do
-    printf '%-7s %-5s %-4s %10s %10s %10s %7s %7s %8s\n' "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$i"
+  printf '%-7s %-5s %-4s %10s %10s %10s %7s %7s %7s %8s\n' workload mode build fetched_MiB read_MiB meta_MiB ratio \
+    f/read strict first_s
+  while IFS=$'\t' read -r a b c d e f g h i k; do
+    printf '%-7s %-5s %-4s %10s %10s %10s %7s %7s %7s %8s\n' "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$i" "$k"
   done
 }
