@@ -23,6 +23,11 @@
  *   - when a reader first reads a chunk the trace lists further on than
  *     prefetch has got, prefetch is behind the reader: it skips to just
  *     past that entry instead of fetching what the reader went past.
+ *
+ * A loaded trace also steers readahead (blockd.c): while it is being
+ * prefetched, and for trace_seconds after attach, readahead skips the
+ * chunks it does not list (trace_allows_readahead), since the trace already
+ * says what the start reads.
  */
 #include "internal.h"
 
