@@ -141,11 +141,13 @@ void blockd_demand_wake(struct blockd *b)
 
 /* Sequential readers get the next chunks fetched in the background.  A read
  * that starts where a recent stream ended extends it; one that starts
- * anywhere else begins a new stream in the least recently used slot.  Readahead starts only
- * when a read continues a stream that has already read cfg.readahead_min_run
- * contiguous bytes, so the short adjacent reads the kernel makes over
- * neighbouring small files (two 128 KiB windows) fetch nothing extra.  Races between readers only cost a missed or an extra
- * readahead. */
+ * anywhere else begins a new stream in the least recently used slot.
+ * Readahead starts only when a read continues a stream that has already
+ * read cfg.readahead_min_run contiguous bytes, so the short adjacent reads
+ * the kernel makes over neighbouring small files (two 128 KiB windows)
+ * fetch nothing extra.  While a startup trace covers the start, chunks it
+ * does not list are not read ahead (trace_allows_readahead).  Races between
+ * readers only cost a missed or an extra readahead. */
 static void maybe_readahead(struct blockd_image *img, uint64_t off, uint64_t end)
 {
 	struct blockd *b = img->b;
