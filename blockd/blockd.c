@@ -140,17 +140,36 @@ void blockd_demand_wake(struct blockd *b)
 }
 
 /* Sequential readers get the next chunks fetched in the background.  A read
- * that starts where a recent one ended is sequential; |stream_end| keeps the
- * ends of the last few reads (races only cost a missed or extra readahead). */
+ * that starts where a recent stream ended extends it; one that starts
+ * anywhere else begins a new stream in the least recently used slot.
+ * Readahead starts only when a read continues a stream that has already
+ * read cfg.readahead_min_run contiguous bytes, so the short adjacent reads
+ * the kernel makes over neighbouring small files (two 128 KiB windows)
+ * fetch nothing extra.  While a startup trace covers the start, chunks it
+ * does not list are not read ahead (trace_allows_readahead).  Races between
+ * readers only cost a missed or an extra readahead. */
 static void maybe_readahead(struct blockd_image *img, uint64_t off, uint64_t end)
 {
 	struct blockd *b = img->b;
-	bool seq = false;
-	for (size_t i = 0; i < 8 && !seq; i++)
-		seq = atomic_load(&img->stream_end[i]) == off;
-	size_t slot = (size_t)(atomic_fetch_add(&img->c.reads, 0) % 8);
+	uint64_t clock = atomic_fetch_add(&img->stream_clock, 1) + 1;
+	size_t slot = BLOCKD_STREAMS, oldest = 0;
+	for (size_t i = 0; i < BLOCKD_STREAMS && slot == BLOCKD_STREAMS; i++) {
+		if (atomic_load(&img->stream_end[i]) == off)
+			slot = i;
+		else if (atomic_load(&img->stream_used[i]) < atomic_load(&img->stream_used[oldest]))
+			oldest = i;
+	}
+	bool seq = slot < BLOCKD_STREAMS;
+	uint64_t before = 0; /* contiguous bytes the stream read before this read */
+	if (seq)
+		before = atomic_load(&img->stream_run[slot]);
+	else
+		slot = oldest; /* a new stream replaces the least recently used */
+	atomic_store(&img->stream_used[slot], clock);
+	atomic_store(&img->stream_run[slot], before + (end - off));
 	atomic_store(&img->stream_end[slot], end);
-	if (!seq || b->cfg.no_readahead)
+	uint64_t min_run = b->cfg.readahead_min_run ? b->cfg.readahead_min_run : BLOCKD_READAHEAD_MIN_RUN;
+	if (!seq || before < min_run || b->cfg.no_readahead)
 		return;
 	unsigned want = b->cfg.readahead_chunks ? b->cfg.readahead_chunks : 1;
 	uint64_t idx = (end - 1) / CHUNK_SIZE + 1;
@@ -158,7 +177,15 @@ static void maybe_readahead(struct blockd_image *img, uint64_t off, uint64_t end
 		if (!blockd_image_chunk(img, idx))
 			continue; /* holes need no fetch */
 		got++;
-		uint8_t st = atomic_fetch_or(&img->chunk_state[idx], CHUNK_QUEUED);
+		uint8_t st = atomic_load(&img->chunk_state[idx]);
+		if (st & (CHUNK_QUEUED | CHUNK_RESIDENT))
+			continue;
+		if (!trace_allows_readahead(img, idx)) {
+			if (!(atomic_fetch_or(&img->chunk_state[idx], CHUNK_UNTRACED) & CHUNK_UNTRACED))
+				atomic_fetch_add(&img->c.readahead_untraced, 1);
+			continue;
+		}
+		st = atomic_fetch_or(&img->chunk_state[idx], CHUNK_QUEUED);
 		if (st & (CHUNK_QUEUED | CHUNK_RESIDENT))
 			continue;
 		if (blockd_queue_fetch(img, idx, false))
@@ -582,6 +609,7 @@ char *blockd_image_stats_json(struct blockd_image *img)
 	json_object_set_new(o, "hit_rate", hit);
 	json_object_set_new(ra, "issued", json_integer((json_int_t)atomic_load(&c->readahead_issued)));
 	json_object_set_new(ra, "fetched", json_integer((json_int_t)atomic_load(&c->readahead_fetched)));
+	json_object_set_new(ra, "untraced", json_integer((json_int_t)atomic_load(&c->readahead_untraced)));
 	json_object_set_new(o, "readahead", ra);
 	trace_stats(img, o);
 	json_object_set_new(o, "attached_seconds", json_real(now_seconds() - img->attached_at));

@@ -20,6 +20,11 @@
 struct blockd;
 struct blockd_image;
 
+/* Contiguous bytes a reader must have read before readahead fetches the
+ * next chunk: two of the kernel's 128 KiB readahead windows, so such windows
+ * over a few adjacent small files are not mistaken for a stream. */
+#define BLOCKD_READAHEAD_MIN_RUN (256u << 10)
+
 struct blockd_config {
 	/* Where manifests, chunks and startup traces live, and the cache tiers
 	 * in front of it (origin_uri is required; see cache.h for the rest). */
@@ -36,9 +41,16 @@ struct blockd_config {
 	uint64_t prefetch_bytes_per_s;	/* 0 = unlimited */
 	double trace_seconds;		/* recording window after attach; 0 = 10 s */
 	/* Readahead: when reads of an image run sequentially, also fetch this
-	 * many following stored chunks in the background (0 = 1).  Random reads
-	 * trigger none, so a random reader fetches only what it reads. */
+	 * many following stored chunks in the background (0 = 1).  A read is
+	 * sequential when it continues a stream that has already read
+	 * readahead_min_run contiguous bytes (0 = BLOCKD_READAHEAD_MIN_RUN):
+	 * random reads, and the short adjacent reads
+	 * the kernel's own readahead makes for small files, trigger none, so
+	 * such readers fetch only what they read.  While a startup trace is
+	 * being prefetched, and for trace_seconds after attach, readahead skips
+	 * the chunks the trace does not list (readahead.untraced). */
 	unsigned readahead_chunks;
+	uint64_t readahead_min_run;
 	bool no_readahead;
 	/* Background fetch threads shared by readahead and prefetch (0 = 4). */
 	unsigned fetch_threads;

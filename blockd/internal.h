@@ -237,6 +237,9 @@ struct blockd_fuse;
  * maps to slot serial % BLOCKD_MAX_IMAGES. */
 #define BLOCKD_MAX_IMAGES 256u
 
+/* Concurrent sequential streams readahead tells apart per image. */
+#define BLOCKD_STREAMS 8u
+
 /* Per-chunk state bits (blockd_image.chunk_state). */
 enum {
 	CHUNK_READ = 1,		/* a reader read it since attach */
@@ -245,6 +248,7 @@ enum {
 	CHUNK_PREFETCHED = 8,	/* the trace prefetch fetched it */
 	CHUNK_FAILED = 16,	/* the last attempt failed on every tier */
 	CHUNK_FETCHED = 32,	/* brought in from L2 or L3 since attach (counted once) */
+	CHUNK_UNTRACED = 64,	/* readahead skipped it: the trace does not list it (counted once) */
 };
 
 struct blockd_counters {
@@ -256,6 +260,7 @@ struct blockd_counters {
 	_Atomic uint64_t fetched[CACHE_TIER_COUNT];
 	_Atomic uint64_t chunks_read, chunks_resident;	/* distinct chunks, since attach */
 	_Atomic uint64_t readahead_issued, readahead_fetched;
+	_Atomic uint64_t readahead_untraced;		/* distinct chunks readahead skipped: not in the trace */
 	_Atomic uint64_t prefetch_issued, prefetch_fetched, prefetch_used, prefetch_errors;
 	_Atomic uint64_t prefetch_yielded;		/* times prefetch waited for demand reads */
 	_Atomic uint64_t prefetch_skipped;		/* trace chunks the reader got past first */
@@ -277,8 +282,12 @@ struct blockd_image {
 	_Atomic uint8_t *chunk_state;	/* n_indexes entries */
 	struct blockdev dev;		/* read_at = the lazy read */
 	double attached_at;		/* now_seconds() */
-	/* Sequential-stream detection for readahead: ends of recent reads. */
-	_Atomic uint64_t stream_end[8];
+	/* Sequential-stream detection for readahead: the ends of recent
+	 * streams, and how many contiguous bytes each has read up to its end. */
+	_Atomic uint64_t stream_end[BLOCKD_STREAMS];
+	_Atomic uint64_t stream_run[BLOCKD_STREAMS];
+	_Atomic uint64_t stream_used[BLOCKD_STREAMS];	/* stream_clock at its last read */
+	_Atomic uint64_t stream_clock;
 	/* The EROFS view for rootfs/, opened at first use. */
 	pthread_mutex_t fs_lock;
 	struct erofs_fs *fs;
@@ -363,6 +372,11 @@ void trace_detach(struct blockd_image *img);
 void trace_free(struct blockd_trace *t);
 /* A reader touched chunk |index| for the first time since attach. */
 void trace_note_first_read(struct blockd_image *img, uint64_t index);
+/* May readahead fetch chunk |index|?  False while a loaded startup trace
+ * covers the start (it is being prefetched, or the image was attached less
+ * than trace_seconds ago) and does not list |index|: the trace predicts what
+ * the start reads.  True otherwise.  Lock-free. */
+bool trace_allows_readahead(struct blockd_image *img, uint64_t index);
 /* Trace and prefetch fields for stats.json, appended to a jansson object. */
 void trace_stats(struct blockd_image *img, void *json_obj);
 /* Parse a stored trace |<buf, len>| for an image of |n_indexes| chunks into

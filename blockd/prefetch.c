@@ -23,6 +23,11 @@
  *   - when a reader first reads a chunk the trace lists further on than
  *     prefetch has got, prefetch is behind the reader: it skips to just
  *     past that entry instead of fetching what the reader went past.
+ *
+ * A loaded trace also steers readahead (blockd.c): while it is being
+ * prefetched, and for trace_seconds after attach, readahead skips the
+ * chunks it does not list (trace_allows_readahead), since the trace already
+ * says what the start reads.
  */
 #include "internal.h"
 
@@ -224,6 +229,21 @@ void trace_note_first_read(struct blockd_image *img, uint64_t index)
 		atomic_store(&img->c.trace_len, t->n_rec);
 	}
 	pthread_mutex_unlock(&t->lock);
+}
+
+bool trace_allows_readahead(struct blockd_image *img, uint64_t index)
+{
+	struct blockd_trace *t = img->trace;
+	int st = t ? atomic_load(&t->state) : TRACE_OFF;
+	/* by_index is complete before the state becomes PREFETCHING and stays
+	 * until trace_free, so it is read without the lock. */
+	if (st != TRACE_PREFETCHING && st != TRACE_DONE)
+		return true;
+	double window = img->b->cfg.trace_seconds > 0 ? img->b->cfg.trace_seconds : 10.0;
+	if (st == TRACE_DONE && now_seconds() >= img->attached_at + window)
+		return true;
+	struct plan_ent key = { .index = index };
+	return t->by_index && bsearch(&key, t->by_index, t->n_plan, sizeof(key), plan_ent_cmp);
 }
 
 /* Wait until |deadline| (monotonic seconds) or stop; true if stopped. */

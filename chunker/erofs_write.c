@@ -5,11 +5,16 @@
  * file produces at meta_off.  See DESIGN.md, "Flattened image".
  *
  * Layout of the metadata region, all decided here and deterministic:
- *  - Traversal is breadth-first from the root, each directory's entries in
- *    byte order of their names.  The first time an inode is reached it gets
- *    the next ino (root = 1) and the next inode slot, so the root sits at
- *    offset 32 (nid 1: the superblock's root_nid has only 16 bits, and nid 0
- *    would be inode number 0) and siblings sit next to each other.  A hard-linked inode is emitted once.
+ *  - Traversal is depth-first over directories, each directory's entries in
+ *    byte order of their names: a directory's entries get their inodes
+ *    together, then each subdirectory among them is expanded the same way,
+ *    in name order, before the next one.  The first time an inode is reached
+ *    it gets the next ino (root = 1) and the next inode slot, so the root
+ *    sits at offset 32 (nid 1: the superblock's root_nid has only 16 bits,
+ *    and nid 0 would be inode number 0), siblings sit next to each other,
+ *    and a whole subtree's inodes are contiguous: a path lookup or an import
+ *    of many modules of one package touches few metadata blocks.  A
+ *    hard-linked inode is emitted once.
  *  - Every inode is the 64-byte extended form (32-bit ids, own mtime), 32-byte
  *    aligned, followed by its inline xattrs.  Inode + xattrs never straddle a
  *    block boundary when they fit in one block (we pad to the next block).
@@ -17,8 +22,11 @@
  *    inode's block are FLAT_INLINE: the tail follows the xattrs.  When the
  *    tail would cross the block boundary at the current position we either
  *    pad to a fresh block or store the tail as a plain block, whichever
- *    wastes fewer bytes (ties pad).  Full blocks (and non-inlined tails) go
- *    in a data area after all the inodes, in inode order.
+ *    wastes fewer bytes (ties pad).  A directory's full blocks (and a
+ *    non-inlined tail) go on the next block boundary just before the inodes
+ *    of its entries, so a lookup reads its blocks and then the entry's
+ *    inode from one neighbourhood.  A symlink's data blocks (targets longer
+ *    than a block's free room) go in a data area after all the inodes.
  *  - Regular files are FLAT_PLAIN at data_off; empty ones have raw_blkaddr 0
  *    (what mkfs.erofs 1.5 writes; nothing ever maps a zero-length file).
  *  - The superblock carries crc32c (feature_compat SB_CRC), uuid = the first
@@ -62,8 +70,17 @@ struct wdent {
 	size_t target;		/* node index */
 };
 
+/* One directory expansion, in traversal order: directory |dir| named its
+ * entries, and the nodes it created for them start at |first|. */
+struct wexp {
+	size_t dir;
+	size_t first;
+};
+
 struct writer {
 	uint64_t meta_off;
+	struct wexp *exps;
+	size_t n_exps, cap_exps;
 	struct wnode *nodes;
 	size_t n_nodes, cap_nodes;
 	struct wdent *dents;
@@ -225,6 +242,19 @@ static int expand_dir(struct writer *w, size_t idx)
 	size_t start = w->n_dents;
 	int r;
 
+	if (w->n_exps == w->cap_exps) {
+		size_t cap = w->cap_exps ? w->cap_exps * 2 : 256;
+		size_t bytes;
+		if (!ck_mul_size(cap, sizeof(*w->exps), &bytes))
+			return -ENOMEM;
+		struct wexp *e = realloc(w->exps, bytes);
+		if (!e)
+			return -ENOMEM;
+		w->exps = e;
+		w->cap_exps = cap;
+	}
+	w->exps[w->n_exps++] = (struct wexp){.dir = idx, .first = w->n_nodes};
+
 	if ((r = push_dent(w, ".", 1, NULL, idx)) < 0 || (r = push_dent(w, "..", 2, NULL, w->nodes[idx].parent)) < 0)
 		return r;
 	for (size_t i = 0; i < fi->n_children; i++) {
@@ -279,6 +309,54 @@ static int expand_dir(struct writer *w, size_t idx)
 	w->nodes[idx].dent_start = start;
 	w->nodes[idx].n_dents = n;
 	return 0;
+}
+
+/* Expand the tree from |root| depth-first over directories: each
+ * directory's entries get their nodes together (expand_dir), then each
+ * subdirectory first named there is expanded, in name order, with its whole
+ * subtree before the next.  An explicit stack, so a deep tree cannot
+ * overflow the C stack. */
+static int traverse(struct writer *w, size_t root)
+{
+	struct frame {
+		size_t dir, pos; /* pos: the next of dir's entries to look at, in w->dents */
+	};
+	struct frame *stack = NULL;
+	size_t depth = 0, cap = 0, next = root; /* next: a directory to expand, or SIZE_MAX */
+	int r = 0;
+	for (;;) {
+		if (next != SIZE_MAX) {
+			if ((r = expand_dir(w, next)) < 0)
+				break;
+			if (depth == cap) {
+				size_t ncap = cap ? cap * 2 : 64, bytes;
+				struct frame *ns = ck_mul_size(ncap, sizeof(*ns), &bytes) ? realloc(stack, bytes) : NULL;
+				if (!ns) {
+					r = -ENOMEM;
+					break;
+				}
+				stack = ns;
+				cap = ncap;
+			}
+			stack[depth++] = (struct frame){.dir = next, .pos = w->nodes[next].dent_start};
+			next = SIZE_MAX;
+		}
+		if (!depth)
+			break;
+		struct frame *f = &stack[depth - 1];
+		const struct wnode *d = &w->nodes[f->dir];
+		/* A directory has one name (expand_dir refuses a second), so the
+		 * entry that named it expands it; "." and ".." have no fi. */
+		for (; f->pos < d->dent_start + d->n_dents && next == SIZE_MAX; f->pos++) {
+			const struct wdent *de = &w->dents[f->pos];
+			if (de->fi && is_dir(de->fi) && w->nodes[de->target].parent == f->dir)
+				next = de->target;
+		}
+		if (next == SIZE_MAX)
+			depth--;
+	}
+	free(stack);
+	return r;
 }
 
 /* ---- pass 2: sizes ------------------------------------------------------------------ */
@@ -496,6 +574,17 @@ static void place_node(struct wnode *n, uint64_t *cur)
 	*cur = c + ((head + n->tail + EROFS_SLOT_SIZE - 1) & ~(uint64_t)(EROFS_SLOT_SIZE - 1));
 }
 
+/* Place directory |n|'s data blocks (none when it all fits inline) on the
+ * next block boundary at |*cur|. */
+static void place_dir_blocks(struct wnode *n, uint64_t *cur)
+{
+	if (!n->n_data_blocks)
+		return;
+	uint64_t blk = (*cur + BLK - 1) / BLK;
+	n->data_blk = blk;
+	*cur = (blk + n->n_data_blocks) * BLK; /* no overflow: bounded by sizes checked in size_node */
+}
+
 /* ---- pass 4: serialisation -------------------------------------------------------------- */
 
 static void write_xattrs(const struct fs_inode *fi, uint8_t *p)
@@ -627,10 +716,8 @@ static int build(struct writer *w, struct fs_inode *root, struct erofs_image_lay
 	if ((r = add_node(w, root, 0, "", &ridx)) < 0)
 		return r;
 	w->nodes[ridx].nlink = 2;
-	/* The node array doubles as the BFS queue. */
-	for (size_t i = 0; i < w->n_nodes; i++)
-		if (is_dir(w->nodes[i].fi) && (r = expand_dir(w, i)) < 0)
-			return r;
+	if ((r = traverse(w, ridx)) < 0)
+		return r;
 	if (w->n_nodes > UINT32_MAX - 1) {
 		log_err("%zu inodes: more than EROFS's 32-bit inode numbers allow", w->n_nodes);
 		return -EFBIG;
@@ -643,8 +730,16 @@ static int build(struct writer *w, struct fs_inode *root, struct erofs_image_lay
 	 * inode number of 0 makes readdir(3) drop the entry (".." of every
 	 * top-level directory would vanish). */
 	uint64_t cur = EROFS_SLOT_SIZE;
-	for (size_t i = 0; i < w->n_nodes; i++)
+	size_t e = 0;
+	for (size_t i = 0; i < w->n_nodes; i++) {
+		/* A directory's blocks just before its entries' inodes (its own
+		 * inode, among its parent's entries, is placed already). */
+		for (; e < w->n_exps && w->exps[e].first == i; e++)
+			place_dir_blocks(&w->nodes[w->exps[e].dir], &cur);
 		place_node(&w->nodes[i], &cur);
+	}
+	for (; e < w->n_exps; e++)
+		place_dir_blocks(&w->nodes[w->exps[e].dir], &cur);
 	if (w->nodes[0].off / EROFS_SLOT_SIZE > UINT16_MAX) {
 		log_err("/: root nid %llu does not fit the superblock's 16 bits",
 			(unsigned long long)(w->nodes[0].off / EROFS_SLOT_SIZE));
@@ -653,6 +748,8 @@ static int build(struct writer *w, struct fs_inode *root, struct erofs_image_lay
 	uint64_t blk = (cur + BLK - 1) / BLK;
 	for (size_t i = 0; i < w->n_nodes; i++) {
 		struct wnode *n = &w->nodes[i];
+		if (S_ISDIR(n->fi->mode))
+			continue; /* placed with its entries */
 		n->data_blk = blk;
 		blk += n->n_data_blocks; /* no overflow: bounded by sizes checked above */
 	}
@@ -715,6 +812,7 @@ int erofs_write_metadata(struct fs_inode *root, uint64_t meta_off, struct erofs_
 		log_err("erofs: out of memory writing metadata for %zu inodes", w->n_nodes);
 	free(w->nodes);
 	free(w->dents);
+	free(w->exps);
 	free(w->map);
 	free(w);
 	return r;

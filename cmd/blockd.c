@@ -43,6 +43,7 @@ static void usage(FILE *f)
 		"  --prefetch-parallel N    trace prefetch fetches in flight [4; at most half the origin's]\n"
 		"  --prefetch-rate BYTES    trace prefetch bandwidth per second [unlimited]\n"
 		"  --readahead N            chunks fetched ahead of sequential readers [1]; 0 disables\n"
+		"  --readahead-min-run BYTES  contiguous bytes a reader reads before readahead starts [256K]\n"
 		"  --allow-other            let other users into the FUSE mount\n"
 		"  -v, --verbose            log info lines; twice for debug\n"
 		"The tenant key and salt come from KINDLING_HOME, as for chunkify.\n"
@@ -72,7 +73,7 @@ static char *default_control(void)
 static int serve(int argc, char **argv)
 {
 	enum { O_STORE = 256, O_MOUNT, O_CONTROL, O_NBD, O_STATE, O_L1DIR, O_L1SIZE, O_MEM, O_L2, O_K, O_M, O_NOPF,
-	       O_TRACES, O_PFPAR, O_PFRATE, O_RA, O_ALLOW, O_REMOTE, O_GROUP };
+	       O_TRACES, O_PFPAR, O_PFRATE, O_RA, O_RAMIN, O_ALLOW, O_REMOTE, O_GROUP };
 	static const struct option opts[] = {
 		{ "store", required_argument, NULL, O_STORE },
 		{ "mount", required_argument, NULL, O_MOUNT },
@@ -90,6 +91,7 @@ static int serve(int argc, char **argv)
 		{ "prefetch-parallel", required_argument, NULL, O_PFPAR },
 		{ "prefetch-rate", required_argument, NULL, O_PFRATE },
 		{ "readahead", required_argument, NULL, O_RA },
+		{ "readahead-min-run", required_argument, NULL, O_RAMIN },
 		{ "allow-other", no_argument, NULL, O_ALLOW },
 		{ "nbd-allow-remote", no_argument, NULL, O_REMOTE },
 		{ "socket-group", required_argument, NULL, O_GROUP },
@@ -141,6 +143,9 @@ static int serve(int argc, char **argv)
 		case O_PFPAR: bad |= parse_uint(optarg, 256, &cfg.prefetch_parallel) < 0 || !cfg.prefetch_parallel; break;
 		case O_PFRATE: bad |= parse_size(optarg, &cfg.prefetch_bytes_per_s) < 0; break;
 		case O_RA: bad |= parse_uint(optarg, 64, &ra) < 0; break;
+		case O_RAMIN:
+			bad |= parse_size(optarg, &cfg.readahead_min_run) < 0 || !cfg.readahead_min_run;
+			break;
 		case O_ALLOW: mopt.allow_other = true; break;
 		case O_REMOTE: cfg.nbd_allow_remote = true; break;
 		case O_GROUP: cfg.socket_group = optarg; bad |= !*optarg; break;

@@ -1,7 +1,8 @@
 /* kindling: run an image from the store, lazily, in a sandbox.
  *
  *   kindling run IMAGE [--store URI] [--l2 HOST:PORT,...] [--l1-dir DIR] [--l1-size BYTES]
- *                      [--isolation process|microvm|auto] [--no-prefetch] [--readahead N] [--timeout S]
+ *                      [--isolation process|microvm|auto] [--no-prefetch] [--readahead N]
+ *                      [--readahead-min-run BYTES] [--timeout S]
  *                      [--memory SIZE|none] [--pids N|none] [--userns BASE[:COUNT]|off] [--json] [-v]
  *                      [-- CMD ARGS...]
  *
@@ -58,6 +59,7 @@ struct run_opts {
 	struct str_list l2;
 	bool no_prefetch, json;
 	int readahead; /* chunks; -1 = blockd's default */
+	uint64_t readahead_min_run; /* bytes; 0 = blockd's default */
 	double timeout_s;
 	uint64_t memory; /* bytes; 0 = no limit */
 	uint32_t pids;	 /* 0 = no limit */
@@ -85,6 +87,7 @@ static void usage(FILE *f)
 		"                        /dev/kvm and its parts are there, else the process sandbox\n"
 		"  --no-prefetch         neither record a startup trace nor prefetch from one\n"
 		"  --readahead N         chunks fetched ahead of sequential readers [1]; 0 disables\n"
+		"  --readahead-min-run BYTES  contiguous bytes a reader reads before readahead starts [256K]\n"
 		"  --timeout S           kill the workload after S seconds [never]\n"
 		"  --memory SIZE         memory limit (at least 4M), K/M/G suffixes, or none [1G]; the OOM killer\n"
 		"                        ends the workload past it (exit status 137)\n"
@@ -155,6 +158,9 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 			else if (strcmp(a, "--readahead") == 0 && atoi(v) >= 0 && atoi(v) <= 64 && v[0] >= '0' &&
 				 v[0] <= '9')
 				o->readahead = atoi(v);
+			else if (strcmp(a, "--readahead-min-run") == 0 && parse_size(v, &o->readahead_min_run) == 0 &&
+				 o->readahead_min_run > 0)
+				;
 			else if (strcmp(a, "--timeout") == 0 && atof(v) > 0)
 				o->timeout_s = atof(v);
 			else if (strcmp(a, "--memory") == 0 && strcmp(v, "none") == 0)
@@ -292,8 +298,11 @@ static json_t *build_report(const struct run_opts *o, const struct sandbox_ops *
 			    json_pack("{s:I,s:I,s:I}", "l1", (json_int_t)(l1 * CHUNK_SIZE), "l2",
 				      (json_int_t)(l2 * CHUNK_SIZE), "l3", (json_int_t)(l3 * CHUNK_SIZE)));
 	json_t *served = json_object_get(stats, "served_by_tier"), *pf = json_object_get(stats, "prefetch");
+	json_t *ra = json_object_get(stats, "readahead");
 	if (served)
 		json_object_set(j, "served_by_tier", served);
+	if (ra)
+		json_object_set(j, "readahead", ra);
 	if (pf)
 		json_object_set(j, "prefetch", pf);
 	json_object_set_new(j, "out_bytes", json_integer((json_int_t)(r < 0 ? 0 : res->out_bytes)));
@@ -420,6 +429,7 @@ static int cmd_run(int argc, char **argv, double t0)
 		.prefetch = !o.no_prefetch,
 		.readahead_chunks = o.readahead > 0 ? (unsigned)o.readahead : 0,
 		.no_readahead = o.readahead == 0,
+		.readahead_min_run = o.readahead_min_run,
 	};
 	struct blockd_image *img = NULL;
 	struct blockd_mount_options mopt = { .done_fd = -1 };

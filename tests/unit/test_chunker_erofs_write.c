@@ -861,6 +861,53 @@ static void run_fsck(struct t *t, struct fs_inode *root, uint64_t meta_off, cons
 
 /* ---- main ---------------------------------------------------------------------------------- */
 
+/* White-box: the metadata region is laid out depth-first over directories.
+ * Every directory's subtree occupies a contiguous range of inodes (hard
+ * links, placed where first named, aside), and a directory's full blocks sit
+ * after its own inode and just before its entries' inodes. */
+static void check_depth_first(struct t *t, const struct erofs_image_layout *l)
+{
+	unsigned dirs_with_blocks = 0;
+	for (size_t i = 0; i < t->n_recs; i++) {
+		const struct trec *d = &t->recs[i];
+		if (!S_ISDIR(d->fi->mode))
+			continue;
+		size_t plen = strlen(d->path);
+		uint64_t lo = UINT64_MAX, hi = 0, first_entry = UINT64_MAX;
+		for (size_t j = 0; j < t->n_recs; j++) {
+			const struct trec *e = &t->recs[j];
+			if (e->fi->refs > 1 || strncmp(e->path, d->path, plen) || e->path[plen] != '/')
+				continue;
+			lo = e->fi->nid < lo ? e->fi->nid : lo;
+			hi = e->fi->nid > hi ? e->fi->nid : hi;
+			if (e->dir == d->fi && e->fi->nid < first_entry)
+				first_entry = e->fi->nid;
+		}
+		for (size_t j = 0; lo <= hi && j < t->n_recs; j++) {
+			const struct trec *e = &t->recs[j];
+			bool inside = !strncmp(e->path, d->path, plen) && e->path[plen] == '/';
+			CHECK(t, inside || e->fi->refs > 1 || e->fi->nid < lo || e->fi->nid > hi,
+			      "%s (nid %llu) sits among the inodes of %s/ (nids %llu..%llu)", e->path,
+			      (unsigned long long)e->fi->nid, d->path, (unsigned long long)lo, (unsigned long long)hi);
+		}
+		const uint8_t *di = l->meta + d->fi->nid * EROFS_SLOT_SIZE;
+		uint64_t size = get_le64(di + offsetof(struct erofs_disk_inode_ext, i_size));
+		uint32_t blkaddr = get_le32(di + offsetof(struct erofs_disk_inode_ext, i_u));
+		if (size < 4096 || first_entry == UINT64_MAX)
+			continue;
+		uint64_t blocks_at = ((uint64_t)blkaddr - l->meta_off / 4096) * 4096;
+		uint64_t blocks_end = blocks_at + size / 4096 * 4096;
+		CHECK(t, blocks_at > d->fi->nid * EROFS_SLOT_SIZE && blocks_end <= first_entry * EROFS_SLOT_SIZE &&
+				 first_entry * EROFS_SLOT_SIZE - blocks_end < 4096,
+		      "%s: blocks at meta offset %llu..%llu, its inode at %llu, its first entry's at %llu", d->path,
+		      (unsigned long long)blocks_at, (unsigned long long)blocks_end,
+		      (unsigned long long)(d->fi->nid * EROFS_SLOT_SIZE),
+		      (unsigned long long)(first_entry * EROFS_SLOT_SIZE));
+		dirs_with_blocks++;
+	}
+	CHECK(t, dirs_with_blocks > 0, "no directory with full blocks to check");
+}
+
 int main(void)
 {
 	struct t t = {0};
@@ -912,6 +959,7 @@ int main(void)
 	}
 
 	CHECK(&t, long_links[1] > 0, "long symlinks: %u plain, none inline", long_links[0]);
+	check_depth_first(&t, &l);
 
 	/* Determinism: the same tree gives the same bytes. */
 	r = erofs_write_metadata(root, meta_off, &l2);
