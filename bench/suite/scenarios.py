@@ -195,10 +195,12 @@ def coldstart(s):
         tree = s.tree(img)
         s.step(f"coldstart {img}: priming L2 with the image")
         _prime(s, name, nodes)
-        l1warm = {}
+        l1warm, traces = {}, _Traces(s, group)
         for w in group:
             s.step(f"coldstart {w}: recording the startup trace, warming an L1, page-caching the tree")
+            traces.before_recording()
             _krun(s, w, name, [], prefetch=True, l1=s.rig.fresh_dir("l1"))  # records the startup trace
+            traces.recorded(w)
             l1warm[w] = s.rig.fresh_dir("l1warm")
             _krun(s, w, name, ["--l2", nodes], prefetch=False, l1=l1warm[w])
             _floor(s, w, tree, cfg_env)
@@ -207,6 +209,8 @@ def coldstart(s):
                 for system, tiers, pf in LAZY:
                     s.step(f"coldstart {w}: {system}, run {rep + 1}")
                     l1 = l1warm[w] if "l1warm" in tiers else s.rig.fresh_dir("l1")
+                    if pf:
+                        traces.use(w)
                     drop_caches()
                     rep_json, t = _krun(s, w, name, ["--l2", nodes] if "l2" in tiers else [], prefetch=pf, l1=l1)
                     _lazy_samples(s, w, system, rep_json, t)
@@ -257,6 +261,39 @@ def _prime(s, name, nodes):
             if attempt == 4:
                 raise
             time.sleep(2)
+
+
+class _Traces:
+    """One startup trace per workload where workloads share an image.  blockd
+    keeps one trace per image (traces/<manifest digest> in the origin), so
+    the second workload of an image would prefetch the first one's start;
+    each workload's trace is recorded from none and put back before its
+    prefetch runs."""
+
+    def __init__(self, s, group):
+        self.dir = os.path.join(s.home, "store", "traces")
+        self.shared = len(group) > 1
+        self.image_trace = None
+        self.saved = {}
+        self.s = s
+
+    def before_recording(self):
+        if self.shared and self.image_trace and os.path.exists(self.image_trace):
+            os.unlink(self.image_trace)
+
+    def recorded(self, w):
+        if not self.shared:
+            return
+        files = [os.path.join(self.dir, f) for f in os.listdir(self.dir)] if os.path.isdir(self.dir) else []
+        if not files:
+            raise BenchError(f"no startup trace in {self.dir} after the recording run of {w}")
+        self.image_trace = max(files, key=os.path.getmtime)
+        self.saved[w] = self.s.rig.path(f"trace-{w}.json")
+        shutil.copyfile(self.image_trace, self.saved[w])
+
+    def use(self, w):
+        if self.shared:
+            shutil.copyfile(self.saved[w], self.image_trace)
 
 
 def _krun(s, w, name, extra, prefetch, l1):
