@@ -441,6 +441,7 @@ static int build_tree(struct plan *p, int *mount_kind)
 	if (r < 0)
 		return r;
 	*mount_kind = r;
+	timeline_mark(p->spec->timeline, "mount-image");
 	if (p->userns_fd >= 0 && (r = idmap_lower(p, SCRATCH "/lower", SCRATCH "/upper")) < 0) {
 		log_warn("sandbox: notice: cannot map the image's owners into the sandbox's user namespace (idmapped "
 			 "mount: %s; the kernel needs 5.19+ and a filesystem that supports it); running without a "
@@ -478,6 +479,7 @@ static int build_tree(struct plan *p, int *mount_kind)
 		return r;
 	}
 	sandbox_loopback_up(); /* a workload without lo still runs; logged */
+	timeline_mark(p->spec->timeline, "file-tree");
 	return 0;
 }
 
@@ -553,6 +555,7 @@ __attribute__((noreturn)) static void run_workload(const struct plan *p, const s
 	for (int sig = 1; sig < NSIG; sig++)
 		signal(sig, SIG_DFL);
 	setsid();
+	timeline_mark(s->timeline, "fork-workload");
 	/* Into the device cgroup now, after I's loop device (which the
 	 * allowlist would refuse) and before anything of the workload's. */
 	if (p->devcg_fd >= 0 && write(p->devcg_fd, "0", 1) != 1) {
@@ -602,6 +605,7 @@ __attribute__((noreturn)) static void run_workload(const struct plan *p, const s
 		log_err("sandbox: working directory %s: %s (as uid %u)", p->workdir, strerror(e), u->uid);
 		setup_fail(p, e);
 	}
+	timeline_mark(s->timeline, "credentials");
 	/* Looked up after the switch, so "executable" means executable by the
 	 * image's user, as execvp would decide. */
 	char path[PATH_MAX];
@@ -610,11 +614,13 @@ __attribute__((noreturn)) static void run_workload(const struct plan *p, const s
 			sandbox_env_get(env, "PATH"), strerror(-r));
 		setup_fail(p, -r);
 	}
+	timeline_mark(s->timeline, "path-lookup");
 	/* The last step before exec: from here on the allowlist applies. */
 	if ((r = sandbox_seccomp_apply(&p->filter)) < 0) {
 		log_err("sandbox: load the seccomp filter: %s", strerror(-r));
 		setup_fail(p, -r);
 	}
+	timeline_mark(s->timeline, "seccomp-load"); /* the last mark: the program is exec'd now */
 	execve(path, p->argv, env);
 	int e = errno;
 	log_err("sandbox: exec %s: %s", path, strerror(e));
@@ -753,6 +759,7 @@ __attribute__((noreturn)) static void init_main(struct plan *p)
 {
 	sigset_t set;
 	block_signals(&set);
+	timeline_mark(p->spec->timeline, "fork-init");
 	int kind = 0;
 	int r = build_tree(p, &kind);
 	if (r < 0)
@@ -780,9 +787,12 @@ __attribute__((noreturn)) static void init_main(struct plan *p)
 		if (p->userns_fd >= 0 && chown(p->workdir, p->userns_base, p->userns_base) < 0)
 			log_warn("sandbox: chown the working directory %s: %s", p->workdir, strerror(errno));
 	}
+	timeline_mark(p->spec->timeline, "image-user");
 
-	if (p->ready_w >= 0)
+	if (p->ready_w >= 0) {
 		ready_handshake(p);
+		timeline_mark(p->spec->timeline, "ready");
+	}
 	pid_t e = fork();
 	if (e < 0)
 		setup_fail(p, errno);
@@ -921,13 +931,16 @@ __attribute__((noreturn)) static void monitor_main(struct plan *p, pid_t caller)
 		log_err("sandbox: open the device cgroup's %s: %s", msg + 1, strerror(e));
 		setup_fail(p, e);
 	}
-	if (p->userns_count)
+	if (p->userns_count) {
 		p->userns_fd = make_userns(p);
+		timeline_mark(p->spec->timeline, "userns");
+	}
 	if (unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID) < 0) {
 		int e = errno;
 		log_err("sandbox: unshare namespaces: %s (needs root / CAP_SYS_ADMIN)", strerror(e));
 		setup_fail(p, e);
 	}
+	timeline_mark(p->spec->timeline, "namespaces");
 	pid_t init = fork();
 	if (init < 0)
 		setup_fail(p, errno);
@@ -1079,8 +1092,10 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 		for (size_t i = 0; i < env.n; i++)
 			if (strncmp(env.items[i], "HOME=", 5) == 0)
 				p.home_idx = i;
+	timeline_mark(s->timeline, "sandbox-env");
 	if ((r = sandbox_seccomp_build(&p.filter)) < 0)
 		goto out;
+	timeline_mark(s->timeline, "seccomp-build");
 	if (s->on_ready) {
 		int sp[2];
 		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) {
@@ -1138,6 +1153,7 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 			close(ready_r);
 		monitor_main(&p, caller);
 	}
+	timeline_mark(s->timeline, "fork-monitor");
 	close_fd(&p.ready_w);
 	close_fd(&p.out_w);
 	close_fd(&p.err_w);
@@ -1159,6 +1175,7 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 		goto kill;
 	if (notice[0])
 		log_warn("%s", notice);
+	timeline_mark(s->timeline, "cgroup");
 	char go[PATH_MAX + 2];
 	int gn = snprintf(go, sizeof(go), "g%s%s", cg.dev_dir, cg.dev_dir[0] ? "/cgroup.procs" : "");
 	if (gn < 0 || (size_t)gn >= sizeof(go) || write_full(sync_w, go, (size_t)gn) < 0) {
