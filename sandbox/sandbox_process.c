@@ -69,6 +69,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -836,37 +837,43 @@ static void close_all_but(int *keep, size_t n)
 			close((int)fd);
 }
 
+/* The user namespace's placeholder process: it only has to exist until M
+ * has written the maps and opened the namespace, and it shares M's memory, so
+ * it touches nothing but its own stack: it waits for the pipe to close.
+ * |arg| is the pipe; the helper's descriptor table is a copy of M's, so it
+ * closes its own write end first, or the read would never see EOF. */
+static int userns_holder(void *arg)
+{
+	const int *down = arg;
+	char c;
+	close(down[1]);
+	ssize_t n = read(down[0], &c, 1);
+	(void)n;
+	return 0;
+}
+
 /* In M: create the sandbox's user namespace and return a descriptor of it,
  * or -1 with a notice (the host lacks user namespaces, or they are
- * disabled).  A helper child unshares it and waits while M, root in the
- * host's namespace, writes the mappings: a process cannot map ids other than
- * its own into a namespace it created. */
+ * disabled).  A helper child is cloned straight into a new user namespace and
+ * waits while M, root in the host's namespace, writes the mappings: a process
+ * cannot map ids other than its own into a namespace it created.  The helper
+ * shares M's memory (CLONE_VM), so making it copies no page tables, which a
+ * fork of a large caller's address space would. */
 static int make_userns(const struct plan *p)
 {
-	int up[2], down[2];
-	if (pipe2(up, O_CLOEXEC) < 0)
+	int down[2];
+	if (pipe2(down, O_CLOEXEC) < 0)
 		return -1;
-	if (pipe2(down, O_CLOEXEC) < 0) {
-		close(up[0]);
-		close(up[1]);
-		return -1;
-	}
-	pid_t h = fork();
-	if (h == 0) {
-		close(down[1]); /* or the read below never sees EOF */
-		close(up[0]);
-		int e = unshare(CLONE_NEWUSER) < 0 ? errno : 0;
-		char c;
-		if (write(up[1], &e, sizeof(e)) == (ssize_t)sizeof(e))
-			while (read(down[0], &c, 1) < 0 && errno == EINTR)
-				;
-		_exit(0);
-	}
-	close(up[1]);
-	close(down[0]);
-	int e = h < 0 ? errno : 0, fd = -1;
-	if (h > 0 && read(up[0], &e, sizeof(e)) != (ssize_t)sizeof(e))
-		e = EIO;
+	/* The helper's stack; it needs a read() and nothing more. */
+	static const size_t stack_size = 64 * 1024;
+	char *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+	pid_t h = -1;
+	int e = 0, fd = -1;
+	if (stack == MAP_FAILED)
+		e = errno;
+	else if ((h = clone(userns_holder, stack + stack_size, CLONE_VM | CLONE_NEWUSER | SIGCHLD, down)) < 0)
+		e = errno;
+	close(down[0]); /* the helper has its own copy of the descriptor table */
 	if (e == 0) {
 		char path[64], map[64];
 		int n = snprintf(map, sizeof(map), "0 %u %u\n", p->userns_base, p->userns_count);
@@ -884,10 +891,11 @@ static int make_userns(const struct plan *p)
 			e = errno;
 	}
 	close(down[1]); /* the helper's read returns 0: it exits */
-	close(up[0]);
 	if (h > 0)
 		while (waitpid(h, NULL, 0) < 0 && errno == EINTR)
 			;
+	if (stack != MAP_FAILED)
+		munmap(stack, stack_size);
 	if (e != 0) {
 		log_warn("sandbox: notice: no user namespace for the workload (%s; is user.max_user_namespaces 0, or "
 			 "the kernel built without CONFIG_USER_NS?); root inside is the host's root, held back by "
