@@ -482,7 +482,7 @@ static json_t *shared_stats(const char *sock, const char *name)
 
 /* Write the timeline and what the run learned to |fd| (opened before the run,
  * so a bad path failed before anything ran). */
-static void write_timings(int fd, const char *path, const struct timeline *tl, const struct run_opts *o,
+static void write_timings(int fd, const char *path, struct timeline *tl, const struct run_opts *o,
 			  const struct sandbox_ops *ops, int r, const struct sandbox_result *res, int status,
 			  double t0, double end)
 {

@@ -24,7 +24,7 @@ struct timeline_mark {
 
 struct timeline {
 	double start, precision;
-	const char *source;
+	const char *source; /* NULL until the start is looked up */
 	unsigned n; /* claimed with an atomic add; may exceed TIMELINE_MAX_MARKS */
 	struct timeline_mark marks[TIMELINE_MAX_MARKS];
 };
@@ -186,12 +186,6 @@ struct timeline *timeline_new(void)
 	if (t == MAP_FAILED)
 		return NULL;
 	memset(t, 0, sizeof(*t));
-	if (timeline_process_start(&t->start, &t->precision, &t->source) < 0) {
-		/* No start known: count from now, and say so. */
-		t->start = now_seconds();
-		t->precision = 0;
-		t->source = "none";
-	}
 	return t;
 }
 
@@ -218,9 +212,18 @@ void timeline_mark_at(struct timeline *t, const char *name, double now)
 	__atomic_store_n(&t->marks[i].name, name, __ATOMIC_RELEASE);
 }
 
-double timeline_start(const struct timeline *t) { return t->start; }
+double timeline_start(struct timeline *t)
+{
+	if (!t->source && timeline_process_start(&t->start, &t->precision, &t->source) < 0) {
+		/* No start known: count from the first mark, and say so. */
+		t->start = t->n ? t->marks[0].t : now_seconds();
+		t->precision = 0;
+		t->source = "none";
+	}
+	return t->start;
+}
 
-double timeline_ms_since_start(const struct timeline *t, double t_s) { return (t_s - t->start) * 1e3; }
+double timeline_ms_since_start(struct timeline *t, double t_s) { return (t_s - timeline_start(t)) * 1e3; }
 
 double timeline_time_of(const struct timeline *t, const char *name)
 {
@@ -234,8 +237,9 @@ double timeline_time_of(const struct timeline *t, const char *name)
 	return at;
 }
 
-json_t *timeline_json(const struct timeline *t)
+json_t *timeline_json(struct timeline *t)
 {
+	timeline_start(t);
 	struct timeline_mark m[TIMELINE_MAX_MARKS];
 	unsigned n = t->n < TIMELINE_MAX_MARKS ? t->n : TIMELINE_MAX_MARKS, k = 0;
 	for (unsigned i = 0; i < n; i++) {

@@ -28,8 +28,10 @@
 
 struct timeline;
 
-/* A new, empty timeline in a shared anonymous mapping, with the process start
- * found as timeline_process_start() says.  Returns NULL with errno set. */
+/* A new, empty timeline in a shared anonymous mapping, for the calling
+ * process, whose start is found (as timeline_process_start() says) only when
+ * first needed, by timeline_start() or timeline_json(), so the lookup costs
+ * the start nothing.  Returns NULL with errno set. */
 struct timeline *timeline_new(void);
 
 /* Unmap |t|; NULL is fine.  Call once no child may still mark it. */
@@ -49,9 +51,10 @@ void timeline_mark_at(struct timeline *t, const char *name, double when);
  * negative value if there is none. */
 double timeline_time_of(const struct timeline *t, const char *name);
 
-/* The process start in CLOCK_MONOTONIC seconds (as now_seconds() counts), as
- * recorded when |t| was made. */
-double timeline_start(const struct timeline *t);
+/* The start of the process that made |t|, in CLOCK_MONOTONIC seconds (as
+ * now_seconds() counts), looked up on the first call.  Call it from that
+ * process. */
+double timeline_start(struct timeline *t);
 
 /* Find when the calling process started, as a CLOCK_MONOTONIC time in
  * seconds, in |*out_start|, and how precise that is, in seconds, in
@@ -66,9 +69,9 @@ int timeline_process_start(double *out_start, double *out_precision, const char 
  * time order, the first from the process start), "exec_ms" (the process
  * start to the last mark), "start_source" and "start_precision_ms".  The
  * caller adds what else it knows.  Returns NULL on allocation failure. */
-json_t *timeline_json(const struct timeline *t);
+json_t *timeline_json(struct timeline *t);
 
 /* Milliseconds from the process start to the CLOCK_MONOTONIC time |t_s|. */
-double timeline_ms_since_start(const struct timeline *t, double t_s);
+double timeline_ms_since_start(struct timeline *t, double t_s);
 
 #endif

@@ -20,7 +20,10 @@
 # way for all.  Prints one JSON object: medians in ms, the ratios against the
 # floor, and the median of each `--timings` phase (where supported).
 #
-# KINDLING_BUILD_DIR says where the programs are [build/].
+# KINDLING_BUILD_DIR says where the programs are [build/].  With
+# KINDLING_BASELINE_BUILD_DIR, a second build's kindling (e.g. one before a
+# change) joins the same alternation as "baseline" (and "baseline-blockd"),
+# so before and after are measured in one run against one floor.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 rounds=${1:-7}
@@ -57,6 +60,8 @@ tar -C "$work/tree" -xf "$work/layer2.tar"
 mkdir -p "$work/tree/proc"
 rm -f "$work/layer1.tar" "$work/layer2.tar"
 
+baseline=${KINDLING_BASELINE_BUILD_DIR:+$KINDLING_BASELINE_BUILD_DIR/kindling}
+[ -z "$baseline" ] || [ -x "$baseline" ] || { echo "warmstart: $baseline is not built" >&2; exit 1; }
 blockd_args=()
 if "$build/kindling" run --help 2>&1 | grep -q -- "--blockd"; then
   mkdir -p "$work/mnt"
@@ -67,15 +72,17 @@ if "$build/kindling" run --help 2>&1 | grep -q -- "--blockd"; then
   grep -q ready "$work/blockd.out" || { cat "$work/blockd.err" >&2; echo "warmstart: blockd serve never became ready" >&2; exit 1; }
   blockd_args=(--blockd "$work/blockd.sock")
 fi
-timings=()
-"$build/kindling" run --help 2>&1 | grep -q -- "--timings" && timings=(--timings)
 
 # ---- alternate and time ---------------------------------------------------------------------------------------
-python3 - "$rounds" "$build/kindling" "$work" "${#timings[@]}" "${blockd_args[@]}" <<'PY'
+python3 - "$rounds" "$build/kindling" "$work" "$baseline" "${blockd_args[@]}" <<'PY'
 import json, os, statistics, subprocess, sys, time
-rounds, kindling, work, has_timings = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+rounds, kindling, work, baseline = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 blockd = sys.argv[5:]
 cmd = ["--", "python3", "-c", "print(1)"]
+
+def supports(prog, opt):
+    r = subprocess.run([prog, "run", "--help"], capture_output=True, text=True)
+    return opt in r.stdout + r.stderr
 
 def first_line(argv):
     """ms from spawn to the first line on stdout; the command must print 1."""
@@ -88,12 +95,17 @@ def first_line(argv):
         sys.exit(f"warmstart: {argv[0]} failed ({p.returncode}): {line!r} {err.decode()[-2000:]}")
     return t
 
-kinds = {"kindling": [kindling, "run", "warm:1", "--no-prefetch"]}
-if blockd:
-    kinds["kindling-blockd"] = [kindling, "run", "warm:1"] + blockd
+kinds = {}
+for label, prog in (("baseline", baseline), ("kindling", kindling)):
+    if not prog:
+        continue
+    kinds[label] = [prog, "run", "warm:1", "--no-prefetch"]
+    if blockd and supports(prog, "--blockd"):
+        kinds[label + "-blockd"] = [prog, "run", "warm:1"] + blockd
+timed = {k: supports(argv[0], "--timings") for k, argv in kinds.items()}
 kinds["floor"] = ["unshare", "-mpf", f"--mount-proc={work}/tree/proc", "chroot", f"{work}/tree", "python3", "-c", "print(1)"]
 times = {k: [] for k in kinds}
-phases = {k: {} for k in kinds if k != "floor"}
+phases = {k: {} for k in kinds if k != "floor" and timed[k]}
 tpath = os.path.join(work, "timings.json")
 for warm in range(2):  # fill L1, the page cache and the serving blockd's memory tier
     for k, argv in kinds.items():
@@ -103,9 +115,9 @@ for r in range(rounds):
         if k == "floor":
             times[k].append(first_line(argv))
             continue
-        extra = ["--timings", tpath] if has_timings else []
+        extra = ["--timings", tpath] if timed[k] else []
         times[k].append(first_line(argv[:3] + extra + argv[3:] + cmd))
-        if has_timings:
+        if timed[k]:
             with open(tpath) as f:
                 for ph in json.load(f)["phases"]:
                     phases[k].setdefault(ph["name"], []).append(ph["ms"])
@@ -113,7 +125,7 @@ med = {k: statistics.median(v) for k, v in times.items()}
 res = {"rounds": rounds, "workload": "python3 -c 'print(1)'", "median_ms": med,
        "ratio_vs_floor": {k: med[k] / med["floor"] for k in med if k != "floor"},
        "samples_ms": times}
-if has_timings:
+if phases:
     res["phases_median_ms"] = {k: {n: statistics.median(v) for n, v in ph.items()} for k, ph in phases.items()}
 print(json.dumps(res, indent=1))
 PY
