@@ -787,3 +787,5 @@ int blockd_mount(struct blockd *b, const char *mountpoint, const struct blockd_m
 	}
 	return fuse_start(b, mountpoint, opt, &b->fuse);
 }
+
+const char *blockd_mountpoint(const struct blockd *b) { return b->fuse ? fuse_mountpoint(b->fuse) : NULL; }

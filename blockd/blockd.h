@@ -120,6 +120,10 @@ struct blockd_mount_options {
  * At most one mount per blockd.  Returns 0 or -errno (logged). */
 int blockd_mount(struct blockd *b, const char *mountpoint, const struct blockd_mount_options *opt);
 
+/* The FUSE mount point as given to blockd_mount(), or NULL when |b| is not
+ * mounted.  Valid until blockd_free(). */
+const char *blockd_mountpoint(const struct blockd *b);
+
 /* Serve every attached image over NBD at |address| ("unix:/path" or
  * "tcp:127.0.0.1:PORT"), export name = the image name (blockd_image_name).
  * Images attached or detached later change the export list: the server is

@@ -1,7 +1,9 @@
 /* The daemon's control socket: a unix stream socket, one JSON request per
  * line, one JSON reply per line.
  *
- *   {"op": "attach", "image": "NAME[:TAG]|DIGEST"}  -> {"ok": true, "image": ..., "digest": ..., "size": N}
+ *   {"op": "attach", "image": "NAME[:TAG]|DIGEST"}  -> {"ok": true, "image": ..., "digest": ..., "size": N,
+ *                                                       "mount": DIR, "metadata_offset": N, "chunks_stored": N,
+ *                                                       "config": {entrypoint, cmd, env, working_dir, user}}
  *   {"op": "detach", "image": "..."}                -> {"ok": true}
  *   {"op": "ls"}                                    -> {"ok": true, "images": [{"name", "digest", "size"}]}
  *   {"op": "stats"}                                 -> {"ok": true, "images": {NAME: stats}, "cache": {...}}
@@ -241,6 +243,23 @@ static json_t *parsed_json(char *s)
 	return j ? j : json_null();
 }
 
+/* What a runner needs to start the image without reading its manifest
+ * itself: where image.raw is (the mount point made absolute, "" when not
+ * mounted), the run configuration, and the sizes `kindling run` reports. */
+static json_t *attach_reply(struct blockd *b, struct blockd_image *img)
+{
+	const struct manifest *m = blockd_image_manifest(img);
+	const char *mnt = blockd_mountpoint(b);
+	char *abs = mnt ? realpath(mnt, NULL) : NULL;
+	json_t *reply = json_pack("{s:b, s:s, s:s, s:I, s:s, s:I, s:I, s:o}", "ok", 1, "image",
+				  blockd_image_name(img), "digest", blockd_image_digest(img), "size",
+				  (json_int_t)blockd_image_size(img), "mount", abs ? abs : mnt ? mnt : "",
+				  "metadata_offset", (json_int_t)m->metadata_offset, "chunks_stored",
+				  (json_int_t)m->n_chunks, "config", run_config_to_json(&m->config));
+	free(abs);
+	return reply;
+}
+
 static json_t *handle(struct blockd_ctl *c, const struct ctl_request *q)
 {
 	struct blockd *b = c->b;
@@ -253,8 +272,7 @@ static json_t *handle(struct blockd_ctl *c, const struct ctl_request *q)
 			reply = error_reply(-r, r == -ENOENT ? "no such image in the store" : NULL);
 		else {
 			save_state(c);
-			reply = json_pack("{s:b, s:s, s:s, s:I}", "ok", 1, "image", blockd_image_name(img), "digest",
-					  blockd_image_digest(img), "size", (json_int_t)blockd_image_size(img));
+			reply = attach_reply(b, img);
 		}
 		pthread_mutex_unlock(&c->op_lock);
 		return reply;

@@ -761,6 +761,8 @@ static void *loop_main(void *arg)
  * it (lazily: readers still inside it keep their error) so a new mount can
  * take the place.  statfs, not stat: the kernel answers stat from cached
  * attributes for a while after the death, statfs always asks the daemon. */
+const char *fuse_mountpoint(const struct blockd_fuse *f) { return f->mountpoint; }
+
 static int clear_stale_mount(const char *mountpoint)
 {
 	struct statfs sfs;

@@ -389,6 +389,8 @@ struct blockd_mount_options;
 int fuse_start(struct blockd *b, const char *mountpoint, const struct blockd_mount_options *opt,
 	       struct blockd_fuse **out);
 void fuse_stop(struct blockd_fuse *f);
+/* The mount point |f| serves. */
+const char *fuse_mountpoint(const struct blockd_fuse *f);
 /* The attached set changed: drop the kernel's cached entry for |name| in the
  * mount's root. */
 void fuse_notify_root_change(struct blockd_fuse *f, const char *name);

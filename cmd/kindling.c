@@ -4,7 +4,7 @@
  *                      [--isolation process|microvm|auto] [--no-prefetch] [--readahead N]
  *                      [--readahead-min-run BYTES] [--timeout S]
  *                      [--memory SIZE|none] [--pids N|none] [--userns BASE[:COUNT]|off] [--json] [-v]
- *                      [-- CMD ARGS...]
+ *                      [--timings FILE] [--blockd SOCK] [-- CMD ARGS...]
  *
  * The whole cold-start path in one process: an in-process blockd attaches
  * IMAGE (only its manifest is fetched), serves it on a private FUSE mount, and
@@ -21,6 +21,20 @@
  * and KINDLING_GUEST_INITRD say where kvmm and the guest's kernel and
  * initramfs are (default: next to this program).
  *
+ * With --blockd SOCK the image is attached to an already running `blockd
+ * serve` through its control socket instead, and run from that daemon's FUSE
+ * mount: no private blockd starts, and chunks, page cache and the memory tier
+ * stay warm from one run to the next.  The serving blockd owns the cache, so
+ * the cache options are refused with --blockd.
+ *
+ * --timings FILE writes where the start went, as one JSON object, when the
+ * run ends: "phases" ({"name", "ms"} in order, from the process's own start
+ * to the workload's execve: pre-main, argument handling, blockd, attach,
+ * mount, the sandbox's namespaces, cgroup, seccomp, credentials...),
+ * "exec_ms" (their sum), "first_output_ms", "exit_ms" and "total_ms" (to the
+ * workload's exit), all from the process start (common/timeline.h says how
+ * it is found and "start_precision_ms" how precisely).
+ *
  * Defaults come from KINDLING_HOME (default ~/.kindling), as for chunkify:
  * the store is $KINDLING_HOME/store and the L1 cache $KINDLING_HOME/l1, so a
  * second run of the same image on this host is warm.
@@ -31,6 +45,7 @@
  */
 #define LOG_COMPONENT "kindling"
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <signal.h>
@@ -43,6 +58,7 @@
 #include "blockd/blockd.h"
 #include "cmd/commands.h"
 #include "common/common.h"
+#include "common/timeline.h"
 #include "image/image.h"
 #include "sandbox/sandbox.h"
 
@@ -67,6 +83,10 @@ struct run_opts {
 	bool userns_off;
 	int verbose;
 	char **argv; /* after "--", NULL-terminated, or NULL */
+	const char *timings;   /* --timings FILE, or NULL */
+	const char *blockd;    /* --blockd SOCK, or NULL */
+	const char *cache_opt; /* the first cache option given (refused with --blockd), or NULL */
+	bool help;
 };
 
 static void usage(FILE *f)
@@ -95,6 +115,13 @@ static void usage(FILE *f)
 		"  --userns BASE[:COUNT] map the workload's ids 0..COUNT-1 to host ids BASE.. [1000000000:65536];\n"
 		"                        off runs it without a user namespace (its root is then the host's)\n"
 		"  --json                the report as one JSON object (last line on stderr)\n"
+		"  --timings FILE        when the run ends, write where the start went to FILE as JSON: phases\n"
+		"                        from the process start to the workload's exec (pre-main, attach, mount,\n"
+		"                        namespaces, cgroup, seccomp, credentials...), first output, exit\n"
+		"  --blockd SOCK         attach IMAGE to the running `blockd serve` with control socket SOCK and\n"
+		"                        run it from that daemon's mount (warm across runs) instead of starting\n"
+		"                        a private blockd; the cache options (--store, --l1-*, --l2, --readahead,\n"
+		"                        --no-prefetch) belong to that daemon then\n"
 		"  -v                    log blockd and sandbox progress\n"
 		"KINDLING_HOME defaults to ~/.kindling; it holds the tenant key and salt, as for chunkify.\n"
 		"The micro-VM's parts: KINDLING_KVMM, KINDLING_GUEST_KERNEL, KINDLING_GUEST_INITRD\n"
@@ -137,8 +164,12 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 			break;
 		} else if (strcmp(a, "--json") == 0) {
 			o->json = true;
+		} else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+			o->help = true;
+			return 0;
 		} else if (strcmp(a, "--no-prefetch") == 0) {
 			o->no_prefetch = true;
+			o->cache_opt = o->cache_opt ? o->cache_opt : a;
 		} else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
 			o->verbose++;
 		} else if (a[0] == '-' && a[1] == '-') {
@@ -147,7 +178,15 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 				return -EINVAL;
 			}
 			i++;
-			if (strcmp(a, "--store") == 0)
+			if (strcmp(a, "--store") == 0 || strcmp(a, "--l1-dir") == 0 || strcmp(a, "--l1-size") == 0 ||
+			    strcmp(a, "--l2") == 0 || strcmp(a, "--readahead") == 0 ||
+			    strcmp(a, "--readahead-min-run") == 0)
+				o->cache_opt = o->cache_opt ? o->cache_opt : a;
+			if (strcmp(a, "--timings") == 0 && *v)
+				o->timings = v;
+			else if (strcmp(a, "--blockd") == 0 && *v)
+				o->blockd = v;
+			else if (strcmp(a, "--store") == 0)
 				o->store = v;
 			else if (strcmp(a, "--l1-dir") == 0)
 				o->l1_dir = v;
@@ -204,6 +243,12 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 		fprintf(stderr, "kindling run: which image? (NAME[:TAG] or a manifest digest)\n");
 		return -EINVAL;
 	}
+	if (o->blockd && o->cache_opt) {
+		fprintf(stderr, "kindling run: %s configures the cache, and with --blockd the blockd serving %s owns "
+			"the cache: give it to `blockd serve` instead, or run without --blockd\n", o->cache_opt,
+			o->blockd);
+		return -EINVAL;
+	}
 	return 0;
 }
 
@@ -250,7 +295,7 @@ static void *sig_main(void *arg)
 		}
 		/* Nothing to wait for (or asked twice): leave now, but never
 		 * leave a dead FUSE mount behind. */
-		if (umount2(w->mountpoint, MNT_DETACH) == 0)
+		if (w->mountpoint && umount2(w->mountpoint, MNT_DETACH) == 0)
 			rmdir(w->mountpoint);
 		_exit(128 + sig);
 	}
@@ -361,49 +406,187 @@ static void print_report(json_t *j)
 			json_real_value(json_object_get(pf, "accuracy")));
 }
 
+/* ---- --blockd: an image attached to a running blockd ------------------------------------------------------- */
+
+/* What the serving blockd's attach reply says about the image. */
+struct shared_image {
+	char *name; /* the directory under the mount */
+	char *raw;  /* MOUNT/<name>/image.raw */
+	struct manifest m; /* config, image_size, metadata_offset, n_chunks only */
+};
+
+static void shared_image_cleanup(struct shared_image *si)
+{
+	free(si->name);
+	free(si->raw);
+	manifest_cleanup(&si->m);
+}
+
+/* Ask the blockd at |sock| to attach |image|.  Returns 0 with |*si| filled,
+ * or -errno after one clear message on stderr. */
+static int shared_attach(const char *sock, const char *image, struct shared_image *si)
+{
+	memset(si, 0, sizeof(*si));
+	json_t *q = json_pack("{s:s,s:s}", "op", "attach", "image", image);
+	char *line = q ? json_dumps(q, JSON_COMPACT) : NULL, *reply = NULL;
+	json_decref(q);
+	if (!line)
+		return -ENOMEM;
+	unsigned errors_before = log_errors_logged();
+	int r = blockd_ctl_call(sock, line, &reply);
+	free(line);
+	if (r < 0) {
+		if (log_errors_logged() == errors_before)
+			fprintf(stderr, "kindling run: cannot reach the blockd at %s: %s (is `blockd serve --control %s` "
+				"running?)\n", sock, strerror(-r), sock);
+		return r;
+	}
+	json_t *j = json_loads(reply, 0, NULL);
+	free(reply);
+	const char *name = json_string_value(json_object_get(j, "image"));
+	const char *mnt = json_string_value(json_object_get(j, "mount"));
+	if (!json_is_true(json_object_get(j, "ok"))) {
+		const char *err = json_string_value(json_object_get(j, "error"));
+		fprintf(stderr, "kindling run: the blockd at %s cannot attach %s: %s\n", sock, image,
+			err ? err : "malformed reply");
+		r = json_integer_value(json_object_get(j, "errno")) == ENOENT ? -ENOENT : -EIO;
+	} else if (!name || !mnt || !*mnt || strchr(name, '/')) {
+		fprintf(stderr, "kindling run: the blockd at %s %s\n", sock,
+			mnt && !*mnt ? "serves no FUSE mount (start it with `blockd serve --mount DIR`)"
+				     : "sent an attach reply without the image's mount (an older blockd?)");
+		r = -EPROTO;
+	} else if ((r = run_config_from_json(json_object_get(j, "config"), &si->m.config)) < 0) {
+		fprintf(stderr, "kindling run: the blockd at %s sent a malformed run configuration\n", sock);
+	} else {
+		si->m.image_size = (uint64_t)json_integer_value(json_object_get(j, "size"));
+		si->m.metadata_offset = (uint64_t)json_integer_value(json_object_get(j, "metadata_offset"));
+		si->m.n_chunks = (size_t)json_integer_value(json_object_get(j, "chunks_stored"));
+		si->name = strdup(name);
+		si->raw = xasprintf("%s/%s/image.raw", mnt, name);
+		r = si->name && si->raw ? 0 : -ENOMEM;
+	}
+	json_decref(j);
+	if (r < 0)
+		shared_image_cleanup(si);
+	return r;
+}
+
+/* The serving blockd's stats.json object for |name|, or NULL. */
+static json_t *shared_stats(const char *sock, const char *name)
+{
+	json_t *q = json_pack("{s:s,s:s}", "op", "stats", "image", name);
+	char *line = q ? json_dumps(q, JSON_COMPACT) : NULL, *reply = NULL;
+	json_decref(q);
+	json_t *stats = NULL;
+	if (line && blockd_ctl_call(sock, line, &reply) == 0) {
+		json_t *j = json_loads(reply, 0, NULL);
+		stats = json_incref(json_object_get(j, "stats"));
+		json_decref(j);
+	}
+	free(line);
+	free(reply);
+	return json_is_object(stats) ? stats : (json_decref(stats), NULL);
+}
+
+/* ---- --timings ------------------------------------------------------------------------------------------------ */
+
+/* Write the timeline and what the run learned to |fd| (opened before the run,
+ * so a bad path failed before anything ran). */
+static void write_timings(int fd, const char *path, struct timeline *tl, const struct run_opts *o,
+			  const struct sandbox_ops *ops, int r, const struct sandbox_result *res, int status,
+			  double t0, double end)
+{
+	json_t *j = timeline_json(tl);
+	if (!j) {
+		log_warn("cannot write the timings to %s: out of memory", path);
+		return;
+	}
+	/* first_output_s and exit_s count from t0 (the top of main). */
+	double first = r == 0 && res->first_output_s >= 0 ? timeline_ms_since_start(tl, t0 + res->first_output_s) : -1;
+	double exit_at = r == 0 ? t0 + res->exit_s : end;
+	json_object_set_new(j, "total_ms", json_real(timeline_ms_since_start(tl, exit_at)));
+	json_object_set_new(j, "first_output_ms", json_real(first));
+	json_object_set_new(j, "exit_ms", json_real(timeline_ms_since_start(tl, exit_at)));
+	json_object_set_new(j, "end_ms", json_real(timeline_ms_since_start(tl, end)));
+	json_object_set_new(j, "image", json_string(o->image));
+	json_object_set_new(j, "backend", json_string(ops ? ops->name : ""));
+	json_object_set_new(j, "blockd", json_string(o->blockd ? "shared" : "private"));
+	json_object_set_new(j, "status", json_integer(status));
+	char *s = json_dumps(j, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+	json_decref(j);
+	if (!s || write_full(fd, s, strlen(s)) < 0 || write_full(fd, "\n", 1) < 0)
+		log_warn("cannot write the timings to %s: %s", path, strerror(s ? errno : ENOMEM));
+	free(s);
+}
+
 /* ---- run ---------------------------------------------------------------------------------------------------- */
 
 static int cmd_run(int argc, char **argv, double t0)
 {
 	/* Limits by default: one runaway function must not take the host. */
 	struct run_opts o = { .isolation = "auto", .readahead = -1, .memory = 1ull << 30, .pids = 1024 };
-	int status = EXIT_USAGE;
+	int status = EXIT_USAGE, timings_fd = -1;
 	char *home = NULL, *store = NULL, *l1 = NULL, *mnt = NULL, *raw = NULL;
 	struct blockd *b = NULL;
+	struct timeline *tl = NULL;
+	struct shared_image si = { 0 };
+	const struct sandbox_ops *ops = NULL;
+	struct sandbox_result res;
+	struct blockd_image *img = NULL;
+	bool ran = false;
+	int r = -EINVAL;
 	json_t *report = NULL;
 	if (parse_args(argc, argv, &o) < 0) {
 		usage(stderr);
 		goto out;
 	}
+	if (o.help) {
+		usage(stdout);
+		status = 0;
+		goto out;
+	}
+	/* A bad --timings path fails here, before anything runs. */
+	if (o.timings && (timings_fd = open(o.timings, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0) {
+		fprintf(stderr, "kindling run: --timings %s: cannot open it for writing: %s\n", o.timings,
+			strerror(errno));
+		goto out;
+	}
+	if (o.timings && !(tl = timeline_new())) {
+		fprintf(stderr, "kindling run: --timings: %s\n", strerror(errno));
+		goto out;
+	}
+	timeline_mark_at(tl, "pre-main", t0);
 	status = EXIT_SETUP;
 	log_set_level(o.verbose > 1 ? LOG_DEBUG : o.verbose ? LOG_INFO : LOG_WARN);
 
 	/* Refuse an isolation this host cannot give before touching anything. */
 	char notice[512];
-	const struct sandbox_ops *ops = sandbox_pick(o.isolation, notice, sizeof(notice));
+	ops = sandbox_pick(o.isolation, notice, sizeof(notice));
 	if (!ops) {
 		fprintf(stderr, "kindling run: %s\n", notice);
 		goto out;
 	}
 	if (notice[0])
 		fprintf(stderr, "kindling: %s\n", notice);
+	timeline_mark(tl, "args");
 
-	home = kindling_home_dir();
-	store = o.store ? strdup(o.store) : home ? xasprintf("%s/store", home) : NULL;
-	l1 = o.l1_dir ? strdup(o.l1_dir) : home ? xasprintf("%s/l1", home) : NULL;
-	const char *tmp = getenv("TMPDIR");
-	mnt = xasprintf("%s/kindling-run.XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	if (!home || !store || !l1 || !mnt)
-		goto out;
-	/* The L1 directory is the cache's to create; one it cannot use runs the
-	 * image without L1 (one notice), never fails it. */
-	int r;
-	if (!mkdtemp(mnt)) {
-		log_err("cannot create a mount point %s: %s (set TMPDIR to a writable directory)", mnt,
-			strerror(errno));
-		free(mnt);
-		mnt = NULL;
-		goto out;
+	if (!o.blockd) {
+		home = kindling_home_dir();
+		store = o.store ? strdup(o.store) : home ? xasprintf("%s/store", home) : NULL;
+		l1 = o.l1_dir ? strdup(o.l1_dir) : home ? xasprintf("%s/l1", home) : NULL;
+		const char *tmp = getenv("TMPDIR");
+		mnt = xasprintf("%s/kindling-run.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+		if (!home || !store || !l1 || !mnt)
+			goto out;
+		/* The L1 directory is the cache's to create; one it cannot use runs the
+		 * image without L1 (one notice), never fails it. */
+		if (!mkdtemp(mnt)) {
+			log_err("cannot create a mount point %s: %s (set TMPDIR to a writable directory)", mnt,
+				strerror(errno));
+			free(mnt);
+			mnt = NULL;
+			goto out;
+		}
 	}
 
 	/* From here on every thread (blockd's, FUSE's) inherits the mask. */
@@ -417,39 +600,57 @@ static int cmd_run(int argc, char **argv, double t0)
 	pthread_t sig_thread;
 	if ((r = pthread_create(&sig_thread, NULL, sig_main, &sw)) != 0) {
 		log_err("cannot start the signal thread: %s", strerror(r));
+		r = -r;
 		goto out;
 	}
 	pthread_detach(sig_thread);
+	timeline_mark(tl, "setup");
 
-	/* Running reads an existing store; it never creates one. */
-	struct store_options store_opt = { .must_exist = true };
-	struct blockd_config cfg = {
-		.cache = { .origin_uri = store, .origin_options = &store_opt, .l1_dir = l1, .l1_max_bytes = o.l1_size,
-			   .l2_nodes = (const char *const *)o.l2.items, .n_l2_nodes = o.l2.n },
-		.prefetch = !o.no_prefetch,
-		.readahead_chunks = o.readahead > 0 ? (unsigned)o.readahead : 0,
-		.no_readahead = o.readahead == 0,
-		.readahead_min_run = o.readahead_min_run,
-	};
-	struct blockd_image *img = NULL;
-	struct blockd_mount_options mopt = { .done_fd = -1 };
-	if ((r = blockd_new(&cfg, &b)) < 0)
-		goto out;
-	unsigned errors_before = log_errors_logged();
-	if ((r = blockd_attach(b, o.image, &img)) < 0) {
-		/* One failure, one message: the attach said why, unless it could not. */
-		if (log_errors_logged() == errors_before)
-			fprintf(stderr, "kindling run: cannot attach %s from %s: %s\n", o.image, store, strerror(-r));
-		goto out;
+	const struct manifest *m;
+	if (o.blockd) {
+		/* A running blockd: one request, and its mount serves the image. */
+		if ((r = shared_attach(o.blockd, o.image, &si)) < 0)
+			goto out;
+		m = &si.m;
+		raw = strdup(si.raw);
+		if (!raw)
+			goto out;
+		timeline_mark(tl, "blockd-attach");
+	} else {
+		/* Running reads an existing store; it never creates one. */
+		struct store_options store_opt = { .must_exist = true };
+		struct blockd_config cfg = {
+			.cache = { .origin_uri = store, .origin_options = &store_opt, .l1_dir = l1,
+				   .l1_max_bytes = o.l1_size, .l2_nodes = (const char *const *)o.l2.items,
+				   .n_l2_nodes = o.l2.n },
+			.prefetch = !o.no_prefetch,
+			.readahead_chunks = o.readahead > 0 ? (unsigned)o.readahead : 0,
+			.no_readahead = o.readahead == 0,
+			.readahead_min_run = o.readahead_min_run,
+		};
+		struct blockd_mount_options mopt = { .done_fd = -1 };
+		if ((r = blockd_new(&cfg, &b)) < 0)
+			goto out;
+		timeline_mark(tl, "blockd-new");
+		unsigned errors_before = log_errors_logged();
+		if ((r = blockd_attach(b, o.image, &img)) < 0) {
+			/* One failure, one message: the attach said why, unless it could not. */
+			if (log_errors_logged() == errors_before)
+				fprintf(stderr, "kindling run: cannot attach %s from %s: %s\n", o.image, store,
+					strerror(-r));
+			goto out;
+		}
+		timeline_mark(tl, "attach");
+		if ((r = blockd_mount(b, mnt, &mopt)) < 0)
+			goto out;
+		raw = xasprintf("%s/%s/image.raw", mnt, blockd_image_name(img));
+		if (!raw)
+			goto out;
+		m = blockd_image_manifest(img);
+		timeline_mark(tl, "fuse-mount");
 	}
-	if ((r = blockd_mount(b, mnt, &mopt)) < 0)
-		goto out;
-	raw = xasprintf("%s/%s/image.raw", mnt, blockd_image_name(img));
-	if (!raw)
-		goto out;
 	double attach_s = now_seconds() - t0;
 
-	const struct manifest *m = blockd_image_manifest(img);
 	struct sandbox_spec spec = {
 		.image_path = raw,
 		.config = &m->config,
@@ -464,9 +665,10 @@ static int cmd_run(int argc, char **argv, double t0)
 		.userns_base = o.userns_base,
 		.userns_count = o.userns_count,
 		.userns_off = o.userns_off,
+		.timeline = tl,
 	};
-	struct sandbox_result res;
 	r = sandbox_run(ops, &spec, &res);
+	ran = true;
 	if (r < 0)
 		status = r == -ENOENT || r == -EACCES ? EXIT_NOCMD : EXIT_SETUP;
 	else
@@ -484,14 +686,23 @@ static int cmd_run(int argc, char **argv, double t0)
 	if (r == 0 && res.timed_out)
 		fprintf(stderr, "kindling run: the workload was killed after its --timeout of %g s\n", o.timeout_s);
 
-	char *s = blockd_image_stats_json(img);
-	json_t *stats = s ? json_loads(s, 0, NULL) : NULL;
-	free(s);
+	json_t *stats;
+	if (o.blockd) {
+		stats = shared_stats(o.blockd, si.name);
+	} else {
+		char *s = blockd_image_stats_json(img);
+		stats = s ? json_loads(s, 0, NULL) : NULL;
+		free(s);
+	}
 	report = stats ? build_report(&o, ops, r, &res, status, attach_s, m, stats) : NULL;
 	json_decref(stats);
 	if (!report)
 		log_warn("cannot build the report (out of memory?)");
-out:
+	else if (o.blockd)
+		/* The serving blockd counts from its attach, not from this run. */
+		json_object_set_new(report, "counters", json_string("since the shared blockd attached the image"));
+out:;
+	double end = now_seconds();
 	/* Unmounts, stores the startup trace being recorded, frees. */
 	blockd_free(b);
 	if (mnt && rmdir(mnt) < 0)
@@ -506,6 +717,12 @@ out:
 			print_report(report);
 		}
 	}
+	if (timings_fd >= 0 && tl)
+		write_timings(timings_fd, o.timings, tl, &o, ops, ran ? r : -ECANCELED, &res, status, t0, end);
+	if (timings_fd >= 0)
+		close(timings_fd);
+	timeline_free(tl);
+	shared_image_cleanup(&si);
 	json_decref(report);
 	free(raw);
 	free(mnt);

@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #define CHUNK_SIZE (512u * 1024u)
 #define CHUNK_KEY_LEN 32
 #define CHUNK_NAME_HEX_LEN 64
@@ -176,6 +178,16 @@ struct manifest {
 
 /* Release everything |c| owns (not |c| itself); safe on a zeroed struct. */
 void run_config_cleanup(struct run_config *c);
+
+/* |c| as the manifest stores it: {"entrypoint", "cmd", "env": [strings] or
+ * null, "working_dir", "user": a string or null}.  Returns a new object, or
+ * NULL on allocation failure. */
+json_t *run_config_to_json(const struct run_config *c);
+
+/* Parse |j| (untrusted, the shape run_config_to_json writes) into |*out|,
+ * which the caller releases with run_config_cleanup.  Returns 0, or -EBADMSG
+ * for a malformed object (logged; |*out| is then zeroed) or -ENOMEM. */
+int run_config_from_json(json_t *j, struct run_config *out);
 
 /* Release everything |m| owns (not |m| itself); safe on a zeroed struct. */
 void manifest_cleanup(struct manifest *m);

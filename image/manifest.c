@@ -70,6 +70,14 @@ static json_t *strv_to_json(char **v)
 	return a;
 }
 
+json_t *run_config_to_json(const struct run_config *c)
+{
+	return json_pack("{s:o,s:o,s:o,s:o,s:o}", "entrypoint", strv_to_json(c->entrypoint), "cmd",
+			 strv_to_json(c->cmd), "env", strv_to_json(c->env), "working_dir",
+			 c->working_dir ? json_string(c->working_dir) : json_null(), "user",
+			 c->user ? json_string(c->user) : json_null());
+}
+
 static json_t *body_to_json(const struct manifest *m, const char *key_id)
 {
 	json_t *chunks = json_array();
@@ -80,11 +88,7 @@ static json_t *body_to_json(const struct manifest *m, const char *key_id)
 		json_array_append_new(layers, json_pack("{s:s,s:I,s:I}", "digest", m->layers[i].digest, "offset",
 							(json_int_t)m->layers[i].offset, "length",
 							(json_int_t)m->layers[i].length));
-	const struct run_config *c = &m->config;
-	json_t *config = json_pack("{s:o,s:o,s:o,s:o,s:o}", "entrypoint", strv_to_json(c->entrypoint), "cmd",
-				   strv_to_json(c->cmd), "env", strv_to_json(c->env), "working_dir",
-				   c->working_dir ? json_string(c->working_dir) : json_null(), "user",
-				   c->user ? json_string(c->user) : json_null());
+	json_t *config = run_config_to_json(&m->config);
 	return json_pack("{s:s,s:{s:s,s:s,s:s},s:o,s:I,s:I,s:I,s:o,s:s,s:o}", "format", MANIFEST_FORMAT, "source",
 			 "ref", m->source_ref ? m->source_ref : "", "manifest_digest", m->source_manifest_digest,
 			 "config_digest", m->source_config_digest, "config", config, "image_size",
@@ -220,6 +224,23 @@ static int json_opt_str(json_t *v, const char *field, char **out)
 	return (*out = strdup(json_string_value(v))) ? 0 : -ENOMEM;
 }
 
+int run_config_from_json(json_t *c, struct run_config *out)
+{
+	int r;
+	memset(out, 0, sizeof(*out));
+	if (!json_is_object(c))
+		bad("config: expected an object");
+	if ((r = json_strv(json_object_get(c, "entrypoint"), "entrypoint", &out->entrypoint)) < 0 ||
+	    (r = json_strv(json_object_get(c, "cmd"), "cmd", &out->cmd)) < 0 ||
+	    (r = json_strv(json_object_get(c, "env"), "env", &out->env)) < 0 ||
+	    (r = json_opt_str(json_object_get(c, "working_dir"), "config.working_dir", &out->working_dir)) < 0 ||
+	    (r = json_opt_str(json_object_get(c, "user"), "config.user", &out->user)) < 0) {
+		run_config_cleanup(out);
+		return r;
+	}
+	return 0;
+}
+
 static int json_u64(json_t *obj, const char *field, uint64_t *out)
 {
 	json_t *v = json_object_get(obj, field);
@@ -257,14 +278,7 @@ static int parse_body(json_t *root, struct manifest *m, char key_id[17])
 			     m->source_config_digest)) < 0 ||
 	    (r = json_opt_str(json_object_get(src, "ref"), "source.ref", &m->source_ref)) < 0)
 		return r;
-	json_t *c = json_object_get(root, "config");
-	if (!json_is_object(c))
-		bad("config: expected an object");
-	if ((r = json_strv(json_object_get(c, "entrypoint"), "entrypoint", &m->config.entrypoint)) < 0 ||
-	    (r = json_strv(json_object_get(c, "cmd"), "cmd", &m->config.cmd)) < 0 ||
-	    (r = json_strv(json_object_get(c, "env"), "env", &m->config.env)) < 0 ||
-	    (r = json_opt_str(json_object_get(c, "working_dir"), "config.working_dir", &m->config.working_dir)) < 0 ||
-	    (r = json_opt_str(json_object_get(c, "user"), "config.user", &m->config.user)) < 0)
+	if ((r = run_config_from_json(json_object_get(root, "config"), &m->config)) < 0)
 		return r;
 	uint64_t chunk_size;
 	if ((r = json_u64(root, "image_size", &m->image_size)) < 0 || (r = json_u64(root, "chunk_size", &chunk_size)) < 0 ||

@@ -33,11 +33,19 @@ struct sandbox_seccomp {
 	size_t n;
 };
 
-/* Build the process sandbox's allowlist (see seccomp.c for the list, the
- * answers and the socket rules) and export it to |out|.  Call it before
- * fork: it allocates.  Returns 0 or -errno (logged); |out| is empty on
- * failure.  Release with sandbox_seccomp_free. */
+/* The process sandbox's allowlist (see seccomp.c for the list, the answers
+ * and the socket rules) as BPF in |out|: a copy of the program libseccomp
+ * compiled at build time (sandbox_seccomp_compile's output, in the build
+ * tree's seccomp_bpf.h).  Call it before fork: it allocates.  Returns 0 or
+ * -ENOMEM (logged); |out| is empty on failure.  Release with
+ * sandbox_seccomp_free. */
 int sandbox_seccomp_build(struct sandbox_seccomp *out);
+
+/* Compile the allowlist with libseccomp for the architecture this runs on
+ * and export it to |out| (what the build does once; the unit test checks
+ * that it matches sandbox_seccomp_build's copy).  Returns 0 or -errno
+ * (logged); |out| is empty on failure.  Release with sandbox_seccomp_free. */
+int sandbox_seccomp_compile(struct sandbox_seccomp *out);
 
 /* Install |f| on the calling thread, setting no_new_privs first.  Allocates
  * nothing and takes no lock, so it is safe in a child forked from a

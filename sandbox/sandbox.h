@@ -23,6 +23,7 @@
 #include <sys/types.h>
 
 #include "common/common.h" /* struct str_list */
+#include "common/timeline.h"
 #include "image/image.h"   /* struct run_config */
 
 /* How the process sandbox attaches the image file to the kernel's EROFS
@@ -75,6 +76,11 @@ struct sandbox_spec {
 					   * whose descriptors may close should ignore SIGPIPE) */
 	double t0;			  /* now_seconds() at the caller's "start"; timings count from here */
 	double timeout_s;		  /* kill everything after this long from t0; 0 = never */
+	/* Optional: where the start's time goes.  The process sandbox marks
+	 * its phases in it (from the caller, the monitor, the init and the
+	 * workload, the last mark just before the workload's execve), so it
+	 * must come from timeline_new() (shared across fork).  NULL = none. */
+	struct timeline *timeline;
 
 	/* The workload's user namespace (process sandbox; the micro-VM ignores
 	 * it): ids 0..count-1 inside are host ids base..base+count-1, so root

@@ -25,9 +25,12 @@
  *   signals and reports E's exact exit status (a pid 1 cannot re-raise a fatal
  *   signal on itself).  When E exits, I exits, and the kernel kills whatever is
  *   left in the namespace, so no daemon outlives the run.
- * - E moves itself into the device cgroup (cgroup v1), joins the user
- *   namespace, drops every capability outside a small set, switches to the
- *   image's user, installs the seccomp allowlist and execs the command.
+ * - E is cloned from I sharing its memory until it execs (CLONE_VM |
+ *   CLONE_VFORK, as posix_spawn does; I waits meanwhile), so starting it
+ *   copies no page tables.  E moves itself into the device cgroup (cgroup
+ *   v1), joins the user namespace, drops every capability outside a small
+ *   set, switches to the image's user, installs the seccomp allowlist and
+ *   execs the command.
  *
  * The user namespace: M has a helper child unshare(CLONE_NEWUSER), writes its
  * uid_map and gid_map ("0 BASE COUNT") as host root, and keeps a descriptor
@@ -69,6 +72,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -441,6 +445,7 @@ static int build_tree(struct plan *p, int *mount_kind)
 	if (r < 0)
 		return r;
 	*mount_kind = r;
+	timeline_mark(p->spec->timeline, "mount-image");
 	if (p->userns_fd >= 0 && (r = idmap_lower(p, SCRATCH "/lower", SCRATCH "/upper")) < 0) {
 		log_warn("sandbox: notice: cannot map the image's owners into the sandbox's user namespace (idmapped "
 			 "mount: %s; the kernel needs 5.19+ and a filesystem that supports it); running without a "
@@ -478,6 +483,7 @@ static int build_tree(struct plan *p, int *mount_kind)
 		return r;
 	}
 	sandbox_loopback_up(); /* a workload without lo still runs; logged */
+	timeline_mark(p->spec->timeline, "file-tree");
 	return 0;
 }
 
@@ -553,6 +559,7 @@ __attribute__((noreturn)) static void run_workload(const struct plan *p, const s
 	for (int sig = 1; sig < NSIG; sig++)
 		signal(sig, SIG_DFL);
 	setsid();
+	timeline_mark(s->timeline, "fork-workload");
 	/* Into the device cgroup now, after I's loop device (which the
 	 * allowlist would refuse) and before anything of the workload's. */
 	if (p->devcg_fd >= 0 && write(p->devcg_fd, "0", 1) != 1) {
@@ -602,6 +609,7 @@ __attribute__((noreturn)) static void run_workload(const struct plan *p, const s
 		log_err("sandbox: working directory %s: %s (as uid %u)", p->workdir, strerror(e), u->uid);
 		setup_fail(p, e);
 	}
+	timeline_mark(s->timeline, "credentials");
 	/* Looked up after the switch, so "executable" means executable by the
 	 * image's user, as execvp would decide. */
 	char path[PATH_MAX];
@@ -610,15 +618,49 @@ __attribute__((noreturn)) static void run_workload(const struct plan *p, const s
 			sandbox_env_get(env, "PATH"), strerror(-r));
 		setup_fail(p, -r);
 	}
+	timeline_mark(s->timeline, "path-lookup");
 	/* The last step before exec: from here on the allowlist applies. */
 	if ((r = sandbox_seccomp_apply(&p->filter)) < 0) {
 		log_err("sandbox: load the seccomp filter: %s", strerror(-r));
 		setup_fail(p, -r);
 	}
+	timeline_mark(s->timeline, "seccomp-load"); /* the last mark: the program is exec'd now */
 	execve(path, p->argv, env);
 	int e = errno;
 	log_err("sandbox: exec %s: %s", path, strerror(e));
 	setup_fail(p, e);
+}
+
+/* What E starts from, on I's stack. */
+struct workload_args {
+	const struct plan *p;
+	const struct sandbox_user *u;
+};
+
+static int workload_main(void *arg)
+{
+	const struct workload_args *a = arg;
+	run_workload(a->p, a->u, a->p->env);
+}
+
+/* In I: start E and return its pid, or -errno.  E shares I's memory until it
+ * execs or exits (CLONE_VM | CLONE_VFORK, as posix_spawn does), on a stack of
+ * its own, while I waits: no page tables are copied and nothing is copied on
+ * write, which a fork of the caller's large address space pays for.  E has
+ * its own descriptor table, working directory, signal handlers and
+ * credentials (no CLONE_FILES, CLONE_FS, CLONE_SIGHAND), and writes nothing
+ * of I's but errno, so I continues exactly as after a fork. */
+static pid_t spawn_workload(const struct plan *p, const struct sandbox_user *u)
+{
+	static const size_t stack_size = 256 * 1024;
+	char *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+	if (stack == MAP_FAILED)
+		return -errno;
+	struct workload_args a = { .p = p, .u = u };
+	pid_t e = clone(workload_main, stack + stack_size, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+	int err = errno;
+	munmap(stack, stack_size); /* E has exec'd or exited: its stack is free */
+	return e < 0 ? -err : e;
 }
 
 /* ---- the ready channel ----------------------------------------------------------------------------------------- */
@@ -753,6 +795,7 @@ __attribute__((noreturn)) static void init_main(struct plan *p)
 {
 	sigset_t set;
 	block_signals(&set);
+	timeline_mark(p->spec->timeline, "fork-init");
 	int kind = 0;
 	int r = build_tree(p, &kind);
 	if (r < 0)
@@ -780,14 +823,15 @@ __attribute__((noreturn)) static void init_main(struct plan *p)
 		if (p->userns_fd >= 0 && chown(p->workdir, p->userns_base, p->userns_base) < 0)
 			log_warn("sandbox: chown the working directory %s: %s", p->workdir, strerror(errno));
 	}
+	timeline_mark(p->spec->timeline, "image-user");
 
-	if (p->ready_w >= 0)
+	if (p->ready_w >= 0) {
 		ready_handshake(p);
-	pid_t e = fork();
+		timeline_mark(p->spec->timeline, "ready");
+	}
+	pid_t e = spawn_workload(p, &u);
 	if (e < 0)
-		setup_fail(p, errno);
-	if (e == 0)
-		run_workload(p, &u, p->env);
+		setup_fail(p, -e);
 	close(p->out_w);
 	close(p->err_w);
 	if (p->userns_fd >= 0)
@@ -826,37 +870,43 @@ static void close_all_but(int *keep, size_t n)
 			close((int)fd);
 }
 
+/* The user namespace's placeholder process: it only has to exist until M
+ * has written the maps and opened the namespace, and it shares M's memory, so
+ * it touches nothing but its own stack: it waits for the pipe to close.
+ * |arg| is the pipe; the helper's descriptor table is a copy of M's, so it
+ * closes its own write end first, or the read would never see EOF. */
+static int userns_holder(void *arg)
+{
+	const int *down = arg;
+	char c;
+	close(down[1]);
+	ssize_t n = read(down[0], &c, 1);
+	(void)n;
+	return 0;
+}
+
 /* In M: create the sandbox's user namespace and return a descriptor of it,
  * or -1 with a notice (the host lacks user namespaces, or they are
- * disabled).  A helper child unshares it and waits while M, root in the
- * host's namespace, writes the mappings: a process cannot map ids other than
- * its own into a namespace it created. */
+ * disabled).  A helper child is cloned straight into a new user namespace and
+ * waits while M, root in the host's namespace, writes the mappings: a process
+ * cannot map ids other than its own into a namespace it created.  The helper
+ * shares M's memory (CLONE_VM), so making it copies no page tables, which a
+ * fork of a large caller's address space would. */
 static int make_userns(const struct plan *p)
 {
-	int up[2], down[2];
-	if (pipe2(up, O_CLOEXEC) < 0)
+	int down[2];
+	if (pipe2(down, O_CLOEXEC) < 0)
 		return -1;
-	if (pipe2(down, O_CLOEXEC) < 0) {
-		close(up[0]);
-		close(up[1]);
-		return -1;
-	}
-	pid_t h = fork();
-	if (h == 0) {
-		close(down[1]); /* or the read below never sees EOF */
-		close(up[0]);
-		int e = unshare(CLONE_NEWUSER) < 0 ? errno : 0;
-		char c;
-		if (write(up[1], &e, sizeof(e)) == (ssize_t)sizeof(e))
-			while (read(down[0], &c, 1) < 0 && errno == EINTR)
-				;
-		_exit(0);
-	}
-	close(up[1]);
-	close(down[0]);
-	int e = h < 0 ? errno : 0, fd = -1;
-	if (h > 0 && read(up[0], &e, sizeof(e)) != (ssize_t)sizeof(e))
-		e = EIO;
+	/* The helper's stack; it needs a read() and nothing more. */
+	static const size_t stack_size = 64 * 1024;
+	char *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+	pid_t h = -1;
+	int e = 0, fd = -1;
+	if (stack == MAP_FAILED)
+		e = errno;
+	else if ((h = clone(userns_holder, stack + stack_size, CLONE_VM | CLONE_NEWUSER | SIGCHLD, down)) < 0)
+		e = errno;
+	close(down[0]); /* the helper has its own copy of the descriptor table */
 	if (e == 0) {
 		char path[64], map[64];
 		int n = snprintf(map, sizeof(map), "0 %u %u\n", p->userns_base, p->userns_count);
@@ -874,10 +924,11 @@ static int make_userns(const struct plan *p)
 			e = errno;
 	}
 	close(down[1]); /* the helper's read returns 0: it exits */
-	close(up[0]);
 	if (h > 0)
 		while (waitpid(h, NULL, 0) < 0 && errno == EINTR)
 			;
+	if (stack != MAP_FAILED)
+		munmap(stack, stack_size);
 	if (e != 0) {
 		log_warn("sandbox: notice: no user namespace for the workload (%s; is user.max_user_namespaces 0, or "
 			 "the kernel built without CONFIG_USER_NS?); root inside is the host's root, held back by "
@@ -921,13 +972,16 @@ __attribute__((noreturn)) static void monitor_main(struct plan *p, pid_t caller)
 		log_err("sandbox: open the device cgroup's %s: %s", msg + 1, strerror(e));
 		setup_fail(p, e);
 	}
-	if (p->userns_count)
+	if (p->userns_count) {
 		p->userns_fd = make_userns(p);
+		timeline_mark(p->spec->timeline, "userns");
+	}
 	if (unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID) < 0) {
 		int e = errno;
 		log_err("sandbox: unshare namespaces: %s (needs root / CAP_SYS_ADMIN)", strerror(e));
 		setup_fail(p, e);
 	}
+	timeline_mark(p->spec->timeline, "namespaces");
 	pid_t init = fork();
 	if (init < 0)
 		setup_fail(p, errno);
@@ -1079,8 +1133,10 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 		for (size_t i = 0; i < env.n; i++)
 			if (strncmp(env.items[i], "HOME=", 5) == 0)
 				p.home_idx = i;
+	timeline_mark(s->timeline, "sandbox-env");
 	if ((r = sandbox_seccomp_build(&p.filter)) < 0)
 		goto out;
+	timeline_mark(s->timeline, "seccomp-build");
 	if (s->on_ready) {
 		int sp[2];
 		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) {
@@ -1138,6 +1194,7 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 			close(ready_r);
 		monitor_main(&p, caller);
 	}
+	timeline_mark(s->timeline, "fork-monitor");
 	close_fd(&p.ready_w);
 	close_fd(&p.out_w);
 	close_fd(&p.err_w);
@@ -1159,6 +1216,7 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 		goto kill;
 	if (notice[0])
 		log_warn("%s", notice);
+	timeline_mark(s->timeline, "cgroup");
 	char go[PATH_MAX + 2];
 	int gn = snprintf(go, sizeof(go), "g%s%s", cg.dev_dir, cg.dev_dir[0] ? "/cgroup.procs" : "");
 	if (gn < 0 || (size_t)gn >= sizeof(go) || write_full(sync_w, go, (size_t)gn) < 0) {

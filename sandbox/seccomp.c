@@ -30,7 +30,13 @@
  * The filter is built and exported to BPF by the caller, before fork: the
  * sandbox's children then install it with two system calls and no
  * allocation (libseccomp allocates, which is unsafe after a multi-threaded
- * parent's fork). */
+ * parent's fork).
+ *
+ * libseccomp compiles it once, at build time (sandbox_seccomp_compile, run
+ * by sandbox/seccomp_gen.c, writes seccomp_bpf.h in the build tree), since
+ * the result depends only on the lists below and the architecture; at run
+ * time sandbox_seccomp_build (seccomp_prebuilt.c) copies that program,
+ * which saves each sandbox start the few milliseconds libseccomp takes. */
 #define LOG_COMPONENT "sandbox"
 #include <errno.h>
 #include <linux/filter.h>
@@ -219,7 +225,7 @@ static int add_personality_rules(scmp_filter_ctx ctx)
 	return r;
 }
 
-int sandbox_seccomp_build(struct sandbox_seccomp *out)
+int sandbox_seccomp_compile(struct sandbox_seccomp *out)
 {
 	memset(out, 0, sizeof(*out));
 	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ERRNO(ENOSYS));

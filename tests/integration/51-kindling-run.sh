@@ -16,6 +16,10 @@
 #     one clear line; afterwards the host forks and none of their processes
 #     remain; the workload runs in a user namespace (root inside is host id
 #     1000000000), --userns changes the mapping;
+#   - --timings FILE writes phases that explain the start (behaviour only, no
+#     time limits); a bad path fails before anything runs;
+#   - --blockd SOCK runs the image from a running `blockd serve`, and refuses
+#     cache options, a missing daemon and an unknown image clearly;
 #   - no FUSE mount, temporary mount point or loop device is left behind.
 # Missing tools are a failure, not a skip.
 # ctest-labels: no-asan (kindling run end to end: blockd is covered by 40-42 and the sandbox by 50 under ASan); no-tsan (as 50; blockd threads are covered by 40-42)
@@ -220,6 +224,65 @@ rc=0; kr ns run:1 -- sh -c 'id -u; cat /proc/self/uid_map; ls -ln /app/entry.sh'
 rc=0; kr ns2 run:1 --userns 200000:1000 -- cat /proc/self/uid_map || rc=$?
 grep -Eq '^ *0 +200000 +1000$' "$T/ns2.out" || die "--userns 200000:1000: $(cat "$T/ns2.out" "$T/ns2.err")"
 pass "user namespace: root inside is host uid 1000000000, image files still owned by 0 inside; --userns 200000:1000 applies"
+
+# ---- --timings: where the start went --------------------------------------------------------------------------------
+# Behaviour only: the phases' names and sums, never how long any took.
+"$KINDLING" run --help >"$T/help.out" 2>&1 && grep -q -- "--timings FILE" "$T/help.out" &&
+  grep -q -- "--blockd SOCK" "$T/help.out" || die "kindling run --help does not mention --timings and --blockd"
+# timings_ok FILE: the JSON is whole and its phases explain the start.
+timings_ok() {
+  jq -e '(.phases | length) > 0 and all(.phases[]; (.name | type) == "string" and .ms >= 0)
+    and ([.phases[].name] | length) == ([.phases[].name] | unique | length)
+    and ([.phases[].ms] | add) <= .total_ms + 1 and (([.phases[].ms] | add) - .exec_ms | fabs) < 0.01
+    and .first_output_ms > 0 and .first_output_ms <= .total_ms + 1 and .start_precision_ms >= 0
+    and .phases[0].name == "pre-main" and .phases[-1].name == "seccomp-load"' "$1" >/dev/null
+}
+rc=0; kr tim run:1 --timings "$T/timings.json" || rc=$?
+[ "$rc" = 7 ] && [ "$(cat "$T/tim.out")" = "hello from kindling: hi one two" ] ||
+  die "--timings run: rc $rc, $(cat "$T/tim.out" "$T/tim.err")"
+timings_ok "$T/timings.json" || die "--timings JSON wrong: $(cat "$T/timings.json")"
+for ph in attach fuse-mount userns namespaces cgroup mount-image credentials; do
+  jq -e --arg p "$ph" 'any(.phases[]; .name == $p)' "$T/timings.json" >/dev/null || die "--timings: no $ph phase: $(cat "$T/timings.json")"
+done
+jq -e '.blockd == "private" and .status == 7 and .backend == "process"' "$T/timings.json" >/dev/null ||
+  die "--timings fields: $(cat "$T/timings.json")"
+rc=0; kr badt run:1 --timings "$T/no/such/dir/t.json" || rc=$?
+[ "$rc" != 0 ] && grep -q -- "--timings $T/no/such/dir/t.json: cannot open it" "$T/badt.err" && [ ! -s "$T/badt.out" ] ||
+  die "a bad --timings path: rc $rc, $(cat "$T/badt.out" "$T/badt.err")"
+pass "--timings: $(jq '.phases | length' "$T/timings.json") phases from pre-main to seccomp-load, names unique, sum <= total; a bad path fails first, naming it"
+
+# ---- --blockd: run from a running blockd serve ------------------------------------------------------------------------
+. "$(dirname "$0")/blockd-lib.sh"
+blockd_start bserve "$T/bmnt" --store "$KINDLING_HOME/store" --l1-dir "$T/bl1" --control "$T/blockd.sock"
+for i in 1 2; do
+  rc=0; kr shared$i run:1 --blockd "$T/blockd.sock" --json --timings "$T/timings-shared.json" || rc=$?
+  [ "$rc" = 7 ] && [ "$(cat "$T/shared$i.out")" = "hello from kindling: hi one two" ] ||
+    die "--blockd run $i: rc $rc, $(cat "$T/shared$i.out" "$T/shared$i.err")"
+done
+J=$(tail -1 "$T/shared2.err")
+echo "$J" | jq -e '.status == 7 and .backend == "process" and .image_size > 8000000 and .chunks_stored > 0
+  and .chunks.l3 > 0 and .bytes_read > 0' >/dev/null || die "--blockd report: $J"
+timings_ok "$T/timings-shared.json" && jq -e '.blockd == "shared" and any(.phases[]; .name == "blockd-attach")
+  and all(.phases[]; .name != "fuse-mount")' "$T/timings-shared.json" >/dev/null ||
+  die "--blockd --timings: $(cat "$T/timings-shared.json")"
+rc=0; kr shared3 run:1 --blockd "$T/blockd.sock" -- sh -c 'echo override $0; exit 3' x || rc=$?
+[ "$rc" = 3 ] && [ "$(cat "$T/shared3.out")" = "override x" ] || die "--blockd with a command: rc $rc, $(cat "$T/shared3.out" "$T/shared3.err")"
+# The image stays attached to the serving blockd, which keeps its mount.
+"$BLOCKD" --control "$T/blockd.sock" ls | grep -q "^run:1" || die "run:1 is not attached to the serving blockd"
+[ -f "$T/bmnt/run:1/image.raw" ] || die "the serving blockd's mount lost run:1"
+for opt in "--l1-dir $T/x" "--l2 127.0.0.1:1" "--store $T/x" "--l1-size 1G" "--no-prefetch" "--readahead 2"; do
+  rc=0; kr bopt run:1 --blockd "$T/blockd.sock" $opt || rc=$?
+  o=${opt%% *}
+  [ "$rc" = 2 ] && grep -q -- "$o configures the cache, and with --blockd the blockd serving $T/blockd.sock owns the cache" "$T/bopt.err" &&
+    [ ! -s "$T/bopt.out" ] || die "--blockd with $opt: rc $rc, $(cat "$T/bopt.out" "$T/bopt.err")"
+done
+rc=0; kr bnone run:1 --blockd "$T/no-such.sock" || rc=$?
+[ "$rc" = 125 ] && grep -q "$T/no-such.sock" "$T/bnone.err" && [ ! -s "$T/bnone.out" ] ||
+  die "--blockd with no daemon: rc $rc, $(cat "$T/bnone.err")"
+rc=0; kr bimg nosuch:1 --blockd "$T/blockd.sock" || rc=$?
+[ "$rc" = 125 ] && grep -q "cannot attach nosuch:1" "$T/bimg.err" || die "--blockd, unknown image: rc $rc, $(cat "$T/bimg.err")"
+blockd_stop bserve
+pass "--blockd: runs from the serving blockd's mount (output, exit codes, report, timings), the image stays attached; cache options, a missing daemon and an unknown image refused clearly"
 
 # ---- nothing left behind -------------------------------------------------------------------------------------------
 [ "$(fuse_mounts)" = 0 ] || die "FUSE mounts left: $(grep kindling-run /proc/self/mountinfo)"

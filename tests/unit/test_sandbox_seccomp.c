@@ -2,7 +2,8 @@
  * way the sandbox does it (built and exported before fork, installed with no
  * allocation after): allowed calls work, the denied list answers EPERM,
  * unlisted calls ENOSYS, clone with a namespace flag EPERM, and the socket
- * families as sandbox/README.md says.  Needs no privileges: no_new_privs
+ * families as sandbox/README.md says; and the program compiled at build time
+ * is what libseccomp compiles on this host.  Needs no privileges: no_new_privs
  * lets any process install a filter. */
 /* ctest-labels: no-tsan (forks; nothing threaded to check) */
 #include <errno.h>
@@ -105,8 +106,22 @@ static void test_filter(void)
 	CHECK(f.insns == NULL && f.n == 0);
 }
 
+/* The program the build compiled is the one libseccomp compiles now, on this
+ * host: the prebuilt copy is not stale. */
+static void test_prebuilt_matches(void)
+{
+	struct sandbox_seccomp built, compiled;
+	CHECK(sandbox_seccomp_build(&built) == 0);
+	CHECK(sandbox_seccomp_compile(&compiled) == 0);
+	CHECK(built.n == compiled.n);
+	CHECK(built.n == compiled.n && memcmp(built.insns, compiled.insns, built.n * sizeof(built.insns[0])) == 0);
+	sandbox_seccomp_free(&built);
+	sandbox_seccomp_free(&compiled);
+}
+
 int main(void)
 {
 	test_filter();
+	test_prebuilt_matches();
 	return check_report();
 }
