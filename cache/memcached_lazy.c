@@ -13,7 +13,6 @@
  * line naming the library (the tier then counts as down), instead of at
  * exec. */
 #define LOG_COMPONENT "cache"
-#include <dlfcn.h>
 #include <libmemcached/memcached.h>
 #include <pthread.h>
 
@@ -53,28 +52,14 @@ static __typeof__(memcached_quit) *p_memcached_quit;
 static void *lib;
 static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
 
+#define SYM(ret, name, params, args, fail) {#name, (void **)&p_##name},
+static const struct lazy_sym syms[] = {MEMCACHED_FUNCS(SYM) SYM(void, memcached_free, , , )
+					       SYM(void, memcached_quit, , , )};
+#undef SYM
+
 static void load(void)
 {
-	void *h = dlopen(LIBMEMCACHED, RTLD_NOW | RTLD_LOCAL);
-	if (!h) {
-		log_err("cannot load %s: %s (install Debian's libmemcached11)", LIBMEMCACHED, dlerror());
-		return;
-	}
-	const char *missing = NULL;
-#define RESOLVE(ret, name, params, args, fail)                                                                         \
-	*(void **)&p_##name = dlsym(h, #name);                                                                         \
-	if (!p_##name && !missing)                                                                                     \
-		missing = #name;
-	MEMCACHED_FUNCS(RESOLVE)
-	RESOLVE(void, memcached_free, , , )
-	RESOLVE(void, memcached_quit, , , )
-#undef RESOLVE
-	if (missing) {
-		log_err("%s lacks %s", LIBMEMCACHED, missing);
-		dlclose(h);
-		return;
-	}
-	lib = h;
+	lib = lazy_lib_open(LIBMEMCACHED, "libmemcached11", syms, sizeof(syms) / sizeof(syms[0]));
 }
 
 /* True once libmemcached is loaded (loading it on the first call). */

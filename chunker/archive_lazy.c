@@ -13,7 +13,6 @@
 #define LOG_COMPONENT "chunker"
 #include <archive.h>
 #include <archive_entry.h>
-#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -70,27 +69,13 @@ static __typeof__(archive_set_error) *p_archive_set_error;
 static void *lib;
 static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
 
+#define SYM(ret, name, params, args, fail) {#name, (void **)&p_##name},
+static const struct lazy_sym syms[] = {ARCHIVE_FUNCS(SYM) SYM(void, archive_set_error, , , )};
+#undef SYM
+
 static void load(void)
 {
-	void *h = dlopen(LIBARCHIVE, RTLD_NOW | RTLD_LOCAL);
-	if (!h) {
-		log_err("cannot load %s: %s (install Debian's libarchive13)", LIBARCHIVE, dlerror());
-		return;
-	}
-	const char *missing = NULL;
-#define RESOLVE(ret, name, params, args, fail)                                                                         \
-	*(void **)&p_##name = dlsym(h, #name);                                                                         \
-	if (!p_##name && !missing)                                                                                     \
-		missing = #name;
-	ARCHIVE_FUNCS(RESOLVE)
-	RESOLVE(void, archive_set_error, , , )
-#undef RESOLVE
-	if (missing) {
-		log_err("%s lacks %s", LIBARCHIVE, missing);
-		dlclose(h);
-		return;
-	}
-	lib = h;
+	lib = lazy_lib_open(LIBARCHIVE, "libarchive13", syms, sizeof(syms) / sizeof(syms[0]));
 }
 
 /* True once libarchive is loaded (loading it on the first call). */

@@ -139,4 +139,22 @@ double now_seconds(void);
 /* malloc'd printf; returns NULL and sets errno on failure. */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* ---- libraries loaded on first use ----------------------------------------- */
+
+/* One entry point of a library loaded on first use: its name and the
+ * function pointer that receives its address. */
+struct lazy_sym {
+	const char *name;
+	void **slot;
+};
+
+/* Open |soname| with dlopen() and resolve each of the |n| entries of |syms|
+ * into its slot.  Returns the library's handle; NULL, with a log line naming
+ * the library and |package| (the Debian package to install), when it cannot
+ * be opened or lacks one of the entry points (then the slots must not be
+ * called).  Not thread-safe: call it once, under pthread_once().  Used by the
+ * forwarding files of libcurl, libarchive, libmemcached and libmicrohttpd
+ * (common/curl_lazy.c and its siblings). */
+void *lazy_lib_open(const char *soname, const char *package, const struct lazy_sym *syms, size_t n);
+
 #endif

@@ -20,7 +20,6 @@
 #define LOG_COMPONENT "curl"
 #define CURL_DISABLE_TYPECHECK
 #include <curl/curl.h>
-#include <dlfcn.h>
 #include <pthread.h>
 #include <stdarg.h>
 
@@ -62,53 +61,39 @@ static pthread_once_t fn_once = PTHREAD_ONCE_INIT;
 
 #define LIBCURL "libcurl.so.4"
 
+static const struct lazy_sym syms[] = {
+	{"curl_global_init", (void **)&fn.global_init},
+	{"curl_global_cleanup", (void **)&fn.global_cleanup},
+	{"curl_easy_init", (void **)&fn.easy_init},
+	{"curl_easy_setopt", (void **)&fn.easy_setopt},
+	{"curl_easy_perform", (void **)&fn.easy_perform},
+	{"curl_easy_cleanup", (void **)&fn.easy_cleanup},
+	{"curl_easy_reset", (void **)&fn.easy_reset},
+	{"curl_easy_getinfo", (void **)&fn.easy_getinfo},
+	{"curl_easy_strerror", (void **)&fn.easy_strerror},
+	{"curl_easy_escape", (void **)&fn.easy_escape},
+	{"curl_free", (void **)&fn.free},
+	{"curl_slist_append", (void **)&fn.slist_append},
+	{"curl_slist_free_all", (void **)&fn.slist_free_all},
+	{"curl_multi_init", (void **)&fn.multi_init},
+	{"curl_multi_setopt", (void **)&fn.multi_setopt},
+	{"curl_multi_add_handle", (void **)&fn.multi_add_handle},
+	{"curl_multi_remove_handle", (void **)&fn.multi_remove_handle},
+	{"curl_multi_perform", (void **)&fn.multi_perform},
+	{"curl_multi_poll", (void **)&fn.multi_poll},
+	{"curl_multi_info_read", (void **)&fn.multi_info_read},
+	{"curl_multi_cleanup", (void **)&fn.multi_cleanup},
+	{"curl_multi_strerror", (void **)&fn.multi_strerror},
+	{"curl_url", (void **)&fn.url},
+	{"curl_url_cleanup", (void **)&fn.url_cleanup},
+	{"curl_url_get", (void **)&fn.url_get},
+	{"curl_url_set", (void **)&fn.url_set},
+	{"curl_url_strerror", (void **)&fn.url_strerror},
+};
+
 static void load(void)
 {
-	void *lib = dlopen(LIBCURL, RTLD_NOW | RTLD_LOCAL);
-	if (!lib) {
-		log_err("cannot load %s: %s (install Debian's libcurl4)", LIBCURL, dlerror());
-		return;
-	}
-	const char *missing = NULL;
-#define SYM(field, name)                                                                                               \
-	do {                                                                                                           \
-		*(void **)&fn.field = dlsym(lib, name);                                                                \
-		if (!fn.field && !missing)                                                                             \
-			missing = name;                                                                                \
-	} while (0)
-	SYM(global_init, "curl_global_init");
-	SYM(global_cleanup, "curl_global_cleanup");
-	SYM(easy_init, "curl_easy_init");
-	SYM(easy_setopt, "curl_easy_setopt");
-	SYM(easy_perform, "curl_easy_perform");
-	SYM(easy_cleanup, "curl_easy_cleanup");
-	SYM(easy_reset, "curl_easy_reset");
-	SYM(easy_getinfo, "curl_easy_getinfo");
-	SYM(easy_strerror, "curl_easy_strerror");
-	SYM(easy_escape, "curl_easy_escape");
-	SYM(free, "curl_free");
-	SYM(slist_append, "curl_slist_append");
-	SYM(slist_free_all, "curl_slist_free_all");
-	SYM(multi_init, "curl_multi_init");
-	SYM(multi_setopt, "curl_multi_setopt");
-	SYM(multi_add_handle, "curl_multi_add_handle");
-	SYM(multi_remove_handle, "curl_multi_remove_handle");
-	SYM(multi_perform, "curl_multi_perform");
-	SYM(multi_poll, "curl_multi_poll");
-	SYM(multi_info_read, "curl_multi_info_read");
-	SYM(multi_cleanup, "curl_multi_cleanup");
-	SYM(multi_strerror, "curl_multi_strerror");
-	SYM(url, "curl_url");
-	SYM(url_cleanup, "curl_url_cleanup");
-	SYM(url_get, "curl_url_get");
-	SYM(url_set, "curl_url_set");
-	SYM(url_strerror, "curl_url_strerror");
-#undef SYM
-	if (missing) {
-		log_err("%s lacks %s (libcurl 7.66 or later is needed)", LIBCURL, missing);
-		dlclose(lib);
-		return;
-	}
+	void *lib = lazy_lib_open(LIBCURL, "libcurl4 (7.66 or later)", syms, sizeof(syms) / sizeof(syms[0]));
 	__atomic_store_n(&fn.lib, lib, __ATOMIC_RELEASE);
 }
 

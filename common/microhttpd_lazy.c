@@ -12,7 +12,6 @@
  * A host without libmicrohttpd.so.12 fails when a server starts, with a log
  * line naming the library, instead of at exec. */
 #define LOG_COMPONENT "http"
-#include <dlfcn.h>
 #include <microhttpd.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -46,30 +45,15 @@ static __typeof__(MHD_get_connection_info) *p_MHD_get_connection_info;
 static void *lib;
 static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
 
+#define SYM(ret, name, params, args, fail) {#name, (void **)&p_##name},
+static const struct lazy_sym syms[] = {MHD_FUNCS(SYM) SYM(void, MHD_destroy_response, , , )
+					       SYM(void, MHD_stop_daemon, , , ) SYM(void, MHD_start_daemon_va, , , )
+						       SYM(void, MHD_get_connection_info, , , )};
+#undef SYM
+
 static void load(void)
 {
-	void *h = dlopen(LIBMHD, RTLD_NOW | RTLD_LOCAL);
-	if (!h) {
-		log_err("cannot load %s: %s (install Debian's libmicrohttpd12)", LIBMHD, dlerror());
-		return;
-	}
-	const char *missing = NULL;
-#define RESOLVE(ret, name, params, args, fail)                                                                         \
-	*(void **)&p_##name = dlsym(h, #name);                                                                         \
-	if (!p_##name && !missing)                                                                                     \
-		missing = #name;
-	MHD_FUNCS(RESOLVE)
-	RESOLVE(void, MHD_destroy_response, , , )
-	RESOLVE(void, MHD_stop_daemon, , , )
-	RESOLVE(void, MHD_start_daemon_va, , , )
-	RESOLVE(void, MHD_get_connection_info, , , )
-#undef RESOLVE
-	if (missing) {
-		log_err("%s lacks %s", LIBMHD, missing);
-		dlclose(h);
-		return;
-	}
-	lib = h;
+	lib = lazy_lib_open(LIBMHD, "libmicrohttpd12", syms, sizeof(syms) / sizeof(syms[0]));
 }
 
 /* True once the library is loaded (loading it on the first call). */
