@@ -11,6 +11,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+/* Sleep |ms| milliseconds (the poll step of WAIT_FOR). */
+static inline void pause_ms(long ms)
+{
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+}
+
+/* Poll |cond| until it holds or WAIT_LIMIT_S (the including test defines it)
+ * passed: a hang guard; what happens is asserted by the caller, never how
+ * long it took. */
+#define WAIT_FOR(cond)                                                                                                 \
+	do {                                                                                                           \
+		double until_ = now_seconds() + WAIT_LIMIT_S;                                                          \
+		while (!(cond) && now_seconds() < until_)                                                              \
+			pause_ms(1);                                                                                   \
+	} while (0)
 
 /* Seal chunk i of |plain| (|n_indexes| chunks of CHUNK_SIZE) for every i
  * with |stored[i]| (|stored| NULL: every chunk; the others are holes) with

@@ -101,21 +101,6 @@ static bool trace_state_is(struct blockd_image *img, const char *state)
 	return eq;
 }
 
-static void pause_ms(long ms)
-{
-	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
-}
-
-/* Poll |cond| until it holds or WAIT_LIMIT_S passed (a hang guard; what
- * happens is asserted by the caller, never how long it took). */
-#define WAIT_FOR(cond)                                                                                                 \
-	do {                                                                                                           \
-		double until_ = now_seconds() + WAIT_LIMIT_S;                                                          \
-		while (!(cond) && now_seconds() < until_)                                                              \
-			pause_ms(1);                                                                                   \
-	} while (0)
-
 /* Read READ_SIZE bytes at |off| and check them against the plaintext. */
 static void read_at(struct blockd_image *img, uint64_t off)
 {
