@@ -120,7 +120,7 @@ static void usage(FILE *f)
 		"                        namespaces, cgroup, seccomp, credentials...), first output, exit\n"
 		"  --blockd SOCK         attach IMAGE to the running `blockd serve` with control socket SOCK and\n"
 		"                        run it from that daemon's mount (warm across runs) instead of starting\n"
-		"                        a private blockd; the cache options (--store, --l1-*, --l2, --readahead,\n"
+		"                        a private blockd; the cache options (--store, --l1-*, --l2, --readahead*,\n"
 		"                        --no-prefetch) belong to that daemon then\n"
 		"  -v                    log blockd and sandbox progress\n"
 		"KINDLING_HOME defaults to ~/.kindling; it holds the tenant key and salt, as for chunkify.\n"
