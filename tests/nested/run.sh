@@ -103,6 +103,15 @@ while IFS= read -r -d '' f; do
 	[ "$(head -c 4 "$f" | od -An -c | tr -d ' ')" = '177ELF' ] || continue
 	copy_libs "$f"
 done < <(find "$R/payload" -type f -print0)
+# glibc opens libgcc_s with dlopen (pthread_cancel, unwinding), which ldd
+# does not show now that kindling loads its C++-backed libraries on first use.
+gcc_s=$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64/ {print $NF; exit}')
+[ -n "$gcc_s" ] || { echo "nested: libgcc_s.so.1 not found (ldconfig -p); install libgcc-s1" >&2; exit 125; }
+if [ ! -e "$R$gcc_s" ]; then
+	mkdir -p "$R$(dirname "$gcc_s")"
+	cp -L "$gcc_s" "$R$gcc_s"
+	copy_libs "$gcc_s"
+fi
 
 args=""
 for a in "$@"; do
