@@ -29,8 +29,10 @@
  * connection; then it reseeds the kernel's RNG with the 32 bytes, records the
  * generation for the workload, runs the image's after-restore hook, and goes
  * on sending 'O', 'R' and 'X' there.  'S' is the only frame the host sends
- * after 'G', on a new connection or on the live one, and each one's
- * generation is above the last one the init applied (guest_restore_take()).
+ * after 'G': once, as the first frame of each connection the init makes after
+ * a break (never on the first connection), and each one's generation is above
+ * the last one the init applied (guest_restore_take()).  vmm/guest/init.c
+ * says what the init does with it.
  * The host side of a restore: listen on "{uds_path}_1024" before the VM
  * resumes, accept the init's new connection, send 'S' (guest_restore_send())
  * and read frames from it as from the first one.
