@@ -872,10 +872,11 @@ static void from_host(struct init *in, struct job *j, struct api *a)
 		if (r == 0)
 			break;
 		/* 'S' comes once, first, on each connection made after a break. */
-		const char *why = "'S' on a connection that did not follow a break";
+		const char *why = "the host sends nothing after 'G' but 'S', first on a connection made after a break";
 		struct guest_restore rs;
 		if (!j->awaiting || guest_restore_take(&j->generation, &f, &rs, &why) < 0)
-			fail(in, EXIT_CANNOT_RUN, "bad frame from the host while the command runs: %s", why);
+			fail(in, EXIT_CANNOT_RUN, "bad frame '%c' from the host while the command runs: %s",
+			     f.type >= 0x20 && f.type < 0x7f ? f.type : '?', why);
 		apply_restore(in, j, a, &rs);
 	}
 }
