@@ -4,13 +4,19 @@
  * to its own, and exits with the command's status.
  *
  *   guest_peer (--unix PATH | --vsock PORT) [--timeout S] [--user U]
- *              [--workdir DIR] [--env K=V]... [--times] -- ARGV...
+ *              [--workdir DIR] [--env K=V]... [--restore GEN]... [--times]
+ *              -- ARGV...
  *
  *   --unix PATH   listen on a unix socket: kvmm's "{uds_path}_1024"
  *   --vsock PORT  listen on AF_VSOCK (any CID), for a VMM with vhost-vsock
  *   --timeout S   give up after S seconds in all (default 120)
  *   --times       print "guest_peer: connected T1 first-output T2 exit T3"
  *                 (seconds since start) to stderr at the end
+ *   --restore GEN act out a restore from a snapshot, once per --restore, in
+ *                 order: on the next stdout frame, drop the connection (as
+ *                 a VMM's vsock transport reset does), take the init's new
+ *                 one and send 'S' with generation GEN and 32 random bytes;
+ *                 "guest_peer: restore GEN" goes to stderr
  *
  * The socket is ready when PATH exists (it is bound under a temporary name
  * and renamed once listening).  Exit status: the command's code, 128+N after
@@ -35,6 +41,7 @@
 #include "vmm/guest/protocol.h"
 
 #define MAX_ENV 256
+#define MAX_RESTORES 8
 
 static int listen_unix(const char *path)
 {
@@ -73,6 +80,37 @@ static int ms_left(double deadline)
 	return left > 0 ? (int)(left * 1000) + 1 : 0;
 }
 
+/* Drop |fd| as a restored VM's transport reset would, take the guest
+ * init's next connection on |lfd| and send it 'S' for |generation|; |d|
+ * starts over.  Returns the new connection, or -1. */
+static int act_restore(int fd, int lfd, uint64_t generation, double deadline, struct guest_decoder *d)
+{
+	close(fd);
+	guest_decoder_cleanup(d);
+	guest_decoder_init(d, GUEST_DIR_GUEST_TO_HOST);
+	fprintf(stderr, "guest_peer: restore %llu\n", (unsigned long long)generation);
+	struct pollfd p = { .fd = lfd, .events = POLLIN };
+	int pr;
+	while ((pr = poll(&p, 1, ms_left(deadline))) < 0 && errno == EINTR)
+		;
+	int nfd = pr > 0 ? accept4(lfd, NULL, NULL, SOCK_CLOEXEC) : -1;
+	if (nfd < 0) {
+		fprintf(stderr, "guest_peer: the guest did not connect again after restore %llu\n",
+			(unsigned long long)generation);
+		return -1;
+	}
+	struct guest_restore rs = { .generation = generation };
+	int r = random_bytes(rs.seed, sizeof(rs.seed));
+	if (r == 0)
+		r = guest_restore_send(nfd, &rs);
+	if (r < 0) {
+		fprintf(stderr, "guest_peer: send 'S': %s\n", strerror(-r));
+		close(nfd);
+		return -1;
+	}
+	return nfd;
+}
+
 int main(int argc, char **argv)
 {
 	const char *unix_path = NULL, *user = NULL, *workdir = NULL;
@@ -81,11 +119,14 @@ int main(int argc, char **argv)
 	long vsock_port = -1;
 	double timeout = 120;
 	bool times = false;
+	uint64_t restores[MAX_RESTORES];
+	size_t n_restores = 0, restored = 0;
 	static const struct option lo[] = {
 		{ "unix", required_argument, NULL, 'u' },   { "vsock", required_argument, NULL, 'v' },
 		{ "timeout", required_argument, NULL, 't' }, { "user", required_argument, NULL, 'U' },
 		{ "workdir", required_argument, NULL, 'W' }, { "env", required_argument, NULL, 'E' },
-		{ "times", no_argument, NULL, 'T' },	     { NULL, 0, NULL, 0 },
+		{ "times", no_argument, NULL, 'T' },	     { "restore", required_argument, NULL, 'S' },
+		{ NULL, 0, NULL, 0 },
 	};
 	int c;
 	while ((c = getopt_long(argc, argv, "+", lo, NULL)) != -1) {
@@ -103,13 +144,20 @@ int main(int argc, char **argv)
 			env[n_env++] = optarg;
 			break;
 		case 'T': times = true; break;
+		case 'S':
+			if (n_restores == MAX_RESTORES) {
+				fprintf(stderr, "guest_peer: more than %d --restore\n", MAX_RESTORES);
+				return 2;
+			}
+			restores[n_restores++] = strtoull(optarg, NULL, 10);
+			break;
 		default: return 2;
 		}
 	}
 	env[n_env] = NULL;
 	if ((!unix_path) == (vsock_port < 0) || optind >= argc || timeout <= 0) {
 		fprintf(stderr, "usage: guest_peer (--unix PATH | --vsock PORT) [--timeout S] [--user U] [--workdir DIR] "
-				"[--env K=V]... [--times] -- ARGV...\n");
+				"[--env K=V]... [--restore GEN]... [--times] -- ARGV...\n");
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
@@ -131,7 +179,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "guest_peer: accept: %s\n", strerror(errno));
 		return 125;
 	}
-	close(lfd);
+	if (n_restores == 0)
+		close(lfd); /* else the init connects again after each restore */
 	t_conn = now_seconds() - t0;
 	int r = guest_invocation_send(fd, (const char *const *)(argv + optind), env, workdir, user, NULL);
 	if (r < 0) {
@@ -178,6 +227,11 @@ int main(int argc, char **argv)
 					t_out = now_seconds() - t0;
 				if (write_full(f.type == GUEST_FRAME_STDOUT ? 1 : 2, f.payload, f.len) < 0)
 					return 125;
+				if (f.type == GUEST_FRAME_STDOUT && restored < n_restores) {
+					if ((fd = act_restore(fd, lfd, restores[restored++], deadline, &d)) < 0)
+						return 125;
+					pos = (size_t)n; /* the rest was on the dropped connection */
+				}
 				break;
 			case GUEST_FRAME_FAIL:
 				fprintf(stderr, "guest_peer: guest: %.*s\n", (int)f.len, (const char *)f.payload);

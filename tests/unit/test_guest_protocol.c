@@ -1,7 +1,9 @@
 /* The invocation channel's codec (vmm/guest/protocol.c): frames round-trip
  * through a pipe in every split, the decoder refuses what the protocol
- * forbids before buffering it, and the invocation collector enforces order
- * and limits. */
+ * forbids before buffering it, the invocation collector enforces order
+ * and limits, 'S' (restored) is refused in every way it can be wrong and
+ * taken only with a growing generation, and the reconnect schedule backs off
+ * to a bounded total. */
 /* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <fcntl.h>
@@ -253,6 +255,153 @@ static void test_invocation(void)
 	}
 }
 
+static struct guest_restore sample_restore(uint64_t generation)
+{
+	struct guest_restore rs = { .generation = generation };
+	for (int i = 0; i < GUEST_SEED_LEN; i++)
+		rs.seed[i] = (uint8_t)(0xa0 + i);
+	return rs;
+}
+
+/* 'S': its layout, every refusal in the decoder, in guest_restore_decode(),
+ * in guest_restore_take() and in guest_restore_send(), and where it may come. */
+static void test_restore(void)
+{
+	uint8_t p[GUEST_RESTORE_LEN], buf[128];
+	const char *why;
+	struct guest_restore rs = sample_restore(0x0102030405060708ull), back;
+	guest_restore_encode(p, &rs);
+	CHECK(p[0] == 0x08 && p[7] == 0x01 && p[8] == 0xa0 && p[39] == 0xa0 + 31);
+	CHECK(guest_restore_decode(p, sizeof(p), &back) == 0 && back.generation == rs.generation &&
+	      memcmp(back.seed, rs.seed, GUEST_SEED_LEN) == 0);
+
+	/* The decoder: host to guest only, exactly 40 bytes, generation and seed set. */
+	size_t n = put(buf, 0, 'S', p, GUEST_RESTORE_LEN);
+	CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, n, &why) == 1);
+	CHECK(decode_one(GUEST_DIR_GUEST_TO_HOST, buf, n, &why) == -EPROTO && strstr(why, "unknown"));
+	n = put(buf, 0, 'S', p, GUEST_RESTORE_LEN - 1);
+	CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, n, &why) == -EPROTO && strstr(why, "40 bytes"));
+	CHECK(guest_restore_decode(p, GUEST_RESTORE_LEN - 1, &back) == -EPROTO);
+	guest_frame_header(buf, 'S', GUEST_RESTORE_LEN + 1); /* refused from the header alone */
+	CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, GUEST_FRAME_HDR_LEN, &why) == -EPROTO &&
+	      strstr(why, "40 bytes"));
+	n = put(buf, 0, 'S', "", 0);
+	CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, n, &why) == -EPROTO);
+	struct guest_restore gen0 = sample_restore(0), zero_seed = { .generation = 1 };
+	const struct guest_restore *bad[] = { &gen0, &zero_seed };
+	for (size_t i = 0; i < 2; i++) {
+		guest_restore_encode(p, bad[i]);
+		n = put(buf, 0, 'S', p, GUEST_RESTORE_LEN);
+		CHECK(decode_one(GUEST_DIR_HOST_TO_GUEST, buf, n, &why) == -EPROTO && strstr(why, "'S'"));
+		CHECK(guest_restore_decode(p, GUEST_RESTORE_LEN, &back) == -EPROTO);
+		CHECK(guest_frame_check(GUEST_DIR_HOST_TO_GUEST, 'S', p, GUEST_RESTORE_LEN, NULL) == -EPROTO);
+		CHECK(guest_restore_send(-1, bad[i]) == -EINVAL); /* refused before any write */
+	}
+	/* One set seed byte is enough. */
+	zero_seed.seed[GUEST_SEED_LEN - 1] = 1;
+	guest_restore_encode(p, &zero_seed);
+	CHECK(guest_restore_decode(p, GUEST_RESTORE_LEN, &back) == 0 && back.generation == 1);
+
+	/* Not part of an invocation: before 'G' it is refused, after it the
+	 * collector refuses everything. */
+	struct guest_invocation inv;
+	guest_invocation_init(&inv);
+	guest_restore_encode(p, &rs);
+	struct guest_frame sf = { .type = 'S', .payload = p, .len = GUEST_RESTORE_LEN };
+	CHECK(guest_invocation_add(&inv, &sf, &why) == -EPROTO && strstr(why, "before 'G'"));
+	struct guest_frame af = { .type = 'A', .payload = (const uint8_t *)"x", .len = 1 };
+	struct guest_frame gf = { .type = 'G', .payload = (const uint8_t *)"", .len = 0 };
+	CHECK(guest_invocation_add(&inv, &af, &why) == 0);
+	CHECK(guest_invocation_add(&inv, &sf, &why) == -EPROTO && !inv.complete);
+	CHECK(guest_invocation_add(&inv, &gf, &why) == 1);
+	CHECK(guest_invocation_add(&inv, &sf, &why) == -EPROTO && strstr(why, "after 'G'"));
+	guest_invocation_cleanup(&inv);
+
+	/* After 'G': only 'S', each generation above the last. */
+	uint64_t gen = 0;
+	struct guest_restore got;
+	rs = sample_restore(1);
+	guest_restore_encode(p, &rs);
+	CHECK(guest_restore_take(&gen, &sf, &got, &why) == 0 && gen == 1 && got.generation == 1 &&
+	      memcmp(got.seed, rs.seed, GUEST_SEED_LEN) == 0);
+	CHECK(guest_restore_take(&gen, &sf, &got, &why) == -EPROTO && strstr(why, "not above") && gen == 1);
+	rs = sample_restore(7); /* generations may skip: a snapshot's restores are numbered by the host */
+	guest_restore_encode(p, &rs);
+	CHECK(guest_restore_take(&gen, &sf, &got, NULL) == 0 && gen == 7);
+	rs = sample_restore(3);
+	guest_restore_encode(p, &rs);
+	CHECK(guest_restore_take(&gen, &sf, &got, &why) == -EPROTO && gen == 7);
+	CHECK(guest_restore_take(&gen, &af, &got, &why) == -EPROTO && strstr(why, "other than 'S'"));
+	CHECK(guest_restore_take(&gen, &gf, &got, &why) == -EPROTO && gen == 7);
+	sf.len = GUEST_RESTORE_LEN - 1; /* a frame that did not come through the decoder */
+	rs = sample_restore(8);
+	guest_restore_encode(p, &rs);
+	CHECK(guest_restore_take(&gen, &sf, &got, &why) == -EPROTO && gen == 7);
+	guest_restore_encode(p, &gen0);
+	sf.len = GUEST_RESTORE_LEN;
+	CHECK(guest_restore_take(&gen, &sf, &got, &why) == -EPROTO && gen == 7);
+
+	/* guest_restore_send() through a pipe, split in small reads, and the
+	 * decoder with guest_restore_take() on the other end. */
+	int pp[2];
+	CHECK(pipe(pp) == 0);
+	rs = sample_restore(2);
+	struct guest_restore rs2 = sample_restore(3);
+	rs2.seed[5] = 0;
+	CHECK(guest_restore_send(pp[1], &rs) == 0 && guest_restore_send(pp[1], &rs2) == 0);
+	close(pp[1]);
+	struct guest_decoder d;
+	guest_decoder_init(&d, GUEST_DIR_HOST_TO_GUEST);
+	gen = 1;
+	int taken = 0;
+	uint8_t small[3];
+	ssize_t k;
+	while ((k = read(pp[0], small, sizeof(small))) > 0) {
+		size_t pos = 0;
+		while (pos < (size_t)k) {
+			size_t used;
+			struct guest_frame f;
+			int r = guest_decoder_feed(&d, small + pos, (size_t)k - pos, &used, &f);
+			pos += used;
+			CHECK(r >= 0);
+			if (r <= 0)
+				break;
+			CHECK(guest_restore_take(&gen, &f, &got, NULL) == 0);
+			const struct guest_restore *want = taken == 0 ? &rs : &rs2;
+			CHECK(got.generation == want->generation && memcmp(got.seed, want->seed, GUEST_SEED_LEN) == 0);
+			taken++;
+		}
+	}
+	CHECK(taken == 2 && gen == 3 && guest_decoder_idle(&d));
+	guest_decoder_cleanup(&d);
+	close(pp[0]);
+}
+
+/* The reconnect schedule: doubling waits, capped, cut to the total, then
+ * give up (and stay given up). */
+static void test_backoff(void)
+{
+	struct guest_backoff b;
+	guest_backoff_init(&b);
+	unsigned d, sum = 0, prev = 0, steps = 0;
+	int r;
+	while ((r = guest_backoff_next(&b, &d)) == 0 && steps < 10000) {
+		CHECK(d > 0 && d <= GUEST_RECONNECT_STEP_MS);
+		if (steps == 0)
+			CHECK(d == GUEST_RECONNECT_FIRST_MS);
+		else if (sum + GUEST_RECONNECT_STEP_MS <= GUEST_RECONNECT_TOTAL_MS)
+			CHECK(d == (prev * 2 < GUEST_RECONNECT_STEP_MS ? prev * 2 : GUEST_RECONNECT_STEP_MS));
+		sum += d;
+		prev = d;
+		steps++;
+	}
+	CHECK(r == -ETIMEDOUT && sum == GUEST_RECONNECT_TOTAL_MS && b.waited_ms == sum && b.attempts == steps);
+	CHECK(steps > 10 && steps < 100); /* many tries, but a bounded number */
+	CHECK(guest_backoff_next(&b, &d) == -ETIMEDOUT && b.attempts == steps);
+	guest_backoff_init(&b); /* the next outage starts over */
+	CHECK(guest_backoff_next(&b, &d) == 0 && d == GUEST_RECONNECT_FIRST_MS);
+}
+
 /* The sender and the decoder agree, through a real pipe. */
 static void test_send_over_pipe(void)
 {
@@ -320,5 +469,7 @@ int main(void)
 	test_refusals();
 	test_invocation();
 	test_send_over_pipe();
+	test_restore();
+	test_backoff();
 	return check_report();
 }

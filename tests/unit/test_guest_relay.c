@@ -5,8 +5,12 @@
  * keeps flowing; a reader that stops reading stops the relay's reads (the
  * buffers stay bounded) and everything arrives once it reads again; a side
  * that goes away ends the connection for the other; a refused connect ends
- * it; the connection limit holds; cleanup ends every connection.  Every loop
- * is bounded by a step count, never by time. */
+ * it; the connection limit holds; cleanup ends every connection.  After a
+ * restore (guest_relay_restart()), a request with no answer yet reaches a new
+ * stream byte for byte (with its end of stream, and whether the old stream
+ * had taken it or not), while a connection answered in part, one whose
+ * request outgrew the replay bound, or one the new stream cannot be opened
+ * for is reset.  Every loop is bounded by a step count, never by time. */
 /* ctest-labels: no-tsan (single-threaded: the relay is part of the init's poll loop) */
 #include <errno.h>
 #include <fcntl.h>
@@ -328,6 +332,219 @@ static void test_limit_and_cleanup(void)
 	}
 }
 
+/* The reopen callback's side: each new stream is a socket pair, the relay
+ * gets one end and the test keeps the other as the new "host". */
+struct reopener {
+	int host[4]; /* the host ends of the streams opened so far */
+	int n;
+	bool refuse;
+};
+
+static int reopen_pair(void *arg, int *out_fd, bool *out_connecting)
+{
+	struct reopener *ro = arg;
+	if (ro->refuse || ro->n == 4)
+		return -ECONNREFUSED;
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
+		return -errno;
+	ro->host[ro->n++] = sv[0];
+	*out_fd = sv[1];
+	*out_connecting = false;
+	return 0;
+}
+
+/* A relay that can replay, with one connection (as joined()). */
+static void joined_replay(struct guest_relay *r, struct reopener *ro, int c[2], int s[2])
+{
+	guest_relay_init(r);
+	*ro = (struct reopener){ .n = 0 };
+	guest_relay_set_reopen(r, reopen_pair, ro);
+	pair(c);
+	pair(s);
+	CHECK(guest_relay_add(r, c[1], s[1], false) == 0);
+}
+
+/* Step |r| and read from |fd| until |want| bytes or its end of stream;
+ * returns how many arrived in |buf|, with |*eof| set at the end. */
+static size_t collect(struct guest_relay *r, int fd, uint8_t *buf, size_t want, bool *eof)
+{
+	size_t have = 0;
+	*eof = false;
+	for (int i = 0; i < MAX_STEPS && have < want && !*eof; i++) {
+		step(r);
+		ssize_t n = read(fd, buf + have, want - have);
+		if (n > 0)
+			have += (size_t)n;
+		*eof = n == 0 || (n < 0 && errno != EAGAIN);
+	}
+	return have;
+}
+
+static const char next_req[] = "GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n\r\n";
+
+/* The runtime's long-poll, taken by the old stream and unanswered when the
+ * snapshot was taken: the new stream gets it again, byte for byte, and the
+ * answer goes back to the client on the same TCP connection. */
+static void test_restart_replays_pending(void)
+{
+	struct guest_relay r;
+	struct reopener ro;
+	int c[2], s[2];
+	joined_replay(&r, &ro, c, s);
+	size_t len = strlen(next_req);
+	uint8_t got[256];
+	bool eof;
+	CHECK(write(c[0], next_req, len) == (ssize_t)len);
+	CHECK(collect(&r, s[0], got, len, &eof) == len && memcmp(got, next_req, len) == 0);
+	close(s[0]); /* the transport reset: the old host side is gone */
+	guest_relay_restart(&r);
+	CHECK(guest_relay_count(&r) == 1 && r.replayed == 1 && r.failed == 0 && ro.n == 1);
+	memset(got, 0, sizeof(got));
+	CHECK(collect(&r, ro.host[0], got, sizeof(got), &eof) == len && memcmp(got, next_req, len) == 0);
+	static const char answer[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+	CHECK(write(ro.host[0], answer, strlen(answer)) == (ssize_t)strlen(answer));
+	CHECK(collect(&r, c[0], got, strlen(answer), &eof) == strlen(answer) && memcmp(got, answer, strlen(answer)) == 0);
+
+	/* Answered in full, then the next request (a keep-alive connection):
+	 * only the new request is replayed after a second restore. */
+	static const char second[] = "POST /2018-06-01/runtime/invocation/1/response HTTP/1.1\r\n\r\nok";
+	CHECK(write(c[0], second, strlen(second)) == (ssize_t)strlen(second));
+	CHECK(collect(&r, ro.host[0], got, strlen(second), &eof) == strlen(second));
+	close(ro.host[0]);
+	guest_relay_restart(&r);
+	CHECK(guest_relay_count(&r) == 1 && r.replayed == 2 && ro.n == 2);
+	memset(got, 0, sizeof(got));
+	CHECK(collect(&r, ro.host[1], got, sizeof(got), &eof) == strlen(second) &&
+	      memcmp(got, second, strlen(second)) == 0);
+	guest_relay_cleanup(&r);
+	close(ro.host[1]);
+	close(c[0]);
+}
+
+/* Bytes the old stream never took (they waited in the relay's buffer or in
+ * the client's socket), more bytes after the restore, and the client's end
+ * of stream: the new stream gets them all, in order, then the end. */
+static void test_restart_unsent_and_eof(void)
+{
+	struct guest_relay r;
+	struct reopener ro;
+	int c[2], s[2];
+	joined_replay(&r, &ro, c, s);
+	CHECK(write(c[0], "GET /a", 6) == 6);
+	step(&r);
+	CHECK(write(c[0], "bc HTTP/1.0\r\n", 13) == 13); /* not yet read by the relay */
+	close(s[0]);
+	guest_relay_restart(&r);
+	CHECK(r.replayed == 1 && guest_relay_count(&r) == 1);
+	CHECK(write(c[0], "\r\n", 2) == 2 && shutdown(c[0], SHUT_WR) == 0);
+	uint8_t got[64];
+	bool eof;
+	size_t n = collect(&r, ro.host[0], got, sizeof(got), &eof);
+	CHECK(eof && n == 21 && memcmp(got, "GET /abc HTTP/1.0\r\n\r\n", 21) == 0);
+	/* Half-closed, a restore again: the bytes and the end are replayed. */
+	close(ro.host[0]);
+	guest_relay_restart(&r);
+	n = collect(&r, ro.host[1], got, sizeof(got), &eof);
+	CHECK(eof && n == 21 && memcmp(got, "GET /abc HTTP/1.0\r\n\r\n", 21) == 0 && r.replayed == 2);
+	CHECK(write(ro.host[1], "done", 4) == 4 && shutdown(ro.host[1], SHUT_WR) == 0);
+	n = collect(&r, c[0], got, sizeof(got), &eof);
+	CHECK(eof && n == 4 && memcmp(got, "done", 4) == 0);
+	for (int i = 0; i < MAX_STEPS && guest_relay_count(&r); i++)
+		step(&r);
+	CHECK(guest_relay_count(&r) == 0 && r.ended == 1 && r.failed == 0);
+	close(ro.host[1]);
+	close(c[0]);
+}
+
+/* Reset, never replayed: a connection answered in part, and one whose
+ * request went past the bound; without a reopen callback, or when it fails,
+ * every connection is reset.  A connection at exactly the bound is
+ * replayed. */
+static void test_restart_resets(void)
+{
+	struct guest_relay r;
+	struct reopener ro;
+	int c[2], s[2];
+	uint8_t got[64];
+	bool eof;
+
+	/* Mid-response. */
+	joined_replay(&r, &ro, c, s);
+	CHECK(write(c[0], "GET / HTTP/1.1\r\n\r\n", 18) == 18);
+	CHECK(collect(&r, s[0], got, 18, &eof) == 18);
+	CHECK(write(s[0], "HTTP/1.1 200 OK\r\n", 17) == 17);
+	CHECK(collect(&r, c[0], got, 17, &eof) == 17);
+	close(s[0]);
+	guest_relay_restart(&r);
+	CHECK(guest_relay_count(&r) == 0 && r.failed == 1 && r.replayed == 0 && ro.n == 0);
+	ssize_t k = read(c[0], got, sizeof(got));
+	CHECK(k == 0 || (k < 0 && errno == ECONNRESET)); /* a TCP client sees ECONNRESET */
+	close(c[0]);
+
+	/* Answer bytes passed on to the client, which has not read them yet:
+	 * as mid-response. */
+	joined_replay(&r, &ro, c, s);
+	CHECK(write(c[0], "GET", 3) == 3);
+	CHECK(collect(&r, s[0], got, 3, &eof) == 3);
+	CHECK(write(s[0], "HTTP", 4) == 4);
+	for (int i = 0; i < 100; i++)
+		step(&r);
+	CHECK(r.bytes[1] == 4);
+	close(s[0]);
+	guest_relay_restart(&r);
+	CHECK(guest_relay_count(&r) == 0 && r.failed == 1 && ro.n == 0);
+	close(c[0]);
+
+	/* The bound: exactly GUEST_RELAY_REPLAY_MAX bytes are replayed, one
+	 * more is not. */
+	for (size_t extra = 0; extra < 2; extra++) {
+		size_t len = GUEST_RELAY_REPLAY_MAX + extra;
+		uint8_t *req = pattern(len, 9), *back = calloc(1, len + 1);
+		joined_replay(&r, &ro, c, s);
+		struct flow f = { .src = req, .dst = back, .len = len, .wfd = c[0], .rfd = s[0] };
+		for (int i = 0; i < MAX_STEPS && f.got < len; i++) {
+			flow_turn(&f);
+			step(&r);
+		}
+		CHECK(f.got == len);
+		close(s[0]);
+		guest_relay_restart(&r);
+		if (extra == 0) {
+			CHECK(r.replayed == 1 && guest_relay_count(&r) == 1);
+			memset(back, 0, len);
+			CHECK(collect(&r, ro.host[0], back, len + 1, &eof) == len && memcmp(back, req, len) == 0);
+			guest_relay_cleanup(&r);
+			close(ro.host[0]);
+		} else {
+			CHECK(r.replayed == 0 && r.failed == 1 && guest_relay_count(&r) == 0 && ro.n == 0);
+		}
+		close(c[0]);
+		free(req);
+		free(back);
+	}
+
+	/* The new stream cannot be opened: reset. */
+	joined_replay(&r, &ro, c, s);
+	ro.refuse = true;
+	CHECK(write(c[0], "GET", 3) == 3);
+	step(&r);
+	close(s[0]);
+	guest_relay_restart(&r);
+	CHECK(guest_relay_count(&r) == 0 && r.failed == 1);
+	CHECK(read(c[0], got, sizeof(got)) <= 0);
+	close(c[0]);
+
+	/* No reopen callback: every connection is reset, as before restores. */
+	joined(&r, c, s);
+	CHECK(write(c[0], "GET", 3) == 3);
+	step(&r);
+	close(s[0]);
+	guest_relay_restart(&r);
+	CHECK(guest_relay_count(&r) == 0 && r.failed == 1 && r.replayed == 0);
+	close(c[0]);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -336,5 +553,8 @@ int main(void)
 	test_peer_gone();
 	test_connecting();
 	test_limit_and_cleanup();
+	test_restart_replays_pending();
+	test_restart_unsent_and_eof();
+	test_restart_resets();
 	return check_report();
 }

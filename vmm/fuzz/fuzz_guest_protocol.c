@@ -5,9 +5,11 @@
  *        bits 1..7: the feed step (0 = everything at once, else 1..127 bytes)
  *   [1..] the stream
  * Every frame that comes out must pass guest_frame_check() again, be
- * re-encodable ('P' payloads byte for byte through guest_api_encode()), and
- * (host -> guest) go through guest_invocation_add(); the
- * decoder must consume every byte it is given until it reports an error. */
+ * re-encodable ('P' and 'S' payloads byte for byte through guest_api_encode()
+ * and guest_restore_encode()), and (host -> guest) go through
+ * guest_invocation_add() until 'G', then through guest_restore_take() as in
+ * the init while its command runs; the decoder must consume every byte it is
+ * given until it reports an error. */
 /* ctest-labels: no-tsan (a single-threaded parser: nothing for ThreadSanitizer to check) */
 #include <errno.h>
 #include <stdint.h>
@@ -29,6 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	struct guest_decoder d;
 	struct guest_invocation inv;
+	uint64_t generation = 0;
 	guest_decoder_init(&d, dir);
 	guest_invocation_init(&inv);
 	int err = 0;
@@ -66,7 +69,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			for (uint32_t i = 0; i < f.len; i++)
 				sum = (uint8_t)(sum + f.payload[i]);
 			(void)sum;
-			if (dir == GUEST_DIR_HOST_TO_GUEST && !inv.complete) {
+			if (dir == GUEST_DIR_HOST_TO_GUEST && inv.complete) {
+				struct guest_restore rs;
+				uint64_t before = generation;
+				int t = guest_restore_take(&generation, &f, &rs, NULL);
+				if (t != 0 && (t != -EPROTO || generation != before))
+					abort();
+				if (t == 0 && (f.type != GUEST_FRAME_RESTORED || generation <= before ||
+					       rs.generation != generation))
+					abort();
+			} else if (dir == GUEST_DIR_HOST_TO_GUEST) {
 				int a = guest_invocation_add(&inv, &f, NULL);
 				if (a < 0 && a != -EPROTO && a != -E2BIG && a != -ENOMEM)
 					abort();
@@ -82,6 +94,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				uint8_t again[GUEST_API_LEN];
 				guest_api_encode(again, &api);
 				if (memcmp(again, f.payload, GUEST_API_LEN) != 0)
+					abort();
+			}
+			if (f.type == GUEST_FRAME_RESTORED) {
+				struct guest_restore rs;
+				if (guest_restore_decode(f.payload, f.len, &rs) != 0 || rs.generation == 0)
+					abort();
+				uint8_t again[GUEST_RESTORE_LEN];
+				guest_restore_encode(again, &rs);
+				if (memcmp(again, f.payload, GUEST_RESTORE_LEN) != 0)
 					abort();
 			}
 			if (f.type == GUEST_FRAME_EXIT) {

@@ -22,6 +22,39 @@
  *      Runtime API connection, send 'X' with the exit status, sync, and
  *      power off.
  *
+ * Restore.  The VM may be snapshotted while the command runs and restored
+ * later, any number of times; the VMM then resets every vsock connection.
+ * When the channel breaks (an end of stream or an error, read or write)
+ * while the command runs or its output drains, the command goes on and the
+ * init reconnects to the same port (guest_backoff_next()'s schedule: waits
+ * doubling from 10 ms to 500 ms, 10 s of them in all; it says so on the
+ * console and ends as when the host is gone if that runs out).  The host's
+ * first frame on the new connection must be 'S', within 10 s; then the init
+ *   a. mixes the 32 bytes of 'S' into the kernel's RNG with RNDADDENTROPY
+ *      (credited as 256 bits) and forces a reseed with RNDRESEEDCRNG, so
+ *      getrandom() diverges at once between two VMs restored from one
+ *      snapshot; if that fails, the command is ended and the failure
+ *      reported ('F', 'X' 126): a workload must not run on shared random
+ *      state.  (Random state the workload keeps in its own memory, as a
+ *      user-space PRNG does, is its business: the hook below is for that.)
+ *   b. writes the restore generation, in decimal and a newline, to
+ *      /run/kindling/restore (0644, replaced atomically), in the root the
+ *      workload sees (the image under its tmpfs overlay); no file means the
+ *      VM was never restored;
+ *   c. runs /etc/kindling/after-restore from the image, if there is one: as
+ *      the command's user, in its working directory, with its environment
+ *      plus KINDLING_RESTORE_GENERATION=N, stdin /dev/null, its stdout and
+ *      stderr sent to the host as 'R' (stderr) frames, for at most 10 s (then
+ *      its process group is killed); how it ended goes to the console, and
+ *      the command goes on either way;
+ *   d. gives every Runtime API connection whose request had no answer yet a
+ *      new stream with that request again (vmm/guest/relay.h), and resets the
+ *      others;
+ * and goes on sending output and, in the end, 'X' on the new connection.
+ * Output the command wrote meanwhile waits in its pipes; a frame whose send
+ * failed is sent again whole on the new connection.  Any other frame from
+ * the host after 'G' ends the run as a protocol failure.
+ *
  * A failure at any step prints to the console, sends 'F' with what failed
  * (when the channel is up) and 'X' with 127 (command not found) or 126
  * (anything else), and powers off.  The init never returns: PID 1 exiting
@@ -42,6 +75,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/ioctl.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -51,6 +85,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <linux/random.h>
 #include <linux/vm_sockets.h>
 
 #include "common/common.h"
@@ -289,32 +324,50 @@ static void load_modules(struct init *in)
 	log_info("%u modules loaded at %.3f s", loaded, uptime());
 }
 
-/* Connect to the host's port |in->port|, retrying while the vsock transport
- * comes up (its device probes as the module loads) for CONNECT_WAIT_MS. */
-static void connect_host(struct init *in)
+/* A stream socket connected to the host's vsock port |port| in |*out_fd|.
+ * |nonblock|: the connect may still be under way (|*in_progress| set) when
+ * this returns.  Returns 0 or -errno. */
+static int vsock_connect(unsigned port, bool nonblock, int *out_fd, bool *in_progress)
 {
 	struct sockaddr_vm sa = {
 		.svm_family = AF_VSOCK,
 		.svm_cid = GUEST_PROTO_HOST_CID,
-		.svm_port = in->port,
+		.svm_port = port,
 	};
-	int err = 0;
+	int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0);
+	if (fd < 0)
+		return -errno;
+	bool pending = false;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int e = errno;
+		if (!nonblock || e != EINPROGRESS) {
+			close(fd);
+			return -e;
+		}
+		pending = true;
+	}
+	if (in_progress)
+		*in_progress = pending;
+	*out_fd = fd;
+	return 0;
+}
+
+/* Connect to the host's port |in->port|, retrying while the vsock transport
+ * comes up (its device probes as the module loads) for CONNECT_WAIT_MS. */
+static void connect_host(struct init *in)
+{
+	int r = 0;
 	for (unsigned waited = 0; waited <= CONNECT_WAIT_MS; waited += 20) {
-		int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-			in->chan = fd;
+		if ((r = vsock_connect(in->port, false, &in->chan, NULL)) == 0) {
 			log_info("connected to the host on vsock port %u at %.3f s", in->port, uptime());
 			return;
 		}
-		err = errno;
-		if (fd >= 0)
-			close(fd);
 		sleep_ms(20);
 	}
 	fail(in, EXIT_CANNOT_RUN,
 	     "connect to the host over vsock (CID 2, port %u): %s; does the VM have a vsock device, and is the host "
 	     "listening on {uds_path}_%u?",
-	     in->port, strerror(err), in->port);
+	     in->port, strerror(-r), in->port);
 }
 
 static void wait_for_dev(struct init *in, const char *path)
@@ -405,6 +458,10 @@ static void read_invocation(struct init *in, struct guest_invocation *inv)
 	guest_decoder_cleanup(&d);
 }
 
+/* What child() was doing when it failed, by the step it reports. */
+static const char *const child_steps[] = { "set up stdio", "chdir to the working directory", "switch to the user",
+					   "exec" };
+
 /* The child's half: become the user, go to the working directory, exec.  A
  * failure is written to |status_fd| as errno plus a step byte, then _exit. */
 __attribute__((noreturn)) static void child(const char *exe, char *const *argv, char *const *envp, const char *workdir,
@@ -435,31 +492,85 @@ fail:;
 	_exit(EXIT_CANNOT_RUN);
 }
 
-/* Send |<p, len>| as |type| frames; false if the host is gone. */
-static bool relay(struct init *in, uint8_t type, const uint8_t *p, size_t len)
+/* The command while it runs, and what a restore needs of it. */
+struct job {
+	pid_t pid;
+	bool done; /* it exited; |status| is its wait status */
+	int status;
+	double exited_at;
+	int sfd;		      /* SIGCHLD, through a signalfd */
+	const sigset_t *saved;	      /* the signal mask children start with */
+	const struct sandbox_user *u; /* the image's user */
+	char *const *envp;
+	const char *workdir;
+	uint8_t *buf;	    /* RELAY_BUF: output read from a pipe */
+	uint8_t held_type;  /* buf[0, held_len) was read from a pipe but not sent yet, as held_type */
+	size_t held_len;
+	bool awaiting;	    /* reconnected after the channel broke: 'S' must come first */
+	double await_until; /* ... by then */
+	struct guest_backoff backoff;	/* reconnects since the last 'S' (or the start) */
+	struct guest_decoder from_host; /* frames on the channel after 'G' */
+	uint64_t generation;		/* the last restore applied; 0: never restored */
+};
+
+/* Reap every child that has exited (PID 1 inherits all orphans); note the
+ * command's status, and |other|'s (a hook; -1 for none) when it is among
+ * them. */
+static void reap(struct job *j, pid_t other, bool *other_done, int *other_status)
 {
-	int r = guest_frame_send(in->chan, type, p, len);
-	if (r < 0)
-		log_err("send output to the host: %s; stopping the command", strerror(-r));
-	return r == 0;
+	int st;
+	pid_t p;
+	while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
+		if (p == j->pid && !j->done) {
+			j->done = true;
+			j->status = st;
+			j->exited_at = uptime();
+		} else if (p == other) {
+			*other_done = true;
+			*other_status = st;
+		}
+	}
 }
 
-/* Read what |fd| has now (non-blocking) and relay it; returns false on EOF or
- * error (the pipe is done), true while it stays open. */
-static bool pump(struct init *in, int fd, uint8_t type, uint8_t *buf, bool *host_gone)
+/* Take what the signalfd holds and reap. */
+static void on_sigchld(struct job *j, pid_t other, bool *other_done, int *other_status)
+{
+	struct signalfd_siginfo si;
+	while (read(j->sfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+		;
+	reap(j, other, other_done, other_status);
+}
+
+/* Send the output held in j->buf, if any.  Returns 0, or -errno when the
+ * channel is broken: then it stays held, for the next connection. */
+static int flush_held(struct init *in, struct job *j)
+{
+	if (!j->held_len)
+		return 0;
+	int r = guest_frame_send(in->chan, j->held_type, j->buf, j->held_len);
+	if (r == 0)
+		j->held_len = 0;
+	return r;
+}
+
+/* Read what the pipe |fd| has now (non-blocking) and send it as |type|
+ * frames.  Returns 1 while the pipe stays open, 0 at its end or on a read
+ * error, -errno when the channel broke (what was read is held, not lost). */
+static int pump(struct init *in, struct job *j, int fd, uint8_t type)
 {
 	for (;;) {
-		ssize_t n = read(fd, buf, RELAY_BUF);
+		ssize_t n = read(fd, j->buf, RELAY_BUF);
 		if (n > 0) {
-			if (!relay(in, type, buf, (size_t)n)) {
-				*host_gone = true;
-				return false;
-			}
+			j->held_type = type;
+			j->held_len = (size_t)n;
+			int r = flush_held(in, j);
+			if (r < 0)
+				return r;
 			continue;
 		}
 		if (n < 0 && errno == EINTR)
 			continue;
-		return n < 0 && errno == EAGAIN;
+		return n < 0 && errno == EAGAIN ? 1 : 0;
 	}
 }
 
@@ -471,6 +582,14 @@ struct api {
 	struct guest_relay relay;
 };
 
+/* The relay's reopen callback: a new stream to the host for a connection
+ * replayed after a restore. */
+static int api_stream_open(void *arg, int *out_fd, bool *out_connecting)
+{
+	const struct api *a = arg;
+	return vsock_connect(a->vsock_port, true, out_fd, out_connecting);
+}
+
 /* Listen on 127.0.0.1:|inv->api.tcp_port| (with lo up), if the invocation
  * asks for an endpoint. */
 static void api_open(struct init *in, const struct guest_invocation *inv, struct api *a)
@@ -480,6 +599,7 @@ static void api_open(struct init *in, const struct guest_invocation *inv, struct
 	guest_relay_init(&a->relay);
 	if (!inv->api.tcp_port)
 		return;
+	guest_relay_set_reopen(&a->relay, api_stream_open, a);
 	sandbox_loopback_up();
 	int r = sandbox_runtime_api_listen(inv->api.tcp_port, &a->listen_fd);
 	if (r < 0)
@@ -500,22 +620,16 @@ static void api_accept(struct api *a)
 			log_warn("Runtime API: accept: %s", strerror(errno));
 		return;
 	}
-	struct sockaddr_vm sa = {
-		.svm_family = AF_VSOCK,
-		.svm_cid = GUEST_PROTO_HOST_CID,
-		.svm_port = a->vsock_port,
-	};
-	int v = socket(AF_VSOCK, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	int r = v < 0 ? -1 : connect(v, (struct sockaddr *)&sa, sizeof(sa));
-	if (v < 0 || (r < 0 && errno != EINPROGRESS)) {
+	int v;
+	bool connecting;
+	int r = vsock_connect(a->vsock_port, true, &v, &connecting);
+	if (r < 0) {
 		log_warn("Runtime API: connect to the host (vsock port %u): %s; closing the workload's connection",
-			 a->vsock_port, strerror(errno));
+			 a->vsock_port, strerror(-r));
 		close(c);
-		if (v >= 0)
-			close(v);
 		return;
 	}
-	if ((r = guest_relay_add(&a->relay, c, v, r < 0)) < 0)
+	if ((r = guest_relay_add(&a->relay, c, v, connecting)) < 0)
 		log_warn("Runtime API: relay a connection: %s", strerror(-r));
 }
 
@@ -524,26 +638,247 @@ static void api_close(struct api *a)
 {
 	if (a->listen_fd < 0)
 		return;
-	log_info("Runtime API: %zu connections open at the end, %llu ended, %llu cut short; %llu bytes to the host, "
-		 "%llu from it",
+	log_info("Runtime API: %zu connections open at the end, %llu ended, %llu cut short, %llu replayed after a "
+		 "restore; %llu bytes to the host, %llu from it",
 		 guest_relay_count(&a->relay), (unsigned long long)a->relay.ended, (unsigned long long)a->relay.failed,
-		 (unsigned long long)a->relay.bytes[0], (unsigned long long)a->relay.bytes[1]);
+		 (unsigned long long)a->relay.replayed, (unsigned long long)a->relay.bytes[0],
+		 (unsigned long long)a->relay.bytes[1]);
 	guest_relay_cleanup(&a->relay);
 	close(a->listen_fd);
 	a->listen_fd = -1;
 }
 
-/* Reap every child that has exited (PID 1 inherits all orphans); note the
- * status of |pid| when it is among them. */
-static void reap(pid_t pid, bool *done, int *status)
+/* ---- restore -------------------------------------------------------------------------------------------------- */
+
+#define RESTORE_WAIT_MS 10000 /* from the new connection to the host's 'S' */
+#define RESTORE_DIR "/run/kindling"
+#define RESTORE_FILE RESTORE_DIR "/restore"
+#define HOOK_PATH "/etc/kindling/after-restore"
+#define HOOK_TIMEOUT_MS 10000
+#define HOOK_KILL_WAIT_MS 1000 /* after SIGKILL, for the hook to be reaped */
+
+/* The channel broke (|why|) while the command runs: most likely the VM was
+ * restored from a snapshot and the VMM reset every vsock connection.  The
+ * command goes on; reconnect on the backoff schedule and wait for 'S'.  If
+ * the host cannot be reached, the command ends as when the host is gone.
+ * The schedule starts over only once an 'S' arrives, so a host that takes
+ * each connection and drops it does not keep the init trying forever. */
+static void channel_broke(struct init *in, struct job *j, const char *why)
 {
-	int st;
-	pid_t p;
-	while ((p = waitpid(-1, &st, WNOHANG)) > 0)
-		if (p == pid) {
-			*done = true;
-			*status = st;
+	log_warn("the channel to the host broke (%s) at %.3f s; reconnecting (a VM restored from a snapshot does this)",
+		 why, uptime());
+	close(in->chan);
+	in->chan = -1;
+	/* A frame cut by the break is dropped: 'S' starts the next stream. */
+	guest_decoder_cleanup(&j->from_host);
+	guest_decoder_init(&j->from_host, GUEST_DIR_HOST_TO_GUEST);
+	struct guest_backoff *b = &j->backoff;
+	int r;
+	unsigned delay;
+	while ((r = vsock_connect(in->port, false, &in->chan, NULL)) < 0) {
+		if (guest_backoff_next(b, &delay) < 0) {
+			log_err("could not reconnect to the host on vsock port %u: %u attempts over %u ms, the last: %s; "
+				"ending the command without an exit status and powering off",
+				in->port, b->attempts + 1, b->waited_ms, strerror(-r));
+			kill(-j->pid, SIGKILL);
+			power_off();
 		}
+		sleep_ms(delay);
+	}
+	log_info("reconnected to the host on vsock port %u at %.3f s (%u retries so far); waiting for 'S'", in->port,
+		 uptime(), b->attempts);
+	j->awaiting = true;
+	j->await_until = uptime() + RESTORE_WAIT_MS / 1000.0;
+}
+
+/* Mix |seed| into the kernel's RNG, credited in full, and make the CRNG
+ * reseed from it now, so getrandom() in this VM and in another restored from
+ * the same snapshot diverge from here on.  Returns 0 or -errno. */
+static int reseed(const uint8_t seed[GUEST_SEED_LEN])
+{
+	union {
+		struct rand_pool_info info;
+		uint8_t raw[sizeof(struct rand_pool_info) + GUEST_SEED_LEN];
+	} u;
+	u.info.entropy_count = GUEST_SEED_LEN * 8;
+	u.info.buf_size = GUEST_SEED_LEN;
+	memcpy(u.raw + sizeof(struct rand_pool_info), seed, GUEST_SEED_LEN);
+	int r = 0;
+	int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || ioctl(fd, RNDADDENTROPY, &u.info) < 0 || ioctl(fd, RNDRESEEDCRNG) < 0)
+		r = -errno;
+	if (fd >= 0)
+		close(fd);
+	explicit_bzero(&u, sizeof(u));
+	return r;
+}
+
+/* Write |generation| to RESTORE_FILE, which the workload reads (the init's
+ * root is the workload's: the image under its tmpfs overlay). */
+static int record_generation(uint64_t generation)
+{
+	char text[32];
+	int n = snprintf(text, sizeof(text), "%llu\n", (unsigned long long)generation);
+	int r = mkdir_p(RESTORE_DIR, 0755);
+	return r < 0 ? r : write_file_atomic(RESTORE_FILE, text, (size_t)n, 0644);
+}
+
+/* Run the image's HOOK_PATH, if it has one, as the command's user in its
+ * working directory with its environment plus
+ * KINDLING_RESTORE_GENERATION=N, stdin /dev/null and its stdout and stderr
+ * sent as 'R' frames; at most HOOK_TIMEOUT_MS, then its process group is
+ * killed.  Its failures go to the console; the command goes on either way. */
+static void run_hook(struct init *in, struct job *j)
+{
+	struct stat st;
+	if (stat(HOOK_PATH, &st) < 0) {
+		if (errno != ENOENT)
+			log_warn("after-restore hook %s: %s; not run", HOOK_PATH, strerror(errno));
+		return;
+	}
+	size_t n = 0;
+	while (j->envp[n])
+		n++;
+	char gen[64];
+	snprintf(gen, sizeof(gen), "KINDLING_RESTORE_GENERATION=%llu", (unsigned long long)j->generation);
+	char **envp = calloc(n + 2, sizeof(char *));
+	int out[2] = { -1, -1 }, sp[2] = { -1, -1 };
+	if (!envp || pipe2(out, O_CLOEXEC) < 0 || pipe2(sp, O_CLOEXEC) < 0) {
+		log_warn("after-restore hook: %s; not run", envp ? strerror(errno) : "out of memory");
+		goto out;
+	}
+	memcpy(envp, j->envp, n * sizeof(char *));
+	envp[n] = gen;
+	char *argv[] = { (char *)HOOK_PATH, NULL };
+	double t0 = uptime();
+	pid_t pid = fork();
+	if (pid < 0) {
+		log_warn("after-restore hook: fork: %s; not run", strerror(errno));
+		goto out;
+	}
+	if (pid == 0)
+		child(HOOK_PATH, argv, envp, j->workdir, j->u, out[1], out[1], sp[1], j->saved);
+	close(out[1]);
+	close(sp[1]);
+	out[1] = sp[1] = -1;
+	int e[2];
+	ssize_t k;
+	while ((k = read(sp[0], e, sizeof(e))) < 0 && errno == EINTR)
+		;
+	if (k == (ssize_t)sizeof(e))
+		log_warn("after-restore hook %s: %s: %s; not run", HOOK_PATH, child_steps[e[1] & 3], strerror(e[0]));
+	fcntl(out[0], F_SETFL, O_NONBLOCK);
+	bool done = false, piped = true, killed = false, sending = true;
+	int status = 0;
+	double deadline = t0 + HOOK_TIMEOUT_MS / 1000.0;
+	uint8_t buf[4096];
+	/* Until it exits and its output is passed on; a daemon it left behind
+	 * holding the pipe does not hold the init. */
+	while (!done || piped) {
+		struct pollfd p[2] = { { piped ? out[0] : -1, POLLIN, 0 }, { j->sfd, POLLIN, 0 } };
+		double left = deadline - uptime();
+		int pr = poll(p, 2, done ? DRAIN_GRACE_MS : left > 0 ? (int)(left * 1000) + 1 : 0);
+		if (pr < 0 && errno != EINTR)
+			break;
+		if (p[1].revents & POLLIN)
+			on_sigchld(j, pid, &done, &status);
+		while (piped && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+			ssize_t got = read(out[0], buf, sizeof(buf));
+			if (got < 0 && errno == EINTR)
+				continue;
+			if (got <= 0) {
+				piped = got < 0 && errno == EAGAIN;
+				break;
+			}
+			int r = sending ? guest_frame_send(in->chan, GUEST_FRAME_STDERR, buf, (size_t)got) : 0;
+			if (r < 0) {
+				/* The main loop finds the broken channel again and reconnects. */
+				log_warn("after-restore hook: send its output: %s; dropping the rest of it", strerror(-r));
+				sending = false;
+			}
+		}
+		if (done && piped && pr == 0)
+			break; /* exited, and its pipe stays quiet: someone it left holds it */
+		if (uptime() >= deadline && !done) {
+			if (killed) {
+				log_warn("after-restore hook: not reaped %u ms after SIGKILL; going on", HOOK_KILL_WAIT_MS);
+				break;
+			}
+			log_warn("after-restore hook %s: still running after %u ms; killing it", HOOK_PATH,
+				 HOOK_TIMEOUT_MS);
+			kill(-pid, SIGKILL);
+			killed = true;
+			deadline = uptime() + HOOK_KILL_WAIT_MS / 1000.0;
+		}
+	}
+	if (done && !killed && k != (ssize_t)sizeof(e))
+		log_info("after-restore hook %s: exit code %d signal %d in %.3f s", HOOK_PATH,
+			 WIFEXITED(status) ? WEXITSTATUS(status) : -1, WIFSIGNALED(status) ? WTERMSIG(status) : 0,
+			 uptime() - t0);
+out:
+	for (int i = 0; i < 2; i++) {
+		if (out[i] >= 0)
+			close(out[i]);
+		if (sp[i] >= 0)
+			close(sp[i]);
+	}
+	free(envp);
+}
+
+/* The host's 'S' for the generation |rs|: reseed, record it, run the hook,
+ * then give the Runtime API connections new streams. */
+static void apply_restore(struct init *in, struct job *j, struct api *a, struct guest_restore *rs)
+{
+	log_info("restored from a snapshot: generation %llu at %.3f s", (unsigned long long)rs->generation, uptime());
+	int r = reseed(rs->seed);
+	explicit_bzero(rs->seed, sizeof(rs->seed));
+	/* Two VMs restored from one snapshot would share their random state:
+	 * a workload must not go on like that. */
+	if (r < 0) {
+		kill(-j->pid, SIGKILL);
+		fail(in, EXIT_CANNOT_RUN, "reseed the kernel's RNG after a restore (RNDADDENTROPY, RNDRESEEDCRNG): %s",
+		     strerror(-r));
+	}
+	if ((r = record_generation(rs->generation)) < 0)
+		log_warn("record the restore generation in %s: %s", RESTORE_FILE, strerror(-r));
+	run_hook(in, j);
+	j->awaiting = false;
+	guest_backoff_init(&j->backoff);
+	guest_relay_restart(&a->relay);
+	log_info("Runtime API: %zu connections carried over the restore, %llu cut short so far",
+		 guest_relay_count(&a->relay), (unsigned long long)a->relay.failed);
+}
+
+/* The channel is readable: the host's 'S' after a reconnect, or its end. */
+static void from_host(struct init *in, struct job *j, struct api *a)
+{
+	uint8_t buf[512];
+	ssize_t n = read(in->chan, buf, sizeof(buf));
+	if (n < 0 && (errno == EINTR || errno == EAGAIN))
+		return;
+	if (n <= 0) {
+		channel_broke(in, j, n == 0 ? "end of stream" : strerror(errno));
+		return;
+	}
+	size_t pos = 0;
+	while (pos < (size_t)n) {
+		size_t used;
+		struct guest_frame f;
+		int r = guest_decoder_feed(&j->from_host, buf + pos, (size_t)n - pos, &used, &f);
+		pos += used;
+		if (r < 0)
+			fail(in, EXIT_CANNOT_RUN, "bad frame from the host while the command runs: %s",
+			     guest_decoder_error(&j->from_host));
+		if (r == 0)
+			break;
+		/* 'S' comes once, first, on each connection made after a break. */
+		const char *why = "the host sends nothing after 'G' but 'S', first on a connection made after a break";
+		struct guest_restore rs;
+		if (!j->awaiting || guest_restore_take(&j->generation, &f, &rs, &why) < 0)
+			fail(in, EXIT_CANNOT_RUN, "bad frame '%c' from the host while the command runs: %s",
+			     f.type >= 0x20 && f.type < 0x7f ? f.type : '?', why);
+		apply_restore(in, j, a, &rs);
+	}
 }
 
 static void run(struct init *in, struct guest_invocation *inv)
@@ -587,15 +922,18 @@ static void run(struct init *in, struct guest_invocation *inv)
 	sigaddset(&mask, SIGCHLD);
 	if (sigprocmask(SIG_BLOCK, &mask, &saved) < 0)
 		fail(in, EXIT_CANNOT_RUN, "sigprocmask: %s", strerror(errno));
-	int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
-	if (sfd < 0)
+	struct job j = { .saved = &saved, .u = &u, .envp = envp, .workdir = workdir };
+	j.sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (j.sfd < 0)
 		fail(in, EXIT_CANNOT_RUN, "signalfd: %s", strerror(errno));
+	guest_decoder_init(&j.from_host, GUEST_DIR_HOST_TO_GUEST);
+	guest_backoff_init(&j.backoff);
 
 	log_info("running %s at %.3f s", exe, uptime());
-	pid_t pid = fork();
-	if (pid < 0)
+	j.pid = fork();
+	if (j.pid < 0)
 		fail(in, EXIT_CANNOT_RUN, "fork: %s", strerror(errno));
-	if (pid == 0)
+	if (j.pid == 0)
 		child(exe, inv->argv, envp, workdir, &u, out[1], err[1], st[1], &saved);
 	close(out[1]);
 	close(err[1]);
@@ -608,65 +946,87 @@ static void run(struct init *in, struct guest_invocation *inv)
 		;
 	close(st[0]);
 	if (n == (ssize_t)sizeof(e)) {
-		static const char *const steps[] = { "set up stdio", "chdir to the working directory",
-						     "switch to the user", "exec" };
 		int code = (e[1] == 3 && (e[0] == ENOENT || e[0] == ENOTDIR)) ? EXIT_NOT_FOUND : EXIT_CANNOT_RUN;
-		fail(in, code, "%s: %s: %s", inv->argv[0], steps[e[1] & 3], strerror(e[0]));
+		fail(in, code, "%s: %s: %s", inv->argv[0], child_steps[e[1] & 3], strerror(e[0]));
 	}
 
 	fcntl(out[0], F_SETFL, O_NONBLOCK);
 	fcntl(err[0], F_SETFL, O_NONBLOCK);
-	uint8_t *buf = malloc(RELAY_BUF);
-	if (!buf)
+	j.buf = malloc(RELAY_BUF);
+	if (!j.buf)
 		fail(in, EXIT_CANNOT_RUN, "out of memory for the output relay");
-	bool out_open = true, err_open = true, done = false, host_gone = false;
-	int status = 0;
-	double exited_at = 0;
+	/* stdout, stderr */
+	const int pipe_fd[2] = { out[0], err[0] };
+	const uint8_t pipe_type[2] = { GUEST_FRAME_STDOUT, GUEST_FRAME_STDERR };
+	bool pipe_open[2] = { true, true };
 	/* Until the command exits, its pipes close and the relay has passed on
 	 * what it holds.  A daemon it left behind may keep them open: after
-	 * exit, DRAIN_GRACE_MS of silence ends it. */
-	while (!host_gone && (!done || out_open || err_open || guest_relay_pending(&api.relay))) {
-		struct pollfd p[4 + GUEST_RELAY_POLLFDS] = {
-			{ .fd = out_open ? out[0] : -1, .events = POLLIN },
-			{ .fd = err_open ? err[0] : -1, .events = POLLIN },
-			{ .fd = sfd, .events = POLLIN },
+	 * exit, DRAIN_GRACE_MS of silence ends it.  While the channel is down
+	 * (between a break and the host's 'S') output waits in the pipes and
+	 * the Runtime API connections wait where they are. */
+	for (;;) {
+		bool live = !j.awaiting;
+		if (live && (r = flush_held(in, &j)) < 0) {
+			channel_broke(in, &j, strerror(-r));
+			continue;
+		}
+		if (live && j.done && !pipe_open[0] && !pipe_open[1] && !guest_relay_pending(&api.relay))
+			break;
+		struct pollfd p[5 + GUEST_RELAY_POLLFDS] = {
+			{ .fd = live && pipe_open[0] ? pipe_fd[0] : -1, .events = POLLIN },
+			{ .fd = live && pipe_open[1] ? pipe_fd[1] : -1, .events = POLLIN },
+			{ .fd = j.sfd, .events = POLLIN },
 			/* No new connections once the command is gone, or while the relay is full. */
-			{ .fd = !done && !guest_relay_full(&api.relay) ? api.listen_fd : -1, .events = POLLIN },
+			{ .fd = live && !j.done && !guest_relay_full(&api.relay) ? api.listen_fd : -1, .events = POLLIN },
+			{ .fd = in->chan, .events = POLLIN },
 		};
-		nfds_t np = 4 + guest_relay_poll_set(&api.relay, p + 4);
-		int pr = poll(p, np, done ? DRAIN_GRACE_MS : -1);
+		nfds_t np = 5 + (live ? guest_relay_poll_set(&api.relay, p + 5) : 0);
+		int timeout = -1;
+		if (j.awaiting) {
+			double left = j.await_until - uptime();
+			timeout = left > 0 ? (int)(left * 1000) + 1 : 0;
+		} else if (j.done) {
+			timeout = DRAIN_GRACE_MS;
+		}
+		int pr = poll(p, np, timeout);
 		if (pr < 0 && errno != EINTR)
 			fail(in, EXIT_CANNOT_RUN, "poll: %s", strerror(errno));
-		if (pr == 0 && done)
+		if (pr == 0 && j.awaiting && uptime() >= j.await_until)
+			fail(in, EXIT_CANNOT_RUN, "the host took the connection made after the channel broke but sent no "
+			     "'S' within %u ms", RESTORE_WAIT_MS);
+		if (pr == 0 && j.done && live)
 			break;
-		if (pr > 0)
-			guest_relay_service(&api.relay, p + 4);
+		if (pr <= 0)
+			continue;
+		if (p[2].revents & POLLIN)
+			on_sigchld(&j, -1, NULL, NULL);
+		/* The channel first: after a restore the relay's streams are
+		 * broken too, and must be replayed, not ended. */
+		if (p[4].revents) {
+			from_host(in, &j, &api);
+			continue; /* the rest of |p| may be stale now */
+		}
+		if (!live)
+			continue;
+		r = 0;
+		for (int i = 0; i < 2 && r >= 0; i++)
+			if (pipe_open[i] && (p[i].revents & (POLLIN | POLLHUP | POLLERR)) &&
+			    (r = pump(in, &j, pipe_fd[i], pipe_type[i])) == 0)
+				pipe_open[i] = false;
+		if (r < 0) {
+			channel_broke(in, &j, strerror(-r));
+			continue;
+		}
+		guest_relay_service(&api.relay, p + 5);
 		if (p[3].revents & POLLIN)
 			api_accept(&api);
-		if (out_open && (p[0].revents & (POLLIN | POLLHUP | POLLERR)))
-			out_open = pump(in, out[0], GUEST_FRAME_STDOUT, buf, &host_gone);
-		if (err_open && (p[1].revents & (POLLIN | POLLHUP | POLLERR)))
-			err_open = pump(in, err[0], GUEST_FRAME_STDERR, buf, &host_gone);
-		if (p[2].revents & POLLIN) {
-			struct signalfd_siginfo si;
-			while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
-				;
-			bool was = done;
-			reap(pid, &done, &status);
-			if (done && !was)
-				exited_at = uptime();
-		}
-	}
-	if (host_gone) {
-		kill(-pid, SIGKILL);
-		log_err("the host is gone; powering off without an exit status");
-		power_off();
 	}
 	api_close(&api);
-	free(buf);
-	int32_t code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-	int32_t sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
-	log_info("%s exited at %.3f s: code %d signal %d", inv->argv[0], exited_at, code, sig);
+	free(j.buf);
+	guest_decoder_cleanup(&j.from_host);
+	int32_t code = WIFEXITED(j.status) ? WEXITSTATUS(j.status) : -1;
+	int32_t sig = WIFSIGNALED(j.status) ? WTERMSIG(j.status) : 0;
+	log_info("%s exited at %.3f s: code %d signal %d", inv->argv[0], j.exited_at, code, sig);
 	uint8_t x[GUEST_EXIT_LEN];
 	guest_exit_encode(x, code, sig);
 	if ((r = guest_frame_send(in->chan, GUEST_FRAME_EXIT, x, sizeof(x))) < 0)

@@ -2,6 +2,7 @@
  * guest init links this file as it is. */
 #include "vmm/guest/protocol.h"
 #include "common/bytes.h"
+#include "common/common.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -13,7 +14,8 @@ static bool type_known(enum guest_direction dir, uint8_t type)
 {
 	if (dir == GUEST_DIR_HOST_TO_GUEST)
 		return type == GUEST_FRAME_ARG || type == GUEST_FRAME_ENV || type == GUEST_FRAME_WORKDIR ||
-		       type == GUEST_FRAME_USER || type == GUEST_FRAME_API || type == GUEST_FRAME_GO;
+		       type == GUEST_FRAME_USER || type == GUEST_FRAME_API || type == GUEST_FRAME_GO ||
+		       type == GUEST_FRAME_RESTORED;
 	return type == GUEST_FRAME_STDOUT || type == GUEST_FRAME_STDERR || type == GUEST_FRAME_FAIL ||
 	       type == GUEST_FRAME_EXIT;
 }
@@ -30,7 +32,7 @@ static bool is_text(uint8_t type)
 static int check_header(enum guest_direction dir, uint8_t type, size_t len, const char **why)
 {
 	if (!type_known(dir, type)) {
-		*why = dir == GUEST_DIR_HOST_TO_GUEST ? "unknown frame type (host to guest: A E W U P G)"
+		*why = dir == GUEST_DIR_HOST_TO_GUEST ? "unknown frame type (host to guest: A E W U P G S)"
 						      : "unknown frame type (guest to host: O R F X)";
 		return -EPROTO;
 	}
@@ -54,6 +56,12 @@ static int check_header(enum guest_direction dir, uint8_t type, size_t len, cons
 	case GUEST_FRAME_API:
 		if (len != GUEST_API_LEN) {
 			*why = "'P' frame not 6 bytes long";
+			return -EPROTO;
+		}
+		break;
+	case GUEST_FRAME_RESTORED:
+		if (len != GUEST_RESTORE_LEN) {
+			*why = "'S' frame not 40 bytes long";
 			return -EPROTO;
 		}
 		break;
@@ -87,6 +95,14 @@ int guest_frame_check(enum guest_direction dir, uint8_t type, const uint8_t *pay
 		struct guest_api api;
 		if (guest_api_decode(payload, len, &api) < 0) {
 			*why = "'P' frame with port 0 or a vsock port one cannot connect to";
+			return -EPROTO;
+		}
+		return 0;
+	}
+	if (type == GUEST_FRAME_RESTORED) {
+		struct guest_restore rs;
+		if (guest_restore_decode(payload, len, &rs) < 0) {
+			*why = "'S' frame with generation 0 or an all-zero seed";
 			return -EPROTO;
 		}
 		return 0;
@@ -270,6 +286,79 @@ int guest_api_decode(const uint8_t *payload, size_t len, struct guest_api *api)
 	return 0;
 }
 
+void guest_restore_encode(uint8_t out[GUEST_RESTORE_LEN], const struct guest_restore *rs)
+{
+	put_le64(out, rs->generation);
+	memcpy(out + 8, rs->seed, GUEST_SEED_LEN);
+}
+
+int guest_restore_decode(const uint8_t *payload, size_t len, struct guest_restore *rs)
+{
+	if (len != GUEST_RESTORE_LEN)
+		return -EPROTO;
+	rs->generation = get_le64(payload);
+	memcpy(rs->seed, payload + 8, GUEST_SEED_LEN);
+	if (rs->generation == 0 || is_all_zero(rs->seed, GUEST_SEED_LEN))
+		return -EPROTO;
+	return 0;
+}
+
+int guest_restore_take(uint64_t *generation, const struct guest_frame *f, struct guest_restore *rs, const char **why)
+{
+	const char *dummy;
+	if (!why)
+		why = &dummy;
+	*why = "";
+	if (f->type != GUEST_FRAME_RESTORED) {
+		*why = "a frame other than 'S' after 'G'";
+		return -EPROTO;
+	}
+	struct guest_restore got;
+	if (guest_restore_decode(f->payload, f->len, &got) < 0) {
+		*why = "'S' frame with generation 0 or an all-zero seed";
+		return -EPROTO;
+	}
+	if (got.generation <= *generation) {
+		*why = "'S' frame whose generation is not above the last one";
+		return -EPROTO;
+	}
+	*generation = got.generation;
+	*rs = got;
+	return 0;
+}
+
+int guest_restore_send(int fd, const struct guest_restore *rs)
+{
+	uint8_t p[GUEST_RESTORE_LEN];
+	struct guest_restore check;
+	guest_restore_encode(p, rs);
+	if (guest_restore_decode(p, sizeof(p), &check) < 0)
+		return -EINVAL;
+	return guest_frame_send(fd, GUEST_FRAME_RESTORED, p, sizeof(p));
+}
+
+void guest_backoff_init(struct guest_backoff *b)
+{
+	memset(b, 0, sizeof(*b));
+}
+
+int guest_backoff_next(struct guest_backoff *b, unsigned *delay_ms)
+{
+	if (b->waited_ms >= GUEST_RECONNECT_TOTAL_MS)
+		return -ETIMEDOUT;
+	unsigned d = GUEST_RECONNECT_FIRST_MS;
+	for (unsigned i = 0; i < b->attempts && d < GUEST_RECONNECT_STEP_MS; i++)
+		d *= 2;
+	if (d > GUEST_RECONNECT_STEP_MS)
+		d = GUEST_RECONNECT_STEP_MS;
+	if (d > GUEST_RECONNECT_TOTAL_MS - b->waited_ms)
+		d = GUEST_RECONNECT_TOTAL_MS - b->waited_ms;
+	b->attempts++;
+	b->waited_ms += d;
+	*delay_ms = d;
+	return 0;
+}
+
 void guest_invocation_init(struct guest_invocation *inv)
 {
 	memset(inv, 0, sizeof(*inv));
@@ -346,6 +435,10 @@ int guest_invocation_add(struct guest_invocation *inv, const struct guest_frame 
 		}
 		inv->complete = true;
 		return 1;
+	}
+	if (f->type == GUEST_FRAME_RESTORED) {
+		*why = "'S' before 'G': only a running command is restored";
+		return -EPROTO;
 	}
 	if (!type_known(GUEST_DIR_HOST_TO_GUEST, f->type)) {
 		*why = "not a host to guest frame";

@@ -12,11 +12,30 @@
  *                   'P' the Runtime API endpoint: uint16 LE TCP port, uint32 LE
  *                       vsock port (neither 0, the vsock port not 0xffffffff)
  *                   'G' go: the invocation is complete (empty)
+ *                   'S' restored: uint64 LE restore generation (not 0), then
+ *                       32 bytes of fresh host randomness (not all zero)
  *   guest -> host   'O' stdout bytes        'R' stderr bytes
  *                   'F' a failure message from the init (text)
  *                   'X' exit: int32 LE exit code (-1 if killed by a signal), int32 LE signal
  *
  * After 'X' the init syncs and powers the VM off.
+ *
+ * Restore.  A VM running the init and its command may be snapshotted and
+ * restored, any number of times.  Host-side vsock connections are not part
+ * of a snapshot: after a restore the VMM resets the vsock transport and every
+ * guest socket breaks.  When the channel breaks while the command runs, the
+ * init reconnects to port GUEST_PROTO_PORT (backoff as guest_backoff_next()
+ * says) and waits for 'S', which the host sends as the first frame on the new
+ * connection; then it reseeds the kernel's RNG with the 32 bytes, records the
+ * generation for the workload, runs the image's after-restore hook, and goes
+ * on sending 'O', 'R' and 'X' there.  'S' is the only frame the host sends
+ * after 'G': once, as the first frame of each connection the init makes after
+ * a break (never on the first connection), and each one's generation is above
+ * the last one the init applied (guest_restore_take()).  vmm/guest/init.c
+ * says what the init does with it.
+ * The host side of a restore: listen on "{uds_path}_1024" before the VM
+ * resumes, accept the init's new connection, send 'S' (guest_restore_send())
+ * and read frames from it as from the first one.
  *
  * With 'P', the init listens on 127.0.0.1:TCP-port inside the guest before it
  * starts the command, and carries each connection accepted there over a vsock
@@ -42,6 +61,8 @@
 #define GUEST_FRAME_MAX (1u << 20)
 #define GUEST_EXIT_LEN 8
 #define GUEST_API_LEN 6
+#define GUEST_SEED_LEN 32
+#define GUEST_RESTORE_LEN (8 + GUEST_SEED_LEN)
 
 enum guest_frame_type {
 	GUEST_FRAME_ARG = 'A',
@@ -50,6 +71,7 @@ enum guest_frame_type {
 	GUEST_FRAME_USER = 'U',
 	GUEST_FRAME_API = 'P',
 	GUEST_FRAME_GO = 'G',
+	GUEST_FRAME_RESTORED = 'S',
 	GUEST_FRAME_STDOUT = 'O',
 	GUEST_FRAME_STDERR = 'R',
 	GUEST_FRAME_FAIL = 'F',
@@ -58,7 +80,7 @@ enum guest_frame_type {
 
 /* Which way frames flow: each end decodes only the types sent to it. */
 enum guest_direction {
-	GUEST_DIR_HOST_TO_GUEST, /* A E W U P G */
+	GUEST_DIR_HOST_TO_GUEST, /* A E W U P G S */
 	GUEST_DIR_GUEST_TO_HOST, /* O R F X */
 };
 
@@ -74,8 +96,9 @@ struct guest_frame {
  * direction, |len| <= GUEST_FRAME_MAX, and the payload rules: A, E, W, U and
  * F are text without NUL bytes; E has a '=' after a non-empty name; W starts
  * with '/'; U and F are not empty; G is empty; X is exactly GUEST_EXIT_LEN; P
- * is exactly GUEST_API_LEN with ports guest_api_decode() accepts; O and R are
- * not empty.  Returns 0, -EPROTO (|*why| says what is wrong; |why|
+ * is exactly GUEST_API_LEN with ports guest_api_decode() accepts; S is
+ * exactly GUEST_RESTORE_LEN with a payload guest_restore_decode() accepts; O
+ * and R are not empty.  Returns 0, -EPROTO (|*why| says what is wrong; |why|
  * may be NULL) or -EMSGSIZE. */
 int guest_frame_check(enum guest_direction dir, uint8_t type, const uint8_t *payload, size_t len, const char **why);
 
@@ -149,6 +172,59 @@ void guest_api_encode(uint8_t out[GUEST_API_LEN], const struct guest_api *api);
  * (VMADDR_PORT_ANY, nothing one can connect to). */
 int guest_api_decode(const uint8_t *payload, size_t len, struct guest_api *api);
 
+/* What 'S' carries: which restore this is, and randomness for the guest's
+ * kernel RNG, fresh for every restore, so that two VMs restored from one
+ * snapshot do not share random state. */
+struct guest_restore {
+	uint64_t generation; /* 1 for the first restore; grows with every later one */
+	uint8_t seed[GUEST_SEED_LEN];
+};
+
+/* The 'S' payload for |rs|. */
+void guest_restore_encode(uint8_t out[GUEST_RESTORE_LEN], const struct guest_restore *rs);
+
+/* Parse an 'S' payload into |*rs|.  Returns 0, or -EPROTO when |len| is not
+ * GUEST_RESTORE_LEN, the generation is 0 (that is "never restored"), or the
+ * seed is all zero bytes (a host that did not fill it). */
+int guest_restore_decode(const uint8_t *payload, size_t len, struct guest_restore *rs);
+
+/* The guest's side, once 'G' has arrived: take one decoded host -> guest
+ * frame |f| while the command runs.  |*generation| is the last generation
+ * applied (0 before any restore); on success it becomes the frame's, and
+ * |*rs| holds the restore to apply.  Returns 0, or -EPROTO for anything but
+ * 'S', an 'S' guest_restore_decode() refuses, or a generation not above
+ * |*generation| (|*generation| unchanged); |*why| (if |why| is not NULL) says
+ * what was wrong. */
+int guest_restore_take(uint64_t *generation, const struct guest_frame *f, struct guest_restore *rs, const char **why);
+
+/* The host's side: send 'S' for |rs| to |fd|, the init's new connection
+ * after a restore.  Returns 0, -EINVAL when guest_restore_decode() would
+ * refuse |rs| (generation 0, an all-zero seed), or what guest_frame_send()
+ * returns. */
+int guest_restore_send(int fd, const struct guest_restore *rs);
+
+/* The init's reconnect schedule after its channel broke: waits that double
+ * from GUEST_RECONNECT_FIRST_MS up to GUEST_RECONNECT_STEP_MS each, until they
+ * add up to GUEST_RECONNECT_TOTAL_MS.  Only the sleeps are counted: each
+ * connect attempt is bounded by the vsock connect timeout on top. */
+#define GUEST_RECONNECT_FIRST_MS 10u
+#define GUEST_RECONNECT_STEP_MS 500u
+#define GUEST_RECONNECT_TOTAL_MS 10000u
+
+struct guest_backoff {
+	unsigned attempts; /* waits handed out so far */
+	unsigned waited_ms; /* their sum */
+};
+
+/* A fresh schedule, for one outage. */
+void guest_backoff_init(struct guest_backoff *b);
+
+/* After a failed attempt: how long to wait before the next one, in
+ * |*delay_ms| (the last wait is cut so the sum is exactly
+ * GUEST_RECONNECT_TOTAL_MS).  Returns 0, or -ETIMEDOUT when the waits already
+ * add up to the total: give up. */
+int guest_backoff_next(struct guest_backoff *b, unsigned *delay_ms);
+
 /* ---- the invocation, as the init collects it ------------------------------------------------------------------ */
 
 #define GUEST_INV_MAX_ARGS 4096
@@ -177,7 +253,8 @@ void guest_invocation_cleanup(struct guest_invocation *inv);
 /* Add one host -> guest frame (already checked by the decoder).  Returns 1
  * when 'G' completed the invocation, 0 when more frames are wanted, -EPROTO
  * for a second 'W', 'U' or 'P', any frame after 'G', 'G' before any 'A', a
- * 'P' guest_api_decode() refuses, or a guest -> host type; -E2BIG past the GUEST_INV_MAX_* limits; -ENOMEM.
+ * 'P' guest_api_decode() refuses, an 'S' (only a running command is restored:
+ * see guest_restore_take()), or a guest -> host type; -E2BIG past the GUEST_INV_MAX_* limits; -ENOMEM.
  * |*why| (if |why| is not NULL) says what was wrong. */
 int guest_invocation_add(struct guest_invocation *inv, const struct guest_frame *f, const char **why);
 

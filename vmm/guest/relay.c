@@ -22,6 +22,31 @@ static void conn_close(struct guest_relay_conn *c)
 		free(c->half[i].buf);
 		c->half[i].buf = NULL;
 	}
+	free(c->replay);
+	c->replay = NULL;
+}
+
+/* End |c| with a reset for its client: SO_LINGER 0 turns the close into a
+ * TCP RST, so a response cut short is not mistaken for a whole one. */
+static void conn_reset(struct guest_relay_conn *c)
+{
+	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+	if (c->fd[0] >= 0)
+		setsockopt(c->fd[0], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	conn_close(c);
+}
+
+void guest_relay_set_reopen(struct guest_relay *r, guest_relay_reopen_fn fn, void *arg)
+{
+	r->reopen = fn;
+	r->reopen_arg = arg;
+}
+
+static void set_nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0)
+		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 }
 
 int guest_relay_add(struct guest_relay *r, int a, int b, bool b_connecting)
@@ -38,12 +63,12 @@ int guest_relay_add(struct guest_relay *r, int a, int b, bool b_connecting)
 	c->connecting = b_connecting;
 	c->pf[0] = c->pf[1] = -1;
 	for (int i = 0; i < 2; i++) {
-		int fl = fcntl(c->fd[i], F_GETFL);
-		if (fl >= 0)
-			fcntl(c->fd[i], F_SETFL, fl | O_NONBLOCK);
+		set_nonblock(c->fd[i]);
 		c->half[i].buf = malloc(GUEST_RELAY_BUF);
 	}
-	if (!c->half[0].buf || !c->half[1].buf) {
+	if (r->reopen)
+		c->replay = malloc(GUEST_RELAY_REPLAY_MAX);
+	if (!c->half[0].buf || !c->half[1].buf || (r->reopen && !c->replay)) {
 		conn_close(c);
 		return -ENOMEM;
 	}
@@ -102,6 +127,29 @@ size_t guest_relay_poll_set(struct guest_relay *r, struct pollfd *pf)
 	return n;
 }
 
+/* Keep what a replay needs of |<p, n>|, just read from fd[i]: A's bytes
+ * since the last byte from B. */
+static void note_replay(struct guest_relay_conn *c, int i, const uint8_t *p, size_t n)
+{
+	if (i == 1) {
+		c->answered = true;
+		return;
+	}
+	if (c->answered) { /* a new request: what came before was answered */
+		c->answered = false;
+		c->replay_len = 0;
+		c->replay_over = false;
+	}
+	if (!c->replay || c->replay_over)
+		return;
+	if (n > GUEST_RELAY_REPLAY_MAX - c->replay_len) {
+		c->replay_over = true;
+		return;
+	}
+	memcpy(c->replay + c->replay_len, p, n);
+	c->replay_len += n;
+}
+
 /* Read what fd[i] has into half[i].  Returns false on a failure. */
 static bool pull(struct guest_relay_conn *c, int i)
 {
@@ -113,9 +161,11 @@ static bool pull(struct guest_relay_conn *c, int i)
 			memmove(h->buf, h->buf + h->off, h->len);
 			h->off = 0;
 		}
-		ssize_t n = recv(c->fd[i], h->buf + h->off + h->len, GUEST_RELAY_BUF - h->off - h->len, 0);
+		uint8_t *at = h->buf + h->off + h->len;
+		ssize_t n = recv(c->fd[i], at, GUEST_RELAY_BUF - h->off - h->len, 0);
 		if (n > 0) {
 			h->len += (size_t)n;
+			note_replay(c, i, at, (size_t)n);
 			continue;
 		}
 		if (n == 0) {
@@ -204,6 +254,51 @@ void guest_relay_service(struct guest_relay *r, const struct pollfd *pf)
 		}
 		if (w != k)
 			r->conns[w] = r->conns[k];
+		w++;
+	}
+	r->n = w;
+}
+
+/* Give |c| a new stream and its client's unanswered bytes again; false when
+ * it cannot be replayed. */
+static bool conn_replay(struct guest_relay *r, struct guest_relay_conn *c)
+{
+	if (!r->reopen || !c->replay || c->answered || c->replay_over || c->half[1].eof)
+		return false;
+	int fd;
+	bool connecting;
+	if (r->reopen(r->reopen_arg, &fd, &connecting) < 0)
+		return false;
+	close(c->fd[1]);
+	c->fd[1] = fd;
+	set_nonblock(fd);
+	c->connecting = connecting;
+	/* Everything A sent since the last answer byte, whether the old stream
+	 * took it or it still waited in half[0]: the new stream gets it all. */
+	struct guest_relay_half *up = &c->half[0], *down = &c->half[1];
+	memcpy(up->buf, c->replay, c->replay_len);
+	up->off = 0;
+	up->len = c->replay_len;
+	up->shut = false; /* an end of stream from A goes to the new stream too */
+	down->off = down->len = 0;
+	down->eof = down->shut = false;
+	return true;
+}
+
+void guest_relay_restart(struct guest_relay *r)
+{
+	size_t w = 0;
+	for (size_t k = 0; k < r->n; k++) {
+		struct guest_relay_conn *c = &r->conns[k];
+		if (conn_replay(r, c)) {
+			r->replayed++;
+		} else {
+			conn_reset(c);
+			r->failed++;
+			continue;
+		}
+		if (w != k)
+			r->conns[w] = *c;
 		w++;
 	}
 	r->n = w;

@@ -19,6 +19,22 @@
  *    is gone, B's connect refused), which the peers see as a reset or an end
  *    of stream.
  *
+ * Restore.  After the VM is restored from a snapshot every vsock stream (B)
+ * is gone, while the clients' TCP connections (A) inside the guest are not.
+ * With a way to open streams (guest_relay_set_reopen()), the relay keeps, for
+ * each connection, the bytes its client sent since the last byte that came
+ * back from the host (at most GUEST_RELAY_REPLAY_MAX), and
+ * guest_relay_restart() gives a connection whose request has had no answer
+ * yet (say the runtime's long-poll for its next invocation, pending when the
+ * snapshot was taken) a new stream and sends those bytes again, byte for
+ * byte, then the client's end of stream if it had sent one.  A connection
+ * that was answered in part (or in full: the relay cannot tell an idle
+ * keep-alive connection from one in the middle of a response) or whose
+ * request was longer than the bound is reset, as any broken connection is.
+ * A client that sends several requests before reading the answers
+ * (pipelining) gets only the bytes since the last answer byte replayed: HTTP
+ * runtimes do not pipeline.
+ *
  * libc only: the static guest init links it.  Nothing here logs.
  */
 #ifndef KINDLING_GUEST_RELAY_H
@@ -32,6 +48,7 @@
 #define GUEST_RELAY_BUF (64u << 10) /* per direction and connection */
 #define GUEST_RELAY_MAX 32	    /* connections at once */
 #define GUEST_RELAY_POLLFDS (2 * GUEST_RELAY_MAX)
+#define GUEST_RELAY_REPLAY_MAX GUEST_RELAY_BUF /* client bytes kept for a replay, per connection */
 
 /* One direction: bytes read from one socket, not yet written to the other. */
 struct guest_relay_half {
@@ -47,7 +64,17 @@ struct guest_relay_conn {
 	bool dead;			 /* ended; removed at the end of guest_relay_service() */
 	struct guest_relay_half half[2]; /* half[i]: from fd[i] to fd[1 - i] */
 	int pf[2];			 /* where fd[i] is in the last poll set, or -1 */
+	/* For guest_relay_restart(), with a reopen callback only: */
+	uint8_t *replay;   /* GUEST_RELAY_REPLAY_MAX bytes: what A sent since the last byte from B */
+	size_t replay_len;
+	bool replay_over;  /* A sent more than GUEST_RELAY_REPLAY_MAX since then */
+	bool answered;	   /* a byte came from B after A's last byte */
 };
+
+/* Open a new stream to the host for a replay: a connected (or, with
+ * |*out_connecting|, a non-blocking connect under way) socket in |*out_fd|,
+ * which the relay takes.  Returns 0 or -errno. */
+typedef int (*guest_relay_reopen_fn)(void *arg, int *out_fd, bool *out_connecting);
 
 /* Every connection; one per init, on its stack or in its state. */
 struct guest_relay {
@@ -55,6 +82,9 @@ struct guest_relay {
 	size_t n;
 	uint64_t bytes[2]; /* written so far over all connections: A to B, B to A */
 	uint64_t ended, failed; /* connections ended cleanly, and cut short */
+	uint64_t replayed;	/* connections given a new stream by guest_relay_restart() */
+	guest_relay_reopen_fn reopen; /* NULL: no replays */
+	void *reopen_arg;
 };
 
 /* An empty relay. */
@@ -66,6 +96,23 @@ void guest_relay_init(struct guest_relay *r);
  * B; A's bytes are buffered meanwhile.  Returns 0; -EBUSY when
  * GUEST_RELAY_MAX connections are open, -ENOMEM: then both are closed. */
 int guest_relay_add(struct guest_relay *r, int a, int b, bool b_connecting);
+
+/* Let guest_relay_restart() open new streams with |fn(arg)|; call before the
+ * first guest_relay_add(), as only connections added afterwards keep what a
+ * replay needs. */
+void guest_relay_set_reopen(struct guest_relay *r, guest_relay_reopen_fn fn, void *arg);
+
+/* The host side of every connection is gone (the VM was restored): close
+ * each B.  A connection that no byte came back to since its client last sent
+ * (and whose bytes since then fit GUEST_RELAY_REPLAY_MAX) gets a new stream
+ * from the reopen callback, and those bytes, and then the client's end of
+ * stream if it sent one, are written to it as if new; any other connection,
+ * or one the callback fails for, is reset: the client's socket is closed
+ * with SO_LINGER 0 (a TCP client sees ECONNRESET).  Without a reopen
+ * callback every connection is reset.  Call it before guest_relay_service()
+ * sees the broken streams, which would end them as failed; the poll set from
+ * before the call is stale. */
+void guest_relay_restart(struct guest_relay *r);
 
 /* True when no other connection fits. */
 bool guest_relay_full(const struct guest_relay *r);
