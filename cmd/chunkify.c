@@ -467,6 +467,27 @@ static int cmd_export(struct chunkify_ctx *c, const struct cli *cli, const char 
 
 /* ---- rm / gc ---------------------------------------------------------------------- */
 
+/* The first snapshot manifest in the store taken from image |digest|, into
+ * |snapshot| (65 bytes); 1 if there is one, 0 if not, or -errno. */
+static int find_snapshot_of(struct chunkify_ctx *c, const char *digest, char *snapshot)
+{
+	struct str_list keys = {0};
+	int r = store_list(c->store, "manifests/", add_key, &keys);
+	for (size_t i = 0; r == 0 && i < keys.n; i++) {
+		const char *d = keys.items[i] + strlen("manifests/");
+		struct manifest m;
+		if (!is_sha256_hex(d) || image_load(c->store, d, NULL, &m) < 0)
+			continue;
+		if (m.kind == MANIFEST_KIND_SNAPSHOT && strcmp(m.snapshot.image_digest, digest) == 0) {
+			snprintf(snapshot, 65, "%s", d);
+			r = 1;
+		}
+		manifest_cleanup(&m);
+	}
+	str_list_clear(&keys);
+	return r;
+}
+
 /* Removing works on a tag whatever it points at, signed or not: a tag that
  * was repointed behind the tenant's back must be removable. */
 static int cmd_rm(struct chunkify_ctx *c, const char *image)
@@ -504,12 +525,23 @@ static int cmd_rm(struct chunkify_ctx *c, const char *image)
 		} else
 			others++;
 	}
-	if (!others) {
+	/* A snapshot's source image stays live: its manifest is kept while a
+	 * snapshot names it, so gc keeps the image's chunks too. */
+	char snap[SHA256_HEX_LEN + 1] = "";
+	int snapshots = others ? 0 : find_snapshot_of(c, digest, snap);
+	if (snapshots < 0) {
+		r = snapshots;
+		goto out;
+	}
+	if (!others && !snapshots) {
 		char key[128];
 		snprintf(key, sizeof(key), "manifests/%s", digest);
 		r = store_delete(c->store, key);
 	}
-	if (r == 0)
+	if (r == 0 && snapshots)
+		printf("removed %s; its manifest stays, since snapshot sha256:%.12s was taken from it (remove the "
+		       "snapshots first to free its chunks)\n", image, snap);
+	else if (r == 0)
 		printf("removed %s%s; run `chunkify gc` to free its chunks\n", image,
 		       others ? " (the manifest stays: other names use it)" : "");
 out:

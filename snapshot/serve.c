@@ -256,7 +256,8 @@ static void *prefetch_main(void *arg)
 {
 	struct snapshot_server *s = arg;
 	uint8_t *buf = malloc(CHUNK_SIZE);
-	for (size_t i = 0; buf && i < s->n_plan && !atomic_load(&s->stop); i++) {
+	size_t i = 0;
+	for (; buf && i < s->n_plan && !atomic_load(&s->stop); i++) {
 		int r = fill_chunk(s, s->plan[i], false, buf);
 		if (r == -EIO) {
 			pthread_mutex_lock(&s->lock);
@@ -271,6 +272,13 @@ static void *prefetch_main(void *arg)
 			log_debug("snapshot %s: prefetch stopped: %s", s->name, strerror(-r));
 			break;
 		}
+	}
+	if (i == s->n_plan) {
+		pthread_mutex_lock(&s->lock);
+		uint64_t prefetched = s->chunks_prefetched;
+		pthread_mutex_unlock(&s->lock);
+		log_info("snapshot %s: trace prefetched: %llu of its %zu chunks filled ahead of the guest", s->name,
+			 (unsigned long long)prefetched, s->n_plan);
 	}
 	free(buf);
 	return NULL;

@@ -5,12 +5,14 @@
  * through the server, and compared byte for byte with the memory file.
  *
  *   uffd_vmm --socket PATH --mem-file FILE [--split BYTES] [--touch all|R,R,...]
- *            [--remove OFF+LEN] [--page-size-kib] [--hold-ms N]
+ *            [--remove OFF+LEN] [--page-size-kib] [--hold-ms N] [--go-file PATH]
  *
  * R is OFF (one page) or OFF+LEN, byte offsets in the memory file (0x... ok).
  * --remove drops that range (MADV_DONTNEED, as a balloon does) after the
  * touches and checks it reads back as zeros.  --page-size-kib sends the older
- * Firecracker field.  Prints one JSON line; exit 0 if every byte matched. */
+ * Firecracker field.  --go-file makes it wait, after the handshake, until
+ * PATH exists before touching anything (a test's way to let the server's
+ * prefetch finish first without guessing a delay).  Prints one JSON line; exit 0 if every byte matched. */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
@@ -91,7 +93,7 @@ static int parse_range(const char *s, uint64_t *off, uint64_t *len)
 
 int main(int argc, char **argv)
 {
-	const char *sock = NULL, *file = NULL, *touch = "all", *remove_spec = NULL;
+	const char *sock = NULL, *file = NULL, *touch = "all", *remove_spec = NULL, *go_file = NULL;
 	uint64_t split = 0;
 	bool kib = false;
 	long hold_ms = 0;
@@ -109,6 +111,8 @@ int main(int argc, char **argv)
 			touch = v, i++;
 		else if (v && !strcmp(a, "--remove"))
 			remove_spec = v, i++;
+		else if (v && !strcmp(a, "--go-file"))
+			go_file = v, i++;
 		else if (v && !strcmp(a, "--hold-ms"))
 			hold_ms = atol(v), i++;
 		else {
@@ -195,6 +199,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
+	while (go_file && access(go_file, F_OK) != 0)
+		usleep(10 * 1000);
 	if (!strcmp(touch, "all"))
 		check_range(0, mem_size, mem_size, false);
 	else
