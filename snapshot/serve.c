@@ -232,10 +232,10 @@ static int on_fault(struct snapshot_server *s, uint64_t addr, uint8_t *buf)
 	return r == -ENOENT ? 0 : r;
 }
 
-/* The VMM dropped host range [start, end): mark those memory pages removed. */
-static void on_remove(struct snapshot_server *s, uint64_t start, uint64_t end)
+/* The VMM dropped host range [start, end): mark those memory pages removed.
+ * Called with |lock| held. */
+static void mark_removed(struct snapshot_server *s, uint64_t start, uint64_t end)
 {
-	pthread_mutex_lock(&s->lock);
 	for (size_t i = 0; i < s->n_regions; i++) {
 		const struct snapshot_uffd_region *g = &s->regions[i];
 		uint64_t a = start > g->base_host_virt_addr ? start : g->base_host_virt_addr;
@@ -247,7 +247,6 @@ static void on_remove(struct snapshot_server *s, uint64_t start, uint64_t end)
 			s->removed[page] = 1;
 		}
 	}
-	pthread_mutex_unlock(&s->lock);
 }
 
 /* ---- prefetch ------------------------------------------------------------------ */
@@ -529,14 +528,24 @@ static int handle_uffd(struct snapshot_server *s, uint8_t *buf)
 {
 	struct uffd_msg msgs[16];
 	for (;;) {
+		/* Removals are marked under the lock in the same hold as the read:
+		 * reading a REMOVE event lets the VMM's madvise go on and drop the
+		 * pages, and a prefetch copy that landed after that drop, before
+		 * the mark, would bring the snapshot's old bytes back. */
+		pthread_mutex_lock(&s->lock);
 		ssize_t n = read(s->uffd, msgs, sizeof(msgs));
-		if (n < 0 && errno == EINTR)
+		int e = errno;
+		for (size_t i = 0; n > 0 && i < (size_t)n / sizeof(msgs[0]); i++)
+			if (msgs[i].event == UFFD_EVENT_REMOVE || msgs[i].event == UFFD_EVENT_UNMAP)
+				mark_removed(s, msgs[i].arg.remove.start, msgs[i].arg.remove.end);
+		pthread_mutex_unlock(&s->lock);
+		if (n < 0 && e == EINTR)
 			continue;
-		if (n < 0 && errno == EAGAIN)
+		if (n < 0 && e == EAGAIN)
 			return 0;
 		if (n < 0) {
-			log_err("snapshot %s: reading the userfaultfd: %s", s->name, strerror(errno));
-			return -errno;
+			log_err("snapshot %s: reading the userfaultfd: %s", s->name, strerror(e));
+			return -e;
 		}
 		for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++) {
 			const struct uffd_msg *u = &msgs[i];
@@ -544,7 +553,7 @@ static int handle_uffd(struct snapshot_server *s, uint8_t *buf)
 			switch (u->event) {
 			case UFFD_EVENT_PAGEFAULT: r = on_fault(s, u->arg.pagefault.address, buf); break;
 			case UFFD_EVENT_REMOVE:
-			case UFFD_EVENT_UNMAP: on_remove(s, u->arg.remove.start, u->arg.remove.end); break;
+			case UFFD_EVENT_UNMAP: break; /* marked above */
 			default:
 				log_warn("snapshot %s: ignoring userfaultfd event %u (the VMM remapped or forked)", s->name,
 					 (unsigned)u->event);
