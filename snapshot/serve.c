@@ -285,36 +285,6 @@ static void *prefetch_main(void *arg)
 
 /* ---- setup --------------------------------------------------------------------- */
 
-static int write_vmstate(const char *path, const uint8_t *buf, size_t len)
-{
-	char *tmp = xasprintf("%s.tmp-%d", path, (int)getpid());
-	if (!tmp)
-		return -ENOMEM;
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	int r = fd < 0 ? -errno : 0;
-	for (size_t done = 0; r == 0 && done < len;) {
-		ssize_t n = write(fd, buf + done, len - done);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			r = n < 0 ? -errno : -EIO;
-		else
-			done += (size_t)n;
-	}
-	if (r == 0 && fsync(fd) < 0)
-		r = -errno;
-	if (fd >= 0 && close(fd) < 0 && r == 0)
-		r = -errno;
-	if (r == 0 && rename(tmp, path) < 0)
-		r = -errno;
-	if (r < 0) {
-		log_err("cannot write the vmstate to %s: %s", path, strerror(-r));
-		unlink(tmp);
-	}
-	free(tmp);
-	return r;
-}
-
 /* Every stored chunk of the snapshot must be in the origin. */
 static int check_chunks_exist(struct snapshot_server *s)
 {
@@ -422,7 +392,8 @@ int snapshot_server_new(struct cache *cache, struct store *store, const struct m
 	uint8_t *vmstate = NULL;
 	size_t vmstate_len = 0;
 	if (r == 0 && (r = snapshot_read_vmstate(cache, m, name, &vmstate, &vmstate_len)) == 0) {
-		r = write_vmstate(opt->vmstate_out, vmstate, vmstate_len);
+		if ((r = write_file_atomic(opt->vmstate_out, vmstate, vmstate_len, 0600)) < 0)
+			log_err("cannot write the vmstate to %s: %s", opt->vmstate_out, strerror(-r));
 		free(vmstate);
 	}
 	if (r == 0)

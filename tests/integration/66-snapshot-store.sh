@@ -150,6 +150,18 @@ jq -e '.trace == "prefetched" and .chunks_prefetched > 0 and .chunks.l2 > 0 and 
 [ "$(jq .faults <<<"$r2")" -lt "$(jq .faults <<<"$r1")" ] || die "prefetch did not save faults: $r1 / $r2"
 pass "serve 2: $(jq .chunks_prefetched <<<"$r2") chunks prefetched from L2, faults $(jq .faults <<<"$r1") -> $(jq .faults <<<"$r2")"
 
+# --record: a new trace replaces the stored one, nothing is prefetched.
+serve s2r snap-b:1 "$T/s2r.vmstate" --l1-dir "$T/l1-2r" --record
+"$VMM" --socket "$T/s2r.sock" --mem-file "$T/b.mem" --touch 0x300000 > "$T/vmm2r.json" || die "vmm 2r"
+wait $SERVE_PID || die "snapshot-serve --record failed: $(cat "$T/s2r.err")"
+jq -e '.trace == "recorded" and .trace_recorded == 1 and .chunks_prefetched == 0' "$T/s2r.json" >/dev/null ||
+  die "serve --record: $(cat "$T/s2r.json")"
+serve s2p snap-b:1 "$T/s2p.vmstate" --l1-dir "$T/l1-2p"
+"$VMM" --socket "$T/s2p.sock" --mem-file "$T/b.mem" --touch 0x300000 > "$T/vmm2p.json" || die "vmm 2p"
+wait $SERVE_PID || die "snapshot-serve after --record failed: $(cat "$T/s2p.err")"
+jq -e '.trace == "prefetched" and .trace_planned == 1' "$T/s2p.json" >/dev/null || die "after --record: $(cat "$T/s2p.json")"
+pass "--record replaces the stored trace without prefetching"
+
 # Serve 3: every page, the older page_size_kib handshake, and a ballooned
 # range that must read back as zeros; --no-prefetch.
 serve s3 snap-a:1 "$T/s3.vmstate" --l1-dir "$T/l1-3" --no-prefetch
