@@ -714,8 +714,9 @@ static int import_image(struct chunkify_ctx *c, const char *source, const struct
 	if (r < 0)
 		log_failure(source, r, p->chunks_new);
 	*chunks_uploaded = p->chunks_new;
-	run_cleanup(&run);
+	/* The flattener hands its unfinished buffer back to the pool: first. */
 	flattener_cleanup(&f);
+	run_cleanup(&run);
 	erofs_layout_cleanup(&layout);
 	free(regions);
 	oci_source_free(src);
