@@ -485,6 +485,13 @@ int blockd_attach(struct blockd *b, const char *image, struct blockd_image **out
 		image_free(img);
 		return r;
 	}
+	if (img->m.kind != MANIFEST_KIND_IMAGE) {
+		log_err("attach %s: manifest %s is a micro-VM %s, not an image: it has no filesystem to serve; "
+			"restore it with `kindling snapshot-serve %s`", image, digest, manifest_kind_name(img->m.kind),
+			image);
+		image_free(img);
+		return -EMEDIUMTYPE;
+	}
 	img->n_indexes = img->m.image_size / CHUNK_SIZE;
 	img->chunk_state = calloc(img->n_indexes ? img->n_indexes : 1, 1);
 	if (!img->chunk_state) {

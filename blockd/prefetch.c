@@ -37,8 +37,7 @@
 #include <string.h>
 #include <time.h>
 
-#define TRACE_FORMAT "kindling-trace-1"
-#define TRACE_MAX_BYTES (16u << 20)
+#define TRACE_MAX_BYTES IMAGE_TRACE_MAX_BYTES
 
 enum trace_state { TRACE_OFF, TRACE_NONE, TRACE_RECORDING, TRACE_STORED, TRACE_PREFETCHING, TRACE_DONE };
 
@@ -71,62 +70,12 @@ struct blockd_trace {
 
 int trace_parse(const uint8_t *buf, size_t len, uint64_t n_indexes, uint64_t **out, size_t *out_n)
 {
-	json_error_t jerr;
-	json_t *root = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, &jerr);
-	if (!root) {
-		log_warn("trace: not valid JSON: %s (line %d)", jerr.text, jerr.line);
-		return -EBADMSG;
-	}
-	int r = -EBADMSG;
-	uint64_t *v = NULL;
-	uint8_t *seen = NULL;
-	json_t *fmt = json_object_get(root, "format");
-	json_t *cs = json_object_get(root, "chunk_size");
-	json_t *chunks = json_object_get(root, "chunks");
-	if (!json_is_string(fmt) || strcmp(json_string_value(fmt), TRACE_FORMAT) != 0 || !json_is_integer(cs) ||
-	    json_integer_value(cs) != CHUNK_SIZE || !json_is_array(chunks)) {
-		log_warn("trace: not a %s object with chunk_size %u and a chunks array", TRACE_FORMAT, CHUNK_SIZE);
-		goto out;
-	}
-	size_t n = json_array_size(chunks);
-	if (n > n_indexes) {
-		log_warn("trace: %zu entries for an image of %llu chunks", n, (unsigned long long)n_indexes);
-		goto out;
-	}
-	v = malloc((n ? n : 1) * sizeof(*v));
-	seen = calloc(n_indexes ? n_indexes : 1, 1);
-	if (!v || !seen) {
-		r = -ENOMEM;
-		goto out;
-	}
-	size_t k = 0;
-	for (size_t i = 0; i < n; i++) {
-		json_t *e = json_array_get(chunks, i);
-		if (!json_is_integer(e) || json_integer_value(e) < 0 ||
-		    (uint64_t)json_integer_value(e) >= n_indexes) {
-			log_warn("trace: chunks[%zu] is not a chunk index of this image", i);
-			goto out;
-		}
-		uint64_t idx = (uint64_t)json_integer_value(e);
-		if (!seen[idx]) { /* a repeated index would only waste a fetch */
-			seen[idx] = 1;
-			v[k++] = idx;
-		}
-	}
-	*out = v;
-	*out_n = k;
-	v = NULL;
-	r = 0;
-out:
-	free(v);
-	free(seen);
-	json_decref(root);
-	return r;
+	return image_trace_parse(buf, len, n_indexes, out, out_n);
 }
 
 static void trace_key(const struct blockd_image *img, char *key, size_t cap)
 {
-	snprintf(key, cap, "traces/%s", img->digest);
+	image_trace_key(img->digest, key, cap);
 }
 
 /* Store the recording (once).  Called without t->lock. */
@@ -140,26 +89,18 @@ static void store_recording(struct blockd_image *img)
 		return;
 	}
 	t->state = TRACE_STORED; /* no more appends */
-	json_t *arr = json_array();
-	for (size_t i = 0; arr && i < t->n_rec; i++)
-		json_array_append_new(arr, json_integer((json_int_t)t->rec[i]));
 	size_t n = t->n_rec;
+	char *s = NULL;
+	int er = n ? image_trace_encode(img->digest, b->cfg.trace_seconds, t->rec, n, &s) : 0;
 	pthread_mutex_unlock(&t->lock);
-	if (!arr)
+	if (er < 0)
 		return;
 	if (n == 0) {
 		/* Nothing was read: an empty trace would only stop the next
 		 * attach from recording a useful one. */
-		json_decref(arr);
 		log_info("image %s: nothing read during the trace window; no trace stored", img->name);
 		return;
 	}
-	json_t *o = json_pack("{s:s, s:s, s:i, s:f, s:o}", "format", TRACE_FORMAT, "manifest", img->digest,
-			      "chunk_size", (json_int_t)CHUNK_SIZE, "seconds", b->cfg.trace_seconds, "chunks", arr);
-	char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-	json_decref(o);
-	if (!s)
-		return;
 	char key[128];
 	trace_key(img, key, sizeof(key));
 	pthread_mutex_lock(&b->store_lock);

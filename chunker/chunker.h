@@ -63,6 +63,29 @@ struct import_report {
 int chunkify_import(struct chunkify_ctx *c, const char *source, const struct import_options *opt,
 		    struct import_report *rep);
 
+/* Where chunkify_import_chunks reads its bytes: chunk |index| (0 up to the
+ * template's image_size / CHUNK_SIZE, in order, from one thread) into |buf|
+ * (CHUNK_SIZE bytes; pad a short last chunk with zeros), or set |*out_zero|
+ * without filling |buf| when the chunk is known to be all zeros (a hole).
+ * Returns 0 or -errno (logged), which stops the import. */
+struct chunk_reader {
+	int (*read)(void *ctx, uint64_t index, uint8_t *buf, bool *out_zero);
+	void *ctx;
+};
+
+/* Import bytes that are not an OCI image (a micro-VM snapshot's memory and
+ * vmstate, snapshot/snapshot.h) the way chunkify_import imports a flattened
+ * image: cut into CHUNK_SIZE chunks, all-zero chunks dropped, the rest sealed
+ * (chunk_seal), only names the store lacks uploaded, under a lease that a
+ * concurrent gc respects.  Then |tmpl| (every field but the chunk table,
+ * with image_size a positive multiple of CHUNK_SIZE) is published with the
+ * chunk table filled in, and opt->name_tag (required) pointed at it.  On any
+ * failure nothing is published.  |opt->name_tag|, |progress| and |workers|
+ * are used.  Returns 0 with |*rep| filled, -ECANCELED/-EINTR when cancelled,
+ * or -errno (logged). */
+int chunkify_import_chunks(struct chunkify_ctx *c, const struct chunk_reader *reader, const struct manifest *tmpl,
+			   const struct import_options *opt, struct import_report *rep);
+
 struct gc_report {
 	uint64_t manifests, live_chunks, chunks_seen, chunks_deleted, leases_live, leases_expired;
 };

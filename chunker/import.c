@@ -429,32 +429,18 @@ static int derive_name_tag(const char *source, char *out, size_t out_len)
 	return image_parse_name_tag(nt, out, out_len);
 }
 
-static int publish(struct chunkify_ctx *c, struct pipeline *p, const struct oci_image *img, uint64_t meta_off,
-		   uint64_t image_size, const struct layer_region *regions,
-		   struct import_report *rep)
+/* Publish |tmpl| (everything but the chunk table, which comes from the
+ * pipeline's slots) as rep->ref: the manifest, then the ref. */
+static int publish(struct chunkify_ctx *c, struct pipeline *p, const struct manifest *tmpl, struct import_report *rep)
 {
-	struct manifest m = {0};
+	struct manifest m = *tmpl;
 	int r = 0;
-	m.image_size = image_size;
 	m.chunk_size = CHUNK_SIZE;
-	m.metadata_offset = meta_off;
-	snprintf(m.source_manifest_digest, sizeof(m.source_manifest_digest), "%s", img->manifest_digest);
-	snprintf(m.source_config_digest, sizeof(m.source_config_digest), "%s", img->config_digest);
-	m.source_ref = img->source_ref;
-	m.config = img->config;
-	m.n_layers = img->n_layers;
-	m.layers = calloc(img->n_layers ? img->n_layers : 1, sizeof(*m.layers));
-	uint64_t n_total = image_size / CHUNK_SIZE;
+	uint64_t n_total = m.image_size / CHUNK_SIZE;
+	m.n_chunks = 0;
 	m.chunks = calloc(n_total ? n_total : 1, sizeof(*m.chunks));
-	if (!m.layers || !m.chunks) {
-		r = -ENOMEM;
-		goto out;
-	}
-	for (size_t i = 0; i < img->n_layers; i++) {
-		snprintf(m.layers[i].digest, sizeof(m.layers[i].digest), "%s", img->layers[i].digest);
-		m.layers[i].offset = regions[i].offset;
-		m.layers[i].length = regions[i].length;
-	}
+	if (!m.chunks)
+		return -ENOMEM;
 	for (uint64_t i = 0; i < n_total && i < p->n_slots; i++) {
 		if (!p->slots[i].present)
 			continue;
@@ -485,26 +471,175 @@ static int publish(struct chunkify_ctx *c, struct pipeline *p, const struct oci_
 		goto out;
 	}
 out:
-	/* The run config and source ref belong to |img|. */
-	m.config = (struct run_config){0};
-	m.source_ref = NULL;
-	manifest_cleanup(&m);
+	free(m.chunks);
 	return r;
+}
+
+/* One run of the pipeline: the seal workers, the upload thread and the
+ * buffer pool, whatever produces the chunks. */
+struct import_run {
+	struct pipeline p;
+	pthread_t *threads;
+	unsigned started;
+	pthread_t uploader;
+	bool uploader_started;
+	uint8_t *pool_mem;
+	size_t pool_bytes;
+};
+
+/* Set up |run| and start its threads; rep->ref names the import in its
+ * lease.  On failure run_stop and run_cleanup still apply. */
+static int run_start(struct chunkify_ctx *c, const struct import_options *opt, struct import_report *rep,
+		     struct import_run *run)
+{
+	struct pipeline *p = &run->p;
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	/* The layer reader and the tar parser keep about one core busy; seal
+	 * workers get the rest.  More workers than that only take turns with
+	 * the parser (on 2 cores a second worker imports no faster). */
+	unsigned workers = opt->workers ? opt->workers : (unsigned)(ncpu > 2 ? (ncpu - 1 > 16 ? 16 : ncpu - 1) : 1);
+	rep->workers = workers;
+	p->c = c;
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->changed, NULL);
+	p->pool_cap = (size_t)workers * POOL_BUFFERS_PER_WORKER + UPLOAD_BATCH + 2;
+	p->pool = calloc(p->pool_cap, sizeof(*p->pool));
+	run->threads = calloc(workers, sizeof(*run->threads));
+	if (!p->pool || !run->threads || queue_init(&p->work, p->pool_cap) < 0 ||
+	    queue_init(&p->sealed, p->pool_cap * 2) < 0)
+		return -ENOMEM;
+	/* One populated mapping for every buffer: faulting pages in one at a
+	 * time on first use costs more than sealing them on some hosts. */
+	run->pool_bytes = p->pool_cap * 2 * (size_t)CHUNK_SIZE;
+	run->pool_mem = mmap(NULL, run->pool_bytes, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	if (run->pool_mem == MAP_FAILED) {
+		run->pool_mem = NULL;
+		return -ENOMEM;
+	}
+	for (; p->pool_len < p->pool_cap; p->pool_len++)
+		p->pool[p->pool_len] = run->pool_mem + p->pool_len * 2 * (size_t)CHUNK_SIZE;
+
+	uint8_t lease_id[8];
+	char host[64] = "";
+	random_bytes(lease_id, sizeof(lease_id));
+	hex_encode(lease_id, sizeof(lease_id), p->lease_id);
+	gethostname(host, sizeof(host) - 1);
+	snprintf(p->lease_header, sizeof(p->lease_header), "kindling-lease/1 host=%s pid=%d ref=%s\n", host,
+		 (int)getpid(), rep->ref);
+
+	p->workers_running = workers;
+	for (; run->started < workers; run->started++)
+		if (pthread_create(&run->threads[run->started], NULL, seal_worker, p) != 0) {
+			pthread_mutex_lock(&p->mu);
+			p->workers_running -= workers - run->started;
+			fail_locked(p, -EAGAIN);
+			pthread_mutex_unlock(&p->mu);
+			return -EAGAIN;
+		}
+	if (pthread_create(&run->uploader, NULL, upload_thread, p) != 0)
+		return -EAGAIN;
+	run->uploader_started = true;
+	return 0;
+}
+
+/* No more input: wait for the threads, fill |rep|'s counters, and return
+ * |r|, or the pipeline's own error, which was logged where it happened. */
+static int run_stop(struct import_run *run, int r, struct import_report *rep)
+{
+	struct pipeline *p = &run->p;
+	if (!p->pool)
+		return r;
+	pthread_mutex_lock(&p->mu);
+	if (r < 0)
+		fail_locked(p, r);
+	p->input_done = true;
+	pthread_cond_broadcast(&p->changed);
+	pthread_mutex_unlock(&p->mu);
+	for (unsigned i = 0; i < run->started; i++)
+		pthread_join(run->threads[i], NULL);
+	run->started = 0;
+	if (!run->uploader_started) {
+		/* No uploader: the workers' output has nowhere to go. */
+		pthread_mutex_lock(&p->mu);
+		fail_locked(p, r ? r : -EAGAIN);
+		pthread_mutex_unlock(&p->mu);
+	} else
+		pthread_join(run->uploader, NULL);
+	run->uploader_started = false;
+	if (r == 0 && p->err)
+		r = p->err;
+	/* A failure inside the pipeline may have stopped the producer early;
+	 * report the pipeline's reason. */
+	if (r < 0 && p->err && r != p->err)
+		r = p->err;
+	rep->chunks_new = p->chunks_new;
+	rep->chunks_dedup = p->chunks_dedup;
+	rep->bytes_uploaded = p->bytes_uploaded;
+	rep->chunks_zero = p->chunks_zero;
+	return r;
+}
+
+/* Drop the lease and free everything run_start set up (after run_stop). */
+static void run_cleanup(struct import_run *run)
+{
+	struct pipeline *p = &run->p;
+	drop_lease(p);
+	/* After a failure, buffers may still sit in the queues. */
+	while (p->work.items && p->work.len) {
+		struct job j = queue_pop(&p->work);
+		if (j.buf)
+			p->pool[p->pool_len++] = j.buf;
+	}
+	while (p->sealed.items && p->sealed.len) {
+		struct job j = queue_pop(&p->sealed);
+		if (j.buf)
+			p->pool[p->pool_len++] = j.buf;
+	}
+	if (run->pool_mem)
+		munmap(run->pool_mem, run->pool_bytes);
+	free(p->pool);
+	free(p->work.items);
+	free(p->sealed.items);
+	free(p->slots);
+	free(run->threads);
+	if (p->c) {
+		pthread_mutex_destroy(&p->mu);
+		pthread_cond_destroy(&p->changed);
+	}
+}
+
+static void log_failure(const char *what, int r, uint64_t chunks_new)
+{
+	if (chunks_new)
+		log_err("import of %s %s; nothing was published (%llu chunks it uploaded stay in the store until "
+			"`chunkify gc` collects them)",
+			what, r == -EINTR ? "interrupted" : "failed", (unsigned long long)chunks_new);
+	else
+		log_err("import of %s %s; nothing was published", what, r == -EINTR ? "interrupted" : "failed");
+}
+
+/* rep->ref from |name_tag| (NAME[:TAG]), or derived from |source|. */
+static int set_ref(const char *name_tag, const char *source, struct import_report *rep)
+{
+	char key[512];
+	int r = name_tag ? image_parse_name_tag(name_tag, key, sizeof(key)) : derive_name_tag(source, key, sizeof(key));
+	if (r < 0)
+		return r;
+	snprintf(rep->ref, sizeof(rep->ref), "%s", key);
+	char *slash = strrchr(rep->ref, '/');
+	if (slash)
+		*slash = ':';
+	return 0;
 }
 
 static int import_image(struct chunkify_ctx *c, const char *source, const struct import_options *opt,
 			struct import_report *rep, uint64_t *chunks_uploaded)
 {
 	double start = now_seconds();
-	char name_tag[512];
-	int r = opt->name_tag ? image_parse_name_tag(opt->name_tag, name_tag, sizeof(name_tag))
-			      : derive_name_tag(source, name_tag, sizeof(name_tag));
+	int r = set_ref(opt->name_tag, source, rep);
 	if (r < 0)
 		return r;
-	snprintf(rep->ref, sizeof(rep->ref), "%s", name_tag);
-	char *slash = strrchr(rep->ref, '/');
-	if (slash)
-		*slash = ':';
 
 	char *tmp_dir = kindling_env_path(&c->env, "tmp");
 	if (!tmp_dir)
@@ -519,77 +654,22 @@ static int import_image(struct chunkify_ctx *c, const char *source, const struct
 		return r;
 	}
 
-	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	/* The layer reader and the tar parser keep about one core busy; seal
-	 * workers get the rest.  More workers than that only take turns with
-	 * the parser (on 2 cores a second worker imports no faster). */
-	unsigned workers = opt->workers ? opt->workers : (unsigned)(ncpu > 2 ? (ncpu - 1 > 16 ? 16 : ncpu - 1) : 1);
-	rep->workers = workers;
-	struct pipeline p = {.c = c};
-	pthread_mutex_init(&p.mu, NULL);
-	pthread_cond_init(&p.changed, NULL);
-	p.pool_cap = (size_t)workers * POOL_BUFFERS_PER_WORKER + UPLOAD_BATCH + 2;
-	p.pool = calloc(p.pool_cap, sizeof(*p.pool));
+	struct import_run run = {0};
+	struct pipeline *p = &run.p;
 	struct layer_region *regions = calloc(img->n_layers ? img->n_layers : 1, sizeof(*regions));
 	struct flattener f = {0};
 	struct erofs_image_layout layout = {0};
-	pthread_t *threads = calloc(workers, sizeof(*threads));
-	pthread_t uploader;
-	bool uploader_started = false;
-	uint8_t *pool_mem = NULL;
-	size_t pool_bytes = 0;
-	unsigned started = 0;
-	if (!p.pool || !regions || !threads || queue_init(&p.work, p.pool_cap) < 0 ||
-	    queue_init(&p.sealed, p.pool_cap * 2) < 0) {
-		r = -ENOMEM;
-		goto out;
-	}
-	/* One populated mapping for every buffer: faulting pages in one at a
-	 * time on first use costs more than sealing them on some hosts. */
-	pool_bytes = p.pool_cap * 2 * (size_t)CHUNK_SIZE;
-	pool_mem = mmap(NULL, pool_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-	if (pool_mem == MAP_FAILED) {
-		pool_mem = NULL;
-		r = -ENOMEM;
-		goto out;
-	}
-	for (; p.pool_len < p.pool_cap; p.pool_len++)
-		p.pool[p.pool_len] = pool_mem + p.pool_len * 2 * (size_t)CHUNK_SIZE;
-
-	uint8_t lease_id[8];
-	char host[64] = "";
-	random_bytes(lease_id, sizeof(lease_id));
-	hex_encode(lease_id, sizeof(lease_id), p.lease_id);
-	gethostname(host, sizeof(host) - 1);
-	snprintf(p.lease_header, sizeof(p.lease_header), "kindling-lease/1 host=%s pid=%d ref=%s\n", host,
-		 (int)getpid(), rep->ref);
-
+	r = regions ? run_start(c, opt, rep, &run) : -ENOMEM;
 	const struct chunk_sink sink = {
-		.get_buffer = sink_get_buffer, .put_buffer = sink_put_buffer, .emit = sink_emit, .ctx = &p};
-	if ((r = flattener_init(&f, &sink, opt->max_image_size ? opt->max_image_size : (1ull << 40))) < 0)
-		goto out;
-
-	p.workers_running = workers;
-	for (; started < workers; started++)
-		if (pthread_create(&threads[started], NULL, seal_worker, &p) != 0) {
-			r = -EAGAIN;
-			pthread_mutex_lock(&p.mu);
-			p.workers_running -= workers - started;
-			fail_locked(&p, r);
-			pthread_mutex_unlock(&p.mu);
-			goto join;
-		}
-	if (pthread_create(&uploader, NULL, upload_thread, &p) != 0) {
-		r = -EAGAIN;
-		goto join;
-	}
-	uploader_started = true;
+		.get_buffer = sink_get_buffer, .put_buffer = sink_put_buffer, .emit = sink_emit, .ctx = p};
+	if (r == 0)
+		r = flattener_init(&f, &sink, opt->max_image_size ? opt->max_image_size : (1ull << 40));
 
 	for (size_t i = 0; i < img->n_layers && r == 0; i++) {
 		char what[160];
 		snprintf(what, sizeof(what), "layer %zu (%.19s)", i + 1, img->layers[i].digest);
 		if (opt->progress)
-			draw_progress(&p, i, img->n_layers, start, false);
+			draw_progress(p, i, img->n_layers, start, false);
 		struct byte_stream *s = oci_source_open_layer(src, i);
 		if (!s) {
 			r = errno ? -errno : -EIO;
@@ -597,80 +677,48 @@ static int import_image(struct chunkify_ctx *c, const char *source, const struct
 		}
 		r = flatten_layer(&f, s, (unsigned)i, what, &regions[i]);
 		byte_stream_close(s);
-		if (r == 0 && cancelled(&p))
+		if (r == 0 && cancelled(p))
 			r = -EINTR;
 	}
 	if (r == 0)
 		r = flattener_finish(&f, &layout);
-
-join:
-	pthread_mutex_lock(&p.mu);
-	if (r < 0)
-		fail_locked(&p, r);
-	p.input_done = true;
-	pthread_cond_broadcast(&p.changed);
-	pthread_mutex_unlock(&p.mu);
-	for (unsigned i = 0; i < started; i++)
-		pthread_join(threads[i], NULL);
-	if (!uploader_started) {
-		/* No uploader: the workers' output has nowhere to go. */
-		pthread_mutex_lock(&p.mu);
-		fail_locked(&p, r ? r : -EAGAIN);
-		pthread_mutex_unlock(&p.mu);
-	} else
-		pthread_join(uploader, NULL);
-	if (r == 0 && p.err)
-		r = p.err;
-	/* A failure inside the pipeline may have stopped the flattener early;
-	 * report the pipeline's reason, which was logged where it happened. */
-	if (r < 0 && p.err && r != p.err)
-		r = p.err;
+	r = run_stop(&run, r, rep);
 	if (opt->progress)
-		draw_progress(&p, r == 0 ? img->n_layers : 0, img->n_layers, start, true);
+		draw_progress(p, r == 0 ? img->n_layers : 0, img->n_layers, start, true);
 
 	if (r == 0) {
 		rep->image_size = layout.image_size;
 		rep->chunks_total = layout.image_size / CHUNK_SIZE;
-		rep->chunks_new = p.chunks_new;
-		rep->chunks_dedup = p.chunks_dedup;
-		rep->bytes_uploaded = p.bytes_uploaded;
-		rep->chunks_zero = p.chunks_zero;
-		r = publish(c, &p, img, layout.meta_off, layout.image_size, regions, rep);
+		struct manifest m = {
+			.kind = MANIFEST_KIND_IMAGE,
+			.image_size = layout.image_size,
+			.metadata_offset = layout.meta_off,
+			/* The run config and source ref stay |img|'s. */
+			.source_ref = img->source_ref,
+			.config = img->config,
+			.n_layers = img->n_layers,
+			.layers = calloc(img->n_layers ? img->n_layers : 1, sizeof(*m.layers)),
+		};
+		snprintf(m.source_manifest_digest, sizeof(m.source_manifest_digest), "%s", img->manifest_digest);
+		snprintf(m.source_config_digest, sizeof(m.source_config_digest), "%s", img->config_digest);
+		for (size_t i = 0; m.layers && i < img->n_layers; i++) {
+			snprintf(m.layers[i].digest, sizeof(m.layers[i].digest), "%s", img->layers[i].digest);
+			m.layers[i].offset = regions[i].offset;
+			m.layers[i].length = regions[i].length;
+		}
+		r = m.layers ? publish(c, p, &m, rep) : -ENOMEM;
+		free(m.layers);
 	}
 	/* Chunks already uploaded stay: they are content, and another import may
 	 * rely on them; `chunkify gc` frees them if nothing does. */
-	if (r < 0 && p.chunks_new)
-		log_err("import of %s %s; nothing was published (%llu chunks it uploaded stay in the store until "
-			"`chunkify gc` collects them)",
-			source, r == -EINTR ? "interrupted" : "failed", (unsigned long long)p.chunks_new);
-	else if (r < 0)
-		log_err("import of %s %s; nothing was published", source, r == -EINTR ? "interrupted" : "failed");
-out:
-	drop_lease(&p);
-	*chunks_uploaded = p.chunks_new;
-	/* After a failure, buffers may still sit in the queues. */
-	while (p.work.items && p.work.len) {
-		struct job j = queue_pop(&p.work);
-		if (j.buf)
-			p.pool[p.pool_len++] = j.buf;
-	}
-	while (p.sealed.items && p.sealed.len) {
-		struct job j = queue_pop(&p.sealed);
-		if (j.buf)
-			p.pool[p.pool_len++] = j.buf;
-	}
+	if (r < 0)
+		log_failure(source, r, p->chunks_new);
+	*chunks_uploaded = p->chunks_new;
+	/* The flattener hands its unfinished buffer back to the pool: first. */
 	flattener_cleanup(&f);
+	run_cleanup(&run);
 	erofs_layout_cleanup(&layout);
-	if (pool_mem)
-		munmap(pool_mem, pool_bytes);
-	free(p.pool);
-	free(p.work.items);
-	free(p.sealed.items);
-	free(p.slots);
-	free(threads);
 	free(regions);
-	pthread_mutex_destroy(&p.mu);
-	pthread_cond_destroy(&p.changed);
 	oci_source_free(src);
 	free(tmp_dir);
 	rep->seconds = now_seconds() - start;
@@ -687,5 +735,57 @@ int chunkify_import(struct chunkify_ctx *c, const char *source, const struct imp
 	 * behind, so a typo in --store does not plant an empty one. */
 	if (r < 0 && !chunks_uploaded)
 		store_undo_create(c->store);
+	return r;
+}
+
+int chunkify_import_chunks(struct chunkify_ctx *c, const struct chunk_reader *reader, const struct manifest *tmpl,
+			   const struct import_options *opt, struct import_report *rep)
+{
+	memset(rep, 0, sizeof(*rep));
+	double start = now_seconds();
+	const char *what = opt->name_tag ? opt->name_tag : "chunks";
+	if (!opt->name_tag || tmpl->image_size == 0 || tmpl->image_size % CHUNK_SIZE) {
+		log_err("import of %s: needs a NAME[:TAG] and a positive size in whole chunks", what);
+		return -EINVAL;
+	}
+	int r = set_ref(opt->name_tag, NULL, rep);
+	if (r < 0)
+		return r;
+	struct import_run run = {0};
+	struct pipeline *p = &run.p;
+	uint64_t n_total = tmpl->image_size / CHUNK_SIZE;
+	r = run_start(c, opt, rep, &run);
+	for (uint64_t i = 0; r == 0 && i < n_total; i++) {
+		uint8_t *buf = sink_get_buffer(p);
+		if (!buf) {
+			r = p->err ? p->err : -ENOMEM;
+			break;
+		}
+		bool zero = false;
+		r = reader->read(reader->ctx, i, buf, &zero);
+		if (r < 0 || zero) {
+			sink_put_buffer(p, buf);
+			buf = NULL;
+		}
+		if (r == 0)
+			r = sink_emit(p, i, buf);
+		if (r == 0 && opt->progress && i % 64 == 0)
+			draw_progress(p, (size_t)i, (size_t)n_total, start, false);
+	}
+	r = run_stop(&run, r, rep);
+	if (opt->progress)
+		draw_progress(p, r == 0 ? (size_t)n_total : 0, (size_t)n_total, start, true);
+	if (r == 0) {
+		rep->image_size = tmpl->image_size;
+		rep->chunks_total = n_total;
+		r = publish(c, p, tmpl, rep);
+	}
+	if (r < 0)
+		log_failure(what, r, p->chunks_new);
+	uint64_t chunks_uploaded = p->chunks_new;
+	run_cleanup(&run);
+	if (r < 0 && !chunks_uploaded)
+		store_undo_create(c->store);
+	rep->seconds = now_seconds() - start;
 	return r;
 }

@@ -4,6 +4,7 @@
 #include "chunker/chunker.h"
 #include "common/common.h"
 #include "image/image.h"
+#include "snapshot/snapshot.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -31,10 +32,16 @@ static void usage(FILE *out)
 		"\n"
 		"  import SOURCE [--name NAME[:TAG]] [--insecure] [--workers N]\n"
 		"        SOURCE: oci:DIR[:TAG] | docker-archive:FILE | docker://HOST[:PORT]/REPO[:TAG|@DIGEST]\n"
-		"  ls                           list the images in the store\n"
-		"  inspect IMAGE [--chunks]     show an image's manifest\n"
+		"  snapshot-import NAME[:TAG] --mem FILE --vmstate FILE --from IMAGE\n"
+		"                               store a micro-VM snapshot (kvmm's or Firecracker's\n"
+		"                               /snapshot/create files) as convergent chunks; IMAGE is the\n"
+		"                               image the VM ran and must be in the store\n"
+		"  ls                           list the images and snapshots in the store\n"
+		"  inspect IMAGE [--chunks]     show an image's or a snapshot's manifest\n"
 		"  verify IMAGE                 fetch, check and decrypt every chunk\n"
-		"  export IMAGE FILE            write the flattened EROFS image to FILE\n"
+		"  export IMAGE FILE [--vmstate VMSTATE]\n"
+		"                               write the flattened EROFS image to FILE; for a snapshot, its\n"
+		"                               memory file to FILE and its vmstate to VMSTATE (if given)\n"
 		"  tag IMAGE NAME[:TAG]         point NAME[:TAG] at IMAGE, signed with the tenant key\n"
 		"  rm IMAGE                     remove an image's ref (and its manifest if unreferenced)\n"
 		"  gc [--dry-run]               delete chunks that no image references\n"
@@ -57,6 +64,7 @@ struct cli {
 	char *l2;		/* prime: "host:port,..." */
 	unsigned k, m;
 	bool m_set;
+	const char *mem, *vmstate, *from; /* snapshot-import, export */
 };
 
 /* ---- import ---------------------------------------------------------------- */
@@ -99,6 +107,46 @@ static int cmd_import(struct chunkify_ctx *c, const struct cli *cli, const char 
 	       nonzero ? 100.0 * (double)rep.chunks_dedup / (double)nonzero : 0.0);
 	printf("  uploaded      %.1f MiB\n", (double)rep.bytes_uploaded / (1 << 20));
 	printf("  time          %.2f s, %.0f MB/s\n", rep.seconds, mbps);
+	return 0;
+}
+
+static int cmd_snapshot_import(struct chunkify_ctx *c, const struct cli *cli, const char *name_tag)
+{
+	struct snapshot_import_options opt = {
+		.name_tag = name_tag,
+		.mem_path = cli->mem,
+		.vmstate_path = cli->vmstate,
+		.from_image = cli->from,
+		.progress = !cli->json && isatty(STDERR_FILENO),
+		.workers = cli->workers,
+	};
+	if (!cli->mem || !cli->vmstate || !cli->from) {
+		fprintf(stderr, "chunkify snapshot-import: --mem FILE, --vmstate FILE and --from IMAGE are required\n");
+		return -EINVAL;
+	}
+	struct import_report rep;
+	int r = snapshot_import(c, &opt, &rep);
+	if (r < 0)
+		return r;
+	if (cli->json) {
+		json_t *j = json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:f}", "manifest", rep.manifest_digest, "ref",
+				      rep.ref, "kind", "snapshot", "chunks_total", (json_int_t)rep.chunks_total,
+				      "chunks_new", (json_int_t)rep.chunks_new, "chunks_dedup",
+				      (json_int_t)rep.chunks_dedup, "chunks_zero", (json_int_t)rep.chunks_zero,
+				      "bytes_uploaded", (json_int_t)rep.bytes_uploaded, "image_size",
+				      (json_int_t)rep.image_size, "seconds", rep.seconds);
+		char *s = json_dumps(j, JSON_COMPACT);
+		printf("%s\n", s);
+		free(s);
+		json_decref(j);
+		return 0;
+	}
+	printf("imported snapshot %s (memory %s, vmstate %s, from %s)\n", rep.ref, cli->mem, cli->vmstate, cli->from);
+	printf("  manifest      sha256:%s\n", rep.manifest_digest);
+	printf("  chunks        %llu new, %llu deduplicated, %llu zero (not stored) of %llu\n",
+	       (unsigned long long)rep.chunks_new, (unsigned long long)rep.chunks_dedup,
+	       (unsigned long long)rep.chunks_zero, (unsigned long long)rep.chunks_total);
+	printf("  uploaded      %.1f MiB in %.2f s\n", (double)rep.bytes_uploaded / (1 << 20), rep.seconds);
 	return 0;
 }
 
@@ -153,14 +201,14 @@ static int cmd_ls(struct chunkify_ctx *c, const struct cli *cli)
 		qsort(refs.items, refs.n, sizeof(*refs.items), cmp_str);
 	json_t *arr = json_array();
 	if (!cli->json)
-		printf("%-40s %-20s %12s %8s\n", "IMAGE", "MANIFEST", "SIZE", "CHUNKS");
+		printf("%-40s %-8s %-20s %12s %8s\n", "IMAGE", "KIND", "MANIFEST", "SIZE", "CHUNKS");
 	for (size_t i = 0; i < refs.n; i++) {
 		char name[600], digest[SHA256_HEX_LEN + 1];
 		ref_to_name(refs.items[i], name, sizeof(name));
 		int rr = image_resolve(c->store, name, c->env.tenant_key, digest);
 		if (rr == -EKEYREJECTED) { /* logged, with what to do */
 			if (!cli->json)
-				printf("%-40s %-20s %12s %8s\n", name, "-", "?", "refused");
+				printf("%-40s %-8s %-20s %12s %8s\n", name, "?", "-", "?", "refused");
 			continue;
 		}
 		if (rr < 0) {
@@ -169,16 +217,16 @@ static int cmd_ls(struct chunkify_ctx *c, const struct cli *cli)
 		}
 		struct manifest m;
 		if (image_load(c->store, digest, NULL, &m) < 0) {
-			printf("%-40s %.19s %12s %8s\n", name, digest, "?", "broken");
+			printf("%-40s %-8s %.19s %12s %8s\n", name, "?", digest, "?", "broken");
 			continue;
 		}
 		if (cli->json)
-			json_array_append_new(arr, json_pack("{s:s,s:s,s:I,s:I}", "image", name, "manifest", digest,
-							     "image_size", (json_int_t)m.image_size, "chunks",
-							     (json_int_t)m.n_chunks));
+			json_array_append_new(arr, json_pack("{s:s,s:s,s:s,s:I,s:I}", "image", name, "kind",
+							     manifest_kind_name(m.kind), "manifest", digest, "image_size",
+							     (json_int_t)m.image_size, "chunks", (json_int_t)m.n_chunks));
 		else
-			printf("%-40s %.19s %9.1f MiB %8zu\n", name, digest, (double)m.image_size / (1 << 20),
-			       m.n_chunks);
+			printf("%-40s %-8s %.19s %9.1f MiB %8zu\n", name, manifest_kind_name(m.kind), digest,
+			       (double)m.image_size / (1 << 20), m.n_chunks);
 		manifest_cleanup(&m);
 	}
 	if (cli->json) {
@@ -225,6 +273,14 @@ static int cmd_inspect(struct chunkify_ctx *c, const struct cli *cli, const char
 		"entrypoint", strv_json(rc->entrypoint), "cmd", strv_json(rc->cmd), "env", strv_json(rc->env),
 		"working_dir", rc->working_dir ? json_string(rc->working_dir) : json_null(), "user",
 		rc->user ? json_string(rc->user) : json_null());
+	json_object_set_new(j, "kind", json_string(manifest_kind_name(m.kind)));
+	if (m.kind == MANIFEST_KIND_SNAPSHOT)
+		json_object_set_new(j, "snapshot",
+				    json_pack("{s:s,s:I,s:I,s:I,s:I}", "image", m.snapshot.image_digest, "memory_size",
+					      (json_int_t)m.snapshot.mem_size, "memory_chunks",
+					      (json_int_t)((m.snapshot.mem_size + CHUNK_SIZE - 1) / CHUNK_SIZE),
+					      "vmstate_offset", (json_int_t)m.snapshot.vmstate_offset, "vmstate_size",
+					      (json_int_t)m.snapshot.vmstate_size));
 	if (cli->chunks) {
 		json_t *chunks = json_array();
 		for (size_t i = 0; i < m.n_chunks; i++)
@@ -249,8 +305,10 @@ static int cmd_inspect(struct chunkify_ctx *c, const struct cli *cli, const char
 /* ---- verify / export ----------------------------------------------------------- */
 
 /* Fetch, check and decrypt every stored chunk of |image|; write the image to
- * |fd| when it is not -1 (zero chunks become holes). */
-static int read_image(struct chunkify_ctx *c, const char *image, int fd, uint64_t *out_size, size_t *out_bad)
+ * |fd| when it is not -1 (zero chunks become holes).  For a snapshot |fd|
+ * gets the memory file and |vmstate_fd| (when not -1) the vmstate. */
+static int read_image(struct chunkify_ctx *c, const char *image, int fd, int vmstate_fd, uint64_t *out_size,
+		      size_t *out_bad)
 {
 	char digest[SHA256_HEX_LEN + 1];
 	int r = image_resolve(c->store, image, c->env.tenant_key, digest);
@@ -263,9 +321,19 @@ static int read_image(struct chunkify_ctx *c, const char *image, int fd, uint64_
 		manifest_cleanup(&m);
 		return -ENOMEM;
 	}
-	if (fd >= 0 && ftruncate(fd, (off_t)m.image_size) < 0) {
+	bool snap = m.kind == MANIFEST_KIND_SNAPSHOT;
+	uint64_t out_len = snap ? m.snapshot.mem_size : m.image_size;
+	if (fd >= 0 && ftruncate(fd, (off_t)out_len) < 0) {
 		r = -errno;
-		log_err("cannot size the output to %llu bytes: %s", (unsigned long long)m.image_size, strerror(errno));
+		log_err("cannot size the output to %llu bytes: %s", (unsigned long long)out_len, strerror(errno));
+	}
+	if (r == 0 && snap && vmstate_fd >= 0 && ftruncate(vmstate_fd, (off_t)m.snapshot.vmstate_size) < 0) {
+		r = -errno;
+		log_err("cannot size the vmstate output: %s", strerror(errno));
+	}
+	if (!snap && vmstate_fd >= 0) {
+		log_err("%s is an image: it has no vmstate (--vmstate is for snapshots)", image);
+		r = -EINVAL;
 	}
 	for (size_t i = 0; r == 0 && i < m.n_chunks; i++) {
 		if (interrupted) {
@@ -297,12 +365,21 @@ static int read_image(struct chunkify_ctx *c, const char *image, int fd, uint64_
 				r = o;
 			continue;
 		}
-		if (fd >= 0 && pwrite(fd, plain, CHUNK_SIZE, (off_t)(mc->index * CHUNK_SIZE)) != CHUNK_SIZE) {
+		/* Where this chunk goes: the image, or a snapshot's memory or vmstate. */
+		uint64_t at = mc->index * CHUNK_SIZE, end = out_len;
+		int out_fd = fd;
+		if (snap && at >= m.snapshot.vmstate_offset) {
+			at -= m.snapshot.vmstate_offset;
+			end = m.snapshot.vmstate_size;
+			out_fd = vmstate_fd;
+		}
+		size_t n = end - at < CHUNK_SIZE ? (size_t)(end - at) : CHUNK_SIZE;
+		if (out_fd >= 0 && at < end && pwrite(out_fd, plain, n, (off_t)at) != (ssize_t)n) {
 			r = errno ? -errno : -EIO;
-			log_err("writing the image: %s", strerror(errno));
+			log_err("writing the output: %s", strerror(errno));
 		}
 	}
-	*out_size = m.image_size;
+	*out_size = out_len;
 	*out_bad = bad;
 	free(plain);
 	manifest_cleanup(&m);
@@ -314,7 +391,7 @@ static int cmd_verify(struct chunkify_ctx *c, const struct cli *cli, const char 
 	uint64_t size = 0;
 	size_t bad = 0;
 	double t0 = now_seconds();
-	int r = read_image(c, image, -1, &size, &bad);
+	int r = read_image(c, image, -1, -1, &size, &bad);
 	if (r < 0)
 		return r;
 	if (cli->json)
@@ -328,23 +405,29 @@ static int cmd_verify(struct chunkify_ctx *c, const struct cli *cli, const char 
 	return bad ? -EBADMSG : 0;
 }
 
-static int cmd_export(struct chunkify_ctx *c, const char *image, const char *file)
+/* Create |file|'s temporary sibling for an atomic export; |*tmp| is malloc'd. */
+static int open_tmp(const char *file, char **tmp)
 {
-	char *tmp = xasprintf("%s.tmp-%d", file, (int)getpid());
-	if (!tmp)
+	*tmp = xasprintf("%s.tmp-%d", file, (int)getpid());
+	if (!*tmp)
 		return -ENOMEM;
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	int fd = open(*tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 	if (fd < 0) {
 		int e = -errno;
-		log_err("cannot create %s: %s", tmp, strerror(errno));
-		free(tmp);
+		log_err("cannot create %s: %s", *tmp, strerror(errno));
+		free(*tmp);
+		*tmp = NULL;
 		return e;
 	}
-	uint64_t size = 0;
-	size_t bad = 0;
-	int r = read_image(c, image, fd, &size, &bad);
-	if (r == 0 && bad)
-		r = -EBADMSG;
+	return fd;
+}
+
+/* fsync and close |fd|, then rename |tmp| to |file| if |r| is still 0;
+ * otherwise remove |tmp|.  Returns the outcome. */
+static int finish_tmp(int fd, char *tmp, const char *file, int r)
+{
+	if (fd < 0)
+		return r;
 	if (r == 0 && fsync(fd) < 0)
 		r = -errno;
 	close(fd);
@@ -352,15 +435,58 @@ static int cmd_export(struct chunkify_ctx *c, const char *image, const char *fil
 		r = -errno;
 		log_err("cannot rename %s to %s: %s", tmp, file, strerror(errno));
 	}
-	if (r < 0) {
+	if (r < 0)
 		unlink(tmp);
-		log_err("export of %s failed; %s was not written", image, file);
-	}
 	free(tmp);
 	return r;
 }
 
+static int cmd_export(struct chunkify_ctx *c, const struct cli *cli, const char *image, const char *file)
+{
+	char *tmp = NULL, *vtmp = NULL;
+	int fd = open_tmp(file, &tmp);
+	if (fd < 0)
+		return fd;
+	int vfd = -1;
+	if (cli->vmstate && (vfd = open_tmp(cli->vmstate, &vtmp)) < 0) {
+		finish_tmp(fd, tmp, file, vfd);
+		return vfd;
+	}
+	uint64_t size = 0;
+	size_t bad = 0;
+	int r = read_image(c, image, fd, vfd, &size, &bad);
+	if (r == 0 && bad)
+		r = -EBADMSG;
+	if (vfd >= 0)
+		r = finish_tmp(vfd, vtmp, cli->vmstate, r);
+	r = finish_tmp(fd, tmp, file, r);
+	if (r < 0)
+		log_err("export of %s failed; %s was not written", image, file);
+	return r;
+}
+
 /* ---- rm / gc ---------------------------------------------------------------------- */
+
+/* The first snapshot manifest in the store taken from image |digest|, into
+ * |snapshot| (65 bytes); 1 if there is one, 0 if not, or -errno. */
+static int find_snapshot_of(struct chunkify_ctx *c, const char *digest, char *snapshot)
+{
+	struct str_list keys = {0};
+	int r = store_list(c->store, "manifests/", add_key, &keys);
+	for (size_t i = 0; r == 0 && i < keys.n; i++) {
+		const char *d = keys.items[i] + strlen("manifests/");
+		struct manifest m;
+		if (!is_sha256_hex(d) || image_load(c->store, d, NULL, &m) < 0)
+			continue;
+		if (m.kind == MANIFEST_KIND_SNAPSHOT && strcmp(m.snapshot.image_digest, digest) == 0) {
+			snprintf(snapshot, 65, "%s", d);
+			r = 1;
+		}
+		manifest_cleanup(&m);
+	}
+	str_list_clear(&keys);
+	return r;
+}
 
 /* Removing works on a tag whatever it points at, signed or not: a tag that
  * was repointed behind the tenant's back must be removable. */
@@ -399,12 +525,23 @@ static int cmd_rm(struct chunkify_ctx *c, const char *image)
 		} else
 			others++;
 	}
-	if (!others) {
+	/* A snapshot's source image stays live: its manifest is kept while a
+	 * snapshot names it, so gc keeps the image's chunks too. */
+	char snap[SHA256_HEX_LEN + 1] = "";
+	int snapshots = others ? 0 : find_snapshot_of(c, digest, snap);
+	if (snapshots < 0) {
+		r = snapshots;
+		goto out;
+	}
+	if (!others && !snapshots) {
 		char key[128];
 		snprintf(key, sizeof(key), "manifests/%s", digest);
 		r = store_delete(c->store, key);
 	}
-	if (r == 0)
+	if (r == 0 && snapshots)
+		printf("removed %s; its manifest stays, since snapshot sha256:%.12s was taken from it (remove the "
+		       "snapshots first to free its chunks)\n", image, snap);
+	else if (r == 0)
 		printf("removed %s%s; run `chunkify gc` to free its chunks\n", image,
 		       others ? " (the manifest stays: other names use it)" : "");
 out:
@@ -504,7 +641,7 @@ int main(int argc, char **argv)
 	log_set_program("chunkify");
 	struct cli cli = {0};
 	enum { OPT_STORE = 256, OPT_JSON, OPT_NAME, OPT_INSECURE, OPT_CHUNKS, OPT_DRY, OPT_WORKERS, OPT_S3E, OPT_S3R,
-	       OPT_L2, OPT_K, OPT_M };
+	       OPT_L2, OPT_K, OPT_M, OPT_MEM, OPT_VMSTATE, OPT_FROM };
 	static const struct option longopts[] = {
 		{"store", required_argument, NULL, OPT_STORE},	   {"json", no_argument, NULL, OPT_JSON},
 		{"name", required_argument, NULL, OPT_NAME},	   {"insecure", no_argument, NULL, OPT_INSECURE},
@@ -513,6 +650,8 @@ int main(int argc, char **argv)
 		{"s3-region", required_argument, NULL, OPT_S3R},   {"verbose", no_argument, NULL, 'v'},
 		{"help", no_argument, NULL, 'h'},		   {"l2", required_argument, NULL, OPT_L2},
 		{"k", required_argument, NULL, OPT_K},		   {"m", required_argument, NULL, OPT_M},
+		{"mem", required_argument, NULL, OPT_MEM},	   {"vmstate", required_argument, NULL, OPT_VMSTATE},
+		{"from", required_argument, NULL, OPT_FROM},
 		{NULL, 0, NULL, 0},
 	};
 	/* Options may come before or after the command ("+" is not used). */
@@ -538,6 +677,9 @@ int main(int argc, char **argv)
 		case OPT_S3E: cli.sopt.s3_endpoint = optarg; break;
 		case OPT_S3R: cli.sopt.s3_region = optarg; break;
 		case OPT_L2: cli.l2 = optarg; break;
+		case OPT_MEM: cli.mem = optarg; break;
+		case OPT_VMSTATE: cli.vmstate = optarg; break;
+		case OPT_FROM: cli.from = optarg; break;
 		case OPT_K:
 		case OPT_M: {
 			char *end;
@@ -567,7 +709,8 @@ int main(int argc, char **argv)
 	static const struct {
 		const char *name;
 		int nargs;
-	} commands[] = {{"import", 1}, {"ls", 0}, {"inspect", 1}, {"verify", 1}, {"export", 2}, {"tag", 2}, {"rm", 1}, {"gc", 0}, {"prime", 1}};
+	} commands[] = {{"import", 1}, {"ls", 0}, {"inspect", 1}, {"verify", 1}, {"export", 2}, {"tag", 2}, {"rm", 1}, {"gc", 0}, {"prime", 1},
+		      {"snapshot-import", 1}};
 	int want = -1;
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
 		if (strcmp(cmd, commands[i].name) == 0)
@@ -592,7 +735,7 @@ int main(int argc, char **argv)
 	/* Only an import may create the store; every other command reads an
 	 * existing one, and a mistyped --store should say so, not plant a
 	 * new empty directory. */
-	cli.sopt.must_exist = strcmp(cmd, "import") != 0;
+	cli.sopt.must_exist = strcmp(cmd, "import") != 0 && strcmp(cmd, "snapshot-import") != 0;
 	struct chunkify_ctx c;
 	int r = chunkify_ctx_init(&c, cli.store_uri, &cli.sopt);
 	if (r < 0)
@@ -607,11 +750,13 @@ int main(int argc, char **argv)
 	else if (strcmp(cmd, "verify") == 0)
 		r = cmd_verify(&c, &cli, args[0]);
 	else if (strcmp(cmd, "export") == 0)
-		r = cmd_export(&c, args[0], args[1]);
+		r = cmd_export(&c, &cli, args[0], args[1]);
 	else if (strcmp(cmd, "tag") == 0)
 		r = cmd_tag(&c, args[0], args[1]);
 	else if (strcmp(cmd, "rm") == 0)
 		r = cmd_rm(&c, args[0]);
+	else if (strcmp(cmd, "snapshot-import") == 0)
+		r = cmd_snapshot_import(&c, &cli, args[0]);
 	else if (strcmp(cmd, "prime") == 0)
 		r = cmd_prime(&c, &cli, args[0]);
 	else

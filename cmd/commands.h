@@ -16,6 +16,11 @@ int cmd_dlq(int argc, char **argv);
  * Returns the exit status. */
 int cmd_placement(int argc, char **argv);
 
+/* `kindling snapshot-serve NAME[:TAG] ...`: serve a micro-VM snapshot's
+ * memory lazily over Firecracker's Uffd handshake (cmd/snapshot_serve.c).
+ * Returns the exit status. */
+int cmd_snapshot_serve(int argc, char **argv);
+
 /* `kindling agent ...`: one host of a fleet (cmd/agent.c). */
 int cmd_agent(int argc, char **argv);
 

@@ -95,6 +95,8 @@ static void usage(FILE *f)
 		"usage: kindling run IMAGE [options] [-- CMD ARGS...]\n"
 		"       kindling serve|logs|dlq ... (the Lambda-compatible service; kindling serve --help)\n"
 		"       kindling agent ... (one host of a fleet; kindling agent --help)\n"
+		"       kindling snapshot-serve NAME[:TAG] --socket PATH --vmstate-out FILE ... (restore a\n"
+		"                micro-VM snapshot's memory lazily; kindling snapshot-serve --help)\n"
 		"\n"
 		"Attach IMAGE (NAME[:TAG] or a manifest digest) lazily and run its entrypoint (or CMD ARGS)\n"
 		"in a sandbox; report time to first output, time to exit and what was fetched from where.\n"
@@ -741,6 +743,8 @@ int main(int argc, char **argv)
 		return cmd_run(argc - 2, argv + 2, t0);
 	if (argc >= 2 && strcmp(argv[1], "serve") == 0)
 		return cmd_serve(argc - 2, argv + 2);
+	if (argc >= 2 && strcmp(argv[1], "snapshot-serve") == 0)
+		return cmd_snapshot_serve(argc - 2, argv + 2);
 	if (argc >= 2 && strcmp(argv[1], "agent") == 0)
 		return cmd_agent(argc - 2, argv + 2);
 	if (argc >= 2 && strcmp(argv[1], "logs") == 0)

@@ -161,7 +161,29 @@ struct manifest_layer {
 	uint64_t length;	/* bytes of that region */
 };
 
+/* What a manifest describes.  A manifest without a "kind" field is an image
+ * (every manifest written before snapshots existed). */
+enum manifest_kind {
+	MANIFEST_KIND_IMAGE = 0,	/* a flattened EROFS image */
+	MANIFEST_KIND_SNAPSHOT,		/* a micro-VM snapshot (snapshot/snapshot.h) */
+};
+
+/* A snapshot's own fields.  Its chunk index space holds the guest memory
+ * file from byte 0 (mem_size bytes), then, from the next chunk boundary
+ * (vmstate_offset), the VMM's vmstate file (vmstate_size bytes). */
+struct manifest_snapshot {
+	char image_digest[65];	/* manifest digest of the image the VM ran */
+	uint64_t mem_size;	/* bytes of guest memory; a multiple of 4096, > 0 */
+	uint64_t vmstate_offset;/* a multiple of CHUNK_SIZE, >= mem_size */
+	uint64_t vmstate_size;	/* bytes; vmstate_offset + vmstate_size <= image_size */
+};
+
+/* "image" or "snapshot", for listings and errors. */
+const char *manifest_kind_name(enum manifest_kind kind);
+
 struct manifest {
+	enum manifest_kind kind;
+	struct manifest_snapshot snapshot; /* MANIFEST_KIND_SNAPSHOT only */
 	char source_manifest_digest[80]; /* "sha256:..." of the OCI manifest */
 	char source_config_digest[80];   /* "sha256:..." of the OCI config */
 	char *source_ref;		 /* what was imported, for humans */
@@ -235,6 +257,29 @@ int image_ref_put(struct store *s, const uint8_t tenant_key[32], const char *ima
  * the public part is read (see manifest_decode).  Returns 0 with |*m| filled
  * (manifest_cleanup frees it) or -errno (logged). */
 int image_load(struct store *s, const char *digest, const uint8_t *tenant_key, struct manifest *m);
+
+/* ======================================================================
+ * Startup traces: which chunks a start touched first, in order, stored at
+ * traces/<manifest digest> so later starts can prefetch them (blockd for
+ * images, snapshot-serve for snapshot memory).
+ *   {"format": "kindling-trace-1", "manifest": "<digest>", "chunk_size":
+ *    524288, "seconds": S, "chunks": [index, ...]}
+ * ====================================================================== */
+
+#define IMAGE_TRACE_MAX_BYTES (16u << 20)
+
+/* "traces/<digest>" into |key| (|cap| >= 80). */
+void image_trace_key(const char *digest, char *key, size_t cap);
+
+/* Encode |<indexes, n>| recorded over |seconds| for manifest |digest| as a
+ * trace document: a malloc'd NUL-terminated string in |*out|.  Returns 0 or
+ * -ENOMEM. */
+int image_trace_encode(const char *digest, double seconds, const uint64_t *indexes, size_t n, char **out);
+
+/* Parse a stored (untrusted) trace |<buf, len>| for a manifest of
+ * |n_indexes| chunks into |*out| (malloc'd, caller frees; repeated indexes
+ * dropped).  Returns 0, -EBADMSG (logged as a warning) or -ENOMEM. */
+int image_trace_parse(const uint8_t *buf, size_t len, uint64_t n_indexes, uint64_t **out, size_t *out_n);
 
 /* ======================================================================
  * The environment: KINDLING_HOME and the secrets in it.  Every program

@@ -8,6 +8,9 @@
  *   sealed = nonce(12) | AES-256-GCM(keys, 32 bytes per chunk) | tag(16),
  *            with everything before |sealed| as associated data, so the tag
  *            authenticates every byte of the manifest.
+ *   A snapshot's body also has "kind": "snapshot" and "snapshot": {"image",
+ *   "mem_size", "vmstate_offset", "vmstate_size"}; an image's has no "kind"
+ *   (older readers and manifests agree on that).
  * The nonce is derived from the content (HMAC of body and keys under the
  * tenant key), so the same image always seals to the same bytes and a nonce
  * only ever repeats with an identical plaintext. */
@@ -27,6 +30,11 @@
 #define GCM_NONCE 12
 #define GCM_TAG 16
 #define MAX_BODY (64u << 20)
+
+const char *manifest_kind_name(enum manifest_kind kind)
+{
+	return kind == MANIFEST_KIND_SNAPSHOT ? "snapshot" : "image";
+}
 
 void run_config_cleanup(struct run_config *c)
 {
@@ -89,11 +97,23 @@ static json_t *body_to_json(const struct manifest *m, const char *key_id)
 							(json_int_t)m->layers[i].offset, "length",
 							(json_int_t)m->layers[i].length));
 	json_t *config = run_config_to_json(&m->config);
-	return json_pack("{s:s,s:{s:s,s:s,s:s},s:o,s:I,s:I,s:I,s:o,s:s,s:o}", "format", MANIFEST_FORMAT, "source",
+	json_t *body = json_pack("{s:s,s:{s:s,s:s,s:s},s:o,s:I,s:I,s:I,s:o,s:s,s:o}", "format", MANIFEST_FORMAT, "source",
 			 "ref", m->source_ref ? m->source_ref : "", "manifest_digest", m->source_manifest_digest,
 			 "config_digest", m->source_config_digest, "config", config, "image_size",
 			 (json_int_t)m->image_size, "chunk_size", (json_int_t)m->chunk_size, "metadata_offset",
 			 (json_int_t)m->metadata_offset, "layers", layers, "tenant_key_id", key_id, "chunks", chunks);
+	if (body && m->kind == MANIFEST_KIND_SNAPSHOT) {
+		const struct manifest_snapshot *sn = &m->snapshot;
+		json_t *section = json_pack("{s:s,s:I,s:I,s:I}", "image", sn->image_digest, "mem_size",
+					    (json_int_t)sn->mem_size, "vmstate_offset", (json_int_t)sn->vmstate_offset,
+					    "vmstate_size", (json_int_t)sn->vmstate_size);
+		if (!section || json_object_set_new(body, "kind", json_string("snapshot")) < 0 ||
+		    json_object_set_new(body, "snapshot", section) < 0) {
+			json_decref(body);
+			return NULL;
+		}
+	}
+	return body;
 }
 
 /* AES-256-GCM over |<in, len>| with |<aad, aad_len>|.  Encrypts when
@@ -261,6 +281,47 @@ static int copy_digest(json_t *v, const char *field, char out[80])
 	return 0;
 }
 
+/* The "kind" field and, for a snapshot, its section; |m->image_size| is
+ * already checked. */
+static int parse_kind(json_t *root, struct manifest *m)
+{
+	int r;
+	json_t *kind = json_object_get(root, "kind");
+	if (!kind || (json_is_string(kind) && strcmp(json_string_value(kind), "image") == 0)) {
+		if (json_object_get(root, "snapshot"))
+			bad("snapshot: present in a manifest whose kind is image");
+		m->kind = MANIFEST_KIND_IMAGE;
+		return 0;
+	}
+	if (!json_is_string(kind) || strcmp(json_string_value(kind), "snapshot") != 0)
+		bad("kind: expected \"image\" or \"snapshot\"");
+	m->kind = MANIFEST_KIND_SNAPSHOT;
+	json_t *sec = json_object_get(root, "snapshot");
+	if (!json_is_object(sec))
+		bad("snapshot: expected an object in a snapshot manifest");
+	struct manifest_snapshot *sn = &m->snapshot;
+	json_t *img = json_object_get(sec, "image");
+	if (!json_is_string(img) || !is_sha256_hex(json_string_value(img)))
+		bad("snapshot.image: expected the image's manifest digest (64 lower-case hex digits)");
+	strcpy(sn->image_digest, json_string_value(img));
+	if ((r = json_u64(sec, "mem_size", &sn->mem_size)) < 0 ||
+	    (r = json_u64(sec, "vmstate_offset", &sn->vmstate_offset)) < 0 ||
+	    (r = json_u64(sec, "vmstate_size", &sn->vmstate_size)) < 0)
+		return r;
+	if (sn->mem_size == 0 || sn->mem_size % 4096)
+		bad("snapshot.mem_size: %llu is not a positive multiple of 4096", (unsigned long long)sn->mem_size);
+	if (sn->vmstate_offset % CHUNK_SIZE || sn->vmstate_offset < sn->mem_size ||
+	    sn->vmstate_offset - sn->mem_size >= CHUNK_SIZE)
+		bad("snapshot.vmstate_offset: %llu is not the chunk boundary after the memory",
+		    (unsigned long long)sn->vmstate_offset);
+	if (sn->vmstate_size == 0 || sn->vmstate_offset > m->image_size ||
+	    sn->vmstate_size > m->image_size - sn->vmstate_offset ||
+	    m->image_size - sn->vmstate_offset - sn->vmstate_size >= CHUNK_SIZE)
+		bad("snapshot.vmstate_size: %llu does not fill the chunks after the memory",
+		    (unsigned long long)sn->vmstate_size);
+	return 0;
+}
+
 static int parse_body(json_t *root, struct manifest *m, char key_id[17])
 {
 	int r;
@@ -291,6 +352,8 @@ static int parse_body(json_t *root, struct manifest *m, char key_id[17])
 		bad("image_size: %llu is not a positive multiple of the chunk size", (unsigned long long)m->image_size);
 	if (m->metadata_offset >= m->image_size)
 		bad("metadata_offset: beyond the image");
+	if ((r = parse_kind(root, m)) < 0)
+		return r;
 	json_t *kid = json_object_get(root, "tenant_key_id");
 	if (!json_is_string(kid) || strlen(json_string_value(kid)) != 16)
 		bad("tenant_key_id: expected 16 hex digits");
