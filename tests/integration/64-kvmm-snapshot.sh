@@ -39,17 +39,8 @@ vmlinuz=$(ls "$kroot"/boot/vmlinuz-* | head -1)
 
 # ---- the inner guest: busybox, virtio-blk, a token in memory, a console shell ----
 I=$T/inner P=$T/payload
-mkdir -p "$I"/{bin,proc,sys,dev,mnt,lib/modules} "$P"
-cp /bin/busybox "$I/bin/busybox"
-ln -s busybox "$I/bin/sh"
-: >"$I/modules.order"
-mods=$(kernel_mod_closure "$kroot" virtio_mmio virtio_blk) || die "cannot resolve the guest's modules"
-for rel in $mods; do
-  name=$(basename "$rel")
-  name=${name%%.ko*}.ko
-  kernel_mod_install "$kroot" "$rel" "$I/lib/modules/$name" || die "cannot install $rel"
-  echo "/lib/modules/$name" >>"$I/modules.order"
-done
+mkdir -p "$P"
+kernel_inner_root "$kroot" "$I" virtio_mmio virtio_blk || die "cannot set up the guest's root and modules"
 cat >"$I/init" <<'EOF'
 #!/bin/sh
 /bin/busybox --install -s /bin
@@ -123,6 +114,19 @@ start() {
 	./kvmm --api-sock /tmp/$1.sock --id $1 --level Info </tmp/in-$1 >/tmp/out-$1.txt 2>/tmp/err-$1.txt &
 	eval "PID_$1=\$!"
 }
+# continues NAME FD: the guest restored in kvmm NAME (console input on FD)
+# prints the token only the snapshotted guest had, reads all of /dev/vda,
+# and powers off, and that kvmm exits 0.
+continues() {
+	echo 'echo AFTER-$TOKEN' >&$2
+	waitfor /tmp/out-$1.txt "AFTER-$TOK" 60 || fail "restored guest $1 did not print the token"
+	echo 'sha256sum </dev/vda' >&$2
+	waitfor /tmp/out-$1.txt "$VDA" 60 || fail "restored guest $1 read /dev/vda wrong or not at all"
+	echo 'poweroff -f' >&$2
+	eval "wait \$PID_$1"
+	rc=$?
+	[ $rc = 0 ] || fail "kvmm $1 exited $rc after the restored guest powered off"
+}
 waitsock() { i=0; while [ ! -S /tmp/$1.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done; }
 
 # ---- A: boot, pause, snapshot ------------------------------------------------
@@ -162,17 +166,9 @@ must 200 b GET /
 echo "$BODY" | grep -q '"state":"Running"' || fail "GET / after a resumed load: $BODY"
 must 200 b GET /vm/config
 echo "$BODY" | grep -q '"mem_size_mib":256' || fail "GET /vm/config after load: $BODY"
-echo 'echo AFTER-$TOKEN' >&4
-waitfor /tmp/out-b.txt "AFTER-$TOK" 60 || fail "restored guest B did not print the token"
-echo 'sha256sum </dev/vda' >&4
-waitfor /tmp/out-b.txt "$VDA" 60 || fail "restored guest B read /dev/vda wrong or not at all"
-ok "File restore: the guest continues with its token and reads all of /dev/vda"
-echo 'poweroff -f' >&4
-wait $PID_b
-rc=$?
+continues b 4
 exec 4>&-
-[ $rc = 0 ] || fail "kvmm B exited $rc after the restored guest powered off"
-ok "the restored guest powers off and kvmm B exits 0"
+ok "File restore: the guest continues with its token, reads all of /dev/vda, powers off; kvmm B exits 0"
 
 # ---- D: refusals, then restore through the Uffd handler, paused ----------------
 start d
@@ -200,16 +196,9 @@ must 204 d PATCH /vm '{"state": "Resumed"}'
 must 200 d GET /
 echo "$BODY" | grep -q '"state":"Running"' || fail "GET / after resume: $BODY"
 waitfor /tmp/out-d.txt "QUEUED-$TOK" 60 || fail "guest D did not run the command typed while it was paused"
-echo 'echo AFTER-$TOKEN' >&5
-waitfor /tmp/out-d.txt "AFTER-$TOK" 60 || fail "Uffd-restored guest D did not print the token"
-echo 'sha256sum </dev/vda' >&5
-waitfor /tmp/out-d.txt "$VDA" 60 || fail "Uffd-restored guest D read /dev/vda wrong"
-ok "Uffd restore, paused then resumed: the typed command runs, token and /dev/vda as before"
-echo 'poweroff -f' >&5
-wait $PID_d
-rc=$?
+continues d 5
 exec 5>&-
-[ $rc = 0 ] || fail "kvmm D exited $rc"
+ok "Uffd restore, paused then resumed: the typed command runs; token, /dev/vda and poweroff as above"
 wait $HPID || fail "uffd_file_handler failed"
 cat /tmp/uffd.out
 served=$(sed -n 's/.*served \([0-9]*\) pages.*/\1/p' /tmp/uffd.out)

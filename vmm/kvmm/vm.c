@@ -779,11 +779,6 @@ int vm_new(const struct kvmm_config *cfg, struct kvmm_vm **out)
 	}
 	if ((r = kvm_check_caps(vm, cfg->vcpu_count)) < 0 || (r = create_vm(vm)) < 0 || (r = get_msr_list(vm)) < 0)
 		goto fail;
-	/* A snapshot hashes its vmstate on the API thread, confined by then;
-	 * OpenSSL reads its configuration file on its first digest, so that
-	 * first digest happens here, while files may still be opened. */
-	uint8_t warm[SHA256_LEN];
-	sha256_buf("", 0, warm);
 	*out = vm;
 	return 0;
 fail:
