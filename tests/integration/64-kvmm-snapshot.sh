@@ -10,9 +10,13 @@
 #    continues: its shell prints the token only the snapshotted guest had,
 #    runs new commands, reads all of /dev/vda through virtio-blk (hash equal
 #    to the host's) and powers off (kvmm exits 0);
+#  - a snapshot to a missing directory is a 400 that leaves no file behind;
+#  - the VM has a vsock device: a restore listens on its uds_path again and
+#    posts the transport reset to the guest's driver;
 #  - kvmm D first refuses, each with a 400 naming the file and the fault and
 #    still "Not started": a truncated vmstate, a flipped byte (checksum),
-#    another format version, a memory file of the wrong size; then loads
+#    another format version, a vsock uds_path that exists, a memory file of
+#    the wrong size; then loads
 #    the same snapshot with the Uffd backend through uffd_file_handler,
 #    paused (resume_vm false): a command typed while paused runs after PATCH
 #    /vm Resumed; the token and /dev/vda as above; the handler served fewer
@@ -40,7 +44,7 @@ vmlinuz=$(ls "$kroot"/boot/vmlinuz-* | head -1)
 # ---- the inner guest: busybox, virtio-blk, a token in memory, a console shell ----
 I=$T/inner P=$T/payload
 mkdir -p "$P"
-kernel_inner_root "$kroot" "$I" virtio_mmio virtio_blk || die "cannot set up the guest's root and modules"
+kernel_inner_root "$kroot" "$I" virtio_mmio virtio_blk vmw_vsock_virtio_transport || die "cannot set up the guest's root and modules"
 cat >"$I/init" <<'EOF'
 #!/bin/sh
 /bin/busybox --install -s /bin
@@ -136,6 +140,7 @@ waitsock a
 must 204 a PUT /machine-config '{"vcpu_count": 2, "mem_size_mib": 256}'
 must 204 a PUT /boot-source "{\"kernel_image_path\": \"vmlinuz\", \"initrd_path\": \"initrd.gz\", \"boot_args\": \"$K\"}"
 must 204 a PUT /drives/data '{"drive_id": "data", "path_on_host": "data.img", "is_root_device": false, "is_read_only": true}'
+must 204 a PUT /vsock '{"guest_cid": 3, "uds_path": "/tmp/v.sock"}'
 must 204 a PUT /actions '{"action_type": "InstanceStart"}'
 waitfor /tmp/out-a.txt "shell ready" 120 || fail "guest A did not reach its shell"
 TOK=$(grep -a "GUEST: token" /tmp/out-a.txt | sed 's/.*token //' | tr -d '\r')
@@ -146,6 +151,12 @@ ok "guest A runs, token $TOK, read /dev/vda"
 must 204 a PATCH /vm '{"state": "Paused"}'
 must 200 a GET /
 echo "$BODY" | grep -q '"state":"Paused"' || fail "GET / while paused: $BODY"
+# A failed snapshot leaves nothing under either name, and the VM paused.
+api a PUT /snapshot/create "{\"snapshot_path\": \"$S\", \"mem_file_path\": \"/nonexistent/snap.mem\"}"
+[ "$CODE" = 400 ] && echo "$BODY" | grep -q "/nonexistent/snap.mem" || fail "snapshot to a missing directory: $CODE $BODY"
+[ ! -e $S ] || fail "a failed snapshot left $S behind"
+ls /tmp | grep -q 'tmp-' && fail "a failed snapshot left temporary files: $(ls /tmp)"
+echo "REFUSED $BODY"
 must 204 a PUT /snapshot/create "{\"snapshot_type\": \"Full\", \"snapshot_path\": \"$S\", \"mem_file_path\": \"$M\"}"
 [ "$(head -c 8 $S)" = KVMMSNAP ] || fail "the vmstate file lacks its magic"
 [ "$(stat -c %s $M)" = 268435456 ] || fail "the memory file is $(stat -c %s $M) bytes, not 256 MiB"
@@ -156,6 +167,9 @@ ok "paused; snapshot written: $(stat -c %s $S)-byte vmstate, 256 MiB memory file
 kill -9 $PID_a
 wait $PID_a 2>/dev/null
 exec 3>&-
+# The vsock socket of the killed kvmm stays; a restore refuses to reuse it
+# (kvmm D below shows it), so it goes.
+rm -f /tmp/v.sock
 
 # ---- B: restore from the file, resume at once ----------------------------------
 start b
@@ -166,9 +180,11 @@ must 200 b GET /
 echo "$BODY" | grep -q '"state":"Running"' || fail "GET / after a resumed load: $BODY"
 must 200 b GET /vm/config
 echo "$BODY" | grep -q '"mem_size_mib":256' || fail "GET /vm/config after load: $BODY"
+grep -aq "transport was reset" /tmp/err-b.txt || fail "kvmm B did not post the vsock transport reset"
+[ -S /tmp/v.sock ] || fail "restored kvmm B does not listen on the vsock uds_path again"
 continues b 4
 exec 4>&-
-ok "File restore: the guest continues with its token, reads all of /dev/vda, powers off; kvmm B exits 0"
+ok "File restore: the guest continues with its token, reads all of /dev/vda, powers off; kvmm B exits 0; vsock listens again and posted the transport reset"
 
 # ---- D: refusals, then restore through the Uffd handler, paused ----------------
 start d
@@ -182,6 +198,9 @@ refused /tmp/flip.vmstate checksum d "{\"snapshot_path\": \"/tmp/flip.vmstate\",
 cp $S /tmp/v9.vmstate
 printf '\011\000\000\000' | dd of=/tmp/v9.vmstate bs=1 seek=8 conv=notrunc 2>/dev/null
 refused /tmp/v9.vmstate "version 9" d "{\"snapshot_path\": \"/tmp/v9.vmstate\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$M\"}}"
+: >/tmp/v.sock
+refused /tmp/v.sock "exists" d "{\"snapshot_path\": \"$S\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$M\"}}"
+rm -f /tmp/v.sock
 truncate -s 128M /tmp/small.mem
 refused /tmp/small.mem "wrong memory file" d "{\"snapshot_path\": \"$S\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"/tmp/small.mem\"}}"
 ok "refused before any vCPU ran, each naming the file and the fault; kvmm D stays Not started"

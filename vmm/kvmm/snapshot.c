@@ -526,7 +526,11 @@ static void restart_devices(struct kvmm_vm *vm)
 			d->mmio->irq(d->mmio->irq_ctx);
 		if (d->kind == KVMM_DEV_VSOCK && virtio_mmio_queue(d->mmio, 0)) {
 			int r = virtio_vsock_transport_reset(&d->u.vsock);
-			if (r < 0)
+			if (r == 0)
+				log_info("%s: the guest was told its transport was reset (host connections are not "
+					 "restored)",
+					 d->label);
+			else
 				log_warn("%s: cannot post the transport-reset event (%s); the guest keeps its stale "
 					 "connections until they time out",
 					 d->label, strerror(-r));
