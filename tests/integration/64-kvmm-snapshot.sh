@@ -5,7 +5,8 @@
 #    variable (guest memory only) and runs a shell on the serial console; the
 #    guest reads /dev/vda; PATCH /vm Paused, GET / says "Paused", PUT
 #    /snapshot/create writes the vmstate file (KVMMSNAP header) and a memory
-#    file of the RAM size that is sparse; kvmm A is killed;
+#    file of the RAM size that is sparse; PATCH /vm Resumed: guest A runs
+#    on; kvmm A is killed;
 #  - kvmm B loads the snapshot with the File backend and resume_vm: the guest
 #    continues: its shell prints the token only the snapshotted guest had,
 #    runs new commands, reads all of /dev/vda through virtio-blk (hash equal
@@ -164,6 +165,10 @@ used=$(du -k $M | cut -f1)
 [ "$used" -lt 262144 ] || fail "the memory file is not sparse: $used KiB used"
 ls /tmp | grep -q 'tmp-' && fail "temporary files left: $(ls /tmp)"
 ok "paused; snapshot written: $(stat -c %s $S)-byte vmstate, 256 MiB memory file using $used KiB"
+must 204 a PATCH /vm '{"state": "Resumed"}'
+echo 'echo STILL-$TOKEN' >&3
+waitfor /tmp/out-a.txt "STILL-$TOK" 60 || fail "guest A did not run on after its snapshot"
+ok "the snapshotted guest resumes and runs on"
 kill -9 $PID_a
 wait $PID_a 2>/dev/null
 exec 3>&-
