@@ -349,12 +349,10 @@ static void snapshot_load(struct kvmm_api *a, const char *body, size_t len, stru
 
 static void action(struct kvmm_api *a, const char *body, size_t len, struct resp *rs)
 {
-	json_error_t je;
-	json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
-	if (!j) {
-		resp_fault(rs, "actions: invalid JSON at line %d column %d: %s", je.line, je.column, je.text);
+	json_t *j = load_body("actions", body, len, rs);
+	if (!j)
 		return;
-	}
+	json_error_t je;
 	const char *type = NULL;
 	if (json_unpack_ex(j, &je, JSON_STRICT, "{s:s}", "action_type", &type) < 0) {
 		resp_fault(rs, "actions: %s (the body is {\"action_type\": \"InstanceStart\"|\"SendCtrlAltDel\"})",

@@ -220,7 +220,7 @@ static int setup_fpu(struct kvmm_vcpu *c)
 	return vcpu_ioctl(c, KVM_SET_FPU, &fpu, "KVM_SET_FPU");
 }
 
-static int vcpu_open(struct kvmm_vm *vm, unsigned i)
+int vcpu_create_bare(struct kvmm_vm *vm, unsigned i)
 {
 	struct kvmm_vcpu *c = &vm->vcpus[i];
 	c->vm = vm;
@@ -242,15 +242,10 @@ static int vcpu_open(struct kvmm_vm *vm, unsigned i)
 	return setup_cpuid(c);
 }
 
-int vcpu_create_bare(struct kvmm_vm *vm, unsigned i)
-{
-	return vcpu_open(vm, i);
-}
-
 int vcpu_create(struct kvmm_vm *vm, unsigned i)
 {
 	struct kvmm_vcpu *c = &vm->vcpus[i];
-	int r = vcpu_open(vm, i);
+	int r = vcpu_create_bare(vm, i);
 	if (r == 0)
 		r = setup_msrs(c);
 	if (r == 0)

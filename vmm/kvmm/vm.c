@@ -548,7 +548,8 @@ static int add_devices(struct kvmm_vm *vm, const struct kvmm_config *cfg)
 	return 0;
 }
 
-static int setup_console(struct kvmm_vm *vm)
+/* The eventfd that parks the device loop while the VM is paused. */
+static int setup_pause(struct kvmm_vm *vm)
 {
 	vm->pause_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (vm->pause_fd < 0) {
@@ -556,9 +557,11 @@ static int setup_console(struct kvmm_vm *vm)
 		log_err("eventfd: %s", strerror(e));
 		return -e;
 	}
-	int pr = kvmm_loop_add(&vm->loop, vm->pause_fd, EPOLLIN, pause_requested, vm, NULL);
-	if (pr < 0)
-		return pr;
+	return kvmm_loop_add(&vm->loop, vm->pause_fd, EPOLLIN, pause_requested, vm, NULL);
+}
+
+static int setup_console(struct kvmm_vm *vm)
+{
 	vm->serial_irqfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	vm->i8042_irqfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (vm->serial_irqfd < 0 || vm->i8042_irqfd < 0) {
@@ -792,7 +795,7 @@ int vm_add_devices(struct kvmm_vm *vm)
 	if (r < 0)
 		return r;
 	vm->loop_ready = true;
-	if ((r = setup_console(vm)) < 0)
+	if ((r = setup_pause(vm)) < 0 || (r = setup_console(vm)) < 0)
 		return r;
 	return add_devices(vm, &vm->cfg);
 }
