@@ -9,19 +9,18 @@
 #    on; kvmm A is killed;
 #  - kvmm B loads the snapshot with the File backend and resume_vm: the guest
 #    continues: its shell prints the token only the snapshotted guest had,
-#    runs new commands, reads all of /dev/vda through virtio-blk (hash equal
-#    to the host's) and powers off (kvmm exits 0);
+#    runs new commands, is snapshotted again, reads all of /dev/vda through
+#    virtio-blk (hash equal to the host's) and powers off (kvmm exits 0);
 #  - a snapshot to a missing directory is a 400 that leaves no file behind;
 #  - the VM has a vsock device: a restore listens on its uds_path again and
 #    posts the transport reset to the guest's driver;
 #  - kvmm D first refuses, each with a 400 naming the file and the fault and
 #    still "Not started": a truncated vmstate, a flipped byte (checksum),
 #    another format version, a vsock uds_path that exists, a memory file of
-#    the wrong size; then loads
-#    the same snapshot with the Uffd backend through uffd_file_handler,
-#    paused (resume_vm false): a command typed while paused runs after PATCH
-#    /vm Resumed; the token and /dev/vda as above; the handler served fewer
-#    pages than the guest's RAM;
+#    the wrong size; then loads B's snapshot with the Uffd backend through
+#    uffd_file_handler, paused (resume_vm false): a command typed while
+#    paused runs after PATCH /vm Resumed; the token and /dev/vda as above;
+#    the handler served fewer pages than the guest's RAM;
 #  - kvmm E refuses /snapshot/load after PUT /machine-config.
 # ctest-labels: no-asan (a QEMU guest running kvmm: minutes under emulation); no-tsan (as no-asan)
 . "$(dirname "$0")/lib.sh"
@@ -76,7 +75,7 @@ cat >"$P/run.sh" <<'EOF'
 #!/bin/sh
 K="console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd"
 VDA=$(cat vda.sum)
-S=/tmp/snap.vmstate M=/tmp/snap.mem
+S=/tmp/snap.vmstate M=/tmp/snap.mem S2=/tmp/snap2.vmstate M2=/tmp/snap2.mem
 fail() { echo "FAIL $*"; for f in /tmp/out-* /tmp/err-* /tmp/uffd.out; do [ -f "$f" ] && sed "s|^|$f: |" "$f" | tail -40; done; exit 1; }
 ok() { echo "OK $*"; }
 # api NAME METHOD PATH [BODY]: sets CODE and BODY.
@@ -187,9 +186,17 @@ must 200 b GET /vm/config
 echo "$BODY" | grep -q '"mem_size_mib":256' || fail "GET /vm/config after load: $BODY"
 grep -aq "transport was reset" /tmp/err-b.txt || fail "kvmm B did not post the vsock transport reset"
 [ -S /tmp/v.sock ] || fail "restored kvmm B does not listen on the vsock uds_path again"
+# A restored VM snapshots again (its RAM a private mapping of the first
+# memory file); kvmm D restores that second snapshot.
+echo 'echo B-RUNS-$TOKEN' >&4
+waitfor /tmp/out-b.txt "B-RUNS-$TOK" 60 || fail "restored guest B did not answer"
+must 204 b PATCH /vm '{"state": "Paused"}'
+must 204 b PUT /snapshot/create "{\"snapshot_path\": \"$S2\", \"mem_file_path\": \"$M2\"}"
+must 204 b PATCH /vm '{"state": "Resumed"}'
+[ "$(head -c 8 $S2)" = KVMMSNAP ] && [ "$(stat -c %s $M2)" = 268435456 ] || fail "the second snapshot's files are wrong"
 continues b 4
 exec 4>&-
-ok "File restore: the guest continues with its token, reads all of /dev/vda, powers off; kvmm B exits 0; vsock listens again and posted the transport reset"
+ok "File restore: the guest continues with its token, snapshots again, reads all of /dev/vda, powers off; kvmm B exits 0; vsock listens again and posted the transport reset"
 
 # ---- D: refusals, then restore through the Uffd handler, paused ----------------
 start d
@@ -209,10 +216,10 @@ rm -f /tmp/v.sock
 truncate -s 128M /tmp/small.mem
 refused /tmp/small.mem "wrong memory file" d "{\"snapshot_path\": \"$S\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"/tmp/small.mem\"}}"
 ok "refused before any vCPU ran, each naming the file and the fault; kvmm D stays Not started"
-./uffd_file_handler /tmp/uffd.sock $M >/tmp/uffd.out 2>&1 &
+./uffd_file_handler /tmp/uffd.sock $M2 >/tmp/uffd.out 2>&1 &
 HPID=$!
 i=0; while [ ! -S /tmp/uffd.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-must 204 d PUT /snapshot/load "{\"snapshot_path\": \"$S\", \"mem_backend\": {\"backend_type\": \"Uffd\", \"backend_path\": \"/tmp/uffd.sock\"}, \"resume_vm\": false}"
+must 204 d PUT /snapshot/load "{\"snapshot_path\": \"$S2\", \"mem_backend\": {\"backend_type\": \"Uffd\", \"backend_path\": \"/tmp/uffd.sock\"}, \"resume_vm\": false}"
 must 200 d GET /
 echo "$BODY" | grep -q '"state":"Paused"' || fail "GET / after a paused load: $BODY"
 echo 'echo QUEUED-$TOKEN' >&5
