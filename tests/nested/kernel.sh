@@ -22,7 +22,8 @@
 #                             and finit_module without MODULE_INIT_COMPRESSED_FILE
 #                             want a plain ELF
 #   kernel_inner_root ROOT DIR MOD...
-#                             a busybox root for a guest of kvmm in DIR: static
+#                             a busybox root in DIR (the nested harness's
+#                             guest, or a guest of kvmm inside it): static
 #                             /bin/busybox and /bin/sh, empty proc, sys, dev,
 #                             mnt, and MOD... with their dependencies in
 #                             DIR/lib/modules, listed in load order in
