@@ -16,8 +16,8 @@
 #    posts the transport reset to the guest's driver;
 #  - kvmm D first refuses, each with a 400 naming the file and the fault and
 #    still "Not started": a truncated vmstate, a flipped byte (checksum),
-#    another format version, a vsock uds_path that exists, a memory file of
-#    the wrong size; then loads B's snapshot with the Uffd backend through
+#    another format version, a vsock uds_path that exists, a Uffd socket
+#    nobody listens on, a memory file of the wrong size; then loads B's snapshot with the Uffd backend through
 #    uffd_file_handler, paused (resume_vm false): a command typed while
 #    paused runs after PATCH /vm Resumed; the token and /dev/vda as above;
 #    the handler served fewer pages than the guest's RAM;
@@ -213,6 +213,7 @@ refused /tmp/v9.vmstate "version 9" d "{\"snapshot_path\": \"/tmp/v9.vmstate\", 
 : >/tmp/v.sock
 refused /tmp/v.sock "exists" d "{\"snapshot_path\": \"$S\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$M\"}}"
 rm -f /tmp/v.sock
+refused /tmp/nobody.sock "page-fault handler" d "{\"snapshot_path\": \"$S\", \"mem_backend\": {\"backend_type\": \"Uffd\", \"backend_path\": \"/tmp/nobody.sock\"}}"
 truncate -s 128M /tmp/small.mem
 refused /tmp/small.mem "wrong memory file" d "{\"snapshot_path\": \"$S\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"/tmp/small.mem\"}}"
 ok "refused before any vCPU ran, each naming the file and the fault; kvmm D stays Not started"
