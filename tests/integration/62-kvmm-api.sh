@@ -7,6 +7,10 @@
 #    refused after InstanceStart, SendCtrlAltDel, keep-alive (curl reuses its
 #    connection), Expect: 100-continue (curl sends it for bodies over 1 KiB),
 #    a stuck client that cannot hold the API, and a --config-file boot;
+#  - the snapshot routes: PATCH /vm Paused/Resumed only once running,
+#    PUT /snapshot/create only while paused ("Diff" refused), PUT
+#    /snapshot/load only on a fresh API (File and Uffd backends, the
+#    deprecated mem_file_path), GET / showing "Paused", unknown fields refused;
 #  - the real kvmm binary answers InstanceStart on a host without /dev/kvm
 #    with a 400 whose fault_message names /dev/kvm, and stays "Not started"
 #    (with /dev/kvm, the placeholder kernel makes it fail instead).
@@ -100,6 +104,19 @@ expect_fault 'does not match' PUT /drives/rootfs '{"drive_id": "data", "path_on_
 expect_fault 'guest_cid' PUT /vsock '{"guest_cid": 2, "uds_path": "/tmp/v.sock"}'
 expect_fault 'kernel_image_path' PUT /actions '{"action_type": "InstanceStart"}'
 expect_fault 'before starting' PUT /actions '{"action_type": "SendCtrlAltDel"}'
+expect_fault 'before starting' PATCH /vm '{"state": "Paused"}'
+expect_fault 'unknown state "Stopped"' PATCH /vm '{"state": "Stopped"}'
+expect_fault 'Empty PATCH request' PATCH /vm ''
+expect_fault 'before starting' PUT /snapshot/create "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_file_path\": \"$T/s.mem\"}"
+expect_fault 'Diff snapshots are not supported' PUT /snapshot/create "{\"snapshot_type\": \"Diff\", \"snapshot_path\": \"$T/s.vmstate\", \"mem_file_path\": \"$T/s.mem\"}"
+expect_fault 'version' PUT /snapshot/create "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_file_path\": \"$T/s.mem\", \"version\": \"1.0.0\"}"
+expect_fault 'snapshot_path' PUT /snapshot/load '{"mem_backend": {"backend_type": "File", "backend_path": "/m"}}'
+expect_fault 'exactly one of mem_backend' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\"}"
+expect_fault 'exactly one of mem_backend' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_file_path\": \"/m\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"/m\"}}"
+expect_fault 'unknown type "Tmpfs"' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_backend\": {\"backend_type\": \"Tmpfs\", \"backend_path\": \"/m\"}}"
+expect_fault 'backend_path' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_backend\": {\"backend_type\": \"File\"}}"
+expect_fault 'bogus' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"/m\", \"bogus\": 1}}"
+expect_fault 'enable_diff_snapshots' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_file_path\": \"/m\", \"enable_diff_snapshots\": true}"
 [ ! -s "$CALLS" ] || die "a hook ran on a refused request: $(cat "$CALLS")"
 pass "bad requests get 400 with {\"fault_message\"} naming the field, and change nothing"
 
@@ -113,6 +130,8 @@ expect 204 '' PUT /drives/rootfs "{\"drive_id\": \"rootfs\", \"path_on_host\": \
 expect_fault 'already the root device' PUT /drives/other "{\"drive_id\": \"other\", \"path_on_host\": \"$T/data.img\", \"is_root_device\": true}"
 expect 204 '' PUT /vsock "{\"vsock_id\": \"vsock0\", \"guest_cid\": 3, \"uds_path\": \"$T/v.sock\"}"
 pass "PUT /boot-source, /drives/{id} (one root), /vsock"
+expect_fault 'not allowed after configuring boot-specific resources' PUT /snapshot/load "{\"snapshot_path\": \"$T/vm.json\", \"mem_file_path\": \"/m\"}"
+pass "snapshot/load is refused once a resource is configured"
 
 # Expect: 100-continue.  curl sent it for bodies over 1 KiB up to 7.x and for
 # bodies over 1 MiB since; ask for it on a 1.5 KiB body, and let this curl
@@ -178,9 +197,53 @@ expect 204 '' PUT /actions '{"action_type": "SendCtrlAltDel"}'
 expect 200 '"vcpu_count":2' GET /machine-config
 pass "after start: pre-boot resources refused, SendCtrlAltDel delivered"
 
+expect_fault 'must be paused first' PUT /snapshot/create "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_file_path\": \"$T/s.mem\"}"
+expect 204 '' PATCH /vm '{"state": "Paused"}'
+expect 200 '"state":"Paused"' GET /
+expect_fault 'not supported after starting the microVM' PUT /snapshot/load "{\"snapshot_path\": \"$T/vm.json\", \"mem_file_path\": \"/m\"}"
+expect 204 '' PUT /snapshot/create "{\"snapshot_type\": \"Full\", \"snapshot_path\": \"$T/s.vmstate\", \"mem_file_path\": \"$T/s.mem\"}"
+expect 204 '' PATCH /vm '{"state": "Resumed"}'
+expect 200 '"state":"Running"' GET /
+want="set_paused Paused
+snapshot_create $T/s.vmstate $T/s.mem
+set_paused Resumed"
+[ "$(tail -n 3 "$CALLS")" = "$want" ] || die "pause/snapshot/resume handed over: $(tail -n 3 "$CALLS"); want: $want"
+pass "PATCH /vm Paused/Resumed and PUT /snapshot/create (only while paused); GET / says Paused"
+
 kill -TERM $SPID
 wait $SPID || die "kvmm_api_server did not stop cleanly"
 [ ! -e "$SOCK" ] || die "the API socket was left behind"
+
+# ---- /snapshot/load on a fresh API -------------------------------------------------
+: >"$CALLS"
+echo state >"$T/s.vmstate"
+"$SERVER" "$SOCK" "$CALLS" 2>"$T/server3.err" &
+SPID=$!
+track_pid $SPID
+wait_sock "$SOCK"
+expect_fault "snapshot_path $T/missing.vmstate" PUT /snapshot/load "{\"snapshot_path\": \"$T/missing.vmstate\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$T/s.mem\"}}"
+expect 200 '"state":"Not started"' GET /
+expect 204 '' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_backend\": {\"backend_type\": \"Uffd\", \"backend_path\": \"$T/uffd.sock\"}, \"resume_vm\": false}"
+expect 200 '"state":"Paused"' GET /
+expect_fault 'not supported after starting the microVM' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_file_path\": \"$T/s.mem\"}"
+expect_fault 'not supported after starting the microVM' PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128}'
+expect 204 '' PATCH /vm '{"state": "Resumed"}'
+expect 200 '"state":"Running"' GET /
+kill -TERM $SPID
+wait $SPID || die "kvmm_api_server did not stop cleanly"
+"$SERVER" "$SOCK" "$CALLS" 2>"$T/server4.err" &
+SPID=$!
+track_pid $SPID
+wait_sock "$SOCK"
+expect 204 '' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_file_path\": \"$T/s.mem\", \"resume_vm\": true}"
+expect 200 '"state":"Running"' GET /
+kill -TERM $SPID
+wait $SPID || die "kvmm_api_server did not stop cleanly"
+want="snapshot_load $T/s.vmstate Uffd $T/uffd.sock resume=0
+set_paused Resumed
+snapshot_load $T/s.vmstate File $T/s.mem resume=1"
+[ "$(cat "$CALLS")" = "$want" ] || die "snapshot/load handed over: $(cat "$CALLS"); want: $want"
+pass "PUT /snapshot/load on a fresh API: Uffd paused then resumed, deprecated mem_file_path resumed; a failure leaves it Not started"
 
 # ---- a --config-file boot --------------------------------------------------------
 cat >"$T/vm.json" <<EOF

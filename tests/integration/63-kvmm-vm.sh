@@ -29,18 +29,9 @@ vmlinuz=$(ls "$kroot"/boot/vmlinuz-* | head -1)
 
 # ---- the inner guest: busybox, the block and EROFS modules, an init per test ----
 I=$T/inner P=$T/payload
-mkdir -p "$I"/{bin,proc,sys,dev,mnt,lib/modules} "$P"
-cp /bin/busybox "$I/bin/busybox"
-ln -s busybox "$I/bin/sh"
-: >"$I/modules.order"
+mkdir -p "$P"
 # libcrc32c finds its algorithm at run time, so the closure misses crc32c.
-mods=$(kernel_mod_closure "$kroot" virtio_mmio virtio_blk crc32c_generic erofs) || die "cannot resolve the guest's modules"
-for rel in $mods; do
-  name=$(basename "$rel")
-  name=${name%%.ko*}.ko
-  kernel_mod_install "$kroot" "$rel" "$I/lib/modules/$name" || die "cannot install $rel"
-  echo "/lib/modules/$name" >>"$I/modules.order"
-done
+kernel_inner_root "$kroot" "$I" virtio_mmio virtio_blk crc32c_generic erofs || die "cannot set up the guest's root and modules"
 cat >"$I/init" <<'EOF'
 #!/bin/sh
 /bin/busybox --install -s /bin

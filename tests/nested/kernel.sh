@@ -21,6 +21,13 @@
 #                             (.ko.xz, .ko.zst, .ko.gz), because busybox insmod
 #                             and finit_module without MODULE_INIT_COMPRESSED_FILE
 #                             want a plain ELF
+#   kernel_inner_root ROOT DIR MOD...
+#                             a busybox root in DIR (the nested harness's
+#                             guest, or a guest of kvmm inside it): static
+#                             /bin/busybox and /bin/sh, empty proc, sys, dev,
+#                             mnt, and MOD... with their dependencies in
+#                             DIR/lib/modules, listed in load order in
+#                             DIR/modules.order (the init loads them)
 
 _kn_src=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
@@ -169,4 +176,19 @@ kernel_mod_install() {
 	*.gz) gzip -dc "$src" >"$dest" ;;
 	*) cp "$src" "$dest" ;;
 	esac || { echo "kernel_mod_install: cannot copy $src" >&2; return 1; }
+}
+
+kernel_inner_root() {
+	local root=$1 dir=$2 mods rel name
+	shift 2
+	mkdir -p "$dir"/{bin,proc,sys,dev,mnt,lib/modules} || return 1
+	cp /bin/busybox "$dir/bin/busybox" && ln -sf busybox "$dir/bin/sh" || return 1
+	: >"$dir/modules.order"
+	mods=$(kernel_mod_closure "$root" "$@") || return 1
+	for rel in $mods; do
+		name=$(basename "$rel")
+		name=${name%%.ko*}.ko
+		kernel_mod_install "$root" "$rel" "$dir/lib/modules/$name" || return 1
+		echo "/lib/modules/$name" >>"$dir/modules.order"
+	done
 }

@@ -77,17 +77,9 @@ trap 'exit 130' INT TERM
 
 # ---- the outer initramfs -------------------------------------------------------------------------------------------
 R=$work/root
-mkdir -p "$R"/{bin,sbin,proc,sys,dev,tmp,run,etc,lib/modules}
-cp "$busybox" "$R/bin/busybox"
-ln -s busybox "$R/bin/sh"
-: >"$R/modules.order"
-mods=$(kernel_mod_closure "$kroot" irqbypass kvm ccp kvm_amd ${extra_mods//,/ }) || { echo "nested: cannot resolve the modules" >&2; exit 125; }
-for rel in $mods; do
-	name=$(basename "$rel")
-	name=${name%%.ko*}.ko
-	kernel_mod_install "$kroot" "$rel" "$R/lib/modules/$name" || exit 125
-	echo "/lib/modules/$name" >>"$R/modules.order"
-done
+mkdir -p "$R"/{sbin,tmp,run,etc}
+kernel_inner_root "$kroot" "$R" irqbypass kvm ccp kvm_amd ${extra_mods//,/ } ||
+	{ echo "nested: cannot set up the guest's root and its modules" >&2; exit 125; }
 
 cp -a "$payload" "$R/payload"
 # Every dynamically linked ELF gets its libraries and loader at the host paths.

@@ -8,6 +8,11 @@
  *   instance_start vcpus=N mem_mib=N kernel=PATH initrd=PATH|- args=ARGS|-
  *       drives=ID:PATH:root|data,... vsock=CID:PATH|-
  *   send_ctrl_alt_del
+ *   set_paused Paused|Resumed
+ *   snapshot_create SNAPSHOT_PATH MEM_FILE_PATH
+ *   snapshot_load SNAPSHOT_PATH File|Uffd BACKEND_PATH resume=0|1
+ * A snapshot_load that names a SNAPSHOT_PATH that does not exist fails with
+ * the path in its message, as kvmm's would.
  * --fail-start makes the first InstanceStart fail with MESSAGE.
  * --config-file loads and validates FILE first and reports the VM as running,
  * as kvmm does when booted from a file.  Runs until SIGTERM or SIGINT; exits 0
@@ -18,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/common.h"
 #include "vmm/kvmm/api.h"
@@ -70,6 +76,42 @@ static int hook_cad(void *ctx, char *err, size_t errlen)
 	return r;
 }
 
+static int hook_paused(void *ctx, bool pause, char *err, size_t errlen)
+{
+	int r = record(ctx, pause ? "set_paused Paused" : "set_paused Resumed");
+	if (r < 0)
+		snprintf(err, errlen, "cannot record the call: %s", strerror(-r));
+	return r;
+}
+
+static int hook_snap_create(void *ctx, const char *path, const char *mem, char *err, size_t errlen)
+{
+	char line[8192];
+	snprintf(line, sizeof(line), "snapshot_create %s %s", path, mem);
+	int r = record(ctx, line);
+	if (r < 0)
+		snprintf(err, errlen, "cannot record the call: %s", strerror(-r));
+	return r;
+}
+
+static int hook_snap_load(void *ctx, struct kvmm_config *cfg, const char *path, bool uffd, const char *backend,
+			  bool resume, char *err, size_t errlen)
+{
+	(void)cfg;
+	if (access(path, F_OK) < 0) {
+		int e = errno;
+		snprintf(err, errlen, "snapshot_path %s: %s", path, strerror(e));
+		return -e;
+	}
+	char line[8192];
+	snprintf(line, sizeof(line), "snapshot_load %s %s %s resume=%d", path, uffd ? "Uffd" : "File", backend,
+		 resume);
+	int r = record(ctx, line);
+	if (r < 0)
+		snprintf(err, errlen, "cannot record the call: %s", strerror(-r));
+	return r;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 3) {
@@ -104,7 +146,12 @@ int main(int argc, char **argv)
 		kvmm_config_free(&cfg);
 		return 1;
 	}
-	struct kvmm_api_hooks hooks = {.ctx = &rec, .instance_start = hook_start, .send_ctrl_alt_del = hook_cad};
+	struct kvmm_api_hooks hooks = {.ctx = &rec,
+				       .instance_start = hook_start,
+				       .send_ctrl_alt_del = hook_cad,
+				       .set_paused = hook_paused,
+				       .snapshot_create = hook_snap_create,
+				       .snapshot_load = hook_snap_load};
 	struct kvmm_api *api;
 	if (kvmm_api_start(&api, argv[1], &cfg, &hooks) < 0) {
 		kvmm_config_free(&cfg);

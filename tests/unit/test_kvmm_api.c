@@ -388,6 +388,8 @@ enum probe {
 	P_OPENAT,
 	P_EPOLL,
 	P_ACCEPT,
+	P_OPENAT_NEW, /* create a new file write-only: what a snapshot does */
+	P_OPENAT_TRUNC,
 };
 
 /* Apply |kind|'s filter in a child, make one call, exit 0.  The status. */
@@ -435,6 +437,16 @@ static int probe(enum kvmm_thread_kind kind, enum probe p)
 		case P_EPOLL:
 			if (syscall(SYS_epoll_wait, -1, NULL, 1, 0) != -1 || errno != EBADF)
 				syscall(SYS_exit_group, 3);
+			break;
+		case P_OPENAT_NEW:
+			/* Allowed on the API thread, so it fails only for the missing directory. */
+			if (syscall(SYS_openat, AT_FDCWD, "/nonexistent-kvmm-dir/x", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+				    0600) != -1 ||
+			    errno != ENOENT)
+				syscall(SYS_exit_group, 3);
+			break;
+		case P_OPENAT_TRUNC:
+			syscall(SYS_openat, AT_FDCWD, "/nonexistent-kvmm-dir/x", O_WRONLY | O_CREAT | O_TRUNC, 0600);
 			break;
 		case P_ACCEPT:
 			if (syscall(SYS_accept4, -1, NULL, NULL, 0) != -1 || errno != EBADF)
@@ -492,6 +504,12 @@ static void test_seccomp(void)
 	CHECK(lives(KVMM_THREAD_API, P_ACCEPT));
 	CHECK(lives(KVMM_THREAD_DEVICES, P_ACCEPT));
 	CHECK(killed(KVMM_THREAD_VCPU, P_ACCEPT));
+	/* Snapshots: the API thread may create new files, and open nothing else. */
+	CHECK(lives(KVMM_THREAD_API, P_OPENAT_NEW));
+	CHECK(killed(KVMM_THREAD_API, P_OPENAT_TRUNC));
+	CHECK(killed(KVMM_THREAD_VCPU, P_OPENAT_NEW));
+	CHECK(killed(KVMM_THREAD_DEVICES, P_OPENAT_NEW));
+	CHECK(killed(KVMM_THREAD_VMM, P_OPENAT_NEW));
 }
 
 /* ---- the jail ---------------------------------------------------------------------------------- */

@@ -812,6 +812,34 @@ static void test_reset(void)
 	close(lfd);
 }
 
+/* After a restore: VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (id 0) goes into the
+ * driver's event buffer, with its interrupt; no buffer or a short one is
+ * refused and said so. */
+static void test_transport_reset(void)
+{
+	uint64_t drain;
+	pthread_mutex_lock(&dev_lock);
+	CHECK(virtio_vsock_transport_reset(&dev) == -ENOBUFS); /* the driver posted no event buffer */
+	/* Two event buffers: a good one, then one too short for the event. */
+	memset(g(TXB), 0xee, 8);
+	set_desc(EVQ, 0, BASE + TXB, 8, VIRTQ_DESC_F_WRITE, 0);
+	set_desc(EVQ, 1, BASE + TXB + 64, 2, VIRTQ_DESC_F_WRITE, 0);
+	put_le16(g(EVQ + 0x1000) + 4, 0);
+	put_le16(g(EVQ + 0x1000) + 6, 1);
+	put_le16(g(EVQ + 0x1000) + 2, 2);
+	while (read(irq_fd, &drain, sizeof(drain)) > 0)
+		;
+	CHECK(virtio_vsock_transport_reset(&dev) == 0);
+	CHECK(get_le32(g(TXB)) == 0 && g(TXB)[4] == 0xee);	     /* id 0, 4 bytes written */
+	CHECK(get_le16(g(EVQ + 0x2000) + 2) == 1);		     /* used idx */
+	CHECK(get_le32(g(EVQ + 0x2000) + 4) == 0 && get_le32(g(EVQ + 0x2000) + 8) == 4); /* head 0, len 4 */
+	CHECK(read(irq_fd, &drain, sizeof(drain)) == sizeof(drain)); /* the interrupt */
+	CHECK(virtio_vsock_transport_reset(&dev) == -EINVAL);	     /* 2 bytes: handed back empty */
+	CHECK(get_le16(g(EVQ + 0x2000) + 2) == 2 && get_le32(g(EVQ + 0x2000) + 16) == 0);
+	CHECK(virtio_vsock_transport_reset(&dev) == -ENOBUFS);
+	pthread_mutex_unlock(&dev_lock);
+}
+
 static void *loop_thread(void *arg)
 {
 	kvmm_loop_run(arg);
@@ -845,6 +873,7 @@ int main(void)
 	test_credit_overrun();
 	test_malformed();
 	test_reset();
+	test_transport_reset();
 
 	kvmm_loop_stop(&loop);
 	pthread_join(lt, NULL);

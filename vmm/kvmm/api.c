@@ -29,13 +29,13 @@
 #include "vmm/kvmm/http.h"
 #include "vmm/kvmm/jail.h"
 
-#define KVMM_VMM_VERSION "0.1.0"
 #define KVMM_INSTANCE_ID "anonymous-instance" /* Firecracker's default --id */
 #define API_BUF (KVMM_HTTP_MAX_HEAD + KVMM_HTTP_MAX_BODY)
 
 /* Firecracker's own words for these, so clients that match on them work. */
 #define MSG_AFTER_START "The requested operation is not supported after starting the microVM."
 #define MSG_BEFORE_START "The requested operation is not supported before starting the microVM."
+#define MSG_LOAD_AFTER_CONFIG "Loading a microVM snapshot not allowed after configuring boot-specific resources."
 
 struct kvmm_api {
 	pthread_t thread;
@@ -45,6 +45,8 @@ struct kvmm_api {
 	struct kvmm_config *cfg; /* the caller's; ours until kvmm_api_stop() */
 	struct kvmm_api_hooks hooks;
 	atomic_bool running;
+	atomic_bool paused;
+	bool configured; /* a pre-boot resource was PUT: too late for /snapshot/load */
 	bool seccomp_on; /* the API thread's filter is installed */
 	char *buf;	 /* one connection's bytes: a head and a body fit */
 };
@@ -182,7 +184,10 @@ static void get_instance(struct kvmm_api *a, struct resp *rs)
 {
 	resp_json(rs, 200,
 		  json_pack("{s:s, s:s, s:s, s:s}", "id", KVMM_INSTANCE_ID, "state",
-			    atomic_load(&a->running) ? "Running" : "Not started", "vmm_version", KVMM_VMM_VERSION,
+			    !atomic_load(&a->running) ? "Not started"
+			    : atomic_load(&a->paused) ? "Paused"
+						      : "Running",
+			    "vmm_version", KVMM_VMM_VERSION,
 			    "app_name", "kvmm"));
 }
 
@@ -214,17 +219,140 @@ static void put_resource(struct kvmm_api *a, enum kvmm_resource r, const char *i
 		resp_fault(rs, "%s", err);
 		return;
 	}
+	a->configured = true;
 	rs->status = 204;
+}
+
+/* Parse |<body, len>| as a JSON object; NULL with the fault sent. */
+static json_t *load_body(const char *what, const char *body, size_t len, struct resp *rs)
+{
+	json_error_t je;
+	json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+	if (!j)
+		resp_fault(rs, "%s: invalid JSON at line %d column %d: %s", what, je.line, je.column, je.text);
+	return j;
+}
+
+static void patch_vm(struct kvmm_api *a, const char *body, size_t len, struct resp *rs)
+{
+	json_t *j = load_body("vm", body, len, rs);
+	if (!j)
+		return;
+	const char *state = NULL;
+	json_error_t je;
+	char err[512] = "";
+	if (json_unpack_ex(j, &je, JSON_STRICT, "{s:s}", "state", &state) < 0) {
+		resp_fault(rs, "vm: %s (the body is {\"state\": \"Paused\"|\"Resumed\"})", je.text);
+	} else if (strcmp(state, "Paused") != 0 && strcmp(state, "Resumed") != 0) {
+		resp_fault(rs, "vm.state: unknown state \"%.64s\"; expected Paused or Resumed", state);
+	} else if (!atomic_load(&a->running)) {
+		resp_fault(rs, MSG_BEFORE_START);
+	} else if (!a->hooks.set_paused) {
+		resp_fault(rs, "vm: pausing is not available in this server");
+	} else {
+		bool pause = strcmp(state, "Paused") == 0;
+		if (a->hooks.set_paused(a->hooks.ctx, pause, err, sizeof(err)) < 0) {
+			resp_fault(rs, "%s the microVM: %s", pause ? "Pausing" : "Resuming",
+				   err[0] ? err : "failed (see kvmm's log)");
+		} else {
+			atomic_store(&a->paused, pause);
+			rs->status = 204;
+		}
+	}
+	json_decref(j);
+}
+
+static void snapshot_create(struct kvmm_api *a, const char *body, size_t len, struct resp *rs)
+{
+	json_t *j = load_body("snapshot/create", body, len, rs);
+	if (!j)
+		return;
+	const char *type = "Full", *path = NULL, *mem = NULL;
+	json_error_t je;
+	char err[1024] = "";
+	if (json_unpack_ex(j, &je, JSON_STRICT, "{s?:s, s:s, s:s}", "snapshot_type", &type, "snapshot_path", &path,
+			   "mem_file_path", &mem) < 0) {
+		resp_fault(rs,
+			   "snapshot/create: %s (the body is {\"snapshot_type\": \"Full\", \"snapshot_path\": "
+			   "PATH, \"mem_file_path\": PATH})",
+			   je.text);
+	} else if (strcmp(type, "Diff") == 0) {
+		resp_fault(rs, "Create snapshot error: Diff snapshots are not supported: kvmm does not track dirty "
+			       "pages (track_dirty_pages is always false); use \"snapshot_type\": \"Full\"");
+	} else if (strcmp(type, "Full") != 0) {
+		resp_fault(rs, "snapshot/create.snapshot_type: unknown type \"%.64s\"; expected Full", type);
+	} else if (!path[0] || !mem[0]) {
+		resp_fault(rs, "snapshot/create: snapshot_path and mem_file_path must not be empty");
+	} else if (!atomic_load(&a->running)) {
+		resp_fault(rs, "Create snapshot error: " MSG_BEFORE_START);
+	} else if (!atomic_load(&a->paused)) {
+		resp_fault(rs, "Create snapshot error: the microVM must be paused first (PATCH /vm {\"state\": "
+			       "\"Paused\"})");
+	} else if (!a->hooks.snapshot_create) {
+		resp_fault(rs, "Create snapshot error: snapshots are not available in this server");
+	} else if (a->hooks.snapshot_create(a->hooks.ctx, path, mem, err, sizeof(err)) < 0) {
+		resp_fault(rs, "Create snapshot error: %s", err[0] ? err : "failed (see kvmm's log)");
+	} else {
+		rs->status = 204;
+	}
+	json_decref(j);
+}
+
+static void snapshot_load(struct kvmm_api *a, const char *body, size_t len, struct resp *rs)
+{
+	json_t *j = load_body("snapshot/load", body, len, rs);
+	if (!j)
+		return;
+	const char *path = NULL, *mem_file = NULL, *btype = NULL, *bpath = NULL;
+	json_t *backend = NULL;
+	int resume = 0, diff = 0;
+	json_error_t je;
+	char err[1024] = "";
+	if (json_unpack_ex(j, &je, JSON_STRICT, "{s:s, s?:s, s?:o, s?:b, s?:b}", "snapshot_path", &path,
+			   "mem_file_path", &mem_file, "mem_backend", &backend, "resume_vm", &resume,
+			   "enable_diff_snapshots", &diff) < 0 ||
+	    (backend && json_unpack_ex(backend, &je, JSON_STRICT, "{s:s, s:s}", "backend_type", &btype,
+				       "backend_path", &bpath) < 0)) {
+		resp_fault(rs,
+			   "snapshot/load: %s (the body is {\"snapshot_path\": PATH, \"mem_backend\": "
+			   "{\"backend_type\": \"File\"|\"Uffd\", \"backend_path\": PATH}, \"resume_vm\": BOOL})",
+			   je.text);
+		json_decref(j);
+		return;
+	}
+	if (!!mem_file == !!backend)
+		resp_fault(rs, "snapshot/load: give exactly one of mem_backend and the deprecated mem_file_path");
+	else if (btype && strcmp(btype, "File") != 0 && strcmp(btype, "Uffd") != 0)
+		resp_fault(rs, "snapshot/load.mem_backend.backend_type: unknown type \"%.64s\"; expected File or Uffd",
+			   btype);
+	else if (diff)
+		resp_fault(rs, "snapshot/load: enable_diff_snapshots is not supported (kvmm takes Full snapshots only)");
+	else if (!path[0] || (bpath && !bpath[0]) || (mem_file && !mem_file[0]))
+		resp_fault(rs, "snapshot/load: snapshot_path and the memory backend's path must not be empty");
+	else if (atomic_load(&a->running))
+		resp_fault(rs, "Load snapshot error: " MSG_AFTER_START);
+	else if (a->configured)
+		resp_fault(rs, MSG_LOAD_AFTER_CONFIG);
+	else if (!a->hooks.snapshot_load)
+		resp_fault(rs, "Load snapshot error: snapshots are not available in this server");
+	else if (a->hooks.snapshot_load(a->hooks.ctx, a->cfg, path, btype && strcmp(btype, "Uffd") == 0,
+					 mem_file ? mem_file : bpath, resume, err, sizeof(err)) < 0)
+		resp_fault(rs, "Load snapshot error: %s", err[0] ? err : "failed (see kvmm's log)");
+	else {
+		atomic_store(&a->paused, !resume);
+		atomic_store(&a->running, true);
+		log_info("API: snapshot %s loaded; the VM %s", path, resume ? "runs" : "is paused");
+		rs->status = 204;
+	}
+	json_decref(j);
 }
 
 static void action(struct kvmm_api *a, const char *body, size_t len, struct resp *rs)
 {
-	json_error_t je;
-	json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
-	if (!j) {
-		resp_fault(rs, "actions: invalid JSON at line %d column %d: %s", je.line, je.column, je.text);
+	json_t *j = load_body("actions", body, len, rs);
+	if (!j)
 		return;
-	}
+	json_error_t je;
 	const char *type = NULL;
 	if (json_unpack_ex(j, &je, JSON_STRICT, "{s:s}", "action_type", &type) < 0) {
 		resp_fault(rs, "actions: %s (the body is {\"action_type\": \"InstanceStart\"|\"SendCtrlAltDel\"})",
@@ -265,9 +393,9 @@ static void route(struct kvmm_api *a, const struct kvmm_http_req *q, const char 
 {
 	const char *m = q->method, *p = q->path;
 	size_t blen = q->content_length;
-	bool get = strcmp(m, "GET") == 0, put = strcmp(m, "PUT") == 0;
-	if (put && blen == 0) {
-		resp_fault(rs, "Empty PUT request.");
+	bool get = strcmp(m, "GET") == 0, put = strcmp(m, "PUT") == 0, patch = strcmp(m, "PATCH") == 0;
+	if ((put || patch) && blen == 0) {
+		resp_fault(rs, "Empty %s request.", m);
 		return;
 	}
 	if (get && strcmp(p, "/") == 0)
@@ -286,6 +414,12 @@ static void route(struct kvmm_api *a, const struct kvmm_http_req *q, const char 
 		put_resource(a, KVMM_RES_DRIVE, p + 8, body, blen, rs);
 	else if (put && strcmp(p, "/actions") == 0)
 		action(a, body, blen, rs);
+	else if (patch && strcmp(p, "/vm") == 0)
+		patch_vm(a, body, blen, rs);
+	else if (put && strcmp(p, "/snapshot/create") == 0)
+		snapshot_create(a, body, blen, rs);
+	else if (put && strcmp(p, "/snapshot/load") == 0)
+		snapshot_load(a, body, blen, rs);
 	else
 		resp_fault(rs, "Invalid request method and/or path: %s %.200s.", m, p);
 }
@@ -452,6 +586,7 @@ int kvmm_api_start(struct kvmm_api **out, const char *sock_path, struct kvmm_con
 	a->cfg = cfg;
 	a->hooks = *hooks;
 	atomic_init(&a->running, false);
+	atomic_init(&a->paused, false);
 	a->stop_fd = -1;
 	int r = listen_unix(sock_path);
 	if (r < 0)

@@ -49,6 +49,36 @@ void kvmm_config_free(struct kvmm_config *c)
 	kvmm_config_init(c);
 }
 
+static int dup_opt(const char *src, char **dst)
+{
+	*dst = NULL;
+	if (!src)
+		return 0;
+	*dst = strdup(src);
+	return *dst ? 0 : -ENOMEM;
+}
+
+int kvmm_config_copy(struct kvmm_config *dst, const struct kvmm_config *src)
+{
+	kvmm_config_init(dst);
+	*dst = *src;
+	dst->kernel_image_path = dst->initrd_path = dst->boot_args = dst->vsock_uds_path = NULL;
+	for (size_t i = 0; i < src->n_drives; i++)
+		dst->drives[i].path_on_host = NULL;
+	int r = dup_opt(src->kernel_image_path, &dst->kernel_image_path);
+	if (r == 0)
+		r = dup_opt(src->initrd_path, &dst->initrd_path);
+	if (r == 0)
+		r = dup_opt(src->boot_args, &dst->boot_args);
+	if (r == 0)
+		r = dup_opt(src->vsock_uds_path, &dst->vsock_uds_path);
+	for (size_t i = 0; r == 0 && i < src->n_drives; i++)
+		r = dup_opt(src->drives[i].path_on_host, &dst->drives[i].path_on_host);
+	if (r < 0)
+		kvmm_config_free(dst);
+	return r;
+}
+
 /* ---- one object against its field table ------------------------------------- */
 
 /* The fields an object may carry; |where| prefixes every message. */

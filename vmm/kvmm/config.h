@@ -57,6 +57,10 @@ void kvmm_config_init(struct kvmm_config *c);
  * Accepts NULL. */
 void kvmm_config_free(struct kvmm_config *c);
 
+/* Make |dst| (not initialised, or freed) a deep copy of |src|.  Returns 0, or
+ * -ENOMEM with |dst| left as kvmm_config_init() does. */
+int kvmm_config_copy(struct kvmm_config *dst, const struct kvmm_config *src);
+
 /* Apply the JSON object |<json, len>| (untrusted: an API body or a piece of a
  * config file) to resource |r| of |c|, with Firecracker's rules: unknown
  * fields, wrong types, duplicate keys and out-of-range values are refused;

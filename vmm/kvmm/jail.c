@@ -56,10 +56,16 @@ static const char *const devices_calls[] = {"epoll_wait", "epoll_pwait", "epoll_
 					    "accept",	  "accept4",	 "shutdown",  "fcntl",	 "getsockopt",
 					    "fsync",	  "fdatasync",	 NULL};
 
-/* The API thread once the VM runs: its one socket, and SendCtrlAltDel. */
-static const char *const api_calls[] = {"poll",	   "ppoll",    "accept",  "accept4", "recvfrom",
-					"recvmsg", "sendto",   "sendmsg", "shutdown", "fcntl",
-					"getsockopt", NULL};
+/* The API thread once the VM runs: its one socket, SendCtrlAltDel, pause
+ * (an eventfd write and vCPU kicks, in the base list) and PUT
+ * /snapshot/create: the two files, each created under a temporary name
+ * (allow_create_only(): no existing file can be opened), written (sparse:
+ * pwrite at offsets, ftruncate for the size), synced and renamed, or
+ * unlinked after a failure. */
+static const char *const api_calls[] = {"poll",	   "ppoll",	"accept",    "accept4",	 "recvfrom",
+					"recvmsg", "sendto",	"sendmsg",   "shutdown", "fcntl",
+					"getsockopt", "pwrite64", "ftruncate", "fsync",	 "rename",
+					"renameat", "renameat2", "unlink",    "unlinkat", NULL};
 
 /* The main thread after setup: wait for the VM to end (condition variables,
  * joins, polls, signals), then tear down: close and unmap, remove the socket
@@ -128,6 +134,19 @@ static int allow_noexec_mem(scmp_filter_ctx ctx)
 	return r;
 }
 
+/* openat() only to create a new file, write-only (O_CREAT | O_EXCL |
+ * O_WRONLY): what a snapshot writes; nothing that exists can be read or
+ * changed through it. */
+static int allow_create_only(scmp_filter_ctx ctx)
+{
+	const scmp_datum_t mask = O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_APPEND;
+	int r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(openat), 1,
+				 SCMP_A2(SCMP_CMP_MASKED_EQ, mask, O_WRONLY | O_CREAT | O_EXCL));
+	if (r < 0)
+		log_err("seccomp: allow openat(O_CREAT|O_EXCL|O_WRONLY): %s", strerror(-r));
+	return r;
+}
+
 /* socket(AF_UNIX, ...) only: vsock's host side is unix sockets, and a
  * compromised device must not reach the network. */
 static int allow_unix_socket(scmp_filter_ctx ctx)
@@ -146,6 +165,14 @@ int kvmm_seccomp_apply(enum kvmm_thread_kind kind)
 	};
 	/* Ctrl-Alt-Del and shutdown paths may pulse an interrupt line on the VM fd. */
 	static const unsigned long irq_ioctls[] = {KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS};
+	/* The API thread reads the paused VM's state for a snapshot: getters
+	 * only, on the vCPU and VM fds. */
+	static const unsigned long api_ioctls[] = {
+		KVM_IRQ_LINE,	   KVM_IRQ_LINE_STATUS, KVM_GET_REGS,	    KVM_GET_SREGS,   KVM_GET_XSAVE,
+		KVM_GET_FPU,	   KVM_GET_XCRS,	KVM_GET_LAPIC,	    KVM_GET_MSRS,    KVM_GET_VCPU_EVENTS,
+		KVM_GET_DEBUGREGS, KVM_GET_MP_STATE,	KVM_GET_TSC_KHZ,    KVM_GET_CLOCK,   KVM_GET_IRQCHIP,
+		KVM_GET_PIT2,
+	};
 	static const unsigned long sock_ioctls[] = {FIONBIO, FIONREAD};
 
 	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_KILL_PROCESS);
@@ -167,8 +194,8 @@ int kvmm_seccomp_apply(enum kvmm_thread_kind kind)
 				r = allow_ioctls(ctx, sock_ioctls, sizeof(sock_ioctls) / sizeof(sock_ioctls[0]));
 			break;
 		case KVMM_THREAD_API:
-			if ((r = allow_list(ctx, api_calls)) == 0)
-				r = allow_ioctls(ctx, irq_ioctls, sizeof(irq_ioctls) / sizeof(irq_ioctls[0]));
+			if ((r = allow_list(ctx, api_calls)) == 0 && (r = allow_create_only(ctx)) == 0)
+				r = allow_ioctls(ctx, api_ioctls, sizeof(api_ioctls) / sizeof(api_ioctls[0]));
 			break;
 		case KVMM_THREAD_VMM:
 			if ((r = allow_list(ctx, vmm_calls)) == 0)

@@ -7,7 +7,8 @@
  * four pieces main.c composes:
  *
  *   config.h       the VM's configuration, in Firecracker's terms;
- *   vm.h           the VM: create it from a config, start, wait, destroy;
+ *   vm.h           the VM: create it from a config or a snapshot, start,
+ *                  pause, snapshot, wait, destroy;
  *   api.h          Firecracker's REST API on a unix socket;
  *   jail.h         a seccomp allowlist per thread, and the jailer's
  *                  cgroup, chroot and user for the whole process.

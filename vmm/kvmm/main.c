@@ -220,6 +220,28 @@ static int open_log(const char *path)
 	return 0;
 }
 
+/* Start |vm| (created or restored) and hand it to the runner; on failure
+ * destroy it.  |how| goes into the boot-time line. */
+static int run_vm(struct runner *run, struct kvmm_vm *vm, const char *how, char *err, size_t errlen)
+{
+	kvmm_vm_set_seccomp(vm, run->seccomp);
+	int r = kvmm_vm_start(vm);
+	if (r < 0) {
+		snprintf(err, errlen, "cannot start the VM: %s (kvmm's log has the details)", strerror(-r));
+		kvmm_vm_destroy(vm);
+		return r;
+	}
+	/* Like Firecracker's boot timer: the time from process start until
+	 * the vCPUs run, one line whatever the log level. */
+	fprintf(stderr, "kvmm: instance %s %s %.3f ms after kvmm started\n", run->id, how,
+		(now_seconds() - run->t0) * 1e3);
+	pthread_mutex_lock(&run->lock);
+	run->vm = vm;
+	pthread_cond_broadcast(&run->cond);
+	pthread_mutex_unlock(&run->lock);
+	return 0;
+}
+
 /* Create and start the VM; on success hand it to the runner. */
 static int boot(struct runner *run, const struct kvmm_config *cfg, char *err, size_t errlen)
 {
@@ -239,22 +261,7 @@ static int boot(struct runner *run, const struct kvmm_config *cfg, char *err, si
 			close(kvm);
 		return r;
 	}
-	kvmm_vm_set_seccomp(vm, run->seccomp);
-	r = kvmm_vm_start(vm);
-	if (r < 0) {
-		snprintf(err, errlen, "cannot start the VM: %s (kvmm's log has the details)", strerror(-r));
-		kvmm_vm_destroy(vm);
-		return r;
-	}
-	/* Like Firecracker's boot timer: the time from process start until
-	 * the vCPUs run, one line whatever the log level. */
-	fprintf(stderr, "kvmm: instance %s started %.3f ms after kvmm started\n", run->id,
-		(now_seconds() - run->t0) * 1e3);
-	pthread_mutex_lock(&run->lock);
-	run->vm = vm;
-	pthread_cond_broadcast(&run->cond);
-	pthread_mutex_unlock(&run->lock);
-	return 0;
+	return run_vm(run, vm, "started", err, errlen);
 }
 
 static int hook_instance_start(void *ctx, const struct kvmm_config *cfg, char *err, size_t errlen)
@@ -276,6 +283,48 @@ static int hook_ctrl_alt_del(void *ctx, char *err, size_t errlen)
 	else if (r < 0)
 		snprintf(err, errlen, "%s", strerror(-r));
 	return r;
+}
+
+static struct kvmm_vm *runner_vm(struct runner *run)
+{
+	pthread_mutex_lock(&run->lock);
+	struct kvmm_vm *vm = run->vm;
+	pthread_mutex_unlock(&run->lock);
+	return vm;
+}
+
+static int hook_set_paused(void *ctx, bool pause, char *err, size_t errlen)
+{
+	struct kvmm_vm *vm = runner_vm(ctx);
+	int r = !vm ? -EAGAIN : pause ? kvmm_vm_pause(vm) : kvmm_vm_resume(vm);
+	if (r == -EAGAIN)
+		snprintf(err, errlen, "the VM is not running (it ended or never started)");
+	else if (r < 0)
+		snprintf(err, errlen, "%s", strerror(-r));
+	return r;
+}
+
+static int hook_snapshot_create(void *ctx, const char *snapshot_path, const char *mem_file_path, char *err,
+				size_t errlen)
+{
+	struct kvmm_vm *vm = runner_vm(ctx);
+	if (!vm) {
+		snprintf(err, errlen, "the VM is not running");
+		return -EAGAIN;
+	}
+	return kvmm_vm_snapshot_create(vm, snapshot_path, mem_file_path, err, errlen);
+}
+
+static int hook_snapshot_load(void *ctx, struct kvmm_config *cfg, const char *snapshot_path, bool uffd,
+			      const char *backend_path, bool resume, char *err, size_t errlen)
+{
+	struct runner *run = ctx;
+	struct kvmm_vm *vm;
+	int r = kvmm_vm_restore(snapshot_path, uffd ? KVMM_MEM_UFFD : KVMM_MEM_FILE, backend_path, resume, cfg, &vm,
+				err, errlen);
+	if (r < 0)
+		return r;
+	return run_vm(run, vm, "restored", err, errlen);
 }
 
 static int load_config(const struct opts *o, struct kvmm_config *cfg)
@@ -344,6 +393,9 @@ int main(int argc, char **argv)
 			.ctx = &run,
 			.instance_start = hook_instance_start,
 			.send_ctrl_alt_del = hook_ctrl_alt_del,
+			.set_paused = hook_set_paused,
+			.snapshot_create = hook_snapshot_create,
+			.snapshot_load = hook_snapshot_load,
 			.seccomp = run.seccomp,
 		};
 		/* Firecracker replaces a stale socket file; kvmm_api_start()

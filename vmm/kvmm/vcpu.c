@@ -220,7 +220,7 @@ static int setup_fpu(struct kvmm_vcpu *c)
 	return vcpu_ioctl(c, KVM_SET_FPU, &fpu, "KVM_SET_FPU");
 }
 
-int vcpu_create(struct kvmm_vm *vm, unsigned i)
+int vcpu_create_bare(struct kvmm_vm *vm, unsigned i)
 {
 	struct kvmm_vcpu *c = &vm->vcpus[i];
 	c->vm = vm;
@@ -239,7 +239,13 @@ int vcpu_create(struct kvmm_vm *vm, unsigned i)
 		return -e;
 	}
 	c->run = run;
-	int r = setup_cpuid(c);
+	return setup_cpuid(c);
+}
+
+int vcpu_create(struct kvmm_vm *vm, unsigned i)
+{
+	struct kvmm_vcpu *c = &vm->vcpus[i];
+	int r = vcpu_create_bare(vm, i);
 	if (r == 0)
 		r = setup_msrs(c);
 	if (r == 0)
@@ -427,6 +433,39 @@ static bool handle_exit(struct kvmm_vcpu *c)
 	}
 }
 
+/* Pause: leave KVM_RUN for good and wait for the resume.  One more KVM_RUN
+ * with immediate_exit set first completes what the last exit left half
+ * done (the data of a port or MMIO read goes into the guest's registers)
+ * and enters no guest code, so the saved registers are whole. */
+static void park(struct kvmm_vcpu *c)
+{
+	struct kvmm_vm *vm = c->vm;
+	__atomic_store_n(&c->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+	for (;;) {
+		if (ioctl(c->fd, KVM_RUN, 0) < 0) {
+			int e = errno;
+			if (e == EINTR || e == EAGAIN)
+				break; /* completed, and nothing entered */
+			log_err("vCPU %u: KVM_RUN (completing its last exit before a pause): %s", c->index, strerror(e));
+			vm_end(vm, -e, "KVM_RUN failed");
+			return;
+		}
+		if (!handle_exit(c))
+			return; /* an exit still came through and ended the VM */
+	}
+	pthread_mutex_lock(&vm->state_lock);
+	vm->parked++;
+	pthread_cond_broadcast(&vm->state_cond);
+	while (atomic_load(&vm->paused) && !atomic_load(&vm->stopping))
+		pthread_cond_wait(&vm->state_cond, &vm->state_lock);
+	vm->parked--;
+	/* Clear the kick unless a stop set it meanwhile (vm_end() sets
+	 * stopping before it kicks, under this lock). */
+	if (!atomic_load(&vm->stopping))
+		__atomic_store_n(&c->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+	pthread_mutex_unlock(&vm->state_lock);
+}
+
 void *vcpu_thread(void *arg)
 {
 	struct kvmm_vcpu *c = arg;
@@ -443,6 +482,10 @@ void *vcpu_thread(void *arg)
 	for (;;) {
 		if (atomic_load(&vm->stopping))
 			break;
+		if (atomic_load(&vm->paused)) {
+			park(c);
+			continue;
+		}
 		if (ioctl(c->fd, KVM_RUN, 0) < 0) {
 			int e = errno;
 			if (e == EINTR || e == EAGAIN)

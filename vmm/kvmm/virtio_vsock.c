@@ -1022,6 +1022,33 @@ static void vsock_reset(struct virtio_mmio_dev *d)
 	kick(v);
 }
 
+int virtio_vsock_transport_reset(struct virtio_vsock *v)
+{
+	struct virtq *q = virtio_mmio_queue(&v->mmio, Q_EVENT);
+	if (!q)
+		return -EAGAIN;
+	struct virtq_chain *ch = malloc(sizeof(*ch));
+	if (!ch)
+		return -ENOMEM;
+	int r = virtq_pop(q, v->mmio.mem, ch);
+	if (r == -EAGAIN) {
+		r = -ENOBUFS;
+	} else if (r == 0) {
+		/* struct virtio_vsock_event: le32 id, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET = 0. */
+		uint8_t ev[4] = { 0 };
+		bool fits = ch->n > 0 && ch->bufs[0].write && ch->bufs[0].len >= sizeof(ev) &&
+			    guest_mem_write(v->mmio.mem, ch->bufs[0].gpa, ev, sizeof(ev)) == 0;
+		virtq_push(q, v->mmio.mem, ch->head, fits ? sizeof(ev) : 0);
+		r = fits ? 0 : -EINVAL;
+		if (virtq_should_interrupt(q, v->mmio.mem))
+			virtio_mmio_interrupt(&v->mmio, VIRTIO_MMIO_INT_VRING);
+	} else if (ch->head != VIRTQ_NO_HEAD) {
+		virtq_push(q, v->mmio.mem, ch->head, 0);
+	}
+	free(ch);
+	return r;
+}
+
 static const struct virtio_dev_ops vsock_ops = {
 	.device_id = VIRTIO_ID_VSOCK,
 	.num_queues = 3,

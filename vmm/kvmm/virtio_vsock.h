@@ -84,6 +84,14 @@ int virtio_vsock_init(struct virtio_vsock *v, uint64_t guest_cid, const char *ud
  * holds |v|'s lock and is the loop's thread (or no loop runs). */
 void virtio_vsock_process(struct virtio_vsock *v);
 
+/* Tell the guest its transport was reset (after a snapshot is restored: the
+ * host-side connections were not saved): one VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
+ * on the event queue, and its interrupt.  The guest then drops its
+ * connections and reconnects.  Caller holds |v|'s lock.  Returns 0, -EAGAIN
+ * if the event queue is not live, -ENOBUFS if the driver left no buffer on
+ * it, -EINVAL for a buffer too small (handed back empty), or -errno. */
+int virtio_vsock_transport_reset(struct virtio_vsock *v);
+
 /* Close every connection and the listener, unregister them from the loop
  * (call it after the loop has stopped, or on its thread), remove uds_path,
  * and free what |v| holds.  Safe after a failed init, and twice. */

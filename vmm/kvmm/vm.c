@@ -152,6 +152,24 @@ static void stdin_ready(void *ctx, int fd, uint32_t events)
 	vm->stdin_watched = false;
 }
 
+/* The device loop parks here while the VM is paused, so no device touches
+ * guest memory or its own state until it resumes. */
+static void pause_requested(void *ctx, int fd, uint32_t events)
+{
+	struct kvmm_vm *vm = ctx;
+	uint64_t v;
+	(void)events;
+	if (read(fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		log_warn("reading the pause eventfd: %s", strerror(errno));
+	pthread_mutex_lock(&vm->state_lock);
+	vm->loop_parked = true;
+	pthread_cond_broadcast(&vm->state_cond);
+	while (atomic_load(&vm->paused) && !vm->ended)
+		pthread_cond_wait(&vm->state_cond, &vm->state_lock);
+	vm->loop_parked = false;
+	pthread_mutex_unlock(&vm->state_lock);
+}
+
 static void *loop_thread(void *arg)
 {
 	struct kvmm_vm *vm = arg;
@@ -210,6 +228,37 @@ static int kvm_check_caps(struct kvmm_vm *vm, unsigned n_vcpus)
 		return sz < 0 ? -errno : -EINVAL;
 	}
 	vm->run_size = (size_t)sz;
+	/* What a snapshot can save: XSAVE (else the legacy FPU area), XCRs,
+	 * the TSC frequency, and whether a restore may set it. */
+	vm->cap_xsave = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE) > 0;
+	vm->cap_xcrs = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XCRS) > 0;
+	vm->cap_tsc_khz = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_GET_TSC_KHZ) > 0;
+	vm->cap_tsc_control = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_TSC_CONTROL) > 0;
+	return 0;
+}
+
+/* The MSRs KVM can save and restore, read now while every call is allowed. */
+static int get_msr_list(struct kvmm_vm *vm)
+{
+	struct kvm_msr_list probe = { .nmsrs = 0 };
+	if (ioctl(vm->kvm_fd, KVM_GET_MSR_INDEX_LIST, &probe) < 0 && errno != E2BIG) {
+		int e = errno;
+		log_err("KVM_GET_MSR_INDEX_LIST: %s", strerror(e));
+		return -e;
+	}
+	struct kvm_msr_list *l = calloc(1, sizeof(*l) + (size_t)probe.nmsrs * sizeof(uint32_t));
+	if (!l) {
+		log_err("out of memory for the MSR list");
+		return -ENOMEM;
+	}
+	l->nmsrs = probe.nmsrs;
+	if (ioctl(vm->kvm_fd, KVM_GET_MSR_INDEX_LIST, l) < 0) {
+		int e = errno;
+		log_err("KVM_GET_MSR_INDEX_LIST: %s", strerror(e));
+		free(l);
+		return -e;
+	}
+	vm->msr_list = l;
 	return 0;
 }
 
@@ -264,28 +313,29 @@ static int set_region(struct kvmm_vm *vm, uint32_t slot, uint64_t gpa, uint8_t *
 	return r;
 }
 
-static int map_ram(struct kvmm_vm *vm, unsigned mib)
+int vm_set_ram(struct kvmm_vm *vm, uint8_t *ram)
 {
-	uint64_t size = (uint64_t)mib << 20;
-	if (size > SIZE_MAX) {
-		log_err("%u MiB of guest RAM does not fit this host's address space", mib);
-		return -EINVAL;
-	}
-	/* NORESERVE: the guest's RAM costs only what it touches. */
-	void *p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (p == MAP_FAILED) {
-		int e = errno;
-		log_err("mapping %u MiB of guest RAM: %s", mib, strerror(e));
-		return -e;
-	}
-	vm->ram = p;
-	vm->ram_size = size;
+	uint64_t size = vm->ram_size;
+	vm->ram = ram;
 	/* Below the MMIO hole, then the rest above 4 GiB (e820_build()'s map). */
 	uint64_t low = size < KVMM_MMIO_HOLE_GPA ? size : KVMM_MMIO_HOLE_GPA;
 	int r = set_region(vm, 0, 0, vm->ram, low);
 	if (r == 0 && size > low)
 		r = set_region(vm, 1, KVMM_MMIO_HOLE_END, vm->ram + low, size - low);
 	return r;
+}
+
+static int map_ram(struct kvmm_vm *vm)
+{
+	/* NORESERVE: the guest's RAM costs only what it touches. */
+	void *p = mmap(NULL, (size_t)vm->ram_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		       -1, 0);
+	if (p == MAP_FAILED) {
+		int e = errno;
+		log_err("mapping %u MiB of guest RAM: %s", vm->cfg.mem_size_mib, strerror(e));
+		return -e;
+	}
+	return vm_set_ram(vm, p);
 }
 
 static int get_supported_cpuid(struct kvmm_vm *vm)
@@ -498,6 +548,18 @@ static int add_devices(struct kvmm_vm *vm, const struct kvmm_config *cfg)
 	return 0;
 }
 
+/* The eventfd that parks the device loop while the VM is paused. */
+static int setup_pause(struct kvmm_vm *vm)
+{
+	vm->pause_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (vm->pause_fd < 0) {
+		int e = errno;
+		log_err("eventfd: %s", strerror(e));
+		return -e;
+	}
+	return kvmm_loop_add(&vm->loop, vm->pause_fd, EPOLLIN, pause_requested, vm, NULL);
+}
+
 static int setup_console(struct kvmm_vm *vm)
 {
 	vm->serial_irqfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -670,13 +732,13 @@ out:
 
 /* ---- public ----------------------------------------------------------------------------------------------------------- */
 
-int kvmm_vm_create(const struct kvmm_config *cfg, struct kvmm_vm **out)
+int vm_new(const struct kvmm_config *cfg, struct kvmm_vm **out)
 {
 	*out = NULL;
-	if (!cfg->kernel_image_path || cfg->vcpu_count == 0 || cfg->vcpu_count > KVMM_MAX_VCPUS ||
-	    cfg->n_drives > KVMM_MAX_DRIVES || cfg->mem_size_mib < KVMM_MIN_MEM_MIB) {
-		log_err("the VM configuration is incomplete or out of range (kernel, 1..%d vCPUs, at least %u MiB)",
-			KVMM_MAX_VCPUS, KVMM_MIN_MEM_MIB);
+	if (cfg->vcpu_count == 0 || cfg->vcpu_count > KVMM_MAX_VCPUS || cfg->n_drives > KVMM_MAX_DRIVES ||
+	    cfg->mem_size_mib < KVMM_MIN_MEM_MIB || cfg->mem_size_mib > KVMM_MAX_MEM_MIB) {
+		log_err("the VM configuration is out of range (1..%d vCPUs, %u..%u MiB)", KVMM_MAX_VCPUS,
+			KVMM_MIN_MEM_MIB, KVMM_MAX_MEM_MIB);
 		return -EINVAL;
 	}
 	struct kvmm_vm *vm = calloc(1, sizeof(*vm));
@@ -684,7 +746,9 @@ int kvmm_vm_create(const struct kvmm_config *cfg, struct kvmm_vm **out)
 		log_err("out of memory for the VM");
 		return -ENOMEM;
 	}
-	vm->kvm_fd = vm->vm_fd = vm->serial_irqfd = vm->i8042_irqfd = -1;
+	vm->kvm_fd = vm->vm_fd = vm->serial_irqfd = vm->i8042_irqfd = vm->pause_fd = vm->uffd_sock = vm->uffd = -1;
+	vm->ram_size = (uint64_t)cfg->mem_size_mib << 20;
+	kvmm_config_init(&vm->cfg);
 	vm->n_vcpus = cfg->vcpu_count;
 	for (unsigned i = 0; i < KVMM_MAX_VCPUS; i++) {
 		vm->vcpus[i].fd = -1;
@@ -712,13 +776,42 @@ int kvmm_vm_create(const struct kvmm_config *cfg, struct kvmm_vm **out)
 				       : "is KVM usable here?");
 		goto fail;
 	}
-	if ((r = kvm_check_caps(vm, cfg->vcpu_count)) < 0 || (r = create_vm(vm)) < 0 ||
-	    (r = map_ram(vm, cfg->mem_size_mib)) < 0 || (r = get_supported_cpuid(vm)) < 0)
+	if ((r = kvmm_config_copy(&vm->cfg, cfg)) < 0) {
+		log_err("out of memory for the VM's configuration");
 		goto fail;
-	if ((r = kvmm_loop_init(&vm->loop)) < 0)
+	}
+	if ((r = kvm_check_caps(vm, cfg->vcpu_count)) < 0 || (r = create_vm(vm)) < 0 || (r = get_msr_list(vm)) < 0)
 		goto fail;
+	*out = vm;
+	return 0;
+fail:
+	kvmm_vm_destroy(vm);
+	return r;
+}
+
+int vm_add_devices(struct kvmm_vm *vm)
+{
+	int r = kvmm_loop_init(&vm->loop);
+	if (r < 0)
+		return r;
 	vm->loop_ready = true;
-	if ((r = setup_console(vm)) < 0 || (r = add_devices(vm, cfg)) < 0)
+	if ((r = setup_pause(vm)) < 0 || (r = setup_console(vm)) < 0)
+		return r;
+	return add_devices(vm, &vm->cfg);
+}
+
+int kvmm_vm_create(const struct kvmm_config *cfg, struct kvmm_vm **out)
+{
+	*out = NULL;
+	if (!cfg->kernel_image_path) {
+		log_err("the VM configuration has no kernel");
+		return -EINVAL;
+	}
+	struct kvmm_vm *vm;
+	int r = vm_new(cfg, &vm);
+	if (r < 0)
+		return r;
+	if ((r = map_ram(vm)) < 0 || (r = get_supported_cpuid(vm)) < 0 || (r = vm_add_devices(vm)) < 0)
 		goto fail;
 	uint64_t rsdp;
 	if ((r = write_acpi(vm, &rsdp)) < 0 || (r = load_kernel(vm, cfg, rsdp)) < 0)
@@ -804,6 +897,54 @@ int kvmm_vm_send_ctrl_alt_del(struct kvmm_vm *vm)
 	return r;
 }
 
+int kvmm_vm_pause(struct kvmm_vm *vm)
+{
+	pthread_mutex_lock(&vm->state_lock);
+	if (!vm->started || vm->ended) {
+		pthread_mutex_unlock(&vm->state_lock);
+		return -EAGAIN;
+	}
+	if (atomic_load(&vm->paused)) {
+		pthread_mutex_unlock(&vm->state_lock);
+		return 0;
+	}
+	atomic_store(&vm->paused, true);
+	uint64_t one = 1;
+	if (write(vm->pause_fd, &one, sizeof(one)) < 0)
+		log_warn("waking the device loop to pause it: %s", strerror(errno));
+	for (unsigned i = 0; i < vm->n_vcpus; i++)
+		vcpu_kick(&vm->vcpus[i]);
+	/* Every vCPU out of KVM_RUN (its last exit completed) and the loop
+	 * between callbacks: the state is consistent from here. */
+	while (!vm->ended && (vm->parked < vm->n_vcpus || !vm->loop_parked))
+		pthread_cond_wait(&vm->state_cond, &vm->state_lock);
+	int r = vm->ended ? -EAGAIN : 0;
+	pthread_mutex_unlock(&vm->state_lock);
+	if (r == 0)
+		log_info("the VM is paused");
+	return r;
+}
+
+int kvmm_vm_resume(struct kvmm_vm *vm)
+{
+	pthread_mutex_lock(&vm->state_lock);
+	int r = !vm->started || vm->ended ? -EAGAIN : 0;
+	bool was = atomic_load(&vm->paused);
+	if (r == 0 && was) {
+		atomic_store(&vm->paused, false);
+		pthread_cond_broadcast(&vm->state_cond);
+	}
+	pthread_mutex_unlock(&vm->state_lock);
+	if (r == 0 && was)
+		log_info("the VM resumes");
+	return r;
+}
+
+bool kvmm_vm_is_paused(struct kvmm_vm *vm)
+{
+	return atomic_load(&vm->paused);
+}
+
 int kvmm_vm_wait(struct kvmm_vm *vm)
 {
 	pthread_mutex_lock(&vm->state_lock);
@@ -851,6 +992,14 @@ void kvmm_vm_destroy(struct kvmm_vm *vm)
 	if (vm->ram)
 		munmap(vm->ram, (size_t)vm->ram_size);
 	free(vm->cpuid);
+	free(vm->msr_list);
+	if (vm->pause_fd >= 0)
+		close(vm->pause_fd);
+	if (vm->uffd_sock >= 0)
+		close(vm->uffd_sock);
+	if (vm->uffd >= 0)
+		close(vm->uffd);
+	kvmm_config_free(&vm->cfg);
 	pthread_cond_destroy(&vm->state_cond);
 	pthread_mutex_destroy(&vm->state_lock);
 	pthread_mutex_destroy(&vm->pio_lock);

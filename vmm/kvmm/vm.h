@@ -45,6 +45,51 @@ int kvmm_vm_start(struct kvmm_vm *vm);
  * disabled, or -EBUSY if the guest has not read earlier keys yet. */
 int kvmm_vm_send_ctrl_alt_del(struct kvmm_vm *vm);
 
+/* Pause the VM (Firecracker's PATCH /vm "Paused"): every vCPU completes its
+ * last exit and parks outside KVM_RUN, and the device loop parks between
+ * callbacks, so guest memory and device state hold still.  Returns once all
+ * have parked: 0 (also when already paused), or -EAGAIN if the VM is not
+ * running.  Any thread but the VM's own. */
+int kvmm_vm_pause(struct kvmm_vm *vm);
+
+/* Let a paused VM run again (PATCH /vm "Resumed").  0 (also when it was not
+ * paused), or -EAGAIN if the VM is not running. */
+int kvmm_vm_resume(struct kvmm_vm *vm);
+
+/* Whether the VM is paused (or was restored without resume_vm). */
+bool kvmm_vm_is_paused(struct kvmm_vm *vm);
+
+/* Write a Full snapshot of the paused |vm|: guest RAM to |mem_path| (the
+ * regions in guest-physical order, [0, min(mem, 3 GiB)) then the part above
+ * 4 GiB, sparse: all-zero pages are holes) and the VM state to
+ * |vmstate_path| (vmstate.h), each under a temporary name then renamed, so
+ * nothing half-written is ever left under either name.  Returns 0, -EAGAIN
+ * if the VM is not paused, or -errno, with a message naming the file and the
+ * fault in |<err, errlen>| (also logged).  Call from one thread at a time
+ * (the API's). */
+int kvmm_vm_snapshot_create(struct kvmm_vm *vm, const char *vmstate_path, const char *mem_path, char *err,
+			    size_t errlen);
+
+/* Where a restored VM's memory comes from. */
+enum kvmm_mem_backend_type {
+	KVMM_MEM_FILE, /* |path| is the memory file, mapped MAP_PRIVATE */
+	KVMM_MEM_UFFD, /* |path| is a page-fault handler's unix socket (README: the Uffd handshake) */
+};
+
+/* Build a VM from the snapshot at |vmstate_path| with memory from
+ * |backend|/|backend_path|: check the file whole (vmstate.h's parser), reopen
+ * the drives and the vsock socket the snapshot names, map the memory (a File
+ * must be exactly the RAM size), and put every vCPU, the irqchip, PIT, clock
+ * and device back as they were; every KVM set call must succeed.  Nothing
+ * runs yet: start it with kvmm_vm_start(), paused unless |resume|.  After a
+ * start, pending virtqueue work is picked up and interrupts that were
+ * pending are raised again; the vsock device tells the guest its transport
+ * was reset.  Returns 0 with |*out| set and |cfg_out| (initialised by the
+ * caller) replaced by the snapshot's configuration, or -errno with a message
+ * naming the file and the fault in |<err, errlen>| and nothing left behind. */
+int kvmm_vm_restore(const char *vmstate_path, enum kvmm_mem_backend_type backend, const char *backend_path,
+		    bool resume, struct kvmm_config *cfg_out, struct kvmm_vm **out, char *err, size_t errlen);
+
 /* Block until the VM ends, then stop and join its threads.  Returns 0 when
  * the guest powered off or reset itself (ACPI sleep, i8042 reset, triple
  * fault), or -errno after a fatal error (logged where it happened: KVM_RUN

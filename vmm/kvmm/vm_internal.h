@@ -22,6 +22,7 @@
 
 struct kvm_run;
 struct kvm_cpuid2;
+struct kvm_msr_list;
 struct kvmm_vm;
 
 struct kvmm_vcpu {
@@ -69,7 +70,12 @@ struct kvmm_vm {
 	uint64_t ram_size;
 	struct guest_mem mem;
 	struct boot_cpu boot;
-	struct kvm_cpuid2 *cpuid; /* KVM_GET_SUPPORTED_CPUID, fixed up per vCPU */
+	struct kvm_cpuid2 *cpuid; /* KVM_GET_SUPPORTED_CPUID (or a snapshot's), fixed up per vCPU */
+	struct kvm_msr_list *msr_list; /* KVM_GET_MSR_INDEX_LIST, for snapshots */
+	bool cap_xsave, cap_xcrs, cap_tsc_khz, cap_tsc_control;
+	struct kvmm_config cfg; /* a copy, for snapshots (what a restore reopens) */
+	int uffd_sock;		/* a Uffd restore's handler connection, open for the VM's life; -1 */
+	int uffd;		/* and its userfaultfd, kept so the RAM never silently reads as zeros; -1 */
 
 	unsigned n_vcpus;
 	struct kvmm_vcpu vcpus[KVMM_MAX_VCPUS];
@@ -96,6 +102,13 @@ struct kvmm_vm {
 	bool started, ended, joined;
 	int result;
 	atomic_bool stopping; /* vCPU loops check it before each KVM_RUN */
+	/* Pause (under state_lock, signalled on state_cond): vCPU threads park
+	 * outside KVM_RUN and the device loop parks in its pause_fd callback
+	 * while |paused|; |parked| counts the vCPUs parked. */
+	atomic_bool paused;
+	unsigned parked;
+	bool loop_parked;
+	int pause_fd;
 	int kick_signal;
 	bool seccomp; /* each thread installs its allowlist (kvmm_seccomp_apply) */
 };
@@ -105,8 +118,27 @@ struct kvmm_vm {
  * KVM_RUN.  Any thread, with or without the pio or device locks held. */
 void vm_end(struct kvmm_vm *vm, int result, const char *why);
 
+/* A VM object for |cfg| (copied) with /dev/kvm open, its capabilities
+ * checked, the VM created with its irqchip and PIT, and the MSR index list
+ * read; no RAM, devices or vCPUs yet (vm.c).  0 with |*out| set, or -errno
+ * (logged) with nothing left. */
+int vm_new(const struct kvmm_config *cfg, struct kvmm_vm **out);
+
+/* Make the host mapping |ram| of |vm|->ram_size bytes (owned by |vm| from
+ * now on) the guest's RAM: below the MMIO hole, then the rest above 4 GiB,
+ * which is also the memory file's layout (vm.c).  0 or -errno (logged). */
+int vm_set_ram(struct kvmm_vm *vm, uint8_t *ram);
+
+/* The device loop, the console, the i8042 and the virtio devices of
+ * |vm|->cfg with their ioeventfds and irqfds (vm.c).  0 or -errno (logged). */
+int vm_add_devices(struct kvmm_vm *vm);
+
 /* Create vCPU |i| of |vm| in its boot state (vcpu.c).  0 or -errno (logged). */
 int vcpu_create(struct kvmm_vm *vm, unsigned i);
+
+/* Create vCPU |i| of |vm| with its CPUID set and nothing else: a restore
+ * sets the rest (vcpu.c).  0 or -errno (logged). */
+int vcpu_create_bare(struct kvmm_vm *vm, unsigned i);
 
 /* The vCPU thread's body (vcpu.c); |arg| is its struct kvmm_vcpu. */
 void *vcpu_thread(void *arg);
