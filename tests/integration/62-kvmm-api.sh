@@ -117,6 +117,11 @@ expect_fault 'unknown type "Tmpfs"' PUT /snapshot/load "{\"snapshot_path\": \"$T
 expect_fault 'backend_path' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_backend\": {\"backend_type\": \"File\"}}"
 expect_fault 'bogus' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"/m\", \"bogus\": 1}}"
 expect_fault 'enable_diff_snapshots' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_file_path\": \"/m\", \"enable_diff_snapshots\": true}"
+expect_fault 'vsock_override' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_file_path\": \"/m\", \"vsock_override\": {\"uds_path\": \"/v\", \"guest_cid\": 4}}"
+expect_fault 'vsock_override.uds_path must not be empty' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_file_path\": \"/m\", \"vsock_override\": {\"uds_path\": \"\"}}"
+expect_fault 'drive_overrides: expected an array' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_file_path\": \"/m\", \"drive_overrides\": {\"drive_id\": \"root\"}}"
+expect_fault 'drive_overrides[0]: Object item not found: path_on_host' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_file_path\": \"/m\", \"drive_overrides\": [{\"drive_id\": \"root\"}]}"
+expect_fault 'overridden twice' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_file_path\": \"/m\", \"drive_overrides\": [{\"drive_id\": \"root\", \"path_on_host\": \"/a\"}, {\"drive_id\": \"root\", \"path_on_host\": \"/b\"}]}"
 [ ! -s "$CALLS" ] || die "a hook ran on a refused request: $(cat "$CALLS")"
 pass "bad requests get 400 with {\"fault_message\"} naming the field, and change nothing"
 
@@ -235,15 +240,15 @@ wait $SPID || die "kvmm_api_server did not stop cleanly"
 SPID=$!
 track_pid $SPID
 wait_sock "$SOCK"
-expect 204 '' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_file_path\": \"$T/s.mem\", \"resume_vm\": true}"
+expect 204 '' PUT /snapshot/load "{\"snapshot_path\": \"$T/s.vmstate\", \"mem_file_path\": \"$T/s.mem\", \"resume_vm\": true, \"vsock_override\": {\"uds_path\": \"$T/new.vsock\"}, \"drive_overrides\": [{\"drive_id\": \"root\", \"path_on_host\": \"$T/new.raw\"}]}"
 expect 200 '"state":"Running"' GET /
 kill -TERM $SPID
 wait $SPID || die "kvmm_api_server did not stop cleanly"
 want="snapshot_load $T/s.vmstate Uffd $T/uffd.sock resume=0
 set_paused Resumed
-snapshot_load $T/s.vmstate File $T/s.mem resume=1"
+snapshot_load $T/s.vmstate File $T/s.mem resume=1 vsock=$T/new.vsock drive=root:$T/new.raw"
 [ "$(cat "$CALLS")" = "$want" ] || die "snapshot/load handed over: $(cat "$CALLS"); want: $want"
-pass "PUT /snapshot/load on a fresh API: Uffd paused then resumed, deprecated mem_file_path resumed; a failure leaves it Not started"
+pass "PUT /snapshot/load on a fresh API: Uffd paused then resumed, deprecated mem_file_path resumed with vsock_override and drive_overrides; a failure leaves it Not started"
 
 # ---- a --config-file boot --------------------------------------------------------
 cat >"$T/vm.json" <<EOF

@@ -17,8 +17,12 @@
 #  - kvmm D first refuses, each with a 400 naming the file and the fault and
 #    still "Not started": a truncated vmstate, a flipped byte (checksum),
 #    another format version, a vsock uds_path that exists, a Uffd socket
-#    nobody listens on, a memory file of the wrong size; then loads B's snapshot with the Uffd backend through
-#    uffd_file_handler, paused (resume_vm false): a command typed while
+#    nobody listens on, a memory file of the wrong size, a drive_overrides
+#    entry for a drive the snapshot lacks, an overriding drive of another
+#    size; then loads B's snapshot with the Uffd backend through
+#    uffd_file_handler, paused (resume_vm false), its drive's file moved and
+#    its vsock path taken, with vsock_override and drive_overrides giving the
+#    new ones: a command typed while
 #    paused runs after PATCH /vm Resumed; the token and /dev/vda as above;
 #    the handler served fewer pages than the guest's RAM;
 #  - kvmm E refuses /snapshot/load after PUT /machine-config.
@@ -216,11 +220,23 @@ rm -f /tmp/v.sock
 refused /tmp/nobody.sock "page-fault handler" d "{\"snapshot_path\": \"$S\", \"mem_backend\": {\"backend_type\": \"Uffd\", \"backend_path\": \"/tmp/nobody.sock\"}}"
 truncate -s 128M /tmp/small.mem
 refused /tmp/small.mem "wrong memory file" d "{\"snapshot_path\": \"$S\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"/tmp/small.mem\"}}"
+refused 'drive_overrides\[0\]' 'its drives: data'  d "{\"snapshot_path\": \"$S\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$M\"}, \"drive_overrides\": [{\"drive_id\": \"nodrive\", \"path_on_host\": \"data.img\"}]}"
+head -c 4096 data.img >/tmp/short.img
+refused "bytes now" "when the snapshot was taken" d "{\"snapshot_path\": \"$S\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$M\"}, \"drive_overrides\": [{\"drive_id\": \"data\", \"path_on_host\": \"/tmp/short.img\"}]}"
+[ ! -e /tmp/v.sock ] || fail "a refused load left the vsock socket behind"
 ok "refused before any vCPU ran, each naming the file and the fault; kvmm D stays Not started"
 ./uffd_file_handler /tmp/uffd.sock $M2 >/tmp/uffd.out 2>&1 &
 HPID=$!
 i=0; while [ ! -S /tmp/uffd.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-must 204 d PUT /snapshot/load "{\"snapshot_path\": \"$S2\", \"mem_backend\": {\"backend_type\": \"Uffd\", \"backend_path\": \"/tmp/uffd.sock\"}, \"resume_vm\": false}"
+# The saved paths are gone or taken: the drive's file has moved and a file
+# sits on the saved vsock path.  The overrides give the restore new ones.
+mv data.img /tmp/data-moved.img
+: >/tmp/v.sock
+must 204 d PUT /snapshot/load "{\"snapshot_path\": \"$S2\", \"mem_backend\": {\"backend_type\": \"Uffd\", \"backend_path\": \"/tmp/uffd.sock\"}, \"resume_vm\": false, \"vsock_override\": {\"uds_path\": \"/tmp/v2.sock\"}, \"drive_overrides\": [{\"drive_id\": \"data\", \"path_on_host\": \"/tmp/data-moved.img\"}]}"
+[ -S /tmp/v2.sock ] || fail "kvmm D does not listen on the overriding vsock uds_path"
+must 200 d GET /vm/config
+echo "$BODY" | grep -q '/tmp/data-moved.img' && echo "$BODY" | grep -q '/tmp/v2.sock' || fail "GET /vm/config after a load with overrides: $BODY"
+ok "vsock_override and drive_overrides: the restore opens the moved drive and listens on the new socket"
 must 200 d GET /
 echo "$BODY" | grep -q '"state":"Paused"' || fail "GET / after a paused load: $BODY"
 echo 'echo QUEUED-$TOKEN' >&5

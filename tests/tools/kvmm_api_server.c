@@ -10,7 +10,7 @@
  *   send_ctrl_alt_del
  *   set_paused Paused|Resumed
  *   snapshot_create SNAPSHOT_PATH MEM_FILE_PATH
- *   snapshot_load SNAPSHOT_PATH File|Uffd BACKEND_PATH resume=0|1
+ *   snapshot_load SNAPSHOT_PATH File|Uffd BACKEND_PATH resume=0|1 [vsock=UDS] [drive=ID:PATH]...
  * A snapshot_load that names a SNAPSHOT_PATH that does not exist fails with
  * the path in its message, as kvmm's would.
  * --fail-start makes the first InstanceStart fail with MESSAGE.
@@ -95,7 +95,7 @@ static int hook_snap_create(void *ctx, const char *path, const char *mem, char *
 }
 
 static int hook_snap_load(void *ctx, struct kvmm_config *cfg, const char *path, bool uffd, const char *backend,
-			  bool resume, char *err, size_t errlen)
+			  const struct kvmm_restore_overrides *ov, bool resume, char *err, size_t errlen)
 {
 	(void)cfg;
 	if (access(path, F_OK) < 0) {
@@ -104,8 +104,13 @@ static int hook_snap_load(void *ctx, struct kvmm_config *cfg, const char *path, 
 		return -e;
 	}
 	char line[8192];
-	snprintf(line, sizeof(line), "snapshot_load %s %s %s resume=%d", path, uffd ? "Uffd" : "File", backend,
-		 resume);
+	int n = snprintf(line, sizeof(line), "snapshot_load %s %s %s resume=%d", path, uffd ? "Uffd" : "File",
+			 backend, resume);
+	if (ov->vsock_uds_path)
+		n += snprintf(line + n, sizeof(line) - (size_t)n, " vsock=%s", ov->vsock_uds_path);
+	for (size_t i = 0; i < ov->n_drives && (size_t)n < sizeof(line); i++)
+		n += snprintf(line + n, sizeof(line) - (size_t)n, " drive=%s:%s", ov->drives[i].drive_id,
+			      ov->drives[i].path_on_host);
 	int r = record(ctx, line);
 	if (r < 0)
 		snprintf(err, errlen, "cannot record the call: %s", strerror(-r));

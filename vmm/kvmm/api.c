@@ -298,29 +298,83 @@ static void snapshot_create(struct kvmm_api *a, const char *body, size_t len, st
 	json_decref(j);
 }
 
+/* Firecracker's "vsock_override": {"uds_path"} and kindling's
+ * "drive_overrides": [{"drive_id", "path_on_host"}] into |ov|, strings
+ * borrowed from |vsock|/|drives|.  0, or -EINVAL with a fault in |rs|. */
+static int load_overrides(json_t *vsock, json_t *drives, struct kvmm_restore_overrides *ov, struct resp *rs)
+{
+	json_error_t je;
+	if (vsock && json_unpack_ex(vsock, &je, JSON_STRICT, "{s:s}", "uds_path", &ov->vsock_uds_path) < 0) {
+		resp_fault(rs, "snapshot/load.vsock_override: %s (it is {\"uds_path\": PATH})", je.text);
+		return -EINVAL;
+	}
+	if (ov->vsock_uds_path && !ov->vsock_uds_path[0]) {
+		resp_fault(rs, "snapshot/load.vsock_override.uds_path must not be empty");
+		return -EINVAL;
+	}
+	if (!drives)
+		return 0;
+	if (!json_is_array(drives) || json_array_size(drives) > KVMM_MAX_DRIVES) {
+		resp_fault(rs, "snapshot/load.drive_overrides: expected an array of at most %d {\"drive_id\", "
+			       "\"path_on_host\"}",
+			   KVMM_MAX_DRIVES);
+		return -EINVAL;
+	}
+	size_t i;
+	json_t *d;
+	json_array_foreach (drives, i, d) {
+		const char *id = NULL, *path = NULL;
+		if (json_unpack_ex(d, &je, JSON_STRICT, "{s:s, s:s}", "drive_id", &id, "path_on_host", &path) < 0) {
+			resp_fault(rs, "snapshot/load.drive_overrides[%zu]: %s (each is {\"drive_id\": ID, "
+				       "\"path_on_host\": PATH})",
+				   i, je.text);
+			return -EINVAL;
+		}
+		if (!id[0] || !path[0]) {
+			resp_fault(rs, "snapshot/load.drive_overrides[%zu]: drive_id and path_on_host must not be empty", i);
+			return -EINVAL;
+		}
+		for (size_t k = 0; k < i; k++)
+			if (strcmp(ov->drives[k].drive_id, id) == 0) {
+				resp_fault(rs, "snapshot/load.drive_overrides[%zu]: drive \"%.64s\" is overridden twice", i,
+					   id);
+				return -EINVAL;
+			}
+		ov->drives[i].drive_id = id;
+		ov->drives[i].path_on_host = path;
+		ov->n_drives = i + 1;
+	}
+	return 0;
+}
+
 static void snapshot_load(struct kvmm_api *a, const char *body, size_t len, struct resp *rs)
 {
 	json_t *j = load_body("snapshot/load", body, len, rs);
 	if (!j)
 		return;
 	const char *path = NULL, *mem_file = NULL, *btype = NULL, *bpath = NULL;
-	json_t *backend = NULL;
+	json_t *backend = NULL, *vsock = NULL, *drives = NULL;
+	struct kvmm_restore_overrides ov = { 0 };
 	int resume = 0, diff = 0;
 	json_error_t je;
 	char err[1024] = "";
-	if (json_unpack_ex(j, &je, JSON_STRICT, "{s:s, s?:s, s?:o, s?:b, s?:b}", "snapshot_path", &path,
+	if (json_unpack_ex(j, &je, JSON_STRICT, "{s:s, s?:s, s?:o, s?:b, s?:b, s?:o, s?:o}", "snapshot_path", &path,
 			   "mem_file_path", &mem_file, "mem_backend", &backend, "resume_vm", &resume,
-			   "enable_diff_snapshots", &diff) < 0 ||
+			   "enable_diff_snapshots", &diff, "vsock_override", &vsock, "drive_overrides", &drives) < 0 ||
 	    (backend && json_unpack_ex(backend, &je, JSON_STRICT, "{s:s, s:s}", "backend_type", &btype,
 				       "backend_path", &bpath) < 0)) {
 		resp_fault(rs,
 			   "snapshot/load: %s (the body is {\"snapshot_path\": PATH, \"mem_backend\": "
-			   "{\"backend_type\": \"File\"|\"Uffd\", \"backend_path\": PATH}, \"resume_vm\": BOOL})",
+			   "{\"backend_type\": \"File\"|\"Uffd\", \"backend_path\": PATH}, \"resume_vm\": BOOL, "
+			   "\"vsock_override\": {\"uds_path\": PATH}, \"drive_overrides\": [{\"drive_id\": ID, "
+			   "\"path_on_host\": PATH}]})",
 			   je.text);
 		json_decref(j);
 		return;
 	}
-	if (!!mem_file == !!backend)
+	if (load_overrides(vsock, drives, &ov, rs) < 0)
+		;
+	else if (!!mem_file == !!backend)
 		resp_fault(rs, "snapshot/load: give exactly one of mem_backend and the deprecated mem_file_path");
 	else if (btype && strcmp(btype, "File") != 0 && strcmp(btype, "Uffd") != 0)
 		resp_fault(rs, "snapshot/load.mem_backend.backend_type: unknown type \"%.64s\"; expected File or Uffd",
@@ -336,7 +390,7 @@ static void snapshot_load(struct kvmm_api *a, const char *body, size_t len, stru
 	else if (!a->hooks.snapshot_load)
 		resp_fault(rs, "Load snapshot error: snapshots are not available in this server");
 	else if (a->hooks.snapshot_load(a->hooks.ctx, a->cfg, path, btype && strcmp(btype, "Uffd") == 0,
-					 mem_file ? mem_file : bpath, resume, err, sizeof(err)) < 0)
+					 mem_file ? mem_file : bpath, &ov, resume, err, sizeof(err)) < 0)
 		resp_fault(rs, "Load snapshot error: %s", err[0] ? err : "failed (see kvmm's log)");
 	else {
 		atomic_store(&a->paused, !resume);

@@ -46,11 +46,14 @@ struct kvmm_api_hooks {
 	/* Optional (NULL = 400): PUT /snapshot/load, only on a fresh API (no VM,
 	 * nothing configured): build the VM from |snapshot_path| with memory
 	 * from |backend_path| ("File": the memory file; "Uffd": the handler's
-	 * socket), replace |cfg| with the snapshot's configuration, and start
+	 * socket) and the paths of |ov| (checked by the API: no empty or
+	 * repeated drive_id; each field still to be checked against the
+	 * snapshot), replace |cfg| with the snapshot's configuration, and start
 	 * it, running if |resume| or else paused (kvmm_vm_restore()).  0 or
 	 * -errno with |cfg| unchanged and nothing running. */
 	int (*snapshot_load)(void *ctx, struct kvmm_config *cfg, const char *snapshot_path, bool uffd,
-			     const char *backend_path, bool resume, char *err, size_t errlen);
+			     const char *backend_path, const struct kvmm_restore_overrides *ov, bool resume, char *err,
+			     size_t errlen);
 	/* Optional (false = off): once the VM runs, the API thread installs
 	 * kvmm_seccomp_apply(KVMM_THREAD_API) on itself, so the callbacks must
 	 * from then on need nothing outside that allowlist (send_ctrl_alt_del:
@@ -74,7 +77,9 @@ struct kvmm_api_hooks {
  *                           "mem_file_path"}, only while paused, 204
  *   PUT /snapshot/load      {"snapshot_path", "mem_backend": {"backend_type": "File"|"Uffd",
  *                           "backend_path"} or the deprecated "mem_file_path", "resume_vm",
- *                           "enable_diff_snapshots" (false only)}, only before anything is
+ *                           "enable_diff_snapshots" (false only), "vsock_override": {"uds_path"}
+ *                           (Firecracker's), "drive_overrides": [{"drive_id", "path_on_host"}]
+ *                           (kindling's extension)}, only before anything is
  *                           configured or started, 204
  * Anything else is 400 with {"fault_message"}.  Returns 0 with |*out| set, or
  * -errno (logged: socket path too long, in use, not creatable) with nothing

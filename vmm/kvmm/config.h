@@ -31,6 +31,22 @@ struct kvmm_config {
 	char *vsock_uds_path;
 };
 
+/* What a snapshot load may change in the snapshot's configuration before
+ * the VM is rebuilt, so that a restore can run somewhere the snapshotted
+ * kvmm's paths no longer exist.  Strings are borrowed from the caller.
+ * |vsock_uds_path| is Firecracker's "vsock_override" (NULL = the saved
+ * path); |drives| is kindling's "drive_overrides" extension: each names a
+ * drive_id the snapshot has and the file to open instead (which must have
+ * the saved size). */
+struct kvmm_restore_overrides {
+	const char *vsock_uds_path;
+	struct {
+		const char *drive_id;
+		const char *path_on_host;
+	} drives[KVMM_MAX_DRIVES];
+	size_t n_drives;
+};
+
 /* Limits the config enforces (Firecracker's where it has one). */
 #define KVMM_MAX_VCPUS 32
 #define KVMM_MIN_MEM_MIB 2u	     /* what e820_build() needs; a real kernel needs far more */

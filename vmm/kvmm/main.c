@@ -316,12 +316,13 @@ static int hook_snapshot_create(void *ctx, const char *snapshot_path, const char
 }
 
 static int hook_snapshot_load(void *ctx, struct kvmm_config *cfg, const char *snapshot_path, bool uffd,
-			      const char *backend_path, bool resume, char *err, size_t errlen)
+			      const char *backend_path, const struct kvmm_restore_overrides *ov, bool resume, char *err,
+			      size_t errlen)
 {
 	struct runner *run = ctx;
 	struct kvmm_vm *vm;
-	int r = kvmm_vm_restore(snapshot_path, uffd ? KVMM_MEM_UFFD : KVMM_MEM_FILE, backend_path, resume, cfg, &vm,
-				err, errlen);
+	int r = kvmm_vm_restore(snapshot_path, uffd ? KVMM_MEM_UFFD : KVMM_MEM_FILE, backend_path, ov, resume, cfg,
+				&vm, err, errlen);
 	if (r < 0)
 		return r;
 	return run_vm(run, vm, "restored", err, errlen);

@@ -741,8 +741,57 @@ static int check_paths(const struct kvmm_config *c, char *err, size_t errlen)
 	return 0;
 }
 
+/* |ov| onto the snapshot's configuration |c|: a new vsock socket path, a new
+ * file for a drive the snapshot has. */
+static int apply_overrides(struct kvmm_config *c, const struct kvmm_restore_overrides *ov, char *err, size_t errlen)
+{
+	if (!ov)
+		return 0;
+	if (ov->vsock_uds_path) {
+		if (!c->has_vsock) {
+			snprintf(err, errlen, "vsock_override: the snapshot has no vsock device");
+			return -ENOENT;
+		}
+		if (strlen(ov->vsock_uds_path) > KVMM_UDS_PATH_MAX) {
+			snprintf(err, errlen, "vsock_override.uds_path %s: longer than a unix socket path may be",
+				 ov->vsock_uds_path);
+			return -ENAMETOOLONG;
+		}
+		char *p = strdup(ov->vsock_uds_path);
+		if (!p) {
+			snprintf(err, errlen, "out of memory");
+			return -ENOMEM;
+		}
+		free(c->vsock_uds_path);
+		c->vsock_uds_path = p;
+	}
+	for (size_t i = 0; i < ov->n_drives; i++) {
+		size_t d = 0;
+		while (d < c->n_drives && strcmp(c->drives[d].drive_id, ov->drives[i].drive_id) != 0)
+			d++;
+		if (d == c->n_drives) {
+			char ids[KVMM_MAX_DRIVES * (KVMM_DRIVE_ID_MAX + 2)] = "";
+			for (size_t k = 0; k < c->n_drives; k++) {
+				strcat(ids, k ? ", " : "");
+				strcat(ids, c->drives[k].drive_id);
+			}
+			snprintf(err, errlen, "drive_overrides[%zu]: the snapshot has no drive \"%.64s\" (its drives: %s)",
+				 i, ov->drives[i].drive_id, c->n_drives ? ids : "none");
+			return -ENOENT;
+		}
+		char *p = strdup(ov->drives[i].path_on_host);
+		if (!p) {
+			snprintf(err, errlen, "out of memory");
+			return -ENOMEM;
+		}
+		free(c->drives[d].path_on_host);
+		c->drives[d].path_on_host = p;
+	}
+	return 0;
+}
+
 int kvmm_vm_restore(const char *vmstate_path, enum kvmm_mem_backend_type backend, const char *backend_path,
-		    bool resume, struct kvmm_config *cfg_out, struct kvmm_vm **out, char *err, size_t errlen)
+		    const struct kvmm_restore_overrides *ov, bool resume, struct kvmm_config *cfg_out, struct kvmm_vm **out, char *err, size_t errlen)
 {
 	*out = NULL;
 	uint8_t *buf = NULL;
@@ -769,7 +818,8 @@ int kvmm_vm_restore(const char *vmstate_path, enum kvmm_mem_backend_type backend
 	}
 	struct kvmm_vm *vm = NULL;
 	char cfg_err[512];
-	if ((r = check_paths(&st->cfg, cfg_err, sizeof(cfg_err))) < 0) {
+	if ((r = apply_overrides(&st->cfg, ov, cfg_err, sizeof(cfg_err))) < 0 ||
+	    (r = check_paths(&st->cfg, cfg_err, sizeof(cfg_err))) < 0) {
 		fault(err, errlen, "snapshot_path %s: %s", vmstate_path, cfg_err);
 	} else if ((r = vm_new(&st->cfg, &vm)) < 0) {
 		fault(err, errlen, "snapshot_path %s: cannot create the VM: %s (kvmm's log has the details)",

@@ -77,8 +77,10 @@ enum kvmm_mem_backend_type {
 };
 
 /* Build a VM from the snapshot at |vmstate_path| with memory from
- * |backend|/|backend_path|: check the file whole (vmstate.h's parser), reopen
- * the drives and the vsock socket the snapshot names, map the memory (a File
+ * |backend|/|backend_path|: check the file whole (vmstate.h's parser), apply
+ * |ov| (NULL = none; a drive_id the snapshot lacks is -ENOENT, a uds_path too
+ * long for a unix socket -ENAMETOOLONG), reopen the drives and the vsock
+ * socket the configuration then names, map the memory (a File
  * must be exactly the RAM size), and put every vCPU, the irqchip, PIT, clock
  * and device back as they were; every KVM set call must succeed.  Nothing
  * runs yet: start it with kvmm_vm_start(), paused unless |resume|.  After a
@@ -88,7 +90,7 @@ enum kvmm_mem_backend_type {
  * caller) replaced by the snapshot's configuration, or -errno with a message
  * naming the file and the fault in |<err, errlen>| and nothing left behind. */
 int kvmm_vm_restore(const char *vmstate_path, enum kvmm_mem_backend_type backend, const char *backend_path,
-		    bool resume, struct kvmm_config *cfg_out, struct kvmm_vm **out, char *err, size_t errlen);
+		    const struct kvmm_restore_overrides *ov, bool resume, struct kvmm_config *cfg_out, struct kvmm_vm **out, char *err, size_t errlen);
 
 /* Block until the VM ends, then stop and join its threads.  Returns 0 when
  * the guest powered off or reset itself (ACPI sleep, i8042 reset, triple
