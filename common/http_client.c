@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <strings.h>
 
 /* A peer may send at most this many header lines (libcurl itself caps each
@@ -27,6 +28,7 @@
 struct http_client {
 	CURL *curl;
 	char errbuf[CURL_ERROR_SIZE];
+	char *unix_socket; /* http_client_set_unix_socket(), or NULL */
 };
 
 /* What one exchange collects while libcurl runs it. */
@@ -86,7 +88,20 @@ void http_client_free(struct http_client *c)
 	if (!c)
 		return;
 	curl_easy_cleanup(c->curl);
+	free(c->unix_socket);
 	free(c);
+}
+
+int http_client_set_unix_socket(struct http_client *c, const char *path)
+{
+	if (path && strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+		return -EINVAL;
+	char *dup = NULL;
+	if (path && !(dup = strdup(path)))
+		return -ENOMEM;
+	free(c->unix_socket);
+	c->unix_socket = dup;
+	return 0;
 }
 
 static size_t on_body(char *p, size_t size, size_t nmemb, void *arg)
@@ -265,6 +280,8 @@ int http_client_request(struct http_client *c, const char *method, const char *u
 	CURL *e = c->curl;
 	curl_easy_reset(e); /* options only: the connection cache stays */
 	curl_easy_setopt(e, CURLOPT_URL, url);
+	if (c->unix_socket)
+		curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, c->unix_socket);
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf);
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");

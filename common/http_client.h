@@ -38,6 +38,13 @@ int http_client_new(struct http_client **out);
 /* Free; NULL is fine. */
 void http_client_free(struct http_client *c);
 
+/* Send every later request of |c| over the unix stream socket |path| (a
+ * copy is kept) instead of the TCP address in the URL, whose host then only
+ * fills the Host header: how a client talks to a daemon's API socket, as
+ * `curl --unix-socket` does.  NULL goes back to TCP.  Returns 0, -EINVAL for
+ * a path longer than a unix socket address takes, or -ENOMEM. */
+int http_client_set_unix_socket(struct http_client *c, const char *path);
+
 /* Send |method| |url| with |headers| and |<body, body_len>| (body may be
  * NULL), and read the whole answer, at most |max_body| bytes of body, the
  * whole exchange within |timeout_ms| (connecting within the same bound).

@@ -80,8 +80,20 @@ int sandbox_run(const struct sandbox_ops *ops, const struct sandbox_spec *spec, 
 		log_err("sandbox_run: a Runtime API port needs an on_ready callback to hand the endpoint to");
 		return -EINVAL;
 	}
+	if (spec->restore && strcmp(ops->name, "microvm") != 0) {
+		log_err("sandbox_run: the %s sandbox cannot restore a snapshot; only the micro-VM can "
+			"(--isolation microvm)", ops->name);
+		return -ENOTSUP;
+	}
+	if (spec->restore && (!spec->restore->vmstate_path ||
+			      !spec->restore->mem_uffd_socket == !spec->restore->mem_file)) {
+		log_err("sandbox_run: a restore needs a vmstate file and exactly one of a memory file and a "
+			"page-fault handler's socket");
+		return -EINVAL;
+	}
 	memset(out, 0, sizeof(*out));
 	out->exit_code = -1;
+	out->restored_s = -1;
 	out->first_output_s = -1;
 	out->backend = ops->name;
 	out->mount_kind = "";

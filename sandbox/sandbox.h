@@ -34,6 +34,9 @@ enum sandbox_mount {
 	SANDBOX_MOUNT_LOOP,	/* loop device only (LOOP_CONFIGURE) */
 };
 
+/* A running micro-VM, for sandbox_vm_snapshot(). */
+struct sandbox_vm;
+
 /* What sandbox_spec.on_ready learns about a sandbox that is about to start
  * its workload. */
 struct sandbox_ready {
@@ -51,6 +54,18 @@ struct sandbox_ready {
 	 * memory.max_usage_in_bytes), or "" where the sandbox has no memory
 	 * cgroup (see sandbox_result.memory_peak). */
 	char memory_peak_path[PATH_MAX];
+	/* The micro-VM, for sandbox_vm_snapshot(): valid from on_ready until
+	 * sandbox_run() returns.  NULL in the process sandbox. */
+	struct sandbox_vm *vm;
+};
+
+/* Where a micro-VM is restored from instead of booted (sandbox_spec.restore):
+ * a snapshot sandbox_vm_snapshot() took.  Exactly one memory backend. */
+struct sandbox_restore {
+	const char *vmstate_path;    /* the vmstate file; required */
+	const char *mem_uffd_socket; /* a page-fault handler the caller serves on this unix socket (kvmm's
+				      * Uffd backend: vmm/kvmm/README.md), or NULL */
+	const char *mem_file;	     /* the memory file, or NULL */
 };
 
 /* What to run.  The caller owns every pointer; they need to stay valid only
@@ -128,6 +143,23 @@ struct sandbox_spec {
 	 * descriptor can stop many sandboxes.  0 (as in a zeroed spec) or -1
 	 * means none. */
 	int stop_fd;
+
+	/* ---- micro-VM snapshots ---- */
+
+	/* If set (micro-VM only; the process sandbox refuses it with -ENOTSUP),
+	 * restore this snapshot instead of booting: kvmm loads it with the
+	 * drive "rootfs" reopened on image_path and the vsock on this run's own
+	 * socket, the guest init reconnects and gets a restore frame (generation
+	 * 1, 32 fresh bytes from getrandom for its RNG), and the workload goes
+	 * on from where the snapshot was taken: no invocation is sent, so the
+	 * command, environment, user and working directory are the snapshot's
+	 * (argv_override and the like are ignored), as is the VM's memory size.
+	 * With runtime_api_port (which must be the snapshotted run's), on_ready
+	 * gets the socket the init's replayed and new Runtime API connections
+	 * arrive on.  A restore that fails (a refused load, a guest that does
+	 * not reconnect) is -errno, logged naming the step, with kvmm and the
+	 * run's directory gone. */
+	const struct sandbox_restore *restore;
 };
 
 /* How it went.  Filled by sandbox_run() on success. */
@@ -154,6 +186,9 @@ struct sandbox_result {
 	bool pids_limited;
 	/* The workload ran in its own user namespace (see spec->userns_base). */
 	bool userns;
+	/* Set with spec->restore: when the guest init reconnected after the
+	 * load, seconds after t0. */
+	double restored_s;
 };
 
 /* The user namespace mapping a sandbox gets by default: 65536 ids from host
@@ -205,6 +240,20 @@ const struct sandbox_ops *sandbox_pick(const char *isolation, char *notice, size
  * set up (logged with the reason); -EINVAL also for a runtime_api_port
  * without an on_ready; on_ready's own value if it refused the sandbox. */
 int sandbox_run(const struct sandbox_ops *ops, const struct sandbox_spec *spec, struct sandbox_result *out);
+
+/* Take a Full snapshot of the running micro-VM |vm| (sandbox_ready.vm):
+ * pause it, write its vmstate to |vmstate_path| and its memory to
+ * |mem_path| (new files; kvmm writes each under a temporary name and renames
+ * it), and resume it, through kvmm's API socket.  The guest stands still
+ * from the pause to the resume; the snapshot holds the workload as it was
+ * at the pause, and the channel to the guest init as the sandbox had it.
+ * May be called from any thread while sandbox_run() serves the guest, one
+ * call at a time per VM; the sandbox waits for a call in progress before it
+ * tears the VM down.  Returns 0; -ENOTSUP for NULL (the process sandbox);
+ * -ESRCH once the VM has ended; -EIO when kvmm refused a step (logged with
+ * kvmm's fault_message: the VM is resumed whenever it was paused); or
+ * another -errno (logged). */
+int sandbox_vm_snapshot(struct sandbox_vm *vm, const char *vmstate_path, const char *mem_path);
 
 /* The pieces below are shared with the micro-VM's side of kindling: the guest
  * init resolves the image's user, environment and PATH the way the process

@@ -13,9 +13,27 @@
  *   O/R to out_fd/err_fd  <-----------------  O R ... X
  *   wait for kvmm                             syncs, powers off
  *
+ * kvmm also serves its API on api.sock in the run's directory (--api-sock
+ * with --config-file), so that sandbox_vm_snapshot() can pause it, take a
+ * Full snapshot and resume it, from any thread, while this file serves the
+ * guest.
+ *
+ * A restore (spec->restore) replaces the boot and the invocation:
+ *
+ *   listen on {uds}_1024 (and {uds}_1025)
+ *   kvmm --api-sock api.sock
+ *   PUT /snapshot/load {vmstate, memory backend,   the VM resumes where it was
+ *     vsock_override: {uds}, drive_overrides:       snapshotted; the vsock transport
+ *     rootfs = image_path, resume_vm}               is reset
+ *   accept  <------- vsock port 1024 -------------  the init reconnects
+ *   'S' (generation 1, 32 bytes of getrandom) --->  reseeds its RNG, replays the
+ *                                                   unanswered Runtime API requests
+ *   on_ready({uds}_1025's socket)                   over new streams
+ *   O/R to out_fd/err_fd  <----------------------  O R ... X
+ *
  * Everything for one run lives in a private temporary directory (the config,
- * the vsock sockets, kvmm's log), removed on every path.  A timeout or
- * spec->stop_fd kills kvmm, which ends every connection with it.
+ * the vsock sockets, kvmm's API socket and log), removed on every path.  A
+ * timeout or spec->stop_fd kills kvmm, which ends every connection with it.
  *
  * Where the pieces are (environment):
  *   KINDLING_KVMM          the kvmm program (default: "kvmm" next to the
@@ -33,6 +51,7 @@
 #include <libgen.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -47,6 +66,7 @@
 
 #include <jansson.h>
 
+#include "common/http_client.h"
 #include "vmm/guest/protocol.h"
 #include "sandbox/internal.h"
 
@@ -58,6 +78,9 @@ extern char **environ;
 #define MICROVM_BOOT_TIMEOUT_S 60.0 /* without spec->timeout_s: from spawn to the init's connection */
 #define MICROVM_POWEROFF_S 10.0	    /* from 'X' to kvmm's exit */
 #define MICROVM_API_VSOCK_PORT 1025u /* where the guest init carries Runtime API connections */
+#define MICROVM_ROOT_DRIVE "rootfs"  /* the image's drive_id in the VM's configuration */
+#define MICROVM_API_SOCK_WAIT_S 10.0 /* from kvmm's spawn (or boot) to its API socket */
+#define MICROVM_API_TIMEOUT_MS 120000u /* one API call; a snapshot writes all of guest RAM */
 
 /* The path of |name| next to the running executable, into |<out, len>|. */
 static int next_to_exe(const char *name, char *out, size_t len)
@@ -136,7 +159,7 @@ int microvm_write_config(const struct sandbox_spec *s, const struct microvm_path
 	}
 	json_t *root = json_pack("{s:{s:s, s:s}, s:[{s:s, s:s, s:b, s:b}], s:{s:i, s:I}, s:{s:i, s:s}}",
 				 "boot-source", "kernel_image_path", p->kernel, "initrd_path", p->initrd,
-				 "drives", "drive_id", "rootfs", "path_on_host", s->image_path, "is_root_device", 1,
+				 "drives", "drive_id", MICROVM_ROOT_DRIVE, "path_on_host", s->image_path, "is_root_device", 1,
 				 "is_read_only", 1,
 				 "machine-config", "vcpu_count", 1, "mem_size_mib", (json_int_t)mib,
 				 "vsock", "guest_cid", MICROVM_GUEST_CID, "uds_path", uds_path);
@@ -208,11 +231,20 @@ static int build_env(const struct sandbox_spec *s, char *const *over, struct str
 	return str_list_add(out, "") < 0 ? -ENOMEM : 0; /* room for the NULL below */
 }
 
+/* The VM as sandbox_vm_snapshot() sees it: kvmm's API socket, and whether
+ * the VM is still there.  |lock| serialises snapshots with the teardown. */
+struct sandbox_vm {
+	pthread_mutex_t lock;
+	bool gone;
+	char api_sock[256];
+};
+
 /* One run's resources, so every path cleans up the same way. */
 struct vm_run {
 	/* unix socket paths are short anyway: the directory's must leave room
 	 * for "/v.sock_1024" in 108 bytes */
 	char dir[192], config[256], uds[224], listen_path[256], api_path[256], log[256];
+	struct sandbox_vm vm; /* vm.api_sock: kvmm's API socket */
 	int listen_fd, conn_fd, pid_fd;
 	int api_fd; /* the Runtime API's unix socket until on_ready takes it, else -1 */
 	pid_t pid;
@@ -222,6 +254,10 @@ struct vm_run {
 
 static void run_cleanup(struct vm_run *v)
 {
+	/* A snapshot in progress finishes first; later ones find the VM gone. */
+	pthread_mutex_lock(&v->vm.lock);
+	v->vm.gone = true;
+	pthread_mutex_unlock(&v->vm.lock);
 	if (v->pid > 0 && !v->reaped) {
 		kill(v->pid, SIGKILL);
 		while (waitpid(v->pid, &v->status, 0) < 0 && errno == EINTR)
@@ -243,6 +279,7 @@ static void run_cleanup(struct vm_run *v)
 		if (v->api_path[0])
 			unlink(v->api_path);
 		unlink(v->uds); /* kvmm removes it; not if it was killed */
+		unlink(v->vm.api_sock);
 		unlink(v->log);
 		if (rmdir(v->dir) < 0)
 			log_warn("microvm: cannot remove %s: %s", v->dir, strerror(errno));
@@ -266,7 +303,9 @@ static void log_tail(const struct vm_run *v)
 	free(buf);
 }
 
-static int spawn_kvmm(struct vm_run *v, const struct microvm_paths *p)
+/* kvmm with its API on v->vm.api_sock, booting v->config unless |restore|
+ * (then the API's /snapshot/load builds the VM). */
+static int spawn_kvmm(struct vm_run *v, const struct microvm_paths *p, bool restore)
 {
 	posix_spawn_file_actions_t fa;
 	if (posix_spawn_file_actions_init(&fa) != 0)
@@ -274,7 +313,8 @@ static int spawn_kvmm(struct vm_run *v, const struct microvm_paths *p)
 	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
 	posix_spawn_file_actions_addopen(&fa, 1, v->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	posix_spawn_file_actions_adddup2(&fa, 1, 2);
-	char *argv[] = { (char *)p->kvmm, "--no-api", "--config-file", v->config, NULL };
+	char *argv[] = { (char *)p->kvmm, "--api-sock", v->vm.api_sock, "--id", "kindling",
+			 restore ? NULL : "--config-file", v->config, NULL };
 	int r = posix_spawn(&v->pid, p->kvmm, &fa, NULL, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	if (r != 0) {
@@ -344,6 +384,151 @@ static bool stop_requested(const struct pollfd *pf, struct sandbox_result *out)
 	log_info("microvm: stopped through stop_fd; killing kvmm");
 	out->stopped = true;
 	return true;
+}
+
+/* One request to kvmm's API at |sock|: |method| |path| with the JSON |body|
+ * (or NULL).  0 for a 2xx answer; -EIO for any other, with kvmm's
+ * fault_message in |<fault, flen>|; a transport error as -errno with its
+ * description there. */
+static int kvmm_api_call(const char *sock, const char *method, const char *path, const char *body, char *fault,
+			 size_t flen)
+{
+	struct http_client *c = NULL;
+	struct http_client_response resp = { 0 };
+	struct http_header ct = { "Content-Type", "application/json" };
+	char url[128];
+	snprintf(url, sizeof(url), "http://localhost%s", path);
+	int r = http_client_new(&c);
+	if (r == 0)
+		r = http_client_set_unix_socket(c, sock);
+	if (r == 0)
+		r = http_client_request(c, method, url, body ? &ct : NULL, body ? 1 : 0, body, body ? strlen(body) : 0,
+					MICROVM_API_TIMEOUT_MS, 1u << 16, &resp);
+	if (r < 0) {
+		snprintf(fault, flen, "kvmm's API socket %s: %s", sock, strerror(-r));
+	} else if (resp.status < 200 || resp.status > 299) {
+		json_t *j = json_loadb(resp.body, resp.body_len, 0, NULL);
+		const char *m = json_string_value(json_object_get(j, "fault_message"));
+		snprintf(fault, flen, "HTTP %ld: %s", resp.status, m ? m : resp.body_len ? resp.body : "(no body)");
+		json_decref(j);
+		r = -EIO;
+	}
+	http_client_response_cleanup(&resp);
+	http_client_free(c);
+	return r;
+}
+
+/* Whether something accepts connections on the unix socket |path|. */
+static bool unix_listening(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return false;
+	bool ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+	close(fd);
+	return ok;
+}
+
+int sandbox_vm_snapshot(struct sandbox_vm *vm, const char *vmstate_path, const char *mem_path)
+{
+	if (!vm)
+		return -ENOTSUP;
+	if (!vmstate_path || !mem_path || vmstate_path[0] != '/' || mem_path[0] != '/') {
+		log_err("microvm: a snapshot needs absolute paths for the vmstate and the memory file (kvmm runs "
+			"elsewhere)");
+		return -EINVAL;
+	}
+	json_t *j = json_pack("{s:s, s:s, s:s}", "snapshot_type", "Full", "snapshot_path", vmstate_path,
+			      "mem_file_path", mem_path);
+	char *body = j ? json_dumps(j, JSON_COMPACT) : NULL;
+	json_decref(j);
+	if (!body)
+		return -ENOMEM;
+	char fault[1024] = "";
+	int r = 0;
+	pthread_mutex_lock(&vm->lock);
+	if (vm->gone) {
+		log_warn("microvm: no snapshot: the VM has ended");
+		r = -ESRCH;
+		goto out;
+	}
+	/* A VM booted from its config file serves its API once it runs. */
+	double until = now_seconds() + MICROVM_API_SOCK_WAIT_S;
+	while (!unix_listening(vm->api_sock) && now_seconds() < until)
+		usleep(10000);
+	if ((r = kvmm_api_call(vm->api_sock, "PATCH", "/vm", "{\"state\": \"Paused\"}", fault, sizeof(fault))) < 0) {
+		log_err("microvm: snapshot: pausing the VM: %s", fault);
+		goto out;
+	}
+	if ((r = kvmm_api_call(vm->api_sock, "PUT", "/snapshot/create", body, fault, sizeof(fault))) < 0)
+		log_err("microvm: snapshot to %s and %s: %s", vmstate_path, mem_path, fault);
+	int rr = kvmm_api_call(vm->api_sock, "PATCH", "/vm", "{\"state\": \"Resumed\"}", fault, sizeof(fault));
+	if (rr < 0) {
+		log_err("microvm: snapshot: resuming the VM: %s", fault);
+		r = r < 0 ? r : rr;
+	}
+	if (r == 0)
+		log_info("microvm: snapshot taken: %s, %s", vmstate_path, mem_path);
+out:
+	pthread_mutex_unlock(&vm->lock);
+	free(body);
+	return r;
+}
+
+/* Load spec->restore into the kvmm just spawned (API only), on this run's
+ * paths, and let it run. */
+static int restore_load(struct vm_run *v, const struct sandbox_spec *s)
+{
+	const struct sandbox_restore *rs = s->restore;
+	double until = now_seconds() + MICROVM_API_SOCK_WAIT_S;
+	while (!unix_listening(v->vm.api_sock)) {
+		if (kvmm_exited(v)) {
+			log_err("microvm: restore: kvmm exited (status 0x%x) before serving its API", v->status);
+			return -EIO;
+		}
+		if (now_seconds() >= until) {
+			log_err("microvm: restore: kvmm did not listen on %s within %.0f s", v->vm.api_sock,
+				MICROVM_API_SOCK_WAIT_S);
+			return -ETIMEDOUT;
+		}
+		usleep(5000);
+	}
+	json_t *j = json_pack("{s:s, s:{s:s, s:s}, s:b, s:{s:s}, s:[{s:s, s:s}]}", "snapshot_path",
+			      rs->vmstate_path, "mem_backend", "backend_type", rs->mem_uffd_socket ? "Uffd" : "File",
+			      "backend_path", rs->mem_uffd_socket ? rs->mem_uffd_socket : rs->mem_file, "resume_vm", 1,
+			      "vsock_override", "uds_path", v->uds, "drive_overrides", "drive_id", MICROVM_ROOT_DRIVE,
+			      "path_on_host", s->image_path);
+	char *body = j ? json_dumps(j, JSON_COMPACT) : NULL;
+	json_decref(j);
+	if (!body) {
+		log_err("microvm: restore: building the load request: out of memory or a path that is not UTF-8");
+		return -ENOMEM;
+	}
+	char fault[1024] = "";
+	int r = kvmm_api_call(v->vm.api_sock, "PUT", "/snapshot/load", body, fault, sizeof(fault));
+	free(body);
+	if (r < 0)
+		log_err("microvm: restore of %s (memory from %s): %s", rs->vmstate_path,
+			rs->mem_uffd_socket ? rs->mem_uffd_socket : rs->mem_file, fault);
+	return r;
+}
+
+/* The first frame on the init's new connection after a restore: generation
+ * 1 (the snapshots this sandbox takes are of VMs never restored before) and
+ * 32 fresh random bytes, so two restores of one snapshot diverge. */
+static int send_restored(struct vm_run *v)
+{
+	struct guest_restore rs = { .generation = 1 };
+	int r = random_bytes(rs.seed, sizeof(rs.seed));
+	if (r < 0) {
+		log_err("microvm: restore: no random bytes for the guest's RNG: %s", strerror(-r));
+		return r;
+	}
+	if ((r = guest_restore_send(v->conn_fd, &rs)) < 0)
+		log_err("microvm: restore: sending the restore frame to the guest init: %s", strerror(-r));
+	return r;
 }
 
 /* Wait for the guest init's connection, kvmm's exit, the deadline, or a stop
@@ -479,6 +664,7 @@ done:
 int microvm_run_with(const struct sandbox_spec *s, const struct microvm_paths *p, struct sandbox_result *out)
 {
 	struct vm_run v = { .listen_fd = -1, .conn_fd = -1, .pid_fd = -1, .api_fd = -1, .pid = -1 };
+	const bool restore = s->restore != NULL;
 	const char **argv = NULL;
 	struct str_list env = { 0 }, over = { 0 };
 	bool refused = false;
@@ -491,11 +677,20 @@ int microvm_run_with(const struct sandbox_spec *s, const struct microvm_paths *p
 		log_err("microvm: the working directory must be absolute (got %s)", workdir);
 		return -EINVAL;
 	}
-	if ((r = build_argv(s, &argv)) < 0 || (r = sandbox_env_overrides(s, &over)) < 0 ||
-	    (r = build_env(s, over.items, &env)) < 0)
-		goto out;
-	free(env.items[--env.n]); /* the placeholder: the list ends in NULL now */
-	env.items[env.n] = NULL;
+	pthread_mutex_init(&v.vm.lock, NULL);
+	if (restore) {
+		if (!s->image_path) {
+			log_err("microvm: a restore reopens the image file; a rootfs directory cannot be restored");
+			r = -EINVAL;
+			goto out;
+		}
+	} else {
+		if ((r = build_argv(s, &argv)) < 0 || (r = sandbox_env_overrides(s, &over)) < 0 ||
+		    (r = build_env(s, over.items, &env)) < 0)
+			goto out;
+		free(env.items[--env.n]); /* the placeholder: the list ends in NULL now */
+		env.items[env.n] = NULL;
+	}
 
 	const char *tmp = getenv("TMPDIR");
 	int k = snprintf(v.dir, sizeof(v.dir), "%s/kindling-vm.XXXXXX", tmp && *tmp ? tmp : "/tmp");
@@ -517,6 +712,7 @@ int microvm_run_with(const struct sandbox_spec *s, const struct microvm_paths *p
 	snprintf(v.uds, sizeof(v.uds), "%s/v.sock", v.dir);
 	snprintf(v.listen_path, sizeof(v.listen_path), "%s_%u", v.uds, GUEST_PROTO_PORT);
 	snprintf(v.log, sizeof(v.log), "%s/kvmm.log", v.dir);
+	snprintf(v.vm.api_sock, sizeof(v.vm.api_sock), "%s/api.sock", v.dir);
 	if ((r = listen_unix(v.listen_path, 1, &v.listen_fd)) < 0)
 		goto out;
 	if (s->runtime_api_port) {
@@ -526,7 +722,8 @@ int microvm_run_with(const struct sandbox_spec *s, const struct microvm_paths *p
 		if ((r = listen_unix(v.api_path, SANDBOX_RUNTIME_API_BACKLOG, &v.api_fd)) < 0)
 			goto out;
 	}
-	if ((r = microvm_write_config(s, p, v.uds, v.config)) < 0 || (r = spawn_kvmm(&v, p)) < 0)
+	if ((!restore && (r = microvm_write_config(s, p, v.uds, v.config)) < 0) ||
+	    (r = spawn_kvmm(&v, p, restore)) < 0 || (restore && (r = restore_load(&v, s)) < 0))
 		goto out;
 
 	double run_deadline = s->timeout_s > 0 ? s->t0 + s->timeout_s : 0;
@@ -538,8 +735,14 @@ int microvm_run_with(const struct sandbox_spec *s, const struct microvm_paths *p
 	/* One channel per VM: whatever else connects to port 1024 is refused. */
 	close(v.listen_fd);
 	v.listen_fd = -1;
+	if (restore) {
+		if ((r = send_restored(&v)) < 0)
+			goto out;
+		out->restored_s = now_seconds() - s->t0;
+	}
 	if (s->on_ready) {
-		struct sandbox_ready rd = { .runtime_api_fd = v.api_fd, .pid = v.pid, .memory_peak_path = "" };
+		struct sandbox_ready rd = { .runtime_api_fd = v.api_fd, .pid = v.pid, .memory_peak_path = "",
+					    .vm = &v.vm };
 		v.api_fd = -1; /* the callee's from here on */
 		if ((r = s->on_ready(s->ready_arg, &rd)) != 0) {
 			log_info("microvm: on_ready refused the sandbox (%d); ending it before the workload starts", r);
@@ -552,8 +755,9 @@ int microvm_run_with(const struct sandbox_spec *s, const struct microvm_paths *p
 	struct timeval tv = { .tv_sec = 10 };
 	setsockopt(v.conn_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	struct guest_api api = { .tcp_port = s->runtime_api_port, .vsock_port = MICROVM_API_VSOCK_PORT };
-	r = guest_invocation_send(v.conn_fd, argv, (const char *const *)env.items, workdir, user,
-				  s->runtime_api_port ? &api : NULL);
+	r = restore ? 0
+		    : guest_invocation_send(v.conn_fd, argv, (const char *const *)env.items, workdir, user,
+					    s->runtime_api_port ? &api : NULL);
 	if (r < 0) {
 		log_err("microvm: sending the invocation to the guest: %s", strerror(-r));
 		goto out;
@@ -585,6 +789,7 @@ out:
 	if (r < 0 && v.pid > 0 && !refused)
 		log_tail(&v);
 	run_cleanup(&v);
+	pthread_mutex_destroy(&v.vm.lock);
 	free(argv);
 	str_list_clear(&env);
 	str_list_clear(&over);

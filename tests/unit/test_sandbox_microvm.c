@@ -8,7 +8,9 @@
  * long-lived parts: the Runtime API endpoint (the 'P' frame, the variable,
  * the "{uds_path}_1025" socket handed to on_ready, which the stand-in
  * connects to as kvmm does for the guest init's streams, with a half-close),
- * on_ready refusing, and stop_fd before and after the guest connects.
+ * on_ready refusing, and stop_fd before and after the guest connects; and a
+ * restore against a stand-in that serves kvmm's /snapshot/load and the
+ * restored init's reconnection.
  * Every run must leave its temporary directory behind it removed. */
 /* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include <dirent.h>
@@ -35,7 +37,7 @@ static const char fake_kvmm[] =
 	"# Stands in for kvmm and the guest init: the host side cannot tell.\n"
 	"import json, socket, struct, sys, time\n"
 	"cfg = json.load(open(sys.argv[sys.argv.index('--config-file') + 1]))\n"
-	"assert '--no-api' in sys.argv\n"
+	"assert '--api-sock' in sys.argv\n"
 	"assert cfg['drives'][0]['is_read_only'] and cfg['drives'][0]['is_root_device']\n"
 	"s = socket.socket(socket.AF_UNIX)\n"
 	"s.connect(cfg['vsock']['uds_path'] + '_1024')\n"
@@ -85,6 +87,63 @@ static const char fake_kvmm[] =
 	"frame('O', ('\\n'.join(inv) + '\\n').encode())\n"
 	"frame('R', b'oops\\n')\n"
 	"frame('X', struct.pack('<ii', 7, 0))\n";
+
+/* Stands in for kvmm restoring a snapshot and for the restored guest init:
+ * serves PUT /snapshot/load on --api-sock (a vmstate named "bad.vmstate" is
+ * a 400, as kvmm refuses another format version), then reconnects to
+ * "{vsock_override}_1024", wants 'S' first and reports what it got. */
+static const char restore_kvmm[] =
+	"#!/usr/bin/env python3\n"
+	"import json, socket, struct, sys\n"
+	"assert '--config-file' not in sys.argv and '--no-api' not in sys.argv\n"
+	"l = socket.socket(socket.AF_UNIX)\n"
+	"l.bind(sys.argv[sys.argv.index('--api-sock') + 1])\n"
+	"l.listen(8)\n"
+	"while True:\n"
+	"    c, _ = l.accept()\n"
+	"    req = b''\n"
+	"    while b'\\r\\n\\r\\n' not in req:\n"
+	"        k = c.recv(4096)\n"
+	"        if not k:\n"
+	"            break\n"
+	"        req += k\n"
+	"    head, _, body = req.partition(b'\\r\\n\\r\\n')\n"
+	"    if not head:\n"
+	"        c.close()\n"
+	"        continue\n"
+	"    n = [int(h.split(b':')[1]) for h in head.split(b'\\r\\n') if h.lower().startswith(b'content-length')][0]\n"
+	"    while len(body) < n:\n"
+	"        body += c.recv(4096)\n"
+	"    assert head.startswith(b'PUT /snapshot/load ')\n"
+	"    j = json.loads(body)\n"
+	"    if j['snapshot_path'].endswith('bad.vmstate'):\n"
+	"        m = b'{\"fault_message\": \"Load snapshot error: snapshot_path bad.vmstate: format version 9\"}'\n"
+	"        c.sendall(b'HTTP/1.1 400 Bad Request\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(m) + m)\n"
+	"        c.close()\n"
+	"        continue\n"
+	"    c.sendall(b'HTTP/1.1 204 No Content\\r\\n\\r\\n')\n"
+	"    c.close()\n"
+	"    break\n"
+	"s = socket.socket(socket.AF_UNIX)\n"
+	"s.connect(j['vsock_override']['uds_path'] + '_1024')\n"
+	"def rd(n):\n"
+	"    b = b''\n"
+	"    while len(b) < n:\n"
+	"        k = s.recv(n - len(b))\n"
+	"        if not k:\n"
+	"            sys.exit(3)\n"
+	"        b += k\n"
+	"    return b\n"
+	"t = rd(1)\n"
+	"p = rd(struct.unpack('<I', rd(4))[0])\n"
+	"gen = struct.unpack('<Q', p[:8])[0]\n"
+	"be = j['mem_backend']\n"
+	"d = j['drive_overrides'][0]\n"
+	"msg = 'type=%s gen=%d seed=%s mem=%s:%s drive=%s:%s resume=%s\\n' % (t.decode(), gen, p[8:].hex(), "
+	"be['backend_type'], be['backend_path'], d['drive_id'], d['path_on_host'], j['resume_vm'])\n"
+	"s.sendall(b'O' + struct.pack('<I', len(msg)) + msg.encode())\n"
+	"s.sendall(b'R' + struct.pack('<I', 5) + b'oops\\n')\n"
+	"s.sendall(b'X' + struct.pack('<Iii', 8, 0, 0))\n";
 
 static const char dead_kvmm[] = "#!/bin/sh\necho 'kvmm: error: cannot open /dev/kvm' >&2\nexit 1\n";
 
@@ -357,6 +416,57 @@ static void test_long_lived(const struct microvm_paths *p)
 	close(sp[1]);
 }
 
+/* A restore: the load request names the snapshot, the memory backend and
+ * this run's paths; the init's reconnection gets 'S' first, generation 1
+ * and a seed that differs between two restores; a refused load is an
+ * error that leaves nothing behind; the process sandbox refuses. */
+static void test_restore(const struct microvm_paths *p)
+{
+	write_exec(p->kvmm, restore_kvmm);
+	char outp[160], errp[160], out[1024], seeds[2][80];
+	snprintf(outp, sizeof(outp), "%s/out", dir);
+	snprintf(errp, sizeof(errp), "%s/err", dir);
+	for (int i = 0; i < 3; i++) {
+		int o = open(outp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		int e = open(errp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		struct sandbox_restore rs = { .vmstate_path = i == 2 ? "/snap/bad.vmstate" : "/snap/vm.vmstate",
+					      .mem_uffd_socket = i == 0 ? "/run/uffd.sock" : NULL,
+					      .mem_file = i == 0 ? NULL : "/snap/vm.mem" };
+		struct sandbox_spec s = { .image_path = "/images/app.erofs", .out_fd = o, .err_fd = e,
+					  .t0 = now_seconds(), .timeout_s = 20, .restore = &rs };
+		struct sandbox_result res;
+		memset(&res, 0, sizeof(res));
+		res.restored_s = -1;
+		int r = microvm_run_with(&s, p, &res);
+		ssize_t n = pread(o, out, sizeof(out) - 1, 0);
+		out[n > 0 ? n : 0] = '\0';
+		close(o);
+		close(e);
+		if (i == 2) {
+			CHECK(r == -EIO && out[0] == '\0');
+		} else {
+			CHECK(r == 0 && res.exit_code == 0 && res.restored_s >= 0);
+			CHECK(strncmp(out, "type=S gen=1 seed=", 18) == 0);
+			CHECK(strstr(out, i == 0 ? "mem=Uffd:/run/uffd.sock " : "mem=File:/snap/vm.mem ") != NULL);
+			CHECK(strstr(out, " drive=rootfs:/images/app.erofs resume=True\n") != NULL);
+			snprintf(seeds[i], sizeof(seeds[i]), "%.64s", out + 18);
+		}
+		CHECK(dir_empty(tmpdir));
+	}
+	CHECK(strlen(seeds[0]) == 64 && strcmp(seeds[0], seeds[1]) != 0);
+	unlink(outp);
+	unlink(errp);
+
+	struct sandbox_restore rs = { .vmstate_path = "/v", .mem_file = "/m" };
+	struct sandbox_spec s = { .image_path = "/x", .out_fd = 1, .err_fd = 2, .restore = &rs };
+	struct sandbox_result res;
+	CHECK(sandbox_run(&sandbox_process, &s, &res) == -ENOTSUP);
+	rs.mem_uffd_socket = "/u"; /* two memory backends */
+	CHECK(sandbox_run(&sandbox_microvm, &s, &res) == -EINVAL);
+	CHECK(sandbox_vm_snapshot(NULL, "/v", "/m") == -ENOTSUP);
+	write_exec(p->kvmm, fake_kvmm);
+}
+
 static void test_run(void)
 {
 	struct microvm_paths p;
@@ -401,6 +511,7 @@ static void test_run(void)
 	CHECK(dir_empty(tmpdir));
 
 	test_long_lived(&p);
+	test_restore(&p);
 
 	/* kvmm that dies before the guest connects. */
 	write_exec(p.kvmm, dead_kvmm);
