@@ -4,7 +4,8 @@
  *                      [--isolation process|microvm|auto] [--no-prefetch] [--readahead N]
  *                      [--readahead-min-run BYTES] [--timeout S]
  *                      [--memory SIZE|none] [--pids N|none] [--userns BASE[:COUNT]|off] [--json] [-v]
- *                      [--timings FILE] [--blockd SOCK] [-- CMD ARGS...]
+ *                      [--timings FILE] [--blockd SOCK] [--snapshot NAME[:TAG] [--snapshot-info FILE]]
+ *                      [-- CMD ARGS...]
  *
  * The whole cold-start path in one process: an in-process blockd attaches
  * IMAGE (only its manifest is fetched), serves it on a private FUSE mount, and
@@ -86,6 +87,8 @@ struct run_opts {
 	const char *timings;   /* --timings FILE, or NULL */
 	const char *blockd;    /* --blockd SOCK, or NULL */
 	const char *cache_opt; /* the first cache option given (refused with --blockd), or NULL */
+	const char *snapshot;	   /* --snapshot NAME[:TAG], or NULL */
+	const char *snapshot_info; /* --snapshot-info FILE, or NULL */
 	bool help;
 };
 
@@ -124,6 +127,14 @@ static void usage(FILE *f)
 		"                        run it from that daemon's mount (warm across runs) instead of starting\n"
 		"                        a private blockd; the cache options (--store, --l1-*, --l2, --readahead*,\n"
 		"                        --no-prefetch) belong to that daemon then\n"
+		"  --snapshot NAME[:TAG] micro-VM only: if the store has snapshot NAME of this image and this\n"
+		"                        invocation (command, env, working dir, user), restore it and go on\n"
+		"                        from where it was taken; otherwise boot, and when the workload's first\n"
+		"                        stdout line (\"ready\") arrives, pause the VM, snapshot it, store the\n"
+		"                        snapshot as NAME and carry on\n"
+		"  --snapshot-info FILE  with --snapshot, write the snapshot's figures to FILE as JSON: restored\n"
+		"                        or created; memory fetched (bytes, fraction of guest RAM, chunks per\n"
+		"                        tier), prefetched chunks, time to the first output\n"
 		"  -v                    log blockd and sandbox progress\n"
 		"KINDLING_HOME defaults to ~/.kindling; it holds the tenant key and salt, as for chunkify.\n"
 		"The micro-VM's parts: KINDLING_KVMM, KINDLING_GUEST_KERNEL, KINDLING_GUEST_INITRD\n"
@@ -186,6 +197,10 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 				o->cache_opt = o->cache_opt ? o->cache_opt : a;
 			if (strcmp(a, "--timings") == 0 && *v)
 				o->timings = v;
+			else if (strcmp(a, "--snapshot") == 0 && *v)
+				o->snapshot = v;
+			else if (strcmp(a, "--snapshot-info") == 0 && *v)
+				o->snapshot_info = v;
 			else if (strcmp(a, "--blockd") == 0 && *v)
 				o->blockd = v;
 			else if (strcmp(a, "--store") == 0)
@@ -243,6 +258,15 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 	}
 	if (!o->image) {
 		fprintf(stderr, "kindling run: which image? (NAME[:TAG] or a manifest digest)\n");
+		return -EINVAL;
+	}
+	if (o->snapshot_info && !o->snapshot) {
+		fprintf(stderr, "kindling run: --snapshot-info goes with --snapshot NAME[:TAG]\n");
+		return -EINVAL;
+	}
+	if (o->snapshot && o->blockd) {
+		fprintf(stderr, "kindling run: --snapshot serves the snapshot's memory from this run's own cache; "
+			"run it without --blockd\n");
 		return -EINVAL;
 	}
 	if (o->blockd && o->cache_opt) {
@@ -537,6 +561,8 @@ static int cmd_run(int argc, char **argv, double t0)
 	struct blockd_image *img = NULL;
 	bool ran = false;
 	int r = -EINVAL;
+	struct run_snapshot *snap = NULL;
+	struct str_list eff = { 0 }; /* the command a snapshot records, when the image's */
 	json_t *report = NULL;
 	if (parse_args(argc, argv, &o) < 0) {
 		usage(stderr);
@@ -570,6 +596,11 @@ static int cmd_run(int argc, char **argv, double t0)
 	}
 	if (notice[0])
 		fprintf(stderr, "kindling: %s\n", notice);
+	if (o.snapshot && strcmp(ops->name, "microvm") != 0) {
+		fprintf(stderr, "kindling run: --snapshot needs the micro-VM (--isolation microvm); the %s sandbox "
+			"has no memory to snapshot\n", ops->name);
+		goto out;
+	}
 	timeline_mark(tl, "args");
 
 	if (!o.blockd) {
@@ -653,6 +684,39 @@ static int cmd_run(int argc, char **argv, double t0)
 	}
 	double attach_s = now_seconds() - t0;
 
+	/* The invocation a snapshot records and a restore must match. */
+	char **eff_argv = NULL;
+	if (o.snapshot) {
+		if (o.argv) {
+			eff_argv = o.argv;
+		} else {
+			for (size_t i = 0; m->config.entrypoint && m->config.entrypoint[i]; i++)
+				if (str_list_add(&eff, m->config.entrypoint[i]) < 0)
+					goto out;
+			for (size_t i = 0; m->config.cmd && m->config.cmd[i]; i++)
+				if (str_list_add(&eff, m->config.cmd[i]) < 0)
+					goto out;
+			if (str_list_add(&eff, "") < 0)
+				goto out;
+			free(eff.items[--eff.n]);
+			eff.items[eff.n] = NULL;
+			eff_argv = eff.items;
+		}
+	}
+	struct run_config identity = { .entrypoint = eff_argv, .env = m->config.env,
+				       .working_dir = m->config.working_dir, .user = m->config.user };
+	if (o.snapshot) {
+		struct run_snapshot_options so = { .ref = o.snapshot, .image = o.image, .identity = &identity,
+						   .store_uri = store, .l1_dir = l1, .l1_size = o.l1_size,
+						   .l2 = (const char *const *)o.l2.items, .n_l2 = o.l2.n,
+						   .prefetch = !o.no_prefetch };
+		r = run_snapshot_new(&so, &snap);
+		if (r < 0) {
+			fprintf(stderr, "kindling run: --snapshot %s: cannot use it (see above)\n", o.snapshot);
+			goto out;
+		}
+	}
+
 	struct sandbox_spec spec = {
 		.image_path = raw,
 		.config = &m->config,
@@ -669,12 +733,18 @@ static int cmd_run(int argc, char **argv, double t0)
 		.userns_off = o.userns_off,
 		.timeline = tl,
 	};
+	if (snap && (r = run_snapshot_arm(snap, &spec)) < 0)
+		goto out;
 	r = sandbox_run(ops, &spec, &res);
 	ran = true;
+	if (snap && run_snapshot_finish(snap, r, &res, t0, o.snapshot_info) < 0 && r == 0)
+		r = -EIO; /* the memory server failed and stopped the VM */
 	if (r < 0)
 		status = r == -ENOENT || r == -EACCES ? EXIT_NOCMD : EXIT_SETUP;
 	else
 		status = res.term_signal ? 128 + res.term_signal : res.exit_code;
+	if (r == -EIO && snap)
+		goto out; /* the restore failed: no report of a run that did not happen */
 	/* Say plainly when a limit, not the program, ended or hobbled the run. */
 	char lim[32];
 	if (r == 0 && res.oom_killed) {
@@ -705,6 +775,8 @@ static int cmd_run(int argc, char **argv, double t0)
 		json_object_set_new(report, "counters", json_string("since the shared blockd attached the image"));
 out:;
 	double end = now_seconds();
+	run_snapshot_free(snap);
+	str_list_clear(&eff);
 	/* Unmounts, stores the startup trace being recorded, frees. */
 	blockd_free(b);
 	if (mnt && rmdir(mnt) < 0)

@@ -135,7 +135,7 @@ int snapshot_import(struct chunkify_ctx *c, const struct snapshot_import_options
 		.chunk_size = CHUNK_SIZE,
 		.metadata_offset = 0,
 		.source_ref = img.source_ref,
-		.config = img.config,
+		.config = opt->config ? *opt->config : img.config,
 	};
 	snprintf(tmpl.snapshot.image_digest, sizeof(tmpl.snapshot.image_digest), "%s", image_digest);
 	tmpl.snapshot.mem_size = f.mem_size;

@@ -35,6 +35,11 @@ struct snapshot_import_options {
 	const char *mem_path;	  /* the guest memory file; required */
 	const char *vmstate_path; /* the VMM's vmstate file; required */
 	const char *from_image;	  /* NAME[:TAG] or digest of the image the VM ran; required, must exist */
+	/* What the VM runs, recorded as the manifest's run configuration so a
+	 * restore can check it is asked for the same invocation (`kindling run
+	 * --snapshot` records its command as entrypoint, no cmd, and the env,
+	 * working dir and user); NULL = the image's own configuration. */
+	const struct run_config *config;
 	bool progress;		  /* progress bar on stderr */
 	unsigned workers;	  /* seal threads; 0 = one per core */
 };
