@@ -286,13 +286,5 @@ export NESTED_LOG=$T/console.log
 rc=0
 timeout 900 "$KINDLING_SOURCE_DIR/tests/nested/run.sh" --mem 1536 --smp 1 --timeout 600 --modules fuse \
   "$P" nested.sh "$token" >"$T/nested.out" 2>&1 || rc=$?
-grep -a '^nested-\|^nested:' "$T/nested.out" | tr -d '\r'
-if [ $rc != 0 ]; then
-  # From the first failure on: the check, then the files it printed.
-  sed -n '/^nested-fail/,$p' "$T/nested.out" | head -300 >&2
-  grep -aq '^nested-fail' "$T/nested.out" || tail -80 "$T/nested.out" >&2
-  die "the nested run failed with $rc"
-fi
-n=$(grep -ac '^nested-ok' "$T/nested.out")
-[ "$n" = 8 ] || die "$n of 8 nested checks passed"
+nested_outcome "$T/nested.out" $rc 8
 pass "kvmm boots the guest initramfs and an imported image under nested KVM; invocation, output and exit status over vsock; Firecracker API; init failures; kindling run --isolation microvm; the Runtime API over vsock; stop_fd; the guest side of a restore"

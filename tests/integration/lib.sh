@@ -104,3 +104,20 @@ kr() {
   timeout 120 "$KINDLING" run "$@" >"$T/$name.out" 2>"$T/$name.err" || rc=$?
   return $rc
 }
+
+# nested_outcome OUT RC N: after tests/nested/run.sh wrote its console to OUT
+# and exited RC, show the payload's "nested-ok:"/"nested-fail:" lines; on a
+# failure show it and what the payload printed after it (or the console's
+# end) and die; die unless exactly N checks passed.
+nested_outcome() {
+  local out=$1 rc=$2 want=$3 n
+  grep -a '^nested-\|^nested:' "$out" | tr -d '\r'
+  if [ "$rc" != 0 ]; then
+    # From the first failure on: the check, then the files it printed.
+    sed -n '/^nested-fail/,$p' "$out" | head -300 >&2
+    grep -aq '^nested-fail' "$out" || tail -80 "$out" >&2
+    die "the nested run failed with $rc"
+  fi
+  n=$(grep -ac '^nested-ok' "$out")
+  [ "$n" = "$want" ] || die "$n of $want nested checks passed"
+}

@@ -1,0 +1,192 @@
+#!/bin/bash
+# SnapStart for `kindling run`, under real KVM: inside a TCG guest with a
+# working /dev/kvm (tests/nested/run.sh), with a copy of the store (as 61
+# does), `kindling run --isolation microvm --snapshot snap1` on an image
+# whose entrypoint initialises (draws a random token and computes a sum),
+# prints "ready", waits, then prints the token, the sum, a fresh random value
+# and /run/kindling/restore:
+#  - run 1 boots, snapshots at the ready line, stores snap1 (`chunkify ls`
+#    lists it as a snapshot), and carries on (token, sum, no generation);
+#  - runs 2 and 3 restore from the chunks (the memory served lazily through
+#    the cache): no ready line (that was initialisation), the same token and
+#    sum as run 1, generation 1, fresh values that differ between them; run 2
+#    records the memory trace and run 3 prefetches it; each fetched less
+#    memory than the guest's RAM (--snapshot-info);
+#  - a snapshot of another command is refused, naming what differs;
+#  - a vmstate of another format version (re-imported with chunkify) is
+#    refused with kvmm's message, and no kvmm or run directory is left;
+#  - corrupt memory chunks (with an empty L1) stop the restored VM with an
+#    error, and no kvmm or run directory is left.
+# No memcached L2 here: the guest's store and L1 are the tiers (66 covers
+# the memory server over L2).
+# ctest-labels: no-asan (a QEMU guest running kvmm: minutes under emulation); no-tsan (as no-asan)
+. "$(dirname "$0")/lib.sh"
+. "$KINDLING_SOURCE_DIR/tests/nested/kernel.sh"
+
+for tool in qemu-system-x86_64 cpio gzip umoci objcopy; do
+  command -v "$tool" >/dev/null || die "$tool is missing (scripts/apt-packages.txt: qemu-system-x86, cpio, umoci, binutils)"
+done
+[ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || die "a static /bin/busybox is needed (busybox-static)"
+B=$KINDLING_BUILD_DIR
+for prog in kvmm kindling chunkify kindling-guest-init; do
+  [ -x "$B/$prog" ] || die "$prog is not built in $B"
+done
+
+rc=0
+kroot=$(kernel_pkg_dir) || rc=$?
+[ $rc = 2 ] && skip "apt does not know linux-image-amd64 here"
+[ $rc = 0 ] || die "cannot get Debian's kernel package"
+vmlinuz=$(ls "$kroot"/boot/vmlinuz-* | head -1)
+
+# ---- the image: an entrypoint that initialises, then reports --------------------------------------------------------
+cd "$T"
+umoci init --layout img >/dev/null
+umoci new --image img:v1
+umoci unpack --image img:v1 bundle >/dev/null
+R=bundle/rootfs
+mkdir -p "$R"/{bin,etc,app}
+cp /bin/busybox "$R/bin/busybox"
+for a in sh cat echo sleep head od tr; do
+  ln -sf busybox "$R/bin/$a"
+done
+printf 'root:x:0:0:root:/root:/bin/sh\n' >"$R/etc/passwd"
+printf 'root:x:0:\n' >"$R/etc/group"
+# Everything before "ready" is initialisation; the token and the sum live
+# only in the shell's memory.  The fresh value is read after the pause.
+cat >"$R/app/snap.sh" <<'EOF'
+#!/bin/sh
+TOKEN=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
+SUM=0; i=0
+while [ $i -lt 3000 ]; do SUM=$((SUM + i * i)); i=$((i + 1)); done
+echo ready
+sleep 5
+FRESH=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
+echo "token=$TOKEN sum=$SUM fresh=$FRESH gen=$(cat /run/kindling/restore 2>/dev/null || echo none)"
+EOF
+chmod 755 "$R/app/snap.sh"
+umoci repack --image img:v1 bundle >/dev/null
+umoci config --image img:v1 --config.entrypoint /app/snap.sh >/dev/null
+"$CHUNKIFY" import "oci:$T/img:v1" --name snapimg:1 >/dev/null 2>"$T/import.err" || { cat "$T/import.err" >&2; die "chunkify import failed"; }
+
+# ---- the payload -------------------------------------------------------------------------------------------------
+P=$T/payload
+mkdir -p "$P/home"
+cp -a "$KINDLING_HOME/." "$P/home/" # the store, and the tenant key that sealed the manifest
+cp "$B/kvmm" "$B/kindling" "$B/chunkify" "$P/"
+# kindling opens libcurl on first use (the sandbox talks to kvmm's API
+# socket through it), which ldd does not show: it goes in by hand, and
+# tests/nested/run.sh brings its own libraries.
+curl_lib=$(ldconfig -p | awk '/libcurl\.so\.4 .*x86-64/ {print $NF; exit}')
+[ -n "$curl_lib" ] || die "libcurl.so.4 not found (ldconfig -p); install libcurl4"
+mkdir -p "$P/lib"
+cp -L "$curl_lib" "$P/lib/libcurl.so.4"
+cp "$vmlinuz" "$P/vmlinuz"
+"$KINDLING_SOURCE_DIR/scripts/guest-initramfs.sh" --init "$B/kindling-guest-init" "$P/initrd.cpio.gz" "$kroot" \
+  2>"$T/initramfs.log" || { cat "$T/initramfs.log" >&2; die "scripts/guest-initramfs.sh failed"; }
+
+# Runs in the TCG guest, with busybox.  Every check prints "nested-ok: ..." or
+# "nested-fail: ..." and the first failure ends it.
+cat >"$P/nested.sh" <<'EOF'
+#!/bin/sh
+cd /payload
+export KINDLING_HOME=/payload/home KINDLING_KVMM=/payload/kvmm KINDLING_GUEST_KERNEL=/payload/vmlinuz \
+	KINDLING_GUEST_INITRD=/payload/initrd.cpio.gz LD_LIBRARY_PATH=/payload/lib
+ok() { echo "nested-ok: $*"; }
+fail() { echo "nested-fail: $*"; for f in /tmp/*.out /tmp/*.err /tmp/*.json; do [ -f "$f" ] && { echo "--- $f"; cat "$f"; }; done; exit 1; }
+# krun NAME ARGS...: kindling run in the background, bounded; rc in $rc.
+krun() {
+	name=$1; shift
+	./kindling run snapimg:1 --isolation microvm --memory 256M "$@" </dev/null >/tmp/$name.out 2>/tmp/$name.err &
+	k=$!
+	i=0; while kill -0 $k 2>/dev/null && [ $i -lt 1800 ]; do sleep 0.1; i=$((i+1)); done
+	if kill -0 $k 2>/dev/null; then
+		ps >/tmp/$name-ps.out
+		kill -9 $k
+		fail "$name: kindling run still running after 180 s"
+	fi
+	wait $k; rc=$?
+}
+field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" "$2"; }
+num() { grep -o "\"$1\": [0-9.e+-]*" "$2" | head -1 | sed 's/.*: //'; }
+nothing_left() {
+	[ -z "$(ls /tmp | grep kindling-vm)" ] || fail "$1: a run directory was left: $(ls /tmp)"
+	[ -z "$(ls /tmp | grep kindling-snap)" ] || fail "$1: a snapshot directory was left: $(ls /tmp)"
+	ps | grep -v grep | grep -q '/payload/kvmm' && fail "$1: a kvmm still runs: $(ps)"
+	return 0
+}
+
+# 1. Boot and snapshot at the ready line.
+krun run1 --snapshot snap1 --snapshot-info /tmp/i1.json
+[ $rc = 0 ] || fail "run 1 exited $rc: $(tail -20 /tmp/run1.err)"
+[ "$(head -1 /tmp/run1.out)" = ready ] || fail "run 1: no ready line first: $(cat /tmp/run1.out)"
+grep -q "snapshot snap1 taken" /tmp/run1.err || fail "run 1 took no snapshot: $(cat /tmp/run1.err)"
+grep -q '"action": "created"' /tmp/i1.json || fail "run 1: --snapshot-info: $(cat /tmp/i1.json)"
+./chunkify ls | grep -Eq '^snap1(:latest)? +snapshot ' || fail "chunkify ls does not list snap1 as a snapshot: $(./chunkify ls)"
+T1=$(field token /tmp/run1.out); S1=$(field sum /tmp/run1.out); F1=$(field fresh /tmp/run1.out)
+[ -n "$T1" ] && [ "$S1" = 8995500500 ] && [ "$(field gen /tmp/run1.out)" = none ] || fail "run 1: $(cat /tmp/run1.out)"
+nothing_left "run 1"
+ok "run 1 booted, snapshotted at its ready line and stored snap1 (a snapshot in chunkify ls); token $T1 sum $S1"
+
+# 2 and 3. Restore twice.
+for n in 2 3; do
+	krun run$n --snapshot snap1 --snapshot-info /tmp/i$n.json
+	[ $rc = 0 ] || fail "run $n exited $rc: $(tail -20 /tmp/run$n.err)"
+	grep -q ready /tmp/run$n.out && fail "run $n printed the ready line again: $(cat /tmp/run$n.out)"
+	[ "$(field token /tmp/run$n.out)" = "$T1" ] && [ "$(field sum /tmp/run$n.out)" = "$S1" ] ||
+		fail "run $n: not the snapshot's token and sum: $(cat /tmp/run$n.out)"
+	[ "$(field gen /tmp/run$n.out)" = 1 ] || fail "run $n: generation: $(cat /tmp/run$n.out)"
+	grep -q '"action": "restored"' /tmp/i$n.json || fail "run $n: --snapshot-info: $(cat /tmp/i$n.json)"
+	f=$(num bytes_fetched /tmp/i$n.json); m=$(num memory_size /tmp/i$n.json)
+	[ -n "$f" ] && [ -n "$m" ] && [ "$f" -gt 0 ] && [ "$f" -lt "$m" ] || fail "run $n fetched $f of $m bytes"
+	nothing_left "run $n"
+done
+F2=$(field fresh /tmp/run2.out); F3=$(field fresh /tmp/run3.out)
+[ -n "$F2" ] && [ -n "$F3" ] && [ "$F2" != "$F3" ] && [ "$F2" != "$F1" ] || fail "fresh values: $F1 $F2 $F3"
+grep -q '"trace": "recorded"' /tmp/i2.json || fail "run 2 recorded no trace: $(cat /tmp/i2.json)"
+grep -q '"trace": "prefetched"' /tmp/i3.json && [ "$(num chunks_prefetched /tmp/i3.json)" -gt 0 ] ||
+	fail "run 3 did not prefetch the trace: $(cat /tmp/i3.json)"
+ok "runs 2 and 3 restored from chunks: token and sum of run 1, generation 1, fresh $F2 and $F3; fetched $(num bytes_fetched /tmp/i2.json) and $(num bytes_fetched /tmp/i3.json) of $(num memory_size /tmp/i2.json) bytes; run 3 prefetched $(num chunks_prefetched /tmp/i3.json) chunks"
+
+# 4. Another command is refused.
+krun other --snapshot snap1 -- /bin/echo hi
+[ $rc = 125 ] && grep -q "the command differs" /tmp/other.err || fail "another command: rc $rc, $(cat /tmp/other.err)"
+nothing_left "another command"
+ok "a snapshot of another command is refused: $(grep 'differs' /tmp/other.err | head -1)"
+
+# 5. A vmstate of another format version.
+./chunkify export snap1 /tmp/m.mem --vmstate /tmp/v.vmstate >/dev/null || fail "chunkify export snap1"
+printf '\011\000\000\000' | dd of=/tmp/v.vmstate bs=1 seek=8 conv=notrunc 2>/dev/null
+./chunkify snapshot-import snapv9 --mem /tmp/m.mem --vmstate /tmp/v.vmstate --from snapimg:1 >/dev/null 2>/tmp/imp9.err ||
+	fail "snapshot-import snapv9: $(cat /tmp/imp9.err)"
+rm -f /tmp/m.mem /tmp/v.vmstate
+krun v9 --snapshot snapv9
+[ $rc = 125 ] && grep -q "version 9" /tmp/v9.err || fail "another format version: rc $rc, $(cat /tmp/v9.err)"
+[ -s /tmp/v9.out ] && fail "another format version: the workload ran: $(cat /tmp/v9.out)"
+nothing_left "another format version"
+ok "a vmstate of another format version is refused: $(grep 'version 9' /tmp/v9.err | head -1)"
+
+# 6. Corrupt memory chunks, with an L1 that has none of them.
+./chunkify inspect snap1 --chunks --json >/tmp/ins.json || fail "chunkify inspect snap1"
+mc=$(grep -o '"memory_chunks":[0-9]*' /tmp/ins.json | sed 's/.*://')
+n=0
+for c in $(grep -o '"index":[0-9]*,"name":"[0-9a-f]*"' /tmp/ins.json | sed 's/"index":\([0-9]*\),"name":"\(.*\)"/\1:\2/'); do
+	[ "${c%%:*}" -lt "$mc" ] || continue
+	printf 'ZZZZZZZZZZZZZZZZ' | dd of=/payload/home/store/chunks/${c#*:} bs=1 seek=1000 conv=notrunc 2>/dev/null
+	n=$((n + 1))
+done
+[ $n -gt 0 ] || fail "no memory chunk to corrupt: $(cat /tmp/ins.json)"
+krun bad --snapshot snap1 --l1-dir /tmp/l1-empty
+[ $rc = 125 ] && grep -q "failed verification" /tmp/bad.err && grep -q "memory could not be served" /tmp/bad.err ||
+	fail "corrupt memory chunks: rc $rc, $(cat /tmp/bad.err)"
+nothing_left "corrupt memory chunks"
+ok "corrupt memory chunks ($n) stop the restored VM: $(grep 'failed verification' /tmp/bad.err | head -1 | cut -c1-160)"
+EOF
+chmod 755 "$P/nested.sh"
+
+# ---- run it under nested KVM --------------------------------------------------------------------------------------
+export NESTED_LOG=$T/console.log
+rc=0
+timeout 1200 "$KINDLING_SOURCE_DIR/tests/nested/run.sh" --mem 1536 --smp 1 --timeout 900 --modules fuse \
+  "$P" nested.sh >"$T/nested.out" 2>&1 || rc=$?
+nested_outcome "$T/nested.out" $rc 5
+pass "kindling run --snapshot under nested KVM: boot and snapshot at the ready line, two lazy restores from chunks (same init, fresh randomness, generation 1, trace recorded then prefetched, less than the RAM fetched), refusals of another command, another vmstate version and corrupt memory chunks"
