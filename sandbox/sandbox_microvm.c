@@ -404,7 +404,10 @@ static int kvmm_api_call(const char *sock, const char *method, const char *path,
 	if (r == 0)
 		r = http_client_request(c, method, url, body ? &ct : NULL, body ? 1 : 0, body, body ? strlen(body) : 0,
 					MICROVM_API_TIMEOUT_MS, 1u << 16, &resp);
-	if (r < 0) {
+	if (r < 0 && !c) {
+		snprintf(fault, flen, "no HTTP client for kvmm's API socket %s: %s (libcurl is needed; see above)",
+			 sock, strerror(-r));
+	} else if (r < 0) {
 		snprintf(fault, flen, "kvmm's API socket %s: %s", sock, strerror(-r));
 	} else if (resp.status < 200 || resp.status > 299) {
 		json_t *j = json_loadb(resp.body, resp.body_len, 0, NULL);
