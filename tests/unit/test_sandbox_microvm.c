@@ -9,6 +9,8 @@
  * the "{uds_path}_1025" socket handed to on_ready, which the stand-in
  * connects to as kvmm does for the guest init's streams, with a half-close),
  * on_ready refusing, and stop_fd before and after the guest connects; and a
+ * snapshot taken from another thread while the guest runs (pause, create,
+ * resume, in that order, on the API socket the stand-in serves); and a
  * restore against a stand-in that serves kvmm's /snapshot/load and the
  * restored init's reconnection.
  * Every run must leave its temporary directory behind it removed. */
@@ -16,6 +18,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +41,31 @@ static const char fake_kvmm[] =
 	"import json, socket, struct, sys, time\n"
 	"cfg = json.load(open(sys.argv[sys.argv.index('--config-file') + 1]))\n"
 	"assert '--api-sock' in sys.argv\n"
+	"import threading\n"
+	"calls = []\n"
+	"def serve_api():\n"
+	"    l = socket.socket(socket.AF_UNIX)\n"
+	"    l.bind(sys.argv[sys.argv.index('--api-sock') + 1])\n"
+	"    l.listen(8)\n"
+	"    while True:\n"
+	"        c, _ = l.accept()\n"
+	"        req = b''\n"
+	"        while b'\\r\\n\\r\\n' not in req:\n"
+	"            k = c.recv(4096)\n"
+	"            if not k:\n"
+	"                break\n"
+	"            req += k\n"
+	"        head, _, body = req.partition(b'\\r\\n\\r\\n')\n"
+	"        if not head:\n"
+	"            c.close()  # the host's probe: is anybody listening?\n"
+	"            continue\n"
+	"        lens = [int(h.split(b':')[1]) for h in head.split(b'\\r\\n') if h.lower().startswith(b'content-length')]\n"
+	"        while lens and len(body) < lens[0]:\n"
+	"            body += c.recv(4096)\n"
+	"        calls.append('api:' + ' '.join(head.split(b'\\r\\n')[0].decode().split(' ')[:2]) + ' ' + body.decode())\n"
+	"        c.sendall(b'HTTP/1.1 204 No Content\\r\\n\\r\\n')\n"
+	"        c.close()\n"
+	"threading.Thread(target=serve_api, daemon=True).start()\n"
 	"assert cfg['drives'][0]['is_read_only'] and cfg['drives'][0]['is_root_device']\n"
 	"s = socket.socket(socket.AF_UNIX)\n"
 	"s.connect(cfg['vsock']['uds_path'] + '_1024')\n"
@@ -76,6 +104,13 @@ static const char fake_kvmm[] =
 	"            break\n"
 	"        reply += c\n"
 	"    inv.append('reply:' + reply.decode())\n"
+	"if argv[0] == 'snap':\n"
+	"    # Waits for the host's pause, snapshot and resume through the API.\n"
+	"    for i in range(200):\n"
+	"        if len(calls) >= 3:\n"
+	"            break\n"
+	"        time.sleep(0.05)\n"
+	"    inv.extend(calls)\n"
 	"if argv[0] == 'sleep':\n"
 	"    time.sleep(30)\n"
 	"if argv[0] == 'garbage':\n"
@@ -357,6 +392,50 @@ static int probe_ready(void *arg, const struct sandbox_ready *rd)
 	return pr->refuse;
 }
 
+/* A snapshot taken from another thread while the sandbox serves the guest. */
+struct snap_probe {
+	pthread_t t;
+	struct sandbox_vm *vm;
+	int result, relative;
+};
+
+static void *snap_main(void *arg)
+{
+	struct snap_probe *sp = arg;
+	sp->relative = sandbox_vm_snapshot(sp->vm, "vm.vmstate", "/snap/vm.mem");
+	sp->result = sandbox_vm_snapshot(sp->vm, "/snap/vm.vmstate", "/snap/vm.mem");
+	return NULL;
+}
+
+static int snap_ready(void *arg, const struct sandbox_ready *rd)
+{
+	struct snap_probe *sp = arg;
+	sp->vm = rd->vm;
+	CHECK(rd->vm != NULL);
+	CHECK(pthread_create(&sp->t, NULL, snap_main, sp) == 0);
+	return 0;
+}
+
+static void test_snapshot(const struct microvm_paths *p)
+{
+	struct sandbox_result res;
+	char out[4096];
+	struct snap_probe sp = { .result = 1 };
+	struct sandbox_spec ll = { .on_ready = snap_ready, .ready_arg = &sp };
+	char *snap[] = { "snap", NULL };
+	CHECK(run_ll(p, snap, 20, &ll, &res, out, sizeof(out)) == 0);
+	CHECK(pthread_join(sp.t, NULL) == 0);
+	CHECK(sp.relative == -EINVAL && sp.result == 0);
+	const char *pause = strstr(out, "api:PATCH /vm {\"state\": \"Paused\"}\n");
+	const char *create = strstr(out, "api:PUT /snapshot/create {\"snapshot_type\":\"Full\",\"snapshot_path\":"
+					 "\"/snap/vm.vmstate\",\"mem_file_path\":\"/snap/vm.mem\"}\n");
+	const char *resume = strstr(out, "api:PATCH /vm {\"state\": \"Resumed\"}\n");
+	CHECK(pause && create && resume && pause < create && create < resume);
+	CHECK(dir_empty(tmpdir));
+	/* The handle is gone with the sandbox; the process sandbox has none. */
+	CHECK(sandbox_vm_snapshot(NULL, "/v", "/m") == -ENOTSUP);
+}
+
 static void test_long_lived(const struct microvm_paths *p)
 {
 	struct sandbox_result res;
@@ -511,6 +590,7 @@ static void test_run(void)
 	CHECK(dir_empty(tmpdir));
 
 	test_long_lived(&p);
+	test_snapshot(&p);
 	test_restore(&p);
 
 	/* kvmm that dies before the guest connects. */
