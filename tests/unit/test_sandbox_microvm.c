@@ -14,7 +14,7 @@
  * restore against a stand-in that serves kvmm's /snapshot/load and the
  * restored init's reconnection.
  * Every run must leave its temporary directory behind it removed. */
-/* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
+/* (Threads: a snapshot is taken from another thread; TSan runs it.) */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
