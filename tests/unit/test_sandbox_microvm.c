@@ -35,6 +35,31 @@
 
 static char dir[64], tmpdir[128];
 
+/* Python shared by the stand-ins: api_requests() listens on --api-sock
+ * and yields (connection, "METHOD PATH", body) per HTTP request, skipping
+ * the host's probes (a connect and close: is anybody listening?). */
+#define PY_API_REQUESTS                                                                                  \
+	"def api_requests():\n"                                                                          \
+	"    l = socket.socket(socket.AF_UNIX)\n"                                                         \
+	"    l.bind(sys.argv[sys.argv.index('--api-sock') + 1])\n"                                        \
+	"    l.listen(8)\n"                                                                               \
+	"    while True:\n"                                                                               \
+	"        c, _ = l.accept()\n"                                                                     \
+	"        req = b''\n"                                                                             \
+	"        while b'\\r\\n\\r\\n' not in req:\n"                                                     \
+	"            k = c.recv(4096)\n"                                                                  \
+	"            if not k:\n"                                                                         \
+	"                break\n"                                                                         \
+	"            req += k\n"                                                                          \
+	"        head, _, body = req.partition(b'\\r\\n\\r\\n')\n"                                        \
+	"        if not head:\n"                                                                          \
+	"            c.close()\n"                                                                         \
+	"            continue\n"                                                                          \
+	"        n = [int(h.split(b':')[1]) for h in head.split(b'\\r\\n') if h.lower().startswith(b'content-length')]\n" \
+	"        while n and len(body) < n[0]:\n"                                                         \
+	"            body += c.recv(4096)\n"                                                              \
+	"        yield c, ' '.join(head.split(b'\\r\\n')[0].decode().split(' ')[:2]), body\n"
+
 static const char fake_kvmm[] =
 	"#!/usr/bin/env python3\n"
 	"# Stands in for kvmm and the guest init: the host side cannot tell.\n"
@@ -43,26 +68,10 @@ static const char fake_kvmm[] =
 	"assert '--api-sock' in sys.argv\n"
 	"import threading\n"
 	"calls = []\n"
+	PY_API_REQUESTS
 	"def serve_api():\n"
-	"    l = socket.socket(socket.AF_UNIX)\n"
-	"    l.bind(sys.argv[sys.argv.index('--api-sock') + 1])\n"
-	"    l.listen(8)\n"
-	"    while True:\n"
-	"        c, _ = l.accept()\n"
-	"        req = b''\n"
-	"        while b'\\r\\n\\r\\n' not in req:\n"
-	"            k = c.recv(4096)\n"
-	"            if not k:\n"
-	"                break\n"
-	"            req += k\n"
-	"        head, _, body = req.partition(b'\\r\\n\\r\\n')\n"
-	"        if not head:\n"
-	"            c.close()  # the host's probe: is anybody listening?\n"
-	"            continue\n"
-	"        lens = [int(h.split(b':')[1]) for h in head.split(b'\\r\\n') if h.lower().startswith(b'content-length')]\n"
-	"        while lens and len(body) < lens[0]:\n"
-	"            body += c.recv(4096)\n"
-	"        calls.append('api:' + ' '.join(head.split(b'\\r\\n')[0].decode().split(' ')[:2]) + ' ' + body.decode())\n"
+	"    for c, line, body in api_requests():\n"
+	"        calls.append('api:' + line + ' ' + body.decode())\n"
 	"        c.sendall(b'HTTP/1.1 204 No Content\\r\\n\\r\\n')\n"
 	"        c.close()\n"
 	"threading.Thread(target=serve_api, daemon=True).start()\n"
@@ -131,25 +140,9 @@ static const char restore_kvmm[] =
 	"#!/usr/bin/env python3\n"
 	"import json, socket, struct, sys\n"
 	"assert '--config-file' not in sys.argv and '--no-api' not in sys.argv\n"
-	"l = socket.socket(socket.AF_UNIX)\n"
-	"l.bind(sys.argv[sys.argv.index('--api-sock') + 1])\n"
-	"l.listen(8)\n"
-	"while True:\n"
-	"    c, _ = l.accept()\n"
-	"    req = b''\n"
-	"    while b'\\r\\n\\r\\n' not in req:\n"
-	"        k = c.recv(4096)\n"
-	"        if not k:\n"
-	"            break\n"
-	"        req += k\n"
-	"    head, _, body = req.partition(b'\\r\\n\\r\\n')\n"
-	"    if not head:\n"
-	"        c.close()\n"
-	"        continue\n"
-	"    n = [int(h.split(b':')[1]) for h in head.split(b'\\r\\n') if h.lower().startswith(b'content-length')][0]\n"
-	"    while len(body) < n:\n"
-	"        body += c.recv(4096)\n"
-	"    assert head.startswith(b'PUT /snapshot/load ')\n"
+	PY_API_REQUESTS
+	"for c, line, body in api_requests():\n"
+	"    assert line == 'PUT /snapshot/load'\n"
 	"    j = json.loads(body)\n"
 	"    if j['snapshot_path'].endswith('bad.vmstate'):\n"
 	"        m = b'{\"fault_message\": \"Load snapshot error: snapshot_path bad.vmstate: format version 9\"}'\n"
