@@ -81,21 +81,30 @@ t_snap=$(now)
 kill -9 $kvmm; wait $kvmm 2>/dev/null
 kill $peer 2>/dev/null; wait $peer 2>/dev/null
 rm -f $VS
+cp /tmp/snap.vmstate /tmp/snap.vmstate.keep
 mem_bytes=$(stat -c %s /tmp/snap.mem)
 mem_used=$(($(du -k /tmp/snap.mem | cut -f1) * 1024))
 ./chunkify --json snapshot-import snapfn-vm:1 --mem /tmp/snap.mem --vmstate /tmp/snap.vmstate --from snapfn:1 \
 	>/tmp/import.json 2>/tmp/import.err || fail "chunkify snapshot-import"
 t_import=$(now)
-rm -f /tmp/snap.mem /tmp/snap.vmstate
+# The memory file stays for the File-backend reference restores.
+rm -f /tmp/snap.vmstate
 echo "SNAPBENCH snapshot boot_to_ready_s=$(awk "BEGIN{print $t_ready - $t0}") create_s=$(awk "BEGIN{print $t_snap - $t_ready}") import_s=$(awk "BEGIN{print $t_import - $t_snap}") mem_bytes=$mem_bytes mem_nonzero_bytes=$mem_used import=$(tr -d '\n ' </tmp/import.json)"
 
 # ---- one restore --------------------------------------------------------------------------------------------------------
-# restore SYSTEM REP SERVE-FLAGS...
+# restore SYSTEM REP [SERVE-FLAGS...]: SYSTEM "file" loads the local memory
+# file with the File backend (no snapshot-serve: a reference for what kvmm's
+# restore itself costs); the others go through snapshot-serve.
 restore() {
 	sys=$1 rep=$2
 	shift 2
 	rm -rf /tmp/l1 /tmp/uffd.sock /tmp/r.api /tmp/r.vmstate $VS
 	mkdir /tmp/l1
+	if [ "$sys" = file ]; then
+		restore_run '{"backend_type": "File", "backend_path": "/tmp/snap.mem"}'
+		echo "SNAPBENCH restore system=$sys rep=$rep $stats serve_ready_s=0 serve={}"
+		return
+	fi
 	ts=$(now)
 	./kindling snapshot-serve snapfn-vm:1 --store "$STORE" --socket /tmp/uffd.sock --vmstate-out /tmp/r.vmstate \
 		--l1-dir /tmp/l1 "$@" >/tmp/serve.json 2>/tmp/serve.err &
@@ -107,21 +116,37 @@ restore() {
 		usleep 2000
 	done
 	tr=$(now)
-	./snap_peer --unix $VS"_1024" --timeout 120 --restore 1 --spawn "
-		./kvmm --api-sock /tmp/r.api >/tmp/restore.console 2>&1 &
-		while [ ! -S /tmp/r.api ]; do usleep 1000; done
-		./curl -s -o /tmp/load.body -w '%{http_code}' --unix-socket /tmp/r.api -X PUT -H 'Content-Type: application/json' \
-			-d '{\"snapshot_path\": \"/tmp/r.vmstate\", \"mem_backend\": {\"backend_type\": \"Uffd\", \"backend_path\": \"/tmp/uffd.sock\"}, \"resume_vm\": true}' \
-			http://localhost/snapshot/load >/tmp/load.code" >/tmp/restore.out 2>/tmp/restore.err ||
-		fail "restore ($sys): snap_peer exited $?: $(cat /tmp/load.code /tmp/load.body 2>/dev/null)"
-	grep -q "^response " /tmp/restore.out || fail "restore ($sys): no response: $(cat /tmp/restore.out)"
-	grep -q "^response .* restored=1" /tmp/restore.out || fail "restore ($sys): not restored: $(cat /tmp/restore.out)"
+	restore_run '{"backend_type": "Uffd", "backend_path": "/tmp/uffd.sock"}'
 	# snapshot-serve ends when kvmm closes the handshake socket, after the guest powered off.
 	i=0; while kill -0 $serve 2>/dev/null && [ $i -lt 3000 ]; do usleep 10000; i=$((i + 1)); done
 	kill -0 $serve 2>/dev/null && { kill $serve; fail "restore ($sys): snapshot-serve still running 30 s after the response"; }
 	wait $serve || fail "restore ($sys): snapshot-serve failed"
+	echo "SNAPBENCH restore system=$sys rep=$rep $stats serve_ready_s=$(awk "BEGIN{print $tr - $ts}") serve=$(tr -d '\n ' </tmp/serve.json)"
+}
+
+# restore_run MEM-BACKEND-JSON: snap_peer spawns kvmm, which
+# loads /tmp/r.vmstate or the snapshot's own; sets $stats.
+restore_run() {
+	vmstate=/tmp/r.vmstate
+	[ "$sys" = file ] && vmstate=/tmp/snap.vmstate.keep
+	./snap_peer --unix $VS"_1024" --timeout 120 --restore 1 --spawn "
+		./kvmm --api-sock /tmp/r.api >/tmp/restore.console 2>&1 &
+		while [ ! -S /tmp/r.api ]; do usleep 1000; done
+		./curl -s -o /tmp/load.body -w '%{http_code}' --unix-socket /tmp/r.api -X PUT -H 'Content-Type: application/json' \
+			-d '{\"snapshot_path\": \"$vmstate\", \"mem_backend\": $1, \"resume_vm\": true}' \
+			http://localhost/snapshot/load >/tmp/load.code
+		./snap_peer --now >/tmp/load.t" >/tmp/restore.out 2>/tmp/restore.err ||
+		fail "restore ($sys): snap_peer exited $?: $(cat /tmp/load.code /tmp/load.body 2>/dev/null)"
+	grep -q "^response " /tmp/restore.out || fail "restore ($sys): no response: $(cat /tmp/restore.out)"
+	grep -q "^response .* restored=1" /tmp/restore.out || fail "restore ($sys): not restored: $(cat /tmp/restore.out)"
+	[ "$(cat /tmp/load.code)" = 204 ] || fail "restore ($sys): PUT /snapshot/load answered $(cat /tmp/load.code) $(cat /tmp/load.body)"
 	times=$(grep "^snap_peer: spawn" /tmp/restore.err)
-	echo "SNAPBENCH restore system=$sys rep=$rep first_output_s=$(echo "$times" | awk '{print $7}') exit_s=$(echo "$times" | awk '{print $9}') serve_ready_s=$(awk "BEGIN{print $tr - $ts}") serve=$(tr -d '\n ' </tmp/serve.json)"
+	# loaded_s: kvmm's spawn to PUT /snapshot/load answered (resume_vm: the vCPU runs)
+	loaded=$(awk -v t="$(cat /tmp/load.t)" -v s="$(echo "$times" | awk '{print $3}')" 'BEGIN{print t - s}')
+	# kvmm exits once the restored guest powers off (its command has exited).
+	i=0; while pidof kvmm >/dev/null && [ $i -lt 3000 ]; do usleep 10000; i=$((i + 1)); done
+	pidof kvmm >/dev/null && fail "restore ($sys): kvmm still running 30 s after the response"
+	stats="first_output_s=$(echo "$times" | awk '{print $7}') exit_s=$(echo "$times" | awk '{print $9}') connected_s=$(echo "$times" | awk '{print $5}') loaded_s=$loaded"
 }
 
 cold() {
@@ -141,5 +166,6 @@ for rep in $(seq 1 "$REPS"); do
 	cold "$rep"
 	restore lazy "$rep" --no-prefetch
 	restore prefetch "$rep"
+	restore file "$rep"
 done
 echo "SNAPBENCH done"
