@@ -87,6 +87,12 @@ mem_used=$(($(du -k /tmp/snap.mem | cut -f1) * 1024))
 ./chunkify --json snapshot-import snapfn-vm:1 --mem /tmp/snap.mem --vmstate /tmp/snap.vmstate --from snapfn:1 \
 	>/tmp/import.json 2>/tmp/import.err || fail "chunkify snapshot-import"
 t_import=$(now)
+# What reading every stored chunk back costs here (fetch, verify, decrypt: the
+# work snapshot-serve does per chunk), for the report's breakdown.
+t_v0=$(now)
+./chunkify verify snapfn-vm:1 >/tmp/verify.out 2>/tmp/verify.err || fail "chunkify verify"
+t_v1=$(now)
+echo "SNAPBENCH verify seconds=$(awk "BEGIN{print $t_v1 - $t_v0}") chunks=$(./chunkify --json inspect snapfn-vm:1 --chunks | grep -o '"index"' | wc -l)"
 # The memory file stays for the File-backend reference restores.
 rm -f /tmp/snap.vmstate
 echo "SNAPBENCH snapshot boot_to_ready_s=$(awk "BEGIN{print $t_ready - $t0}") create_s=$(awk "BEGIN{print $t_snap - $t_ready}") import_s=$(awk "BEGIN{print $t_import - $t_snap}") mem_bytes=$mem_bytes mem_nonzero_bytes=$mem_used import=$(tr -d '\n ' </tmp/import.json)"

@@ -440,7 +440,10 @@ def write(results_path, out_dir, say=print):
             md += ["", f"The snapshot: {snap('memory_size') / MiB:.0f} MiB of guest RAM, "
                    f"{snap('memory_nonzero') / MiB:.1f} MiB of it non-zero in the sparse memory file, "
                    f"{snap('chunks_stored'):.0f} chunks stored; boot to ready {fmt_s(snap('boot_to_ready_s'))}, "
-                   f"pause + snapshot/create {fmt_s(snap('create_s'))}, snapshot-import {fmt_s(snap('import_s'))}. "
+                   f"pause + snapshot/create {fmt_s(snap('create_s'))}, snapshot-import {fmt_s(snap('import_s'))}"
+                   + (f"; `chunkify verify` of all {R.get('snapshot', 'snapfn', 'kvmm snapshot', 'verify_s')['params']['chunks']}"
+                      f" chunks (read, verify, decrypt: a lazy restore's work per chunk) {fmt_s(snap('verify_s'))}"
+                      if snap("verify_s") else "") + ". "
                    "Under TCG every guest instruction is emulated, so absolute times are far above real KVM's; "
                    "the ratios are what this run compares. The nested guest's CPU model: "
                    f"{(R.get('snapshot', 'snapfn', 'nested guest', 'wall_s') or {}).get('params', {}).get('cpu', '?')}."]

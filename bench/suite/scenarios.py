@@ -568,6 +568,9 @@ def snapshot(s):
                      what="blocks the sparse memory file uses (du)")
             s.record("snapshot", w, "kvmm snapshot", "chunks_stored", "chunks", [float(imp.get("chunks_new", 0))],
                      chunks_zero=imp.get("chunks_zero"), chunks_dedup=imp.get("chunks_dedup"))
+        elif kind == "verify":
+            s.record("snapshot", w, "kvmm snapshot", "verify_s", "s", [float(kv["seconds"])],
+                     chunks=int(kv["chunks"]), what="chunkify verify: every stored chunk read, verified, decrypted")
         elif kind == "cold":
             s.add_sample("snapshot", w, name["cold"], "first_response_s", "s", float(kv["first_output_s"]))
             s.add_sample("snapshot", w, name["cold"], "exit_s", "s", float(kv["exit_s"]))
