@@ -86,6 +86,7 @@ class Suite:
             (workloads.QUICK_WORKLOADS if args.quick else workloads.FULL_WORKLOADS)
         self.cache_dir = args.cache_dir
         self.nested_cpu_flags = args.nested_cpu_flags
+        self.nested_smp = args.nested_smp
         self.t0 = time.monotonic()
         self.commit, self.dirty = git_commit(top)
         self.date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -140,7 +141,7 @@ class Suite:
         return {"schema": SCHEMA, "commit": self.commit, "dirty": self.dirty, "date": self.date,
                 "machine": self.machine, "mode": "quick" if self.quick else "full", "command": self.command,
                 "settings": {"reps": self.reps, "workloads": self.workloads, "cache_iters": self.cache_iters,
-                             "nested_cpu_flags": self.nested_cpu_flags,
+                             "nested_cpu_flags": self.nested_cpu_flags, "nested_smp": self.nested_smp,
                              "drop_caches": "sync; echo 3 > /proc/sys/vm/drop_caches before every cold run"},
                 "workloads": {w: dict(workloads.WORKLOADS[w], image_bytes=self._images.get(
                     workloads.WORKLOADS[w]["image"], {}).get("bytes")) for w in self.workloads},
@@ -268,6 +269,8 @@ def main(argv):
     p.add_argument("--nested-cpu-flags", default="",
                    help="CPU features added to the nested QEMU guest's model (qemu64,+svm,+npt) in the snapshot "
                         "scenario, e.g. +aes,+pclmulqdq,+ssse3 [none]")
+    p.add_argument("--nested-smp", type=int, default=1,
+                   help="vCPUs of the snapshot scenario's nested QEMU guest (the micro-VM has one) [1]")
     args = p.parse_args(argv)
     args.argv = argv
     args.build = os.path.abspath(args.build or os.path.join(top, "build"))

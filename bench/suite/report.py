@@ -436,6 +436,7 @@ def write(results_path, out_dir, say=print):
                             f"{fmt_s(cold['median'])}); memory fetched {100 * frac:.1f}% of guest RAM",
                             ratio >= 5))
         snap = lambda k: R.med("snapshot", "snapfn", "kvmm snapshot", k)  # noqa: E731
+        nested = (R.get("snapshot", "snapfn", "nested guest", "wall_s") or {}).get("params", {})
         if snap("memory_size"):
             md += ["", f"The snapshot: {snap('memory_size') / MiB:.0f} MiB of guest RAM, "
                    f"{snap('memory_nonzero') / MiB:.1f} MiB of it non-zero in the sparse memory file, "
@@ -445,8 +446,8 @@ def write(results_path, out_dir, say=print):
                       f" chunks (read, verify, decrypt: a lazy restore's work per chunk) {fmt_s(snap('verify_s'))}"
                       if snap("verify_s") else "") + ". "
                    "Under TCG every guest instruction is emulated, so absolute times are far above real KVM's; "
-                   "the ratios are what this run compares. The nested guest's CPU model: "
-                   f"{(R.get('snapshot', 'snapfn', 'nested guest', 'wall_s') or {}).get('params', {}).get('cpu', '?')}."]
+                   "the ratios are what this run compares. The nested guest: "
+                   f"{nested.get('smp', 1)} vCPU(s), CPU model {nested.get('cpu', '?')}."]
         md.append("")
         md.append(plot("snapshot.png", cdf_plot, "time to the first response: restore from a snapshot vs cold boot "
                        "(nested KVM)", "seconds (log)", series))

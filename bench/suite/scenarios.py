@@ -540,7 +540,7 @@ def snapshot(s):
         env.update(PATH=os.path.join(s.top, "bench", "nested-cpu") + ":" + env["PATH"],
                    KINDLING_BENCH_REAL_QEMU=shutil.which("qemu-system-x86_64"),
                    KINDLING_BENCH_CPU_FLAGS=s.nested_cpu_flags)
-    r = subprocess.run([os.path.join(s.top, "tests", "nested", "run.sh"), "--mem", "1536", "--smp", "1",
+    r = subprocess.run([os.path.join(s.top, "tests", "nested", "run.sh"), "--mem", "1536", "--smp", str(s.nested_smp),
                         "--timeout", str(300 + 160 * reps), P, "snapshot-guest.sh", str(reps)],
                        capture_output=True, env=env)
     nested_s = time.monotonic() - t0
@@ -609,7 +609,7 @@ def snapshot(s):
         with_serve = s.find("snapshot", w, name[key], "first_response_with_serve_start_s")
         s.record("snapshot", w, name[key], "speedup_vs_cold_boot_with_serve_start", "x",
                  [cold_med / statistics.median(with_serve["samples"])])
-    s.record("snapshot", w, "nested guest", "wall_s", "s", [nested_s], smp=1, mem_mib=1536, vm_mem_mib=256,
+    s.record("snapshot", w, "nested guest", "wall_s", "s", [nested_s], smp=s.nested_smp, mem_mib=1536, vm_mem_mib=256,
              cpu="qemu64,+svm,+npt" + ("," + s.nested_cpu_flags if s.nested_cpu_flags else ""))
 
 
