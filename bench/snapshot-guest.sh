@@ -20,7 +20,9 @@
 #              Uffd backend, resume_vm; snap_peer sends 'S' when the restored
 #              init reconnects; fn.sh sees /run/kindling/restore and prints
 #              its response;
-#    prefetch: the same, snapshot-serve prefetching the recorded trace.
+#    prefetch: the same, snapshot-serve prefetching the recorded trace;
+#    file:     a reference: the same restore with the File backend on the
+#              local memory file (no chunks, no snapshot-serve).
 #    Each time is from kvmm's spawn to the response's first byte at
 #    snap_peer; serve_ready_s is how long snapshot-serve took to be ready
 #    (vmstate read and written, chunks checked) before kvmm was spawned.
@@ -87,8 +89,8 @@ mem_used=$(($(du -k /tmp/snap.mem | cut -f1) * 1024))
 ./chunkify --json snapshot-import snapfn-vm:1 --mem /tmp/snap.mem --vmstate /tmp/snap.vmstate --from snapfn:1 \
 	>/tmp/import.json 2>/tmp/import.err || fail "chunkify snapshot-import"
 t_import=$(now)
-# What reading every stored chunk back costs here (fetch, verify, decrypt: the
-# work snapshot-serve does per chunk), for the report's breakdown.
+# What reading every stored chunk back costs here (fetch, check name and key,
+# decrypt: at least what snapshot-serve does per chunk), for the report.
 t_v0=$(now)
 ./chunkify verify snapfn-vm:1 >/tmp/verify.out 2>/tmp/verify.err || fail "chunkify verify"
 t_v1=$(now)
