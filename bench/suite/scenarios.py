@@ -449,6 +449,170 @@ def invoke(s):
         s.record("invoke", "node-ric", "kindling-serve", "burst_p99_s", "s", [b["p99_s"]], burst=burst_n)
 
 
+# ---- snapshot restore against a cold boot, under nested KVM ----------------------------------------------------------
+SNAP_SYSTEMS = [("cold", "kvmm cold boot"), ("lazy", "kvmm restore (lazy, L1 cold)"),
+                ("prefetch", "kvmm restore (lazy, trace prefetch)"), ("file", "kvmm restore (File, local memory file)")]
+SNAP_WORKLOAD = "snapfn"
+SNAP_FN = """#!/bin/sh
+# The snapshot benchmark's function: its initialisation reads and hashes the
+# image's 8 MiB of data and keeps a copy in memory (tmpfs); then it answers.
+# "snap": print "ready", wait to be restored, then answer.
+sum=$(cat /app/data/*.bin | sha256sum | cut -c1-16)
+mkdir -p /tmp/ws && cp /app/data/*.bin /tmp/ws/
+if [ "$1" = snap ]; then
+\techo "ready $sum"
+\twhile [ ! -e /run/kindling/restore ]; do usleep 5000; done
+fi
+echo "response $sum restored=$(cat /run/kindling/restore 2>/dev/null || echo 0)"
+"""
+SNAP_LINE = re.compile(r"^SNAPBENCH (\w+) (.*)$")
+
+
+def _snap_image(s, home):
+    """The function's image: static busybox, /app/fn.sh, 8 MiB of random
+    data; imported with chunkify into HOME's store as snapfn:1."""
+    root = s.rig.fresh_dir("snap-root")
+    for d in ("bin", "app/data", "etc", "tmp", "run"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    shutil.copy("/bin/busybox", os.path.join(root, "bin", "busybox"))
+    for a in ("sh", "cat", "sha256sum", "cut", "mkdir", "cp", "usleep", "echo", "ls"):
+        os.symlink("busybox", os.path.join(root, "bin", a))
+    with open(os.path.join(root, "etc", "passwd"), "w") as f:
+        f.write("root:x:0:0:root:/root:/bin/sh\n")
+    with open(os.path.join(root, "etc", "group"), "w") as f:
+        f.write("root:x:0:\n")
+    for i in range(4):
+        with open(os.path.join(root, "app", "data", f"{i}.bin"), "wb") as f:
+            f.write(os.urandom(2 << 20))
+    fn = os.path.join(root, "app", "fn.sh")
+    with open(fn, "w") as f:
+        f.write(SNAP_FN)
+    os.chmod(fn, 0o755)
+    tar = s.rig.path("snap-layer.tar")
+    s.rig.run(["tar", "-C", root, "--owner=0", "--group=0", "-cf", tar, "."], "tar of the snapshot image")
+    layout = s.rig.path("snap-layout")
+    remove_tree(layout)
+    s.rig.run(["python3", os.path.join(s.top, "bench", "make_layout.py"), layout, "fn", tar], "make_layout.py")
+    env = s.env(KINDLING_HOME=home)
+    s.rig.run([s.bin("chunkify"), "import", f"oci:{layout}:fn", "--name", "snapfn:1"], "chunkify import (snapfn)",
+              env=env)
+    shutil.rmtree(root)
+    return env
+
+
+def snapshot(s):
+    """A kvmm snapshot restored lazily from chunks against a cold boot of
+    the same image to the same point (the function's first response), all
+    inside one QEMU TCG guest with a working /dev/kvm (tests/nested/run.sh;
+    the payload is bench/snapshot-guest.sh).  Per repetition, alternating:
+    a cold boot, a restore with L1 empty and no prefetch, a restore
+    prefetching the recorded trace.  Times are from kvmm's spawn to the
+    response's first byte at the host end of the channel."""
+    for tool in ("qemu-system-x86_64", "cpio", "gzip", "curl", "objcopy"):
+        if not shutil.which(tool):
+            raise BenchError(f"{tool} is missing (scripts/apt-packages.txt)")
+    reps = max(3, s.reps)
+    P = s.rig.fresh_dir("snap-payload")
+    home = os.path.join(P, "home")
+    os.makedirs(home)
+    s.step("snapshot: building and importing the function's image")
+    env = _snap_image(s, home)
+    s.rig.run([s.bin("chunkify"), "export", "snapfn:1", os.path.join(P, "rootfs.erofs")], "chunkify export",
+              env=env)
+    kroot = s.rig.run(["bash", "-c", f". '{s.top}/tests/nested/kernel.sh' && kernel_pkg_dir"],
+                      "the kernel package (tests/nested/kernel.sh)",
+                      env=s.env(KINDLING_BUILD_DIR=s.build)).strip().splitlines()[-1]
+    vmlinuz = sorted(f for f in os.listdir(os.path.join(kroot, "boot")) if f.startswith("vmlinuz-"))[0]
+    shutil.copy(os.path.join(kroot, "boot", vmlinuz), os.path.join(P, "vmlinuz"))
+    s.rig.run([os.path.join(s.top, "scripts", "guest-initramfs.sh"), "--init", s.bin("kindling-guest-init"),
+               os.path.join(P, "initrd.cpio.gz"), kroot], "scripts/guest-initramfs.sh")
+    for b in ("kvmm", "kindling", "chunkify", "snap_peer"):
+        shutil.copy(s.bin(b), P)
+    shutil.copy(shutil.which("curl"), P)
+    shutil.copy(os.path.join(s.top, "bench", "snapshot-guest.sh"), P)
+    log = s.rig.path("snapshot-console.log")
+    s.step(f"snapshot: nested QEMU guest (TCG, SVM): one snapshot, then {reps} x (cold boot, lazy restore, "
+           "prefetching restore)")
+    t0 = time.monotonic()
+    env = s.env(KINDLING_BUILD_DIR=s.build, NESTED_LOG=log)
+    if s.nested_cpu_flags:
+        # tests/nested/run.sh's QEMU, with these features added to its CPU model
+        env.update(PATH=os.path.join(s.top, "bench", "nested-cpu") + ":" + env["PATH"],
+                   KINDLING_BENCH_REAL_QEMU=shutil.which("qemu-system-x86_64"),
+                   KINDLING_BENCH_CPU_FLAGS=s.nested_cpu_flags)
+    r = subprocess.run([os.path.join(s.top, "tests", "nested", "run.sh"), "--mem", "1536", "--smp", str(s.nested_smp),
+                        "--timeout", str(300 + 160 * reps), P, "snapshot-guest.sh", str(reps)],
+                       capture_output=True, env=env)
+    nested_s = time.monotonic() - t0
+    with open(log, errors="replace") as f:
+        lines = [x.strip().replace("\r", "") for x in f]
+    fails = [x for x in lines if x.startswith("SNAPBENCH-FAIL")]
+    if r.returncode != 0 or fails or "SNAPBENCH done" not in lines:
+        tail = " | ".join((fails or lines)[-8:])
+        raise BenchError(f"the nested snapshot run failed (exit {r.returncode}): {tail}")
+    name = dict(SNAP_SYSTEMS)
+    w = SNAP_WORKLOAD
+    for line in lines:
+        m = SNAP_LINE.match(line)
+        if not m or m.group(1) == "done":
+            continue
+        kind, rest = m.group(1), m.group(2)
+        kv = dict(x.split("=", 1) for x in rest.split(" ") if "=" in x)
+        if kind == "snapshot":
+            imp = json.loads(kv["import"])
+            s.record("snapshot", w, "kvmm snapshot", "boot_to_ready_s", "s", [float(kv["boot_to_ready_s"])])
+            s.record("snapshot", w, "kvmm snapshot", "create_s", "s", [float(kv["create_s"])])
+            s.record("snapshot", w, "kvmm snapshot", "import_s", "s", [float(kv["import_s"])])
+            s.record("snapshot", w, "kvmm snapshot", "memory_size", "B", [float(kv["mem_bytes"])])
+            s.record("snapshot", w, "kvmm snapshot", "memory_nonzero", "B", [float(kv["mem_nonzero_bytes"])],
+                     what="blocks the sparse memory file uses (du)")
+            s.record("snapshot", w, "kvmm snapshot", "chunks_stored", "chunks", [float(imp.get("chunks_new", 0))],
+                     chunks_zero=imp.get("chunks_zero"), chunks_dedup=imp.get("chunks_dedup"))
+        elif kind == "verify":
+            s.record("snapshot", w, "kvmm snapshot", "verify_s", "s", [float(kv["seconds"])],
+                     chunks=int(kv["chunks"]), what="chunkify verify: every stored chunk read, verified, decrypted")
+        elif kind == "cold":
+            s.add_sample("snapshot", w, name["cold"], "first_response_s", "s", float(kv["first_output_s"]))
+            s.add_sample("snapshot", w, name["cold"], "exit_s", "s", float(kv["exit_s"]))
+            s.add_sample("snapshot", w, name["cold"], "connected_s", "s", float(kv["connected_s"]))
+        elif kind == "restore" and kv["system"] in name:
+            sysname = name[kv["system"]]
+            sv = json.loads(kv["serve"])
+            first, ready = float(kv["first_output_s"]), float(kv["serve_ready_s"])
+            s.add_sample("snapshot", w, sysname, "first_response_s", "s", first)
+            s.add_sample("snapshot", w, sysname, "loaded_s", "s", float(kv["loaded_s"]))
+            s.add_sample("snapshot", w, sysname, "connected_s", "s", float(kv["connected_s"]))
+            s.add_sample("snapshot", w, sysname, "exit_s", "s", float(kv["exit_s"]))
+            if kv["system"] == "file":
+                continue
+            s.add_sample("snapshot", w, sysname, "first_response_with_serve_start_s", "s", first + ready)
+            s.add_sample("snapshot", w, sysname, "serve_ready_s", "s", ready)
+            s.add_sample("snapshot", w, sysname, "bytes_fetched", "B", sv["bytes_fetched"])
+            s.add_sample("snapshot", w, sysname, "fraction_fetched", "fraction", sv["fraction_fetched"])
+            s.add_sample("snapshot", w, sysname, "memory_size", "B", sv["memory_size"])
+            s.add_sample("snapshot", w, sysname, "faults", "faults", sv["faults"])
+            s.add_sample("snapshot", w, sysname, "chunks_prefetched", "chunks", sv["chunks_prefetched"])
+            s.add_sample("snapshot", w, sysname, "chunks_faulted", "chunks", sv.get("chunks_faulted", 0))
+            for tier in ("l1", "l2", "l3"):
+                s.add_sample("snapshot", w, sysname, f"chunks_{tier}", "chunks", sv["chunks"][tier])
+    cold = s.find("snapshot", w, name["cold"], "first_response_s")
+    if len(cold["samples"]) != reps:
+        raise BenchError(f"the nested run reported {len(cold['samples'])} cold boots of {reps}")
+    cold_med = statistics.median(cold["samples"])
+    for key in ("lazy", "prefetch", "file"):
+        rr = s.find("snapshot", w, name[key], "first_response_s")
+        if len(rr["samples"]) != reps:
+            raise BenchError(f"the nested run reported {len(rr['samples'])} restores ({key}) of {reps}")
+        s.record("snapshot", w, name[key], "speedup_vs_cold_boot", "x", [cold_med / statistics.median(rr["samples"])])
+        if key == "file":
+            continue
+        with_serve = s.find("snapshot", w, name[key], "first_response_with_serve_start_s")
+        s.record("snapshot", w, name[key], "speedup_vs_cold_boot_with_serve_start", "x",
+                 [cold_med / statistics.median(with_serve["samples"])])
+    s.record("snapshot", w, "nested guest", "wall_s", "s", [nested_s], smp=s.nested_smp, mem_mib=1536, vm_mem_mib=256,
+             cpu="qemu64,+svm,+npt" + ("," + s.nested_cpu_flags if s.nested_cpu_flags else ""))
+
+
 SCENARIOS = {
     "crypto": crypto,
     "import": import_throughput,
@@ -457,5 +621,7 @@ SCENARIOS = {
     "warmstart": warmstart,
     "cache": cache_tiers,
     "invoke": invoke,
+    "snapshot": snapshot,
 }
-ORDER = ["crypto", "import", "registry", "coldstart", "warmstart", "cache", "invoke"]
+ORDER = ["crypto", "import", "registry", "coldstart", "warmstart", "cache", "invoke", "snapshot"]
+NOT_QUICK = ["snapshot"]

@@ -32,6 +32,26 @@ track_pid() { _pids+=("$1"); }
 track_mount() { _mounts+=("$1"); }
 
 die() { echo "FAIL: $*" >&2; exit 1; }
+
+# Why this host cannot run a micro-VM from the build directory, as the
+# sandbox words it: without a usable /dev/kvm it says so; with one (some hosts
+# have it) the guest kernel, which nothing puts next to the programs, is what
+# is missing.  The nested-KVM tests (61-67) cover the micro-VM itself.
+microvm_refusal() {
+  if (exec 3<>/dev/kvm) 2>/dev/null; then
+    echo "microvm sandbox cannot run on this host: the guest kernel $KINDLING_BUILD_DIR/kindling-guest-kernel: No such file or directory (set KINDLING_GUEST_KERNEL)"
+  else
+    echo "microvm sandbox cannot run on this host: cannot open /dev/kvm"
+  fi
+}
+# The reason isolation auto gives for falling back to the process sandbox.
+microvm_auto_fallback() {
+  if (exec 3<>/dev/kvm) 2>/dev/null; then
+    echo "notice: isolation auto: using the process sandbox (the guest kernel $KINDLING_BUILD_DIR/kindling-guest-kernel: No such file or directory (set KINDLING_GUEST_KERNEL))"
+  else
+    echo "notice: isolation auto: using the process sandbox (no usable /dev/kvm on this host)"
+  fi
+}
 skip() { echo "SKIP: $*" >&2; exit 77; }
 pass() { echo "ok: $*"; }
 

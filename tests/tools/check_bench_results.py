@@ -2,7 +2,13 @@
 """Check a bench/run.sh output directory: results.json against the suite's
 schema, every plot a valid PNG, report.md linking exactly the plots there.
 
-    check_bench_results.py OUT_DIR WORKLOAD [WORKLOAD...]
+    check_bench_results.py OUT_DIR [WORKLOAD...]
+
+With no WORKLOAD (a run of other scenarios only, e.g. bench/run.sh
+snapshot) only the schema, the plots and what the scenarios that ran
+recorded are checked.  A run with the snapshot scenario must have its
+records (cold boot, both lazy restores, ratio, memory fetched), a
+snapshot restore target in report.md and snapshot.png.
 
 Exits 1 with one line per problem.
 """
@@ -14,6 +20,7 @@ import struct
 import sys
 import zlib
 
+SNAPSHOT_RESTORES = ["kvmm restore (lazy, L1 cold)", "kvmm restore (lazy, trace prefetch)"]
 COLD_SYSTEMS = ["kindling-origin", "kindling-origin-prefetch", "kindling-l2", "kindling-l2-prefetch",
                 "kindling-l1warm", "kindling-l1warm-prefetch", "podman", "eager", "floor-sandbox", "floor-chroot"]
 
@@ -88,18 +95,32 @@ def main():
         if r.get("commit") != d.get("commit"):
             problems.append(f"{where}: commit differs from the run's")
         have.add((r["scenario"], r.get("workload"), r["system"], r["metric"]))
-    need = [("crypto", None, "openssl", "limit_all_cores")]
+    need = [("crypto", None, "openssl", "limit_all_cores")] if wanted else []
     for w in wanted:
         img = d["workloads"].get(w, {}).get("image", w)
         need += [("coldstart", w, s, "first_output_s") for s in COLD_SYSTEMS]
         need += [("coldstart", w, "kindling-l2", m) for m in ("bytes_fetched", "bytes_read", "fetch_amplification")]
         need += [("registry", img, s, "seconds") for s in ("kindling", "podman", "eager")]
         need += [("import", img, "kindling-layers", "throughput"), ("import", img, "kindling", "multi_layer_speedup")]
-    need += [("warmstart", wanted[0], "kindling-l1warm", "vs_floor")]
+    if wanted:
+        need += [("warmstart", wanted[0], "kindling-l1warm", "vs_floor")]
+    if "snapshot" in d.get("scenarios", {}):
+        # bench/run.sh snapshot (not in --quick): a cold boot and two lazy restores,
+        # with the ratio, the memory fetched and the plot.
+        for system in SNAPSHOT_RESTORES:
+            need += [("snapshot", "snapfn", system, m) for m in
+                     ("first_response_s", "speedup_vs_cold_boot", "bytes_fetched", "fraction_fetched",
+                      "chunks_prefetched")]
+        need += [("snapshot", "snapfn", "kvmm cold boot", "first_response_s"),
+                 ("snapshot", "snapfn", "kvmm snapshot", "memory_size")]
+        for r in d.get("records", []):
+            if r.get("scenario") == "snapshot" and r.get("metric") == "fraction_fetched" and \
+                    not all(0 <= x <= 1 for x in r.get("samples", [])):
+                problems.append(f"snapshot/{r.get('system')}: fraction_fetched outside [0, 1]")
     for n in need:
         if n not in have:
             problems.append(f"results.json: no record {'/'.join(str(x) for x in n)}")
-    if not any(k[0] == "cache" and k[3] == "read_latency" and k[2].startswith("l2") for k in have):
+    if wanted and not any(k[0] == "cache" and k[3] == "read_latency" and k[2].startswith("l2") for k in have):
         problems.append("results.json: no raw L2 latency samples from the cache scenario")
     pngs = sorted(f for f in os.listdir(out) if f.endswith(".png"))
     for p in pngs:
@@ -111,8 +132,13 @@ def main():
     linked = sorted(set(re.findall(r"\]\(([^)]+\.png)\)", report)))
     if linked != pngs:
         problems.append(f"report.md links {linked}, the directory has {pngs}")
-    for p in [f"coldstart_{w}.png" for w in wanted] + ["bytes.png", "import.png", "registry.png", "warmstart.png",
-                                                       "l2_latency.png"]:
+    want_png = [f"coldstart_{w}.png" for w in wanted] + ["bytes.png", "import.png", "registry.png", "warmstart.png",
+                                                         "l2_latency.png"] if wanted else []
+    if "snapshot" in d.get("scenarios", {}):
+        want_png.append("snapshot.png")
+        if "snapshot restore" not in report:
+            problems.append("report.md has no snapshot restore target")
+    for p in want_png:
         if p not in pngs:
             problems.append(f"plot {p} is missing")
     for p in problems:
