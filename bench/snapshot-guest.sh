@@ -1,7 +1,7 @@
 #!/bin/sh
 # The snapshot scenario's payload (bench/suite/scenarios.py, snapshot()):
 # runs inside a TCG guest with a working /dev/kvm (tests/nested/run.sh), with
-# busybox, from /payload, which holds kvmm, kindling, chunkify, snap_peer,
+# busybox, from /payload, which holds kvmm, kindling, chunkify, guest_peer,
 # curl, the kernel, the guest initramfs, the image exported (rootfs.erofs),
 # and KINDLING_HOME (home/: the store with the image imported, and the keys).
 #
@@ -17,14 +17,14 @@
 #              initialises and prints its response;
 #    lazy:     kindling snapshot-serve --no-prefetch (L1 empty, origin the
 #              local store) and a fresh kvmm: PUT /snapshot/load with the
-#              Uffd backend, resume_vm; snap_peer sends 'S' when the restored
+#              Uffd backend, resume_vm; guest_peer sends 'S' when the restored
 #              init reconnects; fn.sh sees /run/kindling/restore and prints
 #              its response;
 #    prefetch: the same, snapshot-serve prefetching the recorded trace;
 #    file:     a reference: the same restore with the File backend on the
 #              local memory file (no chunks, no snapshot-serve).
 #    Each time is from kvmm's spawn to the response's first byte at
-#    snap_peer; serve_ready_s is how long snapshot-serve took to be ready
+#    guest_peer; serve_ready_s is how long snapshot-serve took to be ready
 #    (vmstate read and written, chunks checked) before kvmm was spawned.
 # Prints one "SNAPBENCH ..." line per measurement; "SNAPBENCH-FAIL ..." and
 # exit 1 on the first failure.
@@ -40,7 +40,7 @@ fail() {
 	done
 	exit 1
 }
-now() { ./snap_peer --now; }
+now() { ./guest_peer --now; }
 waitfor() { # FILE PATTERN SECONDS
 	i=0
 	while [ $i -lt $(($3 * 100)) ]; do
@@ -70,7 +70,7 @@ vmjson /tmp/cold.sock >/tmp/cold.json
 
 # ---- the snapshot -----------------------------------------------------------------------------------------------------
 t0=$(now)
-./snap_peer --unix $VS"_1024" --timeout 300 -- /app/fn.sh snap >/tmp/take.out 2>/tmp/take.err &
+./guest_peer --unix $VS"_1024" --timeout 300 -- /app/fn.sh snap >/tmp/take.out 2>/tmp/take.err &
 peer=$!
 i=0; while [ ! -S $VS"_1024" ] && [ $i -lt 500 ]; do usleep 10000; i=$((i + 1)); done
 ./kvmm --api-sock /tmp/take.api --config-file /tmp/snap.json </dev/null >/tmp/take.console 2>&1 &
@@ -132,23 +132,23 @@ restore() {
 	echo "SNAPBENCH restore system=$sys rep=$rep $stats serve_ready_s=$(awk "BEGIN{print $tr - $ts}") serve=$(tr -d '\n ' </tmp/serve.json)"
 }
 
-# restore_run MEM-BACKEND-JSON: snap_peer spawns kvmm, which
+# restore_run MEM-BACKEND-JSON: guest_peer spawns kvmm, which
 # loads /tmp/r.vmstate or the snapshot's own; sets $stats.
 restore_run() {
 	vmstate=/tmp/r.vmstate
 	[ "$sys" = file ] && vmstate=/tmp/snap.vmstate.keep
-	./snap_peer --unix $VS"_1024" --timeout 120 --restore 1 --spawn "
+	./guest_peer --unix $VS"_1024" --timeout 120 --times --resume 1 --spawn "
 		./kvmm --api-sock /tmp/r.api >/tmp/restore.console 2>&1 &
 		while [ ! -S /tmp/r.api ]; do usleep 1000; done
 		./curl -s -o /tmp/load.body -w '%{http_code}' --unix-socket /tmp/r.api -X PUT -H 'Content-Type: application/json' \
 			-d '{\"snapshot_path\": \"$vmstate\", \"mem_backend\": $1, \"resume_vm\": true}' \
 			http://localhost/snapshot/load >/tmp/load.code
-		./snap_peer --now >/tmp/load.t" >/tmp/restore.out 2>/tmp/restore.err ||
-		fail "restore ($sys): snap_peer exited $?: $(cat /tmp/load.code /tmp/load.body 2>/dev/null)"
+		./guest_peer --now >/tmp/load.t" >/tmp/restore.out 2>/tmp/restore.err ||
+		fail "restore ($sys): guest_peer exited $?: $(cat /tmp/load.code /tmp/load.body 2>/dev/null)"
 	grep -q "^response " /tmp/restore.out || fail "restore ($sys): no response: $(cat /tmp/restore.out)"
 	grep -q "^response .* restored=1" /tmp/restore.out || fail "restore ($sys): not restored: $(cat /tmp/restore.out)"
 	[ "$(cat /tmp/load.code)" = 204 ] || fail "restore ($sys): PUT /snapshot/load answered $(cat /tmp/load.code) $(cat /tmp/load.body)"
-	times=$(grep "^snap_peer: spawn" /tmp/restore.err)
+	times=$(grep "^guest_peer: spawn" /tmp/restore.err)
 	# loaded_s: kvmm's spawn to PUT /snapshot/load answered (resume_vm: the vCPU runs)
 	loaded=$(awk -v t="$(cat /tmp/load.t)" -v s="$(echo "$times" | awk '{print $3}')" 'BEGIN{print t - s}')
 	# kvmm exits once the restored guest powers off (its command has exited).
@@ -160,11 +160,11 @@ restore_run() {
 cold() {
 	rep=$1
 	rm -f /tmp/cold.sock
-	./snap_peer --unix /tmp/cold.sock_1024 --timeout 300 \
+	./guest_peer --unix /tmp/cold.sock_1024 --timeout 300 --times \
 		--spawn "exec ./kvmm --no-api --config-file /tmp/cold.json >/tmp/cold.console 2>&1" \
-		-- /app/fn.sh cold >/tmp/cold.out 2>/tmp/cold.err || fail "cold boot: snap_peer exited $?"
+		-- /app/fn.sh cold >/tmp/cold.out 2>/tmp/cold.err || fail "cold boot: guest_peer exited $?"
 	grep -q "^response .* restored=0" /tmp/cold.out || fail "cold boot: no response: $(cat /tmp/cold.out)"
-	times=$(grep "^snap_peer: spawn" /tmp/cold.err)
+	times=$(grep "^guest_peer: spawn" /tmp/cold.err)
 	echo "SNAPBENCH cold rep=$rep first_output_s=$(echo "$times" | awk '{print $7}') exit_s=$(echo "$times" | awk '{print $9}') connected_s=$(echo "$times" | awk '{print $5}')"
 }
 

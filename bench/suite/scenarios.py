@@ -526,7 +526,7 @@ def snapshot(s):
     shutil.copy(os.path.join(kroot, "boot", vmlinuz), os.path.join(P, "vmlinuz"))
     s.rig.run([os.path.join(s.top, "scripts", "guest-initramfs.sh"), "--init", s.bin("kindling-guest-init"),
                os.path.join(P, "initrd.cpio.gz"), kroot], "scripts/guest-initramfs.sh")
-    for b in ("kvmm", "kindling", "chunkify", "snap_peer"):
+    for b in ("kvmm", "kindling", "chunkify", "guest_peer"):
         shutil.copy(s.bin(b), P)
     shutil.copy(shutil.which("curl"), P)
     shutil.copy(os.path.join(s.top, "bench", "snapshot-guest.sh"), P)

@@ -3,15 +3,29 @@
  * the guest init, sends one invocation, relays the guest's stdout and stderr
  * to its own, and exits with the command's status.
  *
+ *   guest_peer --now
  *   guest_peer (--unix PATH | --vsock PORT) [--timeout S] [--user U]
  *              [--workdir DIR] [--env K=V]... [--restore GEN]... [--times]
- *              -- ARGV...
+ *              [--spawn SHELL-COMMAND] (--resume GEN | -- ARGV...)
  *
  *   --unix PATH   listen on a unix socket: kvmm's "{uds_path}_1024"
  *   --vsock PORT  listen on AF_VSOCK (any CID), for a VMM with vhost-vsock
  *   --timeout S   give up after S seconds in all (default 120)
  *   --times       print "guest_peer: connected T1 first-output T2 exit T3"
- *                 (seconds since start) to stderr at the end
+ *                 (seconds since it listened; first output is the first
+ *                 stdout frame) to stderr at the end; with --spawn the line
+ *                 is "guest_peer: spawn T0 connected T1 first-output T2 exit
+ *                 T3", T0 the monotonic clock at the spawn and the others
+ *                 counted from it
+ *   --spawn CMD   once listening, run /bin/sh -c CMD (stdin /dev/null), e.g.
+ *                 the VMM, so the times cover its start; it is waited for
+ *                 before guest_peer exits (a VMM it put in the background
+ *                 is not)
+ *   --resume GEN  the guest on the first connection is a restored one,
+ *                 waiting for 'S': send 'S' with generation GEN and 32
+ *                 random bytes instead of an invocation
+ *   --now         print the monotonic clock (seconds) and exit, so shell
+ *                 scripts can timestamp other steps on the same clock
  *   --restore GEN act out a restore from a snapshot, once per --restore, in
  *                 order: on the next stdout frame, drop the connection (as
  *                 a VMM's vsock transport reset does), take the init's new
@@ -24,6 +38,7 @@
  * exit status ('F' messages are printed as "guest_peer: guest: ...").
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <poll.h>
 #include <signal.h>
@@ -32,6 +47,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -111,9 +127,28 @@ static int act_restore(int fd, int lfd, uint64_t generation, double deadline, st
 	return nfd;
 }
 
+/* Run /bin/sh -c |cmd| with stdin on /dev/null.  Returns its pid, or -1. */
+static pid_t spawn(const char *cmd)
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		int nul = open("/dev/null", O_RDONLY);
+		if (nul >= 0) {
+			dup2(nul, 0);
+			close(nul);
+		}
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	if (pid < 0)
+		fprintf(stderr, "guest_peer: fork: %s\n", strerror(errno));
+	return pid;
+}
+
 int main(int argc, char **argv)
 {
-	const char *unix_path = NULL, *user = NULL, *workdir = NULL;
+	const char *unix_path = NULL, *user = NULL, *workdir = NULL, *spawn_cmd = NULL;
+	uint64_t resume = 0;
 	const char *env[MAX_ENV + 1];
 	size_t n_env = 0;
 	long vsock_port = -1;
@@ -126,7 +161,8 @@ int main(int argc, char **argv)
 		{ "timeout", required_argument, NULL, 't' }, { "user", required_argument, NULL, 'U' },
 		{ "workdir", required_argument, NULL, 'W' }, { "env", required_argument, NULL, 'E' },
 		{ "times", no_argument, NULL, 'T' },	     { "restore", required_argument, NULL, 'S' },
-		{ NULL, 0, NULL, 0 },
+		{ "spawn", required_argument, NULL, 'P' },   { "resume", required_argument, NULL, 'R' },
+		{ "now", no_argument, NULL, 'N' },	     { NULL, 0, NULL, 0 },
 	};
 	int c;
 	while ((c = getopt_long(argc, argv, "+", lo, NULL)) != -1) {
@@ -144,6 +180,15 @@ int main(int argc, char **argv)
 			env[n_env++] = optarg;
 			break;
 		case 'T': times = true; break;
+		case 'P': spawn_cmd = optarg; break;
+		case 'R':
+			resume = strtoull(optarg, NULL, 10);
+			if (resume == 0) {
+				fprintf(stderr, "guest_peer: --resume wants a generation of 1 or more\n");
+				return 2;
+			}
+			break;
+		case 'N': printf("%.6f\n", now_seconds()); return 0;
 		case 'S':
 			if (n_restores == MAX_RESTORES) {
 				fprintf(stderr, "guest_peer: more than %d --restore\n", MAX_RESTORES);
@@ -155,15 +200,19 @@ int main(int argc, char **argv)
 		}
 	}
 	env[n_env] = NULL;
-	if ((!unix_path) == (vsock_port < 0) || optind >= argc || timeout <= 0) {
-		fprintf(stderr, "usage: guest_peer (--unix PATH | --vsock PORT) [--timeout S] [--user U] [--workdir DIR] "
-				"[--env K=V]... [--restore GEN]... [--times] -- ARGV...\n");
+	if ((!unix_path) == (vsock_port < 0) || (resume != 0) == (optind < argc) || timeout <= 0) {
+		fprintf(stderr, "usage: guest_peer --now | guest_peer (--unix PATH | --vsock PORT) [--timeout S] [--user U] "
+				"[--workdir DIR] [--env K=V]... [--restore GEN]... [--times] [--spawn CMD] "
+				"(--resume GEN | -- ARGV...)\n");
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
-	double t0 = now_seconds(), deadline = t0 + timeout, t_conn = 0, t_out = 0, t_exit = 0;
 	int lfd = unix_path ? listen_unix(unix_path) : listen_vsock((unsigned)vsock_port);
 	if (lfd < 0)
+		return 125;
+	double t0 = now_seconds(), deadline = t0 + timeout, t_conn = 0, t_out = 0, t_exit = 0;
+	pid_t child = -1;
+	if (spawn_cmd && (child = spawn(spawn_cmd)) < 0)
 		return 125;
 
 	struct pollfd p = { .fd = lfd, .events = POLLIN };
@@ -182,9 +231,17 @@ int main(int argc, char **argv)
 	if (n_restores == 0)
 		close(lfd); /* else the init connects again after each restore */
 	t_conn = now_seconds() - t0;
-	int r = guest_invocation_send(fd, (const char *const *)(argv + optind), env, workdir, user, NULL);
+	int r;
+	if (resume) {
+		struct guest_restore rs = { .generation = resume };
+		r = random_bytes(rs.seed, sizeof(rs.seed));
+		if (r == 0)
+			r = guest_restore_send(fd, &rs);
+	} else {
+		r = guest_invocation_send(fd, (const char *const *)(argv + optind), env, workdir, user, NULL);
+	}
 	if (r < 0) {
-		fprintf(stderr, "guest_peer: send the invocation: %s\n", strerror(-r));
+		fprintf(stderr, "guest_peer: send the %s: %s\n", resume ? "'S'" : "invocation", strerror(-r));
 		return 125;
 	}
 
@@ -223,7 +280,7 @@ int main(int argc, char **argv)
 			switch (f.type) {
 			case GUEST_FRAME_STDOUT:
 			case GUEST_FRAME_STDERR:
-				if (t_out == 0)
+				if (t_out == 0 && f.type == GUEST_FRAME_STDOUT)
 					t_out = now_seconds() - t0;
 				if (write_full(f.type == GUEST_FRAME_STDOUT ? 1 : 2, f.payload, f.len) < 0)
 					return 125;
@@ -250,7 +307,13 @@ int main(int argc, char **argv)
 	close(fd);
 	if (unix_path)
 		unlink(unix_path);
-	if (times)
+	if (times && spawn_cmd)
+		fprintf(stderr, "guest_peer: spawn %.6f connected %.6f first-output %.6f exit %.6f\n", t0, t_conn,
+			t_out, t_exit);
+	else if (times)
 		fprintf(stderr, "guest_peer: connected %.3f first-output %.3f exit %.3f\n", t_conn, t_out, t_exit);
+	if (child > 0)
+		while (waitpid(child, NULL, 0) < 0 && errno == EINTR)
+			;
 	return status;
 }
