@@ -544,6 +544,10 @@ def snapshot(s):
                         "--timeout", str(300 + 160 * reps), P, "snapshot-guest.sh", str(reps)],
                        capture_output=True, env=env)
     nested_s = time.monotonic() - t0
+    if not os.path.exists(log):
+        # tests/nested/run.sh stopped before QEMU started: its reason is on stderr
+        err = r.stderr.decode(errors="replace").strip().splitlines()
+        raise BenchError(f"the nested snapshot run did not start (exit {r.returncode}): {' | '.join(err[-4:])}")
     with open(log, errors="replace") as f:
         lines = [x.strip().replace("\r", "") for x in f]
     fails = [x for x in lines if x.startswith("SNAPBENCH-FAIL")]
