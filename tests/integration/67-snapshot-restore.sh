@@ -46,7 +46,7 @@ umoci unpack --image img:v1 bundle >/dev/null
 R=bundle/rootfs
 mkdir -p "$R"/{bin,etc,app}
 cp /bin/busybox "$R/bin/busybox"
-for a in sh cat echo sleep head od tr; do
+for a in sh cat echo sleep usleep head od tr; do
   ln -sf busybox "$R/bin/$a"
 done
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$R/etc/passwd"
@@ -59,7 +59,12 @@ TOKEN=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
 SUM=0; i=0
 while [ $i -lt 3000 ]; do SUM=$((SUM + i * i)); i=$((i + 1)); done
 echo ready
-sleep 5
+# A restored run goes on once the init has taken the host's 'S' and written
+# /run/kindling/restore; the run that takes the snapshot is never restored
+# and goes on after 60 s.  (A fixed sleep raced the restore: a loaded host
+# once had the restored VM wake from a 5 s sleep before the init reconnected.)
+i=0
+while [ ! -e /run/kindling/restore ] && [ $i -lt 600 ]; do usleep 100000; i=$((i + 1)); done
 FRESH=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
 echo "token=$TOKEN sum=$SUM fresh=$FRESH gen=$(cat /run/kindling/restore 2>/dev/null || echo none)"
 EOF
@@ -98,11 +103,11 @@ krun() {
 	name=$1; shift
 	./kindling run snapimg:1 --isolation microvm --memory 256M "$@" </dev/null >/tmp/$name.out 2>/tmp/$name.err &
 	k=$!
-	i=0; while kill -0 $k 2>/dev/null && [ $i -lt 1800 ]; do sleep 0.1; i=$((i+1)); done
+	i=0; while kill -0 $k 2>/dev/null && [ $i -lt 3000 ]; do sleep 0.1; i=$((i+1)); done
 	if kill -0 $k 2>/dev/null; then
 		ps >/tmp/$name-ps.out
 		kill -9 $k
-		fail "$name: kindling run still running after 180 s"
+		fail "$name: kindling run still running after 300 s"
 	fi
 	wait $k; rc=$?
 }
