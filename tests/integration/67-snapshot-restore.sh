@@ -81,7 +81,7 @@ cp "$B/kvmm" "$B/kindling" "$B/chunkify" "$P/"
 # kindling opens libcurl on first use (the sandbox talks to kvmm's API
 # socket through it), which ldd does not show: it goes in by hand, and
 # tests/nested/run.sh brings its own libraries.
-curl_lib=$(ldconfig -p | awk '/libcurl\.so\.4 .*x86-64/ {print $NF; exit}')
+curl_lib=$(ldconfig -p | awk '/libcurl\.so\.4 .*x86-64/ && !found {print $NF; found = 1}') # to the end: no SIGPIPE
 [ -n "$curl_lib" ] || die "libcurl.so.4 not found (ldconfig -p); install libcurl4"
 mkdir -p "$P/lib"
 cp -L "$curl_lib" "$P/lib/libcurl.so.4"

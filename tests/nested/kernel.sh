@@ -46,12 +46,12 @@ kernel_pkg_dir() {
 	for t in apt-cache apt-get dpkg-deb; do
 		command -v "$t" >/dev/null || { echo "kernel_pkg_dir: $t is missing (Debian packages apt, dpkg)" >&2; return 1; }
 	done
-	pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+	pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ && !found {print $2; found = 1}')
 	if [ -z "$pkg" ]; then
 		echo "kernel_pkg_dir: apt-cache does not know linux-image-amd64 (is the Debian archive in sources.list? run apt-get update)" >&2
 		return 2
 	fi
-	ver=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ {print $2; exit}')
+	ver=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ && !found {print $2; found = 1}')
 	cache=$(kernel_cache_dir)
 	dir=$cache/kernel/${pkg}_${ver:-unknown}
 	if [ -d "$dir/root/boot" ]; then

@@ -97,7 +97,9 @@ while IFS= read -r -d '' f; do
 done < <(find "$R/payload" -type f -print0)
 # glibc opens libgcc_s with dlopen (pthread_cancel, unwinding), which ldd
 # does not show now that kindling loads its C++-backed libraries on first use.
-gcc_s=$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64/ {print $NF; exit}')
+# awk reads to the end: leaving early would SIGPIPE ldconfig, which pipefail
+# and set -e turn into a silent exit.
+gcc_s=$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64/ && !found {print $NF; found = 1}')
 [ -n "$gcc_s" ] || { echo "nested: libgcc_s.so.1 not found (ldconfig -p); install libgcc-s1" >&2; exit 125; }
 if [ ! -e "$R$gcc_s" ]; then
 	mkdir -p "$R$(dirname "$gcc_s")"
