@@ -78,6 +78,21 @@ pid, d, ready = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 readers = {"stats.json": (os.open(d + "/stats.json", os.O_RDONLY), 0),
            "image.raw(O_DIRECT)": (os.open(d + "/image.raw", os.O_RDONLY | os.O_DIRECT), 6 * 524288)}
 os.kill(pid, signal.SIGSTOP)
+# SIGSTOP takes effect asynchronously: a blockd thread still on a CPU could
+# answer a reader's request first.  Fork the readers once every thread of
+# blockd is stopped.
+def stopped():
+    states = []
+    for t in os.listdir("/proc/%d/task" % pid):
+        try:
+            states.append(open("/proc/%d/task/%s/stat" % (pid, t)).read().rsplit(")", 1)[1].split()[0])
+        except OSError:
+            pass  # a thread that just ended
+    return all(st in ("T", "t") for st in states)
+for _ in range(1200):  # bounded: at least 60 s
+    if stopped():
+        break
+    time.sleep(0.05)
 kids = {}
 for name, (fd, off) in readers.items():
     c = os.fork()
@@ -89,18 +104,22 @@ for name, (fd, off) in readers.items():
         except OSError as e:
             os._exit(e.errno)
     kids[c] = name
-def in_read(c):
-    # Sleeping inside a system call: the read, which only blockd can answer.
+def where(c):
     call = open("/proc/%d/syscall" % c).read().split()[0]
     state = open("/proc/%d/stat" % c).read().rsplit(")", 1)[1].split()[0]
+    return call, state
+def in_read(c):
+    # Sleeping inside a system call: the read, which only blockd can answer.
+    call, state = where(c)
     return call.isdigit() and state in ("S", "D")
-for _ in range(400):  # bounded: 20 s
+for _ in range(1200):  # bounded: at least 60 s
     if all(in_read(c) for c in kids):
         open(ready, "w").write("blocked\n")
         break
     time.sleep(0.05)
 else:
-    open(ready, "w").write("never blocked\n")
+    open(ready, "w").write("never blocked: " + "; ".join(
+        "%s in syscall %s, state %s" % ((kids[c],) + where(c)) for c in kids) + "\n")
 for c, name in kids.items():
     _, st = os.waitpid(c, 0)
     e = os.waitstatus_to_exitcode(st)
@@ -108,11 +127,11 @@ for c, name in kids.items():
 PY
 RPID=$!
 track_pid $RPID
-for ((i = 0; i < 300; i++)); do [ -s "$T/inflight.ready" ] && break; sleep 0.1; done
+for ((i = 0; i < 900; i++)); do [ -s "$T/inflight.ready" ] && break; sleep 0.1; done
 kill -KILL $BPID
 { wait $BPID; } 2>/dev/null || true # "Killed" is what we expect here
 wait $RPID || die "the in-flight readers failed"
-[ "$(cat "$T/inflight.ready")" = blocked ] || die "the readers never blocked in their reads"
+[ "$(cat "$T/inflight.ready")" = blocked ] || die "the readers did not both wait in their reads: $(cat "$T/inflight.ready")"
 for r in stats.json "image.raw(O_DIRECT)"; do
   grep -qxF "$r ECONNABORTED" "$T/inflight.out" || { cat "$T/inflight.out" >&2; die "$r in flight at SIGKILL: not ECONNABORTED"; }
 done

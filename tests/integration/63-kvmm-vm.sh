@@ -81,13 +81,13 @@ done
 cat >"$P/run.sh" <<'EOF'
 #!/bin/sh
 for t in poweroff reboot erofs; do
-	timeout 120 ./kvmm --no-api --config-file cfg-$t.json </dev/null >out-$t.txt 2>&1
+	timeout 240 ./kvmm --no-api --config-file cfg-$t.json </dev/null >out-$t.txt 2>&1
 	rc=$?
 	sed "s/^/$t| /" out-$t.txt
 	echo "RESULT $t $rc"
 done
 mkfifo in
-timeout 120 ./kvmm --no-api --config-file cfg-shell.json <in >out-shell.txt 2>&1 &
+timeout 240 ./kvmm --no-api --config-file cfg-shell.json <in >out-shell.txt 2>&1 &
 pid=$!
 exec 3>in
 i=0
@@ -107,7 +107,7 @@ echo "RESULT shell $rc"
 EOF
 chmod 755 "$P/run.sh"
 
-NESTED_LOG=$T/nested.log bash "$KINDLING_SOURCE_DIR/tests/nested/run.sh" --timeout 700 "$P" run.sh >"$T/run.out" 2>&1 ||
+NESTED_LOG=$T/nested.log bash "$KINDLING_SOURCE_DIR/tests/nested/run.sh" --timeout 1100 "$P" run.sh >"$T/run.out" 2>&1 ||
   { tail -80 "$T/run.out" >&2; die "the nested run failed"; }
 L=$T/nested.log
 result() { grep -a "^RESULT $1 " "$L" | awk '{print $3}' | tr -d '\r'; }

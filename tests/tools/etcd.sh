@@ -73,12 +73,21 @@ _etcd_launch() { # _etcd_launch I: start member I from its recorded arguments
   mapfile -t args <"$ETCD_WORKDIR/etcd-$i.args"
   # etcd reads ETCD_* variables as flags; keep ours from reaching it.
   env -u ETCD_ENDPOINTS -u ETCD_PIDS -u ETCD_WORKDIR etcd "${args[@]}" >>"$ETCD_WORKDIR/etcd-$i.log" 2>&1 &
-  echo $! >"$ETCD_WORKDIR/etcd-$i.pid"
+  local pid=$! k
+  echo "$pid" >"$ETCD_WORKDIR/etcd-$i.pid"
+  # $! is the forked shell, which becomes env and then etcd; until it has,
+  # _etcd_alive would take it for a dead member (a loaded machine once made
+  # restart_etcd_member give up on a member that came up a moment later).
+  for ((k = 0; k < 600; k++)); do
+    grep -q '^etcd' "/proc/$pid/comm" 2>/dev/null && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
   # In a fleet etcd has machines of its own.  Here it shares two cores with
   # every agent, frontend, sandbox and load client, and starved of CPU its
   # leader misses heartbeats and the cluster holds elections, which clients
   # see as etcd gone.  A higher priority stands in for those machines.
-  renice -n -10 -p $! >/dev/null 2>&1 || true
+  renice -n -10 -p "$pid" >/dev/null 2>&1 || true
 }
 
 _etcd_export() {
