@@ -81,13 +81,13 @@ done
 cat >"$P/run.sh" <<'EOF'
 #!/bin/sh
 for t in poweroff reboot erofs; do
-	timeout 240 ./kvmm --no-api --config-file cfg-$t.json </dev/null >out-$t.txt 2>&1
+	timeout -k 15 240 ./kvmm --no-api --config-file cfg-$t.json </dev/null >out-$t.txt 2>&1
 	rc=$?
 	sed "s/^/$t| /" out-$t.txt
 	echo "RESULT $t $rc"
 done
 mkfifo in
-timeout 240 ./kvmm --no-api --config-file cfg-shell.json <in >out-shell.txt 2>&1 &
+timeout -k 15 240 ./kvmm --no-api --config-file cfg-shell.json <in >out-shell.txt 2>&1 &
 pid=$!
 exec 3>in
 i=0
