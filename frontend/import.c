@@ -133,8 +133,11 @@ static int snapshot_apply_once(struct frontend *fe, const struct fe_import *job,
 {
 	pthread_mutex_lock(&fe->lock);
 	json_t *rec = NULL;
-	if (fe_record_load(fe, job->name, &rec) < 0) {
+	int lr = fe_record_load(fe, job->name, &rec);
+	if (lr < 0) {
 		pthread_mutex_unlock(&fe->lock);
+		if (rc == 0 && lr == -ENOENT) /* the function was deleted while the snapshot was taken */
+			fe_snapstart_forget(fe, job->name, job->version);
 		return 0;
 	}
 	json_t *v = json_object_get(json_object_get(rec, "Versions"), job->version);
@@ -143,6 +146,8 @@ static int snapshot_apply_once(struct frontend *fe, const struct fe_import *job,
 	if (!tok || strcmp(tok, job->token) != 0 || !st || strcmp(st, "Pending") != 0) {
 		json_decref(rec); /* deleted, or already applied */
 		pthread_mutex_unlock(&fe->lock);
+		if (rc == 0 && !v) /* deleted while the snapshot was taken: its ref goes too */
+			fe_snapstart_forget(fe, job->name, job->version);
 		return 0;
 	}
 	if (rc == 0) {

@@ -1589,8 +1589,8 @@ int hostagent_snapshot(struct hostagent *a, const struct hostagent_function *fn,
 		log_err("function %s: %s", fn->name, why);
 		return -EINVAL;
 	}
-	/* A sandbox of its own: never idle for invocations (draining), never
-	 * expired (held), never provisioned. */
+	/* A sandbox of its own: busy from the start (never idle, so never
+	 * expired nor evicted), never offered to invocations (draining). */
 	struct sandbox *sb = NULL;
 	pthread_mutex_lock(&a->lock);
 	if (a->closing) {
@@ -1599,10 +1599,8 @@ int hostagent_snapshot(struct hostagent *a, const struct hostagent_function *fn,
 		return -ESHUTDOWN;
 	}
 	r = admit_locked(a, (uint64_t)fn->memory_mb * MIB);
-	if (r == 0 && (r = sandbox_new_locked(a, fn, SB_PROVISIONED, &sb)) == 0) {
-		sb->pe.provisioned = false;
+	if (r == 0 && (r = sandbox_new_locked(a, fn, SB_INVOKE, &sb)) == 0) {
 		sb->pe.draining = true;
-		sb->users = 1;
 		a->calls++;
 	}
 	pthread_mutex_unlock(&a->lock);
