@@ -175,7 +175,7 @@ struct sandbox {
 	 * vm_lock, for hostagent_snapshot; whether it was restored. */
 	pthread_mutex_t vm_lock;
 	struct sandbox_vm *vm;
-	bool restored;
+	bool restored, for_snapshot;
 };
 
 struct hostagent {
@@ -621,7 +621,7 @@ static void sandbox_body(struct sandbox *sb)
 
 	struct str_list env = { 0 };
 	pthread_mutex_lock(&a->lock);
-	bool provisioned = sb->pe.provisioned;
+	bool provisioned = sb->pe.provisioned, snap_start = sb->for_snapshot;
 	pthread_mutex_unlock(&a->lock);
 	struct ha_env_params ep = {
 		.fn = &sb->fn.f,
@@ -629,6 +629,7 @@ static void sandbox_body(struct sandbox *sb)
 		.image_env = m->config.env,
 		.image_cmd = m->config.cmd,
 		.provisioned = provisioned,
+		.snap_start = snap_start,
 		.log_stream = sb->log_stream,
 	};
 	int r = ha_env_build(&ep, &env);
@@ -862,7 +863,11 @@ static void finish_log(struct sandbox *sb, const struct hostagent_invoke_request
 	snprintf(line, sizeof(line), "END RequestId: %s\n", req->request_id);
 	pump_mark(sb->pump, line, req->want_log_tail);
 	out->max_memory = sandbox_peak(sb);
-	ha_format_report(line, sizeof(line), req->request_id, duration_s, init_s, sb->fn.f.memory_mb, out->max_memory);
+	pthread_mutex_lock(&sb->a->lock);
+	bool restored = sb->restored;
+	pthread_mutex_unlock(&sb->a->lock);
+	ha_format_report(line, sizeof(line), req->request_id, duration_s, init_s, restored, sb->fn.f.memory_mb,
+			 out->max_memory);
 	pump_mark(sb->pump, line, false);
 	char *tail = pump_capture_end(sb->pump);
 	if (req->want_log_tail)
@@ -1601,6 +1606,7 @@ int hostagent_snapshot(struct hostagent *a, const struct hostagent_function *fn,
 	r = admit_locked(a, (uint64_t)fn->memory_mb * MIB);
 	if (r == 0 && (r = sandbox_new_locked(a, fn, SB_INVOKE, &sb)) == 0) {
 		sb->pe.draining = true;
+		sb->for_snapshot = true;
 		a->calls++;
 	}
 	pthread_mutex_unlock(&a->lock);

@@ -13,8 +13,9 @@
 #  - two cold starts of version 1 (the agent's idle timeout ends the first
 #    sandbox between them) restore from the snapshot: the same result as
 #    $LATEST, the same token (one init, the snapshot's), generation 1,
-#    fresh values that differ; the function's log has RESTORE_START and
-#    RESTORE_REPORT lines;
+#    fresh values that differ, AWS_LAMBDA_INITIALIZATION_TYPE snap-start;
+#    the function's log has RESTORE_START and RESTORE_REPORT lines, and their
+#    REPORT lines Restore Duration where $LATEST's has Init Duration;
 #  - DeleteFunction removes the snapshot's ref, and no snapshot directory
 #    or kvmm is left.
 # ctest-labels: no-asan (a QEMU guest running kvmm: minutes under emulation); no-tsan (as no-asan)
@@ -59,7 +60,7 @@ while true; do
   FRESH=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
   GEN=$(cat /run/kindling/restore 2>/dev/null || echo none)
   curl -sS -X POST "$API/invocation/$ID/response" \
-    -d "{\"result\":\"sum=$SUM n=$N\",\"token\":\"$TOKEN\",\"fresh\":\"$FRESH\",\"gen\":\"$GEN\"}" >/dev/null
+    -d "{\"result\":\"sum=$SUM n=$N\",\"token\":\"$TOKEN\",\"fresh\":\"$FRESH\",\"gen\":\"$GEN\",\"init\":\"$AWS_LAMBDA_INITIALIZATION_TYPE\"}" >/dev/null
 done
 EOF
 chmod 755 "$R/var/runtime/bootstrap"
@@ -140,7 +141,8 @@ echo "nested: \$LATEST is Active; invoking it (a cold boot)"
 api latest POST "/snapfn/invocations" '{"n": 7}'
 [ "$st" = 200 ] || fail "invoke \$LATEST: $st $(cat /tmp/latest.json)"
 RESULT=$(str result /tmp/latest.json)
-[ "$RESULT" = "sum=2664667000 n=7" ] && [ "$(str gen /tmp/latest.json)" = none ] || fail "\$LATEST answered $(cat /tmp/latest.json)"
+[ "$RESULT" = "sum=2664667000 n=7" ] && [ "$(str gen /tmp/latest.json)" = none ] &&
+	[ "$(str init /tmp/latest.json)" = on-demand ] || fail "\$LATEST answered $(cat /tmp/latest.json)"
 ok "\$LATEST of a SnapStart function boots and answers $RESULT (generation none; OptimizationStatus Off)"
 
 # 2. Publish: Pending while the agent snapshots, then Active.
@@ -175,6 +177,7 @@ api r2 POST "/snapfn/invocations?Qualifier=1" '{"n": 7}'
 for n in 1 2; do
 	[ "$(str result /tmp/r$n.json)" = "$RESULT" ] || fail "restored answer $n is not \$LATEST's: $(cat /tmp/r$n.json)"
 	[ "$(str gen /tmp/r$n.json)" = 1 ] || fail "restored answer $n: generation: $(cat /tmp/r$n.json)"
+	[ "$(str init /tmp/r$n.json)" = snap-start ] || fail "restored answer $n: initialization type: $(cat /tmp/r$n.json)"
 done
 T1=$(str token /tmp/r1.json); F1=$(str fresh /tmp/r1.json); F2=$(str fresh /tmp/r2.json)
 [ -n "$T1" ] && [ "$(str token /tmp/r2.json)" = "$T1" ] || fail "the restored sandboxes do not share the snapshot's init: $(cat /tmp/r1.json /tmp/r2.json)"
@@ -182,7 +185,9 @@ T1=$(str token /tmp/r1.json); F1=$(str fresh /tmp/r1.json); F2=$(str fresh /tmp/
 ./kindling logs snapfn >/tmp/log.out 2>&1 || fail "kindling logs snapfn: $(cat /tmp/log.out)"
 [ "$(grep -c '^RESTORE_START ' /tmp/log.out)" = 2 ] && [ "$(grep -c '^RESTORE_REPORT Restore Duration: [0-9.]* ms' /tmp/log.out)" = 2 ] ||
 	fail "the log does not show two restores: $(cat /tmp/log.out)"
-ok "two cold starts of version 1 restored from the snapshot: $RESULT as \$LATEST, token $T1 from the snapshot's init, generation 1, fresh $F1 and $F2; the log has RESTORE_START and RESTORE_REPORT"
+[ "$(grep -c '^REPORT .*Restore Duration: [0-9.]* ms.Billed Restore Duration: [0-9]* ms' /tmp/log.out)" = 2 ] &&
+	[ "$(grep -c '^REPORT .*Init Duration' /tmp/log.out)" = 1 ] || fail "the REPORT lines: $(grep ^REPORT /tmp/log.out)"
+ok "two cold starts of version 1 restored from the snapshot: $RESULT as \$LATEST, token $T1 from the snapshot's init, generation 1, initialization type snap-start, fresh $F1 and $F2; the log has RESTORE_START, RESTORE_REPORT and REPORT with Restore Duration"
 
 # 4. Delete: the snapshot's ref goes, nothing is left behind.
 api delete DELETE "/snapfn"
