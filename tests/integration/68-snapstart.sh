@@ -16,6 +16,8 @@
 #    fresh values that differ, AWS_LAMBDA_INITIALIZATION_TYPE snap-start;
 #    the function's log has RESTORE_START and RESTORE_REPORT lines, and their
 #    REPORT lines Restore Duration where $LATEST's has Init Duration;
+#  - provisioned concurrency on version 1 restores its sandbox before any
+#    invocation, and it answers the same;
 #  - DeleteFunction removes the snapshot's ref, and no snapshot directory
 #    or kvmm is left.
 # ctest-labels: no-asan (a QEMU guest running kvmm: minutes under emulation); no-tsan (as no-asan)
@@ -189,7 +191,24 @@ T1=$(str token /tmp/r1.json); F1=$(str fresh /tmp/r1.json); F2=$(str fresh /tmp/
 	[ "$(grep -c '^REPORT .*Init Duration' /tmp/log.out)" = 1 ] || fail "the REPORT lines: $(grep ^REPORT /tmp/log.out)"
 ok "two cold starts of version 1 restored from the snapshot: $RESULT as \$LATEST, token $T1 from the snapshot's init, generation 1, initialization type snap-start, fresh $F1 and $F2; the log has RESTORE_START, RESTORE_REPORT and REPORT with Restore Duration"
 
-# 4. Delete: the snapshot's ref goes, nothing is left behind.
+# 4. Provisioned concurrency on version 1: its sandbox restores too, before
+# any invocation, and takes the next one.
+PC=http://127.0.0.1:9000/2019-09-30/functions/snapfn/provisioned-concurrency?Qualifier=1
+st=$(./bin/curl -sS -m 60 -o /tmp/pc.json -w '%{http_code}' -X PUT -d '{"ProvisionedConcurrentExecutions":1}' "$PC")
+[ "$st" = 202 ] || fail "PutProvisionedConcurrencyConfig: $st $(cat /tmp/pc.json)"
+end=$(($(date +%s) + 300))
+until ./bin/curl -sS -m 60 -o /tmp/pc.json "$PC" && [ "$(str Status /tmp/pc.json)" = READY ]; do
+	[ "$(date +%s)" -lt $end ] || fail "provisioned concurrency is not READY after 300 s: $(cat /tmp/pc.json)"
+	sleep 2
+done
+./kindling logs snapfn >/tmp/log.out 2>&1
+[ "$(grep -c '^RESTORE_START ' /tmp/log.out)" = 3 ] || fail "the provisioned sandbox was not restored: $(tail -20 /tmp/log.out)"
+api r3 POST "/snapfn/invocations?Qualifier=1" '{"n": 7}'
+[ "$st" = 200 ] && [ "$(str result /tmp/r3.json)" = "$RESULT" ] && [ "$(str gen /tmp/r3.json)" = 1 ] &&
+	[ "$(str token /tmp/r3.json)" = "$T1" ] || fail "the provisioned sandbox answered $st $(cat /tmp/r3.json)"
+ok "provisioned concurrency on version 1 restores its sandbox from the snapshot before any invocation; it answers $RESULT"
+
+# 5. Delete: the snapshot's ref goes, nothing is left behind.
 api delete DELETE "/snapfn"
 [ "$st" = 204 ] || fail "DeleteFunction: $st $(cat /tmp/delete.json)"
 ./chunkify ls | grep -q '^snapstart-snapfn:1 ' && fail "snapstart-snapfn:1 is still in the store: $(./chunkify ls)"
@@ -211,5 +230,5 @@ export NESTED_LOG=$T/console.log
 rc=0
 timeout 880 "$KINDLING_SOURCE_DIR/tests/nested/run.sh" --mem 2048 --smp 1 --timeout 840 --modules fuse \
   "$P" nested.sh >"$T/nested.out" 2>&1 || rc=$?
-nested_outcome "$T/nested.out" $rc 5
-pass "SnapStart in kindling serve under nested KVM: a published version snapshotted at its runtime's first /next, Active with OptimizationStatus On, two cold starts restored with the booted answer and fresh randomness, RESTORE lines in the log, the snapshot's ref removed with the function"
+nested_outcome "$T/nested.out" $rc 6
+pass "SnapStart in kindling serve under nested KVM: a published version snapshotted at its runtime's first /next, Active with OptimizationStatus On, two cold starts and a provisioned sandbox restored with the booted answer and fresh randomness, RESTORE lines in the log, the snapshot's ref removed with the function"
