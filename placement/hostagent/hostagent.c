@@ -1629,7 +1629,15 @@ int hostagent_snapshot(struct hostagent *a, const struct hostagent_function *fn,
 		timedwait(&a->cond, &a->lock, 1);
 	bool ready = sb->initialised && !sb->dead && sb->pe.state != POOL_ENDING;
 	bool dead = sb->dead || sb->pe.state == POOL_ENDING, closing = a->closing;
+	int run_rc = sb->dead ? sb->run_rc : 0;
 	pthread_mutex_unlock(&a->lock);
+	if (!ready && run_rc < 0 && !closing) {
+		r = -EIO;
+		snprintf(why, why_len, "the sandbox could not be started (%s; see the host agent's log)",
+			 strerror(-run_rc));
+		log_err("function %s: SnapStart snapshot of version %s: %s", fn->name, fn->version, why);
+		goto out;
+	}
 	if (!ready) {
 		r = closing ? -ESHUTDOWN : dead ? -ECHILD : -ETIMEDOUT;
 		snprintf(why, why_len, "%s", closing ? "the host agent is shutting down"

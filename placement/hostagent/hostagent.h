@@ -217,8 +217,9 @@ bool hostagent_snapshot_supported(struct hostagent *a, char *why, size_t len);
  * naming the step that failed for the function's StateReason (and logged):
  * -ENOTSUP where sandboxes cannot be snapshotted, -EINVAL for a bad or
  * plain-mode function, -ENOENT if the image is not in the store, -EBUSY if
- * the memory budget is full, -ETIMEDOUT if the runtime never asked for work,
- * -ECHILD if it exited or failed its init first, -ESHUTDOWN. */
+ * the memory budget is full, -EIO if the sandbox could not be started (its
+ * reason in |why|), -ETIMEDOUT if the runtime never asked for work, -ECHILD
+ * if it exited or failed its init first, -ESHUTDOWN. */
 int hostagent_snapshot(struct hostagent *a, const struct hostagent_function *fn, const char *name, char digest[65],
 		       char *why, size_t why_len);
 
