@@ -16,11 +16,15 @@
  *       (snapshot_import, from IMAGE, with the invocation as its run
  *       configuration), and the run carries on.
  *
- * The sandbox knows kvmm and files; this file knows stores and chunks.
+ * Taking and restoring are the snapshot component's SnapStart helpers
+ * (snapshot/snapshot.h, snapstart_*), shared with the host agent; this file
+ * keeps the command line's part: the snapshot's identity, the ready line,
+ * --snapshot-info.
  */
 #define LOG_COMPONENT "kindling"
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -38,20 +42,14 @@ struct run_snapshot {
 	struct run_snapshot_options opt;
 	struct chunkify_ctx ctx;
 	bool ctx_open;
-	char dir[256], vmstate[300], mem[300], uffd[300];
+	char dir[PATH_MAX];
 	bool restoring;
 
 	/* restore */
 	struct manifest m;
 	char digest[65];
 	struct cache *cache;
-	struct snapshot_server *srv;
-	struct sandbox_restore rs;
-	pthread_t srv_thread;
-	bool srv_started;
-	volatile int cancel;
-	int srv_result;
-	int stop[2]; /* the server's failure -> the sandbox's stop_fd */
+	struct snapstart_restore *restore;
 
 	/* create */
 	int out_pipe[2];
@@ -60,8 +58,7 @@ struct run_snapshot {
 	bool out_started;
 	pthread_mutex_t lock;
 	struct sandbox_vm *vm; /* from on_ready; NULL once sandbox_run() returned */
-	bool snapshot_taken, imported;
-	int snapshot_result; /* 0, -errno, or 1 when never tried */
+	bool imported;
 	struct import_report rep;
 	double snapshot_at;
 };
@@ -151,19 +148,6 @@ static int check_identity(const struct run_snapshot *s, const char *image_digest
 
 /* ---- restore --------------------------------------------------------------------------------------------- */
 
-static void *serve_main(void *arg)
-{
-	struct run_snapshot *s = arg;
-	s->srv_result = snapshot_server_run(s->srv, &s->cancel);
-	if (s->srv_result < 0 && s->srv_result != -EINTR) {
-		log_err("snapshot %s: serving the guest's memory failed (%s); stopping the VM", s->opt.ref,
-			strerror(-s->srv_result));
-		if (write(s->stop[1], "x", 1) < 0)
-			log_warn("snapshot %s: cannot stop the sandbox: %s", s->opt.ref, strerror(errno));
-	}
-	return NULL;
-}
-
 static int prepare_restore(struct run_snapshot *s)
 {
 	char image_digest[65];
@@ -186,22 +170,10 @@ static int prepare_restore(struct run_snapshot *s)
 	};
 	if ((r = cache_new(&cc, &s->cache)) < 0)
 		return r;
-	struct snapshot_serve_options so = { .socket_path = s->uffd, .vmstate_out = s->vmstate,
-					     .prefetch = s->opt.prefetch };
-	if ((r = snapshot_server_new(s->cache, s->ctx.store, &s->m, s->digest, s->opt.ref, &so, &s->srv)) < 0)
-		return r;
-	if (pipe2(s->stop, O_CLOEXEC) < 0) {
-		r = -errno;
-		log_err("snapshot %s: pipe: %s", s->opt.ref, strerror(-r));
-		return r;
-	}
-	if ((r = pthread_create(&s->srv_thread, NULL, serve_main, s)) != 0) {
-		log_err("snapshot %s: cannot start the memory server's thread: %s", s->opt.ref, strerror(r));
-		return -r;
-	}
-	s->srv_started = true;
-	s->rs = (struct sandbox_restore){ .vmstate_path = s->vmstate, .mem_uffd_socket = s->uffd };
-	return 0;
+	struct snapstart_restore_options ro = { .cache = s->cache, .store = s->ctx.store, .m = &s->m,
+						.digest = s->digest, .name = s->opt.ref, .dir = s->dir,
+						.prefetch = s->opt.prefetch, .stop_fd = -1 };
+	return snapstart_restore_start(&ro, &s->restore);
 }
 
 /* ---- create ---------------------------------------------------------------------------------------------- */
@@ -216,33 +188,19 @@ static int on_ready(void *arg, const struct sandbox_ready *rd)
 }
 
 /* At the first complete stdout line: snapshot (while the sandbox still
- * runs), then import. */
+ * runs), then import; the run goes on whatever happens. */
 static void take_snapshot(struct run_snapshot *s)
 {
-	pthread_mutex_lock(&s->lock);
-	s->snapshot_result = s->vm ? sandbox_vm_snapshot(s->vm, s->vmstate, s->mem) : -ESRCH;
-	pthread_mutex_unlock(&s->lock);
-	s->snapshot_at = now_seconds();
-	if (s->snapshot_result < 0) {
-		log_err("snapshot %s: the workload became ready but no snapshot could be taken (%s); the run goes on "
-			"without one", s->opt.ref, strerror(-s->snapshot_result));
+	struct snapshot_import_options io = { .name_tag = s->opt.ref, .from_image = s->opt.image,
+					      .config = s->opt.identity };
+	if (snapstart_take(&s->ctx, &s->lock, &s->vm, s->dir, &io, &s->rep, &s->snapshot_at) < 0) {
+		fprintf(stderr, "kindling run: snapshot %s: none was stored (see above); the run goes on without "
+			"it\n", s->opt.ref);
 		return;
 	}
-	s->snapshot_taken = true;
-	struct snapshot_import_options io = { .name_tag = s->opt.ref, .mem_path = s->mem, .vmstate_path = s->vmstate,
-					      .from_image = s->opt.image, .config = s->opt.identity };
-	int r = snapshot_import(&s->ctx, &io, &s->rep);
-	if (r < 0) {
-		log_err("snapshot %s: importing it into the store failed (%s); the run goes on without it",
-			s->opt.ref, strerror(-r));
-		s->snapshot_result = r;
-	} else {
-		s->imported = true;
-		fprintf(stderr, "kindling run: snapshot %s taken at the workload's first line and stored (%llu new "
-			"chunks)\n", s->opt.ref, (unsigned long long)s->rep.chunks_new);
-	}
-	unlink(s->mem);
-	unlink(s->vmstate);
+	s->imported = true;
+	fprintf(stderr, "kindling run: snapshot %s taken at the workload's first line and stored (%llu new "
+		"chunks)\n", s->opt.ref, (unsigned long long)s->rep.chunks_new);
 }
 
 static void *out_main(void *arg)
@@ -283,24 +241,14 @@ int run_snapshot_new(const struct run_snapshot_options *opt, struct run_snapshot
 	if (!s)
 		return -ENOMEM;
 	s->opt = *opt;
-	s->stop[0] = s->stop[1] = s->out_pipe[0] = s->out_pipe[1] = -1;
-	s->snapshot_result = 1;
+	s->out_pipe[0] = s->out_pipe[1] = -1;
 	pthread_mutex_init(&s->lock, NULL);
 	*out = s;
-	const char *tmp = getenv("TMPDIR");
-	snprintf(s->dir, sizeof(s->dir), "%s/kindling-snap.XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	if (!mkdtemp(s->dir)) {
-		int e = errno;
-		log_err("--snapshot: cannot create a directory %s: %s (set TMPDIR to a writable directory)", s->dir,
-			strerror(e));
-		s->dir[0] = '\0';
-		return -e;
-	}
-	snprintf(s->vmstate, sizeof(s->vmstate), "%s/vm.vmstate", s->dir);
-	snprintf(s->mem, sizeof(s->mem), "%s/vm.mem", s->dir);
-	snprintf(s->uffd, sizeof(s->uffd), "%s/uffd.sock", s->dir);
+	int r = snapstart_workdir("kindling-snap", s->dir, sizeof(s->dir));
+	if (r < 0)
+		return r;
 	struct store_options sopt = { .must_exist = true };
-	int r = chunkify_ctx_init(&s->ctx, opt->store_uri, &sopt);
+	r = chunkify_ctx_init(&s->ctx, opt->store_uri, &sopt);
 	if (r < 0)
 		return r;
 	s->ctx_open = true;
@@ -328,8 +276,7 @@ bool run_snapshot_restoring(const struct run_snapshot *s) { return s->restoring;
 int run_snapshot_arm(struct run_snapshot *s, struct sandbox_spec *spec)
 {
 	if (s->restoring) {
-		spec->restore = &s->rs;
-		spec->stop_fd = s->stop[0];
+		snapstart_restore_arm(s->restore, spec);
 		return 0;
 	}
 	if (pipe2(s->out_pipe, O_CLOEXEC) < 0) {
@@ -364,17 +311,10 @@ int run_snapshot_finish(struct run_snapshot *s, int run_result, const struct san
 		s->out_started = false;
 	}
 	char *srv_report = NULL;
-	if (s->srv_started) {
-		if (run_result < 0)
-			s->cancel = 1; /* the VM never connected, or is gone */
-		pthread_join(s->srv_thread, NULL);
-		s->srv_started = false;
-		srv_report = snapshot_server_report(s->srv);
-		if (s->srv_result < 0 && s->srv_result != -EINTR) {
-			fprintf(stderr, "kindling run: the restore of snapshot %s failed: its memory could not be served "
-				"(%s; see above); the VM was stopped\n", s->opt.ref, strerror(-s->srv_result));
-			r = -EIO;
-		}
+	if (s->restore && snapstart_restore_finish(s->restore, run_result, &srv_report) < 0) {
+		fprintf(stderr, "kindling run: the restore of snapshot %s failed: its memory could not be served "
+			"(see above); the VM was stopped\n", s->opt.ref);
+		r = -EIO;
 	}
 	if (!info_path)
 		goto out;
@@ -418,28 +358,15 @@ void run_snapshot_free(struct run_snapshot *s)
 		s->out_pipe[1] = -1;
 		pthread_join(s->out_thread, NULL);
 	}
-	if (s->srv_started) {
-		s->cancel = 1;
-		pthread_join(s->srv_thread, NULL);
-	}
-	for (int i = 0; i < 2; i++) {
-		if (s->stop[i] >= 0)
-			close(s->stop[i]);
+	for (int i = 0; i < 2; i++)
 		if (s->out_pipe[i] >= 0)
 			close(s->out_pipe[i]);
-	}
-	snapshot_server_free(s->srv);
+	snapstart_restore_free(s->restore);
 	cache_free(s->cache);
 	manifest_cleanup(&s->m);
 	if (s->ctx_open)
 		chunkify_ctx_cleanup(&s->ctx);
-	if (s->dir[0]) {
-		unlink(s->vmstate);
-		unlink(s->mem);
-		unlink(s->uffd);
-		if (rmdir(s->dir) < 0)
-			log_warn("--snapshot: cannot remove %s: %s", s->dir, strerror(errno));
-	}
+	snapstart_workdir_remove(s->dir);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
 }

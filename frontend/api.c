@@ -203,6 +203,49 @@ static bool apply_settings(json_t *body, json_t *cfg, struct fe_error *e)
 	return true;
 }
 
+/* Check SnapStart of |body| ({"ApplyOn": "PublishedVersions" | "None"})
+ * and record it in |cfg| as _SnapStartApplyOn.  PublishedVersions needs a
+ * host agent whose sandboxes can be snapshotted. */
+static bool apply_snapstart(struct frontend *fe, json_t *body, json_t *cfg, struct fe_error *e)
+{
+	json_t *ss = json_object_get(body, "SnapStart");
+	if (!ss)
+		return true;
+	static const char *const known[] = { "ApplyOn", NULL };
+	if (!json_is_object(ss)) {
+		fe_set_error(e, 400, "InvalidParameterValueException",
+			     "SnapStart must be an object: {\"ApplyOn\": \"PublishedVersions\" | \"None\"}");
+		return false;
+	}
+	if (!only_known(ss, known, "SnapStart", e))
+		return false;
+	json_t *ao = json_object_get(ss, "ApplyOn");
+	const char *apply = json_string_value(ao);
+	if (!ao)
+		apply = "None";
+	if (!apply || (strcmp(apply, "PublishedVersions") != 0 && strcmp(apply, "None") != 0)) {
+		char *shown = ao ? json_dumps(ao, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+		fe_set_error(e, 400, "InvalidParameterValueException",
+			     "1 validation error detected: Value %.64s at 'snapStart.applyOn' failed to satisfy constraint: "
+			     "Member must satisfy enum value set: [PublishedVersions, None]",
+			     apply ? apply : shown ? shown : "null");
+		free(shown);
+		return false;
+	}
+	if (strcmp(apply, "PublishedVersions") == 0) {
+		char why[256] = "kindling serve runs functions on remote host agents (a fleet), which do not take "
+				"snapshots: SnapStart needs the in-process agent with --isolation microvm";
+		if (!fe->agent || !fe->agent->snapshot || !fe->agent->snapshot_supported ||
+		    !fe->agent->snapshot_supported(fe->agent_arg, why, sizeof(why))) {
+			fe_set_error(e, 400, "InvalidParameterValueException",
+				     "SnapStart ApplyOn PublishedVersions is not supported here: %s", why);
+			return false;
+		}
+	}
+	json_object_set_new(cfg, "_SnapStartApplyOn", json_string(apply));
+	return true;
+}
+
 /* ImageUri: a source kindling imports or an image in the store. */
 static bool image_uri_ok(const char *uri, struct fe_error *e)
 {
@@ -374,7 +417,7 @@ static void create_function(struct call *c)
 				"StateReasonCode", "Creating");
 	free(arn);
 	free(role);
-	if (!cfg || !apply_settings(body, cfg, &c->e)) {
+	if (!cfg || !apply_settings(body, cfg, &c->e) || !apply_snapstart(c->fe, body, cfg, &c->e)) {
 		if (!cfg)
 			fe_set_error(&c->e, 500, "ServiceException", "out of memory");
 		json_decref(cfg);
@@ -525,8 +568,11 @@ static void delete_function(struct call *c)
 	}
 	pthread_mutex_lock(&c->fe->lock);
 	json_t *rec = load(c);
+	json_t *gone = json_array(); /* the versions whose SnapStart snapshots go */
 	if (rec && *c->qual) {
 		json_t *versions = json_object_get(rec, "Versions");
+		if (json_object_get(json_object_get(versions, c->qual), "_SnapshotToken"))
+			json_array_append_new(gone, json_string(c->qual));
 		if (!json_object_get(versions, c->qual)) {
 			version_or_404(c, rec);
 		} else {
@@ -535,6 +581,11 @@ static void delete_function(struct call *c)
 			save(c, rec);
 		}
 	} else if (rec) {
+		const char *k;
+		json_t *v;
+		json_object_foreach(json_object_get(rec, "Versions"), k, v)
+			if (json_object_get(v, "_SnapshotToken"))
+				json_array_append_new(gone, json_string(k));
 		int r = fe_record_delete(c->fe, c->name);
 		if (r < 0)
 			fe_set_error(&c->e, 500, "ServiceException", "The record of function %s cannot be deleted (%s)",
@@ -542,10 +593,17 @@ static void delete_function(struct call *c)
 	}
 	pthread_mutex_unlock(&c->fe->lock);
 	json_decref(rec);
-	if (c->e.status)
+	if (c->e.status) {
+		json_decref(gone);
 		return;
+	}
 	if (c->fe->agent)
 		c->fe->agent->drain(c->fe->agent_arg, c->name, *c->qual ? c->qual : NULL, NULL);
+	size_t i;
+	json_t *gv;
+	json_array_foreach(gone, i, gv)
+		fe_snapstart_forget(c->fe, c->name, json_string_value(gv));
+	json_decref(gone);
 	log_info("function %s%s%s deleted", c->name, *c->qual ? ":" : "", c->qual);
 	c->resp->status = 204;
 }
@@ -577,7 +635,8 @@ static void update_configuration(struct call *c)
 	pthread_mutex_lock(&c->fe->lock);
 	json_t *rec = load(c);
 	json_t *cfg = rec ? json_object_get(rec, "Latest") : NULL;
-	if (cfg && !update_in_progress(c, cfg) && revision_matches(c, body, cfg) && apply_settings(body, cfg, &c->e)) {
+	if (cfg && !update_in_progress(c, cfg) && revision_matches(c, body, cfg) && apply_settings(body, cfg, &c->e) &&
+	    apply_snapstart(c->fe, body, cfg, &c->e)) {
 		char ts[40], rev[37];
 		fe_timestamp(ts);
 		fe_uuid(rev);
@@ -663,8 +722,9 @@ static void publish_version(struct call *c)
 				     sha, have ? have : "");
 		else if (fe_record_publish(c->fe, c->name, rec, desc, &v) < 0)
 			fe_set_error(&c->e, 500, "ServiceException", "out of memory");
-		else
-			save(c, rec);
+		else if (save(c, rec) && fe_snapstart_queue(c->fe, c->name, v) < 0)
+			log_err("function %s: no memory to queue the SnapStart snapshot of version %s; restart kindling "
+				"serve to retry it", c->name, json_string_value(json_object_get(v, "Version")));
 	}
 	pthread_mutex_unlock(&c->fe->lock);
 	if (!c->e.status)
@@ -1029,8 +1089,9 @@ const struct http_server_ops frontend_http_ops = {
 
 /* ---- life cycle ------------------------------------------------------------------------------------------------------ */
 
-/* At start: re-queue the imports of functions still Pending and provision
- * what the records ask for. */
+/* At start: re-queue the imports of functions still Pending and the
+ * SnapStart snapshots of versions still Pending, and provision what the
+ * records ask for. */
 static void resume(struct frontend *fe)
 {
 	struct str_list names = { 0 };
@@ -1047,6 +1108,9 @@ static void resume(struct frontend *fe)
 			fe_import_queue(fe, names.items[i], uri, tok);
 		const char *k;
 		json_t *v;
+		json_object_foreach(json_object_get(rec, "Versions"), k, v)
+			if (fe_snapstart_queue(fe, names.items[i], v) < 0)
+				log_err("function %s: no memory to queue the SnapStart snapshot of version %s", names.items[i], k);
 		json_object_foreach(json_object_get(rec, "Provisioned"), k, v)
 		{
 			unsigned n = (unsigned)json_integer_value(json_object_get(v, "N"));

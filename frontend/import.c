@@ -6,7 +6,14 @@
  * digest) and is resolved.  The outcome is written into the function's
  * record if its _ImportToken is still the job's (a later update or a
  * delete wins): the function becomes Active (LastUpdateStatus Successful)
- * or Failed with the reason. */
+ * or Failed with the reason.
+ *
+ * The same thread takes SnapStart's jobs: the host agent boots a published
+ * version, snapshots it at its runtime's first /next and imports the
+ * snapshot as fe_snapstart_name(); the version becomes Active with the
+ * snapshot's manifest digest (_SnapshotDigest, which its cold starts
+ * restore from) if its _SnapshotToken is still the job's, or Failed with
+ * the step that failed. */
 #include "frontend/internal.h"
 
 #include <errno.h>
@@ -38,6 +45,7 @@ static int apply_once(struct frontend *fe, const struct fe_import *job, int rc, 
 		return 0;
 	}
 	bool creating = !json_object_get(cfg, "_ImageDigest");
+	json_t *published = NULL;
 	char rev[37], ts[40];
 	fe_timestamp(ts);
 	json_object_del(cfg, "_ImportToken");
@@ -55,9 +63,8 @@ static int apply_once(struct frontend *fe, const struct fe_import *job, int rc, 
 		json_object_set_new(cfg, "LastUpdateStatus", json_string("Successful"));
 		json_object_del(cfg, "LastUpdateStatusReason");
 		json_object_del(cfg, "LastUpdateStatusReasonCode");
-		json_t *unused;
 		if (json_is_true(json_object_get(cfg, "_PublishOnActive")))
-			fe_record_publish(fe, job->name, rec, NULL, &unused);
+			fe_record_publish(fe, job->name, rec, NULL, &published);
 	} else {
 		char msg[400];
 		snprintf(msg, sizeof(msg), "kindling could not %s image %s: %s (see the log of kindling serve)",
@@ -74,6 +81,9 @@ static int apply_once(struct frontend *fe, const struct fe_import *job, int rc, 
 	}
 	json_object_del(cfg, "_PublishOnActive");
 	int r = fe_record_save(fe, job->name, rec);
+	if (r == 0 && published && fe_snapstart_queue(fe, job->name, published) < 0)
+		log_err("function %s: no memory to queue its SnapStart snapshot; restart kindling serve to retry it",
+			job->name);
 	pthread_mutex_unlock(&fe->lock);
 	if (r == 0 && rc == 0 && !creating && fe->agent)
 		fe->agent->drain(fe->agent_arg, job->name, "$LATEST", rev);
@@ -89,8 +99,160 @@ static void apply(struct frontend *fe, const struct fe_import *job, int rc, cons
 		;
 }
 
+static void job_free(struct fe_import *j)
+{
+	if (!j)
+		return;
+	free(j->name);
+	free(j->uri);
+	free(j->token);
+	free(j->version);
+	free(j);
+}
+
+static void job_enqueue(struct frontend *fe, struct fe_import *j)
+{
+	pthread_mutex_lock(&fe->import_lock);
+	*fe->imports_tail = j;
+	fe->imports_tail = &j->next;
+	pthread_cond_signal(&fe->import_cond);
+	pthread_mutex_unlock(&fe->import_lock);
+}
+
+/* ---- SnapStart -------------------------------------------------------------------------------------------------- */
+
+char *fe_snapstart_name(const char *name, const char *version)
+{
+	return xasprintf("snapstart-%s:%s", name, version);
+}
+
+/* One read-modify-write of the version's record after its snapshot: Active
+ * with |digest| (rc 0) or Failed with |why|.  -EAGAIN if it lost a race. */
+static int snapshot_apply_once(struct frontend *fe, const struct fe_import *job, int rc, const char *digest,
+			       const char *why)
+{
+	pthread_mutex_lock(&fe->lock);
+	json_t *rec = NULL;
+	int lr = fe_record_load(fe, job->name, &rec);
+	if (lr < 0) {
+		pthread_mutex_unlock(&fe->lock);
+		if (rc == 0 && lr == -ENOENT) /* the function was deleted while the snapshot was taken */
+			fe_snapstart_forget(fe, job->name, job->version);
+		return 0;
+	}
+	json_t *v = json_object_get(json_object_get(rec, "Versions"), job->version);
+	const char *tok = json_string_value(json_object_get(v, "_SnapshotToken"));
+	const char *st = json_string_value(json_object_get(v, "State"));
+	if (!tok || strcmp(tok, job->token) != 0 || !st || strcmp(st, "Pending") != 0) {
+		json_decref(rec); /* deleted, or already applied */
+		pthread_mutex_unlock(&fe->lock);
+		if (rc == 0 && !v) /* deleted while the snapshot was taken: its ref goes too */
+			fe_snapstart_forget(fe, job->name, job->version);
+		return 0;
+	}
+	if (rc == 0) {
+		json_object_set_new(v, "State", json_string("Active"));
+		json_object_del(v, "StateReason");
+		json_object_del(v, "StateReasonCode");
+		json_object_set_new(v, "_SnapshotDigest", json_string(digest));
+	} else {
+		char msg[400];
+		snprintf(msg, sizeof(msg), "SnapStart: %s", why);
+		json_object_set_new(v, "State", json_string("Failed"));
+		json_object_set_new(v, "StateReason", json_string(msg));
+		json_object_set_new(v, "StateReasonCode",
+				    json_string(rc == -ECHILD || rc == -ETIMEDOUT ? "FunctionError" : "InternalError"));
+	}
+	int r = fe_record_save(fe, job->name, rec);
+	pthread_mutex_unlock(&fe->lock);
+	json_decref(rec);
+	return r;
+}
+
+static void run_snapshot_job(struct frontend *fe, const struct fe_import *job)
+{
+	char digest[65] = "", why[400] = "";
+	int rc;
+	pthread_mutex_lock(&fe->lock);
+	json_t *rec = NULL;
+	rc = fe_record_load(fe, job->name, &rec);
+	pthread_mutex_unlock(&fe->lock);
+	if (rc < 0)
+		return; /* the function is gone */
+	json_t *v = json_object_get(json_object_get(rec, "Versions"), job->version);
+	const char *tok = json_string_value(json_object_get(v, "_SnapshotToken"));
+	if (!tok || strcmp(tok, job->token) != 0) {
+		json_decref(rec);
+		return;
+	}
+	struct fe_fnspec spec;
+	if (!fe->agent || !fe->agent->snapshot) {
+		rc = -ENOTSUP;
+		snprintf(why, sizeof(why), "the host agent cannot take snapshots (run kindling serve with its "
+			 "in-process agent and --isolation microvm)");
+	} else if ((rc = fe_fnspec_init(fe, job->name, v, &spec)) < 0) {
+		snprintf(why, sizeof(why), "the version's configuration is incomplete (%s)", strerror(-rc));
+	} else {
+		spec.fn.snapshot = NULL; /* this start boots */
+		log_info("function %s: taking the SnapStart snapshot of version %s as %s", job->name, job->version,
+			 job->uri);
+		rc = fe->agent->snapshot(fe->agent_arg, &spec.fn, job->uri, digest, why, sizeof(why));
+		fe_fnspec_cleanup(&spec);
+	}
+	json_decref(rec);
+	if (rc == -ESHUTDOWN)
+		return; /* the version stays Pending and is redone at the next start */
+	if (rc < 0)
+		log_err("function %s: version %s failed: SnapStart: %s", job->name, job->version, why);
+	else
+		log_info("function %s: version %s is Active with SnapStart snapshot %s", job->name, job->version,
+			 digest);
+	for (int i = 0; i < FE_RECORD_RETRIES && snapshot_apply_once(fe, job, rc, digest, why) == -EAGAIN; i++)
+		;
+}
+
+int fe_snapstart_queue(struct frontend *fe, const char *name, const json_t *v)
+{
+	const char *tok = json_string_value(json_object_get(v, "_SnapshotToken"));
+	const char *st = json_string_value(json_object_get(v, "State"));
+	const char *version = json_string_value(json_object_get(v, "Version"));
+	if (!tok || !st || strcmp(st, "Pending") != 0 || !version)
+		return 0;
+	struct fe_import *j = calloc(1, sizeof(*j));
+	if (!j || !(j->name = strdup(name)) || !(j->uri = fe_snapstart_name(name, version)) ||
+	    !(j->token = strdup(tok)) || !(j->version = strdup(version))) {
+		job_free(j);
+		return -ENOMEM;
+	}
+	job_enqueue(fe, j);
+	return 0;
+}
+
+void fe_snapstart_forget(struct frontend *fe, const char *name, const char *version)
+{
+	char *ref = fe_snapstart_name(name, version);
+	char nt[512], key[600];
+	if (!ref || !fe->have_cc || image_parse_name_tag(ref, nt, sizeof(nt)) < 0) {
+		free(ref);
+		return;
+	}
+	snprintf(key, sizeof(key), "refs/%s", nt);
+	int r = store_delete(fe->cc.store, key);
+	if (r < 0 && r != -ENOENT)
+		log_warn("function %s: the ref of SnapStart snapshot %s cannot be removed (%s); remove it with "
+			 "`chunkify rm %s`", name, ref, strerror(-r), ref);
+	else if (r == 0)
+		log_info("function %s: removed SnapStart snapshot %s (its chunks go at the next `chunkify gc`)", name,
+			 ref);
+	free(ref);
+}
+
 static void run_job(struct frontend *fe, const struct fe_import *job)
 {
+	if (job->version) {
+		run_snapshot_job(fe, job);
+		return;
+	}
 	char digest[65] = "";
 	int rc;
 	if (!fe->have_cc) {
@@ -110,16 +272,6 @@ static void run_job(struct frontend *fe, const struct fe_import *job)
 	if (rc < 0)
 		log_err("function %s: image %s: %s", job->name, job->uri, strerror(-rc));
 	apply(fe, job, rc, digest);
-}
-
-static void job_free(struct fe_import *j)
-{
-	if (!j)
-		return;
-	free(j->name);
-	free(j->uri);
-	free(j->token);
-	free(j);
 }
 
 static void *import_main(void *arg)
@@ -151,11 +303,7 @@ int fe_import_queue(struct frontend *fe, const char *name, const char *uri, cons
 		job_free(j);
 		return -ENOMEM;
 	}
-	pthread_mutex_lock(&fe->import_lock);
-	*fe->imports_tail = j;
-	fe->imports_tail = &j->next;
-	pthread_cond_signal(&fe->import_cond);
-	pthread_mutex_unlock(&fe->import_lock);
+	job_enqueue(fe, j);
 	return 0;
 }
 

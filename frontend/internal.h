@@ -91,7 +91,11 @@ struct fe_hold {
 
 /* An image import for CreateFunction or UpdateFunctionCode. */
 struct fe_import {
-	char *name, *uri, *token;
+	/* An image: |uri| for function |name|, applied if the record's
+	 * _ImportToken is still |token|.  A SnapStart snapshot (|version| set):
+	 * of that published version, named |uri|, applied if the version's
+	 * _SnapshotToken is still |token|. */
+	char *name, *uri, *token, *version;
 	struct fe_import *next;
 };
 
@@ -204,9 +208,15 @@ void fe_cache_clear(struct frontend *fe);
  * (borrowed), or NULL. */
 json_t *fe_record_version(json_t *rec, const char *qualifier);
 /* Publish $LATEST of |rec| as the next version (or find the version that
- * already has its revision): |*out| borrowed from |rec|.  0 or -ENOMEM. */
+ * already has its revision): |*out| borrowed from |rec|.  A new version of
+ * a function with SnapStart ApplyOn PublishedVersions is Pending
+ * (StateReasonCode Creating) with a _SnapshotToken until its snapshot is
+ * taken: queue it with fe_snapstart_queue once the record is saved.  0 or
+ * -ENOMEM. */
 int fe_record_publish(struct frontend *fe, const char *name, json_t *rec, const char *description, json_t **out);
-/* A copy of |cfg| without the private "_" keys, for an answer. */
+/* A copy of |cfg| without the private "_" keys, for an answer, with
+ * SnapStart {"ApplyOn", "OptimizationStatus"} as Lambda gives it (On only
+ * for a published version with ApplyOn PublishedVersions). */
 json_t *fe_config_public(const json_t *cfg);
 /* One function version as the host agent needs it; its strings live in
  * |spec|. */
@@ -224,6 +234,22 @@ void fe_import_stop(struct frontend *fe);
 /* Queue the import of |uri| for function |name|, applied if the record's
  * _ImportToken is still |token| when it ends. */
 int fe_import_queue(struct frontend *fe, const char *name, const char *uri, const char *token);
+/* SnapStart: if the published version |v| of function |name| waits for its
+ * snapshot (State Pending with a _SnapshotToken), queue the job that has
+ * the host agent take it (hostagent_ops.snapshot) and makes the version
+ * Active, or Failed with the step that failed as its StateReason.  Returns
+ * 0 or -ENOMEM. */
+int fe_snapstart_queue(struct frontend *fe, const char *name, const json_t *v);
+
+/* The name a SnapStart snapshot of version |version| of function |name| is
+ * stored under: "snapstart-NAME:VERSION" (a NAME:TAG in the store, listed
+ * by `chunkify ls`), malloc'd, or NULL. */
+char *fe_snapstart_name(const char *name, const char *version);
+
+/* Version |version| of function |name| is deleted: remove its SnapStart
+ * snapshot's ref from the store (if it is there); the manifest and its
+ * chunks are left to `chunkify gc`.  A failure is logged only. */
+void fe_snapstart_forget(struct frontend *fe, const char *name, const char *version);
 
 /* ---- invoke.c ---- */
 /* Fill |e| with Lambda's 429 for |name|'s reserved concurrency |reserved|

@@ -85,6 +85,11 @@ json_t *fe_config_public(const json_t *cfg)
 		if (k[0] != '_')
 			json_object_set(out, k, v);
 	}
+	const char *apply = json_string_value(json_object_get(cfg, "_SnapStartApplyOn"));
+	const char *version = json_string_value(json_object_get(cfg, "Version"));
+	bool on = apply && strcmp(apply, "PublishedVersions") == 0 && version && strcmp(version, "$LATEST") != 0;
+	json_object_set_new(out, "SnapStart", json_pack("{s:s,s:s}", "ApplyOn", apply ? apply : "None",
+							"OptimizationStatus", on ? "On" : "Off"));
 	return out;
 }
 
@@ -147,6 +152,7 @@ int fe_fnspec_init(struct frontend *fe, const char *name, const json_t *cfg, str
 	f->entrypoint = spec->entrypoint;
 	f->command = spec->command;
 	f->working_dir = json_string_value(json_object_get(ic, "WorkingDirectory"));
+	f->snapshot = json_string_value(json_object_get(cfg, "_SnapshotDigest"));
 	if (f->working_dir && !*f->working_dir)
 		f->working_dir = NULL;
 	if (!f->image_digest || !f->revision_id) {
@@ -199,6 +205,15 @@ int fe_record_publish(struct frontend *fe, const char *name, json_t *rec, const 
 	free(arn);
 	if (description)
 		json_object_set_new(v, "Description", json_string(description));
+	const char *apply = json_string_value(json_object_get(v, "_SnapStartApplyOn"));
+	if (apply && strcmp(apply, "PublishedVersions") == 0) {
+		char token[37];
+		fe_uuid(token);
+		json_object_set_new(v, "State", json_string("Pending"));
+		json_object_set_new(v, "StateReason", json_string("The function is being created."));
+		json_object_set_new(v, "StateReasonCode", json_string("Creating"));
+		json_object_set_new(v, "_SnapshotToken", json_string(token));
+	}
 	json_object_set_new(versions, key, v);
 	json_object_set_new(rec, "NextVersion", json_integer(n + 1));
 	*out = v;

@@ -18,6 +18,7 @@
 #ifndef KINDLING_SNAPSHOT_H
 #define KINDLING_SNAPSHOT_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -154,5 +155,78 @@ char *snapshot_server_report(struct snapshot_server *s);
 
 /* Close the socket (removing its file) and free |s|; NULL is allowed. */
 void snapshot_server_free(struct snapshot_server *s);
+
+/* ======================================================================
+ * SnapStart: taking a running micro-VM's snapshot into the store, and
+ * restoring one through a memory server (snapstart.c).  The composition
+ * `kindling run --snapshot` and the host agent's SnapStart functions share;
+ * when the workload is ready and what a snapshot must match are theirs.
+ * ====================================================================== */
+
+struct sandbox_vm;
+struct sandbox_spec;
+
+/* Make a private directory for one snapshot's files (the vmstate, the
+ * memory file, the memory server's socket): |what|.XXXXXX under $TMPDIR
+ * (else /tmp), into |<dir, len>|.  Returns 0 or -errno (logged, saying to
+ * set TMPDIR to a writable directory). */
+int snapstart_workdir(const char *what, char *dir, size_t len);
+
+/* Remove what snapstart_take and a restore leave in |dir| and |dir| itself
+ * (a warning if it cannot); "" is ignored. */
+void snapstart_workdir_remove(const char *dir);
+
+/* Take a Full snapshot of the running micro-VM |*vm| (sandbox_vm_snapshot:
+ * paused, written to |dir|/vm.vmstate and |dir|/vm.mem, resumed) and import
+ * it (snapshot_import) with |opt|'s name_tag, from_image and config
+ * (mem_path and vmstate_path are set here); the files are removed either
+ * way.  |*vm| is read with |lock| held, and |lock| is held across the
+ * snapshot, so the owner of the VM can set it to NULL under |lock| when
+ * sandbox_run() returns (the snapshot is then -ESRCH).  |*out_snapshot_at|
+ * (may be NULL) gets now_seconds() when the VM was resumed.  Returns 0 with
+ * |*rep| filled, or -errno (logged, naming the step that failed: "taking
+ * the snapshot" or "importing it"). */
+int snapstart_take(struct chunkify_ctx *c, pthread_mutex_t *lock, struct sandbox_vm *const *vm, const char *dir,
+		   const struct snapshot_import_options *opt, struct import_report *rep, double *out_snapshot_at);
+
+struct snapstart_restore_options {
+	struct cache *cache;	 /* the memory comes through it; required, outlives the restore */
+	struct store *store;	 /* the origin the cache reads; required, outlives the restore */
+	const struct manifest *m; /* the snapshot (snapshot_load); required, outlives the restore */
+	const char *digest;	 /* its manifest digest; required */
+	const char *name;	 /* for logs: the snapshot's NAME[:TAG]; required */
+	const char *dir;	 /* a private directory (snapstart_workdir); required */
+	bool prefetch;		 /* snapshot_serve_options.prefetch */
+	/* On a failure of the memory server the sandbox must stop: an 8-byte
+	 * 1 is written here (an eventfd or a pipe the sandbox's stop_fd reads;
+	 * not owned).  -1: the restore makes its own pipe and
+	 * snapstart_restore_arm sets it as spec->stop_fd. */
+	int stop_fd;
+};
+
+struct snapstart_restore;
+
+/* Prepare a restore of |o->m|: the snapshot server (snapshot_server_new:
+ * the vmstate written to o->dir/vm.vmstate, every chunk checked, a socket
+ * on o->dir/uffd.sock) serving on a thread of its own.  A server that fails
+ * (a chunk no tier can produce verified) stops the sandbox through the stop
+ * descriptor: no VM runs on without its memory.  Returns 0 with |*out|
+ * (snapstart_restore_free), or -errno (logged). */
+int snapstart_restore_start(const struct snapstart_restore_options *o, struct snapstart_restore **out);
+
+/* Make |spec| restore from |r| (spec->restore; spec->stop_fd when |r| has
+ * its own pipe).  |r| must outlive sandbox_run(). */
+void snapstart_restore_arm(struct snapstart_restore *r, struct sandbox_spec *spec);
+
+/* After sandbox_run() returned |run_result|: end the server (cancelled if
+ * the VM never ran: |run_result| < 0) and wait for its thread.  With
+ * |report| (may be NULL), the server's counters as JSON
+ * (snapshot_server_report, malloc'd, or NULL).  Returns 0, or -EIO when
+ * serving the memory failed (logged; the VM was stopped). */
+int snapstart_restore_finish(struct snapstart_restore *r, int run_result, char **report);
+
+/* Stop the server if it still runs and free; NULL is fine.  The directory
+ * is the caller's (snapstart_workdir_remove). */
+void snapstart_restore_free(struct snapstart_restore *r);
 
 #endif

@@ -109,6 +109,7 @@ int ha_env_build(const struct ha_env_params *p, struct str_list *out)
 
 	char *const *cmd = fn->command ? fn->command : p->image_cmd;
 	char mem[16], group[HA_NAME_MAX + 16];
+	const char *init_type = p->snap_start ? "snap-start" : p->provisioned ? "provisioned-concurrency" : "on-demand";
 	snprintf(mem, sizeof(mem), "%u", fn->memory_mb);
 	snprintf(group, sizeof(group), "/aws/lambda/%s", fn->name);
 	const char *const fixed[][2] = {
@@ -118,7 +119,7 @@ int ha_env_build(const struct ha_env_params *p, struct str_list *out)
 		{ "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", mem },
 		{ "AWS_LAMBDA_FUNCTION_NAME", fn->name },
 		{ "AWS_LAMBDA_FUNCTION_VERSION", fn->version },
-		{ "AWS_LAMBDA_INITIALIZATION_TYPE", p->provisioned ? "provisioned-concurrency" : "on-demand" },
+		{ "AWS_LAMBDA_INITIALIZATION_TYPE", init_type },
 		{ "AWS_LAMBDA_LOG_GROUP_NAME", group },
 		{ "AWS_LAMBDA_LOG_STREAM_NAME", p->log_stream },
 		{ "AWS_REGION", p->region },

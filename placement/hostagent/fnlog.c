@@ -218,17 +218,20 @@ char *tail_dup(const struct tail_ring *t)
 	return o;
 }
 
-void ha_format_report(char *buf, size_t len, const char *request_id, double duration_s, double init_s,
+void ha_format_report(char *buf, size_t len, const char *request_id, double duration_s, double init_s, bool restored,
 		      uint32_t memory_mb, uint64_t max_memory)
 {
 	double ms = duration_s * 1000.0, init_ms = init_s >= 0 ? init_s * 1000.0 : 0.0;
-	unsigned long long billed = (unsigned long long)ceil(ms + init_ms);
+	unsigned long long billed = (unsigned long long)ceil(restored ? ms : ms + init_ms);
 	unsigned long long used = (unsigned long long)((max_memory + (1u << 20) - 1) >> 20);
 	int n = snprintf(buf, len,
 			 "REPORT RequestId: %s\tDuration: %.2f ms\tBilled Duration: %llu ms\tMemory Size: %u MB\tMax "
 			 "Memory Used: %llu MB\t",
 			 request_id, ms, billed, memory_mb, used);
-	if (n > 0 && (size_t)n < len && init_s >= 0)
+	if (n > 0 && (size_t)n < len && init_s >= 0 && restored)
+		n += snprintf(buf + n, len - (size_t)n, "Restore Duration: %.2f ms\tBilled Restore Duration: %llu ms\t",
+			      init_ms, (unsigned long long)ceil(init_ms));
+	else if (n > 0 && (size_t)n < len && init_s >= 0)
 		n += snprintf(buf + n, len - (size_t)n, "Init Duration: %.2f ms\t", init_ms);
 	if (n > 0 && (size_t)n + 1 < len) {
 		buf[n] = '\n';

@@ -31,6 +31,7 @@
 
 #include "blockd/blockd.h"
 #include "sandbox/sandbox.h"
+#include "snapshot/snapshot.h"
 
 #define MIB (1024ull * 1024ull)
 
@@ -38,7 +39,7 @@
 
 struct fn_copy {
 	struct hostagent_function f; /* points into what follows */
-	char *name, *version, *arn, *digest, *revision, *working_dir;
+	char *name, *version, *arn, *digest, *revision, *working_dir, *snapshot;
 	char **env, **entrypoint, **command;
 };
 
@@ -66,6 +67,7 @@ static void fn_copy_cleanup(struct fn_copy *c)
 	free(c->digest);
 	free(c->revision);
 	free(c->working_dir);
+	free(c->snapshot);
 	strv_free(c->env);
 	strv_free(c->entrypoint);
 	strv_free(c->command);
@@ -80,7 +82,7 @@ static int fn_copy_init(struct fn_copy *c, const struct hostagent_function *f)
 		  (c->digest = strdup(f->image_digest)) && (c->revision = strdup(f->revision_id ? f->revision_id : "")) &&
 		  (!f->arn || (c->arn = strdup(f->arn))) && (!f->working_dir || (c->working_dir = strdup(f->working_dir))) &&
 		  (!f->env || (c->env = strv_dup(f->env))) && (!f->entrypoint || (c->entrypoint = strv_dup(f->entrypoint))) &&
-		  (!f->command || (c->command = strv_dup(f->command)));
+		  (!f->command || (c->command = strv_dup(f->command))) && (!f->snapshot || (c->snapshot = strdup(f->snapshot)));
 	if (!ok) {
 		fn_copy_cleanup(c);
 		return -ENOMEM;
@@ -94,6 +96,7 @@ static int fn_copy_init(struct fn_copy *c, const struct hostagent_function *f)
 	c->f.env = c->env;
 	c->f.entrypoint = c->entrypoint;
 	c->f.command = c->command;
+	c->f.snapshot = c->snapshot;
 	return 0;
 }
 
@@ -168,6 +171,11 @@ struct sandbox {
 	int run_rc;
 	struct sandbox_result res;
 	char memory_peak_path[PATH_MAX];
+	/* SnapStart: the VM (on_ready to the end of sandbox_run), guarded by
+	 * vm_lock, for hostagent_snapshot; whether it was restored. */
+	pthread_mutex_t vm_lock;
+	struct sandbox_vm *vm;
+	bool restored, for_snapshot;
 };
 
 struct hostagent {
@@ -190,6 +198,11 @@ struct hostagent {
 	pthread_t reaper;
 	bool has_reaper;
 	uint64_t cold, warm, evictions, expirations;
+	/* SnapStart (micro-VM backend only): the store snapshots go to and the
+	 * cache restores read their memory through. */
+	struct chunkify_ctx snap_ctx;
+	bool snap_ctx_open;
+	struct cache *snap_cache;
 };
 
 static struct sandbox *sb_of(struct pool_entry *e) { return (struct sandbox *)e; }
@@ -396,15 +409,18 @@ static int sandbox_new_locked(struct hostagent *a, const struct hostagent_functi
 		return -ENOMEM;
 	sb->a = a;
 	sb->in_fd = sb->out_w = sb->err_w = -1;
+	pthread_mutex_init(&sb->vm_lock, NULL);
 	sb->api = f->mode == HOSTAGENT_MODE_RUNTIME_API;
 	if ((sb->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
 		int r = -errno;
+		pthread_mutex_destroy(&sb->vm_lock);
 		free(sb);
 		return r;
 	}
 	if (fn_copy_init(&sb->fn, f) < 0 || pool_add(&a->pool, &sb->pe) < 0) {
 		fn_copy_cleanup(&sb->fn);
 		close(sb->stop_efd);
+		pthread_mutex_destroy(&sb->vm_lock);
 		free(sb);
 		return -ENOMEM;
 	}
@@ -431,6 +447,7 @@ static void sandbox_free(struct sandbox *sb)
 			close(*fd);
 	close(sb->stop_efd);
 	fn_copy_cleanup(&sb->fn);
+	pthread_mutex_destroy(&sb->vm_lock);
 	free(sb);
 }
 
@@ -458,7 +475,16 @@ static void hook_first_next(void *arg)
 		sb->pe.state = POOL_IDLE;
 		sb->pe.last_used = now_seconds();
 	}
+	bool restored = sb->restored;
+	pthread_cond_broadcast(&a->cond);
 	pthread_mutex_unlock(&a->lock);
+	if (restored) {
+		/* Lambda's line for a SnapStart restore, in its log. */
+		char line[96];
+		snprintf(line, sizeof(line), "RESTORE_REPORT Restore Duration: %.2f ms\n",
+			 (now_seconds() - sb->started_at) * 1000);
+		pump_mark(sb->pump, line, false);
+	}
 }
 
 static void hook_init_error(void *arg)
@@ -483,6 +509,9 @@ static int on_ready(void *arg, const struct sandbox_ready *rd)
 	pthread_mutex_lock(&sb->a->lock);
 	snprintf(sb->memory_peak_path, sizeof(sb->memory_peak_path), "%s", rd->memory_peak_path);
 	pthread_mutex_unlock(&sb->a->lock);
+	pthread_mutex_lock(&sb->vm_lock);
+	sb->vm = rd->vm;
+	pthread_mutex_unlock(&sb->vm_lock);
 	if (!sb->api) {
 		if (rd->runtime_api_fd >= 0)
 			close(rd->runtime_api_fd);
@@ -508,6 +537,75 @@ static int strv_terminate(struct str_list *l)
 	return 0;
 }
 
+/* ---- SnapStart ---- */
+
+/* A sandbox's restore: its snapshot, the memory server, its files. */
+struct sb_restore {
+	struct manifest m;
+	bool have_m;
+	char digest[65];
+	char dir[PATH_MAX];
+	struct snapstart_restore *restore;
+};
+
+/* Set up |sb|'s restore from sb->fn.f.snapshot: load it, check it was taken
+ * of the function's image, start its memory server; the RESTORE_START line.
+ * On failure what was set up stays in |rs| for restore_finish.  Returns 0
+ * or -errno (logged). */
+static int restore_prepare(struct sandbox *sb, struct sb_restore *rs)
+{
+	struct hostagent *a = sb->a;
+	const char *snap = sb->fn.f.snapshot;
+	if (!a->snap_cache) {
+		log_err("sandbox %u (%s): version %s restores from snapshot %s, and the %s sandbox cannot restore "
+			"snapshots: run the agent with --isolation microvm", sb->id, sb->fn.f.name, sb->fn.f.version,
+			snap, a->ops->name);
+		return -ENOTSUP;
+	}
+	int r = snapshot_load(a->snap_ctx.store, snap, a->snap_ctx.env.tenant_key, rs->digest, &rs->m);
+	if (r < 0) {
+		log_err("sandbox %u (%s): the SnapStart snapshot %s of version %s cannot be loaded (%s); publish a "
+			"new version to take a new one", sb->id, sb->fn.f.name, snap, sb->fn.f.version, strerror(-r));
+		return r;
+	}
+	rs->have_m = true;
+	if (strcmp(rs->m.snapshot.image_digest, sb->fn.f.image_digest) != 0) {
+		log_err("sandbox %u (%s): snapshot %s was taken from image %.12s, and version %s runs %.12s; publish a "
+			"new version to take a new snapshot", sb->id, sb->fn.f.name, snap, rs->m.snapshot.image_digest,
+			sb->fn.f.version, sb->fn.f.image_digest);
+		return -EINVAL;
+	}
+	if ((r = snapstart_workdir("kindling-snapstart", rs->dir, sizeof(rs->dir))) < 0)
+		return r;
+	struct snapstart_restore_options ro = { .cache = a->snap_cache, .store = a->snap_ctx.store, .m = &rs->m,
+						.digest = rs->digest, .name = snap, .dir = rs->dir, .prefetch = true,
+						.stop_fd = sb->stop_efd };
+	if ((r = snapstart_restore_start(&ro, &rs->restore)) < 0)
+		return r;
+	pthread_mutex_lock(&a->lock);
+	sb->restored = true;
+	pthread_mutex_unlock(&a->lock);
+	char line[192];
+	snprintf(line, sizeof(line), "RESTORE_START Runtime Version: kindling:image\tSnapshot: %.12s\n", rs->digest);
+	pump_mark(sb->pump, line, false);
+	log_info("sandbox %u (%s): restoring version %s from snapshot %.12s", sb->id, sb->fn.f.name,
+		 sb->fn.f.version, rs->digest);
+	return 0;
+}
+
+/* After sandbox_run() returned |run_result|: end the memory server, free
+ * the restore, remove its files. */
+static void restore_finish(struct sandbox *sb, struct sb_restore *rs, int run_result)
+{
+	if (rs->restore && snapstart_restore_finish(rs->restore, run_result, NULL) < 0)
+		log_err("sandbox %u (%s): the memory of snapshot %.12s could not be served (see above); the VM was "
+			"stopped", sb->id, sb->fn.f.name, rs->digest);
+	snapstart_restore_free(rs->restore);
+	snapstart_workdir_remove(rs->dir);
+	if (rs->have_m)
+		manifest_cleanup(&rs->m);
+}
+
 /* Run |sb|'s workload to its end, on this thread, and record how it went. */
 static void sandbox_body(struct sandbox *sb)
 {
@@ -523,7 +621,7 @@ static void sandbox_body(struct sandbox *sb)
 
 	struct str_list env = { 0 };
 	pthread_mutex_lock(&a->lock);
-	bool provisioned = sb->pe.provisioned;
+	bool provisioned = sb->pe.provisioned, snap_start = sb->for_snapshot;
 	pthread_mutex_unlock(&a->lock);
 	struct ha_env_params ep = {
 		.fn = &sb->fn.f,
@@ -531,6 +629,7 @@ static void sandbox_body(struct sandbox *sb)
 		.image_env = m->config.env,
 		.image_cmd = m->config.cmd,
 		.provisioned = provisioned,
+		.snap_start = snap_start,
 		.log_stream = sb->log_stream,
 	};
 	int r = ha_env_build(&ep, &env);
@@ -538,6 +637,9 @@ static void sandbox_body(struct sandbox *sb)
 		r = strv_terminate(&env);
 	struct sandbox_result res;
 	memset(&res, 0, sizeof(res));
+	struct sb_restore rs = { .dir = "" };
+	if (r == 0 && sb->fn.f.snapshot)
+		r = restore_prepare(sb, &rs);
 	if (r == 0) {
 		struct sandbox_spec spec = {
 			.image_path = sb->image->raw_path,
@@ -555,8 +657,14 @@ static void sandbox_body(struct sandbox *sb)
 			.ready_arg = sb,
 			.stop_fd = sb->stop_efd,
 		};
+		if (rs.restore)
+			snapstart_restore_arm(rs.restore, &spec);
 		r = sandbox_run(a->ops, &spec, &res);
 	}
+	pthread_mutex_lock(&sb->vm_lock);
+	sb->vm = NULL; /* sandbox_run() has returned: the handle is gone */
+	pthread_mutex_unlock(&sb->vm_lock);
+	restore_finish(sb, &rs, r);
 	str_list_clear(&env);
 	for (int *fd = &sb->in_fd; fd <= &sb->err_w; fd++)
 		if (*fd >= 0) {
@@ -570,6 +678,7 @@ static void sandbox_body(struct sandbox *sb)
 	sb->dead = true;
 	sb->pe.state = POOL_ENDING;
 	pthread_cond_broadcast(&a->reaper_cond);
+	pthread_cond_broadcast(&a->cond);
 	pthread_mutex_unlock(&a->lock);
 	if (r < 0)
 		log_warn("sandbox %u (%s): could not run: %s", sb->id, sb->fn.f.name, strerror(-r));
@@ -754,7 +863,11 @@ static void finish_log(struct sandbox *sb, const struct hostagent_invoke_request
 	snprintf(line, sizeof(line), "END RequestId: %s\n", req->request_id);
 	pump_mark(sb->pump, line, req->want_log_tail);
 	out->max_memory = sandbox_peak(sb);
-	ha_format_report(line, sizeof(line), req->request_id, duration_s, init_s, sb->fn.f.memory_mb, out->max_memory);
+	pthread_mutex_lock(&sb->a->lock);
+	bool restored = sb->restored;
+	pthread_mutex_unlock(&sb->a->lock);
+	ha_format_report(line, sizeof(line), req->request_id, duration_s, init_s, restored, sb->fn.f.memory_mb,
+			 out->max_memory);
 	pump_mark(sb->pump, line, false);
 	char *tail = pump_capture_end(sb->pump);
 	if (req->want_log_tail)
@@ -1380,6 +1493,14 @@ int hostagent_new(const struct hostagent_config *cfg, struct hostagent **out)
 		goto fail;
 	}
 	a->has_reaper = true;
+	if (ops == &sandbox_microvm) {
+		struct store_options so = { .must_exist = true };
+		if ((r = chunkify_ctx_init(&a->snap_ctx, cfg->cache.origin_uri, &so)) < 0)
+			goto fail;
+		a->snap_ctx_open = true;
+		if ((r = cache_new(&cfg->cache, &a->snap_cache)) < 0)
+			goto fail;
+	}
 	*out = a;
 	return 0;
 fail:
@@ -1411,6 +1532,9 @@ void hostagent_free(struct hostagent *a)
 		sandbox_free(sb);
 	}
 	blockd_free(a->b); /* unmounts, detaches */
+	cache_free(a->snap_cache);
+	if (a->snap_ctx_open)
+		chunkify_ctx_cleanup(&a->snap_ctx);
 	while (a->images) {
 		struct image_ref *ref = a->images;
 		a->images = ref->next;
@@ -1440,6 +1564,116 @@ void hostagent_free(struct hostagent *a)
 	free(a->region);
 	free(a->account);
 	free(a);
+}
+
+/* ---- SnapStart: taking a version's snapshot ----------------------------------------------------------------------- */
+
+bool hostagent_snapshot_supported(struct hostagent *a, char *why, size_t len)
+{
+	if (a->snap_cache)
+		return true;
+	snprintf(why, len, "the host agent runs %s sandboxes, which cannot be snapshotted: start kindling serve "
+		 "with --isolation microvm (on a host with /dev/kvm) for SnapStart", a->ops->name);
+	return false;
+}
+
+int hostagent_snapshot(struct hostagent *a, const struct hostagent_function *fn, const char *name, char digest[65],
+		       char *why, size_t why_len)
+{
+	int r = check_function(fn);
+	if (r < 0) {
+		snprintf(why, why_len, "the function is not valid for a sandbox");
+		return r;
+	}
+	if (!hostagent_snapshot_supported(a, why, why_len)) {
+		log_err("function %s: cannot take a SnapStart snapshot: %s", fn->name, why);
+		return -ENOTSUP;
+	}
+	if (fn->mode != HOSTAGENT_MODE_RUNTIME_API || fn->snapshot) {
+		snprintf(why, why_len, "SnapStart needs a Runtime API function that boots (not plain mode)");
+		log_err("function %s: %s", fn->name, why);
+		return -EINVAL;
+	}
+	/* A sandbox of its own: busy from the start (never idle, so never
+	 * expired nor evicted), never offered to invocations (draining). */
+	struct sandbox *sb = NULL;
+	pthread_mutex_lock(&a->lock);
+	if (a->closing) {
+		pthread_mutex_unlock(&a->lock);
+		snprintf(why, why_len, "the host agent is shutting down");
+		return -ESHUTDOWN;
+	}
+	r = admit_locked(a, (uint64_t)fn->memory_mb * MIB);
+	if (r == 0 && (r = sandbox_new_locked(a, fn, SB_INVOKE, &sb)) == 0) {
+		sb->pe.draining = true;
+		sb->for_snapshot = true;
+		a->calls++;
+	}
+	pthread_mutex_unlock(&a->lock);
+	if (r < 0) {
+		snprintf(why, why_len, "no sandbox could be started for the snapshot (%s)%s", strerror(-r),
+			 r == -EBUSY ? ": the memory budget is taken by busy or provisioned sandboxes" : "");
+		log_err("function %s: %s", fn->name, why);
+		return r;
+	}
+	char dir[PATH_MAX] = "";
+	if ((r = sandbox_launch(a, sb, false)) < 0) {
+		snprintf(why, why_len, "booting the sandbox failed (%s; see the host agent's log)", strerror(-r));
+		sb = NULL;
+		goto out;
+	}
+	log_info("function %s: booting version %s for its SnapStart snapshot %s", fn->name, fn->version, name);
+	double deadline = now_seconds() + 300 + fn->timeout_s;
+	pthread_mutex_lock(&a->lock);
+	while (!sb->initialised && !sb->dead && !a->closing && now_seconds() < deadline)
+		timedwait(&a->cond, &a->lock, 1);
+	bool ready = sb->initialised && !sb->dead && sb->pe.state != POOL_ENDING;
+	bool dead = sb->dead || sb->pe.state == POOL_ENDING, closing = a->closing;
+	int run_rc = sb->dead ? sb->run_rc : 0;
+	pthread_mutex_unlock(&a->lock);
+	if (!ready && run_rc < 0 && !closing) {
+		r = -EIO;
+		snprintf(why, why_len, "the sandbox could not be started (%s; see the host agent's log)",
+			 strerror(-run_rc));
+		log_err("function %s: SnapStart snapshot of version %s: %s", fn->name, fn->version, why);
+		goto out;
+	}
+	if (!ready) {
+		r = closing ? -ESHUTDOWN : dead ? -ECHILD : -ETIMEDOUT;
+		snprintf(why, why_len, "%s", closing ? "the host agent is shutting down"
+				     : dead ? "the runtime exited or reported an init error before it asked for work "
+					      "(see the function's log)"
+					    : "the runtime did not ask for work (GET /runtime/invocation/next) in time");
+		log_err("function %s: SnapStart snapshot of version %s: %s", fn->name, fn->version, why);
+		goto out;
+	}
+	if ((r = snapstart_workdir("kindling-snapstart", dir, sizeof(dir))) < 0) {
+		snprintf(why, why_len, "no directory for the snapshot's files (%s)", strerror(-r));
+		goto out;
+	}
+	struct snapshot_import_options io = { .name_tag = name, .from_image = fn->image_digest, .workers = 1 };
+	struct import_report rep;
+	memset(&rep, 0, sizeof(rep));
+	if ((r = snapstart_take(&a->snap_ctx, &sb->vm_lock, &sb->vm, dir, &io, &rep, NULL)) < 0) {
+		snprintf(why, why_len, "taking the snapshot or importing it into the store failed (%s; see the "
+			 "host agent's log)", strerror(-r));
+		goto out;
+	}
+	snprintf(digest, 65, "%s", rep.manifest_digest);
+	log_info("function %s: SnapStart snapshot %s of version %s taken (%s, %llu new chunks)", fn->name, name,
+		 fn->version, digest, (unsigned long long)rep.chunks_new);
+out:
+	snapstart_workdir_remove(dir);
+	pthread_mutex_lock(&a->lock);
+	if (sb) {
+		sb->users--;
+		end_locked(sb); /* its pending /next goes with it */
+		pthread_cond_broadcast(&a->reaper_cond);
+	}
+	a->calls--;
+	pthread_cond_broadcast(&a->cond);
+	pthread_mutex_unlock(&a->lock);
+	return r;
 }
 
 /* ---- observing ------------------------------------------------------------------------------------------------------ */
@@ -1558,10 +1792,23 @@ static int local_read_log(void *arg, const char *name, size_t max, char **out, s
 	return hostagent_read_log(arg, name, max, out, out_len);
 }
 
+static bool local_snapshot_supported(void *arg, char *why, size_t len)
+{
+	return hostagent_snapshot_supported(arg, why, len);
+}
+
+static int local_snapshot(void *arg, const struct hostagent_function *fn, const char *name, char digest[65],
+			  char *why, size_t why_len)
+{
+	return hostagent_snapshot(arg, fn, name, digest, why, why_len);
+}
+
 const struct hostagent_ops hostagent_local_ops = {
 	.invoke = local_invoke,
 	.provision = local_provision,
 	.drain = local_drain,
 	.get_stats = local_get_stats,
 	.read_log = local_read_log,
+	.snapshot_supported = local_snapshot_supported,
+	.snapshot = local_snapshot,
 };

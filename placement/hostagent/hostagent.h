@@ -96,6 +96,13 @@ struct hostagent_function {
 	char *const *command;
 	const char *working_dir;  /* NULL = the image's */
 	enum hostagent_mode mode;
+	/* SnapStart: the snapshot this version's cold starts restore from (its
+	 * manifest digest, or NAME[:TAG]), as hostagent_snapshot took it; NULL
+	 * = cold starts boot.  A restored sandbox runs the snapshot's command,
+	 * environment and memory (taken from this same version), so it is
+	 * given only for a published version whose configuration never
+	 * changes.  Provisioned sandboxes restore too. */
+	const char *snapshot;
 };
 
 enum hostagent_outcome {
@@ -192,6 +199,30 @@ int hostagent_provision(struct hostagent *a, const struct hostagent_function *fn
  * NULL for the whole function, with no revision kept). */
 void hostagent_drain(struct hostagent *a, const char *name, const char *version, const char *keep_revision);
 
+/* Whether this agent's sandboxes can be snapshotted (the micro-VM backend:
+ * `--isolation microvm`, or auto on a host with /dev/kvm).  With false, a
+ * one-line reason for the operator goes to |<why, len>|. */
+bool hostagent_snapshot_supported(struct hostagent *a, char *why, size_t len);
+
+/* SnapStart: take the snapshot of |fn| (a Runtime API function) that its
+ * cold starts will restore from.  Boot a sandbox of |fn| (not offered to
+ * invocations), wait until its runtime is initialised -- its first
+ * GET /runtime/invocation/next, which stays pending: the restored guest
+ * replays it, so a restored runtime receives the invocation it asks for --
+ * then pause the VM, snapshot it and import the snapshot into the store as
+ * |name| (NAME[:TAG]; snapstart_take), and end the sandbox.  Blocks for all
+ * of that: the init is given at most 300 s plus the function's timeout.
+ * Returns 0 with the snapshot's manifest digest in |digest| (what
+ * hostagent_function.snapshot takes), or -errno with |<why, why_len>|
+ * naming the step that failed for the function's StateReason (and logged):
+ * -ENOTSUP where sandboxes cannot be snapshotted, -EINVAL for a bad or
+ * plain-mode function, -ENOENT if the image is not in the store, -EBUSY if
+ * the memory budget is full, -EIO if the sandbox could not be started (its
+ * reason in |why|), -ETIMEDOUT if the runtime never asked for work, -ECHILD
+ * if it exited or failed its init first, -ESHUTDOWN. */
+int hostagent_snapshot(struct hostagent *a, const struct hostagent_function *fn, const char *name, char digest[65],
+		       char *why, size_t why_len);
+
 struct hostagent_stats {
 	uint64_t memory_budget, memory_in_use;	/* bytes */
 	/* Sandboxes alive and not ending: sandboxes = starting + idle + busy. */
@@ -247,6 +278,12 @@ struct hostagent_ops {
 	void (*drain)(void *arg, const char *name, const char *version, const char *keep_revision);
 	void (*get_stats)(void *arg, struct hostagent_stats *out);
 	int (*read_log)(void *arg, const char *name, size_t max, char **out, size_t *out_len);
+	/* SnapStart (hostagent_snapshot_supported, hostagent_snapshot); NULL
+	 * in the remote and fleet tables: SnapStart needs the in-process agent
+	 * of `kindling serve` for now. */
+	bool (*snapshot_supported)(void *arg, char *why, size_t len);
+	int (*snapshot)(void *arg, const struct hostagent_function *fn, const char *name, char digest[65], char *why,
+			size_t why_len);
 };
 
 extern const struct hostagent_ops hostagent_local_ops;

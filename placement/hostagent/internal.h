@@ -192,7 +192,11 @@ struct ha_env_params {
 	const char *region;
 	char *const *image_env; /* the image's Env; may be NULL */
 	char *const *image_cmd; /* the image's Cmd, for _HANDLER when fn->command is NULL; may be NULL */
-	bool provisioned;	/* AWS_LAMBDA_INITIALIZATION_TYPE */
+	bool provisioned;	/* AWS_LAMBDA_INITIALIZATION_TYPE provisioned-concurrency */
+	/* AWS_LAMBDA_INITIALIZATION_TYPE snap-start (over provisioned), as
+	 * Lambda sets it for a SnapStart version: the sandbox is booted to be
+	 * snapshotted, and its restored copies keep its environment. */
+	bool snap_start;
 	const char *log_stream; /* AWS_LAMBDA_LOG_STREAM_NAME */
 };
 
@@ -247,8 +251,11 @@ char *tail_dup(const struct tail_ring *t);
  * "REPORT RequestId: ID\tDuration: 12.34 ms\tBilled Duration: 13 ms\tMemory
  * Size: 128 MB\tMax Memory Used: 20 MB\t" and, when |init_s| >= 0, "Init
  * Duration: 56.78 ms\t".  Billed duration is rounded up to the millisecond
- * and, as Lambda bills images, includes the init duration. */
-void ha_format_report(char *buf, size_t len, const char *request_id, double duration_s, double init_s,
+ * and, as Lambda bills images, includes the init duration.  With |restored|
+ * (a SnapStart restore: |init_s| is the restore's time) it is "Restore
+ * Duration: 56.78 ms\tBilled Restore Duration: 57 ms\t" instead, and the
+ * billed duration is the invocation's alone, as Lambda reports SnapStart. */
+void ha_format_report(char *buf, size_t len, const char *request_id, double duration_s, double init_s, bool restored,
 		      uint32_t memory_mb, uint64_t max_memory);
 
 /* The pump: a thread that copies a sandbox's stdout and stderr (the read

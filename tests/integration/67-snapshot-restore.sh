@@ -21,22 +21,8 @@
 # the memory server over L2).
 # ctest-labels: no-asan (a QEMU guest running kvmm: minutes under emulation); no-tsan (as no-asan)
 . "$(dirname "$0")/lib.sh"
-. "$KINDLING_SOURCE_DIR/tests/nested/kernel.sh"
-
-for tool in qemu-system-x86_64 cpio gzip umoci objcopy; do
-  command -v "$tool" >/dev/null || die "$tool is missing (scripts/apt-packages.txt: qemu-system-x86, cpio, umoci, binutils)"
-done
-[ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || die "a static /bin/busybox is needed (busybox-static)"
-B=$KINDLING_BUILD_DIR
-for prog in kvmm kindling chunkify kindling-guest-init; do
-  [ -x "$B/$prog" ] || die "$prog is not built in $B"
-done
-
-rc=0
-kroot=$(kernel_pkg_dir) || rc=$?
-[ $rc = 2 ] && skip "apt does not know linux-image-amd64 here"
-[ $rc = 0 ] || die "cannot get Debian's kernel package"
-vmlinuz=$(ls "$kroot"/boot/vmlinuz-* | head -1)
+P=$T/payload
+microvm_payload "$P" umoci
 
 # ---- the image: an entrypoint that initialises, then reports --------------------------------------------------------
 cd "$T"
@@ -74,20 +60,8 @@ umoci config --image img:v1 --config.entrypoint /app/snap.sh >/dev/null
 "$CHUNKIFY" import "oci:$T/img:v1" --name snapimg:1 >/dev/null 2>"$T/import.err" || { cat "$T/import.err" >&2; die "chunkify import failed"; }
 
 # ---- the payload -------------------------------------------------------------------------------------------------
-P=$T/payload
 mkdir -p "$P/home"
 cp -a "$KINDLING_HOME/." "$P/home/" # the store, and the tenant key that sealed the manifest
-cp "$B/kvmm" "$B/kindling" "$B/chunkify" "$P/"
-# kindling opens libcurl on first use (the sandbox talks to kvmm's API
-# socket through it), which ldd does not show: it goes in by hand, and
-# tests/nested/run.sh brings its own libraries.
-curl_lib=$(ldconfig -p | awk '/libcurl\.so\.4 .*x86-64/ && !found {print $NF; found = 1}') # to the end: no SIGPIPE
-[ -n "$curl_lib" ] || die "libcurl.so.4 not found (ldconfig -p); install libcurl4"
-mkdir -p "$P/lib"
-cp -L "$curl_lib" "$P/lib/libcurl.so.4"
-cp "$vmlinuz" "$P/vmlinuz"
-"$KINDLING_SOURCE_DIR/scripts/guest-initramfs.sh" --init "$B/kindling-guest-init" "$P/initrd.cpio.gz" "$kroot" \
-  2>"$T/initramfs.log" || { cat "$T/initramfs.log" >&2; die "scripts/guest-initramfs.sh failed"; }
 
 # Runs in the TCG guest, with busybox.  Every check prints "nested-ok: ..." or
 # "nested-fail: ..." and the first failure ends it.

@@ -27,6 +27,9 @@
 #   - a wrong secret, an unknown key and a stale date get 403; malformed JSON,
 #     unknown fields, path traversal in names, oversized bodies and a huge
 #     header get Lambda's errors and the service keeps serving;
+#   - SnapStart: GetFunction shows ApplyOn None / Off; --snap-start
+#     ApplyOn=PublishedVersions is refused with the process sandbox, naming
+#     --isolation microvm, and an unknown ApplyOn naming the value;
 #   - SIGTERM stops it cleanly.
 # Missing tools are a failure, not a skip.
 # ctest-labels: no-asan (sandboxes and the AWS CLI end to end; the frontend's logic runs under ASan in its unit tests and fuzz replay); no-tsan (fork-heavy sandboxes; the frontend's threads run under TSan in test_frontend_api)
@@ -137,6 +140,17 @@ raw GET '/2015-03-31/functions/?MaxItems=2&Marker=node' | jq -e '[.json.Function
   die "Marker did not continue the listing"
 expect_err ResourceConflictException lam create-function --function-name sh --package-type Image --code "ImageUri=$SHELL1" --role arn:aws:iam::000000000000:role/test
 pass "create (Pending -> Active, a missing image -> Failed with the reason), get, list paged by Marker/MaxItems, duplicate -> 409"
+
+# ---- SnapStart: refused where sandboxes cannot be snapshotted -----------------------------------------------------
+jq -e '.Configuration.SnapStart == {"ApplyOn": "None", "OptimizationStatus": "Off"}' "$T/g.json" >/dev/null ||
+  die "GetFunction has no SnapStart None/Off: $(cat "$T/g.json")"
+expect_err InvalidParameterValueException lam create-function --function-name snap --package-type Image \
+  --code "ImageUri=$SHELL1" --snap-start ApplyOn=PublishedVersions --role arn:aws:iam::000000000000:role/test
+grep -q -- "--isolation microvm" "$T/err.txt" || die "the SnapStart refusal does not name --isolation microvm: $(cat "$T/err.txt")"
+expect_err InvalidParameterValueException lam update-function-configuration --function-name sh --snap-start ApplyOn=Sometimes
+grep -q "Value Sometimes at 'snapStart.applyOn'" "$T/err.txt" || die "a bad ApplyOn: $(cat "$T/err.txt")"
+expect_err ResourceNotFoundException lam get-function --function-name snap
+pass "SnapStart: None/Off in GetFunction; ApplyOn PublishedVersions refused with the process sandbox (naming --isolation microvm), a bad ApplyOn refused naming the value"
 
 # ---- invokes: cold, warm, tail, errors ----------------------------------------------------------------------------
 for fn in sh node; do

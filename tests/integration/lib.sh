@@ -125,6 +125,43 @@ kr() {
   return $rc
 }
 
+# microvm_payload P [TOOL...]: for the tests that run kindling's micro-VMs
+# inside a nested-KVM guest (tests/nested/run.sh): check the tools (QEMU,
+# cpio, gzip, objcopy, static busybox, and TOOL...) and the build (kvmm,
+# kindling, chunkify, the guest init), get Debian's kernel (skip where apt
+# does not know it), and fill the payload directory P: kvmm, kindling,
+# chunkify, the libraries kindling opens on first use (libcurl for kvmm's
+# API socket, libmicrohttpd for an HTTP server), which ldd does not show and
+# run.sh cannot bring, the guest kernel and the guest initramfs.  Inside, set
+# KINDLING_KVMM=/payload/kvmm KINDLING_GUEST_KERNEL=/payload/vmlinuz
+# KINDLING_GUEST_INITRD=/payload/initrd.cpio.gz LD_LIBRARY_PATH=/payload/lib.
+microvm_payload() {
+  local P=$1 tool prog rc=0 kroot vmlinuz lib path
+  shift
+  . "$KINDLING_SOURCE_DIR/tests/nested/kernel.sh"
+  for tool in qemu-system-x86_64 cpio gzip objcopy "$@"; do
+    command -v "$tool" >/dev/null || die "$tool is missing (scripts/apt-packages.txt: qemu-system-x86, cpio, binutils, ...)"
+  done
+  [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || die "a static /bin/busybox is needed (busybox-static)"
+  for prog in kvmm kindling chunkify kindling-guest-init; do
+    [ -x "$KINDLING_BUILD_DIR/$prog" ] || die "$prog is not built in $KINDLING_BUILD_DIR"
+  done
+  kroot=$(kernel_pkg_dir) || rc=$?
+  [ $rc = 2 ] && skip "apt does not know linux-image-amd64 here"
+  [ $rc = 0 ] || die "cannot get Debian's kernel package"
+  vmlinuz=$(ls "$kroot"/boot/vmlinuz-* | head -1)
+  mkdir -p "$P/lib"
+  cp "$KINDLING_BUILD_DIR/kvmm" "$KINDLING_BUILD_DIR/kindling" "$KINDLING_BUILD_DIR/chunkify" "$P/"
+  for lib in libcurl.so.4 libmicrohttpd.so.12; do
+    path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ && !found {print $NF; found = 1}') # to the end: no SIGPIPE
+    [ -n "$path" ] || die "$lib not found (ldconfig -p); install libcurl4 and libmicrohttpd12"
+    cp -L "$path" "$P/lib/$lib"
+  done
+  cp "$vmlinuz" "$P/vmlinuz"
+  "$KINDLING_SOURCE_DIR/scripts/guest-initramfs.sh" --init "$KINDLING_BUILD_DIR/kindling-guest-init" \
+    "$P/initrd.cpio.gz" "$kroot" 2>"$T/initramfs.log" || { cat "$T/initramfs.log" >&2; die "scripts/guest-initramfs.sh failed"; }
+}
+
 # nested_outcome OUT RC N: after tests/nested/run.sh wrote its console to OUT
 # and exited RC, show the payload's "nested-ok:"/"nested-fail:" lines; on a
 # failure show it and what the payload printed after it (or the console's

@@ -109,6 +109,10 @@ int main(void)
 	CHECK(is(&l, "_HANDLER", "index.handler"));
 	CHECK(is(&l, "AWS_LAMBDA_INITIALIZATION_TYPE", "provisioned-concurrency"));
 	str_list_clear(&l);
+	p.snap_start = true;
+	CHECK(ha_env_build(&p, &l) == 0);
+	CHECK(is(&l, "AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start"));
+	str_list_clear(&l);
 	/* No CMD at all: _HANDLER is empty, as on Lambda. */
 	fn.command = NULL;
 	p.image_cmd = NULL;

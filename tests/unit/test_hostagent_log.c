@@ -50,13 +50,17 @@ static void test_tail(void)
 static void test_report(void)
 {
 	char line[512];
-	ha_format_report(line, sizeof(line), "id-1", 0.0123456, -1, 128, 21u << 20);
+	ha_format_report(line, sizeof(line), "id-1", 0.0123456, -1, false, 128, 21u << 20);
 	CHECK(strcmp(line, "REPORT RequestId: id-1\tDuration: 12.35 ms\tBilled Duration: 13 ms\tMemory Size: 128 MB\t"
 			   "Max Memory Used: 21 MB\t\n") == 0);
 	/* A cold start: images bill the init too (91.21 + 143.90 -> 236). */
-	ha_format_report(line, sizeof(line), "id-2", 0.09121, 0.14390, 128, (13u << 20) - 5);
+	ha_format_report(line, sizeof(line), "id-2", 0.09121, 0.14390, false, 128, (13u << 20) - 5);
 	CHECK(strcmp(line, "REPORT RequestId: id-2\tDuration: 91.21 ms\tBilled Duration: 236 ms\tMemory Size: 128 MB\t"
 			   "Max Memory Used: 13 MB\tInit Duration: 143.90 ms\t\n") == 0);
+	/* A SnapStart restore: the restore is reported and billed on its own. */
+	ha_format_report(line, sizeof(line), "id-3", 0.09121, 0.4121, true, 128, 13u << 20);
+	CHECK(strcmp(line, "REPORT RequestId: id-3\tDuration: 91.21 ms\tBilled Duration: 92 ms\tMemory Size: 128 MB\t"
+			   "Max Memory Used: 13 MB\tRestore Duration: 412.10 ms\tBilled Restore Duration: 413 ms\t\n") == 0);
 }
 
 static char *read_all(void)
