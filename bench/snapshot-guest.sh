@@ -54,13 +54,10 @@ api() { # SOCK METHOD PATH BODY
 		-d "$4" "http://localhost$3")
 	[ "$code" = 204 ] || fail "$2 $3: $code $(cat /tmp/curl.body)"
 }
-# vmjson UDS_PATH [BOOT_ARGS]: without BOOT_ARGS, kvmm's default command line.
-vmjson() {
-	ba=""
-	[ -n "${2:-}" ] && ba=", \"boot_args\": \"$2\""
+vmjson() { # UDS_PATH
 	cat <<EOF
 {
-  "boot-source": { "kernel_image_path": "/payload/vmlinuz", "initrd_path": "/payload/initrd.cpio.gz"$ba },
+  "boot-source": { "kernel_image_path": "/payload/vmlinuz", "initrd_path": "/payload/initrd.cpio.gz" },
   "drives": [ { "drive_id": "rootfs", "path_on_host": "/payload/rootfs.erofs", "is_root_device": true, "is_read_only": true } ],
   "machine-config": { "vcpu_count": 1, "mem_size_mib": $MEM_MIB },
   "vsock": { "guest_cid": 3, "uds_path": "$1" }
@@ -68,12 +65,7 @@ vmjson() {
 EOF
 }
 MEM_MIB=${SNAPBENCH_MEM_MIB:-256}
-# The VM that is snapshotted boots as sandbox_microvm.c boots one that may be
-# (sandbox_spec.snapshot_boot): kvmm's default command line and init_on_free=1,
-# so the pages its kernel frees are zero and a wholly free chunk is neither
-# stored nor fetched.  The cold boot keeps kvmm's default.
-vmjson $VS "console=ttyS0 reboot=k panic=1 pci=off quiet i8042.noaux i8042.nomux i8042.dumbkbd init_on_free=1" \
-	>/tmp/snap.json
+vmjson $VS >/tmp/snap.json
 vmjson /tmp/cold.sock >/tmp/cold.json
 
 # ---- the snapshot -----------------------------------------------------------------------------------------------------

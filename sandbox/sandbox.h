@@ -160,17 +160,6 @@ struct sandbox_spec {
 	 * not reconnect) is -errno, logged naming the step, with kvmm and the
 	 * run's directory gone. */
 	const struct sandbox_restore *restore;
-
-	/* Micro-VM only (the process sandbox and a restore ignore it): boot so
-	 * that a snapshot of this VM (sandbox_vm_snapshot) stores and fetches
-	 * less.  The guest kernel gets init_on_free=1 after kvmm's default
-	 * command line, so every page it frees, and at boot every page it does
-	 * not use, is zero: a chunk of free memory is neither stored nor
-	 * fetched on a restore (it is filled with zeros).  The cost is the
-	 * guest zeroing each page it frees, and all of its RAM once at boot,
-	 * which also makes the whole of RAM resident in kvmm; so set it only
-	 * for a VM that is to be snapshotted. */
-	bool snapshot_boot;
 };
 
 /* How it went.  Filled by sandbox_run() on success. */

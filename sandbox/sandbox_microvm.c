@@ -80,10 +80,6 @@ extern char **environ;
 #define MICROVM_API_VSOCK_PORT 1025u /* where the guest init carries Runtime API connections */
 #define MICROVM_ROOT_DRIVE "rootfs"  /* the image's drive_id in the VM's configuration */
 #define MICROVM_API_SOCK_WAIT_S 10.0 /* from kvmm's spawn (or boot) to its API socket */
-/* sandbox_spec.snapshot_boot: kvmm's default command line (vmm/kvmm/vm.h,
- * KVMM_DEFAULT_CMDLINE) and init_on_free=1, so freed guest pages are zero. */
-#define MICROVM_SNAPSHOT_BOOT_ARGS \
-	"console=ttyS0 reboot=k panic=1 pci=off quiet i8042.noaux i8042.nomux i8042.dumbkbd init_on_free=1"
 #define MICROVM_API_TIMEOUT_MS 120000u /* one API call; a snapshot writes all of guest RAM */
 
 /* The path of |name| next to the running executable, into |<out, len>|. */
@@ -167,12 +163,6 @@ int microvm_write_config(const struct sandbox_spec *s, const struct microvm_path
 				 "is_read_only", 1,
 				 "machine-config", "vcpu_count", 1, "mem_size_mib", (json_int_t)mib,
 				 "vsock", "guest_cid", MICROVM_GUEST_CID, "uds_path", uds_path);
-	if (root && s->snapshot_boot &&
-	    json_object_set_new(json_object_get(root, "boot-source"), "boot_args",
-				json_string(MICROVM_SNAPSHOT_BOOT_ARGS)) < 0) {
-		json_decref(root);
-		root = NULL;
-	}
 	if (!root) {
 		log_err("microvm: building the VM config: out of memory or a path that is not UTF-8");
 		return -EINVAL;

@@ -227,20 +227,6 @@ static void test_config(const struct microvm_paths *p)
 	j = json_load_file(path, 0, &je);
 	CHECK(j && json_integer_value(json_object_get(json_object_get(j, "machine-config"), "mem_size_mib")) == 64);
 	json_decref(j);
-	/* A VM to be snapshotted boots with kvmm's command line and
-	 * init_on_free=1; any other keeps kvmm's default (no boot_args). */
-	s.snapshot_boot = true;
-	CHECK(microvm_write_config(&s, p, "/run/vm/v.sock", path) == 0);
-	j = json_load_file(path, 0, &je);
-	const char *args = j ? json_string_value(json_object_get(json_object_get(j, "boot-source"), "boot_args")) : NULL;
-	CHECK(args && strstr(args, "console=ttyS0 reboot=k panic=1 pci=off") == args);
-	CHECK(strstr(args, " init_on_free=1") && !strstr(args, "root="));
-	json_decref(j);
-	s.snapshot_boot = false;
-	CHECK(microvm_write_config(&s, p, "/run/vm/v.sock", path) == 0);
-	j = json_load_file(path, 0, &je);
-	CHECK(j && !json_object_get(json_object_get(j, "boot-source"), "boot_args"));
-	json_decref(j);
 	/* A directory is not something a VM can boot. */
 	struct sandbox_spec d = { .rootfs_dir = "/srv/rootfs" };
 	CHECK(microvm_write_config(&d, p, "/run/vm/v.sock", path) == -EINVAL);

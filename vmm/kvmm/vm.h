@@ -11,10 +11,7 @@
 /* Used when kvmm_config.boot_args is NULL.  The i8042 options are
  * Firecracker's less nopnp: the DSDT declares the keyboard controller, so
  * the driver finds it and its IRQ there (Ctrl+Alt+Del needs it); there is no
- * mouse and no multiplexer.  reboot=k resets through the same controller.
- * sandbox/sandbox_microvm.c (MICROVM_SNAPSHOT_BOOT_ARGS) and
- * bench/snapshot-guest.sh extend this line with init_on_free=1 for a VM that
- * is to be snapshotted: keep them in step. */
+ * mouse and no multiplexer.  reboot=k resets through the same controller. */
 #define KVMM_DEFAULT_CMDLINE "console=ttyS0 reboot=k panic=1 pci=off quiet i8042.noaux i8042.nomux i8042.dumbkbd"
 
 struct kvmm_vm;
