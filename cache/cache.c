@@ -260,15 +260,28 @@ static int chain_read(struct cache *c, struct chunk_req *rq, enum cache_tier *ou
 	return 0;
 }
 
-int cache_read(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint32_t off, void *buf,
-	       size_t len, enum cache_tier *out_tier)
+static int read_range(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint32_t off, void *buf,
+		      size_t len, bool once, enum cache_tier *out_tier)
 {
 	if (out_tier)
 		*out_tier = CACHE_TIER_NONE;
 	if (!name || !is_sha256_hex(name) || !key || (len && !buf) || off > CHUNK_SIZE || len > CHUNK_SIZE - off)
 		return -EINVAL;
-	struct chunk_req rq = {.name = name, .key = key, .off = off, .len = len, .buf = len ? buf : NULL};
+	struct chunk_req rq = {.name = name, .key = key, .off = off, .len = len, .buf = len ? buf : NULL,
+			       .once = once};
 	return chain_read(c, &rq, out_tier);
+}
+
+int cache_read(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint32_t off, void *buf,
+	       size_t len, enum cache_tier *out_tier)
+{
+	return read_range(c, name, key, off, buf, len, false, out_tier);
+}
+
+int cache_read_once(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint32_t off, void *buf,
+		    size_t len, enum cache_tier *out_tier)
+{
+	return read_range(c, name, key, off, buf, len, true, out_tier);
 }
 
 int cache_prefetch(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], enum cache_tier *out_tier)

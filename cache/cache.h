@@ -85,6 +85,15 @@ void cache_free(struct cache *c);
 int cache_read(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint32_t off, void *buf,
 	       size_t len, enum cache_tier *out_tier);
 
+/* As cache_read, for a reader that reads each chunk once and keeps the
+ * bytes itself (a snapshot server copying them into guest memory): a chunk
+ * the memory tier holds is served from it, but a chunk read from below is
+ * not copied into the memory tier, where it would only push out chunks that
+ * other reads want.  L1 and L2 keep it as for cache_read.  Returns as
+ * cache_read. */
+int cache_read_once(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint32_t off, void *buf,
+		    size_t len, enum cache_tier *out_tier);
+
 /* Fetch chunk |name| into L1 (and memory) without returning it: readahead
  * and prefetch use this.  Returns 0 or -errno as cache_read. */
 int cache_prefetch(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], enum cache_tier *out_tier);

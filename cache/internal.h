@@ -317,6 +317,9 @@ struct chunk_req {
 	uint32_t off;			/* plaintext range wanted ... */
 	size_t len;			/* ... (len 0 with buf NULL: prefetch) */
 	uint8_t *buf;
+	/* The reader reads this chunk once (cache_read_once): the memory tier
+	 * does not keep what it reads from below. */
+	bool once;
 	/* out: the tier that served it (set by the serving layer) */
 	enum cache_tier tier;
 	/* out, optional: a layer that had the whole verified chunk at hand

@@ -203,7 +203,9 @@ static int mem_read(struct cache_layer *l, struct chunk_req *rq)
 	rq->tier = sub.tier;
 	rq->whole = sub.whole;
 	pthread_mutex_lock(&m->lock);
-	if (sub.buf && sub.len) {
+	if (rq->once) {
+		/* cache_read_once: the reader keeps the bytes itself */
+	} else if (sub.buf && sub.len) {
 		for (uint32_t o = 0; o < sub.len; o += CACHE_BLOCK)
 			page_put(m, name, (sub.off + o) / CACHE_BLOCK, rq->key, sub.buf + o);
 	} else if (sub.whole) { /* prefetch: keep the whole chunk */

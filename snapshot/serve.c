@@ -164,7 +164,7 @@ static int fill_chunk(struct snapshot_server *s, uint64_t index, bool by_fault, 
 	const struct manifest_chunk *mc = snapshot_chunk(s->m, index);
 	enum cache_tier tier = CACHE_TIER_NONE;
 	if (mc) {
-		int r = cache_read(s->cache, mc->name, mc->key, 0, buf, CHUNK_SIZE, &tier);
+		int r = cache_read_once(s->cache, mc->name, mc->key, 0, buf, CHUNK_SIZE, &tier);
 		if (r < 0) {
 			log_err("snapshot %s: memory chunk %llu (%s) failed verification at every tier (or is missing): "
 				"%s; stopping: the VM cannot continue honestly (restore the chunk to the origin, or "
