@@ -60,13 +60,16 @@ void sandbox_seccomp_free(struct sandbox_seccomp *f);
 /* Where kvmm, the guest kernel and the guest initramfs are. */
 struct microvm_paths {
 	char kvmm[PATH_MAX], kernel[PATH_MAX], initrd[PATH_MAX];
+	double boot_timeout_s; /* from spawn (or a restore's load) to the init's connection */
 };
 
 /* Locate the three from KINDLING_KVMM, KINDLING_GUEST_KERNEL and
  * KINDLING_GUEST_INITRD, each defaulting to a file next to the running
  * executable ("kvmm", "kindling-guest-kernel", "kindling-guest-initrd"), and
- * check that kvmm is executable and the others readable.  Returns 0, or
- * -errno with a one-line reason naming the variable to set in |<why, len>|. */
+ * check that kvmm is executable and the others readable; take the boot bound
+ * from KINDLING_GUEST_BOOT_TIMEOUT (whole seconds, 1 to 3600; default 60).
+ * Returns 0, or -errno with a one-line reason naming the variable to set in
+ * |<why, len>| (-EINVAL for a boot bound that is not such a number). */
 int microvm_find_paths(struct microvm_paths *p, char *why, size_t len);
 
 /* Write the Firecracker-style config file for |s| to |out_path|: boot-source

@@ -42,6 +42,11 @@
  *                          "kindling-guest-kernel" next to the executable)
  *   KINDLING_GUEST_INITRD  the guest's initramfs with kindling-guest-init
  *                          (default: "kindling-guest-initrd" next to it)
+ *   KINDLING_GUEST_BOOT_TIMEOUT  seconds from kvmm's start (or a restore's
+ *                          load) to the guest init's connection, 1 to 3600
+ *                          (default 60; a host that emulates its CPU, as
+ *                          nested KVM under QEMU's TCG does, needs more);
+ *                          spec->timeout_s, if sooner, still ends the run
  *
  * The guest has no stdin (spec->in_fd is ignored) and no pids limit of ours;
  * the memory limit is the VM's RAM. */
@@ -75,7 +80,8 @@ extern char **environ;
 #define MICROVM_DEFAULT_MEM_MIB 256u
 #define MICROVM_MIN_MEM_MIB 64u
 #define MICROVM_GUEST_CID 3
-#define MICROVM_BOOT_TIMEOUT_S 60.0 /* without spec->timeout_s: from spawn to the init's connection */
+#define MICROVM_BOOT_TIMEOUT_S 60.0 /* default bound from spawn to the init's connection */
+#define MICROVM_BOOT_TIMEOUT_MAX_S 3600
 #define MICROVM_POWEROFF_S 10.0	    /* from 'X' to kvmm's exit */
 #define MICROVM_API_VSOCK_PORT 1025u /* where the guest init carries Runtime API connections */
 #define MICROVM_ROOT_DRIVE "rootfs"  /* the image's drive_id in the VM's configuration */
@@ -114,6 +120,19 @@ int microvm_find_paths(struct microvm_paths *p, char *why, size_t len)
 		{ "KINDLING_GUEST_KERNEL", "kindling-guest-kernel", "the guest kernel", false },
 		{ "KINDLING_GUEST_INITRD", "kindling-guest-initrd", "the guest initramfs", false },
 	};
+	const char *bound = getenv("KINDLING_GUEST_BOOT_TIMEOUT");
+	p->boot_timeout_s = MICROVM_BOOT_TIMEOUT_S;
+	if (bound && *bound) {
+		char *end = NULL;
+		errno = 0;
+		long v = strtol(bound, &end, 10);
+		if (errno || *end || v < 1 || v > MICROVM_BOOT_TIMEOUT_MAX_S) {
+			snprintf(why, len, "KINDLING_GUEST_BOOT_TIMEOUT=%.32s is not a number of seconds from 1 to %d",
+				 bound, MICROVM_BOOT_TIMEOUT_MAX_S);
+			return -EINVAL;
+		}
+		p->boot_timeout_s = (double)v;
+	}
 	char *dst[] = { p->kvmm, p->kernel, p->initrd };
 	for (size_t i = 0; i < 3; i++) {
 		int r = pick_path(parts[i].env, parts[i].def, dst[i], PATH_MAX);
@@ -250,6 +269,7 @@ struct vm_run {
 	pid_t pid;
 	int status;
 	bool reaped;
+	double boot_timeout_s;
 };
 
 static void run_cleanup(struct vm_run *v)
@@ -562,8 +582,9 @@ static int accept_guest(struct vm_run *v, double deadline, const struct sandbox_
 				return -ETIMEDOUT;
 			}
 			log_err("microvm: the guest init did not connect within %.0f s; is the initramfs "
-				"(KINDLING_GUEST_INITRD) kindling's, and its kernel able to boot?",
-				MICROVM_BOOT_TIMEOUT_S);
+				"(KINDLING_GUEST_INITRD) kindling's, and its kernel able to boot?  On a slow "
+				"(emulated) host, raise KINDLING_GUEST_BOOT_TIMEOUT",
+				v->boot_timeout_s);
 			return -ETIMEDOUT;
 		}
 	}
@@ -666,7 +687,8 @@ done:
 
 int microvm_run_with(const struct sandbox_spec *s, const struct microvm_paths *p, struct sandbox_result *out)
 {
-	struct vm_run v = { .listen_fd = -1, .conn_fd = -1, .pid_fd = -1, .api_fd = -1, .pid = -1 };
+	struct vm_run v = { .listen_fd = -1, .conn_fd = -1, .pid_fd = -1, .api_fd = -1, .pid = -1,
+			    .boot_timeout_s = p->boot_timeout_s > 0 ? p->boot_timeout_s : MICROVM_BOOT_TIMEOUT_S };
 	const bool restore = s->restore != NULL;
 	const char **argv = NULL;
 	struct str_list env = { 0 }, over = { 0 };
@@ -730,7 +752,7 @@ int microvm_run_with(const struct sandbox_spec *s, const struct microvm_paths *p
 		goto out;
 
 	double run_deadline = s->timeout_s > 0 ? s->t0 + s->timeout_s : 0;
-	double boot_deadline = now_seconds() + MICROVM_BOOT_TIMEOUT_S;
+	double boot_deadline = now_seconds() + v.boot_timeout_s;
 	if (run_deadline > 0 && run_deadline < boot_deadline)
 		boot_deadline = run_deadline;
 	if ((r = accept_guest(&v, boot_deadline, s, out)) < 0)

@@ -212,7 +212,7 @@ ok "killed by SIGTERM: 143, no signal ignored"
 
 # 5. kindling run --isolation microvm: a lazily attached image on FUSE.
 export KINDLING_HOME=/payload/home KINDLING_KVMM=/payload/kvmm KINDLING_GUEST_KERNEL=/payload/vmlinuz \
-	KINDLING_GUEST_INITRD=/payload/initrd.cpio.gz
+	KINDLING_GUEST_INITRD=/payload/initrd.cpio.gz KINDLING_GUEST_BOOT_TIMEOUT=300
 ./kindling run nested:1 --isolation microvm </dev/null >/tmp/run.out 2>/tmp/run.err &
 k=$!
 i=0; while kill -0 $k 2>/dev/null && [ $i -lt 1500 ]; do sleep 0.1; i=$((i+1)); done

@@ -81,7 +81,7 @@ cat >"$P/nested.sh" <<'EOF'
 #!/bin/sh
 cd /payload
 export KINDLING_HOME=/payload/home KINDLING_KVMM=/payload/kvmm KINDLING_GUEST_KERNEL=/payload/vmlinuz \
-	KINDLING_GUEST_INITRD=/payload/initrd.cpio.gz LD_LIBRARY_PATH=/payload/lib
+	KINDLING_GUEST_INITRD=/payload/initrd.cpio.gz KINDLING_GUEST_BOOT_TIMEOUT=300 LD_LIBRARY_PATH=/payload/lib
 API=http://127.0.0.1:9000/2015-03-31/functions
 ok() { echo "nested-ok: $*"; }
 fail() {

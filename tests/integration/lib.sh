@@ -134,7 +134,7 @@ kr() {
 # API socket, libmicrohttpd for an HTTP server), which ldd does not show and
 # run.sh cannot bring, the guest kernel and the guest initramfs.  Inside, set
 # KINDLING_KVMM=/payload/kvmm KINDLING_GUEST_KERNEL=/payload/vmlinuz
-# KINDLING_GUEST_INITRD=/payload/initrd.cpio.gz LD_LIBRARY_PATH=/payload/lib.
+# KINDLING_GUEST_INITRD=/payload/initrd.cpio.gz KINDLING_GUEST_BOOT_TIMEOUT=300 LD_LIBRARY_PATH=/payload/lib.
 microvm_payload() {
   local P=$1 tool prog rc=0 kroot vmlinuz lib path
   shift

@@ -248,6 +248,16 @@ static void test_paths(void)
 	struct microvm_paths p;
 	CHECK(microvm_find_paths(&p, why, sizeof(why)) == 0);
 	CHECK(strcmp(p.kvmm, kv) == 0 && strcmp(p.kernel, k) == 0 && strcmp(p.initrd, i) == 0);
+	CHECK(p.boot_timeout_s == 60);
+	setenv("KINDLING_GUEST_BOOT_TIMEOUT", "300", 1);
+	CHECK(microvm_find_paths(&p, why, sizeof(why)) == 0 && p.boot_timeout_s == 300);
+	static const char *const bad_bounds[] = { "0", "-5", "12s", "3601", "99999999999999999999" };
+	for (size_t b = 0; b < sizeof(bad_bounds) / sizeof(bad_bounds[0]); b++) {
+		setenv("KINDLING_GUEST_BOOT_TIMEOUT", bad_bounds[b], 1);
+		CHECK(microvm_find_paths(&p, why, sizeof(why)) == -EINVAL);
+		CHECK(strstr(why, "KINDLING_GUEST_BOOT_TIMEOUT") && strstr(why, bad_bounds[b]));
+	}
+	unsetenv("KINDLING_GUEST_BOOT_TIMEOUT");
 	setenv("KINDLING_GUEST_KERNEL", "/nonexistent/vmlinuz", 1);
 	CHECK(microvm_find_paths(&p, why, sizeof(why)) == -ENOENT);
 	CHECK(strstr(why, "KINDLING_GUEST_KERNEL") && strstr(why, "/nonexistent/vmlinuz"));
