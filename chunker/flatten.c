@@ -645,11 +645,13 @@ static int place_deferred(struct layer_ctx *lc)
 	struct flattener *f = lc->f;
 	if (!lc->n_deferred)
 		return 0;
-	qsort(lc->pyc_stems.items, lc->pyc_stems.n, sizeof(char *), cmp_str);
+	size_t n_stems = lc->pyc_stems.n;
+	if (n_stems)
+		qsort(lc->pyc_stems.items, n_stems, sizeof(char *), cmp_str);
 	bool any_cold = false;
 	for (size_t i = 0; i < lc->n_deferred; i++) {
 		struct deferred_file *d = &lc->deferred[i];
-		if (d->stem && bsearch(&d->stem, lc->pyc_stems.items, lc->pyc_stems.n, sizeof(char *), cmp_str))
+		if (d->stem && n_stems && bsearch(&d->stem, lc->pyc_stems.items, n_stems, sizeof(char *), cmp_str))
 			d->cold = true;
 		any_cold |= d->cold;
 	}
