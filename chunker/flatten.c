@@ -344,8 +344,8 @@ static bool tail_missing(struct layer_ctx *lc, struct archive *a)
 /* A start reads a few of an image's files, and a reader fetches whole 512 KiB
  * chunks, so a chunk that mixes a file the start reads with files it never
  * reads is fetched for nothing.  Tar order already keeps one package's files
- * together (builders write layers depth-first in name order), so most data
- * stays in it.  What a start almost never reads goes to the end of its
+ * together (builders walk directories depth-first), so most data stays in
+ * it.  What a start almost never reads goes to the end of its
  * layer's region instead, from a chunk boundary on, so that no chunk holds
  * both:
  *  - documentation, translations and headers: usr/share/doc, man, info and
