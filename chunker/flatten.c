@@ -345,20 +345,21 @@ static bool tail_missing(struct layer_ctx *lc, struct archive *a)
  * chunks, so a chunk that mixes a file the start reads with files it never
  * reads is fetched for nothing.  Tar order already keeps one package's files
  * together (builders walk directories depth-first), so most data stays in
- * it.  What a start almost never reads goes to the end of its
- * layer's region instead, from a chunk boundary on, so that no chunk holds
- * both:
- *  - documentation, translations and headers: usr/share/doc, man, info and
- *    locale, and usr/include (also under usr/local);
- *  - static libraries and C headers anywhere: *.a, *.h;
- *  - Python test suites: a tests/ directory inside site-packages or
- *    dist-packages;
+ * it.  What a start almost never reads, where tar order mixes it file by
+ * file with what a start does read, goes to the end of its layer's region
+ * instead, from a chunk boundary on, so that no chunk holds both:
  *  - a Python source D/X.py whose bytecode D/__pycache__/X.*.pyc the same
- *    layer holds: Python only stats the source and reads the bytecode.
+ *    layer holds: Python only stats the source and reads the bytecode;
+ *  - static libraries, *.a, which sit beside the shared libraries;
+ *  - Python test suites: a tests/ directory inside site-packages or
+ *    dist-packages, beside each package's modules.
  * None of these was opened by the starts of the benchmark suite's workloads
  * (bench/results/2026-12-07-fetch-amp/ has the numbers); a start that does
- * read one just fetches one more chunk.  Every rule looks only at paths in
- * the layer's own tar, so the region still depends on that tar alone.
+ * read one just fetches one more chunk.  Whole directories a start never
+ * reads (usr/share/doc, usr/include) stay where they are: a tar lists each
+ * as one run already, and moving them changed no fetch there.  Every rule
+ * looks only at paths in the layer's own tar, so the region still depends
+ * on that tar alone.
  *
  * The data arrives in tar order, and whether a source has bytecode is known
  * only when the tar ends, so deferred files wait in a spool file and are
@@ -374,18 +375,7 @@ static bool has_suffix(const char *s, const char *suffix)
 
 static bool is_cold_path(char **comps, size_t n)
 {
-	static const char *const share_cold[] = {"doc", "man", "info", "locale"};
-	size_t i = 0;
-	if (n >= 2 && strcmp(comps[0], "usr") == 0) {
-		i = n >= 3 && strcmp(comps[1], "local") == 0 ? 2 : 1;
-		if (i + 1 < n && strcmp(comps[i], "include") == 0)
-			return true;
-		if (i + 2 < n && strcmp(comps[i], "share") == 0)
-			for (size_t k = 0; k < sizeof(share_cold) / sizeof(share_cold[0]); k++)
-				if (strcmp(comps[i + 1], share_cold[k]) == 0)
-					return true;
-	}
-	if (has_suffix(comps[n - 1], ".a") || has_suffix(comps[n - 1], ".h"))
+	if (has_suffix(comps[n - 1], ".a"))
 		return true;
 	for (size_t k = 1; k + 1 < n; k++)
 		if (strcmp(comps[k], "tests") == 0)

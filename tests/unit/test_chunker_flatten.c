@@ -45,21 +45,20 @@ struct tentry {
 static const struct tentry layer0[] = {
 	{"usr/lib/libx.so.1", 700 * 1024, HOT, NULL},
 	{"usr/lib/libx.a", 90 * 1024, COLD, NULL},
-	{"usr/include/x.h", 5000, COLD, NULL},
+	{"usr/include/x.h", 5000, HOT, NULL}, /* whole directories stay in tar order */
 	{"usr/lib/python3/pkg/__init__.py", 3000, COLD, NULL},
 	{"usr/lib/python3/pkg/__pycache__/__init__.cpython-311.pyc", 4100, HOT, NULL},
 	{"usr/lib/python3/pkg/mod.py", 12000, SOURCE, NULL}, /* no bytecode anywhere */
 	{"usr/lib/python3/late.py", 9000, COLD, NULL},	      /* its bytecode comes later in the tar */
 	{"usr/lib/python3/other.pyc", 100, HOT, NULL},	      /* not in __pycache__: no source pairs with it */
-	{"usr/share/doc/x/copyright", 20000, COLD, NULL},
-	{"usr/share/doctor/readme", 3000, HOT, NULL}, /* a whole component must match */
-	{"usr/local/share/man/man1/x.1", 2000, COLD, NULL},
-	{"usr/share/locale/de/LC_MESSAGES/x.mo", 7000, COLD, NULL},
+	{"usr/share/doc/x/copyright", 20000, HOT, NULL},
+	{"usr/lib/x86_64/libz.a.so", 3000, HOT, NULL}, /* only the suffix ".a" counts */
+	{"usr/lib/x86_64/libz.a", 7000, COLD, NULL},
 	{"usr/lib/python3/dist-packages/np/tests/data.bin", 300 * 1024, COLD, NULL},
 	{"app/tests/fixture.txt", 1000, HOT, NULL}, /* tests/ outside site- or dist-packages */
 	{"usr/lib/python3/__pycache__/late.cpython-311.opt-1.pyc", 6000, HOT, NULL},
 	{"usr/lib/python3/__pycache__/orphan.cpython-311.pyc", 100, HOT, NULL}, /* bytecode for layer 1's source */
-	{"usr/lib/x-copyright", 0, LINK, "usr/share/doc/x/copyright"},
+	{"usr/lib/x-static", 0, LINK, "usr/lib/libx.a"},
 	{"usr/bin/x", 600 * 1024, HOT, NULL},
 	{"usr/lib/python3/pkg/zz.py", 100, SOURCE, NULL},
 };
@@ -67,14 +66,14 @@ static const struct tentry layer0[] = {
 /* Layer 1: orphan.py's bytecode is in layer 0, so it is not cold here. */
 static const struct tentry layer1[] = {
 	{"usr/lib/python3/orphan.py", 5000, SOURCE, NULL},
-	{"usr/share/man/man1/y.1", 1000, COLD, NULL},
+	{"usr/lib/liby.a", 1000, COLD, NULL},
 	{"usr/lib/liby.so", 40000, HOT, NULL},
 };
 
 /* Another bottom layer, for the independence check. */
 static const struct tentry layer0b[] = {
 	{"usr/lib/libz.so", 123456, HOT, NULL},
-	{"usr/share/doc/z/README", 70000, COLD, NULL},
+	{"usr/lib/libz.a", 70000, COLD, NULL},
 };
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
