@@ -1,9 +1,11 @@
 /* Flattening: layer tar streams -> one file tree + the layer data regions.
  *
- * Each layer's regular-file data is laid out in tar order, every file on a
- * 4 KiB boundary, in a region that starts on a 512 KiB chunk boundary.  The
- * region therefore depends on nothing but that layer's tar, so the same layer
- * produces the same chunks in every image that contains it, at any depth.
+ * Each layer's regular-file data is laid out in a region that starts on a
+ * 512 KiB chunk boundary, every file on a 4 KiB boundary: first the files a
+ * start is likely to read, in tar order, then, from a chunk boundary on, the
+ * files it almost never reads ("hot and cold data" below says which).  The
+ * region depends on nothing but that layer's tar, so the same layer produces
+ * the same chunks in every image that contains it, at any depth.
  * Whiteouts and opaque directories only change the tree; data an upper layer
  * hides stays where it is (its chunk is shared, so it costs nothing).
  *
@@ -18,11 +20,13 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <unistd.h>
 
 #define WHITEOUT_PREFIX ".wh."
 #define OPAQUE_MARKER ".wh..wh..opq"
@@ -125,12 +129,23 @@ void flattener_cleanup(struct flattener *f)
 	f->buf = NULL;
 	fs_inode_unref(f->root);
 	f->root = NULL;
+	if (f->spooling)
+		close(f->spool_fd);
+	f->spooling = false;
 }
 
 /* ---- paths ---------------------------------------------------------------- */
 
 struct stream_reader;
 static bool reader_clean_end(struct stream_reader *sr);
+
+/* A file whose data waits in the spool for the end of its layer. */
+struct deferred_file {
+	struct fs_inode *ino;	/* a reference, dropped when the layer ends */
+	uint64_t spool_off, size;
+	char *stem;		/* a Python source's path without ".py"; else NULL */
+	bool cold;		/* goes after the chunk boundary */
+};
 
 struct layer_ctx {
 	struct flattener *f;
@@ -142,6 +157,9 @@ struct layer_ctx {
 	uint64_t region_files;
 	struct stream_reader *reader;
 	bool ended_early;	/* the tar stopped right after complete file data */
+	struct deferred_file *deferred; /* in tar order */
+	size_t n_deferred, cap_deferred;
+	struct str_list pyc_stems; /* "D/X" for each D/__pycache__/X.*.pyc in the layer */
 };
 
 #define entry_err(lc, ...) entry_err_((lc), __VA_ARGS__)
@@ -321,22 +339,150 @@ static bool tail_missing(struct layer_ctx *lc, struct archive *a)
 	return msg && strstr(msg, "Truncated input file") && reader_clean_end(lc->reader);
 }
 
-static int read_file_data(struct layer_ctx *lc, struct archive *a, struct fs_inode *ino, uint64_t size)
+/* ---- hot and cold data ---------------------------------------------------- */
+
+/* A start reads a few of an image's files, and a reader fetches whole 512 KiB
+ * chunks, so a chunk that mixes a file the start reads with files it never
+ * reads is fetched for nothing.  Tar order already keeps one package's files
+ * together (builders walk directories depth-first), so most data stays in
+ * it.  What a start almost never reads, where tar order mixes it file by
+ * file with what a start does read, goes to the end of its layer's region
+ * instead, from a chunk boundary on, so that no chunk holds both:
+ *  - a Python source D/X.py whose bytecode D/__pycache__/X.*.pyc the same
+ *    layer holds: Python only stats the source and reads the bytecode;
+ *  - static libraries, *.a, which sit beside the shared libraries;
+ *  - Python test suites: a tests/ directory inside site-packages or
+ *    dist-packages, beside each package's modules.
+ * None of these was opened by the starts of the benchmark suite's workloads
+ * (bench/results/2026-12-07-fetch-amp/ has the numbers); a start that does
+ * read one just fetches one more chunk.  Whole directories a start never
+ * reads (usr/share/doc, usr/include) stay where they are: a tar lists each
+ * as one run already, and moving them changed no fetch there.  Every rule
+ * looks only at paths in the layer's own tar, so the region still depends
+ * on that tar alone.
+ *
+ * The data arrives in tar order, and whether a source has bytecode is known
+ * only when the tar ends, so deferred files wait in a spool file and are
+ * copied into the image when the layer ends: sources without bytecode right
+ * after the other hot data, then the cold files.  Sparse files stay in place
+ * (the spool would fill their holes). */
+
+static bool has_suffix(const char *s, const char *suffix)
+{
+	size_t n = strlen(s), m = strlen(suffix);
+	return n >= m && memcmp(s + n - m, suffix, m) == 0;
+}
+
+static bool is_cold_path(char **comps, size_t n)
+{
+	if (has_suffix(comps[n - 1], ".a"))
+		return true;
+	for (size_t k = 1; k + 1 < n; k++)
+		if (strcmp(comps[k], "tests") == 0)
+			for (size_t j = 0; j < k; j++)
+				if (has_suffix(comps[j], "-packages"))
+					return true;
+	return false;
+}
+
+/* Join the first |n| components with '/' into |<out, outsz>|.  Returns the
+ * length, or -ENAMETOOLONG. */
+static int join_comps(char **comps, size_t n, char *out, size_t outsz)
+{
+	size_t len = 0;
+	out[0] = '\0';
+	for (size_t i = 0; i < n; i++) {
+		int w = snprintf(out + len, outsz - len, "%s%s", i ? "/" : "", comps[i]);
+		if (w < 0 || (size_t)w >= outsz - len)
+			return -ENAMETOOLONG;
+		len += (size_t)w;
+	}
+	return (int)len;
+}
+
+/* If the path is D/__pycache__/X.<tag>.pyc, remember "D/X": the bytecode of
+ * D/X.py.  Module names hold no '.', so X ends at the first one. */
+static int note_bytecode(struct layer_ctx *lc, char **comps, size_t n)
+{
+	const char *base = comps[n - 1];
+	const char *dot = strchr(base, '.');
+	if (n < 2 || strcmp(comps[n - 2], "__pycache__") != 0 || !has_suffix(base, ".pyc") || dot == base)
+		return 0;
+	char stem[MAX_PATH];
+	int len = join_comps(comps, n - 2, stem, sizeof(stem));
+	if (len < 0 || (size_t)len + 1 + (size_t)(dot - base) >= sizeof(stem))
+		return 0; /* longer than any path split_path accepts: no source matches */
+	snprintf(stem + len, sizeof(stem) - (size_t)len, "%s%.*s", len ? "/" : "", (int)(dot - base), base);
+	return str_list_add(&lc->pyc_stems, stem);
+}
+
+/* The spool: an unlinked file in f->spool_dir, opened when a layer first
+ * defers a file and emptied when each layer ends. */
+static int spool_open(struct layer_ctx *lc)
 {
 	struct flattener *f = lc->f;
-	int r = image_align(f, EROFS_BLOCK_SIZE);
-	if (r < 0)
-		return r;
-	uint64_t start = f->pos, end;
+	if (f->spooling)
+		return 0;
+	const char *dir = f->spool_dir ? f->spool_dir : getenv("TMPDIR");
+	if (!dir || !*dir)
+		dir = "/tmp";
+	int fd = open(dir, O_TMPFILE | O_RDWR | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		/* No O_TMPFILE on this filesystem: a name unlinked at once. */
+		char *path = xasprintf("%s/.tmp-kindling-spool-XXXXXX", dir);
+		if (!path)
+			return -ENOMEM;
+		fd = mkostemp(path, O_CLOEXEC);
+		if (fd >= 0)
+			unlink(path);
+		free(path);
+	}
+	if (fd < 0) {
+		int e = errno;
+		log_err("%s: cannot create a spool file in %s: %s (is it a writable directory? set TMPDIR)", lc->what,
+			dir, strerror(e));
+		return -e;
+	}
+	f->spool_fd = fd;
+	f->spooling = true;
+	f->spool_len = 0;
+	return 0;
+}
+
+static int spool_pwrite(struct layer_ctx *lc, const uint8_t *buf, size_t len, uint64_t off)
+{
+	while (len) {
+		ssize_t w = pwrite(lc->f->spool_fd, buf, len, (off_t)off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			int e = w < 0 ? errno : EIO;
+			log_err("%s: entry \"%s\": writing the spool file: %s", lc->what, lc->entry, strerror(e));
+			return -e;
+		}
+		buf += w;
+		len -= (size_t)w;
+		off += (uint64_t)w;
+	}
+	return 0;
+}
+
+/* Copy the current entry's |size| bytes of data from the tar: into the image
+ * at f->pos (holes of sparse files skipped as zeros), or, with |spool|, to
+ * the end of the spool.  |*out_start| is where byte 0 went. */
+static int copy_file_data(struct layer_ctx *lc, struct archive *a, uint64_t size, bool spool, uint64_t *out_start)
+{
+	struct flattener *f = lc->f;
+	uint64_t start = spool ? f->spool_len : f->pos, end;
+	/* The spool holds at most what the image could. */
 	if (!ck_add_u64(start, size, &end) || end > f->max_image_size) {
 		entry_err(lc, "declared size %llu bytes exceeds the image size limit of %llu bytes",
 			  (unsigned long long)size, (unsigned long long)f->max_image_size);
 		return -EFBIG;
 	}
-	ino->data_off = start;
-	ino->size = size;
-	uint64_t delivered = 0;
+	uint64_t delivered = 0, next = start;
 	bool sparse = archive_entry_sparse_count(lc->entry_ae) > 0;
+	int r;
 	for (;;) {
 		const void *buf;
 		size_t len;
@@ -361,18 +507,173 @@ static int read_file_data(struct layer_ctx *lc, struct archive *a, struct fs_ino
 			entry_err(lc, "file data beyond its declared size %llu", (unsigned long long)size);
 			return -EBADMSG;
 		}
-		if (at < f->pos) {
+		if (at < next) {
 			entry_err(lc, "sparse map goes backwards");
 			return -EBADMSG;
 		}
-		if ((r = image_skip_to(f, at)) < 0 || (r = image_write(f, buf, len)) < 0)
+		if (spool)
+			r = spool_pwrite(lc, buf, len, at);
+		else if ((r = image_skip_to(f, at)) == 0)
+			r = image_write(f, buf, len);
+		if (r < 0)
 			return r;
+		next = stop;
 		delivered += len;
 	}
-	if ((r = image_skip_to(f, end)) < 0)
+	if (spool) {
+		/* A short delivery leaves zeros, as in the image; the length makes
+		 * the tail read back as zeros too. */
+		if (next < end && ftruncate(f->spool_fd, (off_t)end) < 0) {
+			int e = errno;
+			log_err("%s: entry \"%s\": extending the spool file: %s", lc->what, lc->entry, strerror(e));
+			return -e;
+		}
+		f->spool_len = end;
+	} else if ((r = image_skip_to(f, end)) < 0) {
 		return r;
+	}
+	*out_start = start;
+	return 0;
+}
+
+/* Read a regular file's data (|size| > 0): into the image now, or into the
+ * spool if it is cold or a Python source (see above). */
+static int read_file_data(struct layer_ctx *lc, struct archive *a, struct fs_inode *ino, uint64_t size,
+			  char **comps, size_t n)
+{
+	struct flattener *f = lc->f;
+	ino->size = size;
+	bool sparse = archive_entry_sparse_count(lc->entry_ae) > 0;
+	bool cold = !sparse && is_cold_path(comps, n);
+	bool source = !sparse && !cold && has_suffix(comps[n - 1], ".py");
+	int r;
+	if (!cold && !source) {
+		if ((r = image_align(f, EROFS_BLOCK_SIZE)) < 0 ||
+		    (r = copy_file_data(lc, a, size, false, &ino->data_off)) < 0)
+			return r;
+		lc->region_files++;
+		return image_align(f, EROFS_BLOCK_SIZE);
+	}
+
+	char *stem = NULL;
+	if (source) {
+		char path[MAX_PATH];
+		int len = join_comps(comps, n, path, sizeof(path));
+		if (len < 0)
+			return len;
+		path[len - 3] = '\0'; /* drop ".py" */
+		if (!(stem = strdup(path)))
+			return -ENOMEM;
+	}
+	if (lc->n_deferred == lc->cap_deferred) {
+		size_t cap = lc->cap_deferred ? 2 * lc->cap_deferred : 64;
+		struct deferred_file *d = realloc(lc->deferred, cap * sizeof(*d));
+		if (!d) {
+			free(stem);
+			return -ENOMEM;
+		}
+		lc->deferred = d;
+		lc->cap_deferred = cap;
+	}
+	uint64_t spool_off;
+	if ((r = spool_open(lc)) < 0 || (r = copy_file_data(lc, a, size, true, &spool_off)) < 0) {
+		free(stem);
+		return r;
+	}
+	ino->refs++;
+	lc->deferred[lc->n_deferred++] = (struct deferred_file){
+		.ino = ino, .spool_off = spool_off, .size = size, .stem = stem, .cold = cold};
 	lc->region_files++;
+	return 0;
+}
+
+/* Copy one deferred file from the spool to f->pos, straight into the chunk
+ * buffers. */
+static int unspool(struct layer_ctx *lc, const struct deferred_file *d)
+{
+	struct flattener *f = lc->f;
+	int r = image_align(f, EROFS_BLOCK_SIZE);
+	uint64_t end;
+	if (r < 0)
+		return r;
+	if (!ck_add_u64(f->pos, d->size, &end) || end > f->max_image_size)
+		return -EFBIG;
+	d->ino->data_off = f->pos;
+	for (uint64_t done = 0; done < d->size;) {
+		if ((r = ensure_buffer(f)) < 0)
+			return r;
+		size_t in_chunk = (size_t)(f->pos % CHUNK_SIZE);
+		size_t n = CHUNK_SIZE - in_chunk;
+		if (n > d->size - done)
+			n = (size_t)(d->size - done);
+		ssize_t got = pread(f->spool_fd, f->buf + in_chunk, n, (off_t)(d->spool_off + done));
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0) {
+			int e = got < 0 ? errno : EIO;
+			log_err("%s: reading the spool file back: %s", lc->what, got < 0 ? strerror(e) : "short file");
+			return -e;
+		}
+		f->pos += (uint64_t)got;
+		done += (uint64_t)got;
+		if (f->pos % CHUNK_SIZE == 0 && (r = flush_chunk(f)) < 0)
+			return r;
+	}
 	return image_align(f, EROFS_BLOCK_SIZE);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* At the end of a layer: the sources without bytecode after the other hot
+ * data, then, from a chunk boundary on, the cold files, each group in tar
+ * order. */
+static int place_deferred(struct layer_ctx *lc)
+{
+	struct flattener *f = lc->f;
+	if (!lc->n_deferred)
+		return 0;
+	size_t n_stems = lc->pyc_stems.n;
+	if (n_stems)
+		qsort(lc->pyc_stems.items, n_stems, sizeof(char *), cmp_str);
+	bool any_cold = false;
+	for (size_t i = 0; i < lc->n_deferred; i++) {
+		struct deferred_file *d = &lc->deferred[i];
+		if (d->stem && n_stems && bsearch(&d->stem, lc->pyc_stems.items, n_stems, sizeof(char *), cmp_str))
+			d->cold = true;
+		any_cold |= d->cold;
+	}
+	int r;
+	for (size_t i = 0; i < lc->n_deferred; i++)
+		if (!lc->deferred[i].cold && (r = unspool(lc, &lc->deferred[i])) < 0)
+			return r;
+	if (any_cold && (r = image_align(f, CHUNK_SIZE)) < 0)
+		return r;
+	for (size_t i = 0; i < lc->n_deferred; i++)
+		if (lc->deferred[i].cold && (r = unspool(lc, &lc->deferred[i])) < 0)
+			return r;
+	/* Give the disk space back before the next layer. */
+	f->spool_len = 0;
+	if (ftruncate(f->spool_fd, 0) < 0) {
+		int e = errno;
+		log_err("%s: emptying the spool file: %s", lc->what, strerror(e));
+		return -e;
+	}
+	return 0;
+}
+
+static void layer_ctx_cleanup(struct layer_ctx *lc)
+{
+	for (size_t i = 0; i < lc->n_deferred; i++) {
+		fs_inode_unref(lc->deferred[i].ino);
+		free(lc->deferred[i].stem);
+	}
+	free(lc->deferred);
+	lc->deferred = NULL;
+	lc->n_deferred = lc->cap_deferred = 0;
+	str_list_clear(&lc->pyc_stems);
 }
 
 static int flatten_entry(struct layer_ctx *lc, struct archive *a, struct archive_entry *e)
@@ -416,6 +717,8 @@ static int flatten_entry(struct layer_ctx *lc, struct archive *a, struct archive
 
 	struct fs_inode *dir;
 	if ((r = walk_parents(lc, comps, n, &dir)) < 0)
+		return r;
+	if ((hardlink || type == AE_IFREG) && (r = note_bytecode(lc, comps, n)) < 0)
 		return r;
 
 	struct fs_inode *ino = NULL;
@@ -497,7 +800,7 @@ static int flatten_entry(struct layer_ctx *lc, struct archive *a, struct archive
 			r = -EBADMSG;
 			goto out;
 		}
-		if (size > 0 && (r = read_file_data(lc, a, ino, (uint64_t)size)) < 0)
+		if (size > 0 && (r = read_file_data(lc, a, ino, (uint64_t)size, comps, n)) < 0)
 			goto out;
 	}
 	if (existing && (r = fs_dir_remove(dir, base)) < 0)
@@ -717,6 +1020,8 @@ int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, 
 		r = (int)n;
 		goto out;
 	}
+	if ((r = place_deferred(&lc)) < 0)
+		goto out;
 	out_region->offset = lc.region_start;
 	out_region->length = f->pos - lc.region_start;
 	out_region->files = lc.region_files;
@@ -725,6 +1030,7 @@ out:
 	if (a)
 		archive_read_free(a);
 	reader_stop(&sr);
+	layer_ctx_cleanup(&lc);
 	return r;
 }
 

@@ -664,6 +664,7 @@ static int import_image(struct chunkify_ctx *c, const char *source, const struct
 		.get_buffer = sink_get_buffer, .put_buffer = sink_put_buffer, .emit = sink_emit, .ctx = p};
 	if (r == 0)
 		r = flattener_init(&f, &sink, opt->max_image_size ? opt->max_image_size : (1ull << 40));
+	f.spool_dir = tmp_dir; /* cold file data waits beside the staged blobs */
 
 	for (size_t i = 0; i < img->n_layers && r == 0; i++) {
 		char what[160];

@@ -218,6 +218,13 @@ struct flattener {
 	uint64_t chunk_index;	/* the chunk |buf| holds */
 	uint8_t *buf;		/* chunk being filled, or NULL */
 	uint64_t max_image_size;
+	/* Where the data of files placed at the end of their layer's region
+	 * (flatten.c, "hot and cold data") waits until the layer's tar has been
+	 * read: set it after flattener_init; NULL means $TMPDIR, else /tmp. */
+	const char *spool_dir;
+	bool spooling;		/* spool_fd is open (on first use) */
+	int spool_fd;		/* an unlinked file */
+	uint64_t spool_len;	/* bytes the current layer has spooled */
 };
 
 /* Start an empty image; chunk 0 is held back for the superblock.  Images
@@ -225,9 +232,11 @@ struct flattener {
 int flattener_init(struct flattener *f, const struct chunk_sink *sink, uint64_t max_image_size);
 
 /* Apply layer |layer| (0 = bottom) read from |tar| to the tree and append its
- * data region.  |what| names the layer in errors.  Reads |tar| to its end so
- * its digests are checked.  Returns 0 or -errno (-EBADMSG for bad content,
- * logged naming the layer and the entry). */
+ * data region: the files a start is likely to read first, in tar order, then,
+ * from a chunk boundary on, those it almost never reads (flatten.c says
+ * which).  |what| names the layer in errors.  Reads |tar| to its end so its
+ * digests are checked.  Returns 0 or -errno (-EBADMSG for bad content,
+ * logged naming the layer and the entry; -errno of the spool file). */
 int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, const char *what,
 		  struct layer_region *out_region);
 
