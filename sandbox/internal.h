@@ -60,7 +60,9 @@ void sandbox_seccomp_free(struct sandbox_seccomp *f);
 /* Where kvmm, the guest kernel and the guest initramfs are. */
 struct microvm_paths {
 	char kvmm[PATH_MAX], kernel[PATH_MAX], initrd[PATH_MAX];
-	double boot_timeout_s; /* from spawn (or a restore's load) to the init's connection */
+	/* From spawn (or a restore's load) to the init's connection; 0 means
+	 * the default (60 s). */
+	double boot_timeout_s;
 };
 
 /* Locate the three from KINDLING_KVMM, KINDLING_GUEST_KERNEL and

@@ -551,7 +551,7 @@ static void test_restore(const struct microvm_paths *p)
 
 static void test_run(void)
 {
-	struct microvm_paths p;
+	struct microvm_paths p = { .boot_timeout_s = 60 };
 	snprintf(p.kvmm, sizeof(p.kvmm), "%s/fake-kvmm", dir);
 	snprintf(p.kernel, sizeof(p.kernel), "%s/vmlinuz", dir);
 	snprintf(p.initrd, sizeof(p.initrd), "%s/initrd", dir);
