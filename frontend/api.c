@@ -1155,8 +1155,6 @@ int frontend_new(const struct frontend_config *cfg, struct frontend **out)
 	fe->verifier.lookup = sigv4_keys_lookup;
 	fe->verifier.lookup_arg = (void *)cfg->keys;
 	pthread_mutex_init(&fe->lock, NULL);
-	pthread_mutex_init(&fe->import_lock, NULL);
-	pthread_cond_init(&fe->import_cond, NULL);
 	pthread_mutex_init(&fe->qlock, NULL);
 	pthread_cond_init(&fe->qcond, NULL);
 	pthread_mutex_init(&fe->cache_lock, NULL);
@@ -1165,7 +1163,7 @@ int frontend_new(const struct frontend_config *cfg, struct frontend **out)
 	pthread_mutex_init(&fe->lease_lock, NULL);
 	pthread_mutex_init(&fe->conc_lock, NULL);
 	pthread_mutex_init(&fe->grow_lock, NULL);
-	fe->imports_tail = &fe->imports;
+	fe_import_init(fe);
 	if (cfg->etcd) {
 		const char *id = cfg->frontend_id;
 		size_t n = id ? strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") : 0;
@@ -1222,6 +1220,7 @@ void frontend_free(struct frontend *fe)
 	fe_queue_stop(fe);
 	fe_bg_stop(fe);
 	fe_import_stop(fe);
+	fe_import_destroy(fe);
 	if (fe->etcd)
 		fe_fleet_stop(fe);
 	fe_cache_clear(fe);
@@ -1233,8 +1232,6 @@ void frontend_free(struct frontend *fe)
 		free(c);
 	}
 	pthread_mutex_destroy(&fe->lock);
-	pthread_mutex_destroy(&fe->import_lock);
-	pthread_cond_destroy(&fe->import_cond);
 	pthread_mutex_destroy(&fe->qlock);
 	pthread_cond_destroy(&fe->qcond);
 	pthread_mutex_destroy(&fe->cache_lock);

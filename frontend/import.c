@@ -8,7 +8,9 @@
  * delete wins): the function becomes Active (LastUpdateStatus Successful)
  * or Failed with the reason.
  *
- * The same thread takes SnapStart's jobs: the host agent boots a published
+ * A second thread takes SnapStart's jobs the same way (a snapshot boots a
+ * VM and waits for its runtime; imports do not wait behind it): the host
+ * agent boots a published
  * version, snapshots it at its runtime's first /next and imports the
  * snapshot as fe_snapstart_name(); the version becomes Active with the
  * snapshot's manifest digest (_SnapshotDigest, which its cold starts
@@ -110,13 +112,13 @@ static void job_free(struct fe_import *j)
 	free(j);
 }
 
-static void job_enqueue(struct frontend *fe, struct fe_import *j)
+static void job_enqueue(struct fe_jobs *q, struct fe_import *j)
 {
-	pthread_mutex_lock(&fe->import_lock);
-	*fe->imports_tail = j;
-	fe->imports_tail = &j->next;
-	pthread_cond_signal(&fe->import_cond);
-	pthread_mutex_unlock(&fe->import_lock);
+	pthread_mutex_lock(&q->lock);
+	*q->tail = j;
+	q->tail = &j->next;
+	pthread_cond_signal(&q->cond);
+	pthread_mutex_unlock(&q->lock);
 }
 
 /* ---- SnapStart -------------------------------------------------------------------------------------------------- */
@@ -224,7 +226,7 @@ int fe_snapstart_queue(struct frontend *fe, const char *name, const json_t *v)
 		job_free(j);
 		return -ENOMEM;
 	}
-	job_enqueue(fe, j);
+	job_enqueue(&fe->snapshots, j);
 	return 0;
 }
 
@@ -274,25 +276,25 @@ static void run_job(struct frontend *fe, const struct fe_import *job)
 	apply(fe, job, rc, digest);
 }
 
-static void *import_main(void *arg)
+static void *jobs_main(void *arg)
 {
-	struct frontend *fe = arg;
-	pthread_mutex_lock(&fe->import_lock);
+	struct fe_jobs *q = arg;
+	pthread_mutex_lock(&q->lock);
 	for (;;) {
-		while (!fe->import_stop && !fe->imports)
-			pthread_cond_wait(&fe->import_cond, &fe->import_lock);
-		if (fe->import_stop)
+		while (!q->stop && !q->head)
+			pthread_cond_wait(&q->cond, &q->lock);
+		if (q->stop)
 			break;
-		struct fe_import *job = fe->imports;
-		fe->imports = job->next;
-		if (!fe->imports)
-			fe->imports_tail = &fe->imports;
-		pthread_mutex_unlock(&fe->import_lock);
-		run_job(fe, job);
+		struct fe_import *job = q->head;
+		q->head = job->next;
+		if (!q->head)
+			q->tail = &q->head;
+		pthread_mutex_unlock(&q->lock);
+		run_job(q->fe, job);
 		job_free(job);
-		pthread_mutex_lock(&fe->import_lock);
+		pthread_mutex_lock(&q->lock);
 	}
-	pthread_mutex_unlock(&fe->import_lock);
+	pthread_mutex_unlock(&q->lock);
 	return NULL;
 }
 
@@ -303,37 +305,73 @@ int fe_import_queue(struct frontend *fe, const char *name, const char *uri, cons
 		job_free(j);
 		return -ENOMEM;
 	}
-	job_enqueue(fe, j);
+	job_enqueue(&fe->imports, j);
 	return 0;
+}
+
+void fe_import_init(struct frontend *fe)
+{
+	struct fe_jobs *queues[] = { &fe->imports, &fe->snapshots };
+	for (size_t i = 0; i < 2; i++) {
+		struct fe_jobs *q = queues[i];
+		q->fe = fe;
+		pthread_mutex_init(&q->lock, NULL);
+		pthread_cond_init(&q->cond, NULL);
+		q->head = NULL;
+		q->tail = &q->head;
+	}
 }
 
 int fe_import_start(struct frontend *fe)
 {
-	fe->imports = NULL;
-	fe->imports_tail = &fe->imports;
-	int r = pthread_create(&fe->import_thread, NULL, import_main, fe);
-	if (r) {
-		log_err("start the import thread: %s", strerror(r));
-		return -r;
+	struct fe_jobs *queues[] = { &fe->imports, &fe->snapshots };
+	static const char *const what[] = { "import", "SnapStart" };
+	for (size_t i = 0; i < 2; i++) {
+		int r = pthread_create(&queues[i]->thread, NULL, jobs_main, queues[i]);
+		if (r) {
+			log_err("start the %s thread: %s", what[i], strerror(r));
+			fe_import_stop(fe);
+			return -r;
+		}
+		queues[i]->started = true;
 	}
-	fe->import_started = true;
 	return 0;
 }
 
 void fe_import_stop(struct frontend *fe)
 {
-	if (!fe->import_started)
-		return;
-	pthread_mutex_lock(&fe->import_lock);
-	fe->import_stop = true;
+	struct fe_jobs *queues[] = { &fe->imports, &fe->snapshots };
 	fe->cancel = 1;
-	pthread_cond_broadcast(&fe->import_cond);
-	pthread_mutex_unlock(&fe->import_lock);
-	pthread_join(fe->import_thread, NULL);
-	fe->import_started = false;
-	while (fe->imports) {
-		struct fe_import *j = fe->imports;
-		fe->imports = j->next;
-		job_free(j);
+	for (size_t i = 0; i < 2; i++) {
+		struct fe_jobs *q = queues[i];
+		if (!q->started)
+			continue;
+		pthread_mutex_lock(&q->lock);
+		q->stop = true;
+		pthread_cond_broadcast(&q->cond);
+		pthread_mutex_unlock(&q->lock);
+	}
+	for (size_t i = 0; i < 2; i++) {
+		struct fe_jobs *q = queues[i];
+		if (q->started)
+			pthread_join(q->thread, NULL);
+		q->started = false;
+		while (q->head) {
+			struct fe_import *j = q->head;
+			q->head = j->next;
+			job_free(j);
+		}
+		q->tail = &q->head;
+	}
+}
+
+void fe_import_destroy(struct frontend *fe)
+{
+	if (!fe->imports.fe)
+		return; /* fe_import_init() was not reached */
+	struct fe_jobs *queues[] = { &fe->imports, &fe->snapshots };
+	for (size_t i = 0; i < 2; i++) {
+		pthread_mutex_destroy(&queues[i]->lock);
+		pthread_cond_destroy(&queues[i]->cond);
 	}
 }

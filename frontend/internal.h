@@ -99,6 +99,16 @@ struct fe_import {
 	struct fe_import *next;
 };
 
+/* A queue of jobs and the one thread that takes them in order (import.c). */
+struct fe_jobs {
+	struct frontend *fe;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct fe_import *head, **tail;
+	bool stop, started;
+	pthread_t thread;
+};
+
 struct frontend {
 	const struct hostagent_ops *agent; /* NULL with no_agent */
 	void *agent_arg;
@@ -142,11 +152,10 @@ struct frontend {
 	struct chunkify_ctx cc;
 	bool have_cc;
 	volatile sig_atomic_t cancel;
-	pthread_mutex_t import_lock;
-	pthread_cond_t import_cond;
-	struct fe_import *imports, **imports_tail;
-	bool import_stop, import_started;
-	pthread_t import_thread;
+	/* Image imports, and SnapStart's snapshots on a thread of their own:
+	 * a snapshot boots a VM and waits for its runtime, which should not
+	 * hold up other functions' imports. */
+	struct fe_jobs imports, snapshots;
 
 	/* The async queue. */
 	pthread_mutex_t qlock;
@@ -229,7 +238,16 @@ int fe_fnspec_init(struct frontend *fe, const char *name, const json_t *cfg, str
 void fe_fnspec_cleanup(struct fe_fnspec *spec);
 
 /* ---- import.c ---- */
+/* Set up the two job queues (empty, no thread yet); jobs queued before
+ * fe_import_start() wait for it.  fe_import_destroy() undoes it. */
+void fe_import_init(struct frontend *fe);
+void fe_import_destroy(struct frontend *fe);
+/* Start the import thread and the SnapStart thread.  Returns 0 or -errno
+ * (logged); on failure neither runs. */
 int fe_import_start(struct frontend *fe);
+/* Cancel what runs (an import ends with -ECANCELED, a snapshot with
+ * -ESHUTDOWN: both are redone at the next start), join both threads and drop
+ * the jobs still queued.  Safe to call when fe_import_start() failed. */
 void fe_import_stop(struct frontend *fe);
 /* Queue the import of |uri| for function |name|, applied if the record's
  * _ImportToken is still |token| when it ends. */
