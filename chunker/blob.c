@@ -457,3 +457,28 @@ struct byte_stream *blob_stream_wrap(struct byte_stream *raw, const char *what, 
 	}
 	return blob_open(-1, raw, what, digest, diff_id, max_raw);
 }
+
+/* ---- streams over memory ---------------------------------------------------- */
+
+static ssize_t mem_read(struct byte_stream *s, void *buf, size_t n)
+{
+	struct byte_stream_mem *m = (struct byte_stream_mem *)s;
+	if (n > m->left)
+		n = m->left;
+	memcpy(buf, m->p, n);
+	m->p += n;
+	m->left -= n;
+	return (ssize_t)n;
+}
+
+static void mem_close(struct byte_stream *s)
+{
+	(void)s; /* the bytes are the caller's */
+}
+
+void byte_stream_mem_init(struct byte_stream_mem *m, const void *p, size_t n, const char *what)
+{
+	*m = (struct byte_stream_mem){ .base = { .read = mem_read, .close = mem_close, .what = what },
+				       .p = p,
+				       .left = n };
+}

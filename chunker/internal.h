@@ -126,6 +126,16 @@ struct byte_stream *blob_stream_open_fd(int fd, const char *what, const char *di
 struct byte_stream *blob_stream_wrap(struct byte_stream *raw, const char *what, const char *digest,
 				     const char *diff_id, uint64_t max_raw);
 
+/* A stream over bytes already in memory (a test's or a fuzz target's tar).
+ * byte_stream_mem_init() makes |m| read |<p, n>|, which it does not copy:
+ * the bytes must outlive the stream.  Closing it does nothing. */
+struct byte_stream_mem {
+	struct byte_stream base;
+	const uint8_t *p;
+	size_t left;
+};
+void byte_stream_mem_init(struct byte_stream_mem *m, const void *p, size_t n, const char *what);
+
 /* ======================================================================
  * OCI sources (oci_*.c)
  * ====================================================================== */

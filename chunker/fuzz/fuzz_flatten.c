@@ -10,28 +10,6 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-struct mem_stream {
-	struct byte_stream base;
-	const uint8_t *p;
-	size_t left;
-};
-
-static ssize_t mem_read(struct byte_stream *s, void *buf, size_t n)
-{
-	struct mem_stream *m = (struct mem_stream *)s;
-	if (n > m->left)
-		n = m->left;
-	memcpy(buf, m->p, n);
-	m->p += n;
-	m->left -= n;
-	return (ssize_t)n;
-}
-
-static void mem_close(struct byte_stream *s)
-{
-	(void)s;
-}
-
 struct discard {
 	uint8_t *buf;
 };
@@ -65,9 +43,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (unsigned layer = 0; layer < 3 && r == 0 && size; layer++) {
 		const uint8_t *end = memmem(data, size, marker, sizeof(marker) - 1);
 		size_t len = end ? (size_t)(end - data) : size;
-		struct mem_stream ms = {.base = {.read = mem_read, .close = mem_close, .what = "fuzz layer"},
-					.p = data,
-					.left = len};
+		struct byte_stream_mem ms;
+		byte_stream_mem_init(&ms, data, len, "fuzz layer");
 		struct layer_region region;
 		r = flatten_layer(&f, &ms.base, layer, "fuzz layer", &region);
 		size_t skip = end ? len + sizeof(marker) - 1 : len;

@@ -134,28 +134,6 @@ static uint8_t *make_tar(const struct tentry *entries, size_t n, size_t *out_len
 	return buf;
 }
 
-struct mem_stream {
-	struct byte_stream base;
-	const uint8_t *p;
-	size_t left;
-};
-
-static ssize_t mem_read(struct byte_stream *s, void *buf, size_t n)
-{
-	struct mem_stream *m = (struct mem_stream *)s;
-	if (n > m->left)
-		n = m->left;
-	memcpy(buf, m->p, n);
-	m->p += n;
-	m->left -= n;
-	return (ssize_t)n;
-}
-
-static void mem_close(struct byte_stream *s)
-{
-	(void)s;
-}
-
 /* The image as the sink received it. */
 struct image {
 	uint8_t *bytes;
@@ -217,9 +195,8 @@ static int flatten(struct flattener *f, struct chunk_sink *sink, struct image *i
 	for (size_t i = 0; i < n_layers; i++) {
 		size_t len;
 		uint8_t *tar = make_tar(layers[i].entries, layers[i].n, &len);
-		struct mem_stream ms = {.base = {.read = mem_read, .close = mem_close, .what = "test layer"},
-					.p = tar,
-					.left = len};
+		struct byte_stream_mem ms;
+		byte_stream_mem_init(&ms, tar, len, "test layer");
 		r = flatten_layer(f, &ms.base, (unsigned)i, "test layer", &regions[i]);
 		free(tar);
 		if (r < 0)
