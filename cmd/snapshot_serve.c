@@ -3,12 +3,16 @@
  *   kindling snapshot-serve NAME[:TAG] --socket PATH --vmstate-out FILE
  *            [--store URI] [--l2 HOST:PORT,...] [--l1-dir DIR] [--l1-size BYTES]
  *            [--no-prefetch] [--record] [--host-mem] [--host-mem-dir DIR]
- *            [--host-mem-size BYTES] [-v]
+ *            [--host-mem-size BYTES] [--key-check] [-v]
  *
  * Writes the snapshot's vmstate to FILE (verified), checks every memory chunk
  * is in the origin, then listens on PATH for one VMM speaking Firecracker's
  * Uffd handshake and serves its guest memory from the chunks (snapshot/
- * snapshot.h) until the VMM hangs up.  A JSON summary goes to stdout.  Exit
+ * snapshot.h) until the VMM hangs up.  Every chunk's name is checked before
+ * it is decrypted (the manifest, sealed with the tenant key, names it); the
+ * key check (key == SHA-256(salt || plaintext): a second hash over every
+ * chunk) only with --key-check, since a restore stalls the guest on each
+ * chunk it serves.  A JSON summary goes to stdout.  Exit
  * status: 0 when the VMM hung up, 1 for a refused snapshot or a chunk that
  * failed verification at every tier, 2 for bad usage.
  */
@@ -54,6 +58,8 @@ static void snapshot_serve_usage(FILE *f)
 		"  --host-mem-dir DIR    the same, in DIR (0700)\n"
 		"  --host-mem-size BYTES bound on the tier's files, K/M/G suffixes; the least recently\n"
 		"                        used snapshots are evicted [2G]\n"
+		"  --key-check           also check each chunk's key against its plaintext (with the\n"
+		"                        deployment salt), as blockd does; costs a SHA-256 per chunk\n"
 		"  -v                    log progress\n"
 		"A JSON summary goes to stdout when the VMM hangs up.\n");
 }
@@ -62,7 +68,7 @@ int cmd_snapshot_serve(int argc, char **argv)
 {
 	const char *ref = NULL, *socket_path = NULL, *vmstate_out = NULL, *store_uri = NULL, *l1_dir = NULL;
 	const char *host_mem_dir = NULL;
-	bool host_mem = false;
+	bool host_mem = false, key_check = false;
 	uint64_t l1_size = 0;
 	struct str_list l2 = {0};
 	struct snapshot_serve_options so = {.prefetch = true};
@@ -79,6 +85,8 @@ int cmd_snapshot_serve(int argc, char **argv)
 			so.record = true;
 		} else if (strcmp(a, "--host-mem") == 0) {
 			host_mem = true;
+		} else if (strcmp(a, "--key-check") == 0) {
+			key_check = true;
 		} else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
 			verbose++;
 		} else if (a[0] == '-' && v) {
@@ -175,8 +183,9 @@ int cmd_snapshot_serve(int argc, char **argv)
 			.l1_max_bytes = l1_size,
 			.l2_nodes = (const char *const *)l2.items,
 			.n_l2_nodes = l2.n,
-			.salt = env.salt,
-			.salt_len = env.salt_len,
+			/* The name check is always made; the key check on request. */
+			.salt = key_check ? env.salt : NULL,
+			.salt_len = key_check ? env.salt_len : 0,
 		};
 		r = cache_new(&cc, &cache);
 	}

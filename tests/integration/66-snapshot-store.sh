@@ -221,8 +221,8 @@ jq -e '.bytes_fetched == 0 and .chunks.host > 0' "$T/c3.json" >/dev/null || die 
 pass "two concurrent restores share the host tier; every page byte-identical, and the next restore fetches nothing"
 
 # Serve 3: every page, the older page_size_kib handshake, and a ballooned
-# range that must read back as zeros; --no-prefetch.
-serve s3 snap-a:1 "$T/s3.vmstate" --l1-dir "$T/l1-3" --no-prefetch
+# range that must read back as zeros; --no-prefetch; with the key check.
+serve s3 snap-a:1 "$T/s3.vmstate" --l1-dir "$T/l1-3" --no-prefetch --key-check
 "$VMM" --socket "$T/s3.sock" --mem-file "$T/a.mem" --touch all --page-size-kib --remove 0x1000+65536 \
   > "$T/vmm3.json" || die "vmm 3: $(cat "$T/vmm3.json")"
 wait $SERVE_PID || die "snapshot-serve 3 failed: $(cat "$T/s3.err")"
