@@ -154,7 +154,7 @@ static int make_room(const char *dir, const char *keep, uint64_t reserve, uint64
 				break;
 			files = v, cap = ncap;
 		}
-		snprintf(files[n].name, sizeof(files[n].name), "%s", e->d_name);
+		memcpy(files[n].name, e->d_name, len + 1); /* len was checked: a digest and the suffix */
 		files[n].bytes = (uint64_t)st.st_blocks * 512;
 		files[n].used = st.st_mtim;
 		total += files[n].bytes;
