@@ -160,7 +160,8 @@ static int make_room(const char *dir, const char *keep, uint64_t reserve, uint64
 		total += files[n].bytes;
 		n++;
 	}
-	qsort(files, n, sizeof(*files), by_use);
+	if (n)
+		qsort(files, n, sizeof(*files), by_use);
 	for (size_t i = 0; i < n && total + reserve > max_bytes; i++) {
 		if (unlinkat(dirfd(d), files[i].name, 0) == 0 || errno == ENOENT) {
 			log_info("snapshot memory tier %s: evicted %s (%llu bytes, least recently used)", dir,
