@@ -89,7 +89,24 @@ static int check_dir(const char *path)
 			 path, (unsigned)geteuid(), (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid);
 		return -EPERM;
 	}
-	return 0;
+	/* Whoever can rename entries of the parent can swap the tier for a
+	 * directory of their own: the parent must be ours or root's, and
+	 * writable by others only if sticky (/dev/shm, /tmp). */
+	char *parent = strdup(path), *slash = parent ? strrchr(parent, '/') : NULL;
+	if (!parent)
+		return -ENOMEM;
+	if (slash)
+		*slash = 0;
+	int r = lstat(slash == parent ? "/" : slash ? parent : ".", &st) < 0 ? -errno : 0;
+	if (r == 0 && ((st.st_uid != geteuid() && st.st_uid != 0) || ((st.st_mode & 0022) && !(st.st_mode & S_ISVTX)))) {
+		log_warn("snapshot memory tier %s: its parent %s can be written by another user (mode %o, uid %u); "
+			 "restoring without it (give a directory under one only this user and root can change)",
+			 path, slash == parent ? "/" : slash ? parent : ".", (unsigned)(st.st_mode & 07777),
+			 (unsigned)st.st_uid);
+		r = -EPERM;
+	}
+	free(parent);
+	return r;
 }
 
 /* Make |dir| and its parent (0700); the parent of a default under

@@ -220,6 +220,15 @@ wait $SERVE_PID || die "snapshot-serve c3 failed: $(cat "$T/c3.err")"
 jq -e '.bytes_fetched == 0 and .chunks.host > 0' "$T/c3.json" >/dev/null || die "serve c3: $(cat "$T/c3.json")"
 pass "two concurrent restores share the host tier; every page byte-identical, and the next restore fetches nothing"
 
+# --host-mem alone: the default directory, under $XDG_RUNTIME_DIR.
+mkdir -m 0700 "$T/xdg"
+XDG_RUNTIME_DIR=$T/xdg serve x1 snap-a:1 "$T/x1.vmstate" --l1-dir "$T/l1-x1" --no-prefetch --host-mem
+"$VMM" --socket "$T/x1.sock" --mem-file "$T/a.mem" --touch 0x300000 > "$T/vmmx1.json" || die "vmm x1: $(cat "$T/vmmx1.json")"
+wait $SERVE_PID || die "snapshot-serve x1 failed: $(cat "$T/x1.err")"
+jq -e --arg d "$T/xdg/kindling/snapshot-mem/" '.host_mem | startswith($d)' "$T/x1.json" >/dev/null ||
+  die "--host-mem did not use \$XDG_RUNTIME_DIR/kindling/snapshot-mem: $(cat "$T/x1.json")"
+pass "--host-mem keeps the memory under \$XDG_RUNTIME_DIR/kindling/snapshot-mem"
+
 # Serve 3: every page, the older page_size_kib handshake, and a ballooned
 # range that must read back as zeros; --no-prefetch; with the key check.
 serve s3 snap-a:1 "$T/s3.vmstate" --l1-dir "$T/l1-3" --no-prefetch --key-check

@@ -135,6 +135,16 @@ static void test_foreign_and_incomplete(const char *dir)
 	struct snapshot_hostmem_options bad = {.dir = open_dir};
 	CHECK(snapshot_hostmem_open(&bad, DIGEST_B, MEM_SIZE, &h) == -EPERM && !h);
 	rmdir(open_dir);
+	/* Nor one whose parent others can write (they could swap the tier);
+	 * a sticky parent, as /tmp and /dev/shm are, is fine. */
+	char *loose_tier = xasprintf("%s/loose", open_dir);
+	CHECK(mkdir(open_dir, 0700) == 0 && chmod(open_dir, 0777) == 0);
+	struct snapshot_hostmem_options loose = {.dir = loose_tier};
+	CHECK(snapshot_hostmem_open(&loose, DIGEST_B, MEM_SIZE, &h) == -EPERM && !h);
+	CHECK(chmod(open_dir, 01777) == 0);
+	CHECK(snapshot_hostmem_open(&loose, DIGEST_B, MEM_SIZE, &h) == 0 && h);
+	snapshot_hostmem_close(h);
+	free(loose_tier);
 	free(open_dir);
 
 	free(pc);
