@@ -13,7 +13,9 @@
  * VMM's userfaultfd over a unix socket (Firecracker's Uffd handshake) and
  * fills guest memory chunk by chunk as the guest faults, through the cache
  * (memory -> L1 -> L2 -> origin), recording the order of the first serve as
- * a startup trace (image.h) and prefetching it on later serves.
+ * a startup trace (image.h) and prefetching it on later serves.  With the
+ * host memory tier, what one restore served verified is kept on the host,
+ * and later restores there fill faults from it without fetch or crypto.
  */
 #ifndef KINDLING_SNAPSHOT_H
 #define KINDLING_SNAPSHOT_H
