@@ -235,7 +235,18 @@ struct flattener {
 	bool spooling;		/* spool_fd is open (on first use) */
 	int spool_fd;		/* an unlinked file */
 	uint64_t spool_len;	/* bytes the current layer has spooled */
+	/* The layout plan's files for the next flatten_layer call (NULL: none;
+	 * see layout_plan_layer).  Set before each call. */
+	const struct layout_layer *layer_layout;
 };
+
+/* The files |p| (may be NULL) places in the layer whose blob digest is
+ * |layer_digest|, or NULL when it places none there. */
+const struct layout_layer *layout_plan_layer(const struct layout_plan *p, const char *layer_digest);
+
+/* Whether |l| lists |path| (as joined from a tar entry's checked
+ * components), and its rank in |*out_rank|: lower ranks go first. */
+bool layout_layer_rank(const struct layout_layer *l, const char *path, uint64_t *out_rank);
 
 /* Start an empty image; chunk 0 is held back for the superblock.  Images
  * larger than |max_image_size| are refused.  Returns 0 or -ENOMEM. */
