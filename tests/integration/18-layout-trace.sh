@@ -12,7 +12,7 @@
 #   - bad trace files are refused naming the file and the fault, and nothing
 #     is published.
 # Missing tools are a failure, not a skip.
-# ctest-labels: no-asan (kindling run end to end, as 51; the parser and the plan run under ASan in test_chunker_layout_trace and fuzz-replay/fuzz_layout_trace); no-tsan (as 51)
+# ctest-labels: no-tsan (kindling run end to end, as 51; blockd threads are covered by 40-42 and test_blockd_prefetch)
 . "$(dirname "$0")/lib.sh"
 need_kindling_run jq python3 tar fsck.erofs mount umount cmp
 [ -x "$CHUNKIFY" ] || die "chunkify not built at $CHUNKIFY"
