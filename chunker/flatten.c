@@ -4,8 +4,10 @@
  * 512 KiB chunk boundary, every file on a 4 KiB boundary: first the files a
  * start is likely to read, in tar order, then, from a chunk boundary on, the
  * files it almost never reads ("hot and cold data" below says which).  The
- * region depends on nothing but that layer's tar, so the same layer produces
- * the same chunks in every image that contains it, at any depth.
+ * region depends on nothing but that layer's tar (and, when the import is
+ * given one, the files a layout plan from a recorded startup trace lists in
+ * it, which go first), so the same layer produces the same chunks in every
+ * image that contains it, at any depth.
  * Whiteouts and opaque directories only change the tree; data an upper layer
  * hides stays where it is (its chunk is shared, so it costs nothing).
  *

@@ -255,7 +255,8 @@ int flattener_init(struct flattener *f, const struct chunk_sink *sink, uint64_t 
 /* Apply layer |layer| (0 = bottom) read from |tar| to the tree and append its
  * data region: the files a start is likely to read first, in tar order, then,
  * from a chunk boundary on, those it almost never reads (flatten.c says
- * which).  |what| names the layer in errors.  Reads |tar| to its end so its
+ * which); with f->layer_layout set, the files it lists go before all of
+ * them, in its order, up to a chunk boundary.  |what| names the layer in errors.  Reads |tar| to its end so its
  * digests are checked.  Returns 0 or -errno (-EBADMSG for bad content,
  * logged naming the layer and the entry; -errno of the spool file). */
 int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, const char *what,
