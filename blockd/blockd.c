@@ -14,6 +14,7 @@
  * detached image is freed only after the last reader is done with it.
  */
 #include "internal.h"
+#include "common/erofs_format.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -238,6 +239,7 @@ int blockd_image_read(struct blockd_image *img, uint64_t off, void *buf, size_t 
 		pos += n;
 	}
 	atomic_fetch_add(&img->c.bytes_read, len);
+	trace_note_read_range(img, off, len);
 	maybe_readahead(img, off, end);
 	atomic_fetch_add(&img->c.reads, 1);
 	return 0;
@@ -262,6 +264,108 @@ int blockd_image_fs(struct blockd_image *img, struct erofs_fs **out)
 	int r = img->fs ? 0 : img->fs_err;
 	*out = img->fs;
 	pthread_mutex_unlock(&img->fs_lock);
+	return r;
+}
+
+/* ---- walking the file tree ---------------------------------------------------------------------------------- */
+
+#define WALK_MAX_DEPTH 256
+#define WALK_MAX_PATH 8192
+
+struct walk_entry {
+	char *name;
+	uint64_t nid;
+	unsigned type;
+};
+
+struct walk_list {
+	struct walk_entry *v;
+	size_t n, cap;
+	int err;
+};
+
+static int walk_collect(void *arg, const char *name, size_t name_len, uint64_t nid, unsigned file_type,
+			uint64_t next_cookie)
+{
+	(void)next_cookie;
+	struct walk_list *l = arg;
+	if ((name_len == 1 && name[0] == '.') || (name_len == 2 && name[0] == '.' && name[1] == '.'))
+		return 0;
+	if (file_type != EROFS_FT_DIR && file_type != EROFS_FT_REG_FILE)
+		return 0;
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? l->cap * 2 : 32;
+		struct walk_entry *v = realloc(l->v, cap * sizeof(*v));
+		if (!v) {
+			l->err = -ENOMEM;
+			return 1;
+		}
+		l->v = v;
+		l->cap = cap;
+	}
+	char *copy = strndup(name, name_len);
+	if (!copy) {
+		l->err = -ENOMEM;
+		return 1;
+	}
+	l->v[l->n++] = (struct walk_entry){ .name = copy, .nid = nid, .type = file_type };
+	return 0;
+}
+
+/* Walk directory |dir| whose path (|len| bytes, "" for the root) is in
+ * |path|. */
+static int walk_dir(struct blockd_image *img, struct erofs_fs *fs, uint64_t dir, char *path, size_t len,
+		    unsigned depth, blockd_file_cb cb, void *arg)
+{
+	if (depth > WALK_MAX_DEPTH) {
+		log_err("image %s: directories nest deeper than %u at \"%s\": a corrupt image", img->name,
+			WALK_MAX_DEPTH, path);
+		return -EUCLEAN;
+	}
+	struct walk_list l = { 0 };
+	int r = erofs_readdir(fs, dir, 0, walk_collect, &l);
+	if (r == 0)
+		r = l.err;
+	for (size_t i = 0; r == 0 && i < l.n; i++) {
+		const struct walk_entry *e = &l.v[i];
+		size_t nl = strlen(e->name);
+		if (len + 1 + nl >= WALK_MAX_PATH) {
+			log_err("image %s: a path under \"%s\" is longer than %d bytes: a corrupt image", img->name,
+				path, WALK_MAX_PATH - 1);
+			r = -EUCLEAN;
+			break;
+		}
+		size_t at = len ? len + 1 : 0;
+		if (len)
+			path[len] = '/';
+		memcpy(path + at, e->name, nl + 1);
+		if (e->type == EROFS_FT_DIR) {
+			r = walk_dir(img, fs, e->nid, path, at + nl, depth + 1, cb, arg);
+		} else {
+			uint64_t off, dlen;
+			r = erofs_data_extent(fs, e->nid, &off, &dlen);
+			if (r == 0 && dlen)
+				r = cb(arg, path, off, dlen);
+		}
+		path[len] = '\0';
+	}
+	for (size_t i = 0; i < l.n; i++)
+		free(l.v[i].name);
+	free(l.v);
+	return r;
+}
+
+int blockd_image_walk_files(struct blockd_image *img, blockd_file_cb cb, void *arg)
+{
+	struct erofs_fs *fs;
+	int r = blockd_image_fs(img, &fs);
+	if (r < 0)
+		return r;
+	char *path = calloc(WALK_MAX_PATH, 1);
+	if (!path)
+		return -ENOMEM;
+	r = walk_dir(img, fs, erofs_root(fs), path, 0, 0, cb, arg);
+	free(path);
 	return r;
 }
 

@@ -102,6 +102,20 @@ const struct manifest *blockd_image_manifest(const struct blockd_image *img);
 /* The directory name of the image under the mount ("name:tag"). */
 const char *blockd_image_name(const struct blockd_image *img);
 
+/* Called by blockd_image_walk_files for each regular file: its path in the
+ * image (no leading '/'), and the image bytes [data_off, data_off + data_len)
+ * holding its block-mapped data.  Return non-zero to stop the walk. */
+typedef int (*blockd_file_cb)(void *arg, const char *path, uint64_t data_off, uint64_t data_len);
+
+/* Walk the image's EROFS tree depth-first, names in the order the image
+ * stores them (byte order for kindling's images), and call |cb| for every
+ * regular file with block-mapped data (a hard-linked file once per name).
+ * Reads the metadata region through the cache like any reader.  Returns 0,
+ * the callback's non-zero value if it stopped the walk, -EUCLEAN for a
+ * corrupt image or one nested deeper than 256 directories (logged), or
+ * -errno. */
+int blockd_image_walk_files(struct blockd_image *img, blockd_file_cb cb, void *arg);
+
 /* The image's counters as JSON (the contents of stats.json), malloc'd. */
 char *blockd_image_stats_json(struct blockd_image *img);
 

@@ -723,6 +723,33 @@ int erofs_read(struct erofs_fs *fs, uint64_t nid, uint64_t off, void *buf, size_
 	return 0;
 }
 
+int erofs_data_extent(struct erofs_fs *fs, uint64_t nid, uint64_t *out_off, uint64_t *out_len)
+{
+	struct inode ino;
+	int r = read_inode(fs, nid, &ino);
+	if (r < 0)
+		return r;
+	*out_off = *out_len = 0;
+	if (!S_ISREG(ino.mode) || !ino.size ||
+	    (ino.layout != EROFS_LAYOUT_FLAT_PLAIN && ino.layout != EROFS_LAYOUT_FLAT_INLINE))
+		return 0;
+	/* Only block-mapped data: an inline tail lives with the metadata. */
+	uint64_t nblocks = (ino.size >> fs->blkbits) + ((ino.size & (fs->blksz - 1)) != 0);
+	uint64_t raw_blocks = nblocks - (ino.layout == EROFS_LAYOUT_FLAT_INLINE);
+	if (!raw_blocks)
+		return 0;
+	uint64_t pa, len;
+	if ((r = map_flat(fs, &ino, 0, &pa, &len)) < 0)
+		return r;
+	uint64_t end;
+	if (!ck_add_u64(pa, len, &end) || end > fs->dev_size)
+		return corrupt(fs, "nid %llu: %llu bytes of data at %llu lie past the end of the image",
+			       (unsigned long long)nid, (unsigned long long)len, (unsigned long long)pa);
+	*out_off = pa;
+	*out_len = len;
+	return 0;
+}
+
 int erofs_readlink(struct erofs_fs *fs, uint64_t nid, char *buf, size_t cap)
 {
 	struct inode ino;

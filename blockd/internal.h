@@ -71,6 +71,12 @@ typedef int (*erofs_dirent_cb)(void *arg, const char *name, size_t name_len, uin
  * included.  Returns 0, -ENOTDIR or -EUCLEAN. */
 int erofs_readdir(struct erofs_fs *fs, uint64_t dir, uint64_t cookie, erofs_dirent_cb cb, void *arg);
 
+/* Where regular file |nid|'s block-mapped data sits: |*out_len| bytes at
+ * device offset |*out_off| (a whole number of blocks); both 0 for any other
+ * inode, an empty file, data held inline with the metadata, or a layout
+ * other than flat.  Returns 0 or -EUCLEAN / -errno. */
+int erofs_data_extent(struct erofs_fs *fs, uint64_t nid, uint64_t *out_off, uint64_t *out_len);
+
 /* Read up to |len| bytes of regular file |nid| at |off|; |*out_n| is the
  * count (0 at or past the end).  Returns 0, -EISDIR, -EINVAL, -EUCLEAN. */
 int erofs_read(struct erofs_fs *fs, uint64_t nid, uint64_t off, void *buf, size_t len, size_t *out_n);
@@ -372,6 +378,9 @@ void trace_detach(struct blockd_image *img);
 void trace_free(struct blockd_trace *t);
 /* A reader touched chunk |index| for the first time since attach. */
 void trace_note_first_read(struct blockd_image *img, uint64_t index);
+/* A reader read |len| bytes at |off| (inside the image): while recording,
+ * add the blocks not read before to the trace's block runs. */
+void trace_note_read_range(struct blockd_image *img, uint64_t off, uint64_t len);
 /* May readahead fetch chunk |index|?  False while a loaded startup trace
  * covers the start (it is being prefetched, or the image was attached less
  * than trace_seconds ago) and does not list |index|: the trace predicts what

@@ -7,6 +7,10 @@
  *   {"format": "kindling-trace-1", "manifest": "<digest>", "chunk_size": 524288,
  *    "seconds": 10.0, "chunks": [index, index, ...]}
  *
+ * Alongside, it records the 4 KiB blocks readers read, as runs in first-read
+ * order ("blocks"), which `chunkify import --layout-trace` maps back to the
+ * files a start reads so a re-import can place them together.
+ *
  * Later attaches load that trace and prefetch its chunks in order, through
  * cache_prefetch, with at most prefetch_parallel fetches in flight and at
  * most prefetch_bytes_per_s, skipping chunks a reader already touched.  A
@@ -58,6 +62,9 @@ struct blockd_trace {
 	double record_until;
 	uint64_t *rec;			/* recording */
 	size_t n_rec, cap_rec;
+	uint8_t *block_seen;		/* recording: a bit per image block read */
+	struct image_trace_extent *ext;	/* recording: block runs, first-read order */
+	size_t n_ext, cap_ext;
 	uint64_t *plan;			/* loaded trace */
 	size_t n_plan, cursor;
 	struct plan_ent *by_index;	/* the plan sorted by chunk index */
@@ -91,7 +98,7 @@ static void store_recording(struct blockd_image *img)
 	t->state = TRACE_STORED; /* no more appends */
 	size_t n = t->n_rec;
 	char *s = NULL;
-	int er = n ? image_trace_encode(img->digest, b->cfg.trace_seconds, t->rec, n, &s) : 0;
+	int er = n ? image_trace_encode_blocks(img->digest, b->cfg.trace_seconds, t->rec, n, t->ext, t->n_ext, &s) : 0;
 	pthread_mutex_unlock(&t->lock);
 	if (er < 0)
 		return;
@@ -168,6 +175,49 @@ void trace_note_first_read(struct blockd_image *img, uint64_t index)
 		if (t->n_rec < t->cap_rec)
 			t->rec[t->n_rec++] = index;
 		atomic_store(&img->c.trace_len, t->n_rec);
+	}
+	pthread_mutex_unlock(&t->lock);
+}
+
+/* Append block |blk| to the recorded runs (caller holds t->lock): it
+ * extends the last run when it follows it, else starts a new one while
+ * there is room. */
+static void note_block(struct blockd_trace *t, uint64_t blk)
+{
+	if (t->n_ext && t->ext[t->n_ext - 1].block + t->ext[t->n_ext - 1].count == blk) {
+		t->ext[t->n_ext - 1].count++;
+		return;
+	}
+	if (t->n_ext == t->cap_ext) {
+		if (t->cap_ext >= IMAGE_TRACE_MAX_EXTENTS)
+			return;
+		size_t cap = t->cap_ext ? t->cap_ext * 2 : 256;
+		if (cap > IMAGE_TRACE_MAX_EXTENTS)
+			cap = IMAGE_TRACE_MAX_EXTENTS;
+		struct image_trace_extent *p = realloc(t->ext, cap * sizeof(*p));
+		if (!p)
+			return;
+		t->ext = p;
+		t->cap_ext = cap;
+	}
+	t->ext[t->n_ext++] = (struct image_trace_extent){ .block = blk, .count = 1 };
+}
+
+void trace_note_read_range(struct blockd_image *img, uint64_t off, uint64_t len)
+{
+	struct blockd_trace *t = img->trace;
+	if (!t || !len || atomic_load(&t->state) != TRACE_RECORDING) /* racy peek; rechecked under the lock */
+		return;
+	pthread_mutex_lock(&t->lock);
+	if (t->state == TRACE_RECORDING && t->block_seen && now_seconds() < t->record_until) {
+		uint64_t last = (off + len - 1) / IMAGE_TRACE_BLOCK_SIZE;
+		for (uint64_t blk = off / IMAGE_TRACE_BLOCK_SIZE; blk <= last; blk++) {
+			uint8_t bit = (uint8_t)(1u << (blk % 8));
+			if (t->block_seen[blk / 8] & bit)
+				continue;
+			t->block_seen[blk / 8] |= bit;
+			note_block(t, blk);
+		}
 	}
 	pthread_mutex_unlock(&t->lock);
 }
@@ -298,6 +348,10 @@ int trace_attach(struct blockd_image *img)
 	int r = store_get(b->store, key, TRACE_MAX_BYTES, &buf, &len);
 	pthread_mutex_unlock(&b->store_lock);
 	if (r == -ENOENT) {
+		/* The block bitmap is best effort: without it only "blocks" is
+		 * left out of the trace. */
+		uint64_t n_blocks = img->m.image_size / IMAGE_TRACE_BLOCK_SIZE;
+		t->block_seen = calloc((size_t)(n_blocks / 8 + 1), 1);
 		t->state = TRACE_RECORDING;
 		t->record_until = now_seconds() + (b->cfg.trace_seconds > 0 ? b->cfg.trace_seconds : 10.0);
 		log_info("image %s: no startup trace yet; recording one", img->name);
@@ -362,6 +416,8 @@ void trace_free(struct blockd_trace *t)
 	if (!t)
 		return;
 	free(t->rec);
+	free(t->block_seen);
+	free(t->ext);
 	free(t->plan);
 	free(t->by_index);
 	free(t->workers);

@@ -37,12 +37,80 @@ int chunkify_ctx_init(struct chunkify_ctx *c, const char *store_uri, const struc
 /* Close the store and wipe the secrets; safe on a zeroed struct. */
 void chunkify_ctx_cleanup(struct chunkify_ctx *c);
 
+/* ---- layout from a recorded startup trace (layout_trace.c) ---------------
+ *
+ * A startup trace recorded on an earlier import of an image (blockd stores
+ * it at traces/<manifest digest>) says which blocks a start read first.
+ * Mapped onto that import's files, it becomes a plan: for each layer, the
+ * files the start read and the order it first read them in.  An import
+ * given the plan places those files first in their layer's region, together
+ * and in that order, then the rest as always; a layer the plan names no
+ * file of is laid out exactly as without one. */
+
+/* A parsed trace: the image it was recorded on and its block runs. */
+struct layout_trace {
+	char manifest_digest[65];	/* 64 hex digits */
+	struct image_trace_extent *extents; /* first-read order */
+	size_t n_extents;
+};
+
+/* Parse the trace document |<buf, len>| (untrusted) named |what| in errors
+ * (the file it came from).  Returns 0 with |*out| filled (release it with
+ * layout_trace_cleanup), -EBADMSG for anything that is not a trace with
+ * block runs (logged, naming |what| and the fault), or -ENOMEM. */
+int layout_trace_parse(const uint8_t *buf, size_t len, const char *what, struct layout_trace *out);
+
+/* Release what |t| holds; safe on a zeroed struct. */
+void layout_trace_cleanup(struct layout_trace *t);
+
+/* A regular file of the traced image: its path (no leading '/') and the
+ * image bytes holding its data. */
+struct layout_file {
+	const char *path;
+	uint64_t data_off, data_len;
+};
+
+/* A growable list of them; each path is the list's own copy. */
+struct layout_files {
+	struct layout_file *v;
+	size_t n, cap;
+};
+
+/* Append a copy of |path| with its data range.  Returns 0 or -ENOMEM. */
+int layout_files_add(struct layout_files *l, const char *path, uint64_t data_off, uint64_t data_len);
+
+/* Free the paths and the array; safe on a zeroed struct. */
+void layout_files_cleanup(struct layout_files *l);
+
+struct layout_plan;
+
+/* Build the plan: the files of |<files, n_files>| (every regular file of
+ * the image |traced| the trace |t| was recorded on) whose data the trace's
+ * runs touch, ranked by the first run that touches them (files one run
+ * touches in image order), each under the layer of |traced| whose region
+ * holds its data.  Runs past the image or between files touch nothing.
+ * Nothing of the arguments is kept.  Returns 0 with |*out| (free it with
+ * layout_plan_free) or -ENOMEM. */
+int layout_plan_build(const struct layout_trace *t, const struct manifest *traced, const struct layout_file *files,
+		      size_t n_files, struct layout_plan **out);
+
+/* Free |p|; NULL is ok. */
+void layout_plan_free(struct layout_plan *p);
+
+/* How many files |p| places, and in how many layers (0 for NULL). */
+size_t layout_plan_files(const struct layout_plan *p);
+size_t layout_plan_layers_with_files(const struct layout_plan *p);
+
 struct import_options {
 	const char *name_tag;		/* NAME[:TAG]; NULL derives it from the source */
 	bool progress;			/* draw a progress bar on stderr */
 	bool insecure;
 	unsigned workers;		/* crypto threads; 0 = one per core */
 	uint64_t max_image_size;	/* 0 = 1 TiB */
+	/* Where each layer puts the files a recorded start read (see
+	 * layout_plan_build); NULL = the usual layout.  Layers are matched by
+	 * blob digest; the plan must outlive the import. */
+	const struct layout_plan *layout;
 };
 
 struct import_report {

@@ -4,8 +4,10 @@
  * 512 KiB chunk boundary, every file on a 4 KiB boundary: first the files a
  * start is likely to read, in tar order, then, from a chunk boundary on, the
  * files it almost never reads ("hot and cold data" below says which).  The
- * region depends on nothing but that layer's tar, so the same layer produces
- * the same chunks in every image that contains it, at any depth.
+ * region depends on nothing but that layer's tar (and, when the import is
+ * given one, the files a layout plan from a recorded startup trace lists in
+ * it, which go first), so the same layer produces the same chunks in every
+ * image that contains it, at any depth.
  * Whiteouts and opaque directories only change the tree; data an upper layer
  * hides stays where it is (its chunk is shared, so it costs nothing).
  *
@@ -145,6 +147,9 @@ struct deferred_file {
 	uint64_t spool_off, size;
 	char *stem;		/* a Python source's path without ".py"; else NULL */
 	bool cold;		/* goes after the chunk boundary */
+	bool traced;		/* the layout plan lists it: goes first, by |rank| */
+	uint64_t rank;
+	bool hot;		/* deferred only so that traced files can go first */
 };
 
 struct layer_ctx {
@@ -160,6 +165,7 @@ struct layer_ctx {
 	struct deferred_file *deferred; /* in tar order */
 	size_t n_deferred, cap_deferred;
 	struct str_list pyc_stems; /* "D/X" for each D/__pycache__/X.*.pyc in the layer */
+	const struct layout_layer *layout; /* the plan's files in this layer, or NULL */
 };
 
 #define entry_err(lc, ...) entry_err_((lc), __VA_ARGS__)
@@ -365,7 +371,17 @@ static bool tail_missing(struct layer_ctx *lc, struct archive *a)
  * only when the tar ends, so deferred files wait in a spool file and are
  * copied into the image when the layer ends: sources without bytecode right
  * after the other hot data, then the cold files.  Sparse files stay in place
- * (the spool would fill their holes). */
+ * (the spool would fill their holes).
+ *
+ * With a layout plan from a recorded startup trace (layout_trace.c) that
+ * lists files of this layer, those files go first instead, in the order the
+ * traced start first read them, and the group ends on a chunk boundary: the
+ * chunks a start fetches then hold what it reads and little else, which no
+ * rule on paths can achieve (it cannot tell the bytecode a handler imports
+ * from the rest of the stdlib).  Every other file of such a layer waits in
+ * the spool too, so that the traced ones can go first, and keeps the order
+ * above.  A layer the plan lists nothing of never sees this, so it stays
+ * byte for byte what it is without a plan, and its chunks dedup as before. */
 
 static bool has_suffix(const char *s, const char *suffix)
 {
@@ -544,10 +560,20 @@ static int read_file_data(struct layer_ctx *lc, struct archive *a, struct fs_ino
 	struct flattener *f = lc->f;
 	ino->size = size;
 	bool sparse = archive_entry_sparse_count(lc->entry_ae) > 0;
-	bool cold = !sparse && is_cold_path(comps, n);
-	bool source = !sparse && !cold && has_suffix(comps[n - 1], ".py");
+	uint64_t rank = 0;
+	bool traced = false;
+	if (!sparse && lc->layout) {
+		char path[MAX_PATH];
+		int len = join_comps(comps, n, path, sizeof(path));
+		if (len < 0)
+			return len;
+		traced = layout_layer_rank(lc->layout, path, &rank);
+	}
+	bool cold = !sparse && !traced && is_cold_path(comps, n);
+	bool source = !sparse && !traced && !cold && has_suffix(comps[n - 1], ".py");
+	bool hot = !sparse && lc->layout && !traced && !cold && !source;
 	int r;
-	if (!cold && !source) {
+	if (!cold && !source && !traced && !hot) {
 		if ((r = image_align(f, EROFS_BLOCK_SIZE)) < 0 ||
 		    (r = copy_file_data(lc, a, size, false, &ino->data_off)) < 0)
 			return r;
@@ -581,8 +607,14 @@ static int read_file_data(struct layer_ctx *lc, struct archive *a, struct fs_ino
 		return r;
 	}
 	ino->refs++;
-	lc->deferred[lc->n_deferred++] = (struct deferred_file){
-		.ino = ino, .spool_off = spool_off, .size = size, .stem = stem, .cold = cold};
+	lc->deferred[lc->n_deferred++] = (struct deferred_file){.ino = ino,
+								.spool_off = spool_off,
+								.size = size,
+								.stem = stem,
+								.cold = cold,
+								.traced = traced,
+								.rank = rank,
+								.hot = hot};
 	lc->region_files++;
 	return 0;
 }
@@ -627,9 +659,47 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* At the end of a layer: the sources without bytecode after the other hot
- * data, then, from a chunk boundary on, the cold files, each group in tar
- * order. */
+static int cmp_rank(const void *a, const void *b)
+{
+	uint64_t x = (*(const struct deferred_file *const *)a)->rank, y = (*(const struct deferred_file *const *)b)->rank;
+	return x < y ? -1 : x > y;
+}
+
+/* The files the layout plan lists, by rank, then up to a chunk boundary. */
+static int place_traced(struct layer_ctx *lc)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < lc->n_deferred; i++)
+		n += lc->deferred[i].traced;
+	if (!n)
+		return 0;
+	struct deferred_file **v = malloc(n * sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	n = 0;
+	uint64_t bytes = 0;
+	for (size_t i = 0; i < lc->n_deferred; i++)
+		if (lc->deferred[i].traced) {
+			v[n++] = &lc->deferred[i];
+			bytes += lc->deferred[i].size;
+		}
+	qsort(v, n, sizeof(*v), cmp_rank);
+	int r = 0;
+	for (size_t i = 0; i < n && r == 0; i++)
+		r = unspool(lc, v[i]);
+	free(v);
+	if (r == 0)
+		r = image_align(lc->f, CHUNK_SIZE);
+	if (r == 0)
+		log_info("%s: %zu files (%llu bytes) a recorded start read placed first, as the layout trace says",
+			 lc->what, n, (unsigned long long)bytes);
+	return r;
+}
+
+/* At the end of a layer: the files a layout plan lists first (when it lists
+ * any here), then the hot files it made wait, then the sources without
+ * bytecode, then, from a chunk boundary on, the cold files, each group but
+ * the first in tar order. */
 static int place_deferred(struct layer_ctx *lc)
 {
 	struct flattener *f = lc->f;
@@ -646,8 +716,14 @@ static int place_deferred(struct layer_ctx *lc)
 		any_cold |= d->cold;
 	}
 	int r;
+	if ((r = place_traced(lc)) < 0)
+		return r;
 	for (size_t i = 0; i < lc->n_deferred; i++)
-		if (!lc->deferred[i].cold && (r = unspool(lc, &lc->deferred[i])) < 0)
+		if (lc->deferred[i].hot && (r = unspool(lc, &lc->deferred[i])) < 0)
+			return r;
+	for (size_t i = 0; i < lc->n_deferred; i++)
+		if (!lc->deferred[i].cold && !lc->deferred[i].traced && !lc->deferred[i].hot &&
+		    (r = unspool(lc, &lc->deferred[i])) < 0)
 			return r;
 	if (any_cold && (r = image_align(f, CHUNK_SIZE)) < 0)
 		return r;
@@ -952,7 +1028,7 @@ int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, 
 	int r = image_align(f, CHUNK_SIZE);
 	if (r < 0)
 		return r;
-	struct layer_ctx lc = {.f = f, .layer = layer, .what = what, .region_start = f->pos};
+	struct layer_ctx lc = {.f = f, .layer = layer, .what = what, .region_start = f->pos, .layout = f->layer_layout};
 	struct stream_reader sr;
 	memset(&sr, 0, sizeof(sr));
 	struct archive *a = archive_read_new();

@@ -676,6 +676,7 @@ static int import_image(struct chunkify_ctx *c, const char *source, const struct
 			r = errno ? -errno : -EIO;
 			break;
 		}
+		f.layer_layout = layout_plan_layer(opt->layout, img->layers[i].digest);
 		r = flatten_layer(&f, s, (unsigned)i, what, &regions[i]);
 		byte_stream_close(s);
 		if (r == 0 && cancelled(p))

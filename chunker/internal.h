@@ -235,7 +235,18 @@ struct flattener {
 	bool spooling;		/* spool_fd is open (on first use) */
 	int spool_fd;		/* an unlinked file */
 	uint64_t spool_len;	/* bytes the current layer has spooled */
+	/* The layout plan's files for the next flatten_layer call (NULL: none;
+	 * see layout_plan_layer).  Set before each call. */
+	const struct layout_layer *layer_layout;
 };
+
+/* The files |p| (may be NULL) places in the layer whose blob digest is
+ * |layer_digest|, or NULL when it places none there. */
+const struct layout_layer *layout_plan_layer(const struct layout_plan *p, const char *layer_digest);
+
+/* Whether |l| lists |path| (as joined from a tar entry's checked
+ * components), and its rank in |*out_rank|: lower ranks go first. */
+bool layout_layer_rank(const struct layout_layer *l, const char *path, uint64_t *out_rank);
 
 /* Start an empty image; chunk 0 is held back for the superblock.  Images
  * larger than |max_image_size| are refused.  Returns 0 or -ENOMEM. */
@@ -244,7 +255,8 @@ int flattener_init(struct flattener *f, const struct chunk_sink *sink, uint64_t 
 /* Apply layer |layer| (0 = bottom) read from |tar| to the tree and append its
  * data region: the files a start is likely to read first, in tar order, then,
  * from a chunk boundary on, those it almost never reads (flatten.c says
- * which).  |what| names the layer in errors.  Reads |tar| to its end so its
+ * which); with f->layer_layout set, the files it lists go before all of
+ * them, in its order, up to a chunk boundary.  |what| names the layer in errors.  Reads |tar| to its end so its
  * digests are checked.  Returns 0 or -errno (-EBADMSG for bad content,
  * logged naming the layer and the entry; -errno of the spool file). */
 int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, const char *what,

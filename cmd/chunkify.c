@@ -1,5 +1,6 @@
 /* chunkify: import OCI images into kindling's chunk store, and look after it. */
 #define LOG_COMPONENT "chunkify"
+#include "blockd/blockd.h"
 #include "cache/cache.h"
 #include "chunker/chunker.h"
 #include "common/common.h"
@@ -30,8 +31,10 @@ static void usage(FILE *out)
 	fprintf(out,
 		"usage: chunkify [--store URI] [--json] COMMAND ...\n"
 		"\n"
-		"  import SOURCE [--name NAME[:TAG]] [--insecure] [--workers N]\n"
+		"  import SOURCE [--name NAME[:TAG]] [--insecure] [--workers N] [--layout-trace TRACE]\n"
 		"        SOURCE: oci:DIR[:TAG] | docker-archive:FILE | docker://HOST[:PORT]/REPO[:TAG|@DIGEST]\n"
+		"        TRACE: a startup trace recorded on an earlier import of the image (the store's\n"
+		"        traces/<manifest digest>): the files that start read go first in their layers\n"
 		"  snapshot-import NAME[:TAG] --mem FILE --vmstate FILE --from IMAGE\n"
 		"                               store a micro-VM snapshot (kvmm's or Firecracker's\n"
 		"                               /snapshot/create files) as convergent chunks; IMAGE is the\n"
@@ -65,9 +68,93 @@ struct cli {
 	unsigned k, m;
 	bool m_set;
 	const char *mem, *vmstate, *from; /* snapshot-import, export */
+	const char *layout_trace;	  /* import */
 };
 
 /* ---- import ---------------------------------------------------------------- */
+
+static int collect_file(void *arg, const char *path, uint64_t data_off, uint64_t data_len)
+{
+	return layout_files_add(arg, path, data_off, data_len);
+}
+
+/* What a layout trace said, for the import's report. */
+struct layout_summary {
+	char traced_digest[65];
+	size_t files, layers;
+};
+
+/* Turn the trace file |path| into a layout plan: parse it, open the image it
+ * was recorded on from the store (through blockd's EROFS reader, fetching
+ * only the metadata), and map its block runs to that image's files.  A
+ * trace whose image the store no longer holds, or whose runs lie past that
+ * image's end, is refused. */
+static int load_layout_plan(struct chunkify_ctx *c, const struct cli *cli, const char *path,
+			    struct layout_plan **out, struct layout_summary *sum)
+{
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	int r = read_file_all(path, IMAGE_TRACE_MAX_BYTES, &buf, &len);
+	if (r < 0) {
+		fprintf(stderr, "chunkify import: cannot read the layout trace %s: %s\n", path,
+			r == -EFBIG ? "larger than a trace may be (16 MiB)" : strerror(-r));
+		return r;
+	}
+	struct layout_trace t;
+	r = layout_trace_parse(buf, len, path, &t);
+	free(buf);
+	if (r < 0)
+		return r;
+
+	struct blockd_config cfg = {
+		.cache = { .origin_uri = cli->store_uri ? cli->store_uri : c->env.default_store_uri,
+			   .origin_options = &cli->sopt },
+	};
+	struct blockd *b = NULL;
+	struct blockd_image *img = NULL;
+	struct layout_files files = { 0 };
+	if ((r = blockd_new(&cfg, &b)) < 0)
+		goto out;
+	if ((r = blockd_attach(b, t.manifest_digest, &img)) < 0) {
+		fprintf(stderr,
+			"chunkify import: the layout trace %s was recorded on image sha256:%s, which the store %s "
+			"does not hold (%s): import without --layout-trace, or run the image once to record a "
+			"new trace\n",
+			path, t.manifest_digest, cfg.cache.origin_uri, strerror(-r));
+		goto out;
+	}
+	uint64_t image_blocks = blockd_image_size(img) / IMAGE_TRACE_BLOCK_SIZE;
+	for (size_t i = 0; i < t.n_extents; i++)
+		if (t.extents[i].block + t.extents[i].count > image_blocks) {
+			fprintf(stderr,
+				"chunkify import: the layout trace %s: blocks[%zu] (%llu blocks from block %llu) lies "
+				"past the end of image sha256:%s (%llu blocks): not a trace of that image\n",
+				path, i, (unsigned long long)t.extents[i].count,
+				(unsigned long long)t.extents[i].block, t.manifest_digest,
+				(unsigned long long)image_blocks);
+			r = -EBADMSG;
+			goto out;
+		}
+	if ((r = blockd_image_walk_files(img, collect_file, &files)) != 0) {
+		fprintf(stderr, "chunkify import: cannot list the files of image sha256:%s for the layout trace %s: %s\n",
+			t.manifest_digest, path, strerror(r < 0 ? -r : EIO));
+		r = r < 0 ? r : -EIO;
+		goto out;
+	}
+	r = layout_plan_build(&t, blockd_image_manifest(img), files.v, files.n, out);
+	if (r == 0) {
+		snprintf(sum->traced_digest, sizeof(sum->traced_digest), "%s", t.manifest_digest);
+		sum->files = layout_plan_files(*out);
+		sum->layers = layout_plan_layers_with_files(*out);
+		log_info("layout trace %s (recorded on sha256:%s): %zu files read, in %zu layers", path,
+			 t.manifest_digest, sum->files, sum->layers);
+	}
+out:
+	layout_files_cleanup(&files);
+	blockd_free(b);
+	layout_trace_cleanup(&t);
+	return r;
+}
 
 static int cmd_import(struct chunkify_ctx *c, const struct cli *cli, const char *source)
 {
@@ -77,8 +164,15 @@ static int cmd_import(struct chunkify_ctx *c, const struct cli *cli, const char 
 		.insecure = cli->insecure,
 		.workers = cli->workers,
 	};
+	struct layout_plan *plan = NULL;
+	struct layout_summary sum = { 0 };
+	int r = cli->layout_trace ? load_layout_plan(c, cli, cli->layout_trace, &plan, &sum) : 0;
+	if (r < 0)
+		return r;
+	opt.layout = plan;
 	struct import_report rep;
-	int r = chunkify_import(c, source, &opt, &rep);
+	r = chunkify_import(c, source, &opt, &rep);
+	layout_plan_free(plan);
 	if (r < 0)
 		return r;
 	double mbps = rep.seconds > 0 ? (double)rep.image_size / 1e6 / rep.seconds : 0;
@@ -89,6 +183,11 @@ static int cmd_import(struct chunkify_ctx *c, const struct cli *cli, const char 
 				      "chunks_zero", (json_int_t)rep.chunks_zero, "bytes_uploaded",
 				      (json_int_t)rep.bytes_uploaded, "image_size", (json_int_t)rep.image_size,
 				      "seconds", rep.seconds, "mb_per_s", mbps, "workers", (int)rep.workers);
+		if (j && cli->layout_trace)
+			json_object_set_new(j, "layout_trace",
+					    json_pack("{s:s,s:s,s:I,s:I}", "file", cli->layout_trace, "recorded_on",
+						      sum.traced_digest, "files", (json_int_t)sum.files, "layers",
+						      (json_int_t)sum.layers));
 		char *s = json_dumps(j, JSON_COMPACT);
 		printf("%s\n", s);
 		free(s);
@@ -107,6 +206,9 @@ static int cmd_import(struct chunkify_ctx *c, const struct cli *cli, const char 
 	       nonzero ? 100.0 * (double)rep.chunks_dedup / (double)nonzero : 0.0);
 	printf("  uploaded      %.1f MiB\n", (double)rep.bytes_uploaded / (1 << 20));
 	printf("  time          %.2f s, %.0f MB/s\n", rep.seconds, mbps);
+	if (cli->layout_trace)
+		printf("  layout        %zu files first in %zu layers, from trace %s (recorded on sha256:%s)\n",
+		       sum.files, sum.layers, cli->layout_trace, sum.traced_digest);
 	return 0;
 }
 
@@ -641,7 +743,7 @@ int main(int argc, char **argv)
 	log_set_program("chunkify");
 	struct cli cli = {0};
 	enum { OPT_STORE = 256, OPT_JSON, OPT_NAME, OPT_INSECURE, OPT_CHUNKS, OPT_DRY, OPT_WORKERS, OPT_S3E, OPT_S3R,
-	       OPT_L2, OPT_K, OPT_M, OPT_MEM, OPT_VMSTATE, OPT_FROM };
+	       OPT_L2, OPT_K, OPT_M, OPT_MEM, OPT_VMSTATE, OPT_FROM, OPT_LAYOUT_TRACE };
 	static const struct option longopts[] = {
 		{"store", required_argument, NULL, OPT_STORE},	   {"json", no_argument, NULL, OPT_JSON},
 		{"name", required_argument, NULL, OPT_NAME},	   {"insecure", no_argument, NULL, OPT_INSECURE},
@@ -651,7 +753,7 @@ int main(int argc, char **argv)
 		{"help", no_argument, NULL, 'h'},		   {"l2", required_argument, NULL, OPT_L2},
 		{"k", required_argument, NULL, OPT_K},		   {"m", required_argument, NULL, OPT_M},
 		{"mem", required_argument, NULL, OPT_MEM},	   {"vmstate", required_argument, NULL, OPT_VMSTATE},
-		{"from", required_argument, NULL, OPT_FROM},
+		{"from", required_argument, NULL, OPT_FROM},	   {"layout-trace", required_argument, NULL, OPT_LAYOUT_TRACE},
 		{NULL, 0, NULL, 0},
 	};
 	/* Options may come before or after the command ("+" is not used). */
@@ -680,6 +782,7 @@ int main(int argc, char **argv)
 		case OPT_MEM: cli.mem = optarg; break;
 		case OPT_VMSTATE: cli.vmstate = optarg; break;
 		case OPT_FROM: cli.from = optarg; break;
+		case OPT_LAYOUT_TRACE: cli.layout_trace = optarg; break;
 		case OPT_K:
 		case OPT_M: {
 			char *end;
@@ -726,6 +829,10 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
+	if (cli.layout_trace && strcmp(cmd, "import") != 0) {
+		fprintf(stderr, "chunkify %s: --layout-trace applies to import only\n", cmd);
+		return 2;
+	}
 	struct sigaction sa = {.sa_handler = on_signal};
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);

@@ -263,10 +263,25 @@ int image_load(struct store *s, const char *digest, const uint8_t *tenant_key, s
  * traces/<manifest digest> so later starts can prefetch them (blockd for
  * images, snapshot-serve for snapshot memory).
  *   {"format": "kindling-trace-1", "manifest": "<digest>", "chunk_size":
- *    524288, "seconds": S, "chunks": [index, ...]}
+ *    524288, "seconds": S, "chunks": [index, ...],
+ *    "block_size": 4096, "blocks": [[block, count], ...]}
+ * "blocks" (optional; blockd writes it for images) lists the 4 KiB blocks
+ * readers first read, as runs in first-read order, each block once: what
+ * `chunkify import --layout-trace` maps back to files (chunker/layout_trace.c
+ * holds its parser).
  * ====================================================================== */
 
 #define IMAGE_TRACE_MAX_BYTES (16u << 20)
+#define IMAGE_TRACE_BLOCK_SIZE 4096u
+/* Runs of blocks a trace keeps at most: about 5 MiB of JSON, inside
+ * IMAGE_TRACE_MAX_BYTES; a start that reads more scattered runs than this
+ * keeps the first ones. */
+#define IMAGE_TRACE_MAX_EXTENTS 200000u
+
+/* |count| blocks of IMAGE_TRACE_BLOCK_SIZE from block number |block|. */
+struct image_trace_extent {
+	uint64_t block, count;
+};
 
 /* "traces/<digest>" into |key| (|cap| >= 80). */
 void image_trace_key(const char *digest, char *key, size_t cap);
@@ -275,6 +290,12 @@ void image_trace_key(const char *digest, char *key, size_t cap);
  * trace document: a malloc'd NUL-terminated string in |*out|.  Returns 0 or
  * -ENOMEM. */
 int image_trace_encode(const char *digest, double seconds, const uint64_t *indexes, size_t n, char **out);
+
+/* As image_trace_encode, plus the block runs |<ext, n_ext>| (in first-read
+ * order) as "blocks"; with |n_ext| 0 the document is image_trace_encode's.
+ * Returns 0 or -ENOMEM. */
+int image_trace_encode_blocks(const char *digest, double seconds, const uint64_t *indexes, size_t n,
+			      const struct image_trace_extent *ext, size_t n_ext, char **out);
 
 /* Parse a stored (untrusted) trace |<buf, len>| for a manifest of
  * |n_indexes| chunks into |*out| (malloc'd, caller frees; repeated indexes

@@ -16,6 +16,27 @@ void image_trace_key(const char *digest, char *key, size_t cap)
 
 int image_trace_encode(const char *digest, double seconds, const uint64_t *indexes, size_t n, char **out)
 {
+	return image_trace_encode_blocks(digest, seconds, indexes, n, NULL, 0, out);
+}
+
+/* [[block, count], ...], or NULL on allocation failure. */
+static json_t *extents_to_json(const struct image_trace_extent *ext, size_t n_ext)
+{
+	json_t *arr = json_array();
+	for (size_t i = 0; arr && i < n_ext; i++) {
+		json_t *pair = json_pack("[I, I]", (json_int_t)ext[i].block, (json_int_t)ext[i].count);
+		if (!pair || json_array_append_new(arr, pair) < 0) {
+			json_decref(arr);
+			arr = NULL;
+		}
+	}
+	return arr;
+}
+
+int image_trace_encode_blocks(const char *digest, double seconds, const uint64_t *indexes, size_t n,
+			      const struct image_trace_extent *ext, size_t n_ext, char **out)
+{
+	*out = NULL;
 	json_t *arr = json_array();
 	for (size_t i = 0; arr && i < n; i++)
 		if (json_array_append_new(arr, json_integer((json_int_t)indexes[i])) < 0) {
@@ -26,6 +47,14 @@ int image_trace_encode(const char *digest, double seconds, const uint64_t *index
 		return -ENOMEM;
 	json_t *o = json_pack("{s:s, s:s, s:i, s:f, s:o}", "format", TRACE_FORMAT, "manifest", digest, "chunk_size",
 			      (json_int_t)CHUNK_SIZE, "seconds", seconds, "chunks", arr);
+	if (o && n_ext) {
+		json_t *blocks = extents_to_json(ext, n_ext);
+		if (!blocks || json_object_set_new(o, "block_size", json_integer(IMAGE_TRACE_BLOCK_SIZE)) < 0 ||
+		    json_object_set_new(o, "blocks", blocks) < 0) {
+			json_decref(o);
+			o = NULL;
+		}
+	}
 	*out = o ? json_dumps(o, JSON_COMPACT) : NULL;
 	json_decref(o);
 	return *out ? 0 : -ENOMEM;

@@ -18,6 +18,20 @@ static int check_passed, check_failed;
 		}                                                                                                      \
 	} while (0)
 
+/* CHECK with a printf-style message saying what was seen, for checks whose
+ * condition alone does not tell why it failed. */
+#define CHECKF(cond, ...)                                                                                              \
+	do {                                                                                                           \
+		if (cond)                                                                                              \
+			check_passed++;                                                                                \
+		else {                                                                                                 \
+			check_failed++;                                                                                \
+			fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);                       \
+			fprintf(stderr, __VA_ARGS__);                                                                  \
+			fputc('\n', stderr);                                                                           \
+		}                                                                                                      \
+	} while (0)
+
 /* Print "N passed, M failed" and return the exit status for main(). */
 static inline int check_report(void)
 {

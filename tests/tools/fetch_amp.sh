@@ -23,6 +23,13 @@
 #   FETCH_AMP_CACHE=DIR         where the images' OCI layouts are built once
 #                               [/var/cache/kindling/bench]
 #   FETCH_AMP_WORK=DIR          scratch directory, removed at exit [a mktemp -d]
+#   LAYOUT_TRACE=1              the new build lays each image out from a
+#                               startup trace: it imports, runs the workload
+#                               once (unmeasured, recording the trace), then
+#                               imports again with `chunkify import
+#                               --layout-trace` under the same name, and that
+#                               import is what it runs.  Images two workloads
+#                               share (scipy and java) take the first one's.
 # Needs root (the process sandbox mounts the image; drop_caches), jq, and the
 # Debian packages the images are built from (python3, nodejs, python3-numpy,
 # python3-scipy, openjdk-17-jdk-headless, ...: see bench/suite/workloads.py).
@@ -70,13 +77,27 @@ PY
 
 label() { [ "$1" = "$BASE" ] && echo base || echo new; }
 
-# import BUILD IMAGE SOURCE: import once per build and image.
+# import BUILD IMAGE SOURCE [WORKLOAD EXPECT CMD_JSON]: import once per build
+# and image; with LAYOUT_TRACE=1 and the workload, the new build re-imports
+# it laid out from the trace of one run.
 import_image() {
-  local home=$W/home-$(label "$1")
+  local home=$W/home-$(label "$1") digest
   [ -e "$home/imported-$2" ] && return 0
   mkdir -p "$home"
-  KINDLING_HOME=$home "$1/chunkify" import "$3" --name "$2:1" >/dev/null 2>"$W/import.err" ||
+  KINDLING_HOME=$home "$1/chunkify" --json import "$3" --name "$2:1" >"$W/import.json" 2>"$W/import.err" ||
     { cat "$W/import.err" >&2; echo "fetch_amp: import of $2 with $1 failed" >&2; exit 1; }
+  if [ "${LAYOUT_TRACE:-0}" = 1 ] && [ "$(label "$1")" = new ] && [ $# -ge 6 ]; then
+    digest=$(jq -r .manifest "$W/import.json")
+    rm -rf "$home/store/traces"
+    run_one "$1" "$4" "$2" "$5" "$6" pf >/dev/null
+    [ -s "$home/store/traces/$digest" ] || { echo "fetch_amp: the run of $2 recorded no trace" >&2; exit 1; }
+    cp "$home/store/traces/$digest" "$W/trace-$2.json"
+    rm -rf "$home/store/traces"
+    KINDLING_HOME=$home "$1/chunkify" --json import "$3" --name "$2:1" --layout-trace "$W/trace-$2.json" \
+      >"$W/import.json" 2>"$W/import.err" ||
+      { cat "$W/import.err" >&2; echo "fetch_amp: import of $2 with $1 and its layout trace failed" >&2; exit 1; }
+    echo "fetch_amp: $2 re-imported with its layout trace: $(jq -c .layout_trace "$W/import.json")" >&2
+  fi
   touch "$home/imported-$2"
 }
 
@@ -105,7 +126,7 @@ printf '%-7s %-5s %-4s %3s %10s %10s %10s %7s %7s %7s %8s %6s %6s\n' workload mo
   meta_MiB ratio f/read strict first_s ra_iss ra_untr
 while IFS=$'\t' read -r w img src expect cmd; do
   import_image "$BASE" "$img" "$src"
-  import_image "$NEW" "$img" "$src"
+  import_image "$NEW" "$img" "$src" "$w" "$expect" "$cmd"
   for mode in $MODES; do
     if [ "$mode" = pf ]; then
       # Each build records this workload's startup trace (unmeasured).  A

@@ -11,6 +11,8 @@
  *      has got makes prefetch skip the entries behind it (prefetch.skipped):
  *      they never reach the origin.
  *   3. Prefetch keeps at most half the origin's parallel fetches.
+ *   4. An attach without a stored trace records one whose "blocks" lists
+ *      the 4 KiB blocks read, each once, as runs in first-read order.
  * The image: 24 stored chunks of random bytes; the trace lists chunks 17
  * down to 2.  Waits are bounded (a hang fails the test instead of hanging
  * it) and never asserted on. */
@@ -308,6 +310,50 @@ static void test_behind(struct blockd *b, struct gate *g)
 	CHECK(blockd_detach(b, "unit:1") == 0);
 }
 
+/* An attach with no stored trace records one: besides the chunks, the 4 KiB
+ * blocks readers read, each once, as runs in first-read order (a block that
+ * follows the last run extends it), stored at detach. */
+static void test_block_runs(const char *store_uri, const char *digest)
+{
+	char key[128];
+	snprintf(key, sizeof(key), "traces/%s", digest);
+	struct store *st = NULL;
+	CHECK(store_open(store_uri, NULL, &st) == 0);
+	CHECK(st && store_delete(st, key) == 0);
+	struct blockd_config cfg = { .cache = { .origin_uri = store_uri, .mem_disable = true },
+				     .no_readahead = true,
+				     .prefetch = true };
+	struct blockd *b = NULL;
+	struct blockd_image *img = NULL;
+	CHECK(blockd_new(&cfg, &b) == 0);
+	CHECK(b && blockd_attach(b, "unit:1", &img) == 0);
+	if (img) {
+		uint8_t buf[3 * 4096];
+		const struct { uint64_t off, len; } reads[] = {
+			{ 2 * 4096 + 7, 100 }, /* block 2 */
+			{ 10 * 4096, 2 * 4096 }, /* blocks 10 and 11 */
+			{ 2 * 4096, 4096 },	   /* block 2 again: nothing new */
+			{ 12 * 4096 + 5, 1 },  /* block 12 extends the run from 10 */
+			{ 5 * 4096 - 1, 2 },   /* blocks 4 and 5 */
+		};
+		for (size_t i = 0; i < sizeof(reads) / sizeof(reads[0]); i++)
+			CHECK(blockd_image_read(img, reads[i].off, buf, reads[i].len) == 0);
+		CHECK(blockd_detach(b, "unit:1") == 0);
+	}
+	blockd_free(b);
+	uint8_t *doc = NULL;
+	size_t len = 0;
+	CHECK(st && store_get(st, key, IMAGE_TRACE_MAX_BYTES, &doc, &len) == 0);
+	json_t *j = doc ? json_loadb((const char *)doc, len, 0, NULL) : NULL;
+	json_t *runs = json_object_get(j, "blocks");
+	json_t *want = json_loads("[[2,1],[10,3],[4,2]]", 0, NULL);
+	CHECK(json_integer_value(json_object_get(j, "block_size")) == 4096 && json_equal(runs, want));
+	json_decref(want);
+	json_decref(j);
+	free(doc);
+	store_free(st);
+}
+
 int main(void)
 {
 	char tmpl[] = "/tmp/test_blockd_prefetch.XXXXXX";
@@ -359,6 +405,9 @@ int main(void)
 	CHECK(blockd_new(&cfg2, &b2) == 0);
 	CHECK(b2 && b2->cfg.prefetch_parallel == 2);
 	blockd_free(b2);
+
+	/* 4. Without a trace, an attach records one, with the blocks read. */
+	test_block_runs(store, digest);
 
 	pthread_cond_destroy(&g.cond);
 	pthread_mutex_destroy(&g.lock);

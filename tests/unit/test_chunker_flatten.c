@@ -4,7 +4,11 @@
  * from a chunk boundary on, the cold files; every file's bytes land at its
  * data_off; the rules look at the layer's own paths only, so a layer's region
  * is the same bytes over any lower layer; two runs give the same image; and
- * a spool that cannot be created fails the layer cleanly.
+ * a spool that cannot be created fails the layer cleanly.  With a layout
+ * plan from a startup trace (chunker/layout_trace.c), the files it lists go
+ * first in their layer's region, contiguous, in the trace's order, and end on
+ * a chunk boundary; the rest keep their order; a layer the plan lists
+ * nothing of is the same bytes as without a plan; two runs agree.
  * Prints "N passed, M failed". */
 /* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include "chunker/internal.h"
@@ -182,8 +186,9 @@ struct layer_spec {
 
 /* Flatten |layers| into |img| (regions in |regions|), leaving |f| for the
  * caller to finish or clean up.  Returns the first error. */
-static int flatten(struct flattener *f, struct chunk_sink *sink, struct image *img, const struct layer_spec *layers,
-		   size_t n_layers, struct layer_region *regions, const char *spool_dir)
+static int flatten_with(struct flattener *f, struct chunk_sink *sink, struct image *img,
+			const struct layer_spec *layers, size_t n_layers, struct layer_region *regions,
+			const char *spool_dir, const struct layout_plan *plan, const char *const *digests)
 {
 	*sink = sink_template;
 	sink->ctx = img;
@@ -197,12 +202,19 @@ static int flatten(struct flattener *f, struct chunk_sink *sink, struct image *i
 		uint8_t *tar = make_tar(layers[i].entries, layers[i].n, &len);
 		struct byte_stream_mem ms;
 		byte_stream_mem_init(&ms, tar, len, "test layer");
+		f->layer_layout = plan ? layout_plan_layer(plan, digests[i]) : NULL;
 		r = flatten_layer(f, &ms.base, (unsigned)i, "test layer", &regions[i]);
 		free(tar);
 		if (r < 0)
 			return r;
 	}
 	return 0;
+}
+
+static int flatten(struct flattener *f, struct chunk_sink *sink, struct image *img, const struct layer_spec *layers,
+		   size_t n_layers, struct layer_region *regions, const char *spool_dir)
+{
+	return flatten_with(f, sink, img, layers, n_layers, regions, spool_dir, NULL, NULL);
 }
 
 static struct fs_inode *lookup(struct fs_inode *root, const char *path)
@@ -276,6 +288,127 @@ static void check_layer(struct flattener *f, const struct image *img, const stru
 	      name, (unsigned long long)cold_start, (unsigned long long)hot_end, (unsigned long long)source_end);
 }
 
+/* Layer 0's files a traced start read, in the order it first read them: a
+ * hot file late in the tar, a cold source, a source without bytecode,
+ * bytecode, and a file the layer does not hold (a stale trace). */
+static const char *const traced_paths[] = {
+	"usr/bin/x",
+	"usr/lib/python3/late.py",
+	"usr/lib/python3/pkg/mod.py",
+	"usr/lib/python3/__pycache__/late.cpython-311.opt-1.pyc",
+	"usr/lib/gone.so",
+};
+#define N_TRACED (sizeof(traced_paths) / sizeof(traced_paths[0]))
+
+/* A plan as chunkify builds it: the traced image holds each traced file in
+ * one block of layer "sha256:t0", in trace order, and one run reads them
+ * all; "sha256:t1" has nothing read. */
+static struct layout_plan *traced_plan(void)
+{
+	struct manifest_layer layers[] = {
+		{.digest = "sha256:t0", .offset = CHUNK_SIZE, .length = CHUNK_SIZE},
+		{.digest = "sha256:t1", .offset = 2 * CHUNK_SIZE, .length = CHUNK_SIZE},
+	};
+	struct manifest m = {.n_layers = 2, .layers = layers, .image_size = 4 * CHUNK_SIZE};
+	struct layout_file files[N_TRACED + 1];
+	for (size_t i = 0; i < N_TRACED; i++)
+		files[i] = (struct layout_file){traced_paths[i], CHUNK_SIZE + i * EROFS_BLOCK_SIZE, EROFS_BLOCK_SIZE};
+	files[N_TRACED] = (struct layout_file){"usr/lib/liby.so", 2 * CHUNK_SIZE, EROFS_BLOCK_SIZE};
+	struct image_trace_extent run = {.block = CHUNK_SIZE / EROFS_BLOCK_SIZE, .count = N_TRACED};
+	struct layout_trace t = {.extents = &run, .n_extents = 1};
+	struct layout_plan *p = NULL;
+	if (layout_plan_build(&t, &m, files, N_TRACED + 1, &p) < 0)
+		abort();
+	return p;
+}
+
+static bool is_traced(const char *path)
+{
+	for (size_t i = 0; i < N_TRACED; i++)
+		if (strcmp(path, traced_paths[i]) == 0)
+			return true;
+	return false;
+}
+
+/* Every file of layer 0 holds its bytes; the traced ones come first,
+ * contiguous and in trace order, up to a chunk boundary; the others keep
+ * their groups (hot in tar order before cold, from a chunk boundary on). */
+static void check_traced_layer(struct flattener *f, const struct image *img, const struct layer_region *region)
+{
+	uint64_t expect = region->offset;
+	for (size_t i = 0; i < N_TRACED; i++) {
+		struct fs_inode *ino = lookup(f->root, traced_paths[i]);
+		if (!ino)
+			continue; /* the stale entry */
+		CHECK(ino->data_off == expect, "traced %s at %llu, want %llu (first, contiguous, in trace order)",
+		      traced_paths[i], (unsigned long long)ino->data_off, (unsigned long long)expect);
+		expect = (ino->data_off + ino->size + EROFS_BLOCK_SIZE - 1) / EROFS_BLOCK_SIZE * EROFS_BLOCK_SIZE;
+	}
+	uint64_t traced_end = (expect + CHUNK_SIZE - 1) / CHUNK_SIZE * CHUNK_SIZE;
+	uint64_t first_other = UINT64_MAX, last_hot = 0, hot_end = 0, cold_start = UINT64_MAX;
+	for (size_t i = 0; i < N(layer0); i++) {
+		const struct tentry *t = &layer0[i];
+		struct fs_inode *ino = lookup(f->root, t->path);
+		CHECK(ino != NULL, "traced layout: %s is not in the tree", t->path);
+		if (!ino || t->place == LINK)
+			continue;
+		uint64_t off = ino->data_off;
+		size_t bad = t->size;
+		for (size_t k = 0; k < t->size && bad == t->size && off + k < img->size; k++)
+			if (img->bytes[off + k] != content_byte(t->path, k))
+				bad = k;
+		CHECK(bad == t->size && off + t->size <= region->offset + region->length,
+		      "traced layout: %s: byte %zu differs or lies outside the region", t->path, bad);
+		if (is_traced(t->path))
+			continue;
+		first_other = off < first_other ? off : first_other;
+		if (t->place == HOT) {
+			CHECK(off >= last_hot, "traced layout: hot %s out of tar order", t->path);
+			last_hot = off;
+			hot_end = off + t->size > hot_end ? off + t->size : hot_end;
+		}
+		if (t->place == COLD && off < cold_start)
+			cold_start = off;
+	}
+	CHECK(first_other == traced_end, "the first untraced file is at %llu, want the chunk boundary %llu",
+	      (unsigned long long)first_other, (unsigned long long)traced_end);
+	CHECK(cold_start % CHUNK_SIZE == 0 && cold_start >= hot_end, "traced layout: cold data at %llu, hot ends %llu",
+	      (unsigned long long)cold_start, (unsigned long long)hot_end);
+}
+
+static void test_traced_layout(const struct image *base, const struct layer_region *base_regions)
+{
+	static const char *const digests[] = {"sha256:t0", "sha256:t1"};
+	const struct layer_spec both[] = {{layer0, N(layer0)}, {layer1, N(layer1)}};
+	struct layout_plan *plan = traced_plan();
+	struct image imgs[2];
+	struct layer_region regions[2][2];
+	for (int run = 0; run < 2; run++) {
+		struct flattener f;
+		struct chunk_sink sink;
+		struct erofs_image_layout layout = {0};
+		int r = flatten_with(&f, &sink, &imgs[run], both, 2, regions[run], NULL, plan, digests);
+		if (r == 0)
+			r = flattener_finish(&f, &layout);
+		CHECK(r == 0, "flatten with a layout plan: %s", strerror(-r));
+		if (r == 0 && run == 0) {
+			check_traced_layer(&f, &imgs[0], &regions[0][0]);
+			/* Layer 1, of which the plan lists nothing: the same bytes. */
+			CHECK(regions[0][1].length == base_regions[1].length &&
+				      !memcmp(imgs[0].bytes + regions[0][1].offset, base->bytes + base_regions[1].offset,
+					      base_regions[1].length),
+			      "an untraced layer's region differs from its region without a plan");
+		}
+		flattener_cleanup(&f);
+		erofs_layout_cleanup(&layout);
+	}
+	CHECK(imgs[0].size == imgs[1].size && !memcmp(imgs[0].bytes, imgs[1].bytes, imgs[0].size),
+	      "the same layers and plan gave two different images");
+	free(imgs[0].bytes);
+	free(imgs[1].bytes);
+	layout_plan_free(plan);
+}
+
 int main(void)
 {
 	log_set_level(LOG_SILENT);
@@ -331,6 +464,8 @@ int main(void)
 	flattener_cleanup(&f2);
 	free(img2.bytes);
 	erofs_layout_cleanup(&layout3);
+
+	test_traced_layout(&img, regions);
 	flattener_cleanup(&f);
 	free(img.bytes);
 	erofs_layout_cleanup(&layout);
