@@ -233,8 +233,8 @@ static bool apply_snapstart(struct frontend *fe, json_t *body, json_t *cfg, stru
 		return false;
 	}
 	if (strcmp(apply, "PublishedVersions") == 0) {
-		char why[256] = "kindling serve runs functions on remote host agents (a fleet), which do not take "
-				"snapshots: SnapStart needs the in-process agent with --isolation microvm";
+		char why[256] = "the host agents kindling serve runs functions on cannot take snapshots: SnapStart "
+				"needs agents with --isolation microvm";
 		if (!fe->agent || !fe->agent->snapshot || !fe->agent->snapshot_supported ||
 		    !fe->agent->snapshot_supported(fe->agent_arg, why, sizeof(why))) {
 			fe_set_error(e, 400, "InvalidParameterValueException",

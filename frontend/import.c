@@ -190,8 +190,8 @@ static void run_snapshot_job(struct frontend *fe, const struct fe_import *job)
 	struct fe_fnspec spec;
 	if (!fe->agent || !fe->agent->snapshot) {
 		rc = -ENOTSUP;
-		snprintf(why, sizeof(why), "the host agent cannot take snapshots (run kindling serve with its "
-			 "in-process agent and --isolation microvm)");
+		snprintf(why, sizeof(why), "the host agent cannot take snapshots (run the agents with --isolation "
+			 "microvm)");
 	} else if ((rc = fe_fnspec_init(fe, job->name, v, &spec)) < 0) {
 		snprintf(why, sizeof(why), "the version's configuration is incomplete (%s)", strerror(-rc));
 	} else {

@@ -16,6 +16,13 @@
  *    delivering it: frontend B delivers it;
  *  - an Event failing 3 times is a dead letter in kindling/dlq/ (with
  *    Attempts 3), listed by frontend_dlq_etcd_list;
+ *  - SnapStart state in etcd: a published SnapStart version is Pending in
+ *    its record in etcd; a frontend stopped while the snapshot runs
+ *    (the agent answers -ESHUTDOWN) leaves it Pending there, and the next
+ *    frontend to start re-queues it and records Active with the
+ *    snapshot's digest; a snapshot that fails records Failed with the step
+ *    (StateReason "SnapStart: ...", FunctionError); an agent that cannot
+ *    snapshot refuses ApplyOn PublishedVersions;
  *  - every etcd member killed: warm invokes keep answering 200 from the
  *    record cache and the holdings, Event invokes get 503 ServiceException;
  *    members back: an Event is accepted and delivered again.
@@ -71,12 +78,20 @@ static void sleep_ms(unsigned ms)
 
 enum agent_mode { AGENT_OK, AGENT_BUSY, AGENT_FAIL, AGENT_GATE };
 
+/* What the double's SnapStart snapshots do. */
+enum snap_mode { SNAP_OK, SNAP_FAIL, SNAP_SHUTDOWN, SNAP_UNSUPPORTED };
+
+#define SNAP_DIGEST "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
+
 struct test_agent {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	enum agent_mode mode;
 	bool gate_open;
 	unsigned running, max_running, invokes;
+	enum snap_mode snap;
+	unsigned snapshots;
+	char snap_name[128];
 };
 
 static int ta_invoke(void *arg, const struct hostagent_invoke_request *req, struct hostagent_invoke_result *out)
@@ -138,12 +153,47 @@ static int ta_read_log(void *arg, const char *name, size_t max, char **out, size
 	return -ENOENT;
 }
 
+static bool ta_snapshot_supported(void *arg, char *why, size_t len)
+{
+	struct test_agent *a = arg;
+	pthread_mutex_lock(&a->lock);
+	bool ok = a->snap != SNAP_UNSUPPORTED;
+	pthread_mutex_unlock(&a->lock);
+	if (!ok)
+		snprintf(why, len, "the double runs process sandboxes: use --isolation microvm");
+	return ok;
+}
+
+static int ta_snapshot(void *arg, const struct hostagent_function *fn, const char *name, char digest[65], char *why,
+		       size_t why_len)
+{
+	struct test_agent *a = arg;
+	(void)fn;
+	pthread_mutex_lock(&a->lock);
+	a->snapshots++;
+	snprintf(a->snap_name, sizeof(a->snap_name), "%s", name);
+	enum snap_mode mode = a->snap;
+	pthread_mutex_unlock(&a->lock);
+	if (mode == SNAP_SHUTDOWN) {
+		snprintf(why, why_len, "the host agent is shutting down");
+		return -ESHUTDOWN;
+	}
+	if (mode == SNAP_FAIL) {
+		snprintf(why, why_len, "the runtime exited or reported an init error before it asked for work");
+		return -ECHILD;
+	}
+	snprintf(digest, 65, "%s", SNAP_DIGEST);
+	return 0;
+}
+
 static const struct hostagent_ops test_agent_ops = {
 	.invoke = ta_invoke,
 	.provision = ta_provision,
 	.drain = ta_drain,
 	.get_stats = ta_get_stats,
 	.read_log = ta_read_log,
+	.snapshot_supported = ta_snapshot_supported,
+	.snapshot = ta_snapshot,
 };
 
 static void agent_init(struct test_agent *a, enum agent_mode mode)
@@ -316,6 +366,98 @@ static long held_sum(struct etcd *e, const char *scope)
 		for (int _i = 0; _i < (seconds) * 20 && !(cond); _i++)                                                 \
 			sleep_ms(50);                                                                                  \
 	} while (0)
+
+/* ---- SnapStart's state in etcd ------------------------------------------------------------------------------------- */
+
+/* Version |version| of |name| as its record in etcd holds it (a new
+ * reference), or NULL. */
+static json_t *etcd_version(struct etcd *e, const char *name, const char *version)
+{
+	char *key = xasprintf("kindling/functions/%s", name);
+	struct etcd_kv kv = { 0 };
+	json_t *rec = key && etcd_get(e, key, &kv) == 0 ? json_loadb((const char *)kv.value, kv.value_len, 0, NULL) : NULL;
+	etcd_kv_cleanup(&kv);
+	free(key);
+	json_t *v = json_object_get(json_object_get(rec, "Versions"), version);
+	json_incref(v);
+	json_decref(rec);
+	return v;
+}
+
+/* The State of that version in etcd ("" if none); |out| holds 32 bytes. */
+static const char *etcd_version_state(struct etcd *e, const char *name, const char *version, char out[32])
+{
+	json_t *v = etcd_version(e, name, version);
+	const char *st = json_string_value(json_object_get(v, "State"));
+	snprintf(out, 32, "%s", st ? st : "");
+	json_decref(v);
+	return out;
+}
+
+static void test_snapstart(struct etcd *e)
+{
+	json_t *rec = json_pack("{s:{s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:i,s:s,s:s},s:{},s:i}", "Latest", "FunctionName",
+				"snapfn", "State", "Active", "Version", "$LATEST", "RevisionId", "rev-1", "_ImageDigest",
+				"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "CodeSha256",
+				"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "MemorySize", 128,
+				"Timeout", 3, "LastUpdateStatus", "Successful", "_SnapStartApplyOn", "PublishedVersions",
+				"Versions", "NextVersion", 1);
+	char *text = json_dumps(rec, JSON_COMPACT);
+	CHECK(etcd_put(e, "kindling/functions/snapfn", text, strlen(text), 0, NULL) == 0);
+	free(text);
+	json_decref(rec);
+
+	/* Published while its frontend stops: Pending in etcd. */
+	struct node s1;
+	CHECK(node_start(&s1, "S1", 5, AGENT_OK) == 0);
+	pthread_mutex_lock(&s1.agent.lock);
+	s1.agent.snap = SNAP_SHUTDOWN;
+	pthread_mutex_unlock(&s1.agent.lock);
+	CHECK(call_status(s1.fe, "POST", "/2015-03-31/functions/snapfn/versions", "{}") == 201);
+	WAIT_UNTIL(agent_get(&s1.agent, &s1.agent.snapshots) == 1, 30);
+	CHECK(agent_get(&s1.agent, &s1.agent.snapshots) == 1 && strcmp(s1.agent.snap_name, "snapstart-snapfn:1") == 0);
+	node_stop(&s1);
+	char st[32];
+	CHECK(strcmp(etcd_version_state(e, "snapfn", "1", st), "Pending") == 0);
+	json_t *v = etcd_version(e, "snapfn", "1");
+	CHECK(json_is_string(json_object_get(v, "_SnapshotToken")) && !json_object_get(v, "_SnapshotDigest"));
+	json_decref(v);
+
+	/* The next frontend re-queues it: Active in etcd with the digest. */
+	struct node s2;
+	CHECK(node_start(&s2, "S2", 5, AGENT_OK) == 0);
+	WAIT_UNTIL(strcmp(etcd_version_state(e, "snapfn", "1", st), "Pending") != 0, 30);
+	CHECK(strcmp(etcd_version_state(e, "snapfn", "1", st), "Active") == 0);
+	v = etcd_version(e, "snapfn", "1");
+	const char *digest = json_string_value(json_object_get(v, "_SnapshotDigest"));
+	CHECK(digest && strcmp(digest, SNAP_DIGEST) == 0 && !json_object_get(v, "StateReason"));
+	json_decref(v);
+	CHECK(agent_get(&s2.agent, &s2.agent.snapshots) == 1 && strcmp(s2.agent.snap_name, "snapstart-snapfn:1") == 0);
+
+	/* A failed snapshot: Failed in etcd, with the step. */
+	pthread_mutex_lock(&s2.agent.lock);
+	s2.agent.snap = SNAP_FAIL;
+	pthread_mutex_unlock(&s2.agent.lock);
+	CHECK(call_status(s2.fe, "PUT", "/2015-03-31/functions/snapfn/configuration", "{\"Timeout\": 5}") == 200);
+	CHECK(call_status(s2.fe, "POST", "/2015-03-31/functions/snapfn/versions", "{}") == 201);
+	WAIT_UNTIL(strcmp(etcd_version_state(e, "snapfn", "2", st), "Pending") != 0, 30);
+	CHECK(strcmp(etcd_version_state(e, "snapfn", "2", st), "Failed") == 0);
+	v = etcd_version(e, "snapfn", "2");
+	const char *reason = json_string_value(json_object_get(v, "StateReason"));
+	CHECK(reason && strncmp(reason, "SnapStart: the runtime exited", 29) == 0);
+	const char *code = json_string_value(json_object_get(v, "StateReasonCode"));
+	CHECK(code && strcmp(code, "FunctionError") == 0);
+	json_decref(v);
+
+	/* An agent that cannot snapshot refuses the configuration. */
+	pthread_mutex_lock(&s2.agent.lock);
+	s2.agent.snap = SNAP_UNSUPPORTED;
+	pthread_mutex_unlock(&s2.agent.lock);
+	CHECK(call_status(s2.fe, "PUT", "/2015-03-31/functions/snapfn/configuration",
+			  "{\"SnapStart\": {\"ApplyOn\": \"PublishedVersions\"}}") == 400);
+	node_stop(&s2);
+	CHECK(etcd_delete(e, "kindling/functions/snapfn", false, NULL) == 0);
+}
 
 /* ---- records: compare and swap --------------------------------------------------------------------------------------- */
 
@@ -610,6 +752,7 @@ static int run_tests(void)
 	struct etcd_config ec = { .endpoints = endpoints, .timeout_ms = 1000 };
 	CHECK(etcd_new(&ec, &e) == 0);
 	test_handoff(e); /* first: no other frontend may take the event */
+	test_snapstart(e); /* no other frontend may take the snapshot job */
 	struct node a, b;
 	CHECK(node_start(&a, "A", 5, AGENT_OK) == 0);
 	CHECK(node_start(&b, "B", 5, AGENT_OK) == 0);
