@@ -23,6 +23,15 @@
  *    snapshot's digest; a snapshot that fails records Failed with the step
  *    (StateReason "SnapStart: ...", FunctionError); an agent that cannot
  *    snapshot refuses ApplyOn PublishedVersions;
+ *  - the fleet router's SnapStart (frontend_router_ops), with two fake
+ *    agents and a fake placement service on loopback: with only a host
+ *    whose registration says "snapshot": false, snapshot_supported is
+ *    false naming --isolation microvm; once a "snapshot": true host
+ *    registers, the snapshot is placed with the other excluded and taken
+ *    there (its digest comes back), an agent's refusal comes back with its
+ *    errno and message, and a cold start of a version that restores a
+ *    snapshot goes to the capable host while one that boots may go to
+ *    either;
  *  - every etcd member killed: warm invokes keep answering 200 from the
  *    record cache and the holdings, Event invokes get 503 ServiceException;
  *    members back: an Event is accepted and delivered again.
@@ -35,6 +44,8 @@
 #include "frontend/internal.h"
 
 #include "common/etcd.h"
+#include "common/http_server.h"
+#include "placement/hostagent/hostagent.h"
 #include "tests/check.h"
 
 #include <errno.h>
@@ -459,6 +470,189 @@ static void test_snapstart(struct etcd *e)
 	CHECK(etcd_delete(e, "kindling/functions/snapfn", false, NULL) == 0);
 }
 
+/* ---- the fleet router's SnapStart ------------------------------------------------------------------------------------ */
+
+/* A fake `kindling agent`: counts its snapshot and invoke calls, and takes
+ * a snapshot or refuses it as timed out. */
+struct fake_agent {
+	pthread_mutex_t lock;
+	unsigned snapshots, invokes;
+	bool refuse;
+	struct http_server *http;
+	char url[64];
+};
+
+static int fake_agent_handle(void *arg, const struct http_request *req, struct http_response *resp)
+{
+	struct fake_agent *fa = arg;
+	pthread_mutex_lock(&fa->lock);
+	bool refuse = fa->refuse;
+	if (strcmp(req->path, "/v1/snapshot") == 0)
+		fa->snapshots++;
+	else if (strcmp(req->path, "/v1/invoke") == 0)
+		fa->invokes++;
+	pthread_mutex_unlock(&fa->lock);
+	if (strcmp(req->path, "/v1/snapshot") == 0 && refuse) {
+		resp->status = 504;
+		const char *b = "{\"error\":\"timed-out\",\"message\":\"the runtime did not ask for work in time\"}";
+		http_response_add_header(resp, "Kindling-Error", "timed-out");
+		return http_response_set_body(resp, b, strlen(b));
+	}
+	if (strcmp(req->path, "/v1/snapshot") == 0) {
+		const char *b = "{\"digest\":\"" SNAP_DIGEST "\"}";
+		return http_response_set_body(resp, b, strlen(b));
+	}
+	if (strcmp(req->path, "/v1/invoke") == 0) {
+		http_response_add_header(resp, "Kindling-Outcome", "ok");
+		return http_response_set_body(resp, "{}", 2);
+	}
+	resp->status = 404;
+	return 0;
+}
+
+static const struct http_server_ops fake_agent_ops = { .handle = fake_agent_handle };
+
+/* A fake placement service over the two agents: the first one not in the
+ * request's exclude list, and the exclude lists it saw. */
+struct fake_placement {
+	pthread_mutex_t lock;
+	struct fake_agent *agents[2];
+	char last_exclude[128];
+	struct http_server *http;
+};
+
+static int fake_place_handle(void *arg, const struct http_request *req, struct http_response *resp)
+{
+	struct fake_placement *fp = arg;
+	json_t *j = json_loadb((const char *)req->body, req->body_len, 0, NULL);
+	json_t *ex = json_object_get(j, "exclude");
+	char *exs = ex ? json_dumps(ex, JSON_COMPACT) : NULL;
+	const char *ids[2] = { "h1", "h2" };
+	int pick = -1;
+	for (int i = 0; i < 2 && pick < 0; i++) {
+		bool excluded = false;
+		size_t k;
+		json_t *e;
+		json_array_foreach(ex, k, e)
+			excluded |= json_is_string(e) && strcmp(json_string_value(e), ids[i]) == 0;
+		if (!excluded)
+			pick = i;
+	}
+	pthread_mutex_lock(&fp->lock);
+	snprintf(fp->last_exclude, sizeof(fp->last_exclude), "%s", exs ? exs : "");
+	pthread_mutex_unlock(&fp->lock);
+	free(exs);
+	json_decref(j);
+	json_t *a = pick < 0 ? json_pack("{s:s}", "reason", "NoCapacity")
+			     : json_pack("{s:s,s:s}", "host", ids[pick], "url", fp->agents[pick]->url);
+	char *t = json_dumps(a, JSON_COMPACT);
+	json_decref(a);
+	resp->status = pick < 0 ? 503 : 200;
+	http_response_take_body(resp, t, strlen(t));
+	return 0;
+}
+
+static const struct http_server_ops fake_place_ops = { .handle = fake_place_handle };
+
+static void put_host(struct etcd *e, const char *id, const char *url, bool snapshot)
+{
+	char *key = xasprintf("kindling/hosts/%s", id);
+	char *v = xasprintf("{\"id\":\"%s\",\"url\":\"%s\",\"isolation\":\"%s\",\"snapshot\":%s}", id, url,
+			    snapshot ? "microvm" : "process", snapshot ? "true" : "false");
+	CHECK(etcd_put(e, key, v, strlen(v), 0, NULL) == 0);
+	free(key);
+	free(v);
+}
+
+static unsigned fake_count(struct fake_agent *fa, unsigned *field)
+{
+	pthread_mutex_lock(&fa->lock);
+	unsigned v = *field;
+	pthread_mutex_unlock(&fa->lock);
+	return v;
+}
+
+/* Whether the last placement request excluded exactly |want| (JSON). */
+static bool excluded(struct fake_placement *fp, const char *want)
+{
+	pthread_mutex_lock(&fp->lock);
+	bool same = strcmp(fp->last_exclude, want) == 0;
+	pthread_mutex_unlock(&fp->lock);
+	return same;
+}
+
+static void test_route_snapstart(struct etcd *e)
+{
+	struct fake_agent fa[2];
+	struct fake_placement fp = { .agents = { &fa[0], &fa[1] } };
+	pthread_mutex_init(&fp.lock, NULL);
+	for (int i = 0; i < 2; i++) {
+		memset(&fa[i], 0, sizeof(fa[i]));
+		pthread_mutex_init(&fa[i].lock, NULL);
+		struct http_server_config c = { .ops = &fake_agent_ops, .arg = &fa[i], .name = "fake agent" };
+		CHECK(http_server_start(&c, "127.0.0.1:0", &fa[i].http) == 0);
+		snprintf(fa[i].url, sizeof(fa[i].url), "http://%s", http_server_address(fa[i].http));
+	}
+	struct http_server_config pc = { .ops = &fake_place_ops, .arg = &fp, .name = "fake placement" };
+	CHECK(http_server_start(&pc, "127.0.0.1:0", &fp.http) == 0);
+	char *purl = xasprintf("http://%s", http_server_address(fp.http));
+
+	/* Only a process agent: SnapStart cannot be configured. */
+	CHECK(etcd_delete(e, "kindling/hosts/", true, NULL) == 0);
+	put_host(e, "h1", fa[0].url, false);
+	struct frontend_router_config rc = { .etcd = e, .placement_urls = purl };
+	struct frontend_router *rt = NULL;
+	CHECK(frontend_router_new(&rc, &rt) == 0);
+	const struct hostagent_ops *ops = &frontend_router_ops;
+	char why[256] = "";
+	CHECK(!ops->snapshot_supported(rt, why, sizeof(why)));
+	CHECK(strstr(why, "none of the fleet's 1 host agents") && strstr(why, "--isolation microvm"));
+
+	/* A micro-VM agent joins: the snapshot is placed there, h1 excluded. */
+	put_host(e, "h2", fa[1].url, true);
+	CHECK(ops->snapshot_supported(rt, why, sizeof(why)));
+	struct hostagent_function fn = { .name = "snapfn", .version = "1", .image_digest = SNAP_DIGEST,
+					 .revision_id = "rev-1", .memory_mb = 128, .timeout_s = 3 };
+	char digest[65] = "";
+	CHECK(ops->snapshot(rt, &fn, "snapstart-snapfn:1", digest, why, sizeof(why)) == 0);
+	CHECK(strcmp(digest, SNAP_DIGEST) == 0);
+	CHECK(fake_count(&fa[1], &fa[1].snapshots) == 1 && fake_count(&fa[0], &fa[0].snapshots) == 0);
+	CHECK(excluded(&fp, "[\"h1\"]"));
+
+	/* The agent's refusal comes back with its errno and message. */
+	pthread_mutex_lock(&fa[1].lock);
+	fa[1].refuse = true;
+	pthread_mutex_unlock(&fa[1].lock);
+	CHECK(ops->snapshot(rt, &fn, "snapstart-snapfn:1", digest, why, sizeof(why)) == -ETIMEDOUT);
+	CHECK(strstr(why, "the runtime did not ask for work in time") != NULL);
+
+	/* Cold starts: a restoring version only on the capable host. */
+	fn.snapshot = SNAP_DIGEST;
+	struct hostagent_invoke_request req = { .fn = &fn, .payload = (const uint8_t *)"{}", .payload_len = 2,
+						.request_id = "snap-req-1" };
+	struct hostagent_invoke_result res;
+	CHECK(ops->invoke(rt, &req, &res) == 0 && res.outcome == HOSTAGENT_OK);
+	hostagent_invoke_result_cleanup(&res);
+	CHECK(fake_count(&fa[1], &fa[1].invokes) == 1 && fake_count(&fa[0], &fa[0].invokes) == 0);
+	CHECK(excluded(&fp, "[\"h1\"]"));
+	fn.snapshot = NULL;
+	fn.version = "$LATEST";
+	req.request_id = "snap-req-2";
+	CHECK(ops->invoke(rt, &req, &res) == 0);
+	hostagent_invoke_result_cleanup(&res);
+	CHECK(excluded(&fp, "[]") && fake_count(&fa[0], &fa[0].invokes) == 1);
+
+	frontend_router_free(rt);
+	CHECK(etcd_delete(e, "kindling/hosts/", true, NULL) == 0);
+	http_server_free(fp.http);
+	for (int i = 0; i < 2; i++) {
+		http_server_free(fa[i].http);
+		pthread_mutex_destroy(&fa[i].lock);
+	}
+	pthread_mutex_destroy(&fp.lock);
+	free(purl);
+}
+
 /* ---- records: compare and swap --------------------------------------------------------------------------------------- */
 
 struct incr_arg {
@@ -753,6 +947,7 @@ static int run_tests(void)
 	CHECK(etcd_new(&ec, &e) == 0);
 	test_handoff(e); /* first: no other frontend may take the event */
 	test_snapstart(e); /* no other frontend may take the snapshot job */
+	test_route_snapstart(e);
 	struct node a, b;
 	CHECK(node_start(&a, "A", 5, AGENT_OK) == 0);
 	CHECK(node_start(&b, "B", 5, AGENT_OK) == 0);
