@@ -200,6 +200,7 @@ T1=$(str token /tmp/r1.json); F1=$(str fresh /tmp/r1.json); F2=$(str fresh /tmp/
 	fail "the log does not show two restores: $(cat /tmp/log.out)"
 [ "$(grep -c '^REPORT .*Restore Duration: [0-9.]* ms.Billed Restore Duration: [0-9]* ms' /tmp/log.out)" = 2 ] &&
 	[ "$(grep -c '^REPORT .*Init Duration' /tmp/log.out)" = 1 ] || fail "the REPORT lines: $(grep ^REPORT /tmp/log.out)"
+echo "nested: in-process agent: $(grep '^RESTORE_REPORT' /tmp/log.out | tr '\n' ' ')"
 ok "two cold starts of version 1 restored from the snapshot: $RESULT as \$LATEST, token $T1 from the snapshot's init, generation 1, initialization type snap-start, fresh $F1 and $F2; the log has RESTORE_START, RESTORE_REPORT and REPORT with Restore Duration"
 
 # 4. Provisioned concurrency on version 1: its sandbox restores too, before
@@ -274,6 +275,7 @@ api rr1 POST "/remotefn/invocations?Qualifier=1" '{"n": 7}'
 ./kindling logs remotefn --state-dir /payload/home >/tmp/rlog.out 2>&1 || fail "the agent's log of remotefn: $(cat /tmp/rlog.out)"
 grep -q '^RESTORE_START ' /tmp/rlog.out && grep -q '^RESTORE_REPORT Restore Duration: [0-9.]* ms' /tmp/rlog.out ||
 	fail "the agent's log of remotefn shows no restore: $(cat /tmp/rlog.out)"
+echo "nested: remote agent: $(grep '^RESTORE_REPORT' /tmp/rlog.out | tr '\n' ' ')"
 ok "kindling serve --agent with kindling agent --isolation microvm: SnapStart accepted, version 1 Pending then Active with its snapshot taken by the agent, its cold start on the agent restored ($RESULT, generation 1, snap-start) with RESTORE_START/RESTORE_REPORT in the agent's log"
 api rdelete DELETE "/remotefn"
 [ "$st" = 204 ] || fail "DeleteFunction through --agent: $st $(cat /tmp/rdelete.json)"
