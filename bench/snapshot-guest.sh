@@ -21,6 +21,10 @@
 #              init reconnects; fn.sh sees /run/kindling/restore and prints
 #              its response;
 #    prefetch: the same, snapshot-serve prefetching the recorded trace;
+#    host:     a later restore on the same host: snapshot-serve with the
+#              host memory tier (--host-mem-dir /tmp/hostmem, which the
+#              first restore, the one that recorded the trace, filled) and
+#              prefetching the trace; L1 empty;
 #    file:     a reference: the same restore with the File backend on the
 #              local memory file (no chunks, no snapshot-serve).
 #    Each time is from kvmm's spawn to the response's first byte at
@@ -168,12 +172,17 @@ cold() {
 	echo "SNAPBENCH cold rep=$rep first_output_s=$(echo "$times" | awk '{print $7}') exit_s=$(echo "$times" | awk '{print $9}') connected_s=$(echo "$times" | awk '{print $5}')"
 }
 
-# The trace the prefetching restores use: one restore that records it.
-restore record 0 --record
+# The trace the prefetching restores use: one restore that records it.  It
+# is this host's first restore of the snapshot, so it also fills the host
+# memory tier the "host" restores read (the lazy and prefetch ones do not
+# use it).
+rm -rf /tmp/hostmem
+restore record 0 --record --host-mem-dir /tmp/hostmem
 for rep in $(seq 1 "$REPS"); do
 	cold "$rep"
 	restore lazy "$rep" --no-prefetch
 	restore prefetch "$rep"
+	restore host "$rep" --host-mem-dir /tmp/hostmem
 	restore file "$rep"
 done
 echo "SNAPBENCH done"

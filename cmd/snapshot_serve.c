@@ -2,12 +2,17 @@
  *
  *   kindling snapshot-serve NAME[:TAG] --socket PATH --vmstate-out FILE
  *            [--store URI] [--l2 HOST:PORT,...] [--l1-dir DIR] [--l1-size BYTES]
- *            [--no-prefetch] [--record] [-v]
+ *            [--no-prefetch] [--record] [--host-mem] [--host-mem-dir DIR]
+ *            [--host-mem-size BYTES] [--key-check] [-v]
  *
  * Writes the snapshot's vmstate to FILE (verified), checks every memory chunk
  * is in the origin, then listens on PATH for one VMM speaking Firecracker's
  * Uffd handshake and serves its guest memory from the chunks (snapshot/
- * snapshot.h) until the VMM hangs up.  A JSON summary goes to stdout.  Exit
+ * snapshot.h) until the VMM hangs up.  Every chunk's name is checked before
+ * it is decrypted (the manifest, sealed with the tenant key, names it); the
+ * key check (key == SHA-256(salt || plaintext): a second hash over every
+ * chunk) only with --key-check, since a restore stalls the guest on each
+ * chunk it serves.  A JSON summary goes to stdout.  Exit
  * status: 0 when the VMM hung up, 1 for a refused snapshot or a chunk that
  * failed verification at every tier, 2 for bad usage.
  */
@@ -46,6 +51,15 @@ static void snapshot_serve_usage(FILE *f)
 		"  --l1-size BYTES       L1 size, K/M/G suffixes [4G]\n"
 		"  --no-prefetch         neither record a trace nor prefetch from one\n"
 		"  --record              record a new trace (replacing the stored one); no prefetch\n"
+		"  --host-mem            keep the verified, decrypted memory in this host's memory tier\n"
+		"                        and fill faults from it on later restores (no fetch, no crypto)\n"
+		"                        [$XDG_RUNTIME_DIR/kindling/snapshot-mem, else\n"
+		"                        /dev/shm/kindling-UID/snapshot-mem]\n"
+		"  --host-mem-dir DIR    the same, in DIR (0700)\n"
+		"  --host-mem-size BYTES bound on the tier's files, K/M/G suffixes; the least recently\n"
+		"                        used snapshots are evicted [2G]\n"
+		"  --key-check           also check each chunk's key against its plaintext (with the\n"
+		"                        deployment salt), as blockd does; costs a SHA-256 per chunk\n"
 		"  -v                    log progress\n"
 		"A JSON summary goes to stdout when the VMM hangs up.\n");
 }
@@ -53,6 +67,8 @@ static void snapshot_serve_usage(FILE *f)
 int cmd_snapshot_serve(int argc, char **argv)
 {
 	const char *ref = NULL, *socket_path = NULL, *vmstate_out = NULL, *store_uri = NULL, *l1_dir = NULL;
+	const char *host_mem_dir = NULL;
+	bool host_mem = false, key_check = false;
 	uint64_t l1_size = 0;
 	struct str_list l2 = {0};
 	struct snapshot_serve_options so = {.prefetch = true};
@@ -67,6 +83,10 @@ int cmd_snapshot_serve(int argc, char **argv)
 			so.prefetch = false;
 		} else if (strcmp(a, "--record") == 0) {
 			so.record = true;
+		} else if (strcmp(a, "--host-mem") == 0) {
+			host_mem = true;
+		} else if (strcmp(a, "--key-check") == 0) {
+			key_check = true;
 		} else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
 			verbose++;
 		} else if (a[0] == '-' && v) {
@@ -81,6 +101,11 @@ int cmd_snapshot_serve(int argc, char **argv)
 				l1_dir = v;
 			else if (strcmp(a, "--l1-size") == 0 && parse_size(v, &l1_size) == 0)
 				;
+			else if (strcmp(a, "--host-mem-dir") == 0)
+				host_mem_dir = v, host_mem = true;
+			else if (strcmp(a, "--host-mem-size") == 0 && parse_size(v, &so.host_mem.max_bytes) == 0 &&
+				 so.host_mem.max_bytes > 0)
+				host_mem = true;
 			else if (strcmp(a, "--l2") == 0) {
 				char *dup = strdup(v), *save = NULL;
 				for (char *t = dup ? strtok_r(dup, ",", &save) : NULL; t; t = strtok_r(NULL, ",", &save))
@@ -132,7 +157,7 @@ int cmd_snapshot_serve(int argc, char **argv)
 	struct snapshot_server *srv = NULL;
 	struct manifest m = {0};
 	char digest[65];
-	char *store_s = NULL, *l1_s = NULL;
+	char *store_s = NULL, *l1_s = NULL, *host_mem_s = NULL;
 	int r = kindling_env_load(&env, 0);
 	if (r < 0) {
 		str_list_clear(&l2);
@@ -141,7 +166,10 @@ int cmd_snapshot_serve(int argc, char **argv)
 	store_s = store_uri ? strdup(store_uri) : strdup(env.default_store_uri);
 	l1_s = l1_dir ? strdup(l1_dir) : kindling_env_path(&env, "l1");
 	struct store_options sopt = {.must_exist = true};
-	if (!store_s || !l1_s)
+	if (host_mem)
+		host_mem_s = host_mem_dir ? strdup(host_mem_dir) : snapshot_hostmem_default_dir();
+	so.host_mem.dir = host_mem_s;
+	if (!store_s || !l1_s || (host_mem && !host_mem_s))
 		r = -ENOMEM;
 	if (r == 0)
 		r = store_open(store_s, &sopt, &store);
@@ -155,8 +183,9 @@ int cmd_snapshot_serve(int argc, char **argv)
 			.l1_max_bytes = l1_size,
 			.l2_nodes = (const char *const *)l2.items,
 			.n_l2_nodes = l2.n,
-			.salt = env.salt,
-			.salt_len = env.salt_len,
+			/* The name check is always made; the key check on request. */
+			.salt = key_check ? env.salt : NULL,
+			.salt_len = key_check ? env.salt_len : 0,
 		};
 		r = cache_new(&cc, &cache);
 	}
@@ -180,6 +209,7 @@ int cmd_snapshot_serve(int argc, char **argv)
 	kindling_env_cleanup(&env);
 	free(store_s);
 	free(l1_s);
+	free(host_mem_s);
 	str_list_clear(&l2);
 	return r < 0 ? 1 : 0;
 }

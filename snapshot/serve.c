@@ -17,6 +17,11 @@
  * A chunk is filled once, under |lock|, so the fault path and the prefetch
  * thread never both copy it; cache reads happen outside the lock.
  *
+ * With the host memory tier (hostmem.c), a chunk it holds whole is filled
+ * from there (a read and a CRC, no fetch, no SHA-256, no AES), and a chunk
+ * fetched through the cache is kept there once the guest has it, so the
+ * next restore of the snapshot on this host finds it.
+ *
  * The first serve records which chunks faults filled, in order, and stores
  * that as the snapshot's startup trace (image.h, traces/<digest>); later
  * serves prefetch the trace in order from a background thread.
@@ -54,6 +59,7 @@ struct snapshot_server {
 	bool recording;
 	uint64_t *plan;			/* the stored trace, when prefetching */
 	size_t n_plan;
+	struct snapshot_hostmem *hostmem; /* the host memory tier, or NULL */
 
 	/* while serving */
 	int uffd;
@@ -71,6 +77,7 @@ struct snapshot_server {
 	int fatal;			/* the prefetch thread's fatal error */
 	uint64_t faults, chunks_faulted, chunks_prefetched, chunks_zero, pages_removed, pages_raced;
 	uint64_t tier_chunks[CACHE_TIER_COUNT];
+	uint64_t host_chunks, host_damaged; /* filled from the host tier; found damaged there */
 	double seconds;
 };
 
@@ -150,10 +157,43 @@ static int fill_spans(struct snapshot_server *s, uint64_t index, const uint8_t *
 	return 0;
 }
 
-/* Make chunk |index| present in every region, reading it through the cache
- * into |buf| (CHUNK_SIZE) unless it is all zero.  |by_fault| says who asked
- * (counters, the recording).  Returns 0, -EIO when no tier has verified
- * bytes (logged: the VM cannot go on), or -errno from the userfaultfd. */
+/* Chunk |index|'s bytes into |buf| (CHUNK_SIZE): from the host memory
+ * tier when it holds them whole, else through the cache (verified), with
+ * |*out_from_host| saying which.  Returns 0 or -EIO (logged). */
+static int read_chunk(struct snapshot_server *s, uint64_t index, const struct manifest_chunk *mc, uint8_t *buf,
+		      enum cache_tier *out_tier, bool *out_from_host)
+{
+	*out_from_host = false;
+	if (s->hostmem) {
+		int r = snapshot_hostmem_get(s->hostmem, index, buf, CHUNK_SIZE);
+		if (r == 0) {
+			*out_from_host = true;
+			return 0;
+		}
+		if (r == -EBADMSG) {
+			log_warn("snapshot %s: memory chunk %llu in %s is damaged (its CRC differs); fetching it again",
+				 s->name, (unsigned long long)index, snapshot_hostmem_path(s->hostmem));
+			pthread_mutex_lock(&s->lock);
+			s->host_damaged++;
+			pthread_mutex_unlock(&s->lock);
+		}
+	}
+	int r = cache_read_once(s->cache, mc->name, mc->key, 0, buf, CHUNK_SIZE, out_tier);
+	if (r < 0) {
+		log_err("snapshot %s: memory chunk %llu (%s) failed verification at every tier (or is missing): "
+			"%s; stopping: the VM cannot continue honestly (restore the chunk to the origin, or "
+			"re-import the snapshot)",
+			s->name, (unsigned long long)index, mc->name, strerror(-r));
+		return -EIO;
+	}
+	return 0;
+}
+
+/* Make chunk |index| present in every region, reading it (read_chunk) into
+ * |buf| (CHUNK_SIZE) unless it is all zero, and keeping fetched bytes in the
+ * host tier after the guest has them.  |by_fault| says who asked (counters,
+ * the recording).  Returns 0, -EIO when no tier has verified bytes (logged:
+ * the VM cannot go on), or -errno from the userfaultfd. */
 static int fill_chunk(struct snapshot_server *s, uint64_t index, bool by_fault, uint8_t *buf)
 {
 	pthread_mutex_lock(&s->lock);
@@ -163,24 +203,20 @@ static int fill_chunk(struct snapshot_server *s, uint64_t index, bool by_fault, 
 		return 0;
 	const struct manifest_chunk *mc = snapshot_chunk(s->m, index);
 	enum cache_tier tier = CACHE_TIER_NONE;
-	if (mc) {
-		int r = cache_read_once(s->cache, mc->name, mc->key, 0, buf, CHUNK_SIZE, &tier);
-		if (r < 0) {
-			log_err("snapshot %s: memory chunk %llu (%s) failed verification at every tier (or is missing): "
-				"%s; stopping: the VM cannot continue honestly (restore the chunk to the origin, or "
-				"re-import the snapshot)",
-				s->name, (unsigned long long)index, mc->name, strerror(-r));
-			return -EIO;
-		}
-	}
+	bool from_host = false;
+	if (mc && read_chunk(s, index, mc, buf, &tier, &from_host) < 0)
+		return -EIO;
 	pthread_mutex_lock(&s->lock);
 	int r = 0;
-	if (!s->filled[index]) {
+	bool filled_here = !s->filled[index];
+	if (filled_here) {
 		r = fill_spans(s, index, mc ? buf : NULL);
 		if (r == 0) {
 			s->filled[index] = 1;
 			if (!mc)
 				s->chunks_zero++;
+			else if (from_host)
+				s->host_chunks++;
 			else
 				s->tier_chunks[tier]++;
 			if (by_fault)
@@ -200,6 +236,9 @@ static int fill_chunk(struct snapshot_server *s, uint64_t index, bool by_fault, 
 		}
 	}
 	pthread_mutex_unlock(&s->lock);
+	/* The guest runs on (UFFDIO_COPY woke it) while the bytes are kept. */
+	if (r == 0 && filled_here && mc && !from_host && s->hostmem)
+		snapshot_hostmem_put(s->hostmem, index, buf, CHUNK_SIZE);
 	return r;
 }
 
@@ -398,6 +437,9 @@ int snapshot_server_new(struct cache *cache, struct store *store, const struct m
 	}
 	if (r == 0)
 		r = check_chunks_exist(s);
+	if (r == 0 && opt->host_mem.dir &&
+	    snapshot_hostmem_open(&opt->host_mem, digest, m->snapshot.mem_size, &s->hostmem) == 0)
+		log_info("snapshot %s: host memory tier %s", name, snapshot_hostmem_path(s->hostmem));
 	if (r == 0) {
 		load_trace(s, opt);
 		s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -427,6 +469,7 @@ void snapshot_server_free(struct snapshot_server *s)
 		close(s->wake_fd);
 	if (s->uffd >= 0)
 		close(s->uffd);
+	snapshot_hostmem_close(s->hostmem);
 	pthread_mutex_destroy(&s->lock);
 	free(s->regions);
 	free(s->filled);
@@ -627,9 +670,9 @@ char *snapshot_server_report(struct snapshot_server *s)
 	uint64_t bytes = fetched * CHUNK_SIZE, mem = s->m->snapshot.mem_size;
 	const char *trace = s->recording ? (s->n_rec ? "recorded" : "recording (nothing faulted)")
 					 : s->n_plan ? "prefetched" : "off";
-	json_t *j = json_pack("{s:s,s:s,s:I,s:I,s:{s:I,s:I,s:I,s:I},s:I,s:f,s:I,s:I,s:I,s:I,s:I,s:s,s:I,s:I,s:f}",
+	json_t *j = json_pack("{s:s,s:s,s:I,s:I,s:{s:I,s:I,s:I,s:I,s:I},s:I,s:f,s:I,s:I,s:I,s:I,s:I,s:s,s:I,s:I,s:f}",
 			      "snapshot", s->name, "manifest", s->digest, "memory_size", (json_int_t)mem, "faults",
-			      (json_int_t)s->faults, "chunks", "mem", (json_int_t)s->tier_chunks[CACHE_TIER_MEM], "l1",
+			      (json_int_t)s->faults, "chunks", "host", (json_int_t)s->host_chunks, "mem", (json_int_t)s->tier_chunks[CACHE_TIER_MEM], "l1",
 			      (json_int_t)s->tier_chunks[CACHE_TIER_L1], "l2", (json_int_t)s->tier_chunks[CACHE_TIER_L2],
 			      "l3", (json_int_t)s->tier_chunks[CACHE_TIER_L3], "bytes_fetched", (json_int_t)bytes,
 			      "fraction_fetched", mem ? (double)bytes / (double)mem : 0.0, "chunks_faulted",
@@ -637,6 +680,9 @@ char *snapshot_server_report(struct snapshot_server *s)
 			      "chunks_zero", (json_int_t)s->chunks_zero, "pages_removed", (json_int_t)s->pages_removed,
 			      "pages_already_present", (json_int_t)s->pages_raced, "trace", trace, "trace_recorded",
 			      (json_int_t)s->n_rec, "trace_planned", (json_int_t)s->n_plan, "seconds", s->seconds);
+	if (j && json_object_set_new(j, "host_mem", json_string(s->hostmem ? snapshot_hostmem_path(s->hostmem)
+									     : "off")) == 0)
+		json_object_set_new(j, "host_mem_damaged", json_integer((json_int_t)s->host_damaged));
 	pthread_mutex_unlock(&s->lock);
 	char *out = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
 	json_decref(j);

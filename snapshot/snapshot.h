@@ -13,7 +13,9 @@
  * VMM's userfaultfd over a unix socket (Firecracker's Uffd handshake) and
  * fills guest memory chunk by chunk as the guest faults, through the cache
  * (memory -> L1 -> L2 -> origin), recording the order of the first serve as
- * a startup trace (image.h) and prefetching it on later serves.
+ * a startup trace (image.h) and prefetching it on later serves.  With the
+ * host memory tier, what one restore served verified is kept on the host,
+ * and later restores there fill faults from it without fetch or crypto.
  */
 #ifndef KINDLING_SNAPSHOT_H
 #define KINDLING_SNAPSHOT_H
@@ -113,6 +115,61 @@ bool snapshot_uffd_chunk_span(const struct snapshot_uffd_region *region, uint64_
 			      uint64_t *out_addr, uint32_t *out_chunk_off, uint32_t *out_len);
 
 /* ======================================================================
+ * The host memory tier (hostmem.c): a snapshot's verified, decrypted
+ * memory kept in a host-local sparse file (tmpfs by default), so a later
+ * restore on the same host fills faults from it without fetching, hashing
+ * or decrypting.  Soft state: deleting it costs only speed.
+ * ====================================================================== */
+
+#define SNAPSHOT_HOSTMEM_DEFAULT_MAX (2ull << 30)
+
+struct snapshot_hostmem_options {
+	const char *dir;     /* the tier's directory (0700, created); NULL = no tier */
+	uint64_t max_bytes;  /* bound on the files in |dir|; 0 = SNAPSHOT_HOSTMEM_DEFAULT_MAX */
+};
+
+struct snapshot_hostmem;
+
+/* The default directory: $XDG_RUNTIME_DIR/kindling/snapshot-mem, else
+ * /dev/shm/kindling-<uid>/snapshot-mem (both tmpfs on Debian).  malloc'd;
+ * NULL with errno set. */
+char *snapshot_hostmem_default_dir(void);
+
+/* Open (creating if needed) the memory file of the snapshot whose manifest
+ * digest is |digest| and whose memory is |mem_size| bytes, in o->dir.  The
+ * directory must be this user's with mode 0700; a file there that is not a
+ * regular 0600 file of this user, or whose header or size is not this
+ * snapshot's (foreign, or left half-made), is replaced.  Files of other
+ * snapshots are evicted, least recently opened first, until this one's full
+ * size fits in o->max_bytes.  Safe against concurrent opens of the same
+ * snapshot by other processes.  Returns 0 with |*out|
+ * (snapshot_hostmem_close), -ENOSPC when the snapshot alone does not fit,
+ * or -errno (logged as a warning: a restore goes on without the tier). */
+int snapshot_hostmem_open(const struct snapshot_hostmem_options *o, const char *digest, uint64_t mem_size,
+			  struct snapshot_hostmem **out);
+
+/* Read memory chunk |index| into |<buf, len>| (len >= the chunk's length:
+ * CHUNK_SIZE, less for a last chunk cut by the memory size).  Returns 0
+ * when the chunk is present and its bytes match the CRC-64 stored with
+ * them, -ENOENT when it was never stored, -EBADMSG when it is damaged
+ * (the caller fetches it again and puts it back), -EINVAL for a bad index.
+ * Thread-safe. */
+int snapshot_hostmem_get(struct snapshot_hostmem *h, uint64_t index, uint8_t *buf, size_t len);
+
+/* Keep memory chunk |index| from |<plain, len>|, bytes the caller has
+ * verified (the cache's name and key checks): the bytes first, then their
+ * entry, so a writer that stops between the two leaves the chunk absent.
+ * Returns 0 or -errno (logged as a warning; the restore goes on).
+ * Thread-safe. */
+int snapshot_hostmem_put(struct snapshot_hostmem *h, uint64_t index, const uint8_t *plain, size_t len);
+
+/* The file's path, for logs and reports. */
+const char *snapshot_hostmem_path(const struct snapshot_hostmem *h);
+
+/* Close; NULL is fine.  The file stays for later restores. */
+void snapshot_hostmem_close(struct snapshot_hostmem *h);
+
+/* ======================================================================
  * The lazy memory server.
  * ====================================================================== */
 
@@ -121,6 +178,9 @@ struct snapshot_serve_options {
 	const char *vmstate_out;  /* where to write the vmstate; required */
 	bool prefetch;		  /* prefetch a stored trace (and record one if none) */
 	bool record;		  /* record a new trace even if one is stored (no prefetch then) */
+	/* The host memory tier: chunks found there are filled from it, chunks
+	 * fetched through the cache are kept there.  dir NULL: off. */
+	struct snapshot_hostmem_options host_mem;
 };
 
 struct snapshot_server;
@@ -148,8 +208,11 @@ int snapshot_server_new(struct cache *cache, struct store *store, const struct m
 int snapshot_server_run(struct snapshot_server *s, volatile int *cancel);
 
 /* The counters as one JSON object (malloc'd string, caller frees): faults,
- * chunks per tier, bytes_fetched, memory_size, fraction_fetched,
- * chunks_faulted, chunks_prefetched, chunks_zero, pages_removed, trace.
+ * chunks per tier (host: the host memory tier; mem, l1, l2, l3: the
+ * cache's), bytes_fetched (through the cache), memory_size,
+ * fraction_fetched, chunks_faulted, chunks_prefetched, chunks_zero,
+ * pages_removed, trace, host_mem (the tier's file, or "off") and
+ * host_mem_damaged (chunks found damaged there and fetched again).
  * NULL on allocation failure. */
 char *snapshot_server_report(struct snapshot_server *s);
 
@@ -197,6 +260,9 @@ struct snapstart_restore_options {
 	const char *name;	 /* for logs: the snapshot's NAME[:TAG]; required */
 	const char *dir;	 /* a private directory (snapstart_workdir); required */
 	bool prefetch;		 /* snapshot_serve_options.prefetch */
+	/* snapshot_serve_options.host_mem: a host that restores a snapshot
+	 * again gets it from its own memory tier (dir NULL: off). */
+	struct snapshot_hostmem_options host_mem;
 	/* On a failure of the memory server the sandbox must stop: an 8-byte
 	 * 1 is written here (an eventfd or a pipe the sandbox's stop_fd reads;
 	 * not owned).  -1: the restore makes its own pipe and

@@ -125,7 +125,8 @@ int snapstart_restore_start(const struct snapstart_restore_options *o, struct sn
 	} else
 		r->stop_fd = o->stop_fd;
 	struct snapshot_serve_options so = { .socket_path = r->uffd, .vmstate_out = r->vmstate,
-					     .prefetch = o->prefetch };
+					     .prefetch = o->prefetch,
+					     .host_mem = o->host_mem };
 	if ((e = snapshot_server_new(o->cache, o->store, o->m, o->digest, o->name, &so, &r->srv)) < 0)
 		goto fail;
 	if ((e = pthread_create(&r->thread, NULL, serve_main, r)) != 0) {

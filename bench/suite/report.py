@@ -393,6 +393,7 @@ def write(results_path, out_dir, say=print):
     cold = R.get("snapshot", "snapfn", "kvmm cold boot", "first_response_s")
     if cold:
         restores = ["kvmm restore (lazy, L1 cold)", "kvmm restore (lazy, trace prefetch)",
+                    "kvmm restore (host memory warm: a later restore on this host)",
                     "kvmm restore (File, local memory file)"]
         md += ["## Snapshot restore against a cold boot (nested KVM)", "",
                "One QEMU TCG guest with a working /dev/kvm (kvm-amd on an SVM CPU model) runs everything "
@@ -401,7 +402,9 @@ def write(results_path, out_dir, say=print):
                "when the script is ready, and `chunkify snapshot-import` stores the snapshot as chunks in a local "
                "store. Then, alternating: a **cold boot** of the same image to the same answer, and a fresh kvmm "
                "that loads the snapshot with the Uffd backend served by `kindling snapshot-serve` from those chunks "
-               "(L1 empty; without prefetch, then prefetching the trace one earlier restore recorded); the restored "
+               "(L1 empty; without prefetch, then prefetching the trace one earlier restore recorded; then from the "
+               "host memory tier, `--host-mem-dir`, which that earlier restore filled with the verified, decrypted "
+               "chunks it served, prefetching the trace); the restored "
                "guest init reconnects after the vsock transport reset, the host sends 'S', and the script answers. "
                "Time from kvmm's spawn to the answer's first byte at the host end of the channel (p90 in brackets); "
                "*with serve start* adds the time snapshot-serve took to get ready (vmstate read and verified, "
@@ -410,10 +413,12 @@ def write(results_path, out_dir, say=print):
                "reconnected to the host (for a cold boot: the init's first connection). The File-backend restore of "
                "the same snapshot's local memory file, with no chunks and no snapshot-serve, is a reference for "
                "what kvmm's restore costs by itself here; it has no target.", "",
+               "*memory fetched* counts what came through the cache (fetched, verified, decrypted); *host tier* the "
+               "chunks filled from the host memory tier instead.", "",
                "| system | first response | with serve start | vs cold boot | loaded | reconnected | memory fetched "
-               "| chunks prefetched | faults |", "|---|---|---|---|---|---|---|---|---|",
+               "| host tier | chunks prefetched | faults |", "|---|---|---|---|---|---|---|---|---|---|",
                f"| kvmm cold boot | {fmt_s(cold['median'])} ({fmt_s(cold['p90'])}) | – | 1× | – | "
-               f"{fmt_s(R.med('snapshot', 'snapfn', 'kvmm cold boot', 'connected_s'))} | – | – | – |"]
+               f"{fmt_s(R.med('snapshot', 'snapfn', 'kvmm cold boot', 'connected_s'))} | – | – | – | – |"]
         series = [("kvmm cold boot", cold["samples"])]
         for system in restores:
             r = R.get("snapshot", "snapfn", system, "first_response_s")
@@ -427,7 +432,8 @@ def write(results_path, out_dir, say=print):
                       f"{fmt_s(g('first_response_with_serve_start_s'))} | {ratio:.1f}× faster | "
                       f"{fmt_s(g('loaded_s'))} | {fmt_s(g('connected_s'))} | "
                       + (f"{fetched / MiB:.1f} of {mem / MiB:.0f} MiB ({100 * frac:.1f}%) | "
-                         f"{g('chunks_prefetched'):.0f} | {g('faults'):.0f} |" if lazy else "– | – | – |"))
+                         f"{g('chunks_host') or 0:.0f} chunks | "
+                         f"{g('chunks_prefetched'):.0f} | {g('faults'):.0f} |" if lazy else "– | – | – | – |"))
             series.append((system, r["samples"]))
             if not lazy:
                 continue

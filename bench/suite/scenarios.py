@@ -451,7 +451,9 @@ def invoke(s):
 
 # ---- snapshot restore against a cold boot, under nested KVM ----------------------------------------------------------
 SNAP_SYSTEMS = [("cold", "kvmm cold boot"), ("lazy", "kvmm restore (lazy, L1 cold)"),
-                ("prefetch", "kvmm restore (lazy, trace prefetch)"), ("file", "kvmm restore (File, local memory file)")]
+                ("prefetch", "kvmm restore (lazy, trace prefetch)"),
+                ("host", "kvmm restore (host memory warm: a later restore on this host)"),
+                ("file", "kvmm restore (File, local memory file)")]
 SNAP_WORKLOAD = "snapfn"
 SNAP_FN = """#!/bin/sh
 # The snapshot benchmark's function: its initialisation reads and hashes the
@@ -506,7 +508,9 @@ def snapshot(s):
     inside one QEMU TCG guest with a working /dev/kvm (tests/nested/run.sh;
     the payload is bench/snapshot-guest.sh).  Per repetition, alternating:
     a cold boot, a restore with L1 empty and no prefetch, a restore
-    prefetching the recorded trace.  Times are from kvmm's spawn to the
+    prefetching the recorded trace, a restore from the host memory tier the
+    first restore filled (with the trace prefetched), and the File-backend
+    reference.  Times are from kvmm's spawn to the
     response's first byte at the host end of the channel."""
     for tool in ("qemu-system-x86_64", "cpio", "gzip", "curl", "objcopy"):
         if not shutil.which(tool):
@@ -532,7 +536,7 @@ def snapshot(s):
     shutil.copy(os.path.join(s.top, "bench", "snapshot-guest.sh"), P)
     log = s.rig.path("snapshot-console.log")
     s.step(f"snapshot: nested QEMU guest (TCG, SVM): one snapshot, then {reps} x (cold boot, lazy restore, "
-           "prefetching restore)")
+           "prefetching restore, host-warm restore, File restore)")
     t0 = time.monotonic()
     env = s.env(KINDLING_BUILD_DIR=s.build, NESTED_LOG=log)
     if s.nested_cpu_flags:
@@ -597,13 +601,13 @@ def snapshot(s):
             s.add_sample("snapshot", w, sysname, "faults", "faults", sv["faults"])
             s.add_sample("snapshot", w, sysname, "chunks_prefetched", "chunks", sv["chunks_prefetched"])
             s.add_sample("snapshot", w, sysname, "chunks_faulted", "chunks", sv.get("chunks_faulted", 0))
-            for tier in ("l1", "l2", "l3"):
-                s.add_sample("snapshot", w, sysname, f"chunks_{tier}", "chunks", sv["chunks"][tier])
+            for tier in ("host", "l1", "l2", "l3"):
+                s.add_sample("snapshot", w, sysname, f"chunks_{tier}", "chunks", sv["chunks"].get(tier, 0))
     cold = s.find("snapshot", w, name["cold"], "first_response_s")
     if len(cold["samples"]) != reps:
         raise BenchError(f"the nested run reported {len(cold['samples'])} cold boots of {reps}")
     cold_med = statistics.median(cold["samples"])
-    for key in ("lazy", "prefetch", "file"):
+    for key in ("lazy", "prefetch", "host", "file"):
         rr = s.find("snapshot", w, name[key], "first_response_s")
         if len(rr["samples"]) != reps:
             raise BenchError(f"the nested run reported {len(rr['samples'])} restores ({key}) of {reps}")

@@ -162,9 +162,76 @@ wait $SERVE_PID || die "snapshot-serve after --record failed: $(cat "$T/s2p.err"
 jq -e '.trace == "prefetched" and .trace_planned == 1' "$T/s2p.json" >/dev/null || die "after --record: $(cat "$T/s2p.json")"
 pass "--record replaces the stored trace without prefetching"
 
+# ---- the host memory tier ------------------------------------------------------------
+# h1, the host's first restore: fetched through the cache and kept in the
+# tier.  h2, a later restore: the same chunks come from the tier, nothing is
+# fetched, the memory reads back byte for byte.
+HM="$T/hostmem"
+serve h1 snap-b:1 "$T/h1.vmstate" --l1-dir "$T/l1-h1" --no-prefetch --host-mem-dir "$HM"
+"$VMM" --socket "$T/h1.sock" --mem-file "$T/b.mem" --touch "$TOUCH" > "$T/vmmh1.json" || die "vmm h1: $(cat "$T/vmmh1.json")"
+wait $SERVE_PID || die "snapshot-serve h1 failed: $(cat "$T/h1.err")"
+rh1=$(cat "$T/h1.json")
+jq -e '.chunks.host == 0 and .chunks.l3 > 0 and (.host_mem | endswith(".mem"))' <<<"$rh1" >/dev/null || die "serve h1: $rh1"
+hm_file=$(jq -r .host_mem <<<"$rh1")
+[ "$(stat -c %a "$HM")" = 700 ] && [ "$(stat -c %a "$hm_file")" = 600 ] || die "the host memory tier is readable by others"
+serve h2 snap-b:1 "$T/h2.vmstate" --l1-dir "$T/l1-h2" --no-prefetch --host-mem-dir "$HM"
+"$VMM" --socket "$T/h2.sock" --mem-file "$T/b.mem" --touch "$TOUCH" > "$T/vmmh2.json" || die "vmm h2: $(cat "$T/vmmh2.json")"
+wait $SERVE_PID || die "snapshot-serve h2 failed: $(cat "$T/h2.err")"
+rh2=$(cat "$T/h2.json")
+jq -e --argjson n "$(jq .chunks.l3 <<<"$rh1")" '.chunks.host == $n and .bytes_fetched == 0 and .host_mem_damaged == 0'   <<<"$rh2" >/dev/null || die "serve h2 did not fill from the host tier: $rh2"
+pass "host memory tier: a later restore filled $(jq .chunks.host <<<"$rh2") chunks from it, fetched nothing, byte-identical"
+
+# A damaged byte in the tier's copy of chunk 6 (0x300000, in TOUCH): found by
+# its CRC, fetched again through the cache, the guest still gets the
+# snapshot's bytes, and the tier's copy is whole again for the next restore.
+nchunks_mem=$(( (MEM_SIZE + 524287) / 524288 ))
+data_off=$(( (4096 + nchunks_mem * 16 + 4095) / 4096 * 4096 ))
+python3 - "$hm_file" $((data_off + 0x300000 + 100)) <<'PY'
+import sys
+with open(sys.argv[1], "r+b") as f:
+    f.seek(int(sys.argv[2])); b = f.read(1); f.seek(int(sys.argv[2])); f.write(bytes([b[0] ^ 0x55]))
+PY
+serve h3 snap-b:1 "$T/h3.vmstate" --l1-dir "$T/l1-h3" --no-prefetch --host-mem-dir "$HM"
+"$VMM" --socket "$T/h3.sock" --mem-file "$T/b.mem" --touch "$TOUCH" > "$T/vmmh3.json" || die "vmm h3 read damaged bytes: $(cat "$T/vmmh3.json")"
+wait $SERVE_PID || die "snapshot-serve h3 failed: $(cat "$T/h3.err")"
+jq -e '.host_mem_damaged == 1 and .chunks.l3 == 1' "$T/h3.json" >/dev/null || die "serve h3: $(cat "$T/h3.json")"
+grep -q "memory chunk 6 in .* is damaged" "$T/h3.err" || die "the damaged chunk was not named: $(cat "$T/h3.err")"
+serve h4 snap-b:1 "$T/h4.vmstate" --l1-dir "$T/l1-h4" --no-prefetch --host-mem-dir "$HM"
+"$VMM" --socket "$T/h4.sock" --mem-file "$T/b.mem" --touch "$TOUCH" > "$T/vmmh4.json" || die "vmm h4: $(cat "$T/vmmh4.json")"
+wait $SERVE_PID || die "snapshot-serve h4 failed: $(cat "$T/h4.err")"
+jq -e '.host_mem_damaged == 0 and .bytes_fetched == 0' "$T/h4.json" >/dev/null || die "serve h4: $(cat "$T/h4.json")"
+pass "a damaged chunk in the host tier is detected, fetched again and repaired"
+
+# Two restores of one snapshot at once, both on the tier (an empty one):
+# each VMM reads every page byte for byte.
+serve c1 snap-a:1 "$T/c1.vmstate" --l1-dir "$T/l1-c1" --no-prefetch --host-mem-dir "$T/hostmem2"
+pid_c1=$SERVE_PID
+serve c2 snap-a:1 "$T/c2.vmstate" --l1-dir "$T/l1-c2" --no-prefetch --host-mem-dir "$T/hostmem2"
+pid_c2=$SERVE_PID
+"$VMM" --socket "$T/c1.sock" --mem-file "$T/a.mem" --touch all > "$T/vmmc1.json" &
+v1=$!
+track_pid $v1
+"$VMM" --socket "$T/c2.sock" --mem-file "$T/a.mem" --touch all > "$T/vmmc2.json" || die "vmm c2: $(cat "$T/vmmc2.json")"
+wait $v1 || die "vmm c1: $(cat "$T/vmmc1.json")"
+wait $pid_c1 && wait $pid_c2 || die "a concurrent serve failed: $(cat "$T/c1.err" "$T/c2.err")"
+serve c3 snap-a:1 "$T/c3.vmstate" --l1-dir "$T/l1-c3" --no-prefetch --host-mem-dir "$T/hostmem2"
+"$VMM" --socket "$T/c3.sock" --mem-file "$T/a.mem" --touch all > "$T/vmmc3.json" || die "vmm c3: $(cat "$T/vmmc3.json")"
+wait $SERVE_PID || die "snapshot-serve c3 failed: $(cat "$T/c3.err")"
+jq -e '.bytes_fetched == 0 and .chunks.host > 0' "$T/c3.json" >/dev/null || die "serve c3: $(cat "$T/c3.json")"
+pass "two concurrent restores share the host tier; every page byte-identical, and the next restore fetches nothing"
+
+# --host-mem alone: the default directory, under $XDG_RUNTIME_DIR.
+mkdir -m 0700 "$T/xdg"
+XDG_RUNTIME_DIR=$T/xdg serve x1 snap-a:1 "$T/x1.vmstate" --l1-dir "$T/l1-x1" --no-prefetch --host-mem
+"$VMM" --socket "$T/x1.sock" --mem-file "$T/a.mem" --touch 0x300000 > "$T/vmmx1.json" || die "vmm x1: $(cat "$T/vmmx1.json")"
+wait $SERVE_PID || die "snapshot-serve x1 failed: $(cat "$T/x1.err")"
+jq -e --arg d "$T/xdg/kindling/snapshot-mem/" '.host_mem | startswith($d)' "$T/x1.json" >/dev/null ||
+  die "--host-mem did not use \$XDG_RUNTIME_DIR/kindling/snapshot-mem: $(cat "$T/x1.json")"
+pass "--host-mem keeps the memory under \$XDG_RUNTIME_DIR/kindling/snapshot-mem"
+
 # Serve 3: every page, the older page_size_kib handshake, and a ballooned
-# range that must read back as zeros; --no-prefetch.
-serve s3 snap-a:1 "$T/s3.vmstate" --l1-dir "$T/l1-3" --no-prefetch
+# range that must read back as zeros; --no-prefetch; with the key check.
+serve s3 snap-a:1 "$T/s3.vmstate" --l1-dir "$T/l1-3" --no-prefetch --key-check
 "$VMM" --socket "$T/s3.sock" --mem-file "$T/a.mem" --touch all --page-size-kib --remove 0x1000+65536 \
   > "$T/vmm3.json" || die "vmm 3: $(cat "$T/vmm3.json")"
 wait $SERVE_PID || die "snapshot-serve 3 failed: $(cat "$T/s3.err")"
