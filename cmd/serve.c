@@ -4,7 +4,7 @@
  *   kindling serve [--listen HOST:PORT] [--credentials FILE] [--store URI] [--state-dir DIR] [--no-auth]
  *                  [--isolation process|microvm|auto] [--memory-budget SIZE] [--idle-timeout S]
  *                  [--account-concurrency N] [--retry-delay-ms MS] [--async-workers N] [--region R] [-v]
- *                  [--etcd URL[,URL...] --placement URL[,URL...] [--frontend-id ID]]
+ *                  [--agent URL | --etcd URL[,URL...] --placement URL[,URL...] [--frontend-id ID]]
  *   kindling logs FUNCTION [--state-dir DIR] [--bytes N]
  *   kindling dlq [--state-dir DIR | --etcd URL[,URL...]]
  *
@@ -17,7 +17,9 @@
  * With --etcd it is one frontend of a fleet (placement/README.md): function
  * state, the Event queue and the concurrency limits live in etcd, and
  * invocations run on the fleet's `kindling agent`s through the router
- * (frontend/route.c), cold starts placed by --placement.
+ * (frontend/route.c), cold starts placed by --placement.  With --agent it
+ * keeps its state in the directory but runs every invocation on that one
+ * `kindling agent` (hostagent_remote_ops), which must read the same store.
  */
 #define LOG_COMPONENT "kindling"
 #include <dirent.h>
@@ -48,7 +50,8 @@ static void serve_usage(FILE *f)
 		   "                      [--no-auth] [--isolation process|microvm|auto] [--memory-budget SIZE]\n"
 		   "                      [--idle-timeout S] [--account-concurrency N] [--retry-delay-ms MS]\n"
 		   "                      [--async-workers N] [--region REGION] [-v]\n"
-		   "                      [--etcd URL[,URL...] --placement URL[,URL...] [--frontend-id ID]]\n"
+		   "                      [--agent URL | --etcd URL[,URL...] --placement URL[,URL...]\n"
+		   "                       [--frontend-id ID]]\n"
 		   "       kindling logs FUNCTION [--state-dir DIR] [--bytes N]\n"
 		   "       kindling dlq [--state-dir DIR | --etcd URL[,URL...]]\n");
 }
@@ -119,7 +122,7 @@ static char *fleet_frontend_id(const char *listen)
 int cmd_serve(int argc, char **argv)
 {
 	const char *listen = "127.0.0.1:9000", *creds = NULL, *store = NULL, *state_arg = NULL, *isolation = NULL;
-	const char *region = NULL, *etcd_urls = NULL, *placement_urls = NULL, *frontend_id = NULL;
+	const char *region = NULL, *etcd_urls = NULL, *placement_urls = NULL, *frontend_id = NULL, *agent_url = NULL;
 	bool no_auth = false;
 	uint64_t budget = 0;
 	double idle = 0;
@@ -154,6 +157,8 @@ int cmd_serve(int argc, char **argv)
 			region = v;
 		} else if (strcmp(a, "--etcd") == 0) {
 			etcd_urls = v;
+		} else if (strcmp(a, "--agent") == 0) {
+			agent_url = v;
 		} else if (strcmp(a, "--placement") == 0) {
 			placement_urls = v;
 		} else if (strcmp(a, "--frontend-id") == 0) {
@@ -188,6 +193,16 @@ int cmd_serve(int argc, char **argv)
 			i++;
 	}
 
+	if (agent_url && etcd_urls) {
+		fprintf(stderr, "kindling serve: give --agent URL (one remote agent) or --etcd (a fleet), not both\n");
+		return EXIT_USAGE;
+	}
+	if ((agent_url || etcd_urls) && (isolation || budget || idle > 0)) {
+		fprintf(stderr, "kindling serve: --isolation, --memory-budget and --idle-timeout are the agents' options "
+				"with --agent or --etcd: give them to kindling agent\n");
+		return EXIT_USAGE;
+	}
+
 	int status = 1;
 	char *home = kindling_home_dir();
 	char *state = state_dir_or_default(state_arg);
@@ -200,6 +215,7 @@ int cmd_serve(int argc, char **argv)
 	struct hostagent *agent = NULL;
 	struct etcd *etcd = NULL;
 	struct frontend_router *router = NULL;
+	struct hostagent_remote *remote = NULL;
 	char *fe_id = NULL;
 	void *st = NULL;
 	struct frontend *fe = NULL;
@@ -278,6 +294,14 @@ int cmd_serve(int argc, char **argv)
 			goto out;
 		agent_ops = &frontend_router_ops;
 		agent_arg = router;
+	} else if (agent_url) {
+		/* State here, invocations (and SnapStart's snapshots) on one
+		 * remote agent. */
+		if ((r = hostagent_remote_new(agent_url, 0, &remote)) < 0 ||
+		    (r = frontend_state_dir_open(fn_dir, &st)) < 0)
+			goto out;
+		agent_ops = &hostagent_remote_ops;
+		agent_arg = remote;
 	} else {
 		if ((r = cmd_hostagent_start("kindling serve", &ao, &agent)) < 0)
 			goto out;
@@ -334,6 +358,7 @@ out:
 	frontend_free(fe);
 	hostagent_free(agent);
 	frontend_router_free(router);
+	hostagent_remote_free(remote);
 	if (etcd)
 		frontend_state_etcd_close(st);
 	else

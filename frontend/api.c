@@ -203,11 +203,14 @@ static bool apply_settings(json_t *body, json_t *cfg, struct fe_error *e)
 	return true;
 }
 
-/* Check SnapStart of |body| ({"ApplyOn": "PublishedVersions" | "None"})
- * and record it in |cfg| as _SnapStartApplyOn.  PublishedVersions needs a
- * host agent whose sandboxes can be snapshotted. */
-static bool apply_snapstart(struct frontend *fe, json_t *body, json_t *cfg, struct fe_error *e)
+/* Check SnapStart of |body| ({"ApplyOn": "PublishedVersions" | "None"}):
+ * true with |*apply| its ApplyOn (NULL when the body has no SnapStart;
+ * points into |body|), or false with |e|.  PublishedVersions needs a host
+ * agent whose sandboxes can be snapshotted, which a remote agent or a fleet
+ * is asked over the network: call this without fe->lock held. */
+static bool check_snapstart(struct frontend *fe, json_t *body, const char **apply_out, struct fe_error *e)
 {
+	*apply_out = NULL;
 	json_t *ss = json_object_get(body, "SnapStart");
 	if (!ss)
 		return true;
@@ -233,8 +236,8 @@ static bool apply_snapstart(struct frontend *fe, json_t *body, json_t *cfg, stru
 		return false;
 	}
 	if (strcmp(apply, "PublishedVersions") == 0) {
-		char why[256] = "kindling serve runs functions on remote host agents (a fleet), which do not take "
-				"snapshots: SnapStart needs the in-process agent with --isolation microvm";
+		char why[256] = "the host agents kindling serve runs functions on cannot take snapshots: SnapStart "
+				"needs agents with --isolation microvm";
 		if (!fe->agent || !fe->agent->snapshot || !fe->agent->snapshot_supported ||
 		    !fe->agent->snapshot_supported(fe->agent_arg, why, sizeof(why))) {
 			fe_set_error(e, 400, "InvalidParameterValueException",
@@ -242,8 +245,15 @@ static bool apply_snapstart(struct frontend *fe, json_t *body, json_t *cfg, stru
 			return false;
 		}
 	}
-	json_object_set_new(cfg, "_SnapStartApplyOn", json_string(apply));
+	*apply_out = apply;
 	return true;
+}
+
+/* Record what check_snapstart accepted in |cfg| as _SnapStartApplyOn. */
+static void record_snapstart(json_t *cfg, const char *apply)
+{
+	if (apply)
+		json_object_set_new(cfg, "_SnapStartApplyOn", json_string(apply));
 }
 
 /* ImageUri: a source kindling imports or an image in the store. */
@@ -417,12 +427,14 @@ static void create_function(struct call *c)
 				"StateReasonCode", "Creating");
 	free(arn);
 	free(role);
-	if (!cfg || !apply_settings(body, cfg, &c->e) || !apply_snapstart(c->fe, body, cfg, &c->e)) {
+	const char *snap_apply = NULL;
+	if (!cfg || !apply_settings(body, cfg, &c->e) || !check_snapstart(c->fe, body, &snap_apply, &c->e)) {
 		if (!cfg)
 			fe_set_error(&c->e, 500, "ServiceException", "out of memory");
 		json_decref(cfg);
 		goto out;
 	}
+	record_snapstart(cfg, snap_apply);
 	start_import(cfg, uri, token);
 	if (json_is_true(publish))
 		json_object_set_new(cfg, "_PublishOnActive", json_true());
@@ -632,11 +644,16 @@ static void update_configuration(struct call *c)
 		json_decref(body);
 		return;
 	}
+	const char *snap_apply = NULL;
+	if (!check_snapstart(c->fe, body, &snap_apply, &c->e)) {
+		json_decref(body);
+		return;
+	}
 	pthread_mutex_lock(&c->fe->lock);
 	json_t *rec = load(c);
 	json_t *cfg = rec ? json_object_get(rec, "Latest") : NULL;
-	if (cfg && !update_in_progress(c, cfg) && revision_matches(c, body, cfg) && apply_settings(body, cfg, &c->e) &&
-	    apply_snapstart(c->fe, body, cfg, &c->e)) {
+	if (cfg && !update_in_progress(c, cfg) && revision_matches(c, body, cfg) && apply_settings(body, cfg, &c->e)) {
+		record_snapstart(cfg, snap_apply);
 		char ts[40], rev[37];
 		fe_timestamp(ts);
 		fe_uuid(rev);

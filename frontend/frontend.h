@@ -96,7 +96,10 @@ int frontend_dlq_etcd_list(struct etcd *e, struct str_list *out);
  * straight on a host known to have the function version warm (this
  * frontend's own record of where it ran, then the hosts' registrations in
  * etcd), cold ones where the placement service says.  Provisioned
- * concurrency is a plan in etcd shared by every frontend.  Its ops table is
+ * concurrency is a plan in etcd shared by every frontend.  SnapStart
+ * snapshots are taken on a host placement chooses among those whose
+ * registration says they can snapshot (micro-VM agents), and the versions
+ * that restore one start only on such hosts.  Its ops table is
  * frontend_router_ops, given to frontend_config.agent_ops. */
 struct frontend_router_config {
 	/* The fleet's etcd (host registrations, provisioning plans).

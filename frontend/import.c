@@ -146,10 +146,23 @@ static int snapshot_apply_once(struct frontend *fe, const struct fe_import *job,
 	const char *tok = json_string_value(json_object_get(v, "_SnapshotToken"));
 	const char *st = json_string_value(json_object_get(v, "State"));
 	if (!tok || strcmp(tok, job->token) != 0 || !st || strcmp(st, "Pending") != 0) {
-		json_decref(rec); /* deleted, or already applied */
+		/* Deleted, or already applied: by another frontend, which took a
+		 * snapshot of its own (every frontend that starts re-queues a
+		 * Pending version) and recorded its digest.  Ours overwrote the
+		 * ref meanwhile: point it back at the recorded one, so the ref
+		 * and the version agree and gc keeps the snapshot the version
+		 * restores. */
+		const char *recorded = json_string_value(json_object_get(v, "_SnapshotDigest"));
+		char *keep = rc == 0 && recorded && strcmp(recorded, digest) != 0 ? strdup(recorded) : NULL;
+		json_decref(rec);
 		pthread_mutex_unlock(&fe->lock);
 		if (rc == 0 && !v) /* deleted while the snapshot was taken: its ref goes too */
 			fe_snapstart_forget(fe, job->name, job->version);
+		if (keep && fe->have_cc && is_sha256_hex(keep) &&
+		    image_ref_put(fe->cc.store, fe->cc.env.tenant_key, job->uri, keep) == 0)
+			log_info("function %s: version %s keeps SnapStart snapshot %s, taken by another frontend; %s "
+				 "points at it again", job->name, job->version, keep, job->uri);
+		free(keep);
 		return 0;
 	}
 	if (rc == 0) {
@@ -190,8 +203,8 @@ static void run_snapshot_job(struct frontend *fe, const struct fe_import *job)
 	struct fe_fnspec spec;
 	if (!fe->agent || !fe->agent->snapshot) {
 		rc = -ENOTSUP;
-		snprintf(why, sizeof(why), "the host agent cannot take snapshots (run kindling serve with its "
-			 "in-process agent and --isolation microvm)");
+		snprintf(why, sizeof(why), "the host agent cannot take snapshots (run the agents with --isolation "
+			 "microvm)");
 	} else if ((rc = fe_fnspec_init(fe, job->name, v, &spec)) < 0) {
 		snprintf(why, sizeof(why), "the version's configuration is incomplete (%s)", strerror(-rc));
 	} else {

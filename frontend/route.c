@@ -55,6 +55,7 @@ struct route_warm_reg {
 /* A registered host, as last read from etcd. */
 struct route_host {
 	char *id, *url;
+	bool snapshot; /* its sandboxes can be snapshotted and restored (a micro-VM agent) */
 	struct route_warm_reg *warm;
 	size_t n_warm;
 };
@@ -269,6 +270,7 @@ static int host_parse(const struct etcd_kv *kv, struct route_host *h)
 	h->url = json_strdup(j, "url");
 	if (!h->id || !h->url || strncmp(h->url, "http://", 7) != 0)
 		goto out;
+	h->snapshot = json_is_true(json_object_get(j, "snapshot"));
 	json_t *warm = json_object_get(j, "warm");
 	size_t n = json_is_array(warm) ? json_array_size(warm) : 0;
 	if (n && !(h->warm = calloc(n, sizeof(*h->warm))))
@@ -390,6 +392,21 @@ static void warm_candidates(struct frontend_router *rt, const struct hostagent_f
 		}
 	}
 	pthread_mutex_unlock(&rt->lock);
+}
+
+/* The ids of the registered hosts that cannot take or restore SnapStart
+ * snapshots (process-sandbox agents), added to |out|: what a placement
+ * that needs a micro-VM host excludes.  Returns how many hosts are
+ * registered in all. */
+static size_t snapless_hosts(struct frontend_router *rt, struct str_list *out)
+{
+	pthread_mutex_lock(&rt->lock);
+	size_t n = rt->n_hosts;
+	for (size_t i = 0; i < rt->n_hosts; i++)
+		if (!rt->hosts[i].snapshot)
+			str_list_add(out, rt->hosts[i].id);
+	pthread_mutex_unlock(&rt->lock);
+	return n;
 }
 
 /* ---- the placement service --------------------------------------------------------------------------------------- */
@@ -529,8 +546,11 @@ static int route_invoke(void *arg, const struct hostagent_invoke_request *req, s
 			goto done; /* -ECONNRESET, -ENOENT, -EINVAL: the caller's answer */
 	}
 
-	/* Cold: placement names a host. */
+	/* Cold: placement names a host; a version that restores a SnapStart
+	 * snapshot only one whose agent can restore it. */
 	struct str_list exclude = { 0 };
+	if (req->fn->snapshot)
+		snapless_hosts(rt, &exclude);
 	r = -EHOSTUNREACH;
 	for (unsigned t = 0; t < ROUTE_COLD_TRIES; t++) {
 		json_t *p = NULL;
@@ -792,12 +812,78 @@ static int route_read_log(void *arg, const char *name, size_t max, char **out, s
 	return r;
 }
 
+/* ---- SnapStart: on a host that can snapshot ------------------------------------------------------------------------ */
+
+static bool route_snapshot_supported(void *arg, char *why, size_t len)
+{
+	struct frontend_router *rt = arg;
+	refresh_hosts(rt); /* etcd down: the last view decides */
+	struct str_list snapless = { 0 };
+	size_t n = snapless_hosts(rt, &snapless);
+	bool ok = n > snapless.n;
+	str_list_clear(&snapless);
+	if (!ok && n == 0)
+		snprintf(why, len, "no host agent is registered in etcd: start kindling agent --etcd ... --isolation "
+			 "microvm on a host with /dev/kvm");
+	else if (!ok)
+		snprintf(why, len, "none of the fleet's %zu host agents can take snapshots (they run process "
+			 "sandboxes): start one with kindling agent --isolation microvm on a host with /dev/kvm", n);
+	return ok;
+}
+
+/* Placement chooses among the hosts that can snapshot (the others are
+ * excluded), and the snapshot is taken there; it lands in the fleet's
+ * shared store, so every micro-VM host can restore it.  A host that
+ * refuses the connection, is full or shutting down is excluded and
+ * another placed. */
+static int route_snapshot(void *arg, const struct hostagent_function *fn, const char *name, char digest[65], char *why,
+			  size_t why_len)
+{
+	struct frontend_router *rt = arg;
+	refresh_hosts(rt);
+	struct str_list exclude = { 0 };
+	snapless_hosts(rt, &exclude);
+	int r = -EHOSTUNREACH;
+	for (unsigned t = 0; t < ROUTE_COLD_TRIES; t++) {
+		json_t *p = NULL;
+		const char *host, *url;
+		if ((r = place(rt, fn, 1, &exclude, &p)) < 0) {
+			snprintf(why, why_len, "placement found no host that can take the snapshot (%s): is a kindling "
+				 "agent with --isolation microvm registered and does it have room?",
+				 r == -EHOSTUNREACH ? "no placement service answers" : strerror(-r));
+			break;
+		}
+		if (!placed_host(p, &host, &url)) {
+			json_decref(p);
+			r = -EPROTO;
+			snprintf(why, why_len, "placement answered without a host and an http:// url");
+			break;
+		}
+		struct hostagent_remote *h = agent_for(rt, url, true);
+		log_info("function %s: taking SnapStart snapshot %s on host %s", fn->name, name, host);
+		r = h ? hostagent_remote_ops.snapshot(h, fn, name, digest, why, why_len) : -ENOMEM;
+		bool retry = r == -ENOTCONN || r == -EBUSY || r == -ESHUTDOWN || r == -ENOTSUP;
+		if (r == -ENOTCONN)
+			agent_mark_down(rt, url);
+		if (retry)
+			str_list_add(&exclude, host);
+		json_decref(p);
+		if (!retry)
+			break;
+	}
+	str_list_clear(&exclude);
+	/* Every host placed refused the connection: nobody could take it. */
+	return r == -ENOTCONN ? -EHOSTUNREACH : r;
+}
+
 const struct hostagent_ops frontend_router_ops = {
 	.invoke = route_invoke,
 	.provision = route_provision,
 	.drain = route_drain,
 	.get_stats = route_get_stats,
 	.read_log = route_read_log,
+	.snapshot_supported = route_snapshot_supported,
+	.snapshot = route_snapshot,
 };
 
 /* ---- life cycle -------------------------------------------------------------------------------------------------- */

@@ -1572,9 +1572,15 @@ bool hostagent_snapshot_supported(struct hostagent *a, char *why, size_t len)
 {
 	if (a->snap_cache)
 		return true;
-	snprintf(why, len, "the host agent runs %s sandboxes, which cannot be snapshotted: start kindling serve "
-		 "with --isolation microvm (on a host with /dev/kvm) for SnapStart", a->ops->name);
+	snprintf(why, len, "the host agent runs %s sandboxes, which cannot be snapshotted: start the agent (kindling "
+		 "serve, or kindling agent in a fleet) with --isolation microvm on a host with /dev/kvm for SnapStart",
+		 a->ops->name);
 	return false;
+}
+
+const char *hostagent_isolation(const struct hostagent *a)
+{
+	return a->ops->name;
 }
 
 int hostagent_snapshot(struct hostagent *a, const struct hostagent_function *fn, const char *name, char digest[65],

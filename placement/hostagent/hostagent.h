@@ -204,6 +204,10 @@ void hostagent_drain(struct hostagent *a, const char *name, const char *version,
  * one-line reason for the operator goes to |<why, len>|. */
 bool hostagent_snapshot_supported(struct hostagent *a, char *why, size_t len);
 
+/* The sandbox backend the agent runs ("process" or "microvm"), for the
+ * operator and the agent's GET /v1/info; a static string. */
+const char *hostagent_isolation(const struct hostagent *a);
+
 /* SnapStart: take the snapshot of |fn| (a Runtime API function) that its
  * cold starts will restore from.  Boot a sandbox of |fn| (not offered to
  * invocations), wait until its runtime is initialised -- its first
@@ -278,9 +282,10 @@ struct hostagent_ops {
 	void (*drain)(void *arg, const char *name, const char *version, const char *keep_revision);
 	void (*get_stats)(void *arg, struct hostagent_stats *out);
 	int (*read_log)(void *arg, const char *name, size_t max, char **out, size_t *out_len);
-	/* SnapStart (hostagent_snapshot_supported, hostagent_snapshot); NULL
-	 * in the remote and fleet tables: SnapStart needs the in-process agent
-	 * of `kindling serve` for now. */
+	/* SnapStart (hostagent_snapshot_supported, hostagent_snapshot).
+	 * Optional: a table without them cannot snapshot.  snapshot_supported
+	 * may ask the agent over the network (remote), or read the fleet's
+	 * registrations (the router: true if any host can). */
 	bool (*snapshot_supported)(void *arg, char *why, size_t len);
 	int (*snapshot)(void *arg, const struct hostagent_function *fn, const char *name, char digest[65], char *why,
 			size_t why_len);
@@ -297,10 +302,16 @@ extern const struct hostagent_ops hostagent_local_ops;
  *                        error JSON and the result in headers
  *   POST /v1/provision   {"function":{...},"n":N}
  *   POST /v1/drain       {"name","version","keep_revision"}
+ *   POST /v1/snapshot    {"function":{...},"name":"NAME[:TAG]"}: SnapStart's
+ *                        hostagent_snapshot; 200 {"digest"} or a refusal
+ *                        whose message names the step that failed
+ *   GET  /v1/info        {"isolation","snapshot":bool,"snapshot_why"}
  *   GET  /v1/stats, GET /v1/logs/NAME?bytes=N, GET /healthz
  * A call the agent refuses gets a status and a Kindling-Error marker:
  * 400 bad-request, 404 not-found, 409 no-warm-sandbox (-EAGAIN), 429 full
- * (-EBUSY), 503 shutting-down, 500 agent-error. */
+ * (-EBUSY), 503 shutting-down, 500 agent-error; and from a snapshot 501
+ * not-supported (-ENOTSUP), 504 timed-out (-ETIMEDOUT), 422
+ * function-failed (-ECHILD). */
 struct hostagent_server;
 
 /* Serve |a|'s API on |listen| ("127.0.0.1:9101"; port 0 picks one).  |a|
@@ -337,7 +348,11 @@ void hostagent_remote_free(struct hostagent_remote *h);
  * the request may have gone out (reset, timeout, an answer that is not the
  * agent's), -EPROTO for an error status without the agent's marker.
  * drain and get_stats log their failures (get_stats then reports zeros);
- * read_log returns -ENOENT if the function never ran there. */
+ * read_log returns -ENOENT if the function never ran there.
+ * snapshot_supported asks the agent (GET /v1/info; false with the reason
+ * when it cannot snapshot or cannot be reached); snapshot returns the
+ * agent's errors of hostagent_snapshot with its reason in |why|, and
+ * -ENOTCONN, -ECONNRESET or -EPROTO as invoke does (|why| says which). */
 extern const struct hostagent_ops hostagent_remote_ops;
 
 /* ---- the agent's registration in etcd (placement/README.md) ---- */

@@ -436,8 +436,9 @@ struct ha_wire_function {
 /* Parse and check the function spec |json| (untrusted) into |*out|:
  * {"name","version","image","revision","arn","memory_mb","timeout_s",
  * "env":["K=V"],"entrypoint":[...],"command":[...],"working_dir",
- * "mode":"api"|"stdio"}, with name, version, image, memory_mb and timeout_s
- * required.  Returns 0, or -EINVAL with |err| saying which field is wrong
+ * "mode":"api"|"stdio","snapshot"}, with name, version, image, memory_mb and
+ * timeout_s required (snapshot: what a SnapStart version's cold starts
+ * restore from, ha_wire_store_name_ok).  Returns 0, or -EINVAL with |err| saying which field is wrong
  * and why, or -ENOMEM.  Cleanup |*out| in every case. */
 int ha_wire_function_parse(const char *json, struct ha_wire_function *out, char *err, size_t err_len);
 
@@ -458,10 +459,31 @@ int ha_wire_provision_parse(const uint8_t *body, size_t len, struct ha_wire_func
 int ha_wire_drain_parse(const uint8_t *body, size_t len, void **root, const char **name, const char **version,
 			const char **keep_revision, char *err, size_t err_len);
 
+/* The body of POST /v1/snapshot: {"function":{spec},"name":"NAME[:TAG]"},
+ * the function a Runtime API one without a snapshot of its own (it boots),
+ * |*name| where the snapshot is stored (not a digest), pointing into
+ * fn->root.  Same contract as ha_wire_function_parse. */
+int ha_wire_snapshot_parse(const uint8_t *body, size_t len, struct ha_wire_function *fn, const char **name, char *err,
+			   size_t err_len);
+
+/* The answer to a snapshot that was taken: {"digest": 64 hex digits} (the
+ * stored snapshot's manifest digest) into |digest|.  0, or -EINVAL with
+ * |err| saying what is wrong with it. */
+int ha_wire_snapshot_answer_parse(const uint8_t *body, size_t len, char digest[65], char *err, size_t err_len);
+
+/* The answer of GET /v1/info: {"isolation": "microvm"|"process",
+ * "snapshot": bool, "snapshot_why": "..."}.  0 with |*snapshot| (whether
+ * the agent's sandboxes can be snapshotted) and, when they cannot, the
+ * agent's reason in |<why, why_len>|; or -EINVAL with |err|. */
+int ha_wire_info_parse(const uint8_t *body, size_t len, bool *snapshot, char *why, size_t why_len, char *err,
+		       size_t err_len);
+
 /* The status and HA_H_ERROR marker the agent answers an error |err| of
  * hostagent_* with: -EINVAL 400 "bad-request", -ENOENT 404 "not-found",
  * -EAGAIN 409 "no-warm-sandbox", -EBUSY 429 "full", -ESHUTDOWN 503
- * "shutting-down", anything else 500 "agent-error". */
+ * "shutting-down", -ENOTSUP 501 "not-supported", -ETIMEDOUT 504
+ * "timed-out", -ECHILD 422 "function-failed" (the last three from
+ * snapshots), anything else 500 "agent-error". */
 void ha_wire_status(int err, unsigned *status, const char **marker);
 
 /* The -errno a client returns for the marker |marker| (untrusted; NULL or
@@ -471,6 +493,14 @@ int ha_wire_errno(const char *marker);
 /* True if |s| is a function name: 1 to HA_NAME_MAX letters, digits, '-'
  * or '_'. */
 bool ha_wire_name_ok(const char *s);
+
+/* The longest snapshot name or digest on the wire. */
+#define HA_STORE_NAME_MAX 256u
+
+/* True if |s| names something in the store: a manifest digest or
+ * NAME[:TAG], 1 to HA_STORE_NAME_MAX printable ASCII characters without
+ * spaces (the store's own parser checks the rest when it is used). */
+bool ha_wire_store_name_ok(const char *s);
 
 /* True if |s| is printable ASCII without '/' of at most |max| bytes, and
  * not empty (nor NULL) unless |empty_ok|: versions, revisions, request

@@ -128,6 +128,10 @@ char *hostagent_register_json(struct hostagent_register *g)
 		}
 	}
 	hostagent_warm_free(w, n);
+	/* Whether SnapStart snapshots can be taken and restored here, so
+	 * frontends send them only to hosts that can. */
+	char why[256];
+	bool snap = hostagent_snapshot_supported(g->a, why, sizeof(why));
 	pthread_mutex_lock(&g->lock);
 	json_t *j = warm ? json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:o,s:s?,s:I,s:I,s:I}", "id", g->id, "url", g->url,
 				     "cell", g->cell, "memory_total_mb", (json_int_t)(st.memory_budget >> 20),
@@ -137,6 +141,8 @@ char *hostagent_register_json(struct hostagent_register *g)
 				     (json_int_t)g->l1_bytes, "started", (json_int_t)g->started, "updated",
 				     (json_int_t)time(NULL))
 			 : NULL;
+	if (j && json_object_set_new(j, "isolation", json_string(hostagent_isolation(g->a))) == 0)
+		json_object_set_new(j, "snapshot", json_boolean(snap));
 	pthread_mutex_unlock(&g->lock);
 	char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
 	json_decref(j);

@@ -137,6 +137,13 @@ static int refusal(struct hostagent_remote *h, const char *what, const struct ht
 	return r;
 }
 
+/* The errors only a snapshot gives are, for invoke and provision, the
+ * agent's other failures (-EIO), as their contract says. */
+static int invoke_error(int r)
+{
+	return r == -ENOTSUP || r == -ETIMEDOUT || r == -ECHILD ? -EIO : r;
+}
+
 static double header_double(const struct http_client_response *resp, const char *name)
 {
 	const char *v = http_client_response_header(resp, name);
@@ -183,7 +190,7 @@ static int remote_invoke(void *arg, const struct hostagent_invoke_request *req, 
 	if (r < 0)
 		return r;
 	if (resp.status != 200) {
-		r = refusal(h, "invoke", &resp);
+		r = invoke_error(refusal(h, "invoke", &resp));
 		http_client_response_cleanup(&resp);
 		return r;
 	}
@@ -235,7 +242,7 @@ static int remote_provision(void *arg, const struct hostagent_function *fn, unsi
 	char *spec = ha_wire_function_json(fn);
 	char *body = spec ? xasprintf("{\"function\":%s,\"n\":%u}", spec, n) : NULL;
 	free(spec);
-	return post_json(arg, "/v1/provision", "provision", body);
+	return invoke_error(post_json(arg, "/v1/provision", "provision", body));
 }
 
 static void remote_drain(void *arg, const char *name, const char *version, const char *keep_revision)
@@ -309,10 +316,87 @@ static int remote_read_log(void *arg, const char *name, size_t max, char **out, 
 	return r;
 }
 
+/* The message of the agent's refusal body ({"error","message"}), or
+ * |fallback|, into |<why, why_len>|. */
+static void refusal_message(const struct http_client_response *resp, const char *fallback, char *why, size_t why_len)
+{
+	json_t *j = resp->body ? json_loadb(resp->body, resp->body_len, 0, NULL) : NULL;
+	const char *m = json_string_value(json_object_get(j, "message"));
+	snprintf(why, why_len, "%s", m && *m ? m : fallback);
+	json_decref(j);
+}
+
+static bool remote_snapshot_supported(void *arg, char *why, size_t len)
+{
+	struct hostagent_remote *h = arg;
+	struct http_client_response resp;
+	int r = exchange(h, "GET", "/v1/info", NULL, 0, NULL, 0, h->timeout_ms, HA_WIRE_MAX_JSON, &resp);
+	bool snap = false;
+	char err[256] = "";
+	if (r < 0)
+		snprintf(why, len, "the host agent at %s cannot be reached (%s): is kindling agent running there?",
+			 h->url, strerror(-r));
+	else if (resp.status != 200)
+		snprintf(why, len, "the host agent at %s answered GET /v1/info with HTTP %ld: is it a kindling agent "
+			 "of this version?", h->url, resp.status);
+	else if (ha_wire_info_parse((const uint8_t *)resp.body, resp.body_len, &snap, why, len, err, sizeof(err)) < 0)
+		snprintf(why, len, "the host agent at %s answered GET /v1/info with what is not its info (%s)", h->url,
+			 err);
+	http_client_response_cleanup(&resp);
+	return snap;
+}
+
+static int remote_snapshot(void *arg, const struct hostagent_function *fn, const char *name, char digest[65],
+			   char *why, size_t why_len)
+{
+	struct hostagent_remote *h = arg;
+	digest[0] = '\0';
+	char *spec = ha_wire_function_json(fn);
+	json_t *body = spec ? json_pack("{s:o,s:s}", "function", json_loads(spec, 0, NULL), "name", name) : NULL;
+	char *text = body ? json_dumps(body, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+	json_decref(body);
+	free(spec);
+	if (!text) {
+		snprintf(why, why_len, "no memory for the snapshot request");
+		return -ENOMEM;
+	}
+	/* The agent gives the runtime's init 300 s plus the function's timeout,
+	 * then snapshots and stores the memory: allow for that. */
+	uint64_t t = (300u + (uint64_t)fn->timeout_s) * 1000u + 2 * REMOTE_COLD_MARGIN_MS;
+	struct http_header hdr[] = { { "Content-Type", "application/json" } };
+	struct http_client_response resp;
+	int r = exchange(h, "POST", "/v1/snapshot", hdr, 1, text, strlen(text), (unsigned)t, HA_WIRE_MAX_JSON, &resp);
+	free(text);
+	char err[256];
+	if (r < 0) {
+		snprintf(why, why_len, "the host agent at %s %s", h->url,
+			 r == -ENOTCONN ? "cannot be reached (is kindling agent running there?)"
+					: "was lost while it took the snapshot (see its log)");
+	} else if (resp.status != 200) {
+		r = ha_wire_errno(http_client_response_header(&resp, HA_H_ERROR));
+		if (r == -EPROTO)
+			snprintf(why, why_len, "the host agent at %s answered HTTP %ld without its error marker: is it "
+				 "a kindling agent of this version?", h->url, resp.status);
+		else
+			refusal_message(&resp, strerror(-r), why, why_len);
+		log_err("host agent %s: snapshot %s of %s:%s: %s", h->url, name, fn->name, fn->version, why);
+	} else if (ha_wire_snapshot_answer_parse((const uint8_t *)resp.body, resp.body_len, digest, err,
+						 sizeof(err)) < 0) {
+		r = -EPROTO;
+		snprintf(why, why_len, "the host agent at %s answered the snapshot with what is not its answer (%s)",
+			 h->url, err);
+		log_err("host agent %s: snapshot %s: %s", h->url, name, why);
+	}
+	http_client_response_cleanup(&resp);
+	return r;
+}
+
 const struct hostagent_ops hostagent_remote_ops = {
 	.invoke = remote_invoke,
 	.provision = remote_provision,
 	.drain = remote_drain,
 	.get_stats = remote_get_stats,
 	.read_log = remote_read_log,
+	.snapshot_supported = remote_snapshot_supported,
+	.snapshot = remote_snapshot,
 };

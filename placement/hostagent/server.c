@@ -146,6 +146,47 @@ static int handle_drain(struct hostagent_server *s, const struct http_request *r
 	return http_response_set_body(resp, "{}", 2);
 }
 
+/* Answer |resp| with the JSON object |j| (a reference taken here). */
+static int answer_json(struct http_response *resp, json_t *j)
+{
+	char *t = j ? json_dumps(j, JSON_COMPACT) : NULL;
+	json_decref(j);
+	if (!t)
+		return -ENOMEM;
+	http_response_take_body(resp, t, strlen(t));
+	return http_response_add_header(resp, "Content-Type", "application/json");
+}
+
+/* SnapStart: boot the function, snapshot it, store the snapshot as the
+ * body's name.  Blocks for all of that (minutes at most). */
+static int handle_snapshot(struct hostagent_server *s, const struct http_request *req, struct http_response *resp)
+{
+	char err[256];
+	struct ha_wire_function w;
+	const char *name = NULL;
+	int r = ha_wire_snapshot_parse(req->body, req->body_len, &w, &name, err, sizeof(err));
+	if (r < 0) {
+		ha_wire_function_cleanup(&w);
+		return r == -EINVAL ? refuse(resp, r, err) : r;
+	}
+	char digest[65] = "", why[400] = "";
+	r = hostagent_snapshot(s->a, &w.f, name, digest, why, sizeof(why));
+	ha_wire_function_cleanup(&w);
+	if (r < 0)
+		return refuse(resp, r, why[0] ? why : NULL);
+	return answer_json(resp, json_pack("{s:s}", "digest", digest));
+}
+
+/* What the agent can do, for a frontend deciding whether SnapStart can be
+ * configured. */
+static int handle_info(struct hostagent_server *s, struct http_response *resp)
+{
+	char why[256] = "";
+	bool snap = hostagent_snapshot_supported(s->a, why, sizeof(why));
+	return answer_json(resp, json_pack("{s:s,s:b,s:s?}", "isolation", hostagent_isolation(s->a), "snapshot", snap,
+					   "snapshot_why", snap ? NULL : why));
+}
+
 static int handle_stats(struct hostagent_server *s, struct http_response *resp)
 {
 	struct hostagent_stats st;
@@ -156,12 +197,7 @@ static int handle_stats(struct hostagent_server *s, struct http_response *resp)
 			      "idle", (json_int_t)st.idle, "provisioned", (json_int_t)st.provisioned, "cold_starts",
 			      (json_int_t)st.cold_starts, "warm_starts", (json_int_t)st.warm_starts, "evictions",
 			      (json_int_t)st.evictions, "expirations", (json_int_t)st.expirations);
-	char *t = j ? json_dumps(j, JSON_COMPACT) : NULL;
-	json_decref(j);
-	if (!t)
-		return -ENOMEM;
-	http_response_take_body(resp, t, strlen(t));
-	return http_response_add_header(resp, "Content-Type", "application/json");
+	return answer_json(resp, j);
 }
 
 static int handle_logs(struct hostagent_server *s, const struct http_request *req, const char *name,
@@ -203,15 +239,21 @@ static int handle(void *arg, const struct http_request *req, struct http_respons
 		return handle_provision(s, req, resp);
 	if (strcmp(p, "/v1/drain") == 0 && post)
 		return handle_drain(s, req, resp);
+	if (strcmp(p, "/v1/snapshot") == 0 && post)
+		return handle_snapshot(s, req, resp);
 	if (strcmp(p, "/v1/stats") == 0 && get)
 		return handle_stats(s, resp);
+	if (strcmp(p, "/v1/info") == 0 && get)
+		return handle_info(s, resp);
 	if (strncmp(p, "/v1/logs/", 9) == 0 && get)
 		return handle_logs(s, req, p + 9, resp);
 	bool known = strcmp(p, "/healthz") == 0 || strcmp(p, "/v1/invoke") == 0 || strcmp(p, "/v1/provision") == 0 ||
-		     strcmp(p, "/v1/drain") == 0 || strcmp(p, "/v1/stats") == 0 || strncmp(p, "/v1/logs/", 9) == 0;
+		     strcmp(p, "/v1/drain") == 0 || strcmp(p, "/v1/snapshot") == 0 || strcmp(p, "/v1/stats") == 0 ||
+		     strcmp(p, "/v1/info") == 0 || strncmp(p, "/v1/logs/", 9) == 0;
 	resp->status = known ? 405 : 404;
 	const char *m = known ? "method not allowed\n" : "no such route (the agent serves /v1/invoke, /v1/provision, "
-							 "/v1/drain, /v1/stats, /v1/logs/NAME, /healthz)\n";
+							 "/v1/drain, /v1/snapshot, /v1/stats, /v1/info, "
+							 "/v1/logs/NAME, /healthz)\n";
 	return http_response_set_body(resp, m, strlen(m));
 }
 

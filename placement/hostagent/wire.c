@@ -41,6 +41,17 @@ bool ha_wire_name_ok(const char *s)
 	return true;
 }
 
+bool ha_wire_store_name_ok(const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+	if (n == 0 || n > HA_STORE_NAME_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
+			return false;
+	return true;
+}
+
 bool ha_token_ok(const char *s, size_t max, bool empty_ok)
 {
 	size_t n = s ? strlen(s) : 0;
@@ -128,7 +139,8 @@ static int function_from(json_t *o, struct ha_wire_function *w, char *err, size_
 	    (r = get_str(o, "revision", false, &f->revision_id, err, err_len)) < 0 ||
 	    (r = get_str(o, "arn", false, &f->arn, err, err_len)) < 0 ||
 	    (r = get_str(o, "working_dir", false, &f->working_dir, err, err_len)) < 0 ||
-	    (r = get_str(o, "mode", false, &mode, err, err_len)) < 0)
+	    (r = get_str(o, "mode", false, &mode, err, err_len)) < 0 ||
+	    (r = get_str(o, "snapshot", false, &f->snapshot, err, err_len)) < 0)
 		return r;
 	if (!ha_wire_name_ok(f->name))
 		return fail(err, err_len, "name must be 1 to %d letters, digits, '-' or '_'", HA_NAME_MAX);
@@ -145,6 +157,9 @@ static int function_from(json_t *o, struct ha_wire_function *w, char *err, size_
 			return fail(err, err_len, "arn must be 1 to 256 printable characters");
 	if (f->working_dir && (f->working_dir[0] != '/' || strlen(f->working_dir) > 1024))
 		return fail(err, err_len, "working_dir must be an absolute path of at most 1024 bytes");
+	if (f->snapshot && !ha_wire_store_name_ok(f->snapshot))
+		return fail(err, err_len, "snapshot must be a manifest digest or NAME[:TAG] of 1 to %u printable "
+			    "characters", HA_STORE_NAME_MAX);
 	if (!mode || strcmp(mode, "api") == 0)
 		f->mode = HOSTAGENT_MODE_RUNTIME_API;
 	else if (strcmp(mode, "stdio") == 0)
@@ -211,6 +226,8 @@ char *ha_wire_function_json(const struct hostagent_function *f)
 	bool ok = true;
 	if (f->working_dir)
 		ok = json_object_set_new(o, "working_dir", json_string(f->working_dir)) == 0;
+	if (ok && f->snapshot)
+		ok = json_object_set_new(o, "snapshot", json_string(f->snapshot)) == 0;
 	if (ok && f->env)
 		ok = json_object_set_new(o, "env", strv_json(f->env)) == 0;
 	if (ok && f->entrypoint)
@@ -267,6 +284,83 @@ int ha_wire_drain_parse(const uint8_t *body, size_t len, void **root, const char
 	return 0;
 }
 
+/* Load |body| as a JSON object: 0 with |*root| (json_decref it in every
+ * case), or -EINVAL naming what it should have been. */
+static int load_object(const uint8_t *body, size_t len, const char *shape, json_t **root, char *err, size_t err_len)
+{
+	json_error_t je;
+	*root = body ? json_loadb((const char *)body, len, JSON_REJECT_DUPLICATES, &je) : NULL;
+	if (!*root)
+		return fail(err, err_len, "the body is not JSON: %s", body ? je.text : "empty");
+	if (!json_is_object(*root))
+		return fail(err, err_len, "the body must be a JSON object %s", shape);
+	return 0;
+}
+
+int ha_wire_snapshot_parse(const uint8_t *body, size_t len, struct ha_wire_function *fn, const char **name, char *err,
+			   size_t err_len)
+{
+	memset(fn, 0, sizeof(*fn));
+	*name = NULL;
+	json_t *root = NULL;
+	int r = load_object(body, len, "{\"function\", \"name\"}", &root, err, err_len);
+	fn->root = root;
+	if (r < 0)
+		return r;
+	if ((r = get_str(root, "name", true, name, err, err_len)) < 0)
+		return r;
+	if (!ha_wire_store_name_ok(*name) || is_sha256_hex(*name))
+		return fail(err, err_len, "name must be NAME[:TAG] of 1 to %u printable characters (where the "
+			    "snapshot is stored)", HA_STORE_NAME_MAX);
+	json_t *jf = json_object_get(root, "function");
+	if (!jf)
+		return fail(err, err_len, "function is missing");
+	if ((r = function_from(jf, fn, err, err_len)) < 0)
+		return r;
+	if (fn->f.snapshot)
+		return fail(err, err_len, "function.snapshot must be absent: the snapshot is taken from a boot");
+	if (fn->f.mode != HOSTAGENT_MODE_RUNTIME_API)
+		return fail(err, err_len, "function.mode must be \"api\": only a Runtime API function is snapshotted");
+	return 0;
+}
+
+int ha_wire_snapshot_answer_parse(const uint8_t *body, size_t len, char digest[65], char *err, size_t err_len)
+{
+	digest[0] = '\0';
+	json_t *root = NULL;
+	int r = load_object(body, len, "{\"digest\"}", &root, err, err_len);
+	const char *d = NULL;
+	if (r == 0 && (r = get_str(root, "digest", true, &d, err, err_len)) == 0 && !is_sha256_hex(d))
+		r = fail(err, err_len, "digest must be a manifest digest of 64 lower-case hex digits");
+	if (r == 0)
+		memcpy(digest, d, 65);
+	json_decref(root);
+	return r;
+}
+
+int ha_wire_info_parse(const uint8_t *body, size_t len, bool *snapshot, char *why, size_t why_len, char *err,
+		       size_t err_len)
+{
+	*snapshot = false;
+	if (why_len)
+		why[0] = '\0';
+	json_t *root = NULL;
+	int r = load_object(body, len, "{\"isolation\", \"snapshot\", \"snapshot_why\"}", &root, err, err_len);
+	const char *w = NULL;
+	json_t *s = r == 0 ? json_object_get(root, "snapshot") : NULL;
+	if (r == 0 && !json_is_boolean(s))
+		r = fail(err, err_len, "snapshot must be true or false");
+	if (r == 0)
+		r = get_str(root, "snapshot_why", false, &w, err, err_len);
+	if (r == 0) {
+		*snapshot = json_is_true(s);
+		if (!*snapshot && why_len)
+			snprintf(why, why_len, "%s", w ? w : "the host agent cannot take snapshots");
+	}
+	json_decref(root);
+	return r;
+}
+
 static const struct {
 	int err;
 	unsigned status;
@@ -274,7 +368,10 @@ static const struct {
 } wire_errors[] = {
 	{ -EINVAL, 400, "bad-request" },     { -ENOENT, 404, "not-found" },
 	{ -EAGAIN, 409, "no-warm-sandbox" }, { -EBUSY, 429, "full" },
-	{ -ESHUTDOWN, 503, "shutting-down" }, { -EIO, 500, "agent-error" },
+	{ -ESHUTDOWN, 503, "shutting-down" }, { -ENOTSUP, 501, "not-supported" },
+	{ -ETIMEDOUT, 504, "timed-out" },    { -ECHILD, 422, "function-failed" },
+	/* The last entry is what every other error maps to. */
+	{ -EIO, 500, "agent-error" },
 };
 
 void ha_wire_status(int err, unsigned *status, const char **marker)

@@ -19,7 +19,17 @@
 #  - provisioned concurrency on version 1 restores its sandbox before any
 #    invocation, and it answers the same;
 #  - DeleteFunction removes the snapshot's ref, and no snapshot directory
-#    or kvmm is left.
+#    or kvmm is left;
+#  - the same on a remote agent: `kindling agent --isolation microvm` and
+#    `kindling serve --agent URL` (no agent of its own): SnapStart is
+#    accepted (the agent's GET /v1/info says it can snapshot), PublishVersion
+#    is Pending, the agent takes the snapshot (POST /v1/snapshot) and the
+#    version becomes Active with its snapshot in the shared store; a cold
+#    start of the version on the agent restores it (the function record the
+#    agent gets names the snapshot), with RESTORE_START/RESTORE_REPORT in
+#    the agent's log of the function.
+# (A fleet's path, --etcd with placement, runs the same agent calls; it is
+# checked outside QEMU, with process agents, in 78-fleet.sh.)
 # ctest-labels: no-asan (a QEMU guest running kvmm: minutes under emulation); no-tsan (as no-asan)
 . "$(dirname "$0")/lib.sh"
 P=$T/payload
@@ -86,9 +96,10 @@ API=http://127.0.0.1:9000/2015-03-31/functions
 ok() { echo "nested-ok: $*"; }
 fail() {
 	echo "nested-fail: $*"
-	for f in /tmp/*.json /tmp/serve.err; do [ -f "$f" ] && { echo "--- $f"; tail -c 6000 "$f"; echo; }; done
+	for f in /tmp/*.json /tmp/serve.err /tmp/agent.err; do [ -f "$f" ] && { echo "--- $f"; tail -c 6000 "$f"; echo; }; done
 	./kindling logs snapfn 2>&1 | tail -40
 	[ -n "$SERVE" ] && kill $SERVE
+	[ -n "$AGENT" ] && kill $AGENT
 	exit 1
 }
 # api NAME METHOD PATH [BODY]: the answer in /tmp/NAME.json, the status in $st.
@@ -104,11 +115,11 @@ api() {
 }
 str() { sed -n "s/.*\"$1\": *\"\([^\"]*\)\".*/\1/p" "$2" | head -1; }
 snapstart() { tr -d ' \n' <"$1" | sed -n 's/.*"SnapStart":{\([^}]*\)}.*/\1/p'; }
-# wait_state QUALIFIER STATE: poll GetFunctionConfiguration (at most 900 s).
+# wait_state QUALIFIER STATE [FUNCTION]: poll GetFunctionConfiguration (at most 700 s).
 wait_state() {
 	end=$(($(date +%s) + 700))
 	while [ "$(date +%s)" -lt $end ]; do
-		api cfg GET "/snapfn/configuration?Qualifier=$1"
+		api cfg GET "/${3:-snapfn}/configuration?Qualifier=$1"
 		s=$(str State /tmp/cfg.json)
 		[ "$s" = "$2" ] && return 0
 		[ "$s" = Failed ] && fail "version $1 failed: $(cat /tmp/cfg.json)"
@@ -189,6 +200,7 @@ T1=$(str token /tmp/r1.json); F1=$(str fresh /tmp/r1.json); F2=$(str fresh /tmp/
 	fail "the log does not show two restores: $(cat /tmp/log.out)"
 [ "$(grep -c '^REPORT .*Restore Duration: [0-9.]* ms.Billed Restore Duration: [0-9]* ms' /tmp/log.out)" = 2 ] &&
 	[ "$(grep -c '^REPORT .*Init Duration' /tmp/log.out)" = 1 ] || fail "the REPORT lines: $(grep ^REPORT /tmp/log.out)"
+echo "nested: in-process agent: $(grep '^RESTORE_REPORT' /tmp/log.out | tr '\n' ' ')"
 ok "two cold starts of version 1 restored from the snapshot: $RESULT as \$LATEST, token $T1 from the snapshot's init, generation 1, initialization type snap-start, fresh $F1 and $F2; the log has RESTORE_START, RESTORE_REPORT and REPORT with Restore Duration"
 
 # 4. Provisioned concurrency on version 1: its sandbox restores too, before
@@ -221,7 +233,54 @@ done
 ok "DeleteFunction removed the snapshot's ref; no kvmm and no snapshot directory is left"
 kill $SERVE
 wait $SERVE
+SERVE=
 ok "kindling serve stopped"
+
+# 6. A remote agent: kindling agent --isolation microvm, and kindling serve
+# --agent URL in front of it.  Both read the same store ($KINDLING_HOME).
+./kindling agent --listen 127.0.0.1:9101 --isolation microvm -v >/tmp/agent.out 2>/tmp/agent.err &
+AGENT=$!
+end=$(($(date +%s) + 120))
+until ./bin/curl -sS -m 5 -o /tmp/info.json http://127.0.0.1:9101/v1/info 2>/dev/null; do
+	kill -0 $AGENT 2>/dev/null || fail "kindling agent exited: $(cat /tmp/agent.err)"
+	[ "$(date +%s)" -lt $end ] || fail "kindling agent does not answer after 120 s"
+	sleep 1
+done
+tr -d ' \n' </tmp/info.json | grep -q '"isolation":"microvm","snapshot":true' ||
+	fail "the agent's GET /v1/info: $(cat /tmp/info.json)"
+./kindling serve --listen 127.0.0.1:9000 --no-auth --agent http://127.0.0.1:9101 --state-dir /tmp/remote-serve -v \
+	>/tmp/serve.out 2>/tmp/serve-remote.err &
+SERVE=$!
+end=$(($(date +%s) + 120))
+until grep -q "listening on 127.0.0.1:9000" /tmp/serve-remote.err; do
+	kill -0 $SERVE 2>/dev/null || fail "kindling serve --agent exited: $(cat /tmp/serve-remote.err)"
+	[ "$(date +%s)" -lt $end ] || fail "kindling serve --agent does not listen after 120 s"
+	sleep 1
+done
+api rcreate POST "" '{"FunctionName":"remotefn","PackageType":"Image","Code":{"ImageUri":"snaprt:1"},"Timeout":600,"MemorySize":128,"SnapStart":{"ApplyOn":"PublishedVersions"}}'
+[ "$st" = 201 ] || fail "CreateFunction through kindling serve --agent: $st $(cat /tmp/rcreate.json)"
+wait_state '$LATEST' Active remotefn
+api rpublish POST "/remotefn/versions" '{}'
+[ "$st" = 201 ] && [ "$(str State /tmp/rpublish.json)" = Pending ] || fail "PublishVersion through --agent: $st $(cat /tmp/rpublish.json)"
+echo "nested: remotefn version 1 is Pending; the remote agent takes its snapshot"
+wait_state 1 Active remotefn
+[ "$(snapstart /tmp/cfg.json)" = '"ApplyOn":"PublishedVersions","OptimizationStatus":"On"' ] ||
+	fail "remotefn version 1's SnapStart: $(snapstart /tmp/cfg.json)"
+grep -q 'SnapStart snapshot snapstart-remotefn:1 of version 1 taken' /tmp/agent.err ||
+	fail "the agent's log does not show the snapshot: $(tail -20 /tmp/agent.err)"
+./chunkify ls | grep -Eq '^snapstart-remotefn:1 +snapshot ' || fail "no snapshot snapstart-remotefn:1 in the store: $(./chunkify ls)"
+api rr1 POST "/remotefn/invocations?Qualifier=1" '{"n": 7}'
+[ "$st" = 200 ] && [ "$(str result /tmp/rr1.json)" = "$RESULT" ] && [ "$(str gen /tmp/rr1.json)" = 1 ] &&
+	[ "$(str init /tmp/rr1.json)" = snap-start ] || fail "version 1 on the remote agent answered $st $(cat /tmp/rr1.json)"
+./kindling logs remotefn --state-dir /payload/home >/tmp/rlog.out 2>&1 || fail "the agent's log of remotefn: $(cat /tmp/rlog.out)"
+grep -q '^RESTORE_START ' /tmp/rlog.out && grep -q '^RESTORE_REPORT Restore Duration: [0-9.]* ms' /tmp/rlog.out ||
+	fail "the agent's log of remotefn shows no restore: $(cat /tmp/rlog.out)"
+echo "nested: remote agent: $(grep '^RESTORE_REPORT' /tmp/rlog.out | tr '\n' ' ')"
+ok "kindling serve --agent with kindling agent --isolation microvm: SnapStart accepted, version 1 Pending then Active with its snapshot taken by the agent, its cold start on the agent restored ($RESULT, generation 1, snap-start) with RESTORE_START/RESTORE_REPORT in the agent's log"
+api rdelete DELETE "/remotefn"
+[ "$st" = 204 ] || fail "DeleteFunction through --agent: $st $(cat /tmp/rdelete.json)"
+kill $SERVE $AGENT
+wait $SERVE $AGENT
 EOF
 chmod 755 "$P/nested.sh"
 
@@ -230,5 +289,5 @@ export NESTED_LOG=$T/console.log
 rc=0
 timeout 880 "$KINDLING_SOURCE_DIR/tests/nested/run.sh" --mem 2048 --smp 1 --timeout 840 --modules fuse \
   "$P" nested.sh >"$T/nested.out" 2>&1 || rc=$?
-nested_outcome "$T/nested.out" $rc 6
-pass "SnapStart in kindling serve under nested KVM: a published version snapshotted at its runtime's first /next, Active with OptimizationStatus On, two cold starts and a provisioned sandbox restored with the booted answer and fresh randomness, RESTORE lines in the log, the snapshot's ref removed with the function"
+nested_outcome "$T/nested.out" $rc 7
+pass "SnapStart in kindling serve under nested KVM: a published version snapshotted at its runtime's first /next, Active with OptimizationStatus On, two cold starts and a provisioned sandbox restored with the booted answer and fresh randomness, RESTORE lines in the log, the snapshot's ref removed with the function; the same through kindling serve --agent on a remote kindling agent --isolation microvm"

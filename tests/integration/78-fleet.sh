@@ -9,6 +9,8 @@
 #     both frontends keep succeeding and a cold start fails fast with a clear
 #     503; when etcd is back, cold starts work again with no operator action;
 #     the same with the placement service down;
+#   - SnapStart ApplyOn PublishedVersions is refused (no registered agent
+#     can snapshot: they run process sandboxes), naming --isolation microvm;
 #   - one etcd member of three killed: no visible effect;
 #   - a host agent killed: its function is started elsewhere on the next
 #     invoke, an invocation in flight on it gets a clear error, and Event
@@ -121,6 +123,14 @@ const a = JSON.parse(Buffer.from(r.Payload).toString());
 if (r.StatusCode !== 200 || r.FunctionError || a.count < 2) throw new Error('Invoke: ' + JSON.stringify(a));
 " 2>"$T/sdk.err" || { cat "$T/sdk.err" >&2; die "@aws-sdk/client-lambda through frontend 1 failed"; }
 pass "created on frontend 0, listed, invoked cold then warm on frontend 1, warm through frontend 0, and the SDK drove frontend 1"
+
+# ---- SnapStart: refused while no agent of the fleet can snapshot ---------------------------------------------------
+if lam 0 update-function-configuration --function-name f2 --snap-start ApplyOn=PublishedVersions >"$T/snap.out" 2>"$T/snap.err"; then
+  die "SnapStart was accepted by a fleet of process-sandbox agents: $(cat "$T/snap.out")"
+fi
+grep -q "(InvalidParameterValueException)" "$T/snap.err" && grep -q "none of the fleet's [0-9]* host agents can take snapshots" "$T/snap.err" &&
+  grep -q -- "--isolation microvm" "$T/snap.err" || die "the fleet's SnapStart refusal: $(cat "$T/snap.err")"
+pass "SnapStart through a fleet of process agents: refused, naming --isolation microvm"
 
 # ---- static stability: etcd down -------------------------------------------------------------------------------------
 inv 0 f2 '{}'   # f2 warm somewhere, known to frontend 0

@@ -9,6 +9,11 @@
 #   - a 6 MB event goes through raw and its echo comes back byte for byte;
 #   - plain mode: warm_only works once the image is attached;
 #   - stats, the function's log, provisioned concurrency, drain;
+#   - `kindling serve --agent URL` in front of it, driven by Debian's AWS
+#     CLI: a function created there runs on the agent; SnapStart ApplyOn
+#     PublishedVersions is refused (InvalidParameterValueException naming
+#     --isolation microvm) because the agent's GET /v1/info says its process
+#     sandboxes cannot be snapshotted;
 #   - the agent killed (SIGKILL) under an invocation: ECONNRESET; then
 #     nothing listening: ENOTCONN;
 #   - SIGTERM stops the agent cleanly (exit 0, its FUSE mount gone).
@@ -89,6 +94,42 @@ for ((i = 0; i < 600; i++)); do
 done
 expect "$(call stats)" '.sandboxes == 0 and .provisioned == 0' "drain left sandboxes"
 pass "stats, logs, provisioned concurrency, drain"
+
+# ---- kindling serve --agent, and SnapStart refused by a process agent --------------------------------------------------
+[ -x /usr/bin/aws ] || die "/usr/bin/aws is missing (Debian package awscli; see scripts/apt-packages.txt)"
+expect "$(curl -sS "$URL/v1/info")" '.isolation == "process" and .snapshot == false and (.snapshot_why | contains("--isolation microvm"))' \
+  "the agent's GET /v1/info"
+SPORT=$(free_port)
+"$KINDLING" serve --listen "127.0.0.1:$SPORT" --state-dir "$T/serve" --agent "$URL" >"$T/serve.out" 2>"$T/serve.err" &
+SERVE=$!
+track_pid $SERVE
+wait_port "$SPORT" 60
+export AWS_SHARED_CREDENTIALS_FILE=$KINDLING_HOME/credentials AWS_PROFILE=kindling AWS_CONFIG_FILE=$T/aws-config \
+  AWS_MAX_ATTEMPTS=1 AWS_PAGER=""
+: >"$T/aws-config"
+lam() { /usr/bin/aws --endpoint-url "http://127.0.0.1:$SPORT" --region us-east-1 --cli-binary-format raw-in-base64-out \
+  --cli-read-timeout 300 --output json lambda "$@"; }
+lam create-function --function-name viaagent --package-type Image --code ImageUri=shell-runtime:1 --timeout 60 \
+  --memory-size 128 --role arn:aws:iam::000000000000:role/test >/dev/null
+lam wait function-active-v2 --function-name viaagent
+lam invoke --function-name viaagent --payload '{"n":1}' "$T/via.json" >/dev/null
+jq -e '.count >= 1' "$T/via.json" >/dev/null || die "an invoke through kindling serve --agent: $(cat "$T/via.json")"
+call log viaagent | jq -e '.log | contains("START RequestId")' >/dev/null ||
+  die "the invocation through kindling serve --agent did not run on the agent: $(call log viaagent)"
+if lam update-function-configuration --function-name viaagent --snap-start ApplyOn=PublishedVersions >"$T/snap.out" 2>"$T/snap.err"; then
+  die "SnapStart was accepted with a process-sandbox agent: $(cat "$T/snap.out")"
+fi
+grep -q "(InvalidParameterValueException)" "$T/snap.err" && grep -q -- "--isolation microvm" "$T/snap.err" ||
+  die "the SnapStart refusal through kindling serve --agent: $(cat "$T/snap.err")"
+if lam create-function --function-name snapagent --package-type Image --code ImageUri=shell-runtime:1 \
+  --snap-start ApplyOn=PublishedVersions --role arn:aws:iam::000000000000:role/test >"$T/snap.out" 2>"$T/snap.err"; then
+  die "CreateFunction with SnapStart was accepted with a process-sandbox agent"
+fi
+grep -q -- "--isolation microvm" "$T/snap.err" || die "the CreateFunction refusal: $(cat "$T/snap.err")"
+lam delete-function --function-name viaagent
+kill -TERM $SERVE
+wait $SERVE || die "kindling serve --agent did not stop cleanly"
+pass "kindling serve --agent: the AWS CLI's function ran on the agent; SnapStart refused naming --isolation microvm (GET /v1/info: process, no snapshots)"
 
 # ---- the agent lost under an invocation -----------------------------------------------------------------------------
 call invoke "$FN_RT" --id lost-1 --payload '{"sleep":30}' >"$T/lost.json" &

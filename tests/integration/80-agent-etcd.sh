@@ -60,7 +60,8 @@ wait_host '.id == "h80"' 30 "the host never registered"
 wait_host ".id == \"h80\" and .url == \"$URL\" and .cell == \"cell-8\" and .memory_total_mb == 1024 and
   .memory_used_mb == 0 and .slots_total == 8 and .slots_used == 0 and .warm == [] and
   (.l1 | test(\"^[0-9]+:[0-9]+:[0-9]+:[A-Za-z0-9+/=]+$\")) and (.l1_bytes | type == \"number\") and
-  .started > 1700000000 and .updated >= .started" 10 "the registration's fields"
+  .started > 1700000000 and .updated >= .started and .isolation == \"process\" and .snapshot == false" 10 \
+  "the registration's fields"
 pass "registered with the documented fields"
 
 out=$("$TOOL" "$URL" invoke "$FN" --id reg-1 --payload '{"n":1}')

@@ -16,6 +16,22 @@
  *    delivering it: frontend B delivers it;
  *  - an Event failing 3 times is a dead letter in kindling/dlq/ (with
  *    Attempts 3), listed by frontend_dlq_etcd_list;
+ *  - SnapStart state in etcd: a published SnapStart version is Pending in
+ *    its record in etcd; a frontend stopped while the snapshot runs
+ *    (the agent answers -ESHUTDOWN) leaves it Pending there, and the next
+ *    frontend to start re-queues it and records Active with the
+ *    snapshot's digest; a snapshot that fails records Failed with the step
+ *    (StateReason "SnapStart: ...", FunctionError); an agent that cannot
+ *    snapshot refuses ApplyOn PublishedVersions;
+ *  - the fleet router's SnapStart (frontend_router_ops), with two fake
+ *    agents and a fake placement service on loopback: with only a host
+ *    whose registration says "snapshot": false, snapshot_supported is
+ *    false naming --isolation microvm; once a "snapshot": true host
+ *    registers, the snapshot is placed with the other excluded and taken
+ *    there (its digest comes back), an agent's refusal comes back with its
+ *    errno and message, and a cold start of a version that restores a
+ *    snapshot goes to the capable host while one that boots may go to
+ *    either;
  *  - every etcd member killed: warm invokes keep answering 200 from the
  *    record cache and the holdings, Event invokes get 503 ServiceException;
  *    members back: an Event is accepted and delivered again.
@@ -28,6 +44,8 @@
 #include "frontend/internal.h"
 
 #include "common/etcd.h"
+#include "common/http_server.h"
+#include "placement/hostagent/hostagent.h"
 #include "tests/check.h"
 
 #include <errno.h>
@@ -71,12 +89,20 @@ static void sleep_ms(unsigned ms)
 
 enum agent_mode { AGENT_OK, AGENT_BUSY, AGENT_FAIL, AGENT_GATE };
 
+/* What the double's SnapStart snapshots do. */
+enum snap_mode { SNAP_OK, SNAP_FAIL, SNAP_SHUTDOWN, SNAP_UNSUPPORTED };
+
+#define SNAP_DIGEST "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
+
 struct test_agent {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	enum agent_mode mode;
 	bool gate_open;
 	unsigned running, max_running, invokes;
+	enum snap_mode snap;
+	unsigned snapshots;
+	char snap_name[128];
 };
 
 static int ta_invoke(void *arg, const struct hostagent_invoke_request *req, struct hostagent_invoke_result *out)
@@ -138,12 +164,47 @@ static int ta_read_log(void *arg, const char *name, size_t max, char **out, size
 	return -ENOENT;
 }
 
+static bool ta_snapshot_supported(void *arg, char *why, size_t len)
+{
+	struct test_agent *a = arg;
+	pthread_mutex_lock(&a->lock);
+	bool ok = a->snap != SNAP_UNSUPPORTED;
+	pthread_mutex_unlock(&a->lock);
+	if (!ok)
+		snprintf(why, len, "the double runs process sandboxes: use --isolation microvm");
+	return ok;
+}
+
+static int ta_snapshot(void *arg, const struct hostagent_function *fn, const char *name, char digest[65], char *why,
+		       size_t why_len)
+{
+	struct test_agent *a = arg;
+	(void)fn;
+	pthread_mutex_lock(&a->lock);
+	a->snapshots++;
+	snprintf(a->snap_name, sizeof(a->snap_name), "%s", name);
+	enum snap_mode mode = a->snap;
+	pthread_mutex_unlock(&a->lock);
+	if (mode == SNAP_SHUTDOWN) {
+		snprintf(why, why_len, "the host agent is shutting down");
+		return -ESHUTDOWN;
+	}
+	if (mode == SNAP_FAIL) {
+		snprintf(why, why_len, "the runtime exited or reported an init error before it asked for work");
+		return -ECHILD;
+	}
+	snprintf(digest, 65, "%s", SNAP_DIGEST);
+	return 0;
+}
+
 static const struct hostagent_ops test_agent_ops = {
 	.invoke = ta_invoke,
 	.provision = ta_provision,
 	.drain = ta_drain,
 	.get_stats = ta_get_stats,
 	.read_log = ta_read_log,
+	.snapshot_supported = ta_snapshot_supported,
+	.snapshot = ta_snapshot,
 };
 
 static void agent_init(struct test_agent *a, enum agent_mode mode)
@@ -316,6 +377,281 @@ static long held_sum(struct etcd *e, const char *scope)
 		for (int _i = 0; _i < (seconds) * 20 && !(cond); _i++)                                                 \
 			sleep_ms(50);                                                                                  \
 	} while (0)
+
+/* ---- SnapStart's state in etcd ------------------------------------------------------------------------------------- */
+
+/* Version |version| of |name| as its record in etcd holds it (a new
+ * reference), or NULL. */
+static json_t *etcd_version(struct etcd *e, const char *name, const char *version)
+{
+	char *key = xasprintf("kindling/functions/%s", name);
+	struct etcd_kv kv = { 0 };
+	json_t *rec = key && etcd_get(e, key, &kv) == 0 ? json_loadb((const char *)kv.value, kv.value_len, 0, NULL) : NULL;
+	etcd_kv_cleanup(&kv);
+	free(key);
+	json_t *v = json_object_get(json_object_get(rec, "Versions"), version);
+	json_incref(v);
+	json_decref(rec);
+	return v;
+}
+
+/* The State of that version in etcd ("" if none); |out| holds 32 bytes. */
+static const char *etcd_version_state(struct etcd *e, const char *name, const char *version, char out[32])
+{
+	json_t *v = etcd_version(e, name, version);
+	const char *st = json_string_value(json_object_get(v, "State"));
+	snprintf(out, 32, "%s", st ? st : "");
+	json_decref(v);
+	return out;
+}
+
+static void test_snapstart(struct etcd *e)
+{
+	json_t *rec = json_pack("{s:{s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:i,s:s,s:s},s:{},s:i}", "Latest", "FunctionName",
+				"snapfn", "State", "Active", "Version", "$LATEST", "RevisionId", "rev-1", "_ImageDigest",
+				"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "CodeSha256",
+				"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "MemorySize", 128,
+				"Timeout", 3, "LastUpdateStatus", "Successful", "_SnapStartApplyOn", "PublishedVersions",
+				"Versions", "NextVersion", 1);
+	char *text = json_dumps(rec, JSON_COMPACT);
+	CHECK(etcd_put(e, "kindling/functions/snapfn", text, strlen(text), 0, NULL) == 0);
+	free(text);
+	json_decref(rec);
+
+	/* Published while its frontend stops: Pending in etcd. */
+	struct node s1;
+	CHECK(node_start(&s1, "S1", 5, AGENT_OK) == 0);
+	pthread_mutex_lock(&s1.agent.lock);
+	s1.agent.snap = SNAP_SHUTDOWN;
+	pthread_mutex_unlock(&s1.agent.lock);
+	CHECK(call_status(s1.fe, "POST", "/2015-03-31/functions/snapfn/versions", "{}") == 201);
+	WAIT_UNTIL(agent_get(&s1.agent, &s1.agent.snapshots) == 1, 30);
+	CHECK(agent_get(&s1.agent, &s1.agent.snapshots) == 1 && strcmp(s1.agent.snap_name, "snapstart-snapfn:1") == 0);
+	node_stop(&s1);
+	char st[32];
+	CHECK(strcmp(etcd_version_state(e, "snapfn", "1", st), "Pending") == 0);
+	json_t *v = etcd_version(e, "snapfn", "1");
+	CHECK(json_is_string(json_object_get(v, "_SnapshotToken")) && !json_object_get(v, "_SnapshotDigest"));
+	json_decref(v);
+
+	/* The next frontend re-queues it: Active in etcd with the digest. */
+	struct node s2;
+	CHECK(node_start(&s2, "S2", 5, AGENT_OK) == 0);
+	WAIT_UNTIL(strcmp(etcd_version_state(e, "snapfn", "1", st), "Pending") != 0, 30);
+	CHECK(strcmp(etcd_version_state(e, "snapfn", "1", st), "Active") == 0);
+	v = etcd_version(e, "snapfn", "1");
+	const char *digest = json_string_value(json_object_get(v, "_SnapshotDigest"));
+	CHECK(digest && strcmp(digest, SNAP_DIGEST) == 0 && !json_object_get(v, "StateReason"));
+	json_decref(v);
+	CHECK(agent_get(&s2.agent, &s2.agent.snapshots) == 1 && strcmp(s2.agent.snap_name, "snapstart-snapfn:1") == 0);
+
+	/* A failed snapshot: Failed in etcd, with the step. */
+	pthread_mutex_lock(&s2.agent.lock);
+	s2.agent.snap = SNAP_FAIL;
+	pthread_mutex_unlock(&s2.agent.lock);
+	CHECK(call_status(s2.fe, "PUT", "/2015-03-31/functions/snapfn/configuration", "{\"Timeout\": 5}") == 200);
+	CHECK(call_status(s2.fe, "POST", "/2015-03-31/functions/snapfn/versions", "{}") == 201);
+	WAIT_UNTIL(strcmp(etcd_version_state(e, "snapfn", "2", st), "Pending") != 0, 30);
+	CHECK(strcmp(etcd_version_state(e, "snapfn", "2", st), "Failed") == 0);
+	v = etcd_version(e, "snapfn", "2");
+	const char *reason = json_string_value(json_object_get(v, "StateReason"));
+	CHECK(reason && strncmp(reason, "SnapStart: the runtime exited", 29) == 0);
+	const char *code = json_string_value(json_object_get(v, "StateReasonCode"));
+	CHECK(code && strcmp(code, "FunctionError") == 0);
+	json_decref(v);
+
+	/* An agent that cannot snapshot refuses the configuration. */
+	pthread_mutex_lock(&s2.agent.lock);
+	s2.agent.snap = SNAP_UNSUPPORTED;
+	pthread_mutex_unlock(&s2.agent.lock);
+	CHECK(call_status(s2.fe, "PUT", "/2015-03-31/functions/snapfn/configuration",
+			  "{\"SnapStart\": {\"ApplyOn\": \"PublishedVersions\"}}") == 400);
+	node_stop(&s2);
+	CHECK(etcd_delete(e, "kindling/functions/snapfn", false, NULL) == 0);
+}
+
+/* ---- the fleet router's SnapStart ------------------------------------------------------------------------------------ */
+
+/* A fake `kindling agent`: counts its snapshot and invoke calls, and takes
+ * a snapshot or refuses it as timed out. */
+struct fake_agent {
+	pthread_mutex_t lock;
+	unsigned snapshots, invokes;
+	bool refuse;
+	struct http_server *http;
+	char url[64];
+};
+
+static int fake_agent_handle(void *arg, const struct http_request *req, struct http_response *resp)
+{
+	struct fake_agent *fa = arg;
+	pthread_mutex_lock(&fa->lock);
+	bool refuse = fa->refuse;
+	if (strcmp(req->path, "/v1/snapshot") == 0)
+		fa->snapshots++;
+	else if (strcmp(req->path, "/v1/invoke") == 0)
+		fa->invokes++;
+	pthread_mutex_unlock(&fa->lock);
+	if (strcmp(req->path, "/v1/snapshot") == 0 && refuse) {
+		resp->status = 504;
+		const char *b = "{\"error\":\"timed-out\",\"message\":\"the runtime did not ask for work in time\"}";
+		http_response_add_header(resp, "Kindling-Error", "timed-out");
+		return http_response_set_body(resp, b, strlen(b));
+	}
+	if (strcmp(req->path, "/v1/snapshot") == 0) {
+		const char *b = "{\"digest\":\"" SNAP_DIGEST "\"}";
+		return http_response_set_body(resp, b, strlen(b));
+	}
+	if (strcmp(req->path, "/v1/invoke") == 0) {
+		http_response_add_header(resp, "Kindling-Outcome", "ok");
+		return http_response_set_body(resp, "{}", 2);
+	}
+	resp->status = 404;
+	return 0;
+}
+
+static const struct http_server_ops fake_agent_ops = { .handle = fake_agent_handle };
+
+/* A fake placement service over the two agents: the first one not in the
+ * request's exclude list, and the exclude lists it saw. */
+struct fake_placement {
+	pthread_mutex_t lock;
+	struct fake_agent *agents[2];
+	char last_exclude[128];
+	struct http_server *http;
+};
+
+static int fake_place_handle(void *arg, const struct http_request *req, struct http_response *resp)
+{
+	struct fake_placement *fp = arg;
+	json_t *j = json_loadb((const char *)req->body, req->body_len, 0, NULL);
+	json_t *ex = json_object_get(j, "exclude");
+	char *exs = ex ? json_dumps(ex, JSON_COMPACT) : NULL;
+	const char *ids[2] = { "h1", "h2" };
+	int pick = -1;
+	for (int i = 0; i < 2 && pick < 0; i++) {
+		bool excluded = false;
+		size_t k;
+		json_t *e;
+		json_array_foreach(ex, k, e)
+			excluded |= json_is_string(e) && strcmp(json_string_value(e), ids[i]) == 0;
+		if (!excluded)
+			pick = i;
+	}
+	pthread_mutex_lock(&fp->lock);
+	snprintf(fp->last_exclude, sizeof(fp->last_exclude), "%s", exs ? exs : "");
+	pthread_mutex_unlock(&fp->lock);
+	free(exs);
+	json_decref(j);
+	json_t *a = pick < 0 ? json_pack("{s:s}", "reason", "NoCapacity")
+			     : json_pack("{s:s,s:s}", "host", ids[pick], "url", fp->agents[pick]->url);
+	char *t = json_dumps(a, JSON_COMPACT);
+	json_decref(a);
+	resp->status = pick < 0 ? 503 : 200;
+	http_response_take_body(resp, t, strlen(t));
+	return 0;
+}
+
+static const struct http_server_ops fake_place_ops = { .handle = fake_place_handle };
+
+static void put_host(struct etcd *e, const char *id, const char *url, bool snapshot)
+{
+	char *key = xasprintf("kindling/hosts/%s", id);
+	char *v = xasprintf("{\"id\":\"%s\",\"url\":\"%s\",\"isolation\":\"%s\",\"snapshot\":%s}", id, url,
+			    snapshot ? "microvm" : "process", snapshot ? "true" : "false");
+	CHECK(etcd_put(e, key, v, strlen(v), 0, NULL) == 0);
+	free(key);
+	free(v);
+}
+
+static unsigned fake_count(struct fake_agent *fa, unsigned *field)
+{
+	pthread_mutex_lock(&fa->lock);
+	unsigned v = *field;
+	pthread_mutex_unlock(&fa->lock);
+	return v;
+}
+
+/* Whether the last placement request excluded exactly |want| (JSON). */
+static bool excluded(struct fake_placement *fp, const char *want)
+{
+	pthread_mutex_lock(&fp->lock);
+	bool same = strcmp(fp->last_exclude, want) == 0;
+	pthread_mutex_unlock(&fp->lock);
+	return same;
+}
+
+static void test_route_snapstart(struct etcd *e)
+{
+	struct fake_agent fa[2];
+	struct fake_placement fp = { .agents = { &fa[0], &fa[1] } };
+	pthread_mutex_init(&fp.lock, NULL);
+	for (int i = 0; i < 2; i++) {
+		memset(&fa[i], 0, sizeof(fa[i]));
+		pthread_mutex_init(&fa[i].lock, NULL);
+		struct http_server_config c = { .ops = &fake_agent_ops, .arg = &fa[i], .name = "fake agent" };
+		CHECK(http_server_start(&c, "127.0.0.1:0", &fa[i].http) == 0);
+		snprintf(fa[i].url, sizeof(fa[i].url), "http://%s", http_server_address(fa[i].http));
+	}
+	struct http_server_config pc = { .ops = &fake_place_ops, .arg = &fp, .name = "fake placement" };
+	CHECK(http_server_start(&pc, "127.0.0.1:0", &fp.http) == 0);
+	char *purl = xasprintf("http://%s", http_server_address(fp.http));
+
+	/* Only a process agent: SnapStart cannot be configured. */
+	CHECK(etcd_delete(e, "kindling/hosts/", true, NULL) == 0);
+	put_host(e, "h1", fa[0].url, false);
+	struct frontend_router_config rc = { .etcd = e, .placement_urls = purl };
+	struct frontend_router *rt = NULL;
+	CHECK(frontend_router_new(&rc, &rt) == 0);
+	const struct hostagent_ops *ops = &frontend_router_ops;
+	char why[256] = "";
+	CHECK(!ops->snapshot_supported(rt, why, sizeof(why)));
+	CHECK(strstr(why, "none of the fleet's 1 host agents") && strstr(why, "--isolation microvm"));
+
+	/* A micro-VM agent joins: the snapshot is placed there, h1 excluded. */
+	put_host(e, "h2", fa[1].url, true);
+	CHECK(ops->snapshot_supported(rt, why, sizeof(why)));
+	struct hostagent_function fn = { .name = "snapfn", .version = "1", .image_digest = SNAP_DIGEST,
+					 .revision_id = "rev-1", .memory_mb = 128, .timeout_s = 3 };
+	char digest[65] = "";
+	CHECK(ops->snapshot(rt, &fn, "snapstart-snapfn:1", digest, why, sizeof(why)) == 0);
+	CHECK(strcmp(digest, SNAP_DIGEST) == 0);
+	CHECK(fake_count(&fa[1], &fa[1].snapshots) == 1 && fake_count(&fa[0], &fa[0].snapshots) == 0);
+	CHECK(excluded(&fp, "[\"h1\"]"));
+
+	/* The agent's refusal comes back with its errno and message. */
+	pthread_mutex_lock(&fa[1].lock);
+	fa[1].refuse = true;
+	pthread_mutex_unlock(&fa[1].lock);
+	CHECK(ops->snapshot(rt, &fn, "snapstart-snapfn:1", digest, why, sizeof(why)) == -ETIMEDOUT);
+	CHECK(strstr(why, "the runtime did not ask for work in time") != NULL);
+
+	/* Cold starts: a restoring version only on the capable host. */
+	fn.snapshot = SNAP_DIGEST;
+	struct hostagent_invoke_request req = { .fn = &fn, .payload = (const uint8_t *)"{}", .payload_len = 2,
+						.request_id = "snap-req-1" };
+	struct hostagent_invoke_result res;
+	CHECK(ops->invoke(rt, &req, &res) == 0 && res.outcome == HOSTAGENT_OK);
+	hostagent_invoke_result_cleanup(&res);
+	CHECK(fake_count(&fa[1], &fa[1].invokes) == 1 && fake_count(&fa[0], &fa[0].invokes) == 0);
+	CHECK(excluded(&fp, "[\"h1\"]"));
+	fn.snapshot = NULL;
+	fn.version = "$LATEST";
+	req.request_id = "snap-req-2";
+	CHECK(ops->invoke(rt, &req, &res) == 0);
+	hostagent_invoke_result_cleanup(&res);
+	CHECK(excluded(&fp, "[]") && fake_count(&fa[0], &fa[0].invokes) == 1);
+
+	frontend_router_free(rt);
+	CHECK(etcd_delete(e, "kindling/hosts/", true, NULL) == 0);
+	http_server_free(fp.http);
+	for (int i = 0; i < 2; i++) {
+		http_server_free(fa[i].http);
+		pthread_mutex_destroy(&fa[i].lock);
+	}
+	pthread_mutex_destroy(&fp.lock);
+	free(purl);
+}
 
 /* ---- records: compare and swap --------------------------------------------------------------------------------------- */
 
@@ -610,6 +946,8 @@ static int run_tests(void)
 	struct etcd_config ec = { .endpoints = endpoints, .timeout_ms = 1000 };
 	CHECK(etcd_new(&ec, &e) == 0);
 	test_handoff(e); /* first: no other frontend may take the event */
+	test_snapstart(e); /* no other frontend may take the snapshot job */
+	test_route_snapstart(e);
 	struct node a, b;
 	CHECK(node_start(&a, "A", 5, AGENT_OK) == 0);
 	CHECK(node_start(&b, "B", 5, AGENT_OK) == 0);

@@ -6,7 +6,9 @@
  * for snapstart-NAME:VERSION of that version, booting; a function without
  * SnapStart publishes Active at once; an agent that cannot snapshot refuses
  * ApplyOn PublishedVersions with its reason; invoking a Pending version is
- * 409.  Requests go straight to frontend_http_ops, unsigned (no keys).
+ * 409; when another frontend records its own snapshot of the version
+ * first, the ref snapstart-NAME:VERSION is pointed back at the recorded
+ * one.  Requests go straight to frontend_http_ops, unsigned (no keys).
  */
 #include "frontend/internal.h"
 
@@ -29,10 +31,13 @@
 
 #define DIGEST "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 #define SNAP_DIGEST "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
+#define OTHER_DIGEST "aaaabbbbccccddddaaaabbbbccccddddaaaabbbbccccddddaaaabbbbccccdddd"
 
 /* The double: what it was asked, and what it answers. */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static bool supported = true, fail_next;
+static bool supported = true, fail_next, race_next;
+/* The frontend under test, for the double that plays another frontend. */
+static struct frontend *the_fe;
 static unsigned snapshots;
 static char last_name[128], last_version[32], last_invoked_snapshot[80];
 static bool last_had_snapshot;
@@ -92,9 +97,22 @@ static int fake_snapshot(void *arg, const struct hostagent_function *fn, const c
 	snprintf(last_name, sizeof(last_name), "%s", name);
 	snprintf(last_version, sizeof(last_version), "%s", fn->version);
 	last_had_snapshot = fn->snapshot != NULL;
-	bool fail = fail_next;
-	fail_next = false;
+	bool fail = fail_next, race = race_next;
+	fail_next = race_next = false;
 	pthread_mutex_unlock(&lock);
+	if (race) {
+		/* Another frontend finishes its snapshot of this version first:
+		 * the record says Active with that one's digest. */
+		pthread_mutex_lock(&the_fe->lock);
+		json_t *rec = NULL;
+		CHECK(fe_record_load(the_fe, fn->name, &rec) == 0);
+		json_t *v = json_object_get(json_object_get(rec, "Versions"), fn->version);
+		json_object_set_new(v, "State", json_string("Active"));
+		json_object_set_new(v, "_SnapshotDigest", json_string(OTHER_DIGEST));
+		CHECK(fe_record_save(the_fe, fn->name, rec) == 0);
+		pthread_mutex_unlock(&the_fe->lock);
+		json_decref(rec);
+	}
 	if (fail) {
 		snprintf(why, why_len, "the runtime did not ask for work (GET /runtime/invocation/next) in time");
 		return -ETIMEDOUT;
@@ -196,6 +214,7 @@ int main(void)
 				       .state_dir = tmpl };
 	struct frontend *fe = NULL;
 	CHECK(frontend_new(&cfg, &fe) == 0);
+	the_fe = fe;
 	struct answer a;
 
 	/* Publish a SnapStart function: Pending, then Active with On. */
@@ -265,6 +284,27 @@ int main(void)
 	CHECK(a.status == 201 && !strcmp(str(a.json, "Version"), "3") && !strcmp(str(a.json, "State"), "Active"));
 	json_decref(a.json);
 
+	/* Another frontend's snapshot of the version is recorded first: the
+	 * version keeps it, and the ref (which this frontend's snapshot
+	 * overwrote) points at it again. */
+	put_active(fe, "race", "PublishedVersions");
+	pthread_mutex_lock(&lock);
+	race_next = true;
+	pthread_mutex_unlock(&lock);
+	call(fe, "POST", "/2015-03-31/functions/race/versions", NULL, "{}", &a);
+	CHECK(a.status == 201 && !strcmp(str(a.json, "State"), "Pending"));
+	json_decref(a.json);
+	char ref[65] = "";
+	for (int i = 0; i < 3000 && strcmp(ref, OTHER_DIGEST) != 0; i++) {
+		if (image_resolve(fe->cc.store, "snapstart-race:1", fe->cc.env.tenant_key, ref) < 0 ||
+		    strcmp(ref, OTHER_DIGEST) != 0)
+			usleep(10000);
+	}
+	CHECK(!strcmp(ref, OTHER_DIGEST));
+	wait_settled(fe, "race", "1", &a);
+	CHECK(!strcmp(str(a.json, "State"), "Active"));
+	json_decref(a.json);
+
 	/* An agent that cannot snapshot refuses PublishedVersions, with why. */
 	pthread_mutex_lock(&lock);
 	supported = false;
@@ -274,7 +314,7 @@ int main(void)
 	CHECK(a.status == 400 && strstr(str(a.json, "message"), "the double says no: use --isolation microvm"));
 	json_decref(a.json);
 	pthread_mutex_lock(&lock);
-	CHECK(snapshots == 2);
+	CHECK(snapshots == 3);
 	pthread_mutex_unlock(&lock);
 
 	frontend_free(fe);

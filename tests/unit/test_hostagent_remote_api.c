@@ -4,6 +4,10 @@
  *   - warm_only with nothing warm is -EAGAIN at once, in both modes, and
  *     starts nothing (the same call without it reaches the store: -ENOENT);
  *   - provision, drain, stats and logs go through, with their errors;
+ *   - SnapStart on a process-sandbox agent: GET /v1/info says it cannot
+ *     snapshot and why (naming --isolation microvm), snapshot_supported is
+ *     false with that reason, POST /v1/snapshot is -ENOTSUP (501
+ *     not-supported) with it; bad snapshot bodies get 400 naming the field;
  *   - bad requests get 400 naming the field, unknown routes 404/405;
  *   - eight threads at once through one client;
  *   - transport failures: nothing listening is -ENOTCONN; a peer that
@@ -217,6 +221,16 @@ static void test_agent(struct hostagent *a, const char *url)
 	size_t len = 0;
 	CHECK(ops->read_log(h, "f1", 1000, &log, &len) == -ENOENT && !log);
 	CHECK(ops->read_log(h, "../etc", 1000, &log, &len) == -EINVAL);
+
+	/* SnapStart: this agent runs process sandboxes, and says so. */
+	char why[256] = "", digest[65] = "x";
+	CHECK(!ops->snapshot_supported(h, why, sizeof(why)));
+	CHECK(strstr(why, "process") && strstr(why, "--isolation microvm"));
+	why[0] = '\0';
+	CHECK(ops->snapshot(h, &f, "snapstart-f1:1", digest, why, sizeof(why)) == -ENOTSUP);
+	CHECK(strstr(why, "--isolation microvm") && digest[0] == '\0');
+	hostagent_get_stats(a, &local);
+	CHECK(local.sandboxes == 0 && local.cold_starts == 0);
 	hostagent_remote_free(h);
 
 	/* The same calls over raw HTTP: refusals name what is wrong. */
@@ -247,6 +261,26 @@ static void test_agent(struct hostagent *a, const char *url)
 	snprintf(u, sizeof(u), "%s/v1/logs/f1?bytes=zero", url);
 	raw("GET", u, NULL, NULL, &r);
 	CHECK(r.status == 400 && strstr(r.body, "bytes"));
+	snprintf(u, sizeof(u), "%s/v1/info", url);
+	raw("GET", u, NULL, NULL, &r);
+	CHECK(r.status == 200 && strstr(r.body, "\"isolation\":\"process\"") && strstr(r.body, "\"snapshot\":false"));
+	raw("POST", u, NULL, "{}", &r);
+	CHECK(r.status == 405);
+	snprintf(u, sizeof(u), "%s/v1/snapshot", url);
+	raw("POST", u, NULL, "{\"function\":{}}", &r);
+	CHECK(r.status == 400 && strcmp(r.marker, "bad-request") == 0 && strstr(r.body, "name is missing"));
+	raw("POST", u, NULL, "{\"name\":\"snapstart-f:1\"}", &r);
+	CHECK(r.status == 400 && strstr(r.body, "function is missing"));
+	raw("POST", u, NULL, "{\"name\":\"a b\",\"function\":{}}", &r);
+	CHECK(r.status == 400 && strstr(r.body, "NAME[:TAG]"));
+	raw("POST", u, NULL, "{\"name\":\"s:1\",\"function\":{\"name\":\"f\",\"version\":\"1\",\"image\":\"" DIGEST
+			    "\",\"memory_mb\":128,\"timeout_s\":3,\"mode\":\"stdio\"}}", &r);
+	CHECK(r.status == 400 && strstr(r.body, "function.mode"));
+	raw("POST", u, NULL, "{\"name\":\"s:1\",\"function\":{\"name\":\"f\",\"version\":\"1\",\"image\":\"" DIGEST
+			    "\",\"memory_mb\":128,\"timeout_s\":3}}", &r);
+	CHECK(r.status == 501 && strcmp(r.marker, "not-supported") == 0 && strstr(r.body, "--isolation microvm"));
+	raw("GET", u, NULL, NULL, &r);
+	CHECK(r.status == 405);
 	snprintf(u, sizeof(u), "%s/v1/nothing", url);
 	raw("GET", u, NULL, NULL, &r);
 	CHECK(r.status == 404 && r.marker[0] == '\0');
@@ -257,6 +291,9 @@ static void test_agent(struct hostagent *a, const char *url)
 	CHECK(ops->invoke(h, &bad, &res) == -EINVAL); /* checked before sending: request id */
 	struct hostagent_invoke_request req = { .fn = &f, .request_id = "req-2" };
 	CHECK(ops->invoke(h, &req, &res) == -EPROTO);
+	CHECK(!ops->snapshot_supported(h, why, sizeof(why)) && strstr(why, "HTTP 404"));
+	CHECK(ops->snapshot(h, &f, "snapstart-f1:1", digest, why, sizeof(why)) == -EPROTO &&
+	      strstr(why, "error marker"));
 	hostagent_remote_free(h);
 }
 
@@ -277,6 +314,10 @@ static void test_transport(void)
 	CHECK(hostagent_remote_new(url, 0, &h) == 0);
 	CHECK(hostagent_remote_ops.invoke(h, &req, &res) == -ENOTCONN);
 	CHECK(hostagent_remote_ops.provision(h, &f, 0) == -ENOTCONN);
+	char why[256], digest[65];
+	CHECK(!hostagent_remote_ops.snapshot_supported(h, why, sizeof(why)) && strstr(why, "cannot be reached"));
+	CHECK(hostagent_remote_ops.snapshot(h, &f, "snapstart-f1:1", digest, why, sizeof(why)) == -ENOTCONN &&
+	      strstr(why, "cannot be reached"));
 	hostagent_remote_free(h);
 
 	/* Taken, then the connection reset: lost after delivery. */

@@ -1,7 +1,8 @@
 /* The host agent's HTTP API wire format (placement/hostagent/wire.c): the
  * function spec round-trips through its JSON; every malformed field is
- * refused with a message naming it; provision and drain bodies; the
- * mapping of the agent's errors to statuses and markers and back. */
+ * refused with a message naming it; provision, drain and snapshot bodies,
+ * the snapshot's answer and the agent's info; the mapping of the agent's
+ * errors to statuses and markers and back. */
 /* ctest-labels: no-tsan (single-threaded parsers: nothing for ThreadSanitizer to check) */
 #include "placement/hostagent/internal.h"
 
@@ -159,9 +160,9 @@ static void test_bodies(void)
 
 static void test_statuses(void)
 {
-	static const int errs[] = { -EINVAL, -ENOENT, -EAGAIN, -EBUSY, -ESHUTDOWN };
-	static const unsigned statuses[] = { 400, 404, 409, 429, 503 };
-	for (size_t i = 0; i < 5; i++) {
+	static const int errs[] = { -EINVAL, -ENOENT, -EAGAIN, -EBUSY, -ESHUTDOWN, -ENOTSUP, -ETIMEDOUT, -ECHILD, -EIO };
+	static const unsigned statuses[] = { 400, 404, 409, 429, 503, 501, 504, 422, 500 };
+	for (size_t i = 0; i < sizeof(errs) / sizeof(errs[0]); i++) {
 		unsigned st;
 		const char *m;
 		ha_wire_status(errs[i], &st, &m);
@@ -181,11 +182,90 @@ static void test_statuses(void)
 	CHECK(ha_wire_name_ok("a-B_9") && !ha_wire_name_ok("") && !ha_wire_name_ok("a.b") && !ha_wire_name_ok(NULL));
 }
 
+#define SNAP_DIGEST "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+#define SNAP_FN "{\"name\":\"f\",\"version\":\"1\",\"image\":\"" SNAP_DIGEST "\",\"memory_mb\":128,\"timeout_s\":3"
+
+/* Parse the snapshot body |b|: its result, with |err| and |*name|. */
+static int snap_parse(const char *b, char *err, size_t err_len, const char **name)
+{
+	struct ha_wire_function w;
+	int r = ha_wire_snapshot_parse((const uint8_t *)b, strlen(b), &w, name, err, err_len);
+	if (r == 0)
+		CHECK(strcmp(*name, "snapstart-f:1") == 0 && strcmp(w.f.name, "f") == 0 && !w.f.snapshot);
+	ha_wire_function_cleanup(&w);
+	return r;
+}
+
+static void test_snapshot(void)
+{
+	/* The function's snapshot rides along and comes back. */
+	struct hostagent_function f = { .name = "f", .version = "1", .image_digest = SNAP_DIGEST, .memory_mb = 128,
+					.timeout_s = 3, .snapshot = "snapstart-f:1" };
+	char *j = ha_wire_function_json(&f);
+	struct ha_wire_function w;
+	char err[256];
+	CHECK(j && ha_wire_function_parse(j, &w, err, sizeof(err)) == 0 && w.f.snapshot &&
+	      strcmp(w.f.snapshot, "snapstart-f:1") == 0);
+	ha_wire_function_cleanup(&w);
+	free(j);
+	CHECK(ha_wire_function_parse(SNAP_FN ",\"snapshot\":\"a b\"}", &w, err, sizeof(err)) == -EINVAL &&
+	      strstr(err, "snapshot"));
+	ha_wire_function_cleanup(&w);
+	CHECK(ha_wire_function_parse(SNAP_FN ",\"snapshot\":7}", &w, err, sizeof(err)) == -EINVAL &&
+	      strstr(err, "snapshot must be a string"));
+	ha_wire_function_cleanup(&w);
+
+	/* POST /v1/snapshot's body. */
+	const char *name = NULL;
+	CHECK(snap_parse("{\"function\":" SNAP_FN "},\"name\":\"snapstart-f:1\"}", err, sizeof(err), &name) == 0);
+	CHECK(snap_parse("[]", err, sizeof(err), &name) == -EINVAL && strstr(err, "JSON object"));
+	CHECK(snap_parse("{", err, sizeof(err), &name) == -EINVAL && strstr(err, "not JSON"));
+	CHECK(snap_parse("{\"function\":" SNAP_FN "}}", err, sizeof(err), &name) == -EINVAL &&
+	      strstr(err, "name is missing"));
+	CHECK(snap_parse("{\"function\":" SNAP_FN "},\"name\":\"" SNAP_DIGEST "\"}", err, sizeof(err), &name) ==
+		      -EINVAL &&
+	      strstr(err, "NAME[:TAG]"));
+	CHECK(snap_parse("{\"name\":\"snapstart-f:1\"}", err, sizeof(err), &name) == -EINVAL &&
+	      strstr(err, "function is missing"));
+	CHECK(snap_parse("{\"function\":" SNAP_FN ",\"mode\":\"stdio\"},\"name\":\"snapstart-f:1\"}", err,
+			 sizeof(err), &name) == -EINVAL &&
+	      strstr(err, "function.mode"));
+	CHECK(snap_parse("{\"function\":" SNAP_FN ",\"snapshot\":\"x:1\"},\"name\":\"snapstart-f:1\"}", err,
+			 sizeof(err), &name) == -EINVAL &&
+	      strstr(err, "function.snapshot"));
+	CHECK(snap_parse("{\"function\":{\"name\":\"f\"},\"name\":\"snapstart-f:1\"}", err, sizeof(err), &name) ==
+		      -EINVAL &&
+	      strstr(err, "version"));
+
+	/* Its answer. */
+	char digest[65];
+	const char *a = "{\"digest\":\"" SNAP_DIGEST "\"}";
+	CHECK(ha_wire_snapshot_answer_parse((const uint8_t *)a, strlen(a), digest, err, sizeof(err)) == 0 &&
+	      strcmp(digest, SNAP_DIGEST) == 0);
+	a = "{\"digest\":\"ABC\"}";
+	CHECK(ha_wire_snapshot_answer_parse((const uint8_t *)a, strlen(a), digest, err, sizeof(err)) == -EINVAL &&
+	      strstr(err, "digest") && digest[0] == '\0');
+	CHECK(ha_wire_snapshot_answer_parse(NULL, 0, digest, err, sizeof(err)) == -EINVAL);
+
+	/* GET /v1/info. */
+	bool snap = false;
+	char why[128];
+	a = "{\"isolation\":\"microvm\",\"snapshot\":true}";
+	CHECK(ha_wire_info_parse((const uint8_t *)a, strlen(a), &snap, why, sizeof(why), err, sizeof(err)) == 0 && snap);
+	a = "{\"isolation\":\"process\",\"snapshot\":false,\"snapshot_why\":\"use microvm\"}";
+	CHECK(ha_wire_info_parse((const uint8_t *)a, strlen(a), &snap, why, sizeof(why), err, sizeof(err)) == 0 && !snap &&
+	      strcmp(why, "use microvm") == 0);
+	a = "{\"snapshot\":\"yes\"}";
+	CHECK(ha_wire_info_parse((const uint8_t *)a, strlen(a), &snap, why, sizeof(why), err, sizeof(err)) == -EINVAL &&
+	      !snap && strstr(err, "snapshot must be true or false"));
+}
+
 int main(void)
 {
 	test_round_trip();
 	test_refusals();
 	test_bodies();
 	test_statuses();
+	test_snapshot();
 	return check_report();
 }
