@@ -41,6 +41,12 @@ struct run_snapshot_options {
 	const char *const *l2;
 	size_t n_l2;
 	bool prefetch;
+	/* the restore's host memory tier (snapstart_restore_options): on unless
+	 * host_mem_off; host_mem_dir NULL is the default directory, host_mem_size
+	 * 0 the default bound */
+	bool host_mem_off;
+	const char *host_mem_dir;
+	uint64_t host_mem_size;
 };
 
 /* Look |opt->ref| up in the store.  There, and taken from |opt->image| for

@@ -89,6 +89,11 @@ struct run_opts {
 	const char *cache_opt; /* the first cache option given (refused with --blockd), or NULL */
 	const char *snapshot;	   /* --snapshot NAME[:TAG], or NULL */
 	const char *snapshot_info; /* --snapshot-info FILE, or NULL */
+	/* the host memory tier of a restore: on by default (snapstart_restore_options) */
+	bool no_host_mem;	   /* --no-host-mem */
+	const char *host_mem_dir;  /* --host-mem-dir DIR, or NULL: snapshot_hostmem_default_dir() */
+	uint64_t host_mem_size;	   /* --host-mem-size SIZE, or 0: the default bound */
+	const char *host_mem_opt;  /* the first --host-mem-* given (refused with --no-host-mem), or NULL */
 	bool help;
 };
 
@@ -134,7 +139,14 @@ static void usage(FILE *f)
 		"                        snapshot as NAME and carry on\n"
 		"  --snapshot-info FILE  with --snapshot, write the snapshot's figures to FILE as JSON: restored\n"
 		"                        or created; memory fetched (bytes, fraction of guest RAM, chunks per\n"
-		"                        tier), prefetched chunks, time to the first output\n"
+		"                        tier, and served_by: host, cache or host+cache), prefetched chunks,\n"
+		"                        time to the first output\n"
+		"  --host-mem-dir DIR    with --snapshot, keep a restore's verified memory in the host memory\n"
+		"                        tier in DIR (0700; default $XDG_RUNTIME_DIR/kindling/snapshot-mem, else\n"
+		"                        /dev/shm/kindling-UID/snapshot-mem), so a later restore of the same\n"
+		"                        snapshot on this host fills its memory from there, with no fetch\n"
+		"  --host-mem-size SIZE  bound on the tier's files (default 2G; the least recently used go)\n"
+		"  --no-host-mem         restore without the host memory tier: every chunk through the cache\n"
 		"  -v                    log blockd and sandbox progress\n"
 		"KINDLING_HOME defaults to ~/.kindling; it holds the tenant key and salt, as for chunkify.\n"
 		"The micro-VM's parts: KINDLING_KVMM, KINDLING_GUEST_KERNEL, KINDLING_GUEST_INITRD\n"
@@ -183,6 +195,8 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 		} else if (strcmp(a, "--no-prefetch") == 0) {
 			o->no_prefetch = true;
 			o->cache_opt = o->cache_opt ? o->cache_opt : a;
+		} else if (strcmp(a, "--no-host-mem") == 0) {
+			o->no_host_mem = true;
 		} else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
 			o->verbose++;
 		} else if (a[0] == '-' && a[1] == '-') {
@@ -201,6 +215,11 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 				o->snapshot = v;
 			else if (strcmp(a, "--snapshot-info") == 0 && *v)
 				o->snapshot_info = v;
+			else if (strcmp(a, "--host-mem-dir") == 0 && *v)
+				o->host_mem_dir = v, o->host_mem_opt = o->host_mem_opt ? o->host_mem_opt : a;
+			else if (strcmp(a, "--host-mem-size") == 0 && parse_size(v, &o->host_mem_size) == 0 &&
+				 o->host_mem_size > 0)
+				o->host_mem_opt = o->host_mem_opt ? o->host_mem_opt : a;
 			else if (strcmp(a, "--blockd") == 0 && *v)
 				o->blockd = v;
 			else if (strcmp(a, "--store") == 0)
@@ -262,6 +281,16 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 	}
 	if (o->snapshot_info && !o->snapshot) {
 		fprintf(stderr, "kindling run: --snapshot-info goes with --snapshot NAME[:TAG]\n");
+		return -EINVAL;
+	}
+	if ((o->host_mem_opt || o->no_host_mem) && !o->snapshot) {
+		fprintf(stderr, "kindling run: %s goes with --snapshot NAME[:TAG] (the host memory tier holds a "
+			"restored snapshot's memory)\n", o->no_host_mem ? "--no-host-mem" : o->host_mem_opt);
+		return -EINVAL;
+	}
+	if (o->host_mem_opt && o->no_host_mem) {
+		fprintf(stderr, "kindling run: %s configures the host memory tier and --no-host-mem turns it off: "
+			"give one of them\n", o->host_mem_opt);
 		return -EINVAL;
 	}
 	if (o->snapshot && o->blockd) {
@@ -709,7 +738,8 @@ static int cmd_run(int argc, char **argv, double t0)
 		struct run_snapshot_options so = { .ref = o.snapshot, .image = o.image, .identity = &identity,
 						   .store_uri = store, .l1_dir = l1, .l1_size = o.l1_size,
 						   .l2 = (const char *const *)o.l2.items, .n_l2 = o.l2.n,
-						   .prefetch = !o.no_prefetch };
+						   .prefetch = !o.no_prefetch, .host_mem_off = o.no_host_mem,
+						   .host_mem_dir = o.host_mem_dir, .host_mem_size = o.host_mem_size };
 		r = run_snapshot_new(&so, &snap);
 		if (r < 0) {
 			fprintf(stderr, "kindling run: --snapshot %s: cannot use it (see above)\n", o.snapshot);

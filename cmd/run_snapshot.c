@@ -172,7 +172,10 @@ static int prepare_restore(struct run_snapshot *s)
 		return r;
 	struct snapstart_restore_options ro = { .cache = s->cache, .store = s->ctx.store, .m = &s->m,
 						.digest = s->digest, .name = s->opt.ref, .dir = s->dir,
-						.prefetch = s->opt.prefetch, .stop_fd = -1 };
+						.prefetch = s->opt.prefetch, .stop_fd = -1,
+						.host_mem = { .dir = s->opt.host_mem_dir,
+							      .max_bytes = s->opt.host_mem_size },
+						.host_mem_off = s->opt.host_mem_off };
 	return snapstart_restore_start(&ro, &s->restore);
 }
 
@@ -297,6 +300,23 @@ int run_snapshot_arm(struct run_snapshot *s, struct sandbox_spec *spec)
 	return 0;
 }
 
+/* Tell the user which tier served the restored memory (the memory server's
+ * report |mem|): a restore from the host memory tier is the fast one, and a
+ * slow restore that fetched everything says so here. */
+static void say_served(const struct run_snapshot *s, json_t *mem)
+{
+	json_t *chunks = json_object_get(mem, "chunks");
+	json_int_t host = json_integer_value(json_object_get(chunks, "host")), fetched = 0;
+	const char *tiers[] = { "mem", "l1", "l2", "l3" };
+	for (size_t i = 0; i < sizeof(tiers) / sizeof(tiers[0]); i++)
+		fetched += json_integer_value(json_object_get(chunks, tiers[i]));
+	const char *by = json_string_value(json_object_get(mem, "served_by"));
+	const char *tier = json_string_value(json_object_get(mem, "host_mem"));
+	fprintf(stderr, "kindling run: snapshot %s restored; memory served by %s: %lld chunks from the host memory "
+		"tier (%s), %lld fetched through the cache\n", s->opt.ref, by ? by : "?", (long long)host,
+		tier ? tier : "off", (long long)fetched);
+}
+
 int run_snapshot_finish(struct run_snapshot *s, int run_result, const struct sandbox_result *res, double t0,
 			const char *info_path)
 {
@@ -316,6 +336,9 @@ int run_snapshot_finish(struct run_snapshot *s, int run_result, const struct san
 			"(see above); the VM was stopped\n", s->opt.ref);
 		r = -EIO;
 	}
+	json_t *mem = srv_report ? json_loads(srv_report, 0, NULL) : NULL;
+	if (mem && r == 0)
+		say_served(s, mem);
 	if (!info_path)
 		goto out;
 	json_t *j = json_pack("{s:s, s:s}", "snapshot", s->opt.ref, "action",
@@ -330,8 +353,8 @@ int run_snapshot_finish(struct run_snapshot *s, int run_result, const struct san
 			json_object_set_new(j, "restored_ms",
 					    json_real(res->restored_s >= 0 ? res->restored_s * 1000 : -1));
 	}
-	if (srv_report)
-		json_object_set_new(j, "memory", json_loads(srv_report, 0, NULL));
+	if (mem)
+		json_object_set_new(j, "memory", json_incref(mem));
 	if (s->imported) {
 		json_object_set_new(j, "snapshot_ms", json_real((s->snapshot_at - t0) * 1000));
 		json_object_set_new(j, "import", json_pack("{s:s, s:I, s:I, s:I, s:I}", "manifest",
@@ -345,6 +368,7 @@ int run_snapshot_finish(struct run_snapshot *s, int run_result, const struct san
 		log_warn("--snapshot-info %s: cannot write it", info_path);
 	json_decref(j);
 out:
+	json_decref(mem);
 	free(srv_report);
 	return r;
 }

@@ -578,6 +578,39 @@ static int handle_uffd(struct snapshot_server *s, uint8_t *buf)
 	}
 }
 
+/* Which tier served a restore's memory, in one word for the report:
+ * "host" (all from the host memory tier), "cache" (all fetched through the
+ * cache), "host+cache", or "none" (nothing faulted).  |s->lock| held. */
+static const char *served_by(const struct snapshot_server *s, uint64_t fetched)
+{
+	if (s->host_chunks && fetched)
+		return "host+cache";
+	return s->host_chunks ? "host" : fetched ? "cache" : "none";
+}
+
+static uint64_t chunks_fetched(const struct snapshot_server *s)
+{
+	uint64_t fetched = 0;
+	for (int t = CACHE_TIER_MEM; t < CACHE_TIER_COUNT; t++)
+		fetched += s->tier_chunks[t];
+	return fetched;
+}
+
+/* One line saying where the memory came from, so an operator sees from the
+ * log alone whether the host memory tier served the restore. */
+static void log_served(struct snapshot_server *s)
+{
+	pthread_mutex_lock(&s->lock);
+	uint64_t fetched = chunks_fetched(s);
+	log_info("snapshot %s: memory served by %s: %llu chunks from the host memory tier (%s), %llu through the "
+		 "cache (mem %llu, l1 %llu, l2 %llu, l3 %llu)",
+		 s->name, served_by(s, fetched), (unsigned long long)s->host_chunks,
+		 s->hostmem ? snapshot_hostmem_path(s->hostmem) : "off", (unsigned long long)fetched,
+		 (unsigned long long)s->tier_chunks[CACHE_TIER_MEM], (unsigned long long)s->tier_chunks[CACHE_TIER_L1],
+		 (unsigned long long)s->tier_chunks[CACHE_TIER_L2], (unsigned long long)s->tier_chunks[CACHE_TIER_L3]);
+	pthread_mutex_unlock(&s->lock);
+}
+
 int snapshot_server_run(struct snapshot_server *s, volatile int *cancel)
 {
 	double t0 = now_seconds();
@@ -658,15 +691,14 @@ int snapshot_server_run(struct snapshot_server *s, volatile int *cancel)
 			log_info("snapshot %s: stored a trace of %zu chunks at %s", s->name, s->n_rec, key);
 	}
 	s->seconds = now_seconds() - t0;
+	log_served(s);
 	return r;
 }
 
 char *snapshot_server_report(struct snapshot_server *s)
 {
 	pthread_mutex_lock(&s->lock);
-	uint64_t fetched = 0;
-	for (int t = CACHE_TIER_MEM; t < CACHE_TIER_COUNT; t++)
-		fetched += s->tier_chunks[t];
+	uint64_t fetched = chunks_fetched(s);
 	uint64_t bytes = fetched * CHUNK_SIZE, mem = s->m->snapshot.mem_size;
 	const char *trace = s->recording ? (s->n_rec ? "recorded" : "recording (nothing faulted)")
 					 : s->n_plan ? "prefetched" : "off";
@@ -683,6 +715,8 @@ char *snapshot_server_report(struct snapshot_server *s)
 	if (j && json_object_set_new(j, "host_mem", json_string(s->hostmem ? snapshot_hostmem_path(s->hostmem)
 									     : "off")) == 0)
 		json_object_set_new(j, "host_mem_damaged", json_integer((json_int_t)s->host_damaged));
+	if (j)
+		json_object_set_new(j, "served_by", json_string(served_by(s, fetched)));
 	pthread_mutex_unlock(&s->lock);
 	char *out = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
 	json_decref(j);

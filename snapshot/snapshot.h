@@ -211,8 +211,10 @@ int snapshot_server_run(struct snapshot_server *s, volatile int *cancel);
  * chunks per tier (host: the host memory tier; mem, l1, l2, l3: the
  * cache's), bytes_fetched (through the cache), memory_size,
  * fraction_fetched, chunks_faulted, chunks_prefetched, chunks_zero,
- * pages_removed, trace, host_mem (the tier's file, or "off") and
- * host_mem_damaged (chunks found damaged there and fetched again).
+ * pages_removed, trace, host_mem (the tier's file, or "off"),
+ * host_mem_damaged (chunks found damaged there and fetched again) and
+ * served_by ("host": every chunk from the host memory tier, "cache": every
+ * one fetched through the cache, "host+cache", or "none").
  * NULL on allocation failure. */
 char *snapshot_server_report(struct snapshot_server *s);
 
@@ -261,8 +263,13 @@ struct snapstart_restore_options {
 	const char *dir;	 /* a private directory (snapstart_workdir); required */
 	bool prefetch;		 /* snapshot_serve_options.prefetch */
 	/* snapshot_serve_options.host_mem: a host that restores a snapshot
-	 * again gets it from its own memory tier (dir NULL: off). */
+	 * again gets it from its own memory tier.  On by default, so every
+	 * caller that leaves these zero (the host agent, `kindling run`) gets
+	 * it: dir NULL means snapshot_hostmem_default_dir(); host_mem_off
+	 * turns the tier off (a restore that must fetch, or a host without a
+	 * tmpfs to spare). */
 	struct snapshot_hostmem_options host_mem;
+	bool host_mem_off;
 	/* On a failure of the memory server the sandbox must stop: an 8-byte
 	 * 1 is written here (an eventfd or a pipe the sandbox's stop_fd reads;
 	 * not owned).  -1: the restore makes its own pipe and

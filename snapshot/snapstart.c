@@ -127,7 +127,17 @@ int snapstart_restore_start(const struct snapstart_restore_options *o, struct sn
 	struct snapshot_serve_options so = { .socket_path = r->uffd, .vmstate_out = r->vmstate,
 					     .prefetch = o->prefetch,
 					     .host_mem = o->host_mem };
-	if ((e = snapshot_server_new(o->cache, o->store, o->m, o->digest, o->name, &so, &r->srv)) < 0)
+	char *default_dir = NULL;
+	if (o->host_mem_off)
+		so.host_mem.dir = NULL;
+	else if (!so.host_mem.dir && !(so.host_mem.dir = default_dir = snapshot_hostmem_default_dir()))
+		log_warn("snapshot %s: no memory for the host memory tier's directory name; restoring without it",
+			 o->name);
+	/* The server opens the tier's file in snapshot_server_new and keeps no
+	 * pointer to the directory's name. */
+	e = snapshot_server_new(o->cache, o->store, o->m, o->digest, o->name, &so, &r->srv);
+	free(default_dir);
+	if (e < 0)
 		goto fail;
 	if ((e = pthread_create(&r->thread, NULL, serve_main, r)) != 0) {
 		log_err("snapshot %s: cannot start the memory server's thread: %s", o->name, strerror(e));

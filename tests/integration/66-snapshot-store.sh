@@ -93,7 +93,14 @@ if [ -e /dev/fuse ]; then
   expect_fail timeout 120 "$KINDLING" run snap-a:1 --store "$STORE" --l1-dir "$T/l1-run" --isolation process
   grep -q "snapshot-serve" "$T/last.err" || die "kindling run of a snapshot: $(cat "$T/last.err")"
 fi
-pass "refused: an unknown or non-image --from, an unaligned memory file, serving an image, running a snapshot"
+# kindling run's host memory tier options belong to a restore, and turning
+# the tier off goes alone (refused while parsing: no sandbox is started).
+expect_fail "$KINDLING" run fn:1 --store "$STORE" --no-host-mem
+grep -q -- "--no-host-mem goes with --snapshot" "$T/last.err" || die "--no-host-mem alone: $(cat "$T/last.err")"
+expect_fail "$KINDLING" run fn:1 --store "$STORE" --isolation microvm --snapshot s1 --no-host-mem --host-mem-dir "$T/hm"
+grep -q -- "--host-mem-dir configures the host memory tier and --no-host-mem turns it off" "$T/last.err" ||
+  die "--no-host-mem with --host-mem-dir: $(cat "$T/last.err")"
+pass "refused: an unknown or non-image --from, an unaligned memory file, serving an image, running a snapshot, kindling run's host memory tier options without a restore or against --no-host-mem"
 
 # ---- serving: five memcached (L2 4+1) and the origin -------------------------------
 for i in 0 1 2 3 4; do start_memcached $i; done

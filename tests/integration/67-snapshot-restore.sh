@@ -7,16 +7,20 @@
 # and /run/kindling/restore:
 #  - run 1 boots, snapshots at the ready line, stores snap1 (`chunkify ls`
 #    lists it as a snapshot), and carries on (token, sum, no generation);
-#  - runs 2 and 3 restore from the chunks (the memory served lazily through
-#    the cache): no ready line (that was initialisation), the same token and
-#    sum as run 1, generation 1, fresh values that differ between them; run 2
-#    records the memory trace and run 3 prefetches it; each fetched less
-#    memory than the guest's RAM (--snapshot-info);
+#  - runs 2 and 3 restore with the host memory tier on (the default, in its
+#    default directory): no ready line (that was initialisation), the same
+#    token and sum as run 1, generation 1, fresh values that differ between
+#    them; run 2, the first restore on this host, fetches its memory through
+#    the cache (less than the guest's RAM, none from the tier: served_by
+#    "cache") and records the memory trace; run 3 is served from the tier
+#    (chunks.host > 0, fewer bytes fetched than run 2) and prefetches the
+#    trace (--snapshot-info, and the log's "memory served by" line);
 #  - a snapshot of another command is refused, naming what differs;
 #  - a vmstate of another format version (re-imported with chunkify) is
 #    refused with kvmm's message, and no kvmm or run directory is left;
-#  - corrupt memory chunks (with an empty L1) stop the restored VM with an
-#    error, and no kvmm or run directory is left.
+#  - corrupt memory chunks (with an empty L1 and --no-host-mem, so every
+#    chunk is fetched) stop the restored VM with an error, and no kvmm or run
+#    directory is left.
 # No memcached L2 here: the guest's store and L1 are the tiers (66 covers
 # the memory server over L2).
 # ctest-labels: no-asan (a QEMU guest running kvmm: minutes under emulation); no-tsan (as no-asan)
@@ -106,7 +110,7 @@ T1=$(field token /tmp/run1.out); S1=$(field sum /tmp/run1.out); F1=$(field fresh
 nothing_left "run 1"
 ok "run 1 booted, snapshotted at its ready line and stored snap1 (a snapshot in chunkify ls); token $T1 sum $S1"
 
-# 2 and 3. Restore twice.
+# 2 and 3. Restore twice, with the host memory tier on by default.
 for n in 2 3; do
 	krun run$n --snapshot snap1 --snapshot-info /tmp/i$n.json
 	[ $rc = 0 ] || fail "run $n exited $rc: $(tail -20 /tmp/run$n.err)"
@@ -115,16 +119,24 @@ for n in 2 3; do
 		fail "run $n: not the snapshot's token and sum: $(cat /tmp/run$n.out)"
 	[ "$(field gen /tmp/run$n.out)" = 1 ] || fail "run $n: generation: $(cat /tmp/run$n.out)"
 	grep -q '"action": "restored"' /tmp/i$n.json || fail "run $n: --snapshot-info: $(cat /tmp/i$n.json)"
-	f=$(num bytes_fetched /tmp/i$n.json); m=$(num memory_size /tmp/i$n.json)
-	[ -n "$f" ] && [ -n "$m" ] && [ "$f" -gt 0 ] && [ "$f" -lt "$m" ] || fail "run $n fetched $f of $m bytes"
+	grep -q '"host_mem": "/dev/shm/kindling-0/snapshot-mem/' /tmp/i$n.json ||
+		fail "run $n: the host memory tier is not on in its default directory: $(cat /tmp/i$n.json)"
+	grep -q "memory served by" /tmp/run$n.err || fail "run $n: no 'memory served by' log line: $(cat /tmp/run$n.err)"
 	nothing_left "run $n"
 done
+f2=$(num bytes_fetched /tmp/i2.json); m=$(num memory_size /tmp/i2.json); f3=$(num bytes_fetched /tmp/i3.json)
+[ -n "$f2" ] && [ -n "$m" ] && [ "$f2" -gt 0 ] && [ "$f2" -lt "$m" ] || fail "run 2 fetched $f2 of $m bytes"
+grep -q '"host": 0,' /tmp/i2.json && grep -q '"served_by": "cache"' /tmp/i2.json ||
+	fail "run 2, the first restore on this host, was not served through the cache alone: $(cat /tmp/i2.json)"
+h3=$(num host /tmp/i3.json)
+[ -n "$h3" ] && [ "$h3" -gt 0 ] && [ -n "$f3" ] && [ "$f3" -lt "$f2" ] && grep -q '"served_by": "host' /tmp/i3.json ||
+	fail "run 3 was not served from the host memory tier (host chunks $h3, fetched $f3 after $f2): $(cat /tmp/i3.json)"
 F2=$(field fresh /tmp/run2.out); F3=$(field fresh /tmp/run3.out)
 [ -n "$F2" ] && [ -n "$F3" ] && [ "$F2" != "$F3" ] && [ "$F2" != "$F1" ] || fail "fresh values: $F1 $F2 $F3"
 grep -q '"trace": "recorded"' /tmp/i2.json || fail "run 2 recorded no trace: $(cat /tmp/i2.json)"
 grep -q '"trace": "prefetched"' /tmp/i3.json && [ "$(num chunks_prefetched /tmp/i3.json)" -gt 0 ] ||
 	fail "run 3 did not prefetch the trace: $(cat /tmp/i3.json)"
-ok "runs 2 and 3 restored from chunks: token and sum of run 1, generation 1, fresh $F2 and $F3; fetched $(num bytes_fetched /tmp/i2.json) and $(num bytes_fetched /tmp/i3.json) of $(num memory_size /tmp/i2.json) bytes; run 3 prefetched $(num chunks_prefetched /tmp/i3.json) chunks"
+ok "runs 2 and 3 restored: token and sum of run 1, generation 1, fresh $F2 and $F3; run 2 fetched $f2 of $m bytes through the cache; run 3 took $h3 chunks from the host memory tier, fetched $f3 bytes and prefetched $(num chunks_prefetched /tmp/i3.json) chunks"
 
 # 4. Another command is refused.
 krun other --snapshot snap1 -- /bin/echo hi
@@ -144,7 +156,8 @@ krun v9 --snapshot snapv9
 nothing_left "another format version"
 ok "a vmstate of another format version is refused: $(grep 'version 9' /tmp/v9.err | head -1)"
 
-# 6. Corrupt memory chunks, with an L1 that has none of them.
+# 6. Corrupt memory chunks, with an L1 that has none of them and the host
+# memory tier off (it holds the good bytes of runs 2 and 3).
 ./chunkify inspect snap1 --chunks --json >/tmp/ins.json || fail "chunkify inspect snap1"
 mc=$(grep -o '"memory_chunks":[0-9]*' /tmp/ins.json | sed 's/.*://')
 n=0
@@ -154,7 +167,7 @@ for c in $(grep -o '"index":[0-9]*,"name":"[0-9a-f]*"' /tmp/ins.json | sed 's/"i
 	n=$((n + 1))
 done
 [ $n -gt 0 ] || fail "no memory chunk to corrupt: $(cat /tmp/ins.json)"
-krun bad --snapshot snap1 --l1-dir /tmp/l1-empty
+krun bad --snapshot snap1 --l1-dir /tmp/l1-empty --no-host-mem
 [ $rc = 125 ] && grep -q "failed verification" /tmp/bad.err && grep -q "memory could not be served" /tmp/bad.err ||
 	fail "corrupt memory chunks: rc $rc, $(cat /tmp/bad.err)"
 nothing_left "corrupt memory chunks"
@@ -168,4 +181,4 @@ rc=0
 timeout 1200 "$KINDLING_SOURCE_DIR/tests/nested/run.sh" --mem 1536 --smp 1 --timeout 900 --modules fuse \
   "$P" nested.sh >"$T/nested.out" 2>&1 || rc=$?
 nested_outcome "$T/nested.out" $rc 5
-pass "kindling run --snapshot under nested KVM: boot and snapshot at the ready line, two lazy restores from chunks (same init, fresh randomness, generation 1, trace recorded then prefetched, less than the RAM fetched), refusals of another command, another vmstate version and corrupt memory chunks"
+pass "kindling run --snapshot under nested KVM: boot and snapshot at the ready line, two lazy restores (same init, fresh randomness, generation 1): the first fetched through the cache (less than the RAM) and recorded its trace, the second served from the host memory tier and prefetched, refusals of another command, another vmstate version and corrupt memory chunks"
