@@ -2,10 +2,10 @@
  *
  * Four kinds of thread, so fetching, tar parsing, crypto and I/O overlap:
  *   - layer openers: up to |jobs| layers at once are opened (a registry
- *     layer is downloaded whole) and read ahead, checked and decompressed
- *     into bounded buffers (flatten.c's layer_reader), so the next layer's
- *     download, digest check and inflate run while an earlier one is still
- *     being flattened;
+ *     layer is downloaded whole) and their first megabytes read, checked
+ *     and decompressed (flatten.c's layer_reader, which then keeps reading
+ *     ahead of the parser), so the next layer's download runs while an
+ *     earlier one is still being flattened;
  *   - the caller's thread parses the layers' tars strictly in layer order
  *     and fills 512 KiB chunk buffers (flatten.c), then hands each to the
  *     work queue; layer order is what keeps the image deterministic;
@@ -34,10 +34,12 @@
 #define POOL_BUFFERS_PER_WORKER 2
 #define DEFAULT_LAYER_JOBS 2
 #define MAX_WORKERS 16
-/* How far a layer opened ahead is read before it waits for its turn: enough
- * to cover a small layer whole, bounded per layer so that memory does not
- * grow with the image. */
-#define LAYER_READ_AHEAD (32u << 20)
+/* How far a layer opened ahead is read before it waits for its turn.  A
+ * 32 MiB read-ahead imported no faster (bench/results/2026-12-07-import/),
+ * and it makes the parser read buffers that have left the CPU cache.  What
+ * a layer opened ahead saves is the open itself, which for a registry is
+ * the whole download. */
+#define LAYER_READ_AHEAD (4u << 20)
 #define UPLOAD_BATCH 32
 #define GC_WAIT_SECONDS 600
 
@@ -649,7 +651,6 @@ static int set_ref(const char *name_tag, const char *source, struct import_repor
 struct layer_ahead {
 	struct oci_source *src;
 	size_t index;
-	size_t read_ahead;	/* bytes its reader may read before it is flattened */
 	pthread_t thread;
 	bool thread_started;	/* an opener thread runs or ran: join it */
 	bool opened;		/* open_layer_ahead has run */
@@ -665,7 +666,7 @@ static void *open_layer_ahead(void *arg)
 	if (!la->stream)
 		la->err = errno ? -errno : -EIO;
 	else
-		la->err = layer_reader_start(la->stream, la->read_ahead, &la->reader);
+		la->err = layer_reader_start(la->stream, LAYER_READ_AHEAD, &la->reader);
 	return NULL;
 }
 
@@ -743,8 +744,7 @@ static int import_image(struct chunkify_ctx *c, const char *source, const struct
 	if (!ahead && r == 0)
 		r = -ENOMEM;
 	for (size_t i = 0; ahead && i < img->n_layers; i++)
-		ahead[i] = (struct layer_ahead){
-			.src = src, .index = i, .read_ahead = jobs > 1 ? LAYER_READ_AHEAD : 0};
+		ahead[i] = (struct layer_ahead){.src = src, .index = i};
 	for (size_t i = 0; i < img->n_layers && r == 0; i++) {
 		char what[160];
 		snprintf(what, sizeof(what), "layer %zu (%.19s)", i + 1, img->layers[i].digest);
