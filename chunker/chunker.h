@@ -105,7 +105,10 @@ struct import_options {
 	const char *name_tag;		/* NAME[:TAG]; NULL derives it from the source */
 	bool progress;			/* draw a progress bar on stderr */
 	bool insecure;
-	unsigned workers;		/* crypto threads; 0 = one per core */
+	unsigned workers;		/* seal threads; 0 = one per core */
+	unsigned jobs;			/* layers opened and read at once (a registry's
+					 * downloads included); 0 = 2, 1 = one layer at
+					 * a time; the image is the same byte for byte */
 	uint64_t max_image_size;	/* 0 = 1 TiB */
 	/* Where each layer puts the files a recorded start read (see
 	 * layout_plan_build); NULL = the usual layout.  Layers are matched by

@@ -23,6 +23,7 @@
 #include <archive_entry.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -890,11 +891,14 @@ out:
 /* ---- one layer ---------------------------------------------------------- */
 
 /* Layer bytes are read, hashed and decompressed on a thread of their own,
- * a few megabytes ahead of the tar parser: digest checking and inflating a
- * layer cost as much CPU as parsing it, and this way they overlap.  The
- * parser gets pointers straight into the read-ahead buffers, without a copy. */
+ * ahead of the tar parser: digest checking and inflating a layer cost as much
+ * CPU as parsing it, and this way they overlap.  An import also starts the
+ * readers of the next layers while it still flattens an earlier one
+ * (import.c), which is why the read-ahead can be larger than the few
+ * megabytes the layer being parsed needs.  The parser gets pointers straight
+ * into the read-ahead buffers, without a copy. */
 #define READ_BUF (1u << 20)
-#define READ_SLOTS 4
+#define READ_SLOTS_MIN 4
 
 struct read_slot {
 	uint8_t *buf;
@@ -908,7 +912,8 @@ struct stream_reader {
 	bool thread_started;
 	pthread_mutex_t mu;
 	pthread_cond_t changed;
-	struct read_slot slots[READ_SLOTS];
+	struct read_slot *slots;
+	unsigned n_slots;
 	unsigned next_fill, next_take;
 	int held;	/* slot the parser is reading, or -1 */
 	bool stop;	/* the parser is done: the reader thread must exit */
@@ -932,7 +937,7 @@ static void *read_ahead(void *arg)
 		pthread_mutex_lock(&sr->mu);
 		slot->len = n;
 		slot->full = true;
-		sr->next_fill = (sr->next_fill + 1) % READ_SLOTS;
+		sr->next_fill = (sr->next_fill + 1) % sr->n_slots;
 		pthread_cond_broadcast(&sr->changed);
 		pthread_mutex_unlock(&sr->mu);
 		if (n <= 0)
@@ -964,31 +969,51 @@ static ssize_t reader_next(struct stream_reader *sr, const void **out)
 		slot->full = false;
 	} else {
 		sr->held = (int)sr->next_take;
-		sr->next_take = (sr->next_take + 1) % READ_SLOTS;
+		sr->next_take = (sr->next_take + 1) % sr->n_slots;
 		*out = slot->buf;
 	}
 	pthread_mutex_unlock(&sr->mu);
 	return n;
 }
 
-static int reader_start(struct stream_reader *sr, struct byte_stream *s)
+/* Contract in internal.h. */
+int layer_reader_start(struct byte_stream *tar, size_t ahead, struct layer_reader **out)
 {
-	memset(sr, 0, sizeof(*sr));
-	sr->s = s;
+	*out = NULL;
+	struct stream_reader *sr = calloc(1, sizeof(*sr));
+	if (!sr)
+		return -ENOMEM;
+	sr->s = tar;
 	sr->held = -1;
-	for (unsigned i = 0; i < READ_SLOTS; i++)
-		if (!(sr->slots[i].buf = malloc(READ_BUF)))
-			return -ENOMEM;
+	size_t n = ahead / READ_BUF + (ahead % READ_BUF != 0);
+	sr->n_slots = n < READ_SLOTS_MIN ? READ_SLOTS_MIN : n > UINT_MAX ? UINT_MAX : (unsigned)n;
+	sr->slots = calloc(sr->n_slots, sizeof(*sr->slots));
+	bool ok = sr->slots != NULL;
+	for (unsigned i = 0; ok && i < sr->n_slots; i++)
+		ok = (sr->slots[i].buf = malloc(READ_BUF)) != NULL;
+	if (!ok) {
+		layer_reader_free((struct layer_reader *)sr);
+		return -ENOMEM;
+	}
 	pthread_mutex_init(&sr->mu, NULL);
 	pthread_cond_init(&sr->changed, NULL);
-	if (pthread_create(&sr->thread, NULL, read_ahead, sr) != 0)
+	if (pthread_create(&sr->thread, NULL, read_ahead, sr) != 0) {
+		pthread_mutex_destroy(&sr->mu);
+		pthread_cond_destroy(&sr->changed);
+		layer_reader_free((struct layer_reader *)sr);
 		return -EAGAIN;
+	}
 	sr->thread_started = true;
+	*out = (struct layer_reader *)sr;
 	return 0;
 }
 
-static void reader_stop(struct stream_reader *sr)
+/* Contract in internal.h; NULL is allowed. */
+void layer_reader_free(struct layer_reader *lr)
 {
+	struct stream_reader *sr = (struct stream_reader *)lr;
+	if (!sr)
+		return;
 	if (sr->thread_started) {
 		pthread_mutex_lock(&sr->mu);
 		sr->stop = true;
@@ -998,9 +1023,10 @@ static void reader_stop(struct stream_reader *sr)
 		pthread_mutex_destroy(&sr->mu);
 		pthread_cond_destroy(&sr->changed);
 	}
-	for (unsigned i = 0; i < READ_SLOTS; i++)
+	for (unsigned i = 0; sr->slots && i < sr->n_slots; i++)
 		free(sr->slots[i].buf);
-	sr->thread_started = false;
+	free(sr->slots);
+	free(sr);
 }
 
 static bool reader_clean_end(struct stream_reader *sr)
@@ -1025,24 +1051,34 @@ static la_ssize_t archive_read_cb(struct archive *a, void *arg, const void **out
 int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, const char *what,
 		  struct layer_region *out_region)
 {
+	struct layer_reader *lr;
+	int r = layer_reader_start(tar, 0, &lr);
+	if (r < 0)
+		return r;
+	r = flatten_layer_read(f, lr, layer, what, out_region);
+	layer_reader_free(lr);
+	return r;
+}
+
+/* Contract in internal.h. */
+int flatten_layer_read(struct flattener *f, struct layer_reader *lr, unsigned layer, const char *what,
+		       struct layer_region *out_region)
+{
+	struct stream_reader *sr = (struct stream_reader *)lr;
 	int r = image_align(f, CHUNK_SIZE);
 	if (r < 0)
 		return r;
 	struct layer_ctx lc = {.f = f, .layer = layer, .what = what, .region_start = f->pos, .layout = f->layer_layout};
-	struct stream_reader sr;
-	memset(&sr, 0, sizeof(sr));
 	struct archive *a = archive_read_new();
 	if (!a) {
 		r = -ENOMEM;
 		goto out;
 	}
-	if ((r = reader_start(&sr, tar)) < 0)
-		goto out;
-	lc.reader = &sr;
+	lc.reader = sr;
 	archive_read_support_format_tar(a);
-	if (archive_read_open(a, &sr, NULL, archive_read_cb, NULL) != ARCHIVE_OK) {
-		r = sr.err ? sr.err : -EBADMSG;
-		if (!sr.err)
+	if (archive_read_open(a, sr, NULL, archive_read_cb, NULL) != ARCHIVE_OK) {
+		r = sr->err ? sr->err : -EBADMSG;
+		if (!sr->err)
 			log_err("%s: not a tar stream: %s", what, archive_error_string(a));
 		goto out;
 	}
@@ -1058,8 +1094,8 @@ int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, 
 			break;
 		}
 		if (ar < ARCHIVE_WARN) {
-			r = sr.err ? sr.err : -EBADMSG;
-			if (!sr.err)
+			r = sr->err ? sr->err : -EBADMSG;
+			if (!sr->err)
 				log_err("%s: entry %llu (after \"%s\"): bad tar header: %s", what,
 					(unsigned long long)count + 1, prev[0] ? prev : "start of layer",
 					archive_error_string(a));
@@ -1077,8 +1113,8 @@ int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, 
 		lc.entry = path;
 		lc.entry_ae = e;
 		if ((r = flatten_entry(&lc, a, e)) < 0) {
-			if (sr.err)
-				r = sr.err;
+			if (sr->err)
+				r = sr->err;
 			goto out;
 		}
 		snprintf(prev, sizeof(prev), "%s", path);
@@ -1090,7 +1126,7 @@ int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, 
 	 * the end-of-archive marker still belong to the blob. */
 	ssize_t n;
 	const void *ignored;
-	while ((n = reader_next(&sr, &ignored)) > 0)
+	while ((n = reader_next(sr, &ignored)) > 0)
 		;
 	if (n < 0) {
 		r = (int)n;
@@ -1105,7 +1141,6 @@ int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, 
 out:
 	if (a)
 		archive_read_free(a);
-	reader_stop(&sr);
 	layer_ctx_cleanup(&lc);
 	return r;
 }

@@ -1,8 +1,14 @@
 /* chunkify import: source -> flattened image -> sealed chunks -> store.
  *
- * Three kinds of thread, so tar parsing, crypto and I/O overlap:
- *   - the caller's thread reads layers and fills 512 KiB chunk buffers
- *     (flatten.c), then hands each to the work queue;
+ * Four kinds of thread, so fetching, tar parsing, crypto and I/O overlap:
+ *   - layer openers: up to |jobs| layers at once are opened (a registry
+ *     layer is downloaded whole) and their first megabytes read, checked
+ *     and decompressed (flatten.c's layer_reader, which then keeps reading
+ *     ahead of the parser), so the next layer's download runs while an
+ *     earlier one is still being flattened;
+ *   - the caller's thread parses the layers' tars strictly in layer order
+ *     and fills 512 KiB chunk buffers (flatten.c), then hands each to the
+ *     work queue; layer order is what keeps the image deterministic;
  *   - |workers| seal threads drop zero chunks and encrypt the rest;
  *   - one upload thread takes sealed chunks in batches, records them in the
  *     import's lease, checks which names the store lacks in one pipelined
@@ -26,6 +32,14 @@
 #include <unistd.h>
 
 #define POOL_BUFFERS_PER_WORKER 2
+#define DEFAULT_LAYER_JOBS 2
+#define MAX_WORKERS 16
+/* How far a layer opened ahead is read before it waits for its turn.  A
+ * 32 MiB read-ahead imported no faster (bench/results/2026-12-07-import/),
+ * and it makes the parser read buffers that have left the CPU cache.  What
+ * a layer opened ahead saves is the open itself, which for a registry is
+ * the whole download. */
+#define LAYER_READ_AHEAD (4u << 20)
 #define UPLOAD_BATCH 32
 #define GC_WAIT_SECONDS 600
 
@@ -494,10 +508,10 @@ static int run_start(struct chunkify_ctx *c, const struct import_options *opt, s
 {
 	struct pipeline *p = &run->p;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	/* The layer reader and the tar parser keep about one core busy; seal
-	 * workers get the rest.  More workers than that only take turns with
-	 * the parser (on 2 cores a second worker imports no faster). */
-	unsigned workers = opt->workers ? opt->workers : (unsigned)(ncpu > 2 ? (ncpu - 1 > 16 ? 16 : ncpu - 1) : 1);
+	/* One seal worker per core: the readers, the parser and the uploader
+	 * block often enough (on their queues, on I/O) that keeping a core back
+	 * for them left it idle; bench/README.md has the measurements. */
+	unsigned workers = opt->workers ? opt->workers : (unsigned)(ncpu < 1 ? 1 : ncpu > MAX_WORKERS ? MAX_WORKERS : ncpu);
 	rep->workers = workers;
 	p->c = c;
 	pthread_mutex_init(&p->mu, NULL);
@@ -633,6 +647,65 @@ static int set_ref(const char *name_tag, const char *source, struct import_repor
 	return 0;
 }
 
+/* One layer opened, and read ahead, before the flattener gets to it. */
+struct layer_ahead {
+	struct oci_source *src;
+	size_t index;
+	pthread_t thread;
+	bool thread_started;	/* an opener thread runs or ran: join it */
+	bool opened;		/* open_layer_ahead has run */
+	struct byte_stream *stream;
+	struct layer_reader *reader;
+	int err;		/* 0 or the -errno the open failed with (logged) */
+};
+
+static void *open_layer_ahead(void *arg)
+{
+	struct layer_ahead *la = arg;
+	la->stream = oci_source_open_layer(la->src, la->index);
+	if (!la->stream)
+		la->err = errno ? -errno : -EIO;
+	else
+		la->err = layer_reader_start(la->stream, LAYER_READ_AHEAD, &la->reader);
+	return NULL;
+}
+
+/* Start opening layer |la| on a thread of its own; where no thread can be
+ * had, the layer is opened when its turn comes instead. */
+static void layer_ahead_start(struct layer_ahead *la)
+{
+	if (la->thread_started || la->opened)
+		return;
+	la->thread_started = pthread_create(&la->thread, NULL, open_layer_ahead, la) == 0;
+}
+
+/* Wait until |la| is open (opening it here if no thread did).  Returns 0 or
+ * the open's -errno. */
+static int layer_ahead_wait(struct layer_ahead *la)
+{
+	if (la->thread_started) {
+		pthread_join(la->thread, NULL);
+		la->thread_started = false;
+	} else if (!la->opened) {
+		open_layer_ahead(la);
+	}
+	la->opened = true;
+	return la->err;
+}
+
+/* Stop |la|'s reader and close its stream; an opener still running is waited
+ * for (a registry download in progress finishes first). */
+static void layer_ahead_cleanup(struct layer_ahead *la)
+{
+	if (la->thread_started)
+		pthread_join(la->thread, NULL);
+	la->thread_started = false;
+	layer_reader_free(la->reader);
+	la->reader = NULL;
+	byte_stream_close(la->stream);
+	la->stream = NULL;
+}
+
 static int import_image(struct chunkify_ctx *c, const char *source, const struct import_options *opt,
 			struct import_report *rep, uint64_t *chunks_uploaded)
 {
@@ -666,22 +739,32 @@ static int import_image(struct chunkify_ctx *c, const char *source, const struct
 		r = flattener_init(&f, &sink, opt->max_image_size ? opt->max_image_size : (1ull << 40));
 	f.spool_dir = tmp_dir; /* cold file data waits beside the staged blobs */
 
+	size_t jobs = opt->jobs ? opt->jobs : DEFAULT_LAYER_JOBS;
+	struct layer_ahead *ahead = calloc(img->n_layers ? img->n_layers : 1, sizeof(*ahead));
+	if (!ahead && r == 0)
+		r = -ENOMEM;
+	for (size_t i = 0; ahead && i < img->n_layers; i++)
+		ahead[i] = (struct layer_ahead){.src = src, .index = i};
 	for (size_t i = 0; i < img->n_layers && r == 0; i++) {
 		char what[160];
 		snprintf(what, sizeof(what), "layer %zu (%.19s)", i + 1, img->layers[i].digest);
 		if (opt->progress)
 			draw_progress(p, i, img->n_layers, start, false);
-		struct byte_stream *s = oci_source_open_layer(src, i);
-		if (!s) {
-			r = errno ? -errno : -EIO;
-			break;
-		}
+		/* Layers i+1 .. i+jobs-1 open and read ahead while layer i is
+		 * flattened; with one job, each opens in its turn. */
+		for (size_t k = i + 1; jobs > 1 && k < img->n_layers && k < i + jobs; k++)
+			layer_ahead_start(&ahead[k]);
+		r = layer_ahead_wait(&ahead[i]);
 		f.layer_layout = layout_plan_layer(opt->layout, img->layers[i].digest);
-		r = flatten_layer(&f, s, (unsigned)i, what, &regions[i]);
-		byte_stream_close(s);
+		if (r == 0)
+			r = flatten_layer_read(&f, ahead[i].reader, (unsigned)i, what, &regions[i]);
+		layer_ahead_cleanup(&ahead[i]);
 		if (r == 0 && cancelled(p))
 			r = -EINTR;
 	}
+	for (size_t i = 0; ahead && i < img->n_layers; i++)
+		layer_ahead_cleanup(&ahead[i]);
+	free(ahead);
 	if (r == 0)
 		r = flattener_finish(&f, &layout);
 	r = run_stop(&run, r, rep);

@@ -262,6 +262,25 @@ int flattener_init(struct flattener *f, const struct chunk_sink *sink, uint64_t 
 int flatten_layer(struct flattener *f, struct byte_stream *tar, unsigned layer, const char *what,
 		  struct layer_region *out_region);
 
+/* A layer's bytes read, checked and decompressed on a thread of its own, up
+ * to |ahead| bytes (at least 4 MiB) ahead of whoever flattens them, so that
+ * an import can read the next layers while it still flattens an earlier one.
+ * layer_reader_start() starts reading |tar| at once; |tar| stays the
+ * caller's and must stay open until layer_reader_free().  Returns 0 with
+ * |*out| set, -ENOMEM or -EAGAIN (no thread). */
+struct layer_reader;
+int layer_reader_start(struct byte_stream *tar, size_t ahead, struct layer_reader **out);
+
+/* Stop |lr|'s thread (waiting for a read in progress) and free it; NULL is
+ * allowed.  Call it before closing the stream it reads. */
+void layer_reader_free(struct layer_reader *lr);
+
+/* flatten_layer() over bytes that |lr| reads (started by the caller, which
+ * frees it afterwards): the same result, byte for byte, however far ahead
+ * |lr| has read. */
+int flatten_layer_read(struct flattener *f, struct layer_reader *lr, unsigned layer, const char *what,
+		       struct layer_region *out_region);
+
 /* Write the metadata region and then chunk 0.  |layout| describes the result
  * (erofs_layout_cleanup frees it).  Returns 0 or -errno. */
 int flattener_finish(struct flattener *f, struct erofs_image_layout *layout);

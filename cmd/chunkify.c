@@ -31,8 +31,11 @@ static void usage(FILE *out)
 	fprintf(out,
 		"usage: chunkify [--store URI] [--json] COMMAND ...\n"
 		"\n"
-		"  import SOURCE [--name NAME[:TAG]] [--insecure] [--workers N] [--layout-trace TRACE]\n"
+		"  import SOURCE [--name NAME[:TAG]] [--insecure] [--workers N] [--jobs N] [--layout-trace TRACE]\n"
 		"        SOURCE: oci:DIR[:TAG] | docker-archive:FILE | docker://HOST[:PORT]/REPO[:TAG|@DIGEST]\n"
+		"        --workers N: seal threads (default one per core); --jobs N: layers opened\n"
+		"        (downloaded) and read at once (default 2; 1 = one layer at a time);\n"
+		"        neither changes the image\n"
 		"        TRACE: a startup trace recorded on an earlier import of the image (the store's\n"
 		"        traces/<manifest digest>): the files that start read go first in their layers\n"
 		"  snapshot-import NAME[:TAG] --mem FILE --vmstate FILE --from IMAGE\n"
@@ -64,6 +67,7 @@ struct cli {
 	bool json, chunks, dry_run, insecure;
 	const char *name;
 	unsigned workers;
+	unsigned jobs;		/* import: layers opened and read at once */
 	char *l2;		/* prime: "host:port,..." */
 	unsigned k, m;
 	bool m_set;
@@ -163,6 +167,7 @@ static int cmd_import(struct chunkify_ctx *c, const struct cli *cli, const char 
 		.progress = !cli->json && isatty(STDERR_FILENO),
 		.insecure = cli->insecure,
 		.workers = cli->workers,
+		.jobs = cli->jobs,
 	};
 	struct layout_plan *plan = NULL;
 	struct layout_summary sum = { 0 };
@@ -738,12 +743,27 @@ static int cmd_prime(struct chunkify_ctx *c, const struct cli *cli, const char *
 
 /* ---- main --------------------------------------------------------------------------- */
 
+/* |arg| as a count from 1 to |max| into |*out|; otherwise says what option
+ * |opt| takes and returns -EINVAL. */
+static int parse_count(const char *opt, const char *arg, long max, unsigned *out)
+{
+	char *end;
+	errno = 0;
+	long v = strtol(arg, &end, 10);
+	if (errno || end == arg || *end || v < 1 || v > max) {
+		fprintf(stderr, "chunkify: %s must be 1 to %ld, not \"%s\"\n", opt, max, arg);
+		return -EINVAL;
+	}
+	*out = (unsigned)v;
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	log_set_program("chunkify");
 	struct cli cli = {0};
 	enum { OPT_STORE = 256, OPT_JSON, OPT_NAME, OPT_INSECURE, OPT_CHUNKS, OPT_DRY, OPT_WORKERS, OPT_S3E, OPT_S3R,
-	       OPT_L2, OPT_K, OPT_M, OPT_MEM, OPT_VMSTATE, OPT_FROM, OPT_LAYOUT_TRACE };
+	       OPT_L2, OPT_K, OPT_M, OPT_MEM, OPT_VMSTATE, OPT_FROM, OPT_LAYOUT_TRACE, OPT_JOBS };
 	static const struct option longopts[] = {
 		{"store", required_argument, NULL, OPT_STORE},	   {"json", no_argument, NULL, OPT_JSON},
 		{"name", required_argument, NULL, OPT_NAME},	   {"insecure", no_argument, NULL, OPT_INSECURE},
@@ -754,6 +774,7 @@ int main(int argc, char **argv)
 		{"k", required_argument, NULL, OPT_K},		   {"m", required_argument, NULL, OPT_M},
 		{"mem", required_argument, NULL, OPT_MEM},	   {"vmstate", required_argument, NULL, OPT_VMSTATE},
 		{"from", required_argument, NULL, OPT_FROM},	   {"layout-trace", required_argument, NULL, OPT_LAYOUT_TRACE},
+		{"jobs", required_argument, NULL, OPT_JOBS},
 		{NULL, 0, NULL, 0},
 	};
 	/* Options may come before or after the command ("+" is not used). */
@@ -766,16 +787,14 @@ int main(int argc, char **argv)
 		case OPT_INSECURE: cli.insecure = cli.sopt.insecure = true; break;
 		case OPT_CHUNKS: cli.chunks = true; break;
 		case OPT_DRY: cli.dry_run = true; break;
-		case OPT_WORKERS: {
-			char *end;
-			long w = strtol(optarg, &end, 10);
-			if (*end || w < 1 || w > 64) {
-				fprintf(stderr, "chunkify: --workers must be 1 to 64\n");
+		case OPT_WORKERS:
+			if (parse_count("--workers", optarg, 64, &cli.workers) < 0)
 				return 2;
-			}
-			cli.workers = (unsigned)w;
 			break;
-		}
+		case OPT_JOBS:
+			if (parse_count("--jobs", optarg, 16, &cli.jobs) < 0)
+				return 2;
+			break;
 		case OPT_S3E: cli.sopt.s3_endpoint = optarg; break;
 		case OPT_S3R: cli.sopt.s3_region = optarg; break;
 		case OPT_L2: cli.l2 = optarg; break;
