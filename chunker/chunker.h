@@ -50,6 +50,7 @@ void chunkify_ctx_cleanup(struct chunkify_ctx *c);
 /* A parsed trace: the image it was recorded on and its block runs. */
 struct layout_trace {
 	char manifest_digest[65];	/* 64 hex digits */
+	char document_digest[65];	/* SHA-256 of the trace document as parsed */
 	struct image_trace_extent *extents; /* first-read order */
 	size_t n_extents;
 };
@@ -100,6 +101,11 @@ void layout_plan_free(struct layout_plan *p);
 /* How many files |p| places, and in how many layers (0 for NULL). */
 size_t layout_plan_files(const struct layout_plan *p);
 size_t layout_plan_layers_with_files(const struct layout_plan *p);
+
+/* The trace |p| was built from, as an image laid out by it records it in
+ * its manifest: the trace document's SHA-256 and the image it was recorded
+ * on.  |p| must not be NULL. */
+void layout_plan_source(const struct layout_plan *p, struct manifest_layout_trace *out);
 
 struct import_options {
 	const char *name_tag;		/* NAME[:TAG]; NULL derives it from the source */

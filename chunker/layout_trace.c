@@ -28,16 +28,6 @@
 
 /* ---- the trace document --------------------------------------------------- */
 
-static bool is_hex_digest(const char *s)
-{
-	if (strlen(s) != SHA256_HEX_LEN)
-		return false;
-	for (const char *p = s; *p; p++)
-		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
-			return false;
-	return true;
-}
-
 int layout_trace_parse(const uint8_t *buf, size_t len, const char *what, struct layout_trace *out)
 {
 	memset(out, 0, sizeof(*out));
@@ -63,7 +53,7 @@ int layout_trace_parse(const uint8_t *buf, size_t len, const char *what, struct 
 		log_err("layout trace %s: not a %s document", what, TRACE_FORMAT);
 		goto out;
 	}
-	if (!json_is_string(digest) || !is_hex_digest(json_string_value(digest))) {
+	if (!json_is_string(digest) || !is_sha256_hex(json_string_value(digest))) {
 		log_err("layout trace %s: \"manifest\" is not a manifest digest (64 lowercase hex digits)", what);
 		goto out;
 	}
@@ -106,6 +96,11 @@ int layout_trace_parse(const uint8_t *buf, size_t len, const char *what, struct 
 	}
 	out->n_extents = n;
 	snprintf(out->manifest_digest, sizeof(out->manifest_digest), "%s", json_string_value(digest));
+	/* The digest of the bytes as given names this exact trace in the
+	 * manifest of an image laid out from it. */
+	uint8_t d[SHA256_LEN];
+	sha256_buf(buf, len, d);
+	hex_encode(d, SHA256_LEN, out->document_digest);
 	r = 0;
 out:
 	if (r < 0)
@@ -159,6 +154,7 @@ struct layout_plan {
 	struct layout_layer *layers;
 	size_t n_layers;
 	size_t n_files;
+	struct manifest_layout_trace source; /* the trace it was built from */
 };
 
 static int cmp_file_off(const void *a, const void *b)
@@ -229,6 +225,8 @@ int layout_plan_build(const struct layout_trace *t, const struct manifest *trace
 	    !(p->layers = calloc(traced->n_layers ? traced->n_layers : 1, sizeof(*p->layers))))
 		goto out;
 	p->n_layers = traced->n_layers;
+	snprintf(p->source.trace_digest, sizeof(p->source.trace_digest), "%s", t->document_digest);
+	snprintf(p->source.recorded_on, sizeof(p->source.recorded_on), "%s", t->manifest_digest);
 	for (size_t i = 0; i < traced->n_layers; i++)
 		snprintf(p->layers[i].digest, sizeof(p->layers[i].digest), "%s", traced->layers[i].digest);
 	for (size_t i = 0; i < n_files; i++)
@@ -291,6 +289,11 @@ size_t layout_plan_layers_with_files(const struct layout_plan *p)
 	for (size_t i = 0; p && i < p->n_layers; i++)
 		n += p->layers[i].files.n != 0;
 	return n;
+}
+
+void layout_plan_source(const struct layout_plan *p, struct manifest_layout_trace *out)
+{
+	*out = p->source;
 }
 
 const struct layout_layer *layout_plan_layer(const struct layout_plan *p, const char *layer_digest)

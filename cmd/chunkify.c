@@ -383,6 +383,12 @@ static int cmd_inspect(struct chunkify_ctx *c, const struct cli *cli, const char
 					      (json_int_t)((m.snapshot.mem_size + CHUNK_SIZE - 1) / CHUNK_SIZE),
 					      "vmstate_offset", (json_int_t)m.snapshot.vmstate_offset, "vmstate_size",
 					      (json_int_t)m.snapshot.vmstate_size));
+	if (m.kind == MANIFEST_KIND_IMAGE)
+		json_object_set_new(j, "layout", json_string(m.has_layout_trace ? "trace" : "usual"));
+	if (m.has_layout_trace)
+		json_object_set_new(j, "layout_trace",
+				    json_pack("{s:s,s:s}", "trace", m.layout_trace.trace_digest, "recorded_on",
+					      m.layout_trace.recorded_on));
 	if (cli->chunks) {
 		json_t *chunks = json_array();
 		for (size_t i = 0; i < m.n_chunks; i++)

@@ -4,11 +4,13 @@
 #   - re-imported with it, the image holds the same tree (fsck.erofs, and the
 #     kernel's mount compared file by file with the first import's), a start
 #     of the same command fetches fewer bytes (the four scattered files it
-#     reads now sit together), the import report names the trace;
+#     reads now sit together), the import report names the trace, and the
+#     manifest records the trace's digest and the image it was recorded on
+#     (chunkify inspect);
 #   - the same tar and trace give the same manifest;
 #   - a layer the start read nothing of is byte for byte the same region;
 #   - a trace of another image (foreign: none of its files are in these
-#     layers) gives exactly the plain import;
+#     layers) gives exactly the plain import's layers and chunks;
 #   - bad trace files are refused naming the file and the fault, and nothing
 #     is published.
 # Missing tools are a failure, not a skip.
@@ -93,6 +95,12 @@ python3 "$(dirname "$0")/treecmp.py" "$T/mnt-plain" "$T/mnt-traced" >"$T/treecmp
 pass "the traced image passes fsck.erofs and holds the same tree"
 
 ck --json inspect app:1 >"$T/inspect1.json" && ck --json inspect app:traced >"$T/inspect2.json" || die "inspect failed"
+jq -e '.layout == "usual" and (has("layout_trace") | not)' "$T/inspect1.json" >/dev/null ||
+  die "the plain import's manifest names a layout trace: $(cat "$T/inspect1.json")"
+TD=$(sha256sum "$T/app.trace" | cut -d' ' -f1)
+jq -e --arg t "$TD" --arg d "$D1" '.layout == "trace" and .layout_trace.trace == $t and .layout_trace.recorded_on == $d' \
+  "$T/inspect2.json" >/dev/null || die "inspect does not name the trace $TD recorded on $D1: $(cat "$T/inspect2.json")"
+pass "the traced image's manifest records the trace's digest and the image it was recorded on"
 region() { jq -r ".layers[$2] | \"\(.offset) \(.length)\"" "$1"; }
 read -r o1 n1 < <(region "$T/inspect1.json" 2)
 read -r o2 n2 < <(region "$T/inspect2.json" 2)
@@ -113,9 +121,14 @@ pass "the same start fetches $f2 bytes instead of $f1"
 ck --json import "oci:$T/layout-other:1" --name other:1 >"$T/other1.json" 2>/dev/null || die "import of other failed"
 ck --json import "oci:$T/layout-other:1" --name other:traced --layout-trace "$T/app.trace" >"$T/other2.json" 2>"$T/other2.err" ||
   { cat "$T/other2.err" >&2; die "import of other with a foreign trace failed"; }
-[ "$(jq -r .manifest "$T/other1.json")" = "$(jq -r .manifest "$T/other2.json")" ] ||
+# The manifests differ only in naming the trace: the same layers and chunks.
+ck --json inspect other:1 --chunks >"$T/other1-inspect.json" && ck --json inspect other:traced --chunks >"$T/other2-inspect.json" ||
+  die "inspect of other failed"
+layout_of() { jq -c '{image_size, metadata_offset, layers, chunks}' "$1"; }
+[ "$(layout_of "$T/other1-inspect.json")" = "$(layout_of "$T/other2-inspect.json")" ] ||
   die "a trace of another image changed the layout of layers it read nothing of"
-pass "a foreign trace gives the plain import"
+jq -e '.layout == "trace"' "$T/other2-inspect.json" >/dev/null || die "the foreign-traced import does not name its trace"
+pass "a foreign trace gives the plain import's layers and chunks (its manifest names the trace)"
 
 # ---- bad traces are refused ---------------------------------------------------------------------------
 # bad NAME EXPECT: write the trace file $T/NAME.trace first; the import must
