@@ -194,7 +194,7 @@ static void test_snapshot_manifest(const char *seed_out)
 	manifest_cleanup(&m);
 }
 
-/* The optional layout_trace section: round trip, absent in the usual layout,
+/* The optional layout_traces section: round trip, absent in the usual layout,
  * refused when malformed or on a snapshot, and authenticated like the rest. */
 static void test_layout_trace_manifest(const char *seed_out)
 {
@@ -203,14 +203,17 @@ static void test_layout_trace_manifest(const char *seed_out)
 	struct manifest m, d;
 
 	fill_manifest(&m);
-	CHECK(round_trip(&m, tk, &d) == 0 && !d.has_layout_trace); /* the usual layout names no trace */
+	CHECK(round_trip(&m, tk, &d) == 0 && d.n_layout_traces == 0); /* the usual layout names no trace */
 	manifest_cleanup(&d);
-	m.has_layout_trace = true;
-	memset(m.layout_trace.trace_digest, 'f', 64);
-	memset(m.layout_trace.recorded_on, '3', 64);
-	CHECK(round_trip(&m, tk, &d) == 0 && d.has_layout_trace);
-	CHECK(strcmp(d.layout_trace.trace_digest, m.layout_trace.trace_digest) == 0 &&
-	      strcmp(d.layout_trace.recorded_on, m.layout_trace.recorded_on) == 0);
+	m.n_layout_traces = 2;
+	memset(m.layout_traces[0].trace_digest, 'f', 64);
+	memset(m.layout_traces[0].recorded_on, '3', 64);
+	memset(m.layout_traces[1].trace_digest, '9', 64);
+	memset(m.layout_traces[1].recorded_on, '4', 64);
+	CHECK(round_trip(&m, tk, &d) == 0 && d.n_layout_traces == 2);
+	for (size_t i = 0; i < 2; i++) /* in the order given: it is the merge order */
+		CHECK(strcmp(d.layout_traces[i].trace_digest, m.layout_traces[i].trace_digest) == 0 &&
+		      strcmp(d.layout_traces[i].recorded_on, m.layout_traces[i].recorded_on) == 0);
 	manifest_cleanup(&d);
 
 	uint8_t *a;
@@ -223,29 +226,29 @@ static void test_layout_trace_manifest(const char *seed_out)
 			fclose(f);
 	}
 	/* Pointing the manifest at another trace breaks its authentication. */
-	char *at = memmem(a, alen, m.layout_trace.trace_digest, 64);
+	char *at = memmem(a, alen, m.layout_traces[0].trace_digest, 64);
 	CHECK(at != NULL);
 	if (at) {
 		at[0] = 'e';
 		CHECK(manifest_decode(a, alen, tk, &d) == -EBADMSG);
-		CHECK(manifest_decode(a, alen, NULL, &d) == 0 && d.layout_trace.trace_digest[0] == 'e');
+		CHECK(manifest_decode(a, alen, NULL, &d) == 0 && d.layout_traces[0].trace_digest[0] == 'e');
 		manifest_cleanup(&d);
 	}
 	free(a);
 
 	struct manifest bad = m;
-	bad.layout_trace.trace_digest[5] = 'X'; /* not hex */
+	bad.layout_traces[1].trace_digest[5] = 'X'; /* not hex */
 	CHECK(round_trip(&bad, tk, &d) == -EBADMSG);
 	bad = m;
-	bad.layout_trace.recorded_on[63] = '\0'; /* 63 digits */
+	bad.layout_traces[0].recorded_on[63] = '\0'; /* 63 digits */
 	CHECK(round_trip(&bad, tk, &d) == -EBADMSG);
 	manifest_cleanup(&m);
 
 	/* A snapshot has no layout to come from a trace. */
 	fill_snapshot(&m);
-	m.has_layout_trace = true;
-	memset(m.layout_trace.trace_digest, 'f', 64);
-	memset(m.layout_trace.recorded_on, '3', 64);
+	m.n_layout_traces = 1;
+	memset(m.layout_traces[0].trace_digest, 'f', 64);
+	memset(m.layout_traces[0].recorded_on, '3', 64);
 	CHECK(round_trip(&m, tk, &d) == -EBADMSG);
 	manifest_cleanup(&m);
 }
