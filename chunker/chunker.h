@@ -50,6 +50,7 @@ void chunkify_ctx_cleanup(struct chunkify_ctx *c);
 /* A parsed trace: the image it was recorded on and its block runs. */
 struct layout_trace {
 	char manifest_digest[65];	/* 64 hex digits */
+	char document_digest[65];	/* SHA-256 of the trace document as parsed */
 	struct image_trace_extent *extents; /* first-read order */
 	size_t n_extents;
 };
@@ -100,6 +101,22 @@ void layout_plan_free(struct layout_plan *p);
 /* How many files |p| places, and in how many layers (0 for NULL). */
 size_t layout_plan_files(const struct layout_plan *p);
 size_t layout_plan_layers_with_files(const struct layout_plan *p);
+
+/* Merge the plans |<plans, n>| (1 to MANIFEST_MAX_LAYOUT_TRACES, e.g. the
+ * traces of several functions that share one image) into one, by a fixed
+ * rule: in each layer (matched by blob digest), the files of plans[0] in
+ * its order, then those of plans[1] that plans[0] does not place, in
+ * plans[1]'s order, and so on.  So the same plans in the same order give
+ * the same plan, and the first plan's start is laid out exactly as on its
+ * own.  The inputs are not kept.  Returns 0 with |*out| (free it with
+ * layout_plan_free), -EINVAL for n out of range, or -ENOMEM. */
+int layout_plan_merge(const struct layout_plan *const *plans, size_t n, struct layout_plan **out);
+
+/* The traces |p| was built from, in merge order, as an image laid out by
+ * it records them in its manifest (each trace document's SHA-256 and the
+ * image it was recorded on): copied to |out|; returns how many (at most
+ * MANIFEST_MAX_LAYOUT_TRACES; 0 for NULL). */
+size_t layout_plan_sources(const struct layout_plan *p, struct manifest_layout_trace out[MANIFEST_MAX_LAYOUT_TRACES]);
 
 struct import_options {
 	const char *name_tag;		/* NAME[:TAG]; NULL derives it from the source */

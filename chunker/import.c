@@ -786,6 +786,7 @@ static int import_image(struct chunkify_ctx *c, const char *source, const struct
 		};
 		snprintf(m.source_manifest_digest, sizeof(m.source_manifest_digest), "%s", img->manifest_digest);
 		snprintf(m.source_config_digest, sizeof(m.source_config_digest), "%s", img->config_digest);
+		m.n_layout_traces = layout_plan_sources(opt->layout, m.layout_traces);
 		for (size_t i = 0; m.layers && i < img->n_layers; i++) {
 			snprintf(m.layers[i].digest, sizeof(m.layers[i].digest), "%s", img->layers[i].digest);
 			m.layers[i].offset = regions[i].offset;

@@ -28,16 +28,6 @@
 
 /* ---- the trace document --------------------------------------------------- */
 
-static bool is_hex_digest(const char *s)
-{
-	if (strlen(s) != SHA256_HEX_LEN)
-		return false;
-	for (const char *p = s; *p; p++)
-		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
-			return false;
-	return true;
-}
-
 int layout_trace_parse(const uint8_t *buf, size_t len, const char *what, struct layout_trace *out)
 {
 	memset(out, 0, sizeof(*out));
@@ -63,7 +53,7 @@ int layout_trace_parse(const uint8_t *buf, size_t len, const char *what, struct 
 		log_err("layout trace %s: not a %s document", what, TRACE_FORMAT);
 		goto out;
 	}
-	if (!json_is_string(digest) || !is_hex_digest(json_string_value(digest))) {
+	if (!json_is_string(digest) || !is_sha256_hex(json_string_value(digest))) {
 		log_err("layout trace %s: \"manifest\" is not a manifest digest (64 lowercase hex digits)", what);
 		goto out;
 	}
@@ -106,6 +96,11 @@ int layout_trace_parse(const uint8_t *buf, size_t len, const char *what, struct 
 	}
 	out->n_extents = n;
 	snprintf(out->manifest_digest, sizeof(out->manifest_digest), "%s", json_string_value(digest));
+	/* The digest of the bytes as given names this exact trace in the
+	 * manifest of an image laid out from it. */
+	uint8_t d[SHA256_LEN];
+	sha256_buf(buf, len, d);
+	hex_encode(d, SHA256_LEN, out->document_digest);
 	r = 0;
 out:
 	if (r < 0)
@@ -159,6 +154,9 @@ struct layout_plan {
 	struct layout_layer *layers;
 	size_t n_layers;
 	size_t n_files;
+	/* the traces it was built from, in merge order */
+	size_t n_sources;
+	struct manifest_layout_trace sources[MANIFEST_MAX_LAYOUT_TRACES];
 };
 
 static int cmp_file_off(const void *a, const void *b)
@@ -215,6 +213,35 @@ static void rank_files(const struct layout_trace *t, const struct layout_file *f
 	*out_n = n;
 }
 
+/* Append |fl| to layer |l| of |p|.  Returns 0 or -ENOMEM. */
+static int plan_add(struct layout_plan *p, struct layout_layer *l, const struct layout_file *fl)
+{
+	int r = layout_files_add(&l->files, fl->path, fl->data_off, fl->data_len);
+	if (r == 0)
+		p->n_files++;
+	return r;
+}
+
+/* Sort each layer's index by path, for layout_layer_rank, and hand |*p|
+ * over to |*out|.  Returns 0, or -ENOMEM with |*p| left to its owner. */
+static int plan_finish(struct layout_plan **p, struct layout_plan **out)
+{
+	struct layout_plan *plan = *p;
+	for (size_t i = 0; i < plan->n_layers; i++) {
+		struct layout_layer *l = &plan->layers[i];
+		if (!l->files.n)
+			continue;
+		if (!(l->by_path = malloc(l->files.n * sizeof(*l->by_path))))
+			return -ENOMEM;
+		for (size_t j = 0; j < l->files.n; j++)
+			l->by_path[j] = j;
+		qsort_r(l->by_path, l->files.n, sizeof(*l->by_path), cmp_index_path, l->files.v);
+	}
+	*out = plan;
+	*p = NULL;
+	return 0;
+}
+
 int layout_plan_build(const struct layout_trace *t, const struct manifest *traced, const struct layout_file *files,
 		      size_t n_files, struct layout_plan **out)
 {
@@ -229,6 +256,9 @@ int layout_plan_build(const struct layout_trace *t, const struct manifest *trace
 	    !(p->layers = calloc(traced->n_layers ? traced->n_layers : 1, sizeof(*p->layers))))
 		goto out;
 	p->n_layers = traced->n_layers;
+	p->n_sources = 1;
+	snprintf(p->sources[0].trace_digest, sizeof(p->sources[0].trace_digest), "%s", t->document_digest);
+	snprintf(p->sources[0].recorded_on, sizeof(p->sources[0].recorded_on), "%s", t->manifest_digest);
 	for (size_t i = 0; i < traced->n_layers; i++)
 		snprintf(p->layers[i].digest, sizeof(p->layers[i].digest), "%s", traced->layers[i].digest);
 	for (size_t i = 0; i < n_files; i++)
@@ -241,25 +271,10 @@ int layout_plan_build(const struct layout_trace *t, const struct manifest *trace
 		long li = layer_of(traced, fl->data_off);
 		if (li < 0)
 			continue; /* not in any layer's region: nothing to place */
-		if ((r = layout_files_add(&p->layers[li].files, fl->path, fl->data_off, fl->data_len)) < 0)
+		if ((r = plan_add(p, &p->layers[li], fl)) < 0)
 			goto out;
-		p->n_files++;
 	}
-	for (size_t i = 0; i < p->n_layers; i++) {
-		struct layout_layer *l = &p->layers[i];
-		if (!l->files.n)
-			continue;
-		if (!(l->by_path = malloc(l->files.n * sizeof(*l->by_path)))) {
-			r = -ENOMEM;
-			goto out;
-		}
-		for (size_t j = 0; j < l->files.n; j++)
-			l->by_path[j] = j;
-		qsort_r(l->by_path, l->files.n, sizeof(*l->by_path), cmp_index_path, l->files.v);
-	}
-	*out = p;
-	p = NULL;
-	r = 0;
+	r = plan_finish(&p, out);
 out:
 	layout_plan_free(p);
 	free(by_off);
@@ -290,6 +305,76 @@ size_t layout_plan_layers_with_files(const struct layout_plan *p)
 	size_t n = 0;
 	for (size_t i = 0; p && i < p->n_layers; i++)
 		n += p->layers[i].files.n != 0;
+	return n;
+}
+
+/* The layer of |p| with blob digest |digest|, added (with no files) if |p|
+ * has none; NULL when out of memory. */
+static struct layout_layer *merged_layer(struct layout_plan *p, const char *digest)
+{
+	for (size_t i = 0; i < p->n_layers; i++)
+		if (strcmp(p->layers[i].digest, digest) == 0)
+			return &p->layers[i];
+	struct layout_layer *v = realloc(p->layers, (p->n_layers + 1) * sizeof(*v));
+	if (!v)
+		return NULL;
+	p->layers = v;
+	struct layout_layer *l = &p->layers[p->n_layers++];
+	memset(l, 0, sizeof(*l));
+	snprintf(l->digest, sizeof(l->digest), "%s", digest);
+	return l;
+}
+
+int layout_plan_merge(const struct layout_plan *const *plans, size_t n, struct layout_plan **out)
+{
+	*out = NULL;
+	size_t n_sources = 0;
+	for (size_t i = 0; i < n; i++)
+		n_sources += plans[i]->n_sources;
+	if (n == 0 || n_sources > MANIFEST_MAX_LAYOUT_TRACES)
+		return -EINVAL;
+	struct layout_plan *p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	int r = 0;
+	for (size_t i = 0; i < n; i++) {
+		const struct layout_plan *in = plans[i];
+		memcpy(p->sources + p->n_sources, in->sources, in->n_sources * sizeof(*in->sources));
+		p->n_sources += in->n_sources;
+		for (size_t li = 0; li < in->n_layers; li++) {
+			const struct layout_layer *src = &in->layers[li];
+			if (!src->files.n)
+				continue;
+			struct layout_layer *dst = merged_layer(p, src->digest);
+			if (!dst) {
+				r = -ENOMEM;
+				goto out;
+			}
+			for (size_t fi = 0; fi < src->files.n; fi++) {
+				const struct layout_file *fl = &src->files.v[fi];
+				/* Placed by an earlier plan: that plan's rank stands. */
+				bool earlier = false;
+				uint64_t rank;
+				for (size_t j = 0; j < i && !earlier; j++)
+					earlier = layout_layer_rank(layout_plan_layer(plans[j], src->digest), fl->path, &rank);
+				if (earlier)
+					continue;
+				if ((r = plan_add(p, dst, fl)) < 0)
+					goto out;
+			}
+		}
+	}
+	r = plan_finish(&p, out);
+out:
+	layout_plan_free(p);
+	return r;
+}
+
+size_t layout_plan_sources(const struct layout_plan *p, struct manifest_layout_trace out[MANIFEST_MAX_LAYOUT_TRACES])
+{
+	size_t n = p ? p->n_sources : 0;
+	if (n)
+		memcpy(out, p->sources, n * sizeof(*out));
 	return n;
 }
 

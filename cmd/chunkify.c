@@ -31,13 +31,14 @@ static void usage(FILE *out)
 	fprintf(out,
 		"usage: chunkify [--store URI] [--json] COMMAND ...\n"
 		"\n"
-		"  import SOURCE [--name NAME[:TAG]] [--insecure] [--workers N] [--jobs N] [--layout-trace TRACE]\n"
+		"  import SOURCE [--name NAME[:TAG]] [--insecure] [--workers N] [--jobs N] [--layout-trace TRACE]...\n"
 		"        SOURCE: oci:DIR[:TAG] | docker-archive:FILE | docker://HOST[:PORT]/REPO[:TAG|@DIGEST]\n"
 		"        --workers N: seal threads (default one per core); --jobs N: layers opened\n"
 		"        (downloaded) and read at once (default 2; 1 = one layer at a time);\n"
 		"        neither changes the image\n"
 		"        TRACE: a startup trace recorded on an earlier import of the image (the store's\n"
-		"        traces/<manifest digest>): the files that start read go first in their layers\n"
+		"        traces/<manifest digest>): the files that start read go first in their layers;\n"
+		"        with several (up to 16), the first trace's files, then each next one's others\n"
 		"  snapshot-import NAME[:TAG] --mem FILE --vmstate FILE --from IMAGE\n"
 		"                               store a micro-VM snapshot (kvmm's or Firecracker's\n"
 		"                               /snapshot/create files) as convergent chunks; IMAGE is the\n"
@@ -72,7 +73,9 @@ struct cli {
 	unsigned k, m;
 	bool m_set;
 	const char *mem, *vmstate, *from; /* snapshot-import, export */
-	const char *layout_trace;	  /* import */
+	/* import: --layout-trace files, in the order given (their merge order) */
+	const char *layout_traces[MANIFEST_MAX_LAYOUT_TRACES];
+	size_t n_layout_traces;
 };
 
 /* ---- import ---------------------------------------------------------------- */
@@ -82,19 +85,20 @@ static int collect_file(void *arg, const char *path, uint64_t data_off, uint64_t
 	return layout_files_add(arg, path, data_off, data_len);
 }
 
-/* What a layout trace said, for the import's report. */
+/* What the layout traces said, for the import's report. */
 struct layout_summary {
-	char traced_digest[65];
-	size_t files, layers;
+	char traced_digest[MANIFEST_MAX_LAYOUT_TRACES][65]; /* per trace, the image it was recorded on */
+	size_t files, layers;				      /* of the merged plan */
 };
 
 /* Turn the trace file |path| into a layout plan: parse it, open the image it
  * was recorded on from the store (through blockd's EROFS reader, fetching
  * only the metadata), and map its block runs to that image's files.  A
  * trace whose image the store no longer holds, or whose runs lie past that
- * image's end, is refused. */
+ * image's end, is refused.  |traced_digest| gets the image it was recorded
+ * on. */
 static int load_layout_plan(struct chunkify_ctx *c, const struct cli *cli, const char *path,
-			    struct layout_plan **out, struct layout_summary *sum)
+			    struct layout_plan **out, char traced_digest[65])
 {
 	uint8_t *buf = NULL;
 	size_t len = 0;
@@ -147,16 +151,40 @@ static int load_layout_plan(struct chunkify_ctx *c, const struct cli *cli, const
 	}
 	r = layout_plan_build(&t, blockd_image_manifest(img), files.v, files.n, out);
 	if (r == 0) {
-		snprintf(sum->traced_digest, sizeof(sum->traced_digest), "%s", t.manifest_digest);
-		sum->files = layout_plan_files(*out);
-		sum->layers = layout_plan_layers_with_files(*out);
+		snprintf(traced_digest, 65, "%s", t.manifest_digest);
 		log_info("layout trace %s (recorded on sha256:%s): %zu files read, in %zu layers", path,
-			 t.manifest_digest, sum->files, sum->layers);
+			 t.manifest_digest, layout_plan_files(*out), layout_plan_layers_with_files(*out));
 	}
 out:
 	layout_files_cleanup(&files);
 	blockd_free(b);
 	layout_trace_cleanup(&t);
+	return r;
+}
+
+/* The plan of every --layout-trace, merged in the order given
+ * (layout_plan_merge) when there are several. */
+static int load_layout_plans(struct chunkify_ctx *c, const struct cli *cli, struct layout_plan **out,
+			     struct layout_summary *sum)
+{
+	struct layout_plan *plans[MANIFEST_MAX_LAYOUT_TRACES] = { 0 };
+	int r = 0;
+	for (size_t i = 0; r == 0 && i < cli->n_layout_traces; i++)
+		r = load_layout_plan(c, cli, cli->layout_traces[i], &plans[i], sum->traced_digest[i]);
+	if (r == 0 && cli->n_layout_traces == 1) {
+		*out = plans[0];
+		plans[0] = NULL;
+	} else if (r == 0) {
+		r = layout_plan_merge((const struct layout_plan *const *)plans, cli->n_layout_traces, out);
+		if (r < 0)
+			log_err("merging %zu layout traces: %s", cli->n_layout_traces, strerror(-r));
+	}
+	for (size_t i = 0; i < cli->n_layout_traces; i++)
+		layout_plan_free(plans[i]);
+	if (r == 0) {
+		sum->files = layout_plan_files(*out);
+		sum->layers = layout_plan_layers_with_files(*out);
+	}
 	return r;
 }
 
@@ -171,7 +199,7 @@ static int cmd_import(struct chunkify_ctx *c, const struct cli *cli, const char 
 	};
 	struct layout_plan *plan = NULL;
 	struct layout_summary sum = { 0 };
-	int r = cli->layout_trace ? load_layout_plan(c, cli, cli->layout_trace, &plan, &sum) : 0;
+	int r = cli->n_layout_traces ? load_layout_plans(c, cli, &plan, &sum) : 0;
 	if (r < 0)
 		return r;
 	opt.layout = plan;
@@ -188,11 +216,18 @@ static int cmd_import(struct chunkify_ctx *c, const struct cli *cli, const char 
 				      "chunks_zero", (json_int_t)rep.chunks_zero, "bytes_uploaded",
 				      (json_int_t)rep.bytes_uploaded, "image_size", (json_int_t)rep.image_size,
 				      "seconds", rep.seconds, "mb_per_s", mbps, "workers", (int)rep.workers);
-		if (j && cli->layout_trace)
+		if (j && cli->n_layout_traces) {
+			/* "file" and "recorded_on" are the first trace's, whose
+			 * order goes first; "traces" lists every one. */
+			json_t *traces = json_array();
+			for (size_t i = 0; traces && i < cli->n_layout_traces; i++)
+				json_array_append_new(traces, json_pack("{s:s,s:s}", "file", cli->layout_traces[i],
+									"recorded_on", sum.traced_digest[i]));
 			json_object_set_new(j, "layout_trace",
-					    json_pack("{s:s,s:s,s:I,s:I}", "file", cli->layout_trace, "recorded_on",
-						      sum.traced_digest, "files", (json_int_t)sum.files, "layers",
-						      (json_int_t)sum.layers));
+					    json_pack("{s:s,s:s,s:I,s:I,s:o}", "file", cli->layout_traces[0],
+						      "recorded_on", sum.traced_digest[0], "files", (json_int_t)sum.files,
+						      "layers", (json_int_t)sum.layers, "traces", traces));
+		}
 		char *s = json_dumps(j, JSON_COMPACT);
 		printf("%s\n", s);
 		free(s);
@@ -211,9 +246,13 @@ static int cmd_import(struct chunkify_ctx *c, const struct cli *cli, const char 
 	       nonzero ? 100.0 * (double)rep.chunks_dedup / (double)nonzero : 0.0);
 	printf("  uploaded      %.1f MiB\n", (double)rep.bytes_uploaded / (1 << 20));
 	printf("  time          %.2f s, %.0f MB/s\n", rep.seconds, mbps);
-	if (cli->layout_trace)
-		printf("  layout        %zu files first in %zu layers, from trace %s (recorded on sha256:%s)\n",
-		       sum.files, sum.layers, cli->layout_trace, sum.traced_digest);
+	if (cli->n_layout_traces) {
+		printf("  layout        %zu files first in %zu layers, from ", sum.files, sum.layers);
+		for (size_t i = 0; i < cli->n_layout_traces; i++)
+			printf("%strace %s (recorded on sha256:%s)", i ? ", " : "", cli->layout_traces[i],
+			       sum.traced_digest[i]);
+		printf("\n");
+	}
 	return 0;
 }
 
@@ -388,6 +427,15 @@ static int cmd_inspect(struct chunkify_ctx *c, const struct cli *cli, const char
 					      (json_int_t)((m.snapshot.mem_size + CHUNK_SIZE - 1) / CHUNK_SIZE),
 					      "vmstate_offset", (json_int_t)m.snapshot.vmstate_offset, "vmstate_size",
 					      (json_int_t)m.snapshot.vmstate_size));
+	if (m.kind == MANIFEST_KIND_IMAGE)
+		json_object_set_new(j, "layout", json_string(m.n_layout_traces ? "trace" : "usual"));
+	if (m.n_layout_traces) {
+		json_t *traces = json_array();
+		for (size_t i = 0; traces && i < m.n_layout_traces; i++)
+			json_array_append_new(traces, json_pack("{s:s,s:s}", "trace", m.layout_traces[i].trace_digest,
+								"recorded_on", m.layout_traces[i].recorded_on));
+		json_object_set_new(j, "layout_traces", traces);
+	}
 	if (cli->chunks) {
 		json_t *chunks = json_array();
 		for (size_t i = 0; i < m.n_chunks; i++)
@@ -801,7 +849,14 @@ int main(int argc, char **argv)
 		case OPT_MEM: cli.mem = optarg; break;
 		case OPT_VMSTATE: cli.vmstate = optarg; break;
 		case OPT_FROM: cli.from = optarg; break;
-		case OPT_LAYOUT_TRACE: cli.layout_trace = optarg; break;
+		case OPT_LAYOUT_TRACE:
+			if (cli.n_layout_traces == MANIFEST_MAX_LAYOUT_TRACES) {
+				fprintf(stderr, "chunkify: at most %u --layout-trace files (one layout merges them)\n",
+					MANIFEST_MAX_LAYOUT_TRACES);
+				return 2;
+			}
+			cli.layout_traces[cli.n_layout_traces++] = optarg;
+			break;
 		case OPT_K:
 		case OPT_M: {
 			char *end;
@@ -848,7 +903,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
-	if (cli.layout_trace && strcmp(cmd, "import") != 0) {
+	if (cli.n_layout_traces && strcmp(cmd, "import") != 0) {
 		fprintf(stderr, "chunkify %s: --layout-trace applies to import only\n", cmd);
 		return 2;
 	}

@@ -181,6 +181,17 @@ struct manifest_snapshot {
 /* "image" or "snapshot", for listings and errors. */
 const char *manifest_kind_name(enum manifest_kind kind);
 
+/* A startup trace an image's layout came from (chunkify import
+ * --layout-trace): the SHA-256 of the trace document as given, and the
+ * manifest digest of the image it was recorded on, both 64 hex digits. */
+struct manifest_layout_trace {
+	char trace_digest[65];
+	char recorded_on[65];
+};
+
+/* The most traces one layout may be merged from. */
+#define MANIFEST_MAX_LAYOUT_TRACES 16
+
 struct manifest {
 	enum manifest_kind kind;
 	struct manifest_snapshot snapshot; /* MANIFEST_KIND_SNAPSHOT only */
@@ -196,6 +207,11 @@ struct manifest {
 	size_t n_chunks; /* non-zero chunks, sorted by index */
 	struct manifest_chunk *chunks;
 	bool keys_present; /* false when opened without the tenant key */
+	/* An image laid out from startup traces names them, in the order
+	 * their files were placed (optional: manifests from before the field,
+	 * and images in the usual layout, have none). */
+	size_t n_layout_traces;
+	struct manifest_layout_trace layout_traces[MANIFEST_MAX_LAYOUT_TRACES];
 };
 
 /* Release everything |c| owns (not |c| itself); safe on a zeroed struct. */

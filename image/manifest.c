@@ -10,7 +10,9 @@
  *            authenticates every byte of the manifest.
  *   A snapshot's body also has "kind": "snapshot" and "snapshot": {"image",
  *   "mem_size", "vmstate_offset", "vmstate_size"}; an image's has no "kind"
- *   (older readers and manifests agree on that).
+ *   (older readers and manifests agree on that).  An image laid out from a
+ *   startup trace has "layout_traces": [{"trace", "recorded_on"}, ...]; older
+ *   readers ignore it, and a manifest without it is in the usual layout.
  * The nonce is derived from the content (HMAC of body and keys under the
  * tenant key), so the same image always seals to the same bytes and a nonce
  * only ever repeats with an identical plaintext. */
@@ -109,6 +111,19 @@ static json_t *body_to_json(const struct manifest *m, const char *key_id)
 					    "vmstate_size", (json_int_t)sn->vmstate_size);
 		if (!section || json_object_set_new(body, "kind", json_string("snapshot")) < 0 ||
 		    json_object_set_new(body, "snapshot", section) < 0) {
+			json_decref(body);
+			return NULL;
+		}
+	}
+	if (body && m->n_layout_traces) {
+		json_t *lts = json_array();
+		for (size_t i = 0; lts && i < m->n_layout_traces && i < MANIFEST_MAX_LAYOUT_TRACES; i++)
+			if (json_array_append_new(lts, json_pack("{s:s,s:s}", "trace", m->layout_traces[i].trace_digest,
+								 "recorded_on", m->layout_traces[i].recorded_on)) < 0) {
+				json_decref(lts);
+				lts = NULL;
+			}
+		if (!lts || json_object_set_new(body, "layout_traces", lts) < 0) {
 			json_decref(body);
 			return NULL;
 		}
@@ -322,6 +337,37 @@ static int parse_kind(json_t *root, struct manifest *m)
 	return 0;
 }
 
+/* The optional "layout_traces" section: the traces an image's layout came
+ * from.  Only an image has a layout to come from a trace. */
+static int parse_layout_traces(json_t *root, struct manifest *m)
+{
+	json_t *lts = json_object_get(root, "layout_traces");
+	if (!lts)
+		return 0;
+	if (m->kind != MANIFEST_KIND_IMAGE)
+		bad("layout_traces: present in a %s manifest (only an image is laid out)", manifest_kind_name(m->kind));
+	size_t n = json_array_size(lts);
+	if (!json_is_array(lts) || n == 0 || n > MANIFEST_MAX_LAYOUT_TRACES)
+		bad("layout_traces: expected an array of 1 to %u {\"trace\", \"recorded_on\"} objects",
+		    MANIFEST_MAX_LAYOUT_TRACES);
+	for (size_t i = 0; i < n; i++) {
+		json_t *lt = json_array_get(lts, i);
+		json_t *trace = json_object_get(lt, "trace"), *on = json_object_get(lt, "recorded_on");
+		if (!json_is_object(lt))
+			bad("layout_traces[%zu]: expected an object {\"trace\", \"recorded_on\"}", i);
+		if (!json_is_string(trace) || !is_sha256_hex(json_string_value(trace)))
+			bad("layout_traces[%zu].trace: expected the trace's SHA-256 (64 lower-case hex digits)", i);
+		if (!json_is_string(on) || !is_sha256_hex(json_string_value(on)))
+			bad("layout_traces[%zu].recorded_on: expected an image's manifest digest (64 lower-case hex "
+			    "digits)",
+			    i);
+		strcpy(m->layout_traces[i].trace_digest, json_string_value(trace));
+		strcpy(m->layout_traces[i].recorded_on, json_string_value(on));
+	}
+	m->n_layout_traces = n;
+	return 0;
+}
+
 static int parse_body(json_t *root, struct manifest *m, char key_id[17])
 {
 	int r;
@@ -352,7 +398,7 @@ static int parse_body(json_t *root, struct manifest *m, char key_id[17])
 		bad("image_size: %llu is not a positive multiple of the chunk size", (unsigned long long)m->image_size);
 	if (m->metadata_offset >= m->image_size)
 		bad("metadata_offset: beyond the image");
-	if ((r = parse_kind(root, m)) < 0)
+	if ((r = parse_kind(root, m)) < 0 || (r = parse_layout_traces(root, m)) < 0)
 		return r;
 	json_t *kid = json_object_get(root, "tenant_key_id");
 	if (!json_is_string(kid) || strlen(json_string_value(kid)) != 16)

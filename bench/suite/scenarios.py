@@ -174,6 +174,10 @@ def _podman_root(d):
     return ["--root", os.path.join(d, "root"), "--runroot", _podman_runroot(d), "--storage-driver", "overlay"]
 
 
+# The cold start from the origin alone, no prefetch, on the image re-imported
+# with the workload's own startup trace (the "trace layout"); the LAZY
+# systems run on the usual layout.
+TRACED = "kindling-origin-trace"
 LAZY = [("kindling-origin", [], False), ("kindling-origin-prefetch", [], True),
         ("kindling-l2", ["l2"], False), ("kindling-l2-prefetch", ["l2"], True),
         ("kindling-l1warm", ["l1warm"], False), ("kindling-l1warm-prefetch", ["l1warm"], True)]
@@ -195,7 +199,7 @@ def coldstart(s):
         tree = s.tree(img)
         s.step(f"coldstart {img}: priming L2 with the image")
         _prime(s, name, nodes)
-        l1warm, traces = {}, _Traces(s, group)
+        l1warm, traces, traced = {}, _Traces(s, name, group), {}
         for w in group:
             s.step(f"coldstart {w}: recording the startup trace, warming an L1, page-caching the tree")
             traces.before_recording()
@@ -204,6 +208,8 @@ def coldstart(s):
             l1warm[w] = s.rig.fresh_dir("l1warm")
             _krun(s, w, name, ["--l2", nodes], prefetch=False, l1=l1warm[w])
             _floor(s, w, tree, cfg_env)
+        for w in group:
+            traced[w] = _traced_import(s, img, w, traces.saved[w])
         for rep in range(s.reps):
             for w in group:
                 for system, tiers, pf in LAZY:
@@ -216,6 +222,12 @@ def coldstart(s):
                     _lazy_samples(s, w, system, rep_json, t)
                     if l1 != l1warm[w]:
                         shutil.rmtree(l1)
+                s.step(f"coldstart {w}: {TRACED}, run {rep + 1}")
+                l1 = s.rig.fresh_dir("l1")
+                drop_caches()
+                rep_json, t = _krun(s, w, traced[w], [], prefetch=False, l1=l1)
+                _lazy_samples(s, w, TRACED, rep_json, t)
+                shutil.rmtree(l1)
             for system in ("podman", "eager"):
                 s.step(f"coldstart {img}: {system} pull, then {', '.join(group)}, run {rep + 1}")
                 drop_caches()
@@ -243,7 +255,7 @@ def coldstart(s):
         for w in group:
             eager = statistics.median(s.find("coldstart", w, "eager", "first_output_s")["samples"])
             pod = statistics.median(s.find("coldstart", w, "podman", "first_output_s")["samples"])
-            for system, _, _ in LAZY:
+            for system in [x[0] for x in LAZY] + [TRACED]:
                 k = statistics.median(s.find("coldstart", w, system, "first_output_s")["samples"])
                 s.record("coldstart", w, system, "speedup_vs_eager", "x", [eager / k])
                 s.record("coldstart", w, system, "speedup_vs_podman", "x", [pod / k])
@@ -263,31 +275,45 @@ def _prime(s, name, nodes):
             time.sleep(2)
 
 
-class _Traces:
-    """One startup trace per workload where workloads share an image.  blockd
-    keeps one trace per image (traces/<manifest digest> in the origin), so
-    the second workload of an image would prefetch the first one's start;
-    each workload's trace is recorded from none and put back before its
-    prefetch runs."""
+def _traced_import(s, img, w, trace):
+    """Image IMG imported again from the registry with workload W's startup
+    trace (chunkify import --layout-trace), as its own image: a workload
+    that shares its image with others gets a layout from its own start, so
+    each figure of the trace layout is the layout that workload would be
+    published with.  Returns the image's name."""
+    tag = f"bench-{img}-trace-{w}:1"
+    s.step(f"coldstart {w}: re-importing {img} with {w}'s startup trace (chunkify import --layout-trace)")
+    out = s.rig.run([s.bin("chunkify"), "import", f"docker://{s.pushed(img)}", "--name", tag, "--json",
+                     "--layout-trace", trace], f"chunkify import --layout-trace of {img} ({w})", env=s.env())
+    rep = read_json_line(out, f"chunkify import --layout-trace of {img}")
+    lt = rep.get("layout_trace") or {}
+    s.record("coldstart", w, TRACED, "layout_files_first", "files", [lt.get("files", 0)],
+             layers=lt.get("layers"), recorded_on=lt.get("recorded_on"))
+    return tag
 
-    def __init__(self, s, group):
-        self.dir = os.path.join(s.home, "store", "traces")
+
+class _Traces:
+    """One startup trace per workload.  blockd keeps one trace per image
+    (traces/<manifest digest> in the origin), so where workloads share an
+    image the second one would prefetch the first one's start; each
+    workload's trace is recorded from none, kept (for its traced re-import)
+    and put back before its prefetch runs."""
+
+    def __init__(self, s, name, group):
+        out = s.rig.run([s.bin("chunkify"), "--json", "inspect", name], f"chunkify inspect {name}", env=s.env())
+        digest = read_json_line(out, f"chunkify inspect {name}")["manifest"]
+        self.image_trace = os.path.join(s.home, "store", "traces", digest)
         self.shared = len(group) > 1
-        self.image_trace = None
         self.saved = {}
         self.s = s
 
     def before_recording(self):
-        if self.shared and self.image_trace and os.path.exists(self.image_trace):
+        if self.shared and os.path.exists(self.image_trace):
             os.unlink(self.image_trace)
 
     def recorded(self, w):
-        if not self.shared:
-            return
-        files = [os.path.join(self.dir, f) for f in os.listdir(self.dir)] if os.path.isdir(self.dir) else []
-        if not files:
-            raise BenchError(f"no startup trace in {self.dir} after the recording run of {w}")
-        self.image_trace = max(files, key=os.path.getmtime)
+        if not os.path.exists(self.image_trace):
+            raise BenchError(f"no startup trace at {self.image_trace} after the recording run of {w}")
         self.saved[w] = self.s.rig.path(f"trace-{w}.json")
         shutil.copyfile(self.image_trace, self.saved[w])
 

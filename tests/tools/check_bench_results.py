@@ -21,7 +21,7 @@ import sys
 import zlib
 
 SNAPSHOT_RESTORES = ["kvmm restore (lazy, L1 cold)", "kvmm restore (lazy, trace prefetch)"]
-COLD_SYSTEMS = ["kindling-origin", "kindling-origin-prefetch", "kindling-l2", "kindling-l2-prefetch",
+COLD_SYSTEMS = ["kindling-origin", "kindling-origin-prefetch", "kindling-origin-trace", "kindling-l2", "kindling-l2-prefetch",
                 "kindling-l1warm", "kindling-l1warm-prefetch", "podman", "eager", "floor-sandbox", "floor-chroot"]
 
 
@@ -99,7 +99,9 @@ def main():
     for w in wanted:
         img = d["workloads"].get(w, {}).get("image", w)
         need += [("coldstart", w, s, "first_output_s") for s in COLD_SYSTEMS]
-        need += [("coldstart", w, "kindling-l2", m) for m in ("bytes_fetched", "bytes_read", "fetch_amplification")]
+        for system in ("kindling-l2", "kindling-origin", "kindling-origin-trace"):
+            need += [("coldstart", w, system, m) for m in ("bytes_fetched", "bytes_read", "fetch_amplification")]
+        need += [("coldstart", w, "kindling-origin-trace", "layout_files_first")]
         need += [("registry", img, s, "seconds") for s in ("kindling", "podman", "eager")]
         need += [("import", img, "kindling-layers", "throughput"), ("import", img, "kindling", "multi_layer_speedup")]
     if wanted:
@@ -134,6 +136,10 @@ def main():
         problems.append(f"report.md links {linked}, the directory has {pngs}")
     want_png = [f"coldstart_{w}.png" for w in wanted] + ["bytes.png", "import.png", "registry.png", "warmstart.png",
                                                          "l2_latency.png"] if wanted else []
+    for w in wanted:
+        # the fetch amplification target names the layout its figure is from
+        if not re.search(rf"fetch amplification, {re.escape(w)}: .*best layout \((usual|trace) layout", report):
+            problems.append(f"report.md has no fetch amplification target for {w} naming its layout")
     if "snapshot" in d.get("scenarios", {}):
         want_png.append("snapshot.png")
         if "snapshot restore" not in report:

@@ -2,7 +2,8 @@
  * not a trace with block runs, naming the fault; a document blockd writes
  * (image_trace_encode_blocks) parses back to the same runs; and the plan
  * ranks the files a trace's runs touch by first touch, under the layer whose
- * region holds their data, ignoring runs that touch no file.
+ * region holds their data, ignoring runs that touch no file; and plans
+ * merge in the order given.
  * Prints "N passed, M failed". */
 /* ctest-labels: no-tsan (single-threaded: nothing for ThreadSanitizer to check) */
 #include "chunker/internal.h"
@@ -80,14 +81,18 @@ static void test_parser(void)
 
 #define B IMAGE_TRACE_BLOCK_SIZE
 
+/* The traced image of the plan tests: layer "la" at [512 KiB, 2 MiB), "lb"
+ * at [2 MiB, 3 MiB). */
+static const struct manifest_layer two_layers[] = {
+	{.digest = "sha256:la", .offset = 1 * CHUNK_SIZE, .length = 3 * CHUNK_SIZE},
+	{.digest = "sha256:lb", .offset = 4 * CHUNK_SIZE, .length = 2 * CHUNK_SIZE},
+};
+static const struct manifest two_layer_image = {
+	.n_layers = 2, .layers = (struct manifest_layer *)two_layers, .image_size = 8 * CHUNK_SIZE};
+
 static void test_plan(void)
 {
-	/* The traced image: layer "la" at [512 KiB, 2 MiB), "lb" at [2 MiB, 3 MiB). */
-	struct manifest_layer layers[] = {
-		{.digest = "sha256:la", .offset = 1 * CHUNK_SIZE, .length = 3 * CHUNK_SIZE},
-		{.digest = "sha256:lb", .offset = 4 * CHUNK_SIZE, .length = 2 * CHUNK_SIZE},
-	};
-	struct manifest m = {.n_layers = 2, .layers = layers, .image_size = 8 * CHUNK_SIZE};
+	const struct manifest m = two_layer_image;
 	uint64_t a = CHUNK_SIZE, b = 4 * CHUNK_SIZE;
 	const struct layout_file files[] = {
 		{"a/one", a, 2 * B},	      {"a/two", a + 2 * B, 1 * B},  {"a/three", a + 3 * B, 5 * B},
@@ -133,10 +138,58 @@ static void test_plan(void)
 	layout_plan_free(NULL);
 }
 
+/* Two plans merge by the fixed rule: per layer, the first plan's files in
+ * its order, then the second's others in its order; a layer only the
+ * second names comes along; the sources are both traces, in order. */
+static void test_merge(void)
+{
+	const struct manifest m = two_layer_image;
+	uint64_t a = CHUNK_SIZE, b = 4 * CHUNK_SIZE;
+	const struct layout_file files[] = {
+		{"a/one", a, 1 * B}, {"a/two", a + 1 * B, 1 * B}, {"a/three", a + 2 * B, 1 * B}, {"b/x", b, 1 * B},
+	};
+	size_t n_files = sizeof(files) / sizeof(files[0]);
+	/* First: a/two, a/one.  Second: a/three, a/one, b/x. */
+	struct image_trace_extent e1[] = {{.block = a / B + 1, .count = 1}, {.block = a / B, .count = 1}};
+	struct image_trace_extent e2[] = {
+		{.block = a / B + 2, .count = 1}, {.block = a / B, .count = 1}, {.block = b / B, .count = 1}};
+	struct layout_trace t1 = {.extents = e1, .n_extents = 2, .manifest_digest = DIGEST, .document_digest = DIGEST};
+	struct layout_trace t2 = {.extents = e2, .n_extents = 3, .manifest_digest = DIGEST};
+	memset(t2.document_digest, 'e', 64);
+	struct layout_plan *p1 = NULL, *p2 = NULL, *mp = NULL;
+	CHECK(layout_plan_build(&t1, &m, files, n_files, &p1) == 0 && layout_plan_build(&t2, &m, files, n_files, &p2) == 0);
+	if (!p1 || !p2)
+		goto out;
+	const struct layout_plan *both[] = {p1, p2};
+	CHECK(layout_plan_merge(both, 2, &mp) == 0 && mp);
+	if (!mp)
+		goto out;
+	CHECKF(layout_plan_files(mp) == 4 && layout_plan_layers_with_files(mp) == 2, "merged plan has %zu files in %zu layers",
+	       layout_plan_files(mp), layout_plan_layers_with_files(mp));
+	uint64_t r_two = 99, r_one = 99, r_three = 99, r_x = 99;
+	const struct layout_layer *la = layout_plan_layer(mp, "sha256:la");
+	CHECK(layout_layer_rank(la, "a/two", &r_two) && layout_layer_rank(la, "a/one", &r_one) &&
+	      layout_layer_rank(la, "a/three", &r_three));
+	CHECKF(r_two == 0 && r_one == 1 && r_three == 2, "layer a ranks two %llu one %llu three %llu",
+	       (unsigned long long)r_two, (unsigned long long)r_one, (unsigned long long)r_three);
+	CHECK(layout_layer_rank(layout_plan_layer(mp, "sha256:lb"), "b/x", &r_x) && r_x == 0);
+	struct manifest_layout_trace src[MANIFEST_MAX_LAYOUT_TRACES];
+	CHECK(layout_plan_sources(mp, src) == 2 && strcmp(src[0].trace_digest, DIGEST) == 0 &&
+	      src[1].trace_digest[0] == 'e' && strcmp(src[1].recorded_on, DIGEST) == 0);
+	CHECK(layout_plan_sources(NULL, src) == 0);
+	struct layout_plan *none = NULL;
+	CHECK(layout_plan_merge(both, 0, &none) == -EINVAL && !none);
+out:
+	layout_plan_free(mp);
+	layout_plan_free(p1);
+	layout_plan_free(p2);
+}
+
 int main(void)
 {
 	log_set_level(LOG_SILENT);
 	test_parser();
 	test_plan();
+	test_merge();
 	return check_report();
 }

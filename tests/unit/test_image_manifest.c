@@ -194,6 +194,65 @@ static void test_snapshot_manifest(const char *seed_out)
 	manifest_cleanup(&m);
 }
 
+/* The optional layout_traces section: round trip, absent in the usual layout,
+ * refused when malformed or on a snapshot, and authenticated like the rest. */
+static void test_layout_trace_manifest(const char *seed_out)
+{
+	uint8_t tk[32];
+	memset(tk, 7, sizeof(tk));
+	struct manifest m, d;
+
+	fill_manifest(&m);
+	CHECK(round_trip(&m, tk, &d) == 0 && d.n_layout_traces == 0); /* the usual layout names no trace */
+	manifest_cleanup(&d);
+	m.n_layout_traces = 2;
+	memset(m.layout_traces[0].trace_digest, 'f', 64);
+	memset(m.layout_traces[0].recorded_on, '3', 64);
+	memset(m.layout_traces[1].trace_digest, '9', 64);
+	memset(m.layout_traces[1].recorded_on, '4', 64);
+	CHECK(round_trip(&m, tk, &d) == 0 && d.n_layout_traces == 2);
+	for (size_t i = 0; i < 2; i++) /* in the order given: it is the merge order */
+		CHECK(strcmp(d.layout_traces[i].trace_digest, m.layout_traces[i].trace_digest) == 0 &&
+		      strcmp(d.layout_traces[i].recorded_on, m.layout_traces[i].recorded_on) == 0);
+	manifest_cleanup(&d);
+
+	uint8_t *a;
+	size_t alen;
+	CHECK(manifest_encode(&m, tk, &a, &alen) == 0);
+	if (seed_out) { /* the fuzz corpus's valid-layout-trace */
+		FILE *f = fopen(seed_out, "wb");
+		CHECK(f && fwrite(a, 1, alen, f) == alen);
+		if (f)
+			fclose(f);
+	}
+	/* Pointing the manifest at another trace breaks its authentication. */
+	char *at = memmem(a, alen, m.layout_traces[0].trace_digest, 64);
+	CHECK(at != NULL);
+	if (at) {
+		at[0] = 'e';
+		CHECK(manifest_decode(a, alen, tk, &d) == -EBADMSG);
+		CHECK(manifest_decode(a, alen, NULL, &d) == 0 && d.layout_traces[0].trace_digest[0] == 'e');
+		manifest_cleanup(&d);
+	}
+	free(a);
+
+	struct manifest bad = m;
+	bad.layout_traces[1].trace_digest[5] = 'X'; /* not hex */
+	CHECK(round_trip(&bad, tk, &d) == -EBADMSG);
+	bad = m;
+	bad.layout_traces[0].recorded_on[63] = '\0'; /* 63 digits */
+	CHECK(round_trip(&bad, tk, &d) == -EBADMSG);
+	manifest_cleanup(&m);
+
+	/* A snapshot has no layout to come from a trace. */
+	fill_snapshot(&m);
+	m.n_layout_traces = 1;
+	memset(m.layout_traces[0].trace_digest, 'f', 64);
+	memset(m.layout_traces[0].recorded_on, '3', 64);
+	CHECK(round_trip(&m, tk, &d) == -EBADMSG);
+	manifest_cleanup(&m);
+}
+
 int main(int argc, char **argv)
 {
 	log_set_level(LOG_SILENT); /* the tamper loop would log thousands of refusals */
@@ -201,5 +260,7 @@ int main(int argc, char **argv)
 	test_manifest();
 	/* test_image_manifest --write-snapshot-seed FILE writes the fuzz seed. */
 	test_snapshot_manifest(argc == 3 && strcmp(argv[1], "--write-snapshot-seed") == 0 ? argv[2] : NULL);
+	/* test_image_manifest --write-layout-trace-seed FILE writes that fuzz seed. */
+	test_layout_trace_manifest(argc == 3 && strcmp(argv[1], "--write-layout-trace-seed") == 0 ? argv[2] : NULL);
 	return check_report();
 }
