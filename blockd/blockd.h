@@ -178,4 +178,16 @@ int blockd_ctl_restore(struct blockd_ctl *c);
  * (logged, saying whether the daemon is running). */
 int blockd_ctl_call(const char *path, const char *request, char **out_reply);
 
+/* Client side: is a blockd this user may trust listening at |path|?  It is
+ * when |path| is a unix socket owned by root or the effective user and not
+ * writable by everyone, in a directory owned by root or that user that no
+ * one else may write (unless sticky), and the process listening on it
+ * (SO_PEERCRED) runs as root or that user.  Returns 0 if so; -ENOENT when
+ * nothing is at |path|; -ECONNREFUSED when a socket is there but nothing
+ * listens (stale); -EPERM when an owner or a mode is wrong; another -errno
+ * when it cannot be told.  On failure |why| (|why_len| bytes) gets one
+ * sentence naming the path and what is wrong.  Logs nothing: the caller
+ * decides whether a missing daemon is an error. */
+int blockd_ctl_find(const char *path, char *why, size_t why_len);
+
 #endif

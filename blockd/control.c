@@ -32,7 +32,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <libgen.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -616,6 +618,81 @@ int blockd_ctl_start(struct blockd *b, const char *path, const char *state_dir, 
 }
 
 /* ---- the client ------------------------------------------------------------------------------------------------ */
+
+/* Only root and this effective user may own what a client trusts: anyone
+ * else could serve it another image under the name it asked for. */
+static bool owner_trusted(uid_t uid) { return uid == 0 || uid == geteuid(); }
+
+int blockd_ctl_find(const char *path, char *why, size_t why_len)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct stat st, dst;
+	why[0] = 0;
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		snprintf(why, why_len, "%s: the path is too long for a unix socket", path);
+		return -ENAMETOOLONG;
+	}
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	if (lstat(path, &st) < 0) {
+		int r = -errno;
+		snprintf(why, why_len, "%s: %s", path, strerror(-r));
+		return r;
+	}
+	char *dir_copy = strdup(path);
+	if (!dir_copy)
+		return -ENOMEM;
+	int r = stat(dirname(dir_copy), &dst) < 0 ? -errno : 0;
+	if (r < 0)
+		snprintf(why, why_len, "%s: cannot check its directory: %s", path, strerror(-r));
+	free(dir_copy);
+	if (r < 0)
+		return r;
+	if (!S_ISSOCK(st.st_mode)) {
+		snprintf(why, why_len, "%s is not a socket", path);
+		return -ENOTSOCK;
+	}
+	/* A directory others may write lets them swap the socket after these
+	 * checks; a sticky one (like /tmp) keeps our entry ours. */
+	if (!owner_trusted(dst.st_uid) || ((dst.st_mode & 0022) && !(dst.st_mode & S_ISVTX))) {
+		snprintf(why, why_len, "%s: its directory is owned by uid %u with mode %04o (it must be root's or "
+			 "uid %u's, and writable by no one else)", path, (unsigned)dst.st_uid,
+			 (unsigned)(dst.st_mode & 07777), (unsigned)geteuid());
+		return -EPERM;
+	}
+	if (!owner_trusted(st.st_uid) || (st.st_mode & 0002)) {
+		snprintf(why, why_len, "%s is owned by uid %u with mode %04o (it must be root's or uid %u's, and "
+			 "not writable by everyone)", path, (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777),
+			 (unsigned)geteuid());
+		return -EPERM;
+	}
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	r = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno : 0;
+	struct ucred cr = { .uid = (uid_t)-1 };
+	socklen_t len = sizeof(cr);
+	if (r == 0 && getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0)
+		r = -errno;
+	close(fd);
+	if (r == -ECONNREFUSED) {
+		snprintf(why, why_len, "nothing listens on %s (a socket left by a blockd that stopped; `blockd serve` "
+			 "replaces it when it starts)", path);
+		return r;
+	}
+	if (r < 0) {
+		snprintf(why, why_len, "cannot connect to %s: %s", path, strerror(-r));
+		return r;
+	}
+	/* The file's owner is whoever bound it, but a socket can be renamed
+	 * and chowned after binding: the listening process is the proof. */
+	if (!owner_trusted(cr.uid)) {
+		snprintf(why, why_len, "the blockd listening on %s runs as uid %u (it must be root or uid %u)", path,
+			 (unsigned)cr.uid, (unsigned)geteuid());
+		return -EPERM;
+	}
+	return 0;
+}
+
 
 int blockd_ctl_call(const char *path, const char *request, char **out_reply)
 {

@@ -4,7 +4,7 @@
  *                      [--isolation process|microvm|auto] [--no-prefetch] [--readahead N]
  *                      [--readahead-min-run BYTES] [--timeout S]
  *                      [--memory SIZE|none] [--pids N|none] [--userns BASE[:COUNT]|off] [--json] [-v]
- *                      [--timings FILE] [--blockd SOCK] [--snapshot NAME[:TAG] [--snapshot-info FILE]]
+ *                      [--timings FILE] [--blockd SOCK | --private-blockd] [--snapshot NAME[:TAG] [--snapshot-info FILE]]
  *                      [-- CMD ARGS...]
  *
  * The whole cold-start path in one process: an in-process blockd attaches
@@ -27,6 +27,16 @@
  * mount: no private blockd starts, and chunks, page cache and the memory tier
  * stay warm from one run to the next.  The serving blockd owns the cache, so
  * the cache options are refused with --blockd.
+ *
+ * Without --blockd, a run uses the host's blockd the same way when one is
+ * listening at $KINDLING_BLOCKD_CONTROL or else $KINDLING_HOME/blockd.sock
+ * (where `blockd serve` listens by default), as docker and podman use their
+ * host daemon.  The socket, its directory and the listening process must
+ * belong to root or this user and be writable by no one else, or the run
+ * says why and starts a private blockd; so does a stale socket, and a daemon
+ * that cannot attach the image.  A cache option, --snapshot or
+ * --private-blockd keep the run on a private blockd.  The report says which
+ * ("blockd": "shared" or "private", and "blockd_control").
  *
  * --timings FILE writes where the start went, as one JSON object, when the
  * run ends: "phases" ({"name", "ms"} in order, from the process's own start
@@ -85,7 +95,8 @@ struct run_opts {
 	int verbose;
 	char **argv; /* after "--", NULL-terminated, or NULL */
 	const char *timings;   /* --timings FILE, or NULL */
-	const char *blockd;    /* --blockd SOCK, or NULL */
+	const char *blockd;    /* --blockd SOCK, the host's blockd found at its control socket, or NULL */
+	bool private_blockd;   /* --private-blockd: never use the host's blockd */
 	const char *cache_opt; /* the first cache option given (refused with --blockd), or NULL */
 	const char *snapshot;	   /* --snapshot NAME[:TAG], or NULL */
 	const char *snapshot_info; /* --snapshot-info FILE, or NULL */
@@ -131,7 +142,11 @@ static void usage(FILE *f)
 		"  --blockd SOCK         attach IMAGE to the running `blockd serve` with control socket SOCK and\n"
 		"                        run it from that daemon's mount (warm across runs) instead of starting\n"
 		"                        a private blockd; the cache options (--store, --l1-*, --l2, --readahead*,\n"
-		"                        --no-prefetch) belong to that daemon then\n"
+		"                        --no-prefetch) belong to that daemon then.  Without it a blockd\n"
+		"                        listening at $KINDLING_BLOCKD_CONTROL or $KINDLING_HOME/blockd.sock,\n"
+		"                        owned by root or this user, is used the same way unless a cache\n"
+		"                        option or --snapshot is given\n"
+		"  --private-blockd      start a blockd of this run's own even if the host's is running\n"
 		"  --snapshot NAME[:TAG] micro-VM only: if the store has snapshot NAME of this image and this\n"
 		"                        invocation (command, env, working dir, user), restore it and go on\n"
 		"                        from where it was taken; otherwise boot, and when the workload's first\n"
@@ -195,6 +210,8 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 		} else if (strcmp(a, "--no-prefetch") == 0) {
 			o->no_prefetch = true;
 			o->cache_opt = o->cache_opt ? o->cache_opt : a;
+		} else if (strcmp(a, "--private-blockd") == 0) {
+			o->private_blockd = true;
 		} else if (strcmp(a, "--no-host-mem") == 0) {
 			o->no_host_mem = true;
 		} else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
@@ -296,6 +313,11 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 	if (o->snapshot && o->blockd) {
 		fprintf(stderr, "kindling run: --snapshot serves the snapshot's memory from this run's own cache; "
 			"run it without --blockd\n");
+		return -EINVAL;
+	}
+	if (o->blockd && o->private_blockd) {
+		fprintf(stderr, "kindling run: --blockd %s uses a running blockd and --private-blockd starts one for "
+			"this run: give one of them\n", o->blockd);
 		return -EINVAL;
 	}
 	if (o->blockd && o->cache_opt) {
@@ -459,6 +481,12 @@ static void print_report(json_t *j)
 		fprintf(stderr, "; prefetch: trace %s, %llu of %llu trace chunks prefetched, accuracy %.2f\n", trace,
 			(unsigned long long)jint(pf, "prefetched"), (unsigned long long)jint(pf, "trace_chunks"),
 			json_real_value(json_object_get(pf, "accuracy")));
+	const char *control = json_string_value(json_object_get(j, "blockd_control"));
+	if (control)
+		fprintf(stderr, "kindling: served by the running blockd at %s (counters since it attached the image; "
+			"--private-blockd for a blockd of this run's own)\n", control);
+	else
+		fprintf(stderr, "kindling: served by a private blockd of this run's own\n");
 }
 
 /* ---- --blockd: an image attached to a running blockd ------------------------------------------------------- */
@@ -543,6 +571,38 @@ static json_t *shared_stats(const char *sock, const char *name)
 	return json_is_object(stats) ? stats : (json_decref(stats), NULL);
 }
 
+/* The host's blockd control socket: $KINDLING_BLOCKD_CONTROL, else
+ * $KINDLING_HOME/blockd.sock (where `blockd serve` listens by default).
+ * Returns a malloc'd path, or NULL. */
+static char *host_blockd_control(const char *home)
+{
+	const char *e = getenv("KINDLING_BLOCKD_CONTROL");
+	if (e && *e)
+		return strdup(e);
+	return home ? xasprintf("%s/blockd.sock", home) : NULL;
+}
+
+/* Should this run use the host's blockd?  Only when nothing asked for a
+ * private one: --private-blockd, a cache option (only a private blockd
+ * honours it) or --snapshot (which serves memory from its own cache).
+ * Returns the trusted control socket (malloc'd) or NULL; says on stderr why
+ * a socket that is there cannot be used, and stays quiet when none is. */
+static char *find_host_blockd(const struct run_opts *o, const char *home)
+{
+	if (o->blockd || o->private_blockd || o->cache_opt || o->snapshot)
+		return NULL;
+	char *sock = host_blockd_control(home), why[512];
+	if (!sock)
+		return NULL;
+	int r = blockd_ctl_find(sock, why, sizeof(why));
+	if (r == 0)
+		return sock;
+	if (r != -ENOENT)
+		fprintf(stderr, "kindling: not using the host's blockd: %s; running with a private blockd\n", why);
+	free(sock);
+	return NULL;
+}
+
 /* ---- --timings ------------------------------------------------------------------------------------------------ */
 
 /* Write the timeline and what the run learned to |fd| (opened before the run,
@@ -566,6 +626,8 @@ static void write_timings(int fd, const char *path, struct timeline *tl, const s
 	json_object_set_new(j, "image", json_string(o->image));
 	json_object_set_new(j, "backend", json_string(ops ? ops->name : ""));
 	json_object_set_new(j, "blockd", json_string(o->blockd ? "shared" : "private"));
+	if (o->blockd)
+		json_object_set_new(j, "blockd_control", json_string(o->blockd));
 	json_object_set_new(j, "status", json_integer(status));
 	char *s = json_dumps(j, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
 	json_decref(j);
@@ -581,7 +643,7 @@ static int cmd_run(int argc, char **argv, double t0)
 	/* Limits by default: one runaway function must not take the host. */
 	struct run_opts o = { .isolation = "auto", .readahead = -1, .memory = 1ull << 30, .pids = 1024 };
 	int status = EXIT_USAGE, timings_fd = -1;
-	char *home = NULL, *store = NULL, *l1 = NULL, *mnt = NULL, *raw = NULL;
+	char *home = NULL, *store = NULL, *l1 = NULL, *mnt = NULL, *raw = NULL, *host_sock = NULL;
 	struct blockd *b = NULL;
 	struct timeline *tl = NULL;
 	struct shared_image si = { 0 };
@@ -632,8 +694,14 @@ static int cmd_run(int argc, char **argv, double t0)
 	}
 	timeline_mark(tl, "args");
 
-	if (!o.blockd) {
+	/* An explicit --blockd must work; the host's blockd found on its own
+	 * may fail, and then this run falls back to a private one. */
+	bool explicit_blockd = o.blockd != NULL;
+	if (!explicit_blockd) {
 		home = kindling_home_dir();
+		if ((host_sock = find_host_blockd(&o, home)))
+			o.blockd = host_sock;
+		timeline_mark(tl, "blockd-find");
 		store = o.store ? strdup(o.store) : home ? xasprintf("%s/store", home) : NULL;
 		l1 = o.l1_dir ? strdup(o.l1_dir) : home ? xasprintf("%s/l1", home) : NULL;
 		const char *tmp = getenv("TMPDIR");
@@ -671,14 +739,22 @@ static int cmd_run(int argc, char **argv, double t0)
 	const struct manifest *m;
 	if (o.blockd) {
 		/* A running blockd: one request, and its mount serves the image. */
-		if ((r = shared_attach(o.blockd, o.image, &si)) < 0)
+		r = shared_attach(o.blockd, o.image, &si);
+		if (r < 0 && explicit_blockd)
 			goto out;
-		m = &si.m;
-		raw = strdup(si.raw);
-		if (!raw)
-			goto out;
-		timeline_mark(tl, "blockd-attach");
-	} else {
+		if (r < 0) {
+			fprintf(stderr, "kindling: the host's blockd at %s cannot run %s (see above); running it with a "
+				"private blockd\n", o.blockd, o.image);
+			o.blockd = NULL;
+		} else {
+			m = &si.m;
+			raw = strdup(si.raw);
+			if (!raw)
+				goto out;
+			timeline_mark(tl, "blockd-attach");
+		}
+	}
+	if (!o.blockd) {
 		/* Running reads an existing store; it never creates one. */
 		struct store_options store_opt = { .must_exist = true };
 		struct blockd_config cfg = {
@@ -800,7 +876,14 @@ static int cmd_run(int argc, char **argv, double t0)
 	json_decref(stats);
 	if (!report)
 		log_warn("cannot build the report (out of memory?)");
-	else if (o.blockd)
+	if (report) {
+		/* Which blockd served the run: "shared" (--blockd or the host's,
+		 * found at its control socket) or "private" (this run's own). */
+		json_object_set_new(report, "blockd", json_string(o.blockd ? "shared" : "private"));
+		if (o.blockd)
+			json_object_set_new(report, "blockd_control", json_string(o.blockd));
+	}
+	if (report && o.blockd)
 		/* The serving blockd counts from its attach, not from this run. */
 		json_object_set_new(report, "counters", json_string("since the shared blockd attached the image"));
 out:;
@@ -830,6 +913,7 @@ out:;
 	json_decref(report);
 	free(raw);
 	free(mnt);
+	free(host_sock);
 	free(l1);
 	free(store);
 	free(home);

@@ -285,6 +285,69 @@ rc=0; kr bimg nosuch:1 --blockd "$T/blockd.sock" || rc=$?
 blockd_stop bserve
 pass "--blockd: runs from the serving blockd's mount (output, exit codes, report, timings), the image stays attached; cache options, a missing daemon and an unknown image refused clearly"
 
+# ---- the host's blockd: used on its own when one listens at $KINDLING_HOME/blockd.sock -------------------------------
+HOSTSOCK=$KINDLING_HOME/blockd.sock
+rc=0; kr hnone run:1 --json || rc=$?
+[ "$rc" = 7 ] && tail -1 "$T/hnone.err" | jq -e '.blockd == "private" and (has("blockd_control") | not)' >/dev/null &&
+  ! grep -q "not using the host's blockd" "$T/hnone.err" || die "no host blockd: rc $rc, $(cat "$T/hnone.err")"
+blockd_start hserve "$T/hmnt" --store "$KINDLING_HOME/store" --l1-dir "$T/hl1" --state "$T/hstate"
+[ -S "$HOSTSOCK" ] || die "blockd serve did not listen at $HOSTSOCK by default"
+rc=0; kr hauto run:1 --json --timings "$T/timings-host.json" || rc=$?
+[ "$rc" = 7 ] && [ "$(cat "$T/hauto.out")" = "hello from kindling: hi one two" ] &&
+  tail -1 "$T/hauto.err" | jq -e --arg s "$HOSTSOCK" '.blockd == "shared" and .blockd_control == $s' >/dev/null &&
+  jq -e '.blockd == "shared" and any(.phases[]; .name == "blockd-attach")' "$T/timings-host.json" >/dev/null ||
+  die "the host's blockd was not used: rc $rc, $(cat "$T/hauto.out" "$T/hauto.err")"
+"$BLOCKD" --control "$HOSTSOCK" ls | grep -q "^run:1" || die "run:1 is not attached to the host's blockd"
+rc=0; kr hsum run:1 || rc=$?
+[ "$rc" = 7 ] && grep -q "served by the running blockd at $HOSTSOCK" "$T/hsum.err" || die "summary: $(cat "$T/hsum.err")"
+# What only a private blockd honours keeps the run private.
+for opt in "--private-blockd" "--l1-dir $T/hx" "--no-prefetch"; do
+  rc=0; kr hpriv run:1 --json $opt || rc=$?
+  [ "$rc" = 7 ] && tail -1 "$T/hpriv.err" | jq -e '.blockd == "private"' >/dev/null ||
+    die "$opt with a host blockd running: rc $rc, $(cat "$T/hpriv.err")"
+done
+rc=0; kr hboth run:1 --blockd "$HOSTSOCK" --private-blockd || rc=$?
+[ "$rc" = 2 ] && grep -q -- "--private-blockd starts one for this run: give one of them" "$T/hboth.err" ||
+  die "--blockd with --private-blockd: rc $rc, $(cat "$T/hboth.err")"
+# private_refused TAG WHAT: a run that must refuse the host's blockd, saying WHAT, and run privately.
+private_refused() {
+  local rc=0
+  kr "$1" run:1 --json || rc=$?
+  [ "$rc" = 7 ] && [ "$(cat "$T/$1.out")" = "hello from kindling: hi one two" ] &&
+    grep -q "not using the host's blockd: .*$2.*; running with a private blockd" "$T/$1.err" &&
+    tail -1 "$T/$1.err" | jq -e '.blockd == "private"' >/dev/null || die "$1: rc $rc, $(cat "$T/$1.out" "$T/$1.err")"
+}
+mode=$(stat -c %a "$HOSTSOCK")
+chmod 0666 "$HOSTSOCK"
+private_refused hmode "$HOSTSOCK is owned by uid 0 with mode 0666"
+chmod "$mode" "$HOSTSOCK"
+chown 65534 "$HOSTSOCK"
+private_refused howner "$HOSTSOCK is owned by uid 65534"
+chown 0 "$HOSTSOCK"
+chmod 0777 "$KINDLING_HOME"
+private_refused hdir "its directory is owned by uid 0 with mode 0777"
+chmod 0755 "$KINDLING_HOME"
+blockd_stop hserve
+# A listener of another user, its socket file handed to root: the peer check refuses it.
+# (uid 65534 must get through $T to bind there.)
+mkdir -p "$T/nobody" && chown 65534 "$T/nobody" && chmod 0711 "$T"
+setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/python3 -c '
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(4); print("ready", flush=True); time.sleep(60)' \
+  "$T/nobody/s.sock" >"$T/nobody.out" &
+NPID=$!; track_pid $NPID
+for ((i = 0; i < 100; i++)); do grep -q ready "$T/nobody.out" 2>/dev/null && break; sleep 0.1; done
+grep -q ready "$T/nobody.out" || die "a listener as uid 65534 did not start"
+mv "$T/nobody/s.sock" "$HOSTSOCK" && chown 0 "$HOSTSOCK" && chmod 0700 "$T"
+private_refused hpeer "the blockd listening on $HOSTSOCK runs as uid 65534"
+kill $NPID; wait $NPID 2>/dev/null || true
+# A socket nobody listens on any more (a blockd killed without cleanup).
+rm -f "$HOSTSOCK"
+python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$HOSTSOCK"
+private_refused hstale "nothing listens on $HOSTSOCK"
+rm -f "$HOSTSOCK"
+pass "the host's blockd: used when it listens at \$KINDLING_HOME/blockd.sock (report and summary say so); --private-blockd and cache options stay private; a socket or directory with a bad owner or mode, another user's listener and a stale socket are refused with the reason, and the run goes on privately"
+
 # ---- nothing left behind -------------------------------------------------------------------------------------------
 [ "$(fuse_mounts)" = 0 ] || die "FUSE mounts left: $(grep kindling-run /proc/self/mountinfo)"
 [ -z "$(ls -A "$TMPDIR")" ] || die "temporary mount points left in TMPDIR: $(ls -A "$TMPDIR")"

@@ -12,6 +12,8 @@ TOOLS_DIR=$KINDLING_BUILD_DIR
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/kindling-test.XXXXXX")
 export KINDLING_HOME=$T/home
+# A host blockd named in the environment must not serve the tests' runs.
+unset KINDLING_BLOCKD_CONTROL
 mkdir -p "$KINDLING_HOME"
 _pids=()
 _mounts=()

@@ -15,10 +15,15 @@
 #   kindling-blockd  the same with --blockd SOCK against one `blockd serve` on
 #                 the same store and L1, started once (skipped where this
 #                 kindling has no --blockd)
+#   kindling-auto plain `kindling run IMAGE -- python3 ...`, which finds that
+#                 `blockd serve` at $KINDLING_HOME/blockd.sock on its own, the
+#                 way users run it (skipped where this kindling has no
+#                 --private-blockd, i.e. no discovery)
 #   floor         unshare -mpf --mount-proc chroot TREE python3 -c 'print(1)'
 # Each is timed from spawn to its first output line, by this script, the same
 # way for all.  Prints one JSON object: medians in ms, the ratios against the
-# floor, and the median of each `--timings` phase (where supported).
+# floor, the spread (min and max) of each, and the median of each `--timings`
+# phase (where supported).
 #
 # KINDLING_BUILD_DIR says where the programs are [build/].  With
 # KINDLING_BASELINE_BUILD_DIR, a second build's kindling (e.g. one before a
@@ -66,11 +71,11 @@ blockd_args=()
 if "$build/kindling" run --help 2>&1 | grep -q -- "--blockd"; then
   mkdir -p "$work/mnt"
   "$build/blockd" serve --store "$KINDLING_HOME/store" --l1-dir "$KINDLING_HOME/l1" --no-prefetch \
-    --mount "$work/mnt" --control "$work/blockd.sock" >"$work/blockd.out" 2>"$work/blockd.err" &
+     --mount "$work/mnt" --control "$KINDLING_HOME/blockd.sock" >"$work/blockd.out" 2>"$work/blockd.err" &
   bpid=$!
   for _ in $(seq 100); do grep -q ready "$work/blockd.out" 2>/dev/null && break; sleep 0.1; done
   grep -q ready "$work/blockd.out" || { cat "$work/blockd.err" >&2; echo "warmstart: blockd serve never became ready" >&2; exit 1; }
-  blockd_args=(--blockd "$work/blockd.sock")
+  blockd_args=(--blockd "$KINDLING_HOME/blockd.sock")
 fi
 
 # ---- alternate and time ---------------------------------------------------------------------------------------
@@ -102,6 +107,8 @@ for label, prog in (("baseline", baseline), ("kindling", kindling)):
     kinds[label] = [prog, "run", "warm:1", "--no-prefetch"]
     if blockd and supports(prog, "--blockd"):
         kinds[label + "-blockd"] = [prog, "run", "warm:1"] + blockd
+    if blockd and supports(prog, "--private-blockd"):
+        kinds[label + "-auto"] = [prog, "run", "warm:1"]
 timed = {k: supports(argv[0], "--timings") for k, argv in kinds.items()}
 kinds["floor"] = ["unshare", "-mpf", f"--mount-proc={work}/tree/proc", "chroot", f"{work}/tree", "python3", "-c", "print(1)"]
 times = {k: [] for k in kinds}
@@ -124,7 +131,7 @@ for r in range(rounds):
 med = {k: statistics.median(v) for k, v in times.items()}
 res = {"rounds": rounds, "workload": "python3 -c 'print(1)'", "median_ms": med,
        "ratio_vs_floor": {k: med[k] / med["floor"] for k in med if k != "floor"},
-       "samples_ms": times}
+       "spread_ms": {k: [min(v), max(v)] for k, v in times.items()}, "samples_ms": times}
 if phases:
     res["phases_median_ms"] = {k: {n: statistics.median(v) for n, v in ph.items()} for k, ph in phases.items()}
 print(json.dumps(res, indent=1))
