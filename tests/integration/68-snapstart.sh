@@ -137,18 +137,24 @@ wait_state() {
 	fail "version $1 is not $2 after 700 s: $(cat /tmp/cfg.json)"
 }
 
+# wait_listening LOG WHAT: until the serve started as $SERVE logs that it
+# listens on :9000 (at most 120 s).
+wait_listening() {
+	end=$(($(date +%s) + 120))
+	until grep -q "listening on 127.0.0.1:9000" $1; do
+		kill -0 $SERVE 2>/dev/null || fail "$2 exited: $(cat $1)"
+		[ "$(date +%s)" -lt $end ] || fail "$2 does not listen after 120 s"
+		sleep 1
+	done
+}
+
 # The guest's loopback, for the API on 127.0.0.1 (the harness brings up no network).
 ip link set lo up 2>/tmp/lo.err || ifconfig lo 127.0.0.1 up 2>>/tmp/lo.err || fail "cannot bring lo up: $(cat /tmp/lo.err)"
 ./bin/curl --version >/tmp/curl.out 2>&1 || fail "curl does not run here: $(cat /tmp/curl.out)"
 ./kindling serve --listen 127.0.0.1:9000 --no-auth --isolation microvm --idle-timeout 5 -v \
 	>/tmp/serve.out 2>/tmp/serve.err &
 SERVE=$!
-end=$(($(date +%s) + 120))
-until grep -q "listening on 127.0.0.1:9000" /tmp/serve.err; do
-	kill -0 $SERVE 2>/dev/null || fail "kindling serve exited: $(cat /tmp/serve.err)"
-	[ "$(date +%s)" -lt $end ] || fail "kindling serve does not listen after 120 s"
-	sleep 1
-done
+wait_listening /tmp/serve.err "kindling serve"
 api list GET "/"
 [ "$st" = 200 ] || fail "ListFunctions: $st $(cat /tmp/list.json)"
 echo "nested: kindling serve answers"
@@ -257,6 +263,38 @@ wait $SERVE
 SERVE=
 ok "kindling serve stopped"
 
+# snapstart_on_agent FUNCTION AGENT_LOG AGENT_HOME WHO: through the serve
+# on :9000, whose invocations run on an agent elsewhere (AGENT_LOG its
+# stderr, AGENT_HOME its --home): create FUNCTION with SnapStart, publish
+# version 1 (Pending, then Active with its snapshot taken by that agent and
+# in the store), invoke it cold once no VM runs (the answer is $LATEST's, a
+# restore: generation 1, snap-start), check RESTORE_START/RESTORE_REPORT in
+# the agent's log of FUNCTION, print the restore's duration, delete FUNCTION.
+snapstart_on_agent() {
+	api create POST "" "{\"FunctionName\":\"$1\",\"PackageType\":\"Image\",\"Code\":{\"ImageUri\":\"snaprt:1\"},\"Timeout\":600,\"MemorySize\":128,\"SnapStart\":{\"ApplyOn\":\"PublishedVersions\"}}"
+	[ "$st" = 201 ] || fail "CreateFunction $1 ($4): $st $(cat /tmp/create.json)"
+	wait_state '$LATEST' Active $1
+	api publish POST "/$1/versions" '{}'
+	[ "$st" = 201 ] && [ "$(str State /tmp/publish.json)" = Pending ] || fail "PublishVersion of $1 ($4): $st $(cat /tmp/publish.json)"
+	echo "nested: $1 version 1 is Pending; $4 takes its snapshot"
+	wait_state 1 Active $1
+	[ "$(snapstart /tmp/cfg.json)" = '"ApplyOn":"PublishedVersions","OptimizationStatus":"On"' ] ||
+		fail "$1 version 1's SnapStart: $(snapstart /tmp/cfg.json)"
+	grep -q "SnapStart snapshot snapstart-$1:1 of version 1 taken" $2 ||
+		fail "the log of $4 does not show the snapshot: $(tail -20 $2)"
+	./chunkify ls | grep -Eq "^snapstart-$1:1 +snapshot " || fail "no snapshot snapstart-$1:1 in the store: $(./chunkify ls)"
+	no_vm "$4's restore"
+	api cold POST "/$1/invocations?Qualifier=1" '{"n": 7}'
+	[ "$st" = 200 ] && [ "$(str result /tmp/cold.json)" = "$RESULT" ] && [ "$(str gen /tmp/cold.json)" = 1 ] &&
+		[ "$(str init /tmp/cold.json)" = snap-start ] || fail "version 1 of $1 on $4 answered $st $(cat /tmp/cold.json)"
+	./kindling logs $1 --state-dir $3 >/tmp/alog.out 2>&1 || fail "the log of $1 on $4: $(cat /tmp/alog.out)"
+	grep -q '^RESTORE_START ' /tmp/alog.out && grep -q '^RESTORE_REPORT Restore Duration: [0-9.]* ms' /tmp/alog.out ||
+		fail "the log of $1 on $4 shows no restore: $(cat /tmp/alog.out)"
+	echo "nested: $4: $(grep '^RESTORE_REPORT' /tmp/alog.out | tr '\n' ' ')"
+	api delete DELETE "/$1"
+	[ "$st" = 204 ] || fail "DeleteFunction $1 ($4): $st $(cat /tmp/delete.json)"
+}
+
 # 6. A remote agent: kindling agent --isolation microvm, and kindling serve
 # --agent URL in front of it.  Both read the same store ($KINDLING_HOME).
 ./kindling agent --listen 127.0.0.1:9101 --isolation microvm --idle-timeout 5 -v >/tmp/agent.out 2>/tmp/agent.err &
@@ -272,35 +310,9 @@ tr -d ' \n' </tmp/info.json | grep -q '"isolation":"microvm","snapshot":true' ||
 ./kindling serve --listen 127.0.0.1:9000 --no-auth --agent http://127.0.0.1:9101 --state-dir /tmp/remote-serve -v \
 	>/tmp/serve.out 2>/tmp/serve-remote.err &
 SERVE=$!
-end=$(($(date +%s) + 120))
-until grep -q "listening on 127.0.0.1:9000" /tmp/serve-remote.err; do
-	kill -0 $SERVE 2>/dev/null || fail "kindling serve --agent exited: $(cat /tmp/serve-remote.err)"
-	[ "$(date +%s)" -lt $end ] || fail "kindling serve --agent does not listen after 120 s"
-	sleep 1
-done
-api rcreate POST "" '{"FunctionName":"remotefn","PackageType":"Image","Code":{"ImageUri":"snaprt:1"},"Timeout":600,"MemorySize":128,"SnapStart":{"ApplyOn":"PublishedVersions"}}'
-[ "$st" = 201 ] || fail "CreateFunction through kindling serve --agent: $st $(cat /tmp/rcreate.json)"
-wait_state '$LATEST' Active remotefn
-api rpublish POST "/remotefn/versions" '{}'
-[ "$st" = 201 ] && [ "$(str State /tmp/rpublish.json)" = Pending ] || fail "PublishVersion through --agent: $st $(cat /tmp/rpublish.json)"
-echo "nested: remotefn version 1 is Pending; the remote agent takes its snapshot"
-wait_state 1 Active remotefn
-[ "$(snapstart /tmp/cfg.json)" = '"ApplyOn":"PublishedVersions","OptimizationStatus":"On"' ] ||
-	fail "remotefn version 1's SnapStart: $(snapstart /tmp/cfg.json)"
-grep -q 'SnapStart snapshot snapstart-remotefn:1 of version 1 taken' /tmp/agent.err ||
-	fail "the agent's log does not show the snapshot: $(tail -20 /tmp/agent.err)"
-./chunkify ls | grep -Eq '^snapstart-remotefn:1 +snapshot ' || fail "no snapshot snapstart-remotefn:1 in the store: $(./chunkify ls)"
-no_vm "remote agent's restore"
-api rr1 POST "/remotefn/invocations?Qualifier=1" '{"n": 7}'
-[ "$st" = 200 ] && [ "$(str result /tmp/rr1.json)" = "$RESULT" ] && [ "$(str gen /tmp/rr1.json)" = 1 ] &&
-	[ "$(str init /tmp/rr1.json)" = snap-start ] || fail "version 1 on the remote agent answered $st $(cat /tmp/rr1.json)"
-./kindling logs remotefn --state-dir /payload/home >/tmp/rlog.out 2>&1 || fail "the agent's log of remotefn: $(cat /tmp/rlog.out)"
-grep -q '^RESTORE_START ' /tmp/rlog.out && grep -q '^RESTORE_REPORT Restore Duration: [0-9.]* ms' /tmp/rlog.out ||
-	fail "the agent's log of remotefn shows no restore: $(cat /tmp/rlog.out)"
-echo "nested: remote agent: $(grep '^RESTORE_REPORT' /tmp/rlog.out | tr '\n' ' ')"
+wait_listening /tmp/serve-remote.err "kindling serve --agent"
+snapstart_on_agent remotefn /tmp/agent.err /payload/home "the remote agent"
 ok "kindling serve --agent with kindling agent --isolation microvm: SnapStart accepted, version 1 Pending then Active with its snapshot taken by the agent, its cold start on the agent restored ($RESULT, generation 1, snap-start) with RESTORE_START/RESTORE_REPORT in the agent's log"
-api rdelete DELETE "/remotefn"
-[ "$st" = 204 ] || fail "DeleteFunction through --agent: $st $(cat /tmp/rdelete.json)"
 kill $SERVE $AGENT
 wait $SERVE $AGENT
 SERVE= AGENT=
@@ -356,36 +368,10 @@ done
 ./kindling serve --listen 127.0.0.1:9000 --no-auth --etcd $ETCD --placement http://127.0.0.1:9300 \
 	--state-dir /tmp/fleet-serve --store /payload/home/store -v >/tmp/serve.out 2>/tmp/serve-fleet.err &
 SERVE=$!
-end=$(($(date +%s) + 120))
-until grep -q "listening on 127.0.0.1:9000" /tmp/serve-fleet.err; do
-	kill -0 $SERVE 2>/dev/null || fail "kindling serve --etcd exited: $(cat /tmp/serve-fleet.err)"
-	[ "$(date +%s)" -lt $end ] || fail "kindling serve --etcd does not listen after 120 s"
-	sleep 1
-done
+wait_listening /tmp/serve-fleet.err "kindling serve --etcd"
 ok "a fleet in the guest: etcd, kindling placement, agents hm (microvm, snapshot true) and hp (process) registered, kindling serve --etcd"
-api fcreate POST "" '{"FunctionName":"fleetfn","PackageType":"Image","Code":{"ImageUri":"snaprt:1"},"Timeout":600,"MemorySize":128,"SnapStart":{"ApplyOn":"PublishedVersions"}}'
-[ "$st" = 201 ] || fail "CreateFunction through kindling serve --etcd: $st $(cat /tmp/fcreate.json)"
-wait_state '$LATEST' Active fleetfn
-api fpublish POST "/fleetfn/versions" '{}'
-[ "$st" = 201 ] && [ "$(str State /tmp/fpublish.json)" = Pending ] || fail "PublishVersion through --etcd: $st $(cat /tmp/fpublish.json)"
-echo "nested: fleetfn version 1 is Pending; placement picks the micro-VM host for its snapshot"
-wait_state 1 Active fleetfn
-[ "$(snapstart /tmp/cfg.json)" = '"ApplyOn":"PublishedVersions","OptimizationStatus":"On"' ] ||
-	fail "fleetfn version 1's SnapStart: $(snapstart /tmp/cfg.json)"
-grep -q 'SnapStart snapshot snapstart-fleetfn:1 of version 1 taken' /tmp/agent-hm.err ||
-	fail "the micro-VM agent's log does not show the snapshot: $(tail -20 /tmp/agent-hm.err)"
-./chunkify ls | grep -Eq '^snapstart-fleetfn:1 +snapshot ' || fail "no snapshot snapstart-fleetfn:1 in the store: $(./chunkify ls)"
-no_vm "fleet agent's restore"
-api fr1 POST "/fleetfn/invocations?Qualifier=1" '{"n": 7}'
-[ "$st" = 200 ] && [ "$(str result /tmp/fr1.json)" = "$RESULT" ] && [ "$(str gen /tmp/fr1.json)" = 1 ] &&
-	[ "$(str init /tmp/fr1.json)" = snap-start ] || fail "version 1 in the fleet answered $st $(cat /tmp/fr1.json)"
-./kindling logs fleetfn --state-dir /tmp/hm >/tmp/flog.out 2>&1 || fail "agent hm's log of fleetfn: $(cat /tmp/flog.out)"
-grep -q '^RESTORE_START ' /tmp/flog.out && grep -q '^RESTORE_REPORT Restore Duration: [0-9.]* ms' /tmp/flog.out ||
-	fail "agent hm's log of fleetfn shows no restore: $(cat /tmp/flog.out)"
-echo "nested: fleet agent hm: $(grep '^RESTORE_REPORT' /tmp/flog.out | tr '\n' ' ')"
+snapstart_on_agent fleetfn /tmp/agent-hm.err /tmp/hm "fleet agent hm"
 ok "kindling serve --etcd with placement and agents hm (microvm) and hp (process) in etcd: SnapStart accepted, the snapshot taken on hm, version 1 Active, its cold start restored on hm ($RESULT, generation 1, snap-start) with RESTORE_START/RESTORE_REPORT in hm's log"
-api fdelete DELETE "/fleetfn"
-[ "$st" = 204 ] || fail "DeleteFunction through --etcd: $st $(cat /tmp/fdelete.json)"
 stop_fleet
 EOF
 chmod 755 "$P/nested.sh"
