@@ -43,6 +43,7 @@
 #define ROUTE_WARM_MAX 4096		/* entries in the frontend's own warm list */
 #define ROUTE_WARM_TRIES 4		/* warm hosts tried before a cold start */
 #define ROUTE_COLD_TRIES 3		/* hosts placed before giving up */
+#define ROUTE_SNAPSHOT_BUSY_WAITS 60	/* 1 s waits for a busy placement before a snapshot fails */
 #define ROUTE_PLACE_BODY_MAX (64u << 10)
 #define ROUTE_STATS_BODY_MAX (64u << 10)
 
@@ -330,23 +331,29 @@ static int refresh_hosts(struct frontend_router *rt)
 	return 0;
 }
 
+/* Wait |ms| milliseconds, or less when the router stops.  Returns true
+ * when it is stopping. */
+static bool stop_wait_ms(struct frontend_router *rt, long ms)
+{
+	pthread_mutex_lock(&rt->stop_lock);
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += ms * 1000000L;
+	ts.tv_sec += ts.tv_nsec / 1000000000L;
+	ts.tv_nsec %= 1000000000L;
+	if (!rt->stop)
+		pthread_cond_timedwait(&rt->stop_cond, &rt->stop_lock, &ts);
+	bool stop = rt->stop;
+	pthread_mutex_unlock(&rt->stop_lock);
+	return stop;
+}
+
 static void *refresher_main(void *arg)
 {
 	struct frontend_router *rt = arg;
-	pthread_mutex_lock(&rt->stop_lock);
-	while (!rt->stop) {
-		pthread_mutex_unlock(&rt->stop_lock);
+	do
 		refresh_hosts(rt);
-		pthread_mutex_lock(&rt->stop_lock);
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += (long)ROUTE_REFRESH_MS * 1000000L;
-		ts.tv_sec += ts.tv_nsec / 1000000000L;
-		ts.tv_nsec %= 1000000000L;
-		if (!rt->stop)
-			pthread_cond_timedwait(&rt->stop_cond, &rt->stop_lock, &ts);
-	}
-	pthread_mutex_unlock(&rt->stop_lock);
+	while (!stop_wait_ms(rt, ROUTE_REFRESH_MS));
 	return NULL;
 }
 
@@ -844,10 +851,22 @@ static int route_snapshot(void *arg, const struct hostagent_function *fn, const 
 	struct str_list exclude = { 0 };
 	snapless_hosts(rt, &exclude);
 	int r = -EHOSTUNREACH;
+	unsigned busy_waits = 0;
 	for (unsigned t = 0; t < ROUTE_COLD_TRIES; t++) {
 		json_t *p = NULL;
 		const char *host, *url;
-		if ((r = place(rt, fn, 1, &exclude, &p)) < 0) {
+		r = place(rt, fn, 1, &exclude, &p);
+		/* Placement behind (it did not answer in time) or every
+		 * capable host full: the version stays Pending while there is
+		 * hope, as an invocation waits for room, rather than failing
+		 * for good on one slow answer. */
+		while (r == -EBUSY && busy_waits < ROUTE_SNAPSHOT_BUSY_WAITS && !stop_wait_ms(rt, 1000)) {
+			busy_waits++;
+			log_debug("function %s: placement is busy; asking again for snapshot %s (%u of %u)", fn->name,
+				  name, busy_waits, ROUTE_SNAPSHOT_BUSY_WAITS);
+			r = place(rt, fn, 1, &exclude, &p);
+		}
+		if (r < 0) {
 			snprintf(why, why_len, "placement found no host that can take the snapshot (%s): is a kindling "
 				 "agent with --isolation microvm registered and does it have room?",
 				 r == -EHOSTUNREACH ? "no placement service answers" : strerror(-r));
