@@ -328,6 +328,20 @@ chmod 0777 "$KINDLING_HOME"
 private_refused hdir "its directory is owned by uid 0 with mode 0777"
 chmod 0755 "$KINDLING_HOME"
 blockd_stop hserve
+# A host blockd that is found and trusted but cannot attach the image (its store,
+# empty, lacks it): the run prints the daemon's attach error and the fallback
+# notice, then runs the image from a private blockd on $KINDLING_HOME/store.
+mkdir -p "$T/emptystore"
+blockd_start hempty "$T/hemnt" --store "$T/emptystore" --l1-dir "$T/heml1" --state "$T/hemstate"
+[ -S "$HOSTSOCK" ] || die "the empty-store blockd serve did not listen at $HOSTSOCK"
+rc=0; kr hnoimg run:1 --json || rc=$?
+[ "$rc" = 7 ] && [ "$(cat "$T/hnoimg.out")" = "hello from kindling: hi one two" ] &&
+  grep -q "the blockd at $HOSTSOCK cannot attach run:1" "$T/hnoimg.err" &&
+  grep -q "the host's blockd at $HOSTSOCK cannot run run:1 (see above); running it with a private blockd" "$T/hnoimg.err" &&
+  tail -1 "$T/hnoimg.err" | jq -e '.blockd == "private" and (has("blockd_control") | not)' >/dev/null ||
+  die "a host blockd that cannot attach the image: rc $rc, $(cat "$T/hnoimg.out" "$T/hnoimg.err")"
+! "$BLOCKD" --control "$HOSTSOCK" ls | grep -q "^run:1" || die "run:1 is attached to the empty-store blockd"
+blockd_stop hempty
 # A listener of another user, its socket file handed to root: the peer check refuses it.
 # (uid 65534 must get through $T to bind there.)
 mkdir -p "$T/nobody" && chown 65534 "$T/nobody" && chmod 0711 "$T"
@@ -346,7 +360,7 @@ rm -f "$HOSTSOCK"
 python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$HOSTSOCK"
 private_refused hstale "nothing listens on $HOSTSOCK"
 rm -f "$HOSTSOCK"
-pass "the host's blockd: used when it listens at \$KINDLING_HOME/blockd.sock (report and summary say so); --private-blockd and cache options stay private; a socket or directory with a bad owner or mode, another user's listener and a stale socket are refused with the reason, and the run goes on privately"
+pass "the host's blockd: used when it listens at \$KINDLING_HOME/blockd.sock (report and summary say so); --private-blockd and cache options stay private; a socket or directory with a bad owner or mode, another user's listener and a stale socket are refused with the reason, and the run goes on privately; so does a daemon that cannot attach the image, after its attach error"
 
 # ---- nothing left behind -------------------------------------------------------------------------------------------
 [ "$(fuse_mounts)" = 0 ] || die "FUSE mounts left: $(grep kindling-run /proc/self/mountinfo)"
