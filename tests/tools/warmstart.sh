@@ -23,7 +23,8 @@
 # Each is timed from spawn to its first output line, by this script, the same
 # way for all.  Prints one JSON object: medians in ms, the ratios against the
 # floor, the spread (min and max) of each, and the median of each `--timings`
-# phase (where supported).
+# phase (where supported), and how many reads the serving blockd's FUSE mount
+# still answered during the timed rounds (blockd_served_during_rounds).
 #
 # KINDLING_BUILD_DIR says where the programs are [build/].  With
 # KINDLING_BASELINE_BUILD_DIR, a second build's kindling (e.g. one before a
@@ -79,10 +80,19 @@ if "$build/kindling" run --help 2>&1 | grep -q -- "--blockd"; then
 fi
 
 # ---- alternate and time ---------------------------------------------------------------------------------------
-python3 - "$rounds" "$build/kindling" "$work" "$baseline" "${blockd_args[@]}" <<'PY'
+python3 - "$rounds" "$build/kindling" "$work" "$baseline" "$build/blockd" "${blockd_args[@]}" <<'PY'
 import json, os, statistics, subprocess, sys, time
-rounds, kindling, work, baseline = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-blockd = sys.argv[5:]
+rounds, kindling, work, baseline, blockd_prog = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+blockd = sys.argv[6:]
+
+def served_reads():
+    """The serving blockd's FUSE reads of the image so far: (reads, bytes)."""
+    r = subprocess.run([blockd_prog, "--control", blockd[1], "stats", "warm:1"], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"warmstart: blockd stats failed: {r.stderr[-2000:]}")
+    st = json.loads(r.stdout)
+    return st["reads"], st["bytes_read"]
+
 cmd = ["--", "python3", "-c", "print(1)"]
 
 def supports(prog, opt):
@@ -117,6 +127,7 @@ tpath = os.path.join(work, "timings.json")
 for warm in range(2):  # fill L1, the page cache and the serving blockd's memory tier
     for k, argv in kinds.items():
         first_line(argv + ([] if k == "floor" else cmd))
+reads_before = served_reads() if blockd else None
 for r in range(rounds):
     for k, argv in kinds.items():
         if k == "floor":
@@ -132,6 +143,12 @@ med = {k: statistics.median(v) for k, v in times.items()}
 res = {"rounds": rounds, "workload": "python3 -c 'print(1)'", "median_ms": med,
        "ratio_vs_floor": {k: med[k] / med["floor"] for k in med if k != "floor"},
        "spread_ms": {k: [min(v), max(v)] for k, v in times.items()}, "samples_ms": times}
+if blockd:
+    # What the warm runs through the serving blockd still asked its FUSE
+    # mount for (0 when the kernel's page cache of the mount serves them).
+    reads_after = served_reads()
+    res["blockd_served_during_rounds"] = {"reads": reads_after[0] - reads_before[0],
+                                          "bytes": reads_after[1] - reads_before[1]}
 if phases:
     res["phases_median_ms"] = {k: {n: statistics.median(v) for n, v in ph.items()} for k, ph in phases.items()}
 print(json.dumps(res, indent=1))
