@@ -1168,6 +1168,8 @@ int frontend_new(const struct frontend_config *cfg, struct frontend **out)
 	fe->account_concurrency = cfg->account_concurrency ? cfg->account_concurrency : 1000;
 	fe->sync_wait_ms = cfg->sync_wait_ms ? cfg->sync_wait_ms : 3000;
 	fe->retry_delay_ms = cfg->retry_delay_ms ? cfg->retry_delay_ms : 2000;
+	fe->snapshot_attempts = cfg->snapshot_attempts ? cfg->snapshot_attempts : 4;
+	fe->snapshot_retry_ms = cfg->snapshot_retry_ms ? cfg->snapshot_retry_ms : 5000;
 	fe->verifier.service = "lambda";
 	fe->verifier.lookup = sigv4_keys_lookup;
 	fe->verifier.lookup_arg = (void *)cfg->keys;

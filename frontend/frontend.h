@@ -99,8 +99,10 @@ int frontend_dlq_etcd_list(struct etcd *e, struct str_list *out);
  * concurrency is a plan in etcd shared by every frontend.  SnapStart
  * snapshots are taken on a host placement chooses among those whose
  * registration says they can snapshot (micro-VM agents), and the versions
- * that restore one start only on such hosts.  Its ops table is
- * frontend_router_ops, given to frontend_config.agent_ops. */
+ * that restore one start only on such hosts; a snapshot waits for a busy
+ * placement and is placed again when its host is lost mid-call, and
+ * snapshot answers -EHOSTUNREACH once those tries are spent.  Its ops
+ * table is frontend_router_ops, given to frontend_config.agent_ops. */
 struct frontend_router_config {
 	/* The fleet's etcd (host registrations, provisioning plans).
 	 * Required; borrowed, must outlive the router. */
@@ -111,6 +113,13 @@ struct frontend_router_config {
 	const char *placement_urls;
 	/* One placement request's bound (0 = 2000 ms). */
 	unsigned placement_timeout_ms;
+	/* SnapStart snapshots.  While placement is busy or every capable host
+	 * is full, the snapshot asks again up to |snapshot_busy_waits| times
+	 * (0 = 60); a snapshot cut short by a lost agent (connection refused
+	 * or broken mid-call) is placed again up to |snapshot_attempts| tries
+	 * in all (0 = 3).  Both wait |snapshot_wait_ms| (0 = 1000) before
+	 * asking again, so 60 busy waits are about a minute. */
+	unsigned snapshot_busy_waits, snapshot_attempts, snapshot_wait_ms;
 };
 
 struct frontend_router;
@@ -172,6 +181,15 @@ struct frontend_config {
 	/* The wait before the first retry of a failed Event invocation; the
 	 * second waits twice as long (0 = 2000 ms). */
 	unsigned retry_delay_ms;
+	/* A SnapStart snapshot cut short because the agent was lost (its
+	 * connection refused or broken mid-call: it died or restarted) is
+	 * tried again, the version staying Pending, up to |snapshot_attempts|
+	 * tries in all (0 = 4), |snapshot_retry_ms| apart (0 = 5000 ms, time
+	 * for an agent to come back).  The agent's own refusal is final.  A
+	 * fleet's router places such a snapshot again by itself
+	 * (frontend_router_config) and answers -EHOSTUNREACH when it gives
+	 * up, which is final here. */
+	unsigned snapshot_attempts, snapshot_retry_ms;
 };
 
 struct frontend;

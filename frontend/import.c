@@ -184,6 +184,35 @@ static int snapshot_apply_once(struct frontend *fe, const struct fe_import *job,
 	return r;
 }
 
+/* Take the snapshot of |fn|, trying again while the agent is lost (a
+ * transport failure: it may have died or be restarting) up to
+ * fe->snapshot_attempts tries.  Returns the agent's result; -ESHUTDOWN
+ * when the frontend stops meanwhile (the version stays Pending). */
+static int snapshot_tries(struct frontend *fe, const struct fe_import *job, const struct hostagent_function *fn,
+			  char digest[65], char *why, size_t why_len)
+{
+	int rc = -ENOTCONN;
+	for (unsigned t = 1; t <= fe->snapshot_attempts; t++) {
+		log_info("function %s: taking the SnapStart snapshot of version %s as %s", job->name, job->version,
+			 job->uri);
+		rc = fe->agent->snapshot(fe->agent_arg, fn, job->uri, digest, why, why_len);
+		if (rc != -ENOTCONN && rc != -ECONNRESET)
+			return rc;
+		log_warn("function %s: SnapStart snapshot of version %s, try %u of %u: %s%s", job->name, job->version,
+			 t, fe->snapshot_attempts, why, t < fe->snapshot_attempts ? "; trying again" : "");
+		/* A job queued meanwhile signals the queue and may end the
+		 * wait early: one try sooner, still within the bound. */
+		struct fe_jobs *q = &fe->snapshots;
+		if (t < fe->snapshot_attempts && fe_wait_unless_stopped(&q->lock, &q->cond, &q->stop, fe->snapshot_retry_ms))
+			return -ESHUTDOWN;
+	}
+	char last[256];
+	snprintf(last, sizeof(last), "%s", why);
+	snprintf(why, why_len, "%u tries of the snapshot were cut short by a lost host agent (the last: %s)",
+		 fe->snapshot_attempts, last);
+	return rc;
+}
+
 static void run_snapshot_job(struct frontend *fe, const struct fe_import *job)
 {
 	char digest[65] = "", why[400] = "";
@@ -209,9 +238,7 @@ static void run_snapshot_job(struct frontend *fe, const struct fe_import *job)
 		snprintf(why, sizeof(why), "the version's configuration is incomplete (%s)", strerror(-rc));
 	} else {
 		spec.fn.snapshot = NULL; /* this start boots */
-		log_info("function %s: taking the SnapStart snapshot of version %s as %s", job->name, job->version,
-			 job->uri);
-		rc = fe->agent->snapshot(fe->agent_arg, &spec.fn, job->uri, digest, why, sizeof(why));
+		rc = snapshot_tries(fe, job, &spec.fn, digest, why, sizeof(why));
 		fe_fnspec_cleanup(&spec);
 	}
 	json_decref(rec);

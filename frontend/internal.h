@@ -119,6 +119,7 @@ struct frontend {
 	struct sigv4_verifier verifier;
 	char *region, *account_id, *state_dir, *queue_dir, *dlq_dir;
 	unsigned account_concurrency, sync_wait_ms, retry_delay_ms;
+	unsigned snapshot_attempts, snapshot_retry_ms;
 
 	/* The fleet: NULL on a single host. */
 	struct etcd *etcd;
@@ -176,6 +177,10 @@ int fe_fsync_dir(const char *dir);
 void fe_uuid(char out[37]);
 /* "2026-12-05T13:06:11.000+0000" */
 void fe_timestamp(char out[40]);
+/* Wait up to |ms| milliseconds on |cond| (with |lock|, which the caller
+ * does not hold) unless |*stop|, which is read under |lock| and ends the
+ * wait when it is set and |cond| broadcast.  Returns |*stop|. */
+bool fe_wait_unless_stopped(pthread_mutex_t *lock, pthread_cond_t *cond, const bool *stop, unsigned ms);
 char *fe_base64(const void *data, size_t len);
 /* Decode |s|; malloc'd; -EINVAL for bad base64. */
 int fe_unbase64(const char *s, uint8_t **out, size_t *out_len);

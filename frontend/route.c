@@ -43,7 +43,9 @@
 #define ROUTE_WARM_MAX 4096		/* entries in the frontend's own warm list */
 #define ROUTE_WARM_TRIES 4		/* warm hosts tried before a cold start */
 #define ROUTE_COLD_TRIES 3		/* hosts placed before giving up */
-#define ROUTE_SNAPSHOT_BUSY_WAITS 60	/* 1 s waits for a busy placement before a snapshot fails */
+#define ROUTE_SNAPSHOT_BUSY_WAITS 60	/* waits for a busy placement before a snapshot fails */
+#define ROUTE_SNAPSHOT_ATTEMPTS 3	/* tries of a snapshot that a lost agent cut short */
+#define ROUTE_SNAPSHOT_WAIT_MS 1000	/* between two asks of a snapshot's placement */
 #define ROUTE_PLACE_BODY_MAX (64u << 10)
 #define ROUTE_STATS_BODY_MAX (64u << 10)
 
@@ -80,6 +82,7 @@ struct frontend_router {
 	char **placement;
 	size_t n_placement, placement_next;
 	unsigned placement_timeout_ms;
+	unsigned snapshot_busy_waits, snapshot_attempts, snapshot_wait_ms;
 
 	pthread_mutex_t lock;
 	struct route_host *hosts;	/* the last good view of the registrations */
@@ -333,19 +336,9 @@ static int refresh_hosts(struct frontend_router *rt)
 
 /* Wait |ms| milliseconds, or less when the router stops.  Returns true
  * when it is stopping. */
-static bool stop_wait_ms(struct frontend_router *rt, long ms)
+static bool stop_wait_ms(struct frontend_router *rt, unsigned ms)
 {
-	pthread_mutex_lock(&rt->stop_lock);
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_nsec += ms * 1000000L;
-	ts.tv_sec += ts.tv_nsec / 1000000000L;
-	ts.tv_nsec %= 1000000000L;
-	if (!rt->stop)
-		pthread_cond_timedwait(&rt->stop_cond, &rt->stop_lock, &ts);
-	bool stop = rt->stop;
-	pthread_mutex_unlock(&rt->stop_lock);
-	return stop;
+	return fe_wait_unless_stopped(&rt->stop_lock, &rt->stop_cond, &rt->stop, ms);
 }
 
 static void *refresher_main(void *arg)
@@ -840,9 +833,18 @@ static bool route_snapshot_supported(void *arg, char *why, size_t len)
 
 /* Placement chooses among the hosts that can snapshot (the others are
  * excluded), and the snapshot is taken there; it lands in the fleet's
- * shared store, so every micro-VM host can restore it.  A host that
- * refuses the connection, is full or shutting down is excluded and
- * another placed. */
+ * shared store, so every micro-VM host can restore it.
+ *
+ * The version stays Pending while there is hope:
+ * - placement behind (no answer in time) or every capable host full: ask
+ *   again, as an invocation waits for room, up to snapshot_busy_waits;
+ * - the agent lost (connection refused, or broken mid-call: it died or
+ *   restarted): place the snapshot again, on another capable host or the
+ *   same one once it is back, up to snapshot_attempts tries in all, each
+ *   failure logged with the host;
+ * - a host full or shutting down, or one that says it cannot snapshot:
+ *   excluded, and another placed (ROUTE_COLD_TRIES hosts).
+ * The agent's own refusal (function-failed, timed-out, invalid) is final. */
 static int route_snapshot(void *arg, const struct hostagent_function *fn, const char *name, char digest[65], char *why,
 			  size_t why_len)
 {
@@ -851,20 +853,26 @@ static int route_snapshot(void *arg, const struct hostagent_function *fn, const 
 	struct str_list exclude = { 0 };
 	snapless_hosts(rt, &exclude);
 	int r = -EHOSTUNREACH;
-	unsigned busy_waits = 0;
-	for (unsigned t = 0; t < ROUTE_COLD_TRIES; t++) {
+	unsigned busy_waits = 0, lost = 0, declined = 0;
+	for (;;) {
 		json_t *p = NULL;
 		const char *host, *url;
 		r = place(rt, fn, 1, &exclude, &p);
-		/* Placement behind (it did not answer in time) or every
-		 * capable host full: the version stays Pending while there is
-		 * hope, as an invocation waits for room, rather than failing
-		 * for good on one slow answer. */
-		while (r == -EBUSY && busy_waits < ROUTE_SNAPSHOT_BUSY_WAITS && !stop_wait_ms(rt, 1000)) {
+		if (r == -EBUSY && busy_waits < rt->snapshot_busy_waits) {
 			busy_waits++;
 			log_debug("function %s: placement is busy; asking again for snapshot %s (%u of %u)", fn->name,
-				  name, busy_waits, ROUTE_SNAPSHOT_BUSY_WAITS);
-			r = place(rt, fn, 1, &exclude, &p);
+				  name, busy_waits, rt->snapshot_busy_waits);
+			if (!stop_wait_ms(rt, rt->snapshot_wait_ms))
+				continue;
+			r = -ESHUTDOWN; /* the version stays Pending for the next start */
+			snprintf(why, why_len, "the frontend stopped while the snapshot waited for placement");
+			break;
+		}
+		if (r == -EBUSY) {
+			snprintf(why, why_len, "placement stayed busy or every host that can take the snapshot stayed full "
+				 "through %u asks %u ms apart: add room (another kindling agent with --isolation microvm) "
+				 "or check the placement service's log", busy_waits + 1, rt->snapshot_wait_ms);
+			break;
 		}
 		if (r < 0) {
 			snprintf(why, why_len, "placement found no host that can take the snapshot (%s): is a kindling "
@@ -881,18 +889,39 @@ static int route_snapshot(void *arg, const struct hostagent_function *fn, const 
 		struct hostagent_remote *h = agent_for(rt, url, true);
 		log_info("function %s: taking SnapStart snapshot %s on host %s", fn->name, name, host);
 		r = h ? hostagent_remote_ops.snapshot(h, fn, name, digest, why, why_len) : -ENOMEM;
-		bool retry = r == -ENOTCONN || r == -EBUSY || r == -ESHUTDOWN || r == -ENOTSUP;
-		if (r == -ENOTCONN)
-			agent_mark_down(rt, url);
-		if (retry)
+		if (r == -ENOTCONN || r == -ECONNRESET) {
+			/* A transport failure, not the agent's answer: the
+			 * host is not excluded, so it may come back. */
+			lost++;
+			log_warn("function %s: snapshot %s on host %s failed (try %u of %u): %s", fn->name, name, host,
+				 lost, rt->snapshot_attempts, why);
+			if (r == -ENOTCONN)
+				agent_mark_down(rt, url);
+			json_decref(p);
+			if (lost < rt->snapshot_attempts && !stop_wait_ms(rt, rt->snapshot_wait_ms))
+				continue;
+			if (lost < rt->snapshot_attempts) {
+				r = -ESHUTDOWN;
+				snprintf(why, why_len, "the frontend stopped while the snapshot waited to be tried again");
+				break;
+			}
+			char last[256];
+			snprintf(last, sizeof(last), "%s", why);
+			snprintf(why, why_len, "%u tries of the snapshot were cut short by a lost host agent (the last: "
+				 "%s)", lost, last);
+			break;
+		}
+		bool other = r == -EBUSY || r == -ESHUTDOWN || r == -ENOTSUP;
+		if (other)
 			str_list_add(&exclude, host);
 		json_decref(p);
-		if (!retry)
+		if (!other || ++declined >= ROUTE_COLD_TRIES)
 			break;
 	}
 	str_list_clear(&exclude);
-	/* Every host placed refused the connection: nobody could take it. */
-	return r == -ENOTCONN ? -EHOSTUNREACH : r;
+	/* The hosts placed were lost on every try: nobody could take it, and
+	 * the tries are spent (the caller does not try again). */
+	return r == -ENOTCONN || r == -ECONNRESET ? -EHOSTUNREACH : r;
 }
 
 const struct hostagent_ops frontend_router_ops = {
@@ -918,6 +947,9 @@ int frontend_router_new(const struct frontend_router_config *cfg, struct fronten
 		return -ENOMEM;
 	rt->etcd = cfg->etcd;
 	rt->placement_timeout_ms = cfg->placement_timeout_ms ? cfg->placement_timeout_ms : 2000;
+	rt->snapshot_busy_waits = cfg->snapshot_busy_waits ? cfg->snapshot_busy_waits : ROUTE_SNAPSHOT_BUSY_WAITS;
+	rt->snapshot_attempts = cfg->snapshot_attempts ? cfg->snapshot_attempts : ROUTE_SNAPSHOT_ATTEMPTS;
+	rt->snapshot_wait_ms = cfg->snapshot_wait_ms ? cfg->snapshot_wait_ms : ROUTE_SNAPSHOT_WAIT_MS;
 	pthread_mutex_init(&rt->lock, NULL);
 	pthread_mutex_init(&rt->stop_lock, NULL);
 	pthread_cond_init(&rt->stop_cond, NULL);

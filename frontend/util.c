@@ -48,6 +48,22 @@ void fe_timestamp(char out[40])
 		 tm.tm_mday % 100, tm.tm_hour % 100, tm.tm_min % 100, tm.tm_sec % 100, (int)(ts.tv_nsec / 1000000) % 1000);
 }
 
+bool fe_wait_unless_stopped(pthread_mutex_t *lock, pthread_cond_t *cond, const bool *stop, unsigned ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000u;
+	ts.tv_nsec += (long)(ms % 1000u) * 1000000L;
+	ts.tv_sec += ts.tv_nsec / 1000000000L;
+	ts.tv_nsec %= 1000000000L;
+	pthread_mutex_lock(lock);
+	if (!*stop)
+		pthread_cond_timedwait(cond, lock, &ts);
+	bool stopped = *stop;
+	pthread_mutex_unlock(lock);
+	return stopped;
+}
+
 char *fe_base64(const void *data, size_t len)
 {
 	if (len > (SIZE_MAX / 4) * 3 - 3 || len > INT32_MAX) {

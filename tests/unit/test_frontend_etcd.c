@@ -28,8 +28,13 @@
  *    whose registration says "snapshot": false, snapshot_supported is
  *    false naming --isolation microvm; once a "snapshot": true host
  *    registers, the snapshot is placed with the other excluded and taken
- *    there (its digest comes back), an agent's refusal comes back with its
- *    errno and message, and a cold start of a version that restores a
+ *    there (its digest comes back); a placement that answers busy twice
+ *    is asked again and the snapshot taken, one busy past the router's
+ *    bound fails -EBUSY saying so; an agent lost mid-call (connection
+ *    reset unanswered) twice gets the snapshot placed again and taken on
+ *    the third try, one lost on every try fails -EHOSTUNREACH after the
+ *    bound, naming the agent; an agent's refusal comes back at once with
+ *    its errno and message, and a cold start of a version that restores a
  *    snapshot goes to the capable host while one that boots may go to
  *    either;
  *  - every etcd member killed: warm invokes keep answering 200 from the
@@ -48,12 +53,15 @@
 #include "placement/hostagent/hostagent.h"
 #include "tests/check.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -512,11 +520,66 @@ static int fake_agent_handle(void *arg, const struct http_request *req, struct h
 
 static const struct http_server_ops fake_agent_ops = { .handle = fake_agent_handle };
 
+/* A host agent that is lost mid-call: it takes each connection, reads what
+ * arrives first of the request and resets the connection unanswered, as an
+ * agent that dies or restarts while it takes a snapshot. */
+struct lost_agent {
+	int fd;
+	pthread_t thread;
+	pthread_mutex_t lock;
+	unsigned calls;
+	char url[64];
+};
+
+static void *lost_agent_main(void *arg)
+{
+	struct lost_agent *la = arg;
+	for (;;) {
+		int c = accept(la->fd, NULL, NULL);
+		if (c < 0)
+			break; /* shut down */
+		char buf[256];
+		(void)!recv(c, buf, sizeof(buf), 0);
+		pthread_mutex_lock(&la->lock);
+		la->calls++;
+		pthread_mutex_unlock(&la->lock);
+		struct linger reset = { .l_onoff = 1, .l_linger = 0 };
+		setsockopt(c, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+		close(c);
+	}
+	return NULL;
+}
+
+static void lost_agent_start(struct lost_agent *la)
+{
+	memset(la, 0, sizeof(*la));
+	pthread_mutex_init(&la->lock, NULL);
+	la->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(sa);
+	CHECK(la->fd >= 0 && bind(la->fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 && listen(la->fd, 16) == 0);
+	CHECK(getsockname(la->fd, (struct sockaddr *)&sa, &len) == 0);
+	snprintf(la->url, sizeof(la->url), "http://127.0.0.1:%u", ntohs(sa.sin_port));
+	CHECK(pthread_create(&la->thread, NULL, lost_agent_main, la) == 0);
+}
+
+static void lost_agent_stop(struct lost_agent *la)
+{
+	shutdown(la->fd, SHUT_RDWR); /* wakes accept() */
+	pthread_join(la->thread, NULL);
+	close(la->fd);
+	pthread_mutex_destroy(&la->lock);
+}
+
 /* A fake placement service over the two agents: the first one not in the
- * request's exclude list, and the exclude lists it saw. */
+ * request's exclude list, and the exclude lists it saw.  It answers 503
+ * NoCapacity to the next |busy| requests, and places the next |lost|
+ * requests on the lost agent (host h3); |places| counts the requests. */
 struct fake_placement {
 	pthread_mutex_t lock;
 	struct fake_agent *agents[2];
+	struct lost_agent *lost_agent;
+	unsigned busy, lost, places;
 	char last_exclude[128];
 	struct http_server *http;
 };
@@ -540,10 +603,19 @@ static int fake_place_handle(void *arg, const struct http_request *req, struct h
 	}
 	pthread_mutex_lock(&fp->lock);
 	snprintf(fp->last_exclude, sizeof(fp->last_exclude), "%s", exs ? exs : "");
+	fp->places++;
+	bool busy = fp->busy > 0, lost = !busy && fp->lost > 0;
+	if (busy)
+		fp->busy--;
+	else if (lost)
+		fp->lost--;
 	pthread_mutex_unlock(&fp->lock);
 	free(exs);
 	json_decref(j);
+	if (busy)
+		pick = -1;
 	json_t *a = pick < 0 ? json_pack("{s:s}", "reason", "NoCapacity")
+		    : lost   ? json_pack("{s:s,s:s}", "host", "h3", "url", fp->lost_agent->url)
 			     : json_pack("{s:s,s:s}", "host", ids[pick], "url", fp->agents[pick]->url);
 	char *t = json_dumps(a, JSON_COMPACT);
 	json_decref(a);
@@ -564,13 +636,41 @@ static void put_host(struct etcd *e, const char *id, const char *url, bool snaps
 	free(v);
 }
 
-static unsigned fake_count(struct fake_agent *fa, unsigned *field)
+/* A counter that a fake's server thread updates under |lock|. */
+static unsigned locked_count(pthread_mutex_t *lock, const unsigned *field)
 {
-	pthread_mutex_lock(&fa->lock);
+	pthread_mutex_lock(lock);
 	unsigned v = *field;
-	pthread_mutex_unlock(&fa->lock);
+	pthread_mutex_unlock(lock);
 	return v;
 }
+
+static unsigned fake_count(struct fake_agent *fa, unsigned *field)
+{
+	return locked_count(&fa->lock, field);
+}
+
+static unsigned placement_count(struct fake_placement *fp)
+{
+	return locked_count(&fp->lock, &fp->places);
+}
+
+static unsigned lost_count(struct lost_agent *la)
+{
+	return locked_count(&la->lock, &la->calls);
+}
+
+/* Set the fake placement's busy and lost answers to come, and zero its
+ * count of requests. */
+static void placement_script(struct fake_placement *fp, unsigned busy, unsigned lost)
+{
+	pthread_mutex_lock(&fp->lock);
+	fp->busy = busy;
+	fp->lost = lost;
+	fp->places = 0;
+	pthread_mutex_unlock(&fp->lock);
+}
+
 
 /* Whether the last placement request excluded exactly |want| (JSON). */
 static bool excluded(struct fake_placement *fp, const char *want)
@@ -584,7 +684,9 @@ static bool excluded(struct fake_placement *fp, const char *want)
 static void test_route_snapstart(struct etcd *e)
 {
 	struct fake_agent fa[2];
-	struct fake_placement fp = { .agents = { &fa[0], &fa[1] } };
+	struct lost_agent la;
+	lost_agent_start(&la);
+	struct fake_placement fp = { .agents = { &fa[0], &fa[1] }, .lost_agent = &la };
 	pthread_mutex_init(&fp.lock, NULL);
 	for (int i = 0; i < 2; i++) {
 		memset(&fa[i], 0, sizeof(fa[i]));
@@ -600,7 +702,9 @@ static void test_route_snapstart(struct etcd *e)
 	/* Only a process agent: SnapStart cannot be configured. */
 	CHECK(etcd_delete(e, "kindling/hosts/", true, NULL) == 0);
 	put_host(e, "h1", fa[0].url, false);
-	struct frontend_router_config rc = { .etcd = e, .placement_urls = purl };
+	/* Few and short waits: the retries below are counted, not timed. */
+	struct frontend_router_config rc = { .etcd = e, .placement_urls = purl, .snapshot_busy_waits = 3,
+					     .snapshot_attempts = 3, .snapshot_wait_ms = 1 };
 	struct frontend_router *rt = NULL;
 	CHECK(frontend_router_new(&rc, &rt) == 0);
 	const struct hostagent_ops *ops = &frontend_router_ops;
@@ -619,12 +723,42 @@ static void test_route_snapstart(struct etcd *e)
 	CHECK(fake_count(&fa[1], &fa[1].snapshots) == 1 && fake_count(&fa[0], &fa[0].snapshots) == 0);
 	CHECK(excluded(&fp, "[\"h1\"]"));
 
-	/* The agent's refusal comes back with its errno and message. */
+	/* Placement busy (or the fleet full) twice, then it places: the
+	 * snapshot waits through it and is taken (the version goes Active). */
+	placement_script(&fp, 2, 0);
+	digest[0] = '\0';
+	CHECK(ops->snapshot(rt, &fn, "snapstart-snapfn:1", digest, why, sizeof(why)) == 0);
+	CHECK(strcmp(digest, SNAP_DIGEST) == 0);
+	CHECK(placement_count(&fp) == 3 && fake_count(&fa[1], &fa[1].snapshots) == 2);
+
+	/* Busy past the bound (1 ask and 3 waits): -EBUSY, and the reason
+	 * says placement stayed busy; no agent was asked. */
+	placement_script(&fp, 100, 0);
+	CHECK(ops->snapshot(rt, &fn, "snapstart-snapfn:1", digest, why, sizeof(why)) == -EBUSY);
+	CHECK(placement_count(&fp) == 4 && fake_count(&fa[1], &fa[1].snapshots) == 2);
+	CHECK(strstr(why, "placement stayed busy") && strstr(why, "4 asks"));
+
+	/* A host agent lost mid-call twice: the snapshot is placed again and
+	 * taken on the third try. */
+	placement_script(&fp, 0, 2);
+	CHECK(ops->snapshot(rt, &fn, "snapstart-snapfn:1", digest, why, sizeof(why)) == 0);
+	CHECK(lost_count(&la) == 2 && placement_count(&fp) == 3 && fake_count(&fa[1], &fa[1].snapshots) == 3);
+
+	/* Lost on every try: -EHOSTUNREACH after the bound of 3, saying so. */
+	placement_script(&fp, 0, 100);
+	CHECK(ops->snapshot(rt, &fn, "snapstart-snapfn:1", digest, why, sizeof(why)) == -EHOSTUNREACH);
+	CHECK(lost_count(&la) == 5 && placement_count(&fp) == 3 && fake_count(&fa[1], &fa[1].snapshots) == 3);
+	CHECK(strstr(why, "3 tries of the snapshot were cut short") && strstr(why, la.url));
+	placement_script(&fp, 0, 0);
+
+	/* The agent's refusal comes back with its errno and message, at
+	 * once: it is the agent's answer, not a lost agent. */
 	pthread_mutex_lock(&fa[1].lock);
 	fa[1].refuse = true;
 	pthread_mutex_unlock(&fa[1].lock);
 	CHECK(ops->snapshot(rt, &fn, "snapstart-snapfn:1", digest, why, sizeof(why)) == -ETIMEDOUT);
 	CHECK(strstr(why, "the runtime did not ask for work in time") != NULL);
+	CHECK(placement_count(&fp) == 1 && fake_count(&fa[1], &fa[1].snapshots) == 4);
 
 	/* Cold starts: a restoring version only on the capable host. */
 	fn.snapshot = SNAP_DIGEST;
@@ -650,6 +784,7 @@ static void test_route_snapstart(struct etcd *e)
 		pthread_mutex_destroy(&fa[i].lock);
 	}
 	pthread_mutex_destroy(&fp.lock);
+	lost_agent_stop(&la);
 	free(purl);
 }
 

@@ -8,7 +8,9 @@
  * ApplyOn PublishedVersions with its reason; invoking a Pending version is
  * 409; when another frontend records its own snapshot of the version
  * first, the ref snapstart-NAME:VERSION is pointed back at the recorded
- * one.  Requests go straight to frontend_http_ops, unsigned (no keys).
+ * one; a snapshot cut short by a lost agent (-ECONNRESET) twice is tried
+ * again and the version goes Active, one lost on every try goes Failed
+ * after the bound with a reason that says so.  Requests go straight to frontend_http_ops, unsigned (no keys).
  */
 #include "frontend/internal.h"
 
@@ -36,6 +38,7 @@
 /* The double: what it was asked, and what it answers. */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static bool supported = true, fail_next, race_next;
+static unsigned lost_next; /* snapshots still to be cut short by a lost agent */
 /* The frontend under test, for the double that plays another frontend. */
 static struct frontend *the_fe;
 static unsigned snapshots;
@@ -97,9 +100,16 @@ static int fake_snapshot(void *arg, const struct hostagent_function *fn, const c
 	snprintf(last_name, sizeof(last_name), "%s", name);
 	snprintf(last_version, sizeof(last_version), "%s", fn->version);
 	last_had_snapshot = fn->snapshot != NULL;
-	bool fail = fail_next, race = race_next;
+	bool fail = fail_next, race = race_next, lost = lost_next > 0;
 	fail_next = race_next = false;
+	if (lost)
+		lost_next--;
 	pthread_mutex_unlock(&lock);
+	if (lost) {
+		/* What the remote client says of an agent that died mid-call. */
+		snprintf(why, why_len, "the host agent at http://127.0.0.1:9 was lost while it took the snapshot");
+		return -ECONNRESET;
+	}
 	if (race) {
 		/* Another frontend finishes its snapshot of this version first:
 		 * the record says Active with that one's digest. */
@@ -211,7 +221,7 @@ int main(void)
 	void *st = NULL;
 	CHECK(frontend_state_dir_open(fns, &st) == 0);
 	struct frontend_config cfg = { .agent_ops = &fake_ops, .state_ops = &frontend_state_dir_ops, .state_arg = st,
-				       .state_dir = tmpl };
+				       .state_dir = tmpl, .snapshot_retry_ms = 1 };
 	struct frontend *fe = NULL;
 	CHECK(frontend_new(&cfg, &fe) == 0);
 	the_fe = fe;
@@ -305,6 +315,43 @@ int main(void)
 	CHECK(!strcmp(str(a.json, "State"), "Active"));
 	json_decref(a.json);
 
+	/* An agent lost mid-call twice: the version stays Pending and the
+	 * snapshot is tried again, Active on the third try. */
+	put_active(fe, "lost", "PublishedVersions");
+	pthread_mutex_lock(&lock);
+	lost_next = 2;
+	pthread_mutex_unlock(&lock);
+	call(fe, "POST", "/2015-03-31/functions/lost/versions", NULL, "{}", &a);
+	CHECK(a.status == 201 && !strcmp(str(a.json, "Version"), "1") && !strcmp(str(a.json, "State"), "Pending"));
+	json_decref(a.json);
+	wait_settled(fe, "lost", "1", &a);
+	CHECK(!strcmp(str(a.json, "State"), "Active"));
+	json_decref(a.json);
+	pthread_mutex_lock(&lock);
+	CHECK(snapshots == 6 && lost_next == 0);
+	pthread_mutex_unlock(&lock);
+
+	/* Lost on every try: Failed after the default bound of 4 tries, the
+	 * reason saying so and naming the agent. */
+	call(fe, "PUT", "/2015-03-31/functions/lost/configuration", NULL, "{\"Timeout\": 5}", &a);
+	CHECK(a.status == 200);
+	json_decref(a.json);
+	pthread_mutex_lock(&lock);
+	lost_next = 100;
+	pthread_mutex_unlock(&lock);
+	call(fe, "POST", "/2015-03-31/functions/lost/versions", NULL, "{}", &a);
+	CHECK(a.status == 201 && !strcmp(str(a.json, "Version"), "2"));
+	json_decref(a.json);
+	wait_settled(fe, "lost", "2", &a);
+	CHECK(!strcmp(str(a.json, "State"), "Failed") && !strcmp(str(a.json, "StateReasonCode"), "InternalError") &&
+	      strstr(str(a.json, "StateReason"), "SnapStart: 4 tries of the snapshot were cut short") &&
+	      strstr(str(a.json, "StateReason"), "http://127.0.0.1:9"));
+	json_decref(a.json);
+	pthread_mutex_lock(&lock);
+	CHECK(snapshots == 10 && lost_next == 96);
+	lost_next = 0;
+	pthread_mutex_unlock(&lock);
+
 	/* An agent that cannot snapshot refuses PublishedVersions, with why. */
 	pthread_mutex_lock(&lock);
 	supported = false;
@@ -314,7 +361,7 @@ int main(void)
 	CHECK(a.status == 400 && strstr(str(a.json, "message"), "the double says no: use --isolation microvm"));
 	json_decref(a.json);
 	pthread_mutex_lock(&lock);
-	CHECK(snapshots == 3);
+	CHECK(snapshots == 10);
 	pthread_mutex_unlock(&lock);
 
 	frontend_free(fe);
