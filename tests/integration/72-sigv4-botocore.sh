@@ -49,7 +49,8 @@ start_server() {
   "$SERVER" --credentials "$T/service-credentials" "$@" >"$T/$name.out" 2>"$T/$name.err" &
   track_pid $!
   for ((i = 0; i < 200; i++)); do
-    addr=$(sed -n 's/^listening //p' "$T/$name.out")
+    # The background job creates $name.out itself, maybe after this first look.
+    addr=$(sed -n 's/^listening //p' "$T/$name.out" 2>/dev/null || true)
     [ -n "$addr" ] && break
     kill -0 "$!" 2>/dev/null || { cat "$T/$name.err" >&2; die "sigv4_echo_server ($name) exited"; }
     sleep 0.1
