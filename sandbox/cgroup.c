@@ -394,12 +394,24 @@ int sandbox_cgroup_devices(struct sandbox_cgroup *cg, const char *name, char *no
 	return 0;
 }
 
-int sandbox_cgroup_devices_procs_fd(const struct sandbox_cgroup *cg)
+int sandbox_cgroup_tasks_file(const char *dir, char *out, size_t len)
 {
-	char p[PATH_MAX];
-	if (!cg->dev_dir[0] || (size_t)snprintf(p, sizeof(p), "%s/cgroup.procs", cg->dev_dir) >= sizeof(p))
-		return -1;
-	return open(p, O_WRONLY | O_CLOEXEC);
+	if (!dir[0]) {
+		out[0] = '\0';
+		return 0;
+	}
+	return (size_t)snprintf(out, len, "%s/tasks", dir) >= len ? -ENAMETOOLONG : 0;
+}
+
+int sandbox_cgroup_join_self(const char *tasks_file)
+{
+	int fd = open(tasks_file, O_WRONLY | O_CLOEXEC);
+	int r = fd < 0 ? -errno : write_full(fd, "0", 1);
+	if (fd >= 0)
+		close(fd);
+	if (r < 0)
+		log_err("sandbox: join the cgroup through %s: %s", tasks_file, strerror(-r));
+	return r;
 }
 
 /* Where |cg|'s peak memory use is kept: a directory and a file in it; false
