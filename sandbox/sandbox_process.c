@@ -107,7 +107,7 @@ struct plan {
 	struct sandbox_seccomp filter;
 	uint32_t userns_base, userns_count; /* count 0: no user namespace */
 	int userns_fd; /* set in M: the user namespace, or -1 */
-	int devcg_fd;  /* set in M: the device cgroup's cgroup.procs, or -1 */
+	int devcg_fd;  /* set in M: the device cgroup's tasks file, or -1 */
 	int out_w, err_w, rep_w, sync_r;
 	int ready_w; /* I's end of the ready channel, or -1 without on_ready */
 };
