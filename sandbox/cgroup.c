@@ -137,6 +137,26 @@ static int self_cgroup(const char *v1_ctrl, char *out, size_t len)
 	return r;
 }
 
+/* mkdir a sandbox's own cgroup |dir|.  Sandbox cgroups are named after the
+ * monitor's pid, and one left behind by a caller that was killed before it
+ * could remove it (kill -9 of kindling serve, say) carries a pid the kernel
+ * hands out again: then mkdir says EEXIST, and without this the sandbox
+ * would fall back to running without limits.  A leftover is empty, and an
+ * empty cgroup is removed by rmdir; one that still has tasks or children
+ * refuses (EBUSY), so a live sandbox's cgroup is never taken over.  Returns 0
+ * or -errno. */
+static int cg_mkdir_fresh(const char *dir)
+{
+	if (mkdir(dir, 0755) == 0)
+		return 0;
+	if (errno != EEXIST)
+		return -errno;
+	if (rmdir(dir) < 0 && errno != ENOENT)
+		return -EEXIST;
+	log_info("removed the leftover empty cgroup %s of an earlier sandbox, whose pid this one reuses", dir);
+	return mkdir(dir, 0755) < 0 ? -errno : 0;
+}
+
 static int join(char *out, size_t len, const char *a, const char *b, const char *c)
 {
 	/* a + b may be "/sys/fs/cgroup" + "/" : squeeze the double slash for readability. */
@@ -196,8 +216,7 @@ static int try_v2(struct sandbox_cgroup *cg, const char *name, uint64_t mem, uin
 	}
 	if ((r = join(cg->v2_dir, sizeof(cg->v2_dir), parent, "", name)) < 0)
 		return r;
-	if (mkdir(cg->v2_dir, 0755) < 0) {
-		r = -errno;
+	if ((r = cg_mkdir_fresh(cg->v2_dir)) < 0) {
 		why_set(why, wlen, "mkdir %s: %s", cg->v2_dir, strerror(-r));
 		cg->v2_dir[0] = '\0';
 		return r;
@@ -240,8 +259,7 @@ static int v1_make(const char *ctrl, const char *name, char *out, size_t len, ch
 	}
 	if ((r = join(out, len, mnt, self, name)) < 0)
 		return r;
-	if (mkdir(out, 0755) < 0) {
-		r = -errno;
+	if ((r = cg_mkdir_fresh(out)) < 0) {
 		why_set(why, wlen, "mkdir %s: %s", out, strerror(-r));
 		out[0] = '\0';
 		return r;
@@ -374,8 +392,8 @@ int sandbox_cgroup_devices(struct sandbox_cgroup *cg, const char *name, char *no
 	int r = self_cgroup("devices", self, sizeof(self));
 	if (r == 0)
 		r = join(cg->dev_dir, sizeof(cg->dev_dir), mnt, self, name);
-	if (r == 0 && mkdir(cg->dev_dir, 0755) < 0)
-		r = -errno;
+	if (r == 0)
+		r = cg_mkdir_fresh(cg->dev_dir);
 	if (r < 0) {
 		why_set(notice, len, "notice: no device cgroup for the sandbox (%s in the devices hierarchy at %s: %s); "
 			"devices stay limited by nodev mounts and capabilities", name, mnt, strerror(-r));
@@ -394,12 +412,24 @@ int sandbox_cgroup_devices(struct sandbox_cgroup *cg, const char *name, char *no
 	return 0;
 }
 
-int sandbox_cgroup_devices_procs_fd(const struct sandbox_cgroup *cg)
+int sandbox_cgroup_tasks_file(const char *dir, char *out, size_t len)
 {
-	char p[PATH_MAX];
-	if (!cg->dev_dir[0] || (size_t)snprintf(p, sizeof(p), "%s/cgroup.procs", cg->dev_dir) >= sizeof(p))
-		return -1;
-	return open(p, O_WRONLY | O_CLOEXEC);
+	if (!dir[0]) {
+		out[0] = '\0';
+		return 0;
+	}
+	return (size_t)snprintf(out, len, "%s/tasks", dir) >= len ? -ENAMETOOLONG : 0;
+}
+
+int sandbox_cgroup_join_self(const char *tasks_file)
+{
+	int fd = open(tasks_file, O_WRONLY | O_CLOEXEC);
+	int r = fd < 0 ? -errno : write_full(fd, "0", 1);
+	if (fd >= 0)
+		close(fd);
+	if (r < 0)
+		log_err("sandbox: join the cgroup through %s: %s", tasks_file, strerror(-r));
+	return r;
 }
 
 /* Where |cg|'s peak memory use is kept: a directory and a file in it; false

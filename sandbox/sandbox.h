@@ -376,11 +376,19 @@ bool sandbox_cgroup_pids_limited(const struct sandbox_cgroup *cg);
  * left behind).  sandbox_cgroup_destroy removes it. */
 int sandbox_cgroup_devices(struct sandbox_cgroup *cg, const char *name, char *notice, size_t len);
 
-/* A close-on-exec descriptor open for writing on |cg|'s devices cgroup's
- * cgroup.procs, or -1 if it has none: a process writes "0" to it to move
- * itself in (the process sandbox's workload does, after the loop device is
- * set up, which the allowlist would refuse). */
-int sandbox_cgroup_devices_procs_fd(const struct sandbox_cgroup *cg);
+/* The tasks file of the cgroup v1 directory |dir| into |<out, len>|; "" when
+ * |dir| is "".  A single-threaded process moves itself into that cgroup by
+ * writing "0" there (sandbox_cgroup_join_self).  Returns 0 or -ENAMETOOLONG. */
+int sandbox_cgroup_tasks_file(const char *dir, char *out, size_t len);
+
+/* Move the calling thread into the cgroup v1 whose tasks file is |tasks_file|
+ * by writing "0" to it.  For a process that has one thread and has not forked
+ * yet this moves the whole process, and everything it forks later starts
+ * inside.  It costs about 0.1 ms where moving a process through cgroup.procs
+ * (sandbox_cgroup_attach) costs an RCU grace period (10-15 ms on an idle
+ * host): a single thread moving itself takes no global lock.  Returns 0 or
+ * -errno (logged, naming the file). */
+int sandbox_cgroup_join_self(const char *tasks_file);
 
 /* Kill whatever is left in |cg|, then remove it (retrying while the kernel
  * still counts dying tasks).  Safe on a SANDBOX_CG_NONE or zeroed struct. */

@@ -107,7 +107,7 @@ struct plan {
 	struct sandbox_seccomp filter;
 	uint32_t userns_base, userns_count; /* count 0: no user namespace */
 	int userns_fd; /* set in M: the user namespace, or -1 */
-	int devcg_fd;  /* set in M: the device cgroup's cgroup.procs, or -1 */
+	int devcg_fd;  /* set in M: the device cgroup's tasks file, or -1 */
 	int out_w, err_w, rep_w, sync_r;
 	int ready_w; /* I's end of the ready channel, or -1 without on_ready */
 };
@@ -969,10 +969,12 @@ __attribute__((noreturn)) static void monitor_main(struct plan *p, pid_t caller)
 	close_all_but(keep, sizeof(keep) / sizeof(keep[0]));
 	sigset_t set;
 	block_signals(&set);
-	/* Wait until the caller has moved us into the cgroup, so that every
-	 * process of the sandbox starts inside it.  The message is "g" and the
-	 * path of the device cgroup's cgroup.procs, if there is one. */
-	char msg[PATH_MAX + 2];
+	/* Wait until the caller has made the cgroups, then join them before
+	 * forking anything, so that every process of the sandbox starts inside.
+	 * The message is "g", the device cgroup's tasks file ("" if none) and
+	 * NUL, then each cgroup v1 tasks file to join now, NUL-terminated (none
+	 * on cgroup v2, where the caller has moved us already). */
+	char msg[4 * PATH_MAX];
 	size_t got = 0;
 	ssize_t k;
 	while (got < sizeof(msg) - 1 && (k = read(p->sync_r, msg + got, sizeof(msg) - 1 - got)) != 0) {
@@ -982,13 +984,19 @@ __attribute__((noreturn)) static void monitor_main(struct plan *p, pid_t caller)
 			_exit(125);
 		got += (size_t)k;
 	}
-	if (got < 1 || msg[0] != 'g')
+	if (got < 2 || msg[0] != 'g' || msg[got - 1] != '\0')
 		_exit(125);
-	msg[got] = '\0';
 	close(p->sync_r);
-	if (got > 1 && (p->devcg_fd = open(msg + 1, O_WRONLY | O_CLOEXEC)) < 0) {
+	const char *devcg = msg + 1;
+	for (const char *join = devcg + strlen(devcg) + 1; join < msg + got; join += strlen(join) + 1) {
+		int r = sandbox_cgroup_join_self(join);
+		if (r < 0)
+			setup_fail(p, -r);
+	}
+	timeline_mark(p->spec->timeline, "cgroup-join");
+	if (devcg[0] && (p->devcg_fd = open(devcg, O_WRONLY | O_CLOEXEC)) < 0) {
 		int e = errno;
-		log_err("sandbox: open the device cgroup's %s: %s", msg + 1, strerror(e));
+		log_err("sandbox: open the device cgroup's %s: %s", devcg, strerror(e));
 		setup_fail(p, e);
 	}
 	if (p->userns_count) {
@@ -1229,19 +1237,33 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 	if (notice[0])
 		log_warn("%s", notice);
 	out->cgroup_kind = cg.kind == SANDBOX_CG_V2 ? "v2" : cg.kind == SANDBOX_CG_V1 ? "v1" : "none";
-	if (cg.kind != SANDBOX_CG_NONE && (r = sandbox_cgroup_attach(&cg, m)) < 0)
+	/* v2: the caller moves M.  v1: M joins itself through the tasks files
+	 * (see the message below), which spares the start an RCU grace period. */
+	if (cg.kind == SANDBOX_CG_V2 && (r = sandbox_cgroup_attach(&cg, m)) < 0)
 		goto kill;
 	if ((r = sandbox_cgroup_devices(&cg, name, notice, sizeof(notice))) < 0)
 		goto kill;
 	if (notice[0])
 		log_warn("%s", notice);
 	timeline_mark(s->timeline, "cgroup");
-	char go[PATH_MAX + 2];
-	int gn = snprintf(go, sizeof(go), "g%s%s", cg.dev_dir, cg.dev_dir[0] ? "/cgroup.procs" : "");
-	if (gn < 0 || (size_t)gn >= sizeof(go) || write_full(sync_w, go, (size_t)gn) < 0) {
-		r = gn < 0 || (size_t)gn >= sizeof(go) ? -ENAMETOOLONG : -errno;
-		goto kill;
+	/* "g", the device cgroup's tasks file, NUL, and on v1 the tasks files
+	 * M joins before it forks (see monitor_main). */
+	char go[4 * PATH_MAX], file[PATH_MAX];
+	size_t gn = 1;
+	go[0] = 'g';
+	const char *dirs[] = {cg.dev_dir, cg.kind == SANDBOX_CG_V1 ? cg.mem_dir : "",
+			      cg.kind == SANDBOX_CG_V1 ? cg.pids_dir : ""};
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+		if ((r = sandbox_cgroup_tasks_file(dirs[i], file, sizeof(file))) < 0)
+			goto kill;
+		if (i > 0 && !file[0])
+			continue;
+		size_t n = strlen(file) + 1;
+		memcpy(go + gn, file, n);
+		gn += n;
 	}
+	if ((r = write_full(sync_w, go, gn)) < 0)
+		goto kill;
 	close_fd(&sync_w);
 
 	int setup_err = 0, refused = 0;

@@ -143,7 +143,7 @@ awk "\$3 != \"proc\" && \$3 != \"devpts\" && \$2 !~ /^\/(dev\/(null|zero|full|ra
 grep -E "^(CapInh|CapPrm|CapEff|CapBnd|CapAmb)" /proc/self/status
 cat /proc/self/uid_map
 stat -c "%U %a" /etc/shadow; head -c 5 /etc/shadow | wc -c
-grep -E "^[0-9]+:devices:" /proc/self/cgroup' || die "the device probe failed: $(cat "$T/dev.out" "$T/dev.err")"
+grep -E "^[0-9]+:(devices|memory|pids):" /proc/self/cgroup' || die "the device probe failed: $(cat "$T/dev.out" "$T/dev.err")"
 for want in "mknod block refused" "mknod char refused" "mknod dev refused" "mkfifo OK"; do
   grep -qx "$want" "$T/dev.out" || die "devices: want \"$want\": $(cat "$T/dev.out")"
 done
@@ -167,6 +167,15 @@ if grep -qw devices /proc/self/cgroup && [ -d /sys/fs/cgroup/devices ]; then
   grep -Eq "^[0-9]+:devices:.*/kindling-sandbox-[0-9]+$" "$T/dev.out" ||
     die "the workload is not in the sandbox's device cgroup: $(grep devices "$T/dev.out")"
   DEVCG=v1
+fi
+if [ -d /sys/fs/cgroup/memory ] && [ -d /sys/fs/cgroup/pids ] &&
+  ! grep -qw memory /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+  # cgroup v1 limits: the workload runs in the sandbox's memory and pids
+  # cgroups, which the monitor joined before it forked anything.
+  for ctl in memory pids; do
+    grep -Eq "^[0-9]+:$ctl:.*/kindling-sandbox-[0-9]+$" "$T/dev.out" ||
+      die "the workload is not in the sandbox's $ctl cgroup: $(grep -E ":(memory|pids):" "$T/dev.out")"
+  done
 fi
 pass "device cgroup: $DEVCG; mknod of block/char devices refused (fifo fine), /dev standard set only with a private devpts, writable mounts nodev, capabilities exactly 0x4fb, root inside = host 1000000000 still reads the image's root-only /etc/shadow"
 

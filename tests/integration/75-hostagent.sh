@@ -21,7 +21,9 @@
 #     invocation and take the first one warm;
 #   - a drain on a new revision: the invocation in flight finishes on the
 #     old sandbox, the next one runs the new revision, the old sandbox ends;
-#   - the function's log has Lambda's lines.
+#   - the function's log has Lambda's lines;
+#   - the workload is in its sandbox's memory and pids cgroups (read from its
+#     own /proc/self/cgroup).
 # Missing tools are a failure, not a skip.
 # ctest-labels: no-tsan (fork-heavy sandboxes; the endpoint's threads run under TSan in test_hostagent_rapi)
 . "$(dirname "$0")/lib.sh"
@@ -159,6 +161,34 @@ LOG=$(nth main 21 | jq -r .log)
   [ "$(grep -c 'Init Duration: ' <<<"$LOG")" = 4 ] && grep -q '^init: handler handler.echo, function echo$' <<<"$LOG" ||
   { echo "$LOG" >&2; die "the function's log lacks Lambda's lines"; }
 pass "the function's log: START, END and REPORT for each invocation, Init Duration on the 4 cold starts"
+
+# ---- the workload's cgroups ------------------------------------------------------------------------------------------
+# The workload of a host-agent sandbox (forked from the agent's many threads)
+# reads its own /proc/self/cgroup, with python3 (the image's only program; no
+# spaces or commas, which the script's fn line would split on): on cgroup v1
+# it must be in the sandbox's memory and pids cgroups (kindling-sandbox-<pid
+# of the monitor>, the same name in both), on v2 in one kindling-sandbox-<pid>
+# cgroup.  Without this a sandbox running unlimited would only show as a
+# memory hog that is not ended.
+agent cgroup <<EOF
+fn cg image=$PY mode=stdio timeout=30 entrypoint=python3 command=-c,__import__('sys').stdout.write(open('/proc/self/cgroup').read())
+invoke cg {}
+EOF
+CG=$(nth cgroup 0 | jq -r 'select(.outcome == "ok") | .payload')
+if [ -d /sys/fs/cgroup/memory ] && [ -d /sys/fs/cgroup/pids ] &&
+  ! grep -qw memory /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+  MEMCG=$(grep -E "^[0-9]+:memory:" <<<"$CG" | grep -oE "/kindling-sandbox-[0-9]+$" || true)
+  PIDSCG=$(grep -E "^[0-9]+:pids:" <<<"$CG" | grep -oE "/kindling-sandbox-[0-9]+$" || true)
+  [ -n "$MEMCG" ] && [ "$MEMCG" = "$PIDSCG" ] ||
+    die "the host-agent workload is not in its sandbox's memory and pids cgroups (v1): $CG$(cat "$T/cgroup.err")"
+  pass "the host-agent workload runs in its sandbox's memory and pids cgroups (v1: ${MEMCG#/})"
+elif grep -qw memory /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+  grep -qE "^0::.*/kindling-sandbox-[0-9]+$" <<<"$CG" ||
+    die "the host-agent workload is not in its sandbox's cgroup (v2): $CG$(cat "$T/cgroup.err")"
+  pass "the host-agent workload runs in its sandbox's cgroup (v2)"
+else
+  pass "no cgroup memory controller on this host: the workload runs without limits (50 checks the notice)"
+fi
 
 # ---- the memory budget -----------------------------------------------------------------------------------------------
 agent budget --budget 256 <<EOF

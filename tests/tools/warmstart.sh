@@ -69,7 +69,10 @@ rm -f "$work/layer1.tar" "$work/layer2.tar"
 baseline=${KINDLING_BASELINE_BUILD_DIR:+$KINDLING_BASELINE_BUILD_DIR/kindling}
 [ -z "$baseline" ] || [ -x "$baseline" ] || { echo "warmstart: $baseline is not built" >&2; exit 1; }
 blockd_args=()
-if "$build/kindling" run --help 2>&1 | grep -q -- "--blockd"; then
+# The help text first, then grep: piped into grep -q, kindling could die of
+# SIGPIPE once grep has its match, and pipefail would then skip the blockd.
+run_help=$("$build/kindling" run --help 2>&1 || true)
+if grep -q -- "--blockd" <<<"$run_help"; then
   mkdir -p "$work/mnt"
   "$build/blockd" serve --store "$KINDLING_HOME/store" --l1-dir "$KINDLING_HOME/l1" --no-prefetch \
      --mount "$work/mnt" --control "$KINDLING_HOME/blockd.sock" >"$work/blockd.out" 2>"$work/blockd.err" &
