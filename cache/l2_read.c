@@ -7,7 +7,12 @@
  * caller's buffer at i * frag_len, and the SHA-256 of the chunk (the name
  * check) runs over fragment 0, 1, ... as each arrives, while the others are
  * still on the wire; so a hit costs about one round trip plus the hash of
- * what was not hashed yet, with no thread hand-off and no copy.  As soon as
+ * what was not hashed yet, with no thread hand-off and no copy.  A read
+ * that also decrypts (l2_get_open, for the cache's L2 layer) decrypts each
+ * data fragment as soon as it is in, at its offset in the chunk (CTR mode
+ * allows any order), and with a salt feeds the key check in order as the
+ * name hash goes, so the decryption too overlaps the wait for the other
+ * fragments instead of following it as a second pass.  As soon as
  * k intact fragments are in, the read stops waiting: a missing data
  * fragment is rebuilt from parity, and the connections still waiting for
  * late replies are handed to the drainer thread, which reads the rest of
@@ -22,6 +27,7 @@
 #include "common/bytes.h"
 
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <poll.h>
 #include <pthread.h>
@@ -128,6 +134,11 @@ struct read_state {
 	EVP_MD_CTX *md;
 	unsigned hashed; /* data fragments 0..hashed-1 are in the name hash */
 	bool hash_failed;
+	/* decryption as the fragments land (l2_get_open); ctr NULL without */
+	struct chunk_ctr *ctr;
+	uint8_t *plain;
+	EVP_MD_CTX *kmd; /* the key check, SHA-256(salt || plain), with a salt */
+	uint32_t decrypted; /* data fragments whose plaintext is in |plain| */
 };
 
 /* Where fragment i's data goes once its length is known: data fragments at
@@ -146,17 +157,38 @@ static uint8_t *frag_dst(struct read_state *rs, unsigned i)
 	return rs->scratch + (size_t)(i < l->k ? l->m : i - l->k) * fl;
 }
 
-/* Feed the name hash every data fragment that is in, in order. */
+/* The bytes of data fragment i within the chunk: its offset, and its
+ * length (0 for a fragment wholly past the end, which is padding). */
+static size_t frag_span(const struct read_state *rs, unsigned i, size_t *off)
+{
+	*off = (size_t)i * rs->set.frag_len;
+	if (*off >= rs->set.chunk_len)
+		return 0;
+	return rs->set.chunk_len - *off < rs->set.frag_len ? rs->set.chunk_len - *off : rs->set.frag_len;
+}
+
+/* Decrypt data fragment i from |src| (where its ciphertext is) into its
+ * place in rs->plain, once; nothing for a plain l2_get. */
+static void decrypt_frag(struct read_state *rs, unsigned i, const uint8_t *src)
+{
+	if (!rs->ctr || (rs->decrypted >> i & 1))
+		return;
+	size_t off, n = frag_span(rs, i, &off);
+	if (n && chunk_ctr_run(rs->ctr, off, src, n, rs->plain + off) < 0)
+		rs->hash_failed = true;
+	rs->decrypted |= 1u << i;
+}
+
+/* Feed the name hash (and the key check) every data fragment that is in,
+ * in order. */
 static void hash_ready(struct read_state *rs)
 {
 	struct l2 *l = rs->l;
 	while (!rs->hash_failed && rs->hashed < l->k && rs->set.data[rs->hashed]) {
-		size_t off = (size_t)rs->hashed * rs->set.frag_len;
-		if (off < rs->set.chunk_len) {
-			size_t n = rs->set.chunk_len - off < rs->set.frag_len ? rs->set.chunk_len - off : rs->set.frag_len;
-			if (EVP_DigestUpdate(rs->md, rs->set.data[rs->hashed], n) != 1)
-				rs->hash_failed = true;
-		}
+		size_t off, n = frag_span(rs, rs->hashed, &off);
+		if (n && (EVP_DigestUpdate(rs->md, rs->set.data[rs->hashed], n) != 1 ||
+			  (rs->kmd && EVP_DigestUpdate(rs->kmd, rs->plain + off, n) != 1)))
+			rs->hash_failed = true;
 		rs->hashed++;
 	}
 }
@@ -210,8 +242,10 @@ static void frag_finish(struct read_state *rs, unsigned i)
 						: "memcached answered with an error");
 	}
 	f->fd = -1;
-	if (f->st == FS_INTACT)
+	if (f->st == FS_INTACT && i < l->k) {
+		decrypt_frag(rs, i, rs->set.data[i]);
 		hash_ready(rs);
+	}
 }
 
 /* The connection of fragment i died (reset, EOF, failed connect). */
@@ -289,7 +323,16 @@ static void frag_connected(struct read_state *rs, unsigned i)
 	f->connecting = false;
 }
 
-int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len, bool wait_all)
+static void read_state_free(struct read_state *rs)
+{
+	scratch_put(rs->l, rs->scratch);
+	EVP_MD_CTX_free(rs->md);
+	EVP_MD_CTX_free(rs->kmd);
+	chunk_ctr_free(rs->ctr);
+	free(rs);
+}
+
+int l2_read(struct l2 *l, const char *name, const struct l2_open *op, uint8_t *out, size_t *out_len, bool wait_all)
 {
 	unsigned order[L2_MAX_FRAGS];
 	l2_rank_nodes(l, name, order);
@@ -304,10 +347,23 @@ int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len, bool 
 	l2_frag_set_init(&rs->set, l->k, l->m);
 	rs->md = EVP_MD_CTX_new();
 	if (!rs->md || EVP_DigestInit_ex(rs->md, EVP_sha256(), NULL) != 1) {
-		EVP_MD_CTX_free(rs->md);
-		free(rs);
+		read_state_free(rs);
 		log_err("l2: SHA-256 (OpenSSL) cannot be set up; is libcrypto working?");
 		return -EIO;
+	}
+	if (op) {
+		int r = chunk_ctr_new(op->key, &rs->ctr);
+		if (r < 0) {
+			read_state_free(rs);
+			return r;
+		}
+		rs->plain = op->plain;
+		if (op->salt && (!(rs->kmd = EVP_MD_CTX_new()) || EVP_DigestInit_ex(rs->kmd, EVP_sha256(), NULL) != 1 ||
+				 EVP_DigestUpdate(rs->kmd, op->salt, op->salt_len) != 1)) {
+			read_state_free(rs);
+			log_err("l2: SHA-256 (OpenSSL) cannot be set up; is libcrypto working?");
+			return -EIO;
+		}
 	}
 	size_t max_value = L2_FRAG_HDR_LEN + l2_frag_len(CHUNK_SIZE, l->k);
 	for (unsigned i = 0; i < rs->n; i++) {
@@ -395,20 +451,38 @@ int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len, bool 
 	bool decoded = false;
 	if (rs->intact >= l->k)
 		r = l2_frag_set_decode(&l->codec, &rs->set, out, CHUNK_SIZE, out_len, &decoded);
+	bool key_bad = false;
 	if (r == 0) {
-		/* The data fragments not hashed yet are in |out| now. */
+		/* The data fragments not hashed (or decrypted) yet are in |out|
+		 * now: the ones rebuilt from parity. */
+		for (unsigned i = 0; i < l->k; i++)
+			decrypt_frag(rs, i, out + (size_t)i * rs->set.frag_len);
 		size_t off = (size_t)rs->hashed * rs->set.frag_len;
 		uint8_t digest[SHA256_LEN];
 		unsigned dlen = 0;
 		if (rs->hash_failed || (off < *out_len && EVP_DigestUpdate(rs->md, out + off, *out_len - off) != 1) ||
-		    EVP_DigestFinal_ex(rs->md, digest, &dlen) != 1) {
-			log_err("l2: SHA-256 (OpenSSL) failed; is libcrypto working?");
+		    EVP_DigestFinal_ex(rs->md, digest, &dlen) != 1 ||
+		    (rs->kmd && off < *out_len && EVP_DigestUpdate(rs->kmd, rs->plain + off, *out_len - off) != 1)) {
+			log_err("l2: SHA-256 or AES-256-CTR (OpenSSL) failed; is libcrypto working?");
 			r = -EIO;
 		} else {
 			char hex[SHA256_HEX_LEN + 1];
 			hex_encode(digest, SHA256_LEN, hex);
 			if (strcmp(hex, name) != 0)
 				r = -EBADMSG;
+		}
+	}
+	if (r == 0 && rs->kmd) {
+		/* The name matched; the key is checked before any repair
+		 * rewrites fragments of a chunk the caller will drop. */
+		uint8_t digest[SHA256_LEN];
+		unsigned dlen = 0;
+		if (EVP_DigestFinal_ex(rs->kmd, digest, &dlen) != 1 || dlen != SHA256_LEN) {
+			log_err("l2: SHA-256 (OpenSSL) failed; is libcrypto working?");
+			r = -EIO;
+		} else if (CRYPTO_memcmp(digest, op->key, CHUNK_KEY_LEN) != 0) {
+			r = -EBADMSG;
+			key_bad = true;
 		}
 	}
 	if (r == 0) {
@@ -423,7 +497,11 @@ int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len, bool 
 			l2_bg_enqueue_repair(l, name, out, *out_len, bad);
 	} else {
 		COUNT(l, misses);
-		if (r == -EBADMSG)
+		if (key_bad)
+			log_warn("l2: chunk %s matches its name but not the key it was read with (SHA-256 of salt and "
+				 "plaintext); the caller drops its fragments",
+				 name);
+		else if (r == -EBADMSG)
 			log_warn("l2: chunk %s rebuilt from intact fragments does not match its name; the caller drops "
 				 "its fragments",
 				 name);
@@ -432,10 +510,10 @@ int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len, bool 
 				 strerror(-r));
 		if (r != -EBADMSG && r != -EIO)
 			r = -ENOENT;
+		if (rs->plain)
+			memset(rs->plain, 0, CHUNK_SIZE);
 	}
-	scratch_put(l, rs->scratch);
-	EVP_MD_CTX_free(rs->md);
-	free(rs);
+	read_state_free(rs);
 	return r;
 }
 
@@ -444,5 +522,14 @@ int l2_get(struct l2 *l, const char *name, uint8_t *out, size_t *out_len)
 	if (!l || !name || !is_sha256_hex(name) || !out || !out_len)
 		return -EINVAL;
 	COUNT(l, gets);
-	return l2_read(l, name, out, out_len, false);
+	return l2_read(l, name, NULL, out, out_len, false);
+}
+
+int l2_get_open(struct l2 *l, const char *name, const struct l2_open *op, uint8_t *cipher, size_t *out_len)
+{
+	if (!l || !name || !is_sha256_hex(name) || !op || !op->key || !op->plain || (op->salt_len && !op->salt) ||
+	    !cipher || !out_len)
+		return -EINVAL;
+	COUNT(l, gets);
+	return l2_read(l, name, op, cipher, out_len, false);
 }
