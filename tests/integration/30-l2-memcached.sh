@@ -61,6 +61,9 @@ expect_line verify-a '^verify ok=200 enoent=0 mismatch=0 err=0 '
 run check-a "${L2[@]}" check "$CH"
 expect_line check-a '^fragments valid=1000 missing=0 invalid=0 unreachable=0$'
 pass "(a) 200 chunks read back byte for byte from L2 ($(grep -o 'p50_ms=[0-9.]* p99_ms=[0-9.]*' "$T/verify-a.out"))"
+run open-a "$H" -k 4 -m 1 -t 2000 -b 1000 -n "$NODES" open "$CH"
+expect_line open-a '^open ok=402 bad=0$'
+pass "(a) reads that decrypt as the fragments land: right plaintext, a wrong key refused with the salt"
 # A generous timeout: this checks concurrency, and a sanitizer build with 8
 # readers on a small machine is slow enough to hit 200 ms.
 run verify-j "$H" -k 4 -m 1 -t 2000 -n "$NODES" verify "$CH" -j 8
