@@ -30,6 +30,9 @@
 #define L2_IDLE_MAX 16		/* idle read connections kept per node */
 #define L2_SCRATCH_MAX 8	/* pooled scratch buffers for parity fragments */
 #define L2_BACKOFF_MAX_MS 30000u
+#define L2_SLOW_FACTOR 4	/* a node this many times slower than the median is left out of reads */
+#define L2_SLOW_MIN_MS 2.0	/* ... if its average is above this too */
+#define L2_SLOW_PROBE_EVERY 16	/* a left-out node is still asked on every this-many-th read */
 #define L2_KEY_MAX 160
 #define L2_PREFIX_MAX 64
 
@@ -66,6 +69,8 @@ struct l2_node {
 	unsigned gen; /* bumped when the node goes down: workers drop their old connections */
 	unsigned backoff_ms;
 	double retry_at;
+	/* reads that left this node out as slow since it was last asked */
+	unsigned slow_skips;
 	/* counters (addr and up are filled in by l2_stats) */
 	struct l2_node_stats st;
 	struct l2_worker workers[L2_WORKERS_PER_NODE];

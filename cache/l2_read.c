@@ -19,6 +19,14 @@
  * each reply, judges the fragment (a late "not found" or corrupt fragment
  * gets the chunk re-checked and repaired) and puts the connection back in
  * the pool; a slow node therefore costs a read nothing once k have arrived.
+ * Nothing of its wait, that is: asking it still costs a request, a late
+ * reply for the drainer to read and a connection tied up, on the same cores
+ * as the read when the fleet is local.  So a node whose average reply time
+ * (l2_health.c) is L2_SLOW_FACTOR times the median of the others, and over
+ * L2_SLOW_MIN_MS, is not asked while enough others are up to make k (its
+ * fragment, if a data one, is rebuilt from parity), except on every
+ * L2_SLOW_PROBE_EVERY-th read, whose answer keeps its average current so
+ * that a node that recovers is asked again.
  * The pool and the drainer are in l2_pool.c; the repair of fragments found
  * missing or corrupt on the way is in l2_write.c.
  */
@@ -323,6 +331,59 @@ static void frag_connected(struct read_state *rs, unsigned i)
 	f->connecting = false;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* The fragments (bit i for fragment i, of the |n| nodes in |order|) whose
+ * nodes this read leaves out as slow (see the top): the slowest first, and
+ * never so many that fewer than k up nodes are asked. */
+static uint32_t slow_nodes(struct l2 *l, const unsigned *order, unsigned n)
+{
+	double ms[L2_MAX_FRAGS], sorted[L2_MAX_FRAGS];
+	unsigned n_up = 0;
+	for (unsigned i = 0; i < n; i++) {
+		struct l2_node *nd = &l->nodes[order[i]];
+		pthread_mutex_lock(&nd->mu);
+		bool up = !nd->down && !nd->stop;
+		ms[i] = up ? nd->st.latency_ewma_ms : -1;
+		pthread_mutex_unlock(&nd->mu);
+		if (up)
+			sorted[n_up++] = ms[i];
+	}
+	if (n_up <= l->k)
+		return 0;
+	qsort(sorted, n_up, sizeof(*sorted), cmp_double);
+	double limit = sorted[n_up / 2] * L2_SLOW_FACTOR;
+	if (limit < L2_SLOW_MIN_MS)
+		limit = L2_SLOW_MIN_MS;
+	uint32_t skip = 0;
+	for (unsigned left = n_up - l->k; left > 0; left--) {
+		int worst = -1;
+		for (unsigned i = 0; i < n; i++)
+			if (!(skip >> i & 1) && ms[i] > limit && (worst < 0 || ms[i] > ms[worst]))
+				worst = (int)i;
+		if (worst < 0)
+			break;
+		skip |= 1u << worst;
+	}
+	/* Every L2_SLOW_PROBE_EVERY-th read asks a slow node anyway. */
+	for (unsigned i = 0; i < n; i++) {
+		if (!(skip >> i & 1))
+			continue;
+		struct l2_node *nd = &l->nodes[order[i]];
+		pthread_mutex_lock(&nd->mu);
+		if (++nd->slow_skips >= L2_SLOW_PROBE_EVERY) {
+			nd->slow_skips = 0;
+			skip &= ~(1u << i);
+		}
+		pthread_mutex_unlock(&nd->mu);
+	}
+	return skip;
+}
+
 static void read_state_free(struct read_state *rs)
 {
 	scratch_put(rs->l, rs->scratch);
@@ -366,6 +427,7 @@ int l2_read(struct l2 *l, const char *name, const struct l2_open *op, uint8_t *o
 		}
 	}
 	size_t max_value = L2_FRAG_HDR_LEN + l2_frag_len(CHUNK_SIZE, l->k);
+	uint32_t skip = wait_all ? 0 : slow_nodes(l, order, rs->n);
 	for (unsigned i = 0; i < rs->n; i++) {
 		struct frag_read *f = &rs->f[i];
 		f->nd = &l->nodes[order[i]];
@@ -374,7 +436,7 @@ int l2_read(struct l2 *l, const char *name, const struct l2_open *op, uint8_t *o
 		pthread_mutex_lock(&f->nd->mu);
 		bool up = !f->nd->down && !f->nd->stop;
 		pthread_mutex_unlock(&f->nd->mu);
-		if (!up)
+		if (!up || (skip >> i & 1))
 			continue;
 		l2_make_key(l, name, i, f->key, sizeof(f->key), &f->key_len);
 		l2_reply_init(&f->rp, f->key, f->key_len, max_value, f->hdr, L2_FRAG_HDR_LEN);
