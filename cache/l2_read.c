@@ -24,7 +24,9 @@
  * as the read when the fleet is local.  So a node whose average reply time
  * (l2_health.c) is L2_SLOW_FACTOR times the median of the others, and over
  * L2_SLOW_MIN_MS, is not asked while enough others are up to make k (its
- * fragment, if a data one, is rebuilt from parity), except on every
+ * fragment, if a data one, is rebuilt from parity) and none of them has
+ * failed to answer with its fragment (then it is asked at once), except on
+ * every
  * L2_SLOW_PROBE_EVERY-th read, whose answer keeps its average current so
  * that a node that recovers is asked again.
  * The pool and the drainer are in l2_pool.c; the repair of fragments found
@@ -331,6 +333,32 @@ static void frag_connected(struct read_state *rs, unsigned i)
 	f->connecting = false;
 }
 
+/* Send the requests of the fragments in |mask| that are FS_PENDING without
+ * a connection yet. */
+static void frags_ask(struct read_state *rs, uint32_t mask)
+{
+	for (unsigned i = 0; i < rs->n; i++) {
+		struct frag_read *f = &rs->f[i];
+		if ((mask >> i & 1) && f->st == FS_PENDING && f->fd < 0 && frag_send_pooled(f))
+			rs->pending++;
+	}
+	/* New connections only after every pooled request is out: a node
+	 * whose connections are all still busy with late replies (a slow
+	 * one) must not delay the requests to the others. */
+	for (unsigned i = 0; i < rs->n; i++) {
+		struct frag_read *f = &rs->f[i];
+		if (!(mask >> i & 1) || f->st != FS_PENDING || f->fd >= 0)
+			continue;
+		int r = frag_dial(f);
+		if (r < 0) {
+			f->st = FS_ERROR;
+			l2_node_failed(f->nd, false, true, "connect", strerror(-r));
+			continue;
+		}
+		rs->pending++;
+	}
+}
+
 static int cmp_double(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
@@ -427,7 +455,7 @@ int l2_read(struct l2 *l, const char *name, const struct l2_open *op, uint8_t *o
 		}
 	}
 	size_t max_value = L2_FRAG_HDR_LEN + l2_frag_len(CHUNK_SIZE, l->k);
-	uint32_t skip = wait_all ? 0 : slow_nodes(l, order, rs->n);
+	uint32_t held = wait_all ? 0 : slow_nodes(l, order, rs->n);
 	for (unsigned i = 0; i < rs->n; i++) {
 		struct frag_read *f = &rs->f[i];
 		f->nd = &l->nodes[order[i]];
@@ -436,34 +464,27 @@ int l2_read(struct l2 *l, const char *name, const struct l2_open *op, uint8_t *o
 		pthread_mutex_lock(&f->nd->mu);
 		bool up = !f->nd->down && !f->nd->stop;
 		pthread_mutex_unlock(&f->nd->mu);
-		if (!up || (skip >> i & 1))
+		if (!up) {
+			held &= ~(1u << i);
 			continue;
+		}
 		l2_make_key(l, name, i, f->key, sizeof(f->key), &f->key_len);
 		l2_reply_init(&f->rp, f->key, f->key_len, max_value, f->hdr, L2_FRAG_HDR_LEN);
 		f->st = FS_PENDING;
-		if (frag_send_pooled(f))
-			rs->pending++;
 	}
-	/* New connections only after every pooled request is out: a node
-	 * whose connections are all still busy with late replies (a slow
-	 * one) must not delay the requests to the others. */
-	for (unsigned i = 0; i < rs->n; i++) {
-		struct frag_read *f = &rs->f[i];
-		if (f->st != FS_PENDING || f->fd >= 0)
-			continue;
-		int r = frag_dial(f);
-		if (r < 0) {
-			f->st = FS_ERROR;
-			l2_node_failed(f->nd, false, true, "connect", strerror(-r));
-			continue;
-		}
-		rs->pending++;
-	}
+	frags_ask(rs, ~held);
 
 	/* Poll until k intact fragments are in, every node has answered, or
-	 * the timeout passes. */
+	 * the timeout passes.  The slow nodes held back are asked as soon as
+	 * the others can no longer make k (a miss, an error, a node gone). */
 	double deadline = now_seconds() + l->timeout_ms / 1000.0;
-	while ((wait_all || rs->intact < l->k) && rs->pending > 0) {
+	for (;;) {
+		if (held && rs->intact + rs->pending < l->k) {
+			frags_ask(rs, held);
+			held = 0;
+		}
+		if (!((wait_all || rs->intact < l->k) && rs->pending > 0))
+			break;
 		struct pollfd pfd[L2_MAX_FRAGS];
 		unsigned idx[L2_MAX_FRAGS], np = 0;
 		for (unsigned i = 0; i < rs->n; i++)

@@ -21,6 +21,7 @@
  *                             seal, put and open two chunks (a full one and one whose fragments do
  *                             not start on a 16-byte block) with their real key and the salt;
  *                             prints "open ok=N bad=0"
+ *   locate NAME INDEX         print the node ("host:port") that holds fragment INDEX of NAME
  *   check DIR                 read every fragment of every chunk straight from memcached and run
  *                             l2_fragment_parse on it
  *   check-frag NAME INDEX     the same for one fragment; prints valid, missing or invalid
@@ -545,6 +546,11 @@ int main(int argc, char **argv)
 	} else if (strcmp(cmd, "corrupt") == 0 && argc - optind >= 3) {
 		rc = cmd_corrupt(l, k, m, argv[optind], (unsigned)atoi(argv[optind + 1]), argv[optind + 2],
 				 argc - optind >= 4 ? argv[optind + 3] : NULL);
+	} else if (strcmp(cmd, "locate") == 0 && argc - optind == 2) {
+		char addr[128], key[L2_KEY_MAX];
+		rc = l2_locate(l, argv[optind], (unsigned)atoi(argv[optind + 1]), addr, sizeof(addr), key, sizeof(key)) == 0
+			     ? (printf("%s\n", addr), 0)
+			     : 1;
 	} else if (strcmp(cmd, "open") == 0 && argc - optind == 1) {
 		rc = cmd_open(l, argv[optind]);
 	} else if (strcmp(cmd, "check") == 0 && argc - optind == 1) {
