@@ -11,12 +11,18 @@
 #     and whole-copy replication (emulated with libmemcached, see
 #     tests/tools/cache_bench.c).
 #
-#   bench/cache.sh [ITERS]      (default 2000 reads per figure)
+#   - the L2 hit's verify passes, interleaved read by read: the two-pass
+#     read (l2_get, then chunk_open), l2_get_open (decrypt on arrival) and
+#     the floor (raw 128 KiB GET + SHA-256 + AES-256-CTR of 512 KiB).
+#
+#   bench/cache.sh [ITERS] [--l2-passes-only]   (default 2000 reads per figure;
+#                                                the flag runs only the last item)
 #
 # Everything listens on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 iters=${1:-2000}
+shift || true
 if [ -n "${KINDLING_BUILD_DIR:-}" ]; then
   build=$KINDLING_BUILD_DIR
 else
@@ -63,4 +69,4 @@ rest=("${ports[@]:1}")
 slow="127.0.0.1:$proxy,$(IFS=,; echo "${rest[*]/#/127.0.0.1:}")"
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 "$bench" --file-origin "file://$work/origin" --http-origin "http://127.0.0.1:$nport/origin" \
-  --nodes "$nodes" --slow-nodes "$slow" --l1-dir "$work/l1" --iters "$iters"
+  --nodes "$nodes" --slow-nodes "$slow" --l1-dir "$work/l1" --iters "$iters" "$@"

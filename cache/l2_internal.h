@@ -1,5 +1,6 @@
-/* L2 client internals, shared by the files of the L2 client and nothing
- * else in cache/ (which uses the L2 API in internal.h):
+/* L2 client internals, shared by the files of the L2 client and the L2
+ * layer of the read chain (l2_layer.c, for l2_get_open); the rest of cache/
+ * uses the L2 API in internal.h:
  *
  *   l2.c         the overview, the client's lifecycle, stats and flush
  *   l2_place.c   placement: which node holds which fragment, under which key
@@ -29,6 +30,9 @@
 #define L2_IDLE_MAX 16		/* idle read connections kept per node */
 #define L2_SCRATCH_MAX 8	/* pooled scratch buffers for parity fragments */
 #define L2_BACKOFF_MAX_MS 30000u
+#define L2_SLOW_FACTOR 4	/* a node this many times slower than the median is left out of reads */
+#define L2_SLOW_MIN_MS 2.0	/* ... if its average is above this too */
+#define L2_SLOW_PROBE_EVERY 16	/* a left-out node is still asked on every this-many-th read */
 #define L2_KEY_MAX 160
 #define L2_PREFIX_MAX 64
 
@@ -65,6 +69,8 @@ struct l2_node {
 	unsigned gen; /* bumped when the node goes down: workers drop their old connections */
 	unsigned backoff_ms;
 	double retry_at;
+	/* reads that left this node out as slow since it was last asked */
+	unsigned slow_skips;
 	/* counters (addr and up are filled in by l2_stats) */
 	struct l2_node_stats st;
 	struct l2_worker workers[L2_WORKERS_PER_NODE];
@@ -200,12 +206,31 @@ void l2_drain_stop(struct l2 *l);
 
 /* ---- reads (l2_read.c) --------------------------------------------------------- */
 
-/* l2_get without its argument checks and its count of gets; also the
- * background re-check, which waits for every node's answer (|wait_all|) so
- * that it sees every missing fragment.  Queues the repair of the missing
- * and corrupt fragments of a chunk it rebuilt and verified.  Returns as
- * l2_get. */
-int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len, bool wait_all);
+/* What l2_get_open decrypts with: the chunk's |key|, the host's |salt|
+ * (NULL: no key check, only the name is checked), and |plain|, CHUNK_SIZE
+ * bytes for the plaintext. */
+struct l2_open {
+	const uint8_t *key;
+	const uint8_t *salt;
+	size_t salt_len;
+	uint8_t *plain;
+};
+
+/* l2_get, and also decrypt: each data fragment is decrypted into
+ * |op->plain| as soon as it is in (a rebuilt one after the decode), and
+ * with a salt the key is checked too, so the L2 layer has nothing left to
+ * do but serve the chunk.  |cipher| gets the ciphertext as l2_get's |out|
+ * (CHUNK_SIZE bytes).  Returns as l2_get; -EBADMSG also when the chunk
+ * matches its name but not the key (the caller should l2_report_bad() it);
+ * on any failure |op->plain| is zeroed. */
+int l2_get_open(struct l2 *l, const char *name, const struct l2_open *op, uint8_t *cipher, size_t *out_len);
+
+/* l2_get or l2_get_open (|op| non-NULL) without the argument checks and the
+ * count of gets; also the background re-check (|op| NULL), which waits for
+ * every node's answer (|wait_all|) so that it sees every missing fragment.
+ * Queues the repair of the missing and corrupt fragments of a chunk it
+ * rebuilt and verified.  Returns as l2_get_open. */
+int l2_read(struct l2 *l, const char *name, const struct l2_open *op, uint8_t *out, size_t *out_len, bool wait_all);
 
 /* ---- writes and the background thread (l2_write.c) ----------------------------- */
 

@@ -7,13 +7,28 @@
  * caller's buffer at i * frag_len, and the SHA-256 of the chunk (the name
  * check) runs over fragment 0, 1, ... as each arrives, while the others are
  * still on the wire; so a hit costs about one round trip plus the hash of
- * what was not hashed yet, with no thread hand-off and no copy.  As soon as
+ * what was not hashed yet, with no thread hand-off and no copy.  A read
+ * that also decrypts (l2_get_open, for the cache's L2 layer) decrypts each
+ * data fragment as soon as it is in, at its offset in the chunk (CTR mode
+ * allows any order), and with a salt feeds the key check in order as the
+ * name hash goes, so the decryption too overlaps the wait for the other
+ * fragments instead of following it as a second pass.  As soon as
  * k intact fragments are in, the read stops waiting: a missing data
  * fragment is rebuilt from parity, and the connections still waiting for
  * late replies are handed to the drainer thread, which reads the rest of
  * each reply, judges the fragment (a late "not found" or corrupt fragment
  * gets the chunk re-checked and repaired) and puts the connection back in
  * the pool; a slow node therefore costs a read nothing once k have arrived.
+ * Nothing of its wait, that is: asking it still costs a request, a late
+ * reply for the drainer to read and a connection tied up, on the same cores
+ * as the read when the fleet is local.  So a node whose average reply time
+ * (l2_health.c) is L2_SLOW_FACTOR times the median of the others, and over
+ * L2_SLOW_MIN_MS, is not asked while enough others are up to make k (its
+ * fragment, if a data one, is rebuilt from parity) and none of them has
+ * failed to answer with its fragment (then it is asked at once), except on
+ * every
+ * L2_SLOW_PROBE_EVERY-th read, whose answer keeps its average current so
+ * that a node that recovers is asked again.
  * The pool and the drainer are in l2_pool.c; the repair of fragments found
  * missing or corrupt on the way is in l2_write.c.
  */
@@ -22,6 +37,7 @@
 #include "common/bytes.h"
 
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <poll.h>
 #include <pthread.h>
@@ -128,6 +144,11 @@ struct read_state {
 	EVP_MD_CTX *md;
 	unsigned hashed; /* data fragments 0..hashed-1 are in the name hash */
 	bool hash_failed;
+	/* decryption as the fragments land (l2_get_open); ctr NULL without */
+	struct chunk_ctr *ctr;
+	uint8_t *plain;
+	EVP_MD_CTX *kmd; /* the key check, SHA-256(salt || plain), with a salt */
+	uint32_t decrypted; /* data fragments whose plaintext is in |plain| */
 };
 
 /* Where fragment i's data goes once its length is known: data fragments at
@@ -146,17 +167,38 @@ static uint8_t *frag_dst(struct read_state *rs, unsigned i)
 	return rs->scratch + (size_t)(i < l->k ? l->m : i - l->k) * fl;
 }
 
-/* Feed the name hash every data fragment that is in, in order. */
+/* The bytes of data fragment i within the chunk: its offset, and its
+ * length (0 for a fragment wholly past the end, which is padding). */
+static size_t frag_span(const struct read_state *rs, unsigned i, size_t *off)
+{
+	*off = (size_t)i * rs->set.frag_len;
+	if (*off >= rs->set.chunk_len)
+		return 0;
+	return rs->set.chunk_len - *off < rs->set.frag_len ? rs->set.chunk_len - *off : rs->set.frag_len;
+}
+
+/* Decrypt data fragment i from |src| (where its ciphertext is) into its
+ * place in rs->plain, once; nothing for a plain l2_get. */
+static void decrypt_frag(struct read_state *rs, unsigned i, const uint8_t *src)
+{
+	if (!rs->ctr || (rs->decrypted >> i & 1))
+		return;
+	size_t off, n = frag_span(rs, i, &off);
+	if (n && chunk_ctr_run(rs->ctr, off, src, n, rs->plain + off) < 0)
+		rs->hash_failed = true;
+	rs->decrypted |= 1u << i;
+}
+
+/* Feed the name hash (and the key check) every data fragment that is in,
+ * in order. */
 static void hash_ready(struct read_state *rs)
 {
 	struct l2 *l = rs->l;
 	while (!rs->hash_failed && rs->hashed < l->k && rs->set.data[rs->hashed]) {
-		size_t off = (size_t)rs->hashed * rs->set.frag_len;
-		if (off < rs->set.chunk_len) {
-			size_t n = rs->set.chunk_len - off < rs->set.frag_len ? rs->set.chunk_len - off : rs->set.frag_len;
-			if (EVP_DigestUpdate(rs->md, rs->set.data[rs->hashed], n) != 1)
-				rs->hash_failed = true;
-		}
+		size_t off, n = frag_span(rs, rs->hashed, &off);
+		if (n && (EVP_DigestUpdate(rs->md, rs->set.data[rs->hashed], n) != 1 ||
+			  (rs->kmd && EVP_DigestUpdate(rs->kmd, rs->plain + off, n) != 1)))
+			rs->hash_failed = true;
 		rs->hashed++;
 	}
 }
@@ -210,8 +252,10 @@ static void frag_finish(struct read_state *rs, unsigned i)
 						: "memcached answered with an error");
 	}
 	f->fd = -1;
-	if (f->st == FS_INTACT)
+	if (f->st == FS_INTACT && i < l->k) {
+		decrypt_frag(rs, i, rs->set.data[i]);
 		hash_ready(rs);
+	}
 }
 
 /* The connection of fragment i died (reset, EOF, failed connect). */
@@ -289,7 +333,95 @@ static void frag_connected(struct read_state *rs, unsigned i)
 	f->connecting = false;
 }
 
-int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len, bool wait_all)
+/* Send the requests of the fragments in |mask| that are FS_PENDING without
+ * a connection yet. */
+static void frags_ask(struct read_state *rs, uint32_t mask)
+{
+	for (unsigned i = 0; i < rs->n; i++) {
+		struct frag_read *f = &rs->f[i];
+		if ((mask >> i & 1) && f->st == FS_PENDING && f->fd < 0 && frag_send_pooled(f))
+			rs->pending++;
+	}
+	/* New connections only after every pooled request is out: a node
+	 * whose connections are all still busy with late replies (a slow
+	 * one) must not delay the requests to the others. */
+	for (unsigned i = 0; i < rs->n; i++) {
+		struct frag_read *f = &rs->f[i];
+		if (!(mask >> i & 1) || f->st != FS_PENDING || f->fd >= 0)
+			continue;
+		int r = frag_dial(f);
+		if (r < 0) {
+			f->st = FS_ERROR;
+			l2_node_failed(f->nd, false, true, "connect", strerror(-r));
+			continue;
+		}
+		rs->pending++;
+	}
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* The fragments (bit i for fragment i, of the |n| nodes in |order|) whose
+ * nodes this read leaves out as slow (see the top): the slowest first, and
+ * never so many that fewer than k up nodes are asked. */
+static uint32_t slow_nodes(struct l2 *l, const unsigned *order, unsigned n)
+{
+	double ms[L2_MAX_FRAGS], sorted[L2_MAX_FRAGS];
+	unsigned n_up = 0;
+	for (unsigned i = 0; i < n; i++) {
+		struct l2_node *nd = &l->nodes[order[i]];
+		pthread_mutex_lock(&nd->mu);
+		bool up = !nd->down && !nd->stop;
+		ms[i] = up ? nd->st.latency_ewma_ms : -1;
+		pthread_mutex_unlock(&nd->mu);
+		if (up)
+			sorted[n_up++] = ms[i];
+	}
+	if (n_up <= l->k)
+		return 0;
+	qsort(sorted, n_up, sizeof(*sorted), cmp_double);
+	double limit = sorted[n_up / 2] * L2_SLOW_FACTOR;
+	if (limit < L2_SLOW_MIN_MS)
+		limit = L2_SLOW_MIN_MS;
+	uint32_t skip = 0;
+	for (unsigned left = n_up - l->k; left > 0; left--) {
+		int worst = -1;
+		for (unsigned i = 0; i < n; i++)
+			if (!(skip >> i & 1) && ms[i] > limit && (worst < 0 || ms[i] > ms[worst]))
+				worst = (int)i;
+		if (worst < 0)
+			break;
+		skip |= 1u << worst;
+	}
+	/* Every L2_SLOW_PROBE_EVERY-th read asks a slow node anyway. */
+	for (unsigned i = 0; i < n; i++) {
+		if (!(skip >> i & 1))
+			continue;
+		struct l2_node *nd = &l->nodes[order[i]];
+		pthread_mutex_lock(&nd->mu);
+		if (++nd->slow_skips >= L2_SLOW_PROBE_EVERY) {
+			nd->slow_skips = 0;
+			skip &= ~(1u << i);
+		}
+		pthread_mutex_unlock(&nd->mu);
+	}
+	return skip;
+}
+
+static void read_state_free(struct read_state *rs)
+{
+	scratch_put(rs->l, rs->scratch);
+	EVP_MD_CTX_free(rs->md);
+	EVP_MD_CTX_free(rs->kmd);
+	chunk_ctr_free(rs->ctr);
+	free(rs);
+}
+
+int l2_read(struct l2 *l, const char *name, const struct l2_open *op, uint8_t *out, size_t *out_len, bool wait_all)
 {
 	unsigned order[L2_MAX_FRAGS];
 	l2_rank_nodes(l, name, order);
@@ -304,12 +436,26 @@ int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len, bool 
 	l2_frag_set_init(&rs->set, l->k, l->m);
 	rs->md = EVP_MD_CTX_new();
 	if (!rs->md || EVP_DigestInit_ex(rs->md, EVP_sha256(), NULL) != 1) {
-		EVP_MD_CTX_free(rs->md);
-		free(rs);
+		read_state_free(rs);
 		log_err("l2: SHA-256 (OpenSSL) cannot be set up; is libcrypto working?");
 		return -EIO;
 	}
+	if (op) {
+		int r = chunk_ctr_new(op->key, &rs->ctr);
+		if (r < 0) {
+			read_state_free(rs);
+			return r;
+		}
+		rs->plain = op->plain;
+		if (op->salt && (!(rs->kmd = EVP_MD_CTX_new()) || EVP_DigestInit_ex(rs->kmd, EVP_sha256(), NULL) != 1 ||
+				 EVP_DigestUpdate(rs->kmd, op->salt, op->salt_len) != 1)) {
+			read_state_free(rs);
+			log_err("l2: SHA-256 (OpenSSL) cannot be set up; is libcrypto working?");
+			return -EIO;
+		}
+	}
 	size_t max_value = L2_FRAG_HDR_LEN + l2_frag_len(CHUNK_SIZE, l->k);
+	uint32_t held = wait_all ? 0 : slow_nodes(l, order, rs->n);
 	for (unsigned i = 0; i < rs->n; i++) {
 		struct frag_read *f = &rs->f[i];
 		f->nd = &l->nodes[order[i]];
@@ -318,34 +464,27 @@ int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len, bool 
 		pthread_mutex_lock(&f->nd->mu);
 		bool up = !f->nd->down && !f->nd->stop;
 		pthread_mutex_unlock(&f->nd->mu);
-		if (!up)
+		if (!up) {
+			held &= ~(1u << i);
 			continue;
+		}
 		l2_make_key(l, name, i, f->key, sizeof(f->key), &f->key_len);
 		l2_reply_init(&f->rp, f->key, f->key_len, max_value, f->hdr, L2_FRAG_HDR_LEN);
 		f->st = FS_PENDING;
-		if (frag_send_pooled(f))
-			rs->pending++;
 	}
-	/* New connections only after every pooled request is out: a node
-	 * whose connections are all still busy with late replies (a slow
-	 * one) must not delay the requests to the others. */
-	for (unsigned i = 0; i < rs->n; i++) {
-		struct frag_read *f = &rs->f[i];
-		if (f->st != FS_PENDING || f->fd >= 0)
-			continue;
-		int r = frag_dial(f);
-		if (r < 0) {
-			f->st = FS_ERROR;
-			l2_node_failed(f->nd, false, true, "connect", strerror(-r));
-			continue;
-		}
-		rs->pending++;
-	}
+	frags_ask(rs, ~held);
 
 	/* Poll until k intact fragments are in, every node has answered, or
-	 * the timeout passes. */
+	 * the timeout passes.  The slow nodes held back are asked as soon as
+	 * the others can no longer make k (a miss, an error, a node gone). */
 	double deadline = now_seconds() + l->timeout_ms / 1000.0;
-	while ((wait_all || rs->intact < l->k) && rs->pending > 0) {
+	for (;;) {
+		if (held && rs->intact + rs->pending < l->k) {
+			frags_ask(rs, held);
+			held = 0;
+		}
+		if (!((wait_all || rs->intact < l->k) && rs->pending > 0))
+			break;
 		struct pollfd pfd[L2_MAX_FRAGS];
 		unsigned idx[L2_MAX_FRAGS], np = 0;
 		for (unsigned i = 0; i < rs->n; i++)
@@ -395,20 +534,38 @@ int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len, bool 
 	bool decoded = false;
 	if (rs->intact >= l->k)
 		r = l2_frag_set_decode(&l->codec, &rs->set, out, CHUNK_SIZE, out_len, &decoded);
+	bool key_bad = false;
 	if (r == 0) {
-		/* The data fragments not hashed yet are in |out| now. */
+		/* The data fragments not hashed (or decrypted) yet are in |out|
+		 * now: the ones rebuilt from parity. */
+		for (unsigned i = 0; i < l->k; i++)
+			decrypt_frag(rs, i, out + (size_t)i * rs->set.frag_len);
 		size_t off = (size_t)rs->hashed * rs->set.frag_len;
 		uint8_t digest[SHA256_LEN];
 		unsigned dlen = 0;
 		if (rs->hash_failed || (off < *out_len && EVP_DigestUpdate(rs->md, out + off, *out_len - off) != 1) ||
-		    EVP_DigestFinal_ex(rs->md, digest, &dlen) != 1) {
-			log_err("l2: SHA-256 (OpenSSL) failed; is libcrypto working?");
+		    EVP_DigestFinal_ex(rs->md, digest, &dlen) != 1 ||
+		    (rs->kmd && off < *out_len && EVP_DigestUpdate(rs->kmd, rs->plain + off, *out_len - off) != 1)) {
+			log_err("l2: SHA-256 or AES-256-CTR (OpenSSL) failed; is libcrypto working?");
 			r = -EIO;
 		} else {
 			char hex[SHA256_HEX_LEN + 1];
 			hex_encode(digest, SHA256_LEN, hex);
 			if (strcmp(hex, name) != 0)
 				r = -EBADMSG;
+		}
+	}
+	if (r == 0 && rs->kmd) {
+		/* The name matched; the key is checked before any repair
+		 * rewrites fragments of a chunk the caller will drop. */
+		uint8_t digest[SHA256_LEN];
+		unsigned dlen = 0;
+		if (EVP_DigestFinal_ex(rs->kmd, digest, &dlen) != 1 || dlen != SHA256_LEN) {
+			log_err("l2: SHA-256 (OpenSSL) failed; is libcrypto working?");
+			r = -EIO;
+		} else if (CRYPTO_memcmp(digest, op->key, CHUNK_KEY_LEN) != 0) {
+			r = -EBADMSG;
+			key_bad = true;
 		}
 	}
 	if (r == 0) {
@@ -423,7 +580,11 @@ int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len, bool 
 			l2_bg_enqueue_repair(l, name, out, *out_len, bad);
 	} else {
 		COUNT(l, misses);
-		if (r == -EBADMSG)
+		if (key_bad)
+			log_warn("l2: chunk %s matches its name but not the key it was read with (SHA-256 of salt and "
+				 "plaintext); the caller drops its fragments",
+				 name);
+		else if (r == -EBADMSG)
 			log_warn("l2: chunk %s rebuilt from intact fragments does not match its name; the caller drops "
 				 "its fragments",
 				 name);
@@ -432,10 +593,10 @@ int l2_read(struct l2 *l, const char *name, uint8_t *out, size_t *out_len, bool 
 				 strerror(-r));
 		if (r != -EBADMSG && r != -EIO)
 			r = -ENOENT;
+		if (rs->plain)
+			memset(rs->plain, 0, CHUNK_SIZE);
 	}
-	scratch_put(l, rs->scratch);
-	EVP_MD_CTX_free(rs->md);
-	free(rs);
+	read_state_free(rs);
 	return r;
 }
 
@@ -444,5 +605,14 @@ int l2_get(struct l2 *l, const char *name, uint8_t *out, size_t *out_len)
 	if (!l || !name || !is_sha256_hex(name) || !out || !out_len)
 		return -EINVAL;
 	COUNT(l, gets);
-	return l2_read(l, name, out, out_len, false);
+	return l2_read(l, name, NULL, out, out_len, false);
+}
+
+int l2_get_open(struct l2 *l, const char *name, const struct l2_open *op, uint8_t *cipher, size_t *out_len)
+{
+	if (!l || !name || !is_sha256_hex(name) || !op || !op->key || !op->plain || (op->salt_len && !op->salt) ||
+	    !cipher || !out_len)
+		return -EINVAL;
+	COUNT(l, gets);
+	return l2_read(l, name, op, cipher, out_len, false);
 }

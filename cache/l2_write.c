@@ -419,7 +419,7 @@ void *l2_bg_main(void *arg)
 		case BG_RECHECK: {
 			size_t len;
 			if (l->bg_buf || (l->bg_buf = malloc(CHUNK_SIZE)))
-				l2_read(l, j->name, l->bg_buf, &len, true); /* queues the repair itself */
+				l2_read(l, j->name, NULL, l->bg_buf, &len, true); /* queues the repair itself */
 			break;
 		}
 		}

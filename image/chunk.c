@@ -5,6 +5,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
@@ -92,20 +93,64 @@ int chunk_open(const char *name, const uint8_t key[CHUNK_KEY_LEN], const uint8_t
 	return r;
 }
 
-int chunk_ctr_at(const uint8_t key[CHUNK_KEY_LEN], uint64_t off, const uint8_t *in, size_t len, uint8_t *out)
+/* A key's AES-256 schedule, set up once and reused for every piece of the
+ * chunk: the L2 read decrypts each fragment as it lands, at its offset. */
+struct chunk_ctr {
+	EVP_CIPHER_CTX *cx;
+};
+
+int chunk_ctr_new(const uint8_t key[CHUNK_KEY_LEN], struct chunk_ctr **out)
 {
-	uint8_t iv[16] = {0};
+	static const uint8_t iv[16];
+	*out = NULL;
+	struct chunk_ctr *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->cx = EVP_CIPHER_CTX_new();
+	if (!c->cx || EVP_EncryptInit_ex(c->cx, EVP_aes_256_ctr(), NULL, key, iv) != 1) {
+		chunk_ctr_free(c);
+		log_err("AES-256-CTR cannot be set up (OpenSSL); is libcrypto working?");
+		return -EIO;
+	}
+	*out = c;
+	return 0;
+}
+
+int chunk_ctr_run(struct chunk_ctr *c, uint64_t off, const uint8_t *in, size_t len, uint8_t *out)
+{
+	/* The counter block of byte |off| is off / 16 (IV 0 at offset 0);
+	 * within that block, off % 16 bytes of key stream are skipped by
+	 * running them over zeros. */
+	static const uint8_t zero[16];
+	uint8_t iv[16] = {0}, skip[16];
 	uint64_t ctr = off / 16;
+	int skip_n = (int)(off % 16), outl = 0, skipl = 0;
 	for (int i = 0; i < 8; i++)
 		iv[15 - i] = (uint8_t)(ctr >> (8 * i));
-	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-	int outl = 0;
-	int ok = ctx && len <= (1u << 30) && EVP_EncryptInit_ex(ctx, EVP_aes_256_ctr(), NULL, key, iv) == 1 &&
-		 EVP_EncryptUpdate(ctx, out, &outl, in, (int)len) == 1 && (size_t)outl == len;
-	EVP_CIPHER_CTX_free(ctx);
+	int ok = len <= (1u << 30) && EVP_EncryptInit_ex(c->cx, NULL, NULL, NULL, iv) == 1 &&
+		 (skip_n == 0 || (EVP_EncryptUpdate(c->cx, skip, &skipl, zero, skip_n) == 1 && skipl == skip_n)) &&
+		 EVP_EncryptUpdate(c->cx, out, &outl, in, (int)len) == 1 && (size_t)outl == len;
 	if (!ok) {
 		log_err("AES-256-CTR failed (OpenSSL); is libcrypto working?");
 		return -EIO;
 	}
 	return 0;
+}
+
+void chunk_ctr_free(struct chunk_ctr *c)
+{
+	if (!c)
+		return;
+	EVP_CIPHER_CTX_free(c->cx);
+	free(c);
+}
+
+int chunk_ctr_at(const uint8_t key[CHUNK_KEY_LEN], uint64_t off, const uint8_t *in, size_t len, uint8_t *out)
+{
+	struct chunk_ctr *c;
+	int r = chunk_ctr_new(key, &c);
+	if (r == 0)
+		r = chunk_ctr_run(c, off, in, len, out);
+	chunk_ctr_free(c);
+	return r;
 }

@@ -128,11 +128,24 @@ int chunk_open(const char *name, const uint8_t key[CHUNK_KEY_LEN], const uint8_t
 	       const uint8_t *cipher, size_t len, uint8_t *plain);
 
 /* Decrypt (or encrypt: CTR is symmetric) |<in, len>| that starts at byte
- * |off| of a chunk sealed with |key|, into |out|: |off| must be a multiple of
- * 16 (the counter block is off / 16, big endian, as with IV 0 at offset 0).
- * In place is allowed.  For reading part of a chunk whose ciphertext was
- * verified earlier.  Returns 0 or -EIO (logged). */
+ * |off| of a chunk sealed with |key|, into |out|: any |off| (the counter
+ * block is off / 16, big endian, as with IV 0 at offset 0, and off % 16
+ * bytes of its key stream are skipped).  In place is allowed.  For reading
+ * part of a chunk whose ciphertext was verified earlier.  Returns 0 or -EIO
+ * (logged). */
 int chunk_ctr_at(const uint8_t key[CHUNK_KEY_LEN], uint64_t off, const uint8_t *in, size_t len, uint8_t *out);
+
+/* A chunk key's AES-256-CTR state for decrypting one chunk piece by piece,
+ * in any order, without setting the key up again for each piece.
+ * chunk_ctr_new sets |*out| (freed with chunk_ctr_free, which accepts NULL)
+ * and returns 0, or -ENOMEM / -EIO (logged).  chunk_ctr_run is
+ * chunk_ctr_at with that state: |<in, len>| starts at byte |off| of the
+ * chunk, any |off|, in place allowed; returns 0 or -EIO (logged).  One
+ * thread at a time per state. */
+struct chunk_ctr;
+int chunk_ctr_new(const uint8_t key[CHUNK_KEY_LEN], struct chunk_ctr **out);
+int chunk_ctr_run(struct chunk_ctr *c, uint64_t off, const uint8_t *in, size_t len, uint8_t *out);
+void chunk_ctr_free(struct chunk_ctr *c);
 
 /* ======================================================================
  * Manifests.

@@ -15,6 +15,13 @@
  *                             overwrite fragment INDEX of NAME in memcached, bypassing l2: MODE is
  *                             garbage (random bytes), flip (one data bit of the real fragment),
  *                             short (a truncated fragment) or foreign (fragment INDEX of chunk OTHER)
+ *   open DIR                  l2_get_open every chunk of DIR: without a salt it must decrypt to
+ *                             what chunk_ctr_at makes of the file, with a salt and a key that is
+ *                             not the chunk's it must be refused (-EBADMSG, plaintext zeroed); then
+ *                             seal, put and open two chunks (a full one and one whose fragments do
+ *                             not start on a 16-byte block) with their real key and the salt;
+ *                             prints "open ok=N bad=0"
+ *   locate NAME INDEX         print the node ("host:port") that holds fragment INDEX of NAME
  *   check DIR                 read every fragment of every chunk straight from memcached and run
  *                             l2_fragment_parse on it
  *   check-frag NAME INDEX     the same for one fragment; prints valid, missing or invalid
@@ -24,7 +31,7 @@
  *   l2 gets=.. hits=.. misses=.. decodes=.. repairs_queued=.. repairs_done=.. puts=.. dropped=..
  * Exit status: 0, or 1 on any mismatch, unexpected error, or bad usage.
  */
-#include "cache/internal.h"
+#include "cache/l2_internal.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -159,6 +166,70 @@ static int cmd_put(struct l2 *l, const char *dir)
 	free(names);
 	printf("put ok=%zu failed=%zu\n", ok, bad);
 	return 0;
+}
+
+/* One l2_get_open of |name|; 1 if it returned |want| and, on success,
+ * ciphertext |<cipher, len>| and plaintext |expect|, on failure a zeroed
+ * plaintext. */
+static int open_one(struct l2 *l, const char *name, const struct l2_open *op, int want, const uint8_t *cipher,
+		    size_t len, const uint8_t *expect)
+{
+	uint8_t *got = malloc(CHUNK_SIZE);
+	memset(op->plain, 0xa5, CHUNK_SIZE);
+	size_t got_len = 0;
+	int r = l2_get_open(l, name, op, got, &got_len);
+	bool ok = r == want;
+	if (ok && r == 0)
+		ok = got_len == len && memcmp(got, cipher, len) == 0 && memcmp(op->plain, expect, len) == 0;
+	for (size_t i = 0; ok && r < 0 && i < CHUNK_SIZE; i++)
+		ok = op->plain[i] == 0;
+	if (!ok)
+		fprintf(stderr, "l2_harness: open %s: returned %d (want %d) or wrong bytes\n", name, r, want);
+	free(got);
+	return ok;
+}
+
+static int cmd_open(struct l2 *l, const char *dir)
+{
+	static const uint8_t salt[32] = "l2-harness-salt";
+	uint8_t key[CHUNK_KEY_LEN] = {7, 1, 2, 3};
+	uint8_t *plain = malloc(CHUNK_SIZE), *expect = malloc(CHUNK_SIZE), *cipher = malloc(CHUNK_SIZE);
+	size_t n, ok = 0, bad = 0;
+	char **names = list_chunks(dir, &n);
+	for (size_t i = 0; i < n; i++) {
+		size_t len;
+		uint8_t *buf = load_chunk(dir, names[i], &len);
+		struct l2_open op = {.key = key, .plain = plain};
+		if (chunk_ctr_at(key, 0, buf, len, expect) < 0)
+			exit(1);
+		open_one(l, names[i], &op, 0, buf, len, expect) ? ok++ : bad++;
+		op.salt = salt;
+		op.salt_len = sizeof(salt);
+		open_one(l, names[i], &op, -EBADMSG, buf, len, expect) ? ok++ : bad++;
+		free(buf);
+		free(names[i]);
+	}
+	free(names);
+	/* Sealed chunks, read with their own key and the salt. */
+	static const size_t lens[] = {CHUNK_SIZE, 100003};
+	for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+		char name[CHUNK_NAME_HEX_LEN + 1];
+		for (size_t j = 0; j < lens[i]; j++)
+			expect[j] = (uint8_t)(j * 31 + i + (j >> 9));
+		if (chunk_seal(salt, sizeof(salt), expect, lens[i], key, cipher, name) < 0 ||
+		    l2_put(l, name, cipher, lens[i]) < 0) {
+			fprintf(stderr, "l2_harness: open: seal or put of a %zu-byte chunk failed\n", lens[i]);
+			bad++;
+			continue;
+		}
+		struct l2_open op = {.key = key, .salt = salt, .salt_len = sizeof(salt), .plain = plain};
+		open_one(l, name, &op, 0, cipher, lens[i], expect) ? ok++ : bad++;
+	}
+	printf("open ok=%zu bad=%zu\n", ok, bad);
+	free(plain);
+	free(expect);
+	free(cipher);
+	return bad ? 1 : 0;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -475,6 +546,13 @@ int main(int argc, char **argv)
 	} else if (strcmp(cmd, "corrupt") == 0 && argc - optind >= 3) {
 		rc = cmd_corrupt(l, k, m, argv[optind], (unsigned)atoi(argv[optind + 1]), argv[optind + 2],
 				 argc - optind >= 4 ? argv[optind + 3] : NULL);
+	} else if (strcmp(cmd, "locate") == 0 && argc - optind == 2) {
+		char addr[128], key[L2_KEY_MAX];
+		rc = l2_locate(l, argv[optind], (unsigned)atoi(argv[optind + 1]), addr, sizeof(addr), key, sizeof(key)) == 0
+			     ? (printf("%s\n", addr), 0)
+			     : 1;
+	} else if (strcmp(cmd, "open") == 0 && argc - optind == 1) {
+		rc = cmd_open(l, argv[optind]);
 	} else if (strcmp(cmd, "check") == 0 && argc - optind == 1) {
 		rc = cmd_check(l, k, m, argv[optind]);
 	} else if (strcmp(cmd, "check-frag") == 0 && argc - optind == 2) {

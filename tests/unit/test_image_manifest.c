@@ -37,6 +37,24 @@ static void test_chunks(void)
 	cipher[12345] ^= 0x10;
 	key[3] ^= 1; /* the name matches but the key is wrong: plaintext check fails */
 	CHECK(chunk_open(name, key, salt, sizeof(salt), cipher, CHUNK_SIZE, back) == -EBADMSG);
+	key[3] ^= 1;
+	/* Decrypting piece by piece at any offset, in any order, gives what one
+	 * pass gives (the L2 read decrypts fragments as they land, and a
+	 * fragment of a short chunk need not start on a 16-byte block). */
+	static const size_t cuts[] = {CHUNK_SIZE / 2, 7, 131072 + 5, 16, 1, CHUNK_SIZE - 3, 300000, 0};
+	struct chunk_ctr *ctr;
+	CHECK(chunk_ctr_new(key, &ctr) == 0);
+	memset(back, 0, CHUNK_SIZE);
+	for (size_t i = 0; i + 1 < sizeof(cuts) / sizeof(cuts[0]); i++) {
+		size_t a = cuts[i] < cuts[i + 1] ? cuts[i] : cuts[i + 1], b = cuts[i] < cuts[i + 1] ? cuts[i + 1] : cuts[i];
+		CHECK(chunk_ctr_run(ctr, a, cipher + a, b - a, back + a) == 0);
+	}
+	CHECK(chunk_ctr_run(ctr, CHUNK_SIZE - 3, cipher + CHUNK_SIZE - 3, 3, back + CHUNK_SIZE - 3) == 0);
+	CHECK(memcmp(back, plain, CHUNK_SIZE) == 0);
+	CHECK(chunk_ctr_at(key, 12345, cipher + 12345, 1000, back) == 0);
+	CHECK(memcmp(back, plain + 12345, 1000) == 0);
+	chunk_ctr_free(ctr);
+	chunk_ctr_free(NULL);
 	free(plain);
 	free(cipher);
 	free(cipher2);
