@@ -901,7 +901,8 @@ out:
 #define READ_SLOTS_MIN 4
 
 struct read_slot {
-	uint8_t *buf;
+	uint8_t *buf;	   /* the slot's own buffer; NULL when the stream lends */
+	const void *data;  /* the bytes: |buf| or the stream's own (read_ref) */
 	ssize_t len; /* bytes, 0 at the end, -errno on error */
 	bool full;
 };
@@ -933,8 +934,13 @@ static void *read_ahead(void *arg)
 		pthread_mutex_unlock(&sr->mu);
 		if (stop)
 			return NULL;
-		ssize_t n = byte_stream_read(sr->s, slot->buf, READ_BUF);
+		/* A stream that lends its bytes (a mapped file) is only hashed
+		 * here; the parser reads them where they are. */
+		const void *data = slot->buf;
+		ssize_t n = sr->s->read_ref ? sr->s->read_ref(sr->s, &data, READ_BUF)
+					    : byte_stream_read(sr->s, slot->buf, READ_BUF);
 		pthread_mutex_lock(&sr->mu);
+		slot->data = data;
 		slot->len = n;
 		slot->full = true;
 		sr->next_fill = (sr->next_fill + 1) % sr->n_slots;
@@ -970,7 +976,7 @@ static ssize_t reader_next(struct stream_reader *sr, const void **out)
 	} else {
 		sr->held = (int)sr->next_take;
 		sr->next_take = (sr->next_take + 1) % sr->n_slots;
-		*out = slot->buf;
+		*out = slot->data;
 	}
 	pthread_mutex_unlock(&sr->mu);
 	return n;
@@ -989,7 +995,7 @@ int layer_reader_start(struct byte_stream *tar, size_t ahead, struct layer_reade
 	sr->n_slots = n < READ_SLOTS_MIN ? READ_SLOTS_MIN : n > UINT_MAX ? UINT_MAX : (unsigned)n;
 	sr->slots = calloc(sr->n_slots, sizeof(*sr->slots));
 	bool ok = sr->slots != NULL;
-	for (unsigned i = 0; ok && i < sr->n_slots; i++)
+	for (unsigned i = 0; ok && !tar->read_ref && i < sr->n_slots; i++)
 		ok = (sr->slots[i].buf = malloc(READ_BUF)) != NULL;
 	if (!ok) {
 		layer_reader_free((struct layer_reader *)sr);

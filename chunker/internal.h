@@ -101,6 +101,13 @@ struct byte_stream {
 	 * (logged).  At the end of the stream every digest the stream was told
 	 * to check has been checked: a mismatch is -EBADMSG, never a clean 0. */
 	ssize_t (*read)(struct byte_stream *s, void *buf, size_t n);
+	/* Optional (NULL when the stream cannot): the same as read, but the
+	 * next up to |n| bytes are handed out in place as |*out| instead of
+	 * copied; they stay valid and unchanged until the stream is closed.
+	 * A plain layer in a file is mapped, so its bytes reach the tar
+	 * parser without the kernel copying them (the largest cost of an
+	 * import after the crypto itself).  The two calls may be mixed. */
+	ssize_t (*read_ref)(struct byte_stream *s, const void **out, size_t n);
 	void (*close)(struct byte_stream *s);
 	const char *what; /* "layer 2 (sha256:ab12...)" for error messages */
 };
