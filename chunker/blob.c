@@ -583,6 +583,18 @@ static ssize_t mem_read(struct byte_stream *s, void *buf, size_t n)
 	return (ssize_t)n;
 }
 
+/* The bytes outlive the stream (byte_stream_mem_init), so they can be lent. */
+static ssize_t mem_read_ref(struct byte_stream *s, const void **out, size_t n)
+{
+	struct byte_stream_mem *m = (struct byte_stream_mem *)s;
+	if (n > m->left)
+		n = m->left;
+	*out = m->p;
+	m->p += n;
+	m->left -= n;
+	return (ssize_t)n;
+}
+
 static void mem_close(struct byte_stream *s)
 {
 	(void)s; /* the bytes are the caller's */
@@ -590,7 +602,7 @@ static void mem_close(struct byte_stream *s)
 
 void byte_stream_mem_init(struct byte_stream_mem *m, const void *p, size_t n, const char *what)
 {
-	*m = (struct byte_stream_mem){ .base = { .read = mem_read, .close = mem_close, .what = what },
+	*m = (struct byte_stream_mem){ .base = { .read = mem_read, .read_ref = mem_read_ref, .close = mem_close, .what = what },
 				       .p = p,
 				       .left = n };
 }

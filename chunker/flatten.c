@@ -55,10 +55,23 @@ static int ensure_buffer(struct flattener *f)
 	return f->buf ? 0 : -ENOMEM;
 }
 
-static int image_write(struct flattener *f, const void *data, size_t len)
+/* Write |<data, len>| at f->pos.  With |lent| the bytes stay valid until the
+ * sink is done (see chunk_sink.emit_lent): every whole chunk among them is
+ * handed over in place, which saves copying most of a large file. */
+static int image_write_from(struct flattener *f, const void *data, size_t len, bool lent)
 {
 	const uint8_t *p = data;
 	while (len) {
+		if (lent && f->sink->emit_lent && !f->buf && f->pos % CHUNK_SIZE == 0 && len >= CHUNK_SIZE) {
+			int r = f->sink->emit_lent(f->sink->ctx, f->chunk_index, p);
+			if (r < 0)
+				return r;
+			f->chunk_index++;
+			f->pos += CHUNK_SIZE;
+			p += CHUNK_SIZE;
+			len -= CHUNK_SIZE;
+			continue;
+		}
 		int r = ensure_buffer(f);
 		if (r < 0)
 			return r;
@@ -74,6 +87,11 @@ static int image_write(struct flattener *f, const void *data, size_t len)
 			return r;
 	}
 	return 0;
+}
+
+static int image_write(struct flattener *f, const void *data, size_t len)
+{
+	return image_write_from(f, data, len, false);
 }
 
 /* Advance to |off| leaving zeros.  Whole chunks in a hole are emitted as
@@ -141,6 +159,7 @@ void flattener_cleanup(struct flattener *f)
 
 struct stream_reader;
 static bool reader_clean_end(struct stream_reader *sr);
+static bool reader_lends(const struct stream_reader *sr, const void *p, size_t len);
 
 /* A file whose data waits in the spool for the end of its layer. */
 struct deferred_file {
@@ -531,7 +550,7 @@ static int copy_file_data(struct layer_ctx *lc, struct archive *a, uint64_t size
 		if (spool)
 			r = spool_pwrite(lc, buf, len, at);
 		else if ((r = image_skip_to(f, at)) == 0)
-			r = image_write(f, buf, len);
+			r = image_write_from(f, buf, len, reader_lends(lc->reader, buf, len));
 		if (r < 0)
 			return r;
 		next = stop;
@@ -918,6 +937,10 @@ struct stream_reader {
 	unsigned next_fill, next_take;
 	int held;	/* slot the parser is reading, or -1 */
 	bool stop;	/* the parser is done: the reader thread must exit */
+	/* The bytes of the held slot when the stream lends them (read_ref),
+	 * else NULL: the parser's own copy, read without the lock. */
+	const uint8_t *lent;
+	size_t lent_len;
 	bool at_end;	/* the stream returned 0 or an error */
 	int err;
 };
@@ -961,6 +984,8 @@ static ssize_t reader_next(struct stream_reader *sr, const void **out)
 		sr->held = -1;
 		pthread_cond_broadcast(&sr->changed);
 	}
+	sr->lent = NULL;
+	sr->lent_len = 0;
 	if (sr->at_end) {
 		pthread_mutex_unlock(&sr->mu);
 		return sr->err;
@@ -977,6 +1002,10 @@ static ssize_t reader_next(struct stream_reader *sr, const void **out)
 		sr->held = (int)sr->next_take;
 		sr->next_take = (sr->next_take + 1) % sr->n_slots;
 		*out = slot->data;
+		if (sr->s->read_ref) {
+			sr->lent = slot->data;
+			sr->lent_len = (size_t)n;
+		}
 	}
 	pthread_mutex_unlock(&sr->mu);
 	return n;
@@ -1033,6 +1062,15 @@ void layer_reader_free(struct layer_reader *lr)
 		free(sr->slots[i].buf);
 	free(sr->slots);
 	free(sr);
+}
+
+/* Whether |<p, len>| lies in bytes the stream lent, which stay valid until
+ * it is closed; libarchive hands out either those or a copy of its own
+ * (a header or a block that straddled two reads). */
+static bool reader_lends(const struct stream_reader *sr, const void *p, size_t len)
+{
+	const uint8_t *b = p;
+	return sr && sr->lent && b >= sr->lent && len <= sr->lent_len && (size_t)(b - sr->lent) <= sr->lent_len - len;
 }
 
 static bool reader_clean_end(struct stream_reader *sr)

@@ -135,7 +135,8 @@ struct byte_stream *blob_stream_wrap(struct byte_stream *raw, const char *what, 
 
 /* A stream over bytes already in memory (a test's or a fuzz target's tar).
  * byte_stream_mem_init() makes |m| read |<p, n>|, which it does not copy:
- * the bytes must outlive the stream.  Closing it does nothing. */
+ * the bytes must outlive the stream, which also lends them (read_ref).
+ * Closing it does nothing. */
 struct byte_stream_mem {
 	struct byte_stream base;
 	const uint8_t *p;
@@ -220,6 +221,12 @@ struct chunk_sink {
 	 * increasing index order, except chunk 0 (the superblock), which comes
 	 * last.  Returns 0 or -errno, which aborts the import. */
 	int (*emit)(void *ctx, uint64_t index, uint8_t *data);
+	/* Optional: hand over chunk |index| whose CHUNK_SIZE bytes are |plain|,
+	 * lent by a layer stream (byte_stream.read_ref) rather than copied into
+	 * a buffer.  The stream stays open until the sink has no more use for
+	 * the bytes (the importer closes layer streams only after its
+	 * pipeline has stopped).  Same order and return value as emit. */
+	int (*emit_lent)(void *ctx, uint64_t index, const uint8_t *plain);
 	void *ctx;
 };
 
