@@ -917,6 +917,10 @@ out:
  * megabytes the layer being parsed needs.  The parser gets pointers straight
  * into the read-ahead buffers, without a copy. */
 #define READ_BUF (1u << 20)
+/* A lending stream's spans cost no memory, and a chunk whose bytes straddle
+ * two spans is copied (libarchive hands out each span's part separately),
+ * so they are larger: one such chunk per 8 MiB instead of one per 1 MiB. */
+#define LEND_SPAN (8u << 20)
 #define READ_SLOTS_MIN 4
 
 struct read_slot {
@@ -960,7 +964,7 @@ static void *read_ahead(void *arg)
 		/* A stream that lends its bytes (a mapped file) is only hashed
 		 * here; the parser reads them where they are. */
 		const void *data = slot->buf;
-		ssize_t n = sr->s->read_ref ? sr->s->read_ref(sr->s, &data, READ_BUF)
+		ssize_t n = sr->s->read_ref ? sr->s->read_ref(sr->s, &data, LEND_SPAN)
 					    : byte_stream_read(sr->s, slot->buf, READ_BUF);
 		pthread_mutex_lock(&sr->mu);
 		slot->data = data;
