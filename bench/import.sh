@@ -57,9 +57,22 @@ echo "image: $n uncompressed layers, $(python3 -c "print(f'{$total/2**30:.2f}')"
 echo "crypto limit: SHA-256 $(python3 -c "print(f'{$sha/1e6:.0f}')") MB/s, AES-256-CTR $(python3 -c "print(f'{$aes/1e6:.0f}')") MB/s per core;"
 echo "  2xSHA-256 + AES-256-CTR = $(python3 -c "print(f'{$limit_core/1e6:.0f}')") MB/s per core, $(python3 -c "print(f'{$cores*$limit_core/1e6:.0f}')") MB/s on the $cores cores"
 
+with_cpu() { # COMMAND...: runs it; prints its JSON output with the CPU time it
+  # took (user + sys, all threads) added as cpu_seconds: on a shared host the
+  # CPU an import needs varies much less than its wall time, and it bounds
+  # what idle cores could do.
+  python3 - "$@" <<'PY'
+import json, resource, subprocess, sys
+out = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, check=True).stdout
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+r = json.loads(out)
+r["cpu_seconds"] = round(ru.ru_utime + ru.ru_stime, 3)
+print(json.dumps(r))
+PY
+}
 cold() { # BINARY NAME [options]: one import into an empty store; prints its JSON
   rm -rf "$store/s"
-  "$1" --store "$store/s" import "oci:$work/layout:bench" --name "bench:$2" --json "${@:3}"
+  with_cpu "$1" --store "$store/s" import "oci:$work/layout:bench" --name "bench:$2" --json "${@:3}"
 }
 results=()
 for round in $(seq "$rounds"); do
@@ -68,7 +81,7 @@ for round in $(seq "$rounds"); do
   [ -z "$baseline" ] || results+=("baseline $(cold "$baseline" b)")
 done
 # Every chunk is in the store now: the warm import only checks names.
-warm=$("$chunkify" --store "$store/s" import "oci:$work/layout:bench" --name bench:warm --json)
+warm=$(with_cpu "$chunkify" --store "$store/s" import "oci:$work/layout:bench" --name bench:warm --json)
 rm -rf "$store/s"
 sync
 
@@ -94,18 +107,22 @@ names = {"default": "cold store, defaults (layers read ahead, a seal worker per 
          "serial": "cold store, --jobs 1 --workers 1 (one layer at a time, one seal worker)",
          "baseline": "cold store, the BASELINE build's defaults",
          "warm": "warm store (every chunk deduplicated), defaults"}
-secs = {}
+secs, cpu = {}, {}
 for label, rs in runs.items():
     for i, r in enumerate(rs):
         mbs = r["image_size"] / 1e6 / r["seconds"]
         print(f"import, {names[label]}, run {i + 1}: {r['image_size']/2**30:.2f} GiB in {r['seconds']:.2f} s"
               f" = {mbs:.0f} MB/s = {100*mbs/(limit_core*cores/1e6):.0f}% of the {cores}-core crypto limit"
               f" ({100*mbs/(limit_core*r['workers']/1e6):.0f}% of its {r['workers']} seal worker(s));"
-              f" {r['chunks_new']} new, {r['chunks_dedup']} dedup, {r['chunks_zero']} zero chunks")
+              f" {r['chunks_new']} new, {r['chunks_dedup']} dedup, {r['chunks_zero']} zero chunks;"
+              f" {r['cpu_seconds']:.2f} s of CPU, so at best {100*r['image_size']/r['cpu_seconds']/limit_core:.0f}%"
+              f" on {cores} idle cores")
     secs[label] = statistics.median(r["seconds"] for r in rs)
+    cpu[label] = statistics.median(r["cpu_seconds"] for r in rs)
 for other in ("serial", "baseline"):
     if other in secs and "default" in secs:
-        print(f"median time, {other} / default = {secs[other]/secs['default']:.2f}x")
+        print(f"median time, {other} / default = {secs[other]/secs['default']:.2f}x;"
+              f" median CPU, {other} / default = {cpu[other]/cpu['default']:.2f}x")
 if eager:
     print(f"eager pull for scale: skopeo copy + umoci unpack = {float(eager):.2f} s"
           f" ({float(eager)/secs['default']:.1f}x the median default cold import)")

@@ -18,6 +18,8 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <isa-l/igzip_lib.h>
@@ -54,6 +56,11 @@ struct blob_stream {
 	bool gz_member_done; /* between two gzip members (or at the end) */
 	ZSTD_DCtx *zd;
 	size_t zret; /* last ZSTD_decompressStream hint: 0 = frame complete */
+
+	/* A plain blob in a regular file, mapped on the first read_ref: the
+	 * parser reads the page cache in place instead of a copy of it. */
+	const uint8_t *map;
+	size_t map_len;
 
 	int err;   /* sticky: once a read failed, every later read fails */
 	bool done; /* end reached and verified */
@@ -268,16 +275,114 @@ static int zstd_produce(struct blob_stream *b)
 	}
 }
 
+/* What a read of |*n| bytes returns without reading: the sticky error, or 0
+ * at the end or for n = 0 (true, with |*ret| set).  Clamps |*n| otherwise. */
+static bool stream_ended(struct blob_stream *b, size_t *n, ssize_t *ret)
+{
+	*ret = b->err;
+	if (b->err || b->done || *n == 0)
+		return true;
+	if (*n > SSIZE_MAX)
+		*n = SSIZE_MAX;
+	return false;
+}
+
+/* Map a plain blob that is a regular file.  Where it cannot be mapped (a
+ * pipe, an empty file, no address space left) |b->map| stays NULL and the
+ * bytes are read and copied as usual. */
+static void map_plain(struct blob_stream *b)
+{
+	struct stat st;
+	if (b->fd < 0 || fstat(b->fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 ||
+	    (uint64_t)st.st_size >= SIZE_MAX)
+		return;
+	/* Mapping one byte more than the declared size is enough for the size
+	 * check to fire and keeps an absurd file from using the address space.
+	 * A file that shrinks while mapped ends the import with SIGBUS, never
+	 * with a wrong image; blobs are written once and renamed into place. */
+	uint64_t len = (uint64_t)st.st_size;
+	if (b->max_raw < UINT64_MAX && len > b->max_raw + 1)
+		len = b->max_raw + 1;
+	void *p = mmap(NULL, (size_t)len, PROT_READ, MAP_PRIVATE, b->fd, 0);
+	if (p == MAP_FAILED)
+		return;
+	/* Read once, front to back: read ahead and drop behind. */
+	madvise(p, (size_t)len, MADV_SEQUENTIAL);
+	b->map = p;
+	b->map_len = (size_t)len;
+}
+
+/* read_ref of a mapped plain blob: the probe's bytes (still in |in|, which a
+ * plain blob never refills), then the mapping from where the probe ended. */
+static ssize_t blob_read_ref(struct byte_stream *s, const void **out, size_t n)
+{
+	struct blob_stream *b = (struct blob_stream *)s;
+	ssize_t ended;
+	if (stream_ended(b, &n, &ended))
+		return ended;
+	if (b->in_pos < b->in_len) {
+		size_t k = b->in_len - b->in_pos;
+		if (k > n)
+			k = n;
+		*out = b->in + b->in_pos;
+		b->in_pos += k;
+		return (ssize_t)k;
+	}
+	uint64_t at = b->raw_total;
+	if (!b->raw_eof && at >= b->map_len) {
+		/* The mapping is used up; a file that grew since it was mapped
+		 * has been modified, and its digest would not match either. */
+		uint8_t probe;
+		ssize_t r;
+		do
+			r = pread(b->fd, &probe, 1, (off_t)at);
+		while (r < 0 && errno == EINTR);
+		if (r != 0) {
+			int e = r < 0 ? -errno : -EBADMSG;
+			log_err("%s: %s", b->what, r < 0 ? strerror(-e) : "the blob grew while it was read; the source was modified");
+			return fail(b, e);
+		}
+		b->raw_eof = true;
+	}
+	if (b->raw_eof) {
+		int e = finish(b);
+		return e < 0 ? e : 0;
+	}
+	size_t k = b->map_len - (size_t)at;
+	if (k > n)
+		k = n;
+	uint64_t total = at + k;
+	if (total > b->max_raw) {
+		log_err("%s: blob is larger than its declared size of %llu bytes; the source is corrupt or was "
+			"modified",
+			b->what, (unsigned long long)b->max_raw);
+		return fail(b, -EFBIG);
+	}
+	if (b->raw_md && EVP_DigestUpdate(b->raw_md, b->map + at, k) != 1) {
+		log_err("%s: sha256 update failed", b->what);
+		return fail(b, -EIO);
+	}
+	b->raw_total = total;
+	*out = b->map + at;
+	return (ssize_t)k;
+}
+
 static ssize_t blob_read(struct byte_stream *s, void *buf, size_t n)
 {
 	struct blob_stream *b = (struct blob_stream *)s;
-	if (b->err)
-		return b->err;
-	if (b->done || n == 0)
-		return 0;
-	if (n > SSIZE_MAX)
-		n = SSIZE_MAX;
+	ssize_t ended;
+	if (stream_ended(b, &n, &ended))
+		return ended;
 
+	if (b->kind == BLOB_PLAIN && b->map) {
+		/* Mapped: read is read_ref plus the one copy a caller that
+		 * wants the bytes in its own buffer asks for. */
+		const void *p;
+		ssize_t k = blob_read_ref(s, &p, n);
+		if (k > 0)
+			memcpy(buf, p, (size_t)k);
+		return k;
+	}
 	if (b->kind == BLOB_PLAIN) {
 		/* The magic-byte probe left a few bytes in |in|; after those the
 		 * raw bytes go straight to the caller with no copy. */
@@ -325,6 +430,8 @@ static void blob_close(struct byte_stream *s)
 		return;
 	if (b->raw)
 		byte_stream_close(b->raw);
+	if (b->map)
+		munmap((void *)b->map, b->map_len);
 	if (b->fd >= 0)
 		close(b->fd);
 	EVP_MD_CTX_free(b->raw_md);
@@ -424,6 +531,11 @@ static struct byte_stream *blob_open(int fd, struct byte_stream *raw, const char
 			goto fail;
 		b->zret = 1;
 	}
+	if (b->kind == BLOB_PLAIN && !b->raw_eof) {
+		map_plain(b);
+		if (b->map)
+			b->pub.read_ref = blob_read_ref;
+	}
 	return &b->pub;
 
 fail_crypto:
@@ -471,6 +583,18 @@ static ssize_t mem_read(struct byte_stream *s, void *buf, size_t n)
 	return (ssize_t)n;
 }
 
+/* The bytes outlive the stream (byte_stream_mem_init), so they can be lent. */
+static ssize_t mem_read_ref(struct byte_stream *s, const void **out, size_t n)
+{
+	struct byte_stream_mem *m = (struct byte_stream_mem *)s;
+	if (n > m->left)
+		n = m->left;
+	*out = m->p;
+	m->p += n;
+	m->left -= n;
+	return (ssize_t)n;
+}
+
 static void mem_close(struct byte_stream *s)
 {
 	(void)s; /* the bytes are the caller's */
@@ -478,7 +602,7 @@ static void mem_close(struct byte_stream *s)
 
 void byte_stream_mem_init(struct byte_stream_mem *m, const void *p, size_t n, const char *what)
 {
-	*m = (struct byte_stream_mem){ .base = { .read = mem_read, .close = mem_close, .what = what },
+	*m = (struct byte_stream_mem){ .base = { .read = mem_read, .read_ref = mem_read_ref, .close = mem_close, .what = what },
 				       .p = p,
 				       .left = n };
 }

@@ -55,10 +55,23 @@ static int ensure_buffer(struct flattener *f)
 	return f->buf ? 0 : -ENOMEM;
 }
 
-static int image_write(struct flattener *f, const void *data, size_t len)
+/* Write |<data, len>| at f->pos.  With |lent| the bytes stay valid until the
+ * sink is done (see chunk_sink.emit_lent): every whole chunk among them is
+ * handed over in place, which saves copying most of a large file. */
+static int image_write_from(struct flattener *f, const void *data, size_t len, bool lent)
 {
 	const uint8_t *p = data;
 	while (len) {
+		if (lent && f->sink->emit_lent && !f->buf && f->pos % CHUNK_SIZE == 0 && len >= CHUNK_SIZE) {
+			int r = f->sink->emit_lent(f->sink->ctx, f->chunk_index, p);
+			if (r < 0)
+				return r;
+			f->chunk_index++;
+			f->pos += CHUNK_SIZE;
+			p += CHUNK_SIZE;
+			len -= CHUNK_SIZE;
+			continue;
+		}
 		int r = ensure_buffer(f);
 		if (r < 0)
 			return r;
@@ -74,6 +87,11 @@ static int image_write(struct flattener *f, const void *data, size_t len)
 			return r;
 	}
 	return 0;
+}
+
+static int image_write(struct flattener *f, const void *data, size_t len)
+{
+	return image_write_from(f, data, len, false);
 }
 
 /* Advance to |off| leaving zeros.  Whole chunks in a hole are emitted as
@@ -141,6 +159,7 @@ void flattener_cleanup(struct flattener *f)
 
 struct stream_reader;
 static bool reader_clean_end(struct stream_reader *sr);
+static bool reader_lends(const struct stream_reader *sr, const void *p, size_t len);
 
 /* A file whose data waits in the spool for the end of its layer. */
 struct deferred_file {
@@ -531,7 +550,7 @@ static int copy_file_data(struct layer_ctx *lc, struct archive *a, uint64_t size
 		if (spool)
 			r = spool_pwrite(lc, buf, len, at);
 		else if ((r = image_skip_to(f, at)) == 0)
-			r = image_write(f, buf, len);
+			r = image_write_from(f, buf, len, reader_lends(lc->reader, buf, len));
 		if (r < 0)
 			return r;
 		next = stop;
@@ -898,10 +917,15 @@ out:
  * megabytes the layer being parsed needs.  The parser gets pointers straight
  * into the read-ahead buffers, without a copy. */
 #define READ_BUF (1u << 20)
+/* A lending stream's spans cost no memory, and a chunk whose bytes straddle
+ * two spans is copied (libarchive hands out each span's part separately),
+ * so they are larger: one such chunk per 8 MiB instead of one per 1 MiB. */
+#define LEND_SPAN (8u << 20)
 #define READ_SLOTS_MIN 4
 
 struct read_slot {
-	uint8_t *buf;
+	uint8_t *buf;	   /* the slot's own buffer; NULL when the stream lends */
+	const void *data;  /* the bytes: |buf| or the stream's own (read_ref) */
 	ssize_t len; /* bytes, 0 at the end, -errno on error */
 	bool full;
 };
@@ -917,6 +941,10 @@ struct stream_reader {
 	unsigned next_fill, next_take;
 	int held;	/* slot the parser is reading, or -1 */
 	bool stop;	/* the parser is done: the reader thread must exit */
+	/* The bytes of the held slot when the stream lends them (read_ref),
+	 * else NULL: the parser's own copy, read without the lock. */
+	const uint8_t *lent;
+	size_t lent_len;
 	bool at_end;	/* the stream returned 0 or an error */
 	int err;
 };
@@ -933,8 +961,13 @@ static void *read_ahead(void *arg)
 		pthread_mutex_unlock(&sr->mu);
 		if (stop)
 			return NULL;
-		ssize_t n = byte_stream_read(sr->s, slot->buf, READ_BUF);
+		/* A stream that lends its bytes (a mapped file) is only hashed
+		 * here; the parser reads them where they are. */
+		const void *data = slot->buf;
+		ssize_t n = sr->s->read_ref ? sr->s->read_ref(sr->s, &data, LEND_SPAN)
+					    : byte_stream_read(sr->s, slot->buf, READ_BUF);
 		pthread_mutex_lock(&sr->mu);
+		slot->data = data;
 		slot->len = n;
 		slot->full = true;
 		sr->next_fill = (sr->next_fill + 1) % sr->n_slots;
@@ -955,6 +988,8 @@ static ssize_t reader_next(struct stream_reader *sr, const void **out)
 		sr->held = -1;
 		pthread_cond_broadcast(&sr->changed);
 	}
+	sr->lent = NULL;
+	sr->lent_len = 0;
 	if (sr->at_end) {
 		pthread_mutex_unlock(&sr->mu);
 		return sr->err;
@@ -970,7 +1005,11 @@ static ssize_t reader_next(struct stream_reader *sr, const void **out)
 	} else {
 		sr->held = (int)sr->next_take;
 		sr->next_take = (sr->next_take + 1) % sr->n_slots;
-		*out = slot->buf;
+		*out = slot->data;
+		if (sr->s->read_ref) {
+			sr->lent = slot->data;
+			sr->lent_len = (size_t)n;
+		}
 	}
 	pthread_mutex_unlock(&sr->mu);
 	return n;
@@ -989,7 +1028,7 @@ int layer_reader_start(struct byte_stream *tar, size_t ahead, struct layer_reade
 	sr->n_slots = n < READ_SLOTS_MIN ? READ_SLOTS_MIN : n > UINT_MAX ? UINT_MAX : (unsigned)n;
 	sr->slots = calloc(sr->n_slots, sizeof(*sr->slots));
 	bool ok = sr->slots != NULL;
-	for (unsigned i = 0; ok && i < sr->n_slots; i++)
+	for (unsigned i = 0; ok && !tar->read_ref && i < sr->n_slots; i++)
 		ok = (sr->slots[i].buf = malloc(READ_BUF)) != NULL;
 	if (!ok) {
 		layer_reader_free((struct layer_reader *)sr);
@@ -1027,6 +1066,15 @@ void layer_reader_free(struct layer_reader *lr)
 		free(sr->slots[i].buf);
 	free(sr->slots);
 	free(sr);
+}
+
+/* Whether |<p, len>| lies in bytes the stream lent, which stay valid until
+ * it is closed; libarchive hands out either those or a copy of its own
+ * (a header or a block that straddled two reads). */
+static bool reader_lends(const struct stream_reader *sr, const void *p, size_t len)
+{
+	const uint8_t *b = p;
+	return sr && sr->lent && b >= sr->lent && len <= sr->lent_len && (size_t)(b - sr->lent) <= sr->lent_len - len;
 }
 
 static bool reader_clean_end(struct stream_reader *sr)

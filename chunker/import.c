@@ -46,6 +46,7 @@
 struct job {
 	uint64_t index;
 	uint8_t *buf; /* plain in [0, CHUNK_SIZE), cipher in [CHUNK_SIZE, 2*CHUNK_SIZE); NULL for zero */
+	const uint8_t *plain; /* lent plaintext (sink_emit_lent) in place of buf's first half, or NULL */
 	bool zero;
 	uint8_t key[CHUNK_KEY_LEN];
 	char name[CHUNK_NAME_HEX_LEN + 1];
@@ -142,10 +143,10 @@ static void sink_put_buffer(void *ctx, uint8_t *buf)
 	pthread_mutex_unlock(&p->mu);
 }
 
-static int sink_emit(void *ctx, uint64_t index, uint8_t *data)
+static int queue_job(struct pipeline *p, const struct job *jp)
 {
-	struct pipeline *p = ctx;
-	struct job j = {.index = index, .buf = data, .zero = data == NULL};
+	struct job j = *jp;
+	uint8_t *data = j.buf;
 	pthread_mutex_lock(&p->mu);
 	if (cancelled(p))
 		fail_locked(p, -EINTR);
@@ -160,6 +161,26 @@ static int sink_emit(void *ctx, uint64_t index, uint8_t *data)
 	if (err && data)
 		sink_put_buffer(p, data);
 	return err;
+}
+
+static int sink_emit(void *ctx, uint64_t index, uint8_t *data)
+{
+	return queue_job(ctx, &(struct job){.index = index, .buf = data, .zero = data == NULL});
+}
+
+/* The plaintext stays where the layer stream lent it; the buffer only takes
+ * the ciphertext, so the chunk is never copied before it is sealed. */
+static int sink_emit_lent(void *ctx, uint64_t index, const uint8_t *plain)
+{
+	struct pipeline *p = ctx;
+	uint8_t *buf = sink_get_buffer(p);
+	if (!buf) {
+		pthread_mutex_lock(&p->mu);
+		int err = p->err;
+		pthread_mutex_unlock(&p->mu);
+		return err ? err : -ENOMEM;
+	}
+	return queue_job(p, &(struct job){.index = index, .buf = buf, .plain = plain});
 }
 
 /* ---- seal workers ------------------------------------------------------------ */
@@ -178,13 +199,15 @@ static void *seal_worker(void *arg)
 		pthread_mutex_unlock(&p->mu);
 
 		int r = 0;
-		if (j.buf && is_all_zero(j.buf, CHUNK_SIZE)) {
+		const uint8_t *plain = j.plain ? j.plain : j.buf;
+		if (j.buf && is_all_zero(plain, CHUNK_SIZE)) {
 			sink_put_buffer(p, j.buf);
 			j.buf = NULL;
+			j.plain = NULL;
 			j.zero = true;
 		}
 		if (j.buf)
-			r = chunk_seal(p->c->env.salt, p->c->env.salt_len, j.buf, CHUNK_SIZE, j.key, j.buf + CHUNK_SIZE, j.name);
+			r = chunk_seal(p->c->env.salt, p->c->env.salt_len, plain, CHUNK_SIZE, j.key, j.buf + CHUNK_SIZE, j.name);
 
 		pthread_mutex_lock(&p->mu);
 		/* Zero chunks hold no buffer, so a long hole can outrun the
@@ -733,8 +756,11 @@ static int import_image(struct chunkify_ctx *c, const char *source, const struct
 	struct flattener f = {0};
 	struct erofs_image_layout layout = {0};
 	r = regions ? run_start(c, opt, rep, &run) : -ENOMEM;
-	const struct chunk_sink sink = {
-		.get_buffer = sink_get_buffer, .put_buffer = sink_put_buffer, .emit = sink_emit, .ctx = p};
+	const struct chunk_sink sink = {.get_buffer = sink_get_buffer,
+					.put_buffer = sink_put_buffer,
+					.emit = sink_emit,
+					.emit_lent = sink_emit_lent,
+					.ctx = p};
 	if (r == 0)
 		r = flattener_init(&f, &sink, opt->max_image_size ? opt->max_image_size : (1ull << 40));
 	f.spool_dir = tmp_dir; /* cold file data waits beside the staged blobs */
@@ -758,16 +784,25 @@ static int import_image(struct chunkify_ctx *c, const char *source, const struct
 		f.layer_layout = layout_plan_layer(opt->layout, img->layers[i].digest);
 		if (r == 0)
 			r = flatten_layer_read(&f, ahead[i].reader, (unsigned)i, what, &regions[i]);
-		layer_ahead_cleanup(&ahead[i]);
+		/* A stream that lent bytes stays open until the pipeline stops
+		 * (sink_emit_lent); any other is done with. */
+		if (ahead[i].stream && ahead[i].stream->read_ref) {
+			layer_reader_free(ahead[i].reader);
+			ahead[i].reader = NULL;
+		} else {
+			layer_ahead_cleanup(&ahead[i]);
+		}
 		if (r == 0 && cancelled(p))
 			r = -EINTR;
 	}
-	for (size_t i = 0; ahead && i < img->n_layers; i++)
-		layer_ahead_cleanup(&ahead[i]);
-	free(ahead);
 	if (r == 0)
 		r = flattener_finish(&f, &layout);
 	r = run_stop(&run, r, rep);
+	/* Only now that no seal worker runs: chunks may still have pointed
+	 * into a layer's stream (sink_emit_lent). */
+	for (size_t i = 0; ahead && i < img->n_layers; i++)
+		layer_ahead_cleanup(&ahead[i]);
+	free(ahead);
 	if (opt->progress)
 		draw_progress(p, r == 0 ? img->n_layers : 0, img->n_layers, start, true);
 

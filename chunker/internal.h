@@ -101,6 +101,13 @@ struct byte_stream {
 	 * (logged).  At the end of the stream every digest the stream was told
 	 * to check has been checked: a mismatch is -EBADMSG, never a clean 0. */
 	ssize_t (*read)(struct byte_stream *s, void *buf, size_t n);
+	/* Optional (NULL when the stream cannot): the same as read, but the
+	 * next up to |n| bytes are handed out in place as |*out| instead of
+	 * copied; they stay valid and unchanged until the stream is closed.
+	 * A plain layer in a file is mapped, so its bytes reach the tar
+	 * parser without the kernel copying them (the largest cost of an
+	 * import after the crypto itself).  The two calls may be mixed. */
+	ssize_t (*read_ref)(struct byte_stream *s, const void **out, size_t n);
 	void (*close)(struct byte_stream *s);
 	const char *what; /* "layer 2 (sha256:ab12...)" for error messages */
 };
@@ -128,7 +135,8 @@ struct byte_stream *blob_stream_wrap(struct byte_stream *raw, const char *what, 
 
 /* A stream over bytes already in memory (a test's or a fuzz target's tar).
  * byte_stream_mem_init() makes |m| read |<p, n>|, which it does not copy:
- * the bytes must outlive the stream.  Closing it does nothing. */
+ * the bytes must outlive the stream, which also lends them (read_ref).
+ * Closing it does nothing. */
 struct byte_stream_mem {
 	struct byte_stream base;
 	const uint8_t *p;
@@ -213,6 +221,12 @@ struct chunk_sink {
 	 * increasing index order, except chunk 0 (the superblock), which comes
 	 * last.  Returns 0 or -errno, which aborts the import. */
 	int (*emit)(void *ctx, uint64_t index, uint8_t *data);
+	/* Optional: hand over chunk |index| whose CHUNK_SIZE bytes are |plain|,
+	 * lent by a layer stream (byte_stream.read_ref) rather than copied into
+	 * a buffer.  The stream stays open until the sink has no more use for
+	 * the bytes (the importer closes layer streams only after its
+	 * pipeline has stopped).  Same order and return value as emit. */
+	int (*emit_lent)(void *ctx, uint64_t index, const uint8_t *plain);
 	void *ctx;
 };
 

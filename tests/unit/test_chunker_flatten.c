@@ -176,6 +176,21 @@ static int emit(void *ctx, uint64_t index, uint8_t *data)
 	return 0;
 }
 
+/* Chunks handed over in place (emit_lent), and whether flatten_with's sink
+ * takes them. */
+static unsigned lent_chunks;
+static bool sink_lends;
+
+static int emit_lent(void *ctx, uint64_t index, const uint8_t *plain)
+{
+	uint8_t *b = get_buffer(ctx);
+	if (!b)
+		return -ENOMEM;
+	memcpy(b, plain, CHUNK_SIZE);
+	lent_chunks++;
+	return emit(ctx, index, b);
+}
+
 static const struct chunk_sink sink_template = {
 	.get_buffer = get_buffer, .put_buffer = put_buffer, .emit = emit};
 
@@ -191,6 +206,8 @@ static int flatten_with(struct flattener *f, struct chunk_sink *sink, struct ima
 			const char *spool_dir, const struct layout_plan *plan, const char *const *digests)
 {
 	*sink = sink_template;
+	if (sink_lends)
+		sink->emit_lent = emit_lent;
 	sink->ctx = img;
 	memset(img, 0, sizeof(*img));
 	int r = flattener_init(f, sink, 1ull << 32);
@@ -464,6 +481,21 @@ int main(void)
 	flattener_cleanup(&f2);
 	free(img2.bytes);
 	erofs_layout_cleanup(&layout3);
+
+	/* A sink that takes whole chunks in place from the stream (a mapped
+	 * layer) gets the very same image. */
+	struct erofs_image_layout layout4 = {0};
+	sink_lends = true;
+	r = flatten(&f2, &sink2, &img2, both, 2, regions2, NULL);
+	sink_lends = false;
+	if (r == 0)
+		r = flattener_finish(&f2, &layout4);
+	CHECK(r == 0 && lent_chunks > 0, "lending sink: %s, %u chunks lent", strerror(-r), lent_chunks);
+	CHECK(r == 0 && img2.size == img.size && !memcmp(img.bytes, img2.bytes, img.size),
+	      "chunks taken in place gave a different image");
+	flattener_cleanup(&f2);
+	free(img2.bytes);
+	erofs_layout_cleanup(&layout4);
 
 	test_traced_layout(&img, regions);
 	flattener_cleanup(&f);
