@@ -286,14 +286,20 @@ struct chunk_whole {
 };
 
 /* Verify |<cipher, len>| (taking ownership of |cipher|, malloc'd) against
- * |name| (unless |name_checked|: the tier that produced it already did, as
- * l2_get does) and, with |c|'s salt, |key|; decrypt: one pass of image.h's
+ * |name| and, with |c|'s salt, |key|; decrypt: one pass of image.h's
  * chunk_open, the one implementation of the chunk format.
  * Returns 0 with |*out| (refs 1), -EBADMSG if the bytes do not match or
  * |len| is 0 or above CHUNK_SIZE (cipher freed), or -ENOMEM / -EIO (cipher
  * freed). */
 int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher,
-		     size_t len, bool name_checked, enum cache_tier from, struct chunk_whole **out);
+		     size_t len, enum cache_tier from, struct chunk_whole **out);
+/* Make a chunk_whole of bytes a tier has already verified and decrypted
+ * itself (l2_get_open does, as the fragments arrive), taking ownership of
+ * |cipher| and |plain| (malloc'd, |len| bytes each).  Returns 0 with |*out|
+ * (refs 1), -EBADMSG if |len| is 0 or above CHUNK_SIZE, or -ENOMEM; on
+ * failure both buffers are freed. */
+int chunk_whole_adopt(const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher, uint8_t *plain,
+		      size_t len, enum cache_tier from, struct chunk_whole **out);
 /* chunk_whole_ref takes a reference to |w|; chunk_whole_unref drops one,
  * and the last frees it (NULL is allowed). */
 void chunk_whole_ref(struct chunk_whole *w);

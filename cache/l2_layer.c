@@ -4,8 +4,8 @@
  *
  * l2_get_open checks the chunk against its name, decrypts it and, with a
  * salt, checks the key, each fragment as it arrives, so the chunk_whole is
- * made here from the bytes it returns without another pass (chunk_whole_make
- * would verify and decrypt again).  A chunk that l2_get_open rebuilt but
+ * adopted as it is (chunk_whole_adopt), without the second pass
+ * chunk_whole_make would make.  A chunk that l2_get_open rebuilt but
  * does not match its name or its key is reported (l2_report_bad deletes its
  * fragments); whatever went wrong, the read goes on to L3.
  */
@@ -14,7 +14,6 @@
 
 #include <errno.h>
 #include <stdlib.h>
-#include <string.h>
 
 struct l2_layer {
 	struct l2 *l2;
@@ -25,11 +24,9 @@ static int l2_layer_read(struct cache_layer *l, struct chunk_req *rq)
 	struct l2_layer *st = l->state;
 	struct cache *c = l->cache;
 	uint8_t *cipher = malloc(CHUNK_SIZE), *plain = malloc(CHUNK_SIZE);
-	struct chunk_whole *w = calloc(1, sizeof(*w));
-	if (!cipher || !plain || !w) {
+	if (!cipher || !plain) {
 		free(cipher);
 		free(plain);
-		free(w);
 		return -ENOMEM;
 	}
 	struct l2_open op = {.key = rq->key, .plain = plain};
@@ -37,19 +34,16 @@ static int l2_layer_read(struct cache_layer *l, struct chunk_req *rq)
 	size_t len = 0;
 	int r = l2_get_open(st->l2, rq->name, &op, cipher, &len);
 	if (r == 0) {
-		memcpy(w->name, rq->name, CHUNK_NAME_HEX_LEN + 1);
-		memcpy(w->key, rq->key, CHUNK_KEY_LEN);
-		w->len = len;
-		w->cipher = cipher;
-		w->plain = plain;
-		w->from = CACHE_TIER_L2;
-		w->refs = 1;
-		chunk_whole_serve(c, w, rq);
-		return 0;
+		struct chunk_whole *w;
+		r = chunk_whole_adopt(rq->name, rq->key, cipher, plain, len, CACHE_TIER_L2, &w);
+		if (r == 0) {
+			chunk_whole_serve(c, w, rq);
+			return 0;
+		}
+	} else {
+		free(cipher);
+		free(plain);
 	}
-	free(cipher);
-	free(plain);
-	free(w);
 	if (r == -EBADMSG) {
 		CACHE_COUNT(c, CACHE_TIER_L2, corrupt, 1);
 		log_warn("L2 returned chunk %s with bytes that do not match its name or key; dropping its "

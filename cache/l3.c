@@ -52,7 +52,7 @@ static int l3_read(struct cache_layer *l, struct chunk_req *rq)
 		return -EIO;
 	}
 	struct chunk_whole *w;
-	r = chunk_whole_make(c, rq->name, rq->key, cipher, len, false, CACHE_TIER_L3, &w);
+	r = chunk_whole_make(c, rq->name, rq->key, cipher, len, CACHE_TIER_L3, &w);
 	if (r < 0) {
 		if (r == -EBADMSG)
 			CACHE_COUNT(c, CACHE_TIER_L3, corrupt, 1);

@@ -1,7 +1,9 @@
 /* Whole chunks: below L1 a read always fetches a whole chunk, because the
  * L2 fleet and the origin store only deal in whole chunks.  Each fetched
  * chunk is verified once, in one pass (chunk_whole_make, which calls
- * image.h's chunk_open), and handed up the chain as a
+ * image.h's chunk_open; the L2 read does that pass itself as fragments
+ * arrive, and its bytes are adopted with chunk_whole_adopt), and handed up
+ * the chain as a
  * refcounted chunk_whole; the tiers above never hash a whole chunk again.
  */
 #include "cache.h"
@@ -25,30 +27,15 @@ void chunk_whole_unref(struct chunk_whole *w)
 	free(w);
 }
 
-int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher,
-		     size_t len, bool name_checked, enum cache_tier from, struct chunk_whole **out)
+int chunk_whole_adopt(const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher, uint8_t *plain,
+		      size_t len, enum cache_tier from, struct chunk_whole **out)
 {
 	*out = NULL;
-	if (len == 0 || len > CHUNK_SIZE) {
-		free(cipher);
-		return -EBADMSG;
-	}
-	struct chunk_whole *w = calloc(1, sizeof(*w));
-	uint8_t *plain = malloc(len);
-	if (!w || !plain) {
-		free(w);
-		free(plain);
-		free(cipher);
-		return -ENOMEM;
-	}
-	size_t salt_len;
-	const uint8_t *salt = cache_salt(c, &salt_len);
-	int r = chunk_open(name_checked ? NULL : name, key, salt, salt_len, cipher, len, plain);
-	if (r < 0) {
+	struct chunk_whole *w = len == 0 || len > CHUNK_SIZE ? NULL : calloc(1, sizeof(*w));
+	if (!w) {
 		free(cipher);
 		free(plain);
-		free(w);
-		return r;
+		return len == 0 || len > CHUNK_SIZE ? -EBADMSG : -ENOMEM;
 	}
 	memcpy(w->name, name, CHUNK_NAME_HEX_LEN + 1);
 	memcpy(w->key, key, CHUNK_KEY_LEN);
@@ -59,6 +46,30 @@ int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_
 	w->refs = 1;
 	*out = w;
 	return 0;
+}
+
+int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher,
+		     size_t len, enum cache_tier from, struct chunk_whole **out)
+{
+	*out = NULL;
+	if (len == 0 || len > CHUNK_SIZE) {
+		free(cipher);
+		return -EBADMSG;
+	}
+	uint8_t *plain = malloc(len);
+	if (!plain) {
+		free(cipher);
+		return -ENOMEM;
+	}
+	size_t salt_len;
+	const uint8_t *salt = cache_salt(c, &salt_len);
+	int r = chunk_open(name, key, salt, salt_len, cipher, len, plain);
+	if (r < 0) {
+		free(cipher);
+		free(plain);
+		return r;
+	}
+	return chunk_whole_adopt(name, key, cipher, plain, len, from, out);
 }
 
 void chunk_whole_copy(const struct chunk_whole *w, struct chunk_req *rq)
