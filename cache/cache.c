@@ -495,10 +495,11 @@ char *cache_stats_json(struct cache *c)
 		}
 		json_object_set_new(l2, "nodes_up", json_integer((json_int_t)up));
 		json_object_set_new(l2, "nodes", nodes);
-		json_t *cnt = json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "gets", (json_int_t)ls.gets, "hits",
+		json_t *cnt = json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "gets", (json_int_t)ls.gets, "hits",
 					(json_int_t)ls.hits, "misses", (json_int_t)ls.misses, "decodes",
 					(json_int_t)ls.decodes, "repairs_queued", (json_int_t)ls.repairs_queued,
-					"repairs_done", (json_int_t)ls.repairs_done, "puts", (json_int_t)ls.puts);
+					"repairs_done", (json_int_t)ls.repairs_done, "puts", (json_int_t)ls.puts,
+					"crc_rereads", (json_int_t)ls.crc_rereads);
 		json_object_update(l2, cnt);
 		json_decref(cnt);
 		free(ls.nodes);

@@ -46,6 +46,9 @@ struct l2_node_stats {
 struct l2_stats {
 	uint64_t gets, hits, misses, decodes, repairs_queued, repairs_done, puts;
 	uint64_t bg_dropped; /* background writes and repairs dropped because the queue was full */
+	/* reads done twice: a data fragment taken without its CRC turned out
+	 * bad once the chunk failed its name check (l2_read.c) */
+	uint64_t crc_rereads;
 	size_t n_nodes;
 	struct l2_node_stats *nodes; /* n_nodes entries, owned by the caller after l2_stats (free()) */
 };
@@ -248,6 +251,18 @@ void l2_reply_advance(struct l2_reply *r, size_t n);
  * or -EBADMSG. */
 int l2_fragment_parse_split(const uint8_t *hdr, const uint8_t *data, size_t data_len, const char *expect_name,
 			    unsigned expect_k, unsigned expect_m, struct l2_fragment_view *out);
+
+/* l2_fragment_parse_split without the CRC-32C of the data, which the caller
+ * checks later with l2_fragment_crc_ok, if at all: a read whose data
+ * fragments are covered by the chunk's name check needs a fragment's CRC
+ * only to tell which fragment is bad once that check has failed.  Returns 0
+ * with |*out| filled, or -EBADMSG. */
+int l2_fragment_parse_header(const uint8_t *hdr, const uint8_t *data, size_t data_len, const char *expect_name,
+			     unsigned expect_k, unsigned expect_m, struct l2_fragment_view *out);
+
+/* Whether |<data, data_len>| matches the CRC-32C in fragment header |hdr|
+ * (which l2_fragment_parse_header accepted). */
+bool l2_fragment_crc_ok(const uint8_t *hdr, const uint8_t *data, size_t data_len);
 
 /* Where fragment |index| of chunk |name| lives: the node's "host:port" into
  * |<addr, addr_len>| and the memcached key into |<key, key_len>|

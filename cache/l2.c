@@ -259,6 +259,7 @@ int l2_stats(struct l2 *l, struct l2_stats *out)
 	LOAD(repairs_done);
 	LOAD(puts);
 	LOAD(bg_dropped);
+	LOAD(crc_rereads);
 #undef LOAD
 	return 0;
 }

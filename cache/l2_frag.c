@@ -44,8 +44,8 @@ static bool km_valid(unsigned k, unsigned m)
 	return k >= 1 && k <= L2_MAX_K && m <= L2_MAX_M && k + m <= L2_MAX_FRAGS;
 }
 
-int l2_fragment_parse_split(const uint8_t *hdr, const uint8_t *data, size_t data_len, const char *expect_name,
-			    unsigned expect_k, unsigned expect_m, struct l2_fragment_view *out)
+int l2_fragment_parse_header(const uint8_t *hdr, const uint8_t *data, size_t data_len, const char *expect_name,
+			     unsigned expect_k, unsigned expect_m, struct l2_fragment_view *out)
 {
 	if (!hdr || memcmp(hdr, L2_FRAG_MAGIC, 4) != 0 || hdr[4] != L2_FRAG_VERSION)
 		return -EBADMSG;
@@ -59,8 +59,6 @@ int l2_fragment_parse_split(const uint8_t *hdr, const uint8_t *data, size_t data
 		return -EBADMSG;
 	if (expect_name && (strlen(expect_name) != CHUNK_NAME_HEX_LEN || memcmp(hdr + 16, expect_name, CHUNK_NAME_HEX_LEN)))
 		return -EBADMSG;
-	if (get_le32(hdr + 80) != l2_crc32c(data, frag_len))
-		return -EBADMSG;
 	out->k = k;
 	out->m = m;
 	out->index = index;
@@ -68,6 +66,20 @@ int l2_fragment_parse_split(const uint8_t *hdr, const uint8_t *data, size_t data
 	out->frag_len = frag_len;
 	out->data = data;
 	return 0;
+}
+
+bool l2_fragment_crc_ok(const uint8_t *hdr, const uint8_t *data, size_t data_len)
+{
+	return get_le32(hdr + 80) == l2_crc32c(data, data_len);
+}
+
+int l2_fragment_parse_split(const uint8_t *hdr, const uint8_t *data, size_t data_len, const char *expect_name,
+			    unsigned expect_k, unsigned expect_m, struct l2_fragment_view *out)
+{
+	int r = l2_fragment_parse_header(hdr, data, data_len, expect_name, expect_k, expect_m, out);
+	if (r == 0 && !l2_fragment_crc_ok(hdr, data, data_len))
+		r = -EBADMSG;
+	return r;
 }
 
 int l2_fragment_parse(const uint8_t *buf, size_t len, const char *expect_name, unsigned expect_k, unsigned expect_m,

@@ -108,7 +108,7 @@ struct l2 {
 	size_t scratch_len;
 
 	/* global counters, atomics */
-	uint64_t gets, hits, misses, decodes, repairs_queued, repairs_done, puts, bg_dropped;
+	uint64_t gets, hits, misses, decodes, repairs_queued, repairs_done, puts, bg_dropped, crc_rereads;
 };
 
 #define COUNT(l, field) __atomic_fetch_add(&(l)->field, 1, __ATOMIC_RELAXED)

@@ -29,6 +29,12 @@
  * every
  * L2_SLOW_PROBE_EVERY-th read, whose answer keeps its average current so
  * that a node that recovers is asked again.
+ * A data fragment's CRC-32C is not checked as it lands: the name check
+ * covers the same bytes, so only after that check fails are the CRCs looked
+ * at, and if one shows a bad fragment the chunk is read once more checking
+ * each fragment as it lands (so the bad one is left out, rebuilt from
+ * parity and repaired).  Parity fragments, which the name check reaches only
+ * through a decode, are checked as they land.
  * The pool and the drainer are in l2_pool.c; the repair of fragments found
  * missing or corrupt on the way is in l2_write.c.
  */
@@ -149,6 +155,11 @@ struct read_state {
 	uint8_t *plain;
 	EVP_MD_CTX *kmd; /* the key check, SHA-256(salt || plain), with a salt */
 	uint32_t decrypted; /* data fragments whose plaintext is in |plain| */
+	/* Data fragments taken without their CRC-32C (lazy_crc): the name
+	 * check covers their bytes, so their CRCs are looked at only once that
+	 * check has failed, to learn whether a fragment is bad. */
+	bool lazy_crc;
+	uint32_t crc_unchecked;
 };
 
 /* Where fragment i's data goes once its length is known: data fragments at
@@ -215,12 +226,16 @@ static void frag_finish(struct read_state *rs, unsigned i)
 	if (res == L2R_HIT) {
 		struct l2_fragment_view v;
 		size_t dlen = f->rp.value_len > L2_FRAG_HDR_LEN ? f->rp.value_len - L2_FRAG_HDR_LEN : 0;
+		bool lazy = rs->lazy_crc && i < l->k;
 		bool good = f->data && f->rp.value_len > L2_FRAG_HDR_LEN &&
-			    l2_fragment_parse_split(f->hdr, f->data, dlen, rs->name, l->k, l->m, &v) == 0 &&
+			    (lazy ? l2_fragment_parse_header(f->hdr, f->data, dlen, rs->name, l->k, l->m, &v)
+				  : l2_fragment_parse_split(f->hdr, f->data, dlen, rs->name, l->k, l->m, &v)) == 0 &&
 			    v.index == i && l2_frag_set_add(&rs->set, &v) == 0;
 		f->st = good ? FS_INTACT : FS_CORRUPT;
 		if (good)
 			rs->intact++;
+		if (good && lazy)
+			rs->crc_unchecked |= 1u << i;
 		else
 			log_warn("l2: fragment %s from %s is corrupt (%zu bytes); it will be rewritten", f->key,
 				 nd->addr, f->rp.value_len);
@@ -412,6 +427,20 @@ static uint32_t slow_nodes(struct l2 *l, const unsigned *order, unsigned n)
 	return skip;
 }
 
+/* After a failed name check: whether every data fragment taken without its
+ * CRC matches it.  One that does not is bad, and a read that checks each
+ * fragment as it lands can leave it out and rebuild it from parity. */
+static bool unchecked_crcs_ok(const struct read_state *rs)
+{
+	for (unsigned i = 0; i < rs->l->k; i++) {
+		const struct frag_read *f = &rs->f[i];
+		if ((rs->crc_unchecked >> i & 1) &&
+		    !l2_fragment_crc_ok(f->hdr, f->data, f->rp.value_len - L2_FRAG_HDR_LEN))
+			return false;
+	}
+	return true;
+}
+
 static void read_state_free(struct read_state *rs)
 {
 	scratch_put(rs->l, rs->scratch);
@@ -421,7 +450,12 @@ static void read_state_free(struct read_state *rs)
 	free(rs);
 }
 
-int l2_read(struct l2 *l, const char *name, const struct l2_open *op, uint8_t *out, size_t *out_len, bool wait_all)
+/* One read of chunk |name| (l2_read below).  With |lazy_crc|, data
+ * fragments are taken without their CRC; if the name check then fails and a
+ * fragment's CRC shows why, nothing is counted, logged or repaired and
+ * *|again| is set: the caller reads once more, checking every CRC. */
+static int l2_read_once(struct l2 *l, const char *name, const struct l2_open *op, uint8_t *out, size_t *out_len,
+			bool wait_all, bool lazy_crc, bool *again)
 {
 	unsigned order[L2_MAX_FRAGS];
 	l2_rank_nodes(l, name, order);
@@ -433,6 +467,7 @@ int l2_read(struct l2 *l, const char *name, const struct l2_open *op, uint8_t *o
 	rs->name = name;
 	rs->out = out;
 	rs->n = l->k + l->m;
+	rs->lazy_crc = lazy_crc;
 	l2_frag_set_init(&rs->set, l->k, l->m);
 	rs->md = EVP_MD_CTX_new();
 	if (!rs->md || EVP_DigestInit_ex(rs->md, EVP_sha256(), NULL) != 1) {
@@ -555,6 +590,13 @@ int l2_read(struct l2 *l, const char *name, const struct l2_open *op, uint8_t *o
 				r = -EBADMSG;
 		}
 	}
+	if (r == -EBADMSG && rs->crc_unchecked && !unchecked_crcs_ok(rs)) {
+		if (rs->plain)
+			memset(rs->plain, 0, CHUNK_SIZE);
+		read_state_free(rs);
+		*again = true;
+		return -EBADMSG;
+	}
 	if (r == 0 && rs->kmd) {
 		/* The name matched; the key is checked before any repair
 		 * rewrites fragments of a chunk the caller will drop. */
@@ -597,6 +639,19 @@ int l2_read(struct l2 *l, const char *name, const struct l2_open *op, uint8_t *o
 			memset(rs->plain, 0, CHUNK_SIZE);
 	}
 	read_state_free(rs);
+	return r;
+}
+
+int l2_read(struct l2 *l, const char *name, const struct l2_open *op, uint8_t *out, size_t *out_len, bool wait_all)
+{
+	/* A read that waits for every fragment is there to judge each one, so
+	 * it checks every CRC as the fragment lands. */
+	bool again = false;
+	int r = l2_read_once(l, name, op, out, out_len, wait_all, !wait_all, &again);
+	if (again) {
+		COUNT(l, crc_rereads);
+		r = l2_read_once(l, name, op, out, out_len, wait_all, false, &again);
+	}
 	return r;
 }
 

@@ -5,6 +5,8 @@
 #       one reader and by 8 concurrent ones;
 #   (e) a fragment overwritten with garbage in memcached is detected, never
 #       returned, counted corrupt, and repaired (valid again after l2_flush);
+#       a data fragment with a flipped bit, whose CRC is only looked at once
+#       the name check fails, leads to a second read that counts it corrupt;
 #   (d) a node restarted empty gets its fragments back by repair after reads;
 #   (f) a node behind a proxy adding 20 ms per reply does not slow reads:
 #       p50 of 200 reads < 10 ms (first k of k+m, not a benchmark);
@@ -90,6 +92,24 @@ done
 run check-d "${L2[@]}" check "$CH"
 expect_line check-d '^fragments valid=1000 missing=0 invalid=0 unreachable=0$'
 pass "(d) 4 corrupt fragments detected ($corrupt counted), never returned, repaired"
+
+# A data fragment's CRC is checked only once the chunk fails its name check.
+# With a bit of data fragment 2 flipped and the parity fragment gone, a read
+# must take fragment 2, fail the name check, find the bad CRC, read again
+# checking every fragment, and give up (-ENOENT, never wrong bytes) with the
+# fragment counted corrupt.
+crc_victim=${NAMES[5]}
+run corrupt-d2 "${L2[@]}" corrupt "$crc_victim" 2 flip
+run delete-d2 "${L2[@]}" corrupt "$crc_victim" 4 delete
+run verify-d2 "${L2[@]}" verify "$CH"
+expect_line verify-d2 '^verify ok=199 enoent=1 mismatch=0 err=0 '
+[ "$(stat_of verify-d2 crc_rereads)" -ge 1 ] || { cat "$T/verify-d2.out"; die "(d) the bad CRC did not lead to a second read"; }
+[ "$(node_sum verify-d2 corrupt)" -ge 1 ] || { cat "$T/verify-d2.out"; die "(d) the flipped fragment was not counted corrupt"; }
+mkdir "$T/one" && cp "$CH/$crc_victim" "$T/one/"
+run put-d2 "$H" -k 4 -m 1 -t 2000 -b 1000 -n "$NODES" put "$T/one"
+run check-d2 "${L2[@]}" check "$CH"
+expect_line check-d2 '^fragments valid=1000 missing=0 invalid=0 unreachable=0$'
+pass "(d) a flipped data fragment found by its CRC after the name check failed: read again, refused, counted"
 
 # ---- (e) a node restarted empty is refilled by repair -----------------------------------------
 stop_mc 2

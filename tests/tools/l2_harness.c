@@ -14,7 +14,8 @@
  *   corrupt NAME INDEX MODE [OTHER]
  *                             overwrite fragment INDEX of NAME in memcached, bypassing l2: MODE is
  *                             garbage (random bytes), flip (one data bit of the real fragment),
- *                             short (a truncated fragment) or foreign (fragment INDEX of chunk OTHER)
+ *                             short (a truncated fragment), foreign (fragment INDEX of chunk OTHER)
+ *                             or delete (the fragment removed)
  *   open DIR                  l2_get_open every chunk of DIR: without a salt it must decrypt to
  *                             what chunk_ctr_at makes of the file, with a salt and a key that is
  *                             not the chunk's it must be refused (-EBADMSG, plaintext zeroed); then
@@ -28,7 +29,7 @@
  *
  * Each command ends with l2_flush and prints the counters:
  *   node ADDR up=1 gets=.. hits=.. misses=.. errors=.. timeouts=.. corrupt=.. lat_ms=..
- *   l2 gets=.. hits=.. misses=.. decodes=.. repairs_queued=.. repairs_done=.. puts=.. dropped=..
+ *   l2 gets=.. hits=.. misses=.. decodes=.. repairs_queued=.. repairs_done=.. puts=.. dropped=.. crc_rereads=..
  * Exit status: 0, or 1 on any mismatch, unexpected error, or bad usage.
  */
 #include "cache/l2_internal.h"
@@ -142,10 +143,11 @@ static void print_stats(struct l2 *l)
 		       (unsigned long long)n->bytes_written, n->latency_ewma_ms);
 	}
 	printf("l2 gets=%llu hits=%llu misses=%llu decodes=%llu repairs_queued=%llu repairs_done=%llu puts=%llu "
-	       "dropped=%llu\n",
+	       "dropped=%llu crc_rereads=%llu\n",
 	       (unsigned long long)st.gets, (unsigned long long)st.hits, (unsigned long long)st.misses,
 	       (unsigned long long)st.decodes, (unsigned long long)st.repairs_queued,
-	       (unsigned long long)st.repairs_done, (unsigned long long)st.puts, (unsigned long long)st.bg_dropped);
+	       (unsigned long long)st.repairs_done, (unsigned long long)st.puts, (unsigned long long)st.bg_dropped,
+	       (unsigned long long)st.crc_rereads);
 	free(st.nodes);
 }
 
@@ -426,6 +428,13 @@ static int cmd_corrupt(struct l2 *l, unsigned k, unsigned m, const char *name, u
 	uint32_t flags;
 	memcached_return_t rc;
 	char *v = NULL;
+	if (strcmp(mode, "delete") == 0) {
+		rc = memcached_delete(mc, key, strlen(key), 0);
+		int c = memcached_success(rc) ? check_one(&pool, l, k, m, name, index) : 3;
+		raw_pool_cleanup(&pool);
+		printf("deleted %s.%u: now %s\n", name, index, c == 1 ? "missing" : "UNEXPECTEDLY PRESENT");
+		return c == 1 ? 0 : 1;
+	}
 	if (strcmp(mode, "garbage") == 0) {
 		vlen = 1000 + (size_t)getpid() % 5000;
 		v = malloc(vlen);
