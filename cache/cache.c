@@ -486,12 +486,13 @@ char *cache_stats_json(struct cache *c)
 			const struct l2_node_stats *n = &ls.nodes[i];
 			up += n->up;
 			json_array_append_new(
-			    nodes, json_pack("{s:s,s:b,s:f,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "addr", n->addr, "up", n->up,
+			    nodes, json_pack("{s:s,s:b,s:f,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "addr", n->addr, "up", n->up,
 					     "latency_ms", n->latency_ewma_ms, "gets", (json_int_t)n->gets, "hits",
 					     (json_int_t)n->hits, "misses", (json_int_t)n->misses, "errors",
 					     (json_int_t)n->errors, "timeouts", (json_int_t)n->timeouts, "corrupt",
 					     (json_int_t)n->corrupt, "bytes_read", (json_int_t)n->bytes_read,
-					     "bytes_written", (json_int_t)n->bytes_written));
+					     "bytes_written", (json_int_t)n->bytes_written, "slow_skipped",
+					     (json_int_t)n->slow_skipped, "slow_probes", (json_int_t)n->slow_probes));
 		}
 		json_object_set_new(l2, "nodes_up", json_integer((json_int_t)up));
 		json_object_set_new(l2, "nodes", nodes);

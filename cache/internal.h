@@ -39,6 +39,9 @@ struct l2_node_stats {
 	char addr[64];
 	bool up;
 	uint64_t gets, hits, misses, errors, timeouts, corrupt;
+	/* reads that left this node out as slow, and reads that asked it
+	 * anyway as the probe that keeps its average current */
+	uint64_t slow_skipped, slow_probes;
 	uint64_t bytes_read, bytes_written;
 	double latency_ewma_ms;
 };

@@ -164,7 +164,19 @@ p50_a=$(grep -o 'p50_ms=[0-9.]*' "$T/verify-a.out" | cut -d= -f2)
 limit=$(awk -v a="$p50_a" 'BEGIN { print (a < 5 ? 10 : a + 10) }')
 awk -v p="$p50" -v l="$limit" 'BEGIN { exit !(p < l) }' ||
   { cat "$T/verify-f.out"; die "(f) p50 $p50 ms with one slow node (limit $limit ms): reads wait for it"; }
-pass "(f) one node at +20 ms (its EWMA ${slow_lat} ms): $(grep -o 'p50_ms=[0-9.]* p99_ms=[0-9.]*' "$T/verify-f.out")"
+# A node left out as slow is still asked on every 16th read that leaves it
+# out, so its average follows it if it recovers: of each 16 such reads, 15
+# skip it and one probes it.
+slow_line=$(grep "^node 127.0.0.1:$PROXY_PORT " "$T/verify-f.out")
+skipped=$(sed -E 's/.* slow_skipped=([0-9]+).*/\1/' <<<"$slow_line")
+probes=$(sed -E 's/.* slow_probes=([0-9]+).*/\1/' <<<"$slow_line")
+[ $((probes * 16)) -le $((skipped + probes)) ] && [ $((skipped + probes)) -lt $(((probes + 1) * 16)) ] ||
+  { cat "$T/verify-f.out"; die "(f) the slow node was left out $skipped times but probed $probes times (want 1 in 16)"; }
+for i in 0 1 2 3; do
+  grep "^node 127.0.0.1:${PORT[$i]} " "$T/verify-f.out" | grep -q ' slow_skipped=0 slow_probes=0$' ||
+    { cat "$T/verify-f.out"; die "(f) healthy node ${PORT[$i]} was left out as slow"; }
+done
+pass "(f) one node at +20 ms (its EWMA ${slow_lat} ms): $(grep -o 'p50_ms=[0-9.]* p99_ms=[0-9.]*' "$T/verify-f.out"); left out $skipped times, probed $probes"
 
 # ---- (b) one node killed between reads -----------------------------------------------------------
 run verify-b "${L2[@]}" verify "$CH" --hook 100 "kill -KILL ${PID[1]}; sleep 0.2"

@@ -28,7 +28,7 @@
  *   check-frag NAME INDEX     the same for one fragment; prints valid, missing or invalid
  *
  * Each command ends with l2_flush and prints the counters:
- *   node ADDR up=1 gets=.. hits=.. misses=.. errors=.. timeouts=.. corrupt=.. lat_ms=..
+ *   node ADDR up=1 gets=.. hits=.. misses=.. errors=.. timeouts=.. corrupt=.. lat_ms=.. slow_skipped=.. slow_probes=..
  *   l2 gets=.. hits=.. misses=.. decodes=.. repairs_queued=.. repairs_done=.. puts=.. dropped=.. crc_rereads=..
  * Exit status: 0, or 1 on any mismatch, unexpected error, or bad usage.
  */
@@ -136,11 +136,12 @@ static void print_stats(struct l2 *l)
 	for (size_t i = 0; i < st.n_nodes; i++) {
 		const struct l2_node_stats *n = &st.nodes[i];
 		printf("node %s up=%d gets=%llu hits=%llu misses=%llu errors=%llu timeouts=%llu corrupt=%llu "
-		       "read=%llu written=%llu lat_ms=%.3f\n",
+		       "read=%llu written=%llu lat_ms=%.3f slow_skipped=%llu slow_probes=%llu\n",
 		       n->addr, n->up, (unsigned long long)n->gets, (unsigned long long)n->hits,
 		       (unsigned long long)n->misses, (unsigned long long)n->errors, (unsigned long long)n->timeouts,
 		       (unsigned long long)n->corrupt, (unsigned long long)n->bytes_read,
-		       (unsigned long long)n->bytes_written, n->latency_ewma_ms);
+		       (unsigned long long)n->bytes_written, n->latency_ewma_ms, (unsigned long long)n->slow_skipped,
+		       (unsigned long long)n->slow_probes);
 	}
 	printf("l2 gets=%llu hits=%llu misses=%llu decodes=%llu repairs_queued=%llu repairs_done=%llu puts=%llu "
 	       "dropped=%llu crc_rereads=%llu\n",
