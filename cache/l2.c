@@ -185,9 +185,6 @@ int l2_new(const struct l2_config *cfg, struct l2 **out)
 		goto fail;
 	}
 	l->drain_started = true;
-	r = l2_hashers_start(l);
-	if (r < 0)
-		goto fail;
 	*out = l;
 	return 0;
 fail:
@@ -208,7 +205,6 @@ void l2_free(struct l2 *l)
 		pthread_join(l->bg_thread, NULL);
 	/* Then the drainer, and the late replies it still holds. */
 	l2_drain_stop(l);
-	l2_hashers_stop(l);
 	for (size_t i = 0; i < l->n_nodes; i++) {
 		struct l2_node *nd = &l->nodes[i];
 		pthread_mutex_lock(&nd->mu);

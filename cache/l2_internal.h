@@ -7,20 +7,18 @@
  *   l2_health.c  node health: marking down, backoff, probes, latency
  *   l2_pool.c    read connections: the per-node pool and the drainer
  *   l2_read.c    the read state machine (l2_get)
- *   l2_hash.c    the name hash of a read on a hasher thread
  *   l2_write.c   the libmemcached write workers, the background thread, repair
  *
  * Locks: a node's |mu| guards its write queue, its idle read connections,
  * its health and its counters; |bg_mu| the background queue; |drain_mu|
- * the drainer's list; |scratch_mu| the scratch buffers; a hasher's own |mu|
- * its job.  No code takes one of these while it holds another.
+ * the drainer's list; |scratch_mu| the scratch buffers.  No code takes one
+ * of these while it holds another.
  */
 #ifndef KINDLING_CACHE_L2_INTERNAL_H
 #define KINDLING_CACHE_L2_INTERNAL_H
 
 #include "internal.h"
 
-#include <openssl/types.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -37,12 +35,10 @@
 #define L2_SLOW_PROBE_EVERY 16	/* a left-out node is still asked on every this-many-th read */
 #define L2_KEY_MAX 160
 #define L2_PREFIX_MAX 64
-#define L2_HASHERS_MAX 4	/* hasher threads (l2_hash.c), at most one per CPU but one */
 
 struct l2_req;	 /* a queued write or delete (l2_write.c) */
 struct bg_job;	 /* a job for the background thread (l2_write.c) */
 struct l2_drain; /* a connection parked with the drainer (l2_pool.c) */
-struct l2_hasher; /* a thread that hashes a read's fragments (l2_hash.c) */
 struct memcached_st;
 
 struct l2_node;
@@ -110,9 +106,6 @@ struct l2 {
 	uint8_t *scratch[L2_SCRATCH_MAX];
 	unsigned n_scratch;
 	size_t scratch_len;
-	/* threads that take a read's name hash off the reading thread */
-	struct l2_hasher *hashers[L2_HASHERS_MAX];
-	unsigned n_hashers;
 
 	/* global counters, atomics */
 	uint64_t gets, hits, misses, decodes, repairs_queued, repairs_done, puts, bg_dropped, crc_rereads;
@@ -210,37 +203,6 @@ void *l2_drain_main(void *arg);
  * which the drainer feeds), close the connections it still holds and its
  * epoll set.  Its lock and condition stay for l2_free to destroy. */
 void l2_drain_stop(struct l2 *l);
-
-/* ---- the name hash on a hasher thread (l2_hash.c) ------------------------------ */
-
-/* Start one hasher thread per CPU but one, at most L2_HASHERS_MAX (for
- * l2_new; l->n_hashers counts the ones to stop).  Returns 0 or -errno
- * (logged). */
-int l2_hashers_start(struct l2 *l);
-
-/* Stop, join and free the hashers (for l2_free; none may be borrowed). */
-void l2_hashers_stop(struct l2 *l);
-
-/* Borrow an idle hasher to feed |md| the data fragments 0..k-1 in order as
- * they are offered.  Returns NULL when none is idle (or there are none):
- * the caller then hashes on its own thread.  Until l2_hash_end, |md| and
- * every offered fragment's bytes belong to the hasher: the caller neither
- * reads the hash nor writes those bytes. */
-struct l2_hasher *l2_hash_begin(struct l2 *l, EVP_MD_CTX *md, unsigned k);
-
-/* Offer data fragment |i|: its |len| bytes of ciphertext at |data| (0 for a
- * fragment that is all padding).  A fragment is offered once; a second offer
- * is ignored. */
-void l2_hash_offer(struct l2_hasher *h, unsigned i, const uint8_t *data, size_t len);
-
-/* Whether fragment |i| has been offered. */
-bool l2_hash_offered(struct l2_hasher *h, unsigned i);
-
-/* Wait until the hasher has hashed every fragment (or, with |cancel| or
- * when some fragment was never offered, until it has stopped), and give it
- * back.  Returns 0 with |md| holding fragments 0..k-1, -ECANCELED after a
- * cancel, or -EIO if OpenSSL failed or a fragment was missing. */
-int l2_hash_end(struct l2_hasher *h, bool cancel);
 
 /* ---- reads (l2_read.c) --------------------------------------------------------- */
 

@@ -149,7 +149,6 @@ struct read_state {
 	uint8_t *scratch;
 	EVP_MD_CTX *md;
 	unsigned hashed; /* data fragments 0..hashed-1 are in the name hash */
-	struct l2_hasher *hasher; /* hashes |md| on its thread, or NULL: this one does */
 	bool hash_failed;
 	/* decryption as the fragments land (l2_get_open); ctr NULL without */
 	struct chunk_ctr *ctr;
@@ -202,15 +201,10 @@ static void decrypt_frag(struct read_state *rs, unsigned i, const uint8_t *src)
 }
 
 /* Feed the name hash (and the key check) every data fragment that is in,
- * in order: on this thread, or by offering fragment |i| to the hasher. */
-static void hash_ready(struct read_state *rs, unsigned i)
+ * in order. */
+static void hash_ready(struct read_state *rs)
 {
 	struct l2 *l = rs->l;
-	if (rs->hasher) {
-		size_t off, n = frag_span(rs, i, &off);
-		l2_hash_offer(rs->hasher, i, rs->set.data[i], n);
-		return;
-	}
 	while (!rs->hash_failed && rs->hashed < l->k && rs->set.data[rs->hashed]) {
 		size_t off, n = frag_span(rs, rs->hashed, &off);
 		if (n && (EVP_DigestUpdate(rs->md, rs->set.data[rs->hashed], n) != 1 ||
@@ -274,13 +268,8 @@ static void frag_finish(struct read_state *rs, unsigned i)
 	}
 	f->fd = -1;
 	if (f->st == FS_INTACT && i < l->k) {
-		/* The hasher, if any, starts on the ciphertext while this
-		 * thread decrypts it. */
-		if (rs->hasher)
-			hash_ready(rs, i);
 		decrypt_frag(rs, i, rs->set.data[i]);
-		if (!rs->hasher)
-			hash_ready(rs, i);
+		hash_ready(rs);
 	}
 }
 
@@ -457,8 +446,6 @@ static bool unchecked_crcs_ok(const struct read_state *rs)
 
 static void read_state_free(struct read_state *rs)
 {
-	if (rs->hasher)
-		l2_hash_end(rs->hasher, true);
 	scratch_put(rs->l, rs->scratch);
 	EVP_MD_CTX_free(rs->md);
 	EVP_MD_CTX_free(rs->kmd);
@@ -505,11 +492,6 @@ static int l2_read_once(struct l2 *l, const char *name, const struct l2_open *op
 			return -EIO;
 		}
 	}
-	/* The key check hashes the plaintext in step with the name hash, on
-	 * this thread; a read that waits for every node is a background
-	 * re-check, with no one waiting on it. */
-	if (!rs->kmd && !wait_all)
-		rs->hasher = l2_hash_begin(l, rs->md, l->k);
 	size_t max_value = L2_FRAG_HDR_LEN + l2_frag_len(CHUNK_SIZE, l->k);
 	uint32_t held = wait_all ? 0 : slow_nodes(l, order, rs->n);
 	for (unsigned i = 0; i < rs->n; i++) {
@@ -594,19 +576,8 @@ static int l2_read_once(struct l2 *l, const char *name, const struct l2_open *op
 	if (r == 0) {
 		/* The data fragments not hashed (or decrypted) yet are in |out|
 		 * now: the ones rebuilt from parity. */
-		for (unsigned i = 0; i < l->k; i++) {
-			if (rs->hasher && !l2_hash_offered(rs->hasher, i)) {
-				size_t foff, n = frag_span(rs, i, &foff);
-				l2_hash_offer(rs->hasher, i, out + foff, n);
-			}
+		for (unsigned i = 0; i < l->k; i++)
 			decrypt_frag(rs, i, out + (size_t)i * rs->set.frag_len);
-		}
-		if (rs->hasher) {
-			if (l2_hash_end(rs->hasher, false) < 0)
-				rs->hash_failed = true;
-			rs->hasher = NULL;
-			rs->hashed = l->k;
-		}
 		size_t off = (size_t)rs->hashed * rs->set.frag_len;
 		uint8_t digest[SHA256_LEN];
 		unsigned dlen = 0;
