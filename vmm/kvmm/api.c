@@ -652,7 +652,7 @@ int kvmm_api_start(struct kvmm_api **out, const char *sock_path, struct kvmm_con
 		log_err("API eventfd: %s", strerror(-r));
 		goto fail_sock;
 	}
-	if ((r = -pthread_create(&a->thread, NULL, api_thread, a)) < 0) {
+	if ((r = -kvmm_thread_create(&a->thread, api_thread, a)) < 0) {
 		log_err("API thread: %s", strerror(-r));
 		goto fail_sock;
 	}

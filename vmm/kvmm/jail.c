@@ -157,6 +157,19 @@ static int allow_unix_socket(scmp_filter_ctx ctx)
 	return r;
 }
 
+int kvmm_thread_create(pthread_t *t, void *(*fn)(void *), void *arg)
+{
+	pthread_attr_t attr;
+	int r = pthread_attr_init(&attr);
+	if (r)
+		return r;
+	r = pthread_attr_setstacksize(&attr, KVMM_THREAD_STACK);
+	if (!r)
+		r = pthread_create(t, &attr, fn, arg);
+	pthread_attr_destroy(&attr);
+	return r;
+}
+
 int kvmm_seccomp_apply(enum kvmm_thread_kind kind)
 {
 	static const unsigned long vcpu_ioctls[] = {

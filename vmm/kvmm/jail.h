@@ -3,6 +3,7 @@
 #ifndef KINDLING_KVMM_JAIL_H
 #define KINDLING_KVMM_JAIL_H
 
+#include <pthread.h>
 #include <stdint.h>
 
 /* kvmm's threads, each with its own seccomp allowlist (jail.c lists each call
@@ -13,6 +14,17 @@ enum kvmm_thread_kind {
 	KVMM_THREAD_DEVICES, /* the kvmm_loop: eventfds, disk reads, vsock's unix sockets */
 	KVMM_THREAD_API,     /* the API socket, once the VM runs */
 };
+
+/* Stack size of every thread kvmm starts: ample for its code (the deepest
+ * is jansson parsing an API body, at most 2048 levels of nesting), and under
+ * one 2 MiB huge page, so that on a host whose transparent huge pages are
+ * "always" no stack can be backed by one.  With glibc's default 8 MiB stacks
+ * a single huge page fault on a stack added 2 MiB to kvmm's own memory. */
+#define KVMM_THREAD_STACK (1u << 20)
+
+/* pthread_create(t, fn, arg) with a KVMM_THREAD_STACK stack.  Returns 0 or
+ * a positive error number, as pthread_create does. */
+int kvmm_thread_create(pthread_t *t, void *(*fn)(void *), void *arg);
 
 /* Install |kind|'s allowlist on the calling thread only (threads it creates
  * later inherit it), with no_new_privs.  Call it at the end of the thread's

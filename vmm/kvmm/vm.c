@@ -856,7 +856,7 @@ int kvmm_vm_start(struct kvmm_vm *vm)
 		log_err("installing the vCPU kick signal: %s", strerror(e));
 		return -e;
 	}
-	int r = pthread_create(&vm->loop_thread, NULL, loop_thread, vm);
+	int r = kvmm_thread_create(&vm->loop_thread, loop_thread, vm);
 	if (r) {
 		log_err("starting the device loop thread: %s", strerror(r));
 		return -r;
@@ -865,7 +865,7 @@ int kvmm_vm_start(struct kvmm_vm *vm)
 	pthread_mutex_lock(&vm->state_lock);
 	vm->started = true;
 	for (unsigned i = 0; i < vm->n_vcpus && !vm->ended; i++) {
-		r = pthread_create(&vm->vcpus[i].thread, NULL, vcpu_thread, &vm->vcpus[i]);
+		r = kvmm_thread_create(&vm->vcpus[i].thread, vcpu_thread, &vm->vcpus[i]);
 		if (r) {
 			log_err("starting vCPU thread %u: %s", i, strerror(r));
 			break;
