@@ -2,11 +2,12 @@
 # The snapshot scenario's payload (bench/suite/scenarios.py, snapshot()):
 # runs inside a TCG guest with a working /dev/kvm (tests/nested/run.sh), with
 # busybox, from /payload, which holds kvmm, kindling, chunkify, guest_peer,
-# curl, the kernel, the guest initramfs, the image exported (rootfs.erofs),
+# curl, openssl, the kernel, the guest initramfs, the image exported (rootfs.erofs),
 # and KINDLING_HOME (home/: the store with the image imported, and the keys).
 #
 #   snapshot-guest.sh REPS
 #
+# 0. openssl speed of SHA-256 and AES-256-CTR under the guest's CPU model.
 # 1. The snapshot, once: kvmm boots the image, the guest init runs
 #    "/app/fn.sh snap", which initialises (reads and hashes the image's data,
 #    copies it into memory) and prints "ready"; PATCH /vm Paused, PUT
@@ -71,6 +72,20 @@ EOF
 MEM_MIB=${SNAPBENCH_MEM_MIB:-256}
 vmjson $VS >/tmp/snap.json
 vmjson /tmp/cold.sock >/tmp/cold.json
+
+# ---- the crypto a restore does per chunk, under this guest's CPU model ---------------------------------------------------
+# An L1-cold restore's every faulted chunk is named by a SHA-256 over its
+# ciphertext and decrypted with AES-256-CTR, through the same libcrypto
+# (CPUID picks its code path), and the L1 writer hashes it again per 4 KiB
+# block; openssl speed on 512 KiB (and 4 KiB) blocks is what these cost
+# here, measured before the timed runs so nothing else competes for the CPU.
+speed() { # ALG BYTES: bytes/s
+	./openssl speed -evp "$1" -bytes "$2" -seconds 2 2>/tmp/speed.err |
+		awk -v a="$1" 'tolower($1) == a && $NF ~ /k$/ {v = $NF} END {sub(/k$/, "", v); if (v > 0) printf "%.0f", v * 1000}'
+}
+sha=$(speed sha256 524288) aes=$(speed aes-256-ctr 524288) sha4k=$(speed sha256 4096)
+[ -n "$sha" ] && [ -n "$aes" ] && [ -n "$sha4k" ] || fail "openssl speed gave no figure: $(tail -3 /tmp/speed.err)"
+echo "SNAPBENCH crypto sha256_Bps=$sha aes256ctr_Bps=$aes sha256_4k_Bps=$sha4k"
 
 # ---- the snapshot -----------------------------------------------------------------------------------------------------
 t0=$(now)

@@ -7,7 +7,8 @@ schema, every plot a valid PNG, report.md linking exactly the plots there.
 With no WORKLOAD (a run of other scenarios only, e.g. bench/run.sh
 snapshot) only the schema, the plots and what the scenarios that ran
 recorded are checked.  A run with the snapshot scenario must have its
-records (cold boot, both lazy restores, ratio, memory fetched), a
+records (cold boot, both lazy restores, ratio, memory fetched, the crypto
+per chunk in the nested guest and natively and the bound it leaves), a
 snapshot restore target in report.md and snapshot.png.
 
 Exits 1 with one line per problem.
@@ -115,6 +116,12 @@ def main():
                       "chunks_prefetched")]
         need += [("snapshot", "snapfn", "kvmm cold boot", "first_response_s"),
                  ("snapshot", "snapfn", "kvmm snapshot", "memory_size")]
+        # the crypto per chunk, in the nested guest and natively, and the
+        # bound it puts on the L1-cold restore
+        need += [("snapshot", "snapfn", where, m) for where in ("nested guest", "host (native)")
+                 for m in ("sha256_per_chunk_s", "aes256ctr_per_chunk_s", "l1_block_sha256_per_chunk_s")]
+        need += [("snapshot", "snapfn", "kvmm restore (lazy, L1 cold)", m)
+                 for m in ("crypto_floor_s", "best_speedup_after_crypto", "best_speedup_after_crypto_with_l1_pass")]
         for r in d.get("records", []):
             if r.get("scenario") == "snapshot" and r.get("metric") == "fraction_fetched" and \
                     not all(0 <= x <= 1 for x in r.get("samples", [])):
