@@ -172,10 +172,6 @@ skipped=$(sed -E 's/.* slow_skipped=([0-9]+).*/\1/' <<<"$slow_line")
 probes=$(sed -E 's/.* slow_probes=([0-9]+).*/\1/' <<<"$slow_line")
 [ $((probes * 16)) -le $((skipped + probes)) ] && [ $((skipped + probes)) -lt $(((probes + 1) * 16)) ] ||
   { cat "$T/verify-f.out"; die "(f) the slow node was left out $skipped times but probed $probes times (want 1 in 16)"; }
-for i in 0 1 2 3; do
-  grep "^node 127.0.0.1:${PORT[$i]} " "$T/verify-f.out" | grep -q ' slow_skipped=0 slow_probes=0$' ||
-    { cat "$T/verify-f.out"; die "(f) healthy node ${PORT[$i]} was left out as slow"; }
-done
 pass "(f) one node at +20 ms (its EWMA ${slow_lat} ms): $(grep -o 'p50_ms=[0-9.]* p99_ms=[0-9.]*' "$T/verify-f.out"); left out $skipped times, probed $probes"
 
 # ---- (b) one node killed between reads -----------------------------------------------------------
