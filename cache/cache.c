@@ -37,7 +37,17 @@ struct cache {
 	uint64_t mem_max;
 	struct cache_counters counters[CACHE_TIER_COUNT];
 	uint64_t hist[CACHE_TIER_COUNT][HIST_BUCKETS];
+	struct buf_pool chunk_bufs;
 };
+
+/* Idle chunk buffers kept: two per read in flight for four readers (4 MiB
+ * at most). */
+#define CACHE_CHUNK_BUFS_KEPT 8
+
+struct buf_pool *cache_chunk_bufs(struct cache *c)
+{
+	return &c->chunk_bufs;
+}
 
 static const char *const tier_names[CACHE_TIER_COUNT] = {"none", "mem", "l1", "l2", "l3"};
 
@@ -133,6 +143,7 @@ int cache_new(const struct cache_config *cfg, struct cache **out)
 		return -ENOMEM;
 	c->k = k;
 	c->m = m;
+	buf_pool_init(&c->chunk_bufs, CHUNK_SIZE, CACHE_CHUNK_BUFS_KEPT);
 	int r = -ENOMEM;
 	if (!(c->origin_uri = strdup(cfg->origin_uri)))
 		goto fail;
@@ -223,6 +234,7 @@ void cache_free(struct cache *c)
 	free(c->salt);
 	free(c->origin_uri);
 	free(c->l1_dir);
+	buf_pool_cleanup(&c->chunk_bufs); /* the layers dropped every chunk_whole */
 	free(c);
 }
 

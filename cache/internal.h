@@ -6,9 +6,37 @@
 #include "common/common.h"
 #include "image/image.h"
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/* ======================================================================
+ * Buffer pools (bufpool.c): a few equal-sized buffers kept between reads,
+ * so that the big per-read buffers (a chunk, an L2 fragment) stay mapped
+ * instead of faulting in fresh pages on every read.
+ * ====================================================================== */
+
+#define BUF_POOL_KEEP_MAX 16u
+struct buf_pool {
+	pthread_mutex_t mu;
+	size_t len;			/* every buffer's size */
+	unsigned keep, n;		/* at most |keep| idle buffers kept */
+	void *free[BUF_POOL_KEEP_MAX];
+};
+
+/* Set up |p| for buffers of |len| bytes, keeping at most |keep| (capped at
+ * BUF_POOL_KEEP_MAX) idle ones. */
+void buf_pool_init(struct buf_pool *p, size_t len, unsigned keep);
+/* A buffer of p->len bytes (uninitialised): an idle one, or a new one from
+ * malloc; NULL when out of memory.  Thread-safe. */
+void *buf_pool_get(struct buf_pool *p);
+/* Give back |b| (from buf_pool_get on |p|; NULL is allowed): kept if fewer
+ * than p->keep are idle, else freed.  Thread-safe. */
+void buf_pool_put(struct buf_pool *p, void *b);
+/* Free the idle buffers; every buffer taken must have been given back or
+ * freed. */
+void buf_pool_cleanup(struct buf_pool *p);
 
 /* ======================================================================
  * L2: an erasure-coded memcached fleet (l2.c and the l2_*.c files, whose
@@ -299,9 +327,15 @@ struct chunk_whole {
 	size_t len;			/* bytes of ciphertext (= plaintext) */
 	uint8_t *cipher;		/* len bytes */
 	uint8_t *plain;			/* len bytes */
+	struct buf_pool *pool;		/* |plain| goes back to it, and |cipher| too ... */
+	bool cipher_pooled;		/* ... if this is set (else it is malloc'd) */
 	enum cache_tier from;		/* the tier that produced it */
 	int refs;			/* atomic */
 };
+
+/* The cache's pool of CHUNK_SIZE buffers, for the ciphertext and plaintext
+ * of the chunk_wholes its layers make. */
+struct buf_pool *cache_chunk_bufs(struct cache *c);
 
 /* Verify |<cipher, len>| (taking ownership of |cipher|, malloc'd) against
  * |name| and, with |c|'s salt, |key|; decrypt: one pass of image.h's
@@ -313,10 +347,10 @@ int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_
 		     size_t len, enum cache_tier from, struct chunk_whole **out);
 /* Make a chunk_whole of bytes a tier has already verified and decrypted
  * itself (l2_get_open does, as the fragments arrive), taking ownership of
- * |cipher| and |plain| (malloc'd, |len| bytes each).  Returns 0 with |*out|
- * (refs 1), -EBADMSG if |len| is 0 or above CHUNK_SIZE, or -ENOMEM; on
- * failure both buffers are freed. */
-int chunk_whole_adopt(const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher, uint8_t *plain,
+ * |cipher| and |plain| (both from cache_chunk_bufs(c)).  Returns 0 with
+ * |*out| (refs 1), -EBADMSG if |len| is 0 or above CHUNK_SIZE, or -ENOMEM;
+ * on failure both buffers go back to the pool. */
+int chunk_whole_adopt(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher, uint8_t *plain,
 		      size_t len, enum cache_tier from, struct chunk_whole **out);
 /* chunk_whole_ref takes a reference to |w|; chunk_whole_unref drops one,
  * and the last frees it (NULL is allowed). */

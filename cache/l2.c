@@ -125,14 +125,13 @@ int l2_new(const struct l2_config *cfg, struct l2 **out)
 	pthread_mutex_init(&l->bg_mu, NULL);
 	pthread_cond_init(&l->bg_cv, NULL);
 	pthread_cond_init(&l->bg_idle, NULL);
+	buf_pool_init(&l->scratch, (size_t)(m + 1) * l2_frag_len(CHUNK_SIZE, k), L2_SCRATCH_KEPT);
 	int r = l2_codec_init(&l->codec, k, m);
 	if (r < 0)
 		goto fail;
-	pthread_mutex_init(&l->scratch_mu, NULL);
 	r = l2_drain_init(l);
 	if (r < 0)
 		goto fail;
-	l->scratch_len = (size_t)(m + 1) * l2_frag_len(CHUNK_SIZE, k);
 	l->nodes = calloc(cfg->n_nodes, sizeof(*l->nodes));
 	if (!l->nodes) {
 		r = -ENOMEM;
@@ -223,9 +222,7 @@ void l2_free(struct l2 *l)
 	}
 	free(l->nodes);
 	free(l->bg_buf);
-	for (unsigned i = 0; i < l->n_scratch; i++)
-		free(l->scratch[i]);
-	pthread_mutex_destroy(&l->scratch_mu);
+	buf_pool_cleanup(&l->scratch);
 	pthread_mutex_destroy(&l->drain_mu);
 	pthread_cond_destroy(&l->drain_empty);
 	l2_codec_cleanup(&l->codec);

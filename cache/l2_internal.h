@@ -11,8 +11,8 @@
  *
  * Locks: a node's |mu| guards its write queue, its idle read connections,
  * its health and its counters; |bg_mu| the background queue; |drain_mu|
- * the drainer's list; |scratch_mu| the scratch buffers.  No code takes one
- * of these while it holds another.
+ * the drainer's list; the scratch pool's own |mu| its buffers.  No code takes
+ * one of these while it holds another.
  */
 #ifndef KINDLING_CACHE_L2_INTERNAL_H
 #define KINDLING_CACHE_L2_INTERNAL_H
@@ -28,7 +28,7 @@
 
 #define L2_WORKERS_PER_NODE 4	/* concurrent background writes per node */
 #define L2_IDLE_MAX 16		/* idle read connections kept per node */
-#define L2_SCRATCH_MAX 8	/* pooled scratch buffers for parity fragments */
+#define L2_SCRATCH_KEPT 8	/* idle scratch buffers kept (l->scratch) */
 #define L2_BACKOFF_MAX_MS 30000u
 #define L2_SLOW_FACTOR 4	/* a node this many times slower than the median is left out of reads */
 #define L2_SLOW_MIN_MS 2.0	/* ... if its average is above this too */
@@ -101,11 +101,9 @@ struct l2 {
 	bool bg_stop, bg_started;
 	pthread_t bg_thread;
 	/* scratch for parity fragments (and a data fragment that runs past
-	 * CHUNK_SIZE) of reads in flight: (m + 1) * max fragment length each */
-	pthread_mutex_t scratch_mu;
-	uint8_t *scratch[L2_SCRATCH_MAX];
-	unsigned n_scratch;
-	size_t scratch_len;
+	 * CHUNK_SIZE) of reads in flight, and for the late replies the
+	 * drainer reads: (m + 1) * max fragment length each */
+	struct buf_pool scratch;
 
 	/* global counters, atomics */
 	uint64_t gets, hits, misses, decodes, repairs_queued, repairs_done, puts, bg_dropped, crc_rereads;

@@ -23,10 +23,11 @@ static int l2_layer_read(struct cache_layer *l, struct chunk_req *rq)
 {
 	struct l2_layer *st = l->state;
 	struct cache *c = l->cache;
-	uint8_t *cipher = malloc(CHUNK_SIZE), *plain = malloc(CHUNK_SIZE);
+	struct buf_pool *bufs = cache_chunk_bufs(c);
+	uint8_t *cipher = buf_pool_get(bufs), *plain = buf_pool_get(bufs);
 	if (!cipher || !plain) {
-		free(cipher);
-		free(plain);
+		buf_pool_put(bufs, cipher);
+		buf_pool_put(bufs, plain);
 		return -ENOMEM;
 	}
 	struct l2_open op = {.key = rq->key, .plain = plain};
@@ -35,14 +36,14 @@ static int l2_layer_read(struct cache_layer *l, struct chunk_req *rq)
 	int r = l2_get_open(st->l2, rq->name, &op, cipher, &len);
 	if (r == 0) {
 		struct chunk_whole *w;
-		r = chunk_whole_adopt(rq->name, rq->key, cipher, plain, len, CACHE_TIER_L2, &w);
+		r = chunk_whole_adopt(c, rq->name, rq->key, cipher, plain, len, CACHE_TIER_L2, &w);
 		if (r == 0) {
 			chunk_whole_serve(c, w, rq);
 			return 0;
 		}
 	} else {
-		free(cipher);
-		free(plain);
+		buf_pool_put(bufs, cipher);
+		buf_pool_put(bufs, plain);
 	}
 	if (r == -EBADMSG) {
 		CACHE_COUNT(c, CACHE_TIER_L2, corrupt, 1);

@@ -126,6 +126,7 @@ int l2_conn_pump(int fd, struct l2_reply *rp, void (*place)(void *ctx), void *ct
 /* A connection parked with the drainer until its late reply is in. */
 struct l2_drain {
 	struct l2_drain *next;
+	struct l2 *l;
 	struct l2_node *nd;
 	int fd;
 	unsigned gen, index;
@@ -133,14 +134,29 @@ struct l2_drain {
 	char name[CHUNK_NAME_HEX_LEN + 1];
 	char key[L2_KEY_MAX];
 	uint8_t hdr[L2_FRAG_HDR_LEN];
-	uint8_t *data; /* malloc'd: the value past the header, to judge it */
+	uint8_t *data; /* from l->scratch: the value past the header, to judge it */
 	struct l2_reply rp;
 };
+
+/* A buffer for a late fragment's |dlen| bytes of data: the reply's length
+ * is bounded by the largest fragment (l2_reply_init's |max_value|), which
+ * a scratch buffer holds; NULL beyond that or when out of memory (the
+ * fragment is then judged corrupt). */
+static uint8_t *drain_buf(struct l2 *l, size_t dlen)
+{
+	return dlen <= l->scratch.len ? buf_pool_get(&l->scratch) : NULL;
+}
+
+static void drain_free(struct l2_drain *d)
+{
+	buf_pool_put(&d->l->scratch, d->data);
+	free(d);
+}
 
 static void drain_place(void *ctx)
 {
 	struct l2_drain *d = ctx;
-	d->data = malloc(d->rp.value_len - d->rp.hdr_len);
+	d->data = drain_buf(d->l, d->rp.value_len - d->rp.hdr_len);
 	l2_reply_set_data(&d->rp, d->data);
 }
 
@@ -197,8 +213,7 @@ static void drain_finish(struct l2 *l, struct l2_drain *d, int st)
 		l2_conn_put(nd, d->fd, d->gen);
 	else
 		close(d->fd);
-	free(d->data);
-	free(d);
+	drain_free(d);
 }
 
 void l2_conn_park(struct l2 *l, struct l2_node *nd, int fd, unsigned gen, unsigned index, double t0,
@@ -209,6 +224,7 @@ void l2_conn_park(struct l2 *l, struct l2_node *nd, int fd, unsigned gen, unsign
 		close(fd);
 		return;
 	}
+	d->l = l;
 	d->nd = nd;
 	d->fd = fd;
 	d->gen = gen;
@@ -224,7 +240,7 @@ void l2_conn_park(struct l2 *l, struct l2_node *nd, int fd, unsigned gen, unsign
 	bool ok = true;
 	if (rp->data) {
 		size_t dlen = rp->value_len - rp->hdr_len, have = rp->got > rp->hdr_len ? rp->got - rp->hdr_len : 0;
-		d->data = malloc(dlen);
+		d->data = drain_buf(l, dlen);
 		if (d->data)
 			memcpy(d->data, rp->data, have);
 		ok = d->data != NULL;
@@ -246,8 +262,7 @@ void l2_conn_park(struct l2 *l, struct l2_node *nd, int fd, unsigned gen, unsign
 		return;
 	}
 	close(fd);
-	free(d->data);
-	free(d);
+	drain_free(d);
 }
 
 int l2_drain_init(struct l2 *l)
@@ -321,8 +336,7 @@ void l2_drain_stop(struct l2 *l)
 		struct l2_drain *d = l->drains;
 		l->drains = d->next;
 		close(d->fd);
-		free(d->data);
-		free(d);
+		drain_free(d);
 	}
 	close_fd(l->drain_ep);
 	close_fd(l->drain_wake);

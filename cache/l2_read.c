@@ -56,29 +56,6 @@
 /* What a read learnt about one fragment. */
 enum frag_state { FS_UNASKED = 0, FS_PENDING, FS_INTACT, FS_MISSING, FS_CORRUPT, FS_ERROR };
 
-/* Scratch for the parity fragments of a read in flight: a few buffers
- * (L2_SCRATCH_MAX) are kept between reads rather than freed. */
-static uint8_t *scratch_get(struct l2 *l)
-{
-	pthread_mutex_lock(&l->scratch_mu);
-	uint8_t *b = l->n_scratch ? l->scratch[--l->n_scratch] : NULL;
-	pthread_mutex_unlock(&l->scratch_mu);
-	return b ? b : malloc(l->scratch_len);
-}
-
-static void scratch_put(struct l2 *l, uint8_t *b)
-{
-	if (!b)
-		return;
-	pthread_mutex_lock(&l->scratch_mu);
-	if (l->n_scratch < L2_SCRATCH_MAX) {
-		l->scratch[l->n_scratch++] = b;
-		b = NULL;
-	}
-	pthread_mutex_unlock(&l->scratch_mu);
-	free(b);
-}
-
 /* One fragment being read by l2_get. */
 struct frag_read {
 	struct l2_node *nd;
@@ -172,7 +149,7 @@ static uint8_t *frag_dst(struct read_state *rs, unsigned i)
 	if (i < l->k && (size_t)(i + 1) * fl <= CHUNK_SIZE)
 		return rs->out + (size_t)i * fl;
 	if (!rs->scratch)
-		rs->scratch = scratch_get(l);
+		rs->scratch = buf_pool_get(&l->scratch);
 	if (!rs->scratch)
 		return NULL;
 	return rs->scratch + (size_t)(i < l->k ? l->m : i - l->k) * fl;
@@ -446,7 +423,7 @@ static bool unchecked_crcs_ok(const struct read_state *rs)
 
 static void read_state_free(struct read_state *rs)
 {
-	scratch_put(rs->l, rs->scratch);
+	buf_pool_put(&rs->l->scratch, rs->scratch);
 	EVP_MD_CTX_free(rs->md);
 	EVP_MD_CTX_free(rs->kmd);
 	chunk_ctr_free(rs->ctr);

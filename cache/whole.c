@@ -22,19 +22,27 @@ void chunk_whole_unref(struct chunk_whole *w)
 {
 	if (!w || __atomic_sub_fetch(&w->refs, 1, __ATOMIC_ACQ_REL) != 0)
 		return;
-	free(w->cipher);
-	free(w->plain);
+	if (w->cipher_pooled)
+		buf_pool_put(w->pool, w->cipher);
+	else
+		free(w->cipher);
+	buf_pool_put(w->pool, w->plain);
 	free(w);
 }
 
-int chunk_whole_adopt(const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher, uint8_t *plain,
-		      size_t len, enum cache_tier from, struct chunk_whole **out)
+/* Wrap |cipher| (from |pool| if |cipher_pooled|, else malloc'd) and
+ * |plain| (from |pool|); on failure both are given back. */
+static int whole_new(const char *name, const uint8_t key[CHUNK_KEY_LEN], struct buf_pool *pool, uint8_t *cipher,
+		     bool cipher_pooled, uint8_t *plain, size_t len, enum cache_tier from, struct chunk_whole **out)
 {
 	*out = NULL;
 	struct chunk_whole *w = len == 0 || len > CHUNK_SIZE ? NULL : calloc(1, sizeof(*w));
 	if (!w) {
-		free(cipher);
-		free(plain);
+		if (cipher_pooled)
+			buf_pool_put(pool, cipher);
+		else
+			free(cipher);
+		buf_pool_put(pool, plain);
 		return len == 0 || len > CHUNK_SIZE ? -EBADMSG : -ENOMEM;
 	}
 	memcpy(w->name, name, CHUNK_NAME_HEX_LEN + 1);
@@ -42,10 +50,18 @@ int chunk_whole_adopt(const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_
 	w->len = len;
 	w->cipher = cipher;
 	w->plain = plain;
+	w->pool = pool;
+	w->cipher_pooled = cipher_pooled;
 	w->from = from;
 	w->refs = 1;
 	*out = w;
 	return 0;
+}
+
+int chunk_whole_adopt(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher,
+		      uint8_t *plain, size_t len, enum cache_tier from, struct chunk_whole **out)
+{
+	return whole_new(name, key, cache_chunk_bufs(c), cipher, true, plain, len, from, out);
 }
 
 int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher,
@@ -56,7 +72,8 @@ int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_
 		free(cipher);
 		return -EBADMSG;
 	}
-	uint8_t *plain = malloc(len);
+	struct buf_pool *pool = cache_chunk_bufs(c);
+	uint8_t *plain = buf_pool_get(pool);
 	if (!plain) {
 		free(cipher);
 		return -ENOMEM;
@@ -66,10 +83,10 @@ int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_
 	int r = chunk_open(name, key, salt, salt_len, cipher, len, plain);
 	if (r < 0) {
 		free(cipher);
-		free(plain);
+		buf_pool_put(pool, plain);
 		return r;
 	}
-	return chunk_whole_adopt(name, key, cipher, plain, len, from, out);
+	return whole_new(name, key, pool, cipher, false, plain, len, from, out);
 }
 
 void chunk_whole_copy(const struct chunk_whole *w, struct chunk_req *rq)
