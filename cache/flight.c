@@ -74,10 +74,9 @@ static int flight_read(struct cache_layer *l, struct chunk_req *rq)
 			return cache_layer_next(l, rq);
 		if (err < 0)
 			return err;
-		chunk_whole_copy(w, rq);
 		rq->tier = w->from;
 		rq->whole = w;
-		return 0;
+		return chunk_whole_copy(w, rq) < 0 ? -EIO : 0;
 	}
 	f = calloc(1, sizeof(*f));
 	if (!f) {

@@ -326,7 +326,11 @@ struct chunk_whole {
 	uint8_t key[CHUNK_KEY_LEN];
 	size_t len;			/* bytes of ciphertext (= plaintext) */
 	uint8_t *cipher;		/* len bytes */
-	uint8_t *plain;			/* len bytes */
+	/* len bytes, or NULL when the plaintext went straight into the
+	 * buffer of the read that fetched the chunk (a whole-chunk read:
+	 * chunk_req_whole), sparing a 512 KiB copy; chunk_whole_read then
+	 * decrypts what others want from |cipher| (CTR: any range). */
+	uint8_t *plain;
 	struct buf_pool *pool;		/* |plain| goes back to it, and |cipher| too ... */
 	bool cipher_pooled;		/* ... if this is set (else it is malloc'd) */
 	enum cache_tier from;		/* the tier that produced it */
@@ -339,17 +343,20 @@ struct buf_pool *cache_chunk_bufs(struct cache *c);
 
 /* Verify |<cipher, len>| (taking ownership of |cipher|, malloc'd) against
  * |name| and, with |c|'s salt, |key|; decrypt: one pass of image.h's
- * chunk_open, the one implementation of the chunk format.
+ * chunk_open, the one implementation of the chunk format.  The plaintext
+ * goes into |direct| (CHUNK_SIZE bytes; then w->plain is NULL) if it is not
+ * NULL, else into a buffer of the whole's own.
  * Returns 0 with |*out| (refs 1), -EBADMSG if the bytes do not match or
  * |len| is 0 or above CHUNK_SIZE (cipher freed), or -ENOMEM / -EIO (cipher
  * freed). */
 int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher,
-		     size_t len, enum cache_tier from, struct chunk_whole **out);
+		     size_t len, enum cache_tier from, uint8_t *direct, struct chunk_whole **out);
 /* Make a chunk_whole of bytes a tier has already verified and decrypted
  * itself (l2_get_open does, as the fragments arrive), taking ownership of
- * |cipher| and |plain| (both from cache_chunk_bufs(c)).  Returns 0 with
- * |*out| (refs 1), -EBADMSG if |len| is 0 or above CHUNK_SIZE, or -ENOMEM;
- * on failure both buffers go back to the pool. */
+ * |cipher| and |plain| (both from cache_chunk_bufs(c); |plain| NULL when the
+ * tier decrypted into the reader's buffer).  Returns 0 with |*out| (refs 1),
+ * -EBADMSG if |len| is 0 or above CHUNK_SIZE, or -ENOMEM; on failure both
+ * buffers go back to the pool. */
 int chunk_whole_adopt(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher, uint8_t *plain,
 		      size_t len, enum cache_tier from, struct chunk_whole **out);
 /* chunk_whole_ref takes a reference to |w|; chunk_whole_unref drops one,
@@ -357,16 +364,30 @@ int chunk_whole_adopt(struct cache *c, const char *name, const uint8_t key[CHUNK
 void chunk_whole_ref(struct chunk_whole *w);
 void chunk_whole_unref(struct chunk_whole *w);
 
-/* Copy |rq|'s range out of |w|'s plaintext into rq->buf (bytes past the
- * end of a short chunk read as zero); nothing if rq->buf is NULL. */
+/* Plaintext bytes [off, off + n) of |w| (within w->len) into |dst|: copied
+ * from w->plain, or decrypted from w->cipher where the whole has no
+ * plaintext of its own.  Returns 0, or -ENOMEM / -EIO (logged; |dst|
+ * zeroed). */
+int chunk_whole_read(const struct chunk_whole *w, uint32_t off, uint8_t *dst, size_t n);
+
+/* Copy |rq|'s range of |w|'s plaintext into rq->buf (chunk_whole_read;
+ * bytes past the end of a short chunk read as zero); nothing if rq->buf is
+ * NULL.  Returns 0 or -errno as chunk_whole_read. */
 struct chunk_req;
-void chunk_whole_copy(const struct chunk_whole *w, struct chunk_req *rq);
+int chunk_whole_copy(const struct chunk_whole *w, struct chunk_req *rq);
+
+/* Whether |rq| asks for a whole chunk into a buffer: a tier can then
+ * decrypt straight into rq->buf (chunk_whole_make's |direct|) and serve it
+ * with |in_place|. */
+bool chunk_req_whole(const struct chunk_req *rq);
 
 /* Serve |rq| from |w|, just fetched and verified by tier w->from (the
  * layer that fetched it): count the hit and its bytes for that tier, copy
- * |rq|'s range, set rq->tier, and hand the caller's reference to |w| up in
- * rq->whole. */
-void chunk_whole_serve(struct cache *c, struct chunk_whole *w, struct chunk_req *rq);
+ * |rq|'s range (unless |in_place|: the tier decrypted into rq->buf already,
+ * and only the bytes past a short chunk's end are zeroed), set rq->tier,
+ * and hand the caller's reference to |w| up in rq->whole.  Returns 0, or
+ * -errno as chunk_whole_copy (the reference is still handed up). */
+int chunk_whole_serve(struct cache *c, struct chunk_whole *w, struct chunk_req *rq, bool in_place);
 
 /* One read through the chain. */
 struct chunk_req {

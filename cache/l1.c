@@ -657,7 +657,7 @@ static int serve_pending(struct l1 *l, struct chunk_req *rq, const uint8_t kc[SH
 	pthread_mutex_unlock(&l->lock);
 	if (!w)
 		return -ENOENT;
-	chunk_whole_copy(w, rq); /* verified when it was made */
+	int r = chunk_whole_copy(w, rq); /* verified when it was made */
 	CACHE_COUNT(c, CACHE_TIER_L1, hits, 1);
 	CACHE_COUNT(c, CACHE_TIER_L1, bytes, rq->len);
 	rq->tier = CACHE_TIER_L1;
@@ -665,7 +665,7 @@ static int serve_pending(struct l1 *l, struct chunk_req *rq, const uint8_t kc[SH
 		chunk_whole_unref(w);
 	else
 		rq->whole = w;
-	return 0;
+	return r < 0 ? -EIO : 0;
 }
 
 /* Serve |rq| from L1 if it is there: in our index, queued for writing, or

@@ -24,23 +24,23 @@ static int l2_layer_read(struct cache_layer *l, struct chunk_req *rq)
 	struct l2_layer *st = l->state;
 	struct cache *c = l->cache;
 	struct buf_pool *bufs = cache_chunk_bufs(c);
-	uint8_t *cipher = buf_pool_get(bufs), *plain = buf_pool_get(bufs);
-	if (!cipher || !plain) {
+	/* A whole-chunk read is decrypted straight into the reader's buffer. */
+	bool direct = chunk_req_whole(rq);
+	uint8_t *cipher = buf_pool_get(bufs), *plain = direct ? NULL : buf_pool_get(bufs);
+	if (!cipher || (!direct && !plain)) {
 		buf_pool_put(bufs, cipher);
 		buf_pool_put(bufs, plain);
 		return -ENOMEM;
 	}
-	struct l2_open op = {.key = rq->key, .plain = plain};
+	struct l2_open op = {.key = rq->key, .plain = direct ? rq->buf : plain};
 	op.salt = cache_salt(c, &op.salt_len);
 	size_t len = 0;
 	int r = l2_get_open(st->l2, rq->name, &op, cipher, &len);
 	if (r == 0) {
 		struct chunk_whole *w;
 		r = chunk_whole_adopt(c, rq->name, rq->key, cipher, plain, len, CACHE_TIER_L2, &w);
-		if (r == 0) {
-			chunk_whole_serve(c, w, rq);
-			return 0;
-		}
+		if (r == 0)
+			return chunk_whole_serve(c, w, rq, direct) < 0 ? -EIO : 0;
 	} else {
 		buf_pool_put(bufs, cipher);
 		buf_pool_put(bufs, plain);

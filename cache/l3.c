@@ -52,7 +52,8 @@ static int l3_read(struct cache_layer *l, struct chunk_req *rq)
 		return -EIO;
 	}
 	struct chunk_whole *w;
-	r = chunk_whole_make(c, rq->name, rq->key, cipher, len, CACHE_TIER_L3, &w);
+	bool direct = chunk_req_whole(rq);
+	r = chunk_whole_make(c, rq->name, rq->key, cipher, len, CACHE_TIER_L3, direct ? rq->buf : NULL, &w);
 	if (r < 0) {
 		if (r == -EBADMSG)
 			CACHE_COUNT(c, CACHE_TIER_L3, corrupt, 1);
@@ -64,8 +65,7 @@ static int l3_read(struct cache_layer *l, struct chunk_req *rq)
 				rq->name, store_describe(st->origin));
 		return -EIO;
 	}
-	chunk_whole_serve(c, w, rq);
-	return 0;
+	return chunk_whole_serve(c, w, rq, direct) < 0 ? -EIO : 0;
 }
 
 static void l3_close(struct cache_layer *l)

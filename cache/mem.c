@@ -209,10 +209,14 @@ static int mem_read(struct cache_layer *l, struct chunk_req *rq)
 		for (uint32_t o = 0; o < sub.len; o += CACHE_BLOCK)
 			page_put(m, name, (sub.off + o) / CACHE_BLOCK, rq->key, sub.buf + o);
 	} else if (sub.whole) { /* prefetch: keep the whole chunk */
+		uint8_t page[CACHE_BLOCK];
 		for (uint32_t o = 0; o < sub.whole->len; o += CACHE_BLOCK) {
 			if (sub.whole->len - o < CACHE_BLOCK)
 				break; /* a short tail page is read through next time */
-			page_put(m, name, o / CACHE_BLOCK, rq->key, sub.whole->plain + o);
+			const uint8_t *src = sub.whole->plain ? sub.whole->plain + o : page;
+			if (!sub.whole->plain && chunk_whole_read(sub.whole, o, page, CACHE_BLOCK) < 0)
+				break;
+			page_put(m, name, o / CACHE_BLOCK, rq->key, src);
 		}
 	}
 	pthread_mutex_unlock(&m->lock);

@@ -5,6 +5,11 @@
  * arrive, and its bytes are adopted with chunk_whole_adopt), and handed up
  * the chain as a
  * refcounted chunk_whole; the tiers above never hash a whole chunk again.
+ * A read that wants the whole chunk gets the plaintext straight into its
+ * own buffer (chunk_req_whole), and the chunk_whole keeps only the
+ * ciphertext: the others that want it decrypt their range from that
+ * (chunk_whole_read), which costs less than copying 512 KiB for every
+ * whole-chunk read.
  */
 #include "cache.h"
 #include "internal.h"
@@ -65,7 +70,7 @@ int chunk_whole_adopt(struct cache *c, const char *name, const uint8_t key[CHUNK
 }
 
 int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_KEY_LEN], uint8_t *cipher,
-		     size_t len, enum cache_tier from, struct chunk_whole **out)
+		     size_t len, enum cache_tier from, uint8_t *direct, struct chunk_whole **out)
 {
 	*out = NULL;
 	if (len == 0 || len > CHUNK_SIZE) {
@@ -73,14 +78,14 @@ int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_
 		return -EBADMSG;
 	}
 	struct buf_pool *pool = cache_chunk_bufs(c);
-	uint8_t *plain = buf_pool_get(pool);
-	if (!plain) {
+	uint8_t *plain = direct ? NULL : buf_pool_get(pool);
+	if (!direct && !plain) {
 		free(cipher);
 		return -ENOMEM;
 	}
 	size_t salt_len;
 	const uint8_t *salt = cache_salt(c, &salt_len);
-	int r = chunk_open(name, key, salt, salt_len, cipher, len, plain);
+	int r = chunk_open(name, key, salt, salt_len, cipher, len, direct ? direct : plain);
 	if (r < 0) {
 		free(cipher);
 		buf_pool_put(pool, plain);
@@ -89,21 +94,44 @@ int chunk_whole_make(struct cache *c, const char *name, const uint8_t key[CHUNK_
 	return whole_new(name, key, pool, cipher, false, plain, len, from, out);
 }
 
-void chunk_whole_copy(const struct chunk_whole *w, struct chunk_req *rq)
+int chunk_whole_read(const struct chunk_whole *w, uint32_t off, uint8_t *dst, size_t n)
 {
-	if (!rq->buf || !rq->len)
-		return;
-	size_t have = rq->off < w->len ? w->len - rq->off : 0;
-	size_t n = rq->len < have ? rq->len : have;
-	memcpy(rq->buf, w->plain + rq->off, n);
-	memset(rq->buf + n, 0, rq->len - n);
+	if (w->plain) {
+		memcpy(dst, w->plain + off, n);
+		return 0;
+	}
+	int r = chunk_ctr_at(w->key, off, w->cipher + off, n, dst);
+	if (r < 0)
+		memset(dst, 0, n);
+	return r;
 }
 
-void chunk_whole_serve(struct cache *c, struct chunk_whole *w, struct chunk_req *rq)
+int chunk_whole_copy(const struct chunk_whole *w, struct chunk_req *rq)
+{
+	if (!rq->buf || !rq->len)
+		return 0;
+	size_t have = rq->off < w->len ? w->len - rq->off : 0;
+	size_t n = rq->len < have ? rq->len : have;
+	int r = n ? chunk_whole_read(w, rq->off, rq->buf, n) : 0;
+	memset(rq->buf + n, 0, rq->len - n);
+	return r;
+}
+
+bool chunk_req_whole(const struct chunk_req *rq)
+{
+	return rq->buf && rq->off == 0 && rq->len == CHUNK_SIZE;
+}
+
+int chunk_whole_serve(struct cache *c, struct chunk_whole *w, struct chunk_req *rq, bool in_place)
 {
 	CACHE_COUNT(c, w->from, hits, 1);
 	CACHE_COUNT(c, w->from, bytes, w->len);
-	chunk_whole_copy(w, rq);
+	int r = 0;
+	if (in_place)
+		memset(rq->buf + w->len, 0, rq->len - w->len);
+	else
+		r = chunk_whole_copy(w, rq);
 	rq->tier = w->from;
 	rq->whole = w;
+	return r;
 }

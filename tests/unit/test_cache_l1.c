@@ -154,6 +154,13 @@ static void test_tiers_and_ranges(void)
 	uint8_t bad[CHUNK_KEY_LEN];
 	memcpy(bad, chunks[1].key, sizeof(bad));
 	bad[0] ^= 1;
+	/* A whole-chunk read is decrypted straight into the caller's buffer:
+	 * with the wrong key nothing of it may be left there. */
+	uint8_t *whole = malloc(CHUNK_SIZE);
+	memset(whole, 0x5a, CHUNK_SIZE);
+	CHECK(cache_read(c, chunks[1].name, bad, 0, whole, CHUNK_SIZE, &t) == -EIO && t == CACHE_TIER_NONE);
+	CHECK(is_all_zero(whole, CHUNK_SIZE));
+	free(whole);
 	CHECK(cache_read(c, chunks[1].name, bad, 0, b, 16, &t) == -EIO && t == CACHE_TIER_NONE);
 	CHECK(read_ok(c, 1, 0, 16, &t));
 	char *js = cache_stats_json(c);
@@ -435,7 +442,14 @@ static void *mt_worker(void *p)
 			int i = (a->id % 2) ? (j + a->id) % MT_CHUNKS : (MT_CHUNKS - 1 - j + a->id) % MT_CHUNKS;
 			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
 			uint32_t off = (uint32_t)(x % (CHUNK_SIZE / 4096)) * 4096;
-			size_t len = (x >> 32) % 3 == 0 ? CHUNK_SIZE - off : 4096;
+			/* a whole chunk (decrypted into this buffer when this
+			 * thread leads the fetch; the followers decrypt their
+			 * ranges from the ciphertext), the rest of one, or a
+			 * block */
+			unsigned kind = (unsigned)((x >> 32) % 4);
+			if (kind == 0)
+				off = 0;
+			size_t len = kind == 0 ? CHUNK_SIZE : kind == 1 ? CHUNK_SIZE - off : 4096;
 			a->ok &= read_ok(a->c, i, off, len, NULL);
 		}
 	return NULL;
