@@ -213,7 +213,7 @@ static void frag_finish(struct read_state *rs, unsigned i)
 			rs->intact++;
 		if (good && lazy)
 			rs->crc_unchecked |= 1u << i;
-		else
+		else if (!good)
 			log_warn("l2: fragment %s from %s is corrupt (%zu bytes); it will be rewritten", f->key,
 				 nd->addr, f->rp.value_len);
 	} else if (res == L2R_MISS) {

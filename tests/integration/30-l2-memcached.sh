@@ -62,9 +62,21 @@ run verify-a "${L2[@]}" verify "$CH"
 expect_line verify-a '^verify ok=200 enoent=0 mismatch=0 err=0 '
 run check-a "${L2[@]}" check "$CH"
 expect_line check-a '^fragments valid=1000 missing=0 invalid=0 unreachable=0$'
+# Every fragment is intact: none may be reported corrupt, in the log (an
+# intact parity fragment that came in before the read ended once was) or in
+# the counters.
+no_corrupt() { # no_corrupt NAME
+  if grep -q 'is corrupt' "$T/$1.err"; then
+    grep -m 3 'is corrupt' "$T/$1.err" >&2
+    die "$1: intact fragments were logged as corrupt ($(grep -c 'is corrupt' "$T/$1.err") times)"
+  fi
+  [ "$(node_sum "$1" corrupt)" = 0 ] || { cat "$T/$1.out"; die "$1: intact fragments were counted corrupt"; }
+}
+no_corrupt verify-a
 pass "(a) 200 chunks read back byte for byte from L2 ($(grep -o 'p50_ms=[0-9.]* p99_ms=[0-9.]*' "$T/verify-a.out"))"
 run open-a "$H" -k 4 -m 1 -t 2000 -b 1000 -n "$NODES" open "$CH"
 expect_line open-a '^open ok=402 bad=0$'
+no_corrupt open-a
 pass "(a) reads that decrypt as the fragments land: right plaintext, a wrong key refused with the salt"
 # A generous timeout: this checks concurrency, and a sanitizer build with 8
 # readers on a small machine is slow enough to hit 200 ms.
