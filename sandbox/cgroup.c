@@ -1,6 +1,7 @@
 /* cgroup memory and pids limits for a sandbox, v2 first, v1 where the host
  * still binds those controllers to v1 hierarchies (hybrid hosts). */
 #define LOG_COMPONENT "sandbox"
+#include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <fcntl.h>
@@ -519,4 +520,65 @@ void sandbox_cgroup_destroy(struct sandbox_cgroup *cg)
 	if (cg->dev_dir[0])
 		cg_rmdir(cg->dev_dir);
 	memset(cg, 0, sizeof(*cg));
+}
+
+/* Whether |name| is SANDBOX_CGROUP_PREFIX followed by a pid, into |*pid|. */
+static bool sandbox_cgroup_name_pid(const char *name, pid_t *pid)
+{
+	size_t pl = strlen(SANDBOX_CGROUP_PREFIX);
+	if (strncmp(name, SANDBOX_CGROUP_PREFIX, pl) != 0 || !name[pl])
+		return false;
+	unsigned long long v = 0;
+	for (const char *c = name + pl; *c; c++) {
+		if (*c < '0' || *c > '9' || v > 100000000ull)
+			return false;
+		v = v * 10 + (unsigned)(*c - '0');
+	}
+	*pid = (pid_t)v;
+	return v > 0;
+}
+
+/* The sweep of the directory that holds cgroup |dir| (see the contract). */
+static unsigned sweep_next_to(const char *dir, unsigned max)
+{
+	char parent[PATH_MAX];
+	const char *slash = strrchr(dir, '/');
+	if (!dir[0] || !slash || (size_t)(slash - dir) >= sizeof(parent))
+		return 0;
+	memcpy(parent, dir, (size_t)(slash - dir));
+	parent[slash - dir] = '\0';
+	DIR *d = opendir(parent);
+	if (!d)
+		return 0;
+	unsigned removed = 0;
+	struct dirent *de;
+	while (removed < max && (de = readdir(d))) {
+		pid_t pid;
+		if (!sandbox_cgroup_name_pid(de->d_name, &pid))
+			continue;
+		/* A monitor that still exists, even as a zombie its caller has
+		 * not reaped, owns its cgroup; EPERM also means it exists. */
+		if (kill(pid, 0) == 0 || errno != ESRCH)
+			continue;
+		char p[PATH_MAX];
+		if ((size_t)snprintf(p, sizeof(p), "%s/%s", parent, de->d_name) >= sizeof(p))
+			continue;
+		/* The kernel refuses a cgroup that still holds a task or a child:
+		 * whatever runs in it is left alone. */
+		if (rmdir(p) == 0)
+			removed++;
+	}
+	closedir(d);
+	return removed;
+}
+
+unsigned sandbox_cgroup_sweep(const struct sandbox_cgroup *cg, unsigned max)
+{
+	if (!cg)
+		return 0;
+	unsigned n = sweep_next_to(cg->v2_dir, max) + sweep_next_to(cg->mem_dir, max) +
+		     sweep_next_to(cg->pids_dir, max) + sweep_next_to(cg->dev_dir, max);
+	if (n)
+		log_info("removed %u cgroup%s left behind by sandboxes whose callers were killed", n, n == 1 ? "" : "s");
+	return n;
 }

@@ -394,4 +394,17 @@ int sandbox_cgroup_join_self(const char *tasks_file);
  * still counts dying tasks).  Safe on a SANDBOX_CG_NONE or zeroed struct. */
 void sandbox_cgroup_destroy(struct sandbox_cgroup *cg);
 
+/* A process sandbox's cgroups are named this followed by its monitor's pid. */
+#define SANDBOX_CGROUP_PREFIX "kindling-sandbox-"
+
+/* Remove, next to each of |cg|'s cgroups, at most |max| cgroups that
+ * sandboxes of killed callers left behind: ones named SANDBOX_CGROUP_PREFIX
+ * and a pid that no longer exists (its caller would have reaped the
+ * monitor) and that hold no task (the kernel refuses to remove any other).
+ * A caller reads its cgroup's counters before it reaps its monitor, so no
+ * sweep takes a cgroup whose sandbox still needs it.  Call with |cg| still
+ * set up, before sandbox_cgroup_destroy.  Returns how many were removed
+ * (logged when any were). */
+unsigned sandbox_cgroup_sweep(const struct sandbox_cgroup *cg, unsigned max);
+
 #endif

@@ -113,6 +113,8 @@ struct plan {
 };
 
 #define SCRATCH "/tmp" /* covered by a fresh tmpfs in the sandbox's own mount namespace */
+/* Leftover cgroups a run removes at most, per hierarchy (see the sweep). */
+#define SANDBOX_CGROUP_SWEEP_MAX 16u
 
 static void report(int fd, int kind, int value)
 {
@@ -1230,7 +1232,7 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 
 	/* Limits first, then let M go: nothing in the sandbox runs unlimited. */
 	char name[64], notice[1536];
-	snprintf(name, sizeof(name), "kindling-sandbox-%d", (int)m);
+	snprintf(name, sizeof(name), SANDBOX_CGROUP_PREFIX "%d", (int)m);
 	sandbox_cgroup_create(&cg, name, s->memory_limit, s->pids_limit ? s->pids_limit + 2u : 0, notice,
 			      sizeof(notice));
 	/* pids_limit + 2: M and I are ours, not the workload's. */
@@ -1341,6 +1343,15 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 		}
 	}
 	out_r = err_r = rep_r = -1;
+	/* M's exit, without reaping it yet: its pid stays taken while the
+	 * cgroup's counters are read below, so no other caller's sweep
+	 * (sandbox_cgroup_sweep) removes the cgroup under them. */
+	siginfo_t si;
+	while (waitid(P_PID, (id_t)m, &si, WEXITED | WNOWAIT) < 0 && errno == EINTR)
+		;
+	out->oom_killed = sandbox_cgroup_oom_killed(&cg);
+	out->pids_limited = sandbox_cgroup_pids_limited(&cg);
+	out->memory_peak = sandbox_cgroup_memory_peak(&cg); /* before the cgroup goes, below */
 	int st = 0;
 	while (waitpid(m, &st, 0) < 0 && errno == EINTR)
 		;
@@ -1355,9 +1366,6 @@ static int process_run(const struct sandbox_spec *s, struct sandbox_result *out)
 			setup_err = EIO;
 		}
 	}
-	out->oom_killed = sandbox_cgroup_oom_killed(&cg);
-	out->pids_limited = sandbox_cgroup_pids_limited(&cg);
-	out->memory_peak = sandbox_cgroup_memory_peak(&cg); /* before the cgroup goes, below */
 	if (out->oom_killed && out->term_signal == 0 && out->exit_code < 0)
 		out->term_signal = SIGKILL;
 	/* A setup error wins over an exit status: with one, the workload never
@@ -1384,6 +1392,9 @@ out:
 	close_fd(&p.rep_w);
 	close_fd(&p.sync_r);
 	close_fd(&p.image_fd);
+	/* Off the start's path: the cgroups sandboxes of killed callers left
+	 * here, a bounded few per run, so a host does not pile them up. */
+	sandbox_cgroup_sweep(&cg, SANDBOX_CGROUP_SWEEP_MAX);
 	sandbox_cgroup_destroy(&cg);
 	free(p.rootfs_path);
 	free(p.argv);
