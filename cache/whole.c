@@ -23,15 +23,22 @@ void chunk_whole_ref(struct chunk_whole *w)
 	__atomic_fetch_add(&w->refs, 1, __ATOMIC_RELAXED);
 }
 
+/* Give back a whole's buffers: |plain| (may be NULL) to |pool|, |cipher|
+ * to |pool| if |cipher_pooled|, else to free (the store malloc'd it). */
+static void bufs_give_back(struct buf_pool *pool, uint8_t *cipher, bool cipher_pooled, uint8_t *plain)
+{
+	if (cipher_pooled)
+		buf_pool_put(pool, cipher);
+	else
+		free(cipher);
+	buf_pool_put(pool, plain);
+}
+
 void chunk_whole_unref(struct chunk_whole *w)
 {
 	if (!w || __atomic_sub_fetch(&w->refs, 1, __ATOMIC_ACQ_REL) != 0)
 		return;
-	if (w->cipher_pooled)
-		buf_pool_put(w->pool, w->cipher);
-	else
-		free(w->cipher);
-	buf_pool_put(w->pool, w->plain);
+	bufs_give_back(w->pool, w->cipher, w->cipher_pooled, w->plain);
 	free(w);
 }
 
@@ -43,11 +50,7 @@ static int whole_new(const char *name, const uint8_t key[CHUNK_KEY_LEN], struct 
 	*out = NULL;
 	struct chunk_whole *w = len == 0 || len > CHUNK_SIZE ? NULL : calloc(1, sizeof(*w));
 	if (!w) {
-		if (cipher_pooled)
-			buf_pool_put(pool, cipher);
-		else
-			free(cipher);
-		buf_pool_put(pool, plain);
+		bufs_give_back(pool, cipher, cipher_pooled, plain);
 		return len == 0 || len > CHUNK_SIZE ? -EBADMSG : -ENOMEM;
 	}
 	memcpy(w->name, name, CHUNK_NAME_HEX_LEN + 1);
