@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "sandbox/internal.h"
@@ -32,7 +33,9 @@ const struct sandbox_ops *sandbox_pick(const char *isolation, char *notice, size
 		isolation = "auto";
 	if (strcmp(isolation, "auto") == 0) {
 		const struct sandbox_ops *vm = find("microvm");
-		bool kvm = access("/dev/kvm", R_OK | W_OK) == 0;
+		struct stat kvm_st;
+		bool kvm = stat("/dev/kvm", &kvm_st) == 0 && S_ISCHR(kvm_st.st_mode) &&
+			   access("/dev/kvm", R_OK | W_OK) == 0;
 		if (vm && kvm && vm->available(why, sizeof(why)))
 			return vm;
 		const struct sandbox_ops *p = find("process");

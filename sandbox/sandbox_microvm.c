@@ -157,6 +157,16 @@ static bool microvm_available(char *why, size_t len)
 			 strerror(errno));
 		return false;
 	}
+	struct stat st;
+	if (fstat(fd, &st) < 0 || !S_ISCHR(st.st_mode)) {
+		/* A regular file a script made by mistake is not KVM; kvmm would
+		 * only fail later, on its first ioctl. */
+		snprintf(why, len,
+			 "cannot open /dev/kvm as the KVM device: it is not a character device (remove the file that "
+			 "took its name; the micro-VM needs KVM; use --isolation process)");
+		close(fd);
+		return false;
+	}
 	close(fd);
 	struct microvm_paths p;
 	return microvm_find_paths(&p, why, len) == 0;

@@ -39,8 +39,11 @@ die() { echo "FAIL: $*" >&2; exit 1; }
 # sandbox words it: without a usable /dev/kvm it says so; with one (some hosts
 # have it) the guest kernel, which nothing puts next to the programs, is what
 # is missing.  The nested-KVM tests (61-67) cover the micro-VM itself.
+# The -c test comes first: bash's <> creates a file that is not there, and a
+# regular /dev/kvm left behind would change every later test's answer.
+kvm_usable() { [ -c /dev/kvm ] && (exec 3<>/dev/kvm) 2>/dev/null; }
 microvm_refusal() {
-  if (exec 3<>/dev/kvm) 2>/dev/null; then
+  if kvm_usable; then
     echo "microvm sandbox cannot run on this host: the guest kernel $KINDLING_BUILD_DIR/kindling-guest-kernel: No such file or directory (set KINDLING_GUEST_KERNEL)"
   else
     echo "microvm sandbox cannot run on this host: cannot open /dev/kvm"
@@ -48,7 +51,7 @@ microvm_refusal() {
 }
 # The reason isolation auto gives for falling back to the process sandbox.
 microvm_auto_fallback() {
-  if (exec 3<>/dev/kvm) 2>/dev/null; then
+  if kvm_usable; then
     echo "notice: isolation auto: using the process sandbox (the guest kernel $KINDLING_BUILD_DIR/kindling-guest-kernel: No such file or directory (set KINDLING_GUEST_KERNEL))"
   else
     echo "notice: isolation auto: using the process sandbox (no usable /dev/kvm on this host)"
