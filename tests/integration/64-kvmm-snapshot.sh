@@ -80,14 +80,24 @@ cat >"$P/run.sh" <<'EOF'
 K="console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd"
 VDA=$(cat vda.sum)
 S=/tmp/snap.vmstate M=/tmp/snap.mem S2=/tmp/snap2.vmstate M2=/tmp/snap2.mem
-fail() { echo "FAIL $*"; for f in /tmp/out-* /tmp/err-* /tmp/uffd.out; do [ -f "$f" ] && sed "s|^|$f: |" "$f" | tail -40; done; exit 1; }
+# fail WHAT: the logs, and where each kvmm thread waits (a hung API call
+# shows there), then stop.
+fail() {
+	echo "FAIL $*"
+	for f in /tmp/out-* /tmp/err-* /tmp/uffd.out; do [ -f "$f" ] && sed "s|^|$f: |" "$f" | tail -40; done
+	for p in $(pidof kvmm); do
+		for t in /proc/$p/task/*; do echo "kvmm $p thread ${t##*/} $(cat $t/comm) state $(cut -d' ' -f3 $t/stat) in $(cat $t/wchan)"; done
+	done
+	exit 1
+}
 ok() { echo "OK $*"; }
-# api NAME METHOD PATH [BODY]: sets CODE and BODY.
+# api NAME METHOD PATH [BODY]: sets CODE and BODY (000 if kvmm gave no answer
+# within two minutes).
 api() {
 	if [ $# -ge 4 ]; then
-		CODE=$(./curl -s -o /tmp/body -w '%{http_code}' --unix-socket /tmp/$1.sock -X "$2" -H 'Content-Type: application/json' -d "$4" "http://localhost$3")
+		CODE=$(./curl -m 120 -s -o /tmp/body -w '%{http_code}' --unix-socket /tmp/$1.sock -X "$2" -H 'Content-Type: application/json' -d "$4" "http://localhost$3")
 	else
-		CODE=$(./curl -s -o /tmp/body -w '%{http_code}' --unix-socket /tmp/$1.sock -X "$2" "http://localhost$3")
+		CODE=$(./curl -m 120 -s -o /tmp/body -w '%{http_code}' --unix-socket /tmp/$1.sock -X "$2" "http://localhost$3")
 	fi
 	BODY=$(cat /tmp/body)
 }

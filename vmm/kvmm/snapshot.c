@@ -539,10 +539,32 @@ static void restart_devices(struct kvmm_vm *vm)
 	}
 }
 
-/* The memory file, mapped private: pages come from the page cache as the
- * guest touches them, and its writes stay in this process. */
-static int map_file(struct kvmm_vm *vm, const char *path, uint8_t **out, char *err, size_t errlen)
+/* The memory backend, opened and checked before any VM exists, so a wrong
+ * file or a handler nobody runs costs the caller no VM: for File the memory
+ * file (regular, exactly the snapshot's RAM size), for Uffd a socket
+ * connected to the page-fault handler.  Returns the descriptor or -errno
+ * (with |err| set). */
+static int open_mem_backend(enum kvmm_mem_backend_type backend, const char *path, const struct kvmm_config *cfg,
+			    char *err, size_t errlen)
 {
+	if (backend == KVMM_MEM_UFFD) {
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		if (strlen(path) >= sizeof(sa.sun_path)) {
+			fault(err, errlen, "mem_backend %s: longer than a unix socket path may be", path);
+			return -ENAMETOOLONG;
+		}
+		strcpy(sa.sun_path, path);
+		int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+			int e = errno;
+			fault(err, errlen, "mem_backend %s: connecting to the page-fault handler: %s (is it listening?)",
+			      path, strerror(e));
+			if (s >= 0)
+				close(s);
+			return -e;
+		}
+		return s;
+	}
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		int e = errno;
@@ -555,14 +577,23 @@ static int map_file(struct kvmm_vm *vm, const char *path, uint8_t **out, char *e
 		close(fd);
 		return -EINVAL;
 	}
-	if ((uint64_t)sb.st_size != vm->ram_size) {
+	uint64_t ram_size = (uint64_t)cfg->mem_size_mib << 20;
+	if ((uint64_t)sb.st_size != ram_size) {
 		fault(err, errlen,
 		      "mem_backend %s is %llu bytes; the snapshot's RAM is %llu bytes (mem_size_mib %u): the wrong "
 		      "memory file for this snapshot",
-		      path, (unsigned long long)sb.st_size, (unsigned long long)vm->ram_size, vm->cfg.mem_size_mib);
+		      path, (unsigned long long)sb.st_size, (unsigned long long)ram_size, cfg->mem_size_mib);
 		close(fd);
 		return -EINVAL;
 	}
+	return fd;
+}
+
+/* The memory file |fd| (from open_mem_backend; always closed here), mapped
+ * private: pages come from the page cache as the guest touches them, and its
+ * writes stay in this process. */
+static int map_file(struct kvmm_vm *vm, const char *path, int fd, uint8_t **out, char *err, size_t errlen)
+{
 	void *p = mmap(NULL, (size_t)vm->ram_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, 0);
 	int e = errno;
 	close(fd);
@@ -578,8 +609,9 @@ static int map_file(struct kvmm_vm *vm, const char *path, uint8_t **out, char *e
  * for missing pages, and ONE message to the handler on |path|: the regions
  * as JSON with the userfaultfd attached.  The connection stays open for the
  * VM's life, so the handler sees EOF when kvmm exits. */
-static int map_uffd(struct kvmm_vm *vm, const char *path, uint8_t **out, char *err, size_t errlen)
+static int map_uffd(struct kvmm_vm *vm, const char *path, int sock, uint8_t **out, char *err, size_t errlen)
 {
+	vm->uffd_sock = sock; /* the VM owns it from here, failure or not */
 	void *p = mmap(NULL, (size_t)vm->ram_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
 		       -1, 0);
 	if (p == MAP_FAILED) {
@@ -626,22 +658,6 @@ static int map_uffd(struct kvmm_vm *vm, const char *path, uint8_t **out, char *e
 	}
 	used += (size_t)snprintf(msg + used, sizeof(msg) - used, "]");
 
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(path) >= sizeof(sa.sun_path)) {
-		fault(err, errlen, "mem_backend %s: longer than a unix socket path may be", path);
-		return -ENAMETOOLONG;
-	}
-	strcpy(sa.sun_path, path);
-	int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int e = errno;
-		fault(err, errlen, "mem_backend %s: connecting to the page-fault handler: %s (is it listening?)", path,
-		      strerror(e));
-		if (s >= 0)
-			close(s);
-		return -e;
-	}
-	vm->uffd_sock = s;
 	union {
 		char buf[CMSG_SPACE(sizeof(int))];
 		struct cmsghdr align;
@@ -656,7 +672,7 @@ static int map_uffd(struct kvmm_vm *vm, const char *path, uint8_t **out, char *e
 	memcpy(CMSG_DATA(cm), &uffd, sizeof(int));
 	ssize_t n;
 	do
-		n = sendmsg(s, &mh, MSG_NOSIGNAL);
+		n = sendmsg(sock, &mh, MSG_NOSIGNAL);
 	while (n < 0 && errno == EINTR);
 	if (n != (ssize_t)used) {
 		int e = n < 0 ? errno : EIO;
@@ -668,12 +684,13 @@ static int map_uffd(struct kvmm_vm *vm, const char *path, uint8_t **out, char *e
 	return 0;
 }
 
+/* |backend_fd| is open_mem_backend()'s descriptor, which this consumes. */
 static int restore_into(struct kvmm_vm *vm, struct kvmm_vmstate *st, enum kvmm_mem_backend_type backend,
-			const char *backend_path, char *err, size_t errlen)
+			const char *backend_path, int backend_fd, char *err, size_t errlen)
 {
 	uint8_t *ram = NULL;
-	int r = backend == KVMM_MEM_FILE ? map_file(vm, backend_path, &ram, err, errlen)
-					 : map_uffd(vm, backend_path, &ram, err, errlen);
+	int r = backend == KVMM_MEM_FILE ? map_file(vm, backend_path, backend_fd, &ram, err, errlen)
+					 : map_uffd(vm, backend_path, backend_fd, &ram, err, errlen);
 	if (r < 0) {
 		if (ram)
 			munmap(ram, (size_t)vm->ram_size);
@@ -818,13 +835,17 @@ int kvmm_vm_restore(const char *vmstate_path, enum kvmm_mem_backend_type backend
 	}
 	struct kvmm_vm *vm = NULL;
 	char cfg_err[512];
+	int backend_fd = -1;
 	if ((r = apply_overrides(&st->cfg, ov, cfg_err, sizeof(cfg_err))) < 0 ||
 	    (r = check_paths(&st->cfg, cfg_err, sizeof(cfg_err))) < 0) {
 		fault(err, errlen, "snapshot_path %s: %s", vmstate_path, cfg_err);
+	} else if ((r = backend_fd = open_mem_backend(backend, backend_path, &st->cfg, err, errlen)) < 0) {
+		/* err names the backend and the fault */
 	} else if ((r = vm_new(&st->cfg, &vm)) < 0) {
+		close(backend_fd);
 		fault(err, errlen, "snapshot_path %s: cannot create the VM: %s (kvmm's log has the details)",
 		      vmstate_path, strerror(-r));
-	} else if ((r = restore_into(vm, st, backend, backend_path, err, errlen)) == 0) {
+	} else if ((r = restore_into(vm, st, backend, backend_path, backend_fd, err, errlen)) == 0) {
 		struct kvmm_config cfg;
 		if ((r = kvmm_config_copy(&cfg, &st->cfg)) < 0) {
 			fault(err, errlen, "out of memory");
