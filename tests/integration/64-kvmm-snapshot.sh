@@ -3,7 +3,8 @@
 # (tests/nested/run.sh), driven through Firecracker's API with curl:
 #  - kvmm A boots a busybox guest whose init draws a random token into a shell
 #    variable (guest memory only) and runs a shell on the serial console; the
-#    guest reads /dev/vda; PATCH /vm Paused, GET / says "Paused", PUT
+#    guest reads /dev/vda; a console line four times the UART's FIFO,
+#    written at once, arrives whole; PATCH /vm Paused, GET / says "Paused", PUT
 #    /snapshot/create writes the vmstate file (KVMMSNAP header) and a memory
 #    file of the RAM size that is sparse; PATCH /vm Resumed: guest A runs
 #    on; kvmm A is killed;
@@ -72,9 +73,9 @@ cp "$vmlinuz" "$P/vmlinuz"
 cp "$KVMM" "$HANDLER" "$(command -v curl)" "$P/"
 
 # Runs inside the outer guest; prints "OK <what>" per check, "FAIL <what>"
-# on the first failure (then stops).  Each console command stays under the
-# UART's 64-byte FIFO and waits for the previous one's output: kvmm drops
-# console input the guest has no room for.
+# on the first failure (then stops).  Each console command waits for the
+# previous one's output; one is longer than the UART's 64-byte FIFO, which
+# kvmm must hold back, not drop, until the guest reads.
 cat >"$P/run.sh" <<'EOF'
 #!/bin/sh
 K="console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd"
@@ -162,6 +163,10 @@ TOK=$(grep -a "GUEST: token" /tmp/out-a.txt | sed 's/.*token //' | tr -d '\r')
 echo 'echo BEFORE-$TOKEN $(head -c 65536 /dev/vda | wc -c)' >&3
 waitfor /tmp/out-a.txt "BEFORE-$TOK 65536" 60 || fail "guest A's shell did not answer"
 ok "guest A runs, token $TOK, read /dev/vda"
+LONG=$(printf '%0240d' 0 | tr 0 k)
+echo "echo LONG-$LONG-\$TOKEN" >&3
+waitfor /tmp/out-a.txt "LONG-$LONG-$TOK" 60 || fail "a console line of four FIFOs' length lost bytes on the way in"
+ok "a console line of $((${#LONG} + 17)) bytes, written at once, reached the guest whole"
 must 204 a PATCH /vm '{"state": "Paused"}'
 must 200 a GET /
 echo "$BODY" | grep -q '"state":"Paused"' || fail "GET / while paused: $BODY"

@@ -35,7 +35,8 @@ uint8_t kvmm_serial_read(struct kvmm_serial *s, uint16_t off);
 void kvmm_serial_write(struct kvmm_serial *s, uint16_t off, uint8_t v);
 
 /* Offer |<buf, len>| to the receiver.  Returns how many bytes it took: at
- * most kvmm_serial_room() (the caller keeps the rest or drops it). */
+ * most kvmm_serial_room() (the caller keeps the rest; kvmm's console leaves
+ * it unread on stdin until the guest reads). */
 size_t kvmm_serial_input(struct kvmm_serial *s, const uint8_t *buf, size_t len);
 
 /* Free space in the receive FIFO. */

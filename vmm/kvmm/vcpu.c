@@ -293,8 +293,11 @@ static void sleep_write(struct kvmm_vm *vm, uint8_t v)
 
 static uint8_t pio_in(struct kvmm_vm *vm, uint16_t port)
 {
-	if (port >= KVMM_SERIAL_PORT && port < KVMM_SERIAL_PORT + 8)
-		return kvmm_serial_read(&vm->serial, (uint16_t)(port - KVMM_SERIAL_PORT));
+	if (port >= KVMM_SERIAL_PORT && port < KVMM_SERIAL_PORT + 8) {
+		uint8_t v = kvmm_serial_read(&vm->serial, (uint16_t)(port - KVMM_SERIAL_PORT));
+		vm_console_read(vm);
+		return v;
+	}
 	if (port == KVMM_I8042_DATA_PORT || port == KVMM_I8042_CMD_PORT)
 		return kvmm_i8042_read(&vm->i8042, port);
 	if (port == KVMM_SLEEP_PORT)

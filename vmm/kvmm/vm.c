@@ -120,17 +120,35 @@ static void virtio_irq(void *ctx)
 
 /* ---- the device loop's callbacks ---------------------------------------------------------------------------------- */
 
+/* Reset the eventfd |fd| the loop woke for: 0, or -errno (EAGAIN is none:
+ * another wakeup took it already). */
+static int eventfd_drain(int fd)
+{
+	uint64_t v;
+	return read(fd, &v, sizeof(v)) < 0 && errno != EAGAIN ? -errno : 0;
+}
+
 static void queue_notified(void *ctx, int fd, uint32_t events)
 {
 	struct kvmm_vm_notify *n = ctx;
-	uint64_t v;
 	(void)events;
-	if (read(fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
-		log_warn("%s: reading queue %u's notifier: %s", n->dev->label, n->queue, strerror(errno));
+	int r = eventfd_drain(fd);
+	if (r < 0)
+		log_warn("%s: reading queue %u's notifier: %s", n->dev->label, n->queue, strerror(-r));
 	/* The loop holds the device's lock.  The transport ignores a notify
 	 * for a queue that is not live, and so do we. */
 	if (virtio_mmio_queue(n->dev->mmio, n->queue))
 		n->dev->mmio->ops->notify(n->dev->mmio, n->queue);
+}
+
+/* Watch stdin for one more batch of console input (it is registered
+ * one-shot, so nothing is read while the guest has no room). */
+static void stdin_rearm(struct kvmm_vm *vm)
+{
+	int r = kvmm_loop_mod(&vm->loop, STDIN_FILENO, EPOLLIN | EPOLLONESHOT);
+	if (r < 0)
+		log_warn("console input: watching stdin again: %s; the console is output-only from now on",
+			 strerror(-r));
 }
 
 static void stdin_ready(void *ctx, int fd, uint32_t events)
@@ -138,18 +156,49 @@ static void stdin_ready(void *ctx, int fd, uint32_t events)
 	struct kvmm_vm *vm = ctx;
 	uint8_t buf[KVMM_SERIAL_FIFO];
 	(void)events;
-	ssize_t n = read(fd, buf, sizeof(buf));
-	if (n > 0) {
-		size_t took = kvmm_serial_input(&vm->serial, buf, (size_t)n);
-		if (took < (size_t)n)
-			log_debug("console input: the guest is not reading; %zu bytes dropped", (size_t)n - took);
+	size_t room = kvmm_serial_room(&vm->serial);
+	if (room == 0) {
+		/* The rest waits in the pipe or terminal until the guest reads:
+		 * a console that drops input loses pastes and scripted input
+		 * whenever the guest is slow. */
+		vm->stdin_throttled = true;
 		return;
 	}
-	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+	ssize_t n = read(fd, buf, room < sizeof(buf) ? room : sizeof(buf));
+	if (n > 0) {
+		kvmm_serial_input(&vm->serial, buf, (size_t)n); /* fits: no more than room */
+		stdin_rearm(vm);
 		return;
+	}
+	if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+		stdin_rearm(vm);
+		return;
+	}
 	/* End of input (or an error): the console stays, output only. */
 	kvmm_loop_del(&vm->loop, fd);
 	vm->stdin_watched = false;
+}
+
+void vm_console_read(struct kvmm_vm *vm)
+{
+	if (!vm->stdin_throttled || kvmm_serial_room(&vm->serial) == 0)
+		return;
+	vm->stdin_throttled = false;
+	uint64_t one = 1;
+	if (write(vm->stdin_room_fd, &one, sizeof(one)) < 0)
+		log_warn("console input: waking the device loop: %s", strerror(errno));
+}
+
+/* On the device loop, under pio_lock: a vCPU made room for held-back input. */
+static void stdin_room_ready(void *ctx, int fd, uint32_t events)
+{
+	struct kvmm_vm *vm = ctx;
+	(void)events;
+	int r = eventfd_drain(fd);
+	if (r < 0)
+		log_debug("console input: reading the room eventfd: %s", strerror(-r));
+	if (vm->stdin_watched && !vm->stdin_throttled)
+		stdin_rearm(vm);
 }
 
 /* The device loop parks here while the VM is paused, so no device touches
@@ -157,10 +206,10 @@ static void stdin_ready(void *ctx, int fd, uint32_t events)
 static void pause_requested(void *ctx, int fd, uint32_t events)
 {
 	struct kvmm_vm *vm = ctx;
-	uint64_t v;
 	(void)events;
-	if (read(fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
-		log_warn("reading the pause eventfd: %s", strerror(errno));
+	int r = eventfd_drain(fd);
+	if (r < 0)
+		log_warn("reading the pause eventfd: %s", strerror(-r));
 	pthread_mutex_lock(&vm->state_lock);
 	vm->loop_parked = true;
 	pthread_cond_broadcast(&vm->state_cond);
@@ -584,7 +633,15 @@ static int setup_console(struct kvmm_vm *vm)
 		log_debug("console input: stdin is not a terminal, pipe or socket; the console is output-only");
 		return 0;
 	}
-	r = kvmm_loop_add(&vm->loop, STDIN_FILENO, EPOLLIN, stdin_ready, vm, &vm->pio_lock);
+	vm->stdin_room_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (vm->stdin_room_fd < 0) {
+		int e = errno;
+		log_err("eventfd: %s", strerror(e));
+		return -e;
+	}
+	r = kvmm_loop_add(&vm->loop, vm->stdin_room_fd, EPOLLIN, stdin_room_ready, vm, &vm->pio_lock);
+	if (r == 0)
+		r = kvmm_loop_add(&vm->loop, STDIN_FILENO, EPOLLIN | EPOLLONESHOT, stdin_ready, vm, &vm->pio_lock);
 	if (r < 0)
 		return r;
 	vm->stdin_watched = true;
@@ -747,6 +804,7 @@ int vm_new(const struct kvmm_config *cfg, struct kvmm_vm **out)
 		return -ENOMEM;
 	}
 	vm->kvm_fd = vm->vm_fd = vm->serial_irqfd = vm->i8042_irqfd = vm->pause_fd = vm->uffd_sock = vm->uffd = -1;
+	vm->stdin_room_fd = -1;
 	vm->ram_size = (uint64_t)cfg->mem_size_mib << 20;
 	kvmm_config_init(&vm->cfg);
 	vm->n_vcpus = cfg->vcpu_count;
@@ -995,6 +1053,8 @@ void kvmm_vm_destroy(struct kvmm_vm *vm)
 	free(vm->msr_list);
 	if (vm->pause_fd >= 0)
 		close(vm->pause_fd);
+	if (vm->stdin_room_fd >= 0)
+		close(vm->stdin_room_fd);
 	if (vm->uffd_sock >= 0)
 		close(vm->uffd_sock);
 	if (vm->uffd >= 0)

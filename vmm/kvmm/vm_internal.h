@@ -87,6 +87,12 @@ struct kvmm_vm {
 	struct kvmm_i8042 i8042;
 	int serial_irqfd, i8042_irqfd; /* irqfds on IRQ 4 and IRQ 1 */
 	bool stdin_watched;
+	/* Console input is never dropped: with the receive FIFO full, stdin is
+	 * left unwatched (its writer waits) until the guest reads a byte; the
+	 * vCPU that read it signals stdin_room_fd, and the device loop watches
+	 * stdin again. */
+	bool stdin_throttled;
+	int stdin_room_fd; /* eventfd; -1 */
 
 	size_t n_devs;
 	struct kvmm_vm_dev devs[KVMM_MAX_DEVS];
@@ -117,6 +123,11 @@ struct kvmm_vm {
  * fatal), logging |why|; later calls are ignored.  Kicks every vCPU out of
  * KVM_RUN.  Any thread, with or without the pio or device locks held. */
 void vm_end(struct kvmm_vm *vm, int result, const char *why);
+
+/* After the guest read from the serial port: if console input was held back
+ * for want of room and the receive FIFO has room now, have the device loop
+ * watch stdin again (vm.c).  Call with pio_lock held. */
+void vm_console_read(struct kvmm_vm *vm);
 
 /* A VM object for |cfg| (copied) with /dev/kvm open, its capabilities
  * checked, the VM created with its irqchip and PIT, and the MSR index list
