@@ -36,6 +36,8 @@
 #include <time.h>
 
 #define DEFAULT_TIMEOUT_MS 2000
+/* How long call() keeps trying members that fail slowly, in timeouts. */
+#define FAILOVER_TIMEOUTS 2
 #define MAX_MEMBERS 16
 /* Idle connections kept for reuse; more callers than this each make one and
  * drop it afterwards. */
@@ -503,10 +505,14 @@ static int reply_error(const char *member, const char *path, long status, const 
 }
 
 /* POST |req| to |path| on the member that answered last, or the next ones
- * (transport errors and 5xx move on).  If none answered but one was there
- * and slow or failing (a timeout, a broken connection, a 5xx: a leader
- * election after a member died looks like this) and that round took less
- * than the timeout, every member is tried once more after a short pause.
+ * (transport errors and 5xx move on).  If none answered, every member is
+ * tried again after a short pause:
+ *  - while one failed fast (a 5xx, a broken connection: what members in a
+ *    leader election answer), round after round until FAILOVER_TIMEOUTS
+ *    timeouts have passed since the first try, since an election on a loaded
+ *    host can outlast one round and a leader may be a moment away;
+ *  - else, if one was there but slow, once more if the round took less than
+ *    the timeout.
  * Members that all refuse connections are down, and that is said at once;
  * members that all time out are not waited on twice.  0 with |*reply| (an object; decref),
  * -ENOTCONN if none answered, -EPROTO for a reply that is no JSON object,
@@ -530,12 +536,17 @@ static int call(struct etcd *e, const char *path, json_t *req, size_t json_flags
 	struct http_client_response resp = {0};
 	size_t member = start;
 	int last = -ENOTCONN;
-	bool answered = false, slow = false;
+	/* slow: a member was there but failed; failing: one failed fast (a 5xx,
+	 * a reset), which is what members in an election answer. */
+	bool answered = false, slow = false, failing = false;
 	double began = now_seconds();
-	for (size_t k = 0; k < 2 * e->n_members; k++) {
-		if (k == e->n_members) {
-			if (!slow || (now_seconds() - began) * 1e3 >= e->timeout_ms)
+	for (size_t k = 0;; k++) {
+		if (k > 0 && k % e->n_members == 0) {
+			double spent_ms = (now_seconds() - began) * 1e3;
+			if (!(failing ? spent_ms < (double)FAILOVER_TIMEOUTS * e->timeout_ms
+				      : slow && spent_ms < e->timeout_ms))
 				break;
+			slow = failing = false; /* each round decides whether another is worth it */
 			struct timespec pause = { 0, 200 * 1000 * 1000 };
 			nanosleep(&pause, NULL);
 		}
@@ -554,12 +565,13 @@ static int call(struct etcd *e, const char *path, json_t *req, size_t json_flags
 			log_debug("%s%s: %s", e->members[member], path, strerror(-r));
 			last = r;
 			slow |= r != -ECONNREFUSED;
+			failing |= r != -ECONNREFUSED && r != -ETIMEDOUT;
 			continue;
 		}
 		if (resp.status >= 500) {
 			log_debug("%s%s: HTTP %ld: %.200s", e->members[member], path, resp.status, resp.body);
 			last = -EIO;
-			slow = true;
+			slow = failing = true;
 			http_client_response_cleanup(&resp);
 			continue;
 		}

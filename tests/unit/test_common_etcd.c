@@ -675,6 +675,81 @@ static int roundtrip(struct etcd *e, int i)
 	return r;
 }
 
+/* A lone member in a leader election: "no leader" (HTTP 503) to the first
+ * |fail_first| requests, each on its own connection, then answers a put. */
+struct electing {
+	struct scripted s;
+	int fail_first;
+	pthread_t thread;
+};
+
+static void *electing_serve(void *arg)
+{
+	struct electing *el = arg;
+	static const char no_leader_body[] = "{\"error\":\"etcdserver: no leader\",\"code\":14}";
+	static const char put_body[] = "{\"header\":{\"revision\":\"7\"}}";
+	for (;;) {
+		struct pollfd p[2] = {{.fd = el->s.listen_fd, .events = POLLIN}, {.fd = el->s.stop[0], .events = POLLIN}};
+		if (poll(p, 2, 60000) <= 0 || !(p[0].revents & POLLIN))
+			return NULL;
+		int fd = accept(el->s.listen_fd, NULL, NULL);
+		if (fd < 0)
+			return NULL;
+		if (read_request(&el->s, fd)) {
+			bool electing = el->s.requests <= el->fail_first;
+			const char *body = electing ? no_leader_body : put_body;
+			char head[160];
+			int n = snprintf(head, sizeof(head), "HTTP/1.1 %s\r\nContent-Type: application/json\r\n"
+							     "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+					 electing ? "503 Service Unavailable" : "200 OK", strlen(body));
+			send_all(fd, head, (size_t)n);
+			send_all(fd, body, strlen(body));
+		}
+		close(fd);
+	}
+}
+
+/* Put through a client whose only member is |el|; returns the put's result
+ * and sets |*requests| to how many requests the member saw. */
+static int put_through_election(struct electing *el, int fail_first, int *requests)
+{
+	memset(el, 0, sizeof(*el));
+	unsigned port;
+	el->s.listen_fd = listen_loopback(&port);
+	el->fail_first = fail_first;
+	CHECK(pipe(el->s.stop) == 0);
+	CHECK(pthread_create(&el->thread, NULL, electing_serve, el) == 0);
+	char *eps = xasprintf("http://127.0.0.1:%u", port);
+	struct etcd *e = NULL;
+	int r = -EINVAL;
+	if (eps && etcd_new(&(struct etcd_config){.endpoints = eps, .timeout_ms = 2000}, &e) == 0)
+		r = etcd_put(e, "test/election", "v", 1, 0, NULL);
+	etcd_free(e);
+	free(eps);
+	(void)!write(el->s.stop[1], "x", 1);
+	pthread_join(el->thread, NULL);
+	close(el->s.listen_fd);
+	close(el->s.stop[0]);
+	close(el->s.stop[1]);
+	*requests = el->s.requests;
+	return r;
+}
+
+static void test_election(void)
+{
+	/* Five "no leader" answers (a second of rounds 200 ms apart) and then a
+	 * leader: the put goes through.  A client that gave up after two rounds
+	 * failed here while the election was nearly over. */
+	struct electing el;
+	int requests = 0;
+	CHECK(put_through_election(&el, 5, &requests) == 0);
+	CHECK(requests == 6);
+	/* No leader ever: the client gives up (-ENOTCONN), having tried for
+	 * about two timeouts, one round per 200 ms at most. */
+	CHECK(put_through_election(&el, 1000, &requests) == -ENOTCONN);
+	CHECK(requests >= 3 && requests <= 21);
+}
+
 static void test_failover(const char *all)
 {
 	/* A member that accepts connections but never answers: one timeout, then
@@ -783,6 +858,7 @@ static int run_tests(const char *endpoints)
 	test_http_client();
 	test_parser();
 	test_bad_endpoints();
+	test_election();
 	struct etcd *e = NULL;
 	CHECK(etcd_new(&(struct etcd_config){.endpoints = endpoints}, &e) == 0);
 	if (!e)
