@@ -14,6 +14,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -29,6 +30,7 @@ struct http_client {
 	CURL *curl;
 	char errbuf[CURL_ERROR_SIZE];
 	char *unix_socket; /* http_client_set_unix_socket(), or NULL */
+	int cancel_fd;	   /* http_client_set_cancel_fd(), or -1 */
 };
 
 /* What one exchange collects while libcurl runs it. */
@@ -41,6 +43,8 @@ struct exchange {
 	bool once_only;	  /* not GET or HEAD: the server may act on each copy */
 	unsigned sends;	  /* requests libcurl started for this exchange */
 	bool resend_refused;
+	int cancel_fd;	  /* the client's, for on_progress */
+	bool cancelled;	  /* cancel_fd became readable */
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -79,6 +83,7 @@ int http_client_new(struct http_client **out)
 		free(c);
 		return -ENOMEM;
 	}
+	c->cancel_fd = -1;
 	*out = c;
 	return 0;
 }
@@ -186,6 +191,11 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *arg)
 	return n;
 }
 
+void http_client_set_cancel_fd(struct http_client *c, int fd)
+{
+	c->cancel_fd = fd < 0 ? -1 : fd;
+}
+
 /* Called before each request goes out on a connection.  libcurl resends a
  * request on a fresh connection when a reused one closes before any answer
  * (the server may have died holding it); that is safe for GET, not for a
@@ -203,11 +213,27 @@ static int on_prereq(void *arg, char *conn_primary_ip, char *conn_local_ip, int 
 	return CURL_PREREQFUNC_OK;
 }
 
+/* libcurl's progress callback, which it calls while a transfer waits too:
+ * the place to notice the cancel fd. */
+static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+	(void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+	struct exchange *x = arg;
+	struct pollfd pf = {.fd = x->cancel_fd, .events = POLLIN};
+	if (poll(&pf, 1, 0) > 0 && (pf.revents & (POLLIN | POLLHUP | POLLERR))) {
+		x->cancelled = true;
+		return 1; /* abort: CURLE_ABORTED_BY_CALLBACK */
+	}
+	return 0;
+}
+
 /* The -errno for libcurl's |rc| after an exchange that collected |x|. */
 static int map_curl_error(CURLcode rc, const struct exchange *x)
 {
 	if (x->no_memory)
 		return -ENOMEM;
+	if (x->cancelled)
+		return -ECANCELED;
 	if (x->too_big)
 		return -EMSGSIZE;
 	if (x->bad_headers)
@@ -276,7 +302,8 @@ int http_client_request(struct http_client *c, const char *method, const char *u
 		return r;
 	}
 
-	struct exchange x = {.out = out, .max_body = max_body, .once_only = strcmp(method, "GET") && strcmp(method, "HEAD")};
+	struct exchange x = {.out = out, .max_body = max_body, .once_only = strcmp(method, "GET") && strcmp(method, "HEAD"),
+			     .cancel_fd = c->cancel_fd};
 	CURL *e = c->curl;
 	curl_easy_reset(e); /* options only: the connection cache stays */
 	curl_easy_setopt(e, CURLOPT_URL, url);
@@ -296,6 +323,11 @@ int http_client_request(struct http_client *c, const char *method, const char *u
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, &x);
 	curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
 	curl_easy_setopt(e, CURLOPT_PREREQDATA, &x);
+	if (c->cancel_fd >= 0) {
+		curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
+		curl_easy_setopt(e, CURLOPT_XFERINFODATA, &x);
+		curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
+	}
 	if (!strcmp(method, "HEAD")) {
 		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
 	} else if (body) {
@@ -313,8 +345,9 @@ int http_client_request(struct http_client *c, const char *method, const char *u
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, NULL);
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, NULL);
 	curl_easy_setopt(e, CURLOPT_PREREQDATA, NULL);
+	curl_easy_setopt(e, CURLOPT_XFERINFODATA, NULL);
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
-	if (rc != CURLE_OK || x.no_memory || x.too_big || x.bad_headers) {
+	if (rc != CURLE_OK || x.cancelled || x.no_memory || x.too_big || x.bad_headers) {
 		r = map_curl_error(rc, &x);
 		log_debug("%s %s: %s (%s)", method, url, c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc), strerror(-r));
 		http_client_response_cleanup(out);

@@ -45,6 +45,13 @@ void http_client_free(struct http_client *c);
  * a path longer than a unix socket address takes, or -ENOMEM. */
 int http_client_set_unix_socket(struct http_client *c, const char *path);
 
+/* End every later request of |c| early, with -ECANCELED, once |fd| is
+ * readable (a pipe or eventfd someone writes to say "give up"); the fd is
+ * only polled, never read, so its owner still sees the signal.  libcurl
+ * looks at it at least about once a second while it waits for the server,
+ * which bounds how long a cancelled request lingers.  -1 turns it off. */
+void http_client_set_cancel_fd(struct http_client *c, int fd);
+
 /* Send |method| |url| with |headers| and |<body, body_len>| (body may be
  * NULL), and read the whole answer, at most |max_body| bytes of body, the
  * whole exchange within |timeout_ms| (connecting within the same bound).
@@ -54,7 +61,8 @@ int http_client_set_unix_socket(struct http_client *c, const char *path);
  * with -ECONNRESET (the server may have acted on it) where libcurl would
  * quietly send it again; a GET is resent on a fresh connection.
  * Returns -ECONNREFUSED (nothing listens), -ECONNRESET, -ETIMEDOUT, -EMSGSIZE (the body
- * passed |max_body|), -EPROTO (not HTTP), -EIO for another transport error,
+ * passed |max_body|), -EPROTO (not HTTP), -ECANCELED (the cancel fd of
+ * http_client_set_cancel_fd became readable), -EIO for another transport error,
  * -EINVAL for an empty |method|, a malformed |url| or |timeout_ms| 0, or
  * -ENOMEM.  No "Expect: 100-continue" is sent, and no Content-Type unless
  * |headers| has one.  Transport errors are not logged here: the caller knows

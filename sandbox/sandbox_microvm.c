@@ -417,11 +417,12 @@ static bool stop_requested(const struct pollfd *pf, struct sandbox_result *out)
 }
 
 /* One request to kvmm's API at |sock|: |method| |path| with the JSON |body|
- * (or NULL).  0 for a 2xx answer; -EIO for any other, with kvmm's
- * fault_message in |<fault, flen>|; a transport error as -errno with its
- * description there. */
-static int kvmm_api_call(const char *sock, const char *method, const char *path, const char *body, char *fault,
-			 size_t flen)
+ * (or NULL), answered within |timeout_ms|, or given up with -ECANCELED as
+ * soon as |cancel_fd| (-1: none) is readable.  0 for a 2xx answer; -EIO
+ * for any other, with kvmm's fault_message in |<fault, flen>|; a transport
+ * error as -errno with its description there. */
+static int kvmm_api_call_with(const char *sock, const char *method, const char *path, const char *body,
+			      unsigned timeout_ms, int cancel_fd, char *fault, size_t flen)
 {
 	struct http_client *c = NULL;
 	struct http_client_response resp = { 0 };
@@ -431,9 +432,11 @@ static int kvmm_api_call(const char *sock, const char *method, const char *path,
 	int r = http_client_new(&c);
 	if (r == 0)
 		r = http_client_set_unix_socket(c, sock);
-	if (r == 0)
+	if (r == 0) {
+		http_client_set_cancel_fd(c, cancel_fd);
 		r = http_client_request(c, method, url, body ? &ct : NULL, body ? 1 : 0, body, body ? strlen(body) : 0,
-					MICROVM_API_TIMEOUT_MS, 1u << 16, &resp);
+					timeout_ms, 1u << 16, &resp);
+	}
 	if (r < 0 && !c) {
 		snprintf(fault, flen, "no HTTP client for kvmm's API socket %s: %s (libcurl is needed; see above)",
 			 sock, strerror(-r));
@@ -449,6 +452,13 @@ static int kvmm_api_call(const char *sock, const char *method, const char *path,
 	http_client_response_cleanup(&resp);
 	http_client_free(c);
 	return r;
+}
+
+/* kvmm_api_call_with, with the API's own bound and nothing to cancel it. */
+static int kvmm_api_call(const char *sock, const char *method, const char *path, const char *body, char *fault,
+			 size_t flen)
+{
+	return kvmm_api_call_with(sock, method, path, body, MICROVM_API_TIMEOUT_MS, -1, fault, flen);
 }
 
 /* Whether something accepts connections on the unix socket |path|. */
@@ -511,8 +521,11 @@ out:
 }
 
 /* Load spec->restore into the kvmm just spawned (API only), on this run's
- * paths, and let it run. */
-static int restore_load(struct vm_run *v, const struct sandbox_spec *s)
+ * paths, and let it run.  The load waits for whatever guest memory kvmm
+ * touches on the way, so it ends early on a stop (-ECANCELED, out->stopped:
+ * the memory server that would have served it may be what gave up) and at
+ * the run's deadline (-ETIMEDOUT, out->timed_out). */
+static int restore_load(struct vm_run *v, const struct sandbox_spec *s, struct sandbox_result *out)
 {
 	const struct sandbox_restore *rs = s->restore;
 	double until = now_seconds() + MICROVM_API_SOCK_WAIT_S;
@@ -521,12 +534,20 @@ static int restore_load(struct vm_run *v, const struct sandbox_spec *s)
 			log_err("microvm: restore: kvmm exited (status 0x%x) before serving its API", v->status);
 			return -EIO;
 		}
+		if (s->timeout_s > 0 && now_seconds() >= s->t0 + s->timeout_s) {
+			log_warn("microvm: timed out after %.3f s before kvmm served its API; killing it",
+				 s->timeout_s);
+			out->timed_out = true;
+			return -ETIMEDOUT;
+		}
 		if (now_seconds() >= until) {
 			log_err("microvm: restore: kvmm did not listen on %s within %.0f s", v->vm.api_sock,
 				MICROVM_API_SOCK_WAIT_S);
 			return -ETIMEDOUT;
 		}
-		usleep(5000);
+		struct pollfd pf = stop_pollfd(s);
+		if (poll(&pf, 1, 5) > 0 && stop_requested(&pf, out))
+			return -ECANCELED;
 	}
 	json_t *j = json_pack("{s:s, s:{s:s, s:s}, s:b, s:{s:s}, s:[{s:s, s:s}]}", "snapshot_path",
 			      rs->vmstate_path, "mem_backend", "backend_type", rs->mem_uffd_socket ? "Uffd" : "File",
@@ -540,11 +561,28 @@ static int restore_load(struct vm_run *v, const struct sandbox_spec *s)
 		return -ENOMEM;
 	}
 	char fault[1024] = "";
-	int r = kvmm_api_call(v->vm.api_sock, "PUT", "/snapshot/load", body, fault, sizeof(fault));
+	unsigned timeout_ms = MICROVM_API_TIMEOUT_MS;
+	bool run_bound = false;
+	if (s->timeout_s > 0) {
+		double left_ms = (s->t0 + s->timeout_s - now_seconds()) * 1000;
+		if (left_ms < timeout_ms) {
+			timeout_ms = left_ms < 1 ? 1 : (unsigned)left_ms;
+			run_bound = true;
+		}
+	}
+	int r = kvmm_api_call_with(v->vm.api_sock, "PUT", "/snapshot/load", body, timeout_ms,
+				   s->stop_fd > 0 ? s->stop_fd : -1, fault, sizeof(fault));
 	free(body);
-	if (r < 0)
+	if (r == -ECANCELED) {
+		log_info("microvm: stopped through stop_fd while kvmm loaded the snapshot; killing kvmm");
+		out->stopped = true;
+	} else if (r == -ETIMEDOUT && run_bound) {
+		log_warn("microvm: timed out after %.3f s while kvmm loaded the snapshot; killing it", s->timeout_s);
+		out->timed_out = true;
+	} else if (r < 0) {
 		log_err("microvm: restore of %s (memory from %s): %s", rs->vmstate_path,
 			rs->mem_uffd_socket ? rs->mem_uffd_socket : rs->mem_file, fault);
+	}
 	return r;
 }
 
@@ -757,9 +795,10 @@ int microvm_run_with(const struct sandbox_spec *s, const struct microvm_paths *p
 		if ((r = listen_unix(v.api_path, SANDBOX_RUNTIME_API_BACKLOG, &v.api_fd)) < 0)
 			goto out;
 	}
-	if ((!restore && (r = microvm_write_config(s, p, v.uds, v.config)) < 0) ||
-	    (r = spawn_kvmm(&v, p, restore)) < 0 || (restore && (r = restore_load(&v, s)) < 0))
+	if ((!restore && (r = microvm_write_config(s, p, v.uds, v.config)) < 0) || (r = spawn_kvmm(&v, p, restore)) < 0)
 		goto out;
+	if (restore && (r = restore_load(&v, s, out)) < 0)
+		goto timed;
 
 	double run_deadline = s->timeout_s > 0 ? s->t0 + s->timeout_s : 0;
 	double boot_deadline = now_seconds() + v.boot_timeout_s;

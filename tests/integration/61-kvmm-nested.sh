@@ -128,7 +128,7 @@ cat >"$P/nested.sh" <<'EOF'
 #!/bin/sh
 token=$1
 cd /payload
-ok() { echo "nested-ok: $*"; }
+ok() { echo "nested-ok: $* (at $(cut -d" " -f1 /proc/uptime) s)"; }
 fail() { echo "nested-fail: $*"; for f in /tmp/*.out /tmp/*.err /tmp/*.console; do [ -f "$f" ] && { echo "--- $f"; cat "$f"; }; done; exit 1; }
 wait_sock() { i=0; while [ ! -S "$1" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; [ -S "$1" ] || fail "no socket $1"; }
 # peer NAME SOCKET ARGS...: a guest_peer on SOCKET ({uds_path}_{port}) in the

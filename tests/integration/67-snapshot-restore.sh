@@ -74,7 +74,7 @@ cat >"$P/nested.sh" <<'EOF'
 cd /payload
 export KINDLING_HOME=/payload/home KINDLING_KVMM=/payload/kvmm KINDLING_GUEST_KERNEL=/payload/vmlinuz \
 	KINDLING_GUEST_INITRD=/payload/initrd.cpio.gz KINDLING_GUEST_BOOT_TIMEOUT=300 LD_LIBRARY_PATH=/payload/lib
-ok() { echo "nested-ok: $*"; }
+ok() { echo "nested-ok: $* (at $(cut -d" " -f1 /proc/uptime) s)"; }
 fail() { echo "nested-fail: $*"; for f in /tmp/*.out /tmp/*.err /tmp/*.json; do [ -f "$f" ] && { echo "--- $f"; cat "$f"; }; done; exit 1; }
 # krun NAME ARGS...: kindling run in the background, bounded; rc in $rc.
 krun() {

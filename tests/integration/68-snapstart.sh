@@ -101,7 +101,7 @@ cd /payload
 export KINDLING_HOME=/payload/home KINDLING_KVMM=/payload/kvmm KINDLING_GUEST_KERNEL=/payload/vmlinuz \
 	KINDLING_GUEST_INITRD=/payload/initrd.cpio.gz KINDLING_GUEST_BOOT_TIMEOUT=300 LD_LIBRARY_PATH=/payload/lib
 API=http://127.0.0.1:9000/2015-03-31/functions
-ok() { echo "nested-ok: $*"; }
+ok() { echo "nested-ok: $* (at $(cut -d" " -f1 /proc/uptime) s)"; }
 fail() {
 	echo "nested-fail: $*"
 	for f in /tmp/*.json /tmp/serve*.err /tmp/agent*.err /tmp/placement.err; do [ -f "$f" ] && { echo "--- $f"; tail -c 6000 "$f"; echo; }; done

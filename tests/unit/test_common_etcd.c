@@ -282,6 +282,14 @@ static int scripted_request(struct http_client *c, struct scripted *s, enum scri
 	return r;
 }
 
+/* Write to the fd at |arg| once the request under test is under way. */
+static void *cancel_later(void *arg)
+{
+	usleep(200 * 1000);
+	CHECK(write(*(int *)arg, "x", 1) == 1);
+	return NULL;
+}
+
 static void test_http_client(void)
 {
 	struct http_client *c;
@@ -334,6 +342,33 @@ static void test_http_client(void)
 	http_client_response_cleanup(&resp);
 	CHECK(scripted_request(c, &s, SCRIPT_SILENT, "{}", 1000, 300, &resp) == -ETIMEDOUT);
 	CHECK(scripted_request(c, &s, SCRIPT_GARBAGE, "{}", 1000, 5000, &resp) == -EPROTO);
+
+	/* A cancel fd: quiet, it changes nothing; readable before the request
+	 * or while the server sits on it, the request ends with -ECANCELED
+	 * long before its 120 s bound (ctest's timeout would catch a wait). */
+	int cancel[2];
+	CHECK(pipe2(cancel, O_CLOEXEC) == 0);
+	http_client_set_cancel_fd(c, cancel[0]);
+	CHECK(scripted_request(c, &s, SCRIPT_OK, NULL, 1024, 5000, &resp) == 0 && resp.status == 200);
+	http_client_response_cleanup(&resp);
+	pthread_t canceller;
+	CHECK(pthread_create(&canceller, NULL, cancel_later, &cancel[1]) == 0);
+	CHECK(scripted_request(c, &s, SCRIPT_SILENT, "{}", 1000, 120000, &resp) == -ECANCELED);
+	CHECK(s.requests == 1); /* it was sent, then given up on */
+	pthread_join(canceller, NULL);
+	/* Readable already: a server that never accepts (the kernel's backlog
+	 * takes the connection) is not waited for either. */
+	unsigned mute_port;
+	int mute = listen_loopback(&mute_port);
+	char mute_url[64];
+	snprintf(mute_url, sizeof(mute_url), "http://127.0.0.1:%u/", mute_port);
+	CHECK(http_client_request(c, "GET", mute_url, NULL, 0, NULL, 0, 120000, 100, &resp) == -ECANCELED);
+	close(mute);
+	http_client_set_cancel_fd(c, -1);
+	CHECK(scripted_request(c, &s, SCRIPT_OK, NULL, 1024, 5000, &resp) == 0 && resp.status == 200);
+	http_client_response_cleanup(&resp);
+	close(cancel[0]);
+	close(cancel[1]);
 
 	/* Nothing listening: a port just closed. */
 	unsigned port;

@@ -134,8 +134,10 @@ static const char fake_kvmm[] =
 
 /* Stands in for kvmm restoring a snapshot and for the restored guest init:
  * serves PUT /snapshot/load on --api-sock (a vmstate named "bad.vmstate" is
- * a 400, as kvmm refuses another format version), then reconnects to
- * "{vsock_override}_1024", wants 'S' first and reports what it got. */
+ * a 400, as kvmm refuses another format version; "hang.vmstate" is never
+ * answered, as when the load touches guest memory that nobody serves), then
+ * reconnects to "{vsock_override}_1024", wants 'S' first and reports what
+ * it got. */
 static const char restore_kvmm[] =
 	"#!/usr/bin/env python3\n"
 	"import json, socket, struct, sys\n"
@@ -144,6 +146,9 @@ static const char restore_kvmm[] =
 	"for c, line, body in api_requests():\n"
 	"    assert line == 'PUT /snapshot/load'\n"
 	"    j = json.loads(body)\n"
+	"    if j['snapshot_path'].endswith('hang.vmstate'):\n"
+	"        import time\n"
+	"        time.sleep(3600)\n"
 	"    if j['snapshot_path'].endswith('bad.vmstate'):\n"
 	"        m = b'{\"fault_message\": \"Load snapshot error: snapshot_path bad.vmstate: format version 9\"}'\n"
 	"        c.sendall(b'HTTP/1.1 400 Bad Request\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(m) + m)\n"
@@ -538,6 +543,32 @@ static void test_restore(const struct microvm_paths *p)
 		CHECK(dir_empty(tmpdir));
 	}
 	CHECK(strlen(seeds[0]) == 64 && strcmp(seeds[0], seeds[1]) != 0);
+
+	/* A load that never ends (its memory server gave up): a stop ends it,
+	 * and so does the run's deadline, each a result like a stop or a
+	 * timeout of a running VM, with kvmm killed and nothing left. */
+	for (int i = 0; i < 2; i++) {
+		int stop[2];
+		CHECK(pipe2(stop, O_CLOEXEC) == 0);
+		if (i == 0)
+			CHECK(write(stop[1], "x", 1) == 1);
+		int o = open(outp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		struct sandbox_restore rs = { .vmstate_path = "/snap/hang.vmstate", .mem_uffd_socket = "/run/uffd.sock" };
+		struct sandbox_spec s = { .image_path = "/images/app.erofs", .out_fd = o, .err_fd = 2,
+					  .t0 = now_seconds(), .timeout_s = i == 0 ? 600 : 1, .restore = &rs,
+					  .stop_fd = stop[0] };
+		struct sandbox_result res;
+		memset(&res, 0, sizeof(res));
+		res.restored_s = -1;
+		CHECK(microvm_run_with(&s, p, &res) == 0);
+		CHECK(i == 0 ? res.stopped && !res.timed_out : res.timed_out && !res.stopped);
+		CHECK(res.term_signal == SIGKILL && res.restored_s < 0);
+		CHECK(lseek(o, 0, SEEK_END) == 0);
+		close(o);
+		close(stop[0]);
+		close(stop[1]);
+		CHECK(dir_empty(tmpdir));
+	}
 	unlink(outp);
 	unlink(errp);
 
