@@ -130,7 +130,7 @@ wait_state() {
 	while [ "$(date +%s)" -lt $end ]; do
 		api cfg GET "/${3:-snapfn}/configuration?Qualifier=$1"
 		s=$(str State /tmp/cfg.json)
-		[ "$s" = "$2" ] && return 0
+		[ "$s" = "$2" ] && { echo "nested: ${3:-snapfn} version $1 is $2 (at $(cut -d" " -f1 /proc/uptime) s)"; return 0; }
 		[ "$s" = Failed ] && fail "version $1 failed: $(cat /tmp/cfg.json)"
 		sleep 2
 	done
@@ -276,7 +276,7 @@ snapstart_on_agent() {
 	wait_state '$LATEST' Active $1
 	api publish POST "/$1/versions" '{}'
 	[ "$st" = 201 ] && [ "$(str State /tmp/publish.json)" = Pending ] || fail "PublishVersion of $1 ($4): $st $(cat /tmp/publish.json)"
-	echo "nested: $1 version 1 is Pending; $4 takes its snapshot"
+	echo "nested: $1 version 1 is Pending; $4 takes its snapshot (at $(cut -d" " -f1 /proc/uptime) s)"
 	wait_state 1 Active $1
 	[ "$(snapstart /tmp/cfg.json)" = '"ApplyOn":"PublishedVersions","OptimizationStatus":"On"' ] ||
 		fail "$1 version 1's SnapStart: $(snapstart /tmp/cfg.json)"
@@ -290,7 +290,7 @@ snapstart_on_agent() {
 	./kindling logs $1 --state-dir $3 >/tmp/alog.out 2>&1 || fail "the log of $1 on $4: $(cat /tmp/alog.out)"
 	grep -q '^RESTORE_START ' /tmp/alog.out && grep -q '^RESTORE_REPORT Restore Duration: [0-9.]* ms' /tmp/alog.out ||
 		fail "the log of $1 on $4 shows no restore: $(cat /tmp/alog.out)"
-	echo "nested: $4: $(grep '^RESTORE_REPORT' /tmp/alog.out | tr '\n' ' ')"
+	echo "nested: $4: $(grep '^RESTORE_REPORT' /tmp/alog.out | tr '\n' ' ')(at $(cut -d" " -f1 /proc/uptime) s)"
 	api delete DELETE "/$1"
 	[ "$st" = 204 ] || fail "DeleteFunction $1 ($4): $st $(cat /tmp/delete.json)"
 }
