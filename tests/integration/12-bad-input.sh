@@ -103,3 +103,17 @@ done <"$B/cases.tsv"
 [ $n -ge 18 ] || die "only $n cases in cases.tsv"
 [ $failed = 0 ] || die "$failed of $n bad inputs not handled as required"
 pass "all $n bad inputs refused cleanly"
+
+# A host without libcrypto (common/crypto_lazy.c opens it on first use): the
+# control image's import stops at its first hash with exit status 127 and a
+# line naming the library and its Debian package, and publishes nothing.
+# The library is hidden by a bind mount in a mount namespace of its own.
+lib=$(ldconfig -p | awk '$1 == "libcrypto.so.3" && /x86-64/ && !found {print $NF; found = 1}')
+[ -n "$lib" ] || die "libcrypto.so.3 not found (ldconfig -p)"
+rc=0
+timeout 60 unshare -m sh -c 'mount --bind /dev/null "$1" && exec "$2" import "oci:$3/control:1" --name nolib:1 --store "$4"' \
+  sh "$lib" "$CHUNKIFY" "$B" "$T/store-nolib" >/dev/null 2>"$T/nolib.err" || rc=$?
+[ $rc = 127 ] && grep -q "cannot load libcrypto.so.3: .*install Debian's libssl3" "$T/nolib.err" ||
+  { cat "$T/nolib.err" >&2; die "without libcrypto: exit status $rc (want 127 and a line naming libcrypto.so.3 and libssl3)"; }
+[ -z "$(ls -A "$T/store-nolib/refs" "$T/store-nolib/manifests" 2>/dev/null)" ] || die "without libcrypto, something was published"
+pass "without libcrypto: exit 127, $(grep -m1 'cannot load' "$T/nolib.err" | cut -c1-120)"

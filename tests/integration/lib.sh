@@ -136,8 +136,8 @@ kr() {
 # kindling, chunkify, the guest init), get Debian's kernel (skip where apt
 # does not know it), and fill the payload directory P: kvmm, kindling,
 # chunkify, the libraries kindling opens on first use (libcurl for kvmm's
-# API socket, libmicrohttpd for an HTTP server), which ldd does not show and
-# run.sh cannot bring, the guest kernel and the guest initramfs.  Inside, set
+# API socket, libmicrohttpd for an HTTP server; run.sh brings libcrypto),
+# which ldd does not show, the guest kernel and the guest initramfs.  Inside, set
 # KINDLING_KVMM=/payload/kvmm KINDLING_GUEST_KERNEL=/payload/vmlinuz
 # KINDLING_GUEST_INITRD=/payload/initrd.cpio.gz KINDLING_GUEST_BOOT_TIMEOUT=300 LD_LIBRARY_PATH=/payload/lib.
 microvm_payload() {

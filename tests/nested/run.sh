@@ -95,16 +95,24 @@ while IFS= read -r -d '' f; do
 	[ "$(head -c 4 "$f" | od -An -c | tr -d ' ')" = '177ELF' ] || continue
 	copy_libs "$f"
 done < <(find "$R/payload" -type f -print0)
-# glibc opens libgcc_s with dlopen (pthread_cancel, unwinding), which ldd
-# does not show now that kindling loads its C++-backed libraries on first use.
-# awk reads to the end: leaving early would SIGPIPE ldconfig, which pipefail
-# and set -e turn into a silent exit.
-gcc_s=$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64/ && !found {print $NF; found = 1}')
-[ -n "$gcc_s" ] || { echo "nested: libgcc_s.so.1 not found (ldconfig -p); install libgcc-s1" >&2; exit 125; }
-if [ ! -e "$R$gcc_s" ]; then
-	mkdir -p "$R$(dirname "$gcc_s")"
-	cp -L "$gcc_s" "$R$gcc_s"
-	copy_libs "$gcc_s"
+# copy_dlopened SONAME PACKAGE: a library opened with dlopen, which ldd does
+# not show, at its host path with what it needs.  awk reads to the end:
+# leaving early would SIGPIPE ldconfig, which pipefail and set -e turn into a
+# silent exit.
+copy_dlopened() {
+	local path
+	path=$(ldconfig -p | awk -v l="$1" '$1 == l && /x86-64/ && !found {print $NF; found = 1}')
+	[ -n "$path" ] || { echo "nested: $1 not found (ldconfig -p); install $2" >&2; exit 125; }
+	[ -e "$R$path" ] && return 0
+	mkdir -p "$R$(dirname "$path")"
+	cp -L "$path" "$R$path"
+	copy_libs "$path"
+}
+# glibc opens libgcc_s (pthread_cancel, unwinding); kindling's programs open
+# libcrypto on first use (common/crypto_lazy.c).
+copy_dlopened libgcc_s.so.1 libgcc-s1
+if [ -n "$(find "$R/payload" -maxdepth 1 -type f \( -name kvmm -o -name kindling -o -name chunkify \) -print -quit)" ]; then
+	copy_dlopened libcrypto.so.3 libssl3
 fi
 
 args=""
