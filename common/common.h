@@ -157,4 +157,12 @@ struct lazy_sym {
  * (common/curl_lazy.c and its siblings). */
 void *lazy_lib_open(const char *soname, const char *package, const struct lazy_sym *syms, size_t n);
 
+/* Load libcrypto now rather than at the first hash or cipher
+ * (common/crypto_lazy.c): for a program that will confine itself first (a
+ * chroot, a seccomp filter without open or exec mappings, as kvmm's jail
+ * and threads) and still hash afterwards.  Like every first call, it ends
+ * the program with status 127, logged, when libcrypto.so.3 cannot be
+ * loaded.  Thread-safe; later calls do nothing. */
+void crypto_lib_load(void);
+
 #endif

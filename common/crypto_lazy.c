@@ -114,6 +114,11 @@ static void load(void)
 	}
 }
 
+void crypto_lib_load(void)
+{
+	pthread_once(&lib_once, load);
+}
+
 #define DEFINE(ret, name, params, args)                                                                                \
 	ret name params                                                                                                \
 	{                                                                                                              \

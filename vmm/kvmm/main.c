@@ -366,6 +366,12 @@ int main(int argc, char **argv)
 	 * write(), not the end of the VM. */
 	signal(SIGPIPE, SIG_IGN);
 
+	/* A snapshot's vmstate checksum needs libcrypto, which kindling opens on
+	 * first use; neither the jail's root nor the API thread's seccomp filter
+	 * would let it be opened then.  Without the API there are no snapshots. */
+	if (!o.no_api)
+		crypto_lib_load();
+
 	/* The jail comes first, while kvmm is one thread and has opened
 	 * nothing the VM will use. */
 	if (o.jailed && kvmm_jail_enter(&o.jail) < 0)
