@@ -89,7 +89,7 @@ def snapshot_crypto(R, cold):
     fine = lambda x: f"{x * 1000:.2f} ms" if x < 0.01 else fmt_s(x)  # noqa: E731
     md = ["", "### The crypto an L1-cold restore does, under the nested CPU model", "",
           "`openssl speed -evp ALG -bytes 524288 -seconds 2` (and `-bytes 4096` for SHA-256) in the nested guest "
-          "before its timed runs, and on the host in the same run: the same libcrypto kindling links, which picks its "
+          "before its timed runs, and on the host in the same run: the same libcrypto kindling loads, which picks its "
           "code path from CPUID. Per 512 KiB chunk:", "",
           "| where | SHA-256 (chunk name) | AES-256-CTR (decrypt) | SHA-256 per 4 KiB block (L1 writer) |",
           "|---|---|---|---|"]
