@@ -12,8 +12,10 @@
 #     tests/tools/cache_bench.c).
 #
 #   - the L2 hit's verify passes, interleaved read by read: the two-pass
-#     read (l2_get, then chunk_open), l2_get_open (decrypt on arrival) and
-#     the floor (raw 128 KiB GET + SHA-256 + AES-256-CTR of 512 KiB).
+#     read (l2_get, then chunk_open), l2_get_open (decrypt on arrival), the
+#     whole read through the cache (cache_read over an L2-only chain) and
+#     the floor (raw 128 KiB GET + SHA-256 + AES-256-CTR of 512 KiB), so
+#     the four share one machine state instead of minutes apart.
 #
 #   bench/cache.sh [ITERS] [--l2-passes-only]   (default 2000 reads per figure;
 #                                                the flag runs only the last item)
