@@ -282,12 +282,13 @@ static int scripted_request(struct http_client *c, struct scripted *s, enum scri
 	return r;
 }
 
-/* Write to the fd at |arg| once the request under test is under way. */
+/* Write to the fd at |arg| once the request under test is under way; the
+ * write's result comes back through pthread_join (CHECK is not
+ * thread-safe). */
 static void *cancel_later(void *arg)
 {
 	usleep(200 * 1000);
-	CHECK(write(*(int *)arg, "x", 1) == 1);
-	return NULL;
+	return write(*(int *)arg, "x", 1) == 1 ? arg : NULL;
 }
 
 static void test_http_client(void)
@@ -355,7 +356,9 @@ static void test_http_client(void)
 	CHECK(pthread_create(&canceller, NULL, cancel_later, &cancel[1]) == 0);
 	CHECK(scripted_request(c, &s, SCRIPT_SILENT, "{}", 1000, 120000, &resp) == -ECANCELED);
 	CHECK(s.requests == 1); /* it was sent, then given up on */
-	pthread_join(canceller, NULL);
+	void *wrote = NULL;
+	pthread_join(canceller, &wrote);
+	CHECK(wrote != NULL);
 	/* Readable already: a server that never accepts (the kernel's backlog
 	 * takes the connection) is not waited for either. */
 	unsigned mute_port;
